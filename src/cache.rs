@@ -1,0 +1,672 @@
+//! The cache: per-key snapshots read without locks, loaded once per key at a time,
+//! refreshed ahead of expiry in the background, served stale while the registry fails.
+//!
+//! The warm path (`Cache::warm`) is a hash of borrowed strings, an `ArcSwap` load of
+//! the key's shard, a map probe, an `ArcSwap` load of the key's snapshot and a
+//! counter bump on this thread's stripe: no lock, no I/O, no allocation, and no
+//! clock read. Time is checked only by the background refresher, which marks a
+//! snapshot expired when it may no longer be served; everything slow happens on a
+//! miss (`Cache::load`).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use crate::discover::{Discover, DiscoverRequest};
+use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
+use crate::error::{Error, ErrorKind};
+use crate::key::KeyRef;
+use crate::options::ResolverOptions;
+use crate::select::{stripe, Selection, STRIPES};
+
+const FRESH: u8 = 0;
+/// Past its fresh time, refresh failing, still served.
+const STALE: u8 = 1;
+/// May not be served without asking the registry first.
+const EXPIRED: u8 = 2;
+
+/// One registry answer as served: the endpoints, selection counters and deadlines.
+pub(crate) struct Snapshot {
+    pub(crate) set: Arc<EndpointSet>,
+    refs: [Arc<SetRef>; STRIPES],
+    cursors: [Padded; STRIPES],
+    state: AtomicU8,
+    /// Set by the first pick after the snapshot is installed: the refresher only
+    /// spends a registry call on keys someone asked for.
+    used: AtomicBool,
+    /// When the registry last confirmed this answer (a full fetch or an unchanged
+    /// revision).
+    confirmed_at: Instant,
+    /// When the instances were last fetched in full.
+    full_at: Instant,
+    fresh_until: Instant,
+    stale_until: Instant,
+    ttl: Duration,
+    revision: Option<i64>,
+}
+
+/// A counter alone on its cache line, so stripes do not share lines.
+#[repr(align(64))]
+#[derive(Default)]
+struct Padded(AtomicU64);
+
+impl Snapshot {
+    fn new(
+        set: Arc<EndpointSet>,
+        prev: Option<&Snapshot>,
+        times: (Instant, Instant),
+        ttl: Duration,
+        max_stale: Duration,
+        revision: Option<i64>,
+    ) -> Self {
+        let (confirmed_at, full_at) = times;
+        let refs = std::array::from_fn(|_| Arc::new(SetRef(set.clone())));
+        // Counters carry over, so a refresh does not restart round-robin at the first
+        // endpoint; each stripe starts far from the others so seeded random streams
+        // differ per stripe.
+        let cursors = std::array::from_fn(|i| {
+            let start = prev.map_or((i as u64) << 40, |p| p.cursors[i].0.load(Ordering::Relaxed));
+            Padded(AtomicU64::new(start))
+        });
+        Snapshot {
+            set,
+            refs,
+            cursors,
+            state: AtomicU8::new(FRESH),
+            used: AtomicBool::new(false),
+            confirmed_at,
+            full_at,
+            fresh_until: confirmed_at + ttl,
+            stale_until: confirmed_at + max_stale,
+            ttl,
+            revision,
+        }
+    }
+
+    /// The same answer, confirmed again at `now` (the revision did not move).
+    fn reconfirmed(&self, now: Instant, max_stale: Duration) -> Self {
+        Snapshot::new(
+            self.set.clone(),
+            Some(self),
+            (now, self.full_at),
+            self.ttl,
+            max_stale,
+            self.revision,
+        )
+    }
+
+    fn servable(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != EXPIRED && !self.set.items.is_empty()
+    }
+
+    /// Picks one endpoint. The snapshot must have endpoints.
+    pub(crate) fn pick(&self, selection: &Selection, seed: u64) -> Endpoint {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+        let s = stripe();
+        let draw = self.cursors[s].0.fetch_add(1, Ordering::Relaxed);
+        let i = selection.pick(
+            self.set.items.len(),
+            self.set.cumulative.as_deref(),
+            draw,
+            seed,
+        );
+        Endpoint::new(self.refs[s].clone(), i)
+    }
+
+    /// Every endpoint, in the registry's order.
+    pub(crate) fn all(&self) -> Vec<Endpoint> {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+        let r = &self.refs[stripe()];
+        (0..self.set.items.len())
+            .map(|i| Endpoint::new(r.clone(), i))
+            .collect()
+    }
+}
+
+/// A cache entry: one key's question, its current snapshot and its load gate.
+pub(crate) struct Slot {
+    pub(crate) request: DiscoverRequest,
+    hash: u64,
+    pub(crate) seed: u64,
+    snapshot: ArcSwapOption<Snapshot>,
+    /// Held while asking the registry, so a key has one call in flight at a time.
+    gate: tokio::sync::Mutex<Gate>,
+    refresher: AtomicBool,
+    evicted: AtomicBool,
+}
+
+#[derive(Default)]
+struct Gate {
+    /// The last failure and until when it is answered without asking again.
+    error: Option<(Error, Instant)>,
+    failures: u32,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    fn is_current(&self, snap: &Arc<Snapshot>) -> bool {
+        self.snapshot
+            .load()
+            .as_ref()
+            .is_some_and(|cur| Arc::ptr_eq(cur, snap))
+    }
+}
+
+type Bucket = Arc<[Arc<Slot>]>;
+type ShardMap = HashMap<u64, Bucket, BuildHasherDefault<Prehashed>>;
+
+/// The keys are hashes already mixed by `KeyRef::hash`.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("only u64 keys are hashed")
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// Read-mostly map from key to slot. Readers load a shard's map without locking;
+/// writers (a new key, an eviction) copy one shard and swap it in, so a write costs
+/// a 64th of the map and never blocks a reader.
+struct Index {
+    shards: Box<[Shard]>,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: ArcSwap<ShardMap>,
+    write: Mutex<()>,
+}
+
+impl Index {
+    fn new() -> Self {
+        Index {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+        }
+    }
+
+    fn shard(&self, hash: u64) -> &Shard {
+        &self.shards[(hash >> 58) as usize % SHARDS]
+    }
+
+    fn with<R>(&self, key: &KeyRef<'_>, hash: u64, f: impl FnOnce(&Arc<Slot>) -> R) -> Option<R> {
+        let map = self.shard(hash).map.load();
+        let slot = map.get(&hash)?.iter().find(|s| key.matches(&s.request))?;
+        Some(f(slot))
+    }
+
+    fn get_or_insert(
+        &self,
+        key: &KeyRef<'_>,
+        hash: u64,
+        make: impl FnOnce() -> Slot,
+    ) -> (Arc<Slot>, bool) {
+        let shard = self.shard(hash);
+        let _w = shard.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let cur = shard.map.load_full();
+        if let Some(slot) = cur
+            .get(&hash)
+            .and_then(|b| b.iter().find(|s| key.matches(&s.request)))
+        {
+            return (slot.clone(), false);
+        }
+        let slot = Arc::new(make());
+        let mut map = ShardMap::clone(&cur);
+        let bucket: Bucket = match map.get(&hash) {
+            Some(b) => b.iter().cloned().chain([slot.clone()]).collect(),
+            None => Arc::new([slot.clone()]),
+        };
+        map.insert(hash, bucket);
+        shard.map.store(Arc::new(map));
+        (slot, true)
+    }
+
+    fn remove(&self, slot: &Arc<Slot>) {
+        let shard = self.shard(slot.hash);
+        let _w = shard.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let cur = shard.map.load_full();
+        let Some(bucket) = cur.get(&slot.hash) else {
+            return;
+        };
+        if !bucket.iter().any(|s| Arc::ptr_eq(s, slot)) {
+            return;
+        }
+        let mut map = ShardMap::clone(&cur);
+        let rest: Vec<_> = bucket
+            .iter()
+            .filter(|s| !Arc::ptr_eq(s, slot))
+            .cloned()
+            .collect();
+        if rest.is_empty() {
+            map.remove(&slot.hash);
+        } else {
+            map.insert(slot.hash, rest.into());
+        }
+        shard.map.store(Arc::new(map));
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.map.load().values().map(|b| b.len()).sum::<usize>())
+            .sum()
+    }
+}
+
+/// moka keeps the capacity bound and idle eviction (TinyLFU admission, time to
+/// idle); it is told of use only on cold loads and refreshes, never on the warm
+/// path, and its evictions remove the key from the index.
+#[derive(Clone)]
+struct LruKey(Arc<Slot>);
+
+impl PartialEq for LruKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+impl Eq for LruKey {}
+impl std::hash::Hash for LruKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+/// The cache of one resolver.
+pub(crate) struct Cache {
+    source: Box<dyn Discover>,
+    pub(crate) opts: ResolverOptions,
+    parse: ParseOptions,
+    index: Arc<Index>,
+    lru: moka::sync::Cache<LruKey, ()>,
+    rng: Mutex<SmallRng>,
+    seed: u64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("source", &self.source)
+            .field("keys", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    pub(crate) fn new(source: Box<dyn Discover>, opts: ResolverOptions) -> Self {
+        let index = Arc::new(Index::new());
+        let evict = Arc::downgrade(&index);
+        let lru = moka::sync::Cache::builder()
+            .max_capacity(opts.capacity)
+            .time_to_idle(opts.idle_timeout)
+            .eviction_listener(move |key: Arc<LruKey>, _, cause| {
+                if cause.was_evicted() {
+                    key.0.evicted.store(true, Ordering::Relaxed);
+                    if let Some(index) = evict.upgrade() {
+                        index.remove(&key.0);
+                    }
+                }
+            })
+            .build();
+        let seed = opts.seed.unwrap_or_else(rand::random);
+        let parse = ParseOptions {
+            policy: opts.address_policy.clone(),
+            default_port: opts.default_port,
+            prefer_ipv6: opts.prefer_ipv6,
+        };
+        Cache {
+            source,
+            parse,
+            index,
+            lru,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+            seed,
+            opts,
+        }
+    }
+
+    /// The warm path: `f` on the key's snapshot if it may be served now.
+    #[inline]
+    pub(crate) fn warm<R>(
+        &self,
+        key: &KeyRef<'_>,
+        f: impl FnOnce(&Snapshot, u64) -> R,
+    ) -> Option<R> {
+        let hash = key.hash();
+        self.index
+            .with(key, hash, |slot| {
+                let snap = slot.snapshot.load();
+                match snap.as_deref() {
+                    Some(s) if s.servable() => Some(f(s, slot.seed)),
+                    _ => None,
+                }
+            })
+            .flatten()
+    }
+
+    /// The slow path: a servable snapshot for the key, asking the registry if need
+    /// be, or the reason there is none.
+    pub(crate) async fn load(
+        self: &Arc<Self>,
+        key: KeyRef<'_>,
+    ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        crate::name::check_namespace(key.namespace)?;
+        crate::name::check_service(key.service)?;
+        for (k, v) in key.query.iter().chain(key.optional) {
+            crate::name::check_attribute(k, v)?;
+        }
+        let hash = key.hash();
+        let (slot, inserted) = self.index.get_or_insert(&key, hash, || Slot {
+            request: key.to_request(),
+            hash,
+            seed: crate::select::splitmix64(self.seed ^ hash),
+            snapshot: ArcSwapOption::empty(),
+            gate: tokio::sync::Mutex::new(Gate::default()),
+            refresher: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+        });
+        if inserted {
+            self.lru.insert(LruKey(slot.clone()), ());
+        }
+        let snap = self.load_slot(&slot).await?;
+        Ok((slot, snap))
+    }
+
+    async fn load_slot(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Snapshot>, Error> {
+        let mut gate = slot.gate.lock().await;
+        let now = Instant::now();
+        let prev = slot.current();
+        if let Some(snap) = &prev {
+            // Someone may have loaded while this caller waited at the gate.
+            if snap.state.load(Ordering::Relaxed) != EXPIRED && now < snap.stale_until {
+                return servable_or_empty(slot, snap.clone());
+            }
+        }
+        if let Some((err, until)) = &gate.error {
+            if now < *until {
+                // Backing off: answer without asking, with the last good answer when
+                // it may still be served.
+                if let Some(snap) = prev.filter(|s| err.is_retryable() && now < s.stale_until) {
+                    snap.state.store(STALE, Ordering::Relaxed);
+                    return servable_or_empty(slot, snap);
+                }
+                return Err(err.clone());
+            }
+        }
+        match self.fetch(slot, prev.as_deref(), now).await {
+            Ok(snap) => {
+                gate.error = None;
+                gate.failures = 0;
+                drop(gate);
+                self.ensure_refresher(slot);
+                servable_or_empty(slot, snap)
+            }
+            Err(err) => {
+                gate.failures += 1;
+                if let Some(snap) = prev.filter(|s| err.is_retryable() && now < s.stale_until) {
+                    // The registry is failing but the last answer is young enough:
+                    // serve it and let the refresher retry.
+                    snap.state.store(STALE, Ordering::Relaxed);
+                    tracing::warn!(
+                        namespace = %slot.request.namespace,
+                        service = %slot.request.service,
+                        error = %err,
+                        age_secs = now.duration_since(snap.confirmed_at).as_secs(),
+                        "registry failed; serving the last good answer"
+                    );
+                    drop(gate);
+                    self.ensure_refresher(slot);
+                    return servable_or_empty(slot, snap);
+                }
+                let hold = if err.is_retryable() {
+                    self.backoff(gate.failures)
+                } else {
+                    self.opts.negative_ttl
+                };
+                gate.error = Some((err.clone(), now + hold));
+                Err(err)
+            }
+        }
+    }
+
+    /// Asks the registry (revision first, where that can save the full call) and
+    /// installs the answer. The caller holds the slot's gate.
+    async fn fetch(
+        &self,
+        slot: &Slot,
+        prev: Option<&Snapshot>,
+        now: Instant,
+    ) -> Result<Arc<Snapshot>, Error> {
+        let req = &slot.request;
+        let timeout = self.opts.fetch_timeout;
+        if let (Some(prev), Some(full_every)) = (prev, self.opts.full_refresh_interval) {
+            if prev.revision.is_some() && now < prev.full_at + full_every {
+                let rev = with_timeout(
+                    timeout,
+                    "DiscoverInstancesRevision",
+                    self.source.revision(req),
+                )
+                .await?;
+                if rev.is_some() && rev == prev.revision {
+                    let snap = Arc::new(prev.reconfirmed(now, self.opts.max_stale));
+                    slot.snapshot.store(Some(snap.clone()));
+                    return Ok(snap);
+                }
+            }
+        }
+        let found = with_timeout(timeout, "DiscoverInstances", self.source.discover(req)).await?;
+        let ns = req.namespace.as_str();
+        let svc = req.service.as_str();
+        let items: Box<[_]> = self.parse.parse_all(ns, svc, found.instances).into();
+        let cumulative = self.opts.selection.cumulative(&items, ns, svc);
+        let set = Arc::new(EndpointSet { items, cumulative });
+        let ttl = found.ttl.unwrap_or(self.opts.ttl);
+        let snap = Arc::new(Snapshot::new(
+            set,
+            prev,
+            (now, now),
+            ttl,
+            self.opts.max_stale,
+            found.revision,
+        ));
+        slot.snapshot.store(Some(snap.clone()));
+        Ok(snap)
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self
+            .opts
+            .backoff_base
+            .saturating_mul(1 << failures.saturating_sub(1).min(20));
+        let cap = exp.min(self.opts.backoff_max);
+        // Equal jitter: at least half the delay, so retries stay spaced, and a random
+        // rest, so processes started together do not retry together.
+        let half = cap / 2;
+        half + self.jitter(half)
+    }
+
+    fn jitter(&self, up_to: Duration) -> Duration {
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        up_to.mul_f64(rng.random::<f64>())
+    }
+
+    /// When to refresh a snapshot in use: between 75% and 90% of its TTL, at random,
+    /// so keys (and processes) loaded together do not refresh together.
+    fn refresh_time(&self, snap: &Snapshot) -> Instant {
+        let early = snap.ttl.mul_f64(0.75);
+        snap.confirmed_at + early + self.jitter(snap.ttl.mul_f64(0.15))
+    }
+
+    fn ensure_refresher(self: &Arc<Self>, slot: &Arc<Slot>) {
+        if !slot.refresher.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(refresher(weak, slot.clone()));
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Runs moka's pending evictions now (tests and stats).
+    pub(crate) fn run_pending_tasks(&self) {
+        self.lru.run_pending_tasks();
+    }
+}
+
+fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, Error> {
+    if snap.set.items.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NoEndpoints,
+            format!(
+                "no usable endpoint for service {:?} in namespace {:?}",
+                slot.request.service, slot.request.namespace
+            ),
+        ));
+    }
+    Ok(snap)
+}
+
+async fn with_timeout<T>(
+    limit: Duration,
+    op: &str,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("{op} took longer than {limit:?}"),
+        )),
+    }
+}
+
+/// Keeps one key fresh while it is used: refreshes ahead of expiry, retries with
+/// backoff when the registry fails, marks the snapshot stale and then expired, and
+/// stops when the key goes unused, is evicted, or the resolver is dropped.
+async fn refresher(cache: Weak<Cache>, slot: Arc<Slot>) {
+    loop {
+        run_refresher(&cache, &slot).await;
+        slot.refresher.store(false, Ordering::Release);
+        // A load may have installed a snapshot after this task decided to stop, while
+        // the flag still said a refresher ran; take the work back if so.
+        let revive = !slot.evicted.load(Ordering::Relaxed)
+            && cache.strong_count() > 0
+            && slot
+                .current()
+                .is_some_and(|s| s.state.load(Ordering::Relaxed) != EXPIRED);
+        if !revive || slot.refresher.swap(true, Ordering::AcqRel) {
+            return;
+        }
+    }
+}
+
+async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
+    let Some(mut planned) = slot.current() else {
+        return;
+    };
+    let mut next = match weak.upgrade() {
+        Some(cache) if cache.opts.refresh_ahead => cache.refresh_time(&planned),
+        Some(_) => planned.fresh_until,
+        None => return,
+    };
+    let mut failures = 0u32;
+    loop {
+        tokio::time::sleep_until(next).await;
+        if slot.evicted.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(cache) = weak.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let Some(cur) = slot.current() else {
+            return;
+        };
+        if !Arc::ptr_eq(&cur, &planned) {
+            // A load replaced the snapshot; plan from the new one.
+            next = cache.refresh_time(&cur);
+            planned = cur;
+            failures = 0;
+            continue;
+        }
+        if !cur.used.load(Ordering::Relaxed) || !cache.opts.refresh_ahead {
+            if now < cur.fresh_until {
+                next = cur.fresh_until;
+                continue;
+            }
+            // Nobody asked during its whole life (or refreshing ahead is off): spend
+            // no registry call on it; the next caller loads it.
+            cur.state.store(EXPIRED, Ordering::Relaxed);
+            return;
+        }
+        let result = {
+            let _gate = slot.gate.lock().await;
+            if slot.is_current(&cur) {
+                Some(cache.fetch(slot, Some(&cur), now).await)
+            } else {
+                None
+            }
+        };
+        match result {
+            None => continue,
+            Some(Ok(snap)) => {
+                cache.lru.get(&LruKey(slot.clone()));
+                if failures > 0 {
+                    tracing::info!(
+                        namespace = %slot.request.namespace,
+                        service = %slot.request.service,
+                        "registry answering again"
+                    );
+                }
+                failures = 0;
+                next = cache.refresh_time(&snap);
+                planned = snap;
+            }
+            Some(Err(err)) => {
+                failures += 1;
+                let now = Instant::now();
+                if now >= cur.stale_until || !err.is_retryable() {
+                    cur.state.store(EXPIRED, Ordering::Relaxed);
+                    tracing::warn!(
+                        namespace = %slot.request.namespace,
+                        service = %slot.request.service,
+                        error = %err,
+                        "refresh failed; dropping the cached answer"
+                    );
+                    return;
+                }
+                if now >= cur.fresh_until && cur.state.swap(STALE, Ordering::Relaxed) == FRESH {
+                    tracing::warn!(
+                        namespace = %slot.request.namespace,
+                        service = %slot.request.service,
+                        error = %err,
+                        "refresh failed; serving the last good answer"
+                    );
+                }
+                next = (now + cache.backoff(failures)).min(cur.stale_until);
+            }
+        }
+    }
+}

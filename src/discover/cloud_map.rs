@@ -1,0 +1,251 @@
+//! `CloudMapDiscovery`: Cloud Map's DiscoverInstances and DiscoverInstancesRevision.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use aws_sdk_servicediscovery as sd;
+use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
+use sd::config::{ConfigBag, Intercept, RuntimeComponents};
+use sd::error::{ProvideErrorMetadata, SdkError};
+use sd::types::HealthStatusFilter;
+
+use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
+use crate::error::{Error, ErrorKind};
+use crate::filter::HealthFilter;
+use crate::instance::{HealthStatus, Instance};
+
+/// Reads instances from AWS Cloud Map's DiscoverInstances API.
+///
+/// Query parameters, optional parameters and the health filter are sent to the API,
+/// which applies them. The SDK configuration's endpoint URL is honoured for every
+/// operation: the SDK would otherwise send DiscoverInstances to `data-` + the
+/// endpoint's host (`http://data-127.0.0.1:4566`), which does not resolve for
+/// LocalStack, moto or a VPC endpoint, so with a custom endpoint the prefix is undone.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use cloudmap_resolver::{CloudMapDiscovery, Resolver};
+///
+/// let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+/// let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk)).build()?;
+/// let ep = resolver.resolve("shared", "logs").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct CloudMapDiscovery {
+    client: sd::Client,
+}
+
+impl CloudMapDiscovery {
+    /// A source using this SDK configuration (region, credentials, endpoint URL).
+    pub fn new(sdk: &aws_config::SdkConfig) -> Self {
+        let mut config = sd::config::Builder::from(sdk);
+        if let Some(url) = sdk.endpoint_url() {
+            if let Some(host) = host_of(url) {
+                config = config.interceptor(KeepEndpointHost {
+                    prefixed: format!("data-{host}"),
+                    host: host.to_owned(),
+                });
+            }
+        }
+        CloudMapDiscovery {
+            client: sd::Client::from_conf(config.build()),
+        }
+    }
+
+    /// A source using an SDK client you built yourself. The `data-` host prefix is
+    /// not undone for it: give its configuration a custom endpoint through
+    /// [`new`](Self::new) instead.
+    pub fn from_client(client: sd::Client) -> Self {
+        CloudMapDiscovery { client }
+    }
+}
+
+impl fmt::Debug for CloudMapDiscovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CloudMapDiscovery").finish_non_exhaustive()
+    }
+}
+
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    (!host.is_empty()).then_some(host)
+}
+
+/// Undoes the SDK's `data-` host prefix for a custom endpoint.
+#[derive(Debug)]
+struct KeepEndpointHost {
+    prefixed: String,
+    host: String,
+}
+
+impl Intercept for KeepEndpointHost {
+    fn name(&self) -> &'static str {
+        "cloudmap_resolver::KeepEndpointHost"
+    }
+
+    // Before signing, so that the signature covers the host actually contacted.
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), Box<dyn StdError + Send + Sync>> {
+        let request = context.request_mut();
+        let uri = request.uri();
+        let Some((scheme, rest)) = uri.split_once("://") else {
+            return Ok(());
+        };
+        if let Some(tail) = rest.strip_prefix(self.prefixed.as_str()) {
+            let fixed = format!("{scheme}://{}{tail}", self.host);
+            request.set_uri(fixed)?;
+        }
+        Ok(())
+    }
+}
+
+fn health_filter(h: HealthFilter) -> HealthStatusFilter {
+    match h {
+        HealthFilter::Healthy => HealthStatusFilter::Healthy,
+        HealthFilter::Unhealthy => HealthStatusFilter::Unhealthy,
+        HealthFilter::All => HealthStatusFilter::All,
+        HealthFilter::HealthyOrElseAll => HealthStatusFilter::HealthyOrElseAll,
+    }
+}
+
+/// Maps an SDK error to a kind, keeping it as the source.
+fn map_error<E, R>(op: &str, err: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+    R: fmt::Debug + Send + Sync + 'static,
+{
+    let (kind, detail) = match &err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            let kind = match e.code() {
+                Some("NamespaceNotFound") => ErrorKind::NamespaceNotFound,
+                Some("ServiceNotFound") => ErrorKind::ServiceNotFound,
+                Some("InvalidInput") => ErrorKind::InvalidInput,
+                Some(
+                    "RequestLimitExceeded"
+                    | "ThrottlingException"
+                    | "Throttling"
+                    | "TooManyRequestsException",
+                ) => ErrorKind::Throttled,
+                _ => ErrorKind::Unavailable,
+            };
+            let detail = format!(
+                "{}: {}",
+                e.code().unwrap_or("unknown error"),
+                e.message().unwrap_or("no message")
+            );
+            (kind, detail)
+        }
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::InvalidInput,
+            "the request could not be built (check region and credentials)".to_owned(),
+        ),
+        SdkError::TimeoutError(_) => (ErrorKind::Unavailable, "timed out".to_owned()),
+        SdkError::DispatchFailure(_) => (ErrorKind::Unavailable, "could not connect".to_owned()),
+        _ => (ErrorKind::Unavailable, "bad response".to_owned()),
+    };
+    Error::with_source(kind, format!("{op} failed: {detail}"), err)
+}
+
+fn instance_of(summary: &sd::types::HttpInstanceSummary) -> Option<Instance> {
+    let id = summary.instance_id().filter(|s| !s.is_empty())?;
+    let health = match summary.health_status() {
+        None | Some(sd::types::HealthStatus::Healthy) => HealthStatus::Healthy,
+        Some(sd::types::HealthStatus::Unhealthy) => HealthStatus::Unhealthy,
+        Some(_) => HealthStatus::Unknown,
+    };
+    let mut inst = Instance::new(id).health(health);
+    for (k, v) in summary.attributes().into_iter().flatten() {
+        inst = inst.attribute(k.clone(), v.clone());
+    }
+    Some(inst)
+}
+
+impl Discover for CloudMapDiscovery {
+    fn discover<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        Box::pin(async move {
+            let mut call = self
+                .client
+                .discover_instances()
+                .namespace_name(&request.namespace)
+                .service_name(&request.service)
+                .health_status(health_filter(request.health))
+                .max_results(request.max_results as i32);
+            for (k, v) in &request.query {
+                call = call.query_parameters(k, v);
+            }
+            for (k, v) in &request.optional {
+                call = call.optional_parameters(k, v);
+            }
+            let out = call
+                .send()
+                .await
+                .map_err(|e| map_error("DiscoverInstances", e))?;
+            let instances = out
+                .instances()
+                .iter()
+                .filter_map(|s| {
+                    let inst = instance_of(s);
+                    if inst.is_none() {
+                        tracing::warn!(
+                            namespace = %request.namespace,
+                            service = %request.service,
+                            "skipping instance without an id"
+                        );
+                    }
+                    inst
+                })
+                .collect();
+            Ok(Discovered {
+                instances,
+                ttl: None,
+                revision: out.instances_revision(),
+            })
+        })
+    }
+
+    fn revision<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        Box::pin(async move {
+            let out = self
+                .client
+                .discover_instances_revision()
+                .namespace_name(&request.namespace)
+                .service_name(&request.service)
+                .send()
+                .await
+                .map_err(|e| map_error("DiscoverInstancesRevision", e))?;
+            Ok(out.instances_revision())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_of_urls() {
+        assert_eq!(host_of("http://127.0.0.1:4566"), Some("127.0.0.1:4566"));
+        assert_eq!(
+            host_of("https://vpce-1.example.com/"),
+            Some("vpce-1.example.com")
+        );
+        assert_eq!(host_of("http://u:p@h:1/x?y"), Some("h:1"));
+        assert_eq!(host_of("http://"), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! Where instances come from: the [`Discover`] trait and its sources.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::filter::HealthFilter;
+use crate::instance::Instance;
+
+pub(crate) mod cloud_map;
+pub(crate) mod list;
+
+/// A boxed `Send` future, as [`Discover`] returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One question to a registry: the instances of a service, filtered.
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::{DiscoverRequest, HealthFilter};
+///
+/// let req = DiscoverRequest::new("shared", "logs")
+///     .query("stage", "prod")
+///     .optional("AVAILABILITY_ZONE", "use1-az1")
+///     .health(HealthFilter::Healthy);
+/// assert_eq!(req.namespace(), "shared");
+/// assert_eq!(req.query_parameters(), [("stage".to_owned(), "prod".to_owned())]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DiscoverRequest {
+    pub(crate) namespace: String,
+    pub(crate) service: String,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) optional: Vec<(String, String)>,
+    pub(crate) health: HealthFilter,
+    pub(crate) max_results: u32,
+}
+
+impl DiscoverRequest {
+    /// The instances of `service` in `namespace`, any attributes, health
+    /// [`HealthFilter::HealthyOrElseAll`], up to 1,000 (the API's maximum).
+    pub fn new(namespace: impl Into<String>, service: impl Into<String>) -> Self {
+        DiscoverRequest {
+            namespace: namespace.into(),
+            service: service.into(),
+            query: Vec::new(),
+            optional: Vec::new(),
+            health: HealthFilter::default(),
+            max_results: 1000,
+        }
+    }
+
+    /// Adds a query parameter: only instances with this attribute value match.
+    #[must_use]
+    pub fn query(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        insert_sorted(&mut self.query, key.into(), value.into());
+        self
+    }
+
+    /// Adds an optional parameter: preferred when some instances match.
+    #[must_use]
+    pub fn optional(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        insert_sorted(&mut self.optional, key.into(), value.into());
+        self
+    }
+
+    /// Sets the health filter.
+    #[must_use]
+    pub fn health(mut self, health: HealthFilter) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// Sets how many instances to ask for, 1 to 1,000 (clamped).
+    #[must_use]
+    pub fn max_results(mut self, n: u32) -> Self {
+        self.max_results = n.clamp(1, 1000);
+        self
+    }
+
+    /// The namespace name.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The service name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Query parameters, sorted by key.
+    pub fn query_parameters(&self) -> &[(String, String)] {
+        &self.query
+    }
+
+    /// Optional parameters, sorted by key.
+    pub fn optional_parameters(&self) -> &[(String, String)] {
+        &self.optional
+    }
+
+    /// The health filter.
+    pub fn health_filter(&self) -> HealthFilter {
+        self.health
+    }
+
+    /// The most instances to return.
+    pub fn max_instances(&self) -> u32 {
+        self.max_results
+    }
+}
+
+/// Keeps parameters sorted and unique by key, so equal questions are equal keys.
+pub(crate) fn insert_sorted(v: &mut Vec<(String, String)>, key: String, value: String) {
+    match v.binary_search_by(|(k, _)| k.as_str().cmp(&key)) {
+        Ok(i) => v[i].1 = value,
+        Err(i) => v.insert(i, (key, value)),
+    }
+}
+
+/// A registry's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Discovered {
+    /// The matching instances.
+    pub instances: Vec<Instance>,
+    /// How long the answer may be cached, when the source says (DNS record TTLs);
+    /// `None` uses the resolver's TTL.
+    pub ttl: Option<Duration>,
+    /// The registry's revision of the service's instances, when it has one
+    /// (Cloud Map's `InstancesRevision`).
+    pub revision: Option<i64>,
+}
+
+impl Discovered {
+    /// An answer with these instances, no TTL and no revision.
+    pub fn new(instances: Vec<Instance>) -> Self {
+        Discovered {
+            instances,
+            ..Default::default()
+        }
+    }
+}
+
+/// A source of instances: Cloud Map's API, DNS, or a static list.
+///
+/// Object safe (`Arc<dyn Discover>` works), with boxed `Send` futures so that a
+/// resolver holding any source stays `Send + Sync`.
+///
+/// # Examples
+///
+/// A source of your own:
+///
+/// ```
+/// use cloudmap_resolver::{BoxFuture, Discover, DiscoverRequest, Discovered, Error, Instance};
+///
+/// #[derive(Debug)]
+/// struct One;
+///
+/// impl Discover for One {
+///     fn discover<'a>(&'a self, req: &'a DiscoverRequest) -> BoxFuture<'a, Result<Discovered, Error>> {
+///         Box::pin(async move {
+///             let i = Instance::new("only").ipv4("127.0.0.1".parse().unwrap()).port(80);
+///             Ok(Discovered::new(vec![i]))
+///         })
+///     }
+/// }
+/// let _boxed: Box<dyn Discover> = Box::new(One);
+/// ```
+pub trait Discover: Send + Sync + fmt::Debug {
+    /// The instances that answer `request`, filtered as DiscoverInstances filters.
+    ///
+    /// # Errors
+    ///
+    /// `NamespaceNotFound` / `ServiceNotFound` when the registry says so,
+    /// `InvalidInput` for a question the source cannot answer, `Throttled` and
+    /// `Unavailable` for failures worth retrying later.
+    fn discover<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>>;
+
+    /// The current revision of the service's instances, when the source has a cheap
+    /// way to tell (Cloud Map's DiscoverInstancesRevision). The resolver then fetches
+    /// instances only when it moved. Returns `Ok(None)` by default: no revision.
+    ///
+    /// # Errors
+    ///
+    /// As [`discover`](Self::discover).
+    fn revision<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        let _ = request;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+impl<D: Discover + ?Sized> Discover for std::sync::Arc<D> {
+    fn discover<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        (**self).discover(request)
+    }
+
+    fn revision<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        (**self).revision(request)
+    }
+}
+
+impl<D: Discover + ?Sized> Discover for Box<D> {
+    fn discover<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        (**self).discover(request)
+    }
+
+    fn revision<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        (**self).revision(request)
+    }
+}
+
+#[allow(dead_code)]
+fn _object_safe(_: &dyn Discover) {}

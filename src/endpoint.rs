@@ -1,0 +1,439 @@
+//! Endpoints: instances turned into addresses a client can connect to.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use crate::instance::{
+    HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
+};
+use crate::policy::AddressPolicy;
+
+/// One usable instance: where to connect, plus the attributes it was registered with.
+///
+/// Cheap to clone (an `Arc` inside). Two endpoints are equal when they are the same
+/// instance at the same address.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
+///
+/// let registry = StaticDiscovery::new().with_instance("shared", "logs",
+///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080).attribute("stage", "prod"));
+/// let resolver = Resolver::builder(registry).build()?;
+/// let ep = resolver.resolve("shared", "logs").await?;
+/// assert_eq!(ep.instance_id(), "i-1");
+/// assert_eq!(ep.socket_addr(), Some("127.0.0.1:8080".parse().unwrap()));
+/// assert_eq!(ep.attribute("stage"), Some("prod"));
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    set: Arc<SetRef>,
+    index: u32,
+}
+
+/// What an endpoint is: parsed once per registry answer, shared by every pick.
+#[derive(Debug)]
+pub(crate) struct EndpointData {
+    instance_id: Box<str>,
+    ip: Option<IpAddr>,
+    host: Option<Box<str>>,
+    port: Option<u16>,
+    health: HealthStatus,
+    attributes: BTreeMap<String, String>,
+}
+
+impl EndpointData {
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    pub(crate) fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// The endpoints of one registry answer, with the selection's cumulative weights.
+#[derive(Debug)]
+pub(crate) struct EndpointSet {
+    pub(crate) items: Box<[EndpointData]>,
+    /// Prefix sums of the weights, for weighted selection; `None` otherwise.
+    pub(crate) cumulative: Option<Box<[f64]>>,
+}
+
+/// A separately counted reference to a set. A cache entry holds one per stripe of
+/// threads, so that endpoints cloned on different threads bump different reference
+/// counts instead of fighting over one cache line.
+#[derive(Debug)]
+pub(crate) struct SetRef(pub(crate) Arc<EndpointSet>);
+
+impl Endpoint {
+    pub(crate) fn new(set: Arc<SetRef>, index: usize) -> Self {
+        debug_assert!(index < set.0.items.len());
+        Endpoint {
+            set,
+            index: index as u32,
+        }
+    }
+
+    /// An endpoint made directly from an instance, with the default address policy:
+    /// for tests, and for callers who keep their own lists.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the instance
+    /// has no usable address (see [`Instance`] for the attributes read).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cloudmap_resolver::{Endpoint, Instance};
+    ///
+    /// let ep = Endpoint::from_instance(Instance::new("i-1").ipv4("10.0.0.1".parse().unwrap()).port(80)).unwrap();
+    /// assert_eq!(ep.to_string(), "i-1@10.0.0.1:80");
+    /// assert!(Endpoint::from_instance(Instance::new("i-2")).is_err());
+    /// ```
+    pub fn from_instance(instance: Instance) -> Result<Self, crate::Error> {
+        let id = instance.id().to_owned();
+        let data = ParseOptions::default()
+            .parse(instance)
+            .map_err(|why| crate::Error::invalid(format!("instance {id}: {why}")))?;
+        Ok(Endpoint::single(data))
+    }
+
+    pub(crate) fn single(data: EndpointData) -> Self {
+        let set = EndpointSet {
+            items: Box::new([data]),
+            cumulative: None,
+        };
+        Endpoint::new(Arc::new(SetRef(Arc::new(set))), 0)
+    }
+
+    fn data(&self) -> &EndpointData {
+        &self.set.0.items[self.index as usize]
+    }
+
+    /// The registry's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.data().instance_id
+    }
+
+    /// IP address and port, when the instance has both. `None` for CNAME or alias
+    /// instances (see [`host`](Self::host)) and for instances registered without a
+    /// port when the resolver has no default port.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        let d = self.data();
+        Some(SocketAddr::new(d.ip?, d.port?))
+    }
+
+    /// The IP address, when the instance has one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.data().ip
+    }
+
+    /// The host name of a CNAME or alias instance.
+    pub fn host(&self) -> Option<&str> {
+        self.data().host.as_deref()
+    }
+
+    /// The port, from `AWS_INSTANCE_PORT`, an SRV record, or the resolver's default.
+    pub fn port(&self) -> Option<u16> {
+        self.data().port
+    }
+
+    /// One attribute's value, as registered.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.data().attributes.get(key).map(String::as_str)
+    }
+
+    /// Every attribute, sorted by key.
+    pub fn attributes(&self) -> &BTreeMap<String, String> {
+        &self.data().attributes
+    }
+
+    /// The health the registry reported when this endpoint was fetched.
+    pub fn health(&self) -> HealthStatus {
+        self.data().health
+    }
+
+    /// Whether `self` and `other` are the very same cached endpoint, not merely equal.
+    pub(crate) fn ptr_eq(&self, other: &Endpoint) -> bool {
+        self.index == other.index && Arc::ptr_eq(&self.set.0, &other.set.0)
+    }
+}
+
+impl PartialEq for Endpoint {
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (self.data(), other.data());
+        self.ptr_eq(other)
+            || (a.instance_id == b.instance_id
+                && a.ip == b.ip
+                && a.host == b.host
+                && a.port == b.port)
+    }
+}
+
+impl Eq for Endpoint {}
+
+impl std::hash::Hash for Endpoint {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let d = self.data();
+        d.instance_id.hash(state);
+        d.ip.hash(state);
+        d.host.hash(state);
+        d.port.hash(state);
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("instance_id", &self.instance_id())
+            .field("address", &format_args!("{self}"))
+            .field("health", &self.health())
+            .finish()
+    }
+}
+
+/// `id@address`, e.g. `i-1@127.0.0.1:8080` or `i-2@api.example.com:443`.
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.data();
+        write!(f, "{}@", d.instance_id)?;
+        match (&d.ip, &d.host, d.port) {
+            (Some(ip), _, Some(port)) => write!(f, "{}", SocketAddr::new(*ip, port)),
+            (Some(ip), _, None) => write!(f, "{ip}"),
+            (None, Some(host), Some(port)) => write!(f, "{host}:{port}"),
+            (None, Some(host), None) => f.write_str(host),
+            (None, None, _) => f.write_str("?"),
+        }
+    }
+}
+
+/// How instances are turned into endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ParseOptions {
+    pub(crate) policy: AddressPolicy,
+    pub(crate) default_port: Option<u16>,
+    pub(crate) prefer_ipv6: bool,
+}
+
+/// Why an instance could not become an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Skip(pub(crate) String);
+
+impl fmt::Display for Skip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl ParseOptions {
+    /// Turns an instance into an endpoint, or says why it cannot be one.
+    pub(crate) fn parse(&self, instance: Instance) -> Result<EndpointData, Skip> {
+        let (id, attributes, health) = instance.into_parts();
+        let get = |k: &str| attributes.get(k).map(|v| v.trim());
+        let v4 = match get(ATTR_IPV4) {
+            Some(s) => Some(
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| Skip(format!("{ATTR_IPV4} {s:?} is not an IPv4 address")))?,
+            ),
+            None => None,
+        };
+        let v6 = match get(ATTR_IPV6) {
+            Some(s) => Some(
+                s.parse::<Ipv6Addr>()
+                    .map_err(|_| Skip(format!("{ATTR_IPV6} {s:?} is not an IPv6 address")))?,
+            ),
+            None => None,
+        };
+        let port = match get(ATTR_PORT) {
+            Some(s) => match s.parse::<u16>() {
+                Ok(p) if p != 0 => Some(p),
+                _ => return Err(Skip(format!("{ATTR_PORT} {s:?} is not a port (1-65535)"))),
+            },
+            None => self.default_port,
+        };
+        let ip = match (v4, v6) {
+            (Some(_), Some(b)) if self.prefer_ipv6 => Some(IpAddr::V6(b)),
+            (Some(a), _) => Some(IpAddr::V4(a)),
+            (None, Some(b)) => Some(IpAddr::V6(b)),
+            (None, None) => None,
+        };
+        let host = match ip {
+            Some(_) => None,
+            None => {
+                let h = get(ATTR_CNAME).or_else(|| get(ATTR_ALIAS)).ok_or_else(|| {
+                    Skip("no address: no IPv4, IPv6, CNAME or alias attribute".into())
+                })?;
+                if !valid_host(h) {
+                    return Err(Skip(format!("host name {h:?} is not a DNS name")));
+                }
+                Some(h.trim_end_matches('.').into())
+            }
+        };
+        if let Some(ip) = ip {
+            if !self.policy.permits(ip) {
+                return Err(Skip(format!(
+                    "address {ip} is refused by the address policy (link-local, unspecified, multicast or denied)"
+                )));
+            }
+        }
+        Ok(EndpointData {
+            instance_id: id.into(),
+            ip,
+            host,
+            port,
+            health,
+            attributes,
+        })
+    }
+
+    /// Parses every instance, skipping the malformed ones with a warning naming them.
+    pub(crate) fn parse_all(
+        &self,
+        namespace: &str,
+        service: &str,
+        instances: Vec<Instance>,
+    ) -> Vec<EndpointData> {
+        let mut out = Vec::with_capacity(instances.len());
+        for instance in instances {
+            let id = instance.id().to_owned();
+            match self.parse(instance) {
+                Ok(ep) => out.push(ep),
+                Err(why) => tracing::warn!(
+                    namespace,
+                    service,
+                    instance_id = %id,
+                    reason = %why,
+                    "skipping instance"
+                ),
+            }
+        }
+        out
+    }
+}
+
+fn valid_host(h: &str) -> bool {
+    let h = h.strip_suffix('.').unwrap_or(h);
+    !h.is_empty()
+        && h.len() <= 253
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> ParseOptions {
+        ParseOptions::default()
+    }
+
+    fn one(d: EndpointData) -> Endpoint {
+        Endpoint::single(d)
+    }
+
+    #[test]
+    fn parses_ipv4_and_port() {
+        let ep = one(opts()
+            .parse(
+                Instance::new("i-1")
+                    .ipv4("10.0.0.1".parse().unwrap())
+                    .port(80),
+            )
+            .unwrap());
+        assert_eq!(ep.socket_addr(), Some("10.0.0.1:80".parse().unwrap()));
+        assert_eq!(ep.to_string(), "i-1@10.0.0.1:80");
+    }
+
+    #[test]
+    fn ipv6_and_preference() {
+        let inst = Instance::new("i")
+            .ipv4("10.0.0.1".parse().unwrap())
+            .ipv6("2600::1".parse().unwrap())
+            .port(443);
+        assert!(opts().parse(inst.clone()).unwrap().ip.unwrap().is_ipv4());
+        let v6 = ParseOptions {
+            prefer_ipv6: true,
+            ..opts()
+        };
+        assert!(v6.parse(inst).unwrap().ip.unwrap().is_ipv6());
+    }
+
+    #[test]
+    fn cname_has_no_socket_addr() {
+        let ep = one(opts()
+            .parse(Instance::new("c").cname("api.example.com").port(443))
+            .unwrap());
+        assert_eq!(ep.socket_addr(), None);
+        assert_eq!(ep.host(), Some("api.example.com"));
+        assert_eq!(ep.port(), Some(443));
+    }
+
+    #[test]
+    fn malformed_values_are_skipped() {
+        let bad = [
+            Instance::new("a")
+                .attribute(ATTR_IPV4, "999.0.0.1")
+                .port(80),
+            Instance::new("b")
+                .ipv4("10.0.0.1".parse().unwrap())
+                .attribute(ATTR_PORT, "abc"),
+            Instance::new("c")
+                .ipv4("10.0.0.1".parse().unwrap())
+                .attribute(ATTR_PORT, "70000"),
+            Instance::new("d")
+                .ipv4("10.0.0.1".parse().unwrap())
+                .attribute(ATTR_PORT, "0"),
+            Instance::new("e").attribute(ATTR_IPV6, "fe80::zz"),
+            Instance::new("f").attribute("stage", "prod"),
+            Instance::new("g").cname("bad host!"),
+            Instance::new("h")
+                .ipv4("169.254.169.254".parse().unwrap())
+                .port(80),
+            Instance::new("i").ipv6("fe80::1".parse().unwrap()).port(80),
+        ];
+        for inst in bad {
+            let id = inst.id().to_owned();
+            assert!(opts().parse(inst).is_err(), "{id} should be skipped");
+        }
+    }
+
+    #[test]
+    fn parse_all_keeps_the_good_ones() {
+        let eps = opts().parse_all(
+            "ns",
+            "svc",
+            vec![
+                Instance::new("good")
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1),
+                Instance::new("bad").attribute(ATTR_PORT, "x"),
+            ],
+        );
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].instance_id(), "good");
+    }
+
+    #[test]
+    fn default_port_fills_in() {
+        let o = ParseOptions {
+            default_port: Some(8080),
+            ..opts()
+        };
+        let ep = o
+            .parse(Instance::new("a").ipv4("10.0.0.1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(ep.port, Some(8080));
+    }
+}

@@ -1,0 +1,178 @@
+//! The crate's one error type.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+
+/// What went wrong, in terms a caller can act on.
+///
+/// Match on it with a wildcard arm: kinds may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A name, attribute or setting was malformed; no network call was made.
+    InvalidInput,
+    /// The registry has no namespace of that name.
+    NamespaceNotFound,
+    /// The namespace has no service of that name (for DNS: NXDOMAIN).
+    ServiceNotFound,
+    /// The service exists but no usable endpoint matched.
+    NoEndpoints,
+    /// The registry refused the call for exceeding its request quota.
+    Throttled,
+    /// The registry could not be reached or failed (network error, 5xx, timeout).
+    Unavailable,
+    /// Every attempt of a [`Resolver::call`](crate::Resolver::call) failed.
+    AttemptsExhausted,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid input",
+            ErrorKind::NamespaceNotFound => "namespace not found",
+            ErrorKind::ServiceNotFound => "service not found",
+            ErrorKind::NoEndpoints => "no endpoints",
+            ErrorKind::Throttled => "throttled by the registry",
+            ErrorKind::Unavailable => "registry unavailable",
+            ErrorKind::AttemptsExhausted => "every attempt failed",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// The error of every fallible operation in this crate.
+///
+/// Cheap to clone (an `Arc` inside), so one failed registry call can be handed to
+/// every caller that waited on it. Foreign errors (SDK, DNS, I/O) are kept as the
+/// [`source`](std::error::Error::source), never in a public signature.
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::{Error, ErrorKind};
+///
+/// let err = Error::new(ErrorKind::InvalidInput, "service name is empty");
+/// assert_eq!(err.kind(), ErrorKind::InvalidInput);
+/// assert!(!err.is_retryable());
+/// assert_eq!(err.to_string(), "invalid input: service name is empty");
+/// ```
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    source: Option<Box<dyn StdError + Send + Sync>>,
+}
+
+impl Error {
+    /// Creates an error of `kind` with a message for people.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                source: None,
+            }),
+        }
+    }
+
+    /// Creates an error of `kind` caused by `source`.
+    pub fn with_source(
+        kind: ErrorKind,
+        message: impl Into<String>,
+        source: impl Into<Box<dyn StdError + Send + Sync>>,
+    ) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                source: Some(source.into()),
+            }),
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The message for people, without the kind.
+    pub fn message(&self) -> &str {
+        &self.inner.message
+    }
+
+    /// Whether trying again later may succeed: the registry was throttled or
+    /// unavailable. Not-found and invalid input are answers, not failures.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind(), ErrorKind::Throttled | ErrorKind::Unavailable)
+    }
+
+    /// Whether the registry answered that the namespace or service does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::NamespaceNotFound | ErrorKind::ServiceNotFound
+        )
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.inner.kind, self.inner.message)
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|s| &**s as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_shares_source_and_kind() {
+        let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        let err = Error::with_source(ErrorKind::Unavailable, "registry call failed", io);
+        let copy = err.clone();
+        assert_eq!(copy.kind(), ErrorKind::Unavailable);
+        assert!(copy.is_retryable());
+        assert_eq!(copy.source().unwrap().to_string(), "slow");
+    }
+
+    #[test]
+    fn error_is_send_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<Error>();
+    }
+}

@@ -1,0 +1,148 @@
+//! Which instances an answer keeps: query parameters, optional parameters and the
+//! health filter, applied as Cloud Map's DiscoverInstances applies them.
+
+use std::fmt;
+
+use crate::instance::{HealthStatus, Instance};
+
+/// Which instances to return by health, as DiscoverInstances' `HealthStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum HealthFilter {
+    /// Healthy instances only.
+    Healthy,
+    /// Unhealthy instances only.
+    Unhealthy,
+    /// Every instance, whatever its health.
+    All,
+    /// Healthy instances, or every instance when none is healthy: fails open, as a
+    /// load balancer does when all its targets fail. The default.
+    #[default]
+    HealthyOrElseAll,
+}
+
+impl HealthFilter {
+    /// The API's spelling: `HEALTHY`, `UNHEALTHY`, `ALL`, `HEALTHY_OR_ELSE_ALL`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthFilter::Healthy => "HEALTHY",
+            HealthFilter::Unhealthy => "UNHEALTHY",
+            HealthFilter::All => "ALL",
+            HealthFilter::HealthyOrElseAll => "HEALTHY_OR_ELSE_ALL",
+        }
+    }
+}
+
+impl fmt::Display for HealthFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Applies DiscoverInstances' rules to `instances`, in place:
+/// every query parameter must match; the optional parameters are applied only if
+/// some remaining instance matches all of them, otherwise ignored; then the health
+/// filter. Used by sources that answer locally (static, DNS).
+pub(crate) fn apply(
+    instances: &mut Vec<Instance>,
+    query: &[(String, String)],
+    optional: &[(String, String)],
+    health: HealthFilter,
+) {
+    instances.retain(|i| matches_all(i, query));
+    if !optional.is_empty() && instances.iter().any(|i| matches_all(i, optional)) {
+        instances.retain(|i| matches_all(i, optional));
+    }
+    match health {
+        HealthFilter::All => {}
+        HealthFilter::Healthy => instances.retain(|i| i.health_status() == HealthStatus::Healthy),
+        HealthFilter::Unhealthy => {
+            instances.retain(|i| i.health_status() == HealthStatus::Unhealthy)
+        }
+        HealthFilter::HealthyOrElseAll => {
+            if instances
+                .iter()
+                .any(|i| i.health_status() == HealthStatus::Healthy)
+            {
+                instances.retain(|i| i.health_status() == HealthStatus::Healthy);
+            }
+        }
+    }
+}
+
+fn matches_all(instance: &Instance, params: &[(String, String)]) -> bool {
+    params
+        .iter()
+        .all(|(k, v)| instance.attribute_value(k) == Some(v.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[Instance]) -> Vec<&str> {
+        v.iter().map(Instance::id).collect()
+    }
+
+    fn fleet() -> Vec<Instance> {
+        vec![
+            Instance::new("a")
+                .attribute("stage", "prod")
+                .attribute("az", "1"),
+            Instance::new("b")
+                .attribute("stage", "prod")
+                .attribute("az", "2"),
+            Instance::new("c")
+                .attribute("stage", "dev")
+                .health(HealthStatus::Unhealthy),
+        ]
+    }
+
+    fn p(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_owned(), v.to_owned())]
+    }
+
+    #[test]
+    fn query_must_match() {
+        let mut v = fleet();
+        apply(&mut v, &p("stage", "prod"), &[], HealthFilter::All);
+        assert_eq!(ids(&v), ["a", "b"]);
+    }
+
+    #[test]
+    fn optional_applied_or_ignored() {
+        let mut v = fleet();
+        apply(
+            &mut v,
+            &p("stage", "prod"),
+            &p("az", "2"),
+            HealthFilter::All,
+        );
+        assert_eq!(ids(&v), ["b"]);
+        let mut v = fleet();
+        apply(
+            &mut v,
+            &p("stage", "prod"),
+            &p("az", "9"),
+            HealthFilter::All,
+        );
+        assert_eq!(ids(&v), ["a", "b"]);
+    }
+
+    #[test]
+    fn health_filters() {
+        let run = |h| {
+            let mut v = fleet();
+            apply(&mut v, &[], &[], h);
+            ids(&v).join(",")
+        };
+        assert_eq!(run(HealthFilter::Healthy), "a,b");
+        assert_eq!(run(HealthFilter::Unhealthy), "c");
+        assert_eq!(run(HealthFilter::All), "a,b,c");
+        assert_eq!(run(HealthFilter::HealthyOrElseAll), "a,b");
+        let mut v = vec![fleet().remove(2)];
+        v.push(Instance::new("d").health(HealthStatus::Unhealthy));
+        apply(&mut v, &[], &[], HealthFilter::HealthyOrElseAll);
+        assert_eq!(ids(&v), ["c", "d"], "fails open when none is healthy");
+    }
+}

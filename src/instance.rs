@@ -1,0 +1,159 @@
+//! A registered instance as the registry describes it: an id and its attributes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// The attribute holding an instance's IPv4 address.
+pub const ATTR_IPV4: &str = "AWS_INSTANCE_IPV4";
+/// The attribute holding an instance's IPv6 address.
+pub const ATTR_IPV6: &str = "AWS_INSTANCE_IPV6";
+/// The attribute holding an instance's port.
+pub const ATTR_PORT: &str = "AWS_INSTANCE_PORT";
+/// The attribute holding an instance's CNAME host name.
+pub const ATTR_CNAME: &str = "AWS_INSTANCE_CNAME";
+/// The attribute holding an alias target's DNS name (an ELB, for example).
+pub const ATTR_ALIAS: &str = "AWS_ALIAS_DNS_NAME";
+
+/// The health the registry reports for an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum HealthStatus {
+    /// Passing its health check (or no health check configured).
+    #[default]
+    Healthy,
+    /// Failing its health check.
+    Unhealthy,
+    /// The registry does not know yet.
+    Unknown,
+}
+
+impl HealthStatus {
+    /// The registry's spelling: `HEALTHY`, `UNHEALTHY` or `UNKNOWN`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HealthStatus::Healthy => "HEALTHY",
+            HealthStatus::Unhealthy => "UNHEALTHY",
+            HealthStatus::Unknown => "UNKNOWN",
+        }
+    }
+
+    /// Parses the registry's spelling, ignoring ASCII case.
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::Unknown,
+        ]
+        .into_iter()
+        .find(|h| h.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One registered instance: an id, its attributes and its health.
+///
+/// Built with chained setters that write the registry's well-known attributes.
+/// Nothing is validated here; malformed values are caught when the instance is turned
+/// into an [`Endpoint`](crate::Endpoint), where the instance is skipped with a warning.
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::Instance;
+///
+/// let inst = Instance::new("i-1")
+///     .ipv4("10.0.0.7".parse().unwrap())
+///     .port(8080)
+///     .attribute("stage", "prod");
+/// assert_eq!(inst.attribute_value("AWS_INSTANCE_PORT"), Some("8080"));
+/// assert_eq!(inst.attribute_value("stage"), Some("prod"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    id: String,
+    attributes: BTreeMap<String, String>,
+    health: HealthStatus,
+}
+
+impl Instance {
+    /// An instance with this id, no attributes, healthy.
+    pub fn new(id: impl Into<String>) -> Self {
+        Instance {
+            id: id.into(),
+            attributes: BTreeMap::new(),
+            health: HealthStatus::Healthy,
+        }
+    }
+
+    /// Sets `AWS_INSTANCE_IPV4`.
+    #[must_use]
+    pub fn ipv4(self, ip: Ipv4Addr) -> Self {
+        self.attribute(ATTR_IPV4, ip.to_string())
+    }
+
+    /// Sets `AWS_INSTANCE_IPV6`.
+    #[must_use]
+    pub fn ipv6(self, ip: Ipv6Addr) -> Self {
+        self.attribute(ATTR_IPV6, ip.to_string())
+    }
+
+    /// Sets `AWS_INSTANCE_PORT`.
+    #[must_use]
+    pub fn port(self, port: u16) -> Self {
+        self.attribute(ATTR_PORT, port.to_string())
+    }
+
+    /// Sets `AWS_INSTANCE_CNAME`: the instance is reached by host name.
+    #[must_use]
+    pub fn cname(self, host: impl Into<String>) -> Self {
+        self.attribute(ATTR_CNAME, host)
+    }
+
+    /// Sets any attribute, replacing an earlier value.
+    #[must_use]
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the health the registry reports.
+    #[must_use]
+    pub fn health(mut self, health: HealthStatus) -> Self {
+        self.health = health;
+        self
+    }
+
+    /// The instance id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// One attribute's value.
+    pub fn attribute_value(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
+    /// All attributes, sorted by key.
+    pub fn attributes(&self) -> &BTreeMap<String, String> {
+        &self.attributes
+    }
+
+    /// The health the registry reports.
+    pub fn health_status(&self) -> HealthStatus {
+        self.health
+    }
+
+    pub(crate) fn set_health(&mut self, health: HealthStatus) {
+        self.health = health;
+    }
+
+    pub(crate) fn into_parts(self) -> (String, BTreeMap<String, String>, HealthStatus) {
+        (self.id, self.attributes, self.health)
+    }
+}

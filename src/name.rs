@@ -1,0 +1,105 @@
+//! Cloud Map's naming rules, checked before any network call.
+
+use crate::error::Error;
+
+/// Namespace names: 1 to 1,024 printable ASCII characters, no spaces.
+pub(crate) fn check_namespace(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 1024 {
+        return Err(Error::invalid(format!(
+            "namespace name must be 1 to 1024 characters, got {}",
+            name.len()
+        )));
+    }
+    if let Some(c) = name.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(Error::invalid(format!(
+            "namespace name {name:?} has {c:?}: only printable ASCII without spaces is allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// Service names: DNS-label style (letters, digits, `_` and `-`, labels of 1 to 63
+/// characters joined by dots, no label starting or ending with `-`), at most 127
+/// characters in all.
+pub(crate) fn check_service(name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > 127 {
+        return Err(Error::invalid(format!(
+            "service name must be 1 to 127 characters, got {}",
+            name.len()
+        )));
+    }
+    for label in name.split('.') {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            && !label.starts_with('-')
+            && !label.ends_with('-');
+        if !ok {
+            return Err(Error::invalid(format!(
+                "service name {name:?} is not DNS-label style (label {label:?})"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Attribute keys and values of a query: keys 1 to 255 characters, values at most
+/// 1,024, both printable (Cloud Map's limits for instance attributes).
+pub(crate) fn check_attribute(key: &str, value: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(Error::invalid(format!(
+            "attribute key {key:?} must be 1 to 255 printable ASCII characters"
+        )));
+    }
+    if value.len() > 1024 || value.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "attribute {key:?} value must be at most 1024 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces() {
+        for ok in ["shared", "prod.internal", "a", &"n".repeat(1024), "x_y-z/1"] {
+            assert!(check_namespace(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "has space", "tab\t", "é", &"n".repeat(1025)] {
+            assert!(check_namespace(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn services() {
+        for ok in ["logs", "api.v2", "_http._tcp", "a-b", "x", &"s".repeat(63)] {
+            assert!(check_service(ok).is_ok(), "{ok}");
+        }
+        let long = format!("{}.{}", "a".repeat(63), "b".repeat(64));
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            ".",
+            "a b",
+            "a/b",
+            &"s".repeat(64),
+            &long,
+        ] {
+            assert!(check_service(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn attributes() {
+        assert!(check_attribute("stage", "prod").is_ok());
+        assert!(check_attribute("", "x").is_err());
+        assert!(check_attribute("k", "a\nb").is_err());
+    }
+}

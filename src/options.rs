@@ -1,0 +1,124 @@
+//! The resolver's plain settings, each with its default.
+
+use std::time::Duration;
+
+use crate::filter::HealthFilter;
+use crate::policy::AddressPolicy;
+use crate::select::Selection;
+
+/// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default.
+///
+/// Set the common ones through [`ResolverBuilder`](crate::ResolverBuilder)'s methods,
+/// or all at once with [`ResolverBuilder::options`](crate::ResolverBuilder::options).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cloudmap_resolver::ResolverOptions;
+///
+/// let mut opts = ResolverOptions::default();
+/// opts.ttl = Duration::from_secs(10);
+/// opts.capacity = 500;
+/// assert_eq!(opts.max_stale, Duration::from_secs(24 * 3600));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ResolverOptions {
+    /// How long an answer is fresh when the source gives no TTL of its own.
+    /// Default: 5 s.
+    pub ttl: Duration,
+    /// How one endpoint is picked. Default: [`Selection::RoundRobin`].
+    pub selection: Selection,
+    /// Which instances by health. Default: [`HealthFilter::HealthyOrElseAll`].
+    pub health_filter: HealthFilter,
+    /// Which addresses may be handed out. Default: all but link-local, unspecified,
+    /// multicast and broadcast; see [`AddressPolicy`].
+    pub address_policy: AddressPolicy,
+    /// The port for instances registered without `AWS_INSTANCE_PORT`. Default: none
+    /// (such endpoints have no [`socket_addr`](crate::Endpoint::socket_addr)).
+    pub default_port: Option<u16>,
+    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both.
+    /// Default: false.
+    pub prefer_ipv6: bool,
+    /// How many keys (namespace, service, query, health) are cached at most; the
+    /// least used are evicted beyond it. Default: 10,000.
+    pub capacity: u64,
+    /// A key not resolved for this long is dropped. Default: 10 min.
+    pub idle_timeout: Duration,
+    /// How long the last good answer is served while the registry fails or throttles.
+    /// Default: 1 day.
+    pub max_stale: Duration,
+    /// How long a not-found answer is remembered. Default: 2 s.
+    pub negative_ttl: Duration,
+    /// The longest a registry call may take before it counts as unavailable; also
+    /// bounds how long a cold key waits when the registry is down. Default: 5 s.
+    pub fetch_timeout: Duration,
+    /// Refresh keys in use in the background before they expire, so callers never
+    /// wait on the network. Default: true.
+    pub refresh_ahead: bool,
+    /// Where the source has a cheap revision call (Cloud Map's
+    /// DiscoverInstancesRevision), check it on refresh and fetch instances only when
+    /// it moved; but fetch in full at least this often, since health changes do not
+    /// move the revision. `None` turns revision polling off. Default: 30 s.
+    pub full_refresh_interval: Option<Duration>,
+    /// First delay before retrying a failed refresh; doubles per failure, jittered.
+    /// Default: 500 ms.
+    pub backoff_base: Duration,
+    /// Longest delay between refresh retries. Default: 30 s.
+    pub backoff_max: Duration,
+    /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
+    /// from the operating system).
+    pub seed: Option<u64>,
+}
+
+impl Default for ResolverOptions {
+    fn default() -> Self {
+        ResolverOptions {
+            ttl: Duration::from_secs(5),
+            selection: Selection::RoundRobin,
+            health_filter: HealthFilter::HealthyOrElseAll,
+            address_policy: AddressPolicy::default(),
+            default_port: None,
+            prefer_ipv6: false,
+            capacity: 10_000,
+            idle_timeout: Duration::from_secs(600),
+            max_stale: Duration::from_secs(24 * 3600),
+            negative_ttl: Duration::from_secs(2),
+            fetch_timeout: Duration::from_secs(5),
+            refresh_ahead: true,
+            full_refresh_interval: Some(Duration::from_secs(30)),
+            backoff_base: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            seed: None,
+        }
+    }
+}
+
+impl ResolverOptions {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        let nonzero = [
+            ("ttl", self.ttl),
+            ("idle_timeout", self.idle_timeout),
+            ("fetch_timeout", self.fetch_timeout),
+            ("backoff_base", self.backoff_base),
+        ];
+        if let Some((name, _)) = nonzero.iter().find(|(_, d)| d.is_zero()) {
+            return Err(crate::Error::invalid(format!(
+                "{name} must be greater than zero"
+            )));
+        }
+        if self.capacity == 0 {
+            return Err(crate::Error::invalid("capacity must be at least 1"));
+        }
+        if self.backoff_max < self.backoff_base {
+            return Err(crate::Error::invalid(
+                "backoff_max must be at least backoff_base",
+            ));
+        }
+        if let Selection::WeightedRandom { attribute } = &self.selection {
+            crate::name::check_attribute(attribute, "")?;
+        }
+        Ok(())
+    }
+}

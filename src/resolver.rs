@@ -1,0 +1,363 @@
+//! `Resolver`: the handle users hold, its builder, and per-call queries.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cache::Cache;
+use crate::discover::{insert_sorted, Discover};
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::filter::HealthFilter;
+use crate::key::KeyRef;
+use crate::options::ResolverOptions;
+use crate::policy::AddressPolicy;
+use crate::select::Selection;
+
+/// Finds live endpoints of services: cached, filtered, picked.
+///
+/// A cheap-to-clone handle (an `Arc` inside): clone it into every task rather than
+/// wrapping it. Every future it returns is `Send`. It must be used within a Tokio
+/// runtime with the time driver enabled, which runs its background refreshes.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{HealthFilter, Instance, Resolver, Selection, StaticDiscovery};
+///
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "logs", Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080))
+///     .with_instance("shared", "logs", Instance::new("i-2").ipv4("127.0.0.1".parse().unwrap()).port(8081));
+/// let resolver = Resolver::builder(registry)
+///     .ttl(Duration::from_secs(5))
+///     .selection(Selection::RoundRobin)
+///     .health_filter(HealthFilter::HealthyOrElseAll)
+///     .build()?;
+/// let a = resolver.resolve("shared", "logs").await?;
+/// let b = resolver.resolve("shared", "logs").await?;
+/// assert_ne!(a, b, "round-robin alternates");
+/// assert_eq!(resolver.resolve_all("shared", "logs").await?.len(), 2);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Resolver {
+    cache: Arc<Cache>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Resolver {
+    /// Starts building a resolver over a source of instances.
+    pub fn builder(source: impl Discover + 'static) -> ResolverBuilder {
+        ResolverBuilder {
+            source: Box::new(source),
+            opts: ResolverOptions::default(),
+        }
+    }
+
+    /// A resolver over Cloud Map with the default AWS configuration chain
+    /// (environment, profile, instance or task role) and default options.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for configuration checks.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// let resolver = cloudmap_resolver::Resolver::from_env().await?;
+    /// let ep = resolver.resolve("shared", "logs").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_env() -> Result<Resolver, Error> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Resolver::builder(crate::CloudMapDiscovery::new(&sdk)).build()
+    }
+
+    /// One endpoint of `service` in `namespace`, picked by the resolver's
+    /// [`Selection`] from the cached answer.
+    ///
+    /// A warm key is answered from memory without locking, allocating or waiting;
+    /// a cold or expired key asks the registry, one call per key however many
+    /// callers wait for it.
+    ///
+    /// # Errors
+    ///
+    /// - [`InvalidInput`](crate::ErrorKind::InvalidInput): a name breaks Cloud Map's
+    ///   rules (checked before any network call);
+    /// - [`NamespaceNotFound`](crate::ErrorKind::NamespaceNotFound),
+    ///   [`ServiceNotFound`](crate::ErrorKind::ServiceNotFound): the registry says so;
+    /// - [`NoEndpoints`](crate::ErrorKind::NoEndpoints): nothing usable matched;
+    /// - [`Throttled`](crate::ErrorKind::Throttled),
+    ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
+    ///   earlier answer may be served.
+    pub async fn resolve(&self, namespace: &str, service: &str) -> Result<Endpoint, Error> {
+        let key = KeyRef::plain(namespace, service, self.cache.opts.health_filter);
+        self.pick(key).await
+    }
+
+    /// Every endpoint of `service` in `namespace`, in the registry's order.
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    pub async fn resolve_all(&self, namespace: &str, service: &str) -> Result<Endpoints, Error> {
+        let key = KeyRef::plain(namespace, service, self.cache.opts.health_filter);
+        self.all(key).await
+    }
+
+    /// A query with attribute filters or another health filter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "logs", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "logs", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let ep = resolver.query("shared", "logs").attribute("stage", "prod").resolve().await?;
+    /// assert_eq!(ep.instance_id(), "a");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn query<'a>(&'a self, namespace: &'a str, service: &'a str) -> Query<'a> {
+        Query {
+            resolver: self,
+            namespace,
+            service,
+            query: Vec::new(),
+            optional: Vec::new(),
+            health: self.cache.opts.health_filter,
+        }
+    }
+
+    /// How many keys are cached now.
+    pub fn cached_keys(&self) -> usize {
+        self.cache.run_pending_tasks();
+        self.cache.len()
+    }
+
+    /// The options this resolver was built with.
+    pub fn options(&self) -> &ResolverOptions {
+        &self.cache.opts
+    }
+
+    pub(crate) async fn pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
+        let selection = &self.cache.opts.selection;
+        if let Some(ep) = self
+            .cache
+            .warm(&key, |snap, seed| snap.pick(selection, seed))
+        {
+            return Ok(ep);
+        }
+        // Boxed so that the warm path's future stays small.
+        let (slot, snap) = Box::pin(self.cache.load(key)).await?;
+        Ok(snap.pick(selection, slot.seed))
+    }
+
+    pub(crate) async fn all(&self, key: KeyRef<'_>) -> Result<Endpoints, Error> {
+        if let Some(all) = self.cache.warm(&key, |snap, _| snap.all()) {
+            return Ok(Endpoints(all));
+        }
+        let (_, snap) = Box::pin(self.cache.load(key)).await?;
+        Ok(Endpoints(snap.all()))
+    }
+}
+
+/// Builds a [`Resolver`]; see [`ResolverOptions`] for every setting and default.
+#[must_use]
+pub struct ResolverBuilder {
+    source: Box<dyn Discover>,
+    opts: ResolverOptions,
+}
+
+impl fmt::Debug for ResolverBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolverBuilder")
+            .field("source", &self.source)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+impl ResolverBuilder {
+    /// How long an answer is fresh when the source gives no TTL. Default: 5 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.opts.ttl = ttl;
+        self
+    }
+
+    /// How one endpoint is picked. Default: [`Selection::RoundRobin`].
+    pub fn selection(mut self, selection: Selection) -> Self {
+        self.opts.selection = selection;
+        self
+    }
+
+    /// Which instances by health. Default: [`HealthFilter::HealthyOrElseAll`].
+    pub fn health_filter(mut self, health: HealthFilter) -> Self {
+        self.opts.health_filter = health;
+        self
+    }
+
+    /// Which addresses may be handed out. Default: [`AddressPolicy::default`].
+    pub fn address_policy(mut self, policy: AddressPolicy) -> Self {
+        self.opts.address_policy = policy;
+        self
+    }
+
+    /// The port for instances registered without one. Default: none.
+    pub fn default_port(mut self, port: u16) -> Self {
+        self.opts.default_port = Some(port);
+        self
+    }
+
+    /// How many keys are cached at most. Default: 10,000.
+    pub fn capacity(mut self, keys: u64) -> Self {
+        self.opts.capacity = keys;
+        self
+    }
+
+    /// How long the last good answer is served while the registry fails. Default: 1 day.
+    pub fn max_stale(mut self, age: Duration) -> Self {
+        self.opts.max_stale = age;
+        self
+    }
+
+    /// Seeds selection and jitter, for reproducible tests. Default: random.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.opts.seed = Some(seed);
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn options(mut self, opts: ResolverOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Checks the settings and builds the resolver.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
+    /// capacity, a backoff maximum below its base, or a malformed weight attribute.
+    pub fn build(self) -> Result<Resolver, Error> {
+        self.opts.validate()?;
+        Ok(Resolver {
+            cache: Arc::new(Cache::new(self.source, self.opts)),
+        })
+    }
+}
+
+/// A resolve with attribute filters; made by [`Resolver::query`].
+#[derive(Debug)]
+#[must_use]
+pub struct Query<'a> {
+    resolver: &'a Resolver,
+    namespace: &'a str,
+    service: &'a str,
+    query: Vec<(String, String)>,
+    optional: Vec<(String, String)>,
+    health: HealthFilter,
+}
+
+impl Query<'_> {
+    /// Only instances whose attribute `key` is `value` (a DiscoverInstances query
+    /// parameter).
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        insert_sorted(&mut self.query, key.into(), value.into());
+        self
+    }
+
+    /// Prefer instances whose attribute `key` is `value`, when there are any (a
+    /// DiscoverInstances optional parameter).
+    pub fn optional_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        insert_sorted(&mut self.optional, key.into(), value.into());
+        self
+    }
+
+    /// Another health filter than the resolver's.
+    pub fn health(mut self, health: HealthFilter) -> Self {
+        self.health = health;
+        self
+    }
+
+    pub(crate) fn key(&self) -> KeyRef<'_> {
+        KeyRef {
+            namespace: self.namespace,
+            service: self.service,
+            query: &self.query,
+            optional: &self.optional,
+            health: self.health,
+        }
+    }
+
+    /// One endpoint matching the query.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::resolve`]; a malformed attribute is `InvalidInput`.
+    pub async fn resolve(self) -> Result<Endpoint, Error> {
+        self.resolver.pick(self.key()).await
+    }
+
+    /// Every endpoint matching the query.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::resolve`].
+    pub async fn resolve_all(self) -> Result<Endpoints, Error> {
+        self.resolver.all(self.key()).await
+    }
+}
+
+/// Every endpoint of a service; derefs to `[Endpoint]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints(Vec<Endpoint>);
+
+impl Deref for Endpoints {
+    type Target = [Endpoint];
+
+    fn deref(&self) -> &[Endpoint] {
+        &self.0
+    }
+}
+
+impl IntoIterator for Endpoints {
+    type Item = Endpoint;
+    type IntoIter = std::vec::IntoIter<Endpoint>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Endpoints {
+    type Item = &'a Endpoint;
+    type IntoIter = std::slice::Iter<'a, Endpoint>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl From<Endpoints> for Vec<Endpoint> {
+    fn from(e: Endpoints) -> Self {
+        e.0
+    }
+}

@@ -1,0 +1,226 @@
+//! How one endpoint is picked from a cached set.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::endpoint::EndpointData;
+
+/// How [`Resolver::resolve`](crate::Resolver::resolve) picks one endpoint.
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::Selection;
+///
+/// // Canary routing: an instance registered with `weight=1` beside two with
+/// // `weight=2` gets a fifth of the traffic.
+/// let canary = Selection::WeightedRandom { attribute: "weight".into() };
+/// assert_ne!(canary, Selection::default());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Selection {
+    /// Each endpoint in turn: an even spread per key. The default.
+    #[default]
+    RoundRobin,
+    /// At random, in proportion to a weight read from an instance attribute. A
+    /// missing weight counts as 1; a weight that is not a non-negative number counts
+    /// as 1, with a warning; weight 0 is never picked unless every weight is 0.
+    WeightedRandom {
+        /// The attribute holding the weight, e.g. `"weight"`.
+        attribute: String,
+    },
+    /// Uniformly at random.
+    Random,
+}
+
+impl Selection {
+    /// Prefix sums of the weights, for weighted selection. All-zero weights fall back
+    /// to equal weights, as the doc promises.
+    pub(crate) fn cumulative(
+        &self,
+        items: &[EndpointData],
+        namespace: &str,
+        service: &str,
+    ) -> Option<Box<[f64]>> {
+        let Selection::WeightedRandom { attribute } = self else {
+            return None;
+        };
+        let mut weights: Vec<f64> = items
+            .iter()
+            .map(|ep| match ep.attribute(attribute) {
+                None => 1.0,
+                Some(raw) => match raw.trim().parse::<f64>() {
+                    Ok(w) if w.is_finite() && w >= 0.0 => w,
+                    _ => {
+                        tracing::warn!(
+                            namespace,
+                            service,
+                            instance_id = ep.instance_id(),
+                            attribute = attribute.as_str(),
+                            value = raw,
+                            "weight is not a non-negative number; counting it as 1"
+                        );
+                        1.0
+                    }
+                },
+            })
+            .collect();
+        if weights.iter().all(|w| *w == 0.0) {
+            weights.iter_mut().for_each(|w| *w = 1.0);
+        }
+        let mut sum = 0.0;
+        Some(
+            weights
+                .into_iter()
+                .map(|w| {
+                    sum += w;
+                    sum
+                })
+                .collect(),
+        )
+    }
+
+    /// The index picked by the `n`th draw of a stripe; `draw` is a counter value,
+    /// `seed` the key's seed. Deterministic in its inputs, so seeded tests repeat.
+    pub(crate) fn pick(
+        &self,
+        len: usize,
+        cumulative: Option<&[f64]>,
+        draw: u64,
+        seed: u64,
+    ) -> usize {
+        match (self, cumulative) {
+            (Selection::RoundRobin, _) => (draw % len as u64) as usize,
+            (_, Some(cum)) => {
+                let total = cum[cum.len() - 1];
+                let unit = (splitmix64(seed ^ draw) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+                let x = unit * total;
+                // First endpoint whose cumulative weight exceeds x; zero-weight
+                // endpoints have no width and are never hit.
+                cum.partition_point(|&c| c <= x).min(len - 1)
+            }
+            _ => ((u128::from(splitmix64(seed ^ draw)) * len as u128) >> 64) as usize,
+        }
+    }
+}
+
+/// SplitMix64's output function over a Weyl sequence: a fast, well-mixed,
+/// stateless generator, so draws need no lock and no shared RNG state.
+pub(crate) fn splitmix64(x: u64) -> u64 {
+    let mut z = x
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// How many counters a cache entry keeps, one per stripe of threads.
+pub(crate) const STRIPES: usize = 8;
+
+/// This thread's stripe: threads are dealt stripes in turn as they first pick, so
+/// up to `STRIPES` threads never write the same counter.
+pub(crate) fn stripe() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    STRIPE.with(|s| {
+        let v = s.get();
+        if v != usize::MAX {
+            return v;
+        }
+        let v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        s.set(v);
+        v
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::ParseOptions;
+    use crate::instance::Instance;
+
+    fn items(weights: &[Option<&str>]) -> Vec<EndpointData> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let mut inst = Instance::new(format!("i-{i}")).ipv4("10.0.0.1".parse().unwrap());
+                if let Some(w) = w {
+                    inst = inst.attribute("weight", *w);
+                }
+                ParseOptions::default().parse(inst).unwrap()
+            })
+            .collect()
+    }
+
+    fn shares(sel: &Selection, weights: &[Option<&str>], draws: u64) -> Vec<u64> {
+        let items = items(weights);
+        let cum = sel.cumulative(&items, "ns", "svc");
+        let mut counts = vec![0; items.len()];
+        for d in 0..draws {
+            counts[sel.pick(items.len(), cum.as_deref(), d, 42)] += 1;
+        }
+        counts
+    }
+
+    fn weighted() -> Selection {
+        Selection::WeightedRandom {
+            attribute: "weight".into(),
+        }
+    }
+
+    #[test]
+    fn round_robin_is_even() {
+        let c = shares(&Selection::RoundRobin, &[None, None, None], 1000);
+        assert!(
+            c.iter().max().unwrap() - c.iter().min().unwrap() <= 1,
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn weights_two_to_one() {
+        let c = shares(&weighted(), &[Some("2"), Some("1")], 30_000);
+        let share = c[1] as f64 / 30_000.0;
+        assert!((share - 1.0 / 3.0).abs() < 0.02, "share {share}");
+    }
+
+    #[test]
+    fn zero_weight_never_picked_unless_all_zero() {
+        let c = shares(&weighted(), &[Some("0"), Some("1"), Some("0")], 5_000);
+        assert_eq!((c[0], c[2]), (0, 0));
+        let c = shares(&weighted(), &[Some("0"), Some("0")], 5_000);
+        assert!(c[0] > 2_000 && c[1] > 2_000, "{c:?}");
+    }
+
+    #[test]
+    fn bad_weights_count_as_one() {
+        let c = shares(
+            &weighted(),
+            &[Some("abc"), Some("-3"), None, Some("NaN")],
+            40_000,
+        );
+        for n in &c {
+            assert!((*n as f64 / 40_000.0 - 0.25).abs() < 0.02, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn random_is_uniform_and_seeded() {
+        let c = shares(&Selection::Random, &[None; 4], 40_000);
+        for n in &c {
+            assert!((*n as f64 / 40_000.0 - 0.25).abs() < 0.02, "{c:?}");
+        }
+        assert_eq!(c, shares(&Selection::Random, &[None; 4], 40_000));
+    }
+
+    #[test]
+    fn stripe_is_stable_per_thread() {
+        assert_eq!(stripe(), stripe());
+        assert!(stripe() < STRIPES);
+    }
+}

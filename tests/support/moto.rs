@@ -1,0 +1,166 @@
+//! A moto server on a free loopback port, one per test binary, stopped when the
+//! test process exits (a watchdog thread inside it polls the parent's pid).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use aws_sdk_servicediscovery as sd;
+
+pub struct Moto {
+    pub addr: SocketAddr,
+    _child: Mutex<Child>,
+}
+
+/// Where the test command installed moto: `$MOTO_PYTHON`, else `.venv/bin/python`.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_PYTHON") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        p.exists(),
+        "moto is not installed: run scripts/test (it installs a pinned moto[server] into .venv), \
+         or set MOTO_PYTHON to a python that has it"
+    );
+    p
+}
+
+const LAUNCH: &str = r#"
+import os, sys, threading, time
+parent = os.getppid()
+def watch():
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+from moto.server import main
+main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+"#;
+
+pub fn moto() -> &'static Moto {
+    static MOTO: OnceLock<Moto> = OnceLock::new();
+    MOTO.get_or_init(|| {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python())
+            .args(["-c", LAUNCH, &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto");
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(addr).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start within 60 s");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Moto {
+            addr,
+            _child: Mutex::new(child),
+        }
+    })
+}
+
+/// SDK configuration pointing at `url` with dummy credentials and no SDK retries
+/// (so call counts are the resolver's own).
+pub fn sdk_config(url: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .endpoint_url(url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(sd::config::SharedCredentialsProvider::new(
+            sd::config::Credentials::new("testing", "testing", None, None, "tests"),
+        ))
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build()
+}
+
+/// Control-plane client straight to moto, for setting up registries.
+pub fn admin() -> sd::Client {
+    let conf = sdk_config(&format!("http://{}", moto().addr));
+    sd::Client::new(&conf)
+}
+
+/// A unique name for this test's namespace, so tests share one moto safely.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// An HTTP namespace with one service; returns the service id.
+pub async fn http_service(namespace: &str, service: &str) -> String {
+    let c = admin();
+    let op = c
+        .create_http_namespace()
+        .name(namespace)
+        .send()
+        .await
+        .unwrap();
+    let op = c
+        .get_operation()
+        .operation_id(op.operation_id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let ns_id = op.operation().unwrap().targets().unwrap()
+        [&sd::types::OperationTargetType::Namespace]
+        .clone();
+    let svc = c
+        .create_service()
+        .name(service)
+        .namespace_id(ns_id)
+        .health_check_custom_config(sd::types::HealthCheckCustomConfig::builder().build())
+        .send()
+        .await
+        .unwrap();
+    svc.service().unwrap().id().unwrap().to_owned()
+}
+
+pub async fn register(service_id: &str, instance_id: &str, attrs: &[(&str, &str)]) {
+    let mut req = admin()
+        .register_instance()
+        .service_id(service_id)
+        .instance_id(instance_id);
+    for (k, v) in attrs {
+        req = req.attributes(*k, *v);
+    }
+    req.send().await.unwrap();
+}
+
+pub async fn deregister(service_id: &str, instance_id: &str) {
+    admin()
+        .deregister_instance()
+        .service_id(service_id)
+        .instance_id(instance_id)
+        .send()
+        .await
+        .unwrap();
+}
+
+pub async fn set_health(service_id: &str, instance_id: &str, healthy: bool) {
+    let status = if healthy {
+        sd::types::CustomHealthStatus::Healthy
+    } else {
+        sd::types::CustomHealthStatus::Unhealthy
+    };
+    admin()
+        .update_instance_custom_health_status()
+        .service_id(service_id)
+        .instance_id(instance_id)
+        .status(status)
+        .send()
+        .await
+        .unwrap();
+}

@@ -1,0 +1,181 @@
+//! An HTTP proxy in front of moto that counts calls per operation and makes the
+//! faults moto cannot: error statuses, throttling, latency, a hung registry.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Forward every request.
+    None,
+    /// Answer with this HTTP status and an empty JSON error.
+    Status(u16),
+    /// Answer `RequestLimitExceeded`, as Cloud Map does when the quota is spent.
+    Throttle,
+    /// Forward after this delay.
+    Delay(Duration),
+    /// Never answer.
+    Hang,
+}
+
+#[derive(Default)]
+struct State {
+    counts: Mutex<HashMap<String, u64>>,
+    hosts: Mutex<Vec<(String, String)>>,
+    fault: Mutex<Option<Fault>>,
+}
+
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    /// Starts a proxy to `upstream` on a free loopback port, on the current runtime.
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State::default());
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        handle(req, upstream, st.clone(), client.clone())
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Proxy { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn set_fault(&self, fault: Fault) {
+        *self.state.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Requests received for an operation (`DiscoverInstances`, ...), faulted or not.
+    pub fn count(&self, op: &str) -> u64 {
+        self.state
+            .counts
+            .lock()
+            .unwrap()
+            .get(op)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn reset_counts(&self) {
+        self.state.counts.lock().unwrap().clear();
+    }
+
+    /// (operation, Host header) of every request received.
+    pub fn hosts(&self) -> Vec<(String, String)> {
+        self.state.hosts.lock().unwrap().clone()
+    }
+}
+
+fn operation(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn json(status: u16, body: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/x-amz-json-1.1")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap()
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    upstream: SocketAddr,
+    st: Arc<State>,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let op = operation(&req);
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    *st.counts.lock().unwrap().entry(op.clone()).or_default() += 1;
+    st.hosts.lock().unwrap().push((op, host));
+    let fault = st.fault.lock().unwrap().clone().unwrap_or(Fault::None);
+    match fault {
+        Fault::Status(code) => return Ok(json(code, "{}")),
+        Fault::Throttle => {
+            return Ok(json(
+                400,
+                r#"{"__type":"RequestLimitExceeded","message":"Rate exceeded"}"#,
+            ))
+        }
+        Fault::Hang => std::future::pending::<()>().await,
+        Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::None => {}
+    }
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let uri = format!(
+        "http://{upstream}{}",
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let mut fwd = Request::builder().method(parts.method).uri(uri);
+    for (k, v) in &parts.headers {
+        fwd = fwd.header(k, v);
+    }
+    let resp = match client.request(fwd.body(Full::new(body)).unwrap()).await {
+        Ok(r) => r,
+        Err(_) => return Ok(json(502, "{}")),
+    };
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
