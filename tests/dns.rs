@@ -335,7 +335,9 @@ async fn a_warm_key_is_served_from_the_cache_while_dns_fails() {
     for mode in [Mode::ServFail, Mode::Drop] {
         let server = DnsServer::start().await;
         server.add_a(&name("api"), "10.0.6.1", 1);
+        // The resolver's own TTL is long: only the record's 1 s TTL makes it refresh.
         let r = Resolver::builder(source(&server).default_port(80))
+            .ttl(Duration::from_secs(60))
             .build()
             .unwrap();
         let first = r.resolve(NS, "api").await.unwrap();
@@ -343,7 +345,8 @@ async fn a_warm_key_is_served_from_the_cache_while_dns_fails() {
 
         server.set_mode(mode);
         let before = server.total_queries();
-        // The 1 s TTL passes; the background refresh asks the failing server.
+        // Near the end of the 1 s TTL the background refresh asks the failing server;
+        // then the TTL runs out.
         assert!(
             wait_for_queries(&server, before).await,
             "{mode:?}: no refresh"
@@ -361,7 +364,11 @@ async fn a_warm_key_is_served_from_the_cache_while_dns_fails() {
 async fn record_ttl_is_honoured() {
     let server = DnsServer::start().await;
     server.add_a(&name("api"), "10.0.7.1", 2);
-    let r = Resolver::builder(source(&server)).build().unwrap();
+    // The resolver's own TTL is long: only the record's 2 s TTL can show the change.
+    let r = Resolver::builder(source(&server))
+        .ttl(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let old = ip("10.0.7.1");
     let new = ip("10.0.7.2");
     assert_eq!(ips(&r.resolve_all(NS, "api").await.unwrap()), [old].into());

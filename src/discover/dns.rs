@@ -218,7 +218,7 @@ pub struct DnsDiscovery {
     /// The DNS client, or why it could not be built (reported by every lookup).
     client: Result<TokioResolver, Error>,
     /// Merged answers, per fully qualified name.
-    seen: Arc<Mutex<HashMap<String, Seen>>>,
+    seen: Arc<Mutex<Merged>>,
 }
 
 impl fmt::Debug for DnsDiscovery {
@@ -402,7 +402,11 @@ impl DnsDiscovery {
         };
 
         let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut merged = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // No record is remembered longer than the longest clamped TTL, so sweeping
+        // that often forgets names nobody asks for any more.
+        merged.sweep(now, opts.clamp_ttl(u32::MAX));
+        let seen = &mut merged.names;
         let (mut instances, ttl) = match answer {
             Answer::Empty(negative) => {
                 // No records left at all: nothing seen before may be served.
@@ -436,7 +440,7 @@ impl DnsDiscovery {
         if seen.get(&key).is_some_and(Seen::is_empty) {
             seen.remove(&key);
         }
-        drop(seen);
+        drop(merged);
         instances.truncate(req.max_results as usize);
         tracing::debug!(name = %fqdn, instances = instances.len(), ttl = ?ttl, "DNS answer");
         Ok(Discovered {
@@ -450,6 +454,7 @@ impl DnsDiscovery {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .names
             .remove(key);
         Error::new(
             ErrorKind::ServiceNotFound,
@@ -786,6 +791,28 @@ struct SrvAnswer {
     ttl: Option<u32>,
 }
 
+/// The merged answers of every name looked up.
+#[derive(Debug, Default)]
+struct Merged {
+    names: HashMap<String, Seen>,
+    /// When to drop the names whose records have all expired.
+    next_sweep: Option<Instant>,
+}
+
+impl Merged {
+    /// Every `every`, drops expired records and the names left without any.
+    fn sweep(&mut self, now: Instant, every: Duration) {
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.names.retain(|_, seen| {
+            seen.expire(now);
+            !seen.is_empty()
+        });
+        self.next_sweep = Some(until(now, every));
+    }
+}
+
 /// Every record seen at one name, each until its own TTL runs out.
 #[derive(Debug, Default)]
 struct Seen {
@@ -976,6 +1003,27 @@ mod tests {
         );
         seen.expire(t5 + Duration::from_secs(10));
         assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn sweeps_forget_names_whose_records_expired() {
+        let opts = DnsOptions::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(300);
+        let mut merged = Merged::default();
+        let mut short = Seen::default();
+        short.merge_addresses(&[a("10.0.0.1", 10)], t0, &opts);
+        let mut long = Seen::default();
+        long.merge_addresses(&[a("10.0.0.2", 300)], t0, &opts);
+        merged.names.insert("short.ns.".into(), short);
+        merged.names.insert("long.ns.".into(), long);
+        merged.sweep(t0, every);
+        assert_eq!(merged.names.len(), 2);
+        // Not due yet: nothing is swept even though `short` has expired.
+        merged.sweep(t0 + Duration::from_secs(20), every);
+        assert_eq!(merged.names.len(), 2);
+        merged.sweep(t0 + every, every);
+        assert!(merged.names.is_empty(), "both expired by the second sweep");
     }
 
     #[test]
