@@ -29,8 +29,9 @@
 //! # Modules
 //!
 //! Everything public is re-exported here. Sources implement [`Discover`]:
-//! [`CloudMapDiscovery`] (the DiscoverInstances API) and [`StaticDiscovery`] (in
-//! memory or a JSON file). [`Resolver`] caches their answers per key; [`Selection`]
+//! [`CloudMapDiscovery`] (the DiscoverInstances API), [`DnsDiscovery`] (the SRV and
+//! A/AAAA records of a DNS namespace) and [`StaticDiscovery`] (in memory or a JSON
+//! file). [`Resolver`] caches their answers per key; [`Selection`]
 //! picks; [`AddressPolicy`] guards which addresses are handed out; [`Error`] with
 //! [`ErrorKind`] reports failures.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -49,6 +50,9 @@ mod resolver;
 mod select;
 
 pub use discover::cloud_map::CloudMapDiscovery;
+pub use discover::dns::{
+    DnsDiscovery, DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT,
+};
 pub use discover::list::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::Endpoint;

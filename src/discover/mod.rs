@@ -10,6 +10,7 @@ use crate::filter::HealthFilter;
 use crate::instance::Instance;
 
 pub(crate) mod cloud_map;
+pub(crate) mod dns;
 pub(crate) mod list;
 
 /// A boxed `Send` future, as [`Discover`] returns.

@@ -1,0 +1,1218 @@
+//! `DnsDiscovery`: the SRV and A/AAAA records Cloud Map writes for a DNS namespace,
+//! looked up with hickory-resolver.
+//!
+//! A service in a DNS namespace has Route 53 records at `service.namespace`: SRV
+//! records (`1 1 PORT instance-id.service.namespace`, with an A/AAAA record at the
+//! target) for tasks reached on their own port, or A/AAAA records for tasks with
+//! their own address. Route 53's multivalue answers hold at most 8 random healthy
+//! records, so this source merges the answers it gets: an address stays in the set
+//! until its own TTL runs out, and the set grows past 8 when the service has more.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::TokioResolver;
+use tokio::time::Instant;
+
+use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
+use crate::error::{Error, ErrorKind};
+use crate::filter::HealthFilter;
+use crate::instance::Instance;
+
+/// The attribute holding an SRV record's priority (lower is preferred), on instances
+/// found through SRV records.
+pub const ATTR_SRV_PRIORITY: &str = "SRV_PRIORITY";
+/// The attribute holding an SRV record's weight, on instances found through SRV
+/// records: `Selection::WeightedRandom { attribute: "SRV_WEIGHT".into() }` picks by it.
+pub const ATTR_SRV_WEIGHT: &str = "SRV_WEIGHT";
+
+/// A TTL of zero would make the cache refresh in a tight loop; no answer is kept for
+/// less than this, whatever [`DnsOptions::min_ttl`] says.
+const TTL_FLOOR: Duration = Duration::from_millis(100);
+
+/// Which records [`DnsDiscovery`] looks up at `service.namespace`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum RecordMode {
+    /// SRV records, and A/AAAA records where the name has no SRV records. The default.
+    #[default]
+    Auto,
+    /// SRV records only: a name without them has no endpoints.
+    SrvOnly,
+    /// A/AAAA records only, with [`DnsOptions::default_port`]; SRV records are not
+    /// asked for.
+    AddressOnly,
+}
+
+/// Which address records [`DnsDiscovery`] asks for, at the service name and at SRV
+/// targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum IpPreference {
+    /// A records only.
+    Ipv4Only,
+    /// AAAA records only.
+    Ipv6Only,
+    /// A records; AAAA records when there are no A records. The default (as
+    /// hickory-resolver's), and one query for an IPv4 service.
+    #[default]
+    Ipv4ThenIpv6,
+    /// AAAA records; A records when there are no AAAA records.
+    Ipv6ThenIpv4,
+    /// Both A and AAAA records: dual-stack services. An SRV target with one address
+    /// of each family is one instance with both; the resolver's `prefer_ipv6` picks.
+    Ipv4AndIpv6,
+}
+
+impl IpPreference {
+    /// The record types to ask for, in order, and whether to stop at the first that
+    /// has records.
+    fn plan(self) -> (&'static [RecordType], bool) {
+        match self {
+            IpPreference::Ipv4Only => (&[RecordType::A], true),
+            IpPreference::Ipv6Only => (&[RecordType::AAAA], true),
+            IpPreference::Ipv4ThenIpv6 => (&[RecordType::A, RecordType::AAAA], true),
+            IpPreference::Ipv6ThenIpv4 => (&[RecordType::AAAA, RecordType::A], true),
+            IpPreference::Ipv4AndIpv6 => (&[RecordType::A, RecordType::AAAA], false),
+        }
+    }
+}
+
+/// Settings of a [`DnsDiscovery`]. Every field's doc states its default.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cloudmap_resolver::{DnsDiscovery, DnsOptions, IpPreference, RecordMode};
+///
+/// let mut opts = DnsOptions::default();
+/// opts.records = RecordMode::AddressOnly;
+/// opts.default_port = Some(8080);
+/// opts.ip_preference = IpPreference::Ipv4AndIpv6;
+/// opts.min_ttl = Duration::from_secs(5);
+/// let dns = DnsDiscovery::with_name_servers(["10.0.0.2:53".parse().unwrap()]).with_options(opts);
+/// assert_eq!(dns.options().default_port, Some(8080));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DnsOptions {
+    /// Which records to look up. Default: [`RecordMode::Auto`] (SRV, else A/AAAA).
+    pub records: RecordMode,
+    /// The port of instances found through A/AAAA records (SRV records carry their
+    /// own). Default: none, in which case the resolver's
+    /// [`default_port`](crate::ResolverBuilder::default_port) applies, and without
+    /// one such endpoints have no [`socket_addr`](crate::Endpoint::socket_addr).
+    pub default_port: Option<u16>,
+    /// Which address records to ask for. Default: [`IpPreference::Ipv4ThenIpv6`].
+    pub ip_preference: IpPreference,
+    /// The shortest TTL an answer is cached for: lower record TTLs are raised to it.
+    /// Never below 100 ms, so a zero TTL cannot make the cache refresh in a loop.
+    /// Default: 1 s.
+    pub min_ttl: Duration,
+    /// The longest TTL an answer is cached for and an address is remembered for:
+    /// higher record TTLs are lowered to it. Default: 300 s.
+    pub max_ttl: Duration,
+    /// Keep every address seen in recent answers until its own TTL runs out, rather
+    /// than only the last answer's: Route 53 answers at most 8 random records, so
+    /// merging spreads picks over more of a large service. Default: true.
+    pub merge_answers: bool,
+    /// How long one DNS query may take before it is tried again. Default: 1 s.
+    pub timeout: Duration,
+    /// How many times a failed or timed-out query is tried again. Default: 1.
+    pub retries: usize,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        DnsOptions {
+            records: RecordMode::Auto,
+            default_port: None,
+            ip_preference: IpPreference::Ipv4ThenIpv6,
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(300),
+            merge_answers: true,
+            timeout: Duration::from_secs(1),
+            retries: 1,
+        }
+    }
+}
+
+impl DnsOptions {
+    /// A record TTL clamped by the bounds, as the time to cache or remember it.
+    fn clamp_ttl(&self, secs: u32) -> Duration {
+        clamp_ttl(secs, self.min_ttl, self.max_ttl)
+    }
+}
+
+fn clamp_ttl(secs: u32, min: Duration, max: Duration) -> Duration {
+    // `max(min)` keeps `clamp` from panicking when the bounds are set the wrong way
+    // round; the ceiling keeps `Instant + ttl` from overflowing.
+    let min = min.max(TTL_FLOOR);
+    Duration::from_secs(u64::from(secs))
+        .clamp(min, max.max(min))
+        .min(Duration::from_secs(u64::from(u32::MAX)))
+}
+
+/// Service discovery over DNS: the SRV and A/AAAA records Cloud Map writes for a
+/// service in a DNS namespace, looked up at `service.namespace`.
+///
+/// - **SRV first** ([`RecordMode::Auto`]): each SRV record `priority weight port
+///   target` becomes an instance with that port, its id the target's name (Cloud Map
+///   writes `instance-id.service.namespace`), its address the target's A/AAAA record
+///   (from the answer's additional section when there, looked up otherwise), and
+///   the attributes [`ATTR_SRV_PRIORITY`] and [`ATTR_SRV_WEIGHT`]. Where the name has
+///   no SRV records, each A/AAAA record there becomes an instance, its id the
+///   address, its port [`DnsOptions::default_port`].
+/// - **TTLs**: an answer is cached for the shortest TTL of the records it used,
+///   clamped by [`DnsOptions::min_ttl`] and [`DnsOptions::max_ttl`]. hickory's own
+///   cache is off, so these are the only TTL rules.
+/// - **Merging**: Route 53 answers at most 8 random healthy records. Every address
+///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
+///   whole service and picks spread over it; an address leaves the set at the first
+///   lookup after its TTL. An empty answer (NXDOMAIN or no records) empties the set.
+///   Turn this off with [`DnsOptions::merge_answers`].
+/// - **Health**: DNS answers hold the records Route 53 considers healthy (or, when
+///   none is, up to 8 unhealthy ones); every instance is reported healthy.
+///   [`HealthFilter::Unhealthy`] cannot be answered and is `InvalidInput`; the
+///   other filters are answered by what Route 53 returns.
+/// - **Attributes**: DNS records carry none, so query and optional parameters are
+///   `InvalidInput`, never silently ignored; use [`CloudMapDiscovery`] for them.
+/// - **Errors**: NXDOMAIN is `ServiceNotFound`; no records of any kind asked for is
+///   an empty answer, which the resolver reports as `NoEndpoints`; SERVFAIL, REFUSED,
+///   a timeout or no reachable server is `Unavailable`, and the resolver keeps
+///   serving its last good answer. The DNS error is the error's
+///   [`source`](std::error::Error::source).
+///
+/// The name looked up is fully qualified (`service.namespace.`), so search domains
+/// never apply. A cheap-to-clone handle: clones share the DNS client and the merged
+/// answers.
+///
+/// [`CloudMapDiscovery`]: crate::CloudMapDiscovery
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use cloudmap_resolver::{DnsDiscovery, Resolver};
+///
+/// let dns = Resolver::builder(DnsDiscovery::with_name_servers(["127.0.0.1:53".parse()?])).build()?;
+/// let ep = dns.resolve("prod.internal", "api").await?; // looks up api.prod.internal
+/// println!("{} at {:?}", ep.instance_id(), ep.socket_addr());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct DnsDiscovery {
+    servers: Arc<[NameServerConfig]>,
+    opts: DnsOptions,
+    /// The DNS client, or why it could not be built (reported by every lookup).
+    client: Result<TokioResolver, Error>,
+    /// Merged answers, per fully qualified name.
+    seen: Arc<Mutex<Merged>>,
+}
+
+impl fmt::Debug for DnsDiscovery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let servers: Vec<_> = self
+            .servers
+            .iter()
+            .flat_map(|s| {
+                s.connections
+                    .iter()
+                    .map(move |c| format!("{}/{:?}", SocketAddr::new(s.ip, c.port), c.protocol))
+            })
+            .collect();
+        f.debug_struct("DnsDiscovery")
+            .field("name_servers", &servers)
+            .field("options", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DnsDiscovery {
+    /// Looks records up through these name servers, over UDP (and TCP for answers
+    /// too large for UDP), with the default [`DnsOptions`].
+    ///
+    /// With no name servers every lookup fails as `Unavailable`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cloudmap_resolver::DnsDiscovery;
+    ///
+    /// // The VPC resolver is at the VPC's base address plus two, and at 169.254.169.253.
+    /// let dns = DnsDiscovery::with_name_servers(["169.254.169.253:53".parse().unwrap()]);
+    /// # let _ = dns;
+    /// ```
+    pub fn with_name_servers(servers: impl IntoIterator<Item = std::net::SocketAddr>) -> Self {
+        let servers = servers
+            .into_iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        Self::from_servers(servers, DnsOptions::default())
+    }
+
+    /// Looks records up through the system's name servers (`/etc/resolv.conf` on
+    /// Unix): in a VPC, the Amazon-provided resolver, which answers for private DNS
+    /// namespaces. The system's search domains, timeout and attempts are not used:
+    /// names are fully qualified, and [`DnsOptions`] sets the rest.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Unavailable`] when the system configuration cannot be read.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// let dns = cloudmap_resolver::DnsDiscovery::from_system_conf()?;
+    /// # let _ = dns; Ok(()) }
+    /// ```
+    pub fn from_system_conf() -> Result<Self, Error> {
+        let (config, _) = hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+            Error::with_source(
+                ErrorKind::Unavailable,
+                "cannot read the system's DNS configuration",
+                e,
+            )
+        })?;
+        let (_, _, servers) = config.into_parts();
+        Ok(Self::from_servers(servers, DnsOptions::default()))
+    }
+
+    fn from_servers(servers: Vec<NameServerConfig>, opts: DnsOptions) -> Self {
+        let servers: Arc<[NameServerConfig]> = servers.into();
+        DnsDiscovery {
+            client: build_client(&servers, &opts),
+            servers,
+            opts,
+            seen: Arc::default(),
+        }
+    }
+
+    /// Replaces every setting. Clones made before do not see the change.
+    #[must_use]
+    pub fn with_options(self, opts: DnsOptions) -> Self {
+        Self::from_servers(self.servers.to_vec(), opts)
+    }
+
+    /// Which records to look up. Default: [`RecordMode::Auto`].
+    #[must_use]
+    pub fn records(self, mode: RecordMode) -> Self {
+        let opts = DnsOptions {
+            records: mode,
+            ..self.opts.clone()
+        };
+        self.with_options(opts)
+    }
+
+    /// The port of instances found through A/AAAA records. Default: none.
+    #[must_use]
+    pub fn default_port(self, port: u16) -> Self {
+        let opts = DnsOptions {
+            default_port: Some(port),
+            ..self.opts.clone()
+        };
+        self.with_options(opts)
+    }
+
+    /// Which address records to ask for. Default: [`IpPreference::Ipv4ThenIpv6`].
+    #[must_use]
+    pub fn ip_preference(self, preference: IpPreference) -> Self {
+        let opts = DnsOptions {
+            ip_preference: preference,
+            ..self.opts.clone()
+        };
+        self.with_options(opts)
+    }
+
+    /// The bounds record TTLs are clamped to. Default: 1 s to 300 s.
+    #[must_use]
+    pub fn ttl_bounds(self, min: Duration, max: Duration) -> Self {
+        let opts = DnsOptions {
+            min_ttl: min,
+            max_ttl: max,
+            ..self.opts.clone()
+        };
+        self.with_options(opts)
+    }
+
+    /// The settings in use.
+    pub fn options(&self) -> &DnsOptions {
+        &self.opts
+    }
+
+    async fn answer(&self, req: &DiscoverRequest) -> Result<Discovered, Error> {
+        check_request(req)?;
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let namespace = req.namespace.strip_suffix('.').unwrap_or(&req.namespace);
+        let fqdn = format!("{}.{}.", req.service, namespace);
+        let name = Name::from_ascii(&fqdn).map_err(|e| {
+            Error::with_source(
+                ErrorKind::InvalidInput,
+                format!("{fqdn:?} is not a DNS name"),
+                e,
+            )
+        })?;
+        let key = fqdn.to_ascii_lowercase();
+        let opts = &self.opts;
+
+        let srv = match opts.records {
+            RecordMode::AddressOnly => None,
+            RecordMode::Auto | RecordMode::SrvOnly => {
+                Some(query(client, &name, RecordType::SRV).await?)
+            }
+        };
+        let answer = match srv {
+            Some(Found::NxDomain) => return Err(self.not_found(&key, &fqdn)),
+            Some(Found::Records(records)) => {
+                let answer = self.resolve_srv(client, &name, records).await?;
+                Answer::Srv(answer)
+            }
+            Some(Found::NoData(srv_negative)) if opts.records == RecordMode::SrvOnly => {
+                Answer::Empty(srv_negative)
+            }
+            srv => {
+                let srv_negative = match srv {
+                    Some(Found::NoData(t)) => t,
+                    _ => None,
+                };
+                match lookup_addresses(client, &name, opts.ip_preference).await? {
+                    Addresses::NxDomain => return Err(self.not_found(&key, &fqdn)),
+                    Addresses::NoData(t) => Answer::Empty(min_opt(srv_negative, t)),
+                    Addresses::Found(addrs) => Answer::Addresses(addrs),
+                }
+            }
+        };
+
+        let now = Instant::now();
+        let mut merged = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        // No record is remembered longer than the longest clamped TTL, so sweeping
+        // that often forgets names nobody asks for any more.
+        merged.sweep(now, opts.clamp_ttl(u32::MAX));
+        let seen = &mut merged.names;
+        let (mut instances, ttl) = match answer {
+            Answer::Empty(negative) => {
+                // No records left at all: nothing seen before may be served.
+                seen.remove(&key);
+                (Vec::new(), negative.map(|t| opts.clamp_ttl(t)))
+            }
+            Answer::Addresses(addrs) => {
+                let entry = seen.entry(key.clone()).or_default();
+                if !opts.merge_answers {
+                    entry.addresses.clear();
+                }
+                entry.merge_addresses(&addrs, now, opts);
+                entry.expire(now);
+                let ttl = addrs.iter().map(|a| a.ttl).min();
+                (
+                    entry.address_instances(opts.default_port),
+                    ttl.map(|t| opts.clamp_ttl(t)),
+                )
+            }
+            Answer::Srv(srv) => {
+                let entry = seen.entry(key.clone()).or_default();
+                if !opts.merge_answers {
+                    entry.srv.clear();
+                    entry.targets.clear();
+                }
+                entry.merge_srv(&srv, now, opts);
+                entry.expire(now);
+                (entry.srv_instances(), srv.ttl.map(|t| opts.clamp_ttl(t)))
+            }
+        };
+        if seen.get(&key).is_some_and(Seen::is_empty) {
+            seen.remove(&key);
+        }
+        drop(merged);
+        instances.truncate(req.max_results as usize);
+        tracing::debug!(name = %fqdn, instances = instances.len(), ttl = ?ttl, "DNS answer");
+        Ok(Discovered {
+            instances,
+            ttl,
+            revision: None,
+        })
+    }
+
+    fn not_found(&self, key: &str, fqdn: &str) -> Error {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .names
+            .remove(key);
+        Error::new(
+            ErrorKind::ServiceNotFound,
+            format!("no DNS records at {fqdn} (NXDOMAIN)"),
+        )
+    }
+
+    /// The SRV records of an answer, with their targets' addresses: from the
+    /// additional section where it has them, looked up (concurrently) otherwise.
+    async fn resolve_srv(
+        &self,
+        client: &TokioResolver,
+        name: &Name,
+        lookup: Records,
+    ) -> Result<SrvAnswer, Error> {
+        let pref = self.opts.ip_preference;
+        let chain_ttl = lookup.chain_ttl();
+        let mut answer = SrvAnswer::default();
+        let mut pending: Vec<(String, Name)> = Vec::new();
+        for record in &lookup.answers {
+            let RData::SRV(srv) = &record.data else {
+                continue;
+            };
+            let target = host_key(&srv.target);
+            if srv.target.is_root() {
+                tracing::debug!(name = %name, "SRV target \".\": service not offered there");
+                continue;
+            }
+            if srv.port == 0 {
+                tracing::warn!(name = %name, target = %target, "skipping SRV record with port 0");
+                continue;
+            }
+            answer.srv.push(SrvRecord {
+                priority: srv.priority,
+                weight: srv.weight,
+                port: srv.port,
+                target: target.clone(),
+                ttl: record.ttl.min(chain_ttl),
+            });
+            if answer.targets.iter().any(|(t, _)| *t == target)
+                || pending.iter().any(|(t, _)| *t == target)
+            {
+                continue;
+            }
+            let extra: Vec<_> = lookup
+                .additionals
+                .iter()
+                .filter(|r| r.name == srv.target)
+                .filter_map(address_record)
+                .collect();
+            let extra = pick_families(extra, pref);
+            if extra.is_empty() {
+                pending.push((target, srv.target.clone()));
+            } else {
+                answer
+                    .targets
+                    .extend(extra.into_iter().map(|a| (target.clone(), a)));
+            }
+        }
+
+        let mut transient = None;
+        if !pending.is_empty() {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (target, target_name) in pending {
+                let client = client.clone();
+                tasks.spawn(async move {
+                    let found = lookup_addresses(&client, &target_name, pref).await;
+                    (target, found)
+                });
+            }
+            while let Some(joined) = tasks.join_next().await {
+                let (target, found) = match joined {
+                    Ok(done) => done,
+                    Err(e) => {
+                        transient = Some(Error::with_source(
+                            ErrorKind::Unavailable,
+                            "SRV target lookup did not finish",
+                            e,
+                        ));
+                        continue;
+                    }
+                };
+                match found {
+                    Ok(Addresses::Found(addrs)) => answer
+                        .targets
+                        .extend(addrs.into_iter().map(|a| (target.clone(), a))),
+                    Ok(Addresses::NoData(_) | Addresses::NxDomain) => {
+                        tracing::warn!(name = %name, target = %target, "skipping SRV target without an address record");
+                    }
+                    Err(e) => {
+                        tracing::warn!(name = %name, target = %target, error = %e, "SRV target lookup failed");
+                        transient = Some(e);
+                    }
+                }
+            }
+        }
+
+        // Only records with an address are used; their TTLs set the answer's.
+        answer
+            .srv
+            .retain(|s| answer.targets.iter().any(|(t, _)| *t == s.target));
+        if answer.srv.is_empty() {
+            if let Some(e) = transient {
+                // Every target failed for a reason that may pass: keep the last
+                // good answer rather than report none.
+                return Err(e);
+            }
+        }
+        answer.ttl = answer
+            .srv
+            .iter()
+            .map(|s| s.ttl)
+            .chain(answer.targets.iter().map(|(_, a)| a.ttl))
+            .min();
+        Ok(answer)
+    }
+}
+
+impl Discover for DnsDiscovery {
+    fn discover<'a>(
+        &'a self,
+        request: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        Box::pin(self.answer(request))
+    }
+}
+
+/// Rejects what DNS cannot answer, before any query.
+fn check_request(req: &DiscoverRequest) -> Result<(), Error> {
+    crate::name::check_namespace(&req.namespace)?;
+    crate::name::check_service(&req.service)?;
+    if !req.query.is_empty() || !req.optional.is_empty() {
+        return Err(Error::invalid(
+            "DNS records carry no instance attributes, so DNS discovery cannot filter by \
+             query or optional parameters; use CloudMapDiscovery for attribute filters",
+        ));
+    }
+    if req.health == HealthFilter::Unhealthy {
+        return Err(Error::invalid(
+            "DNS answers hold only the records Route 53 considers healthy, so DNS discovery \
+             cannot answer the health filter UNHEALTHY; use CloudMapDiscovery",
+        ));
+    }
+    Ok(())
+}
+
+fn build_client(servers: &[NameServerConfig], opts: &DnsOptions) -> Result<TokioResolver, Error> {
+    let config = ResolverConfig::from_name_servers(servers.to_vec());
+    let mut ropts = ResolverOpts::default();
+    // This crate's cache, with its TTL clamps and serve-stale, is the only cache.
+    ropts.cache_size = 0;
+    ropts.timeout = opts.timeout;
+    ropts.attempts = opts.retries;
+    ropts.use_hosts_file = ResolveHosts::Never;
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(ropts)
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot build the DNS client", e))
+}
+
+/// A DNS query's outcome, with negative answers told apart from failures.
+enum Found {
+    Records(Records),
+    /// The name exists but has no records of the type (NODATA), with the negative
+    /// TTL when the answer carried an SOA record.
+    NoData(Option<u32>),
+    NxDomain,
+}
+
+/// The records of an answer that matter here.
+struct Records {
+    answers: Vec<Record>,
+    additionals: Vec<Record>,
+}
+
+impl Records {
+    /// The shortest TTL of the CNAME records that led to the answer, if any.
+    fn chain_ttl(&self) -> u32 {
+        self.answers
+            .iter()
+            .filter(|r| matches!(r.data, RData::CNAME(_)))
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+}
+
+async fn query(client: &TokioResolver, name: &Name, rtype: RecordType) -> Result<Found, Error> {
+    match client.lookup(name.clone(), rtype).await {
+        Ok(lookup) => Ok(Found::Records(Records {
+            answers: lookup.answers().to_vec(),
+            additionals: lookup.additionals().to_vec(),
+        })),
+        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+            response_code: ResponseCode::NXDomain,
+            ..
+        }))) => Ok(Found::NxDomain),
+        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+            response_code: ResponseCode::NoError,
+            negative_ttl,
+            ..
+        }))) => Ok(Found::NoData(negative_ttl)),
+        Err(e) => Err(Error::with_source(
+            ErrorKind::Unavailable,
+            format!("DNS {rtype} query for {name} failed"),
+            e,
+        )),
+    }
+}
+
+/// An address record as used: the address and its TTL in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AddrRecord {
+    ip: IpAddr,
+    ttl: u32,
+}
+
+fn address_record(r: &Record) -> Option<AddrRecord> {
+    let ip = match &r.data {
+        RData::A(a) => IpAddr::V4(a.0),
+        RData::AAAA(a) => IpAddr::V6(a.0),
+        _ => return None,
+    };
+    Some(AddrRecord { ip, ttl: r.ttl })
+}
+
+/// Keeps the families `pref` asks for: for the "then" preferences, the first family
+/// that has any address.
+fn pick_families(addrs: Vec<AddrRecord>, pref: IpPreference) -> Vec<AddrRecord> {
+    let (order, first_only) = pref.plan();
+    let family = |a: &AddrRecord, t: RecordType| match t {
+        RecordType::A => a.ip.is_ipv4(),
+        _ => a.ip.is_ipv6(),
+    };
+    if first_only {
+        for &t in order {
+            let picked: Vec<_> = addrs.iter().filter(|a| family(a, t)).copied().collect();
+            if !picked.is_empty() {
+                return picked;
+            }
+        }
+        return Vec::new();
+    }
+    addrs
+        .into_iter()
+        .filter(|a| order.iter().any(|&t| family(a, t)))
+        .collect()
+}
+
+enum Addresses {
+    Found(Vec<AddrRecord>),
+    NoData(Option<u32>),
+    NxDomain,
+}
+
+/// The A/AAAA records at `name`, as `pref` asks.
+async fn lookup_addresses(
+    client: &TokioResolver,
+    name: &Name,
+    pref: IpPreference,
+) -> Result<Addresses, Error> {
+    let (order, first_only) = pref.plan();
+    let mut found = Vec::new();
+    let mut negative = None;
+    for &rtype in order {
+        match query(client, name, rtype).await? {
+            Found::NxDomain => return Ok(Addresses::NxDomain),
+            Found::NoData(t) => negative = min_opt(negative, t),
+            Found::Records(records) => {
+                let chain = records.chain_ttl();
+                let before = found.len();
+                found.extend(
+                    records
+                        .answers
+                        .iter()
+                        .filter(|r| r.record_type() == rtype)
+                        .filter_map(address_record)
+                        .map(|a| AddrRecord {
+                            ttl: a.ttl.min(chain),
+                            ..a
+                        }),
+                );
+                if first_only && found.len() > before {
+                    break;
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(Addresses::NoData(negative));
+    }
+    Ok(Addresses::Found(found))
+}
+
+fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A host name as an instance id and map key: lower case, no trailing dot.
+fn host_key(name: &Name) -> String {
+    let s = name.to_ascii().to_ascii_lowercase();
+    match s.strip_suffix('.') {
+        Some(trimmed) => trimmed.to_owned(),
+        None => s,
+    }
+}
+
+/// What one lookup found.
+enum Answer {
+    /// No records of any kind asked for, with the shortest negative TTL.
+    Empty(Option<u32>),
+    Addresses(Vec<AddrRecord>),
+    Srv(SrvAnswer),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SrvRecord {
+    priority: u16,
+    weight: u16,
+    port: u16,
+    target: String,
+    ttl: u32,
+}
+
+#[derive(Debug, Default)]
+struct SrvAnswer {
+    srv: Vec<SrvRecord>,
+    /// Addresses of SRV targets, by target.
+    targets: Vec<(String, AddrRecord)>,
+    /// The shortest TTL of the records used.
+    ttl: Option<u32>,
+}
+
+/// The merged answers of every name looked up.
+#[derive(Debug, Default)]
+struct Merged {
+    names: HashMap<String, Seen>,
+    /// When to drop the names whose records have all expired.
+    next_sweep: Option<Instant>,
+}
+
+impl Merged {
+    /// Every `every`, drops expired records and the names left without any.
+    fn sweep(&mut self, now: Instant, every: Duration) {
+        if self.next_sweep.is_some_and(|t| now < t) {
+            return;
+        }
+        self.names.retain(|_, seen| {
+            seen.expire(now);
+            !seen.is_empty()
+        });
+        self.next_sweep = Some(until(now, every));
+    }
+}
+
+/// Every record seen at one name, each until its own TTL runs out.
+#[derive(Debug, Default)]
+struct Seen {
+    /// A/AAAA records at the name.
+    addresses: BTreeMap<IpAddr, Instant>,
+    /// SRV records at the name, by (target, port).
+    srv: BTreeMap<(String, u16), SrvSeen>,
+    /// A/AAAA records of SRV targets, by (target, address).
+    targets: BTreeMap<(String, IpAddr), Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SrvSeen {
+    priority: u16,
+    weight: u16,
+    until: Instant,
+}
+
+const LOWEST_IP: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+const HIGHEST_IP: IpAddr = IpAddr::V6(Ipv6Addr::new(
+    0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff, 0xffff,
+));
+
+fn until(now: Instant, ttl: Duration) -> Instant {
+    // `clamp_ttl` keeps TTLs under 137 years, so this cannot overflow in practice;
+    // should it, the entry expires at once rather than the process panicking.
+    now.checked_add(ttl).unwrap_or(now)
+}
+
+impl Seen {
+    fn is_empty(&self) -> bool {
+        self.addresses.is_empty() && self.srv.is_empty() && self.targets.is_empty()
+    }
+
+    /// Adds or refreshes the answer's addresses; the newest TTL wins.
+    fn merge_addresses(&mut self, addrs: &[AddrRecord], now: Instant, opts: &DnsOptions) {
+        for a in addrs {
+            self.addresses
+                .insert(a.ip, until(now, opts.clamp_ttl(a.ttl)));
+        }
+    }
+
+    fn merge_srv(&mut self, answer: &SrvAnswer, now: Instant, opts: &DnsOptions) {
+        for s in &answer.srv {
+            self.srv.insert(
+                (s.target.clone(), s.port),
+                SrvSeen {
+                    priority: s.priority,
+                    weight: s.weight,
+                    until: until(now, opts.clamp_ttl(s.ttl)),
+                },
+            );
+        }
+        for (target, a) in &answer.targets {
+            self.targets
+                .insert((target.clone(), a.ip), until(now, opts.clamp_ttl(a.ttl)));
+        }
+    }
+
+    /// Drops every record whose TTL has run out by `now`.
+    fn expire(&mut self, now: Instant) {
+        self.addresses.retain(|_, until| *until > now);
+        self.srv.retain(|_, s| s.until > now);
+        self.targets.retain(|_, until| *until > now);
+    }
+
+    /// One instance per address, its id the address.
+    fn address_instances(&self, default_port: Option<u16>) -> Vec<Instance> {
+        self.addresses
+            .keys()
+            .map(|ip| {
+                let inst = with_ip(Instance::new(ip.to_string()), *ip);
+                match default_port {
+                    Some(p) => inst.port(p),
+                    None => inst,
+                }
+            })
+            .collect()
+    }
+
+    /// One instance per SRV record with an address, lowest priority first. Its id is
+    /// the target's name, with `:port` when the target is seen on several ports and
+    /// `/address` when it has several addresses of a family.
+    fn srv_instances(&self) -> Vec<Instance> {
+        let mut ports: HashMap<&str, usize> = HashMap::new();
+        for (target, _) in self.srv.keys() {
+            *ports.entry(target.as_str()).or_default() += 1;
+        }
+        let mut out: Vec<(u16, Instance)> = Vec::new();
+        for ((target, port), s) in &self.srv {
+            let ips: Vec<IpAddr> = self
+                .targets
+                .range((target.clone(), LOWEST_IP)..=(target.clone(), HIGHEST_IP))
+                .map(|((_, ip), _)| *ip)
+                .collect();
+            if ips.is_empty() {
+                continue;
+            }
+            let id = if ports.get(target.as_str()).copied().unwrap_or(0) > 1 {
+                format!("{target}:{port}")
+            } else {
+                target.clone()
+            };
+            let make = |id: String| {
+                Instance::new(id)
+                    .port(*port)
+                    .attribute(ATTR_SRV_PRIORITY, s.priority.to_string())
+                    .attribute(ATTR_SRV_WEIGHT, s.weight.to_string())
+            };
+            let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
+            let v6 = ips.len() - v4;
+            if v4 <= 1 && v6 <= 1 {
+                // One address per family: one instance, as Cloud Map registers it.
+                let inst = ips.iter().fold(make(id), |inst, ip| with_ip(inst, *ip));
+                out.push((s.priority, inst));
+            } else {
+                for ip in ips {
+                    out.push((s.priority, with_ip(make(format!("{id}/{ip}")), ip)));
+                }
+            }
+        }
+        out.sort_by_key(|(priority, _)| *priority);
+        out.into_iter().map(|(_, inst)| inst).collect()
+    }
+}
+
+fn with_ip(inst: Instance, ip: IpAddr) -> Instance {
+    match ip {
+        IpAddr::V4(v4) => inst.ipv4(v4),
+        IpAddr::V6(v6) => inst.ipv6(v6),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
+
+    fn a(ip: &str, ttl: u32) -> AddrRecord {
+        AddrRecord {
+            ip: ip.parse().unwrap(),
+            ttl,
+        }
+    }
+
+    fn ids(v: &[Instance]) -> Vec<&str> {
+        v.iter().map(Instance::id).collect()
+    }
+
+    #[test]
+    fn ttl_is_clamped_and_never_zero() {
+        let (min, max) = (Duration::from_secs(5), Duration::from_secs(60));
+        assert_eq!(clamp_ttl(1, min, max), Duration::from_secs(5));
+        assert_eq!(clamp_ttl(30, min, max), Duration::from_secs(30));
+        assert_eq!(clamp_ttl(86_400, min, max), Duration::from_secs(60));
+        assert_eq!(clamp_ttl(0, Duration::ZERO, max), TTL_FLOOR);
+        // Bounds the wrong way round do not panic: the minimum wins.
+        assert_eq!(clamp_ttl(30, max, min), Duration::from_secs(60));
+        // Huge bounds stay addable to an Instant.
+        let huge = clamp_ttl(u32::MAX, Duration::MAX, Duration::MAX);
+        assert_eq!(huge, Duration::from_secs(u64::from(u32::MAX)));
+        let now = Instant::now();
+        assert!(until(now, huge) >= now);
+    }
+
+    #[test]
+    fn merged_addresses_expire_after_their_own_ttl() {
+        let opts = DnsOptions {
+            min_ttl: Duration::ZERO,
+            ..DnsOptions::default()
+        };
+        let t0 = Instant::now();
+        let mut seen = Seen::default();
+        seen.merge_addresses(&[a("10.0.0.1", 10), a("10.0.0.2", 10)], t0, &opts);
+        let t5 = t0 + Duration::from_secs(5);
+        seen.merge_addresses(&[a("10.0.0.2", 10), a("10.0.0.3", 10)], t5, &opts);
+        seen.expire(t5);
+        assert_eq!(
+            ids(&seen.address_instances(None)),
+            ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+            "the second answer adds to the first"
+        );
+        seen.expire(t0 + Duration::from_secs(10));
+        assert_eq!(
+            ids(&seen.address_instances(None)),
+            ["10.0.0.2", "10.0.0.3"],
+            "10.0.0.1 leaves when its own TTL runs out; 10.0.0.2 was refreshed"
+        );
+        seen.expire(t5 + Duration::from_secs(10));
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn sweeps_forget_names_whose_records_expired() {
+        let opts = DnsOptions::default();
+        let t0 = Instant::now();
+        let every = Duration::from_secs(300);
+        let mut merged = Merged::default();
+        let mut short = Seen::default();
+        short.merge_addresses(&[a("10.0.0.1", 10)], t0, &opts);
+        let mut long = Seen::default();
+        long.merge_addresses(&[a("10.0.0.2", 300)], t0, &opts);
+        merged.names.insert("short.ns.".into(), short);
+        merged.names.insert("long.ns.".into(), long);
+        merged.sweep(t0, every);
+        assert_eq!(merged.names.len(), 2);
+        // Not due yet: nothing is swept even though `short` has expired.
+        merged.sweep(t0 + Duration::from_secs(20), every);
+        assert_eq!(merged.names.len(), 2);
+        merged.sweep(t0 + every, every);
+        assert!(merged.names.is_empty(), "both expired by the second sweep");
+    }
+
+    #[test]
+    fn address_instances_carry_the_default_port() {
+        let opts = DnsOptions::default();
+        let mut seen = Seen::default();
+        seen.merge_addresses(
+            &[a("10.0.0.1", 60), a("fd00::1", 60)],
+            Instant::now(),
+            &opts,
+        );
+        let with = seen.address_instances(Some(8080));
+        assert_eq!(with[0].attribute_value(ATTR_IPV4), Some("10.0.0.1"));
+        assert_eq!(with[1].attribute_value(ATTR_IPV6), Some("fd00::1"));
+        assert!(with
+            .iter()
+            .all(|i| i.attribute_value(ATTR_PORT) == Some("8080")));
+        let without = seen.address_instances(None);
+        assert!(without
+            .iter()
+            .all(|i| i.attribute_value(ATTR_PORT).is_none()));
+    }
+
+    fn srv(target: &str, port: u16, priority: u16, weight: u16) -> SrvRecord {
+        SrvRecord {
+            priority,
+            weight,
+            port,
+            target: target.to_owned(),
+            ttl: 60,
+        }
+    }
+
+    #[test]
+    fn srv_instances_ids_ports_and_attributes() {
+        let opts = DnsOptions::default();
+        let answer = SrvAnswer {
+            srv: vec![
+                srv("i-2.api.ns", 9090, 2, 5),
+                srv("i-1.api.ns", 8080, 1, 1),
+                srv("multi.api.ns", 1000, 1, 1),
+                srv("multi.api.ns", 2000, 1, 1),
+                srv("many.api.ns", 3000, 1, 1),
+                srv("noaddr.api.ns", 4000, 1, 1),
+            ],
+            targets: vec![
+                ("i-1.api.ns".into(), a("10.0.0.1", 60)),
+                ("i-1.api.ns".into(), a("fd00::1", 60)),
+                ("i-2.api.ns".into(), a("10.0.0.2", 60)),
+                ("multi.api.ns".into(), a("10.0.0.3", 60)),
+                ("many.api.ns".into(), a("10.0.0.4", 60)),
+                ("many.api.ns".into(), a("10.0.0.5", 60)),
+            ],
+            ttl: Some(60),
+        };
+        let mut seen = Seen::default();
+        seen.merge_srv(&answer, Instant::now(), &opts);
+        let got = seen.srv_instances();
+        assert_eq!(
+            ids(&got),
+            [
+                "i-1.api.ns",
+                "many.api.ns/10.0.0.4",
+                "many.api.ns/10.0.0.5",
+                "multi.api.ns:1000",
+                "multi.api.ns:2000",
+                "i-2.api.ns",
+            ],
+            "priority 1 first; a target without an address is left out"
+        );
+        let i1 = &got[0];
+        assert_eq!(i1.attribute_value(ATTR_IPV4), Some("10.0.0.1"));
+        assert_eq!(i1.attribute_value(ATTR_IPV6), Some("fd00::1"));
+        assert_eq!(i1.attribute_value(ATTR_PORT), Some("8080"));
+        let i2 = &got[5];
+        assert_eq!(i2.attribute_value(ATTR_PORT), Some("9090"));
+        assert_eq!(i2.attribute_value(ATTR_SRV_PRIORITY), Some("2"));
+        assert_eq!(i2.attribute_value(ATTR_SRV_WEIGHT), Some("5"));
+    }
+
+    #[test]
+    fn srv_records_leave_with_their_ttl_or_their_addresses() {
+        let opts = DnsOptions::default();
+        let t0 = Instant::now();
+        let mut seen = Seen::default();
+        let mut first = SrvAnswer {
+            srv: vec![srv("a.ns", 80, 1, 1), srv("b.ns", 80, 1, 1)],
+            targets: vec![
+                ("a.ns".into(), a("10.0.0.1", 60)),
+                ("b.ns".into(), a("10.0.0.2", 5)),
+            ],
+            ttl: Some(5),
+        };
+        first.srv[1].ttl = 60;
+        seen.merge_srv(&first, t0, &opts);
+        seen.expire(t0 + Duration::from_secs(5));
+        assert_eq!(
+            ids(&seen.srv_instances()),
+            ["a.ns"],
+            "b.ns's address expired, so it has no endpoint"
+        );
+        seen.expire(t0 + Duration::from_secs(60));
+        assert!(seen.is_empty());
+    }
+
+    #[test]
+    fn families_follow_the_preference() {
+        let both = vec![a("10.0.0.1", 1), a("fd00::1", 1)];
+        let only4 = vec![a("10.0.0.1", 1)];
+        let ips = |v: Vec<AddrRecord>| v.into_iter().map(|a| a.ip.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            ips(pick_families(both.clone(), IpPreference::Ipv4ThenIpv6)),
+            ["10.0.0.1"]
+        );
+        assert_eq!(
+            ips(pick_families(both.clone(), IpPreference::Ipv6ThenIpv4)),
+            ["fd00::1"]
+        );
+        assert_eq!(
+            ips(pick_families(both.clone(), IpPreference::Ipv6Only)),
+            ["fd00::1"]
+        );
+        assert_eq!(
+            ips(pick_families(both, IpPreference::Ipv4AndIpv6)),
+            ["10.0.0.1", "fd00::1"]
+        );
+        assert_eq!(
+            ips(pick_families(only4.clone(), IpPreference::Ipv6ThenIpv4)),
+            ["10.0.0.1"]
+        );
+        assert!(pick_families(only4, IpPreference::Ipv6Only).is_empty());
+    }
+
+    #[test]
+    fn unanswerable_requests_are_invalid_input() {
+        let q = DiscoverRequest::new("prod.internal", "api").query("stage", "prod");
+        assert_eq!(
+            check_request(&q).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        let o = DiscoverRequest::new("prod.internal", "api").optional("az", "1");
+        assert_eq!(
+            check_request(&o).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        let h = DiscoverRequest::new("prod.internal", "api").health(HealthFilter::Unhealthy);
+        assert_eq!(
+            check_request(&h).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        let bad = DiscoverRequest::new("prod.internal", "no spaces");
+        assert_eq!(
+            check_request(&bad).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        for h in [
+            HealthFilter::Healthy,
+            HealthFilter::All,
+            HealthFilter::HealthyOrElseAll,
+        ] {
+            assert!(check_request(&DiscoverRequest::new("prod.internal", "api").health(h)).is_ok());
+        }
+    }
+
+    #[test]
+    fn built_outside_a_runtime() {
+        let dns = DnsDiscovery::with_name_servers(["127.0.0.1:53".parse().unwrap()])
+            .records(RecordMode::SrvOnly)
+            .default_port(80)
+            .ip_preference(IpPreference::Ipv6Only)
+            .ttl_bounds(Duration::from_secs(2), Duration::from_secs(20));
+        assert!(dns.client.is_ok());
+        let o = dns.options();
+        assert_eq!(
+            (
+                o.records,
+                o.default_port,
+                o.ip_preference,
+                o.min_ttl,
+                o.max_ttl
+            ),
+            (
+                RecordMode::SrvOnly,
+                Some(80),
+                IpPreference::Ipv6Only,
+                Duration::from_secs(2),
+                Duration::from_secs(20)
+            )
+        );
+        assert!(format!("{dns:?}").contains("127.0.0.1:53"));
+    }
+}
