@@ -35,7 +35,10 @@
 //! [`ErrorKind`] reports failures.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod budget;
 mod cache;
+mod call;
+mod call_error;
 mod discover;
 mod endpoint;
 mod error;
@@ -44,10 +47,15 @@ mod instance;
 mod key;
 mod name;
 mod options;
+mod outlier;
 mod policy;
 mod resolver;
 mod select;
+mod stats;
 
+pub use budget::RetryBudgetOptions;
+pub use call::{Call, CallOptions, MAX_ATTEMPTS};
+pub use call_error::{Attempt, AttemptError, CallError, CallStop};
 pub use discover::cloud_map::CloudMapDiscovery;
 pub use discover::list::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
@@ -58,9 +66,11 @@ pub use instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
 pub use options::ResolverOptions;
+pub use outlier::{Outcome, OutlierOptions};
 pub use policy::{AddressPolicy, Cidr};
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;
+pub use stats::Stats;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
