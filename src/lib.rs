@@ -8,6 +8,8 @@
 //!                                        └► cold or due: one refresh per key ─► Discover
 //!                                              (CloudMapDiscovery, StaticDiscovery, your own)
 //! instances ─► parse attributes ─► address policy ─► Snapshot { endpoints, counters, deadlines }
+//! call(ns, svc, op) ─► up to 8 distinct endpoints, ejected ones last ─► op(endpoint)
+//!                   ─► outcome ─► outlier detection ─► next endpoint or done
 //! ```
 //!
 //! # Quick start
@@ -33,6 +35,12 @@
 //! memory or a JSON file). [`Resolver`] caches their answers per key; [`Selection`]
 //! picks; [`AddressPolicy`] guards which addresses are handed out; [`Error`] with
 //! [`ErrorKind`] reports failures.
+//!
+//! Failover: [`Resolver::call`] returns a [`Call`] that tries distinct endpoints until
+//! one succeeds, failing with a [`CallError`]; retries are capped by a retry budget
+//! ([`RetryBudgetOptions`]); failures feed passive outlier detection
+//! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
+//! The README's "When things fail" section lists the behaviour in each failure case.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod budget;
