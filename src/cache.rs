@@ -573,9 +573,7 @@ impl Cache {
         let svc = req.service.as_str();
         let mut items = self.parse.parse_all(ns, svc, found.instances);
         // Ejections outlive answers: the same endpoint keeps its health.
-        for item in &mut items {
-            self.outliers.attach(item);
-        }
+        self.outliers.attach(&mut items);
         let items: Box<[_]> = items.into();
         let cumulative = self.opts.selection.cumulative(&items, ns, svc);
         let set = Arc::new(EndpointSet { items, cumulative });

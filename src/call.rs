@@ -336,3 +336,58 @@ where
         Box::pin(self.run())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_validated() {
+        let bad = [
+            CallOptions {
+                max_attempts: 0,
+                ..CallOptions::default()
+            },
+            CallOptions {
+                max_attempts: 9,
+                ..CallOptions::default()
+            },
+            CallOptions {
+                attempt_timeout: Some(Duration::ZERO),
+                ..CallOptions::default()
+            },
+            CallOptions {
+                deadline: Some(Duration::ZERO),
+                ..CallOptions::default()
+            },
+        ];
+        for o in bad {
+            assert!(o.validate().is_err(), "{o:?}");
+        }
+        assert!(CallOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn builder_rejects_bad_call_settings() {
+        let mut opts = crate::ResolverOptions::default();
+        opts.call.max_attempts = 20;
+        let err = Resolver::builder(crate::StaticDiscovery::new())
+            .options(opts)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn call_future_is_send() {
+        fn check<T: Send>(_: &T) {}
+        let resolver = Resolver::builder(crate::StaticDiscovery::new())
+            .build()
+            .unwrap();
+        let fut = resolver
+            .call("ns", "svc", |_: Endpoint| async { Ok::<(), String>(()) })
+            .max_attempts(2)
+            .into_future();
+        check(&fut);
+    }
+}

@@ -47,7 +47,8 @@ pub struct OutlierOptions {
     /// The longest an ejection lasts. An endpoint that stayed admitted this long after
     /// its last ejection starts again from the base time. Default: 300 s.
     pub max_ejection_time: Duration,
-    /// The largest share of a service's endpoints ejected at once, from 0 to 1; the
+    /// The largest share of a service's endpoints ejected at once, from 0 to 1,
+    /// rounded down: with the default, 4 of 8 endpoints, 1 of 2 or 3, none of 1. The
     /// rest keep receiving traffic however they fail. Default: 0.5.
     pub max_ejection_share: f64,
 }
@@ -194,16 +195,19 @@ impl OutlierDetector {
         }
     }
 
-    /// Gives a freshly parsed endpoint the health of the same endpoint in earlier
-    /// answers, or registers its own.
-    pub(crate) fn attach(&self, data: &mut EndpointData) {
-        let id = data.identity();
+    /// Gives freshly parsed endpoints the health of the same endpoints in earlier
+    /// answers, or registers their own.
+    pub(crate) fn attach(&self, items: &mut [EndpointData]) {
         let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(h) = table.map.get(&id).and_then(Weak::upgrade) {
-            data.set_outlier(h);
-            return;
+        for data in items {
+            let id = data.identity();
+            match table.map.get(&id).and_then(Weak::upgrade) {
+                Some(h) => data.set_outlier(h),
+                None => {
+                    table.map.insert(id, Arc::downgrade(data.outlier()));
+                }
+            }
         }
-        table.map.insert(id, Arc::downgrade(data.outlier()));
         if table.map.len() > table.prune_at {
             // Drop the endpoints no snapshot lists any more; amortized by doubling.
             table.map.retain(|_, w| w.strong_count() > 0);
@@ -350,19 +354,18 @@ mod tests {
     use crate::instance::Instance;
 
     fn set(n: usize, detector: &OutlierDetector) -> Vec<Endpoint> {
-        let items: Box<[EndpointData]> = (0..n)
+        let mut items: Box<[EndpointData]> = (0..n)
             .map(|i| {
-                let mut d = ParseOptions::default()
+                ParseOptions::default()
                     .parse(
                         Instance::new(format!("i-{i}"))
                             .ipv4("10.0.0.1".parse().unwrap())
                             .port(8000 + i as u16),
                     )
-                    .unwrap();
-                detector.attach(&mut d);
-                d
+                    .unwrap()
             })
             .collect();
+        detector.attach(&mut items);
         let set = Arc::new(SetRef(Arc::new(EndpointSet {
             items,
             cumulative: None,
