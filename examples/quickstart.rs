@@ -187,8 +187,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!("\n7. Failover: `call` tries the next instance when one is down.");
-    // A port nobody listens on: the instance crashed but is still registered.
-    let crashed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    // The instance crashed but is still registered: its port is bound but nothing
+    // listens, so connections are refused.
+    let crashed_socket = tokio::net::TcpSocket::new_v4()?;
+    crashed_socket.bind("127.0.0.1:0".parse()?)?;
+    let crashed = crashed_socket.local_addr()?;
     let api = StaticDiscovery::new()
         .with_instance("shared", "api", instance("blue-1"))
         .with_instance(

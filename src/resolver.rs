@@ -172,7 +172,9 @@ impl Resolver {
     /// use tokio::net::TcpStream;
     ///
     /// let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    /// let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?; // closed once dropped
+    /// let socket = tokio::net::TcpSocket::new_v4()?;
+    /// socket.bind("127.0.0.1:0".parse()?)?; // bound, not listening: connections are refused
+    /// let dead = socket.local_addr()?;
     /// let registry = StaticDiscovery::new()
     ///     .with_instance("shared", "web", Instance::new("dead").ipv4("127.0.0.1".parse()?).port(dead.port()))
     ///     .with_instance("shared", "web", Instance::new("live").ipv4("127.0.0.1".parse()?).port(live.local_addr()?.port()));

@@ -19,7 +19,7 @@ use cloudmap_resolver::{
 use support::moto::{self, http_service, register, unique};
 use support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// A TCP server answering `ok` to every connection.
 async fn live_listener() -> SocketAddr {
@@ -35,10 +35,12 @@ async fn live_listener() -> SocketAddr {
     addr
 }
 
-/// A loopback port nobody listens on: bound, then released.
-fn closed_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+/// A loopback port that refuses connections: bound but not listening, and kept bound
+/// while the socket lives, so no other test's listener can take it over.
+fn closed_port() -> (SocketAddr, TcpSocket) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    (socket.local_addr().unwrap(), socket)
 }
 
 async fn fetch(addr: SocketAddr) -> std::io::Result<String> {
@@ -56,6 +58,7 @@ async fn three_dead_of_eight_over_tcp() {
     let ns = unique("failover");
     let svc = http_service(&ns, "web").await;
     let mut dead = HashSet::new();
+    let mut held = Vec::new();
     // Dead ones spread among the live ones, as a rolling failure would leave them.
     for (i, alive) in [true, false, true, true, false, true, false, true]
         .into_iter()
@@ -64,7 +67,8 @@ async fn three_dead_of_eight_over_tcp() {
         let addr = if alive {
             live_listener().await
         } else {
-            let a = closed_port();
+            let (a, socket) = closed_port();
+            held.push(socket);
             dead.insert(a);
             a
         };
@@ -440,7 +444,7 @@ async fn call_future_is_send_and_boxes_its_error() {
     let body = tokio::spawn(run(resolver.clone())).await.unwrap().unwrap();
     assert_eq!(body, "ok");
 
-    let dead = closed_port();
+    let (dead, _held) = closed_port();
     let registry = StaticDiscovery::new().with_instance(
         "shared",
         "web",
