@@ -550,7 +550,12 @@ impl Cache {
         now: Instant,
     ) -> Result<Arc<Snapshot>, Error> {
         let req = &slot.request;
-        let timeout = self.opts.fetch_timeout;
+        // One limit for the whole fetch (revision and instances), so a cold key's
+        // wait is bounded by `fetch_timeout`, not a multiple of it.
+        let timeout = (
+            self.opts.fetch_timeout,
+            Instant::now() + self.opts.fetch_timeout,
+        );
         if let (Some(prev), Some(full_every)) = (prev, self.opts.full_refresh_interval) {
             if prev.revision.is_some() && now < prev.full_at + full_every {
                 bump(&self.counters.revision);
@@ -645,11 +650,11 @@ fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, 
 }
 
 async fn with_timeout<T>(
-    limit: Duration,
+    (limit, deadline): (Duration, Instant),
     op: &str,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(limit, fut).await {
+    match tokio::time::timeout_at(deadline, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,

@@ -54,8 +54,9 @@ pub struct ResolverOptions {
     pub max_stale: Duration,
     /// How long a not-found answer is remembered. Default: 2 s.
     pub negative_ttl: Duration,
-    /// The longest a registry call may take before it counts as unavailable; also
-    /// bounds how long a cold key waits when the registry is down. Default: 5 s.
+    /// The longest a fetch from the registry (a revision poll and, when needed, the
+    /// instances) may take in all before it counts as unavailable; also bounds how
+    /// long a cold key waits when the registry is down. Default: 5 s.
     pub fetch_timeout: Duration,
     /// Refresh keys in use in the background before they expire, so callers never
     /// wait on the network. Default: true.
