@@ -45,7 +45,8 @@ pub struct Stats {
     /// Calls to the source's `revision` (DiscoverInstancesRevision), failed ones
     /// included.
     pub revision_calls: u64,
-    /// Lookups answered with a stale answer because the registry was failing.
+    /// Lookups answered with a stale answer because the registry was failing
+    /// (counted once a refresh has failed past the answer's TTL).
     pub stale_served: u64,
     /// Registry calls that failed (refreshes and cold loads).
     pub refresh_failures: u64,
