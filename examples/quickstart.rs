@@ -2,7 +2,8 @@
 //!
 //! Starts four HTTP servers on loopback, registers them (and one poisoned entry) in
 //! a `StaticDiscovery`, then resolves them the ways a service would: round-robin,
-//! filtered by attributes, weighted for a canary, and around an unhealthy instance.
+//! filtered by attributes, weighted for a canary, and around an unhealthy instance;
+//! finally `call` fails over past an instance that crashed (a closed port).
 //!
 //! ```text
 //! cargo run --example quickstart
@@ -18,7 +19,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cloudmap_resolver::{Error, Instance, Resolver, Selection, StaticDiscovery};
+use cloudmap_resolver::{Endpoint, Error, Instance, Resolver, Selection, StaticDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -184,6 +185,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let err = resolver.resolve(ns, svc).await.unwrap_err();
         println!("   resolve({ns:?}, {svc:?}) -> {:?}: {err}", err.kind());
     }
+
+    println!("\n7. Failover: `call` tries the next instance when one is down.");
+    // The instance crashed but is still registered: its port is bound but nothing
+    // listens, so connections are refused.
+    let crashed_socket = tokio::net::TcpSocket::new_v4()?;
+    crashed_socket.bind("127.0.0.1:0".parse()?)?;
+    let crashed = crashed_socket.local_addr()?;
+    let api = StaticDiscovery::new()
+        .with_instance("shared", "api", instance("blue-1"))
+        .with_instance(
+            "shared",
+            "api",
+            Instance::new("crashed-1")
+                .ipv4("127.0.0.1".parse()?)
+                .port(crashed.port()),
+        )
+        .with_instance("shared", "api", instance("green-1"));
+    let failover = Resolver::builder(api).build()?;
+    println!("   shared/api has blue-1, crashed-1 (nothing listening) and green-1.");
+    for n in 1..=18 {
+        let tried = std::sync::Mutex::new(Vec::new());
+        let answer = failover
+            .call("shared", "api", |ep: Endpoint| {
+                tried.lock().unwrap().push(ep.instance_id().to_owned());
+                async move { get(ep.socket_addr().expect("registered with IP and port")).await }
+            })
+            .await?;
+        let tried = tried.into_inner().unwrap();
+        if tried.len() > 1 {
+            println!(
+                "   call {n:2}: {} refused the connection, so {} answered {answer:?}",
+                tried[0], tried[1]
+            );
+        }
+    }
+    let stats = failover.stats();
+    println!(
+        "   18 calls, none failed; {} retries. After 5 refusals in a row crashed-1 was",
+        stats.retries
+    );
+    println!(
+        "   ejected ({} ejection, logged as the warning above) for 30 s: later calls,",
+        stats.ejections
+    );
+    println!("   and `resolve`, skip it until it returns on probation.");
     println!("\nDone. With an AWS account: CLOUDMAP_NAMESPACE=.. CLOUDMAP_SERVICE=.. cargo run --example quickstart");
     Ok(())
 }

@@ -24,7 +24,9 @@ use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
 use crate::options::ResolverOptions;
+use crate::outlier::OutlierDetector;
 use crate::select::{stripe, Selection, STRIPES};
+use crate::stats::{bump, Counters};
 
 const FRESH: u8 = 0;
 /// Past its fresh time, refresh failing, still served.
@@ -102,32 +104,88 @@ impl Snapshot {
         )
     }
 
-    fn servable(&self) -> bool {
-        self.state.load(Ordering::Relaxed) != EXPIRED && !self.set.items.is_empty()
-    }
-
-    /// Picks one endpoint. The snapshot must have endpoints.
-    pub(crate) fn pick(&self, selection: &Selection, seed: u64) -> Endpoint {
+    fn mark_used(&self) {
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
-        let s = stripe();
+    }
+
+    /// The selection's next index for stripe `s`.
+    fn draw(&self, selection: &Selection, seed: u64, s: usize) -> usize {
         let draw = self.cursors[s].0.fetch_add(1, Ordering::Relaxed);
-        let i = selection.pick(
+        selection.pick(
             self.set.items.len(),
             self.set.cumulative.as_deref(),
             draw,
             seed,
-        );
+        )
+    }
+
+    /// Picks one endpoint on thread stripe `s`, skipping ejected endpoints unless all
+    /// are ejected (failing open). The snapshot must have endpoints.
+    #[inline]
+    pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
+        self.mark_used();
+        let mut i = self.draw(selection, seed, s);
+        if self.set.items[i].outlier().is_ejected() {
+            i = self.next_admitted(i);
+        }
         Endpoint::new(self.refs[s].clone(), i)
     }
 
-    /// Every endpoint, in the registry's order.
-    pub(crate) fn all(&self) -> Vec<Endpoint> {
-        if !self.used.load(Ordering::Relaxed) {
-            self.used.store(true, Ordering::Relaxed);
+    /// The first endpoint after `i` (in the registry's order, wrapping) that is not
+    /// ejected, or `i` when every endpoint is: one relaxed load per candidate.
+    #[cold]
+    fn next_admitted(&self, i: usize) -> usize {
+        let n = self.set.items.len();
+        (1..n)
+            .map(|k| (i + k) % n)
+            .find(|&j| !self.set.items[j].outlier().is_ejected())
+            .unwrap_or(i)
+    }
+
+    /// Up to `max` distinct endpoints to try in turn, for `call`: the selection's pick
+    /// first, then the following endpoints in the registry's order, ejected ones last.
+    pub(crate) fn candidates(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        max: usize,
+        outliers: &OutlierDetector,
+        now: Instant,
+    ) -> Vec<Endpoint> {
+        self.mark_used();
+        let s = stripe();
+        let n = self.set.items.len();
+        let start = self.draw(selection, seed, s);
+        let max = max.min(n);
+        let mut admitted = Vec::with_capacity(max);
+        let mut ejected = Vec::new();
+        for k in 0..n {
+            if admitted.len() == max {
+                break;
+            }
+            let i = (start + k) % n;
+            if outliers.is_ejected(self.set.items[i].outlier(), now) {
+                if ejected.len() < max {
+                    ejected.push(i);
+                }
+            } else {
+                admitted.push(i);
+            }
         }
-        let r = &self.refs[stripe()];
+        admitted.extend(ejected);
+        admitted.truncate(max);
+        admitted
+            .into_iter()
+            .map(|i| Endpoint::new(self.refs[s].clone(), i))
+            .collect()
+    }
+
+    /// Every endpoint, in the registry's order.
+    pub(crate) fn all(&self, s: usize) -> Vec<Endpoint> {
+        self.mark_used();
+        let r = &self.refs[s];
         (0..self.set.items.len())
             .map(|i| Endpoint::new(r.clone(), i))
             .collect()
@@ -297,6 +355,8 @@ impl std::hash::Hash for LruKey {
 pub(crate) struct Cache {
     source: Box<dyn Discover>,
     pub(crate) opts: ResolverOptions,
+    pub(crate) counters: Counters,
+    pub(crate) outliers: OutlierDetector,
     parse: ParseOptions,
     index: Arc<Index>,
     lru: moka::sync::Cache<LruKey, ()>,
@@ -337,6 +397,8 @@ impl Cache {
         };
         Cache {
             source,
+            counters: Counters::default(),
+            outliers: OutlierDetector::new(opts.outlier.clone()),
             parse,
             index,
             lru,
@@ -346,21 +408,46 @@ impl Cache {
         }
     }
 
-    /// The warm path: `f` on the key's snapshot if it may be served now.
+    /// The warm path: `f` on the key's snapshot if it may be served now, on this
+    /// thread's stripe.
     #[inline]
     pub(crate) fn warm<R>(
         &self,
         key: &KeyRef<'_>,
-        f: impl FnOnce(&Snapshot, u64) -> R,
+        f: impl FnOnce(&Snapshot, u64, usize) -> R,
     ) -> Option<R> {
         let hash = key.hash();
         self.index
             .with(key, hash, |slot| {
                 let snap = slot.snapshot.load();
                 match snap.as_deref() {
-                    Some(s) if s.servable() => Some(f(s, slot.seed)),
-                    _ => None,
+                    Some(snap) => {
+                        let state = snap.state.load(Ordering::Relaxed);
+                        if state == EXPIRED || snap.set.items.is_empty() {
+                            return None;
+                        }
+                        let s = stripe();
+                        self.counters.hit(s, state == STALE);
+                        Some(f(snap, slot.seed, s))
+                    }
+                    None => None,
                 }
+            })
+            .flatten()
+    }
+
+    /// The warm path for `call`, which keeps the snapshot across its attempts.
+    pub(crate) fn warm_snapshot(&self, key: &KeyRef<'_>) -> Option<(Arc<Snapshot>, u64)> {
+        let hash = key.hash();
+        self.index
+            .with(key, hash, |slot| {
+                let snap = slot.snapshot.load_full()?;
+                let state = snap.state.load(Ordering::Relaxed);
+                if state == EXPIRED || snap.set.items.is_empty() {
+                    return None;
+                }
+                self.counters.hit(stripe(), state == STALE);
+                Some((snap, slot.seed))
             })
             .flatten()
     }
@@ -376,6 +463,7 @@ impl Cache {
         for (k, v) in key.query.iter().chain(key.optional) {
             crate::name::check_attribute(k, v)?;
         }
+        bump(&self.counters.misses);
         let hash = key.hash();
         let (slot, inserted) = self.index.get_or_insert(&key, hash, || Slot {
             request: key.to_request(),
@@ -409,6 +497,7 @@ impl Cache {
                 // it may still be served.
                 if let Some(snap) = prev.filter(|s| err.is_retryable() && now < s.stale_until) {
                     snap.state.store(STALE, Ordering::Relaxed);
+                    bump(&self.counters.stale_cold);
                     return servable_or_empty(slot, snap);
                 }
                 return Err(err.clone());
@@ -424,10 +513,12 @@ impl Cache {
             }
             Err(err) => {
                 gate.failures += 1;
+                bump(&self.counters.refresh_failures);
                 if let Some(snap) = prev.filter(|s| err.is_retryable() && now < s.stale_until) {
                     // The registry is failing but the last answer is young enough:
                     // serve it and let the refresher retry.
                     snap.state.store(STALE, Ordering::Relaxed);
+                    bump(&self.counters.stale_cold);
                     tracing::warn!(
                         namespace = %slot.request.namespace,
                         service = %slot.request.service,
@@ -459,9 +550,15 @@ impl Cache {
         now: Instant,
     ) -> Result<Arc<Snapshot>, Error> {
         let req = &slot.request;
-        let timeout = self.opts.fetch_timeout;
+        // One limit for the whole fetch (revision and instances), so a cold key's
+        // wait is bounded by `fetch_timeout`, not a multiple of it.
+        let timeout = (
+            self.opts.fetch_timeout,
+            Instant::now() + self.opts.fetch_timeout,
+        );
         if let (Some(prev), Some(full_every)) = (prev, self.opts.full_refresh_interval) {
             if prev.revision.is_some() && now < prev.full_at + full_every {
+                bump(&self.counters.revision);
                 let rev = with_timeout(
                     timeout,
                     "DiscoverInstancesRevision",
@@ -475,10 +572,14 @@ impl Cache {
                 }
             }
         }
+        bump(&self.counters.discover);
         let found = with_timeout(timeout, "DiscoverInstances", self.source.discover(req)).await?;
         let ns = req.namespace.as_str();
         let svc = req.service.as_str();
-        let items: Box<[_]> = self.parse.parse_all(ns, svc, found.instances).into();
+        let mut items = self.parse.parse_all(ns, svc, found.instances);
+        // Ejections outlive answers: the same endpoint keeps its health.
+        self.outliers.attach(&mut items);
+        let items: Box<[_]> = items.into();
         let cumulative = self.opts.selection.cumulative(&items, ns, svc);
         let set = Arc::new(EndpointSet { items, cumulative });
         let ttl = found.ttl.unwrap_or(self.opts.ttl);
@@ -549,11 +650,11 @@ fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, 
 }
 
 async fn with_timeout<T>(
-    limit: Duration,
+    (limit, deadline): (Duration, Instant),
     op: &str,
     fut: impl std::future::Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(limit, fut).await {
+    match tokio::time::timeout_at(deadline, fut).await {
         Ok(r) => r,
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,
@@ -622,9 +723,15 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
             return;
         }
         let result = {
-            let _gate = slot.gate.lock().await;
+            let mut gate = slot.gate.lock().await;
             if slot.is_current(&cur) {
-                Some(cache.fetch(slot, Some(&cur), now).await)
+                let r = cache.fetch(slot, Some(&cur), now).await;
+                if r.is_ok() {
+                    // A cold load's failure streak ends with any success.
+                    gate.error = None;
+                    gate.failures = 0;
+                }
+                Some(r)
             } else {
                 None
             }
@@ -646,6 +753,7 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
             }
             Some(Err(err)) => {
                 failures += 1;
+                bump(&cache.counters.refresh_failures);
                 let now = Instant::now();
                 if now >= cur.stale_until || !err.is_retryable() {
                     cur.state.store(EXPIRED, Ordering::Relaxed);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+use crate::outlier::{EndpointHealth, Identity};
 use crate::policy::AddressPolicy;
 
 /// One usable instance: where to connect, plus the attributes it was registered with.
@@ -46,6 +47,8 @@ pub(crate) struct EndpointData {
     port: Option<u16>,
     health: HealthStatus,
     attributes: BTreeMap<String, String>,
+    /// Shared with the same endpoint in other registry answers (see `outlier.rs`).
+    outlier: Arc<EndpointHealth>,
 }
 
 impl EndpointData {
@@ -55,6 +58,23 @@ impl EndpointData {
 
     pub(crate) fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
+    }
+
+    pub(crate) fn identity(&self) -> Identity {
+        Identity {
+            instance_id: self.instance_id.clone(),
+            ip: self.ip,
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    pub(crate) fn outlier(&self) -> &Arc<EndpointHealth> {
+        &self.outlier
+    }
+
+    pub(crate) fn set_outlier(&mut self, health: Arc<EndpointHealth>) {
+        self.outlier = health;
     }
 }
 
@@ -161,6 +181,23 @@ impl Endpoint {
         self.data().health
     }
 
+    /// Whether passive outlier detection has ejected this endpoint for now, after
+    /// consecutive failures reported by [`Resolver::call`](crate::Resolver::call) or
+    /// [`Resolver::report`](crate::Resolver::report). `resolve` skips ejected
+    /// endpoints unless all are ejected; `resolve_all` lists them all.
+    pub fn is_ejected(&self) -> bool {
+        self.data().outlier.is_ejected()
+    }
+
+    pub(crate) fn outlier(&self) -> &Arc<EndpointHealth> {
+        &self.data().outlier
+    }
+
+    /// Every endpoint of the registry answer this one came from.
+    pub(crate) fn peers(&self) -> &[EndpointData] {
+        &self.set.0.items
+    }
+
     /// Whether `self` and `other` are the very same cached endpoint, not merely equal.
     pub(crate) fn ptr_eq(&self, other: &Endpoint) -> bool {
         self.index == other.index && Arc::ptr_eq(&self.set.0, &other.set.0)
@@ -204,7 +241,27 @@ impl fmt::Debug for Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let d = self.data();
-        write!(f, "{}@", d.instance_id)?;
+        Describe {
+            id: &d.instance_id,
+            ip: d.ip,
+            host: d.host.as_deref(),
+            port: d.port,
+        }
+        .fmt(f)
+    }
+}
+
+struct Describe<'a> {
+    id: &'a str,
+    ip: Option<IpAddr>,
+    host: Option<&'a str>,
+    port: Option<u16>,
+}
+
+impl fmt::Display for Describe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self;
+        write!(f, "{}@", d.id)?;
         match (&d.ip, &d.host, d.port) {
             (Some(ip), _, Some(port)) => write!(f, "{}", SocketAddr::new(*ip, port)),
             (Some(ip), _, None) => write!(f, "{ip}"),
@@ -284,6 +341,14 @@ impl ParseOptions {
                 )));
             }
         }
+        // Named once here, for the ejection and re-admission logs.
+        let name = Describe {
+            id: &id,
+            ip,
+            host: host.as_deref(),
+            port,
+        }
+        .to_string();
         Ok(EndpointData {
             instance_id: id.into(),
             ip,
@@ -291,6 +356,7 @@ impl ParseOptions {
             port,
             health,
             attributes,
+            outlier: Arc::new(EndpointHealth::new(name)),
         })
     }
 

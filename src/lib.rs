@@ -8,6 +8,8 @@
 //!                                        └► cold or due: one refresh per key ─► Discover
 //!                                              (CloudMapDiscovery, StaticDiscovery, your own)
 //! instances ─► parse attributes ─► address policy ─► Snapshot { endpoints, counters, deadlines }
+//! call(ns, svc, op) ─► up to 8 distinct endpoints, ejected ones last ─► op(endpoint)
+//!                   ─► outcome ─► outlier detection ─► next endpoint or done
 //! ```
 //!
 //! # Quick start
@@ -34,9 +36,18 @@
 //! file). [`Resolver`] caches their answers per key; [`Selection`]
 //! picks; [`AddressPolicy`] guards which addresses are handed out; [`Error`] with
 //! [`ErrorKind`] reports failures.
+//!
+//! Failover: [`Resolver::call`] returns a [`Call`] that tries distinct endpoints until
+//! one succeeds, failing with a [`CallError`]; retries are capped by a retry budget
+//! ([`RetryBudgetOptions`]); failures feed passive outlier detection
+//! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
+//! The README's "When things fail" section lists the behaviour in each failure case.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod budget;
 mod cache;
+mod call;
+mod call_error;
 mod discover;
 mod endpoint;
 mod error;
@@ -45,10 +56,15 @@ mod instance;
 mod key;
 mod name;
 mod options;
+mod outlier;
 mod policy;
 mod resolver;
 mod select;
+mod stats;
 
+pub use budget::RetryBudgetOptions;
+pub use call::{Call, CallOptions, MAX_ATTEMPTS};
+pub use call_error::{Attempt, AttemptError, CallError, CallStop};
 pub use discover::cloud_map::CloudMapDiscovery;
 pub use discover::dns::{
     DnsDiscovery, DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT,
@@ -62,9 +78,11 @@ pub use instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
 pub use options::ResolverOptions;
+pub use outlier::{Outcome, OutlierOptions};
 pub use policy::{AddressPolicy, Cidr};
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;
+pub use stats::Stats;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -2,7 +2,10 @@
 
 use std::time::Duration;
 
+use crate::budget::RetryBudgetOptions;
+use crate::call::CallOptions;
 use crate::filter::HealthFilter;
+use crate::outlier::OutlierOptions;
 use crate::policy::AddressPolicy;
 use crate::select::Selection;
 
@@ -51,8 +54,9 @@ pub struct ResolverOptions {
     pub max_stale: Duration,
     /// How long a not-found answer is remembered. Default: 2 s.
     pub negative_ttl: Duration,
-    /// The longest a registry call may take before it counts as unavailable; also
-    /// bounds how long a cold key waits when the registry is down. Default: 5 s.
+    /// The longest a fetch from the registry (a revision poll and, when needed, the
+    /// instances) may take in all before it counts as unavailable; also bounds how
+    /// long a cold key waits when the registry is down. Default: 5 s.
     pub fetch_timeout: Duration,
     /// Refresh keys in use in the background before they expire, so callers never
     /// wait on the network. Default: true.
@@ -70,6 +74,15 @@ pub struct ResolverOptions {
     /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
     /// from the operating system).
     pub seed: Option<u64>,
+    /// Defaults of [`Resolver::call`](crate::Resolver::call): attempts, timeouts.
+    /// Default: [`CallOptions::default`] (8 attempts, no timeouts).
+    pub call: CallOptions,
+    /// Passive outlier detection. Default: [`OutlierOptions::default`] (eject after
+    /// 5 consecutive failures for 30 s, growing to 300 s, at most half the endpoints).
+    pub outlier: OutlierOptions,
+    /// The retry budget shared by the resolver's calls. Default:
+    /// [`RetryBudgetOptions::default`] (20% extra attempts plus 10 retries a second).
+    pub retry_budget: RetryBudgetOptions,
 }
 
 impl Default for ResolverOptions {
@@ -91,6 +104,9 @@ impl Default for ResolverOptions {
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             seed: None,
+            call: CallOptions::default(),
+            outlier: OutlierOptions::default(),
+            retry_budget: RetryBudgetOptions::default(),
         }
     }
 }
@@ -119,6 +135,8 @@ impl ResolverOptions {
         if let Selection::WeightedRandom { attribute } = &self.selection {
             crate::name::check_attribute(attribute, "")?;
         }
-        Ok(())
+        self.call.validate()?;
+        self.outlier.validate()?;
+        self.retry_budget.validate()
     }
 }

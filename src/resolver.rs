@@ -1,19 +1,24 @@
 //! `Resolver`: the handle users hold, its builder, and per-call queries.
 
 use std::fmt;
+use std::future::Future;
 use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::budget::{RetryBudget, RetryBudgetOptions};
 use crate::cache::Cache;
+use crate::call::{Call, CallOptions, Target};
 use crate::discover::{insert_sorted, Discover};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::filter::HealthFilter;
 use crate::key::KeyRef;
 use crate::options::ResolverOptions;
+use crate::outlier::{Outcome, OutlierOptions};
 use crate::policy::AddressPolicy;
-use crate::select::Selection;
+use crate::select::{stripe, Selection};
+use crate::stats::Stats;
 
 /// Finds live endpoints of services: cached, filtered, picked.
 ///
@@ -45,7 +50,8 @@ use crate::select::Selection;
 /// ```
 #[derive(Clone)]
 pub struct Resolver {
-    cache: Arc<Cache>,
+    pub(crate) cache: Arc<Cache>,
+    pub(crate) budget: Arc<RetryBudget>,
 }
 
 impl fmt::Debug for Resolver {
@@ -146,6 +152,105 @@ impl Resolver {
         }
     }
 
+    /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
+    /// up to 8 distinct endpoints in selection order, ejected ones last. Await the
+    /// returned [`Call`]; its methods override the resolver's [`CallOptions`] for this
+    /// call (attempts, per-attempt timeout, deadline, which errors to retry).
+    ///
+    /// # Errors
+    ///
+    /// A [`CallError`](crate::CallError) listing every attempt's endpoint and error;
+    /// its [`kind`](crate::CallError::kind) is
+    /// [`AttemptsExhausted`](crate::ErrorKind::AttemptsExhausted), or a
+    /// [`resolve`](Self::resolve) error's kind when no endpoint could be found.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
+    /// use tokio::net::TcpStream;
+    ///
+    /// let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let socket = tokio::net::TcpSocket::new_v4()?;
+    /// socket.bind("127.0.0.1:0".parse()?)?; // bound, not listening: connections are refused
+    /// let dead = socket.local_addr()?;
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("dead").ipv4("127.0.0.1".parse()?).port(dead.port()))
+    ///     .with_instance("shared", "web", Instance::new("live").ipv4("127.0.0.1".parse()?).port(live.local_addr()?.port()));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// for _ in 0..4 {
+    ///     let id = resolver.call("shared", "web", |ep: Endpoint| async move {
+    ///         TcpStream::connect(ep.socket_addr().unwrap()).await?;
+    ///         Ok::<_, std::io::Error>(ep.instance_id().to_owned())
+    ///     }).await?;
+    ///     assert_eq!(id, "live");
+    /// }
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn call<'a, F, Fut, T, E>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+        op: F,
+    ) -> Call<'a, F, E>
+    where
+        F: FnMut(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let target = Target {
+            namespace,
+            service,
+            query: Vec::new(),
+            optional: Vec::new(),
+            health: self.cache.opts.health_filter,
+        };
+        Call::new(self, target, op)
+    }
+
+    /// Tells outlier detection how a use of `endpoint` went, for callers who do their
+    /// own I/O instead of using [`call`](Self::call). After
+    /// [`OutlierOptions::consecutive_failures`] failures in a row the endpoint is
+    /// ejected: `resolve` skips it until its ejection time is up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Outcome, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let a = resolver.resolve("shared", "web").await?;
+    /// for _ in 0..5 {
+    ///     resolver.report(&a, Outcome::Failure);
+    /// }
+    /// assert!(a.is_ejected());
+    /// for _ in 0..4 {
+    ///     assert_eq!(resolver.resolve("shared", "web").await?.instance_id(), "b");
+    /// }
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) {
+        self.cache
+            .outliers
+            .record(endpoint, outcome, tokio::time::Instant::now());
+    }
+
+    /// A snapshot of the resolver's counters: resolves, cache hits, registry calls by
+    /// operation, stale answers, failures, ejections, retries, budget refusals.
+    pub fn stats(&self) -> Stats {
+        let o = &self.cache.outliers;
+        self.cache
+            .counters
+            .snapshot(o.ejections(), o.readmissions())
+    }
+
     /// How many keys are cached now.
     pub fn cached_keys(&self) -> usize {
         self.cache.run_pending_tasks();
@@ -161,21 +266,21 @@ impl Resolver {
         let selection = &self.cache.opts.selection;
         if let Some(ep) = self
             .cache
-            .warm(&key, |snap, seed| snap.pick(selection, seed))
+            .warm(&key, |snap, seed, s| snap.pick(selection, seed, s))
         {
             return Ok(ep);
         }
         // Boxed so that the warm path's future stays small.
         let (slot, snap) = Box::pin(self.cache.load(key)).await?;
-        Ok(snap.pick(selection, slot.seed))
+        Ok(snap.pick(selection, slot.seed, stripe()))
     }
 
     pub(crate) async fn all(&self, key: KeyRef<'_>) -> Result<Endpoints, Error> {
-        if let Some(all) = self.cache.warm(&key, |snap, _| snap.all()) {
+        if let Some(all) = self.cache.warm(&key, |snap, _, s| snap.all(s)) {
             return Ok(Endpoints(all));
         }
         let (_, snap) = Box::pin(self.cache.load(key)).await?;
-        Ok(Endpoints(snap.all()))
+        Ok(Endpoints(snap.all(stripe())))
     }
 }
 
@@ -244,6 +349,31 @@ impl ResolverBuilder {
         self
     }
 
+    /// The longest a registry call may take; also how long a cold key waits at most
+    /// when the registry hangs. Default: 5 s.
+    pub fn fetch_timeout(mut self, limit: Duration) -> Self {
+        self.opts.fetch_timeout = limit;
+        self
+    }
+
+    /// Defaults of [`Resolver::call`]. Default: [`CallOptions::default`].
+    pub fn call_options(mut self, call: CallOptions) -> Self {
+        self.opts.call = call;
+        self
+    }
+
+    /// Passive outlier detection. Default: [`OutlierOptions::default`].
+    pub fn outlier_detection(mut self, outlier: OutlierOptions) -> Self {
+        self.opts.outlier = outlier;
+        self
+    }
+
+    /// The retry budget of [`Resolver::call`]. Default: [`RetryBudgetOptions::default`].
+    pub fn retry_budget(mut self, budget: RetryBudgetOptions) -> Self {
+        self.opts.retry_budget = budget;
+        self
+    }
+
     /// Replaces every setting at once.
     pub fn options(mut self, opts: ResolverOptions) -> Self {
         self.opts = opts;
@@ -255,10 +385,12 @@ impl ResolverBuilder {
     /// # Errors
     ///
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
-    /// capacity, a backoff maximum below its base, or a malformed weight attribute.
+    /// capacity, a backoff maximum below its base, a malformed weight attribute, or
+    /// call, outlier or retry budget settings out of range.
     pub fn build(self) -> Result<Resolver, Error> {
         self.opts.validate()?;
         Ok(Resolver {
+            budget: Arc::new(RetryBudget::new(self.opts.retry_budget.clone())),
             cache: Arc::new(Cache::new(self.source, self.opts)),
         })
     }
@@ -276,7 +408,7 @@ pub struct Query<'a> {
     health: HealthFilter,
 }
 
-impl Query<'_> {
+impl<'a> Query<'a> {
     /// Only instances whose attribute `key` is `value` (a DiscoverInstances query
     /// parameter).
     pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -323,6 +455,48 @@ impl Query<'_> {
     /// As [`Resolver::resolve`].
     pub async fn resolve_all(self) -> Result<Endpoints, Error> {
         self.resolver.all(self.key()).await
+    }
+
+    /// Runs `op` against the endpoints matching the query until one succeeds, as
+    /// [`Resolver::call`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::call`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse()?;
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let id = resolver
+    ///     .query("shared", "web")
+    ///     .attribute("stage", "prod")
+    ///     .call(|ep: Endpoint| async move { Ok::<_, std::io::Error>(ep.instance_id().to_owned()) })
+    ///     .await?;
+    /// assert_eq!(id, "a");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn call<F, Fut, T, E>(self, op: F) -> Call<'a, F, E>
+    where
+        F: FnMut(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let target = Target {
+            namespace: self.namespace,
+            service: self.service,
+            query: self.query,
+            optional: self.optional,
+            health: self.health,
+        };
+        Call::new(self.resolver, target, op)
     }
 }
 

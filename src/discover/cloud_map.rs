@@ -5,6 +5,7 @@ use std::fmt;
 
 use aws_sdk_servicediscovery as sd;
 use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
+use sd::config::retry::RetryConfig;
 use sd::config::{ConfigBag, Intercept, RuntimeComponents};
 use sd::error::{ProvideErrorMetadata, SdkError};
 use sd::types::HealthStatusFilter;
@@ -21,6 +22,11 @@ use crate::instance::{HealthStatus, Instance};
 /// operation: the SDK would otherwise send DiscoverInstances to `data-` + the
 /// endpoint's host (`http://data-127.0.0.1:4566`), which does not resolve for
 /// LocalStack, moto or a VPC endpoint, so with a custom endpoint the prefix is undone.
+///
+/// The SDK's own retries are turned off (one attempt per call): the resolver retries
+/// each key's refreshes itself, with jittered exponential backoff, while it serves the
+/// last good answer. The SDK's standard mode would otherwise retry a throttled call
+/// up to 3 times at once, multiplying the load on a quota that is already spent.
 ///
 /// # Examples
 ///
@@ -39,9 +45,15 @@ pub struct CloudMapDiscovery {
 }
 
 impl CloudMapDiscovery {
-    /// A source using this SDK configuration (region, credentials, endpoint URL).
+    /// A source using this SDK configuration (region, credentials, endpoint URL),
+    /// with one attempt per call whatever its retry configuration says.
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let mut config = sd::config::Builder::from(sdk);
+        let retry = sdk
+            .retry_config()
+            .cloned()
+            .unwrap_or_else(RetryConfig::standard)
+            .with_max_attempts(1);
+        let mut config = sd::config::Builder::from(sdk).retry_config(retry);
         if let Some(url) = sdk.endpoint_url() {
             if let Some(host) = host_of(url) {
                 config = config.interceptor(KeepEndpointHost {
@@ -57,7 +69,8 @@ impl CloudMapDiscovery {
 
     /// A source using an SDK client you built yourself. The `data-` host prefix is
     /// not undone for it: give its configuration a custom endpoint through
-    /// [`new`](Self::new) instead.
+    /// [`new`](Self::new) instead. Its retry configuration is kept: each SDK retry is
+    /// one more registry call, on top of the resolver's own (see [`new`](Self::new)).
     pub fn from_client(client: sd::Client) -> Self {
         CloudMapDiscovery { client }
     }
@@ -237,6 +250,19 @@ impl Discover for CloudMapDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sdk_retries_are_off() {
+        // The SDK's default (standard mode) makes 3 attempts per call.
+        let sdk = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new("us-east-1"))
+            .retry_config(RetryConfig::standard())
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let source = CloudMapDiscovery::new(&sdk);
+        let retry = source.client.config().retry_config().unwrap();
+        assert_eq!(retry.max_attempts(), 1);
+    }
 
     #[test]
     fn host_of_urls() {

@@ -1,0 +1,393 @@
+//! Failover: run an operation against up to 8 distinct endpoints of a service until
+//! one succeeds.
+//!
+//! Made by [`Resolver::call`] and [`Query::call`](crate::Query::call); awaiting the
+//! [`Call`] runs it. Each attempt's outcome feeds outlier detection; retries are paid
+//! for from the resolver's retry budget.
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::call_error::{Attempt, AttemptError, CallError, CallStop};
+use crate::discover::BoxFuture;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind};
+use crate::filter::HealthFilter;
+use crate::key::KeyRef;
+use crate::outlier::Outcome;
+use crate::resolver::Resolver;
+use crate::stats::bump;
+
+/// The most attempts one call may make: as many as a Cloud Map DNS answer holds.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// Defaults of [`Resolver::call`]; each call may override them. Every field's doc
+/// states its default.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cloudmap_resolver::{CallOptions, ResolverOptions};
+///
+/// let mut opts = ResolverOptions::default();
+/// opts.call.max_attempts = 3;
+/// opts.call.attempt_timeout = Some(Duration::from_millis(250));
+/// assert_eq!(CallOptions::default().max_attempts, 8);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// How many distinct endpoints a call tries at most, 1 to 8. Default: 8.
+    pub max_attempts: usize,
+    /// How long one attempt may take before it is dropped and counted as a failure
+    /// of its endpoint. Default: none.
+    pub attempt_timeout: Option<Duration>,
+    /// How long a whole call may take, resolving included. Default: none.
+    pub deadline: Option<Duration>,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        CallOptions {
+            max_attempts: MAX_ATTEMPTS,
+            attempt_timeout: None,
+            deadline: None,
+        }
+    }
+}
+
+impl CallOptions {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if !(1..=MAX_ATTEMPTS).contains(&self.max_attempts) {
+            return Err(Error::invalid("call.max_attempts must be from 1 to 8"));
+        }
+        if self.attempt_timeout.is_some_and(|d| d.is_zero())
+            || self.deadline.is_some_and(|d| d.is_zero())
+        {
+            return Err(Error::invalid(
+                "call.attempt_timeout and call.deadline must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+}
+
+type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
+
+/// An operation to run against a service's endpoints with failover; made by
+/// [`Resolver::call`] or [`Query::call`](crate::Query::call), run by `.await`.
+///
+/// Attempts go to distinct endpoints, never the same one twice: the selection's pick
+/// first, then the next endpoints in the registry's order, ejected endpoints last; at
+/// most [`max_attempts`](Self::max_attempts). An attempt that fails with a retryable
+/// error (every error, unless [`retry_if`](Self::retry_if) says otherwise) or times
+/// out counts as a failure of its endpoint for outlier detection; retries are paid
+/// for from the resolver's [retry budget](crate::RetryBudgetOptions). The future is
+/// `Send` when the operation and its future are.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
+///
+/// let ip = "127.0.0.1".parse()?;
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "web", Instance::new("down").ipv4(ip).port(1))
+///     .with_instance("shared", "web", Instance::new("up").ipv4(ip).port(2));
+/// let resolver = Resolver::builder(registry).build()?;
+/// let id = resolver
+///     .call("shared", "web", |ep: Endpoint| async move {
+///         match ep.port() {
+///             Some(1) => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+///             _ => Ok(ep.instance_id().to_owned()),
+///         }
+///     })
+///     .attempt_timeout(Duration::from_secs(1))
+///     .retry_if(|e: &std::io::Error| e.kind() != std::io::ErrorKind::PermissionDenied)
+///     .await?;
+/// assert_eq!(id, "up");
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[must_use = "a call does nothing until awaited"]
+pub struct Call<'a, F, E> {
+    resolver: &'a Resolver,
+    namespace: &'a str,
+    service: &'a str,
+    query: Vec<(String, String)>,
+    optional: Vec<(String, String)>,
+    health: HealthFilter,
+    op: F,
+    retry_if: Option<RetryIf<'a, E>>,
+    opts: CallOptions,
+}
+
+impl<F, E> fmt::Debug for Call<'_, F, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Call")
+            .field("namespace", &self.namespace)
+            .field("service", &self.service)
+            .field("query", &self.query)
+            .field("optional", &self.optional)
+            .field("health", &self.health)
+            .field("retry_if", &self.retry_if.as_ref().map(|_| ".."))
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key parts of a call, as a query has them.
+pub(crate) struct Target<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) optional: Vec<(String, String)>,
+    pub(crate) health: HealthFilter,
+}
+
+impl<'a, F, E> Call<'a, F, E> {
+    pub(crate) fn new(resolver: &'a Resolver, target: Target<'a>, op: F) -> Self {
+        Call {
+            resolver,
+            namespace: target.namespace,
+            service: target.service,
+            query: target.query,
+            optional: target.optional,
+            health: target.health,
+            op,
+            retry_if: None,
+            opts: resolver.options().call.clone(),
+        }
+    }
+
+    /// At most this many attempts, clamped to 1..=8. Default: the resolver's
+    /// [`CallOptions::max_attempts`] (8).
+    pub fn max_attempts(mut self, n: usize) -> Self {
+        self.opts.max_attempts = n.clamp(1, MAX_ATTEMPTS);
+        self
+    }
+
+    /// Drops an attempt that takes longer than this and tries the next endpoint.
+    /// Default: the resolver's [`CallOptions::attempt_timeout`] (none).
+    pub fn attempt_timeout(mut self, limit: Duration) -> Self {
+        self.opts.attempt_timeout = Some(limit);
+        self
+    }
+
+    /// Gives up when the whole call, resolving included, takes longer than this.
+    /// Default: the resolver's [`CallOptions::deadline`] (none).
+    pub fn deadline(mut self, limit: Duration) -> Self {
+        self.opts.deadline = Some(limit);
+        self
+    }
+
+    /// Retries only errors for which `retryable` is true; any other error ends the
+    /// call at once and does not count against its endpoint (it answered). Default:
+    /// every error is retried.
+    pub fn retry_if(mut self, retryable: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
+        self.retry_if = Some(Box::new(retryable));
+        self
+    }
+}
+
+impl<'a, F, Fut, T, E> Call<'a, F, E>
+where
+    F: FnMut(Endpoint) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    async fn run(self) -> Result<T, CallError<E>> {
+        let Call {
+            resolver,
+            namespace,
+            service,
+            query,
+            optional,
+            health,
+            mut op,
+            retry_if,
+            opts,
+        } = self;
+        let cache = &resolver.cache;
+        bump(&cache.counters.calls);
+        let start = Instant::now();
+        let deadline = opts.deadline.map(|d| start + d);
+        let key = KeyRef {
+            namespace,
+            service,
+            query: &query,
+            optional: &optional,
+            health,
+        };
+        let (snap, seed) = match cache.warm_snapshot(&key) {
+            Some(found) => found,
+            None => {
+                let load = Box::pin(cache.load(key));
+                let loaded = match deadline {
+                    Some(at) => tokio::time::timeout_at(at, load).await.unwrap_or_else(|_| {
+                        Err(Error::new(
+                            ErrorKind::Unavailable,
+                            "the call's deadline passed while resolving the service",
+                        ))
+                    }),
+                    None => load.await,
+                };
+                let (slot, snap) = loaded.map_err(CallError::resolve)?;
+                (snap, slot.seed)
+            }
+        };
+        let candidates = snap.candidates(
+            &cache.opts.selection,
+            seed,
+            opts.max_attempts,
+            &cache.outliers,
+            Instant::now(),
+        );
+        drop(snap);
+        let tried = candidates.len();
+        let mut failed: Vec<Attempt<E>> = Vec::new();
+        for (n, ep) in candidates.into_iter().enumerate() {
+            let began = Instant::now();
+            if n == 0 {
+                resolver.budget.deposit(began);
+            } else {
+                if deadline.is_some_and(|d| began >= d) {
+                    return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
+                }
+                if !resolver.budget.try_withdraw(began) {
+                    bump(&cache.counters.budget_refusals);
+                    tracing::debug!(namespace, service, "retry budget spent; not retrying");
+                    return Err(CallError::attempts_failed(
+                        CallStop::BudgetExhausted,
+                        failed,
+                    ));
+                }
+                bump(&cache.counters.retries);
+            }
+            bump(&cache.counters.attempts);
+            let own_limit = opts.attempt_timeout.map(|t| began + t);
+            let limit = match (own_limit, deadline) {
+                (Some(a), Some(d)) => Some(a.min(d)),
+                (a, d) => a.or(d),
+            };
+            let fut = op(ep.clone());
+            let result = match limit {
+                Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+                None => Some(fut.await),
+            };
+            match result {
+                Some(Ok(value)) => {
+                    cache.outliers.record(&ep, Outcome::Success, Instant::now());
+                    return Ok(value);
+                }
+                Some(Err(err)) => {
+                    let retryable = retry_if.as_ref().is_none_or(|p| p(&err));
+                    let outcome = if retryable {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    };
+                    cache.outliers.record(&ep, outcome, Instant::now());
+                    failed.push(Attempt::new(ep, AttemptError::Failed(err)));
+                    if !retryable {
+                        return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
+                    }
+                }
+                None => {
+                    let at = limit.unwrap_or(began);
+                    // Cut short by the call's deadline rather than its own timeout:
+                    // not evidence against the endpoint.
+                    let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
+                    if !by_deadline {
+                        cache.outliers.record(&ep, Outcome::Failure, Instant::now());
+                    }
+                    failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
+                    if by_deadline {
+                        return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
+                    }
+                }
+            }
+        }
+        let stop = if tried < opts.max_attempts {
+            CallStop::EndpointsUsed
+        } else {
+            CallStop::AttemptsUsed
+        };
+        Err(CallError::attempts_failed(stop, failed))
+    }
+}
+
+impl<'a, F, Fut, T, E> IntoFuture for Call<'a, F, E>
+where
+    F: FnMut(Endpoint) -> Fut + Send + 'a,
+    Fut: Future<Output = Result<T, E>> + Send + 'a,
+    T: Send + 'a,
+    E: Send + 'a,
+{
+    type Output = Result<T, CallError<E>>;
+    type IntoFuture = BoxFuture<'a, Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_validated() {
+        let bad = [
+            CallOptions {
+                max_attempts: 0,
+                ..CallOptions::default()
+            },
+            CallOptions {
+                max_attempts: 9,
+                ..CallOptions::default()
+            },
+            CallOptions {
+                attempt_timeout: Some(Duration::ZERO),
+                ..CallOptions::default()
+            },
+            CallOptions {
+                deadline: Some(Duration::ZERO),
+                ..CallOptions::default()
+            },
+        ];
+        for o in bad {
+            assert!(o.validate().is_err(), "{o:?}");
+        }
+        assert!(CallOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn builder_rejects_bad_call_settings() {
+        let mut opts = crate::ResolverOptions::default();
+        opts.call.max_attempts = 20;
+        let err = Resolver::builder(crate::StaticDiscovery::new())
+            .options(opts)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn call_future_is_send() {
+        fn check<T: Send>(_: &T) {}
+        let resolver = Resolver::builder(crate::StaticDiscovery::new())
+            .build()
+            .unwrap();
+        let fut = resolver
+            .call("ns", "svc", |_: Endpoint| async { Ok::<(), String>(()) })
+            .max_attempts(2)
+            .into_future();
+        check(&fut);
+    }
+}

@@ -1,0 +1,277 @@
+//! The error of a failed [`Resolver::call`](crate::Resolver::call): every attempt,
+//! with its endpoint and its error.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind};
+
+/// Why a [`call`](crate::Resolver::call) failed, with every attempt it made.
+///
+/// [`kind`](Self::kind) is [`ErrorKind::AttemptsExhausted`] once an attempt was made;
+/// when the service could not be resolved at all it is the resolve error's kind
+/// (`Unavailable`, `Throttled`, `ServiceNotFound`, ...) and
+/// [`resolve_error`](Self::resolve_error) holds it. [`stop`](Self::stop) says why no
+/// further attempt was made.
+///
+/// It is a [`std::error::Error`] whenever `E` is `Debug + Display`, so `?` converts it
+/// into `Box<dyn std::error::Error + Send + Sync>`.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use cloudmap_resolver::{CallStop, Endpoint, ErrorKind, Instance, Resolver, StaticDiscovery};
+///
+/// let ip = "127.0.0.1".parse()?;
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2));
+/// let resolver = Resolver::builder(registry).build()?;
+/// let err = resolver
+///     .call("shared", "web", |ep: Endpoint| async move {
+///         Err::<(), _>(format!("{} is down", ep.instance_id()))
+///     })
+///     .await
+///     .unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
+/// assert_eq!(err.stop(), CallStop::EndpointsUsed);
+/// assert_eq!(err.attempts().len(), 2, "each endpoint once");
+/// println!("{err}"); // every attempt failed (2 attempts, ...): a@127.0.0.1:1: a is down; ...
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct CallError<E> {
+    stop: CallStop,
+    resolve: Option<Error>,
+    attempts: Vec<Attempt<E>>,
+}
+
+/// Why a call made no further attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CallStop {
+    /// The service could not be resolved; no attempt was made.
+    Resolve,
+    /// `max_attempts` attempts failed.
+    AttemptsUsed,
+    /// Every endpoint of the service was tried once (it has fewer than
+    /// `max_attempts`).
+    EndpointsUsed,
+    /// The last error was not retryable, by the call's `retry_if` predicate.
+    NotRetryable,
+    /// The resolver's retry budget refused a retry.
+    BudgetExhausted,
+    /// The call's overall deadline passed.
+    DeadlinePassed,
+}
+
+impl CallStop {
+    fn describe(self) -> &'static str {
+        match self {
+            CallStop::Resolve => "could not resolve the service",
+            CallStop::AttemptsUsed => "attempt limit reached",
+            CallStop::EndpointsUsed => "every endpoint tried",
+            CallStop::NotRetryable => "error not retryable",
+            CallStop::BudgetExhausted => "retry budget spent",
+            CallStop::DeadlinePassed => "deadline passed",
+        }
+    }
+}
+
+impl fmt::Display for CallStop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.describe())
+    }
+}
+
+/// One failed attempt of a call: where, and what happened.
+#[derive(Debug, Clone)]
+pub struct Attempt<E> {
+    endpoint: Endpoint,
+    error: AttemptError<E>,
+}
+
+/// What went wrong in one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptError<E> {
+    /// The operation returned this error.
+    Failed(E),
+    /// The operation did not finish within the attempt timeout or before the call's
+    /// deadline; it was dropped after this long.
+    TimedOut(Duration),
+}
+
+impl<E> Attempt<E> {
+    pub(crate) fn new(endpoint: Endpoint, error: AttemptError<E>) -> Self {
+        Attempt { endpoint, error }
+    }
+
+    /// The endpoint tried.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// What went wrong.
+    pub fn error(&self) -> &AttemptError<E> {
+        &self.error
+    }
+
+    /// What went wrong, by value.
+    pub fn into_error(self) -> AttemptError<E> {
+        self.error
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for AttemptError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptError::Failed(e) => e.fmt(f),
+            AttemptError::TimedOut(d) => write!(f, "timed out after {d:?}"),
+        }
+    }
+}
+
+impl<E> CallError<E> {
+    pub(crate) fn resolve(err: Error) -> Self {
+        CallError {
+            stop: CallStop::Resolve,
+            resolve: Some(err),
+            attempts: Vec::new(),
+        }
+    }
+
+    pub(crate) fn attempts_failed(stop: CallStop, attempts: Vec<Attempt<E>>) -> Self {
+        CallError {
+            stop,
+            resolve: None,
+            attempts,
+        }
+    }
+
+    /// [`ErrorKind::AttemptsExhausted`] when attempts were made; otherwise the kind of
+    /// the error that kept the service from being resolved.
+    pub fn kind(&self) -> ErrorKind {
+        match &self.resolve {
+            Some(e) => e.kind(),
+            None => ErrorKind::AttemptsExhausted,
+        }
+    }
+
+    /// Why no further attempt was made.
+    pub fn stop(&self) -> CallStop {
+        self.stop
+    }
+
+    /// Every attempt, in order.
+    pub fn attempts(&self) -> &[Attempt<E>] {
+        &self.attempts
+    }
+
+    /// The attempts, by value.
+    pub fn into_attempts(self) -> Vec<Attempt<E>> {
+        self.attempts
+    }
+
+    /// The error that kept the service from being resolved, when that is why the call
+    /// failed.
+    pub fn resolve_error(&self) -> Option<&Error> {
+        self.resolve.as_ref()
+    }
+
+    /// The last attempt's error, when it returned one.
+    pub fn last_error(&self) -> Option<&E> {
+        match &self.attempts.last()?.error {
+            AttemptError::Failed(e) => Some(e),
+            AttemptError::TimedOut(_) => None,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(e) = &self.resolve {
+            return write!(f, "{}: {e}", self.stop);
+        }
+        let n = self.attempts.len();
+        write!(
+            f,
+            "{} ({n} attempt{}, {})",
+            ErrorKind::AttemptsExhausted,
+            if n == 1 { "" } else { "s" },
+            self.stop
+        )?;
+        for (i, a) in self.attempts.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            write!(f, "{sep}{}: {}", a.endpoint, a.error)?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> StdError for CallError<E> {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.resolve
+            .as_ref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::Instance;
+
+    fn ep(id: &str, port: u16) -> Endpoint {
+        Endpoint::from_instance(
+            Instance::new(id)
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(port),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn lists_every_attempt() {
+        let err = CallError::attempts_failed(
+            CallStop::AttemptsUsed,
+            vec![
+                Attempt::new(ep("a", 1), AttemptError::Failed("refused")),
+                Attempt::new(
+                    ep("b", 2),
+                    AttemptError::TimedOut(Duration::from_millis(50)),
+                ),
+            ],
+        );
+        assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
+        assert_eq!(
+            err.to_string(),
+            "every attempt failed (2 attempts, attempt limit reached): \
+             a@127.0.0.1:1: refused; b@127.0.0.1:2: timed out after 50ms"
+        );
+        assert_eq!(err.last_error(), None);
+        assert_eq!(err.attempts()[0].endpoint().instance_id(), "a");
+    }
+
+    #[test]
+    fn resolve_failure_keeps_its_kind_and_source() {
+        let err: CallError<std::io::Error> =
+            CallError::resolve(Error::new(ErrorKind::Throttled, "slow down"));
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert_eq!(err.stop(), CallStop::Resolve);
+        assert!(err.source().is_some());
+        assert!(err.attempts().is_empty());
+    }
+
+    #[test]
+    fn boxes_as_a_std_error() {
+        fn check<T: StdError + Send + Sync + 'static>() {}
+        check::<CallError<std::io::Error>>();
+        check::<CallError<String>>();
+        check::<CallError<Box<dyn StdError + Send + Sync>>>();
+    }
+}

@@ -1,0 +1,510 @@
+//! Passive outlier detection: endpoints that keep failing are ejected for a while,
+//! then re-admitted on probation.
+//!
+//! Fed by [`Resolver::call`](crate::Resolver::call) outcomes and by
+//! [`Resolver::report`](crate::Resolver::report). Each endpoint's state lives in an
+//! [`EndpointHealth`] shared by every snapshot that lists the same instance at the same
+//! address, so a refresh of the registry's answer does not forget an ejection. The warm
+//! `resolve` reads one relaxed flag per candidate; everything else happens on failures.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::endpoint::{Endpoint, EndpointData};
+
+/// Settings of passive outlier detection. Every field's doc states its default.
+///
+/// The defaults follow Envoy's outlier detection (5 consecutive failures, 30 s base
+/// ejection, 300 s cap) with a larger ejection share (50% rather than 10%), so that 3
+/// dead endpoints out of 8 are all ejected after their first 5 failures each.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cloudmap_resolver::OutlierOptions;
+///
+/// let mut outlier = OutlierOptions::default();
+/// outlier.consecutive_failures = 3;
+/// outlier.base_ejection_time = Duration::from_secs(10);
+/// assert_eq!(outlier.max_ejection_share, 0.5);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OutlierOptions {
+    /// Whether failures eject endpoints at all. Default: true.
+    pub enabled: bool,
+    /// Consecutive failures that eject an endpoint. Default: 5.
+    pub consecutive_failures: u32,
+    /// How long the first ejection lasts; the `n`th ejection in a row lasts `n` times
+    /// this. Default: 30 s.
+    pub base_ejection_time: Duration,
+    /// The longest an ejection lasts. An endpoint that stayed admitted this long after
+    /// its last ejection starts again from the base time. Default: 300 s.
+    pub max_ejection_time: Duration,
+    /// The largest share of a service's endpoints ejected at once, from 0 to 1,
+    /// rounded down: with the default, 4 of 8 endpoints, 1 of 2 or 3, none of 1. The
+    /// rest keep receiving traffic however they fail. Default: 0.5.
+    pub max_ejection_share: f64,
+}
+
+impl Default for OutlierOptions {
+    fn default() -> Self {
+        OutlierOptions {
+            enabled: true,
+            consecutive_failures: 5,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_share: 0.5,
+        }
+    }
+}
+
+impl OutlierOptions {
+    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+        if self.consecutive_failures == 0 {
+            return Err(crate::Error::invalid(
+                "outlier.consecutive_failures must be at least 1",
+            ));
+        }
+        if self.base_ejection_time.is_zero() || self.max_ejection_time < self.base_ejection_time {
+            return Err(crate::Error::invalid(
+                "outlier ejection times must be positive, the maximum at least the base",
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.max_ejection_share) {
+            return Err(crate::Error::invalid(
+                "outlier.max_ejection_share must be between 0 and 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What came of using an endpoint, for [`Resolver::report`](crate::Resolver::report).
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::Outcome;
+///
+/// let io: std::io::Result<()> = Err(std::io::ErrorKind::ConnectionRefused.into());
+/// let outcome = if io.is_ok() { Outcome::Success } else { Outcome::Failure };
+/// assert_eq!(outcome, Outcome::Failure);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The endpoint answered (an application-level error such as a 404 is an answer).
+    Success,
+    /// The endpoint failed: refused, reset, timed out, or answered that it cannot serve.
+    Failure,
+}
+
+/// Who an endpoint is, across registry answers: the instance and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Identity {
+    pub(crate) instance_id: Box<str>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) host: Option<Box<str>>,
+    pub(crate) port: Option<u16>,
+}
+
+/// One endpoint's health as seen by callers.
+#[derive(Debug)]
+pub(crate) struct EndpointHealth {
+    /// Read by every warm pick; on its own cache line so that failure bookkeeping
+    /// does not evict it from readers' caches.
+    ejected: Flag,
+    /// Set while there are failures to forget or a probation to end, so a success
+    /// on a healthy endpoint (the common case) writes nothing.
+    dirty: AtomicBool,
+    state: Mutex<HealthState>,
+    /// `id@address`, for logs.
+    name: Box<str>,
+}
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Flag(AtomicBool);
+
+#[derive(Debug, Default)]
+struct HealthState {
+    failures: u32,
+    /// Ejections in a row (reset after a long enough healthy spell).
+    ejections: u32,
+    /// When the current or last ejection ends.
+    until: Option<Instant>,
+    probation: bool,
+}
+
+impl EndpointHealth {
+    pub(crate) fn new(name: String) -> Self {
+        EndpointHealth {
+            ejected: Flag::default(),
+            dirty: AtomicBool::new(false),
+            state: Mutex::new(HealthState::default()),
+            name: name.into(),
+        }
+    }
+
+    /// The warm path's one check: a relaxed load.
+    #[inline]
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejected.0.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HealthState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The outlier detector of one resolver.
+#[derive(Debug)]
+pub(crate) struct OutlierDetector {
+    opts: OutlierOptions,
+    /// Identity to health, so a new snapshot gets the health of the endpoints it
+    /// shares with the last one. Weak: the snapshots own the health.
+    table: Mutex<Table>,
+    /// Serializes ejection decisions, so that two concurrent failures cannot both
+    /// pass the share cap.
+    eject: Mutex<()>,
+    ejections: AtomicU64,
+    readmissions: Arc<AtomicU64>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<Identity, Weak<EndpointHealth>>,
+    prune_at: usize,
+}
+
+impl OutlierDetector {
+    pub(crate) fn new(opts: OutlierOptions) -> Self {
+        OutlierDetector {
+            opts,
+            table: Mutex::default(),
+            eject: Mutex::new(()),
+            ejections: AtomicU64::new(0),
+            readmissions: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Gives freshly parsed endpoints the health of the same endpoints in earlier
+    /// answers, or registers their own.
+    pub(crate) fn attach(&self, items: &mut [EndpointData]) {
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for data in items {
+            let id = data.identity();
+            match table.map.get(&id).and_then(Weak::upgrade) {
+                Some(h) => data.set_outlier(h),
+                None => {
+                    table.map.insert(id, Arc::downgrade(data.outlier()));
+                }
+            }
+        }
+        if table.map.len() > table.prune_at {
+            // Drop the endpoints no snapshot lists any more; amortized by doubling.
+            table.map.retain(|_, w| w.strong_count() > 0);
+            table.prune_at = (table.map.len() * 2).max(1024);
+        }
+    }
+
+    /// Whether `ep` is ejected at `now`, re-admitting it first if its time is up (in
+    /// case no runtime timer did).
+    pub(crate) fn is_ejected(&self, health: &Arc<EndpointHealth>, now: Instant) -> bool {
+        if !health.is_ejected() {
+            return false;
+        }
+        readmit(health, now, &self.readmissions);
+        health.is_ejected()
+    }
+
+    /// Records what came of one use of `ep` at `now`.
+    pub(crate) fn record(&self, ep: &Endpoint, outcome: Outcome, now: Instant) {
+        if !self.opts.enabled {
+            return;
+        }
+        let h = ep.outlier();
+        match outcome {
+            Outcome::Success => {
+                if !h.dirty.load(Ordering::Relaxed) {
+                    return;
+                }
+                let mut st = h.lock();
+                st.failures = 0;
+                if st.probation {
+                    st.probation = false;
+                    tracing::info!(endpoint = %h.name, "endpoint passed probation");
+                }
+                h.dirty.store(false, Ordering::Relaxed);
+            }
+            Outcome::Failure => {
+                {
+                    let mut st = h.lock();
+                    st.failures = st.failures.saturating_add(1);
+                    h.dirty.store(true, Ordering::Relaxed);
+                    if h.is_ejected()
+                        || (st.failures < self.opts.consecutive_failures && !st.probation)
+                    {
+                        return;
+                    }
+                }
+                self.eject(ep, h, now);
+            }
+        }
+    }
+
+    fn eject(&self, ep: &Endpoint, h: &Arc<EndpointHealth>, now: Instant) {
+        // Lock order: the ejection lock, then one endpoint's state.
+        let _one_at_a_time = self.eject.lock().unwrap_or_else(PoisonError::into_inner);
+        if h.is_ejected() {
+            return;
+        }
+        let peers = ep.peers();
+        let ejected = peers.iter().filter(|d| d.outlier().is_ejected()).count();
+        let cap = (peers.len() as f64 * self.opts.max_ejection_share).floor() as usize;
+        if ejected >= cap {
+            tracing::debug!(
+                endpoint = %h.name,
+                ejected,
+                endpoints = peers.len(),
+                "not ejecting: the share of ejected endpoints is at its cap"
+            );
+            return;
+        }
+        let mut st = h.lock();
+        let streak = match st.until {
+            Some(until) if now < until + self.opts.max_ejection_time => {
+                st.ejections.saturating_add(1)
+            }
+            _ => 1,
+        };
+        let time = self
+            .opts
+            .base_ejection_time
+            .saturating_mul(streak)
+            .min(self.opts.max_ejection_time);
+        let until = now + time;
+        let failures = st.failures;
+        let probation = st.probation;
+        st.ejections = streak;
+        st.until = Some(until);
+        st.failures = 0;
+        st.probation = false;
+        h.ejected.0.store(true, Ordering::Relaxed);
+        drop(st);
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            endpoint = %h.name,
+            failures,
+            on_probation = probation,
+            ejection = streak,
+            seconds = time.as_secs_f64(),
+            "ejecting endpoint after consecutive failures"
+        );
+        // Re-admission on a timer, so the warm path needs no clock. Without a
+        // runtime, `is_ejected` re-admits lazily when `call` next looks.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(h);
+            let count = self.readmissions.clone();
+            rt.spawn(async move {
+                tokio::time::sleep_until(until).await;
+                if let Some(h) = weak.upgrade() {
+                    readmit(&h, Instant::now(), &count);
+                }
+            });
+        }
+    }
+
+    pub(crate) fn ejections(&self) -> u64 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn readmissions(&self) -> u64 {
+        self.readmissions.load(Ordering::Relaxed)
+    }
+}
+
+/// Ends an ejection whose time is up: the endpoint is on probation, and its next
+/// failure ejects it again, for longer.
+fn readmit(h: &EndpointHealth, now: Instant, count: &AtomicU64) {
+    let mut st = h.lock();
+    if !h.is_ejected() || st.until.is_some_and(|until| now < until) {
+        return;
+    }
+    st.probation = true;
+    st.failures = 0;
+    h.dirty.store(true, Ordering::Relaxed);
+    h.ejected.0.store(false, Ordering::Relaxed);
+    drop(st);
+    count.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(endpoint = %h.name, "re-admitting endpoint on probation");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::{EndpointSet, ParseOptions, SetRef};
+    use crate::instance::Instance;
+
+    fn set(n: usize, detector: &OutlierDetector) -> Vec<Endpoint> {
+        let mut items: Box<[EndpointData]> = (0..n)
+            .map(|i| {
+                ParseOptions::default()
+                    .parse(
+                        Instance::new(format!("i-{i}"))
+                            .ipv4("10.0.0.1".parse().unwrap())
+                            .port(8000 + i as u16),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        detector.attach(&mut items);
+        let set = Arc::new(SetRef(Arc::new(EndpointSet {
+            items,
+            cumulative: None,
+        })));
+        (0..n).map(|i| Endpoint::new(set.clone(), i)).collect()
+    }
+
+    fn fail(d: &OutlierDetector, ep: &Endpoint, times: u32, now: Instant) {
+        for _ in 0..times {
+            d.record(ep, Outcome::Failure, now);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejects_after_consecutive_failures_only() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let eps = set(8, &d);
+        let now = Instant::now();
+        fail(&d, &eps[0], 4, now);
+        d.record(&eps[0], Outcome::Success, now);
+        fail(&d, &eps[0], 4, now);
+        assert!(!eps[0].is_ejected(), "a success resets the count");
+        fail(&d, &eps[0], 1, now);
+        assert!(eps[0].is_ejected());
+        assert_eq!(d.ejections(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn share_cap_holds() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let eps = set(8, &d);
+        let now = Instant::now();
+        for ep in &eps {
+            fail(&d, ep, 10, now);
+        }
+        let ejected = eps.iter().filter(|e| e.is_ejected()).count();
+        assert_eq!(ejected, 4, "at most half of 8");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_time_grows_and_is_capped() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let eps = set(4, &d);
+        let h = eps[1].outlier().clone();
+        let mut now = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..12 {
+            fail(&d, &eps[1], 5, now);
+            assert!(eps[1].is_ejected());
+            let until = h.lock().until.unwrap();
+            times.push((until - now).as_secs());
+            now = until;
+            assert!(!d.is_ejected(&h, now), "re-admitted when its time is up");
+            // On probation one failure is enough to eject it again.
+            fail(&d, &eps[1], 1, now);
+            assert!(eps[1].is_ejected());
+            let until = h.lock().until.unwrap();
+            now = until;
+            assert!(!d.is_ejected(&h, now));
+            d.record(&eps[1], Outcome::Success, now);
+        }
+        assert_eq!(&times[..3], [30, 90, 150]);
+        assert_eq!(*times.last().unwrap(), 300, "{times:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_healthy_spell_resets_the_streak() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let eps = set(4, &d);
+        let h = eps[2].outlier().clone();
+        let now = Instant::now();
+        fail(&d, &eps[2], 5, now);
+        let until = h.lock().until.unwrap();
+        assert!(!d.is_ejected(&h, until));
+        d.record(&eps[2], Outcome::Success, until);
+        let later = until + Duration::from_secs(301);
+        fail(&d, &eps[2], 5, later);
+        assert_eq!(h.lock().until.unwrap() - later, Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timer_readmits_on_probation() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let eps = set(4, &d);
+        fail(&d, &eps[3], 5, Instant::now());
+        assert!(eps[3].is_ejected());
+        tokio::time::sleep(Duration::from_secs(29)).await;
+        assert!(eps[3].is_ejected());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!eps[3].is_ejected());
+        assert_eq!(d.readmissions(), 1);
+        assert!(eps[3].outlier().lock().probation);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_survives_a_new_answer() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let old = set(4, &d);
+        fail(&d, &old[0], 5, Instant::now());
+        let new = set(4, &d);
+        assert!(new[0].is_ejected(), "same instance at the same address");
+        assert!(Arc::ptr_eq(old[0].outlier(), new[0].outlier()));
+        assert!(!new[1].is_ejected());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabled_never_ejects() {
+        let d = OutlierDetector::new(OutlierOptions {
+            enabled: false,
+            ..OutlierOptions::default()
+        });
+        let eps = set(4, &d);
+        fail(&d, &eps[0], 100, Instant::now());
+        assert!(!eps[0].is_ejected());
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let bad = [
+            OutlierOptions {
+                consecutive_failures: 0,
+                ..OutlierOptions::default()
+            },
+            OutlierOptions {
+                max_ejection_share: 1.5,
+                ..OutlierOptions::default()
+            },
+            OutlierOptions {
+                max_ejection_share: f64::NAN,
+                ..OutlierOptions::default()
+            },
+            OutlierOptions {
+                max_ejection_time: Duration::from_secs(1),
+                ..OutlierOptions::default()
+            },
+        ];
+        for o in bad {
+            assert!(o.validate().is_err(), "{o:?}");
+        }
+        assert!(OutlierOptions::default().validate().is_ok());
+    }
+}
