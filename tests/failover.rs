@@ -17,9 +17,10 @@ use cloudmap_resolver::{
     OutlierOptions, Resolver, StaticDiscovery,
 };
 use support::moto::{self, http_service, register, unique};
+use support::net::closed_port;
 use support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpStream};
 
 /// A TCP server answering `ok` to every connection.
 async fn live_listener() -> SocketAddr {
@@ -33,14 +34,6 @@ async fn live_listener() -> SocketAddr {
         }
     });
     addr
-}
-
-/// A loopback port that refuses connections: bound but not listening, and kept bound
-/// while the socket lives, so no other test's listener can take it over.
-fn closed_port() -> (SocketAddr, TcpSocket) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    (socket.local_addr().unwrap(), socket)
 }
 
 async fn fetch(addr: SocketAddr) -> std::io::Result<String> {

@@ -5,4 +5,5 @@
 pub mod counting;
 pub mod dns;
 pub mod moto;
+pub mod net;
 pub mod proxy;

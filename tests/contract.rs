@@ -1,0 +1,252 @@
+//! The public contract from DESIGN.md: compiled exactly as written, and run against
+//! real parts (moto for Cloud Map, a DNS server on loopback, a static registry).
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use cloudmap_resolver::{
+    CloudMapDiscovery, DnsDiscovery, Endpoint, ErrorKind, HealthFilter, Instance, Resolver,
+    Selection, StaticDiscovery,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Reads whatever a loopback server says.
+async fn fetch(addr: SocketAddr) -> Result<String, std::io::Error> {
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await?;
+    Ok(body)
+}
+
+/// The contract verbatim. It is compiled (and its future checked to be `Send`), never
+/// run: `load_defaults` would look for real AWS credentials.
+#[allow(dead_code, unused_variables)]
+async fn contract_as_written() -> Result<(), Box<dyn std::error::Error>> {
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk)) // any aws_config::SdkConfig
+        .ttl(Duration::from_secs(5))
+        .selection(Selection::RoundRobin) // or Selection::WeightedRandom { attribute: "weight".into() }
+        .health_filter(HealthFilter::HealthyOrElseAll)
+        .build()?; // Result<Resolver, Error>
+
+    let ep: Endpoint = resolver.resolve("shared", "logs").await?; // one endpoint, picked
+    let id: &str = ep.instance_id();
+    let addr: Option<std::net::SocketAddr> = ep.socket_addr(); // None for CNAME endpoints
+    let stage: Option<&str> = ep.attribute("stage");
+
+    let all = resolver.resolve_all("shared", "logs").await?; // derefs to [Endpoint]
+    let ep = resolver
+        .query("shared", "logs")
+        .attribute("stage", "prod") // must match
+        .optional_attribute("AVAILABILITY_ZONE", "use1-az1") // preferred
+        .resolve()
+        .await?; // also .resolve_all()
+
+    // fail over across up to 8 distinct endpoints
+    let body = resolver
+        .call("shared", "web", |ep: Endpoint| async move {
+            fetch(ep.socket_addr().unwrap()).await // -> Result<T, E>
+        })
+        .await?;
+
+    // DNS records of a DNS namespace, through the given name servers
+    let dns =
+        Resolver::builder(DnsDiscovery::with_name_servers(["127.0.0.1:53".parse()?])).build()?;
+    let ep = dns.resolve("prod.internal", "api").await?; // looks up api.prod.internal
+
+    // a registry in memory, for local development and tests
+    let local = StaticDiscovery::new().with_instance(
+        "shared",
+        "logs",
+        Instance::new("i-1")
+            .ipv4("127.0.0.1".parse()?)
+            .port(8080)
+            .attribute("stage", "prod"),
+    );
+
+    let err = resolver.resolve("", "logs").await.unwrap_err();
+    match err.kind() {
+        ErrorKind::InvalidInput
+        | ErrorKind::NamespaceNotFound
+        | ErrorKind::ServiceNotFound
+        | ErrorKind::NoEndpoints
+        | ErrorKind::Throttled
+        | ErrorKind::Unavailable
+        | _ => {}
+    }
+    Ok(())
+}
+
+#[test]
+fn contract_compiles_and_is_send() {
+    fn send<T: Send>(_: &T) {}
+    fn shared<T: Clone + Send + Sync + 'static>() {}
+    send(&contract_as_written());
+    shared::<Resolver>();
+}
+
+/// A server that answers `hello from <name>` to every connection.
+async fn hello_server(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let _ = conn
+                .write_all(format!("hello from {name}").as_bytes())
+                .await;
+        }
+    });
+    addr
+}
+
+/// The same lines, run: Cloud Map through moto, DNS through a loopback server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_runs_against_real_parts() {
+    use support::moto::{http_service, register};
+
+    // Cloud Map: shared/logs with a prod instance in use1-az1 and a dev one; shared/web
+    // with a dead instance and a live one, so `call` must fail over.
+    let logs = http_service("shared", "logs").await;
+    register(
+        &logs,
+        "i-1",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", "8080"),
+            ("stage", "prod"),
+            ("AVAILABILITY_ZONE", "use1-az1"),
+        ],
+    )
+    .await;
+    register(
+        &logs,
+        "i-2",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.2"),
+            ("AWS_INSTANCE_PORT", "8080"),
+            ("stage", "dev"),
+            ("AVAILABILITY_ZONE", "use1-az2"),
+        ],
+    )
+    .await;
+    let web = support::moto::admin()
+        .create_service()
+        .name("web")
+        .namespace_id(namespace_id("shared").await)
+        .send()
+        .await
+        .unwrap();
+    let web = web.service().unwrap().id().unwrap().to_owned();
+    let (dead, _held) = support::net::closed_port();
+    let dead_port = dead.port().to_string();
+    let live = hello_server("web-live").await;
+    register(
+        &web,
+        "dead",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", &dead_port),
+        ],
+    )
+    .await;
+    register(
+        &web,
+        "live",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", &live.port().to_string()),
+        ],
+    )
+    .await;
+
+    let sdk = support::moto::sdk_config(&format!("http://{}", support::moto::moto().addr));
+    let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .ttl(Duration::from_secs(5))
+        .selection(Selection::RoundRobin)
+        .health_filter(HealthFilter::HealthyOrElseAll)
+        .build()
+        .unwrap();
+
+    let ep: Endpoint = resolver.resolve("shared", "logs").await.unwrap();
+    let id: &str = ep.instance_id();
+    assert!(id == "i-1" || id == "i-2");
+    let addr: Option<SocketAddr> = ep.socket_addr();
+    assert_eq!(addr.unwrap().port(), 8080);
+    let stage: Option<&str> = ep.attribute("stage");
+    assert!(matches!(stage, Some("prod" | "dev")));
+
+    let all = resolver.resolve_all("shared", "logs").await.unwrap();
+    assert_eq!(all.len(), 2);
+    let ep = resolver
+        .query("shared", "logs")
+        .attribute("stage", "prod")
+        .optional_attribute("AVAILABILITY_ZONE", "use1-az1")
+        .resolve()
+        .await
+        .unwrap();
+    assert_eq!(ep.instance_id(), "i-1");
+
+    // Two calls: whichever one round-robin starts on the dead instance fails over.
+    for _ in 0..2 {
+        let body = resolver
+            .call("shared", "web", |ep: Endpoint| async move {
+                fetch(ep.socket_addr().unwrap()).await
+            })
+            .await
+            .unwrap();
+        assert_eq!(body, "hello from web-live");
+    }
+
+    // DNS: api.prod.internal has A records on a loopback server.
+    let server = support::dns::DnsServer::start().await;
+    server.add_a("api.prod.internal", "127.0.0.7", 30);
+    let dns = Resolver::builder(DnsDiscovery::with_name_servers([server.addr]).default_port(9000))
+        .build()
+        .unwrap();
+    let ep = dns.resolve("prod.internal", "api").await.unwrap();
+    assert_eq!(ep.socket_addr(), Some("127.0.0.7:9000".parse().unwrap()));
+
+    let local = StaticDiscovery::new().with_instance(
+        "shared",
+        "logs",
+        Instance::new("i-1")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(8080)
+            .attribute("stage", "prod"),
+    );
+    let local = Resolver::builder(local).build().unwrap();
+    assert_eq!(
+        local
+            .resolve("shared", "logs")
+            .await
+            .unwrap()
+            .attribute("stage"),
+        Some("prod")
+    );
+
+    for (ns, svc, kind) in [
+        ("", "logs", ErrorKind::InvalidInput),
+        ("nowhere", "logs", ErrorKind::NamespaceNotFound),
+        ("shared", "nothing", ErrorKind::ServiceNotFound),
+    ] {
+        let err = resolver.resolve(ns, svc).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{ns}/{svc}: {err}");
+    }
+}
+
+async fn namespace_id(name: &str) -> String {
+    let list = support::moto::admin()
+        .list_namespaces()
+        .send()
+        .await
+        .unwrap();
+    list.namespaces()
+        .iter()
+        .find(|n| n.name() == Some(name))
+        .and_then(|n| n.id())
+        .unwrap()
+        .to_owned()
+}
