@@ -21,10 +21,7 @@ const ENDPOINTS: usize = 8;
 /// A warm key's future is ready on its first poll; anything else fails the test.
 fn ready(fut: impl Future<Output = Result<Endpoint, cloudmap_resolver::Error>>) -> Endpoint {
     let mut fut = pin!(fut);
-    match fut
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Ok(ep)) => ep,
         Poll::Ready(Err(e)) => panic!("resolve failed: {e}"),
         Poll::Pending => panic!("a warm resolve was not ready on its first poll"),
