@@ -110,6 +110,11 @@ impl Resolver {
     ///   earlier answer may be served.
     pub async fn resolve(&self, namespace: &str, service: &str) -> Result<Endpoint, Error> {
         let key = KeyRef::plain(namespace, service, self.cache.opts.health_filter);
+        // The warm path runs in this future's own first poll: handing the key to the
+        // nested `pick` future first costs a copy of it and a stalled reload.
+        if let Some(ep) = self.warm_pick(&key) {
+            return Ok(ep);
+        }
         self.pick(key).await
     }
 
@@ -262,17 +267,20 @@ impl Resolver {
         &self.cache.opts
     }
 
-    pub(crate) async fn pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
+    #[inline]
+    fn warm_pick(&self, key: &KeyRef<'_>) -> Option<Endpoint> {
         let selection = &self.cache.opts.selection;
-        if let Some(ep) = self
-            .cache
-            .warm(&key, |snap, seed, s| snap.pick(selection, seed, s))
-        {
+        self.cache
+            .warm(key, |snap, seed, s| snap.pick(selection, seed, s))
+    }
+
+    pub(crate) async fn pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
+        if let Some(ep) = self.warm_pick(&key) {
             return Ok(ep);
         }
         // Boxed so that the warm path's future stays small.
         let (slot, snap) = Box::pin(self.cache.load(key)).await?;
-        Ok(snap.pick(selection, slot.seed, stripe()))
+        Ok(snap.pick(&self.cache.opts.selection, slot.seed, stripe()))
     }
 
     pub(crate) async fn all(&self, key: KeyRef<'_>) -> Result<Endpoints, Error> {

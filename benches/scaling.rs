@@ -1,0 +1,122 @@
+//! Whether the warm path stays flat as the cache and the services grow, and how it
+//! scales across threads.
+//!
+//! - `scaling/keys/N`: `resolve` of one warm key (8 endpoints) while N keys are
+//!   cached (1, 1,000, 100,000). The same key is asked every time, so this measures
+//!   the data structure (shard, map probe, snapshot), not the memory hierarchy of a
+//!   program touching 100,000 different keys.
+//! - `scaling/endpoints/N`: `resolve` of one warm key with N endpoints (1, 8, 100,
+//!   1,000: Cloud Map's per-service maximum).
+//! - `throughput/threads/T`: T threads resolving the same warm key at once; one
+//!   iteration is one `resolve` on each thread, so criterion's elements per second
+//!   are resolves per second across the threads. The time is the slowest thread's,
+//!   measured from a barrier, without thread start-up.
+//!
+//! Every `resolve` is polled once with a no-op waker inside the runtime's context
+//! (see `benches/warm.rs`); the printed fallbacks count any that were not ready.
+//! `call` overhead is not measured here: `Resolver::call` is not in this tree yet.
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use cloudmap_resolver::Resolver;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+mod common;
+use common::{now_or_block, report_fallbacks, runtime, Synthetic};
+
+/// A resolver over a synthetic registry with `endpoints` per service, `keys`
+/// services (`svc-0`, `svc-1`, ...) loaded into its cache.
+fn loaded(rt: &tokio::runtime::Runtime, keys: usize, endpoints: usize) -> Resolver {
+    let resolver = Resolver::builder(Synthetic { endpoints })
+        .capacity(keys as u64 * 2)
+        .build()
+        .expect("resolver");
+    rt.block_on(async {
+        for i in 0..keys {
+            resolver
+                .resolve("shared", &format!("svc-{i}"))
+                .await
+                .expect("cold load");
+        }
+    });
+    assert_eq!(resolver.cached_keys(), keys);
+    resolver
+}
+
+fn scaling(c: &mut Criterion) {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let mut g = c.benchmark_group("scaling");
+    for keys in [1, 1_000, 100_000] {
+        let resolver = loaded(&rt, keys, 8);
+        g.bench_function(BenchmarkId::new("keys", keys), |b| {
+            let (ns, svc) = black_box(("shared", "svc-0"));
+            b.iter(|| now_or_block(&rt, resolver.resolve(ns, svc)))
+        });
+    }
+    for endpoints in [1, 8, 100, 1_000] {
+        let resolver = loaded(&rt, 1, endpoints);
+        g.bench_function(BenchmarkId::new("endpoints", endpoints), |b| {
+            let (ns, svc) = black_box(("shared", "svc-0"));
+            b.iter(|| now_or_block(&rt, resolver.resolve(ns, svc)))
+        });
+    }
+    g.finish();
+    report_fallbacks("scaling");
+}
+
+/// `iters` resolves on each of `threads` threads at once; the slowest thread's time.
+fn concurrent(
+    rt: &tokio::runtime::Runtime,
+    resolver: &Resolver,
+    threads: usize,
+    iters: u64,
+) -> Duration {
+    let barrier = Barrier::new(threads);
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let _enter = rt.enter();
+                    // First calls on a thread set up its stripe and arc-swap's
+                    // thread-local state; keep them out of the timing.
+                    for _ in 0..100 {
+                        let _ = black_box(now_or_block(rt, resolver.resolve("shared", "svc-0")));
+                    }
+                    let (ns, svc) = black_box(("shared", "svc-0"));
+                    barrier.wait();
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let _ = black_box(now_or_block(rt, resolver.resolve(ns, svc)));
+                    }
+                    start.elapsed()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("worker"))
+            .max()
+            .unwrap_or_default()
+    })
+}
+
+fn throughput(c: &mut Criterion) {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let resolver = loaded(&rt, 1, 8);
+    let mut g = c.benchmark_group("throughput");
+    for threads in [1, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(BenchmarkId::new("threads", threads), |b| {
+            b.iter_custom(|iters| concurrent(&rt, &resolver, threads, iters))
+        });
+    }
+    g.finish();
+    report_fallbacks("throughput");
+}
+
+criterion_group!(benches, scaling, throughput);
+criterion_main!(benches);
