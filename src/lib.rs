@@ -53,6 +53,8 @@ mod endpoint;
 mod error;
 mod filter;
 mod instance;
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+mod integrations;
 mod key;
 mod name;
 mod options;
@@ -77,6 +79,18 @@ pub use filter::HealthFilter;
 pub use instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+#[cfg(feature = "reqwest")]
+pub use integrations::failover_client::{FailoverClient, FailoverError};
+#[cfg(feature = "hyper")]
+pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
+#[cfg(feature = "reqwest")]
+pub use integrations::reqwest::ReqwestResolver;
+#[cfg(feature = "tower")]
+pub use integrations::tower::{BoxError, Failover, FailoverLayer};
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+pub use integrations::FailoverPolicy;
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+pub use integrations::HostMap;
 pub use options::ResolverOptions;
 pub use outlier::{Outcome, OutlierOptions};
 pub use policy::{AddressPolicy, Cidr};
