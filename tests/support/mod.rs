@@ -4,5 +4,6 @@
 
 pub mod counting;
 pub mod dns;
+pub mod http;
 pub mod moto;
 pub mod proxy;
