@@ -42,6 +42,13 @@
 //! ([`RetryBudgetOptions`]); failures feed passive outlier detection
 //! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
 //! The README's "When things fail" section lists the behaviour in each failure case.
+//!
+//! # Optional features
+//!
+//! HTTP clients (`HostMap` says which host names are services):
+//! `reqwest`: `ReqwestResolver` (a `reqwest::dns::Resolve`) and `FailoverClient`
+//! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
+//! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod budget;
