@@ -1,6 +1,6 @@
-#![cfg(feature = "hyper")]
 //! The hyper-util resolver: `HttpConnector::new_with_resolver` against real HTTP
 //! servers on loopback (connection-level failover).
+#![cfg(feature = "hyper")]
 
 mod support;
 

@@ -1,6 +1,6 @@
-#![cfg(feature = "reqwest")]
 //! The reqwest integrations against real HTTP servers on loopback: the DNS resolver
 //! (connection-level failover) and `FailoverClient` (request-level failover).
+#![cfg(feature = "reqwest")]
 
 mod support;
 

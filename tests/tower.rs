@@ -1,6 +1,6 @@
-#![cfg(feature = "tower")]
 //! `FailoverLayer` around hyper-util's client against real HTTP servers on loopback
 //! (request-level failover).
+#![cfg(feature = "tower")]
 
 mod support;
 
