@@ -42,6 +42,13 @@
 //! ([`RetryBudgetOptions`]); failures feed passive outlier detection
 //! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
 //! The README's "When things fail" section lists the behaviour in each failure case.
+//!
+//! # Optional features
+//!
+//! HTTP clients (`HostMap` says which host names are services):
+//! `reqwest`: `ReqwestResolver` (a `reqwest::dns::Resolve`) and `FailoverClient`
+//! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
+//! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod budget;
@@ -53,6 +60,8 @@ mod endpoint;
 mod error;
 mod filter;
 mod instance;
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+mod integrations;
 mod key;
 mod name;
 mod options;
@@ -77,6 +86,18 @@ pub use filter::HealthFilter;
 pub use instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+#[cfg(feature = "reqwest")]
+pub use integrations::failover_client::{FailoverClient, FailoverError};
+#[cfg(feature = "hyper")]
+pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
+#[cfg(feature = "reqwest")]
+pub use integrations::reqwest::ReqwestResolver;
+#[cfg(feature = "tower")]
+pub use integrations::tower::{BoxError, Failover, FailoverLayer};
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+pub use integrations::FailoverPolicy;
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+pub use integrations::HostMap;
 pub use options::ResolverOptions;
 pub use outlier::{Outcome, OutlierOptions};
 pub use policy::{AddressPolicy, Cidr};

@@ -4,6 +4,7 @@
 
 pub mod counting;
 pub mod dns;
+pub mod http;
 pub mod moto;
 pub mod net;
 pub mod proxy;

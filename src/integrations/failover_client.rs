@@ -1,0 +1,339 @@
+//! [`FailoverClient`]: a reqwest client that sends each request for a service to one
+//! of its endpoints, and repeatable requests to the next one when that fails.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+
+use reqwest::header::{HeaderValue, HOST};
+use reqwest::{Client, Request, RequestBuilder, Response, Url};
+
+use super::{authority_for, finish, Failed, FailoverPolicy, HostMap, Target};
+use crate::call_error::CallError;
+use crate::endpoint::Endpoint;
+use crate::resolver::Resolver;
+
+/// A `reqwest::Client` with request-level failover across a service's endpoints.
+///
+/// A request whose URL host [`HostMap`] maps to a service is sent to an endpoint
+/// picked by the resolver, through [`Resolver::call`]: the URL's host becomes the
+/// endpoint's address and port (an explicit port in the URL wins), the `Host` header
+/// keeps the name from the URL, and connections are pooled per endpoint.
+///
+/// - A request that is safe to repeat (its method is in
+///   [`FailoverPolicy::methods`], idempotent ones by default, and its body can be
+///   cloned) goes to the next distinct endpoint, up to 8, when connecting or sending
+///   fails, or when the answer's status is in [`FailoverPolicy::statuses`] (502, 503,
+///   504 by default). When every attempt got such a status, the last response is
+///   returned.
+/// - Any other request whose body can be cloned is sent again only when the
+///   connection could not be made: it never left, so it is not repeated. Its answer,
+///   whatever the status, is returned.
+/// - A request whose body cannot be cloned (a stream) is sent once.
+///
+/// Retries are paid for from the resolver's [retry budget](crate::RetryBudgetOptions),
+/// and each attempt's outcome feeds outlier detection (an answer counts as a success
+/// unless it is a fail-over status of a repeatable request). Requests to other hosts
+/// go straight to the client.
+///
+/// With `https`, the connection is to the endpoint's address: the server's
+/// certificate must then be valid for that address (or use
+/// [`ReqwestResolver`](crate::ReqwestResolver), which keeps the name).
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use cloudmap_resolver::{FailoverClient, Resolver};
+///
+/// let resolver = Resolver::from_env().await?;
+/// let client = FailoverClient::new(reqwest::Client::new(), resolver);
+/// let response = client.send(client.client().get("http://web.shared/items")).await?;
+/// println!("{}", response.status());
+/// # Ok(()) }
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[derive(Clone)]
+pub struct FailoverClient {
+    client: Client,
+    resolver: Resolver,
+    hosts: HostMap,
+    policy: FailoverPolicy,
+}
+
+/// Why a request sent through a [`FailoverClient`] failed.
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum FailoverError {
+    /// A request for a service: the service could not be resolved, or every attempt
+    /// failed (each attempt's endpoint and error are listed). An attempt answered with
+    /// a fail-over status appears as reqwest's status error.
+    Call(CallError<reqwest::Error>),
+    /// A request for a host that is not a service failed, or the request could not
+    /// be built.
+    Request(reqwest::Error),
+}
+
+impl FailoverError {
+    /// The reqwest error of the last attempt, when there was one.
+    pub fn reqwest_error(&self) -> Option<&reqwest::Error> {
+        match self {
+            FailoverError::Call(e) => e.last_error(),
+            FailoverError::Request(e) => Some(e),
+        }
+    }
+
+    /// The call's error, for a request to a service.
+    pub fn call_error(&self) -> Option<&CallError<reqwest::Error>> {
+        match self {
+            FailoverError::Call(e) => Some(e),
+            FailoverError::Request(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for FailoverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailoverError::Call(e) => e.fmt(f),
+            FailoverError::Request(e) => e.fmt(f),
+        }
+    }
+}
+
+impl StdError for FailoverError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            FailoverError::Call(e) => Some(e),
+            FailoverError::Request(e) => Some(e),
+        }
+    }
+}
+
+impl fmt::Debug for FailoverClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailoverClient")
+            .field("client", &self.client)
+            .field("hosts", &self.hosts)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FailoverClient {
+    /// Sends requests with `client`, picking endpoints with `resolver`.
+    pub fn new(client: Client, resolver: Resolver) -> Self {
+        FailoverClient {
+            client,
+            resolver,
+            hosts: HostMap::default(),
+            policy: FailoverPolicy::default(),
+        }
+    }
+
+    /// Which host names are services. Default: [`HostMap::any`].
+    #[must_use]
+    pub fn hosts(mut self, hosts: HostMap) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
+    /// Which requests fail over, on which statuses. Default:
+    /// [`FailoverPolicy::default`].
+    #[must_use]
+    pub fn policy(mut self, policy: FailoverPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The reqwest client, to build requests with.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Builds the request and [`execute`](Self::execute)s it. The builder's own client
+    /// is not used.
+    ///
+    /// # Errors
+    ///
+    /// As [`execute`](Self::execute); a request that cannot be built is
+    /// [`FailoverError::Request`].
+    pub async fn send(&self, request: RequestBuilder) -> Result<Response, FailoverError> {
+        let request = request.build().map_err(FailoverError::Request)?;
+        self.execute(request).await
+    }
+
+    /// Sends `request`, to a service's endpoints with failover when its host is a
+    /// service, otherwise as the client would.
+    ///
+    /// # Errors
+    ///
+    /// [`FailoverError::Call`] for a service: no endpoint could be resolved, or every
+    /// attempt failed; [`FailoverError::Request`] for another host.
+    pub async fn execute(&self, request: Request) -> Result<Response, FailoverError> {
+        let mapped = request.url().domain().and_then(|d| self.hosts.service(d));
+        let Some((namespace, service)) = mapped else {
+            return self.pass_through(request).await;
+        };
+        let repeatable = self.policy.repeats(request.method());
+        let clonable = request.try_clone().is_some();
+        let host = host_header(request.url());
+        let explicit_port = request.url().port();
+        let template = Mutex::new(Some(request));
+        let client = &self.client;
+        let statuses = &self.policy;
+        let op = |ep: Endpoint| {
+            let attempt = {
+                let mut t = template.lock().unwrap_or_else(PoisonError::into_inner);
+                match t.as_ref().and_then(Request::try_clone) {
+                    Some(copy) => copy,
+                    // Not clonable: this is the call's only attempt.
+                    None => t
+                        .take()
+                        .expect("a request that cannot be cloned is sent once"),
+                }
+            };
+            let host = host.clone();
+            async move {
+                let mut req = attempt;
+                retarget(&mut req, &ep, explicit_port, host);
+                match client.execute(req).await {
+                    Ok(resp) if repeatable && fails_over(statuses, &resp) => {
+                        Err(Failed::Status(resp))
+                    }
+                    Ok(resp) => Ok(resp),
+                    Err(e) => Err(Failed::Error(e)),
+                }
+            }
+        };
+        let mut call = self.resolver.call(&namespace, &service, op).retry_if(
+            move |f: &Failed<Response, reqwest::Error>| match f {
+                Failed::Status(_) => true,
+                Failed::Error(e) => {
+                    e.is_connect() || (repeatable && (e.is_timeout() || e.is_request()))
+                }
+            },
+        );
+        if !clonable {
+            call = call.max_attempts(1);
+        }
+        let result = call.await;
+        if let Err(e) = &result {
+            if e.resolve_error()
+                .is_some_and(|r| self.hosts.falls_through(r.kind()))
+            {
+                let request = template
+                    .into_inner()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expect("no attempt was made");
+                return self.pass_through(request).await;
+            }
+        }
+        finish(
+            result,
+            |resp| {
+                resp.error_for_status()
+                    .expect_err("fail-over statuses are error statuses")
+            },
+            |e| e,
+        )
+        .map_err(FailoverError::Call)
+    }
+
+    async fn pass_through(&self, request: Request) -> Result<Response, FailoverError> {
+        self.client
+            .execute(request)
+            .await
+            .map_err(FailoverError::Request)
+    }
+}
+
+impl Resolver {
+    /// A [`FailoverClient`] sending with `client` through this resolver.
+    #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+    pub fn failover_client(&self, client: Client) -> FailoverClient {
+        FailoverClient::new(client, self.clone())
+    }
+}
+
+/// Whether `resp` has a fail-over status; only error statuses count, so that the
+/// failed attempt can be reported as reqwest's status error.
+fn fails_over(policy: &FailoverPolicy, resp: &Response) -> bool {
+    let s = resp.status();
+    (s.is_client_error() || s.is_server_error()) && policy.fails_over_on(s)
+}
+
+/// The `Host` header of a request to `url`: its host and explicit port.
+fn host_header(url: &Url) -> Option<HeaderValue> {
+    let host = url.host_str()?;
+    let value = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// Points `req` at `ep`, keeping the service's name in the `Host` header.
+fn retarget(
+    req: &mut Request,
+    ep: &Endpoint,
+    explicit_port: Option<u16>,
+    host: Option<HeaderValue>,
+) {
+    let Some((target, port)) = authority_for(ep, explicit_port) else {
+        return;
+    };
+    let url = req.url_mut();
+    let moved = match target {
+        Target::Ip(ip) => url.set_ip_host(ip).is_ok(),
+        Target::Name(name) => url.set_host(Some(&name)).is_ok(),
+    };
+    if moved && url.set_port(port).is_ok() {
+        if let Some(h) = host {
+            req.headers_mut().entry(HOST).or_insert(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Instance;
+
+    #[test]
+    fn retarget_keeps_the_name_in_host() {
+        let ep = Endpoint::from_instance(
+            Instance::new("a")
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(8080),
+        )
+        .unwrap();
+        let client = Client::new();
+        let mut req = client.get("http://web.shared/x?y=1").build().unwrap();
+        let (host, port) = (host_header(req.url()), req.url().port());
+        retarget(&mut req, &ep, port, host);
+        assert_eq!(req.url().as_str(), "http://127.0.0.1:8080/x?y=1");
+        assert_eq!(req.headers()[HOST], "web.shared");
+
+        let mut req = client.get("http://web.shared:9000/").build().unwrap();
+        let (host, port) = (host_header(req.url()), req.url().port());
+        retarget(&mut req, &ep, port, host);
+        assert_eq!(req.url().as_str(), "http://127.0.0.1:9000/");
+        assert_eq!(req.headers()[HOST], "web.shared:9000");
+    }
+
+    #[test]
+    fn client_is_send_sync_and_its_future_send() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<FailoverClient>();
+        fn send<T: Send>(_: &T) {}
+        let resolver = Resolver::builder(crate::StaticDiscovery::new())
+            .build()
+            .unwrap();
+        let fc = resolver.failover_client(Client::new());
+        let req = fc.client().get("http://web.shared/").build().unwrap();
+        let fut = fc.execute(req);
+        send(&fut);
+    }
+}

@@ -1,0 +1,355 @@
+//! HTTP client integrations: which host names are services ([`HostMap`]), which
+//! requests fail over ([`FailoverPolicy`]), and the address lists handed to connectors.
+//!
+//! Each client library has its own file, compiled with its feature: `reqwest.rs`
+//! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient)),
+//! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`).
+
+use std::fmt;
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::error::ErrorKind;
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+use crate::{
+    call::MAX_ATTEMPTS, endpoint::Endpoint, error::Error, key::KeyRef, resolver::Resolver,
+};
+
+#[cfg(feature = "reqwest")]
+pub(crate) mod failover_client;
+#[cfg(feature = "hyper")]
+pub(crate) mod hyper;
+#[cfg(feature = "reqwest")]
+pub(crate) mod reqwest;
+#[cfg(feature = "tower")]
+pub(crate) mod tower;
+
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+mod policy;
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+pub use policy::FailoverPolicy;
+#[cfg(feature = "reqwest")]
+pub(crate) use policy::Target;
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+pub(crate) use policy::{authority_for, finish, Failed};
+
+type MapFn = dyn Fn(&str) -> Option<(String, String)> + Send + Sync;
+
+/// Which host names are Cloud Map services, and which namespace and service each one
+/// names. Names that are not services go to the system's DNS resolver unchanged.
+///
+/// Host names are matched as the URL parser left them (lowercase for `http` and
+/// `https` URLs), without a trailing dot. IP address literals never reach a resolver.
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::HostMap;
+///
+/// let any = HostMap::any();
+/// assert_eq!(any.service("web.shared"), Some(("shared".into(), "web".into())));
+/// assert_eq!(any.service("api.prod.internal"), Some(("prod.internal".into(), "api".into())));
+/// assert_eq!(any.service("localhost"), None);
+///
+/// let listed = HostMap::namespaces(["shared"]);
+/// assert_eq!(listed.service("web.shared."), Some(("shared".into(), "web".into())));
+/// assert_eq!(listed.service("example.com"), None);
+///
+/// let custom = HostMap::from_fn(|host| {
+///     let svc = host.strip_suffix(".svc.local")?;
+///     Some(("shared".to_owned(), svc.to_owned()))
+/// });
+/// assert_eq!(custom.service("web.svc.local"), Some(("shared".into(), "web".into())));
+/// ```
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "reqwest", feature = "hyper", feature = "tower")))
+)]
+#[derive(Clone)]
+pub struct HostMap(Rule);
+
+#[derive(Clone)]
+enum Rule {
+    Any,
+    Namespaces(Arc<[String]>),
+    Fn(Arc<MapFn>),
+}
+
+impl HostMap {
+    /// Every name with a dot is tried as `service.namespace` (the first label is the
+    /// service, the rest the namespace, as Cloud Map names DNS records); names the
+    /// registry does not know (namespace or service not found, or not a valid Cloud
+    /// Map name) then go to the system's DNS resolver. Names without a dot, such as
+    /// `localhost`, go there directly. The default.
+    ///
+    /// Each name that is not a service costs one registry call per
+    /// [`negative_ttl`](crate::ResolverOptions::negative_ttl), and a registry outage
+    /// fails it; list the namespaces with [`namespaces`](Self::namespaces) when
+    /// other names are used too.
+    pub fn any() -> Self {
+        HostMap(Rule::Any)
+    }
+
+    /// Only `service.namespace` for the given namespaces (compared without regard to
+    /// ASCII case); every other name goes to the system's DNS resolver without asking
+    /// the registry.
+    pub fn namespaces<I, S>(namespaces: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let list: Vec<String> = namespaces
+            .into_iter()
+            .map(|s| s.into().trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        HostMap(Rule::Namespaces(list.into()))
+    }
+
+    /// Your own rule: `Some((namespace, service))` for a service, `None` for a name
+    /// that goes to the system's DNS resolver. It receives the name without a trailing
+    /// dot.
+    pub fn from_fn(f: impl Fn(&str) -> Option<(String, String)> + Send + Sync + 'static) -> Self {
+        HostMap(Rule::Fn(Arc::new(f)))
+    }
+
+    /// The `(namespace, service)` that `host` names, or `None` when it is not a service.
+    pub fn service(&self, host: &str) -> Option<(String, String)> {
+        let host = host.strip_suffix('.').unwrap_or(host);
+        match &self.0 {
+            Rule::Any => {
+                let (svc, ns) = host.split_once('.')?;
+                (!svc.is_empty() && !ns.is_empty()).then(|| (ns.to_owned(), svc.to_owned()))
+            }
+            Rule::Namespaces(list) => {
+                let (svc, ns) = host.split_once('.')?;
+                (!svc.is_empty() && list.iter().any(|n| n.eq_ignore_ascii_case(ns)))
+                    .then(|| (ns.to_owned(), svc.to_owned()))
+            }
+            Rule::Fn(f) => f(host),
+        }
+    }
+
+    /// Whether a registry answer of `kind` for a mapped name means "not a service
+    /// after all": only under [`any`](Self::any), which guesses.
+    pub(crate) fn falls_through(&self, kind: ErrorKind) -> bool {
+        matches!(self.0, Rule::Any)
+            && matches!(
+                kind,
+                ErrorKind::NamespaceNotFound | ErrorKind::ServiceNotFound | ErrorKind::InvalidInput
+            )
+    }
+}
+
+impl Default for HostMap {
+    fn default() -> Self {
+        HostMap::any()
+    }
+}
+
+impl fmt::Debug for HostMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Rule::Any => f.write_str("HostMap::any()"),
+            Rule::Namespaces(list) => f.debug_tuple("HostMap::namespaces").field(list).finish(),
+            Rule::Fn(_) => f.write_str("HostMap::from_fn(..)"),
+        }
+    }
+}
+
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+/// Up to 8 endpoints of a service in selection order, ejected ones last: the order a
+/// [`call`](Resolver::call) tries them in.
+pub(crate) async fn candidates(
+    resolver: &Resolver,
+    namespace: &str,
+    service: &str,
+) -> Result<Vec<Endpoint>, Error> {
+    let cache = &resolver.cache;
+    let key = KeyRef::plain(namespace, service, cache.opts.health_filter);
+    let (snap, seed) = match cache.warm_snapshot(&key) {
+        Some(found) => found,
+        None => {
+            let (slot, snap) = Box::pin(cache.load(key)).await?;
+            (snap, slot.seed)
+        }
+    };
+    Ok(snap.candidates(
+        &cache.opts.selection,
+        seed,
+        MAX_ATTEMPTS,
+        &cache.outliers,
+        tokio::time::Instant::now(),
+    ))
+}
+
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+/// What a host name resolves to for a connector.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A service: up to 8 addresses in selection order, each with its instance's port
+    /// (0 when it has none, so the connector uses the URL's scheme's port).
+    Service(Vec<SocketAddr>),
+    /// Not a service: resolve through the system's DNS.
+    PassThrough,
+}
+
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+/// Resolves `host` for a connector: a service's endpoints, or pass-through.
+/// Endpoints with a host name instead of an IP address (CNAME and alias instances)
+/// are left out: a connector takes addresses.
+pub(crate) async fn lookup(
+    resolver: &Resolver,
+    hosts: &HostMap,
+    host: &str,
+) -> Result<Lookup, Error> {
+    let Some((namespace, service)) = hosts.service(host) else {
+        return Ok(Lookup::PassThrough);
+    };
+    match candidates(resolver, &namespace, &service).await {
+        Ok(eps) => {
+            let addrs: Vec<SocketAddr> = eps
+                .iter()
+                .filter_map(|ep| Some(SocketAddr::new(ep.ip()?, ep.port().unwrap_or(0))))
+                .collect();
+            if addrs.is_empty() {
+                return Err(Error::new(
+                    ErrorKind::NoEndpoints,
+                    format!("{namespace}/{service} has no endpoint with an IP address"),
+                ));
+            }
+            Ok(Lookup::Service(addrs))
+        }
+        Err(e) if hosts.falls_through(e.kind()) => Ok(Lookup::PassThrough),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+/// The system's resolver, as hyper-util's `GaiResolver` uses it: port 0, so the
+/// connector applies the URL's port.
+pub(crate) async fn system_lookup(host: &str) -> Result<Vec<SocketAddr>, Error> {
+    match tokio::net::lookup_host((host, 0)).await {
+        Ok(addrs) => Ok(addrs.collect()),
+        Err(e) => Err(Error::with_source(
+            ErrorKind::Unavailable,
+            format!("DNS lookup of {host} failed"),
+            e,
+        )),
+    }
+}
+
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+/// Resolves `host` for a connector to addresses.
+pub(crate) async fn resolve_host(
+    resolver: &Resolver,
+    hosts: &HostMap,
+    host: &str,
+) -> Result<Vec<SocketAddr>, Error> {
+    match lookup(resolver, hosts, host).await? {
+        Lookup::Service(addrs) => Ok(addrs),
+        Lookup::PassThrough => system_lookup(host).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(any(feature = "reqwest", feature = "hyper"))]
+    use crate::{Instance, Resolver, StaticDiscovery};
+
+    #[test]
+    fn any_splits_at_the_first_dot() {
+        let m = HostMap::any();
+        assert_eq!(
+            m.service("web.shared"),
+            Some(("shared".into(), "web".into()))
+        );
+        assert_eq!(
+            m.service("web.shared."),
+            Some(("shared".into(), "web".into()))
+        );
+        assert_eq!(m.service("a.b.c"), Some(("b.c".into(), "a".into())));
+        for not in ["localhost", ".shared", "web.", ""] {
+            assert_eq!(m.service(not), None, "{not:?}");
+        }
+        assert!(m.falls_through(ErrorKind::ServiceNotFound));
+        assert!(!m.falls_through(ErrorKind::Unavailable));
+    }
+
+    #[test]
+    fn namespaces_match_only_listed_ones() {
+        let m = HostMap::namespaces(["Shared", "prod.internal."]);
+        assert_eq!(
+            m.service("web.shared"),
+            Some(("shared".into(), "web".into()))
+        );
+        assert_eq!(
+            m.service("api.prod.internal"),
+            Some(("prod.internal".into(), "api".into()))
+        );
+        assert_eq!(m.service("web.other"), None);
+        assert_eq!(m.service("shared"), None);
+        assert!(!m.falls_through(ErrorKind::ServiceNotFound));
+    }
+
+    #[cfg(any(feature = "reqwest", feature = "hyper"))]
+    #[tokio::test]
+    async fn lookup_orders_by_selection_and_keeps_ports() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut reg = StaticDiscovery::new();
+        for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            reg = reg.with_instance("shared", "web", Instance::new(id).ipv4(ip).port(port));
+        }
+        let resolver = Resolver::builder(reg).build().unwrap();
+        let hosts = HostMap::any();
+        let mut firsts = Vec::new();
+        for _ in 0..3 {
+            let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap()
+            else {
+                panic!("web.shared is a service");
+            };
+            assert_eq!(addrs.len(), 3);
+            let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+            // Rotations of the registry's order.
+            assert!([[1, 2, 3], [2, 3, 1], [3, 1, 2]]
+                .iter()
+                .any(|r| r[..] == ports[..]));
+            firsts.push(ports[0]);
+        }
+        firsts.sort_unstable();
+        assert_eq!(firsts, [1, 2, 3], "round-robin moves the first address");
+        assert!(matches!(
+            lookup(&resolver, &hosts, "nope.nowhere").await.unwrap(),
+            Lookup::PassThrough
+        ));
+        let strict = HostMap::namespaces(["shared"]);
+        let err = lookup(&resolver, &strict, "nope.shared").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    }
+
+    #[cfg(any(feature = "reqwest", feature = "hyper"))]
+    #[tokio::test]
+    async fn ejected_endpoints_come_last() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let reg = StaticDiscovery::new()
+            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+            .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2))
+            .with_instance("shared", "web", Instance::new("c").ipv4(ip).port(3));
+        let resolver = Resolver::builder(reg).build().unwrap();
+        let all = resolver.resolve_all("shared", "web").await.unwrap();
+        for _ in 0..5 {
+            resolver.report(&all[1], crate::Outcome::Failure);
+        }
+        assert!(all[1].is_ejected());
+        for _ in 0..3 {
+            let Lookup::Service(addrs) = lookup(&resolver, &HostMap::any(), "web.shared")
+                .await
+                .unwrap()
+            else {
+                panic!("a service");
+            };
+            assert_eq!(addrs.last().unwrap().port(), 2, "{addrs:?}");
+        }
+    }
+}

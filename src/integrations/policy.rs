@@ -1,0 +1,226 @@
+//! Which HTTP requests fail over to another endpoint, and how a failed call becomes
+//! the caller's answer. Shared by the reqwest client and the tower layer.
+
+use std::net::IpAddr;
+
+use http::{Method, StatusCode};
+
+use crate::call_error::{Attempt, AttemptError, CallError};
+use crate::endpoint::Endpoint;
+
+/// Which HTTP requests are sent again to the next endpoint, and on which statuses.
+/// Every field's doc states its default.
+///
+/// A request is repeated only when its method is listed and its body can be cloned.
+/// It goes to the next distinct endpoint (up to 8) when sending fails or the answer's
+/// status is listed, within the resolver's
+/// [retry budget](crate::RetryBudgetOptions); the outcome of each attempt feeds
+/// outlier detection. When every attempt got a listed status, the last response is
+/// returned as it came.
+///
+/// # Examples
+///
+/// ```
+/// use cloudmap_resolver::FailoverPolicy;
+/// use http::{Method, StatusCode};
+///
+/// let mut policy = FailoverPolicy::default();
+/// assert!(policy.repeats(&Method::GET));
+/// assert!(!policy.repeats(&Method::POST));
+/// policy.methods.push(Method::POST); // your POSTs are idempotent (say, keyed)
+/// policy.statuses.push(StatusCode::TOO_MANY_REQUESTS);
+/// assert!(policy.repeats(&Method::POST));
+/// assert!(policy.fails_over_on(StatusCode::SERVICE_UNAVAILABLE));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FailoverPolicy {
+    /// Methods whose requests may be sent more than once. Default: the idempotent
+    /// methods of RFC 9110: `GET`, `HEAD`, `OPTIONS`, `TRACE`, `PUT`, `DELETE`.
+    pub methods: Vec<Method>,
+    /// Statuses that mean "this endpoint cannot serve the request now, another may".
+    /// Default: 502, 503, 504.
+    pub statuses: Vec<StatusCode>,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        FailoverPolicy {
+            methods: vec![
+                Method::GET,
+                Method::HEAD,
+                Method::OPTIONS,
+                Method::TRACE,
+                Method::PUT,
+                Method::DELETE,
+            ],
+            statuses: vec![
+                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE,
+                StatusCode::GATEWAY_TIMEOUT,
+            ],
+        }
+    }
+}
+
+impl FailoverPolicy {
+    /// Whether requests with `method` may be sent again.
+    pub fn repeats(&self, method: &Method) -> bool {
+        self.methods.contains(method)
+    }
+
+    /// Whether an answer with `status` sends a repeatable request to the next endpoint.
+    pub fn fails_over_on(&self, status: StatusCode) -> bool {
+        self.statuses.contains(&status)
+    }
+}
+
+/// How one attempt of a request failed: an answer with a fail-over status, or an error.
+pub(crate) enum Failed<R, E> {
+    Status(R),
+    Error(E),
+}
+
+/// Turns the outcome of a call into the caller's answer: the response of the last
+/// attempt when it was an answer with a fail-over status, otherwise the call's error
+/// with each attempt's failure converted by `status` or `error`.
+pub(crate) fn finish<R, E, F>(
+    result: Result<R, CallError<Failed<R, E>>>,
+    status: impl Fn(R) -> F,
+    error: impl Fn(E) -> F,
+) -> Result<R, CallError<F>> {
+    let err = match result {
+        Ok(r) => return Ok(r),
+        Err(err) => err,
+    };
+    if let Some(e) = err.resolve_error() {
+        return Err(CallError::resolve(e.clone()));
+    }
+    let stop = err.stop();
+    let mut attempts = err.into_attempts();
+    if let Some(last) = attempts.pop() {
+        let endpoint = last.endpoint().clone();
+        match last.into_error() {
+            AttemptError::Failed(Failed::Status(r)) => return Ok(r),
+            other => attempts.push(Attempt::new(endpoint, other)),
+        }
+    }
+    let attempts = attempts
+        .into_iter()
+        .map(|a| {
+            let endpoint = a.endpoint().clone();
+            let e = match a.into_error() {
+                AttemptError::Failed(Failed::Status(r)) => AttemptError::Failed(status(r)),
+                AttemptError::Failed(Failed::Error(e)) => AttemptError::Failed(error(e)),
+                AttemptError::TimedOut(d) => AttemptError::TimedOut(d),
+            };
+            Attempt::new(endpoint, e)
+        })
+        .collect();
+    Err(CallError::attempts_failed(stop, attempts))
+}
+
+/// Where a request for a service goes on `endpoint`: its IP address or host name,
+/// and the port: the URL's explicit port wins, then the instance's; `None` leaves the
+/// scheme's default.
+pub(crate) fn authority_for(
+    endpoint: &Endpoint,
+    explicit_port: Option<u16>,
+) -> Option<(Target, Option<u16>)> {
+    let host = match (endpoint.ip(), endpoint.host()) {
+        (Some(ip), _) => Target::Ip(ip),
+        (None, Some(h)) => Target::Name(h.to_owned()),
+        (None, None) => return None,
+    };
+    Some((host, explicit_port.or(endpoint.port())))
+}
+
+/// The host part of an endpoint's authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    Ip(IpAddr),
+    Name(String),
+}
+
+impl Target {
+    /// The authority `host[:port]`, with brackets around an IPv6 address.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn authority(&self, port: Option<u16>) -> String {
+        let host = match self {
+            Target::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
+            Target::Ip(IpAddr::V4(v4)) => v4.to_string(),
+            Target::Name(n) => n.clone(),
+        };
+        match port {
+            Some(p) => format!("{host}:{p}"),
+            None => host,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CallStop, Instance};
+
+    fn ep(id: &str, port: Option<u16>) -> Endpoint {
+        let mut i = Instance::new(id).ipv4("127.0.0.1".parse().unwrap());
+        if let Some(p) = port {
+            i = i.port(p);
+        }
+        Endpoint::from_instance(i).unwrap()
+    }
+
+    #[test]
+    fn explicit_port_wins() {
+        let (t, p) = authority_for(&ep("a", Some(8080)), Some(9000)).unwrap();
+        assert_eq!(t.authority(p), "127.0.0.1:9000");
+        let (t, p) = authority_for(&ep("a", Some(8080)), None).unwrap();
+        assert_eq!(t.authority(p), "127.0.0.1:8080");
+        let (t, p) = authority_for(&ep("a", None), None).unwrap();
+        assert_eq!(t.authority(p), "127.0.0.1");
+        let v6 = Endpoint::from_instance(Instance::new("b").ipv6("::1".parse().unwrap()).port(81))
+            .unwrap();
+        let (t, p) = authority_for(&v6, None).unwrap();
+        assert_eq!(t.authority(p), "[::1]:81");
+    }
+
+    #[test]
+    fn last_status_is_the_answer() {
+        let err: CallError<Failed<u16, &str>> = CallError::attempts_failed(
+            CallStop::EndpointsUsed,
+            vec![
+                Attempt::new(
+                    ep("a", Some(1)),
+                    AttemptError::Failed(Failed::Error("refused")),
+                ),
+                Attempt::new(ep("b", Some(2)), AttemptError::Failed(Failed::Status(503))),
+            ],
+        );
+        let out = finish(Err(err), |s| format!("status {s}"), |e| e.to_owned());
+        assert_eq!(out.unwrap(), 503);
+    }
+
+    #[test]
+    fn errors_keep_every_attempt() {
+        let err: CallError<Failed<u16, &str>> = CallError::attempts_failed(
+            CallStop::EndpointsUsed,
+            vec![
+                Attempt::new(ep("a", Some(1)), AttemptError::Failed(Failed::Status(502))),
+                Attempt::new(
+                    ep("b", Some(2)),
+                    AttemptError::Failed(Failed::Error("reset")),
+                ),
+            ],
+        );
+        let out = finish(Err(err), |s| format!("status {s}"), |e| e.to_owned());
+        let err = out.unwrap_err();
+        assert_eq!(err.stop(), CallStop::EndpointsUsed);
+        assert_eq!(err.attempts().len(), 2);
+        assert_eq!(err.last_error().map(String::as_str), Some("reset"));
+        assert_eq!(
+            err.attempts()[0].error(),
+            &AttemptError::Failed("status 502".to_owned())
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! A `tower::Layer` that sends each HTTP request for a service to one of its
+//! endpoints, and repeatable requests to the next one when that fails.
+
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::uri::{Authority, Uri};
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service, ServiceExt};
+
+use super::{authority_for, finish, Failed, FailoverPolicy, HostMap};
+use crate::discover::BoxFuture;
+use crate::endpoint::Endpoint;
+use crate::resolver::Resolver;
+
+/// The error type of [`Failover`]: a [`CallError<BoxError>`](crate::CallError) for a
+/// request to a service (downcast to read its attempts), the inner service's error
+/// for any other request.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Wraps an HTTP service (such as hyper-util's legacy `Client`) in [`Failover`].
+///
+/// A request whose URI host [`HostMap`] maps to a service goes to an endpoint picked
+/// by the resolver, through [`Resolver::call`]: the URI's authority becomes the
+/// endpoint's address and port (an explicit port in the URI wins), and a `Host`
+/// header with the original authority is added unless the request has one.
+///
+/// A request whose method is in [`FailoverPolicy::methods`] (the idempotent ones by
+/// default) goes to the next distinct endpoint, up to 8, when the inner service fails
+/// or answers with a status in [`FailoverPolicy::statuses`] (502, 503, 504 by
+/// default), within the resolver's [retry budget](crate::RetryBudgetOptions); when
+/// every attempt got such a status, the last response is returned. Any other request
+/// is sent once: the layer cannot tell a connect error of an arbitrary service from
+/// a failure after sending. Each attempt's outcome feeds outlier detection.
+///
+/// Retrying needs a copy of the request, so the body type must be `Clone` (`String`,
+/// `Full<Bytes>`, `Empty<Bytes>`...); a streaming body must be collected first, or
+/// sent without the layer. The inner service must be `Clone`: each attempt drives a
+/// clone of it to readiness, so [`Failover::poll_ready`] is always ready.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use http_body_util::Full;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use cloudmap_resolver::FailoverLayer;
+///
+/// let resolver = cloudmap_resolver::Resolver::from_env().await?;
+/// let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+/// let svc = ServiceBuilder::new().layer(FailoverLayer::new(resolver)).service(client);
+/// let request = http::Request::get("http://web.shared/items").body(Full::default())?;
+/// let response = svc.oneshot(request).await?;
+/// # Ok(()) }
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+#[derive(Clone)]
+pub struct FailoverLayer {
+    resolver: Resolver,
+    hosts: HostMap,
+    policy: FailoverPolicy,
+}
+
+impl FailoverLayer {
+    /// A layer picking endpoints with `resolver`, mapping names with
+    /// [`HostMap::any`] and failing over by [`FailoverPolicy::default`].
+    pub fn new(resolver: Resolver) -> Self {
+        FailoverLayer {
+            resolver,
+            hosts: HostMap::default(),
+            policy: FailoverPolicy::default(),
+        }
+    }
+
+    /// Which host names are services. Default: [`HostMap::any`].
+    #[must_use]
+    pub fn hosts(mut self, hosts: HostMap) -> Self {
+        self.hosts = hosts;
+        self
+    }
+
+    /// Which requests fail over, on which statuses. Default:
+    /// [`FailoverPolicy::default`].
+    #[must_use]
+    pub fn policy(mut self, policy: FailoverPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+}
+
+impl fmt::Debug for FailoverLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailoverLayer")
+            .field("hosts", &self.hosts)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for FailoverLayer {
+    type Service = Failover<S>;
+
+    fn layer(&self, inner: S) -> Failover<S> {
+        Failover {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// An HTTP service with endpoint picking and failover; made by [`FailoverLayer`].
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+#[derive(Clone)]
+pub struct Failover<S> {
+    inner: S,
+    layer: FailoverLayer,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Failover<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Failover")
+            .field("inner", &self.inner)
+            .field("layer", &self.layer)
+            .finish()
+    }
+}
+
+/// A request without its body, to make attempts from.
+struct Head {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+}
+
+impl Head {
+    fn request<B>(&self, body: B) -> Request<B> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
+    }
+}
+
+impl<S, B, RB> Service<Request<B>> for Failover<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    B: Clone + Send + 'static,
+    RB: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<RB>, BoxError>>;
+
+    /// Always ready: each attempt waits for a clone of the inner service.
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        let layer = self.layer.clone();
+        let mapped = req.uri().host().and_then(|h| layer.hosts.service(h));
+        let Some((namespace, service)) = mapped else {
+            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        };
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let repeatable = layer.policy.repeats(&parts.method);
+            let explicit_port = parts.uri.port_u16();
+            let host = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            let head = Head {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+                extensions: parts.extensions,
+            };
+            let template = Mutex::new(Some(body));
+            let policy = &layer.policy;
+            let (template_ref, head_ref, attempt_inner) = (&template, &head, inner.clone());
+            let op = move |ep: Endpoint| {
+                let body = template_ref
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .expect("the body is kept while attempts are made");
+                let mut req = head_ref.request(body);
+                retarget(&mut req, &ep, explicit_port, host.clone());
+                let svc = attempt_inner.clone();
+                async move {
+                    match svc.oneshot(req).await {
+                        Ok(resp) if repeatable && policy.fails_over_on(resp.status()) => {
+                            Err(Failed::Status(resp))
+                        }
+                        Ok(resp) => Ok(resp),
+                        Err(e) => Err(Failed::Error(e.into())),
+                    }
+                }
+            };
+            let mut call = layer.resolver.call(&namespace, &service, op);
+            if !repeatable {
+                call = call.max_attempts(1);
+            }
+            let result = call.await;
+            if let Err(e) = &result {
+                if e.resolve_error()
+                    .is_some_and(|r| layer.hosts.falls_through(r.kind()))
+                {
+                    let body = template
+                        .into_inner()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .expect("no attempt was made");
+                    return inner.oneshot(head.request(body)).await.map_err(Into::into);
+                }
+            }
+            finish(
+                result,
+                |resp| -> BoxError { format!("answered {}", resp.status()).into() },
+                |e| e,
+            )
+            .map_err(|e| Box::new(e) as BoxError)
+        })
+    }
+}
+
+/// Points `req` at `ep`, keeping the service's name in the `Host` header.
+fn retarget<B>(
+    req: &mut Request<B>,
+    ep: &Endpoint,
+    explicit_port: Option<u16>,
+    host: Option<HeaderValue>,
+) {
+    let Some((target, port)) = authority_for(ep, explicit_port) else {
+        return;
+    };
+    let Ok(authority) = Authority::try_from(target.authority(port)) else {
+        return;
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.authority = Some(authority);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        if let Some(h) = host {
+            req.headers_mut().entry(HOST).or_insert(h);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Instance;
+
+    #[test]
+    fn retarget_rewrites_the_authority() {
+        let ep = Endpoint::from_instance(
+            Instance::new("a")
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(8080),
+        )
+        .unwrap();
+        let mut req = Request::get("http://web.shared/x?y=1").body(()).unwrap();
+        let host = HeaderValue::from_static("web.shared");
+        retarget(&mut req, &ep, None, Some(host));
+        assert_eq!(req.uri(), "http://127.0.0.1:8080/x?y=1");
+        assert_eq!(req.headers()[HOST], "web.shared");
+
+        let mut req = Request::get("http://web.shared:9000/").body(()).unwrap();
+        retarget(&mut req, &ep, Some(9000), None);
+        assert_eq!(req.uri(), "http://127.0.0.1:9000/");
+    }
+}

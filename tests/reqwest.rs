@@ -1,0 +1,298 @@
+//! The reqwest integrations against real HTTP servers on loopback: the DNS resolver
+//! (connection-level failover) and `FailoverClient` (request-level failover).
+#![cfg(feature = "reqwest")]
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use cloudmap_resolver::{
+    CallStop, FailoverClient, FailoverError, HostMap, Instance, Resolver, StaticDiscovery,
+};
+use support::counting::Counting;
+use support::http::{closed_port, HttpServer, Mode};
+
+fn instance(id: &str, port: u16) -> Instance {
+    Instance::new(id)
+        .ipv4("127.0.0.1".parse().unwrap())
+        .port(port)
+}
+
+fn registry(instances: &[(&str, u16)]) -> StaticDiscovery {
+    instances
+        .iter()
+        .fold(StaticDiscovery::new(), |reg, (id, port)| {
+            reg.with_instance("shared", "web", instance(id, *port))
+        })
+}
+
+/// A client through the resolver that opens a connection per request, so that
+/// every request resolves (reqwest pools connections by host name).
+fn dns_client(resolver: &Resolver) -> reqwest::Client {
+    reqwest::Client::builder()
+        .dns_resolver(resolver.reqwest_resolver())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+async fn get_text(client: &reqwest::Client, url: &str) -> String {
+    let resp = client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap()
+}
+
+fn tally<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for n in names {
+        *m.entry(n.to_owned()).or_default() += 1;
+    }
+    m
+}
+
+/// Three instances on one IP, each on its own port: `http://web.shared/` reaches all
+/// three, evenly (round-robin), with the service's name as the Host header.
+#[tokio::test]
+async fn resolver_reaches_instances_on_their_own_ports() {
+    let servers = [
+        HttpServer::start("a").await,
+        HttpServer::start("b").await,
+        HttpServer::start("c").await,
+    ];
+    let reg = registry(&[
+        ("a", servers[0].port()),
+        ("b", servers[1].port()),
+        ("c", servers[2].port()),
+    ]);
+    let resolver = Resolver::builder(reg).build().unwrap();
+    let client = dns_client(&resolver);
+    let mut bodies = Vec::new();
+    for _ in 0..30 {
+        bodies.push(get_text(&client, "http://web.shared/").await);
+    }
+    let counts = tally(bodies.iter().map(String::as_str));
+    assert_eq!(
+        counts,
+        tally(["a"; 10].into_iter().chain(["b"; 10]).chain(["c"; 10]))
+    );
+    for s in &servers {
+        assert_eq!(s.hits(), 10, "{}", s.name);
+        assert!(
+            s.seen().iter().all(|r| r.host == "web.shared"),
+            "{:?}",
+            s.seen()
+        );
+    }
+}
+
+/// An explicit port in the URL wins over the instance's: the instance is registered
+/// on a closed port, and the URL names the live server's port.
+#[tokio::test]
+async fn resolver_explicit_port_wins() {
+    let live = HttpServer::start("live").await;
+    let (dead, _held) = closed_port();
+    let resolver = Resolver::builder(registry(&[("x", dead.port())]))
+        .build()
+        .unwrap();
+    let client = dns_client(&resolver);
+    let url = format!("http://web.shared:{}/", live.port());
+    for _ in 0..3 {
+        assert_eq!(get_text(&client, &url).await, "live");
+    }
+    assert_eq!(live.hits(), 3);
+    let err = client.get("http://web.shared/").send().await.unwrap_err();
+    assert!(
+        err.is_connect(),
+        "the instance's own port is closed: {err:?}"
+    );
+}
+
+/// One of three instances down: every GET succeeds, reqwest's connector moving on to
+/// the next address of the answer when the first refuses. The resolver cannot tell
+/// which address failed, so the dead instance stays first in its turn and its share
+/// goes to the instance after it.
+#[tokio::test]
+async fn resolver_skips_a_refusing_address() {
+    let a = HttpServer::start("a").await;
+    let b = HttpServer::start("b").await;
+    let (dead, _held) = closed_port();
+    let reg = registry(&[("a", a.port()), ("b", b.port()), ("c-dead", dead.port())]);
+    let resolver = Resolver::builder(reg).build().unwrap();
+    let client = dns_client(&resolver);
+    let mut bodies = Vec::new();
+    for _ in 0..300 {
+        bodies.push(get_text(&client, "http://web.shared/").await);
+    }
+    assert_eq!(bodies.len(), 300);
+    assert_eq!((a.hits(), b.hits()), (200, 100));
+}
+
+/// Names that are not services resolve through the system's DNS, without asking the
+/// registry: `localhost` reaches a server on 127.0.0.1.
+#[tokio::test]
+async fn resolver_passes_other_names_to_dns() {
+    let server = HttpServer::start("local").await;
+    let counting = Counting::new(StaticDiscovery::new());
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    for hosts in [HostMap::any(), HostMap::namespaces(["shared"])] {
+        let client = reqwest::Client::builder()
+            .dns_resolver(resolver.reqwest_resolver().hosts(hosts))
+            .build()
+            .unwrap();
+        let url = format!("http://localhost:{}/", server.port());
+        assert_eq!(get_text(&client, &url).await, "local");
+    }
+    assert_eq!(server.hits(), 2);
+    assert_eq!(counting.discover_calls(), 0);
+
+    let fc = resolver.failover_client(reqwest::Client::new());
+    let url = format!("http://localhost:{}/", server.port());
+    let resp = fc.send(fc.client().get(&url)).await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "local");
+    assert_eq!(server.hits(), 3);
+    assert_eq!(counting.discover_calls(), 0);
+}
+
+/// Request-level failover: 300 GETs with one of three instances down all succeed.
+/// The dead instance refuses its first 5 turns, each time the GET goes to the next
+/// instance, and is then ejected (5 consecutive failures), so it costs 5 retries in
+/// all. Round-robin over three with the dead one skipped gives a 2:1 split.
+#[tokio::test]
+async fn failover_client_300_gets_one_instance_down() {
+    let a = HttpServer::start("a").await;
+    let b = HttpServer::start("b").await;
+    let (dead, _held) = closed_port();
+    let reg = registry(&[("a", a.port()), ("b", b.port()), ("c-dead", dead.port())]);
+    let resolver = Resolver::builder(reg).build().unwrap();
+    let fc = FailoverClient::new(reqwest::Client::new(), resolver.clone());
+    let mut bodies = Vec::new();
+    for _ in 0..300 {
+        let resp = fc
+            .send(fc.client().get("http://web.shared/x"))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        bodies.push(resp.text().await.unwrap());
+    }
+    let counts = tally(bodies.iter().map(String::as_str));
+    assert_eq!(counts.values().sum::<usize>(), 300);
+    assert_eq!((a.hits(), b.hits()), (200, 100), "{counts:?}");
+    let stats = resolver.stats();
+    assert_eq!(stats.retries, 5);
+    assert_eq!(stats.ejections, 1);
+    assert!(a.seen().iter().all(|r| r.host == "web.shared"));
+}
+
+/// A 503 from one instance sends a GET to the next; when every instance answers 503
+/// the last answer is returned as it came.
+#[tokio::test]
+async fn failover_client_moves_on_after_503() {
+    let sick = HttpServer::start("sick").await;
+    let good = HttpServer::start("good").await;
+    sick.set_mode(Mode::Status(503));
+    let resolver = Resolver::builder(registry(&[("sick", sick.port()), ("good", good.port())]))
+        .build()
+        .unwrap();
+    let fc = resolver.failover_client(reqwest::Client::new());
+    for _ in 0..10 {
+        let resp = fc
+            .send(fc.client().get("http://web.shared/"))
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "good");
+    }
+    assert_eq!(good.hits(), 10);
+    assert_eq!(sick.hits(), 5, "its turns until ejected after 5 failures");
+
+    good.set_mode(Mode::Status(503));
+    let resp = fc
+        .send(fc.client().get("http://web.shared/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+}
+
+/// A POST is not repeated: the instance that got it closes the connection without
+/// answering, the error surfaces, and no other instance sees the request. A GET to the
+/// same instances tries both. A POST answered 503 returns the 503 after one request.
+#[tokio::test]
+async fn failover_client_does_not_repeat_a_post() {
+    let a = HttpServer::start("a").await;
+    let b = HttpServer::start("b").await;
+    a.set_mode(Mode::Close);
+    b.set_mode(Mode::Close);
+    let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
+        .build()
+        .unwrap();
+    let fc = resolver.failover_client(reqwest::Client::new());
+    let err = fc
+        .send(
+            fc.client()
+                .post("http://web.shared/orders")
+                .body("one order"),
+        )
+        .await
+        .unwrap_err();
+    let FailoverError::Call(call) = &err else {
+        panic!("a service request fails with a call error: {err:?}");
+    };
+    assert_eq!(call.attempts().len(), 1);
+    assert_eq!(call.stop(), CallStop::NotRetryable);
+    assert!(err.reqwest_error().is_some_and(|e| !e.is_connect()));
+    assert_eq!(
+        a.hits() + b.hits(),
+        1,
+        "exactly one request reached a server"
+    );
+    let seen = [a.seen(), b.seen()].concat();
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(seen[0].body, "one order");
+
+    let err = fc
+        .send(fc.client().get("http://web.shared/orders"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.call_error().unwrap().attempts().len(), 2);
+    assert_eq!(a.hits() + b.hits(), 3, "the GET went to both");
+
+    a.set_mode(Mode::Status(503));
+    b.set_mode(Mode::Status(503));
+    let resp = fc
+        .send(fc.client().post("http://web.shared/orders").body("two"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        a.hits() + b.hits(),
+        4,
+        "the POST answered 503 was sent once"
+    );
+}
+
+/// A POST that could not connect was never sent, so it goes to the next instance.
+#[tokio::test]
+async fn failover_client_sends_an_unsent_post_elsewhere() {
+    let live = HttpServer::start("live").await;
+    let (dead, _held) = closed_port();
+    let resolver = Resolver::builder(registry(&[("dead", dead.port()), ("live", live.port())]))
+        .build()
+        .unwrap();
+    let fc = resolver.failover_client(reqwest::Client::new());
+    for n in 0..4 {
+        let resp = fc
+            .send(
+                fc.client()
+                    .post("http://web.shared/")
+                    .body(format!("order {n}")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.text().await.unwrap(), "live");
+    }
+    let bodies: Vec<String> = live.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(bodies, ["order 0", "order 1", "order 2", "order 3"]);
+    assert!(
+        resolver.stats().retries >= 1,
+        "the dead instance had a turn"
+    );
+}
