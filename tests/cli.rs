@@ -12,8 +12,8 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::http::closed_port;
 use support::moto::{self, http_service, register, unique};
+use support::net::closed_port;
 use support::proxy::{Fault, Proxy};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;

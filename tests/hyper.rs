@@ -12,7 +12,8 @@ use hyper_util::rt::TokioExecutor;
 
 use cloudmap_resolver::{HostMap, HyperResolver, Instance, Resolver, StaticDiscovery};
 use support::counting::Counting;
-use support::http::{closed_port, HttpServer, Mode};
+use support::http::{HttpServer, Mode};
+use support::net::closed_port;
 
 type HttpClient = Client<HttpConnector<HyperResolver>, Full<Bytes>>;
 

@@ -10,7 +10,8 @@ use cloudmap_resolver::{
     CallStop, FailoverClient, FailoverError, HostMap, Instance, Resolver, StaticDiscovery,
 };
 use support::counting::Counting;
-use support::http::{closed_port, HttpServer, Mode};
+use support::http::{HttpServer, Mode};
+use support::net::closed_port;
 
 fn instance(id: &str, port: u16) -> Instance {
     Instance::new(id)

@@ -16,7 +16,8 @@ use cloudmap_resolver::{
     StaticDiscovery,
 };
 use support::counting::Counting;
-use support::http::{closed_port, HttpServer, Mode};
+use support::http::{HttpServer, Mode};
+use support::net::closed_port;
 
 type Svc = Failover<Client<HttpConnector, Full<Bytes>>>;
 

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::TcpListener;
 
 /// How a server answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,12 +140,4 @@ async fn handle(
         .status(status)
         .body(Full::new(Bytes::from_static(name.as_bytes())))
         .unwrap())
-}
-
-/// A loopback port that refuses connections: bound but not listening, and kept bound
-/// while the socket lives, so no other listener can take it over.
-pub fn closed_port() -> (SocketAddr, TcpSocket) {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    (socket.local_addr().unwrap(), socket)
 }
