@@ -25,6 +25,7 @@ use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
 use crate::options::ResolverOptions;
 use crate::outlier::OutlierDetector;
+use crate::recent;
 use crate::select::{stripe, Selection, STRIPES};
 use crate::stats::{bump, Counters};
 
@@ -112,7 +113,12 @@ impl Snapshot {
 
     /// The selection's next index for stripe `s`.
     fn draw(&self, selection: &Selection, seed: u64, s: usize) -> usize {
-        let draw = self.cursors[s].0.fetch_add(1, Ordering::Relaxed);
+        // A load and a store, not a locked add: the stripe is this thread's own unless
+        // more threads than stripes pick at once, and then a lost step only repeats a
+        // pick. The fence a locked add brings is a fifth of a warm resolve.
+        let cursor = &self.cursors[s].0;
+        let draw = cursor.load(Ordering::Relaxed);
+        cursor.store(draw.wrapping_add(1), Ordering::Relaxed);
         selection.pick(
             self.set.items.len(),
             self.set.cumulative.as_deref(),
@@ -212,6 +218,10 @@ struct Gate {
 }
 
 impl Slot {
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
     fn current(&self) -> Option<Arc<Snapshot>> {
         self.snapshot.load_full()
     }
@@ -353,6 +363,8 @@ impl std::hash::Hash for LruKey {
 
 /// The cache of one resolver.
 pub(crate) struct Cache {
+    /// Tells this cache's slots apart in the per-thread memo (`recent`).
+    id: u64,
     source: Box<dyn Discover>,
     pub(crate) opts: ResolverOptions,
     pub(crate) counters: Counters,
@@ -396,6 +408,7 @@ impl Cache {
             prefer_ipv6: opts.prefer_ipv6,
         };
         Cache {
+            id: recent::cache_id(),
             source,
             counters: Counters::default(),
             outliers: OutlierDetector::new(opts.outlier.clone()),
@@ -417,23 +430,30 @@ impl Cache {
         f: impl FnOnce(&Snapshot, u64, usize) -> R,
     ) -> Option<R> {
         let hash = key.hash();
+        let f = match recent::with(self.id, hash, key, f, |slot, f| self.serve(slot, f)) {
+            Ok(served) => return served,
+            Err(f) => f,
+        };
         self.index
             .with(key, hash, |slot| {
-                let snap = slot.snapshot.load();
-                match snap.as_deref() {
-                    Some(snap) => {
-                        let state = snap.state.load(Ordering::Relaxed);
-                        if state == EXPIRED || snap.set.items.is_empty() {
-                            return None;
-                        }
-                        let s = stripe();
-                        self.counters.hit(s, state == STALE);
-                        Some(f(snap, slot.seed, s))
-                    }
-                    None => None,
-                }
+                recent::remember(self.id, hash, slot);
+                self.serve(slot, f)
             })
             .flatten()
+    }
+
+    /// `f` on the slot's snapshot if it may be served now.
+    #[inline]
+    fn serve<R>(&self, slot: &Slot, f: impl FnOnce(&Snapshot, u64, usize) -> R) -> Option<R> {
+        let snap = slot.snapshot.load();
+        let snap = snap.as_deref()?;
+        let state = snap.state.load(Ordering::Relaxed);
+        if state == EXPIRED || snap.set.items.is_empty() {
+            return None;
+        }
+        let s = stripe();
+        self.counters.hit(s, state == STALE);
+        Some(f(snap, slot.seed, s))
     }
 
     /// The warm path for `call`, which keeps the snapshot across its attempts.

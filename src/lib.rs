@@ -67,6 +67,7 @@ mod name;
 mod options;
 mod outlier;
 mod policy;
+mod recent;
 mod resolver;
 mod select;
 mod stats;

@@ -88,12 +88,16 @@ fn contract_compiles_and_is_send() {
     shared::<Resolver>();
 }
 
-/// A server that answers `hello from <name>` to every connection.
+/// A server that answers `hello from <name>` to every request.
 async fn hello_server(name: &'static str) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
+            // Read the request first: closing with unread bytes makes the kernel
+            // answer with a reset instead of the body.
+            let mut buf = [0u8; 256];
+            let _ = conn.read(&mut buf).await;
             let _ = conn
                 .write_all(format!("hello from {name}").as_bytes())
                 .await;
