@@ -23,6 +23,7 @@ use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
+use crate::limit::{Limiter, Pace};
 use crate::options::ResolverOptions;
 use crate::select::{stripe, Selection, STRIPES};
 
@@ -302,6 +303,8 @@ pub(crate) struct Cache {
     lru: moka::sync::Cache<LruKey, ()>,
     rng: Mutex<SmallRng>,
     seed: u64,
+    /// Paces registry calls: the configured cap, and slowing down when throttled.
+    limit: Limiter,
 }
 
 impl std::fmt::Debug for Cache {
@@ -342,6 +345,7 @@ impl Cache {
             lru,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             seed,
+            limit: Limiter::new(opts.rate_limit, opts.adapt_to_throttling, Instant::now()),
             opts,
         }
     }
@@ -414,7 +418,7 @@ impl Cache {
                 return Err(err.clone());
             }
         }
-        match self.fetch(slot, prev.as_deref(), now).await {
+        match self.fetch(slot, prev.as_deref(), now, Pace::Now).await {
             Ok(snap) => {
                 gate.error = None;
                 gate.failures = 0;
@@ -457,25 +461,26 @@ impl Cache {
         slot: &Slot,
         prev: Option<&Snapshot>,
         now: Instant,
+        mut pace: Pace,
     ) -> Result<Arc<Snapshot>, Error> {
         let req = &slot.request;
-        let timeout = self.opts.fetch_timeout;
         if let (Some(prev), Some(full_every)) = (prev, self.opts.full_refresh_interval) {
             if prev.revision.is_some() && now < prev.full_at + full_every {
-                let rev = with_timeout(
-                    timeout,
-                    "DiscoverInstancesRevision",
-                    self.source.revision(req),
-                )
-                .await?;
+                let (rev, sent) = self
+                    .call(&mut pace, "DiscoverInstancesRevision", || {
+                        self.source.revision(req)
+                    })
+                    .await?;
                 if rev.is_some() && rev == prev.revision {
-                    let snap = Arc::new(prev.reconfirmed(now, self.opts.max_stale));
+                    let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale));
                     slot.snapshot.store(Some(snap.clone()));
                     return Ok(snap);
                 }
             }
         }
-        let found = with_timeout(timeout, "DiscoverInstances", self.source.discover(req)).await?;
+        let (found, now) = self
+            .call(&mut pace, "DiscoverInstances", || self.source.discover(req))
+            .await?;
         let ns = req.namespace.as_str();
         let svc = req.service.as_str();
         let items: Box<[_]> = self.parse.parse_all(ns, svc, found.instances).into();
@@ -492,6 +497,24 @@ impl Cache {
         ));
         slot.snapshot.store(Some(snap.clone()));
         Ok(snap)
+    }
+
+    /// One registry call, when the limiter gives it a turn; returns the answer and
+    /// when the call was sent. A throttled call slows the whole resolver down: the
+    /// account's quota is shared by every key (and every process).
+    async fn call<'a, T>(
+        &'a self,
+        pace: &mut Pace,
+        op: &str,
+        make: impl FnOnce() -> crate::discover::BoxFuture<'a, Result<T, Error>>,
+    ) -> Result<(T, Instant), Error> {
+        self.limit.admit(pace).await?;
+        let sent = Instant::now();
+        let result = with_timeout(self.opts.fetch_timeout, op, make()).await;
+        if matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled) {
+            self.limit.throttled(Instant::now());
+        }
+        result.map(|found| (found, sent))
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -597,10 +620,10 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         if slot.evicted.load(Ordering::Relaxed) {
             return;
         }
-        let Some(cache) = weak.upgrade() else {
+        let Some(mut cache) = weak.upgrade() else {
             return;
         };
-        let now = Instant::now();
+        let mut now = Instant::now();
         let Some(cur) = slot.current() else {
             return;
         };
@@ -621,10 +644,24 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
             cur.state.store(EXPIRED, Ordering::Relaxed);
             return;
         }
+        // Wait for this resolver's turn to call the registry (see `limit`), serving
+        // the current answer meanwhile and holding no strong reference, so that a
+        // dropped resolver stops here.
+        if let Ok(turn) = cache.limit.admit_at(Pace::Wait, now) {
+            if turn > now {
+                drop(cache);
+                tokio::time::sleep_until(turn).await;
+                match weak.upgrade() {
+                    Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
+                    _ => return,
+                }
+                now = Instant::now();
+            }
+        }
         let result = {
             let _gate = slot.gate.lock().await;
             if slot.is_current(&cur) {
-                Some(cache.fetch(slot, Some(&cur), now).await)
+                Some(cache.fetch(slot, Some(&cur), now, Pace::Taken).await)
             } else {
                 None
             }

@@ -42,6 +42,7 @@ mod error;
 mod filter;
 mod instance;
 mod key;
+mod limit;
 mod name;
 mod options;
 mod policy;
@@ -57,6 +58,7 @@ pub use filter::HealthFilter;
 pub use instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+pub use limit::RateLimit;
 pub use options::ResolverOptions;
 pub use policy::{AddressPolicy, Cidr};
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::filter::HealthFilter;
+use crate::limit::RateLimit;
 use crate::policy::AddressPolicy;
 use crate::select::Selection;
 
@@ -67,6 +68,18 @@ pub struct ResolverOptions {
     pub backoff_base: Duration,
     /// Longest delay between refresh retries. Default: 30 s.
     pub backoff_max: Duration,
+    /// A cap on this resolver's registry calls (all operations, cold loads and
+    /// refreshes): background refreshes wait for a turn, serving the last answer
+    /// meanwhile; a cold load finding the bucket empty fails as
+    /// [`Throttled`](crate::ErrorKind::Throttled) without calling the registry.
+    /// Default: none.
+    pub rate_limit: Option<RateLimit>,
+    /// When the registry throttles (`RequestLimitExceeded`: the account's quota is
+    /// shared by every process), pace this resolver's background refreshes at half
+    /// the rate it was sending, doubling back every 20 s while the registry answers.
+    /// Across a fleet this holds the total near the quota instead of retrying into
+    /// it. Cold loads are not held back by it. Default: true.
+    pub adapt_to_throttling: bool,
     /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
     /// from the operating system).
     pub seed: Option<u64>,
@@ -90,6 +103,8 @@ impl Default for ResolverOptions {
             full_refresh_interval: Some(Duration::from_secs(30)),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            rate_limit: None,
+            adapt_to_throttling: true,
             seed: None,
         }
     }
@@ -115,6 +130,9 @@ impl ResolverOptions {
             return Err(crate::Error::invalid(
                 "backoff_max must be at least backoff_base",
             ));
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
         }
         if let Selection::WeightedRandom { attribute } = &self.selection {
             crate::name::check_attribute(attribute, "")?;

@@ -11,6 +11,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::filter::HealthFilter;
 use crate::key::KeyRef;
+use crate::limit::RateLimit;
 use crate::options::ResolverOptions;
 use crate::policy::AddressPolicy;
 use crate::select::Selection;
@@ -238,6 +239,13 @@ impl ResolverBuilder {
         self
     }
 
+    /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
+    /// Default: none.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.opts.rate_limit = Some(limit);
+        self
+    }
+
     /// Seeds selection and jitter, for reproducible tests. Default: random.
     pub fn seed(mut self, seed: u64) -> Self {
         self.opts.seed = Some(seed);
@@ -255,7 +263,8 @@ impl ResolverBuilder {
     /// # Errors
     ///
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
-    /// capacity, a backoff maximum below its base, or a malformed weight attribute.
+    /// capacity, a backoff maximum below its base, a malformed weight attribute, or a
+    /// rate limit that is not a positive rate with a burst of at least one.
     pub fn build(self) -> Result<Resolver, Error> {
         self.opts.validate()?;
         Ok(Resolver {

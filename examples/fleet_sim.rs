@@ -1,0 +1,44 @@
+//! A fleet of resolvers sharing one Cloud Map account's quota, on simulated time.
+//!
+//! Every process is a real `Resolver` with its own seed; they share one simulated
+//! registry that throttles as Cloud Map does (DiscoverInstances 1,000/s with a 2,000
+//! burst, DiscoverInstancesRevision 3,000/s). Each process resolves 20 services at a
+//! 5 s TTL for 10 simulated minutes while one registration changes every minute. The
+//! same fleet is then run as a naive client that re-fetches every service every TTL.
+//!
+//! ```text
+//! cargo run --release --example fleet_sim            # 1,000 processes
+//! cargo run --release --example fleet_sim -- 5000    # 5,000 processes
+//! ```
+//!
+//! The assertions on these numbers live in `tests/fleet.rs`; see README "Running a
+//! fleet" for what the columns mean.
+
+#[path = "../tests/support/fleet.rs"]
+#[allow(dead_code)]
+mod fleet;
+
+use cloudmap_resolver::ResolverOptions;
+use fleet::{Client, Report, Scenario};
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("fleet sizes are numbers"))
+        .collect();
+    let sizes = if sizes.is_empty() { vec![1000] } else { sizes };
+    println!("{}", Report::header());
+    for n in sizes {
+        let mut per_key_only = ResolverOptions::default();
+        per_key_only.adapt_to_throttling = false;
+        for client in [
+            Client::Resolver(ResolverOptions::default()),
+            Client::Resolver(per_key_only),
+            Client::Naive,
+        ] {
+            let started = std::time::Instant::now();
+            let report = Scenario::new(n, client).run();
+            println!("{report}   ({:.1} s)", started.elapsed().as_secs_f64());
+        }
+    }
+}
