@@ -39,6 +39,19 @@ fn main() {
             let started = std::time::Instant::now();
             let report = Scenario::new(n, client).run();
             println!("{report}   ({:.1} s)", started.elapsed().as_secs_f64());
+            if std::env::var_os("FLEET_DETAIL").is_some() {
+                for m in 0..10 {
+                    let (o, a) = report.discover.between(m * 60, m * 60 + 60);
+                    let (ro, ra) = report.revision.between(m * 60, m * 60 + 60);
+                    println!("  minute {m}: DI {o}/{a}  DIR {ro}/{ra}");
+                }
+                for c in &report.changes {
+                    println!(
+                        "  change svc {} v{} at {:?}: reached {} p99 {:?}",
+                        c.service, c.version, c.at, c.reached, c.p99_after
+                    );
+                }
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
-use crate::limit::{Limiter, Pace};
+use crate::limit::{Limiter, Op, Pace};
 use crate::options::ResolverOptions;
 use crate::select::{stripe, Selection, STRIPES};
 
@@ -418,7 +418,8 @@ impl Cache {
                 return Err(err.clone());
             }
         }
-        match self.fetch(slot, prev.as_deref(), now, Pace::Now).await {
+        let first = self.first_call(prev.as_deref(), now, Pace::Now);
+        match self.fetch(slot, prev.as_deref(), first, Pace::Now).await {
             Ok(snap) => {
                 gate.error = None;
                 gate.failures = 0;
@@ -460,26 +461,22 @@ impl Cache {
         &self,
         slot: &Slot,
         prev: Option<&Snapshot>,
-        now: Instant,
+        first: Op,
         mut pace: Pace,
     ) -> Result<Arc<Snapshot>, Error> {
         let req = &slot.request;
-        if let (Some(prev), Some(full_every)) = (prev, self.opts.full_refresh_interval) {
-            if prev.revision.is_some() && now < prev.full_at + full_every {
-                let (rev, sent) = self
-                    .call(&mut pace, "DiscoverInstancesRevision", || {
-                        self.source.revision(req)
-                    })
-                    .await?;
-                if rev.is_some() && rev == prev.revision {
-                    let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale));
-                    slot.snapshot.store(Some(snap.clone()));
-                    return Ok(snap);
-                }
+        if let Some(prev) = prev.filter(|_| first == Op::Revision) {
+            let (rev, sent) = self
+                .call(Op::Revision, &mut pace, || self.source.revision(req))
+                .await?;
+            if rev.is_some() && rev == prev.revision {
+                let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale));
+                slot.snapshot.store(Some(snap.clone()));
+                return Ok(snap);
             }
         }
         let (found, now) = self
-            .call(&mut pace, "DiscoverInstances", || self.source.discover(req))
+            .call(Op::Discover, &mut pace, || self.source.discover(req))
             .await?;
         let ns = req.namespace.as_str();
         let svc = req.service.as_str();
@@ -500,21 +497,46 @@ impl Cache {
     }
 
     /// One registry call, when the limiter gives it a turn; returns the answer and
-    /// when the call was sent. A throttled call slows the whole resolver down: the
-    /// account's quota is shared by every key (and every process).
+    /// when the call was sent. A throttled refresh slows every refresh of the
+    /// resolver down: the account's quota is shared by every key (and process).
     async fn call<'a, T>(
         &'a self,
+        op: Op,
         pace: &mut Pace,
-        op: &str,
         make: impl FnOnce() -> crate::discover::BoxFuture<'a, Result<T, Error>>,
     ) -> Result<(T, Instant), Error> {
-        self.limit.admit(pace).await?;
+        self.limit.admit(op, pace).await?;
         let sent = Instant::now();
-        let result = with_timeout(self.opts.fetch_timeout, op, make()).await;
-        if matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled) {
-            self.limit.throttled(Instant::now());
+        let name = match op {
+            Op::Discover => "DiscoverInstances",
+            Op::Revision => "DiscoverInstancesRevision",
+        };
+        let result = with_timeout(self.opts.fetch_timeout, name, make()).await;
+        // Only background calls adapt the rate: a cold load's throttle is its key's
+        // to back off from, and a fleet starting up must not leave every process
+        // pacing its refreshes at a crawl long after.
+        if *pace != Pace::Now && matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled) {
+            self.limit.throttled(op, Instant::now());
         }
         result.map(|found| (found, sent))
+    }
+
+    /// Which call a refresh of `prev` at `now` starts with: the revision (when the
+    /// answer has one and revision polling is on) while the last full fetch is recent
+    /// enough, and for a background refresh also while this resolver waits for a
+    /// turn at DiscoverInstances, so that changes still show; health catches up at
+    /// the next full fetch.
+    fn first_call(&self, prev: Option<&Snapshot>, now: Instant, pace: Pace) -> Op {
+        let (Some(prev), Some(every)) = (prev, self.opts.full_refresh_interval) else {
+            return Op::Discover;
+        };
+        let recent = now < prev.full_at + every;
+        let waiting = pace != Pace::Now && !self.limit.ready(Op::Discover, now);
+        if prev.revision.is_some() && (recent || waiting) {
+            Op::Revision
+        } else {
+            Op::Discover
+        }
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -647,7 +669,8 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         // Wait for this resolver's turn to call the registry (see `limit`), serving
         // the current answer meanwhile and holding no strong reference, so that a
         // dropped resolver stops here.
-        if let Ok(turn) = cache.limit.admit_at(Pace::Wait, now) {
+        let first = cache.first_call(Some(&cur), now, Pace::Wait);
+        if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now) {
             if turn > now {
                 drop(cache);
                 tokio::time::sleep_until(turn).await;
@@ -661,7 +684,7 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         let result = {
             let _gate = slot.gate.lock().await;
             if slot.is_current(&cur) {
-                Some(cache.fetch(slot, Some(&cur), now, Pace::Taken).await)
+                Some(cache.fetch(slot, Some(&cur), first, Pace::Taken).await)
             } else {
                 None
             }

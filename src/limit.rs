@@ -91,6 +91,15 @@ const LIFT_ABOVE: f64 = 10_000.0;
 /// Time constant of the estimate of the rate being sent.
 const SEND_WINDOW: Duration = Duration::from_secs(2);
 
+/// The registry's operations, each with its own quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// DiscoverInstances (about 1,000/s per account).
+    Discover = 0,
+    /// DiscoverInstancesRevision (about 3,000/s per account).
+    Revision = 1,
+}
+
 /// Whether a call may wait for its turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pace {
@@ -102,7 +111,8 @@ pub(crate) enum Pace {
     Taken,
 }
 
-/// One resolver's pacing of registry calls.
+/// One resolver's pacing of registry calls: the configured cap over all calls, and
+/// per operation a rate adapted to throttling (each operation has its own quota).
 #[derive(Debug)]
 pub(crate) struct Limiter {
     cap: Option<RateLimit>,
@@ -112,132 +122,170 @@ pub(crate) struct Limiter {
 
 #[derive(Debug)]
 struct State {
-    /// Calls that may go now; negative while refreshes are queued for turns.
+    cap: Bucket,
+    ops: [Adapted; 2],
+}
+
+/// Tokens of a bucket; negative while refreshes are queued for turns.
+#[derive(Debug)]
+struct Bucket {
     tokens: f64,
     at: Instant,
-    /// The adapted rate and since when it grows.
-    adapted: Option<(f64, Instant)>,
-    last_cut: Option<Instant>,
+}
+
+impl Bucket {
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(burst);
+        self.at = self.at.max(now);
+    }
+
+    /// When the next call may go, if it waits for a token.
+    fn turn(&self, rate: f64, now: Instant) -> Instant {
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / rate)
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Adapted {
+    bucket: Bucket,
+    /// The rate set by the last throttle, and when: it doubles every `DOUBLING`.
+    cut: Option<(f64, Instant)>,
     /// Calls sent, decayed with `SEND_WINDOW`.
     sent: f64,
     sent_at: Instant,
 }
 
+impl Adapted {
+    /// The rate and bucket size now, if limited: a second's worth of calls, at least
+    /// one.
+    fn limit(&mut self, now: Instant) -> Option<(f64, f64)> {
+        let (rate, since) = self.cut?;
+        let doublings = now.duration_since(since).as_secs_f64() / DOUBLING.as_secs_f64();
+        let rate = rate * doublings.exp2();
+        if rate > LIFT_ABOVE {
+            self.cut = None;
+            return None;
+        }
+        Some((rate, rate.max(1.0)))
+    }
+
+    fn sending(&self, now: Instant) -> f64 {
+        decayed(self.sent, self.sent_at, now) / SEND_WINDOW.as_secs_f64()
+    }
+}
+
 impl Limiter {
     pub(crate) fn new(cap: Option<RateLimit>, adaptive: bool, now: Instant) -> Self {
+        let adapted = || Adapted {
+            bucket: Bucket {
+                tokens: 0.0,
+                at: now,
+            },
+            cut: None,
+            sent: 0.0,
+            sent_at: now,
+        };
         Limiter {
             cap,
             adaptive,
             state: Mutex::new(State {
-                tokens: cap.map_or(f64::INFINITY, |c| f64::from(c.burst)),
-                at: now,
-                adapted: None,
-                last_cut: None,
-                sent: 0.0,
-                sent_at: now,
+                cap: Bucket {
+                    tokens: cap.map_or(0.0, |c| f64::from(c.burst)),
+                    at: now,
+                },
+                ops: [adapted(), adapted()],
             }),
         }
     }
 
     /// Waits for a turn (`Pace::Wait`) or fails at once when there is none
     /// (`Pace::Now`, only under a configured cap).
-    pub(crate) async fn admit(&self, pace: &mut Pace) -> Result<(), Error> {
+    pub(crate) async fn admit(&self, op: Op, pace: &mut Pace) -> Result<(), Error> {
         if *pace == Pace::Taken {
             *pace = Pace::Wait;
             return Ok(());
         }
-        let pace = *pace;
         let now = Instant::now();
-        let at = self.admit_at(pace, now)?;
+        let at = self.admit_at(op, *pace, now)?;
         if at > now {
             tokio::time::sleep_until(at).await;
         }
         Ok(())
     }
 
-    /// When a call asked for at `now` may go; the turn is taken.
-    pub(crate) fn admit_at(&self, pace: Pace, now: Instant) -> Result<Instant, Error> {
+    /// When a call of `op` asked for at `now` may go; the turn is taken.
+    pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let at = match self.refill(&mut st, now) {
-            None => now,
-            Some(_) if st.tokens >= 1.0 => now,
-            Some(rate) => match pace {
-                Pace::Wait | Pace::Taken => now + Duration::from_secs_f64((1.0 - st.tokens) / rate),
-                // A cold load goes ahead of queued refreshes; only a configured cap
-                // refuses it.
-                Pace::Now if self.cap.is_none() => now,
-                Pace::Now => {
-                    return Err(Error::new(
-                        ErrorKind::Throttled,
-                        "client-side rate limit reached; no registry call made",
-                    ))
-                }
-            },
-        };
-        st.tokens -= 1.0;
-        st.sent = decayed(st.sent, st.sent_at, at) + 1.0;
-        st.sent_at = at;
+        let mut at = now;
+        if let Some(cap) = self.cap {
+            st.cap.refill(cap.per_second, f64::from(cap.burst), now);
+            if pace == Pace::Now && st.cap.tokens < 1.0 {
+                return Err(Error::new(
+                    ErrorKind::Throttled,
+                    "client-side rate limit reached; no registry call made",
+                ));
+            }
+            at = at.max(st.cap.turn(cap.per_second, now));
+            st.cap.tokens -= 1.0;
+        }
+        let a = &mut st.ops[op as usize];
+        if let Some((rate, burst)) = a.limit(now) {
+            a.bucket.refill(rate, burst, now);
+            // A cold load goes ahead of queued refreshes: only the cap refuses it.
+            if pace != Pace::Now {
+                at = at.max(a.bucket.turn(rate, now));
+            }
+            a.bucket.tokens -= 1.0;
+        }
+        a.sent = decayed(a.sent, a.sent_at, at) + 1.0;
+        a.sent_at = a.sent_at.max(at);
         Ok(at)
     }
 
-    /// The registry throttled a call at `now`: lower the rate.
-    pub(crate) fn throttled(&self, now: Instant) {
+    /// Whether a background call of `op` would go at `now` without waiting for a turn
+    /// of its adapted rate.
+    pub(crate) fn ready(&self, op: Op, now: Instant) -> bool {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = &mut st.ops[op as usize];
+        match a.limit(now) {
+            None => true,
+            Some((rate, burst)) => {
+                a.bucket.refill(rate, burst, now);
+                a.bucket.tokens >= 1.0
+            }
+        }
+    }
+
+    /// The registry throttled a call of `op` at `now`: lower that operation's rate.
+    pub(crate) fn throttled(&self, op: Op, now: Instant) {
         if !self.adaptive {
             return;
         }
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if st
-            .last_cut
-            .is_some_and(|t| now.duration_since(t) < COOLDOWN)
-        {
+        let a = &mut st.ops[op as usize];
+        if a.cut.is_some_and(|(_, t)| now.duration_since(t) < COOLDOWN) {
             return;
         }
-        let _ = self.refill(&mut st, now);
-        let sending = decayed(st.sent, st.sent_at, now) / SEND_WINDOW.as_secs_f64();
-        let current = self.limit(&st, now).map_or(f64::INFINITY, |(r, _)| r);
-        let rate = (current.min(sending) * CUT).max(MIN_RATE);
-        st.adapted = Some((rate, now));
-        st.last_cut = Some(now);
-        if let Some((_, burst)) = self.limit(&st, now) {
-            st.tokens = st.tokens.min(burst);
-        }
-        tracing::debug!(calls_per_second = rate, "registry throttled; slowing down");
-    }
-
-    /// The rate calls may go at now and the bucket's size, if limited: the cap's, or
-    /// the adapted rate's when it is lower (with a second's worth of calls as its
-    /// bucket, at least one, and never more than the cap's burst).
-    fn limit(&self, st: &State, now: Instant) -> Option<(f64, f64)> {
-        let adapted = st.adapted.map(|(rate, since)| {
-            let doublings = now.duration_since(since).as_secs_f64() / DOUBLING.as_secs_f64();
-            let rate = rate * doublings.exp2();
-            (rate, rate.max(1.0))
-        });
-        let cap = self.cap.map(|c| (c.per_second, f64::from(c.burst)));
-        match (cap, adapted) {
-            (Some((cr, cb)), Some((ar, ab))) if ar < cr => Some((ar, ab.min(cb))),
-            (Some(c), _) => Some(c),
-            (None, a) => a,
-        }
-    }
-
-    /// Adds the tokens earned since the last call; the rate, if limited.
-    fn refill(&self, st: &mut State, now: Instant) -> Option<f64> {
-        if st.adapted.is_some_and(|(r, since)| {
-            r * (now.duration_since(since).as_secs_f64() / DOUBLING.as_secs_f64()).exp2()
-                > LIFT_ABOVE
-        }) {
-            st.adapted = None;
-        }
-        let Some((rate, burst)) = self.limit(st, now) else {
-            st.tokens = f64::INFINITY;
-            st.at = now;
-            return None;
+        let current = a.limit(now).map_or(f64::INFINITY, |(rate, _)| rate);
+        let rate = (current.min(a.sending(now)) * CUT).max(MIN_RATE);
+        a.cut = Some((rate, now));
+        // The account is dry now: the next refresh waits its turn.
+        a.bucket = Bucket {
+            tokens: 0.0,
+            at: now,
         };
-        let earned = now.saturating_duration_since(st.at).as_secs_f64() * rate;
-        st.tokens = (st.tokens + earned).min(burst);
-        st.at = st.at.max(now);
-        Some(rate)
+        tracing::debug!(operation = ?op, calls_per_second = rate, "registry throttled; slowing down");
+    }
+
+    #[cfg(test)]
+    fn rate(&self, op: Op, now: Instant) -> Option<f64> {
+        let mut st = self.state.lock().unwrap();
+        st.ops[op as usize].limit(now).map(|(rate, _)| rate)
     }
 }
 
@@ -250,6 +298,9 @@ fn decayed(count: f64, since: Instant, now: Instant) -> f64 {
 mod tests {
     use super::*;
 
+    const D: Op = Op::Discover;
+    const R: Op = Op::Revision;
+
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
     }
@@ -259,12 +310,12 @@ mod tests {
         let t0 = Instant::now();
         let l = Limiter::new(None, true, t0);
         for _ in 0..1000 {
-            assert_eq!(l.admit_at(Pace::Wait, t0).unwrap(), t0);
+            assert_eq!(l.admit_at(R, Pace::Wait, t0).unwrap(), t0);
         }
         let off = Limiter::new(None, false, t0);
-        off.throttled(t0);
+        off.throttled(R, t0);
         for _ in 0..1000 {
-            assert_eq!(off.admit_at(Pace::Wait, t0).unwrap(), t0);
+            assert_eq!(off.admit_at(R, Pace::Wait, t0).unwrap(), t0);
         }
     }
 
@@ -272,42 +323,44 @@ mod tests {
     fn cap_refuses_cold_loads_and_queues_refreshes() {
         let t0 = Instant::now();
         let l = Limiter::new(Some(RateLimit::new(2.0, 3)), false, t0);
-        for _ in 0..3 {
-            assert_eq!(l.admit_at(Pace::Now, t0).unwrap(), t0);
+        // The cap counts both operations.
+        for op in [D, R, D] {
+            assert_eq!(l.admit_at(op, Pace::Now, t0).unwrap(), t0);
         }
-        let err = l.admit_at(Pace::Now, t0).unwrap_err();
+        let err = l.admit_at(R, Pace::Now, t0).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Throttled);
         // Refreshes get turns half a second apart.
-        assert_eq!(l.admit_at(Pace::Wait, t0).unwrap(), t0 + ms(500));
-        assert_eq!(l.admit_at(Pace::Wait, t0).unwrap(), t0 + ms(1000));
+        assert_eq!(l.admit_at(R, Pace::Wait, t0).unwrap(), t0 + ms(500));
+        assert_eq!(l.admit_at(D, Pace::Wait, t0).unwrap(), t0 + ms(1000));
         // Queued refreshes hold cold loads back too: the cap is a cap.
-        assert!(l.admit_at(Pace::Now, t0 + ms(600)).is_err());
-        assert!(l.admit_at(Pace::Now, t0 + ms(1500)).is_ok());
+        assert!(l.admit_at(D, Pace::Now, t0 + ms(600)).is_err());
+        assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
     }
 
     #[test]
     fn throttling_halves_the_rate_being_sent_and_it_grows_back() {
         let t0 = Instant::now();
         let l = Limiter::new(None, true, t0);
-        // Send 10 calls a second for a while.
+        // Send 10 revision calls a second for a while.
         let mut t = t0;
         for _ in 0..200 {
-            l.admit_at(Pace::Wait, t).unwrap();
+            l.admit_at(R, Pace::Wait, t).unwrap();
             t += ms(100);
         }
-        l.throttled(t);
-        let st = l.state.lock().unwrap();
-        let rate = l.limit(&st, t).unwrap().0;
+        l.throttled(R, t);
+        let rate = l.rate(R, t).unwrap();
         assert!(
             (4.5..=5.5).contains(&rate),
             "halved to about 5/s, got {rate}"
         );
-        let later = l.limit(&st, t + DOUBLING).unwrap().0;
+        let later = l.rate(R, t + DOUBLING).unwrap();
         assert!((later / rate - 2.0).abs() < 1e-9, "doubles in {DOUBLING:?}");
-        drop(st);
         // A second throttle within the cooldown does not cut again.
-        l.throttled(t + ms(10));
-        assert!((l.limit(&l.state.lock().unwrap(), t).unwrap().0 - rate).abs() < 1e-9);
+        l.throttled(R, t + ms(10));
+        assert!((l.rate(R, t).unwrap() - rate).abs() < 1e-9);
+        // Each operation has its own quota: DiscoverInstances is not held back.
+        assert_eq!(l.rate(D, t), None);
+        assert_eq!(l.admit_at(D, Pace::Wait, t).unwrap(), t);
     }
 
     #[test]
@@ -315,22 +368,17 @@ mod tests {
         let t0 = Instant::now();
         let l = Limiter::new(None, true, t0);
         for _ in 0..20 {
-            l.admit_at(Pace::Wait, t0).unwrap();
+            l.admit_at(R, Pace::Wait, t0).unwrap();
         }
-        l.throttled(t0);
-        // Sending 10/s when throttled: 5/s now, a second's worth at once.
-        let mut last = t0;
-        let mut waited = 0;
-        for _ in 0..10 {
-            let at = l.admit_at(Pace::Wait, t0).unwrap();
-            assert!(at >= last, "turns are handed out in order");
-            waited += u32::from(at > t0);
-            last = at;
-        }
-        assert_eq!(waited, 5);
-        assert_eq!(last, t0 + ms(1000), "the rest a fifth of a second apart");
+        // Sending 10/s when throttled: 5/s from now, one turn each fifth of a second.
+        l.throttled(R, t0);
+        let turns: Vec<_> = (0..5)
+            .map(|_| l.admit_at(R, Pace::Wait, t0).unwrap())
+            .collect();
+        let expected: Vec<_> = (1..=5).map(|i| t0 + ms(200 * i)).collect();
+        assert_eq!(turns, expected);
         assert_eq!(
-            l.admit_at(Pace::Now, t0).unwrap(),
+            l.admit_at(R, Pace::Now, t0).unwrap(),
             t0,
             "a cold load goes now"
         );
@@ -340,12 +388,12 @@ mod tests {
     fn adapted_rate_is_lifted_once_far_above_demand() {
         let t0 = Instant::now();
         let l = Limiter::new(None, true, t0);
-        l.admit_at(Pace::Wait, t0).unwrap();
-        l.throttled(t0);
-        assert!(l.state.lock().unwrap().adapted.is_some());
+        l.admit_at(D, Pace::Wait, t0).unwrap();
+        l.throttled(D, t0);
+        assert!(l.rate(D, t0).is_some());
         let much_later = t0 + DOUBLING * 30;
-        assert_eq!(l.admit_at(Pace::Wait, much_later).unwrap(), much_later);
-        assert!(l.state.lock().unwrap().adapted.is_none());
+        assert_eq!(l.admit_at(D, Pace::Wait, much_later).unwrap(), much_later);
+        assert_eq!(l.rate(D, much_later), None);
     }
 
     #[test]

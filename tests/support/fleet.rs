@@ -75,14 +75,14 @@ pub(crate) struct Scenario {
 impl Scenario {
     /// The scenario: `resolvers` processes, 20 services, TTL 5 s, 10 minutes,
     /// a change a minute, Cloud Map's default quotas, callers resolving every service
-    /// once a second.
+    /// every 2 s (more than twice a TTL, so every answer is used before its refresh).
     pub(crate) fn new(resolvers: usize, client: Client) -> Self {
         Scenario {
             resolvers,
             services: 20,
             ttl: Duration::from_secs(5),
             duration: Duration::from_secs(600),
-            resolve_every: Duration::from_secs(1),
+            resolve_every: Duration::from_secs(2),
             start_spread: Duration::from_secs(1),
             change_every: Duration::from_secs(60),
             seed: 7,
@@ -220,11 +220,17 @@ pub(crate) struct Calls {
     pub(crate) admitted: u64,
     /// Admitted calls in each simulated second.
     pub(crate) admitted_per_second: Vec<u64>,
+    /// Offered calls in each simulated second.
+    pub(crate) offered_per_second: Vec<u64>,
 }
 
 impl Calls {
     fn count(&mut self, second: usize, admitted: bool) {
         self.offered += 1;
+        if self.offered_per_second.len() <= second {
+            self.offered_per_second.resize(second + 1, 0);
+        }
+        self.offered_per_second[second] += 1;
         if admitted {
             self.admitted += 1;
             if self.admitted_per_second.len() <= second {
@@ -232,6 +238,15 @@ impl Calls {
             }
             self.admitted_per_second[second] += 1;
         }
+    }
+
+    /// Offered and admitted calls in simulated seconds `from..to`.
+    pub(crate) fn between(&self, from: usize, to: usize) -> (u64, u64) {
+        let sum = |v: &[u64]| v.iter().skip(from).take(to - from).sum::<u64>();
+        (
+            sum(&self.offered_per_second),
+            sum(&self.admitted_per_second),
+        )
     }
 
     pub(crate) fn throttled(&self) -> u64 {
@@ -306,7 +321,8 @@ impl Histogram {
 pub(crate) struct Change {
     pub(crate) service: usize,
     pub(crate) version: u32,
-    pub(crate) at: Instant,
+    /// When, after the start of the run.
+    pub(crate) at: Duration,
     /// Resolvers that have fetched this version (or a later one).
     pub(crate) reached: usize,
     /// When 99% of the resolvers had it, after the change.
@@ -492,10 +508,11 @@ impl Registry {
         st.superseded[service].push(now);
         debug_assert_eq!(st.superseded[service].len(), old as usize);
         st.version[service] = old + 1;
+        let at = now.duration_since(st.start);
         st.changes.push(Change {
             service,
             version: old + 1,
-            at: now,
+            at,
             reached: 0,
             p99_after: None,
         });
@@ -587,7 +604,7 @@ impl State {
             if c.version > before && c.version <= version {
                 c.reached += 1;
                 if c.reached == need {
-                    c.p99_after = Some(now.duration_since(c.at));
+                    c.p99_after = Some(now.duration_since(self.start) - c.at);
                 }
             }
         }
