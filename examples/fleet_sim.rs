@@ -18,8 +18,21 @@
 #[allow(dead_code)]
 mod fleet;
 
+use std::time::Duration;
+
 use cloudmap_resolver::ResolverOptions;
 use fleet::{Client, Report, Scenario};
+
+/// README "Running a fleet": TTL and full-refresh interval (seconds) by fleet size,
+/// for 20 services a process.
+fn recommended(processes: usize) -> (u64, u64) {
+    match processes {
+        0..=100 => (5, 30),
+        101..=1000 => (15, 120),
+        1001..=5000 => (60, 300),
+        _ => (120, 600),
+    }
+}
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -31,13 +44,39 @@ fn main() {
     for n in sizes {
         let mut per_key_only = ResolverOptions::default();
         per_key_only.adapt_to_throttling = false;
-        for client in [
-            Client::Resolver(ResolverOptions::default()),
-            Client::Resolver(per_key_only),
-            Client::Naive,
+        let (ttl, full) = recommended(n);
+        let mut tuned = ResolverOptions::default();
+        tuned.ttl = Duration::from_secs(ttl);
+        tuned.full_refresh_interval = Some(Duration::from_secs(full));
+        let only = std::env::var("FLEET_ONLY").ok();
+        for (name, label, client) in [
+            (
+                "defaults",
+                "resolver defaults".to_owned(),
+                Client::Resolver(ResolverOptions::default()),
+            ),
+            (
+                "per-key",
+                "per-key backoff only".to_owned(),
+                Client::Resolver(per_key_only.clone()),
+            ),
+            ("naive", "naive fixed interval".to_owned(), Client::Naive),
+            (
+                "tuned",
+                format!("TTL {ttl} s, full {full} s"),
+                Client::Resolver(tuned),
+            ),
         ] {
+            if only
+                .as_deref()
+                .is_some_and(|o| !o.split(',').any(|o| o == name))
+            {
+                continue;
+            }
             let started = std::time::Instant::now();
-            let report = Scenario::new(n, client).run();
+            let mut scenario = Scenario::new(n, client);
+            scenario.label = label;
+            let report = scenario.run();
             println!("{report}   ({:.1} s)", started.elapsed().as_secs_f64());
             if std::env::var_os("FLEET_DETAIL").is_some() {
                 for m in 0..10 {

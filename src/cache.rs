@@ -512,10 +512,15 @@ impl Cache {
             Op::Revision => "DiscoverInstancesRevision",
         };
         let result = with_timeout(self.opts.fetch_timeout, name, make()).await;
-        // Only background calls adapt the rate: a cold load's throttle is its key's
-        // to back off from, and a fleet starting up must not leave every process
-        // pacing its refreshes at a crawl long after.
-        if *pace != Pace::Now && matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled) {
+        let throttled = matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled);
+        if *pace == Pace::Now {
+            // Cold loads back off together (the account is dry for every key) but do
+            // not lower the refresh rate, so that a fleet starting up does not leave
+            // every process pacing its refreshes at a crawl long after.
+            let now = Instant::now();
+            self.limit
+                .cold_outcome(op, throttled, now, |n| self.backoff(n));
+        } else if throttled {
             self.limit.throttled(op, Instant::now());
         }
         result.map(|found| (found, sent))

@@ -158,6 +158,9 @@ struct Adapted {
     /// Calls sent, decayed with `SEND_WINDOW`.
     sent: f64,
     sent_at: Instant,
+    /// Cold loads throttled in a row, and until when the others are held back.
+    cold_throttles: u32,
+    cold_hold: Option<Instant>,
 }
 
 impl Adapted {
@@ -189,6 +192,8 @@ impl Limiter {
             cut: None,
             sent: 0.0,
             sent_at: now,
+            cold_throttles: 0,
+            cold_hold: None,
         };
         Limiter {
             cap,
@@ -221,6 +226,13 @@ impl Limiter {
     /// When a call of `op` asked for at `now` may go; the turn is taken.
     pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if pace == Pace::Now && st.ops[op as usize].cold_hold.is_some_and(|t| now < t) {
+            return Err(Error::new(
+                ErrorKind::Throttled,
+                "the registry throttled this resolver's last cold load; backing off, no \
+                 registry call made",
+            ));
+        }
         let mut at = now;
         if let Some(cap) = self.cap {
             st.cap.refill(cap.per_second, f64::from(cap.burst), now);
@@ -280,6 +292,30 @@ impl Limiter {
             at: now,
         };
         tracing::debug!(operation = ?op, calls_per_second = rate, "registry throttled; slowing down");
+    }
+
+    /// How a cold load of `op` fared. Once one is throttled the account is dry for
+    /// every key of the process: the resolver's other cold loads are refused without
+    /// a registry call until `hold(throttles in a row)` has passed.
+    pub(crate) fn cold_outcome(
+        &self,
+        op: Op,
+        throttled: bool,
+        now: Instant,
+        hold: impl FnOnce(u32) -> Duration,
+    ) {
+        if !self.adaptive {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let a = &mut st.ops[op as usize];
+        if throttled {
+            a.cold_throttles += 1;
+            a.cold_hold = Some(now + hold(a.cold_throttles));
+        } else {
+            a.cold_throttles = 0;
+            a.cold_hold = None;
+        }
     }
 
     #[cfg(test)]
@@ -382,6 +418,33 @@ mod tests {
             t0,
             "a cold load goes now"
         );
+    }
+
+    #[test]
+    fn a_throttled_cold_load_holds_the_others_back() {
+        let t0 = Instant::now();
+        let l = Limiter::new(None, true, t0);
+        l.cold_outcome(D, true, t0, |n| ms(500) * n);
+        let err = l.admit_at(D, Pace::Now, t0 + ms(499)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert!(
+            l.admit_at(R, Pace::Now, t0).is_ok(),
+            "the other quota is not held"
+        );
+        assert!(
+            l.admit_at(D, Pace::Wait, t0).is_ok(),
+            "refreshes are paced, not held"
+        );
+        l.cold_outcome(D, true, t0 + ms(500), |n| ms(500) * n);
+        assert!(
+            l.admit_at(D, Pace::Now, t0 + ms(1499)).is_err(),
+            "the hold grows"
+        );
+        l.cold_outcome(D, false, t0 + ms(1500), |_| unreachable!());
+        assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
+        let off = Limiter::new(None, false, t0);
+        off.cold_outcome(D, true, t0, |n| ms(500) * n);
+        assert!(off.admit_at(D, Pace::Now, t0).is_ok());
     }
 
     #[test]

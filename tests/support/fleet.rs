@@ -33,6 +33,12 @@ use tokio::time::Instant;
 const NAMESPACE: &str = "fleet";
 /// Instances per service.
 const INSTANCES: u8 = 3;
+/// Version `v` of a service is served on port `BASE_PORT + v`.
+const BASE_PORT: u16 = 8000;
+
+fn version_port(version: u32) -> u16 {
+    BASE_PORT + u16::try_from(version).expect("a few versions per run")
+}
 
 /// How the processes of the fleet find their services.
 #[derive(Debug, Clone)]
@@ -70,6 +76,8 @@ pub(crate) struct Scenario {
     pub(crate) revision_quota: (u32, u32),
     /// Who resolves.
     pub(crate) client: Client,
+    /// The report's name for this run.
+    pub(crate) label: String,
 }
 
 impl Scenario {
@@ -82,12 +90,16 @@ impl Scenario {
             services: 20,
             ttl: Duration::from_secs(5),
             duration: Duration::from_secs(600),
-            resolve_every: Duration::from_secs(2),
+            resolve_every: Duration::from_secs(3),
             start_spread: Duration::from_secs(1),
             change_every: Duration::from_secs(60),
             seed: 7,
             discover_quota: (1000, 2000),
             revision_quota: (3000, 3000),
+            label: match &client {
+                Client::Resolver(_) => "resolver defaults".to_owned(),
+                Client::Naive => "naive fixed interval".to_owned(),
+            },
             client,
         }
     }
@@ -531,10 +543,11 @@ impl Registry {
         st.deliver(resolver, service, version, now);
         let instances = (0..INSTANCES)
             .map(|i| {
+                // The port carries the version, so a caller can tell cheaply which
+                // answer it was served.
                 Instance::new(format!("i-{i}"))
                     .ipv4(std::net::Ipv4Addr::new(10, service as u8, 0, i))
-                    .port(8080)
-                    .attribute("version", version.to_string())
+                    .port(version_port(version))
             })
             .collect();
         let mut found = Discovered::new(instances);
@@ -612,10 +625,7 @@ impl State {
 
     fn report(&self, sc: &Scenario) -> Report {
         Report {
-            label: match &sc.client {
-                Client::Resolver(_) => "resolver".to_owned(),
-                Client::Naive => "naive fixed interval".to_owned(),
-            },
+            label: sc.label.clone(),
             resolvers: self.resolvers,
             seconds: sc.duration.as_secs_f64(),
             discover: self.discover.clone(),
@@ -705,11 +715,9 @@ impl Caller {
             tokio::time::sleep_until(next).await;
             for (s, name) in self.names.iter().enumerate() {
                 let served = match resolver.resolve(NAMESPACE, name).await {
-                    Ok(ep) => Some(
-                        ep.attribute("version")
-                            .and_then(|v| v.parse().ok())
-                            .expect("simulated instances carry a version"),
-                    ),
+                    Ok(ep) => Some(u32::from(
+                        ep.port().expect("simulated instances have a port") - BASE_PORT,
+                    )),
                     Err(_) => None,
                 };
                 self.registry.served(self.resolver, s, served);
