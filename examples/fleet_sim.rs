@@ -53,18 +53,18 @@ fn main() {
             (
                 "defaults",
                 "resolver defaults".to_owned(),
-                Client::Resolver(ResolverOptions::default()),
+                Client::Resolver(Box::default()),
             ),
             (
                 "per-key",
                 "per-key backoff only".to_owned(),
-                Client::Resolver(per_key_only.clone()),
+                Client::Resolver(Box::new(per_key_only.clone())),
             ),
             ("naive", "naive fixed interval".to_owned(), Client::Naive),
             (
                 "tuned",
                 format!("TTL {ttl} s, full {full} s"),
-                Client::Resolver(tuned),
+                Client::Resolver(Box::new(tuned)),
             ),
         ] {
             if only

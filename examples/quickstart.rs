@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use cloudmap_resolver::{Error, HealthStatus, Instance, Resolver, Selection, StaticDiscovery};
+use cloudmap_resolver::{Error, Instance, Resolver, Selection, StaticDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

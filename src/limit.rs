@@ -11,7 +11,9 @@
 //!
 //! Background refreshes wait for their turn (the key's last answer is served
 //! meanwhile); a cold load, where a caller waits with nothing to serve, goes ahead of
-//! them and is only ever refused by a configured [`RateLimit`].
+//! them. Cold loads are refused without a registry call only by a configured
+//! [`RateLimit`], or for a jittered backoff after another cold load of the same
+//! resolver was throttled (the account is dry for every key of the process).
 
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;

@@ -75,10 +75,13 @@ pub struct ResolverOptions {
     /// Default: none.
     pub rate_limit: Option<RateLimit>,
     /// When the registry throttles (`RequestLimitExceeded`: the account's quota is
-    /// shared by every process), pace this resolver's background refreshes at half
-    /// the rate it was sending, doubling back every 20 s while the registry answers.
-    /// Across a fleet this holds the total near the quota instead of retrying into
-    /// it. Cold loads are not held back by it. Default: true.
+    /// shared by every process), pace this resolver's background refreshes of that
+    /// operation at half the rate it was sending, doubling back every 20 s; while
+    /// DiscoverInstances is paced, a refresh due for a full fetch polls the revision
+    /// instead. A throttled cold load holds this resolver's other cold loads back for
+    /// the same jittered backoff as a failing key (they fail as
+    /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Across a fleet this
+    /// holds the total near the quota instead of retrying into it. Default: true.
     pub adapt_to_throttling: bool,
     /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
     /// from the operating system).

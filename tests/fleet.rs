@@ -45,7 +45,7 @@ fn print(reports: &[&Report]) {
 fn a_fleet_of_1000_stays_inside_the_shared_quota() {
     // Two independent runs, one per core.
     let naive = std::thread::spawn(|| Scenario::new(1000, Client::Naive).run());
-    let defaults = Scenario::new(1000, Client::Resolver(ResolverOptions::default())).run();
+    let defaults = Scenario::new(1000, Client::Resolver(Box::default())).run();
     let naive = naive.join().expect("the naive run");
     print(&[&defaults, &naive]);
 
@@ -95,7 +95,7 @@ fn a_fleet_of_1000_stays_inside_the_shared_quota() {
 #[test]
 fn slowing_down_when_throttled_beats_per_key_backoff_alone() {
     let scaled = |opts: ResolverOptions| {
-        let mut sc = Scenario::new(100, Client::Resolver(opts));
+        let mut sc = Scenario::new(100, Client::Resolver(Box::new(opts)));
         sc.discover_quota = (20, 40);
         sc.revision_quota = (60, 60);
         sc.duration = Duration::from_secs(300);

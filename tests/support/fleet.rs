@@ -44,7 +44,7 @@ fn version_port(version: u32) -> u16 {
 #[derive(Debug, Clone)]
 pub(crate) enum Client {
     /// A real `Resolver` with these options (each process gets its own seed).
-    Resolver(ResolverOptions),
+    Resolver(Box<ResolverOptions>),
     /// What a fleet does without this crate: every process re-fetches every service
     /// every TTL exactly (DiscoverInstances only: no jitter, no revision, no backoff),
     /// keeping its last good answer when throttled.
@@ -138,7 +138,7 @@ impl Scenario {
             };
             let handle = match &self.client {
                 Client::Resolver(opts) => {
-                    let mut opts = opts.clone();
+                    let mut opts = ResolverOptions::clone(opts);
                     opts.seed = Some(self.seed.wrapping_add(r as u64));
                     let resolver = Resolver::builder(source)
                         .options(opts)
