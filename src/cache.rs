@@ -23,6 +23,7 @@ use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
+use crate::limit::{Limiter, Op, Pace};
 use crate::options::ResolverOptions;
 use crate::outlier::OutlierDetector;
 use crate::recent;
@@ -374,6 +375,8 @@ pub(crate) struct Cache {
     lru: moka::sync::Cache<LruKey, ()>,
     rng: Mutex<SmallRng>,
     seed: u64,
+    /// Paces registry calls: the configured cap, and slowing down when throttled.
+    limit: Limiter,
 }
 
 impl std::fmt::Debug for Cache {
@@ -417,6 +420,7 @@ impl Cache {
             lru,
             rng: Mutex::new(SmallRng::seed_from_u64(seed)),
             seed,
+            limit: Limiter::new(opts.rate_limit, opts.adapt_to_throttling, Instant::now()),
             opts,
         }
     }
@@ -523,7 +527,8 @@ impl Cache {
                 return Err(err.clone());
             }
         }
-        match self.fetch(slot, prev.as_deref(), now).await {
+        let first = self.first_call(prev.as_deref(), now, Pace::Now);
+        match self.fetch(slot, prev.as_deref(), first, Pace::Now).await {
             Ok(snap) => {
                 gate.error = None;
                 gate.failures = 0;
@@ -567,33 +572,31 @@ impl Cache {
         &self,
         slot: &Slot,
         prev: Option<&Snapshot>,
-        now: Instant,
+        first: Op,
+        mut pace: Pace,
     ) -> Result<Arc<Snapshot>, Error> {
         let req = &slot.request;
-        // One limit for the whole fetch (revision and instances), so a cold key's
-        // wait is bounded by `fetch_timeout`, not a multiple of it.
-        let timeout = (
-            self.opts.fetch_timeout,
-            Instant::now() + self.opts.fetch_timeout,
-        );
-        if let (Some(prev), Some(full_every)) = (prev, self.opts.full_refresh_interval) {
-            if prev.revision.is_some() && now < prev.full_at + full_every {
-                bump(&self.counters.revision);
-                let rev = with_timeout(
-                    timeout,
-                    "DiscoverInstancesRevision",
-                    self.source.revision(req),
-                )
+        // One deadline for the whole fetch (revision and instances), started when
+        // the first call is sent, so a cold key's wait is bounded by `fetch_timeout`
+        // and not a multiple of it, and a refresh's wait for its turn is not counted.
+        let mut deadline = None;
+        if let Some(prev) = prev.filter(|_| first == Op::Revision) {
+            let (rev, sent) = self
+                .call(Op::Revision, &mut pace, &mut deadline, || {
+                    self.source.revision(req)
+                })
                 .await?;
-                if rev.is_some() && rev == prev.revision {
-                    let snap = Arc::new(prev.reconfirmed(now, self.opts.max_stale));
-                    slot.snapshot.store(Some(snap.clone()));
-                    return Ok(snap);
-                }
+            if rev.is_some() && rev == prev.revision {
+                let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale));
+                slot.snapshot.store(Some(snap.clone()));
+                return Ok(snap);
             }
         }
-        bump(&self.counters.discover);
-        let found = with_timeout(timeout, "DiscoverInstances", self.source.discover(req)).await?;
+        let (found, now) = self
+            .call(Op::Discover, &mut pace, &mut deadline, || {
+                self.source.discover(req)
+            })
+            .await?;
         let ns = req.namespace.as_str();
         let svc = req.service.as_str();
         let mut items = self.parse.parse_all(ns, svc, found.instances);
@@ -613,6 +616,63 @@ impl Cache {
         ));
         slot.snapshot.store(Some(snap.clone()));
         Ok(snap)
+    }
+
+    /// One registry call, when the limiter gives it a turn; returns the answer and
+    /// when the call was sent. A throttled refresh slows every refresh of the
+    /// resolver down: the account's quota is shared by every key (and process).
+    async fn call<'a, T>(
+        &'a self,
+        op: Op,
+        pace: &mut Pace,
+        deadline: &mut Option<Instant>,
+        make: impl FnOnce() -> crate::discover::BoxFuture<'a, Result<T, Error>>,
+    ) -> Result<(T, Instant), Error> {
+        self.limit.admit(op, pace).await?;
+        let sent = Instant::now();
+        let name = match op {
+            Op::Discover => {
+                bump(&self.counters.discover);
+                "DiscoverInstances"
+            }
+            Op::Revision => {
+                bump(&self.counters.revision);
+                "DiscoverInstancesRevision"
+            }
+        };
+        let limit = self.opts.fetch_timeout;
+        let until = *deadline.get_or_insert(sent + limit);
+        let result = with_timeout((limit, until), name, make()).await;
+        let throttled = matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled);
+        if *pace == Pace::Now {
+            // Cold loads back off together (the account is dry for every key) but do
+            // not lower the refresh rate, so that a fleet starting up does not leave
+            // every process pacing its refreshes at a crawl long after.
+            let now = Instant::now();
+            self.limit
+                .cold_outcome(op, throttled, now, |n| self.backoff(n));
+        } else if throttled {
+            self.limit.throttled(op, Instant::now());
+        }
+        result.map(|found| (found, sent))
+    }
+
+    /// Which call a refresh of `prev` at `now` starts with: the revision (when the
+    /// answer has one and revision polling is on) while the last full fetch is recent
+    /// enough, and for a background refresh also while this resolver waits for a
+    /// turn at DiscoverInstances, so that changes still show; health catches up at
+    /// the next full fetch.
+    fn first_call(&self, prev: Option<&Snapshot>, now: Instant, pace: Pace) -> Op {
+        let (Some(prev), Some(every)) = (prev, self.opts.full_refresh_interval) else {
+            return Op::Discover;
+        };
+        let recent = now < prev.full_at + every;
+        let waiting = pace != Pace::Now && !self.limit.ready(Op::Discover, now);
+        if prev.revision.is_some() && (recent || waiting) {
+            Op::Revision
+        } else {
+            Op::Discover
+        }
     }
 
     fn backoff(&self, failures: u32) -> Duration {
@@ -718,10 +778,10 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         if slot.evicted.load(Ordering::Relaxed) {
             return;
         }
-        let Some(cache) = weak.upgrade() else {
+        let Some(mut cache) = weak.upgrade() else {
             return;
         };
-        let now = Instant::now();
+        let mut now = Instant::now();
         let Some(cur) = slot.current() else {
             return;
         };
@@ -742,10 +802,25 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
             cur.state.store(EXPIRED, Ordering::Relaxed);
             return;
         }
+        // Wait for this resolver's turn to call the registry (see `limit`), serving
+        // the current answer meanwhile and holding no strong reference, so that a
+        // dropped resolver stops here.
+        let first = cache.first_call(Some(&cur), now, Pace::Wait);
+        if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now) {
+            if turn > now {
+                drop(cache);
+                tokio::time::sleep_until(turn).await;
+                match weak.upgrade() {
+                    Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
+                    _ => return,
+                }
+                now = Instant::now();
+            }
+        }
         let result = {
             let mut gate = slot.gate.lock().await;
             if slot.is_current(&cur) {
-                let r = cache.fetch(slot, Some(&cur), now).await;
+                let r = cache.fetch(slot, Some(&cur), first, Pace::Taken).await;
                 if r.is_ok() {
                     // A cold load's failure streak ends with any success.
                     gate.error = None;

@@ -63,6 +63,7 @@ mod instance;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 mod integrations;
 mod key;
+mod limit;
 mod name;
 mod options;
 mod outlier;
@@ -99,6 +100,7 @@ pub use integrations::tower::{BoxError, Failover, FailoverLayer};
 pub use integrations::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 pub use integrations::HostMap;
+pub use limit::RateLimit;
 pub use options::ResolverOptions;
 pub use outlier::{Outcome, OutlierOptions};
 pub use policy::{AddressPolicy, Cidr};

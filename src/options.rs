@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::budget::RetryBudgetOptions;
 use crate::call::CallOptions;
 use crate::filter::HealthFilter;
+use crate::limit::RateLimit;
 use crate::outlier::OutlierOptions;
 use crate::policy::AddressPolicy;
 use crate::select::Selection;
@@ -71,6 +72,21 @@ pub struct ResolverOptions {
     pub backoff_base: Duration,
     /// Longest delay between refresh retries. Default: 30 s.
     pub backoff_max: Duration,
+    /// A cap on this resolver's registry calls (all operations, cold loads and
+    /// refreshes): background refreshes wait for a turn, serving the last answer
+    /// meanwhile; a cold load finding the bucket empty fails as
+    /// [`Throttled`](crate::ErrorKind::Throttled) without calling the registry.
+    /// Default: none.
+    pub rate_limit: Option<RateLimit>,
+    /// When the registry throttles (`RequestLimitExceeded`: the account's quota is
+    /// shared by every process), pace this resolver's background refreshes of that
+    /// operation at half the rate it was sending, doubling back every 20 s; while
+    /// DiscoverInstances is paced, a refresh due for a full fetch polls the revision
+    /// instead. A throttled cold load holds this resolver's other cold loads back for
+    /// the same jittered backoff as a failing key (they fail as
+    /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Across a fleet this
+    /// holds the total near the quota instead of retrying into it. Default: true.
+    pub adapt_to_throttling: bool,
     /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
     /// from the operating system).
     pub seed: Option<u64>,
@@ -103,6 +119,8 @@ impl Default for ResolverOptions {
             full_refresh_interval: Some(Duration::from_secs(30)),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
+            rate_limit: None,
+            adapt_to_throttling: true,
             seed: None,
             call: CallOptions::default(),
             outlier: OutlierOptions::default(),
@@ -131,6 +149,9 @@ impl ResolverOptions {
             return Err(crate::Error::invalid(
                 "backoff_max must be at least backoff_base",
             ));
+        }
+        if let Some(limit) = &self.rate_limit {
+            limit.validate()?;
         }
         if let Selection::WeightedRandom { attribute } = &self.selection {
             crate::name::check_attribute(attribute, "")?;

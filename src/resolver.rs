@@ -14,6 +14,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::filter::HealthFilter;
 use crate::key::KeyRef;
+use crate::limit::RateLimit;
 use crate::options::ResolverOptions;
 use crate::outlier::{Outcome, OutlierOptions};
 use crate::policy::AddressPolicy;
@@ -351,6 +352,13 @@ impl ResolverBuilder {
         self
     }
 
+    /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
+    /// Default: none.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.opts.rate_limit = Some(limit);
+        self
+    }
+
     /// Seeds selection and jitter, for reproducible tests. Default: random.
     pub fn seed(mut self, seed: u64) -> Self {
         self.opts.seed = Some(seed);
@@ -393,8 +401,9 @@ impl ResolverBuilder {
     /// # Errors
     ///
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
-    /// capacity, a backoff maximum below its base, a malformed weight attribute, or
-    /// call, outlier or retry budget settings out of range.
+    /// capacity, a backoff maximum below its base, a malformed weight attribute,
+    /// call, outlier or retry budget settings out of range, or a rate limit that is
+    /// not a positive rate with a burst of at least one.
     pub fn build(self) -> Result<Resolver, Error> {
         self.opts.validate()?;
         Ok(Resolver {

@@ -1,0 +1,96 @@
+//! A fleet of resolvers sharing one Cloud Map account's quota, on simulated time.
+//!
+//! Every process is a real `Resolver` with its own seed; they share one simulated
+//! registry that throttles as Cloud Map does (DiscoverInstances 1,000/s with a 2,000
+//! burst, DiscoverInstancesRevision 3,000/s). Each process resolves 20 services at a
+//! 5 s TTL for 10 simulated minutes while one registration changes every minute. The
+//! same fleet is then run as a naive client that re-fetches every service every TTL.
+//!
+//! ```text
+//! cargo run --release --example fleet_sim            # 1,000 processes
+//! cargo run --release --example fleet_sim -- 5000    # 5,000 processes
+//! ```
+//!
+//! The assertions on these numbers live in `tests/fleet.rs`; see README "Running a
+//! fleet" for what the columns mean.
+
+#[path = "../tests/support/fleet.rs"]
+#[allow(dead_code)]
+mod fleet;
+
+use std::time::Duration;
+
+use cloudmap_resolver::ResolverOptions;
+use fleet::{Client, Report, Scenario};
+
+/// README "Running a fleet": TTL and full-refresh interval (seconds) by fleet size,
+/// for 20 services a process.
+fn recommended(processes: usize) -> (u64, u64) {
+    match processes {
+        0..=100 => (5, 30),
+        101..=1000 => (15, 120),
+        1001..=5000 => (60, 300),
+        _ => (120, 600),
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("fleet sizes are numbers"))
+        .collect();
+    let sizes = if sizes.is_empty() { vec![1000] } else { sizes };
+    println!("{}", Report::header());
+    for n in sizes {
+        let mut per_key_only = ResolverOptions::default();
+        per_key_only.adapt_to_throttling = false;
+        let (ttl, full) = recommended(n);
+        let mut tuned = ResolverOptions::default();
+        tuned.ttl = Duration::from_secs(ttl);
+        tuned.full_refresh_interval = Some(Duration::from_secs(full));
+        let only = std::env::var("FLEET_ONLY").ok();
+        for (name, label, client) in [
+            (
+                "defaults",
+                "resolver defaults".to_owned(),
+                Client::Resolver(Box::default()),
+            ),
+            (
+                "per-key",
+                "per-key backoff only".to_owned(),
+                Client::Resolver(Box::new(per_key_only.clone())),
+            ),
+            ("naive", "naive fixed interval".to_owned(), Client::Naive),
+            (
+                "tuned",
+                format!("TTL {ttl} s, full {full} s"),
+                Client::Resolver(Box::new(tuned)),
+            ),
+        ] {
+            if only
+                .as_deref()
+                .is_some_and(|o| !o.split(',').any(|o| o == name))
+            {
+                continue;
+            }
+            let started = std::time::Instant::now();
+            let mut scenario = Scenario::new(n, client);
+            scenario.label = label;
+            let report = scenario.run();
+            println!("{report}   ({:.1} s)", started.elapsed().as_secs_f64());
+            if std::env::var_os("FLEET_DETAIL").is_some() {
+                for m in 0..10 {
+                    let (o, a) = report.discover.between(m * 60, m * 60 + 60);
+                    let (ro, ra) = report.revision.between(m * 60, m * 60 + 60);
+                    println!("  minute {m}: DI {o}/{a}  DIR {ro}/{ra}");
+                }
+                for c in &report.changes {
+                    println!(
+                        "  change svc {} v{} at {:?}: reached {} p99 {:?}",
+                        c.service, c.version, c.at, c.reached, c.p99_after
+                    );
+                }
+            }
+        }
+    }
+}

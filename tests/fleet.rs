@@ -1,0 +1,168 @@
+//! Fleet scale on simulated time: many resolvers sharing one account's Cloud Map
+//! quota (see `support/fleet.rs` for the simulation and `examples/fleet_sim.rs` for
+//! the report table). Every number asserted is a count or a share; the clock is
+//! tokio's paused one, so nothing here depends on how fast the machine is.
+
+#[path = "support/fleet.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod fleet;
+mod support;
+
+use std::time::Duration;
+
+use cloudmap_resolver::{
+    ErrorKind, Instance, RateLimit, Resolver, ResolverOptions, StaticDiscovery,
+};
+use fleet::{Calls, Client, Report, Scenario};
+use support::counting::Counting;
+
+/// Admitted calls never beyond the account's token bucket: per simulated second at
+/// most the burst plus a second's refill, and over any prefix of the run at most the
+/// burst plus the refill so far.
+fn assert_within_bucket(op: &str, calls: &Calls, (rate, burst): (u32, u32)) {
+    let (rate, burst) = (u64::from(rate), u64::from(burst));
+    let mut total = 0;
+    for (second, &n) in calls.admitted_per_second.iter().enumerate() {
+        assert!(n <= burst + rate, "{op}: {n} admitted in second {second}");
+        total += n;
+        let allowed = burst + rate * (second as u64 + 1);
+        assert!(
+            total <= allowed,
+            "{op}: {total} admitted by second {second}, bucket allows {allowed}"
+        );
+    }
+    assert_eq!(total, calls.admitted);
+}
+
+fn print(reports: &[&Report]) {
+    println!("{}", Report::header());
+    for r in reports {
+        println!("{r}");
+    }
+}
+
+#[test]
+fn a_fleet_of_1000_stays_inside_the_shared_quota() {
+    // Two independent runs, one per core.
+    let naive = std::thread::spawn(|| Scenario::new(1000, Client::Naive).run());
+    let defaults = Scenario::new(1000, Client::Resolver(Box::default())).run();
+    let naive = naive.join().expect("the naive run");
+    print(&[&defaults, &naive]);
+
+    assert!(
+        defaults.resolves > 1000 * 20 * 190,
+        "callers kept resolving"
+    );
+    assert_eq!(
+        defaults.warm_failures, 0,
+        "a key once answered is always answered"
+    );
+    assert_within_bucket(
+        "DiscoverInstances",
+        &defaults.discover,
+        defaults.discover_quota,
+    );
+    assert_within_bucket(
+        "DiscoverInstancesRevision",
+        &defaults.revision,
+        defaults.revision_quota,
+    );
+    assert!(
+        defaults.throttled_share() < 0.10,
+        "{:.1}% of calls throttled",
+        100.0 * defaults.throttled_share()
+    );
+    assert_eq!(defaults.changes.len(), 10, "a change a minute");
+    let slowest = defaults
+        .worst_p99_propagation()
+        .expect("every change reached 99% of the fleet");
+    assert!(
+        slowest <= Duration::from_secs(60),
+        "a change took {slowest:?} to reach 99%"
+    );
+    assert!(
+        naive.throttled_share() > defaults.throttled_share(),
+        "the naive fixed interval is throttled more: {:.1}% vs {:.1}%",
+        100.0 * naive.throttled_share(),
+        100.0 * defaults.throttled_share()
+    );
+}
+
+/// The same fleet with the account's quota cut to a fiftieth (so a fleet of 100
+/// overloads it as 5,000 processes would the real one): slowing down when throttled
+/// refuses far fewer calls than backing off per key alone, and still serves every
+/// warm key.
+#[test]
+fn slowing_down_when_throttled_beats_per_key_backoff_alone() {
+    let scaled = |opts: ResolverOptions| {
+        let mut sc = Scenario::new(100, Client::Resolver(Box::new(opts)));
+        sc.discover_quota = (20, 40);
+        sc.revision_quota = (60, 60);
+        sc.duration = Duration::from_secs(300);
+        sc.run()
+    };
+    let adaptive = scaled(ResolverOptions::default());
+    let mut off = ResolverOptions::default();
+    off.adapt_to_throttling = false;
+    let per_key = scaled(off);
+    print(&[&adaptive, &per_key]);
+
+    for r in [&adaptive, &per_key] {
+        assert_eq!(r.warm_failures, 0);
+        assert_within_bucket("DiscoverInstances", &r.discover, r.discover_quota);
+        assert_within_bucket("DiscoverInstancesRevision", &r.revision, r.revision_quota);
+    }
+    assert!(
+        adaptive.throttled_share() * 2.0 < per_key.throttled_share(),
+        "adaptive {:.1}% vs per key {:.1}% throttled",
+        100.0 * adaptive.throttled_share(),
+        100.0 * per_key.throttled_share()
+    );
+}
+
+/// A configured cap: refreshes wait for turns (the last answer is served meanwhile);
+/// a cold load finding the bucket empty fails as throttled without a registry call.
+#[tokio::test(start_paused = true)]
+async fn rate_limit_caps_one_resolvers_calls() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let mut registry = StaticDiscovery::new();
+    for s in 0..10 {
+        registry =
+            registry.with_instance("ns", format!("s{s}"), Instance::new("i").ipv4(ip).port(80));
+    }
+    let source = Counting::new(registry);
+    let resolver = Resolver::builder(source.clone())
+        .rate_limit(RateLimit::new(1.0, 4))
+        .seed(1)
+        .build()
+        .unwrap();
+
+    for s in 0..4 {
+        resolver.resolve("ns", &format!("s{s}")).await.unwrap();
+    }
+    assert_eq!(source.discover_calls(), 4, "the burst");
+    let err = resolver.resolve("ns", "s4").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    assert_eq!(
+        source.discover_calls(),
+        4,
+        "refused without a registry call"
+    );
+
+    // Four keys in use, each refreshed about every 4 s: 1 call/s is the cap, so
+    // over a minute the calls stay within the burst plus one a second, and the four
+    // keys keep being served.
+    let start = tokio::time::Instant::now();
+    let mut calls = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for s in 0..4 {
+            resolver.resolve("ns", &format!("s{s}")).await.unwrap();
+        }
+        // The bucket was empty after the cold loads: one call a second since.
+        calls = source.discover_calls() + source.revision_calls() - 4;
+        let elapsed = start.elapsed().as_secs();
+        assert!(calls <= elapsed, "{calls} refresh calls after {elapsed} s");
+    }
+    assert!(calls >= 40, "refreshes kept going: {calls} calls");
+}
