@@ -14,8 +14,12 @@
 //!
 //! Every `resolve` is polled once with a no-op waker inside the runtime's context
 //! (see `benches/warm.rs`); the printed fallbacks count any that were not ready.
-//! `call` overhead is not measured here: `Resolver::call` is not in this tree yet.
+//! - `call/immediate`: `resolver.call(ns, svc, op)` on the same warm key with an `op`
+//!   that succeeds at once: what failover costs when nothing fails (the candidates in
+//!   selection order, the budget and outlier bookkeeping), beside `call/resolve`, a
+//!   plain `resolve` measured in the same group.
 
+use std::future::IntoFuture;
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -118,5 +122,31 @@ fn throughput(c: &mut Criterion) {
     report_fallbacks("throughput");
 }
 
-criterion_group!(benches, scaling, throughput);
+fn call(c: &mut Criterion) {
+    let rt = runtime();
+    let _enter = rt.enter();
+    let resolver = loaded(&rt, 1, 8);
+    let mut g = c.benchmark_group("call");
+    g.bench_function("resolve", |b| {
+        let (ns, svc) = black_box(("shared", "svc-0"));
+        b.iter(|| now_or_block(&rt, resolver.resolve(ns, svc)))
+    });
+    g.bench_function("immediate", |b| {
+        let (ns, svc) = black_box(("shared", "svc-0"));
+        b.iter(|| {
+            now_or_block(
+                &rt,
+                resolver
+                    .call(ns, svc, |ep| async move {
+                        Ok::<_, std::convert::Infallible>(ep)
+                    })
+                    .into_future(),
+            )
+        })
+    });
+    g.finish();
+    report_fallbacks("call");
+}
+
+criterion_group!(benches, scaling, throughput, call);
 criterion_main!(benches);

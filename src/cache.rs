@@ -809,6 +809,17 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now) {
             if turn > now {
                 drop(cache);
+                if turn >= cur.stale_until {
+                    // No waiting for a turn past the answer's max-stale age: the
+                    // warm path does not read the clock, so the answer must be
+                    // marked expired on time, turn or no turn.
+                    tokio::time::sleep_until(cur.stale_until).await;
+                    if slot.is_current(&cur) {
+                        cur.state.store(EXPIRED, Ordering::Relaxed);
+                        return;
+                    }
+                    continue;
+                }
                 tokio::time::sleep_until(turn).await;
                 match weak.upgrade() {
                     Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,

@@ -161,21 +161,33 @@ async fn cold_key_during_outage_fails_fast() {
     );
     assert_eq!(full(&proxy), 2);
 
-    proxy.set_fault(Fault::Throttle);
-    let e = resolver.resolve(&ns, "cold-b").await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Throttled, "{e}");
-    assert_eq!(full(&proxy), 3);
-
     proxy.set_fault(Fault::Hang);
     let e = resolver.resolve(&ns, "cold-c").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable);
     assert!(e.message().contains("longer than 300ms"), "{e}");
-    assert_eq!(full(&proxy), 4);
+    assert_eq!(full(&proxy), 3);
 
+    proxy.set_fault(Fault::Throttle);
+    let e = resolver.resolve(&ns, "cold-b").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Throttled, "{e}");
+    assert_eq!(full(&proxy), 4);
+    // The account's quota is spent for every key: a throttled cold load holds back
+    // the resolver's other cold loads, which fail at once without a call.
+    let e = resolver.resolve(&ns, "cold-e").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Throttled, "{e}");
+    assert_eq!(full(&proxy), 4, "held back, not sent");
     assert!(
         resolver.resolve(&ns, "api").await.is_ok(),
         "warm key served"
     );
+
+    // A stopped registry, on a resolver that was never throttled.
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let resolver = Resolver::builder(CloudMapDiscovery::new(&moto::sdk_config(&proxy.url())))
+        .fetch_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    resolver.resolve(&ns, "api").await.unwrap();
     drop(proxy);
     let e = resolver.resolve(&ns, "cold-d").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "stopped registry: {e}");
@@ -369,16 +381,17 @@ async fn stale_answer_expires_after_max_stale() {
     assert_eq!(e.kind(), ErrorKind::Throttled);
 }
 
-/// Throttling with 50 warm keys for 60 s: each key backs off on its own, so the
-/// registry sees at most 9 calls per key (450 in all) instead of one per refresh
-/// (about 70 per key), and no key is starved or stormed.
-#[tokio::test(start_paused = true)]
-async fn throttled_keys_back_off_independently() {
+/// 50 warm keys resolved every 500 ms while the registry throttles for 60 s; the
+/// registry calls made per key after the throttling began.
+async fn throttled_calls_per_key(adapt_to_throttling: bool) -> BTreeMap<String, u64> {
     let source = Timed::new(Counting::new(services(50)));
     let counting = source.inner.clone();
+    let mut opts = ResolverOptions::default();
+    opts.ttl = Duration::from_secs(1);
+    opts.seed = Some(23);
+    opts.adapt_to_throttling = adapt_to_throttling;
     let resolver = Resolver::builder(source.clone())
-        .ttl(Duration::from_secs(1))
-        .seed(23)
+        .options(opts)
         .build()
         .unwrap();
     let names: Vec<String> = (0..50).map(|i| format!("svc-{i}")).collect();
@@ -399,10 +412,22 @@ async fn throttled_keys_back_off_independently() {
             *per_key.entry(svc).or_default() += 1;
         }
     }
-    let sum: u64 = per_key.values().sum();
+    per_key
+}
+
+/// Throttling with 50 warm keys for 60 s. Per-key backoff alone
+/// (`adapt_to_throttling = false`): each key backs off on its own, so the registry
+/// sees at most 9 calls per key (450 in all) instead of one per refresh (about 70 per
+/// key), and no key is starved or stormed. With the defaults the resolver also slows
+/// all its refreshes down (the quota is the account's, not the key's): never more
+/// calls than per-key backoff alone, and every resolve still served.
+#[tokio::test(start_paused = true)]
+async fn throttled_keys_back_off_independently() {
     let bound = default_bound(Duration::from_secs(60));
+    let per_key = throttled_calls_per_key(false).await;
+    let sum: u64 = per_key.values().sum();
     println!(
-        "paused: 50 keys throttled for 60 s: {sum} registry calls (bound {}), per key {}..={}",
+        "paused: 50 keys throttled for 60 s, per-key backoff: {sum} registry calls (bound {}), per key {}..={}",
         bound * 50,
         per_key.values().min().unwrap(),
         per_key.values().max().unwrap()
@@ -411,6 +436,15 @@ async fn throttled_keys_back_off_independently() {
     assert!(
         per_key.values().all(|&c| (5..=bound).contains(&c)),
         "{per_key:?}"
+    );
+
+    let adaptive: u64 = throttled_calls_per_key(true).await.values().sum();
+    println!(
+        "paused: the same with the defaults (resolver-wide pacing): {adaptive} registry calls"
+    );
+    assert!(
+        adaptive > 0 && adaptive <= sum,
+        "{adaptive} calls with pacing vs {sum}"
     );
 }
 
