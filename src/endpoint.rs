@@ -88,8 +88,10 @@ pub(crate) struct EndpointSet {
 
 /// A separately counted reference to a set. A cache entry holds one per stripe of
 /// threads, so that endpoints cloned on different threads bump different reference
-/// counts instead of fighting over one cache line.
+/// counts instead of fighting over one cache line. Aligned to a line, since the
+/// stripes' small allocations would otherwise sit side by side and share one.
 #[derive(Debug)]
+#[repr(align(64))]
 pub(crate) struct SetRef(pub(crate) Arc<EndpointSet>);
 
 impl Endpoint {
