@@ -10,26 +10,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use cloudmap_resolver::{HostMap, HyperResolver, Instance, Resolver, StaticDiscovery};
+use cloudmap_resolver::{HostMap, HyperResolver, Resolver, StaticDiscovery};
 use support::counting::Counting;
-use support::http::{HttpServer, Mode};
+use support::http::{registry, three_servers, HttpServer, Mode};
 use support::net::closed_port;
 
 type HttpClient = Client<HttpConnector<HyperResolver>, Full<Bytes>>;
-
-fn registry(instances: &[(&str, u16)]) -> StaticDiscovery {
-    instances
-        .iter()
-        .fold(StaticDiscovery::new(), |reg, (id, port)| {
-            reg.with_instance(
-                "shared",
-                "web",
-                Instance::new(*id)
-                    .ipv4("127.0.0.1".parse().unwrap())
-                    .port(*port),
-            )
-        })
-}
 
 /// A client that opens a connection per request, so that every request resolves.
 fn client(resolver: HyperResolver) -> HttpClient {
@@ -51,16 +37,7 @@ async fn get(
 /// Three instances on one IP, each on its own port, reached evenly by name.
 #[tokio::test]
 async fn reaches_instances_on_their_own_ports() {
-    let servers = [
-        HttpServer::start("a").await,
-        HttpServer::start("b").await,
-        HttpServer::start("c").await,
-    ];
-    let reg = registry(&[
-        ("a", servers[0].port()),
-        ("b", servers[1].port()),
-        ("c", servers[2].port()),
-    ]);
+    let (servers, reg) = three_servers().await;
     let resolver = Resolver::builder(reg).build().unwrap();
     let client = client(resolver.hyper_resolver());
     for _ in 0..30 {

@@ -7,25 +7,11 @@ mod support;
 use std::collections::BTreeMap;
 
 use cloudmap_resolver::{
-    CallStop, FailoverClient, FailoverError, HostMap, Instance, Resolver, StaticDiscovery,
+    CallStop, FailoverClient, FailoverError, HostMap, Resolver, StaticDiscovery,
 };
 use support::counting::Counting;
-use support::http::{HttpServer, Mode};
+use support::http::{registry, three_servers, HttpServer, Mode};
 use support::net::closed_port;
-
-fn instance(id: &str, port: u16) -> Instance {
-    Instance::new(id)
-        .ipv4("127.0.0.1".parse().unwrap())
-        .port(port)
-}
-
-fn registry(instances: &[(&str, u16)]) -> StaticDiscovery {
-    instances
-        .iter()
-        .fold(StaticDiscovery::new(), |reg, (id, port)| {
-            reg.with_instance("shared", "web", instance(id, *port))
-        })
-}
 
 /// A client through the resolver that opens a connection per request, so that
 /// every request resolves (reqwest pools connections by host name).
@@ -55,16 +41,7 @@ fn tally<'a>(names: impl IntoIterator<Item = &'a str>) -> BTreeMap<String, usize
 /// three, evenly (round-robin), with the service's name as the Host header.
 #[tokio::test]
 async fn resolver_reaches_instances_on_their_own_ports() {
-    let servers = [
-        HttpServer::start("a").await,
-        HttpServer::start("b").await,
-        HttpServer::start("c").await,
-    ];
-    let reg = registry(&[
-        ("a", servers[0].port()),
-        ("b", servers[1].port()),
-        ("c", servers[2].port()),
-    ]);
+    let (servers, reg) = three_servers().await;
     let resolver = Resolver::builder(reg).build().unwrap();
     let client = dns_client(&resolver);
     let mut bodies = Vec::new();

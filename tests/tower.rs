@@ -12,28 +12,13 @@ use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 
 use cloudmap_resolver::{
-    BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap, Instance, Resolver,
-    StaticDiscovery,
+    BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap, Resolver, StaticDiscovery,
 };
 use support::counting::Counting;
-use support::http::{HttpServer, Mode};
+use support::http::{registry, three_servers, HttpServer, Mode};
 use support::net::closed_port;
 
 type Svc = Failover<Client<HttpConnector, Full<Bytes>>>;
-
-fn registry(instances: &[(&str, u16)]) -> StaticDiscovery {
-    instances
-        .iter()
-        .fold(StaticDiscovery::new(), |reg, (id, port)| {
-            reg.with_instance(
-                "shared",
-                "web",
-                Instance::new(*id)
-                    .ipv4("127.0.0.1".parse().unwrap())
-                    .port(*port),
-            )
-        })
-}
 
 fn service(layer: FailoverLayer) -> Svc {
     let client = Client::builder(TokioExecutor::new()).build_http();
@@ -60,16 +45,7 @@ async fn send(
 /// Three instances on one IP, each on its own port, picked round-robin per request.
 #[tokio::test]
 async fn reaches_instances_on_their_own_ports() {
-    let servers = [
-        HttpServer::start("a").await,
-        HttpServer::start("b").await,
-        HttpServer::start("c").await,
-    ];
-    let reg = registry(&[
-        ("a", servers[0].port()),
-        ("b", servers[1].port()),
-        ("c", servers[2].port()),
-    ]);
+    let (servers, reg) = three_servers().await;
     let svc = service(FailoverLayer::new(Resolver::builder(reg).build().unwrap()));
     for _ in 0..30 {
         assert_eq!(

@@ -1,6 +1,7 @@
 //! HTTP servers on loopback for the client integrations: each answers with its own
 //! name, counts what it received, and fails on command.
 
+use cloudmap_resolver::{Instance, StaticDiscovery};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -140,4 +141,35 @@ async fn handle(
         .status(status)
         .body(Full::new(Bytes::from_static(name.as_bytes())))
         .unwrap())
+}
+
+/// `shared/web` listing these instances on 127.0.0.1, each on its own port.
+pub fn registry(instances: &[(&str, u16)]) -> StaticDiscovery {
+    instances
+        .iter()
+        .fold(StaticDiscovery::new(), |reg, (id, port)| {
+            reg.with_instance(
+                "shared",
+                "web",
+                Instance::new(*id)
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(*port),
+            )
+        })
+}
+
+/// Three live servers, `a`, `b` and `c`, on their own ports, and the registry
+/// listing them as `shared/web`.
+pub async fn three_servers() -> ([HttpServer; 3], StaticDiscovery) {
+    let servers = [
+        HttpServer::start("a").await,
+        HttpServer::start("b").await,
+        HttpServer::start("c").await,
+    ];
+    let reg = registry(&[
+        ("a", servers[0].port()),
+        ("b", servers[1].port()),
+        ("c", servers[2].port()),
+    ]);
+    (servers, reg)
 }
