@@ -182,14 +182,8 @@ pub(super) fn with_ip(inst: Instance, ip: IpAddr) -> Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::dns::tests::a;
     use crate::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
-
-    fn a(ip: &str, ttl: u32) -> AddrRecord {
-        AddrRecord {
-            ip: ip.parse().unwrap(),
-            ttl,
-        }
-    }
 
     fn ids(v: &[Instance]) -> Vec<&str> {
         v.iter().map(Instance::id).collect()

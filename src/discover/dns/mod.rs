@@ -658,7 +658,8 @@ struct SrvAnswer {
 mod tests {
     use super::*;
 
-    fn a(ip: &str, ttl: u32) -> AddrRecord {
+    /// An address record, for the tests here and in `merge`.
+    pub(super) fn a(ip: &str, ttl: u32) -> AddrRecord {
         AddrRecord {
             ip: ip.parse().unwrap(),
             ttl,
