@@ -39,7 +39,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 
     println!("1. HttpConnector::new_with_resolver(resolver.hyper_resolver()):");
     let names = HostMap::namespaces(["shared"]);
-    let connector = HttpConnector::new_with_resolver(resolver.hyper_resolver().hosts(names.clone()));
+    let connector =
+        HttpConnector::new_with_resolver(resolver.hyper_resolver().hosts(names.clone()));
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);

@@ -359,7 +359,11 @@ async fn timed_out_attempt_is_not_repeated_when_timeouts_are_not_retryable() {
             .retry_timeouts(retry)
             .await
             .unwrap_err();
-        assert_eq!(runs.load(Ordering::Relaxed), runs_wanted, "retry_timeouts({retry})");
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            runs_wanted,
+            "retry_timeouts({retry})"
+        );
         assert_eq!(err.stop(), stop);
         assert_eq!(err.attempts().len() as u64, runs_wanted);
         assert!(err

@@ -130,7 +130,9 @@ async fn resolver_passes_other_names_to_dns() {
     assert_eq!(server.hits(), 2);
     assert_eq!(counting.discover_calls(), 0);
 
-    let fc = resolver.failover_client(reqwest::Client::new()).hosts(shared());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     let url = format!("http://localhost:{}/", server.port());
     let resp = fc.send(fc.client().get(&url)).await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "local");
@@ -178,7 +180,9 @@ async fn failover_client_moves_on_after_503() {
     let resolver = Resolver::builder(registry(&[("sick", sick.port()), ("good", good.port())]))
         .build()
         .unwrap();
-    let fc = resolver.failover_client(reqwest::Client::new()).hosts(shared());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     for _ in 0..10 {
         let resp = fc
             .send(fc.client().get("http://web.shared/"))
@@ -209,7 +213,9 @@ async fn failover_client_does_not_repeat_a_post() {
     let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
         .build()
         .unwrap();
-    let fc = resolver.failover_client(reqwest::Client::new()).hosts(shared());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     let err = fc
         .send(
             fc.client()
@@ -262,7 +268,9 @@ async fn failover_client_sends_an_unsent_post_elsewhere() {
     let resolver = Resolver::builder(registry(&[("dead", dead.port()), ("live", live.port())]))
         .build()
         .unwrap();
-    let fc = resolver.failover_client(reqwest::Client::new()).hosts(shared());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     for n in 0..4 {
         let resp = fc
             .send(
@@ -306,14 +314,24 @@ async fn post_is_sent_once_even_when_the_attempt_times_out() {
         .hosts(shared());
 
     let err = fc
-        .send(fc.client().post("http://web.shared/orders").body("one order"))
+        .send(
+            fc.client()
+                .post("http://web.shared/orders")
+                .body("one order"),
+        )
         .await
         .unwrap_err();
     let call = err.call_error().expect("a call error");
     assert_eq!(call.attempts().len(), 1, "{call}");
-    assert!(matches!(call.attempts()[0].error(), AttemptError::TimedOut(_)));
+    assert!(matches!(
+        call.attempts()[0].error(),
+        AttemptError::TimedOut(_)
+    ));
     assert_eq!(call.stop(), CallStop::NotRetryable);
-    assert!(a.hits() + b.hits() <= 1, "the POST reached one server at most");
+    assert!(
+        a.hits() + b.hits() <= 1,
+        "the POST reached one server at most"
+    );
 
     let err = fc
         .send(fc.client().get("http://web.shared/"))
@@ -352,7 +370,11 @@ async fn cname_endpoints_are_judged_by_the_address_policy() {
             .send(fc.client().post("http://web.shared/").body("x"))
             .await;
         assert!(post.is_err(), "{host}: {post:?}");
-        assert_eq!(victim.hits(), 0, "{host}: nothing reached the denied address");
+        assert_eq!(
+            victim.hits(),
+            0,
+            "{host}: nothing reached the denied address"
+        );
     }
     let resolver = with_attempt_timeout(cname("2130706433"), None);
     let fc = resolver
@@ -413,7 +435,10 @@ async fn host_header_never_carries_credentials() {
     let hosts: Vec<String> = server.seen().into_iter().map(|s| s.host).collect();
     assert_eq!(
         hosts,
-        ["web.shared".to_owned(), format!("web.shared:{}", server.port())]
+        [
+            "web.shared".to_owned(),
+            format!("web.shared:{}", server.port())
+        ]
     );
 }
 
@@ -426,7 +451,9 @@ async fn ip_literal_hosts_never_reach_the_registry() {
     let resolver = Resolver::builder(counting.clone()).build().unwrap();
     let fc = resolver
         .failover_client(reqwest::Client::new())
-        .hosts(HostMap::from_fn(|_| Some(("shared".to_owned(), "web".to_owned()))));
+        .hosts(HostMap::from_fn(|_| {
+            Some(("shared".to_owned(), "web".to_owned()))
+        }));
     for host in ["127.0.0.1", "2130706433", "0x7f000001"] {
         let url = format!("http://{host}:{}/", server.port());
         let resp = fc.send(fc.client().get(&url)).await.unwrap();

@@ -200,14 +200,26 @@ async fn post_is_sent_once_even_when_the_attempt_times_out() {
     let err = send(&svc, "POST", "http://web.shared/orders", "one order")
         .await
         .unwrap_err();
-    let call = err.downcast_ref::<CallError<BoxError>>().expect("a call error");
+    let call = err
+        .downcast_ref::<CallError<BoxError>>()
+        .expect("a call error");
     assert_eq!(call.attempts().len(), 1, "{call}");
-    assert!(matches!(call.attempts()[0].error(), AttemptError::TimedOut(_)));
+    assert!(matches!(
+        call.attempts()[0].error(),
+        AttemptError::TimedOut(_)
+    ));
     assert_eq!(call.stop(), CallStop::NotRetryable);
-    assert!(a.hits() + b.hits() <= 1, "the POST reached one server at most");
+    assert!(
+        a.hits() + b.hits() <= 1,
+        "the POST reached one server at most"
+    );
 
-    let err = send(&svc, "GET", "http://web.shared/", "").await.unwrap_err();
-    let call = err.downcast_ref::<CallError<BoxError>>().expect("a call error");
+    let err = send(&svc, "GET", "http://web.shared/", "")
+        .await
+        .unwrap_err();
+    let call = err
+        .downcast_ref::<CallError<BoxError>>()
+        .expect("a call error");
     assert_eq!(call.attempts().len(), 2, "a GET may go to both: {call}");
     assert_eq!(call.stop(), CallStop::EndpointsUsed);
 }
@@ -233,7 +245,11 @@ async fn cname_endpoints_are_judged_by_the_address_policy() {
             let err = send(&svc, method, "http://web.shared/", "x").await;
             assert!(err.is_err(), "{host} {method}: {err:?}");
         }
-        assert_eq!(victim.hits(), 0, "{host}: nothing reached the denied address");
+        assert_eq!(
+            victim.hits(),
+            0,
+            "{host}: nothing reached the denied address"
+        );
     }
     let reg = StaticDiscovery::new().with_instance(
         "shared",
@@ -337,6 +353,9 @@ async fn host_header_never_carries_credentials() {
     let hosts: Vec<String> = server.seen().into_iter().map(|s| s.host).collect();
     assert_eq!(
         hosts,
-        ["web.shared".to_owned(), format!("web.shared:{}", server.port())]
+        [
+            "web.shared".to_owned(),
+            format!("web.shared:{}", server.port())
+        ]
     );
 }

@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::error::ErrorKind;
-#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
-use crate::{error::Error, resolver::Resolver};
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
 use crate::{call::MAX_ATTEMPTS, endpoint::Endpoint, key::KeyRef};
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+use crate::{error::Error, resolver::Resolver};
 
 #[cfg(feature = "reqwest")]
 pub(crate) mod failover_client;
@@ -480,12 +480,15 @@ mod tests {
                 .unwrap(),
             Lookup::PassThrough
         ));
-        assert!(matches!(
-            lookup(&resolver, &HostMap::any(), "www.example.com")
-                .await
-                .unwrap(),
-            Lookup::Service(_)
-        ), "the explicit opt-in still maps it");
+        assert!(
+            matches!(
+                lookup(&resolver, &HostMap::any(), "www.example.com")
+                    .await
+                    .unwrap(),
+                Lookup::Service(_)
+            ),
+            "the explicit opt-in still maps it"
+        );
     }
 
     /// Addresses handed to a connector pass the address policy, whatever the source.
@@ -493,15 +496,25 @@ mod tests {
     #[tokio::test]
     async fn connector_addresses_pass_the_policy() {
         let reg = StaticDiscovery::new()
-            .with_instance("shared", "web", Instance::new("a").ipv4("127.0.0.1".parse().unwrap()).port(1))
-            .with_instance("shared", "web", Instance::new("b").ipv4("127.0.0.2".parse().unwrap()).port(2));
+            .with_instance(
+                "shared",
+                "web",
+                Instance::new("a")
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1),
+            )
+            .with_instance(
+                "shared",
+                "web",
+                Instance::new("b")
+                    .ipv4("127.0.0.2".parse().unwrap())
+                    .port(2),
+            );
         let mut opts = crate::ResolverOptions::default();
-        opts.address_policy =
-            crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap());
+        opts.address_policy = crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap());
         let resolver = Resolver::builder(reg).options(opts).build().unwrap();
         let hosts = HostMap::namespaces(["shared"]);
-        let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap()
-        else {
+        let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap() else {
             panic!("a service");
         };
         assert_eq!(addrs, ["127.0.0.2:2".parse().unwrap()]);

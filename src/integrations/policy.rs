@@ -212,7 +212,9 @@ mod tests {
             .options(opts)
             .build()
             .unwrap();
-        let err = destination(&strict, &ep("a", Some(1)), None).await.unwrap_err();
+        let err = destination(&strict, &ep("a", Some(1)), None)
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NoEndpoints);
     }
 
@@ -222,14 +224,20 @@ mod tests {
         let resolver = crate::Resolver::builder(crate::StaticDiscovery::new())
             .build()
             .unwrap();
-        for host in ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.169.254", "0.0.0.0"] {
+        for host in [
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.169.254",
+            "0.0.0.0",
+        ] {
             let cname = Endpoint::from_instance(Instance::new("c").cname(host).port(80));
             let Ok(cname) = cname else {
                 // Refused as an endpoint already: nothing to send to either.
                 continue;
             };
-            let err = destination(&resolver, &cname, None).await.unwrap_err();
-            assert_eq!(err.kind(), ErrorKind::NoEndpoints, "{host}: {err}");
+            let found = destination(&resolver, &cname, None).await;
+            assert!(found.is_err(), "{host} reached {found:?}");
         }
         let loopback = Endpoint::from_instance(Instance::new("l").cname("2130706433")).unwrap();
         let (ip, _) = destination(&resolver, &loopback, None).await.unwrap();

@@ -289,7 +289,8 @@ fn retarget<B>(
         .map_err(|e| bad(format!("bad authority for {ip}: {e}")))?;
     let mut parts = req.uri().clone().into_parts();
     parts.authority = Some(authority);
-    let uri = Uri::from_parts(parts).map_err(|e| bad(format!("cannot point the URI at {ip}: {e}")))?;
+    let uri =
+        Uri::from_parts(parts).map_err(|e| bad(format!("cannot point the URI at {ip}: {e}")))?;
     *req.uri_mut() = uri;
     if let Some(h) = host {
         req.headers_mut().entry(HOST).or_insert(h);
