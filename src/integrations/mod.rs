@@ -510,8 +510,10 @@ mod tests {
                     .ipv4("127.0.0.2".parse().unwrap())
                     .port(2),
             );
-        let mut opts = crate::ResolverOptions::default();
-        opts.address_policy = crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap());
+        let opts = crate::ResolverOptions {
+            address_policy: crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap()),
+            ..Default::default()
+        };
         let resolver = Resolver::builder(reg).options(opts).build().unwrap();
         let hosts = HostMap::namespaces(["shared"]);
         let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap() else {

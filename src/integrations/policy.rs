@@ -206,8 +206,10 @@ mod tests {
         let (ip, p) = destination(&resolver, &v6, None).await.unwrap();
         assert_eq!(authority(ip, p), "[::1]:81");
 
-        let mut opts = crate::ResolverOptions::default();
-        opts.address_policy = crate::AddressPolicy::default().deny("127.0.0.0/8".parse().unwrap());
+        let opts = crate::ResolverOptions {
+            address_policy: crate::AddressPolicy::default().deny("127.0.0.0/8".parse().unwrap()),
+            ..Default::default()
+        };
         let strict = crate::Resolver::builder(crate::StaticDiscovery::new())
             .options(opts)
             .build()
