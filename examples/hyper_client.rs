@@ -14,7 +14,7 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use tower::{ServiceBuilder, ServiceExt};
 
-use cloudmap_resolver::{FailoverLayer, Instance, Resolver, StaticDiscovery};
+use cloudmap_resolver::{FailoverLayer, HostMap, Instance, Resolver, StaticDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -38,7 +38,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("shared/web: blue-1 and blue-2 on their own ports, crashed refuses connections.\n");
 
     println!("1. HttpConnector::new_with_resolver(resolver.hyper_resolver()):");
-    let connector = HttpConnector::new_with_resolver(resolver.hyper_resolver());
+    let names = HostMap::namespaces(["shared"]);
+    let connector =
+        HttpConnector::new_with_resolver(resolver.hyper_resolver().hosts(names.clone()));
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
@@ -55,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!("2. FailoverLayer around a plain client: a pick per request, failover per request.");
     let plain = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
     let svc = ServiceBuilder::new()
-        .layer(FailoverLayer::new(resolver.clone()))
+        .layer(FailoverLayer::new(resolver.clone()).hosts(names))
         .service(plain);
     let mut seen = BTreeMap::new();
     for _ in 0..30 {

@@ -55,7 +55,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("2. FailoverClient: each request to a picked instance, the next one on failure;");
     println!("   after 5 refusals the crashed instance is ejected.");
-    let failover = resolver.failover_client(reqwest::Client::new());
+    let failover = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(HostMap::namespaces(["shared"]));
     let mut seen = BTreeMap::new();
     for _ in 0..30 {
         let resp = failover

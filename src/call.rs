@@ -85,7 +85,9 @@ type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 /// first, then the next endpoints in the registry's order, ejected endpoints last; at
 /// most [`max_attempts`](Self::max_attempts). An attempt that fails with a retryable
 /// error (every error, unless [`retry_if`](Self::retry_if) says otherwise) or times
-/// out counts as a failure of its endpoint for outlier detection; retries are paid
+/// out counts as a failure of its endpoint for outlier detection; whether a timed-out
+/// attempt is followed by another is [`retry_timeouts`](Self::retry_timeouts)'s to say
+/// (an operation that must not run twice turns it off); retries are paid
 /// for from the resolver's [retry budget](crate::RetryBudgetOptions). The future is
 /// `Send` when the operation and its future are.
 ///
@@ -125,6 +127,7 @@ pub struct Call<'a, F, E> {
     health: HealthFilter,
     op: F,
     retry_if: Option<RetryIf<'a, E>>,
+    retry_timeouts: bool,
     opts: CallOptions,
 }
 
@@ -137,6 +140,7 @@ impl<F, E> fmt::Debug for Call<'_, F, E> {
             .field("optional", &self.optional)
             .field("health", &self.health)
             .field("retry_if", &self.retry_if.as_ref().map(|_| ".."))
+            .field("retry_timeouts", &self.retry_timeouts)
             .field("opts", &self.opts)
             .finish_non_exhaustive()
     }
@@ -162,6 +166,7 @@ impl<'a, F, E> Call<'a, F, E> {
             health: target.health,
             op,
             retry_if: None,
+            retry_timeouts: true,
             opts: resolver.options().call.clone(),
         }
     }
@@ -173,8 +178,9 @@ impl<'a, F, E> Call<'a, F, E> {
         self
     }
 
-    /// Drops an attempt that takes longer than this and tries the next endpoint.
-    /// Default: the resolver's [`CallOptions::attempt_timeout`] (none).
+    /// Drops an attempt that takes longer than this and tries the next endpoint,
+    /// unless [`retry_timeouts`](Self::retry_timeouts) is off. Default: the resolver's
+    /// [`CallOptions::attempt_timeout`] (none).
     pub fn attempt_timeout(mut self, limit: Duration) -> Self {
         self.opts.attempt_timeout = Some(limit);
         self
@@ -190,8 +196,22 @@ impl<'a, F, E> Call<'a, F, E> {
     /// Retries only errors for which `retryable` is true; any other error ends the
     /// call at once and does not count against its endpoint (it answered). Default:
     /// every error is retried.
+    ///
+    /// A timed-out attempt has no error to judge; [`retry_timeouts`](Self::retry_timeouts)
+    /// decides for it.
     pub fn retry_if(mut self, retryable: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.retry_if = Some(Box::new(retryable));
+        self
+    }
+
+    /// Whether an attempt dropped by the [attempt timeout](Self::attempt_timeout) may
+    /// be followed by another. A dropped attempt may already have done its work (the
+    /// request may have reached the endpoint; there is no telling), so an operation
+    /// that must not run twice says `false`: the call then ends with
+    /// [`CallStop::NotRetryable`] after the first timeout. The timeout still counts
+    /// against the endpoint. Default: `true`, as every error is retried by default.
+    pub fn retry_timeouts(mut self, yes: bool) -> Self {
+        self.retry_timeouts = yes;
         self
     }
 }
@@ -211,6 +231,7 @@ where
             health,
             mut op,
             retry_if,
+            retry_timeouts,
             opts,
         } = self;
         let cache = &resolver.cache;
@@ -309,6 +330,11 @@ where
                     failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
                     if by_deadline {
                         return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
+                    }
+                    // The dropped attempt may have been delivered: the caller decides
+                    // whether its operation may run again.
+                    if !retry_timeouts {
+                        return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
                     }
                 }
             }

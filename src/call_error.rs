@@ -61,7 +61,9 @@ pub enum CallStop {
     /// Every endpoint of the service was tried once (it has fewer than
     /// `max_attempts`).
     EndpointsUsed,
-    /// The last error was not retryable, by the call's `retry_if` predicate.
+    /// The last error was not retryable, by the call's `retry_if` predicate, or the
+    /// last attempt timed out in a call whose timeouts are not retried
+    /// (`retry_timeouts(false)`: the operation may have run, and must not run twice).
     NotRetryable,
     /// The resolver's retry budget refused a retry.
     BudgetExhausted,
@@ -96,7 +98,7 @@ pub struct Attempt<E> {
 }
 
 /// What went wrong in one attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum AttemptError<E> {
     /// The operation returned this error.
@@ -104,7 +106,28 @@ pub enum AttemptError<E> {
     /// The operation did not finish within the attempt timeout or before the call's
     /// deadline; it was dropped after this long.
     TimedOut(Duration),
+    /// Nothing was sent to the endpoint: the HTTP integrations could not turn its host
+    /// name into an address the [address policy](crate::AddressPolicy) permits (the
+    /// name did not resolve, or every address it resolved to is refused).
+    NotSent(Error),
 }
+
+// By hand: `Error` has no `PartialEq` (its source is an opaque foreign error), so an
+// unsent attempt compares by its error's kind and message.
+impl<E: PartialEq> PartialEq for AttemptError<E> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (AttemptError::Failed(a), AttemptError::Failed(b)) => a == b,
+            (AttemptError::TimedOut(a), AttemptError::TimedOut(b)) => a == b,
+            (AttemptError::NotSent(a), AttemptError::NotSent(b)) => {
+                a.kind() == b.kind() && a.to_string() == b.to_string()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<E: Eq> Eq for AttemptError<E> {}
 
 impl<E> Attempt<E> {
     pub(crate) fn new(endpoint: Endpoint, error: AttemptError<E>) -> Self {
@@ -132,6 +155,7 @@ impl<E: fmt::Display> fmt::Display for AttemptError<E> {
         match self {
             AttemptError::Failed(e) => e.fmt(f),
             AttemptError::TimedOut(d) => write!(f, "timed out after {d:?}"),
+            AttemptError::NotSent(e) => write!(f, "not sent: {e}"),
         }
     }
 }
@@ -187,7 +211,7 @@ impl<E> CallError<E> {
     pub fn last_error(&self) -> Option<&E> {
         match &self.attempts.last()?.error {
             AttemptError::Failed(e) => Some(e),
-            AttemptError::TimedOut(_) => None,
+            AttemptError::TimedOut(_) | AttemptError::NotSent(_) => None,
         }
     }
 }
@@ -255,6 +279,23 @@ mod tests {
         );
         assert_eq!(err.last_error(), None);
         assert_eq!(err.attempts()[0].endpoint().instance_id(), "a");
+    }
+
+    #[test]
+    fn an_unsent_attempt_says_why() {
+        let err: CallError<&str> = CallError::attempts_failed(
+            CallStop::EndpointsUsed,
+            vec![Attempt::new(
+                ep("a", 1),
+                AttemptError::NotSent(Error::new(ErrorKind::NoEndpoints, "refused")),
+            )],
+        );
+        assert_eq!(
+            err.to_string(),
+            "every attempt failed (1 attempt, every endpoint tried): a@127.0.0.1:1: not sent: \
+             no endpoints: refused"
+        );
+        assert_eq!(err.last_error(), None);
     }
 
     #[test]

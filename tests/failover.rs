@@ -336,6 +336,43 @@ async fn attempt_timeout_moves_on() {
     assert_eq!(stats.retries, 5, "it timed out 5 times before that");
 }
 
+/// A timed-out attempt may already have done its work. An operation that must not
+/// run twice says `retry_timeouts(false)`, and the call ends after the first timeout
+/// (still held against the endpoint); by default the call moves on.
+#[tokio::test(start_paused = true)]
+async fn timed_out_attempt_is_not_repeated_when_timeouts_are_not_retryable() {
+    let resolver = Resolver::builder(registry(&["slow-1", "slow-2"]))
+        .build()
+        .unwrap();
+    for (retry, runs_wanted, stop) in [
+        (false, 1, CallStop::NotRetryable),
+        (true, 2, CallStop::EndpointsUsed),
+    ] {
+        let runs = AtomicU64::new(0);
+        let err = resolver
+            .call("shared", "web", |_: Endpoint| {
+                runs.fetch_add(1, Ordering::Relaxed);
+                std::future::pending::<Result<(), String>>()
+            })
+            .attempt_timeout(Duration::from_millis(100))
+            .retry_if(|_| false)
+            .retry_timeouts(retry)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            runs.load(Ordering::Relaxed),
+            runs_wanted,
+            "retry_timeouts({retry})"
+        );
+        assert_eq!(err.stop(), stop);
+        assert_eq!(err.attempts().len() as u64, runs_wanted);
+        assert!(err
+            .attempts()
+            .iter()
+            .all(|a| matches!(a.error(), AttemptError::TimedOut(_))));
+    }
+}
+
 /// The deadline bounds the whole call; an attempt cut short by it is not held against
 /// its endpoint.
 #[tokio::test(start_paused = true)]

@@ -17,6 +17,11 @@ use support::net::closed_port;
 
 type HttpClient = Client<HttpConnector<HyperResolver>, Full<Bytes>>;
 
+/// The namespace the test registries use: no name is a service until listed.
+fn shared() -> HostMap {
+    HostMap::namespaces(["shared"])
+}
+
 /// A client that opens a connection per request, so that every request resolves.
 fn client(resolver: HyperResolver) -> HttpClient {
     Client::builder(TokioExecutor::new())
@@ -39,7 +44,7 @@ async fn get(
 async fn reaches_instances_on_their_own_ports() {
     let (servers, reg) = three_servers().await;
     let resolver = Resolver::builder(reg).build().unwrap();
-    let client = client(resolver.hyper_resolver());
+    let client = client(resolver.hyper_resolver().hosts(shared()));
     for _ in 0..30 {
         let (status, _) = get(&client, "http://web.shared/").await.unwrap();
         assert_eq!(status, 200);
@@ -58,7 +63,7 @@ async fn explicit_port_wins() {
     let resolver = Resolver::builder(registry(&[("x", dead.port())]))
         .build()
         .unwrap();
-    let client = client(resolver.hyper_resolver());
+    let client = client(resolver.hyper_resolver().hosts(shared()));
     let url = format!("http://web.shared:{}/", live.port());
     assert_eq!(get(&client, &url).await.unwrap(), (200, "live".to_owned()));
     assert_eq!(live.hits(), 1);
@@ -75,7 +80,7 @@ async fn three_hundred_gets_one_instance_down() {
     let (dead, _held) = closed_port();
     let reg = registry(&[("a", a.port()), ("b", b.port()), ("c-dead", dead.port())]);
     let resolver = Resolver::builder(reg).build().unwrap();
-    let client = client(resolver.hyper_resolver());
+    let client = client(resolver.hyper_resolver().hosts(shared()));
     for _ in 0..300 {
         assert_eq!(get(&client, "http://web.shared/").await.unwrap().0, 200);
     }
@@ -93,7 +98,7 @@ async fn a_post_is_not_repeated() {
     let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
         .build()
         .unwrap();
-    let client = client(resolver.hyper_resolver());
+    let client = client(resolver.hyper_resolver().hosts(shared()));
     let req = hyper::Request::post("http://web.shared/orders")
         .body(Full::new(Bytes::from_static(b"one order")))
         .unwrap();

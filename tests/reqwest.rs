@@ -5,19 +5,26 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use cloudmap_resolver::{
-    CallStop, FailoverClient, FailoverError, HostMap, Resolver, StaticDiscovery,
+    AddressPolicy, AttemptError, CallStop, FailoverClient, FailoverError, HostMap, Instance,
+    Resolver, ResolverOptions, StaticDiscovery,
 };
 use support::counting::Counting;
 use support::http::{registry, three_servers, HttpServer, Mode};
 use support::net::closed_port;
 
+/// The namespace the test registries use: no name is a service until listed.
+fn shared() -> HostMap {
+    HostMap::namespaces(["shared"])
+}
+
 /// A client through the resolver that opens a connection per request, so that
 /// every request resolves (reqwest pools connections by host name).
 fn dns_client(resolver: &Resolver) -> reqwest::Client {
     reqwest::Client::builder()
-        .dns_resolver(resolver.reqwest_resolver())
+        .dns_resolver(resolver.reqwest_resolver().hosts(shared()))
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
@@ -123,7 +130,9 @@ async fn resolver_passes_other_names_to_dns() {
     assert_eq!(server.hits(), 2);
     assert_eq!(counting.discover_calls(), 0);
 
-    let fc = resolver.failover_client(reqwest::Client::new());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     let url = format!("http://localhost:{}/", server.port());
     let resp = fc.send(fc.client().get(&url)).await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "local");
@@ -142,7 +151,7 @@ async fn failover_client_300_gets_one_instance_down() {
     let (dead, _held) = closed_port();
     let reg = registry(&[("a", a.port()), ("b", b.port()), ("c-dead", dead.port())]);
     let resolver = Resolver::builder(reg).build().unwrap();
-    let fc = FailoverClient::new(reqwest::Client::new(), resolver.clone());
+    let fc = FailoverClient::new(reqwest::Client::new(), resolver.clone()).hosts(shared());
     let mut bodies = Vec::new();
     for _ in 0..300 {
         let resp = fc
@@ -171,7 +180,9 @@ async fn failover_client_moves_on_after_503() {
     let resolver = Resolver::builder(registry(&[("sick", sick.port()), ("good", good.port())]))
         .build()
         .unwrap();
-    let fc = resolver.failover_client(reqwest::Client::new());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     for _ in 0..10 {
         let resp = fc
             .send(fc.client().get("http://web.shared/"))
@@ -202,7 +213,9 @@ async fn failover_client_does_not_repeat_a_post() {
     let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
         .build()
         .unwrap();
-    let fc = resolver.failover_client(reqwest::Client::new());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     let err = fc
         .send(
             fc.client()
@@ -255,7 +268,9 @@ async fn failover_client_sends_an_unsent_post_elsewhere() {
     let resolver = Resolver::builder(registry(&[("dead", dead.port()), ("live", live.port())]))
         .build()
         .unwrap();
-    let fc = resolver.failover_client(reqwest::Client::new());
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
     for n in 0..4 {
         let resp = fc
             .send(
@@ -273,4 +288,177 @@ async fn failover_client_sends_an_unsent_post_elsewhere() {
         resolver.stats().retries >= 1,
         "the dead instance had a turn"
     );
+}
+
+/// A resolver over `reg` whose calls drop an attempt after 300 ms.
+fn with_attempt_timeout(reg: StaticDiscovery, policy: Option<AddressPolicy>) -> Resolver {
+    let mut opts = ResolverOptions::default();
+    opts.call.attempt_timeout = Some(Duration::from_millis(300));
+    if let Some(p) = policy {
+        opts.address_policy = p;
+    }
+    Resolver::builder(reg).options(opts).build().unwrap()
+}
+
+/// Both instances answer after 2 s; attempts time out after 300 ms. A timed-out POST
+/// may have been delivered, so it is not sent to the other instance; a GET is.
+#[tokio::test]
+async fn post_is_sent_once_even_when_the_attempt_times_out() {
+    let a = HttpServer::start("a").await;
+    let b = HttpServer::start("b").await;
+    a.set_mode(Mode::Delay(2_000));
+    b.set_mode(Mode::Delay(2_000));
+    let resolver = with_attempt_timeout(registry(&[("a", a.port()), ("b", b.port())]), None);
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
+
+    let err = fc
+        .send(
+            fc.client()
+                .post("http://web.shared/orders")
+                .body("one order"),
+        )
+        .await
+        .unwrap_err();
+    let call = err.call_error().expect("a call error");
+    assert_eq!(call.attempts().len(), 1, "{call}");
+    assert!(matches!(
+        call.attempts()[0].error(),
+        AttemptError::TimedOut(_)
+    ));
+    assert_eq!(call.stop(), CallStop::NotRetryable);
+    assert!(
+        a.hits() + b.hits() <= 1,
+        "the POST reached one server at most"
+    );
+
+    let err = fc
+        .send(fc.client().get("http://web.shared/"))
+        .await
+        .unwrap_err();
+    let call = err.call_error().expect("a call error");
+    assert_eq!(call.attempts().len(), 2, "a GET may go to both: {call}");
+    assert_eq!(call.stop(), CallStop::EndpointsUsed);
+}
+
+/// An endpoint whose CNAME is an IP literal in another spelling (`2130706433` is
+/// 127.0.0.1), or a name resolving to a denied address, is judged by the address it
+/// stands for: with loopback denied, the server behind it gets nothing; with the
+/// default policy it is reached.
+#[tokio::test]
+async fn cname_endpoints_are_judged_by_the_address_policy() {
+    let victim = HttpServer::start("victim").await;
+    let cname = |host: &str| {
+        StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            Instance::new("c").cname(host).port(victim.port()),
+        )
+    };
+    for host in ["2130706433", "localhost"] {
+        let deny_loopback = AddressPolicy::default()
+            .deny("127.0.0.0/8".parse().unwrap())
+            .deny("::1/128".parse().unwrap());
+        let resolver = with_attempt_timeout(cname(host), Some(deny_loopback));
+        let fc = resolver
+            .failover_client(reqwest::Client::new())
+            .hosts(shared());
+        let get = fc.send(fc.client().get("http://web.shared/")).await;
+        assert!(get.is_err(), "{host}: {get:?}");
+        let post = fc
+            .send(fc.client().post("http://web.shared/").body("x"))
+            .await;
+        assert!(post.is_err(), "{host}: {post:?}");
+        assert_eq!(
+            victim.hits(),
+            0,
+            "{host}: nothing reached the denied address"
+        );
+    }
+    let resolver = with_attempt_timeout(cname("2130706433"), None);
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
+    let resp = fc
+        .send(fc.client().get("http://web.shared/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "victim");
+    assert_eq!(victim.seen()[0].host, "web.shared");
+}
+
+/// With the default host map, a registry namespace `example.com` cannot capture
+/// `http://www.example.com/login`: the request goes where the client's own DNS
+/// sends it (here pinned to a decoy), and the registry is not asked.
+#[tokio::test]
+async fn external_hosts_are_not_captured_by_default() {
+    let trap = HttpServer::start("trap").await;
+    let real = HttpServer::start("real").await;
+    let reg = StaticDiscovery::new().with_instance(
+        "example.com",
+        "www",
+        Instance::new("trap")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(trap.port()),
+    );
+    let counting = Counting::new(reg);
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    let client = reqwest::Client::builder()
+        .resolve("www.example.com", real.addr)
+        .build()
+        .unwrap();
+    let fc = resolver.failover_client(client);
+    let url = format!("http://www.example.com:{}/login", real.port());
+    let resp = fc.send(fc.client().get(&url)).await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "real");
+    assert_eq!(real.hits(), 1);
+    assert_eq!(trap.hits(), 0);
+    assert_eq!(counting.discover_calls(), 0);
+}
+
+/// Credentials in the URL never reach the `Host` header.
+#[tokio::test]
+async fn host_header_never_carries_credentials() {
+    let server = HttpServer::start("s").await;
+    let resolver = Resolver::builder(registry(&[("s", server.port())]))
+        .build()
+        .unwrap();
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
+    fc.send(fc.client().get("http://alice:s3cret@web.shared/"))
+        .await
+        .unwrap();
+    let url = format!("http://alice:s3cret@web.shared:{}/", server.port());
+    fc.send(fc.client().get(&url)).await.unwrap();
+    let hosts: Vec<String> = server.seen().into_iter().map(|s| s.host).collect();
+    assert_eq!(
+        hosts,
+        [
+            "web.shared".to_owned(),
+            format!("web.shared:{}", server.port())
+        ]
+    );
+}
+
+/// IP literals are never service names: `http://2130706433:PORT/` reaches the server
+/// at 127.0.0.1 directly, without a registry call, even under a rule mapping any name.
+#[tokio::test]
+async fn ip_literal_hosts_never_reach_the_registry() {
+    let server = HttpServer::start("direct").await;
+    let counting = Counting::new(StaticDiscovery::new());
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(HostMap::from_fn(|_| {
+            Some(("shared".to_owned(), "web".to_owned()))
+        }));
+    for host in ["127.0.0.1", "2130706433", "0x7f000001"] {
+        let url = format!("http://{host}:{}/", server.port());
+        let resp = fc.send(fc.client().get(&url)).await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "direct", "{url}");
+    }
+    assert_eq!(server.hits(), 3);
+    assert_eq!(counting.discover_calls(), 0);
 }

@@ -4,6 +4,9 @@
 
 mod support;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -12,11 +15,17 @@ use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 
 use cloudmap_resolver::{
-    BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap, Resolver, StaticDiscovery,
+    AddressPolicy, AttemptError, BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap,
+    Instance, Resolver, ResolverOptions, StaticDiscovery,
 };
 use support::counting::Counting;
 use support::http::{registry, three_servers, HttpServer, Mode};
 use support::net::closed_port;
+
+/// The namespace the test registries use: no name is a service until listed.
+fn shared() -> HostMap {
+    HostMap::namespaces(["shared"])
+}
 
 type Svc = Failover<Client<HttpConnector, Full<Bytes>>>;
 
@@ -46,7 +55,7 @@ async fn send(
 #[tokio::test]
 async fn reaches_instances_on_their_own_ports() {
     let (servers, reg) = three_servers().await;
-    let svc = service(FailoverLayer::new(Resolver::builder(reg).build().unwrap()));
+    let svc = service(FailoverLayer::new(Resolver::builder(reg).build().unwrap()).hosts(shared()));
     for _ in 0..30 {
         assert_eq!(
             send(&svc, "GET", "http://web.shared/", "").await.unwrap().0,
@@ -67,7 +76,7 @@ async fn explicit_port_wins() {
     let resolver = Resolver::builder(registry(&[("x", dead.port())]))
         .build()
         .unwrap();
-    let svc = service(FailoverLayer::new(resolver));
+    let svc = service(FailoverLayer::new(resolver).hosts(shared()));
     let url = format!("http://web.shared:{}/", live.port());
     assert_eq!(
         send(&svc, "GET", &url, "").await.unwrap(),
@@ -92,7 +101,7 @@ async fn three_hundred_gets_one_instance_down() {
     let (dead, _held) = closed_port();
     let reg = registry(&[("a", a.port()), ("b", b.port()), ("c-dead", dead.port())]);
     let resolver = Resolver::builder(reg).build().unwrap();
-    let svc = service(FailoverLayer::new(resolver.clone()));
+    let svc = service(FailoverLayer::new(resolver.clone()).hosts(shared()));
     for _ in 0..300 {
         assert_eq!(
             send(&svc, "GET", "http://web.shared/", "").await.unwrap().0,
@@ -116,7 +125,7 @@ async fn gets_fail_over_and_posts_are_not_repeated() {
     let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
         .build()
         .unwrap();
-    let svc = service(FailoverLayer::new(resolver));
+    let svc = service(FailoverLayer::new(resolver).hosts(shared()));
 
     let (status, _) = send(&svc, "GET", "http://web.shared/", "").await.unwrap();
     assert_eq!(status, 503, "every instance answered 503: the last answer");
@@ -137,7 +146,7 @@ async fn gets_fail_over_and_posts_are_not_repeated() {
         .downcast_ref::<CallError<BoxError>>()
         .expect("a call error");
     assert_eq!(call.attempts().len(), 1);
-    assert_eq!(call.stop(), CallStop::AttemptsUsed);
+    assert_eq!(call.stop(), CallStop::NotRetryable);
     assert_eq!(a.hits() + b.hits(), 4, "the failed POST was sent once");
 
     a.set_mode(Mode::Ok);
@@ -165,4 +174,188 @@ async fn other_names_pass_through() {
     }
     assert_eq!(server.hits(), 2);
     assert_eq!(counting.discover_calls(), 0);
+}
+
+/// A resolver over `reg` whose calls drop an attempt after 300 ms.
+fn with_attempt_timeout(reg: StaticDiscovery, policy: Option<AddressPolicy>) -> Resolver {
+    let mut opts = ResolverOptions::default();
+    opts.call.attempt_timeout = Some(Duration::from_millis(300));
+    if let Some(p) = policy {
+        opts.address_policy = p;
+    }
+    Resolver::builder(reg).options(opts).build().unwrap()
+}
+
+/// Both instances answer after 2 s; attempts time out after 300 ms. A timed-out POST
+/// may have been delivered, so it is not sent to the other instance; a GET is.
+#[tokio::test]
+async fn post_is_sent_once_even_when_the_attempt_times_out() {
+    let a = HttpServer::start("a").await;
+    let b = HttpServer::start("b").await;
+    a.set_mode(Mode::Delay(2_000));
+    b.set_mode(Mode::Delay(2_000));
+    let resolver = with_attempt_timeout(registry(&[("a", a.port()), ("b", b.port())]), None);
+    let svc = service(FailoverLayer::new(resolver).hosts(shared()));
+
+    let err = send(&svc, "POST", "http://web.shared/orders", "one order")
+        .await
+        .unwrap_err();
+    let call = err
+        .downcast_ref::<CallError<BoxError>>()
+        .expect("a call error");
+    assert_eq!(call.attempts().len(), 1, "{call}");
+    assert!(matches!(
+        call.attempts()[0].error(),
+        AttemptError::TimedOut(_)
+    ));
+    assert_eq!(call.stop(), CallStop::NotRetryable);
+    assert!(
+        a.hits() + b.hits() <= 1,
+        "the POST reached one server at most"
+    );
+
+    let err = send(&svc, "GET", "http://web.shared/", "")
+        .await
+        .unwrap_err();
+    let call = err
+        .downcast_ref::<CallError<BoxError>>()
+        .expect("a call error");
+    assert_eq!(call.attempts().len(), 2, "a GET may go to both: {call}");
+    assert_eq!(call.stop(), CallStop::EndpointsUsed);
+}
+
+/// An endpoint whose CNAME is an IP literal in another spelling (`2130706433` is
+/// 127.0.0.1) is judged as that address: with loopback denied, the server behind it
+/// gets nothing; with the default policy it is reached.
+#[tokio::test]
+async fn cname_endpoints_are_judged_by_the_address_policy() {
+    let victim = HttpServer::start("victim").await;
+    for host in ["2130706433", "localhost"] {
+        let reg = StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            Instance::new("c").cname(host).port(victim.port()),
+        );
+        let deny_loopback = AddressPolicy::default()
+            .deny("127.0.0.0/8".parse().unwrap())
+            .deny("::1/128".parse().unwrap());
+        let strict = with_attempt_timeout(reg, Some(deny_loopback));
+        let svc = service(FailoverLayer::new(strict).hosts(shared()));
+        for method in ["GET", "POST"] {
+            let err = send(&svc, method, "http://web.shared/", "x").await;
+            assert!(err.is_err(), "{host} {method}: {err:?}");
+        }
+        assert_eq!(
+            victim.hits(),
+            0,
+            "{host}: nothing reached the denied address"
+        );
+    }
+    let reg = StaticDiscovery::new().with_instance(
+        "shared",
+        "web",
+        Instance::new("c").cname("2130706433").port(victim.port()),
+    );
+    let svc = service(FailoverLayer::new(with_attempt_timeout(reg, None)).hosts(shared()));
+    assert_eq!(
+        send(&svc, "GET", "http://web.shared/", "").await.unwrap(),
+        (200, "victim".to_owned())
+    );
+    assert_eq!(victim.seen()[0].host, "web.shared");
+}
+
+/// IP literals are never service names: `http://127.0.0.1:PORT/` and its spelling
+/// `2130706433` go straight to the inner service, without a registry call, even
+/// under rules that would map any name.
+#[tokio::test]
+async fn ip_literal_hosts_never_reach_the_registry() {
+    let server = HttpServer::start("direct").await;
+    let counting = Counting::new(StaticDiscovery::new());
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    let rules = [
+        HostMap::any(),
+        HostMap::from_fn(|_| Some(("shared".to_owned(), "web".to_owned()))),
+    ];
+    for hosts in rules {
+        let svc = service(FailoverLayer::new(resolver.clone()).hosts(hosts));
+        for host in ["127.0.0.1", "2130706433"] {
+            let url = format!("http://{host}:{}/", server.port());
+            assert_eq!(
+                send(&svc, "GET", &url, "").await.unwrap(),
+                (200, "direct".to_owned()),
+                "{url}"
+            );
+        }
+    }
+    assert_eq!(server.hits(), 4);
+    assert_eq!(counting.discover_calls(), 0);
+}
+
+/// With the default host map, a registry namespace `example.com` cannot capture
+/// `http://www.example.com/login`: the request reaches the inner service unchanged
+/// and the registry is not asked. `HostMap::any()` remains an explicit opt-in.
+#[tokio::test]
+async fn external_hosts_are_not_captured_by_default() {
+    let trap = HttpServer::start("trap").await;
+    let reg = StaticDiscovery::new().with_instance(
+        "example.com",
+        "www",
+        Instance::new("trap")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(trap.port()),
+    );
+    let counting = Counting::new(reg);
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    let uris = Arc::new(Mutex::new(Vec::new()));
+    let recorder = {
+        let uris = uris.clone();
+        tower::service_fn(move |req: http::Request<Full<Bytes>>| {
+            uris.lock().unwrap().push(req.uri().to_string());
+            async { Ok::<_, BoxError>(http::Response::new(Full::<Bytes>::default())) }
+        })
+    };
+    let svc = FailoverLayer::new(resolver.clone()).layer(recorder.clone());
+    let req = http::Request::get("http://www.example.com/login")
+        .body(Full::default())
+        .unwrap();
+    svc.oneshot(req).await.unwrap();
+    assert_eq!(*uris.lock().unwrap(), ["http://www.example.com/login"]);
+    assert_eq!(counting.discover_calls(), 0);
+
+    let opted_in = FailoverLayer::new(resolver)
+        .hosts(HostMap::any())
+        .layer(recorder);
+    let req = http::Request::get("http://www.example.com/login")
+        .body(Full::default())
+        .unwrap();
+    opted_in.oneshot(req).await.unwrap();
+    assert_eq!(
+        uris.lock().unwrap()[1],
+        format!("http://127.0.0.1:{}/login", trap.port()),
+        "HostMap::any() hands the name to the registry"
+    );
+    assert_eq!(trap.hits(), 0, "the recorder answered, not the trap");
+}
+
+/// Credentials in the URI never reach the `Host` header.
+#[tokio::test]
+async fn host_header_never_carries_credentials() {
+    let server = HttpServer::start("s").await;
+    let resolver = Resolver::builder(registry(&[("s", server.port())]))
+        .build()
+        .unwrap();
+    let svc = service(FailoverLayer::new(resolver).hosts(shared()));
+    send(&svc, "GET", "http://alice:s3cret@web.shared/", "")
+        .await
+        .unwrap();
+    let url = format!("http://alice:s3cret@web.shared:{}/", server.port());
+    send(&svc, "GET", &url, "").await.unwrap();
+    let hosts: Vec<String> = server.seen().into_iter().map(|s| s.host).collect();
+    assert_eq!(
+        hosts,
+        [
+            "web.shared".to_owned(),
+            format!("web.shared:{}", server.port())
+        ]
+    );
 }

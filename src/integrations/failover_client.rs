@@ -3,14 +3,16 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 
 use reqwest::header::{HeaderValue, HOST};
 use reqwest::{Client, Request, RequestBuilder, Response, Url};
 
-use super::{authority_for, finish, Failed, FailoverPolicy, HostMap, Target};
+use super::{destination, finish, Failed, FailoverPolicy, HostMap};
 use crate::call_error::CallError;
 use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;
 
 /// A `reqwest::Client` with request-level failover across a service's endpoints.
@@ -28,13 +30,24 @@ use crate::resolver::Resolver;
 ///   returned.
 /// - Any other request whose body can be cloned is sent again only when the
 ///   connection could not be made: it never left, so it is not repeated. Its answer,
-///   whatever the status, is returned.
+///   whatever the status, is returned. A timed-out attempt (the call's
+///   [`attempt_timeout`](crate::CallOptions::attempt_timeout) or reqwest's own
+///   timeout) may have been delivered, so it ends the call: such a request is sent at
+///   most once, timeouts included.
 /// - A request whose body cannot be cloned (a stream) is sent once.
 ///
 /// Retries are paid for from the resolver's [retry budget](crate::RetryBudgetOptions),
 /// and each attempt's outcome feeds outlier detection (an answer counts as a success
 /// unless it is a fail-over status of a repeatable request). Requests to other hosts
 /// go straight to the client.
+///
+/// Requests go to IP addresses the resolver's
+/// [`AddressPolicy`](crate::AddressPolicy) permits. An endpoint with a host name
+/// (CNAME, alias) is looked up by the system's resolver, which reads an IP literal in
+/// any spelling (`2852039166`) as that address, and the request goes to the first
+/// permitted address; when there is none, nothing is sent to that endpoint
+/// ([`AttemptError::NotSent`](crate::AttemptError::NotSent)) and the next one is
+/// tried.
 ///
 /// With `https`, the connection is to the endpoint's address: the server's
 /// certificate must then be valid for that address (or use
@@ -44,10 +57,11 @@ use crate::resolver::Resolver;
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-/// use cloudmap_resolver::{FailoverClient, Resolver};
+/// use cloudmap_resolver::{FailoverClient, HostMap, Resolver};
 ///
 /// let resolver = Resolver::from_env().await?;
-/// let client = FailoverClient::new(reqwest::Client::new(), resolver);
+/// let client = FailoverClient::new(reqwest::Client::new(), resolver)
+///     .hosts(HostMap::namespaces(["shared"]));
 /// let response = client.send(client.client().get("http://web.shared/items")).await?;
 /// println!("{}", response.status());
 /// # Ok(()) }
@@ -132,7 +146,8 @@ impl FailoverClient {
         }
     }
 
-    /// Which host names are services. Default: [`HostMap::any`].
+    /// Which host names are services. Default: none ([`HostMap::default`]); list your
+    /// namespaces with [`HostMap::namespaces`].
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
         self.hosts = hosts;
@@ -183,6 +198,7 @@ impl FailoverClient {
         let template = Mutex::new(Some(request));
         let client = &self.client;
         let statuses = &self.policy;
+        let resolver = &self.resolver;
         let op = |ep: Endpoint| {
             let attempt = {
                 let mut t = template.lock().unwrap_or_else(PoisonError::into_inner);
@@ -197,7 +213,13 @@ impl FailoverClient {
             let host = host.clone();
             async move {
                 let mut req = attempt;
-                retarget(&mut req, &ep, explicit_port, host);
+                let (ip, port) = match destination(resolver, &ep, explicit_port).await {
+                    Ok(found) => found,
+                    Err(e) => return Err(Failed::NotSent(e)),
+                };
+                if let Err(e) = retarget(&mut req, ip, port, host) {
+                    return Err(Failed::NotSent(e));
+                }
                 match client.execute(req).await {
                     Ok(resp) if repeatable && fails_over(statuses, &resp) => {
                         Err(Failed::Status(resp))
@@ -207,14 +229,19 @@ impl FailoverClient {
                 }
             }
         };
-        let mut call = self.resolver.call(&namespace, &service, op).retry_if(
-            move |f: &Failed<Response, reqwest::Error>| match f {
-                Failed::Status(_) => true,
+        // Only a request that never left may move on when it is not repeatable: a
+        // connect error, or an endpoint without a permitted address. A timeout, ours
+        // or reqwest's, may come after the request was delivered.
+        let mut call = self
+            .resolver
+            .call(&namespace, &service, op)
+            .retry_if(move |f: &Failed<Response, reqwest::Error>| match f {
+                Failed::Status(_) | Failed::NotSent(_) => true,
                 Failed::Error(e) => {
                     e.is_connect() || (repeatable && (e.is_timeout() || e.is_request()))
                 }
-            },
-        );
+            })
+            .retry_timeouts(repeatable);
         if !clonable {
             call = call.max_attempts(1);
         }
@@ -274,53 +301,56 @@ fn host_header(url: &Url) -> Option<HeaderValue> {
     HeaderValue::from_str(&value).ok()
 }
 
-/// Points `req` at `ep`, keeping the service's name in the `Host` header.
+/// Points `req` at `ip` and `port`, keeping the service's name in the `Host` header.
+/// An error means the URL could not be pointed there: the request must not be sent,
+/// or it would go to the unjudged original host.
 fn retarget(
     req: &mut Request,
-    ep: &Endpoint,
-    explicit_port: Option<u16>,
+    ip: IpAddr,
+    port: Option<u16>,
     host: Option<HeaderValue>,
-) {
-    let Some((target, port)) = authority_for(ep, explicit_port) else {
-        return;
-    };
+) -> Result<(), Error> {
     let url = req.url_mut();
-    let moved = match target {
-        Target::Ip(ip) => url.set_ip_host(ip).is_ok(),
-        Target::Name(name) => url.set_host(Some(&name)).is_ok(),
-    };
-    if moved && url.set_port(port).is_ok() {
-        if let Some(h) = host {
-            req.headers_mut().entry(HOST).or_insert(h);
-        }
+    if url.set_ip_host(ip).is_err() || url.set_port(port).is_err() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("cannot point {} at {ip}", url.scheme()),
+        ));
     }
+    if let Some(h) = host {
+        req.headers_mut().entry(HOST).or_insert(h);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Instance;
 
     #[test]
     fn retarget_keeps_the_name_in_host() {
-        let ep = Endpoint::from_instance(
-            Instance::new("a")
-                .ipv4("127.0.0.1".parse().unwrap())
-                .port(8080),
-        )
-        .unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let client = Client::new();
         let mut req = client.get("http://web.shared/x?y=1").build().unwrap();
-        let (host, port) = (host_header(req.url()), req.url().port());
-        retarget(&mut req, &ep, port, host);
+        let (host, port) = (host_header(req.url()), req.url().port().or(Some(8080)));
+        retarget(&mut req, ip, port, host).unwrap();
         assert_eq!(req.url().as_str(), "http://127.0.0.1:8080/x?y=1");
         assert_eq!(req.headers()[HOST], "web.shared");
 
         let mut req = client.get("http://web.shared:9000/").build().unwrap();
-        let (host, port) = (host_header(req.url()), req.url().port());
-        retarget(&mut req, &ep, port, host);
+        let (host, port) = (host_header(req.url()), req.url().port().or(Some(8080)));
+        retarget(&mut req, ip, port, host).unwrap();
         assert_eq!(req.url().as_str(), "http://127.0.0.1:9000/");
         assert_eq!(req.headers()[HOST], "web.shared:9000");
+    }
+
+    /// Credentials in the URL stay out of the `Host` header.
+    #[test]
+    fn host_header_has_no_credentials() {
+        let url = Url::parse("http://alice:s3cret@web.shared:81/").unwrap();
+        assert_eq!(host_header(&url).unwrap(), "web.shared:81");
+        let url = Url::parse("http://alice:s3cret@web.shared/").unwrap();
+        assert_eq!(host_header(&url).unwrap(), "web.shared");
     }
 
     #[test]

@@ -32,7 +32,8 @@ use crate::resolver::Resolver;
 /// use hyper_util::rt::TokioExecutor;
 ///
 /// let resolver = cloudmap_resolver::Resolver::from_env().await?;
-/// let connector = HttpConnector::new_with_resolver(resolver.hyper_resolver());
+/// let names = cloudmap_resolver::HostMap::namespaces(["shared"]);
+/// let connector = HttpConnector::new_with_resolver(resolver.hyper_resolver().hosts(names));
 /// let client: Client<_, Empty<bytes::Bytes>> =
 ///     Client::builder(TokioExecutor::new()).build(connector);
 /// let response = client.get("http://web.shared/health".parse()?).await?;
@@ -46,7 +47,7 @@ pub struct HyperResolver {
 }
 
 impl HyperResolver {
-    /// A resolver mapping names with [`HostMap::any`].
+    /// A resolver that maps no name until [`hosts`](Self::hosts) lists namespaces.
     pub fn new(resolver: Resolver) -> Self {
         HyperResolver {
             resolver,
@@ -54,7 +55,8 @@ impl HyperResolver {
         }
     }
 
-    /// Which names are services. Default: [`HostMap::any`].
+    /// Which names are services. Default: none ([`HostMap::default`]); list your
+    /// namespaces with [`HostMap::namespaces`].
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
         self.hosts = hosts;
@@ -129,7 +131,11 @@ mod tests {
                 .ipv4("127.0.0.1".parse().unwrap())
                 .port(8080),
         );
-        let mut r = Resolver::builder(reg).build().unwrap().hyper_resolver();
+        let mut r = Resolver::builder(reg)
+            .build()
+            .unwrap()
+            .hyper_resolver()
+            .hosts(HostMap::namespaces(["shared"]));
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);
         assert!(matches!(r.poll_ready(&mut cx), Poll::Ready(Ok(()))));

@@ -6,15 +6,17 @@
 //! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`).
 
 use std::fmt;
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+use std::net::IpAddr;
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::error::ErrorKind;
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
-use crate::{
-    call::MAX_ATTEMPTS, endpoint::Endpoint, error::Error, key::KeyRef, resolver::Resolver,
-};
+use crate::{call::MAX_ATTEMPTS, endpoint::Endpoint, key::KeyRef};
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+use crate::{error::Error, resolver::Resolver};
 
 #[cfg(feature = "reqwest")]
 pub(crate) mod failover_client;
@@ -30,31 +32,41 @@ mod policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use policy::FailoverPolicy;
 #[cfg(feature = "reqwest")]
-pub(crate) use policy::Target;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-pub(crate) use policy::{authority_for, finish, Failed};
+pub(crate) use policy::{destination, finish, Failed};
 
 type MapFn = dyn Fn(&str) -> Option<(String, String)> + Send + Sync;
 
 /// Which host names are Cloud Map services, and which namespace and service each one
 /// names. Names that are not services go to the system's DNS resolver unchanged.
 ///
+/// The default maps no name at all: list your namespaces with
+/// [`namespaces`](Self::namespaces), so that only names under them are looked up in
+/// the registry. [`any`](Self::any) lets the registry claim every dotted name,
+/// public ones included, and is an explicit opt-in.
+///
 /// Host names are matched as the URL parser left them (lowercase for `http` and
-/// `https` URLs), without a trailing dot. IP address literals never reach a resolver.
+/// `https` URLs), without a trailing dot. An IP address literal is never a service,
+/// whatever the rule and however it is spelt (`10.1.2.3`, `2852039166`,
+/// `0xa9fea9fe`, `0251.0376.0251.0376`, `[::1]`): a host with a colon or bracket, or
+/// whose last label is a number (decimal, octal or `0x` hex, which URL parsers read
+/// as IPv4), goes to the client unchanged and never reaches the registry.
 ///
 /// # Examples
 ///
 /// ```
 /// use cloudmap_resolver::HostMap;
 ///
-/// let any = HostMap::any();
-/// assert_eq!(any.service("web.shared"), Some(("shared".into(), "web".into())));
-/// assert_eq!(any.service("api.prod.internal"), Some(("prod.internal".into(), "api".into())));
-/// assert_eq!(any.service("localhost"), None);
-///
 /// let listed = HostMap::namespaces(["shared"]);
 /// assert_eq!(listed.service("web.shared."), Some(("shared".into(), "web".into())));
-/// assert_eq!(listed.service("example.com"), None);
+/// assert_eq!(listed.service("www.example.com"), None);
+///
+/// assert_eq!(HostMap::default().service("web.shared"), None, "nothing until listed");
+///
+/// let any = HostMap::any();
+/// assert_eq!(any.service("api.prod.internal"), Some(("prod.internal".into(), "api".into())));
+/// assert_eq!(any.service("localhost"), None);
+/// assert_eq!(any.service("10.1.2.3"), None, "an address is never a service");
 ///
 /// let custom = HostMap::from_fn(|host| {
 ///     let svc = host.strip_suffix(".svc.local")?;
@@ -81,19 +93,24 @@ impl HostMap {
     /// service, the rest the namespace, as Cloud Map names DNS records); names the
     /// registry does not know (namespace or service not found, or not a valid Cloud
     /// Map name) then go to the system's DNS resolver. Names without a dot, such as
-    /// `localhost`, go there directly. The default.
+    /// `localhost`, go there directly.
     ///
-    /// Each name that is not a service costs one registry call per
-    /// [`negative_ttl`](crate::ResolverOptions::negative_ttl), and a registry outage
-    /// fails it; list the namespaces with [`namespaces`](Self::namespaces) when
-    /// other names are used too.
+    /// **Warning**: the registry then decides where every dotted name goes. A
+    /// namespace named like a public domain (`example.com`, created by anyone who can
+    /// create namespaces in the account) captures requests for
+    /// `http://www.example.com/`, credentials and all. Prefer
+    /// [`namespaces`](Self::namespaces); use this only when every client request is
+    /// for a service. Each name that is not a service also costs one registry call
+    /// per [`negative_ttl`](crate::ResolverOptions::negative_ttl), and a registry
+    /// outage fails it.
     pub fn any() -> Self {
         HostMap(Rule::Any)
     }
 
     /// Only `service.namespace` for the given namespaces (compared without regard to
     /// ASCII case); every other name goes to the system's DNS resolver without asking
-    /// the registry.
+    /// the registry. An empty list is the [default](Self::default): no name is a
+    /// service.
     pub fn namespaces<I, S>(namespaces: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -113,9 +130,13 @@ impl HostMap {
         HostMap(Rule::Fn(Arc::new(f)))
     }
 
-    /// The `(namespace, service)` that `host` names, or `None` when it is not a service.
+    /// The `(namespace, service)` that `host` names, or `None` when it is not a service
+    /// (always `None` for an IP address literal).
     pub fn service(&self, host: &str) -> Option<(String, String)> {
         let host = host.strip_suffix('.').unwrap_or(host);
+        if is_ip_literal(host) {
+            return None;
+        }
         match &self.0 {
             Rule::Any => {
                 let (svc, ns) = host.split_once('.')?;
@@ -141,10 +162,66 @@ impl HostMap {
     }
 }
 
+/// No name is a service until you say which: `HostMap::namespaces` with an empty list.
 impl Default for HostMap {
     fn default() -> Self {
-        HostMap::any()
+        HostMap(Rule::Namespaces(Arc::from([])))
     }
+}
+
+/// Whether `host` (without a trailing dot) is an IP address literal in some spelling,
+/// judged the way the WHATWG URL parser decides to read a host as IPv4: its last
+/// label is a number (decimal, octal with a leading 0, or `0x` hex). Such a host is
+/// read as an address (or rejected) by URL parsers and by `inet_aton`, so it must
+/// never be taken for a service name. IPv6 literals hold a colon (or come bracketed).
+fn is_ip_literal(host: &str) -> bool {
+    if host.contains(':') || host.starts_with('[') {
+        return true;
+    }
+    let last = host.rsplit('.').next().unwrap_or(host);
+    if last.is_empty() {
+        return false;
+    }
+    let hex = last.strip_prefix("0x").or_else(|| last.strip_prefix("0X"));
+    match hex {
+        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
+        None => last.bytes().all(|b| b.is_ascii_digit()),
+    }
+}
+
+#[cfg(any(feature = "reqwest", feature = "tower"))]
+/// The address to send a request for `host` to, as the resolver's
+/// [`AddressPolicy`](crate::AddressPolicy) judges it: the first address the
+/// system's resolver gives for the name (which reads an IP literal in any spelling as
+/// that address) that the policy permits. The request then goes to that address, so
+/// the connector never looks the name up again and cannot get a second answer past
+/// the check.
+pub(crate) async fn permitted_address(resolver: &Resolver, host: &str) -> Result<IpAddr, Error> {
+    let policy = &resolver.options().address_policy;
+    let addrs = tokio::net::lookup_host((host, 0)).await.map_err(|e| {
+        Error::with_source(
+            ErrorKind::Unavailable,
+            format!("DNS lookup of {host} failed"),
+            e,
+        )
+    })?;
+    let mut refused = None;
+    for addr in addrs {
+        if policy.permits(addr.ip()) {
+            return Ok(addr.ip());
+        }
+        refused.get_or_insert(addr.ip());
+    }
+    Err(match refused {
+        Some(ip) => Error::new(
+            ErrorKind::NoEndpoints,
+            format!("{host} resolves only to addresses the address policy refuses ({ip})"),
+        ),
+        None => Error::new(
+            ErrorKind::Unavailable,
+            format!("{host} resolved to no address"),
+        ),
+    })
 }
 
 impl fmt::Debug for HostMap {
@@ -208,14 +285,23 @@ pub(crate) async fn lookup(
     };
     match candidates(resolver, &namespace, &service).await {
         Ok(eps) => {
+            // The resolver judged these addresses already; judging them again here
+            // keeps the rule at the point where the crate hands out a connection
+            // target, whatever the discovery source did.
+            let policy = &resolver.options().address_policy;
             let addrs: Vec<SocketAddr> = eps
                 .iter()
-                .filter_map(|ep| Some(SocketAddr::new(ep.ip()?, ep.port().unwrap_or(0))))
+                .filter_map(|ep| ep.ip().map(|ip| (ip, ep.port().unwrap_or(0))))
+                .filter(|(ip, _)| policy.permits(*ip))
+                .map(|(ip, port)| SocketAddr::new(ip, port))
                 .collect();
             if addrs.is_empty() {
                 return Err(Error::new(
                     ErrorKind::NoEndpoints,
-                    format!("{namespace}/{service} has no endpoint with an IP address"),
+                    format!(
+                        "{namespace}/{service} has no endpoint with an IP address the \
+                         address policy permits"
+                    ),
                 ));
             }
             Ok(Lookup::Service(addrs))
@@ -277,6 +363,54 @@ mod tests {
         assert!(!m.falls_through(ErrorKind::Unavailable));
     }
 
+    /// IP literals in any spelling are never services, whatever the rule: a request
+    /// for `http://10.1.2.3/` must not ask the registry for namespace `1.2.3`.
+    #[test]
+    fn ip_literals_are_never_service_names() {
+        let rules = [
+            HostMap::any(),
+            HostMap::namespaces(["1.2.3", "254.169.254", "0.0", "0x7f", "0376.0251.0376"]),
+            HostMap::from_fn(|h| Some(("shared".into(), h.into()))),
+        ];
+        let literals = [
+            "10.1.2.3",
+            "169.254.169.254",
+            "169.254.169.254.",
+            "2852039166",
+            "0xa9fea9fe",
+            "0XA9FEA9FE",
+            "0251.0376.0251.0376",
+            "0xa9.0xfe.0xa9.0xfe",
+            "0.0.0.0",
+            "127.1",
+            "[::1]",
+            "::1",
+            "[fd00:ec2::254]",
+            "[::ffff:169.254.169.254]",
+        ];
+        for m in &rules {
+            for host in literals {
+                assert_eq!(m.service(host), None, "{m:?} mapped {host}");
+            }
+            assert!(m.service("web.shared").is_some() || matches!(m.0, Rule::Namespaces(_)));
+        }
+        // Names that merely hold digits are still names.
+        assert!(HostMap::any().service("web1.ns-2").is_some());
+        assert!(HostMap::any().service("10.shared").is_some());
+    }
+
+    /// The default maps nothing: a namespace named like a public domain cannot
+    /// capture `www.example.com` unless the caller opts in.
+    #[test]
+    fn default_maps_no_name() {
+        let m = HostMap::default();
+        for host in ["web.shared", "www.example.com", "a.b.c"] {
+            assert_eq!(m.service(host), None, "{host}");
+        }
+        assert!(!m.falls_through(ErrorKind::ServiceNotFound));
+        assert_eq!(format!("{m:?}"), "HostMap::namespaces([])");
+    }
+
     #[test]
     fn namespaces_match_only_listed_ones() {
         let m = HostMap::namespaces(["Shared", "prod.internal."]);
@@ -326,6 +460,66 @@ mod tests {
         let strict = HostMap::namespaces(["shared"]);
         let err = lookup(&resolver, &strict, "nope.shared").await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    }
+
+    /// With the default map, a registry namespace `example.com` gets no say over
+    /// `www.example.com`: the name passes through to the system's DNS.
+    #[cfg(any(feature = "reqwest", feature = "hyper"))]
+    #[tokio::test]
+    async fn registry_cannot_capture_external_hosts_by_default() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let reg = StaticDiscovery::new().with_instance(
+            "example.com",
+            "www",
+            Instance::new("trap").ipv4(ip).port(1),
+        );
+        let resolver = Resolver::builder(reg).build().unwrap();
+        assert!(matches!(
+            lookup(&resolver, &HostMap::default(), "www.example.com")
+                .await
+                .unwrap(),
+            Lookup::PassThrough
+        ));
+        assert!(
+            matches!(
+                lookup(&resolver, &HostMap::any(), "www.example.com")
+                    .await
+                    .unwrap(),
+                Lookup::Service(_)
+            ),
+            "the explicit opt-in still maps it"
+        );
+    }
+
+    /// Addresses handed to a connector pass the address policy, whatever the source.
+    #[cfg(any(feature = "reqwest", feature = "hyper"))]
+    #[tokio::test]
+    async fn connector_addresses_pass_the_policy() {
+        let reg = StaticDiscovery::new()
+            .with_instance(
+                "shared",
+                "web",
+                Instance::new("a")
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1),
+            )
+            .with_instance(
+                "shared",
+                "web",
+                Instance::new("b")
+                    .ipv4("127.0.0.2".parse().unwrap())
+                    .port(2),
+            );
+        let opts = crate::ResolverOptions {
+            address_policy: crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap()),
+            ..Default::default()
+        };
+        let resolver = Resolver::builder(reg).options(opts).build().unwrap();
+        let hosts = HostMap::namespaces(["shared"]);
+        let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap() else {
+            panic!("a service");
+        };
+        assert_eq!(addrs, ["127.0.0.2:2".parse().unwrap()]);
     }
 
     #[cfg(any(feature = "reqwest", feature = "hyper"))]

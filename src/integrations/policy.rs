@@ -5,8 +5,11 @@ use std::net::IpAddr;
 
 use http::{Method, StatusCode};
 
+use super::permitted_address;
 use crate::call_error::{Attempt, AttemptError, CallError};
 use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind};
+use crate::resolver::Resolver;
 
 /// Which HTTP requests are sent again to the next endpoint, and on which statuses.
 /// Every field's doc states its default.
@@ -75,10 +78,12 @@ impl FailoverPolicy {
     }
 }
 
-/// How one attempt of a request failed: an answer with a fail-over status, or an error.
+/// How one attempt of a request failed: an answer with a fail-over status, an error,
+/// or no send at all (the endpoint had no permitted address).
 pub(crate) enum Failed<R, E> {
     Status(R),
     Error(E),
+    NotSent(Error),
 }
 
 /// Turns the outcome of a call into the caller's answer: the response of the last
@@ -112,6 +117,9 @@ pub(crate) fn finish<R, E, F>(
             let e = match a.into_error() {
                 AttemptError::Failed(Failed::Status(r)) => AttemptError::Failed(status(r)),
                 AttemptError::Failed(Failed::Error(e)) => AttemptError::Failed(error(e)),
+                AttemptError::Failed(Failed::NotSent(e)) | AttemptError::NotSent(e) => {
+                    AttemptError::NotSent(e)
+                }
                 AttemptError::TimedOut(d) => AttemptError::TimedOut(d),
             };
             Attempt::new(endpoint, e)
@@ -120,41 +128,48 @@ pub(crate) fn finish<R, E, F>(
     Err(CallError::attempts_failed(stop, attempts))
 }
 
-/// Where a request for a service goes on `endpoint`: its IP address or host name,
-/// and the port: the URL's explicit port wins, then the instance's; `None` leaves the
-/// scheme's default.
-pub(crate) fn authority_for(
+/// Where a request for a service goes on `endpoint`: an IP address the resolver's
+/// [`AddressPolicy`](crate::AddressPolicy) permits, and the port (the URL's explicit
+/// port wins, then the instance's; `None` leaves the scheme's default).
+///
+/// A host-name endpoint (CNAME, alias) is resolved here and its addresses judged,
+/// so a name that is an IP literal in some spelling, or that resolves to a refused
+/// address, is never connected to. An error means nothing was sent.
+pub(crate) async fn destination(
+    resolver: &Resolver,
     endpoint: &Endpoint,
     explicit_port: Option<u16>,
-) -> Option<(Target, Option<u16>)> {
-    let host = match (endpoint.ip(), endpoint.host()) {
-        (Some(ip), _) => Target::Ip(ip),
-        (None, Some(h)) => Target::Name(h.to_owned()),
-        (None, None) => return None,
-    };
-    Some((host, explicit_port.or(endpoint.port())))
-}
-
-/// The host part of an endpoint's authority.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Target {
-    Ip(IpAddr),
-    Name(String),
-}
-
-impl Target {
-    /// The authority `host[:port]`, with brackets around an IPv6 address.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn authority(&self, port: Option<u16>) -> String {
-        let host = match self {
-            Target::Ip(IpAddr::V6(v6)) => format!("[{v6}]"),
-            Target::Ip(IpAddr::V4(v4)) => v4.to_string(),
-            Target::Name(n) => n.clone(),
-        };
-        match port {
-            Some(p) => format!("{host}:{p}"),
-            None => host,
+) -> Result<(IpAddr, Option<u16>), Error> {
+    let port = explicit_port.or(endpoint.port());
+    let ip = match (endpoint.ip(), endpoint.host()) {
+        (Some(ip), _) if resolver.options().address_policy.permits(ip) => ip,
+        (Some(ip), _) => {
+            return Err(Error::new(
+                ErrorKind::NoEndpoints,
+                format!("the address policy refuses {ip}"),
+            ))
         }
+        (None, Some(host)) => permitted_address(resolver, host).await?,
+        (None, None) => {
+            return Err(Error::new(
+                ErrorKind::NoEndpoints,
+                format!("endpoint {} has no address", endpoint.instance_id()),
+            ))
+        }
+    };
+    Ok((ip, port))
+}
+
+/// The authority `host[:port]` for `ip`, with brackets around an IPv6 address.
+#[cfg_attr(not(feature = "tower"), allow(dead_code))]
+pub(crate) fn authority(ip: IpAddr, port: Option<u16>) -> String {
+    let host = match ip {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     }
 }
 
@@ -171,18 +186,64 @@ mod tests {
         Endpoint::from_instance(i).unwrap()
     }
 
-    #[test]
-    fn explicit_port_wins() {
-        let (t, p) = authority_for(&ep("a", Some(8080)), Some(9000)).unwrap();
-        assert_eq!(t.authority(p), "127.0.0.1:9000");
-        let (t, p) = authority_for(&ep("a", Some(8080)), None).unwrap();
-        assert_eq!(t.authority(p), "127.0.0.1:8080");
-        let (t, p) = authority_for(&ep("a", None), None).unwrap();
-        assert_eq!(t.authority(p), "127.0.0.1");
+    #[tokio::test]
+    async fn explicit_port_wins_and_addresses_are_judged() {
+        let resolver = crate::Resolver::builder(crate::StaticDiscovery::new())
+            .build()
+            .unwrap();
+        let (ip, p) = destination(&resolver, &ep("a", Some(8080)), Some(9000))
+            .await
+            .unwrap();
+        assert_eq!(authority(ip, p), "127.0.0.1:9000");
+        let (ip, p) = destination(&resolver, &ep("a", Some(8080)), None)
+            .await
+            .unwrap();
+        assert_eq!(authority(ip, p), "127.0.0.1:8080");
+        let (ip, p) = destination(&resolver, &ep("a", None), None).await.unwrap();
+        assert_eq!(authority(ip, p), "127.0.0.1");
         let v6 = Endpoint::from_instance(Instance::new("b").ipv6("::1".parse().unwrap()).port(81))
             .unwrap();
-        let (t, p) = authority_for(&v6, None).unwrap();
-        assert_eq!(t.authority(p), "[::1]:81");
+        let (ip, p) = destination(&resolver, &v6, None).await.unwrap();
+        assert_eq!(authority(ip, p), "[::1]:81");
+
+        let opts = crate::ResolverOptions {
+            address_policy: crate::AddressPolicy::default().deny("127.0.0.0/8".parse().unwrap()),
+            ..Default::default()
+        };
+        let strict = crate::Resolver::builder(crate::StaticDiscovery::new())
+            .options(opts)
+            .build()
+            .unwrap();
+        let err = destination(&strict, &ep("a", Some(1)), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NoEndpoints);
+    }
+
+    /// A CNAME that is an IP literal in another spelling is judged as that address.
+    #[tokio::test]
+    async fn host_names_are_judged_by_the_addresses_they_resolve_to() {
+        let resolver = crate::Resolver::builder(crate::StaticDiscovery::new())
+            .build()
+            .unwrap();
+        for host in [
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "169.254.169.254",
+            "0.0.0.0",
+        ] {
+            let cname = Endpoint::from_instance(Instance::new("c").cname(host).port(80));
+            let Ok(cname) = cname else {
+                // Refused as an endpoint already: nothing to send to either.
+                continue;
+            };
+            let found = destination(&resolver, &cname, None).await;
+            assert!(found.is_err(), "{host} reached {found:?}");
+        }
+        let loopback = Endpoint::from_instance(Instance::new("l").cname("2130706433")).unwrap();
+        let (ip, _) = destination(&resolver, &loopback, None).await.unwrap();
+        assert_eq!(ip, IpAddr::from([127, 0, 0, 1]));
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub struct ReqwestResolver {
 }
 
 impl ReqwestResolver {
-    /// A resolver mapping names with [`HostMap::any`].
+    /// A resolver that maps no name until [`hosts`](Self::hosts) lists namespaces.
     pub fn new(resolver: Resolver) -> Self {
         ReqwestResolver {
             resolver,
@@ -58,7 +58,8 @@ impl ReqwestResolver {
         }
     }
 
-    /// Which names are services. Default: [`HostMap::any`].
+    /// Which names are services. Default: none ([`HostMap::default`]); list your
+    /// namespaces with [`HostMap::namespaces`].
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
         self.hosts = hosts;
@@ -115,7 +116,11 @@ mod tests {
                     .ipv4("127.0.0.2".parse().unwrap())
                     .port(8081),
             );
-        let r = Resolver::builder(reg).build().unwrap().reqwest_resolver();
+        let r = Resolver::builder(reg)
+            .build()
+            .unwrap()
+            .reqwest_resolver()
+            .hosts(HostMap::namespaces(["shared"]));
         let addrs: Vec<_> = r
             .resolve("web.shared".parse().unwrap())
             .await

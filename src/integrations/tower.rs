@@ -2,6 +2,7 @@
 //! endpoints, and repeatable requests to the next one when that fails.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::task::{Context, Poll};
 
@@ -10,7 +11,8 @@ use http::uri::{Authority, Uri};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
-use super::{authority_for, finish, Failed, FailoverPolicy, HostMap};
+use super::policy::authority;
+use super::{destination, finish, Failed, FailoverPolicy, HostMap};
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::resolver::Resolver;
@@ -25,15 +27,21 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request whose URI host [`HostMap`] maps to a service goes to an endpoint picked
 /// by the resolver, through [`Resolver::call`]: the URI's authority becomes the
 /// endpoint's address and port (an explicit port in the URI wins), and a `Host`
-/// header with the original authority is added unless the request has one.
+/// header with the original host and port (never the URI's user information) is
+/// added unless the request has one. Requests go only to addresses the resolver's
+/// [`AddressPolicy`](crate::AddressPolicy) permits: an endpoint with a host name
+/// (CNAME, alias) is looked up here and the request sent to its first permitted
+/// address; with none, nothing is sent to it and the next endpoint is tried.
 ///
 /// A request whose method is in [`FailoverPolicy::methods`] (the idempotent ones by
 /// default) goes to the next distinct endpoint, up to 8, when the inner service fails
 /// or answers with a status in [`FailoverPolicy::statuses`] (502, 503, 504 by
-/// default), within the resolver's [retry budget](crate::RetryBudgetOptions); when
-/// every attempt got such a status, the last response is returned. Any other request
-/// is sent once: the layer cannot tell a connect error of an arbitrary service from
-/// a failure after sending. Each attempt's outcome feeds outlier detection.
+/// default), or its attempt times out, within the resolver's
+/// [retry budget](crate::RetryBudgetOptions); when every attempt got such a status,
+/// the last response is returned. Any other request is sent at most once, timeouts
+/// included: the layer cannot tell a connect error of an arbitrary service from a
+/// failure after sending, and a timed-out attempt may have been delivered. Each
+/// attempt's outcome feeds outlier detection.
 ///
 /// Retrying needs a copy of the request, so the body type must be `Clone` (`String`,
 /// `Full<Bytes>`, `Empty<Bytes>`...); a streaming body must be collected first, or
@@ -48,11 +56,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// use hyper_util::client::legacy::Client;
 /// use hyper_util::rt::TokioExecutor;
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use cloudmap_resolver::FailoverLayer;
+/// use cloudmap_resolver::{FailoverLayer, HostMap};
 ///
 /// let resolver = cloudmap_resolver::Resolver::from_env().await?;
 /// let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
-/// let svc = ServiceBuilder::new().layer(FailoverLayer::new(resolver)).service(client);
+/// let layer = FailoverLayer::new(resolver).hosts(HostMap::namespaces(["shared"]));
+/// let svc = ServiceBuilder::new().layer(layer).service(client);
 /// let request = http::Request::get("http://web.shared/items").body(Full::default())?;
 /// let response = svc.oneshot(request).await?;
 /// # Ok(()) }
@@ -66,8 +75,9 @@ pub struct FailoverLayer {
 }
 
 impl FailoverLayer {
-    /// A layer picking endpoints with `resolver`, mapping names with
-    /// [`HostMap::any`] and failing over by [`FailoverPolicy::default`].
+    /// A layer picking endpoints with `resolver` and failing over by
+    /// [`FailoverPolicy::default`]; it maps no name until [`hosts`](Self::hosts)
+    /// lists namespaces.
     pub fn new(resolver: Resolver) -> Self {
         FailoverLayer {
             resolver,
@@ -76,7 +86,8 @@ impl FailoverLayer {
         }
     }
 
-    /// Which host names are services. Default: [`HostMap::any`].
+    /// Which host names are services. Default: none ([`HostMap::default`]); list your
+    /// namespaces with [`HostMap::namespaces`].
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
         self.hosts = hosts;
@@ -178,10 +189,7 @@ where
             let (parts, body) = req.into_parts();
             let repeatable = layer.policy.repeats(&parts.method);
             let explicit_port = parts.uri.port_u16();
-            let host = parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            let host = host_header(&parts.uri);
             let head = Head {
                 method: parts.method,
                 uri: parts.uri,
@@ -191,17 +199,32 @@ where
             };
             let template = Mutex::new(Some(body));
             let policy = &layer.policy;
+            let resolver = &layer.resolver;
             let (template_ref, head_ref, attempt_inner) = (&template, &head, inner.clone());
             let op = move |ep: Endpoint| {
                 let body = template_ref
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
-                    .clone()
-                    .expect("the body is kept while attempts are made");
-                let mut req = head_ref.request(body);
-                retarget(&mut req, &ep, explicit_port, host.clone());
+                    .clone();
+                let host = host.clone();
                 let svc = attempt_inner.clone();
                 async move {
+                    let Some(body) = body else {
+                        // The body is only taken after the call; unreachable, but an
+                        // error is a better answer than a panic.
+                        return Err(Failed::NotSent(crate::error::Error::new(
+                            crate::error::ErrorKind::InvalidInput,
+                            "the request's body is gone",
+                        )));
+                    };
+                    let (ip, port) = match destination(resolver, &ep, explicit_port).await {
+                        Ok(found) => found,
+                        Err(e) => return Err(Failed::NotSent(e)),
+                    };
+                    let mut req = head_ref.request(body);
+                    if let Err(e) = retarget(&mut req, ip, port, host) {
+                        return Err(Failed::NotSent(e));
+                    }
                     match svc.oneshot(req).await {
                         Ok(resp) if repeatable && policy.fails_over_on(resp.status()) => {
                             Err(Failed::Status(resp))
@@ -211,11 +234,17 @@ where
                     }
                 }
             };
-            let mut call = layer.resolver.call(&namespace, &service, op);
-            if !repeatable {
-                call = call.max_attempts(1);
-            }
-            let result = call.await;
+            // A request that is not repeatable moves on only when nothing was sent:
+            // an error of the inner service or a timeout may come after delivery.
+            let result = layer
+                .resolver
+                .call(&namespace, &service, op)
+                .retry_if(move |f: &Failed<Response<RB>, BoxError>| match f {
+                    Failed::Status(_) | Failed::NotSent(_) => true,
+                    Failed::Error(_) => repeatable,
+                })
+                .retry_timeouts(repeatable)
+                .await;
             if let Err(e) = &result {
                 if e.resolve_error()
                     .is_some_and(|r| layer.hosts.falls_through(r.kind()))
@@ -237,50 +266,63 @@ where
     }
 }
 
-/// Points `req` at `ep`, keeping the service's name in the `Host` header.
+/// The `Host` header of a request to `uri`: its host and explicit port, never its
+/// user information (`alice:s3cret@`).
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let value = match uri.port_u16() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    HeaderValue::from_str(&value).ok()
+}
+
+/// Points `req` at `ip` and `port`, keeping the service's name in the `Host` header.
 fn retarget<B>(
     req: &mut Request<B>,
-    ep: &Endpoint,
-    explicit_port: Option<u16>,
+    ip: IpAddr,
+    port: Option<u16>,
     host: Option<HeaderValue>,
-) {
-    let Some((target, port)) = authority_for(ep, explicit_port) else {
-        return;
-    };
-    let Ok(authority) = Authority::try_from(target.authority(port)) else {
-        return;
-    };
+) -> Result<(), crate::error::Error> {
+    let bad = |what: String| crate::error::Error::new(crate::error::ErrorKind::InvalidInput, what);
+    let authority = Authority::try_from(authority(ip, port))
+        .map_err(|e| bad(format!("bad authority for {ip}: {e}")))?;
     let mut parts = req.uri().clone().into_parts();
     parts.authority = Some(authority);
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
-        if let Some(h) = host {
-            req.headers_mut().entry(HOST).or_insert(h);
-        }
+    let uri =
+        Uri::from_parts(parts).map_err(|e| bad(format!("cannot point the URI at {ip}: {e}")))?;
+    *req.uri_mut() = uri;
+    if let Some(h) = host {
+        req.headers_mut().entry(HOST).or_insert(h);
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Instance;
 
     #[test]
     fn retarget_rewrites_the_authority() {
-        let ep = Endpoint::from_instance(
-            Instance::new("a")
-                .ipv4("127.0.0.1".parse().unwrap())
-                .port(8080),
-        )
-        .unwrap();
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let mut req = Request::get("http://web.shared/x?y=1").body(()).unwrap();
         let host = HeaderValue::from_static("web.shared");
-        retarget(&mut req, &ep, None, Some(host));
+        retarget(&mut req, ip, Some(8080), Some(host)).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:8080/x?y=1");
         assert_eq!(req.headers()[HOST], "web.shared");
 
         let mut req = Request::get("http://web.shared:9000/").body(()).unwrap();
-        retarget(&mut req, &ep, Some(9000), None);
+        retarget(&mut req, ip, Some(9000), None).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9000/");
+        assert!(req.headers().get(HOST).is_none());
+    }
+
+    /// User information in the URI stays out of the `Host` header.
+    #[test]
+    fn host_header_has_no_credentials() {
+        let uri: Uri = "http://alice:s3cret@web.shared:81/".parse().unwrap();
+        assert_eq!(host_header(&uri).unwrap(), "web.shared:81");
+        let uri: Uri = "http://alice:s3cret@web.shared/".parse().unwrap();
+        assert_eq!(host_header(&uri).unwrap(), "web.shared");
     }
 }

@@ -21,6 +21,9 @@ pub enum Mode {
     Status(u16),
     /// Reads the request, then closes the connection without answering.
     Close,
+    /// Reads the request (it counts as received), then answers 200 after this many
+    /// milliseconds.
+    Delay(u64),
 }
 
 /// What a server received: method, `Host` header, body.
@@ -133,6 +136,10 @@ async fn handle(
     };
     let status = match mode {
         Mode::Ok => 200,
+        Mode::Delay(ms) => {
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            200
+        }
         Mode::Status(s) => s,
         // An error from the service makes hyper drop the connection unanswered.
         Mode::Close => return Err(Refuse),
