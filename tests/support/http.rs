@@ -180,3 +180,145 @@ pub async fn three_servers() -> ([HttpServer; 3], StaticDiscovery) {
     ]);
     (servers, reg)
 }
+
+/// A loopback backend that can be killed and restarted on the same port, for soak
+/// tests: answers every request `200 ok` and closes, and keeps only a counter (no
+/// per-request record, so a long run does not grow).
+pub struct Backend {
+    pub addr: SocketAddr,
+    hits: Arc<std::sync::atomic::AtomicU64>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Backend {
+    /// Starts on a free port of 127.0.0.1.
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            hits: Arc::default(),
+            task: None,
+        };
+        backend.serve(listener);
+        backend
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.task.is_some()
+    }
+
+    /// Requests answered.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Kills it: the listener closes and every open connection is dropped, answered
+    /// or not. Returns once the port is closed.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    /// Listens again on the same port, trying for up to about 2 s (another socket may
+    /// hold the port for a moment). False if the port stayed taken; the backend is
+    /// then still down.
+    pub async fn restart(&mut self) -> bool {
+        if self.is_up() {
+            return true;
+        }
+        for _ in 0..100 {
+            if let Ok(listener) = TcpListener::bind(self.addr).await {
+                self.serve(listener);
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Listens again on a new free port, for when [`restart`](Self::restart) failed.
+    pub async fn restart_elsewhere(&mut self) {
+        self.stop().await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.addr = listener.local_addr().unwrap();
+        self.serve(listener);
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let hits = self.hits.clone();
+        self.task = Some(tokio::spawn(async move {
+            // Aborting this task drops the set, which aborts every connection.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        match accepted {
+                            Ok((stream, _)) => {
+                                conns.spawn(answer_ok(stream, hits.clone()));
+                            }
+                            // Out of descriptors, say: let connections finish first.
+                            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                        }
+                    }
+                    Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                }
+            }
+        }));
+    }
+}
+
+async fn answer_ok(mut stream: tokio::net::TcpStream, hits: Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+        if len == buf.len() {
+            return;
+        }
+    }
+    let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+    if stream.write_all(reply).await.is_ok() {
+        hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// One `GET /` to `addr` over a fresh connection: `Ok` when it answered 200.
+pub async fn get_ok(addr: SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: soak\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut reply = Vec::with_capacity(128);
+    stream
+        .read_to_end(&mut reply)
+        .await
+        .map_err(|e| format!("read from {addr}: {e}"))?;
+    if reply.starts_with(b"HTTP/1.1 200 ") {
+        Ok(())
+    } else {
+        Err(format!("{addr} answered {} bytes, not 200", reply.len()))
+    }
+}
