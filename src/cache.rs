@@ -8,10 +8,15 @@
 //! snapshot expired when it may no longer be served; everything slow happens on a
 //! miss (`Cache::load`).
 
+use std::any::Any;
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -24,11 +29,19 @@ use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
 use crate::limit::{Limiter, Op, Pace};
-use crate::options::ResolverOptions;
+use crate::options::{after, scaled, ResolverOptions};
 use crate::outlier::OutlierDetector;
 use crate::recent;
 use crate::select::{stripe, Selection, STRIPES};
 use crate::stats::{bump, Counters};
+
+/// The shortest TTL taken from a source: a registry (or a `Discover` impl) answering
+/// with a TTL of 0 would otherwise have its key refreshed in a tight loop.
+pub(crate) const MIN_SOURCE_TTL: Duration = Duration::from_secs(1);
+
+/// An `idle_timeout` this long or longer means "never idle": moka refuses time-to-idle
+/// values above 1,000 years (an assertion inside its builder).
+const NEVER_IDLE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 const FRESH: u8 = 0;
 /// Past its fresh time, refresh failing, still served.
@@ -87,8 +100,8 @@ impl Snapshot {
             used: AtomicBool::new(false),
             confirmed_at,
             full_at,
-            fresh_until: confirmed_at + ttl,
-            stale_until: confirmed_at + max_stale,
+            fresh_until: after(confirmed_at, ttl),
+            stale_until: after(confirmed_at, max_stale),
             ttl,
             revision,
         }
@@ -392,12 +405,16 @@ impl Cache {
     pub(crate) fn new(source: Box<dyn Discover>, opts: ResolverOptions) -> Self {
         let index = Arc::new(Index::new());
         let evict = Arc::downgrade(&index);
-        let lru = moka::sync::Cache::builder()
-            .max_capacity(opts.capacity)
-            .time_to_idle(opts.idle_timeout)
+        let mut lru = moka::sync::Cache::builder().max_capacity(opts.capacity);
+        if opts.idle_timeout < NEVER_IDLE {
+            lru = lru.time_to_idle(opts.idle_timeout);
+        }
+        let lru = lru
             .eviction_listener(move |key: Arc<LruKey>, _, cause| {
                 if cause.was_evicted() {
                     key.0.evicted.store(true, Ordering::Relaxed);
+                    // Memos may still hold the slot; they need not hold its answer.
+                    key.0.snapshot.store(None);
                     if let Some(index) = evict.upgrade() {
                         index.remove(&key.0);
                     }
@@ -500,18 +517,29 @@ impl Cache {
         });
         if inserted {
             self.lru.insert(LruKey(slot.clone()), ());
+        } else {
+            // A key loaded again is in use: without this a key served only through
+            // loads (`refresh_ahead = false`, or a refresh failing) would be dropped
+            // as idle after `idle_timeout` while busy, and its stale answer with it.
+            self.lru.get(&LruKey(slot.clone()));
         }
         let snap = self.load_slot(&slot).await?;
         Ok((slot, snap))
     }
 
     async fn load_slot(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Snapshot>, Error> {
+        let seen = slot.current();
         let mut gate = slot.gate.lock().await;
         let now = Instant::now();
         let prev = slot.current();
         if let Some(snap) = &prev {
-            // Someone may have loaded while this caller waited at the gate.
-            if snap.state.load(Ordering::Relaxed) != EXPIRED && now < snap.stale_until {
+            // An answer installed while this caller waited at the gate is the answer
+            // to its question, however old it counts as already (`max_stale = 0`):
+            // asking again would make one registry call per waiter.
+            let installed_while_waiting = !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap));
+            let servable = snap.state.load(Ordering::Relaxed) != EXPIRED
+                && now < snap.stale_until.max(snap.fresh_until);
+            if installed_while_waiting || servable {
                 return servable_or_empty(slot, snap.clone());
             }
         }
@@ -560,7 +588,7 @@ impl Cache {
                 } else {
                     self.opts.negative_ttl
                 };
-                gate.error = Some((err.clone(), now + hold));
+                gate.error = Some((err.clone(), after(now, hold)));
                 Err(err)
             }
         }
@@ -582,7 +610,7 @@ impl Cache {
         let mut deadline = None;
         if let Some(prev) = prev.filter(|_| first == Op::Revision) {
             let (rev, sent) = self
-                .call(Op::Revision, &mut pace, &mut deadline, || {
+                .call(Op::Revision, req, &mut pace, &mut deadline, || {
                     self.source.revision(req)
                 })
                 .await?;
@@ -593,7 +621,7 @@ impl Cache {
             }
         }
         let (found, now) = self
-            .call(Op::Discover, &mut pace, &mut deadline, || {
+            .call(Op::Discover, req, &mut pace, &mut deadline, || {
                 self.source.discover(req)
             })
             .await?;
@@ -605,7 +633,7 @@ impl Cache {
         let items: Box<[_]> = items.into();
         let cumulative = self.opts.selection.cumulative(&items, ns, svc);
         let set = Arc::new(EndpointSet { items, cumulative });
-        let ttl = found.ttl.unwrap_or(self.opts.ttl);
+        let ttl = found.ttl.map_or(self.opts.ttl, |t| t.max(MIN_SOURCE_TTL));
         let snap = Arc::new(Snapshot::new(
             set,
             prev,
@@ -624,6 +652,7 @@ impl Cache {
     async fn call<'a, T>(
         &'a self,
         op: Op,
+        req: &DiscoverRequest,
         pace: &mut Pace,
         deadline: &mut Option<Instant>,
         make: impl FnOnce() -> crate::discover::BoxFuture<'a, Result<T, Error>>,
@@ -641,8 +670,18 @@ impl Cache {
             }
         };
         let limit = self.opts.fetch_timeout;
-        let until = *deadline.get_or_insert(sent + limit);
-        let result = with_timeout((limit, until), name, make()).await;
+        let until = *deadline.get_or_insert(after(sent, limit));
+        // A source that panics (in `discover` itself or in its future) fails this
+        // call like an unavailable registry: the panic must not unwind through the
+        // refresher, which would leave the key served forever and never refreshed.
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+            Ok(fut) => match with_timeout((limit, until), name, CatchUnwind(fut)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(payload)) => Err(self.panicked(name, req, &*payload)),
+                Err(timed_out) => Err(timed_out),
+            },
+            Err(payload) => Err(self.panicked(name, req, &*payload)),
+        };
         let throttled = matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled);
         if *pace == Pace::Now {
             // Cold loads back off together (the account is dry for every key) but do
@@ -657,6 +696,27 @@ impl Cache {
         result.map(|found| (found, sent))
     }
 
+    /// Counts, logs and turns into an error a panic of the source.
+    fn panicked(&self, op: &str, req: &DiscoverRequest, payload: &(dyn Any + Send)) -> Error {
+        bump(&self.counters.refresh_panics);
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a non-string payload");
+        tracing::error!(
+            namespace = %req.namespace,
+            service = %req.service,
+            operation = op,
+            panic = message,
+            "the discovery source panicked; treating the call as failed"
+        );
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("{op} panicked in the discovery source: {message}"),
+        )
+    }
+
     /// Which call a refresh of `prev` at `now` starts with: the revision (when the
     /// answer has one and revision polling is on) while the last full fetch is recent
     /// enough, and for a background refresh also while this resolver waits for a
@@ -666,7 +726,7 @@ impl Cache {
         let (Some(prev), Some(every)) = (prev, self.opts.full_refresh_interval) else {
             return Op::Discover;
         };
-        let recent = now < prev.full_at + every;
+        let recent = now < after(prev.full_at, every);
         let waiting = pace != Pace::Now && !self.limit.ready(Op::Discover, now);
         if prev.revision.is_some() && (recent || waiting) {
             Op::Revision
@@ -684,19 +744,20 @@ impl Cache {
         // Equal jitter: at least half the delay, so retries stay spaced, and a random
         // rest, so processes started together do not retry together.
         let half = cap / 2;
-        half + self.jitter(half)
+        half.saturating_add(self.jitter(half))
     }
 
     fn jitter(&self, up_to: Duration) -> Duration {
         let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-        up_to.mul_f64(rng.random::<f64>())
+        scaled(up_to, rng.random::<f64>())
     }
 
     /// When to refresh a snapshot in use: between 75% and 90% of its TTL, at random,
     /// so keys (and processes) loaded together do not refresh together.
     fn refresh_time(&self, snap: &Snapshot) -> Instant {
-        let early = snap.ttl.mul_f64(0.75);
-        snap.confirmed_at + early + self.jitter(snap.ttl.mul_f64(0.15))
+        let early = scaled(snap.ttl, 0.75);
+        let jitter = self.jitter(scaled(snap.ttl, 0.15));
+        after(after(snap.confirmed_at, early), jitter)
     }
 
     fn ensure_refresher(self: &Arc<Self>, slot: &Arc<Slot>) {
@@ -716,6 +777,23 @@ impl Cache {
     }
 }
 
+impl Drop for Cache {
+    /// Threads' memos (`recent`) and sleeping refreshers may hold this cache's slots
+    /// after the resolver is gone; the slots keep only their question, not the
+    /// answers (which hold every endpoint), and are marked evicted so no memo
+    /// serves them.
+    fn drop(&mut self) {
+        for shard in self.index.shards.iter() {
+            for bucket in shard.map.load().values() {
+                for slot in bucket.iter() {
+                    slot.evicted.store(true, Ordering::Relaxed);
+                    slot.snapshot.store(None);
+                }
+            }
+        }
+    }
+}
+
 fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, Error> {
     if snap.set.items.is_empty() {
         return Err(Error::new(
@@ -729,13 +807,31 @@ fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, 
     Ok(snap)
 }
 
+/// A source's future, with a panic in its `poll` caught and returned as `Err`
+/// (what `futures`' `catch_unwind` does, without the dependency). After a panic the
+/// inner future is never polled again: the wrapper is ready and gets dropped.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
 async fn with_timeout<T>(
     (limit, deadline): (Duration, Instant),
     op: &str,
-    fut: impl std::future::Future<Output = Result<T, Error>>,
+    fut: impl Future<Output = T>,
 ) -> Result<T, Error> {
     match tokio::time::timeout_at(deadline, fut).await {
-        Ok(r) => r,
+        Ok(r) => Ok(r),
         Err(_) => Err(Error::new(
             ErrorKind::Unavailable,
             format!("{op} took longer than {limit:?}"),
@@ -747,6 +843,10 @@ async fn with_timeout<T>(
 /// backoff when the registry fails, marks the snapshot stale and then expired, and
 /// stops when the key goes unused, is evicted, or the resolver is dropped.
 async fn refresher(cache: Weak<Cache>, slot: Arc<Slot>) {
+    let mut exit = RefresherExit {
+        slot: &slot,
+        clean: false,
+    };
     loop {
         run_refresher(&cache, &slot).await;
         slot.refresher.store(false, Ordering::Release);
@@ -758,8 +858,31 @@ async fn refresher(cache: Weak<Cache>, slot: Arc<Slot>) {
                 .current()
                 .is_some_and(|s| s.state.load(Ordering::Relaxed) != EXPIRED);
         if !revive || slot.refresher.swap(true, Ordering::AcqRel) {
+            exit.clean = true;
             return;
         }
+    }
+}
+
+/// Cleans up after a refresher that did not return normally (a panic in the
+/// crate's own code, or its runtime shutting down): the warm path never reads the
+/// clock, so an answer nobody refreshes any more would be served forever. Expiring
+/// it and clearing the flag make the next caller load the key and start a new
+/// refresher. (A panic of the source itself is caught earlier, in `Cache::call`.)
+struct RefresherExit<'a> {
+    slot: &'a Slot,
+    clean: bool,
+}
+
+impl Drop for RefresherExit<'_> {
+    fn drop(&mut self) {
+        if self.clean {
+            return;
+        }
+        if let Some(snap) = self.slot.current() {
+            snap.state.store(EXPIRED, Ordering::Relaxed);
+        }
+        self.slot.refresher.store(false, Ordering::Release);
     }
 }
 
@@ -831,7 +954,20 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         let result = {
             let mut gate = slot.gate.lock().await;
             if slot.is_current(&cur) {
-                let r = cache.fetch(slot, Some(&cur), first, Pace::Taken).await;
+                // The fetch's second call (instances after a moved revision) may
+                // wait for a paced DiscoverInstances turn: bound the whole fetch by
+                // the answer's max-stale age (or its TTL, when that is longer: a
+                // refresh ahead of expiry may run past a short max-stale), which the
+                // warm path cannot check.
+                let servable_until = cur.stale_until.max(cur.fresh_until);
+                let fetch = cache.fetch(slot, Some(&cur), first, Pace::Taken);
+                let r = match tokio::time::timeout_at(servable_until, fetch).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Throttled,
+                        "no registry turn before the cached answer reached max_stale",
+                    )),
+                };
                 if r.is_ok() {
                     // A cold load's failure streak ends with any success.
                     gate.error = None;
@@ -842,10 +978,12 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
                 None
             }
         };
+        // The key is in use (refreshes run only for used keys): keep it from idle
+        // eviction even while its refreshes fail and its stale answer is served.
+        cache.lru.get(&LruKey(slot.clone()));
         match result {
             None => continue,
             Some(Ok(snap)) => {
-                cache.lru.get(&LruKey(slot.clone()));
                 if failures > 0 {
                     tracing::info!(
                         namespace = %slot.request.namespace,
@@ -879,7 +1017,7 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
                         "refresh failed; serving the last good answer"
                     );
                 }
-                next = (now + cache.backoff(failures)).min(cur.stale_until);
+                next = after(now, cache.backoff(failures)).min(cur.stale_until);
             }
         }
     }

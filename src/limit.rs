@@ -21,6 +21,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
+use crate::options::after;
 
 /// A cap on one resolver's registry calls: a token bucket of `burst` calls, refilled
 /// at `per_second`.
@@ -147,7 +148,11 @@ impl Bucket {
         if self.tokens >= 1.0 {
             now
         } else {
-            now + Duration::from_secs_f64((1.0 - self.tokens) / rate)
+            // A tiny rate (`RateLimit::new(1e-300, 1)` passes validation) puts the
+            // turn past what a `Duration` holds: "never", not a panic.
+            let wait =
+                Duration::try_from_secs_f64((1.0 - self.tokens) / rate).unwrap_or(Duration::MAX);
+            after(now, wait)
         }
     }
 }
@@ -313,7 +318,7 @@ impl Limiter {
         let a = &mut st.ops[op as usize];
         if throttled {
             a.cold_throttles += 1;
-            a.cold_hold = Some(now + hold(a.cold_throttles));
+            a.cold_hold = Some(after(now, hold(a.cold_throttles)));
         } else {
             a.cold_throttles = 0;
             a.cold_hold = None;
@@ -459,6 +464,21 @@ mod tests {
         let much_later = t0 + DOUBLING * 30;
         assert_eq!(l.admit_at(D, Pace::Wait, much_later).unwrap(), much_later);
         assert_eq!(l.rate(D, much_later), None);
+    }
+
+    #[test]
+    fn tiny_rate_gives_no_turn_instead_of_panicking() {
+        let t0 = Instant::now();
+        for rate in [1e-300, f64::MIN_POSITIVE, 5e-324] {
+            let l = Limiter::new(Some(RateLimit::new(rate, 1)), true, t0);
+            assert_eq!(l.admit_at(D, Pace::Wait, t0).unwrap(), t0);
+            let next = l.admit_at(D, Pace::Wait, t0).unwrap();
+            assert!(
+                next > t0 + Duration::from_secs(10 * 365 * 24 * 3600),
+                "{rate}"
+            );
+            assert!(l.admit_at(D, Pace::Now, t0).is_err());
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::budget::RetryBudgetOptions;
 use crate::call::CallOptions;
 use crate::filter::HealthFilter;
@@ -10,7 +12,13 @@ use crate::outlier::OutlierOptions;
 use crate::policy::AddressPolicy;
 use crate::select::Selection;
 
-/// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default.
+/// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
+/// and its bounds.
+///
+/// No value can make the crate panic: [`build`](crate::ResolverBuilder::build)
+/// refuses an out-of-range value with [`InvalidInput`](crate::ErrorKind::InvalidInput),
+/// and durations too long to add to a clock reading saturate to "never" (about 30
+/// years), so `max_stale = Duration::MAX` serves stale answers forever.
 ///
 /// Set the common ones through [`ResolverBuilder`](crate::ResolverBuilder)'s methods,
 /// or all at once with [`ResolverBuilder::options`](crate::ResolverBuilder::options).
@@ -29,8 +37,10 @@ use crate::select::Selection;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ResolverOptions {
-    /// How long an answer is fresh when the source gives no TTL of its own.
-    /// Default: 5 s.
+    /// How long an answer is fresh when the source gives no TTL of its own. Must be
+    /// greater than zero; `Duration::MAX` keeps answers fresh for good. A TTL given
+    /// by the source is used instead, but never less than 1 s (a source answering
+    /// with a TTL of 0 would have its key refreshed in a tight loop). Default: 5 s.
     pub ttl: Duration,
     /// How one endpoint is picked. Default: [`Selection::RoundRobin`].
     pub selection: Selection,
@@ -48,16 +58,21 @@ pub struct ResolverOptions {
     /// How many keys (namespace, service, query, health) are cached at most; the
     /// least used are evicted beyond it. Default: 10,000.
     pub capacity: u64,
-    /// A key not resolved for this long is dropped. Default: 10 min.
+    /// A key not resolved for this long is dropped. Must be greater than zero; 100
+    /// years or more (`Duration::MAX`) never drops a key for being idle. Default:
+    /// 10 min.
     pub idle_timeout: Duration,
-    /// How long the last good answer is served while the registry fails or throttles.
-    /// Default: 1 day.
+    /// How long the last good answer is served while the registry fails or throttles,
+    /// counted from when the registry last confirmed it. Any value: zero never
+    /// serves a stale answer, `Duration::MAX` serves it forever. Default: 1 day.
     pub max_stale: Duration,
-    /// How long a not-found answer is remembered. Default: 2 s.
+    /// How long a not-found answer is remembered. Any value: zero asks again on every
+    /// lookup. Default: 2 s.
     pub negative_ttl: Duration,
     /// The longest a fetch from the registry (a revision poll and, when needed, the
     /// instances) may take in all before it counts as unavailable; also bounds how
-    /// long a cold key waits when the registry is down. Default: 5 s.
+    /// long a cold key waits when the registry is down. Must be greater than zero;
+    /// `Duration::MAX` never times out. Default: 5 s.
     pub fetch_timeout: Duration,
     /// Refresh keys in use in the background before they expire, so callers never
     /// wait on the network. Default: true.
@@ -65,18 +80,24 @@ pub struct ResolverOptions {
     /// Where the source has a cheap revision call (Cloud Map's
     /// DiscoverInstancesRevision), check it on refresh and fetch instances only when
     /// it moved; but fetch in full at least this often, since health changes do not
-    /// move the revision. `None` turns revision polling off. Default: 30 s.
+    /// move the revision. `None` turns revision polling off; any duration is
+    /// accepted (`Duration::MAX`: fetch in full only when the revision moves).
+    /// Default: 30 s.
     pub full_refresh_interval: Option<Duration>,
     /// First delay before retrying a failed refresh; doubles per failure, jittered.
-    /// Default: 500 ms.
+    /// Must be greater than zero. Default: 500 ms.
     pub backoff_base: Duration,
-    /// Longest delay between refresh retries. Default: 30 s.
+    /// Longest delay between refresh retries. At least `backoff_base`; both may be
+    /// as long as `Duration::MAX` (retries then wait until the answer reaches
+    /// `max_stale`). Default: 30 s.
     pub backoff_max: Duration,
     /// A cap on this resolver's registry calls (all operations, cold loads and
     /// refreshes): background refreshes wait for a turn, serving the last answer
     /// meanwhile; a cold load finding the bucket empty fails as
-    /// [`Throttled`](crate::ErrorKind::Throttled) without calling the registry.
-    /// Default: none.
+    /// [`Throttled`](crate::ErrorKind::Throttled) without calling the registry. The
+    /// rate must be a positive finite number and the burst at least 1; a rate so
+    /// small that the next turn lies beyond any clock reading gives no further turn
+    /// (refreshes wait and the answer expires at `max_stale`). Default: none.
     pub rate_limit: Option<RateLimit>,
     /// When the registry throttles (`RequestLimitExceeded`: the account's quota is
     /// shared by every process), pace this resolver's background refreshes of that
@@ -160,4 +181,25 @@ impl ResolverOptions {
         self.outlier.validate()?;
         self.retry_budget.validate()
     }
+}
+
+/// The farthest a deadline is set: about 30 years, "never" for a process, and far
+/// inside what `Instant` can hold (tokio caps timers at about 2 years anyway).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `at + d` without overflow: every instant computed from a configured or
+/// registry-given duration goes through here, so that `Duration::MAX` means "never"
+/// (`max_stale = Duration::MAX` serves stale forever) instead of a panic.
+pub(crate) fn after(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d.min(FAR_FUTURE)).unwrap_or(at)
+}
+
+/// `d * factor` for a factor in `0..=1`, saturating instead of panicking when the
+/// product does not fit a `Duration` (`mul_f64` panics on `Duration::MAX * 1.0`).
+pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(if factor > 0.0 {
+        Duration::MAX
+    } else {
+        Duration::ZERO
+    })
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointData};
+use crate::options::after;
 
 /// Settings of passive outlier detection. Every field's doc states its default.
 ///
@@ -280,7 +281,7 @@ impl OutlierDetector {
         }
         let mut st = h.lock();
         let streak = match st.until {
-            Some(until) if now < until + self.opts.max_ejection_time => {
+            Some(until) if now < after(until, self.opts.max_ejection_time) => {
                 st.ejections.saturating_add(1)
             }
             _ => 1,
@@ -290,7 +291,7 @@ impl OutlierDetector {
             .base_ejection_time
             .saturating_mul(streak)
             .min(self.opts.max_ejection_time);
-        let until = now + time;
+        let until = after(now, time);
         let failures = st.failures;
         let probation = st.probation;
         st.ejections = streak;

@@ -2,6 +2,10 @@
 //! key skips the shared index: its `ArcSwap` load (two fenced instructions) and its
 //! map probe. The memo holds a reference to each slot it remembers, so a slot it
 //! hands out is alive; one evicted from the index since is not used, only replaced.
+//! A slot holds its answer only while its cache has it: eviction and dropping the
+//! resolver empty the slot (`Cache`'s `Drop`), so a memo outliving its resolver
+//! keeps at most `WAYS` small questions per thread, never their endpoints. (A weak
+//! reference here would put a fenced upgrade on every warm resolve.)
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};

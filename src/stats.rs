@@ -50,6 +50,11 @@ pub struct Stats {
     pub stale_served: u64,
     /// Registry calls that failed (refreshes and cold loads).
     pub refresh_failures: u64,
+    /// Registry calls failed because the discovery source panicked: each is also
+    /// counted in `refresh_failures`, logged at error level, and handled like an
+    /// unavailable registry (the last answer is served up to `max_stale`, retried
+    /// with backoff).
+    pub refresh_panics: u64,
     /// Endpoints ejected by outlier detection.
     pub ejections: u64,
     /// Ejected endpoints re-admitted on probation.
@@ -81,6 +86,7 @@ pub(crate) struct Counters {
     pub(crate) revision: AtomicU64,
     pub(crate) stale_cold: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
+    pub(crate) refresh_panics: AtomicU64,
     pub(crate) calls: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
@@ -119,6 +125,7 @@ impl Counters {
             revision_calls: get(&self.revision),
             stale_served: stale + get(&self.stale_cold),
             refresh_failures: get(&self.refresh_failures),
+            refresh_panics: get(&self.refresh_panics),
             ejections,
             readmissions,
             calls: get(&self.calls),
