@@ -158,7 +158,9 @@ impl Endpoint {
         self.data().ip
     }
 
-    /// The host name of a CNAME or alias instance.
+    /// The host name of a CNAME or alias instance. Never an IP literal: a CNAME or
+    /// alias value that spells an address (`2852039166`, `[::1]`) is judged by the
+    /// address policy and, if permitted, becomes this endpoint's [`ip`](Self::ip).
     pub fn host(&self) -> Option<&str> {
         self.data().host.as_deref()
     }
