@@ -426,6 +426,7 @@ impl Cache {
             policy: opts.address_policy.clone(),
             default_port: opts.default_port,
             prefer_ipv6: opts.prefer_ipv6,
+            ..ParseOptions::default()
         };
         Cache {
             id: recent::cache_id(),
@@ -631,7 +632,10 @@ impl Cache {
         // Ejections outlive answers: the same endpoint keeps its health.
         self.outliers.attach(&mut items);
         let items: Box<[_]> = items.into();
-        let cumulative = self.opts.selection.cumulative(&items, ns, svc);
+        let cumulative = self
+            .opts
+            .selection
+            .cumulative(&items, ns, svc, &self.parse.warned);
         let set = Arc::new(EndpointSet { items, cumulative });
         let ttl = found.ttl.map_or(self.opts.ttl, |t| t.max(MIN_SOURCE_TTL));
         let snap = Arc::new(Snapshot::new(

@@ -6,10 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use crate::instance::{
-    HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
+    HealthStatus, Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
 use crate::outlier::{EndpointHealth, Identity};
-use crate::policy::AddressPolicy;
+use crate::policy::{ends_in_number, parse_ip_literal, AddressPolicy};
 
 /// One usable instance: where to connect, plus the attributes it was registered with.
 ///
@@ -158,7 +158,9 @@ impl Endpoint {
         self.data().ip
     }
 
-    /// The host name of a CNAME or alias instance.
+    /// The host name of a CNAME or alias instance. Never an IP literal: a CNAME or
+    /// alias value that spells an address (`2852039166`, `[::1]`) is judged by the
+    /// address policy and, if permitted, becomes this endpoint's [`ip`](Self::ip).
     pub fn host(&self) -> Option<&str> {
         self.data().host.as_deref()
     }
@@ -280,6 +282,8 @@ pub(crate) struct ParseOptions {
     pub(crate) policy: AddressPolicy,
     pub(crate) default_port: Option<u16>,
     pub(crate) prefer_ipv6: bool,
+    /// What was already warned about, so a bad entry is logged once per change.
+    pub(crate) warned: WarnOnce,
 }
 
 /// Why an instance could not become an endpoint.
@@ -292,33 +296,43 @@ impl fmt::Display for Skip {
     }
 }
 
+/// Reads `AWS_INSTANCE_PORT`: ASCII digits only, no sign, no leading zero, 1-65535.
+/// `u16::from_str` would also take `+80` and `080`, spellings no registration tool
+/// writes; port 0 cannot be connected to.
+pub(crate) fn parse_port(s: &str) -> Option<u16> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 5 || b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.parse::<u32>().ok().and_then(|p| u16::try_from(p).ok())
+}
+
 impl ParseOptions {
     /// Turns an instance into an endpoint, or says why it cannot be one.
     pub(crate) fn parse(&self, instance: Instance) -> Result<EndpointData, Skip> {
         let (id, attributes, health) = instance.into_parts();
         let get = |k: &str| attributes.get(k).map(|v| v.trim());
-        let v4 = match get(ATTR_IPV4) {
-            Some(s) => Some(
-                s.parse::<Ipv4Addr>()
-                    .map_err(|_| Skip(format!("{ATTR_IPV4} {s:?} is not an IPv4 address")))?,
-            ),
-            None => None,
-        };
-        let v6 = match get(ATTR_IPV6) {
-            Some(s) => Some(
-                s.parse::<Ipv6Addr>()
-                    .map_err(|_| Skip(format!("{ATTR_IPV6} {s:?} is not an IPv6 address")))?,
-            ),
-            None => None,
-        };
+        let v4 =
+            match get(ATTR_IPV4) {
+                Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| {
+                    Skip(format!("{ATTR_IPV4} {} is not an IPv4 address", Shown(s)))
+                })?),
+                None => None,
+            };
+        let v6 =
+            match get(ATTR_IPV6) {
+                Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| {
+                    Skip(format!("{ATTR_IPV6} {} is not an IPv6 address", Shown(s)))
+                })?),
+                None => None,
+            };
         let port = match get(ATTR_PORT) {
-            Some(s) => match s.parse::<u16>() {
-                Ok(p) if p != 0 => Some(p),
-                _ => return Err(Skip(format!("{ATTR_PORT} {s:?} is not a port (1-65535)"))),
-            },
+            Some(s) => Some(parse_port(s).ok_or_else(|| {
+                Skip(format!("{ATTR_PORT} {} is not a port (1-65535)", Shown(s)))
+            })?),
             None => self.default_port,
         };
-        let ip = match (v4, v6) {
+        let mut ip = match (v4, v6) {
             (Some(_), Some(b)) if self.prefer_ipv6 => Some(IpAddr::V6(b)),
             (Some(a), _) => Some(IpAddr::V4(a)),
             (None, Some(b)) => Some(IpAddr::V6(b)),
@@ -327,19 +341,36 @@ impl ParseOptions {
         let host = match ip {
             Some(_) => None,
             None => {
-                let h = get(ATTR_CNAME).or_else(|| get(ATTR_ALIAS)).ok_or_else(|| {
-                    Skip("no address: no IPv4, IPv6, CNAME or alias attribute".into())
-                })?;
-                if !valid_host(h) {
-                    return Err(Skip(format!("host name {h:?} is not a DNS name")));
+                let (attr, h) = match (get(ATTR_CNAME), get(ATTR_ALIAS)) {
+                    (Some(h), _) => (ATTR_CNAME, h),
+                    (None, Some(h)) => (ATTR_ALIAS, h),
+                    (None, None) => {
+                        return Err(Skip(
+                            "no address: no IPv4, IPv6, CNAME or alias attribute".into(),
+                        ))
+                    }
+                };
+                if let Some(literal) = parse_ip_literal(h) {
+                    // A URL parser would connect to this address, so it is judged (and
+                    // handed out) as the address, never as a name.
+                    ip = Some(literal);
+                    None
+                } else if ends_in_number(h) {
+                    return Err(Skip(format!(
+                        "{attr} {} ends in a number but is not an IP address",
+                        Shown(h)
+                    )));
+                } else if !valid_host(h) {
+                    return Err(Skip(format!("{attr} {} is not a DNS name", Shown(h))));
+                } else {
+                    Some(h.trim_end_matches('.').into())
                 }
-                Some(h.trim_end_matches('.').into())
             }
         };
         if let Some(ip) = ip {
             if !self.policy.permits(ip) {
                 return Err(Skip(format!(
-                    "address {ip} is refused by the address policy (link-local, unspecified, multicast or denied)"
+                    "address {ip} is refused by the address policy (special or denied)"
                 )));
             }
         }
@@ -362,7 +393,8 @@ impl ParseOptions {
         })
     }
 
-    /// Parses every instance, skipping the malformed ones with a warning naming them.
+    /// Parses every instance, skipping the malformed ones with a warning naming them,
+    /// once per change of the instance's problem (not on every refresh).
     pub(crate) fn parse_all(
         &self,
         namespace: &str,
@@ -374,18 +406,73 @@ impl ParseOptions {
             let id = instance.id().to_owned();
             match self.parse(instance) {
                 Ok(ep) => out.push(ep),
-                Err(why) => tracing::warn!(
-                    namespace,
-                    service,
-                    instance_id = %id,
-                    reason = %why,
-                    "skipping instance"
-                ),
+                Err(why) => {
+                    if self.warned.first_time((namespace, service, &id, &why.0)) {
+                        tracing::warn!(
+                            namespace,
+                            service,
+                            instance_id = %Shown(&id),
+                            reason = %why,
+                            "skipping instance"
+                        );
+                    }
+                }
             }
         }
         out
     }
 }
+
+/// Remembers which warnings about registry entries were already given, as hashes of
+/// what the warning is about (key, instance id, the problem with its value), so that
+/// the same bad entry is logged once, not on every refresh, and again when it changes.
+///
+/// Bounded: after [`WarnOnce::CAPACITY`] distinct warnings it forgets them all and
+/// starts over, so at worst a warning is repeated once per that many. Clones share
+/// the memory. The hasher is randomly keyed, so a registry cannot aim collisions at it
+/// to silence a warning.
+#[derive(Clone, Default)]
+pub(crate) struct WarnOnce(Arc<std::sync::Mutex<WarnedSet>>);
+
+#[derive(Default)]
+struct WarnedSet {
+    seen: std::collections::HashSet<u64>,
+    hasher: std::hash::RandomState,
+}
+
+impl WarnOnce {
+    /// How many distinct warnings are remembered before starting over.
+    pub(crate) const CAPACITY: usize = 4096;
+
+    /// Whether a warning about `what` has not been given yet; records it.
+    pub(crate) fn first_time(&self, what: impl std::hash::Hash) -> bool {
+        use std::hash::BuildHasher;
+        let mut set = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let h = set.hasher.hash_one(what);
+        if set.seen.len() >= Self::CAPACITY && !set.seen.contains(&h) {
+            set.seen.clear();
+        }
+        set.seen.insert(h)
+    }
+}
+
+impl fmt::Debug for WarnOnce {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WarnOnce").finish_non_exhaustive()
+    }
+}
+
+/// Memory of past warnings is not part of what parsing does.
+impl PartialEq for WarnOnce {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for WarnOnce {}
 
 fn valid_host(h: &str) -> bool {
     let h = h.strip_suffix('.').unwrap_or(h);
@@ -503,5 +590,160 @@ mod tests {
             .parse(Instance::new("a").ipv4("10.0.0.1".parse().unwrap()))
             .unwrap();
         assert_eq!(ep.port, Some(8080));
+    }
+
+    fn cname(h: &str) -> Result<EndpointData, Skip> {
+        opts().parse(Instance::new("c").cname(h).port(80))
+    }
+
+    #[test]
+    fn cname_ip_literal_in_any_spelling_is_judged_as_that_address() {
+        for h in [
+            "169.254.169.254",
+            "2852039166",
+            "0xa9fea9fe",
+            "0251.0376.0251.0376",
+            "0xa9.0xfe.0xa9.0xfe",
+            "169.254.43518",
+            "169.254.169.254.",
+            "0.0.0.0",
+            "0",
+            "[fe80::1]",
+            "[fd00:ec2::254]",
+            "[::ffff:169.254.169.254]",
+            "::ffff:a9fe:a9fe",
+        ] {
+            assert!(cname(h).is_err(), "{h} must be refused");
+            let alias = Instance::new("a").attribute(ATTR_ALIAS, h).port(80);
+            assert!(opts().parse(alias).is_err(), "alias {h} must be refused");
+        }
+        // Permitted literals become IP endpoints: nothing resolves them again.
+        let ep = one(cname("0x7f.1").unwrap());
+        assert_eq!(ep.socket_addr(), Some("127.0.0.1:80".parse().unwrap()));
+        assert_eq!(ep.host(), None);
+        let ep = one(cname("[::1]").unwrap());
+        assert_eq!(ep.socket_addr(), Some("[::1]:80".parse().unwrap()));
+        // Deny lists apply to literals too.
+        let deny = ParseOptions {
+            policy: AddressPolicy::default().deny("10.0.0.0/8".parse().unwrap()),
+            ..opts()
+        };
+        assert!(deny
+            .parse(Instance::new("d").cname("167772161").port(80))
+            .is_err());
+        // A name ending in a number that is no address is refused, as URL parsers do.
+        for h in ["1.2.3.4.5", "10.0.0.256", "svc.123", "08"] {
+            assert!(cname(h).is_err(), "{h} must be refused");
+        }
+        assert_eq!(
+            one(cname("api.example.com.").unwrap()).host(),
+            Some("api.example.com")
+        );
+    }
+
+    #[test]
+    fn ports_are_plain_digits_from_1_to_65535() {
+        for bad in [
+            "+80",
+            "080",
+            "0",
+            "00",
+            "-1",
+            "65536",
+            " 8 0",
+            "8_0",
+            "８０",
+            "",
+            "99999999999",
+        ] {
+            let inst = Instance::new("p")
+                .ipv4("10.0.0.1".parse().unwrap())
+                .attribute(ATTR_PORT, bad);
+            assert!(opts().parse(inst).is_err(), "port {bad:?} must be refused");
+        }
+        for (good, want) in [("1", 1), ("80", 80), ("65535", 65535), (" 443 ", 443)] {
+            let inst = Instance::new("p")
+                .ipv4("10.0.0.1".parse().unwrap())
+                .attribute(ATTR_PORT, good);
+            assert_eq!(opts().parse(inst).unwrap().port, Some(want), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_bad_value_is_cut_in_the_warning() {
+        let long = "9".repeat(10_000);
+        let why = opts()
+            .parse(
+                Instance::new("p")
+                    .ipv4("10.0.0.1".parse().unwrap())
+                    .attribute(ATTR_PORT, long),
+            )
+            .unwrap_err();
+        assert!(why.0.len() < 200, "{why}");
+        assert!(why.0.contains("(10000 bytes)"), "{why}");
+    }
+
+    /// Runs `f` with the `tracing` output captured; returns the text logged.
+    pub(crate) fn logged(f: impl FnOnce()) -> String {
+        use std::sync::Mutex;
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = buf.0.lock().unwrap().clone();
+        String::from_utf8(text).unwrap()
+    }
+
+    #[test]
+    fn a_bad_instance_is_warned_about_once_per_change() {
+        let o = opts();
+        let bad = |port: &str| {
+            vec![Instance::new("b")
+                .ipv4("10.0.0.1".parse().unwrap())
+                .attribute(ATTR_PORT, port)]
+        };
+        let log = logged(|| {
+            for _ in 0..4 {
+                assert!(o.parse_all("ns", "svc", bad("+80")).is_empty());
+            }
+        });
+        assert_eq!(log.matches("skipping instance").count(), 1, "{log}");
+        // A changed value is a new warning; clones (one per cache) share the memory.
+        let clone = o.clone();
+        let log = logged(|| {
+            o.parse_all("ns", "svc", bad("080"));
+            clone.parse_all("ns", "svc", bad("080"));
+            clone.parse_all("ns", "svc", bad("+80"));
+        });
+        assert_eq!(log.matches("skipping instance").count(), 1, "{log}");
+        assert!(log.contains("080"), "{log}");
+        // Another resolver's options warn on their own.
+        let log = logged(|| {
+            opts().parse_all("ns", "svc", bad("+80"));
+        });
+        assert_eq!(log.matches("skipping instance").count(), 1, "{log}");
+    }
+
+    #[test]
+    fn warning_memory_is_bounded() {
+        let w = WarnOnce::default();
+        for n in 0..(WarnOnce::CAPACITY * 3) {
+            w.first_time(n);
+        }
+        assert!(w.0.lock().unwrap().seen.len() <= WarnOnce::CAPACITY);
     }
 }

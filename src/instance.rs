@@ -157,3 +157,40 @@ impl Instance {
         (self.id, self.attributes, self.health)
     }
 }
+
+/// How much of a registry value a log line or error message shows.
+pub(crate) const SHOWN_CHARS: usize = 64;
+
+/// A registry value as logs show it: quoted and escaped like `{:?}`, cut to
+/// [`SHOWN_CHARS`] characters with an ellipsis and the full length, so that a hostile
+/// or broken 10 KB attribute cannot flood the logs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shown<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0.char_indices().nth(SHOWN_CHARS) {
+            None => write!(f, "{:?}", self.0),
+            Some((cut, _)) => write!(f, "{:?}… ({} bytes)", &self.0[..cut], self.0.len()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_registry_values_are_shown_cut() {
+        assert_eq!(Shown("abc").to_string(), "\"abc\"");
+        let long = "x".repeat(10_000);
+        let shown = Shown(&long).to_string();
+        assert!(shown.len() < 100, "{shown}");
+        assert!(shown.ends_with("… (10000 bytes)"), "{shown}");
+        // Cut on a character boundary, never inside one.
+        let wide = "é".repeat(100);
+        assert!(Shown(&wide)
+            .to_string()
+            .starts_with(&format!("\"{}\"", "é".repeat(64))));
+    }
+}

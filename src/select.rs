@@ -3,7 +3,12 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::endpoint::EndpointData;
+use crate::endpoint::{EndpointData, WarnOnce};
+use crate::instance::Shown;
+
+/// The largest weight [`Selection::WeightedRandom`] uses; larger ones are capped. Even
+/// millions of endpoints at this weight sum far below `f64`'s exact-integer range.
+pub(crate) const MAX_WEIGHT: f64 = 1e9;
 
 /// How [`Resolver::resolve`](crate::Resolver::resolve) picks one endpoint.
 ///
@@ -24,8 +29,10 @@ pub enum Selection {
     #[default]
     RoundRobin,
     /// At random, in proportion to a weight read from an instance attribute. A
-    /// missing weight counts as 1; a weight that is not a non-negative number counts
-    /// as 1, with a warning; weight 0 is never picked unless every weight is 0.
+    /// missing weight counts as 1; a weight that is not a non-negative finite number
+    /// (`-3`, `NaN`, `inf`, `abc`) counts as 1, with a warning; a weight above
+    /// 1,000,000,000 counts as 1,000,000,000, with a warning (so that `1e308` weights
+    /// cannot overflow the sum); weight 0 is never picked unless every weight is 0.
     WeightedRandom {
         /// The attribute holding the weight, e.g. `"weight"`.
         attribute: String,
@@ -36,35 +43,42 @@ pub enum Selection {
 
 impl Selection {
     /// Prefix sums of the weights, for weighted selection. All-zero weights fall back
-    /// to equal weights, as the doc promises.
+    /// to equal weights, as the doc promises. Weights are capped at [`MAX_WEIGHT`], so
+    /// the sum stays finite (and exact enough to pick by) for any number of
+    /// endpoints a registry can return.
     pub(crate) fn cumulative(
         &self,
         items: &[EndpointData],
         namespace: &str,
         service: &str,
+        warned: &WarnOnce,
     ) -> Option<Box<[f64]>> {
         let Selection::WeightedRandom { attribute } = self else {
             return None;
         };
         let mut weights: Vec<f64> = items
             .iter()
-            .map(|ep| match ep.attribute(attribute) {
-                None => 1.0,
-                Some(raw) => match raw.trim().parse::<f64>() {
-                    Ok(w) if w.is_finite() && w >= 0.0 => w,
-                    _ => {
-                        tracing::warn!(
-                            namespace,
-                            service,
-                            instance_id = ep.instance_id(),
-                            attribute = attribute.as_str(),
-                            value = raw,
-                            "weight is not a non-negative number; counting it as 1"
-                        );
-                        1.0
-                    }
-                },
+            .map(|ep| {
+                let raw = ep.attribute(attribute)?;
+                let (w, problem) = match raw.trim().parse::<f64>() {
+                    Ok(w) if (0.0..=MAX_WEIGHT).contains(&w) => return Some(w),
+                    Ok(w) if w.is_finite() && w > MAX_WEIGHT => (MAX_WEIGHT, "capped"),
+                    _ => (1.0, "counted as 1"),
+                };
+                if warned.first_time((namespace, service, ep.instance_id(), attribute, raw)) {
+                    tracing::warn!(
+                        namespace,
+                        service,
+                        instance_id = %Shown(ep.instance_id()),
+                        attribute = %Shown(attribute),
+                        value = %Shown(raw),
+                        max = MAX_WEIGHT,
+                        "weight is not a number from 0 to the maximum; {problem}"
+                    );
+                }
+                Some(w)
             })
+            .map(|w| w.unwrap_or(1.0))
             .collect();
         if weights.iter().all(|w| *w == 0.0) {
             weights.iter_mut().for_each(|w| *w = 1.0);
@@ -159,7 +173,7 @@ mod tests {
 
     fn shares(sel: &Selection, weights: &[Option<&str>], draws: u64) -> Vec<u64> {
         let items = items(weights);
-        let cum = sel.cumulative(&items, "ns", "svc");
+        let cum = sel.cumulative(&items, "ns", "svc", &WarnOnce::default());
         let mut counts = vec![0; items.len()];
         for d in 0..draws {
             counts[sel.pick(items.len(), cum.as_deref(), d, 42)] += 1;
@@ -207,6 +221,33 @@ mod tests {
         for n in &c {
             assert!((*n as f64 / 40_000.0 - 0.25).abs() < 0.02, "{c:?}");
         }
+    }
+
+    #[test]
+    fn huge_weights_are_capped_so_the_sum_stays_finite() {
+        let c = shares(
+            &weighted(),
+            &[Some("1e308"), Some("1e308"), Some("1")],
+            30_000,
+        );
+        // Capped to equal maxima, the two huge weights share the traffic; the
+        // weight-1 instance gets next to nothing (it got everything when the sum
+        // overflowed to infinity).
+        assert!(c[2] < 10, "{c:?}");
+        assert!(c[0] > 13_000 && c[1] > 13_000, "{c:?}");
+        let items = items(&[
+            Some("1e308"),
+            Some("inf"),
+            Some("-inf"),
+            Some("NaN"),
+            Some("5e9"),
+        ]);
+        let cum = weighted()
+            .cumulative(&items, "ns", "svc", &WarnOnce::default())
+            .unwrap();
+        assert!(cum.iter().all(|c| c.is_finite()), "{cum:?}");
+        assert_eq!(cum[0], MAX_WEIGHT);
+        assert_eq!(cum[cum.len() - 1], MAX_WEIGHT * 2.0 + 3.0);
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! `StaticDiscovery`: a registry in memory, for local development and tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
 use crate::error::{Error, ErrorKind};
 use crate::filter;
-use crate::instance::{HealthStatus, Instance};
+use crate::instance::{HealthStatus, Instance, Shown};
 
 /// A registry held in memory: the embedded default, needing no AWS account.
 ///
@@ -42,11 +43,51 @@ type Namespaces = BTreeMap<String, BTreeMap<String, Service>>;
 
 #[derive(Debug, Default)]
 struct Service {
+    /// In registration order, which is the order answers list them in.
     instances: Vec<Instance>,
+    /// Position of each instance in `instances` by id, so that registering is not a
+    /// scan (loading n instances from JSON was quadratic).
+    positions: HashMap<String, usize>,
     revision: i64,
 }
 
+impl Service {
+    fn upsert(&mut self, instance: Instance) {
+        match self.positions.get(instance.id()) {
+            Some(&at) => self.instances[at] = instance,
+            None => {
+                self.positions
+                    .insert(instance.id().to_owned(), self.instances.len());
+                self.instances.push(instance);
+            }
+        }
+    }
+
+    fn remove(&mut self, id: &str) -> bool {
+        let Some(at) = self.positions.remove(id) else {
+            return false;
+        };
+        self.instances.remove(at);
+        for pos in self.positions.values_mut() {
+            if *pos > at {
+                *pos -= 1;
+            }
+        }
+        true
+    }
+
+    fn get_mut(&mut self, id: &str) -> Option<&mut Instance> {
+        let at = *self.positions.get(id)?;
+        self.instances.get_mut(at)
+    }
+}
+
 impl StaticDiscovery {
+    /// The largest registry text [`from_json`](Self::from_json) and
+    /// [`from_json_file`](Self::from_json_file) read: 64 MiB, room for a few hundred
+    /// thousand instances, far more than Cloud Map lets one service hold.
+    pub const MAX_JSON_BYTES: usize = 64 * 1024 * 1024;
+
     /// An empty registry.
     pub fn new() -> Self {
         Self::default()
@@ -91,10 +132,7 @@ impl StaticDiscovery {
                 .or_default()
                 .entry(service.into())
                 .or_default();
-            match svc.instances.iter_mut().find(|i| i.id() == instance.id()) {
-                Some(old) => *old = instance,
-                None => svc.instances.push(instance),
-            }
+            svc.upsert(instance);
             svc.revision += 1;
         });
     }
@@ -105,9 +143,7 @@ impl StaticDiscovery {
             let Some(svc) = ns.get_mut(namespace).and_then(|s| s.get_mut(service)) else {
                 return false;
             };
-            let before = svc.instances.len();
-            svc.instances.retain(|i| i.id() != instance_id);
-            let removed = svc.instances.len() != before;
+            let removed = svc.remove(instance_id);
             if removed {
                 svc.revision += 1;
             }
@@ -127,7 +163,7 @@ impl StaticDiscovery {
         self.write(|ns| {
             ns.get_mut(namespace)
                 .and_then(|s| s.get_mut(service))
-                .and_then(|s| s.instances.iter_mut().find(|i| i.id() == instance_id))
+                .and_then(|s| s.get_mut(instance_id))
                 .map(|i| i.set_health(health))
                 .is_some()
         })
@@ -141,7 +177,8 @@ impl StaticDiscovery {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] when the text is not JSON of that shape.
+    /// [`ErrorKind::InvalidInput`] when the text is not JSON of that shape, or is
+    /// longer than [`MAX_JSON_BYTES`](Self::MAX_JSON_BYTES).
     ///
     /// # Examples
     ///
@@ -156,6 +193,9 @@ impl StaticDiscovery {
     /// # let _ = registry;
     /// ```
     pub fn from_json(text: &str) -> Result<Self, Error> {
+        if text.len() > StaticDiscovery::MAX_JSON_BYTES {
+            return Err(too_big(&format!("{} bytes", text.len())));
+        }
         let doc: serde_json::Value = serde_json::from_str(text).map_err(|e| {
             Error::with_source(ErrorKind::InvalidInput, "registry file is not JSON", e)
         })?;
@@ -177,17 +217,27 @@ impl StaticDiscovery {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`] when the file cannot be read or is not JSON of that
-    /// shape.
+    /// [`ErrorKind::InvalidInput`] when the file cannot be read, is longer than
+    /// [`MAX_JSON_BYTES`](Self::MAX_JSON_BYTES), or is not JSON of that shape.
     pub fn from_json_file(path: impl AsRef<Path>) -> Result<Self, Error> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
+        let cannot_read = |e| {
             Error::with_source(
                 ErrorKind::InvalidInput,
                 format!("cannot read registry file {}", path.display()),
                 e,
             )
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(cannot_read)?;
+        // Read at most one byte past the limit rather than trusting the file's
+        // reported size, which a pipe or a growing file does not have.
+        let mut text = String::new();
+        file.take(StaticDiscovery::MAX_JSON_BYTES as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(cannot_read)?;
+        if text.len() > StaticDiscovery::MAX_JSON_BYTES {
+            return Err(too_big(&format!("registry file {}", path.display())));
+        }
         Self::from_json(&text)
     }
 
@@ -228,6 +278,13 @@ impl StaticDiscovery {
     }
 }
 
+fn too_big(what: &str) -> Error {
+    Error::invalid(format!(
+        "{what} is too large for a registry: the limit is {} bytes (64 MiB)",
+        StaticDiscovery::MAX_JSON_BYTES
+    ))
+}
+
 fn parse_entry(entry: &serde_json::Value) -> Result<(String, String, Instance), String> {
     let field = |name: &str| {
         entry
@@ -241,20 +298,27 @@ fn parse_entry(entry: &serde_json::Value) -> Result<(String, String, Instance), 
     let svc = field("ServiceName")?;
     let mut inst = Instance::new(id);
     if let Some(h) = entry.get("HealthStatus") {
-        let h = h
-            .as_str()
-            .and_then(HealthStatus::parse)
-            .ok_or_else(|| format!("instance {id}: bad HealthStatus {h}"))?;
+        let h = h.as_str().and_then(HealthStatus::parse).ok_or_else(|| {
+            format!(
+                "instance {}: bad HealthStatus {}",
+                Shown(id),
+                Shown(&h.to_string())
+            )
+        })?;
         inst = inst.health(h);
     }
     if let Some(attrs) = entry.get("Attributes") {
         let attrs = attrs
             .as_object()
-            .ok_or_else(|| format!("instance {id}: Attributes is not an object"))?;
+            .ok_or_else(|| format!("instance {}: Attributes is not an object", Shown(id)))?;
         for (k, v) in attrs {
-            let v = v
-                .as_str()
-                .ok_or_else(|| format!("instance {id}: attribute {k} is not a string"))?;
+            let v = v.as_str().ok_or_else(|| {
+                format!(
+                    "instance {}: attribute {} is not a string",
+                    Shown(id),
+                    Shown(k)
+                )
+            })?;
             inst = inst.attribute(k.clone(), v);
         }
     }
@@ -342,5 +406,62 @@ mod tests {
                 .kind(),
             ErrorKind::InvalidInput
         );
+    }
+
+    #[test]
+    fn static_json_of_40k_instances_loads_in_linear_time() {
+        // Smoke test of the indexed load (it was quadratic: 15 s for 40k in debug);
+        // the countable part is that replacing by id keeps one entry per id.
+        let mut text = String::from(r#"{"Instances": ["#);
+        for n in 0..40_000 {
+            if n > 0 {
+                text.push(',');
+            }
+            // Every 10th entry repeats an earlier id: replaced, not appended.
+            let id = if n % 10 == 9 { n - 1 } else { n };
+            text.push_str(&format!(
+                r#"{{"InstanceId": "i-{id}", "NamespaceName": "n", "ServiceName": "s",
+                   "Attributes": {{"AWS_INSTANCE_IPV4": "10.0.0.1", "n": "{n}"}}}}"#
+            ));
+        }
+        text.push_str("]}");
+        let r = StaticDiscovery::from_json(&text).unwrap();
+        let req = DiscoverRequest::new("n", "s").max_results(u32::MAX);
+        let got = run(r.discover(&req)).unwrap();
+        // Answers stop at 1,000, as Cloud Map's do.
+        assert_eq!(got.instances.len(), 1_000);
+        assert_eq!(got.instances[8].id(), "i-8");
+        assert_eq!(got.instances[8].attribute_value("n"), Some("9"));
+        assert_eq!(got.instances[9].id(), "i-10");
+        // Deregistering keeps the index right for the instances after it.
+        assert!(r.deregister("n", "s", "i-0"));
+        assert!(!r.deregister("n", "s", "i-0"));
+        assert!(!r.deregister("n", "s", "i-9"), "i-9 was never registered");
+        assert!(r.set_health("n", "s", "i-39998", HealthStatus::Unhealthy));
+        assert!(r.set_health("n", "s", "i-1", HealthStatus::Unhealthy));
+        r.register("n", "s", Instance::new("i-10").attribute("n", "new"));
+        let got = run(r.discover(&req.clone().health(HealthFilter::All))).unwrap();
+        assert_eq!(got.instances.len(), 1_000);
+        assert_eq!(got.instances[0].id(), "i-1");
+        assert_eq!(got.instances[0].health_status(), HealthStatus::Unhealthy);
+        assert_eq!(got.instances[8].id(), "i-10");
+        assert_eq!(got.instances[8].attribute_value("n"), Some("new"));
+    }
+
+    #[test]
+    fn registry_json_over_the_size_cap_is_refused_with_the_limit() {
+        let big = " ".repeat(StaticDiscovery::MAX_JSON_BYTES + 1);
+        let e = StaticDiscovery::from_json(&big).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("67108864 bytes"), "{e}");
+        let path = std::env::temp_dir().join(format!(
+            "cloudmap-resolver-too-big-{}.json",
+            std::process::id()
+        ));
+        std::fs::write(&path, big.as_bytes()).unwrap();
+        let e = StaticDiscovery::from_json_file(&path).unwrap_err();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("67108864 bytes"), "{e}");
     }
 }
