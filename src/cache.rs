@@ -27,12 +27,13 @@ use tokio::time::Instant;
 use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
+use crate::filter::HealthFilter;
 use crate::key::KeyRef;
 use crate::limit::{Limiter, Op, Pace};
 use crate::options::{after, scaled, ResolverOptions};
 use crate::outlier::OutlierDetector;
 use crate::recent;
-use crate::select::{stripe, Selection, STRIPES};
+use crate::select::{splitmix64, stripe, Selection, STRIPES};
 use crate::stats::{bump, Counters};
 
 /// The shortest TTL taken from a source: a registry (or a `Discover` impl) answering
@@ -125,14 +126,19 @@ impl Snapshot {
         }
     }
 
-    /// The selection's next index for stripe `s`.
-    fn draw(&self, selection: &Selection, seed: u64, s: usize) -> usize {
+    /// The next counter value of stripe `s`.
+    fn next_draw(&self, s: usize) -> u64 {
         // A load and a store, not a locked add: the stripe is this thread's own unless
         // more threads than stripes pick at once, and then a lost step only repeats a
-        // pick. The fence a locked add brings is a fifth of a warm resolve.
+        // pick. A locked add would bring a fence onto the warm path (benches/warm.rs).
         let cursor = &self.cursors[s].0;
         let draw = cursor.load(Ordering::Relaxed);
         cursor.store(draw.wrapping_add(1), Ordering::Relaxed);
+        draw
+    }
+
+    /// The selection's index for counter value `draw`.
+    fn index(&self, selection: &Selection, seed: u64, draw: u64) -> usize {
         selection.pick(
             self.set.items.len(),
             self.set.cumulative.as_deref(),
@@ -141,31 +147,109 @@ impl Snapshot {
         )
     }
 
+    /// The selection's next index for stripe `s`.
+    fn draw(&self, selection: &Selection, seed: u64, s: usize) -> usize {
+        self.index(selection, seed, self.next_draw(s))
+    }
+
+    /// The selection's pick among the endpoints `ejected` does not exclude, or any
+    /// endpoint when it excludes them all (failing open). Each admitted endpoint gets
+    /// the share it would have if the ejected ones were not registered: an ejected
+    /// endpoint's turn is not handed to its neighbour, which would carry double load
+    /// exactly when capacity is short. When nothing is ejected this is one draw and
+    /// one `ejected` call.
+    #[inline]
+    fn choose(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        ejected: impl Fn(usize) -> bool,
+    ) -> usize {
+        let draw = self.next_draw(s);
+        let first = self.index(selection, seed, draw);
+        if !ejected(first) {
+            return first;
+        }
+        self.redraw(selection, seed, s, draw, ejected)
+    }
+
+    /// Draws again while the drawn endpoint is ejected. Round-robin's cursor then
+    /// walks on over ejected endpoints, so it rotates over the admitted ones (n draws
+    /// visit every endpoint); for random picks this is rejection sampling, exact in
+    /// distribution. Random draws can miss n times in a row, so after n the pick is
+    /// made directly by weight among the admitted endpoints.
+    #[cold]
+    fn redraw(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        first_draw: u64,
+        ejected: impl Fn(usize) -> bool,
+    ) -> usize {
+        let first = self.index(selection, seed, first_draw);
+        let n = self.set.items.len();
+        for _ in 1..n {
+            let i = self.draw(selection, seed, s);
+            if !ejected(i) {
+                return i;
+            }
+        }
+        let weight = |i: usize| match self.set.cumulative.as_deref() {
+            Some(cum) if i > 0 => cum[i] - cum[i - 1],
+            Some(cum) => cum[0],
+            None => 1.0,
+        };
+        let mut total = 0.0;
+        let mut admitted = 0usize;
+        for i in (0..n).filter(|&i| !ejected(i)) {
+            total += weight(i);
+            admitted += 1;
+        }
+        if admitted == 0 {
+            // Failing open: undo the extra draws, so that picks rotate over every
+            // endpoint as if none were ejected (n draws per pick would land
+            // round-robin on the same endpoint each time).
+            self.cursors[s]
+                .0
+                .store(first_draw.wrapping_add(1), Ordering::Relaxed);
+            return first;
+        }
+        // Admitted endpoints of weight 0 only: equal weights among them, as when every
+        // weight is 0.
+        let equal = total <= 0.0;
+        let unit =
+            (splitmix64(seed ^ self.next_draw(s)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let mut x = unit * if equal { admitted as f64 } else { total };
+        let mut last = first;
+        for i in (0..n).filter(|&i| !ejected(i)) {
+            let w = if equal { 1.0 } else { weight(i) };
+            if w > 0.0 {
+                last = i;
+                if x < w {
+                    return i;
+                }
+                x -= w;
+            }
+        }
+        // Rounding can leave x a hair above the last width.
+        last
+    }
+
     /// Picks one endpoint on thread stripe `s`, skipping ejected endpoints unless all
     /// are ejected (failing open). The snapshot must have endpoints.
     #[inline]
     pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
         self.mark_used();
-        let mut i = self.draw(selection, seed, s);
-        if self.set.items[i].outlier().is_ejected() {
-            i = self.next_admitted(i);
-        }
+        let items = &self.set.items;
+        let i = self.choose(selection, seed, s, |i| items[i].outlier().is_ejected());
         Endpoint::new(self.refs[s].clone(), i)
     }
 
-    /// The first endpoint after `i` (in the registry's order, wrapping) that is not
-    /// ejected, or `i` when every endpoint is: one relaxed load per candidate.
-    #[cold]
-    fn next_admitted(&self, i: usize) -> usize {
-        let n = self.set.items.len();
-        (1..n)
-            .map(|k| (i + k) % n)
-            .find(|&j| !self.set.items[j].outlier().is_ejected())
-            .unwrap_or(i)
-    }
-
     /// Up to `max` distinct endpoints to try in turn, for `call`: the selection's pick
-    /// first, then the following endpoints in the registry's order, ejected ones last.
+    /// among the admitted endpoints first (as `pick` makes it), then the following
+    /// endpoints in the registry's order, ejected ones last.
     pub(crate) fn candidates(
         &self,
         selection: &Selection,
@@ -177,7 +261,9 @@ impl Snapshot {
         self.mark_used();
         let s = stripe();
         let n = self.set.items.len();
-        let start = self.draw(selection, seed, s);
+        let items = &self.set.items;
+        let is_ejected = |i: usize| outliers.is_ejected(items[i].outlier(), now);
+        let start = self.choose(selection, seed, s, is_ejected);
         let max = max.min(n);
         let mut admitted = Vec::with_capacity(max);
         let mut ejected = Vec::new();
@@ -186,7 +272,7 @@ impl Snapshot {
                 break;
             }
             let i = (start + k) % n;
-            if outliers.is_ejected(self.set.items[i].outlier(), now) {
+            if is_ejected(i) {
                 if ejected.len() < max {
                     ejected.push(i);
                 }
@@ -548,7 +634,7 @@ impl Cache {
             if now < *until {
                 // Backing off: answer without asking, with the last good answer when
                 // it may still be served.
-                if let Some(snap) = prev.filter(|s| err.is_retryable() && now < s.stale_until) {
+                if let Some(snap) = prev.filter(|s| err.keeps_stale() && now < s.stale_until) {
                     snap.state.store(STALE, Ordering::Relaxed);
                     bump(&self.counters.stale_cold);
                     return servable_or_empty(slot, snap);
@@ -568,7 +654,7 @@ impl Cache {
             Err(err) => {
                 gate.failures += 1;
                 bump(&self.counters.refresh_failures);
-                if let Some(snap) = prev.filter(|s| err.is_retryable() && now < s.stale_until) {
+                if let Some(snap) = prev.filter(|s| err.keeps_stale() && now < s.stale_until) {
                     // The registry is failing but the last answer is young enough:
                     // serve it and let the refresher retry.
                     snap.state.store(STALE, Ordering::Relaxed);
@@ -802,10 +888,7 @@ fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, 
     if snap.set.items.is_empty() {
         return Err(Error::new(
             ErrorKind::NoEndpoints,
-            format!(
-                "no usable endpoint for service {:?} in namespace {:?}",
-                slot.request.service, slot.request.namespace
-            ),
+            no_endpoints(&slot.request),
         ));
     }
     Ok(snap)
@@ -827,6 +910,29 @@ impl<F: Future + Unpin> Future for CatchUnwind<F> {
             Err(payload) => Poll::Ready(Err(payload)),
         }
     }
+}
+
+/// Why a key has no endpoint, naming what the caller asked for so that a filter
+/// matching nothing can be seen (the kind already says "no endpoints").
+fn no_endpoints(request: &DiscoverRequest) -> String {
+    let mut text = format!(
+        "service {:?} in namespace {:?} has no usable instance",
+        request.service, request.namespace
+    );
+    let filters: Vec<String> = request
+        .query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(
+            (request.health != HealthFilter::HealthyOrElseAll)
+                .then(|| format!("health {}", request.health)),
+        )
+        .collect();
+    if !filters.is_empty() {
+        text.push_str(" matching ");
+        text.push_str(&filters.join(", "));
+    }
+    text
 }
 
 async fn with_timeout<T>(
@@ -1003,7 +1109,7 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
                 failures += 1;
                 bump(&cache.counters.refresh_failures);
                 let now = Instant::now();
-                if now >= cur.stale_until || !err.is_retryable() {
+                if now >= cur.stale_until || !err.keeps_stale() {
                     cur.state.store(EXPIRED, Ordering::Relaxed);
                     tracing::warn!(
                         namespace = %slot.request.namespace,

@@ -24,6 +24,11 @@ pub enum ErrorKind {
     Unavailable,
     /// Every attempt of a [`Resolver::call`](crate::Resolver::call) failed.
     AttemptsExhausted,
+    /// The client is misconfigured: no region, no usable credentials, a malformed
+    /// endpoint URL. Not retryable: it fails the same way until the configuration is
+    /// fixed. Reported by [`ResolverBuilder::build`](crate::ResolverBuilder::build)
+    /// where it can be checked without a network call.
+    Configuration,
 }
 
 impl ErrorKind {
@@ -36,6 +41,7 @@ impl ErrorKind {
             ErrorKind::Throttled => "throttled by the registry",
             ErrorKind::Unavailable => "registry unavailable",
             ErrorKind::AttemptsExhausted => "every attempt failed",
+            ErrorKind::Configuration => "configuration error",
         }
     }
 }
@@ -118,6 +124,13 @@ impl Error {
     /// unavailable. Not-found and invalid input are answers, not failures.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind(), ErrorKind::Throttled | ErrorKind::Unavailable)
+    }
+
+    /// Whether the last good answer may still be served after this failure: when the
+    /// registry failed, and when the configuration did (credentials that stop loading
+    /// mid-run must not take down a service that was resolving).
+    pub(crate) fn keeps_stale(&self) -> bool {
+        self.is_retryable() || self.kind() == ErrorKind::Configuration
     }
 
     /// Whether the registry answered that the namespace or service does not exist.

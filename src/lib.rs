@@ -28,6 +28,35 @@
 //! # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 //! ```
 //!
+//! # With AWS Cloud Map
+//!
+//! [`CloudMapDiscovery`] reads the registry with the AWS SDK configuration. Against
+//! moto or LocalStack on your machine, give it a region, test credentials and the
+//! emulator's endpoint URL (a configuration without a region or credentials fails in
+//! `build()` as [`ErrorKind::Configuration`]):
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), cloudmap_resolver::Error> {
+//! use aws_config::{BehaviorVersion, Region};
+//! use aws_sdk_servicediscovery::config::Credentials;
+//! use cloudmap_resolver::{CloudMapDiscovery, Resolver};
+//!
+//! let sdk = aws_config::defaults(BehaviorVersion::latest())
+//!     .region(Region::new("us-east-1"))
+//!     .credentials_provider(Credentials::new("testing", "testing", None, None, "local"))
+//!     .endpoint_url("http://127.0.0.1:5000") // moto; LocalStack listens on 4566
+//!     .load()
+//!     .await;
+//! let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk)).build()?;
+//! let ep = resolver.resolve("shared", "logs").await?;
+//! println!("{} at {:?}", ep.instance_id(), ep.socket_addr());
+//! # Ok(()) }
+//! ```
+//!
+//! In AWS, `aws_config::load_defaults(BehaviorVersion::latest())` (or
+//! [`Resolver::from_env`]) reads the region and credentials from the environment,
+//! profile, or instance or task role.
+//!
 //! # Modules
 //!
 //! Everything public is re-exported here. Sources implement [`Discover`]:
@@ -49,6 +78,7 @@
 //! `reqwest`: `ReqwestResolver` (a `reqwest::dns::Resolve`) and `FailoverClient`
 //! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
 //! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`.
+//! `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod budget;

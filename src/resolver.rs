@@ -77,7 +77,10 @@ impl Resolver {
     ///
     /// # Errors
     ///
-    /// None today; the `Result` leaves room for configuration checks.
+    /// [`Configuration`](crate::ErrorKind::Configuration) when the environment gives
+    /// no region or no credentials provider (checked without a network call;
+    /// credentials that fail to load surface as `Configuration` on the first
+    /// resolve).
     ///
     /// # Examples
     ///
@@ -372,13 +375,67 @@ impl ResolverBuilder {
         self
     }
 
+    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both.
+    /// Default: false.
+    pub fn prefer_ipv6(mut self, prefer: bool) -> Self {
+        self.opts.prefer_ipv6 = prefer;
+        self
+    }
+
+    /// A key not resolved for this long is dropped. Default: 10 min.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.opts.idle_timeout = idle;
+        self
+    }
+
+    /// How long a not-found answer is remembered. Default: 2 s.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.opts.negative_ttl = ttl;
+        self
+    }
+
+    /// Whether keys in use are refreshed in the background before they expire.
+    /// Default: true.
+    pub fn refresh_ahead(mut self, on: bool) -> Self {
+        self.opts.refresh_ahead = on;
+        self
+    }
+
+    /// How often instances are fetched in full between revision polls; `None` turns
+    /// revision polling off. Default: 30 s.
+    pub fn full_refresh_interval(mut self, every: Option<Duration>) -> Self {
+        self.opts.full_refresh_interval = every;
+        self
+    }
+
+    /// First delay before retrying a failed refresh (doubling, jittered).
+    /// Default: 500 ms.
+    pub fn backoff_base(mut self, delay: Duration) -> Self {
+        self.opts.backoff_base = delay;
+        self
+    }
+
+    /// Longest delay between refresh retries. Default: 30 s.
+    pub fn backoff_max(mut self, delay: Duration) -> Self {
+        self.opts.backoff_max = delay;
+        self
+    }
+
+    /// Whether refreshes slow down when the registry throttles (see
+    /// [`ResolverOptions::adapt_to_throttling`]). Default: true.
+    pub fn adapt_to_throttling(mut self, on: bool) -> Self {
+        self.opts.adapt_to_throttling = on;
+        self
+    }
+
     /// Defaults of [`Resolver::call`]. Default: [`CallOptions::default`].
     pub fn call_options(mut self, call: CallOptions) -> Self {
         self.opts.call = call;
         self
     }
 
-    /// Passive outlier detection. Default: [`OutlierOptions::default`].
+    /// Passive outlier detection. Default: [`OutlierOptions::default`]. Build the
+    /// options from `OutlierOptions::default()` and set its public fields.
     pub fn outlier_detection(mut self, outlier: OutlierOptions) -> Self {
         self.opts.outlier = outlier;
         self
@@ -403,9 +460,13 @@ impl ResolverBuilder {
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
     /// capacity, a backoff maximum below its base, a malformed weight attribute,
     /// call, outlier or retry budget settings out of range, or a rate limit that is
-    /// not a positive rate with a burst of at least one.
+    /// not a positive rate with a burst of at least one;
+    /// [`Configuration`](crate::ErrorKind::Configuration) when the source reports
+    /// itself misconfigured ([`Discover::validate`](crate::Discover::validate), e.g. a
+    /// [`CloudMapDiscovery`](crate::CloudMapDiscovery) without a region).
     pub fn build(self) -> Result<Resolver, Error> {
         self.opts.validate()?;
+        self.source.validate()?;
         Ok(Resolver {
             budget: Arc::new(RetryBudget::new(self.opts.retry_budget.clone())),
             cache: Arc::new(Cache::new(self.source, self.opts)),

@@ -1,62 +1,21 @@
-//! `examples/discover.rs`, the command-line tool, run as a child process against the
-//! moto server (and the fault proxy in front of it).
-//!
-//! The example binary is built by `cargo build --example discover` with this test's
-//! features and profile (a no-op when `cargo test` already built it), then run from
-//! `target/<profile>/examples/`.
+//! `cloudmap-discover`, the command-line tool (feature `cli`), run as a child process
+//! against the moto server (and the fault proxy in front of it).
+#![cfg(feature = "cli")]
 
 mod support;
 
-use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use support::moto::{self, http_service, register, unique};
+use support::moto::{self, http_service, register, set_health, unique};
 use support::net::closed_port;
 use support::proxy::{Fault, Proxy};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-/// The example binary, built on first use.
-fn discover_bin() -> &'static PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        // target/<profile>/deps/cli-<hash> -> target/<profile>
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(|d| d.parent()).unwrap().to_path_buf();
-        let mut features = Vec::new();
-        for (on, name) in [
-            (cfg!(feature = "reqwest"), "reqwest"),
-            (cfg!(feature = "hyper"), "hyper"),
-            (cfg!(feature = "tower"), "tower"),
-        ] {
-            if on {
-                features.push(name);
-            }
-        }
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = std::process::Command::new(cargo);
-        build
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--example", "discover", "--no-default-features"])
-            .arg(format!("--features={}", features.join(",")));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build --example discover");
-        assert!(status.success(), "cargo build --example discover failed");
-        let bin = profile_dir
-            .join("examples")
-            .join(format!("discover{}", std::env::consts::EXE_SUFFIX));
-        assert!(bin.exists(), "{} was not built", bin.display());
-        bin
-    })
-}
-
 /// The tool with moto's dummy credentials and no other AWS configuration.
 fn discover(args: &[&str]) -> Command {
-    let mut cmd = Command::new(discover_bin());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cloudmap-discover"));
     cmd.args(args)
         .env_remove("AWS_PROFILE")
         .env_remove("AWS_SESSION_TOKEN")
@@ -78,7 +37,13 @@ struct Run {
 }
 
 async fn run(args: &[&str]) -> Run {
-    let out = tokio::time::timeout(Duration::from_secs(60), discover(args).output())
+    run_with(args, |_| {}).await
+}
+
+async fn run_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Run {
+    let mut cmd = discover(args);
+    adjust(&mut cmd);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
         .await
         .expect("the tool finishes within 60 s")
         .unwrap();
@@ -183,10 +148,44 @@ async fn errors_are_one_line_with_their_own_exit_codes() {
     assert_eq!(r.code, 6, "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(
-        r.stderr.starts_with("discover: registry unavailable"),
+        r.stderr
+            .starts_with("cloudmap-discover: registry unavailable"),
         "{}",
         r.stderr
     );
+    // The URL called and the root cause, not just "could not connect".
+    assert!(r.stderr.contains(&format!("http://{dead}")), "{}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+
+    // The registry's answer once, without the SDK's "service error" wrapper.
+    let r = run(&["shopp", "web", "--endpoint-url", &url]).await;
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert_eq!(r.stderr.matches("shopp").count(), 1, "{}", r.stderr);
+    assert!(!r.stderr.contains("service error"), "{}", r.stderr);
+
+    // A filter that matches nothing is named.
+    let r = run(&[&ns, "web", "--endpoint-url", &url, "--attr", "stage=nope"]).await;
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(r.stderr.contains("stage=nope"), "{}", r.stderr);
+}
+
+/// A configuration that cannot work is not an outage: exit 7, naming the cause.
+#[tokio::test]
+async fn configuration_errors_exit_7() {
+    let url = moto_url();
+    let r = run(&["shared", "web", "--endpoint-url", "127.0.0.1:5000"]).await;
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("configuration error"), "{}", r.stderr);
+    assert!(r.stderr.contains("http://127.0.0.1:5000"), "{}", r.stderr);
+
+    // No credentials anywhere (the metadata service is off in `discover`).
+    let r = run_with(&["shared", "web", "--endpoint-url", &url], |cmd| {
+        cmd.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+    })
+    .await;
+    assert_eq!(r.code, 7, "{}", r.stderr);
+    assert!(r.stderr.contains("credentials"), "{}", r.stderr);
 }
 
 #[tokio::test]
@@ -200,22 +199,40 @@ async fn bad_arguments_print_usage_and_exit_2() {
         &["ns", "svc", "--count", "0"],
         &["ns", "svc", "--bogus"],
         &["ns", "svc", "--dns"],
+        &[
+            "ns",
+            "svc",
+            "--dns",
+            "10.0.0.2",
+            "--endpoint-url",
+            "http://h",
+        ],
     ] {
         let r = run(args).await;
         assert_eq!(r.code, 2, "{args:?}: {}", r.stderr);
-        assert!(
-            r.stderr.contains("usage: discover NAMESPACE SERVICE"),
-            "{args:?}"
-        );
+        // clap's error: the usage line, or for a bad value a pointer to --help.
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {}", r.stderr);
+        assert!(r.stderr.contains("--help"), "{args:?}: {}", r.stderr);
         assert!(r.stdout.is_empty(), "{args:?}");
     }
+    // A name Cloud Map would reject is a usage error too, found before any call.
+    let r = run(&["bad name!", "web", "--endpoint-url", "http://127.0.0.1:9"]).await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("invalid input"), "{}", r.stderr);
+    assert!(r.stderr.contains("--help"), "{}", r.stderr);
+
     let r = run(&["--help"]).await;
     assert_eq!(r.code, 0);
-    assert!(r.stdout.starts_with("usage: discover"));
+    assert!(
+        r.stdout.contains("Usage: cloudmap-discover"),
+        "{}",
+        r.stdout
+    );
 }
 
-/// `--watch` prints what changed: an instance registered while watching shows as
-/// `+`, one deregistered as `-`.
+/// `--watch` prints what changed, one timestamped line each: an instance registered
+/// while watching shows as `+`, one turning unhealthy as `~` with its new status,
+/// one deregistered as `-`.
 #[tokio::test]
 async fn watch_prints_changes() {
     let (ns, svc) = fleet().await;
@@ -262,6 +279,19 @@ async fn watch_prints_changes() {
         assert!(l.ends_with("no change"), "{l}");
     };
     assert!(added.ends_with(": + i-4 127.0.0.1:8084 HEALTHY"), "{added}");
+    assert_timestamped(&added);
+    set_health(&svc, "i-2", false).await;
+    let sick = loop {
+        let l = next().await;
+        if l.contains("i-2") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    assert!(
+        sick.ends_with(": ~ i-2 127.0.0.1:8082 UNHEALTHY stage=prod (health HEALTHY -> UNHEALTHY)"),
+        "{sick}"
+    );
     moto::admin()
         .deregister_instance()
         .service_id(&svc)
@@ -281,4 +311,27 @@ async fn watch_prints_changes() {
         "{removed}"
     );
     child.kill().await.unwrap();
+}
+
+/// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
+fn assert_timestamped(line: &str) {
+    let (ts, rest) = line.split_once(' ').unwrap();
+    assert!(rest.starts_with("refresh "), "{line}");
+    let b = ts.as_bytes();
+    assert_eq!(b.len(), 24, "{line}");
+    for (i, c) in b.iter().enumerate() {
+        let want = match i {
+            4 | 7 => b'-',
+            10 => b'T',
+            13 | 16 => b':',
+            19 => b'.',
+            23 => b'Z',
+            _ => {
+                assert!(c.is_ascii_digit(), "{line}");
+                continue;
+            }
+        };
+        assert_eq!(*c, want, "{line}");
+    }
+    assert!(ts.starts_with("20"), "{line}");
 }

@@ -2,6 +2,7 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::sync::Arc;
 
 use aws_sdk_servicediscovery as sd;
 use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
@@ -42,11 +43,24 @@ use crate::instance::{HealthStatus, Instance};
 #[derive(Clone)]
 pub struct CloudMapDiscovery {
     client: sd::Client,
+    /// Where calls go, for error messages: the configured endpoint URL, or the
+    /// regional default.
+    endpoint: Arc<str>,
+    /// A misconfiguration found by `new` (which cannot fail without breaking
+    /// `Resolver::builder(CloudMapDiscovery::new(&sdk))`), reported by
+    /// [`ResolverBuilder::build`](crate::ResolverBuilder::build) through
+    /// [`Discover::validate`] and by every call.
+    config_error: Option<Error>,
 }
 
 impl CloudMapDiscovery {
     /// A source using this SDK configuration (region, credentials, endpoint URL),
     /// with one attempt per call whatever its retry configuration says.
+    ///
+    /// A configuration that cannot work (no region, no credentials provider, an
+    /// endpoint URL without `http://` or `https://`) is reported as
+    /// [`Configuration`](ErrorKind::Configuration) by
+    /// [`ResolverBuilder::build`](crate::ResolverBuilder::build).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         let retry = sdk
             .retry_config()
@@ -62,8 +76,16 @@ impl CloudMapDiscovery {
                 });
             }
         }
+        let client = sd::Client::from_conf(config.build());
+        let config_error = config_error(
+            sdk.region().is_some(),
+            sdk.credentials_provider().is_some(),
+            sdk.endpoint_url(),
+        );
         CloudMapDiscovery {
-            client: sd::Client::from_conf(config.build()),
+            endpoint: endpoint_of(sdk.endpoint_url(), sdk.region()),
+            client,
+            config_error,
         }
     }
 
@@ -72,8 +94,52 @@ impl CloudMapDiscovery {
     /// [`new`](Self::new) instead. Its retry configuration is kept: each SDK retry is
     /// one more registry call, on top of the resolver's own (see [`new`](Self::new)).
     pub fn from_client(client: sd::Client) -> Self {
-        CloudMapDiscovery { client }
+        // The client's configuration does not tell its credentials provider or
+        // endpoint URL; only the region is checked.
+        let region = client.config().region().cloned();
+        let config_error = config_error(region.is_some(), true, None);
+        CloudMapDiscovery {
+            endpoint: endpoint_of(None, region.as_ref()),
+            client,
+            config_error,
+        }
     }
+}
+
+/// The endpoint URL calls go to, for messages.
+fn endpoint_of(url: Option<&str>, region: Option<&sd::config::Region>) -> Arc<str> {
+    match (url, region) {
+        (Some(url), _) => url.into(),
+        (None, Some(region)) => {
+            format!("https://data-servicediscovery.{region}.amazonaws.com").into()
+        }
+        (None, None) => "the default endpoint (no region)".into(),
+    }
+}
+
+/// What makes this configuration unusable, if anything: checked without a network
+/// call, so `build()` fails at once instead of the first resolve reporting an outage.
+fn config_error(
+    has_region: bool,
+    has_credentials: bool,
+    endpoint_url: Option<&str>,
+) -> Option<Error> {
+    let message = if !has_region {
+        "no AWS region configured: set AWS_REGION (or a profile's region), or \
+         SdkConfig::builder().region(..)"
+            .to_owned()
+    } else if !has_credentials {
+        "no credentials provider in the SDK configuration: load it with \
+         aws_config::load_defaults, or set .credentials_provider(..)"
+            .to_owned()
+    } else if let Some(url) =
+        endpoint_url.filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+    {
+        format!("endpoint URL `{url}` has no scheme: write `http://{url}` or `https://{url}`")
+    } else {
+        return None;
+    };
+    Some(Error::new(ErrorKind::Configuration, message))
 }
 
 impl fmt::Debug for CloudMapDiscovery {
@@ -130,8 +196,19 @@ fn health_filter(h: HealthFilter) -> HealthStatusFilter {
     }
 }
 
-/// Maps an SDK error to a kind, keeping it as the source.
-fn map_error<E, R>(op: &str, err: SdkError<E, R>) -> Error
+/// The innermost cause's text: the SDK's own `Display` at the top says only
+/// "dispatch failure" or "service error".
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
+/// called, named in connection failures.
+fn map_error<E, R>(op: &str, endpoint: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
@@ -159,14 +236,40 @@ where
             (kind, detail)
         }
         SdkError::ConstructionFailure(_) => (
-            ErrorKind::InvalidInput,
-            "the request could not be built (check region and credentials)".to_owned(),
+            ErrorKind::Configuration,
+            format!("the request could not be built: {}", root_cause(&err)),
         ),
-        SdkError::TimeoutError(_) => (ErrorKind::Unavailable, "timed out".to_owned()),
-        SdkError::DispatchFailure(_) => (ErrorKind::Unavailable, "could not connect".to_owned()),
-        _ => (ErrorKind::Unavailable, "bad response".to_owned()),
+        SdkError::TimeoutError(_) => (
+            ErrorKind::Unavailable,
+            format!("timed out calling {endpoint}"),
+        ),
+        // The SDK reports failures before sending (loading credentials, signing,
+        // resolving the endpoint) as dispatch failures of kind "other": those are
+        // configuration problems, not an unreachable registry.
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => (
+            ErrorKind::Unavailable,
+            format!("could not connect to {endpoint}: {}", root_cause(&err)),
+        ),
+        SdkError::DispatchFailure(_) => (
+            ErrorKind::Configuration,
+            format!(
+                "could not prepare the request to {endpoint} (credentials, signing region \
+                 or endpoint): {}",
+                root_cause(&err)
+            ),
+        ),
+        _ => (
+            ErrorKind::Unavailable,
+            format!("bad response from {endpoint}: {}", root_cause(&err)),
+        ),
     };
-    Error::with_source(kind, format!("{op} failed: {detail}"), err)
+    // A service error's wrapper says only "service error"; the error it wraps is the
+    // registry's answer, already quoted in the message, so it is the source.
+    let source: Box<dyn StdError + Send + Sync> = match err {
+        SdkError::ServiceError(ctx) => Box::new(ctx.into_err()),
+        other => Box::new(other),
+    };
+    Error::with_source(kind, format!("{op}: {detail}"), source)
 }
 
 fn instance_of(summary: &sd::types::HttpInstanceSummary) -> Option<Instance> {
@@ -184,11 +287,18 @@ fn instance_of(summary: &sd::types::HttpInstanceSummary) -> Option<Instance> {
 }
 
 impl Discover for CloudMapDiscovery {
+    fn validate(&self) -> Result<(), Error> {
+        self.config_error.clone().map_or(Ok(()), Err)
+    }
+
     fn discover<'a>(
         &'a self,
         request: &'a DiscoverRequest,
     ) -> BoxFuture<'a, Result<Discovered, Error>> {
         Box::pin(async move {
+            if let Some(err) = &self.config_error {
+                return Err(err.clone());
+            }
             let mut call = self
                 .client
                 .discover_instances()
@@ -205,7 +315,7 @@ impl Discover for CloudMapDiscovery {
             let out = call
                 .send()
                 .await
-                .map_err(|e| map_error("DiscoverInstances", e))?;
+                .map_err(|e| map_error("DiscoverInstances", &self.endpoint, e))?;
             let instances = out
                 .instances()
                 .iter()
@@ -234,6 +344,9 @@ impl Discover for CloudMapDiscovery {
         request: &'a DiscoverRequest,
     ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
         Box::pin(async move {
+            if let Some(err) = &self.config_error {
+                return Err(err.clone());
+            }
             let out = self
                 .client
                 .discover_instances_revision()
@@ -241,7 +354,7 @@ impl Discover for CloudMapDiscovery {
                 .service_name(&request.service)
                 .send()
                 .await
-                .map_err(|e| map_error("DiscoverInstancesRevision", e))?;
+                .map_err(|e| map_error("DiscoverInstancesRevision", &self.endpoint, e))?;
             Ok(out.instances_revision())
         })
     }

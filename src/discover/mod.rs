@@ -197,6 +197,18 @@ pub trait Discover: Send + Sync + fmt::Debug {
         let _ = request;
         Box::pin(async { Ok(None) })
     }
+
+    /// Checks, without a network call, that the source is configured so that it can
+    /// work; [`ResolverBuilder::build`](crate::ResolverBuilder::build) calls it, so a
+    /// misconfiguration fails at startup instead of looking like an outage later.
+    /// Returns `Ok(())` by default.
+    ///
+    /// # Errors
+    ///
+    /// [`Configuration`](crate::ErrorKind::Configuration) naming what is missing.
+    fn validate(&self) -> Result<(), Error> {
+        Ok(())
+    }
 }
 
 impl<D: Discover + ?Sized> Discover for std::sync::Arc<D> {
@@ -213,6 +225,10 @@ impl<D: Discover + ?Sized> Discover for std::sync::Arc<D> {
     ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
         (**self).revision(request)
     }
+
+    fn validate(&self) -> Result<(), Error> {
+        (**self).validate()
+    }
 }
 
 impl<D: Discover + ?Sized> Discover for Box<D> {
@@ -228,6 +244,10 @@ impl<D: Discover + ?Sized> Discover for Box<D> {
         request: &'a DiscoverRequest,
     ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
         (**self).revision(request)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        (**self).validate()
     }
 }
 

@@ -15,7 +15,7 @@ pub const ATTR_SRV_WEIGHT: &str = "SRV_WEIGHT";
 /// less than this, whatever [`DnsOptions::min_ttl`] says.
 const TTL_FLOOR: Duration = Duration::from_millis(100);
 
-/// Which records [`DnsDiscovery`] looks up at `service.namespace`.
+/// Which records [`DnsDiscovery`](super::DnsDiscovery) looks up at `service.namespace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum RecordMode {
@@ -29,7 +29,7 @@ pub enum RecordMode {
     AddressOnly,
 }
 
-/// Which address records [`DnsDiscovery`] asks for, at the service name and at SRV
+/// Which address records [`DnsDiscovery`](super::DnsDiscovery) asks for, at the service name and at SRV
 /// targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -63,7 +63,7 @@ impl IpPreference {
     }
 }
 
-/// Settings of a [`DnsDiscovery`]. Every field's doc states its default.
+/// Settings of a [`DnsDiscovery`](super::DnsDiscovery). Every field's doc states its default.
 ///
 /// # Examples
 ///

@@ -1,0 +1,174 @@
+//! An ejected endpoint's share goes to every admitted endpoint in proportion to its
+//! own, for each selection, through `resolve` and through `call` (issue 18, finding
+//! 1): round-robin rotates over the admitted endpoints (max - min <= 1) instead of
+//! handing the ejected endpoint's turn to its neighbour.
+
+use std::collections::BTreeMap;
+
+use cloudmap_resolver::{Endpoint, Instance, Outcome, Resolver, Selection, StaticDiscovery};
+
+/// Six endpoints `e0`..`e5` with weights 1, 2, 3, 1, 2, 3.
+const WEIGHTS: [f64; 6] = [1.0, 2.0, 3.0, 1.0, 2.0, 3.0];
+
+fn registry() -> StaticDiscovery {
+    WEIGHTS
+        .iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (i, w)| {
+            r.with_instance(
+                "shared",
+                "web",
+                Instance::new(format!("e{i}"))
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1000 + i as u16)
+                    .attribute("weight", w.to_string()),
+            )
+        })
+}
+
+fn selections() -> [Selection; 3] {
+    [
+        Selection::RoundRobin,
+        Selection::Random,
+        Selection::WeightedRandom {
+            attribute: "weight".into(),
+        },
+    ]
+}
+
+/// A resolver with `ejected` (indexes) ejected through failure reports.
+async fn resolver(selection: Selection, ejected: &[usize]) -> Resolver {
+    let resolver = Resolver::builder(registry())
+        .selection(selection)
+        .seed(18)
+        .build()
+        .unwrap();
+    let all = resolver.resolve_all("shared", "web").await.unwrap();
+    for &i in ejected {
+        let ep = all
+            .iter()
+            .find(|ep| ep.instance_id() == format!("e{i}"))
+            .unwrap();
+        for _ in 0..5 {
+            resolver.report(ep, Outcome::Failure);
+        }
+        assert!(ep.is_ejected(), "e{i} ejected");
+    }
+    resolver
+}
+
+/// How often each endpoint index came up in `n` picks.
+async fn resolve_counts(resolver: &Resolver, n: usize) -> [usize; 6] {
+    let mut counts = [0; 6];
+    for _ in 0..n {
+        let ep = resolver.resolve("shared", "web").await.unwrap();
+        counts[index(&ep)] += 1;
+    }
+    counts
+}
+
+/// The same through `call`: the endpoint of each call's (only) attempt.
+async fn call_counts(resolver: &Resolver, n: usize) -> [usize; 6] {
+    let mut counts = [0; 6];
+    for _ in 0..n {
+        let i = resolver
+            .call("shared", "web", |ep: Endpoint| async move {
+                Ok::<_, String>(index(&ep))
+            })
+            .await
+            .unwrap();
+        counts[i] += 1;
+    }
+    counts
+}
+
+fn index(ep: &Endpoint) -> usize {
+    ep.instance_id()[1..].parse().unwrap()
+}
+
+/// Checks `counts` against the selection's promise over the admitted endpoints.
+fn check(selection: &Selection, ejected: &[usize], counts: [usize; 6], how: &str) {
+    println!("{how} {selection:?} ejected {ejected:?}: {counts:?}");
+    let n: usize = counts.iter().sum();
+    let admitted: Vec<usize> = (0..6).filter(|i| !ejected.contains(i)).collect();
+    for &i in ejected {
+        assert_eq!(
+            counts[i], 0,
+            "{how} {selection:?}: ejected e{i} picked: {counts:?}"
+        );
+    }
+    let shares: BTreeMap<usize, f64> = admitted
+        .iter()
+        .map(|&i| (i, counts[i] as f64 / n as f64))
+        .collect();
+    match selection {
+        Selection::RoundRobin => {
+            let max = admitted.iter().map(|&i| counts[i]).max().unwrap();
+            let min = admitted.iter().map(|&i| counts[i]).min().unwrap();
+            assert!(max - min <= 1, "{how} round-robin uneven: {counts:?}");
+        }
+        Selection::Random => {
+            for (i, s) in &shares {
+                let want = 1.0 / admitted.len() as f64;
+                assert!(
+                    (s - want).abs() < 0.02,
+                    "{how} random e{i}: {s} vs {want}: {counts:?}"
+                );
+            }
+        }
+        _ => {
+            let total: f64 = admitted.iter().map(|&i| WEIGHTS[i]).sum();
+            for (i, s) in &shares {
+                let want = WEIGHTS[*i] / total;
+                assert!(
+                    (s - want).abs() < 0.02,
+                    "{how} weighted e{i}: {s} vs {want}: {counts:?}"
+                );
+            }
+        }
+    }
+}
+
+/// One of six ejected (the one whose turn round-robin used to hand to `e2`), then
+/// half of them (non-adjacent and adjacent mixed), for each selection.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn ejected_share_is_spread_over_the_admitted_through_resolve() {
+    for ejected in [&[1][..], &[0, 1, 4]] {
+        for selection in selections() {
+            let r = resolver(selection.clone(), ejected).await;
+            let counts = resolve_counts(&r, 12_000).await;
+            check(&selection, ejected, counts, "resolve");
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn ejected_share_is_spread_over_the_admitted_through_call() {
+    for ejected in [&[1][..], &[0, 1, 4]] {
+        for selection in selections() {
+            let r = resolver(selection.clone(), ejected).await;
+            let counts = call_counts(&r, 12_000).await;
+            check(&selection, ejected, counts, "call");
+        }
+    }
+}
+
+/// Every endpoint ejected: picks fail open and still spread (round-robin over all).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn all_ejected_fails_open_and_rotates() {
+    let mut outlier = cloudmap_resolver::OutlierOptions::default();
+    outlier.max_ejection_share = 1.0;
+    let r = Resolver::builder(registry())
+        .outlier_detection(outlier)
+        .seed(18)
+        .build()
+        .unwrap();
+    for ep in r.resolve_all("shared", "web").await.unwrap().iter() {
+        for _ in 0..5 {
+            r.report(ep, Outcome::Failure);
+        }
+        assert!(ep.is_ejected());
+    }
+    let counts = resolve_counts(&r, 600).await;
+    assert_eq!(counts, [100; 6], "{counts:?}");
+}
