@@ -143,7 +143,9 @@ async fn resolver_passes_other_names_to_dns() {
 /// Request-level failover: 300 GETs with one of three instances down all succeed.
 /// The dead instance refuses its first 5 turns, each time the GET goes to the next
 /// instance, and is then ejected (5 consecutive failures), so it costs 5 retries in
-/// all. Round-robin over three with the dead one skipped gives a 2:1 split.
+/// all. Once it is ejected, round-robin rotates over the two live instances, so they
+/// share the load evenly (the dead instance's turn is not handed to its neighbour):
+/// the only imbalance is the 5 retries before the ejection.
 #[tokio::test]
 async fn failover_client_300_gets_one_instance_down() {
     let a = HttpServer::start("a").await;
@@ -163,7 +165,11 @@ async fn failover_client_300_gets_one_instance_down() {
     }
     let counts = tally(bodies.iter().map(String::as_str));
     assert_eq!(counts.values().sum::<usize>(), 300);
-    assert_eq!((a.hits(), b.hits()), (200, 100), "{counts:?}");
+    assert_eq!(a.hits() + b.hits(), 300, "{counts:?}");
+    assert!(
+        a.hits().abs_diff(b.hits()) <= 6,
+        "uneven spread: {counts:?}"
+    );
     let stats = resolver.stats();
     assert_eq!(stats.retries, 5);
     assert_eq!(stats.ejections, 1);

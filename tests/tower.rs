@@ -93,7 +93,8 @@ async fn explicit_port_wins() {
 }
 
 /// 300 GETs with one of three instances down all succeed: 5 retries until the dead
-/// instance is ejected, its turns going to the instance after it.
+/// instance is ejected; then round-robin rotates over the two live instances, which
+/// share the load evenly (the only imbalance is the 5 retries before the ejection).
 #[tokio::test]
 async fn three_hundred_gets_one_instance_down() {
     let a = HttpServer::start("a").await;
@@ -108,7 +109,13 @@ async fn three_hundred_gets_one_instance_down() {
             200
         );
     }
-    assert_eq!((a.hits(), b.hits()), (200, 100));
+    assert_eq!(a.hits() + b.hits(), 300);
+    assert!(
+        a.hits().abs_diff(b.hits()) <= 6,
+        "uneven spread: {} / {}",
+        a.hits(),
+        b.hits()
+    );
     let stats = resolver.stats();
     assert_eq!(stats.retries, 5);
     assert_eq!(stats.ejections, 1);
