@@ -15,7 +15,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -30,11 +30,16 @@ use crate::error::{Error, ErrorKind};
 use crate::filter::HealthFilter;
 use crate::key::KeyRef;
 use crate::limit::{Limiter, Op, Pace};
-use crate::options::{after, scaled, ResolverOptions};
+use crate::options::ResolverOptions;
 use crate::outlier::OutlierDetector;
 use crate::recent;
-use crate::select::{splitmix64, stripe, Selection, STRIPES};
+use crate::select::Selection;
 use crate::stats::{bump, Counters};
+use crate::util::hash::{splitmix64, Prehashed};
+use crate::util::lock::lock;
+use crate::util::pad::CachePadded;
+use crate::util::stripe::{stripe, STRIPES};
+use crate::util::time::{after, scaled};
 
 /// The shortest TTL taken from a source: a registry (or a `Discover` impl) answering
 /// with a TTL of 0 would otherwise have its key refreshed in a tight loop.
@@ -54,7 +59,7 @@ const EXPIRED: u8 = 2;
 pub(crate) struct Snapshot {
     pub(crate) set: Arc<EndpointSet>,
     refs: [Arc<SetRef>; STRIPES],
-    cursors: [Padded; STRIPES],
+    cursors: [CachePadded<AtomicU64>; STRIPES],
     state: AtomicU8,
     /// Set by the first pick after the snapshot is installed: the refresher only
     /// spends a registry call on keys someone asked for.
@@ -70,11 +75,6 @@ pub(crate) struct Snapshot {
     revision: Option<i64>,
 }
 
-/// A counter alone on its cache line, so stripes do not share lines.
-#[repr(align(64))]
-#[derive(Default)]
-struct Padded(AtomicU64);
-
 impl Snapshot {
     fn new(
         set: Arc<EndpointSet>,
@@ -85,13 +85,13 @@ impl Snapshot {
         revision: Option<i64>,
     ) -> Self {
         let (confirmed_at, full_at) = times;
-        let refs = std::array::from_fn(|_| Arc::new(SetRef(set.clone())));
+        let refs = std::array::from_fn(|_| Arc::new(SetRef::new(set.clone())));
         // Counters carry over, so a refresh does not restart round-robin at the first
         // endpoint; each stripe starts far from the others so seeded random streams
         // differ per stripe.
         let cursors = std::array::from_fn(|i| {
-            let start = prev.map_or((i as u64) << 40, |p| p.cursors[i].0.load(Ordering::Relaxed));
-            Padded(AtomicU64::new(start))
+            let start = prev.map_or((i as u64) << 40, |p| p.cursors[i].load(Ordering::Relaxed));
+            CachePadded::new(AtomicU64::new(start))
         });
         Snapshot {
             set,
@@ -131,7 +131,7 @@ impl Snapshot {
         // A load and a store, not a locked add: the stripe is this thread's own unless
         // more threads than stripes pick at once, and then a lost step only repeats a
         // pick. A locked add would bring a fence onto the warm path (benches/warm.rs).
-        let cursor = &self.cursors[s].0;
+        let cursor = &self.cursors[s];
         let draw = cursor.load(Ordering::Relaxed);
         cursor.store(draw.wrapping_add(1), Ordering::Relaxed);
         draw
@@ -211,9 +211,7 @@ impl Snapshot {
             // Failing open: undo the extra draws, so that picks rotate over every
             // endpoint as if none were ejected (n draws per pick would land
             // round-robin on the same endpoint each time).
-            self.cursors[s]
-                .0
-                .store(first_draw.wrapping_add(1), Ordering::Relaxed);
+            self.cursors[s].store(first_draw.wrapping_add(1), Ordering::Relaxed);
             return first;
         }
         // Admitted endpoints of weight 0 only: equal weights among them, as when every
@@ -337,22 +335,6 @@ impl Slot {
 type Bucket = Arc<[Arc<Slot>]>;
 type ShardMap = HashMap<u64, Bucket, BuildHasherDefault<Prehashed>>;
 
-/// The keys are hashes already mixed by `KeyRef::hash`.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("only u64 keys are hashed")
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
 const SHARDS: usize = 64;
 
 /// Read-mostly map from key to slot. Readers load a shard's map without locking;
@@ -392,7 +374,7 @@ impl Index {
         make: impl FnOnce() -> Slot,
     ) -> (Arc<Slot>, bool) {
         let shard = self.shard(hash);
-        let _w = shard.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let _w = lock(&shard.write);
         let cur = shard.map.load_full();
         if let Some(slot) = cur
             .get(&hash)
@@ -413,7 +395,7 @@ impl Index {
 
     fn remove(&self, slot: &Arc<Slot>) {
         let shard = self.shard(slot.hash);
-        let _w = shard.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let _w = lock(&shard.write);
         let cur = shard.map.load_full();
         let Some(bucket) = cur.get(&slot.hash) else {
             return;
@@ -596,7 +578,7 @@ impl Cache {
         let (slot, inserted) = self.index.get_or_insert(&key, hash, || Slot {
             request: key.to_request(),
             hash,
-            seed: crate::select::splitmix64(self.seed ^ hash),
+            seed: splitmix64(self.seed ^ hash),
             snapshot: ArcSwapOption::empty(),
             gate: tokio::sync::Mutex::new(Gate::default()),
             refresher: AtomicBool::new(false),
@@ -838,7 +820,7 @@ impl Cache {
     }
 
     fn jitter(&self, up_to: Duration) -> Duration {
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rng = lock(&self.rng);
         scaled(up_to, rng.random::<f64>())
     }
 

@@ -237,7 +237,7 @@ where
         let cache = &resolver.cache;
         bump(&cache.counters.calls);
         let start = Instant::now();
-        let deadline = opts.deadline.map(|d| crate::options::after(start, d));
+        let deadline = opts.deadline.map(|d| crate::util::time::after(start, d));
         let key = KeyRef {
             namespace,
             service,
@@ -293,7 +293,7 @@ where
             bump(&cache.counters.attempts);
             let own_limit = opts
                 .attempt_timeout
-                .map(|t| crate::options::after(began, t));
+                .map(|t| crate::util::time::after(began, t));
             let limit = match (own_limit, deadline) {
                 (Some(a), Some(d)) => Some(a.min(d)),
                 (a, d) => a.or(d),

@@ -10,6 +10,8 @@ use crate::instance::{
 };
 use crate::outlier::{EndpointHealth, Identity};
 use crate::policy::{ends_in_number, parse_ip_literal, AddressPolicy};
+use crate::util::lock::lock;
+use crate::util::pad::CachePadded;
 
 /// One usable instance: where to connect, plus the attributes it was registered with.
 ///
@@ -88,11 +90,16 @@ pub(crate) struct EndpointSet {
 
 /// A separately counted reference to a set. A cache entry holds one per stripe of
 /// threads, so that endpoints cloned on different threads bump different reference
-/// counts instead of fighting over one cache line. Aligned to a line, since the
+/// counts instead of fighting over one cache line. Padded to its own line, since the
 /// stripes' small allocations would otherwise sit side by side and share one.
 #[derive(Debug)]
-#[repr(align(64))]
-pub(crate) struct SetRef(pub(crate) Arc<EndpointSet>);
+pub(crate) struct SetRef(pub(crate) CachePadded<Arc<EndpointSet>>);
+
+impl SetRef {
+    pub(crate) fn new(set: Arc<EndpointSet>) -> Self {
+        SetRef(CachePadded::new(set))
+    }
+}
 
 impl Endpoint {
     pub(crate) fn new(set: Arc<SetRef>, index: usize) -> Self {
@@ -133,7 +140,7 @@ impl Endpoint {
             items: Box::new([data]),
             cumulative: None,
         };
-        Endpoint::new(Arc::new(SetRef(Arc::new(set))), 0)
+        Endpoint::new(Arc::new(SetRef::new(Arc::new(set))), 0)
     }
 
     fn data(&self) -> &EndpointData {
@@ -447,10 +454,7 @@ impl WarnOnce {
     /// Whether a warning about `what` has not been given yet; records it.
     pub(crate) fn first_time(&self, what: impl std::hash::Hash) -> bool {
         use std::hash::BuildHasher;
-        let mut set = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = lock(&self.0);
         let h = set.hasher.hash_one(what);
         if set.seen.len() >= Self::CAPACITY && !set.seen.contains(&h) {
             set.seen.clear();

@@ -2,7 +2,7 @@
 
 use crate::discover::DiscoverRequest;
 use crate::filter::HealthFilter;
-use crate::select::splitmix64;
+use crate::util::hash::{splitmix64, FxHasher};
 
 /// A borrowed cache key: what a `resolve` call asks for. The owned form is the
 /// [`DiscoverRequest`] a cache entry keeps.
@@ -68,49 +68,6 @@ impl<'a> KeyRef<'a> {
 #[inline]
 fn same_params(a: &[(String, String)], b: &[(String, String)]) -> bool {
     a.len() == b.len() && (a.is_empty() || a == b)
-}
-
-/// The Fx hash (rustc's): a multiply and a rotate a word. Keys come from the
-/// program's own code, not from attackers, so a keyed hash buys nothing here and
-/// would cost the warm path its margin.
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn word(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn str(&mut self, s: &str) {
-        let bytes = s.as_bytes();
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.word(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ]));
-        }
-        self.word(tail_word(chunks.remainder()));
-        // The length ends the string, so ("ab", "c") and ("a", "bc") differ.
-        self.word(bytes.len() as u64);
-    }
-}
-
-/// The last 0 to 7 bytes of a string as one word, read in place (as foldhash and
-/// wyhash do). Copying them into a zeroed buffer first costs a `memcpy` call and a
-/// failed store-to-load forward per string, which was a fifth of a warm `resolve`.
-/// Every byte is read, so with the length hashed after it equal words mean equal
-/// tails.
-#[inline]
-fn tail_word(rest: &[u8]) -> u64 {
-    let n = rest.len();
-    match n {
-        0 => 0,
-        1..=3 => u64::from(rest[0]) | u64::from(rest[n / 2]) << 8 | u64::from(rest[n - 1]) << 16,
-        _ => {
-            let lo = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let hi = u32::from_le_bytes([rest[n - 4], rest[n - 3], rest[n - 2], rest[n - 1]]);
-            u64::from(lo) | u64::from(hi) << 32
-        }
-    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,7 @@ mod recent;
 mod resolver;
 mod select;
 mod stats;
+mod util;
 
 pub use budget::RetryBudgetOptions;
 pub use call::{Call, CallOptions, MAX_ATTEMPTS};

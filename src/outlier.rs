@@ -10,13 +10,15 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointData};
-use crate::options::after;
+use crate::util::lock::lock;
+use crate::util::pad::CachePadded;
+use crate::util::time::after;
 
 /// Settings of passive outlier detection. Every field's doc states its default.
 ///
@@ -121,7 +123,7 @@ pub(crate) struct Identity {
 pub(crate) struct EndpointHealth {
     /// Read by every warm pick; on its own cache line so that failure bookkeeping
     /// does not evict it from readers' caches.
-    ejected: Flag,
+    ejected: CachePadded<AtomicBool>,
     /// Set while there are failures to forget or a probation to end, so a success
     /// on a healthy endpoint (the common case) writes nothing.
     dirty: AtomicBool,
@@ -129,10 +131,6 @@ pub(crate) struct EndpointHealth {
     /// `id@address`, for logs.
     name: Box<str>,
 }
-
-#[repr(align(64))]
-#[derive(Debug, Default)]
-struct Flag(AtomicBool);
 
 #[derive(Debug, Default)]
 struct HealthState {
@@ -147,7 +145,7 @@ struct HealthState {
 impl EndpointHealth {
     pub(crate) fn new(name: String) -> Self {
         EndpointHealth {
-            ejected: Flag::default(),
+            ejected: CachePadded::new(AtomicBool::new(false)),
             dirty: AtomicBool::new(false),
             state: Mutex::new(HealthState::default()),
             name: name.into(),
@@ -157,11 +155,11 @@ impl EndpointHealth {
     /// The warm path's one check: a relaxed load.
     #[inline]
     pub(crate) fn is_ejected(&self) -> bool {
-        self.ejected.0.load(Ordering::Relaxed)
+        self.ejected.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, HealthState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        lock(&self.state)
     }
 }
 
@@ -199,7 +197,7 @@ impl OutlierDetector {
     /// Gives freshly parsed endpoints the health of the same endpoints in earlier
     /// answers, or registers their own.
     pub(crate) fn attach(&self, items: &mut [EndpointData]) {
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut table = lock(&self.table);
         for data in items {
             let id = data.identity();
             match table.map.get(&id).and_then(Weak::upgrade) {
@@ -263,7 +261,7 @@ impl OutlierDetector {
 
     fn eject(&self, ep: &Endpoint, h: &Arc<EndpointHealth>, now: Instant) {
         // Lock order: the ejection lock, then one endpoint's state.
-        let _one_at_a_time = self.eject.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = lock(&self.eject);
         if h.is_ejected() {
             return;
         }
@@ -298,7 +296,7 @@ impl OutlierDetector {
         st.until = Some(until);
         st.failures = 0;
         st.probation = false;
-        h.ejected.0.store(true, Ordering::Relaxed);
+        h.ejected.store(true, Ordering::Relaxed);
         drop(st);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -342,7 +340,7 @@ fn readmit(h: &EndpointHealth, now: Instant, count: &AtomicU64) {
     st.probation = true;
     st.failures = 0;
     h.dirty.store(true, Ordering::Relaxed);
-    h.ejected.0.store(false, Ordering::Relaxed);
+    h.ejected.store(false, Ordering::Relaxed);
     drop(st);
     count.fetch_add(1, Ordering::Relaxed);
     tracing::info!(endpoint = %h.name, "re-admitting endpoint on probation");
@@ -367,7 +365,7 @@ mod tests {
             })
             .collect();
         detector.attach(&mut items);
-        let set = Arc::new(SetRef(Arc::new(EndpointSet {
+        let set = Arc::new(SetRef::new(Arc::new(EndpointSet {
             items,
             cumulative: None,
         })));

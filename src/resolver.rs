@@ -18,8 +18,9 @@ use crate::limit::RateLimit;
 use crate::options::ResolverOptions;
 use crate::outlier::{Outcome, OutlierOptions};
 use crate::policy::AddressPolicy;
-use crate::select::{stripe, Selection};
+use crate::select::Selection;
 use crate::stats::Stats;
+use crate::util::stripe::stripe;
 
 /// Finds live endpoints of services: cached, filtered, picked.
 ///

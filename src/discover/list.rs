@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
 use crate::error::{Error, ErrorKind};
 use crate::filter;
 use crate::instance::{HealthStatus, Instance, Shown};
+use crate::util::lock::recover;
 
 /// A registry held in memory: the embedded default, needing no AWS account.
 ///
@@ -244,14 +245,11 @@ impl StaticDiscovery {
     fn write<R>(&self, f: impl FnOnce(&mut Namespaces) -> R) -> R {
         // A panic while holding the lock cannot leave the map half-written in a way
         // that matters here, so a poisoned lock is used as is.
-        f(&mut self
-            .registry
-            .write()
-            .unwrap_or_else(PoisonError::into_inner))
+        f(&mut *recover(self.registry.write()))
     }
 
     fn answer(&self, req: &DiscoverRequest) -> Result<Discovered, Error> {
-        let namespaces = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let namespaces = recover(self.registry.read());
         let services = namespaces.get(&req.namespace).ok_or_else(|| {
             Error::new(
                 ErrorKind::NamespaceNotFound,

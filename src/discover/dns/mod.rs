@@ -10,7 +10,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::config::{
@@ -27,6 +27,7 @@ use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
 use crate::error::{Error, ErrorKind};
 use crate::filter::HealthFilter;
 use crate::instance::Instance;
+use crate::util::lock::lock;
 
 mod merge;
 mod options;
@@ -272,7 +273,7 @@ impl DnsDiscovery {
         };
 
         let now = Instant::now();
-        let mut merged = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut merged = lock(&self.seen);
         // No record is remembered longer than the longest clamped TTL, so sweeping
         // that often forgets names nobody asks for any more.
         merged.sweep(now, opts.clamp_ttl(u32::MAX));
@@ -314,11 +315,7 @@ impl DnsDiscovery {
     }
 
     fn not_found(&self, key: &str, fqdn: &str) -> Error {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .names
-            .remove(key);
+        lock(&self.seen).names.remove(key);
         Error::new(
             ErrorKind::ServiceNotFound,
             format!("no DNS records at {fqdn} (NXDOMAIN)"),
