@@ -24,10 +24,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
+use crate::discover::health_filter::HealthFilter;
 use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
 use crate::error::{Error, ErrorKind};
-use crate::filter::HealthFilter;
 use crate::key::KeyRef;
 use crate::limit::{Limiter, Op, Pace};
 use crate::options::ResolverOptions;
@@ -568,10 +568,10 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
-        crate::name::check_namespace(key.namespace)?;
-        crate::name::check_service(key.service)?;
+        crate::discover::names::check_namespace(key.namespace)?;
+        crate::discover::names::check_service(key.service)?;
         for (k, v) in key.query.iter().chain(key.optional) {
-            crate::name::check_attribute(k, v)?;
+            crate::discover::names::check_attribute(k, v)?;
         }
         bump(&self.counters.misses);
         let hash = key.hash();

@@ -12,10 +12,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::call_error::{Attempt, AttemptError, CallError, CallStop};
+use crate::discover::health_filter::HealthFilter;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
-use crate::filter::HealthFilter;
 use crate::key::KeyRef;
 use crate::outlier::Outcome;
 use crate::resolver::Resolver;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
-use crate::instance::{
+use crate::discover::instance::{
     HealthStatus, Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
 use crate::outlier::{EndpointHealth, Identity};

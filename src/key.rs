@@ -1,7 +1,7 @@
 //! Cache keys, hashed and compared without allocating.
 
+use crate::discover::health_filter::HealthFilter;
 use crate::discover::DiscoverRequest;
-use crate::filter::HealthFilter;
 use crate::util::hash::{splitmix64, FxHasher};
 
 /// A borrowed cache key: what a `resolve` call asks for. The owned form is the

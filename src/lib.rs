@@ -88,13 +88,10 @@ mod call_error;
 mod discover;
 mod endpoint;
 mod error;
-mod filter;
-mod instance;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 mod integrations;
 mod key;
 mod limit;
-mod name;
 mod options;
 mod outlier;
 mod policy;
@@ -111,14 +108,14 @@ pub use discover::cloud_map::CloudMapDiscovery;
 pub use discover::dns::{
     DnsDiscovery, DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT,
 };
-pub use discover::list::StaticDiscovery;
+pub use discover::health_filter::HealthFilter;
+pub use discover::instance::{
+    HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
+};
+pub use discover::static_registry::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};
-pub use filter::HealthFilter;
-pub use instance::{
-    HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
-};
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
 #[cfg(feature = "hyper")]

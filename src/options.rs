@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::budget::RetryBudgetOptions;
 use crate::call::CallOptions;
-use crate::filter::HealthFilter;
+use crate::discover::health_filter::HealthFilter;
 use crate::limit::RateLimit;
 use crate::outlier::OutlierOptions;
 use crate::policy::AddressPolicy;
@@ -173,7 +173,7 @@ impl ResolverOptions {
             limit.validate()?;
         }
         if let Selection::WeightedRandom { attribute } = &self.selection {
-            crate::name::check_attribute(attribute, "")?;
+            crate::discover::names::check_attribute(attribute, "")?;
         }
         self.call.validate()?;
         self.outlier.validate()?;

@@ -349,8 +349,8 @@ fn readmit(h: &EndpointHealth, now: Instant, count: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::instance::Instance;
     use crate::endpoint::{EndpointSet, ParseOptions, SetRef};
-    use crate::instance::Instance;
 
     fn set(n: usize, detector: &OutlierDetector) -> Vec<Endpoint> {
         let mut items: Box<[EndpointData]> = (0..n)

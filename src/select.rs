@@ -1,7 +1,7 @@
 //! How one endpoint is picked from a cached set.
 
+use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};
-use crate::instance::Shown;
 use crate::util::hash::splitmix64;
 
 /// The largest weight [`Selection::WeightedRandom`] uses; larger ones are capped. Even
@@ -120,8 +120,8 @@ impl Selection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::instance::Instance;
     use crate::endpoint::ParseOptions;
-    use crate::instance::Instance;
 
     fn items(weights: &[Option<&str>]) -> Vec<EndpointData> {
         weights

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
+use crate::discover::health_filter;
+use crate::discover::instance::{HealthStatus, Instance, Shown};
 use crate::error::{Error, ErrorKind};
-use crate::filter;
-use crate::instance::{HealthStatus, Instance, Shown};
 use crate::util::lock::recover;
 
 /// A registry held in memory: the embedded default, needing no AWS account.
@@ -266,7 +266,7 @@ impl StaticDiscovery {
             )
         })?;
         let mut instances = svc.instances.clone();
-        filter::apply(&mut instances, &req.query, &req.optional, req.health);
+        health_filter::apply(&mut instances, &req.query, &req.optional, req.health);
         instances.truncate(req.max_results as usize);
         Ok(Discovered {
             instances,
@@ -344,7 +344,7 @@ impl Discover for StaticDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::HealthFilter;
+    use crate::discover::health_filter::HealthFilter;
 
     fn run<T>(f: BoxFuture<'_, T>) -> T {
         tokio::runtime::Builder::new_current_thread()
