@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::{Discover, DiscoverRequest};
-use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef};
+use crate::endpoint::{Endpoint, EndpointSet, ParseOptions, SetRef, StateTable};
 use crate::error::{Error, ErrorKind};
 use crate::key::KeyRef;
 use crate::limit::{Limiter, Op, Pace};
@@ -241,7 +241,7 @@ impl Snapshot {
     pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
         self.mark_used();
         let items = &self.set.items;
-        let i = self.choose(selection, seed, s, |i| items[i].outlier().is_ejected());
+        let i = self.choose(selection, seed, s, |i| items[i].state().is_ejected());
         Endpoint::new(self.refs[s].clone(), i)
     }
 
@@ -260,7 +260,7 @@ impl Snapshot {
         let s = stripe();
         let n = self.set.items.len();
         let items = &self.set.items;
-        let is_ejected = |i: usize| outliers.is_ejected(items[i].outlier(), now);
+        let is_ejected = |i: usize| outliers.is_ejected(items[i].state(), now);
         let start = self.choose(selection, seed, s, is_ejected);
         let max = max.min(n);
         let mut admitted = Vec::with_capacity(max);
@@ -451,6 +451,8 @@ pub(crate) struct Cache {
     pub(crate) opts: ResolverOptions,
     pub(crate) counters: Counters,
     pub(crate) outliers: OutlierDetector,
+    /// Per-endpoint state carried from one answer to the next.
+    states: StateTable,
     parse: ParseOptions,
     index: Arc<Index>,
     lru: moka::sync::Cache<LruKey, ()>,
@@ -501,6 +503,7 @@ impl Cache {
             source,
             counters: Counters::default(),
             outliers: OutlierDetector::new(opts.outlier.clone()),
+            states: StateTable::default(),
             parse,
             index,
             lru,
@@ -698,7 +701,7 @@ impl Cache {
         let svc = req.service.as_str();
         let mut items = self.parse.parse_all(ns, svc, found.instances);
         // Ejections outlive answers: the same endpoint keeps its health.
-        self.outliers.attach(&mut items);
+        self.states.attach(&mut items);
         let items: Box<[_]> = items.into();
         let cumulative = self
             .opts

@@ -94,7 +94,6 @@ mod key;
 mod limit;
 mod options;
 mod outlier;
-mod policy;
 mod recent;
 mod resolver;
 mod select;
@@ -114,6 +113,7 @@ pub use discover::instance::{
 };
 pub use discover::static_registry::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
+pub use endpoint::policy::{AddressPolicy, Cidr};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "reqwest")]
@@ -131,7 +131,6 @@ pub use integrations::HostMap;
 pub use limit::RateLimit;
 pub use options::ResolverOptions;
 pub use outlier::{Outcome, OutlierOptions};
-pub use policy::{AddressPolicy, Cidr};
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;
 pub use stats::Stats;

@@ -5,9 +5,9 @@ use std::time::Duration;
 use crate::budget::RetryBudgetOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
+use crate::endpoint::policy::AddressPolicy;
 use crate::limit::RateLimit;
 use crate::outlier::OutlierOptions;
-use crate::policy::AddressPolicy;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
