@@ -10,7 +10,7 @@ use reqwest::header::{HeaderValue, HOST};
 use reqwest::{Client, Request, RequestBuilder, Response, Url};
 
 use super::{destination, finish, Failed, FailoverPolicy, HostMap};
-use crate::call_error::CallError;
+use crate::call::error::CallError;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;

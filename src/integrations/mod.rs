@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use crate::error::ErrorKind;
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
-use crate::{call::MAX_ATTEMPTS, endpoint::Endpoint, key::KeyRef};
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 use crate::{error::Error, resolver::Resolver};
 
@@ -235,32 +234,6 @@ impl fmt::Debug for HostMap {
 }
 
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
-/// Up to 8 endpoints of a service in selection order, ejected ones last: the order a
-/// [`call`](Resolver::call) tries them in.
-pub(crate) async fn candidates(
-    resolver: &Resolver,
-    namespace: &str,
-    service: &str,
-) -> Result<Vec<Endpoint>, Error> {
-    let cache = &resolver.cache;
-    let key = KeyRef::plain(namespace, service, cache.opts.health_filter);
-    let (snap, seed) = match cache.warm_snapshot(&key) {
-        Some(found) => found,
-        None => {
-            let (slot, snap) = Box::pin(cache.load(key)).await?;
-            (snap, slot.seed)
-        }
-    };
-    Ok(snap.candidates(
-        &cache.opts.selection,
-        seed,
-        MAX_ATTEMPTS,
-        &cache.outliers,
-        tokio::time::Instant::now(),
-    ))
-}
-
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
 /// What a host name resolves to for a connector.
 #[derive(Debug)]
 pub(crate) enum Lookup {
@@ -283,7 +256,7 @@ pub(crate) async fn lookup(
     let Some((namespace, service)) = hosts.service(host) else {
         return Ok(Lookup::PassThrough);
     };
-    match candidates(resolver, &namespace, &service).await {
+    match resolver.candidates(&namespace, &service).await {
         Ok(eps) => {
             // The resolver judged these addresses already; judging them again here
             // keeps the rule at the point where the crate hands out a connection

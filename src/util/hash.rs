@@ -21,10 +21,12 @@ pub(crate) fn splitmix64(x: u64) -> u64 {
 pub(crate) struct FxHasher(pub(crate) u64);
 
 impl FxHasher {
+    #[inline]
     pub(crate) fn word(&mut self, w: u64) {
         self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 
+    #[inline]
     pub(crate) fn str(&mut self, s: &str) {
         let bytes = s.as_bytes();
         let mut chunks = bytes.chunks_exact(8);

@@ -2,12 +2,14 @@
 
 use std::time::Duration;
 
-use crate::budget::RetryBudgetOptions;
+use crate::cache::pacing::RateLimit;
+use crate::cache::CacheConfig;
+use crate::call::budget::RetryBudgetOptions;
+use crate::call::outlier::OutlierOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::endpoint::policy::AddressPolicy;
-use crate::limit::RateLimit;
-use crate::outlier::OutlierOptions;
+use crate::endpoint::ParseOptions;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
@@ -178,5 +180,31 @@ impl ResolverOptions {
         self.call.validate()?;
         self.outlier.validate()?;
         self.retry_budget.validate()
+    }
+
+    /// What the cache reads of these options.
+    pub(crate) fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.ttl,
+            selection: self.selection.clone(),
+            parse: ParseOptions {
+                policy: self.address_policy.clone(),
+                default_port: self.default_port,
+                prefer_ipv6: self.prefer_ipv6,
+                ..ParseOptions::default()
+            },
+            capacity: self.capacity,
+            idle_timeout: self.idle_timeout,
+            max_stale: self.max_stale,
+            negative_ttl: self.negative_ttl,
+            fetch_timeout: self.fetch_timeout,
+            refresh_ahead: self.refresh_ahead,
+            full_refresh_interval: self.full_refresh_interval,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            rate_limit: self.rate_limit.clone(),
+            adapt_to_throttling: self.adapt_to_throttling,
+            seed: self.seed,
+        }
     }
 }

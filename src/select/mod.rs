@@ -1,8 +1,14 @@
-//! How one endpoint is picked from a cached set.
+//! Which endpoint, in what order: the [`Selection`] a resolver picks by, and the
+//! per-answer picking state ([`Picker`]) that applies it while skipping ejected
+//! endpoints.
 
 use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};
 use crate::util::hash::splitmix64;
+
+mod picker;
+
+pub(crate) use picker::Picker;
 
 /// The largest weight [`Selection::WeightedRandom`] uses; larger ones are capped. Even
 /// millions of endpoints at this weight sum far below `f64`'s exact-integer range.
@@ -95,6 +101,7 @@ impl Selection {
 
     /// The index picked by the `n`th draw of a stripe; `draw` is a counter value,
     /// `seed` the key's seed. Deterministic in its inputs, so seeded tests repeat.
+    #[inline]
     pub(crate) fn pick(
         &self,
         len: usize,
