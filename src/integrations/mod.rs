@@ -11,7 +11,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::error::ErrorKind;
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 use crate::{error::Error, resolver::Resolver};
 
@@ -30,7 +29,6 @@ pub(crate) mod tower;
 mod policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use policy::FailoverPolicy;
-#[cfg(feature = "reqwest")]
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub(crate) use policy::{destination, finish, Failed};
 
