@@ -245,7 +245,8 @@ impl StaticDiscovery {
     fn write<R>(&self, f: impl FnOnce(&mut Namespaces) -> R) -> R {
         // A panic while holding the lock cannot leave the map half-written in a way
         // that matters here, so a poisoned lock is used as is.
-        f(&mut *recover(self.registry.write()))
+        let mut registry = recover(self.registry.write());
+        f(&mut registry)
     }
 
     fn answer(&self, req: &DiscoverRequest) -> Result<Discovered, Error> {

@@ -203,7 +203,7 @@ where
             let resolver = &layer.resolver;
             let (template_ref, head_ref, attempt_inner) = (&template, &head, inner.clone());
             let op = move |ep: Endpoint| {
-                let body = lock(&template_ref).clone();
+                let body = lock(template_ref).clone();
                 let host = host.clone();
                 let svc = attempt_inner.clone();
                 async move {

@@ -202,7 +202,7 @@ impl ResolverOptions {
             full_refresh_interval: self.full_refresh_interval,
             backoff_base: self.backoff_base,
             backoff_max: self.backoff_max,
-            rate_limit: self.rate_limit.clone(),
+            rate_limit: self.rate_limit,
             adapt_to_throttling: self.adapt_to_throttling,
             seed: self.seed,
         }
