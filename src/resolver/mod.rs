@@ -110,7 +110,7 @@ impl Resolver {
     }
 
     /// One endpoint of `service` in `namespace`, picked by the resolver's
-    /// [`Selection`] from the cached answer.
+    /// [`Selection`](crate::Selection) from the cached answer.
     ///
     /// A warm key is answered from memory without locking, allocating or waiting;
     /// a cold or expired key asks the registry, one call per key however many
@@ -173,7 +173,7 @@ impl Resolver {
 
     /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
     /// up to 8 distinct endpoints in selection order, ejected ones last. Await the
-    /// returned [`Call`]; its methods override the resolver's [`CallOptions`] for this
+    /// returned [`Call`]; its methods override the resolver's [`CallOptions`](crate::CallOptions) for this
     /// call (attempts, per-attempt timeout, deadline, which errors to retry).
     ///
     /// # Errors
@@ -224,7 +224,7 @@ impl Resolver {
 
     /// Tells outlier detection how a use of `endpoint` went, for callers who do their
     /// own I/O instead of using [`call`](Self::call). After
-    /// [`OutlierOptions::consecutive_failures`] failures in a row the endpoint is
+    /// [`OutlierOptions::consecutive_failures`](crate::OutlierOptions::consecutive_failures) failures in a row the endpoint is
     /// ejected: `resolve` skips it until its ejection time is up.
     ///
     /// # Examples
