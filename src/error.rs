@@ -68,14 +68,20 @@ impl fmt::Display for ErrorKind {
 /// assert!(!err.is_retryable());
 /// assert_eq!(err.to_string(), "invalid input: service name is empty");
 /// ```
-#[derive(Clone)]
+#[derive(Clone, thiserror::Error)]
+#[error(transparent)]
 pub struct Error {
     inner: Arc<Inner>,
 }
 
+/// The error itself, behind an `Arc` so that one failed load can be handed to every
+/// waiter. `Display` is `kind: message`; `source()` is the foreign error, if any.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {message}")]
 struct Inner {
     kind: ErrorKind,
     message: String,
+    #[source]
     source: Option<Box<dyn StdError + Send + Sync>>,
 }
 
@@ -151,21 +157,6 @@ impl fmt::Debug for Error {
             d.field("source", source);
         }
         d.finish()
-    }
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.inner.kind, self.inner.message)
-    }
-}
-
-impl StdError for Error {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        self.inner
-            .source
-            .as_ref()
-            .map(|s| &**s as &(dyn StdError + 'static))
     }
 }
 

@@ -81,43 +81,38 @@
 //! `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod budget;
+// Layers, top to bottom: each module uses only those below it (ARCHITECTURE.md).
 mod cache;
 mod call;
-mod call_error;
 mod discover;
 mod endpoint;
-mod error;
-mod filter;
-mod instance;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 mod integrations;
-mod key;
-mod limit;
-mod name;
-mod options;
-mod outlier;
-mod policy;
-mod recent;
 mod resolver;
 mod select;
+mod util;
+// Leaves.
+mod error;
 mod stats;
 
-pub use budget::RetryBudgetOptions;
+pub use cache::pacing::RateLimit;
+pub use call::budget::RetryBudgetOptions;
+pub use call::error::{Attempt, AttemptError, CallError, CallStop};
+pub use call::outlier::{Outcome, OutlierOptions};
 pub use call::{Call, CallOptions, MAX_ATTEMPTS};
-pub use call_error::{Attempt, AttemptError, CallError, CallStop};
 pub use discover::cloud_map::CloudMapDiscovery;
 pub use discover::dns::{
     DnsDiscovery, DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT,
 };
-pub use discover::list::StaticDiscovery;
-pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
-pub use endpoint::Endpoint;
-pub use error::{Error, ErrorKind};
-pub use filter::HealthFilter;
-pub use instance::{
+pub use discover::health_filter::HealthFilter;
+pub use discover::instance::{
     HealthStatus, Instance, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+pub use discover::static_registry::StaticDiscovery;
+pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
+pub use endpoint::policy::{AddressPolicy, Cidr};
+pub use endpoint::Endpoint;
+pub use error::{Error, ErrorKind};
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
 #[cfg(feature = "hyper")]
@@ -130,10 +125,7 @@ pub use integrations::tower::{BoxError, Failover, FailoverLayer};
 pub use integrations::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 pub use integrations::HostMap;
-pub use limit::RateLimit;
-pub use options::ResolverOptions;
-pub use outlier::{Outcome, OutlierOptions};
-pub use policy::{AddressPolicy, Cidr};
+pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;
 pub use stats::Stats;

@@ -6,7 +6,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::select::STRIPES;
+use crate::util::pad::CachePadded;
+use crate::util::stripe::STRIPES;
 
 /// What a resolver has done since it was built: a snapshot of its counters.
 ///
@@ -69,8 +70,8 @@ pub struct Stats {
     pub budget_refusals: u64,
 }
 
-/// One thread stripe's warm-path counters, alone on a cache line.
-#[repr(align(64))]
+/// One thread stripe's warm-path counters (kept on their own cache lines by
+/// `CachePadded`).
 #[derive(Debug, Default)]
 struct Stripe {
     hits: AtomicU64,
@@ -80,7 +81,7 @@ struct Stripe {
 /// The live counters of one resolver.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    stripes: [Stripe; STRIPES],
+    stripes: [CachePadded<Stripe>; STRIPES],
     pub(crate) misses: AtomicU64,
     pub(crate) discover: AtomicU64,
     pub(crate) revision: AtomicU64,

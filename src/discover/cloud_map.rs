@@ -12,9 +12,9 @@ use sd::error::{ProvideErrorMetadata, SdkError};
 use sd::types::HealthStatusFilter;
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
+use crate::discover::health_filter::HealthFilter;
+use crate::discover::instance::{HealthStatus, Instance};
 use crate::error::{Error, ErrorKind};
-use crate::filter::HealthFilter;
-use crate::instance::{HealthStatus, Instance};
 
 /// Reads instances from AWS Cloud Map's DiscoverInstances API.
 ///

@@ -5,13 +5,16 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use crate::discover::health_filter::HealthFilter;
+use crate::discover::instance::Instance;
 use crate::error::Error;
-use crate::filter::HealthFilter;
-use crate::instance::Instance;
 
 pub(crate) mod cloud_map;
 pub(crate) mod dns;
-pub(crate) mod list;
+pub(crate) mod health_filter;
+pub(crate) mod instance;
+pub(crate) mod names;
+pub(crate) mod static_registry;
 
 /// A boxed `Send` future, as [`Discover`] returns.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -4,16 +4,17 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use reqwest::header::{HeaderValue, HOST};
 use reqwest::{Client, Request, RequestBuilder, Response, Url};
 
 use super::{destination, finish, Failed, FailoverPolicy, HostMap};
-use crate::call_error::CallError;
+use crate::call::error::CallError;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;
+use crate::util::lock::{lock, recover};
 
 /// A `reqwest::Client` with request-level failover across a service's endpoints.
 ///
@@ -201,7 +202,7 @@ impl FailoverClient {
         let resolver = &self.resolver;
         let op = |ep: Endpoint| {
             let attempt = {
-                let mut t = template.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut t = lock(&template);
                 match t.as_ref().and_then(Request::try_clone) {
                     Some(copy) => copy,
                     // Not clonable: this is the call's only attempt.
@@ -250,10 +251,7 @@ impl FailoverClient {
             if e.resolve_error()
                 .is_some_and(|r| self.hosts.falls_through(r.kind()))
             {
-                let request = template
-                    .into_inner()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .expect("no attempt was made");
+                let request = recover(template.into_inner()).expect("no attempt was made");
                 return self.pass_through(request).await;
             }
         }

@@ -8,7 +8,8 @@ use std::task::{Context, Poll};
 use hyper_util::client::legacy::connect::dns::Name;
 use tower_service::Service;
 
-use super::{resolve_host, HostMap};
+use super::connector::ConnectorCore;
+use super::HostMap;
 use crate::discover::BoxFuture;
 use crate::error::Error;
 use crate::resolver::Resolver;
@@ -41,25 +42,19 @@ use crate::resolver::Resolver;
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "hyper")))]
 #[derive(Clone)]
-pub struct HyperResolver {
-    resolver: Resolver,
-    hosts: HostMap,
-}
+pub struct HyperResolver(ConnectorCore);
 
 impl HyperResolver {
     /// A resolver that maps no name until [`hosts`](Self::hosts) lists namespaces.
     pub fn new(resolver: Resolver) -> Self {
-        HyperResolver {
-            resolver,
-            hosts: HostMap::default(),
-        }
+        HyperResolver(ConnectorCore::new(resolver))
     }
 
     /// Which names are services. Default: none ([`HostMap::default`]); list your
     /// namespaces with [`HostMap::namespaces`].
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
-        self.hosts = hosts;
+        self.0.set_hosts(hosts);
         self
     }
 }
@@ -67,7 +62,7 @@ impl HyperResolver {
 impl fmt::Debug for HyperResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HyperResolver")
-            .field("hosts", &self.hosts)
+            .field("hosts", self.0.hosts())
             .finish_non_exhaustive()
     }
 }
@@ -99,9 +94,9 @@ impl Service<Name> for HyperResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let this = self.clone();
+        let core = self.0.clone();
         Box::pin(async move {
-            let addrs = resolve_host(&this.resolver, &this.hosts, name.as_str()).await?;
+            let addrs = core.resolve(name.as_str()).await?;
             Ok(ResolvedAddrs(addrs.into_iter()))
         })
     }

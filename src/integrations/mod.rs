@@ -8,16 +8,14 @@
 use std::fmt;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 use std::net::IpAddr;
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::error::ErrorKind;
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-use crate::{call::MAX_ATTEMPTS, endpoint::Endpoint, key::KeyRef};
-#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+#[cfg(any(feature = "reqwest", feature = "tower"))]
 use crate::{error::Error, resolver::Resolver};
 
+#[cfg(any(feature = "reqwest", feature = "hyper"))]
+mod connector;
 #[cfg(feature = "reqwest")]
 pub(crate) mod failover_client;
 #[cfg(feature = "hyper")]
@@ -31,7 +29,6 @@ pub(crate) mod tower;
 mod policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use policy::FailoverPolicy;
-#[cfg(feature = "reqwest")]
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub(crate) use policy::{destination, finish, Failed};
 
@@ -234,115 +231,13 @@ impl fmt::Debug for HostMap {
     }
 }
 
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-/// Up to 8 endpoints of a service in selection order, ejected ones last: the order a
-/// [`call`](Resolver::call) tries them in.
-pub(crate) async fn candidates(
-    resolver: &Resolver,
-    namespace: &str,
-    service: &str,
-) -> Result<Vec<Endpoint>, Error> {
-    let cache = &resolver.cache;
-    let key = KeyRef::plain(namespace, service, cache.opts.health_filter);
-    let (snap, seed) = match cache.warm_snapshot(&key) {
-        Some(found) => found,
-        None => {
-            let (slot, snap) = Box::pin(cache.load(key)).await?;
-            (snap, slot.seed)
-        }
-    };
-    Ok(snap.candidates(
-        &cache.opts.selection,
-        seed,
-        MAX_ATTEMPTS,
-        &cache.outliers,
-        tokio::time::Instant::now(),
-    ))
-}
-
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-/// What a host name resolves to for a connector.
-#[derive(Debug)]
-pub(crate) enum Lookup {
-    /// A service: up to 8 addresses in selection order, each with its instance's port
-    /// (0 when it has none, so the connector uses the URL's scheme's port).
-    Service(Vec<SocketAddr>),
-    /// Not a service: resolve through the system's DNS.
-    PassThrough,
-}
-
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-/// Resolves `host` for a connector: a service's endpoints, or pass-through.
-/// Endpoints with a host name instead of an IP address (CNAME and alias instances)
-/// are left out: a connector takes addresses.
-pub(crate) async fn lookup(
-    resolver: &Resolver,
-    hosts: &HostMap,
-    host: &str,
-) -> Result<Lookup, Error> {
-    let Some((namespace, service)) = hosts.service(host) else {
-        return Ok(Lookup::PassThrough);
-    };
-    match candidates(resolver, &namespace, &service).await {
-        Ok(eps) => {
-            // The resolver judged these addresses already; judging them again here
-            // keeps the rule at the point where the crate hands out a connection
-            // target, whatever the discovery source did.
-            let policy = &resolver.options().address_policy;
-            let addrs: Vec<SocketAddr> = eps
-                .iter()
-                .filter_map(|ep| ep.ip().map(|ip| (ip, ep.port().unwrap_or(0))))
-                .filter(|(ip, _)| policy.permits(*ip))
-                .map(|(ip, port)| SocketAddr::new(ip, port))
-                .collect();
-            if addrs.is_empty() {
-                return Err(Error::new(
-                    ErrorKind::NoEndpoints,
-                    format!(
-                        "{namespace}/{service} has no endpoint with an IP address the \
-                         address policy permits"
-                    ),
-                ));
-            }
-            Ok(Lookup::Service(addrs))
-        }
-        Err(e) if hosts.falls_through(e.kind()) => Ok(Lookup::PassThrough),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-/// The system's resolver, as hyper-util's `GaiResolver` uses it: port 0, so the
-/// connector applies the URL's port.
-pub(crate) async fn system_lookup(host: &str) -> Result<Vec<SocketAddr>, Error> {
-    match tokio::net::lookup_host((host, 0)).await {
-        Ok(addrs) => Ok(addrs.collect()),
-        Err(e) => Err(Error::with_source(
-            ErrorKind::Unavailable,
-            format!("DNS lookup of {host} failed"),
-            e,
-        )),
-    }
-}
-
-#[cfg(any(feature = "reqwest", feature = "hyper"))]
-/// Resolves `host` for a connector to addresses.
-pub(crate) async fn resolve_host(
-    resolver: &Resolver,
-    hosts: &HostMap,
-    host: &str,
-) -> Result<Vec<SocketAddr>, Error> {
-    match lookup(resolver, hosts, host).await? {
-        Lookup::Service(addrs) => Ok(addrs),
-        Lookup::PassThrough => system_lookup(host).await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     #[cfg(any(feature = "reqwest", feature = "hyper"))]
     use crate::{Instance, Resolver, StaticDiscovery};
+    #[cfg(any(feature = "reqwest", feature = "hyper"))]
+    use connector::{lookup, Lookup};
 
     #[test]
     fn any_splits_at_the_first_dot() {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use http::{Method, StatusCode};
 
 use super::permitted_address;
-use crate::call_error::{Attempt, AttemptError, CallError};
+use crate::call::error::{Attempt, AttemptError, CallError};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;

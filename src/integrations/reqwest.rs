@@ -5,7 +5,8 @@ use std::fmt;
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use super::{resolve_host, HostMap};
+use super::connector::ConnectorCore;
+use super::HostMap;
 use crate::resolver::Resolver;
 
 /// A reqwest DNS resolver answering service names with their endpoints.
@@ -44,25 +45,19 @@ use crate::resolver::Resolver;
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 #[derive(Clone)]
-pub struct ReqwestResolver {
-    resolver: Resolver,
-    hosts: HostMap,
-}
+pub struct ReqwestResolver(ConnectorCore);
 
 impl ReqwestResolver {
     /// A resolver that maps no name until [`hosts`](Self::hosts) lists namespaces.
     pub fn new(resolver: Resolver) -> Self {
-        ReqwestResolver {
-            resolver,
-            hosts: HostMap::default(),
-        }
+        ReqwestResolver(ConnectorCore::new(resolver))
     }
 
     /// Which names are services. Default: none ([`HostMap::default`]); list your
     /// namespaces with [`HostMap::namespaces`].
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
-        self.hosts = hosts;
+        self.0.set_hosts(hosts);
         self
     }
 }
@@ -70,16 +65,16 @@ impl ReqwestResolver {
 impl fmt::Debug for ReqwestResolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReqwestResolver")
-            .field("hosts", &self.hosts)
+            .field("hosts", self.0.hosts())
             .finish_non_exhaustive()
     }
 }
 
 impl Resolve for ReqwestResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let this = self.clone();
+        let core = self.0.clone();
         Box::pin(async move {
-            let addrs = resolve_host(&this.resolver, &this.hosts, name.as_str()).await?;
+            let addrs = core.resolve(name.as_str()).await?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
     }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use http::header::HOST;
@@ -16,6 +16,7 @@ use super::{destination, finish, Failed, FailoverPolicy, HostMap};
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::resolver::Resolver;
+use crate::util::lock::{lock, recover};
 
 /// The error type of [`Failover`]: a [`CallError<BoxError>`](crate::CallError) for a
 /// request to a service (downcast to read its attempts), the inner service's error
@@ -202,10 +203,7 @@ where
             let resolver = &layer.resolver;
             let (template_ref, head_ref, attempt_inner) = (&template, &head, inner.clone());
             let op = move |ep: Endpoint| {
-                let body = template_ref
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
+                let body = lock(template_ref).clone();
                 let host = host.clone();
                 let svc = attempt_inner.clone();
                 async move {
@@ -249,10 +247,7 @@ where
                 if e.resolve_error()
                     .is_some_and(|r| layer.hosts.falls_through(r.kind()))
                 {
-                    let body = template
-                        .into_inner()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .expect("no attempt was made");
+                    let body = recover(template.into_inner()).expect("no attempt was made");
                     return inner.oneshot(head.request(body)).await.map_err(Into::into);
                 }
             }

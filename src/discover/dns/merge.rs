@@ -183,7 +183,7 @@ pub(super) fn with_ip(inst: Instance, ip: IpAddr) -> Instance {
 mod tests {
     use super::*;
     use crate::discover::dns::tests::a;
-    use crate::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
+    use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
 
     fn ids(v: &[Instance]) -> Vec<&str> {
         v.iter().map(Instance::id).collect()

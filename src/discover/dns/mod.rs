@@ -9,28 +9,29 @@
 //! until its own TTL runs out, and the set grows past 8 when the service has more.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError, NoRecords};
-use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::TokioResolver;
 use tokio::time::Instant;
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
+use crate::discover::health_filter::HealthFilter;
+use crate::discover::instance::Instance;
 use crate::error::{Error, ErrorKind};
-use crate::filter::HealthFilter;
-use crate::instance::Instance;
+use crate::util::lock::lock;
 
+mod lookup;
 mod merge;
 mod options;
 
+use lookup::{
+    address_record, build_client, host_key, lookup_addresses, min_opt, pick_families, query,
+    AddrRecord, Addresses, Answer, Found, Records, SrvAnswer, SrvRecord,
+};
 use merge::{Merged, Seen};
 pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT};
 
@@ -272,7 +273,7 @@ impl DnsDiscovery {
         };
 
         let now = Instant::now();
-        let mut merged = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut merged = lock(&self.seen);
         // No record is remembered longer than the longest clamped TTL, so sweeping
         // that often forgets names nobody asks for any more.
         merged.sweep(now, opts.clamp_ttl(u32::MAX));
@@ -314,11 +315,7 @@ impl DnsDiscovery {
     }
 
     fn not_found(&self, key: &str, fqdn: &str) -> Error {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .names
-            .remove(key);
+        lock(&self.seen).names.remove(key);
         Error::new(
             ErrorKind::ServiceNotFound,
             format!("no DNS records at {fqdn} (NXDOMAIN)"),
@@ -447,8 +444,8 @@ impl Discover for DnsDiscovery {
 
 /// Rejects what DNS cannot answer, before any query.
 fn check_request(req: &DiscoverRequest) -> Result<(), Error> {
-    crate::name::check_namespace(&req.namespace)?;
-    crate::name::check_service(&req.service)?;
+    crate::discover::names::check_namespace(&req.namespace)?;
+    crate::discover::names::check_service(&req.service)?;
     if !req.query.is_empty() || !req.optional.is_empty() {
         return Err(Error::invalid(
             "DNS records carry no instance attributes, so DNS discovery cannot filter by \
@@ -462,196 +459,6 @@ fn check_request(req: &DiscoverRequest) -> Result<(), Error> {
         ));
     }
     Ok(())
-}
-
-fn build_client(servers: &[NameServerConfig], opts: &DnsOptions) -> Result<TokioResolver, Error> {
-    let config = ResolverConfig::from_name_servers(servers.to_vec());
-    let mut ropts = ResolverOpts::default();
-    // This crate's cache, with its TTL clamps and serve-stale, is the only cache.
-    ropts.cache_size = 0;
-    ropts.timeout = opts.timeout;
-    ropts.attempts = opts.retries;
-    ropts.use_hosts_file = ResolveHosts::Never;
-    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-        .with_options(ropts)
-        .build()
-        .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot build the DNS client", e))
-}
-
-/// A DNS query's outcome, with negative answers told apart from failures.
-enum Found {
-    Records(Records),
-    /// The name exists but has no records of the type (NODATA), with the negative
-    /// TTL when the answer carried an SOA record.
-    NoData(Option<u32>),
-    NxDomain,
-}
-
-/// The records of an answer that matter here.
-struct Records {
-    answers: Vec<Record>,
-    additionals: Vec<Record>,
-}
-
-impl Records {
-    /// The shortest TTL of the CNAME records that led to the answer, if any.
-    fn chain_ttl(&self) -> u32 {
-        self.answers
-            .iter()
-            .filter(|r| matches!(r.data, RData::CNAME(_)))
-            .map(|r| r.ttl)
-            .min()
-            .unwrap_or(u32::MAX)
-    }
-}
-
-async fn query(client: &TokioResolver, name: &Name, rtype: RecordType) -> Result<Found, Error> {
-    match client.lookup(name.clone(), rtype).await {
-        Ok(lookup) => Ok(Found::Records(Records {
-            answers: lookup.answers().to_vec(),
-            additionals: lookup.additionals().to_vec(),
-        })),
-        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
-            response_code: ResponseCode::NXDomain,
-            ..
-        }))) => Ok(Found::NxDomain),
-        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
-            response_code: ResponseCode::NoError,
-            negative_ttl,
-            ..
-        }))) => Ok(Found::NoData(negative_ttl)),
-        Err(e) => Err(Error::with_source(
-            ErrorKind::Unavailable,
-            format!("DNS {rtype} query for {name} failed"),
-            e,
-        )),
-    }
-}
-
-/// An address record as used: the address and its TTL in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct AddrRecord {
-    ip: IpAddr,
-    ttl: u32,
-}
-
-fn address_record(r: &Record) -> Option<AddrRecord> {
-    let ip = match &r.data {
-        RData::A(a) => IpAddr::V4(a.0),
-        RData::AAAA(a) => IpAddr::V6(a.0),
-        _ => return None,
-    };
-    Some(AddrRecord { ip, ttl: r.ttl })
-}
-
-/// Keeps the families `pref` asks for: for the "then" preferences, the first family
-/// that has any address.
-fn pick_families(addrs: Vec<AddrRecord>, pref: IpPreference) -> Vec<AddrRecord> {
-    let (order, first_only) = pref.plan();
-    let family = |a: &AddrRecord, t: RecordType| match t {
-        RecordType::A => a.ip.is_ipv4(),
-        _ => a.ip.is_ipv6(),
-    };
-    if first_only {
-        for &t in order {
-            let picked: Vec<_> = addrs.iter().filter(|a| family(a, t)).copied().collect();
-            if !picked.is_empty() {
-                return picked;
-            }
-        }
-        return Vec::new();
-    }
-    addrs
-        .into_iter()
-        .filter(|a| order.iter().any(|&t| family(a, t)))
-        .collect()
-}
-
-enum Addresses {
-    Found(Vec<AddrRecord>),
-    NoData(Option<u32>),
-    NxDomain,
-}
-
-/// The A/AAAA records at `name`, as `pref` asks.
-async fn lookup_addresses(
-    client: &TokioResolver,
-    name: &Name,
-    pref: IpPreference,
-) -> Result<Addresses, Error> {
-    let (order, first_only) = pref.plan();
-    let mut found = Vec::new();
-    let mut negative = None;
-    for &rtype in order {
-        match query(client, name, rtype).await? {
-            Found::NxDomain => return Ok(Addresses::NxDomain),
-            Found::NoData(t) => negative = min_opt(negative, t),
-            Found::Records(records) => {
-                let chain = records.chain_ttl();
-                let before = found.len();
-                found.extend(
-                    records
-                        .answers
-                        .iter()
-                        .filter(|r| r.record_type() == rtype)
-                        .filter_map(address_record)
-                        .map(|a| AddrRecord {
-                            ttl: a.ttl.min(chain),
-                            ..a
-                        }),
-                );
-                if first_only && found.len() > before {
-                    break;
-                }
-            }
-        }
-    }
-    if found.is_empty() {
-        return Ok(Addresses::NoData(negative));
-    }
-    Ok(Addresses::Found(found))
-}
-
-fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-/// A host name as an instance id and map key: lower case, no trailing dot.
-fn host_key(name: &Name) -> String {
-    let s = name.to_ascii().to_ascii_lowercase();
-    match s.strip_suffix('.') {
-        Some(trimmed) => trimmed.to_owned(),
-        None => s,
-    }
-}
-
-/// What one lookup found.
-enum Answer {
-    /// No records of any kind asked for, with the shortest negative TTL.
-    Empty(Option<u32>),
-    Addresses(Vec<AddrRecord>),
-    Srv(SrvAnswer),
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct SrvRecord {
-    priority: u16,
-    weight: u16,
-    port: u16,
-    target: String,
-    ttl: u32,
-}
-
-#[derive(Debug, Default)]
-struct SrvAnswer {
-    srv: Vec<SrvRecord>,
-    /// Addresses of SRV targets, by target.
-    targets: Vec<(String, AddrRecord)>,
-    /// The shortest TTL of the records used.
-    ttl: Option<u32>,
 }
 
 #[cfg(test)]

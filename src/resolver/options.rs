@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use tokio::time::Instant;
-
-use crate::budget::RetryBudgetOptions;
+use crate::cache::pacing::RateLimit;
+use crate::cache::CacheConfig;
+use crate::call::budget::RetryBudgetOptions;
+use crate::call::outlier::OutlierOptions;
 use crate::call::CallOptions;
-use crate::filter::HealthFilter;
-use crate::limit::RateLimit;
-use crate::outlier::OutlierOptions;
-use crate::policy::AddressPolicy;
+use crate::discover::health_filter::HealthFilter;
+use crate::endpoint::policy::AddressPolicy;
+use crate::endpoint::ParseOptions;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
@@ -175,31 +175,36 @@ impl ResolverOptions {
             limit.validate()?;
         }
         if let Selection::WeightedRandom { attribute } = &self.selection {
-            crate::name::check_attribute(attribute, "")?;
+            crate::discover::names::check_attribute(attribute, "")?;
         }
         self.call.validate()?;
         self.outlier.validate()?;
         self.retry_budget.validate()
     }
-}
 
-/// The farthest a deadline is set: about 30 years, "never" for a process, and far
-/// inside what `Instant` can hold (tokio caps timers at about 2 years anyway).
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
-
-/// `at + d` without overflow: every instant computed from a configured or
-/// registry-given duration goes through here, so that `Duration::MAX` means "never"
-/// (`max_stale = Duration::MAX` serves stale forever) instead of a panic.
-pub(crate) fn after(at: Instant, d: Duration) -> Instant {
-    at.checked_add(d.min(FAR_FUTURE)).unwrap_or(at)
-}
-
-/// `d * factor` for a factor in `0..=1`, saturating instead of panicking when the
-/// product does not fit a `Duration` (`mul_f64` panics on `Duration::MAX * 1.0`).
-pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
-    Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(if factor > 0.0 {
-        Duration::MAX
-    } else {
-        Duration::ZERO
-    })
+    /// What the cache reads of these options.
+    pub(crate) fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.ttl,
+            selection: self.selection.clone(),
+            parse: ParseOptions {
+                policy: self.address_policy.clone(),
+                default_port: self.default_port,
+                prefer_ipv6: self.prefer_ipv6,
+                ..ParseOptions::default()
+            },
+            capacity: self.capacity,
+            idle_timeout: self.idle_timeout,
+            max_stale: self.max_stale,
+            negative_ttl: self.negative_ttl,
+            fetch_timeout: self.fetch_timeout,
+            refresh_ahead: self.refresh_ahead,
+            full_refresh_interval: self.full_refresh_interval,
+            backoff_base: self.backoff_base,
+            backoff_max: self.backoff_max,
+            rate_limit: self.rate_limit,
+            adapt_to_throttling: self.adapt_to_throttling,
+            seed: self.seed,
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::instance::{HealthStatus, Instance};
+use crate::discover::instance::{HealthStatus, Instance};
 
 /// Which instances to return by health, as DiscoverInstances' `HealthStatus`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

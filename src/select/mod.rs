@@ -1,10 +1,14 @@
-//! How one endpoint is picked from a cached set.
+//! Which endpoint, in what order: the [`Selection`] a resolver picks by, and the
+//! per-answer picking state ([`Picker`]) that applies it while skipping ejected
+//! endpoints.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
+use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};
-use crate::instance::Shown;
+use crate::util::hash::splitmix64;
+
+mod picker;
+
+pub(crate) use picker::Picker;
 
 /// The largest weight [`Selection::WeightedRandom`] uses; larger ones are capped. Even
 /// millions of endpoints at this weight sum far below `f64`'s exact-integer range.
@@ -97,6 +101,7 @@ impl Selection {
 
     /// The index picked by the `n`th draw of a stripe; `draw` is a counter value,
     /// `seed` the key's seed. Deterministic in its inputs, so seeded tests repeat.
+    #[inline]
     pub(crate) fn pick(
         &self,
         len: usize,
@@ -119,43 +124,11 @@ impl Selection {
     }
 }
 
-/// SplitMix64's output function over a Weyl sequence: a fast, well-mixed,
-/// stateless generator, so draws need no lock and no shared RNG state.
-pub(crate) fn splitmix64(x: u64) -> u64 {
-    let mut z = x
-        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// How many counters a cache entry keeps, one per stripe of threads.
-pub(crate) const STRIPES: usize = 8;
-
-/// This thread's stripe: threads are dealt stripes in turn as they first pick, so
-/// up to `STRIPES` threads never write the same counter.
-pub(crate) fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|s| {
-        let v = s.get();
-        if v != usize::MAX {
-            return v;
-        }
-        let v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        s.set(v);
-        v
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::instance::Instance;
     use crate::endpoint::ParseOptions;
-    use crate::instance::Instance;
 
     fn items(weights: &[Option<&str>]) -> Vec<EndpointData> {
         weights
@@ -257,11 +230,5 @@ mod tests {
             assert!((*n as f64 / 40_000.0 - 0.25).abs() < 0.02, "{c:?}");
         }
         assert_eq!(c, shares(&Selection::Random, &[None; 4], 40_000));
-    }
-
-    #[test]
-    fn stripe_is_stable_per_thread() {
-        assert_eq!(stripe(), stripe());
-        assert!(stripe() < STRIPES);
     }
 }

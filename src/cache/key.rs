@@ -1,11 +1,16 @@
-//! Cache keys, hashed and compared without allocating.
+//! The one cache key: what a caller asks for (namespace, service, query and
+//! optional parameters, health filter), hashed and compared without allocating.
+//!
+//! [`Key`] is the form callers build (a `Query`, a `Call`): names borrowed, parameters
+//! owned and kept sorted. [`KeyRef`] is its borrowed view, the form the cache hashes
+//! and compares. The owned form an entry keeps is the source-facing
+//! [`DiscoverRequest`], made from a `KeyRef` in one place ([`KeyRef::to_request`]).
 
-use crate::discover::DiscoverRequest;
-use crate::filter::HealthFilter;
-use crate::select::splitmix64;
+use crate::discover::health_filter::HealthFilter;
+use crate::discover::{insert_sorted, DiscoverRequest};
+use crate::util::hash::{splitmix64, FxHasher};
 
-/// A borrowed cache key: what a `resolve` call asks for. The owned form is the
-/// [`DiscoverRequest`] a cache entry keeps.
+/// A borrowed cache key: what a `resolve` call asks for.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct KeyRef<'a> {
     pub(crate) namespace: &'a str,
@@ -28,6 +33,7 @@ impl<'a> KeyRef<'a> {
 
     /// A 64-bit hash, well mixed in every bit (shards take the high bits, the map
     /// the low ones).
+    #[inline]
     pub(crate) fn hash(&self) -> u64 {
         let mut h = FxHasher(0);
         h.str(self.namespace);
@@ -62,55 +68,57 @@ impl<'a> KeyRef<'a> {
     }
 }
 
-/// Slice equality, without the out-of-line element loop when both are empty (the
-/// common key has no parameters; that call was a tenth of a warm `resolve`'s
-/// instructions).
+/// A key as a caller builds it: the names borrowed from the caller, the parameters
+/// owned (sorted by key, so equal queries make equal keys).
+#[derive(Debug, Clone)]
+pub(crate) struct Key<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) query: Vec<(String, String)>,
+    pub(crate) optional: Vec<(String, String)>,
+    pub(crate) health: HealthFilter,
+}
+
+impl<'a> Key<'a> {
+    /// A key without parameters.
+    pub(crate) fn plain(namespace: &'a str, service: &'a str, health: HealthFilter) -> Self {
+        Key {
+            namespace,
+            service,
+            query: Vec::new(),
+            optional: Vec::new(),
+            health,
+        }
+    }
+
+    /// Adds a query parameter (must match), keeping the list sorted.
+    pub(crate) fn require(&mut self, key: String, value: String) {
+        insert_sorted(&mut self.query, key, value);
+    }
+
+    /// Adds an optional parameter (preferred), keeping the list sorted.
+    pub(crate) fn prefer(&mut self, key: String, value: String) {
+        insert_sorted(&mut self.optional, key, value);
+    }
+
+    /// The borrowed view the cache looks up.
+    pub(crate) fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            namespace: self.namespace,
+            service: self.service,
+            query: &self.query,
+            optional: &self.optional,
+            health: self.health,
+        }
+    }
+}
+
+/// Slice equality, without the out-of-line element loop when both are empty: the
+/// common key has no parameters, and the comparison runs on every warm `resolve`
+/// (its cost is guarded by `benches/warm.rs`).
 #[inline]
 fn same_params(a: &[(String, String)], b: &[(String, String)]) -> bool {
     a.len() == b.len() && (a.is_empty() || a == b)
-}
-
-/// The Fx hash (rustc's): a multiply and a rotate a word. Keys come from the
-/// program's own code, not from attackers, so a keyed hash buys nothing here and
-/// would cost the warm path its margin.
-struct FxHasher(u64);
-
-impl FxHasher {
-    fn word(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn str(&mut self, s: &str) {
-        let bytes = s.as_bytes();
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.word(u64::from_le_bytes([
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7],
-            ]));
-        }
-        self.word(tail_word(chunks.remainder()));
-        // The length ends the string, so ("ab", "c") and ("a", "bc") differ.
-        self.word(bytes.len() as u64);
-    }
-}
-
-/// The last 0 to 7 bytes of a string as one word, read in place (as foldhash and
-/// wyhash do). Copying them into a zeroed buffer first costs a `memcpy` call and a
-/// failed store-to-load forward per string, which was a fifth of a warm `resolve`.
-/// Every byte is read, so with the length hashed after it equal words mean equal
-/// tails.
-#[inline]
-fn tail_word(rest: &[u8]) -> u64 {
-    let n = rest.len();
-    match n {
-        0 => 0,
-        1..=3 => u64::from(rest[0]) | u64::from(rest[n / 2]) << 8 | u64::from(rest[n - 1]) << 16,
-        _ => {
-            let lo = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-            let hi = u32::from_le_bytes([rest[n - 4], rest[n - 3], rest[n - 2], rest[n - 1]]);
-            u64::from(lo) | u64::from(hi) << 32
-        }
-    }
 }
 
 #[cfg(test)]

@@ -3,12 +3,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
+use crate::discover::health_filter;
+use crate::discover::instance::{HealthStatus, Instance, Shown};
 use crate::error::{Error, ErrorKind};
-use crate::filter;
-use crate::instance::{HealthStatus, Instance, Shown};
+use crate::util::lock::recover;
 
 /// A registry held in memory: the embedded default, needing no AWS account.
 ///
@@ -244,14 +245,12 @@ impl StaticDiscovery {
     fn write<R>(&self, f: impl FnOnce(&mut Namespaces) -> R) -> R {
         // A panic while holding the lock cannot leave the map half-written in a way
         // that matters here, so a poisoned lock is used as is.
-        f(&mut self
-            .registry
-            .write()
-            .unwrap_or_else(PoisonError::into_inner))
+        let mut registry = recover(self.registry.write());
+        f(&mut registry)
     }
 
     fn answer(&self, req: &DiscoverRequest) -> Result<Discovered, Error> {
-        let namespaces = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let namespaces = recover(self.registry.read());
         let services = namespaces.get(&req.namespace).ok_or_else(|| {
             Error::new(
                 ErrorKind::NamespaceNotFound,
@@ -268,7 +267,7 @@ impl StaticDiscovery {
             )
         })?;
         let mut instances = svc.instances.clone();
-        filter::apply(&mut instances, &req.query, &req.optional, req.health);
+        health_filter::apply(&mut instances, &req.query, &req.optional, req.health);
         instances.truncate(req.max_results as usize);
         Ok(Discovered {
             instances,
@@ -346,7 +345,7 @@ impl Discover for StaticDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::HealthFilter;
+    use crate::discover::health_filter::HealthFilter;
 
     fn run<T>(f: BoxFuture<'_, T>) -> T {
         tokio::runtime::Builder::new_current_thread()

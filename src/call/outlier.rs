@@ -3,20 +3,19 @@
 //!
 //! Fed by [`Resolver::call`](crate::Resolver::call) outcomes and by
 //! [`Resolver::report`](crate::Resolver::report). Each endpoint's state lives in an
-//! [`EndpointHealth`] shared by every snapshot that lists the same instance at the same
+//! [`EndpointState`] shared by every snapshot that lists the same instance at the same
 //! address, so a refresh of the registry's answer does not forget an ejection. The warm
 //! `resolve` reads one relaxed flag per candidate; everything else happens on failures.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::endpoint::{Endpoint, EndpointData};
-use crate::options::after;
+use crate::endpoint::{Endpoint, EndpointState};
+use crate::util::lock::lock;
+use crate::util::time::after;
 
 /// Settings of passive outlier detection. Every field's doc states its default.
 ///
@@ -107,71 +106,10 @@ pub enum Outcome {
     Failure,
 }
 
-/// Who an endpoint is, across registry answers: the instance and where it listens.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) struct Identity {
-    pub(crate) instance_id: Box<str>,
-    pub(crate) ip: Option<IpAddr>,
-    pub(crate) host: Option<Box<str>>,
-    pub(crate) port: Option<u16>,
-}
-
-/// One endpoint's health as seen by callers.
-#[derive(Debug)]
-pub(crate) struct EndpointHealth {
-    /// Read by every warm pick; on its own cache line so that failure bookkeeping
-    /// does not evict it from readers' caches.
-    ejected: Flag,
-    /// Set while there are failures to forget or a probation to end, so a success
-    /// on a healthy endpoint (the common case) writes nothing.
-    dirty: AtomicBool,
-    state: Mutex<HealthState>,
-    /// `id@address`, for logs.
-    name: Box<str>,
-}
-
-#[repr(align(64))]
-#[derive(Debug, Default)]
-struct Flag(AtomicBool);
-
-#[derive(Debug, Default)]
-struct HealthState {
-    failures: u32,
-    /// Ejections in a row (reset after a long enough healthy spell).
-    ejections: u32,
-    /// When the current or last ejection ends.
-    until: Option<Instant>,
-    probation: bool,
-}
-
-impl EndpointHealth {
-    pub(crate) fn new(name: String) -> Self {
-        EndpointHealth {
-            ejected: Flag::default(),
-            dirty: AtomicBool::new(false),
-            state: Mutex::new(HealthState::default()),
-            name: name.into(),
-        }
-    }
-
-    /// The warm path's one check: a relaxed load.
-    #[inline]
-    pub(crate) fn is_ejected(&self) -> bool {
-        self.ejected.0.load(Ordering::Relaxed)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, HealthState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
 /// The outlier detector of one resolver.
 #[derive(Debug)]
 pub(crate) struct OutlierDetector {
     opts: OutlierOptions,
-    /// Identity to health, so a new snapshot gets the health of the endpoints it
-    /// shares with the last one. Weak: the snapshots own the health.
-    table: Mutex<Table>,
     /// Serializes ejection decisions, so that two concurrent failures cannot both
     /// pass the share cap.
     eject: Mutex<()>,
@@ -179,46 +117,19 @@ pub(crate) struct OutlierDetector {
     readmissions: Arc<AtomicU64>,
 }
 
-#[derive(Debug, Default)]
-struct Table {
-    map: HashMap<Identity, Weak<EndpointHealth>>,
-    prune_at: usize,
-}
-
 impl OutlierDetector {
     pub(crate) fn new(opts: OutlierOptions) -> Self {
         OutlierDetector {
             opts,
-            table: Mutex::default(),
             eject: Mutex::new(()),
             ejections: AtomicU64::new(0),
             readmissions: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Gives freshly parsed endpoints the health of the same endpoints in earlier
-    /// answers, or registers their own.
-    pub(crate) fn attach(&self, items: &mut [EndpointData]) {
-        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        for data in items {
-            let id = data.identity();
-            match table.map.get(&id).and_then(Weak::upgrade) {
-                Some(h) => data.set_outlier(h),
-                None => {
-                    table.map.insert(id, Arc::downgrade(data.outlier()));
-                }
-            }
-        }
-        if table.map.len() > table.prune_at {
-            // Drop the endpoints no snapshot lists any more; amortized by doubling.
-            table.map.retain(|_, w| w.strong_count() > 0);
-            table.prune_at = (table.map.len() * 2).max(1024);
-        }
-    }
-
     /// Whether `ep` is ejected at `now`, re-admitting it first if its time is up (in
     /// case no runtime timer did).
-    pub(crate) fn is_ejected(&self, health: &Arc<EndpointHealth>, now: Instant) -> bool {
+    pub(crate) fn is_ejected(&self, health: &Arc<EndpointState>, now: Instant) -> bool {
         if !health.is_ejected() {
             return false;
         }
@@ -231,25 +142,25 @@ impl OutlierDetector {
         if !self.opts.enabled {
             return;
         }
-        let h = ep.outlier();
+        let h = ep.state();
         match outcome {
             Outcome::Success => {
-                if !h.dirty.load(Ordering::Relaxed) {
+                if !h.ejection.dirty.load(Ordering::Relaxed) {
                     return;
                 }
-                let mut st = h.lock();
+                let mut st = h.ejection.lock();
                 st.failures = 0;
                 if st.probation {
                     st.probation = false;
                     tracing::info!(endpoint = %h.name, "endpoint passed probation");
                 }
-                h.dirty.store(false, Ordering::Relaxed);
+                h.ejection.dirty.store(false, Ordering::Relaxed);
             }
             Outcome::Failure => {
                 {
-                    let mut st = h.lock();
+                    let mut st = h.ejection.lock();
                     st.failures = st.failures.saturating_add(1);
-                    h.dirty.store(true, Ordering::Relaxed);
+                    h.ejection.dirty.store(true, Ordering::Relaxed);
                     if h.is_ejected()
                         || (st.failures < self.opts.consecutive_failures && !st.probation)
                     {
@@ -261,14 +172,14 @@ impl OutlierDetector {
         }
     }
 
-    fn eject(&self, ep: &Endpoint, h: &Arc<EndpointHealth>, now: Instant) {
+    fn eject(&self, ep: &Endpoint, h: &Arc<EndpointState>, now: Instant) {
         // Lock order: the ejection lock, then one endpoint's state.
-        let _one_at_a_time = self.eject.lock().unwrap_or_else(PoisonError::into_inner);
+        let _one_at_a_time = lock(&self.eject);
         if h.is_ejected() {
             return;
         }
         let peers = ep.peers();
-        let ejected = peers.iter().filter(|d| d.outlier().is_ejected()).count();
+        let ejected = peers.iter().filter(|d| d.state().is_ejected()).count();
         let cap = (peers.len() as f64 * self.opts.max_ejection_share).floor() as usize;
         if ejected >= cap {
             tracing::debug!(
@@ -279,7 +190,7 @@ impl OutlierDetector {
             );
             return;
         }
-        let mut st = h.lock();
+        let mut st = h.ejection.lock();
         let streak = match st.until {
             Some(until) if now < after(until, self.opts.max_ejection_time) => {
                 st.ejections.saturating_add(1)
@@ -298,7 +209,7 @@ impl OutlierDetector {
         st.until = Some(until);
         st.failures = 0;
         st.probation = false;
-        h.ejected.0.store(true, Ordering::Relaxed);
+        h.ejection.set_ejected(true);
         drop(st);
         self.ejections.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -334,15 +245,15 @@ impl OutlierDetector {
 
 /// Ends an ejection whose time is up: the endpoint is on probation, and its next
 /// failure ejects it again, for longer.
-fn readmit(h: &EndpointHealth, now: Instant, count: &AtomicU64) {
-    let mut st = h.lock();
+fn readmit(h: &EndpointState, now: Instant, count: &AtomicU64) {
+    let mut st = h.ejection.lock();
     if !h.is_ejected() || st.until.is_some_and(|until| now < until) {
         return;
     }
     st.probation = true;
     st.failures = 0;
-    h.dirty.store(true, Ordering::Relaxed);
-    h.ejected.0.store(false, Ordering::Relaxed);
+    h.ejection.dirty.store(true, Ordering::Relaxed);
+    h.ejection.set_ejected(false);
     drop(st);
     count.fetch_add(1, Ordering::Relaxed);
     tracing::info!(endpoint = %h.name, "re-admitting endpoint on probation");
@@ -351,10 +262,10 @@ fn readmit(h: &EndpointHealth, now: Instant, count: &AtomicU64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoint::{EndpointSet, ParseOptions, SetRef};
-    use crate::instance::Instance;
+    use crate::discover::instance::Instance;
+    use crate::endpoint::{EndpointData, EndpointSet, ParseOptions, SetRef, StateTable};
 
-    fn set(n: usize, detector: &OutlierDetector) -> Vec<Endpoint> {
+    fn set(n: usize, table: &StateTable) -> Vec<Endpoint> {
         let mut items: Box<[EndpointData]> = (0..n)
             .map(|i| {
                 ParseOptions::default()
@@ -366,8 +277,8 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        detector.attach(&mut items);
-        let set = Arc::new(SetRef(Arc::new(EndpointSet {
+        table.attach(&mut items);
+        let set = Arc::new(SetRef::new(Arc::new(EndpointSet {
             items,
             cumulative: None,
         })));
@@ -383,7 +294,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ejects_after_consecutive_failures_only() {
         let d = OutlierDetector::new(OutlierOptions::default());
-        let eps = set(8, &d);
+        let t = StateTable::default();
+        let eps = set(8, &t);
         let now = Instant::now();
         fail(&d, &eps[0], 4, now);
         d.record(&eps[0], Outcome::Success, now);
@@ -397,7 +309,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn share_cap_holds() {
         let d = OutlierDetector::new(OutlierOptions::default());
-        let eps = set(8, &d);
+        let t = StateTable::default();
+        let eps = set(8, &t);
         let now = Instant::now();
         for ep in &eps {
             fail(&d, ep, 10, now);
@@ -409,21 +322,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn ejection_time_grows_and_is_capped() {
         let d = OutlierDetector::new(OutlierOptions::default());
-        let eps = set(4, &d);
-        let h = eps[1].outlier().clone();
+        let t = StateTable::default();
+        let eps = set(4, &t);
+        let h = eps[1].state().clone();
         let mut now = Instant::now();
         let mut times = Vec::new();
         for _ in 0..12 {
             fail(&d, &eps[1], 5, now);
             assert!(eps[1].is_ejected());
-            let until = h.lock().until.unwrap();
+            let until = h.ejection.lock().until.unwrap();
             times.push((until - now).as_secs());
             now = until;
             assert!(!d.is_ejected(&h, now), "re-admitted when its time is up");
             // On probation one failure is enough to eject it again.
             fail(&d, &eps[1], 1, now);
             assert!(eps[1].is_ejected());
-            let until = h.lock().until.unwrap();
+            let until = h.ejection.lock().until.unwrap();
             now = until;
             assert!(!d.is_ejected(&h, now));
             d.record(&eps[1], Outcome::Success, now);
@@ -435,22 +349,27 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_long_healthy_spell_resets_the_streak() {
         let d = OutlierDetector::new(OutlierOptions::default());
-        let eps = set(4, &d);
-        let h = eps[2].outlier().clone();
+        let t = StateTable::default();
+        let eps = set(4, &t);
+        let h = eps[2].state().clone();
         let now = Instant::now();
         fail(&d, &eps[2], 5, now);
-        let until = h.lock().until.unwrap();
+        let until = h.ejection.lock().until.unwrap();
         assert!(!d.is_ejected(&h, until));
         d.record(&eps[2], Outcome::Success, until);
         let later = until + Duration::from_secs(301);
         fail(&d, &eps[2], 5, later);
-        assert_eq!(h.lock().until.unwrap() - later, Duration::from_secs(30));
+        assert_eq!(
+            h.ejection.lock().until.unwrap() - later,
+            Duration::from_secs(30)
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn timer_readmits_on_probation() {
         let d = OutlierDetector::new(OutlierOptions::default());
-        let eps = set(4, &d);
+        let t = StateTable::default();
+        let eps = set(4, &t);
         fail(&d, &eps[3], 5, Instant::now());
         assert!(eps[3].is_ejected());
         tokio::time::sleep(Duration::from_secs(29)).await;
@@ -458,17 +377,18 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!eps[3].is_ejected());
         assert_eq!(d.readmissions(), 1);
-        assert!(eps[3].outlier().lock().probation);
+        assert!(eps[3].state().ejection.lock().probation);
     }
 
     #[tokio::test(start_paused = true)]
     async fn health_survives_a_new_answer() {
         let d = OutlierDetector::new(OutlierOptions::default());
-        let old = set(4, &d);
+        let t = StateTable::default();
+        let old = set(4, &t);
         fail(&d, &old[0], 5, Instant::now());
-        let new = set(4, &d);
+        let new = set(4, &t);
         assert!(new[0].is_ejected(), "same instance at the same address");
-        assert!(Arc::ptr_eq(old[0].outlier(), new[0].outlier()));
+        assert!(Arc::ptr_eq(old[0].state(), new[0].state()));
         assert!(!new[1].is_ejected());
     }
 
@@ -478,7 +398,8 @@ mod tests {
             enabled: false,
             ..OutlierOptions::default()
         });
-        let eps = set(4, &d);
+        let t = StateTable::default();
+        let eps = set(4, &t);
         fail(&d, &eps[0], 100, Instant::now());
         assert!(!eps[0].is_ejected());
     }

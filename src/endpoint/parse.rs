@@ -1,280 +1,17 @@
-//! Endpoints: instances turned into addresses a client can connect to.
+//! Instances turned into endpoints: reading the address attributes, applying the
+//! address policy, and warning once per change about an instance that is skipped.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::instance::{
-    HealthStatus, Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
+use super::policy::{ends_in_number, parse_ip_literal, AddressPolicy};
+use super::state::EndpointState;
+use super::{Describe, EndpointData};
+use crate::discover::instance::{
+    Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
-use crate::outlier::{EndpointHealth, Identity};
-use crate::policy::{ends_in_number, parse_ip_literal, AddressPolicy};
-
-/// One usable instance: where to connect, plus the attributes it was registered with.
-///
-/// Cheap to clone (an `Arc` inside). Two endpoints are equal when they are the same
-/// instance at the same address.
-///
-/// # Examples
-///
-/// ```
-/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
-/// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
-///
-/// let registry = StaticDiscovery::new().with_instance("shared", "logs",
-///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080).attribute("stage", "prod"));
-/// let resolver = Resolver::builder(registry).build()?;
-/// let ep = resolver.resolve("shared", "logs").await?;
-/// assert_eq!(ep.instance_id(), "i-1");
-/// assert_eq!(ep.socket_addr(), Some("127.0.0.1:8080".parse().unwrap()));
-/// assert_eq!(ep.attribute("stage"), Some("prod"));
-/// # Ok(()) }
-/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
-/// ```
-#[derive(Clone)]
-pub struct Endpoint {
-    set: Arc<SetRef>,
-    index: u32,
-}
-
-/// What an endpoint is: parsed once per registry answer, shared by every pick.
-#[derive(Debug)]
-pub(crate) struct EndpointData {
-    instance_id: Box<str>,
-    ip: Option<IpAddr>,
-    host: Option<Box<str>>,
-    port: Option<u16>,
-    health: HealthStatus,
-    attributes: BTreeMap<String, String>,
-    /// Shared with the same endpoint in other registry answers (see `outlier.rs`).
-    outlier: Arc<EndpointHealth>,
-}
-
-impl EndpointData {
-    pub(crate) fn instance_id(&self) -> &str {
-        &self.instance_id
-    }
-
-    pub(crate) fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).map(String::as_str)
-    }
-
-    pub(crate) fn identity(&self) -> Identity {
-        Identity {
-            instance_id: self.instance_id.clone(),
-            ip: self.ip,
-            host: self.host.clone(),
-            port: self.port,
-        }
-    }
-
-    pub(crate) fn outlier(&self) -> &Arc<EndpointHealth> {
-        &self.outlier
-    }
-
-    pub(crate) fn set_outlier(&mut self, health: Arc<EndpointHealth>) {
-        self.outlier = health;
-    }
-}
-
-/// The endpoints of one registry answer, with the selection's cumulative weights.
-#[derive(Debug)]
-pub(crate) struct EndpointSet {
-    pub(crate) items: Box<[EndpointData]>,
-    /// Prefix sums of the weights, for weighted selection; `None` otherwise.
-    pub(crate) cumulative: Option<Box<[f64]>>,
-}
-
-/// A separately counted reference to a set. A cache entry holds one per stripe of
-/// threads, so that endpoints cloned on different threads bump different reference
-/// counts instead of fighting over one cache line. Aligned to a line, since the
-/// stripes' small allocations would otherwise sit side by side and share one.
-#[derive(Debug)]
-#[repr(align(64))]
-pub(crate) struct SetRef(pub(crate) Arc<EndpointSet>);
-
-impl Endpoint {
-    pub(crate) fn new(set: Arc<SetRef>, index: usize) -> Self {
-        debug_assert!(index < set.0.items.len());
-        Endpoint {
-            set,
-            index: index as u32,
-        }
-    }
-
-    /// An endpoint made directly from an instance, with the default address policy:
-    /// for tests, and for callers who keep their own lists.
-    ///
-    /// # Errors
-    ///
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the instance
-    /// has no usable address (see [`Instance`] for the attributes read).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use cloudmap_resolver::{Endpoint, Instance};
-    ///
-    /// let ep = Endpoint::from_instance(Instance::new("i-1").ipv4("10.0.0.1".parse().unwrap()).port(80)).unwrap();
-    /// assert_eq!(ep.to_string(), "i-1@10.0.0.1:80");
-    /// assert!(Endpoint::from_instance(Instance::new("i-2")).is_err());
-    /// ```
-    pub fn from_instance(instance: Instance) -> Result<Self, crate::Error> {
-        let id = instance.id().to_owned();
-        let data = ParseOptions::default()
-            .parse(instance)
-            .map_err(|why| crate::Error::invalid(format!("instance {id}: {why}")))?;
-        Ok(Endpoint::single(data))
-    }
-
-    pub(crate) fn single(data: EndpointData) -> Self {
-        let set = EndpointSet {
-            items: Box::new([data]),
-            cumulative: None,
-        };
-        Endpoint::new(Arc::new(SetRef(Arc::new(set))), 0)
-    }
-
-    fn data(&self) -> &EndpointData {
-        &self.set.0.items[self.index as usize]
-    }
-
-    /// The registry's instance id.
-    pub fn instance_id(&self) -> &str {
-        &self.data().instance_id
-    }
-
-    /// IP address and port, when the instance has both. `None` for CNAME or alias
-    /// instances (see [`host`](Self::host)) and for instances registered without a
-    /// port when the resolver has no default port.
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
-        let d = self.data();
-        Some(SocketAddr::new(d.ip?, d.port?))
-    }
-
-    /// The IP address, when the instance has one.
-    pub fn ip(&self) -> Option<IpAddr> {
-        self.data().ip
-    }
-
-    /// The host name of a CNAME or alias instance. Never an IP literal: a CNAME or
-    /// alias value that spells an address (`2852039166`, `[::1]`) is judged by the
-    /// address policy and, if permitted, becomes this endpoint's [`ip`](Self::ip).
-    pub fn host(&self) -> Option<&str> {
-        self.data().host.as_deref()
-    }
-
-    /// The port, from `AWS_INSTANCE_PORT`, an SRV record, or the resolver's default.
-    pub fn port(&self) -> Option<u16> {
-        self.data().port
-    }
-
-    /// One attribute's value, as registered.
-    pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.data().attributes.get(key).map(String::as_str)
-    }
-
-    /// Every attribute, sorted by key.
-    pub fn attributes(&self) -> &BTreeMap<String, String> {
-        &self.data().attributes
-    }
-
-    /// The health the registry reported when this endpoint was fetched.
-    pub fn health(&self) -> HealthStatus {
-        self.data().health
-    }
-
-    /// Whether passive outlier detection has ejected this endpoint for now, after
-    /// consecutive failures reported by [`Resolver::call`](crate::Resolver::call) or
-    /// [`Resolver::report`](crate::Resolver::report). `resolve` skips ejected
-    /// endpoints unless all are ejected; `resolve_all` lists them all.
-    pub fn is_ejected(&self) -> bool {
-        self.data().outlier.is_ejected()
-    }
-
-    pub(crate) fn outlier(&self) -> &Arc<EndpointHealth> {
-        &self.data().outlier
-    }
-
-    /// Every endpoint of the registry answer this one came from.
-    pub(crate) fn peers(&self) -> &[EndpointData] {
-        &self.set.0.items
-    }
-
-    /// Whether `self` and `other` are the very same cached endpoint, not merely equal.
-    pub(crate) fn ptr_eq(&self, other: &Endpoint) -> bool {
-        self.index == other.index && Arc::ptr_eq(&self.set.0, &other.set.0)
-    }
-}
-
-impl PartialEq for Endpoint {
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (self.data(), other.data());
-        self.ptr_eq(other)
-            || (a.instance_id == b.instance_id
-                && a.ip == b.ip
-                && a.host == b.host
-                && a.port == b.port)
-    }
-}
-
-impl Eq for Endpoint {}
-
-impl std::hash::Hash for Endpoint {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let d = self.data();
-        d.instance_id.hash(state);
-        d.ip.hash(state);
-        d.host.hash(state);
-        d.port.hash(state);
-    }
-}
-
-impl fmt::Debug for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Endpoint")
-            .field("instance_id", &self.instance_id())
-            .field("address", &format_args!("{self}"))
-            .field("health", &self.health())
-            .finish()
-    }
-}
-
-/// `id@address`, e.g. `i-1@127.0.0.1:8080` or `i-2@api.example.com:443`.
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self.data();
-        Describe {
-            id: &d.instance_id,
-            ip: d.ip,
-            host: d.host.as_deref(),
-            port: d.port,
-        }
-        .fmt(f)
-    }
-}
-
-struct Describe<'a> {
-    id: &'a str,
-    ip: Option<IpAddr>,
-    host: Option<&'a str>,
-    port: Option<u16>,
-}
-
-impl fmt::Display for Describe<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = self;
-        write!(f, "{}@", d.id)?;
-        match (&d.ip, &d.host, d.port) {
-            (Some(ip), _, Some(port)) => write!(f, "{}", SocketAddr::new(*ip, port)),
-            (Some(ip), _, None) => write!(f, "{ip}"),
-            (None, Some(host), Some(port)) => write!(f, "{host}:{port}"),
-            (None, Some(host), None) => f.write_str(host),
-            (None, None, _) => f.write_str("?"),
-        }
-    }
-}
+use crate::util::lock::lock;
 
 /// How instances are turned into endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -389,7 +126,7 @@ impl ParseOptions {
             port,
             health,
             attributes,
-            outlier: Arc::new(EndpointHealth::new(name)),
+            state: Arc::new(EndpointState::new(name)),
         })
     }
 
@@ -447,10 +184,7 @@ impl WarnOnce {
     /// Whether a warning about `what` has not been given yet; records it.
     pub(crate) fn first_time(&self, what: impl std::hash::Hash) -> bool {
         use std::hash::BuildHasher;
-        let mut set = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut set = lock(&self.0);
         let h = set.hasher.hash_one(what);
         if set.seen.len() >= Self::CAPACITY && !set.seen.contains(&h) {
             set.seen.clear();
@@ -489,6 +223,7 @@ fn valid_host(h: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::endpoint::Endpoint;
 
     fn opts() -> ParseOptions {
         ParseOptions::default()

@@ -1,9 +1,12 @@
 //! Failover: run an operation against up to 8 distinct endpoints of a service until
 //! one succeeds.
 //!
-//! Made by [`Resolver::call`] and [`Query::call`](crate::Query::call); awaiting the
-//! [`Call`] runs it. Each attempt's outcome feeds outlier detection; retries are paid
-//! for from the resolver's retry budget.
+//! Made by [`Resolver::call`](crate::Resolver::call) and
+//! [`Query::call`](crate::Query::call); awaiting the [`Call`] runs it. Each attempt's
+//! outcome feeds outlier detection (`outlier.rs`, the ejection policy); retries are
+//! paid for from the resolver's retry budget (`budget.rs`). A call receives what it
+//! needs in a [`CallContext`], not the whole resolver, so this layer sits below
+//! `resolver/` and above `cache/`.
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -11,20 +14,28 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::call_error::{Attempt, AttemptError, CallError, CallStop};
+use std::sync::Arc;
+
+use crate::cache::key::Key;
+use crate::cache::Cache;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
-use crate::filter::HealthFilter;
-use crate::key::KeyRef;
-use crate::outlier::Outcome;
-use crate::resolver::Resolver;
-use crate::stats::bump;
+use crate::stats::{bump, Counters};
+use crate::util::time::after;
+
+pub(crate) mod budget;
+pub(crate) mod error;
+pub(crate) mod outlier;
+
+use budget::RetryBudget;
+use error::{Attempt, AttemptError, CallError, CallStop};
+use outlier::{Outcome, OutlierDetector};
 
 /// The most attempts one call may make: as many as a Cloud Map DNS answer holds.
 pub const MAX_ATTEMPTS: usize = 8;
 
-/// Defaults of [`Resolver::call`]; each call may override them. Every field's doc
+/// Defaults of [`Resolver::call`](crate::Resolver::call); each call may override them. Every field's doc
 /// states its default.
 ///
 /// # Examples
@@ -79,7 +90,7 @@ impl CallOptions {
 type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 
 /// An operation to run against a service's endpoints with failover; made by
-/// [`Resolver::call`] or [`Query::call`](crate::Query::call), run by `.await`.
+/// [`Resolver::call`](crate::Resolver::call) or [`Query::call`](crate::Query::call), run by `.await`.
 ///
 /// Attempts go to distinct endpoints, never the same one twice: the selection's pick
 /// first, then the next endpoints in the registry's order, ejected endpoints last; at
@@ -119,12 +130,8 @@ type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 /// ```
 #[must_use = "a call does nothing until awaited"]
 pub struct Call<'a, F, E> {
-    resolver: &'a Resolver,
-    namespace: &'a str,
-    service: &'a str,
-    query: Vec<(String, String)>,
-    optional: Vec<(String, String)>,
-    health: HealthFilter,
+    ctx: CallContext<'a>,
+    key: Key<'a>,
     op: F,
     retry_if: Option<RetryIf<'a, E>>,
     retry_timeouts: bool,
@@ -134,11 +141,11 @@ pub struct Call<'a, F, E> {
 impl<F, E> fmt::Debug for Call<'_, F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Call")
-            .field("namespace", &self.namespace)
-            .field("service", &self.service)
-            .field("query", &self.query)
-            .field("optional", &self.optional)
-            .field("health", &self.health)
+            .field("namespace", &self.key.namespace)
+            .field("service", &self.key.service)
+            .field("query", &self.key.query)
+            .field("optional", &self.key.optional)
+            .field("health", &self.key.health)
             .field("retry_if", &self.retry_if.as_ref().map(|_| ".."))
             .field("retry_timeouts", &self.retry_timeouts)
             .field("opts", &self.opts)
@@ -146,28 +153,27 @@ impl<F, E> fmt::Debug for Call<'_, F, E> {
     }
 }
 
-/// The key parts of a call, as a query has them.
-pub(crate) struct Target<'a> {
-    pub(crate) namespace: &'a str,
-    pub(crate) service: &'a str,
-    pub(crate) query: Vec<(String, String)>,
-    pub(crate) optional: Vec<(String, String)>,
-    pub(crate) health: HealthFilter,
+/// What a call needs of its resolver: the cache to find endpoints in, the outlier
+/// policy its outcomes feed, the retry budget its retries are paid from, the
+/// counters it bumps and the default options.
+#[derive(Clone, Copy)]
+pub(crate) struct CallContext<'a> {
+    pub(crate) cache: &'a Arc<Cache>,
+    pub(crate) outliers: &'a OutlierDetector,
+    pub(crate) budget: &'a RetryBudget,
+    pub(crate) counters: &'a Counters,
+    pub(crate) defaults: &'a CallOptions,
 }
 
 impl<'a, F, E> Call<'a, F, E> {
-    pub(crate) fn new(resolver: &'a Resolver, target: Target<'a>, op: F) -> Self {
+    pub(crate) fn new(ctx: CallContext<'a>, key: Key<'a>, op: F) -> Self {
         Call {
-            resolver,
-            namespace: target.namespace,
-            service: target.service,
-            query: target.query,
-            optional: target.optional,
-            health: target.health,
+            ctx,
+            key,
             op,
             retry_if: None,
             retry_timeouts: true,
-            opts: resolver.options().call.clone(),
+            opts: ctx.defaults.clone(),
         }
     }
 
@@ -223,77 +229,57 @@ where
 {
     async fn run(self) -> Result<T, CallError<E>> {
         let Call {
-            resolver,
-            namespace,
-            service,
-            query,
-            optional,
-            health,
+            ctx,
+            key,
             mut op,
             retry_if,
             retry_timeouts,
             opts,
         } = self;
-        let cache = &resolver.cache;
-        bump(&cache.counters.calls);
+        let (namespace, service) = (key.namespace, key.service);
+        let counters = ctx.counters;
+        bump(&counters.calls);
         let start = Instant::now();
-        let deadline = opts.deadline.map(|d| crate::options::after(start, d));
-        let key = KeyRef {
-            namespace,
-            service,
-            query: &query,
-            optional: &optional,
-            health,
-        };
-        let (snap, seed) = match cache.warm_snapshot(&key) {
-            Some(found) => found,
-            None => {
-                let load = Box::pin(cache.load(key));
-                let loaded = match deadline {
-                    Some(at) => tokio::time::timeout_at(at, load).await.unwrap_or_else(|_| {
-                        Err(Error::new(
-                            ErrorKind::Unavailable,
-                            "the call's deadline passed while resolving the service",
-                        ))
-                    }),
-                    None => load.await,
-                };
-                let (slot, snap) = loaded.map_err(CallError::resolve)?;
-                (snap, slot.seed)
-            }
-        };
-        let candidates = snap.candidates(
-            &cache.opts.selection,
-            seed,
-            opts.max_attempts,
-            &cache.outliers,
-            Instant::now(),
-        );
-        drop(snap);
+        let deadline = opts.deadline.map(|d| after(start, d));
+        let lookup = ctx
+            .cache
+            .candidates(key.as_ref(), opts.max_attempts, |h, now| {
+                ctx.outliers.is_ejected(h, now)
+            });
+        let candidates = match deadline {
+            Some(at) => tokio::time::timeout_at(at, lookup)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Unavailable,
+                        "the call's deadline passed while resolving the service",
+                    ))
+                }),
+            None => lookup.await,
+        }
+        .map_err(CallError::resolve)?;
         let tried = candidates.len();
         let mut failed: Vec<Attempt<E>> = Vec::new();
         for (n, ep) in candidates.into_iter().enumerate() {
             let began = Instant::now();
             if n == 0 {
-                resolver.budget.deposit(began);
+                ctx.budget.deposit(began);
             } else {
                 if deadline.is_some_and(|d| began >= d) {
                     return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
                 }
-                if !resolver.budget.try_withdraw(began) {
-                    bump(&cache.counters.budget_refusals);
+                if !ctx.budget.try_withdraw(began) {
+                    bump(&counters.budget_refusals);
                     tracing::debug!(namespace, service, "retry budget spent; not retrying");
                     return Err(CallError::attempts_failed(
                         CallStop::BudgetExhausted,
                         failed,
                     ));
                 }
-                bump(&cache.counters.retries);
+                bump(&counters.retries);
             }
-            bump(&cache.counters.attempts);
-            let own_limit = opts
-                .attempt_timeout
-                .map(|t| crate::options::after(began, t));
+            bump(&counters.attempts);
+            let own_limit = opts.attempt_timeout.map(|t| after(began, t));
             let limit = match (own_limit, deadline) {
                 (Some(a), Some(d)) => Some(a.min(d)),
                 (a, d) => a.or(d),
@@ -305,7 +291,7 @@ where
             };
             match result {
                 Some(Ok(value)) => {
-                    cache.outliers.record(&ep, Outcome::Success, Instant::now());
+                    ctx.outliers.record(&ep, Outcome::Success, Instant::now());
                     return Ok(value);
                 }
                 Some(Err(err)) => {
@@ -315,7 +301,7 @@ where
                     } else {
                         Outcome::Success
                     };
-                    cache.outliers.record(&ep, outcome, Instant::now());
+                    ctx.outliers.record(&ep, outcome, Instant::now());
                     failed.push(Attempt::new(ep, AttemptError::Failed(err)));
                     if !retryable {
                         return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
@@ -327,7 +313,7 @@ where
                     // not evidence against the endpoint.
                     let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
                     if !by_deadline {
-                        cache.outliers.record(&ep, Outcome::Failure, Instant::now());
+                        ctx.outliers.record(&ep, Outcome::Failure, Instant::now());
                     }
                     failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
                     if by_deadline {
@@ -368,6 +354,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Resolver;
 
     #[test]
     fn options_are_validated() {

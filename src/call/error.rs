@@ -248,7 +248,7 @@ impl<E: fmt::Debug + fmt::Display> StdError for CallError<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instance::Instance;
+    use crate::discover::instance::Instance;
 
     fn ep(id: &str, port: u16) -> Endpoint {
         Endpoint::from_instance(

@@ -3,7 +3,7 @@
 //! map probe. The memo holds a reference to each slot it remembers, so a slot it
 //! hands out is alive; one evicted from the index since is not used, only replaced.
 //! A slot holds its answer only while its cache has it: eviction and dropping the
-//! resolver empty the slot (`Cache`'s `Drop`), so a memo outliving its resolver
+//! resolver empty the slot (`evict.rs`, `Cache`'s `Drop`), so a memo outliving its resolver
 //! keeps at most `WAYS` small questions per thread, never their endpoints. (A weak
 //! reference here would put a fenced upgrade on every warm resolve.)
 
@@ -11,8 +11,8 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::cache::Slot;
-use crate::key::KeyRef;
+use super::key::KeyRef;
+use super::slot::Slot;
 
 /// Direct-mapped by key hash: a thread resolving more keys than this still works,
 /// going through the index for the keys that collide.

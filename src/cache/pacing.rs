@@ -15,13 +15,14 @@
 //! [`RateLimit`], or for a jittered backoff after another cold load of the same
 //! resolver was throttled (the account is dry for every key of the process).
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind};
-use crate::options::after;
+use crate::util::lock::lock;
+use crate::util::time::after;
 
 /// A cap on one resolver's registry calls: a token bucket of `burst` calls, refilled
 /// at `per_second`.
@@ -232,7 +233,7 @@ impl Limiter {
 
     /// When a call of `op` asked for at `now` may go; the turn is taken.
     pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&self.state);
         if pace == Pace::Now && st.ops[op as usize].cold_hold.is_some_and(|t| now < t) {
             return Err(Error::new(
                 ErrorKind::Throttled,
@@ -269,7 +270,7 @@ impl Limiter {
     /// Whether a background call of `op` would go at `now` without waiting for a turn
     /// of its adapted rate.
     pub(crate) fn ready(&self, op: Op, now: Instant) -> bool {
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
         match a.limit(now) {
             None => true,
@@ -285,7 +286,7 @@ impl Limiter {
         if !self.adaptive {
             return;
         }
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
         if a.cut.is_some_and(|(_, t)| now.duration_since(t) < COOLDOWN) {
             return;
@@ -314,7 +315,7 @@ impl Limiter {
         if !self.adaptive {
             return;
         }
-        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
         if throttled {
             a.cold_throttles += 1;

@@ -5,9 +5,10 @@
 //! of the first attempts made, plus a small reserve per second so that a caller with
 //! little traffic can still retry. First attempts are never refused.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::util::lock::lock;
 use tokio::time::Instant;
 
 /// Settings of the retry budget shared by all calls of one resolver. Every field's
@@ -97,7 +98,7 @@ impl RetryBudget {
     }
 
     fn with<R>(&self, now: Instant, f: impl FnOnce(&mut Window, usize) -> R) -> R {
-        let mut w = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut w = lock(&self.window);
         let epoch = *w.epoch.get_or_insert(now);
         let slot = (now.saturating_duration_since(epoch).as_nanos()
             / self.slot_len().as_nanos().max(1)) as u64;

@@ -1,0 +1,65 @@
+//! Backoff and refresh timing: jittered, so that keys and processes started together
+//! do not retry or refresh together.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use super::snapshot::Snapshot;
+use crate::util::lock::lock;
+use crate::util::time::{after, scaled};
+
+/// Delays between failed registry calls, and when to refresh an answer.
+pub(super) struct Backoff {
+    base: Duration,
+    max: Duration,
+    rng: Mutex<SmallRng>,
+}
+
+impl Backoff {
+    pub(super) fn new(base: Duration, max: Duration, seed: u64) -> Self {
+        Backoff {
+            base,
+            max,
+            rng: Mutex::new(SmallRng::seed_from_u64(seed)),
+        }
+    }
+
+    /// The delay after `failures` failures in a row: doubling from the base, capped.
+    pub(super) fn delay(&self, failures: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(1 << failures.saturating_sub(1).min(20));
+        let cap = exp.min(self.max);
+        // Equal jitter: at least half the delay, so retries stay spaced, and a random
+        // rest, so processes started together do not retry together.
+        let half = cap / 2;
+        half.saturating_add(self.jitter(half))
+    }
+
+    fn jitter(&self, up_to: Duration) -> Duration {
+        let mut rng = lock(&self.rng);
+        scaled(up_to, rng.random::<f64>())
+    }
+
+    /// When to refresh a snapshot in use: between 75% and 90% of its TTL, at random,
+    /// so keys (and processes) loaded together do not refresh together.
+    pub(super) fn refresh_time(&self, snap: &Snapshot) -> Instant {
+        let early = scaled(snap.ttl, 0.75);
+        let jitter = self.jitter(scaled(snap.ttl, 0.15));
+        after(after(snap.confirmed_at, early), jitter)
+    }
+}
+
+impl super::Cache {
+    pub(super) fn backoff(&self, failures: u32) -> Duration {
+        self.backoff.delay(failures)
+    }
+
+    pub(super) fn refresh_time(&self, snap: &Snapshot) -> Instant {
+        self.backoff.refresh_time(snap)
+    }
+}

@@ -1,0 +1,205 @@
+//! Asking the registry: the revision first where that saves the full call, then the
+//! instances; each call paced (`pacing.rs`), timed out, and with a panic of the
+//! source caught, so that nothing a source does can stop the refresher.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::pacing::{Op, Pace};
+use super::slot::Slot;
+use super::snapshot::Snapshot;
+use super::Cache;
+use crate::discover::{BoxFuture, DiscoverRequest};
+use crate::endpoint::EndpointSet;
+use crate::error::{Error, ErrorKind};
+use crate::stats::bump;
+use crate::util::time::after;
+
+/// The shortest TTL taken from a source: a registry (or a `Discover` impl) answering
+/// with a TTL of 0 would otherwise have its key refreshed in a tight loop.
+const MIN_SOURCE_TTL: Duration = Duration::from_secs(1);
+
+impl Cache {
+    /// Asks the registry (revision first, where that can save the full call) and
+    /// installs the answer. The caller holds the slot's gate.
+    pub(super) async fn fetch(
+        &self,
+        slot: &Slot,
+        prev: Option<&Snapshot>,
+        first: Op,
+        mut pace: Pace,
+    ) -> Result<Arc<Snapshot>, Error> {
+        let req = &slot.request;
+        // One deadline for the whole fetch (revision and instances), started when
+        // the first call is sent, so a cold key's wait is bounded by `fetch_timeout`
+        // and not a multiple of it, and a refresh's wait for its turn is not counted.
+        let mut deadline = None;
+        if let Some(prev) = prev.filter(|_| first == Op::Revision) {
+            let (rev, sent) = self
+                .registry_call(Op::Revision, req, &mut pace, &mut deadline, || {
+                    self.source.revision(req)
+                })
+                .await?;
+            if rev.is_some() && rev == prev.revision {
+                let snap = Arc::new(prev.reconfirmed(sent, self.config.max_stale));
+                slot.snapshot.store(Some(snap.clone()));
+                return Ok(snap);
+            }
+        }
+        let (found, now) = self
+            .registry_call(Op::Discover, req, &mut pace, &mut deadline, || {
+                self.source.discover(req)
+            })
+            .await?;
+        let ns = req.namespace.as_str();
+        let svc = req.service.as_str();
+        let mut items = self.config.parse.parse_all(ns, svc, found.instances);
+        // Ejections outlive answers: the same endpoint keeps its health.
+        self.states.attach(&mut items);
+        let items: Box<[_]> = items.into();
+        let cumulative =
+            self.config
+                .selection
+                .cumulative(&items, ns, svc, &self.config.parse.warned);
+        let set = Arc::new(EndpointSet { items, cumulative });
+        let ttl = found.ttl.map_or(self.config.ttl, |t| t.max(MIN_SOURCE_TTL));
+        let snap = Arc::new(Snapshot::new(
+            set,
+            prev,
+            (now, now),
+            ttl,
+            self.config.max_stale,
+            found.revision,
+        ));
+        slot.snapshot.store(Some(snap.clone()));
+        Ok(snap)
+    }
+
+    /// One registry call, when the limiter gives it a turn; returns the answer and
+    /// when the call was sent. A throttled refresh slows every refresh of the
+    /// resolver down: the account's quota is shared by every key (and process).
+    async fn registry_call<'a, T>(
+        &'a self,
+        op: Op,
+        req: &DiscoverRequest,
+        pace: &mut Pace,
+        deadline: &mut Option<Instant>,
+        make: impl FnOnce() -> BoxFuture<'a, Result<T, Error>>,
+    ) -> Result<(T, Instant), Error> {
+        self.limit.admit(op, pace).await?;
+        let sent = Instant::now();
+        let name = match op {
+            Op::Discover => {
+                bump(&self.counters.discover);
+                "DiscoverInstances"
+            }
+            Op::Revision => {
+                bump(&self.counters.revision);
+                "DiscoverInstancesRevision"
+            }
+        };
+        let limit = self.config.fetch_timeout;
+        let until = *deadline.get_or_insert(after(sent, limit));
+        // A source that panics (in `discover` itself or in its future) fails this
+        // call like an unavailable registry: the panic must not unwind through the
+        // refresher, which would leave the key served forever and never refreshed.
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(make)) {
+            Ok(fut) => match with_timeout((limit, until), name, CatchUnwind(fut)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(payload)) => Err(self.panicked(name, req, &*payload)),
+                Err(timed_out) => Err(timed_out),
+            },
+            Err(payload) => Err(self.panicked(name, req, &*payload)),
+        };
+        let throttled = matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled);
+        if *pace == Pace::Now {
+            // Cold loads back off together (the account is dry for every key) but do
+            // not lower the refresh rate, so that a fleet starting up does not leave
+            // every process pacing its refreshes at a crawl long after.
+            let now = Instant::now();
+            self.limit
+                .cold_outcome(op, throttled, now, |n| self.backoff(n));
+        } else if throttled {
+            self.limit.throttled(op, Instant::now());
+        }
+        result.map(|found| (found, sent))
+    }
+
+    /// Counts, logs and turns into an error a panic of the source.
+    fn panicked(&self, op: &str, req: &DiscoverRequest, payload: &(dyn Any + Send)) -> Error {
+        bump(&self.counters.refresh_panics);
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a non-string payload");
+        tracing::error!(
+            namespace = %req.namespace,
+            service = %req.service,
+            operation = op,
+            panic = message,
+            "the discovery source panicked; treating the call as failed"
+        );
+        Error::new(
+            ErrorKind::Unavailable,
+            format!("{op} panicked in the discovery source: {message}"),
+        )
+    }
+
+    /// Which call a refresh of `prev` at `now` starts with: the revision (when the
+    /// answer has one and revision polling is on) while the last full fetch is recent
+    /// enough, and for a background refresh also while this resolver waits for a
+    /// turn at DiscoverInstances, so that changes still show; health catches up at
+    /// the next full fetch.
+    pub(super) fn first_call(&self, prev: Option<&Snapshot>, now: Instant, pace: Pace) -> Op {
+        let (Some(prev), Some(every)) = (prev, self.config.full_refresh_interval) else {
+            return Op::Discover;
+        };
+        let recent = now < after(prev.full_at, every);
+        let waiting = pace != Pace::Now && !self.limit.ready(Op::Discover, now);
+        if prev.revision.is_some() && (recent || waiting) {
+            Op::Revision
+        } else {
+            Op::Discover
+        }
+    }
+}
+
+/// A source's future, with a panic in its `poll` caught and returned as `Err`
+/// (what `futures`' `catch_unwind` does, without the dependency). After a panic the
+/// inner future is never polled again: the wrapper is ready and gets dropped.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = &mut self.0;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| Pin::new(inner).poll(cx))) {
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+async fn with_timeout<T>(
+    (limit, deadline): (Duration, Instant),
+    op: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T, Error> {
+    match tokio::time::timeout_at(deadline, fut).await {
+        Ok(r) => Ok(r),
+        Err(_) => Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("{op} took longer than {limit:?}"),
+        )),
+    }
+}

@@ -1,0 +1,252 @@
+//! The cache: per-key answers read without locks, loaded once per key at a time,
+//! refreshed ahead of expiry in the background, served stale while the registry fails.
+//!
+//! The warm path (`Cache::warm`) is a hash of borrowed strings, this thread's memo
+//! of the key's entry (`memo.rs`; else an `ArcSwap` load of the key's shard and a
+//! map probe), an `ArcSwap` load of the key's snapshot and a counter bump on this
+//! thread's stripe: no lock, no I/O, no allocation, and no clock read
+//! (`tests/alloc.rs` proves the allocation count, `benches/warm.rs` guards the
+//! cost). Time is checked only by the background refresher (`refresher.rs`), which
+//! marks a snapshot expired when it may no longer be served; everything slow happens
+//! on a miss (`load.rs`, `fetch.rs`).
+//!
+//! The cache reads only its own [`CacheConfig`]; what callers do with an endpoint
+//! (failover, outlier policy, retry budget) is `call`'s business, one layer up.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::discover::health_filter::HealthFilter;
+use crate::discover::{Discover, DiscoverRequest};
+use crate::endpoint::{Endpoint, EndpointState, ParseOptions, StateTable};
+use crate::error::{Error, ErrorKind};
+use crate::select::Selection;
+use crate::stats::Counters;
+use crate::util::stripe::stripe;
+
+mod backoff;
+mod evict;
+mod fetch;
+mod index;
+pub(crate) mod key;
+mod load;
+mod memo;
+pub(crate) mod pacing;
+mod refresher;
+mod slot;
+mod snapshot;
+
+use backoff::Backoff;
+use index::Index;
+use key::KeyRef;
+use pacing::{Limiter, RateLimit};
+use slot::Slot;
+use snapshot::{Snapshot, EXPIRED, STALE};
+
+/// What the cache reads of the resolver's settings (made from `ResolverOptions`,
+/// whose fields document each value and its default).
+#[derive(Debug, Clone)]
+pub(crate) struct CacheConfig {
+    pub(crate) ttl: Duration,
+    pub(crate) selection: Selection,
+    pub(crate) parse: ParseOptions,
+    pub(crate) capacity: u64,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_stale: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) fetch_timeout: Duration,
+    pub(crate) refresh_ahead: bool,
+    pub(crate) full_refresh_interval: Option<Duration>,
+    pub(crate) backoff_base: Duration,
+    pub(crate) backoff_max: Duration,
+    pub(crate) rate_limit: Option<RateLimit>,
+    pub(crate) adapt_to_throttling: bool,
+    pub(crate) seed: Option<u64>,
+}
+
+/// The cache of one resolver.
+pub(crate) struct Cache {
+    /// Tells this cache's slots apart in the per-thread memo (`memo.rs`).
+    id: u64,
+    source: Box<dyn Discover>,
+    pub(crate) config: CacheConfig,
+    pub(crate) counters: Counters,
+    /// Per-endpoint state carried from one answer to the next.
+    states: StateTable,
+    index: Arc<Index>,
+    lru: moka::sync::Cache<evict::LruKey, ()>,
+    backoff: Backoff,
+    seed: u64,
+    /// Paces registry calls: the configured cap, and slowing down when throttled.
+    limit: Limiter,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("source", &self.source)
+            .field("keys", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    pub(crate) fn new(source: Box<dyn Discover>, config: CacheConfig) -> Self {
+        let index = Arc::new(Index::new());
+        let lru = evict::lru(config.capacity, config.idle_timeout, Arc::downgrade(&index));
+        let seed = config.seed.unwrap_or_else(rand::random);
+        Cache {
+            id: memo::cache_id(),
+            source,
+            counters: Counters::default(),
+            states: StateTable::default(),
+            index,
+            lru,
+            backoff: Backoff::new(config.backoff_base, config.backoff_max, seed),
+            seed,
+            limit: Limiter::new(
+                config.rate_limit,
+                config.adapt_to_throttling,
+                Instant::now(),
+            ),
+            config,
+        }
+    }
+
+    /// The warm path: `f` on the key's snapshot if it may be served now, on this
+    /// thread's stripe.
+    #[inline]
+    pub(crate) fn warm<R>(
+        &self,
+        key: &KeyRef<'_>,
+        f: impl FnOnce(&Snapshot, u64, usize) -> R,
+    ) -> Option<R> {
+        let hash = key.hash();
+        let f = match memo::with(self.id, hash, key, f, |slot, f| self.serve(slot, f)) {
+            Ok(served) => return served,
+            Err(f) => f,
+        };
+        self.index
+            .with(key, hash, |slot| {
+                memo::remember(self.id, hash, slot);
+                self.serve(slot, f)
+            })
+            .flatten()
+    }
+
+    /// `f` on the slot's snapshot if it may be served now.
+    #[inline]
+    fn serve<R>(&self, slot: &Slot, f: impl FnOnce(&Snapshot, u64, usize) -> R) -> Option<R> {
+        let snap = slot.snapshot.load();
+        let snap = snap.as_deref()?;
+        let state = snap.state.load(Ordering::Relaxed);
+        if state == EXPIRED || snap.picker.set.items.is_empty() {
+            return None;
+        }
+        let s = stripe();
+        self.counters.hit(s, state == STALE);
+        Some(f(snap, slot.seed, s))
+    }
+
+    /// The one candidate lookup, for `call` and every integration: up to `max`
+    /// endpoints in the order a call tries them (the selection's pick among the
+    /// admitted endpoints, then the next ones in the registry's order, ejected ones
+    /// last), loading the key if it is not warm. `is_ejected` is the outlier
+    /// policy's judgement at the given time (read once the answer is at hand).
+    pub(crate) async fn candidates(
+        self: &Arc<Self>,
+        key: KeyRef<'_>,
+        max: usize,
+        is_ejected: impl Fn(&Arc<EndpointState>, Instant) -> bool,
+    ) -> Result<Vec<Endpoint>, Error> {
+        let (snap, seed) = match self.warm_snapshot(&key) {
+            Some(found) => found,
+            None => {
+                let (slot, snap) = Box::pin(self.load(key)).await?;
+                (snap, slot.seed)
+            }
+        };
+        let now = Instant::now();
+        Ok(snap.candidates(&self.config.selection, seed, max, |h| is_ejected(h, now)))
+    }
+
+    /// The warm path for `candidates`, which keeps the snapshot while it orders the
+    /// endpoints.
+    fn warm_snapshot(&self, key: &KeyRef<'_>) -> Option<(Arc<Snapshot>, u64)> {
+        let hash = key.hash();
+        self.index
+            .with(key, hash, |slot| {
+                let snap = slot.snapshot.load_full()?;
+                let state = snap.state.load(Ordering::Relaxed);
+                if state == EXPIRED || snap.picker.set.items.is_empty() {
+                    return None;
+                }
+                self.counters.hit(stripe(), state == STALE);
+                Some((snap, slot.seed))
+            })
+            .flatten()
+    }
+
+    /// How many keys are cached now.
+    pub(crate) fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Runs moka's pending evictions now (tests and stats).
+    pub(crate) fn run_pending_tasks(&self) {
+        self.lru.run_pending_tasks();
+    }
+}
+
+impl Drop for Cache {
+    /// Threads' memos (`memo.rs`) and sleeping refreshers may hold this cache's slots
+    /// after the resolver is gone; the slots keep only their question, not the
+    /// answers (which hold every endpoint), and are marked evicted so no memo
+    /// serves them.
+    fn drop(&mut self) {
+        for shard in self.index.shards.iter() {
+            for bucket in shard.map.load().values() {
+                for slot in bucket.iter() {
+                    slot.evicted.store(true, Ordering::Relaxed);
+                    slot.snapshot.store(None);
+                }
+            }
+        }
+    }
+}
+
+fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, Error> {
+    if snap.picker.set.items.is_empty() {
+        return Err(Error::new(
+            ErrorKind::NoEndpoints,
+            no_endpoints(&slot.request),
+        ));
+    }
+    Ok(snap)
+}
+
+/// Why a key has no endpoint, naming what the caller asked for so that a filter
+/// matching nothing can be seen (the kind already says "no endpoints").
+fn no_endpoints(request: &DiscoverRequest) -> String {
+    let mut text = format!(
+        "service {:?} in namespace {:?} has no usable instance",
+        request.service, request.namespace
+    );
+    let filters: Vec<String> = request
+        .query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .chain(
+            (request.health != HealthFilter::HealthyOrElseAll)
+                .then(|| format!("health {}", request.health)),
+        )
+        .collect();
+    if !filters.is_empty() {
+        text.push_str(" matching ");
+        text.push_str(&filters.join(", "));
+    }
+    text
+}

@@ -1,0 +1,302 @@
+//! The refresher: one background task per key in use, keeping its answer fresh.
+//!
+//! Each round is four steps a reader can follow: **plan** when to look next,
+//! **wait** (for that time, then for this resolver's turn at the registry),
+//! **attempt** a refresh under the key's gate, and **settle** the outcome (a new
+//! answer and a new plan, or a failure: back off, mark stale, or expire). The warm
+//! path never reads the clock, so the refresher is what marks an answer stale and
+//! then expired on time; it stops when the key goes unused, is evicted, or the
+//! resolver is dropped, and it never holds a strong reference while it sleeps.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use tokio::time::Instant;
+
+use super::evict::LruKey;
+use super::pacing::Pace;
+use super::slot::Slot;
+use super::snapshot::{Snapshot, EXPIRED, FRESH, STALE};
+use super::Cache;
+use crate::error::{Error, ErrorKind};
+use crate::stats::bump;
+use crate::util::time::after;
+
+impl Cache {
+    /// Starts the key's refresher unless one runs already.
+    pub(super) fn ensure_refresher(self: &Arc<Self>, slot: &Arc<Slot>) {
+        if !slot.refresher.swap(true, Ordering::AcqRel) {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(refresher(weak, slot.clone()));
+        }
+    }
+}
+
+/// Keeps one key fresh while it is used: refreshes ahead of expiry, retries with
+/// backoff when the registry fails, marks the snapshot stale and then expired, and
+/// stops when the key goes unused, is evicted, or the resolver is dropped.
+pub(super) async fn refresher(cache: Weak<Cache>, slot: Arc<Slot>) {
+    let mut exit = RefresherExit {
+        slot: &slot,
+        clean: false,
+    };
+    loop {
+        run_refresher(&cache, &slot).await;
+        slot.refresher.store(false, Ordering::Release);
+        // A load may have installed a snapshot after this task decided to stop, while
+        // the flag still said a refresher ran; take the work back if so.
+        let revive = !slot.evicted.load(Ordering::Relaxed)
+            && cache.strong_count() > 0
+            && slot
+                .current()
+                .is_some_and(|s| s.state.load(Ordering::Relaxed) != EXPIRED);
+        if !revive || slot.refresher.swap(true, Ordering::AcqRel) {
+            exit.clean = true;
+            return;
+        }
+    }
+}
+
+/// Cleans up after a refresher that did not return normally (a panic in the
+/// crate's own code, or its runtime shutting down): the warm path never reads the
+/// clock, so an answer nobody refreshes any more would be served forever. Expiring
+/// it and clearing the flag make the next caller load the key and start a new
+/// refresher. (A panic of the source itself is caught earlier, in `fetch.rs`.)
+struct RefresherExit<'a> {
+    slot: &'a Slot,
+    clean: bool,
+}
+
+impl Drop for RefresherExit<'_> {
+    fn drop(&mut self) {
+        if self.clean {
+            return;
+        }
+        if let Some(snap) = self.slot.current() {
+            snap.state.store(EXPIRED, Ordering::Relaxed);
+        }
+        self.slot.refresher.store(false, Ordering::Release);
+    }
+}
+
+/// The refresher's plan: the answer it keeps, when it looks next, and how many
+/// refreshes in a row failed.
+struct Plan {
+    snapshot: Arc<Snapshot>,
+    next: Instant,
+    failures: u32,
+}
+
+impl Plan {
+    /// A plan for a newly installed answer: refresh ahead of expiry, at a jittered
+    /// point of its TTL.
+    fn new(cache: &Cache, snapshot: Arc<Snapshot>) -> Self {
+        Plan {
+            next: cache.refresh_time(&snapshot),
+            snapshot,
+            failures: 0,
+        }
+    }
+}
+
+/// What a step decided.
+enum Step<T> {
+    /// Go on to the next step with this.
+    Go(T),
+    /// Sleep until the plan's time and start the round again.
+    Again,
+    /// The refresher's work is done.
+    Stop,
+}
+
+async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
+    let Some(first) = slot.current() else {
+        return;
+    };
+    let mut plan = match weak.upgrade() {
+        Some(cache) if cache.config.refresh_ahead => Plan::new(&cache, first),
+        Some(_) => Plan {
+            next: first.fresh_until,
+            snapshot: first,
+            failures: 0,
+        },
+        None => return,
+    };
+    loop {
+        tokio::time::sleep_until(plan.next).await;
+        let (cache, cur) = match wake(weak, slot, &mut plan) {
+            Step::Go(found) => found,
+            Step::Again => continue,
+            Step::Stop => return,
+        };
+        let (cache, first_call) = match wait_for_turn(weak, slot, cache, &cur).await {
+            Step::Go(turn) => turn,
+            Step::Again => continue,
+            Step::Stop => return,
+        };
+        let Some(result) = attempt(&cache, slot, &cur, first_call).await else {
+            // A load replaced the answer while this task waited at the gate: the
+            // next round plans from the new one.
+            continue;
+        };
+        if let Step::Stop = settle(&cache, slot, &cur, result, &mut plan) {
+            return;
+        }
+    }
+}
+
+/// Plan: after the sleep, whether there is still a used answer to refresh now.
+fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, Arc<Snapshot>)> {
+    if slot.evicted.load(Ordering::Relaxed) {
+        return Step::Stop;
+    }
+    let Some(cache) = weak.upgrade() else {
+        return Step::Stop;
+    };
+    let now = Instant::now();
+    let Some(cur) = slot.current() else {
+        return Step::Stop;
+    };
+    if !Arc::ptr_eq(&cur, &plan.snapshot) {
+        // A load replaced the snapshot; plan from the new one.
+        *plan = Plan::new(&cache, cur);
+        return Step::Again;
+    }
+    if !cur.used.load(Ordering::Relaxed) || !cache.config.refresh_ahead {
+        if now < cur.fresh_until {
+            plan.next = cur.fresh_until;
+            return Step::Again;
+        }
+        // Nobody asked during its whole life (or refreshing ahead is off): spend
+        // no registry call on it; the next caller loads it.
+        cur.state.store(EXPIRED, Ordering::Relaxed);
+        return Step::Stop;
+    }
+    Step::Go((cache, cur))
+}
+
+/// Wait: for this resolver's turn to call the registry (see `pacing.rs`), serving
+/// the current answer meanwhile and holding no strong reference, so that a dropped
+/// resolver stops here. Returns the cache again and the call to start with.
+async fn wait_for_turn(
+    weak: &Weak<Cache>,
+    slot: &Slot,
+    mut cache: Arc<Cache>,
+    cur: &Arc<Snapshot>,
+) -> Step<(Arc<Cache>, super::pacing::Op)> {
+    let now = Instant::now();
+    let first = cache.first_call(Some(cur), now, Pace::Wait);
+    if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now) {
+        if turn > now {
+            drop(cache);
+            if turn >= cur.stale_until {
+                // No waiting for a turn past the answer's max-stale age: the warm
+                // path does not read the clock, so the answer must be marked
+                // expired on time, turn or no turn.
+                tokio::time::sleep_until(cur.stale_until).await;
+                if slot.is_current(cur) {
+                    cur.state.store(EXPIRED, Ordering::Relaxed);
+                    return Step::Stop;
+                }
+                return Step::Again;
+            }
+            tokio::time::sleep_until(turn).await;
+            match weak.upgrade() {
+                Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
+                _ => return Step::Stop,
+            }
+        }
+    }
+    Step::Go((cache, first))
+}
+
+/// Attempt: one refresh under the key's gate, unless a load replaced the answer
+/// meanwhile (`None`).
+async fn attempt(
+    cache: &Arc<Cache>,
+    slot: &Arc<Slot>,
+    cur: &Arc<Snapshot>,
+    first: super::pacing::Op,
+) -> Option<Result<Arc<Snapshot>, Error>> {
+    let result = {
+        let mut gate = slot.gate.lock().await;
+        if slot.is_current(cur) {
+            // The fetch's second call (instances after a moved revision) may
+            // wait for a paced DiscoverInstances turn: bound the whole fetch by
+            // the answer's max-stale age (or its TTL, when that is longer: a
+            // refresh ahead of expiry may run past a short max-stale), which the
+            // warm path cannot check.
+            let servable_until = cur.stale_until.max(cur.fresh_until);
+            let fetch = cache.fetch(slot, Some(cur), first, Pace::Taken);
+            let r = match tokio::time::timeout_at(servable_until, fetch).await {
+                Ok(r) => r,
+                Err(_) => Err(Error::new(
+                    ErrorKind::Throttled,
+                    "no registry turn before the cached answer reached max_stale",
+                )),
+            };
+            if r.is_ok() {
+                // A cold load's failure streak ends with any success.
+                gate.error = None;
+                gate.failures = 0;
+            }
+            Some(r)
+        } else {
+            None
+        }
+    };
+    // The key is in use (refreshes run only for used keys): keep it from idle
+    // eviction even while its refreshes fail and its stale answer is served.
+    cache.lru.get(&LruKey(slot.clone()));
+    result
+}
+
+/// Settle: a new answer gets a new plan; a failure backs off, marks the answer
+/// stale past its TTL, or expires it past its max-stale age (or when the error
+/// says the answer is wrong, not just unconfirmed).
+fn settle(
+    cache: &Cache,
+    slot: &Slot,
+    cur: &Snapshot,
+    result: Result<Arc<Snapshot>, Error>,
+    plan: &mut Plan,
+) -> Step<()> {
+    match result {
+        Ok(snap) => {
+            if plan.failures > 0 {
+                tracing::info!(
+                    namespace = %slot.request.namespace,
+                    service = %slot.request.service,
+                    "registry answering again"
+                );
+            }
+            *plan = Plan::new(cache, snap);
+            Step::Go(())
+        }
+        Err(err) => {
+            plan.failures += 1;
+            bump(&cache.counters.refresh_failures);
+            let now = Instant::now();
+            if now >= cur.stale_until || !err.keeps_stale() {
+                cur.state.store(EXPIRED, Ordering::Relaxed);
+                tracing::warn!(
+                    namespace = %slot.request.namespace,
+                    service = %slot.request.service,
+                    error = %err,
+                    "refresh failed; dropping the cached answer"
+                );
+                return Step::Stop;
+            }
+            if now >= cur.fresh_until && cur.state.swap(STALE, Ordering::Relaxed) == FRESH {
+                tracing::warn!(
+                    namespace = %slot.request.namespace,
+                    service = %slot.request.service,
+                    error = %err,
+                    "refresh failed; serving the last good answer"
+                );
+            }
+            plan.next = after(now, cache.backoff(plan.failures)).min(cur.stale_until);
+            Step::Go(())
+        }
+    }
+}

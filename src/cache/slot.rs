@@ -1,0 +1,65 @@
+//! A cache entry: one key's question, its current answer, and the gate that keeps
+//! one registry call per key in flight.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
+
+use super::snapshot::Snapshot;
+use crate::discover::DiscoverRequest;
+use crate::error::Error;
+
+/// A cache entry: one key's question, its current snapshot and its load gate.
+pub(crate) struct Slot {
+    pub(crate) request: DiscoverRequest,
+    pub(super) hash: u64,
+    pub(crate) seed: u64,
+    pub(super) snapshot: ArcSwapOption<Snapshot>,
+    /// Held while asking the registry, so a key has one call in flight at a time.
+    pub(super) gate: tokio::sync::Mutex<Gate>,
+    /// Whether a refresher task runs for this key.
+    pub(super) refresher: AtomicBool,
+    pub(super) evicted: AtomicBool,
+}
+
+#[derive(Default)]
+pub(super) struct Gate {
+    /// The last failure and until when it is answered without asking again.
+    pub(super) error: Option<(Error, Instant)>,
+    pub(super) failures: u32,
+}
+
+impl Slot {
+    #[inline]
+    pub(crate) fn is_evicted(&self) -> bool {
+        self.evicted.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn current(&self) -> Option<Arc<Snapshot>> {
+        self.snapshot.load_full()
+    }
+
+    pub(super) fn is_current(&self, snap: &Arc<Snapshot>) -> bool {
+        self.snapshot
+            .load()
+            .as_ref()
+            .is_some_and(|cur| Arc::ptr_eq(cur, snap))
+    }
+}
+
+impl Slot {
+    /// An empty entry for the question `request`, whose key hashes to `hash`.
+    pub(super) fn new(request: DiscoverRequest, hash: u64, seed: u64) -> Self {
+        Slot {
+            request,
+            hash,
+            seed,
+            snapshot: ArcSwapOption::empty(),
+            gate: tokio::sync::Mutex::new(Gate::default()),
+            refresher: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! One registry answer as the cache serves it: the endpoints and their picking state,
+//! whether it may still be served, and the deadlines the refresher keeps.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::endpoint::{Endpoint, EndpointSet, EndpointState};
+use crate::select::{Picker, Selection};
+use crate::util::stripe::stripe;
+use crate::util::time::after;
+
+pub(crate) const FRESH: u8 = 0;
+/// Past its fresh time, refresh failing, still served.
+pub(crate) const STALE: u8 = 1;
+/// May not be served without asking the registry first.
+pub(crate) const EXPIRED: u8 = 2;
+
+/// One registry answer as served: the endpoints, selection counters and deadlines.
+pub(crate) struct Snapshot {
+    pub(crate) picker: Picker,
+    pub(crate) state: AtomicU8,
+    /// Set by the first pick after the snapshot is installed: the refresher only
+    /// spends a registry call on keys someone asked for.
+    pub(crate) used: AtomicBool,
+    /// When the registry last confirmed this answer (a full fetch or an unchanged
+    /// revision).
+    pub(crate) confirmed_at: Instant,
+    /// When the instances were last fetched in full.
+    pub(crate) full_at: Instant,
+    pub(crate) fresh_until: Instant,
+    pub(crate) stale_until: Instant,
+    pub(crate) ttl: Duration,
+    pub(crate) revision: Option<i64>,
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        set: Arc<EndpointSet>,
+        prev: Option<&Snapshot>,
+        times: (Instant, Instant),
+        ttl: Duration,
+        max_stale: Duration,
+        revision: Option<i64>,
+    ) -> Self {
+        let (confirmed_at, full_at) = times;
+        Snapshot {
+            picker: Picker::new(set, prev.map(|p| &p.picker)),
+            state: AtomicU8::new(FRESH),
+            used: AtomicBool::new(false),
+            confirmed_at,
+            full_at,
+            fresh_until: after(confirmed_at, ttl),
+            stale_until: after(confirmed_at, max_stale),
+            ttl,
+            revision,
+        }
+    }
+
+    /// The same answer, confirmed again at `now` (the revision did not move).
+    pub(crate) fn reconfirmed(&self, now: Instant, max_stale: Duration) -> Self {
+        Snapshot::new(
+            self.picker.set.clone(),
+            Some(self),
+            (now, self.full_at),
+            self.ttl,
+            max_stale,
+            self.revision,
+        )
+    }
+
+    #[inline]
+    fn mark_used(&self) {
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Picks one endpoint on thread stripe `s` (see [`Picker::pick`]).
+    #[inline]
+    pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
+        self.mark_used();
+        self.picker.pick(selection, seed, s)
+    }
+
+    /// Up to `max` endpoints in the order `call` tries them (see
+    /// [`Picker::candidates`]).
+    pub(crate) fn candidates(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        max: usize,
+        is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
+    ) -> Vec<Endpoint> {
+        self.mark_used();
+        self.picker
+            .candidates(selection, seed, stripe(), max, is_ejected)
+    }
+
+    /// Every endpoint, in the registry's order.
+    pub(crate) fn all(&self, s: usize) -> Vec<Endpoint> {
+        self.mark_used();
+        self.picker.all(s)
+    }
+}

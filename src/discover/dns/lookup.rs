@@ -1,0 +1,212 @@
+//! The DNS queries behind `DnsDiscovery` and the records they return: SRV with
+//! their targets, A/AAAA by family preference, and negative answers told apart from
+//! failures.
+
+use std::net::IpAddr;
+
+use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use hickory_resolver::TokioResolver;
+
+use super::options::{DnsOptions, IpPreference};
+use crate::error::{Error, ErrorKind};
+
+pub(super) fn build_client(
+    servers: &[NameServerConfig],
+    opts: &DnsOptions,
+) -> Result<TokioResolver, Error> {
+    let config = ResolverConfig::from_name_servers(servers.to_vec());
+    let mut ropts = ResolverOpts::default();
+    // This crate's cache, with its TTL clamps and serve-stale, is the only cache.
+    ropts.cache_size = 0;
+    ropts.timeout = opts.timeout;
+    ropts.attempts = opts.retries;
+    ropts.use_hosts_file = ResolveHosts::Never;
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(ropts)
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot build the DNS client", e))
+}
+
+/// A DNS query's outcome, with negative answers told apart from failures.
+pub(super) enum Found {
+    Records(Records),
+    /// The name exists but has no records of the type (NODATA), with the negative
+    /// TTL when the answer carried an SOA record.
+    NoData(Option<u32>),
+    NxDomain,
+}
+
+/// The records of an answer that matter here.
+pub(super) struct Records {
+    pub(super) answers: Vec<Record>,
+    pub(super) additionals: Vec<Record>,
+}
+
+impl Records {
+    /// The shortest TTL of the CNAME records that led to the answer, if any.
+    pub(super) fn chain_ttl(&self) -> u32 {
+        self.answers
+            .iter()
+            .filter(|r| matches!(r.data, RData::CNAME(_)))
+            .map(|r| r.ttl)
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+}
+
+pub(super) async fn query(
+    client: &TokioResolver,
+    name: &Name,
+    rtype: RecordType,
+) -> Result<Found, Error> {
+    match client.lookup(name.clone(), rtype).await {
+        Ok(lookup) => Ok(Found::Records(Records {
+            answers: lookup.answers().to_vec(),
+            additionals: lookup.additionals().to_vec(),
+        })),
+        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+            response_code: ResponseCode::NXDomain,
+            ..
+        }))) => Ok(Found::NxDomain),
+        Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
+            response_code: ResponseCode::NoError,
+            negative_ttl,
+            ..
+        }))) => Ok(Found::NoData(negative_ttl)),
+        Err(e) => Err(Error::with_source(
+            ErrorKind::Unavailable,
+            format!("DNS {rtype} query for {name} failed"),
+            e,
+        )),
+    }
+}
+
+/// An address record as used: the address and its TTL in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AddrRecord {
+    pub(super) ip: IpAddr,
+    pub(super) ttl: u32,
+}
+
+pub(super) fn address_record(r: &Record) -> Option<AddrRecord> {
+    let ip = match &r.data {
+        RData::A(a) => IpAddr::V4(a.0),
+        RData::AAAA(a) => IpAddr::V6(a.0),
+        _ => return None,
+    };
+    Some(AddrRecord { ip, ttl: r.ttl })
+}
+
+/// Keeps the families `pref` asks for: for the "then" preferences, the first family
+/// that has any address.
+pub(super) fn pick_families(addrs: Vec<AddrRecord>, pref: IpPreference) -> Vec<AddrRecord> {
+    let (order, first_only) = pref.plan();
+    let family = |a: &AddrRecord, t: RecordType| match t {
+        RecordType::A => a.ip.is_ipv4(),
+        _ => a.ip.is_ipv6(),
+    };
+    if first_only {
+        for &t in order {
+            let picked: Vec<_> = addrs.iter().filter(|a| family(a, t)).copied().collect();
+            if !picked.is_empty() {
+                return picked;
+            }
+        }
+        return Vec::new();
+    }
+    addrs
+        .into_iter()
+        .filter(|a| order.iter().any(|&t| family(a, t)))
+        .collect()
+}
+
+pub(super) enum Addresses {
+    Found(Vec<AddrRecord>),
+    NoData(Option<u32>),
+    NxDomain,
+}
+
+/// The A/AAAA records at `name`, as `pref` asks.
+pub(super) async fn lookup_addresses(
+    client: &TokioResolver,
+    name: &Name,
+    pref: IpPreference,
+) -> Result<Addresses, Error> {
+    let (order, first_only) = pref.plan();
+    let mut found = Vec::new();
+    let mut negative = None;
+    for &rtype in order {
+        match query(client, name, rtype).await? {
+            Found::NxDomain => return Ok(Addresses::NxDomain),
+            Found::NoData(t) => negative = min_opt(negative, t),
+            Found::Records(records) => {
+                let chain = records.chain_ttl();
+                let before = found.len();
+                found.extend(
+                    records
+                        .answers
+                        .iter()
+                        .filter(|r| r.record_type() == rtype)
+                        .filter_map(address_record)
+                        .map(|a| AddrRecord {
+                            ttl: a.ttl.min(chain),
+                            ..a
+                        }),
+                );
+                if first_only && found.len() > before {
+                    break;
+                }
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(Addresses::NoData(negative));
+    }
+    Ok(Addresses::Found(found))
+}
+
+pub(super) fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A host name as an instance id and map key: lower case, no trailing dot.
+pub(super) fn host_key(name: &Name) -> String {
+    let s = name.to_ascii().to_ascii_lowercase();
+    match s.strip_suffix('.') {
+        Some(trimmed) => trimmed.to_owned(),
+        None => s,
+    }
+}
+
+/// What one lookup found.
+pub(super) enum Answer {
+    /// No records of any kind asked for, with the shortest negative TTL.
+    Empty(Option<u32>),
+    Addresses(Vec<AddrRecord>),
+    Srv(SrvAnswer),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct SrvRecord {
+    pub(super) priority: u16,
+    pub(super) weight: u16,
+    pub(super) port: u16,
+    pub(super) target: String,
+    pub(super) ttl: u32,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct SrvAnswer {
+    pub(super) srv: Vec<SrvRecord>,
+    /// Addresses of SRV targets, by target.
+    pub(super) targets: Vec<(String, AddrRecord)>,
+    /// The shortest TTL of the records used.
+    pub(super) ttl: Option<u32>,
+}

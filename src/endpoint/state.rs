@@ -1,0 +1,125 @@
+//! Per-endpoint state that outlives a registry answer.
+//!
+//! Each refresh parses a fresh `EndpointSet`, but what callers learned about an
+//! endpoint (its failures, its ejection) must not be forgotten with it. So every
+//! endpoint holds an `Arc<EndpointState>`, and [`StateTable`] hands the same state to
+//! the same endpoint (same instance at the same address) in the next answer. The
+//! ejection *policy* (when to eject, for how long) lives with failover, in
+//! `call/outlier.rs`; this file keeps only the state it reads and writes. Load
+//! (requests in flight, a latency average) belongs beside [`Ejection`] here, so that
+//! it survives refreshes the same way.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use tokio::time::Instant;
+
+use super::EndpointData;
+use crate::util::lock::lock;
+use crate::util::pad::CachePadded;
+
+/// Who an endpoint is, across registry answers: the instance and where it listens.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Identity {
+    pub(crate) instance_id: Box<str>,
+    pub(crate) ip: Option<IpAddr>,
+    pub(crate) host: Option<Box<str>>,
+    pub(crate) port: Option<u16>,
+}
+
+/// What callers learned about one endpoint, shared by every answer that lists it.
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    /// `id@address`, for logs.
+    pub(crate) name: Box<str>,
+    /// Passive outlier detection's view of the endpoint.
+    pub(crate) ejection: Ejection,
+}
+
+/// One endpoint's ejection state, as outlier detection (`call/outlier.rs`) keeps it.
+#[derive(Debug)]
+pub(crate) struct Ejection {
+    /// Read by every warm pick; padded so that failure bookkeeping does not evict it
+    /// from readers' caches.
+    ejected: CachePadded<AtomicBool>,
+    /// Set while there are failures to forget or a probation to end, so a success
+    /// on a healthy endpoint (the common case) writes nothing.
+    pub(crate) dirty: AtomicBool,
+    state: Mutex<EjectionState>,
+}
+
+/// The part of [`Ejection`] changed only under its lock.
+#[derive(Debug, Default)]
+pub(crate) struct EjectionState {
+    pub(crate) failures: u32,
+    /// Ejections in a row (reset after a long enough healthy spell).
+    pub(crate) ejections: u32,
+    /// When the current or last ejection ends.
+    pub(crate) until: Option<Instant>,
+    pub(crate) probation: bool,
+}
+
+impl EndpointState {
+    pub(crate) fn new(name: String) -> Self {
+        EndpointState {
+            name: name.into(),
+            ejection: Ejection {
+                ejected: CachePadded::new(AtomicBool::new(false)),
+                dirty: AtomicBool::new(false),
+                state: Mutex::new(EjectionState::default()),
+            },
+        }
+    }
+
+    /// The warm path's one check: a relaxed load.
+    #[inline]
+    pub(crate) fn is_ejected(&self) -> bool {
+        self.ejection.ejected.load(Ordering::Relaxed)
+    }
+}
+
+impl Ejection {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, EjectionState> {
+        lock(&self.state)
+    }
+
+    /// Marks the endpoint ejected or admitted, as warm picks see it.
+    pub(crate) fn set_ejected(&self, yes: bool) {
+        self.ejected.store(yes, Ordering::Relaxed);
+    }
+}
+
+/// Identity to state, so a new answer gets the state of the endpoints it shares with
+/// the last one. Weak: the answers own the state.
+#[derive(Debug, Default)]
+pub(crate) struct StateTable(Mutex<Table>);
+
+#[derive(Debug, Default)]
+struct Table {
+    map: HashMap<Identity, Weak<EndpointState>>,
+    prune_at: usize,
+}
+
+impl StateTable {
+    /// Gives freshly parsed endpoints the state of the same endpoints in earlier
+    /// answers, or registers their own.
+    pub(crate) fn attach(&self, items: &mut [EndpointData]) {
+        let mut table = lock(&self.0);
+        for data in items {
+            let id = data.identity();
+            match table.map.get(&id).and_then(Weak::upgrade) {
+                Some(h) => data.set_state(h),
+                None => {
+                    table.map.insert(id, Arc::downgrade(data.state()));
+                }
+            }
+        }
+        if table.map.len() > table.prune_at {
+            // Drop the endpoints no answer lists any more; amortized by doubling.
+            table.map.retain(|_, w| w.strong_count() > 0);
+            table.prune_at = (table.map.len() * 2).max(1024);
+        }
+    }
+}

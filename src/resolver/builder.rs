@@ -1,0 +1,198 @@
+//! [`ResolverBuilder`]: a setter for every option, validation in `build`.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::options::ResolverOptions;
+use super::Resolver;
+use crate::cache::pacing::RateLimit;
+use crate::call::budget::RetryBudgetOptions;
+use crate::call::outlier::OutlierOptions;
+use crate::call::CallOptions;
+use crate::discover::health_filter::HealthFilter;
+use crate::discover::Discover;
+use crate::endpoint::policy::AddressPolicy;
+use crate::error::Error;
+use crate::select::Selection;
+
+/// Builds a [`Resolver`]; see [`ResolverOptions`] for every setting and default.
+#[must_use]
+pub struct ResolverBuilder {
+    source: Box<dyn Discover>,
+    opts: ResolverOptions,
+}
+
+impl fmt::Debug for ResolverBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResolverBuilder")
+            .field("source", &self.source)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+impl ResolverBuilder {
+    pub(super) fn new(source: Box<dyn Discover>) -> Self {
+        ResolverBuilder {
+            source,
+            opts: ResolverOptions::default(),
+        }
+    }
+
+    /// How long an answer is fresh when the source gives no TTL. Default: 5 s.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.opts.ttl = ttl;
+        self
+    }
+
+    /// How one endpoint is picked. Default: [`Selection::RoundRobin`].
+    pub fn selection(mut self, selection: Selection) -> Self {
+        self.opts.selection = selection;
+        self
+    }
+
+    /// Which instances by health. Default: [`HealthFilter::HealthyOrElseAll`].
+    pub fn health_filter(mut self, health: HealthFilter) -> Self {
+        self.opts.health_filter = health;
+        self
+    }
+
+    /// Which addresses may be handed out. Default: [`AddressPolicy::default`].
+    pub fn address_policy(mut self, policy: AddressPolicy) -> Self {
+        self.opts.address_policy = policy;
+        self
+    }
+
+    /// The port for instances registered without one. Default: none.
+    pub fn default_port(mut self, port: u16) -> Self {
+        self.opts.default_port = Some(port);
+        self
+    }
+
+    /// How many keys are cached at most. Default: 10,000.
+    pub fn capacity(mut self, keys: u64) -> Self {
+        self.opts.capacity = keys;
+        self
+    }
+
+    /// How long the last good answer is served while the registry fails. Default: 1 day.
+    pub fn max_stale(mut self, age: Duration) -> Self {
+        self.opts.max_stale = age;
+        self
+    }
+
+    /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
+    /// Default: none.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.opts.rate_limit = Some(limit);
+        self
+    }
+
+    /// Seeds selection and jitter, for reproducible tests. Default: random.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.opts.seed = Some(seed);
+        self
+    }
+
+    /// The longest a registry call may take; also how long a cold key waits at most
+    /// when the registry hangs. Default: 5 s.
+    pub fn fetch_timeout(mut self, limit: Duration) -> Self {
+        self.opts.fetch_timeout = limit;
+        self
+    }
+
+    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both.
+    /// Default: false.
+    pub fn prefer_ipv6(mut self, prefer: bool) -> Self {
+        self.opts.prefer_ipv6 = prefer;
+        self
+    }
+
+    /// A key not resolved for this long is dropped. Default: 10 min.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.opts.idle_timeout = idle;
+        self
+    }
+
+    /// How long a not-found answer is remembered. Default: 2 s.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.opts.negative_ttl = ttl;
+        self
+    }
+
+    /// Whether keys in use are refreshed in the background before they expire.
+    /// Default: true.
+    pub fn refresh_ahead(mut self, on: bool) -> Self {
+        self.opts.refresh_ahead = on;
+        self
+    }
+
+    /// How often instances are fetched in full between revision polls; `None` turns
+    /// revision polling off. Default: 30 s.
+    pub fn full_refresh_interval(mut self, every: Option<Duration>) -> Self {
+        self.opts.full_refresh_interval = every;
+        self
+    }
+
+    /// First delay before retrying a failed refresh (doubling, jittered).
+    /// Default: 500 ms.
+    pub fn backoff_base(mut self, delay: Duration) -> Self {
+        self.opts.backoff_base = delay;
+        self
+    }
+
+    /// Longest delay between refresh retries. Default: 30 s.
+    pub fn backoff_max(mut self, delay: Duration) -> Self {
+        self.opts.backoff_max = delay;
+        self
+    }
+
+    /// Whether refreshes slow down when the registry throttles (see
+    /// [`ResolverOptions::adapt_to_throttling`]). Default: true.
+    pub fn adapt_to_throttling(mut self, on: bool) -> Self {
+        self.opts.adapt_to_throttling = on;
+        self
+    }
+
+    /// Defaults of [`Resolver::call`]. Default: [`CallOptions::default`].
+    pub fn call_options(mut self, call: CallOptions) -> Self {
+        self.opts.call = call;
+        self
+    }
+
+    /// Passive outlier detection. Default: [`OutlierOptions::default`]. Build the
+    /// options from `OutlierOptions::default()` and set its public fields.
+    pub fn outlier_detection(mut self, outlier: OutlierOptions) -> Self {
+        self.opts.outlier = outlier;
+        self
+    }
+
+    /// The retry budget of [`Resolver::call`]. Default: [`RetryBudgetOptions::default`].
+    pub fn retry_budget(mut self, budget: RetryBudgetOptions) -> Self {
+        self.opts.retry_budget = budget;
+        self
+    }
+
+    /// Replaces every setting at once.
+    pub fn options(mut self, opts: ResolverOptions) -> Self {
+        self.opts = opts;
+        self
+    }
+
+    /// Checks the settings and builds the resolver.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
+    /// capacity, a backoff maximum below its base, a malformed weight attribute,
+    /// call, outlier or retry budget settings out of range, or a rate limit that is
+    /// not a positive rate with a burst of at least one;
+    /// [`Configuration`](crate::ErrorKind::Configuration) when the source reports
+    /// itself misconfigured ([`Discover::validate`](crate::Discover::validate), e.g. a
+    /// [`CloudMapDiscovery`](crate::CloudMapDiscovery) without a region).
+    pub fn build(self) -> Result<Resolver, Error> {
+        self.opts.validate()?;
+        self.source.validate()?;
+        Ok(Resolver::from_parts(self.source, self.opts))
+    }
+}

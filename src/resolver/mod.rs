@@ -1,0 +1,339 @@
+//! Where a request enters: [`Resolver`], the handle users hold, with its builder,
+//! options, queries and endpoint lists.
+//!
+//! The resolver owns the layers below and wires them together: the cache (per-key
+//! answers), the outlier policy and retry budget of `call`, and the options. A
+//! resolve goes straight to the cache's warm path; a call gets a [`CallContext`].
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::cache::key::{Key, KeyRef};
+use crate::cache::Cache;
+use crate::call::budget::RetryBudget;
+use crate::call::outlier::{Outcome, OutlierDetector};
+use crate::call::{Call, CallContext, MAX_ATTEMPTS};
+use crate::discover::Discover;
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::stats::Stats;
+use crate::util::stripe::stripe;
+
+mod builder;
+mod endpoints;
+pub(crate) mod options;
+mod query;
+
+pub use builder::ResolverBuilder;
+pub use endpoints::Endpoints;
+use options::ResolverOptions;
+pub use query::Query;
+
+/// Finds live endpoints of services: cached, filtered, picked.
+///
+/// A cheap-to-clone handle (an `Arc` inside): clone it into every task rather than
+/// wrapping it. Every future it returns is `Send`. It must be used within a Tokio
+/// runtime with the time driver enabled, which runs its background refreshes.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{HealthFilter, Instance, Resolver, Selection, StaticDiscovery};
+///
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "logs", Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080))
+///     .with_instance("shared", "logs", Instance::new("i-2").ipv4("127.0.0.1".parse().unwrap()).port(8081));
+/// let resolver = Resolver::builder(registry)
+///     .ttl(Duration::from_secs(5))
+///     .selection(Selection::RoundRobin)
+///     .health_filter(HealthFilter::HealthyOrElseAll)
+///     .build()?;
+/// let a = resolver.resolve("shared", "logs").await?;
+/// let b = resolver.resolve("shared", "logs").await?;
+/// assert_ne!(a, b, "round-robin alternates");
+/// assert_eq!(resolver.resolve_all("shared", "logs").await?.len(), 2);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Resolver {
+    pub(crate) cache: Arc<Cache>,
+    shared: Arc<Shared>,
+}
+
+/// What the resolver keeps beside its cache: the options it was built with, and the
+/// state its calls share.
+struct Shared {
+    opts: ResolverOptions,
+    outliers: OutlierDetector,
+    budget: RetryBudget,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver")
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Resolver {
+    /// Starts building a resolver over a source of instances.
+    pub fn builder(source: impl Discover + 'static) -> ResolverBuilder {
+        ResolverBuilder::new(Box::new(source))
+    }
+
+    /// A resolver over Cloud Map with the default AWS configuration chain
+    /// (environment, profile, instance or task role) and default options.
+    ///
+    /// # Errors
+    ///
+    /// [`Configuration`](crate::ErrorKind::Configuration) when the environment gives
+    /// no region or no credentials provider (checked without a network call;
+    /// credentials that fail to load surface as `Configuration` on the first
+    /// resolve).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// let resolver = cloudmap_resolver::Resolver::from_env().await?;
+    /// let ep = resolver.resolve("shared", "logs").await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn from_env() -> Result<Resolver, Error> {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Resolver::builder(crate::CloudMapDiscovery::new(&sdk)).build()
+    }
+
+    /// One endpoint of `service` in `namespace`, picked by the resolver's
+    /// [`Selection`](crate::Selection) from the cached answer.
+    ///
+    /// A warm key is answered from memory without locking, allocating or waiting;
+    /// a cold or expired key asks the registry, one call per key however many
+    /// callers wait for it.
+    ///
+    /// # Errors
+    ///
+    /// - [`InvalidInput`](crate::ErrorKind::InvalidInput): a name breaks Cloud Map's
+    ///   rules (checked before any network call);
+    /// - [`NamespaceNotFound`](crate::ErrorKind::NamespaceNotFound),
+    ///   [`ServiceNotFound`](crate::ErrorKind::ServiceNotFound): the registry says so;
+    /// - [`NoEndpoints`](crate::ErrorKind::NoEndpoints): nothing usable matched;
+    /// - [`Throttled`](crate::ErrorKind::Throttled),
+    ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
+    ///   earlier answer may be served.
+    pub async fn resolve(&self, namespace: &str, service: &str) -> Result<Endpoint, Error> {
+        let key = KeyRef::plain(namespace, service, self.shared.opts.health_filter);
+        // The warm path runs in this future's own first poll: handing the key to the
+        // nested `pick` future first costs a copy of it and a stalled reload.
+        if let Some(ep) = self.warm_pick(&key) {
+            return Ok(ep);
+        }
+        self.pick(key).await
+    }
+
+    /// Every endpoint of `service` in `namespace`, in the registry's order.
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    pub async fn resolve_all(&self, namespace: &str, service: &str) -> Result<Endpoints, Error> {
+        let key = KeyRef::plain(namespace, service, self.shared.opts.health_filter);
+        self.all(key).await
+    }
+
+    /// A query with attribute filters or another health filter.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "logs", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "logs", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let ep = resolver.query("shared", "logs").attribute("stage", "prod").resolve().await?;
+    /// assert_eq!(ep.instance_id(), "a");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn query<'a>(&'a self, namespace: &'a str, service: &'a str) -> Query<'a> {
+        Query::new(
+            self,
+            Key::plain(namespace, service, self.shared.opts.health_filter),
+        )
+    }
+
+    /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
+    /// up to 8 distinct endpoints in selection order, ejected ones last. Await the
+    /// returned [`Call`]; its methods override the resolver's [`CallOptions`](crate::CallOptions) for this
+    /// call (attempts, per-attempt timeout, deadline, which errors to retry).
+    ///
+    /// # Errors
+    ///
+    /// A [`CallError`](crate::CallError) listing every attempt's endpoint and error;
+    /// its [`kind`](crate::CallError::kind) is
+    /// [`AttemptsExhausted`](crate::ErrorKind::AttemptsExhausted), or a
+    /// [`resolve`](Self::resolve) error's kind when no endpoint could be found.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
+    /// use tokio::net::TcpStream;
+    ///
+    /// let live = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let socket = tokio::net::TcpSocket::new_v4()?;
+    /// socket.bind("127.0.0.1:0".parse()?)?; // bound, not listening: connections are refused
+    /// let dead = socket.local_addr()?;
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("dead").ipv4("127.0.0.1".parse()?).port(dead.port()))
+    ///     .with_instance("shared", "web", Instance::new("live").ipv4("127.0.0.1".parse()?).port(live.local_addr()?.port()));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// for _ in 0..4 {
+    ///     let id = resolver.call("shared", "web", |ep: Endpoint| async move {
+    ///         TcpStream::connect(ep.socket_addr().unwrap()).await?;
+    ///         Ok::<_, std::io::Error>(ep.instance_id().to_owned())
+    ///     }).await?;
+    ///     assert_eq!(id, "live");
+    /// }
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn call<'a, F, Fut, T, E>(
+        &'a self,
+        namespace: &'a str,
+        service: &'a str,
+        op: F,
+    ) -> Call<'a, F, E>
+    where
+        F: FnMut(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let key = Key::plain(namespace, service, self.shared.opts.health_filter);
+        Call::new(self.context(), key, op)
+    }
+
+    /// Tells outlier detection how a use of `endpoint` went, for callers who do their
+    /// own I/O instead of using [`call`](Self::call). After
+    /// [`OutlierOptions::consecutive_failures`](crate::OutlierOptions::consecutive_failures) failures in a row the endpoint is
+    /// ejected: `resolve` skips it until its ejection time is up.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Outcome, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let a = resolver.resolve("shared", "web").await?;
+    /// for _ in 0..5 {
+    ///     resolver.report(&a, Outcome::Failure);
+    /// }
+    /// assert!(a.is_ejected());
+    /// for _ in 0..4 {
+    ///     assert_eq!(resolver.resolve("shared", "web").await?.instance_id(), "b");
+    /// }
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) {
+        self.shared
+            .outliers
+            .record(endpoint, outcome, tokio::time::Instant::now());
+    }
+
+    /// A snapshot of the resolver's counters: resolves, cache hits, registry calls by
+    /// operation, stale answers, failures, ejections, retries, budget refusals.
+    pub fn stats(&self) -> Stats {
+        let o = &self.shared.outliers;
+        self.cache
+            .counters
+            .snapshot(o.ejections(), o.readmissions())
+    }
+
+    /// How many keys are cached now.
+    pub fn cached_keys(&self) -> usize {
+        self.cache.run_pending_tasks();
+        self.cache.len()
+    }
+
+    /// The options this resolver was built with.
+    pub fn options(&self) -> &ResolverOptions {
+        &self.shared.opts
+    }
+
+    /// What a [`Call`] needs of this resolver.
+    pub(crate) fn context(&self) -> CallContext<'_> {
+        CallContext {
+            cache: &self.cache,
+            outliers: &self.shared.outliers,
+            budget: &self.shared.budget,
+            counters: &self.cache.counters,
+            defaults: &self.shared.opts.call,
+        }
+    }
+
+    /// Up to 8 endpoints of a service in the order a [`call`](Self::call) tries
+    /// them (the selection's pick first, ejected ones last): the candidate lookup
+    /// every integration uses, the same one `call` makes.
+    #[cfg_attr(not(any(feature = "reqwest", feature = "hyper")), allow(dead_code))]
+    pub(crate) async fn candidates(
+        &self,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Vec<Endpoint>, Error> {
+        let key = KeyRef::plain(namespace, service, self.shared.opts.health_filter);
+        let outliers = &self.shared.outliers;
+        self.cache
+            .candidates(key, MAX_ATTEMPTS, |h, now| outliers.is_ejected(h, now))
+            .await
+    }
+
+    fn from_parts(source: Box<dyn Discover>, opts: ResolverOptions) -> Resolver {
+        Resolver {
+            cache: Arc::new(Cache::new(source, opts.cache_config())),
+            shared: Arc::new(Shared {
+                outliers: OutlierDetector::new(opts.outlier.clone()),
+                budget: RetryBudget::new(opts.retry_budget.clone()),
+                opts,
+            }),
+        }
+    }
+
+    #[inline]
+    fn warm_pick(&self, key: &KeyRef<'_>) -> Option<Endpoint> {
+        let selection = &self.cache.config.selection;
+        self.cache
+            .warm(key, |snap, seed, s| snap.pick(selection, seed, s))
+    }
+
+    pub(crate) async fn pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
+        if let Some(ep) = self.warm_pick(&key) {
+            return Ok(ep);
+        }
+        // Boxed so that the warm path's future stays small.
+        let (slot, snap) = Box::pin(self.cache.load(key)).await?;
+        Ok(snap.pick(&self.cache.config.selection, slot.seed, stripe()))
+    }
+
+    pub(crate) async fn all(&self, key: KeyRef<'_>) -> Result<Endpoints, Error> {
+        if let Some(all) = self.cache.warm(&key, |snap, _, s| snap.all(s)) {
+            return Ok(Endpoints::new(all));
+        }
+        let (_, snap) = Box::pin(self.cache.load(key)).await?;
+        Ok(Endpoints::new(snap.all(stripe())))
+    }
+}

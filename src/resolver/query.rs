@@ -1,0 +1,97 @@
+//! [`Query`]: a resolve (or call) with attribute filters or another health filter.
+
+use std::future::Future;
+
+use super::{Endpoints, Resolver};
+use crate::cache::key::Key;
+use crate::call::Call;
+use crate::discover::health_filter::HealthFilter;
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+
+/// A resolve with attribute filters; made by [`Resolver::query`].
+#[derive(Debug)]
+#[must_use]
+pub struct Query<'a> {
+    resolver: &'a Resolver,
+    key: Key<'a>,
+}
+
+impl<'a> Query<'a> {
+    pub(super) fn new(resolver: &'a Resolver, key: Key<'a>) -> Self {
+        Query { resolver, key }
+    }
+
+    /// Only instances whose attribute `key` is `value` (a DiscoverInstances query
+    /// parameter).
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.key.require(key.into(), value.into());
+        self
+    }
+
+    /// Prefer instances whose attribute `key` is `value`, when there are any (a
+    /// DiscoverInstances optional parameter).
+    pub fn optional_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.key.prefer(key.into(), value.into());
+        self
+    }
+
+    /// Another health filter than the resolver's.
+    pub fn health(mut self, health: HealthFilter) -> Self {
+        self.key.health = health;
+        self
+    }
+
+    /// One endpoint matching the query.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::resolve`]; a malformed attribute is `InvalidInput`.
+    pub async fn resolve(self) -> Result<Endpoint, Error> {
+        self.resolver.pick(self.key.as_ref()).await
+    }
+
+    /// Every endpoint matching the query.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::resolve`].
+    pub async fn resolve_all(self) -> Result<Endpoints, Error> {
+        self.resolver.all(self.key.as_ref()).await
+    }
+
+    /// Runs `op` against the endpoints matching the query until one succeeds, as
+    /// [`Resolver::call`] does.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::call`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse()?;
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let id = resolver
+    ///     .query("shared", "web")
+    ///     .attribute("stage", "prod")
+    ///     .call(|ep: Endpoint| async move { Ok::<_, std::io::Error>(ep.instance_id().to_owned()) })
+    ///     .await?;
+    /// assert_eq!(id, "a");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn call<F, Fut, T, E>(self, op: F) -> Call<'a, F, E>
+    where
+        F: FnMut(Endpoint) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        Call::new(self.resolver.context(), self.key, op)
+    }
+}

@@ -1,0 +1,209 @@
+//! The per-answer picking state: which endpoint the next pick takes, and the order
+//! `call` tries them in.
+//!
+//! One [`Picker`] per registry answer, made by the cache when the answer is
+//! installed. Its cursors are striped per thread (`util::stripe`) and padded, so that
+//! picks on different cores write different lines; the warm path's pick is one
+//! cursor load and store, one `Selection::pick` and one relaxed flag read per
+//! candidate (the zero-allocation pick is guarded by `tests/alloc.rs`, its cost by
+//! `benches/warm.rs`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::Selection;
+use crate::endpoint::{Endpoint, EndpointSet, EndpointState, SetRef};
+use crate::util::hash::splitmix64;
+use crate::util::pad::CachePadded;
+use crate::util::stripe::STRIPES;
+
+/// The endpoints of one answer with the selection's counters, per thread stripe.
+pub(crate) struct Picker {
+    pub(crate) set: Arc<EndpointSet>,
+    refs: [Arc<SetRef>; STRIPES],
+    cursors: [CachePadded<AtomicU64>; STRIPES],
+}
+
+impl Picker {
+    /// The picking state of `set`, carrying on from `prev` (the last answer's).
+    pub(crate) fn new(set: Arc<EndpointSet>, prev: Option<&Picker>) -> Self {
+        let refs = std::array::from_fn(|_| Arc::new(SetRef::new(set.clone())));
+        // Counters carry over, so a refresh does not restart round-robin at the first
+        // endpoint; each stripe starts far from the others so seeded random streams
+        // differ per stripe.
+        let cursors = std::array::from_fn(|i| {
+            let start = prev.map_or((i as u64) << 40, |p| p.cursors[i].load(Ordering::Relaxed));
+            CachePadded::new(AtomicU64::new(start))
+        });
+        Picker { set, refs, cursors }
+    }
+
+    /// The next counter value of stripe `s`.
+    #[inline]
+    fn next_draw(&self, s: usize) -> u64 {
+        // A load and a store, not a locked add: the stripe is this thread's own unless
+        // more threads than stripes pick at once, and then a lost step only repeats a
+        // pick. A locked add would bring a fence onto the warm path (benches/warm.rs).
+        let cursor = &self.cursors[s];
+        let draw = cursor.load(Ordering::Relaxed);
+        cursor.store(draw.wrapping_add(1), Ordering::Relaxed);
+        draw
+    }
+
+    /// The selection's index for counter value `draw`.
+    #[inline]
+    fn index(&self, selection: &Selection, seed: u64, draw: u64) -> usize {
+        selection.pick(
+            self.set.items.len(),
+            self.set.cumulative.as_deref(),
+            draw,
+            seed,
+        )
+    }
+
+    /// The selection's next index for stripe `s`.
+    #[inline]
+    fn draw(&self, selection: &Selection, seed: u64, s: usize) -> usize {
+        self.index(selection, seed, self.next_draw(s))
+    }
+
+    /// The selection's pick among the endpoints `ejected` does not exclude, or any
+    /// endpoint when it excludes them all (failing open). Each admitted endpoint gets
+    /// the share it would have if the ejected ones were not registered: an ejected
+    /// endpoint's turn is not handed to its neighbour, which would carry double load
+    /// exactly when capacity is short. When nothing is ejected this is one draw and
+    /// one `ejected` call.
+    #[inline]
+    fn choose(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        ejected: impl Fn(usize) -> bool,
+    ) -> usize {
+        let draw = self.next_draw(s);
+        let first = self.index(selection, seed, draw);
+        if !ejected(first) {
+            return first;
+        }
+        self.redraw(selection, seed, s, draw, ejected)
+    }
+
+    /// Draws again while the drawn endpoint is ejected. Round-robin's cursor then
+    /// walks on over ejected endpoints, so it rotates over the admitted ones (n draws
+    /// visit every endpoint); for random picks this is rejection sampling, exact in
+    /// distribution. Random draws can miss n times in a row, so after n the pick is
+    /// made directly by weight among the admitted endpoints.
+    #[cold]
+    fn redraw(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        first_draw: u64,
+        ejected: impl Fn(usize) -> bool,
+    ) -> usize {
+        let first = self.index(selection, seed, first_draw);
+        let n = self.set.items.len();
+        for _ in 1..n {
+            let i = self.draw(selection, seed, s);
+            if !ejected(i) {
+                return i;
+            }
+        }
+        let weight = |i: usize| match self.set.cumulative.as_deref() {
+            Some(cum) if i > 0 => cum[i] - cum[i - 1],
+            Some(cum) => cum[0],
+            None => 1.0,
+        };
+        let mut total = 0.0;
+        let mut admitted = 0usize;
+        for i in (0..n).filter(|&i| !ejected(i)) {
+            total += weight(i);
+            admitted += 1;
+        }
+        if admitted == 0 {
+            // Failing open: undo the extra draws, so that picks rotate over every
+            // endpoint as if none were ejected (n draws per pick would land
+            // round-robin on the same endpoint each time).
+            self.cursors[s].store(first_draw.wrapping_add(1), Ordering::Relaxed);
+            return first;
+        }
+        // Admitted endpoints of weight 0 only: equal weights among them, as when every
+        // weight is 0.
+        let equal = total <= 0.0;
+        let unit =
+            (splitmix64(seed ^ self.next_draw(s)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
+        let mut x = unit * if equal { admitted as f64 } else { total };
+        let mut last = first;
+        for i in (0..n).filter(|&i| !ejected(i)) {
+            let w = if equal { 1.0 } else { weight(i) };
+            if w > 0.0 {
+                last = i;
+                if x < w {
+                    return i;
+                }
+                x -= w;
+            }
+        }
+        // Rounding can leave x a hair above the last width.
+        last
+    }
+
+    /// Picks one endpoint on thread stripe `s`, skipping ejected endpoints unless all
+    /// are ejected (failing open). The set must have endpoints.
+    #[inline]
+    pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
+        let items = &self.set.items;
+        let i = self.choose(selection, seed, s, |i| items[i].state().is_ejected());
+        Endpoint::new(self.refs[s].clone(), i)
+    }
+
+    /// Up to `max` distinct endpoints to try in turn, for `call`: the selection's pick
+    /// among the admitted endpoints first (as `pick` makes it), then the following
+    /// endpoints in the registry's order, ejected ones last. `is_ejected` is the
+    /// outlier policy's judgement (which may re-admit an endpoint whose time is up).
+    pub(crate) fn candidates(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        max: usize,
+        is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
+    ) -> Vec<Endpoint> {
+        let n = self.set.items.len();
+        let items = &self.set.items;
+        let is_ejected = |i: usize| is_ejected(items[i].state());
+        let start = self.choose(selection, seed, s, is_ejected);
+        let max = max.min(n);
+        let mut admitted = Vec::with_capacity(max);
+        let mut ejected = Vec::new();
+        for k in 0..n {
+            if admitted.len() == max {
+                break;
+            }
+            let i = (start + k) % n;
+            if is_ejected(i) {
+                if ejected.len() < max {
+                    ejected.push(i);
+                }
+            } else {
+                admitted.push(i);
+            }
+        }
+        admitted.extend(ejected);
+        admitted.truncate(max);
+        admitted
+            .into_iter()
+            .map(|i| Endpoint::new(self.refs[s].clone(), i))
+            .collect()
+    }
+
+    /// Every endpoint, in the registry's order.
+    pub(crate) fn all(&self, s: usize) -> Vec<Endpoint> {
+        let r = &self.refs[s];
+        (0..self.set.items.len())
+            .map(|i| Endpoint::new(r.clone(), i))
+            .collect()
+    }
+}

@@ -1,0 +1,9 @@
+//! Leaf helpers every layer may use and that use no other module of the crate:
+//! padding against false sharing, thread stripes, hashing, clock arithmetic that
+//! cannot overflow, and the one way the crate takes a lock.
+
+pub(crate) mod hash;
+pub(crate) mod lock;
+pub(crate) mod pad;
+pub(crate) mod stripe;
+pub(crate) mod time;
