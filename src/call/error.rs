@@ -216,6 +216,9 @@ impl<E> CallError<E> {
     }
 }
 
+// Written by hand, not derived with `thiserror` as `Error` is: the text lists every
+// attempt's `E`, and a derive cannot bound `E: Display` on the `Display` impl alone
+// without also bounding the struct (and so every user's `CallError<E>`).
 impl<E: fmt::Display> fmt::Display for CallError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(e) = &self.resolve {

@@ -14,6 +14,7 @@ use crate::cache::Cache;
 use crate::call::budget::RetryBudget;
 use crate::call::outlier::{Outcome, OutlierDetector};
 use crate::call::{Call, CallContext, MAX_ATTEMPTS};
+use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
@@ -62,6 +63,9 @@ pub use query::Query;
 pub struct Resolver {
     pub(crate) cache: Arc<Cache>,
     shared: Arc<Shared>,
+    /// A copy of `opts.health_filter` beside the cache handle, so that a warm
+    /// `resolve` reads no pointer but the cache's (`benches/warm.rs`).
+    health: HealthFilter,
 }
 
 /// What the resolver keeps beside its cache: the options it was built with, and the
@@ -127,7 +131,7 @@ impl Resolver {
     ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
     ///   earlier answer may be served.
     pub async fn resolve(&self, namespace: &str, service: &str) -> Result<Endpoint, Error> {
-        let key = KeyRef::plain(namespace, service, self.shared.opts.health_filter);
+        let key = KeyRef::plain(namespace, service, self.health);
         // The warm path runs in this future's own first poll: handing the key to the
         // nested `pick` future first costs a copy of it and a stalled reload.
         if let Some(ep) = self.warm_pick(&key) {
@@ -142,7 +146,7 @@ impl Resolver {
     ///
     /// As [`resolve`](Self::resolve).
     pub async fn resolve_all(&self, namespace: &str, service: &str) -> Result<Endpoints, Error> {
-        let key = KeyRef::plain(namespace, service, self.shared.opts.health_filter);
+        let key = KeyRef::plain(namespace, service, self.health);
         self.all(key).await
     }
 
@@ -165,10 +169,7 @@ impl Resolver {
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
     pub fn query<'a>(&'a self, namespace: &'a str, service: &'a str) -> Query<'a> {
-        Query::new(
-            self,
-            Key::plain(namespace, service, self.shared.opts.health_filter),
-        )
+        Query::new(self, Key::plain(namespace, service, self.health))
     }
 
     /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
@@ -218,7 +219,7 @@ impl Resolver {
         F: FnMut(Endpoint) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let key = Key::plain(namespace, service, self.shared.opts.health_filter);
+        let key = Key::plain(namespace, service, self.health);
         Call::new(self.context(), key, op)
     }
 
@@ -295,7 +296,7 @@ impl Resolver {
         namespace: &str,
         service: &str,
     ) -> Result<Vec<Endpoint>, Error> {
-        let key = KeyRef::plain(namespace, service, self.shared.opts.health_filter);
+        let key = KeyRef::plain(namespace, service, self.health);
         let outliers = &self.shared.outliers;
         self.cache
             .candidates(key, MAX_ATTEMPTS, |h, now| outliers.is_ejected(h, now))
@@ -304,6 +305,7 @@ impl Resolver {
 
     fn from_parts(source: Box<dyn Discover>, opts: ResolverOptions) -> Resolver {
         Resolver {
+            health: opts.health_filter,
             cache: Arc::new(Cache::new(source, opts.cache_config())),
             shared: Arc::new(Shared {
                 outliers: OutlierDetector::new(opts.outlier.clone()),
