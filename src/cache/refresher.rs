@@ -300,3 +300,62 @@ fn settle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{ErrorKind, Instance, RateLimit, Resolver, StaticDiscovery};
+
+    fn instance(id: &str, last: u8) -> Instance {
+        Instance::new(id).ipv4([10, 0, 0, last].into()).port(80)
+    }
+
+    /// A refresh whose revision poll saw a change, and whose instances call then waits
+    /// for a paced turn, must not serve the old answer past `max_stale` meanwhile: the
+    /// warm path reads no clock, so the refresher has to expire the answer on time.
+    #[tokio::test(start_paused = true)]
+    async fn paced_refresh_never_serves_past_max_stale() {
+        let registry = StaticDiscovery::new().with_instance("shared", "web", instance("old", 1));
+        // A burst of 2, then one call every 1,000 s: the cold load and the first
+        // revision poll take the burst, so the instances call after the poll (the
+        // revision moved) waits far past max_stale for its turn.
+        let resolver = Resolver::builder(registry.clone())
+            .ttl(Duration::from_secs(1))
+            .max_stale(Duration::from_secs(10))
+            .full_refresh_interval(Some(Duration::from_secs(3600)))
+            .rate_limit(RateLimit::new(0.001, 2))
+            .seed(7)
+            .build()
+            .unwrap();
+        let first = resolver.resolve("shared", "web").await.unwrap();
+        assert_eq!(first.instance_id(), "old");
+        registry.register("shared", "web", instance("new", 2));
+
+        let (mut old_before, mut old_after, mut refused_after) = (0, 0, 0);
+        for step in 1..=300u64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let at = Duration::from_millis(100 * step);
+            match resolver.resolve("shared", "web").await {
+                Ok(ep) if ep.instance_id() == "old" && at <= Duration::from_secs(10) => {
+                    old_before += 1
+                }
+                Ok(ep) if ep.instance_id() == "old" => old_after += 1,
+                Ok(_) => {}
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Throttled, "{e}");
+                    refused_after += 1;
+                }
+            }
+        }
+        assert!(old_before > 90, "the old answer is served until max_stale");
+        assert_eq!(
+            old_after, 0,
+            "served past max_stale while waiting for a turn"
+        );
+        assert!(
+            refused_after > 0,
+            "after max_stale the key is cold, and paced"
+        );
+    }
+}
