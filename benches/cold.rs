@@ -15,11 +15,7 @@ use std::process::{Command, Stdio};
 use cloudmap_resolver::{CloudMapDiscovery, Discover, DiscoverRequest};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-mod common;
-
-#[path = "../tests/support/moto.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod moto;
+use test_support::{bench, moto};
 
 /// Why moto cannot be started, if it cannot.
 fn moto_missing() -> Option<String> {
@@ -46,11 +42,11 @@ fn cold(c: &mut Criterion) {
         println!("SKIPPED cold/discover_instances: {why}");
         return;
     }
-    let rt = common::runtime();
+    let rt = bench::runtime();
     let namespace = moto::unique("bench");
     let discovery = rt.block_on(async {
         let service = moto::http_service(&namespace, "logs").await;
-        for (i, inst) in common::instances(8).into_iter().enumerate() {
+        for (i, inst) in bench::instances(8).into_iter().enumerate() {
             let attrs: Vec<(&str, &str)> = inst
                 .attributes()
                 .iter()

@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use cloudmap_resolver::Resolver;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-mod common;
-use common::{now_or_block, report_fallbacks, runtime, Synthetic};
+use test_support::bench::{now_or_block, report_fallbacks, runtime, Synthetic};
 
 /// A resolver over a synthetic registry with `endpoints` per service, `keys`
 /// services (`svc-0`, `svc-1`, ...) loaded into its cache.

@@ -15,6 +15,11 @@
 //!   over 8 endpoints and the clone of the picked endpoint.
 //! - `warm/floor_fx`: the same floor with the Fx hash the resolver uses, for
 //!   reference: the floor minus SipHash.
+//! - `warm/floor_arc`: what a plain `Arc`-based design costs at least: a std
+//!   `HashMap` keyed by `(String, String)` (namespace, service) looked up with a ready
+//!   key, an `ArcSwap` of 8 `Arc` endpoints, an atomic round-robin cursor beside it,
+//!   and an `Arc` clone of the picked endpoint handed out. `scripts/bench-report`
+//!   holds `warm/resolve` to at most 1.5x of it.
 //! - `warm/moka_get`: the obvious design: a `moka::future::Cache` get with a ready
 //!   key (no allocation for the key) and the same atomic round-robin pick.
 //! - `warm/hickory_cached`: hickory-resolver's `lookup_ip` (IPv4 only, hosts file
@@ -24,7 +29,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -32,8 +36,8 @@ use arc_swap::ArcSwap;
 use cloudmap_resolver::{Endpoint, Resolver, StaticDiscovery};
 use criterion::{criterion_group, criterion_main, Criterion};
 
-mod common;
-use common::{instances, now_or_block, report_fallbacks, runtime};
+use test_support::bench::{instances, now_or_block, report_fallbacks, runtime};
+use test_support::dns::zone::{ZoneServer, NAME as DNS_NAME};
 
 const NAMESPACE: &str = "shared";
 const SERVICE: &str = "logs";
@@ -81,6 +85,27 @@ impl Hasher for Fx {
     }
 }
 
+/// One service in the `Arc` design: its endpoints swapped whole on refresh, and a
+/// cursor that outlives the swaps.
+#[derive(Debug)]
+struct ArcPool {
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    cursor: AtomicU64,
+}
+
+#[inline]
+fn floor_arc_pick(
+    map: &HashMap<(String, String), ArcPool>,
+    key: &(String, String),
+) -> Option<Arc<Endpoint>> {
+    let pool = map.get(key)?;
+    let endpoints = pool.endpoints.load();
+    let n = pool.cursor.fetch_add(1, Ordering::Relaxed);
+    Some(Arc::clone(
+        &endpoints[(n % endpoints.len() as u64) as usize],
+    ))
+}
+
 #[inline]
 fn floor_pick<S: std::hash::BuildHasher>(
     map: &HashMap<String, ArcSwap<Pool>, S>,
@@ -108,23 +133,42 @@ fn warm(c: &mut Criterion) {
     let mut floor_fx: HashMap<_, _, BuildHasherDefault<Fx>> = HashMap::default();
     floor_fx.insert(key.clone(), ArcSwap::from_pointee(Pool::new(8)));
 
+    let arc_key = (NAMESPACE.to_owned(), SERVICE.to_owned());
+    let mut floor_arc = HashMap::new();
+    floor_arc.insert(
+        arc_key.clone(),
+        ArcPool {
+            endpoints: ArcSwap::from_pointee(
+                instances(8)
+                    .into_iter()
+                    .map(|i| Arc::new(Endpoint::from_instance(i).expect("valid instance")))
+                    .collect(),
+            ),
+            cursor: AtomicU64::new(0),
+        },
+    );
+
     let moka: moka::future::Cache<String, Arc<Pool>> = moka::future::Cache::new(10_000);
     rt.block_on(moka.insert(key.clone(), Arc::new(Pool::new(8))));
 
-    let dns = rt.block_on(dns::start());
-    let hickory = dns::resolver(dns.port);
-    rt.block_on(hickory.lookup_ip(dns::NAME))
+    let dns = rt.block_on(ZoneServer::start());
+    let hickory = dns.resolver();
+    rt.block_on(hickory.lookup_ip(DNS_NAME))
         .expect("hickory warms its cache");
 
     // Inputs go through `black_box` once, outside the timed loops: opaque to the
     // optimizer, without a per-iteration trip through memory.
-    let (ns, svc, key, name) = black_box((NAMESPACE, SERVICE, key.as_str(), dns::NAME));
+    let (ns, svc, key, name) = black_box((NAMESPACE, SERVICE, key.as_str(), DNS_NAME));
+    let arc_key = black_box(&arc_key);
     let mut g = c.benchmark_group("warm");
     g.bench_function("resolve", |b| {
         b.iter(|| now_or_block(&rt, resolver.resolve(ns, svc)))
     });
     g.bench_function("floor", |b| b.iter(|| floor_pick(&floor, key)));
     g.bench_function("floor_fx", |b| b.iter(|| floor_pick(&floor_fx, key)));
+    g.bench_function("floor_arc", |b| {
+        b.iter(|| floor_arc_pick(&floor_arc, arc_key))
+    });
     g.bench_function("moka_get", |b| {
         b.iter(|| now_or_block(&rt, moka.get(key)).map(|p| p.pick()))
     });
@@ -138,73 +182,6 @@ fn warm(c: &mut Criterion) {
     g.finish();
     drop(dns);
     report_fallbacks("warm");
-}
-
-/// A DNS server on loopback for hickory-resolver to cache from.
-mod dns {
-    use super::*;
-    use hickory_resolver::config::{
-        LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig,
-    };
-    use hickory_resolver::net::runtime::TokioRuntimeProvider;
-    use hickory_resolver::TokioResolver;
-    use hickory_server::proto::rr::rdata::{A, SOA};
-    use hickory_server::proto::rr::{LowerName, Name, RData, Record};
-    use hickory_server::store::in_memory::InMemoryZoneHandler;
-    use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-    use hickory_server::Server;
-
-    pub(super) const NAME: &str = "logs.shared.";
-
-    pub(super) struct Dns {
-        pub(super) port: u16,
-        _server: Server<Catalog>,
-    }
-
-    /// `logs.shared.` with 8 A records (TTL 1 h), on a free UDP port of 127.0.0.1.
-    pub(super) async fn start() -> Dns {
-        let origin = Name::from_ascii("shared.").expect("name");
-        let name = Name::from_ascii(NAME).expect("name");
-        let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
-            origin.clone(),
-            ZoneType::Primary,
-            AxfrPolicy::Deny,
-        );
-        let soa = SOA::new(origin.clone(), origin.clone(), 1, 3600, 600, 86_400, 60);
-        zone.upsert_mut(Record::from_rdata(origin.clone(), 3600, RData::SOA(soa)), 1);
-        for i in 0..8 {
-            let a = A(Ipv4Addr::new(10, 0, 0, i));
-            zone.upsert_mut(Record::from_rdata(name.clone(), 3600, RData::A(a)), 1);
-        }
-        let mut catalog = Catalog::new();
-        catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind a loopback UDP port");
-        let port = socket.local_addr().expect("local address").port();
-        let mut server = Server::new(catalog);
-        server.register_socket(socket);
-        Dns {
-            port,
-            _server: server,
-        }
-    }
-
-    /// A resolver of that server only, with its cache on (the default).
-    pub(super) fn resolver(port: u16) -> TokioResolver {
-        let mut ns = NameServerConfig::udp(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        for c in &mut ns.connections {
-            c.port = port;
-        }
-        let mut builder = TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(vec![ns]),
-            TokioRuntimeProvider::default(),
-        );
-        let opts = builder.options_mut();
-        opts.ip_strategy = LookupIpStrategy::Ipv4Only;
-        opts.use_hosts_file = ResolveHosts::Never;
-        builder.build().expect("hickory resolver")
-    }
 }
 
 criterion_group!(benches, warm);

@@ -11,17 +11,14 @@
 //! cargo run --release --example fleet_sim -- 5000    # 5,000 processes
 //! ```
 //!
-//! The assertions on these numbers live in `tests/fleet.rs`; see README "Running a
+//! The simulation is `test_support::fleet`; the assertions on these numbers live in
+//! `tests/integration/fleet.rs`; see README "Running a
 //! fleet" for what the columns mean.
-
-#[path = "../tests/support/fleet.rs"]
-#[allow(dead_code)]
-mod fleet;
 
 use std::time::Duration;
 
 use cloudmap_resolver::ResolverOptions;
-use fleet::{Client, Report, Scenario};
+use test_support::fleet::{Client, Report, Scenario};
 
 /// README "Running a fleet": TTL and full-refresh interval (seconds) by fleet size,
 /// for 20 services a process.

@@ -10,8 +10,7 @@ use std::alloc::System;
 use cloudmap_resolver::Resolver;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
-#[path = "../benches/common/mod.rs"]
-mod common;
+use test_support::bench;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -24,8 +23,8 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// loaded (endpoints carry an address, a port and two attributes, as in the
 /// benchmarks).
 fn bytes_per_key(endpoints: usize) -> usize {
-    let rt = common::runtime();
-    let resolver = Resolver::builder(common::Synthetic { endpoints })
+    let rt = bench::runtime();
+    let resolver = Resolver::builder(bench::Synthetic { endpoints })
         .capacity(KEYS as u64 * 2)
         .build()
         .unwrap();
@@ -65,8 +64,8 @@ fn bytes_per_cached_key() {
 fn memo_lets_go_of_a_dropped_resolver() {
     let _one_at_a_time = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Warm up lazily allocated statics (runtime, tracing, the memo itself) first.
-    let rt = common::runtime();
-    let warm = Resolver::builder(common::Synthetic { endpoints: 1 })
+    let rt = bench::runtime();
+    let warm = Resolver::builder(bench::Synthetic { endpoints: 1 })
         .build()
         .unwrap();
     rt.block_on(warm.resolve("shared", "warm-up")).unwrap();
@@ -75,8 +74,8 @@ fn memo_lets_go_of_a_dropped_resolver() {
     drop(rt);
 
     let region = Region::new(GLOBAL);
-    let rt = common::runtime();
-    let resolver = Resolver::builder(common::Synthetic { endpoints: 1_000 })
+    let rt = bench::runtime();
+    let resolver = Resolver::builder(bench::Synthetic { endpoints: 1_000 })
         .build()
         .unwrap();
     let loaded = Region::new(GLOBAL);

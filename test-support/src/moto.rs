@@ -14,18 +14,25 @@ pub struct Moto {
     _child: Mutex<Child>,
 }
 
-/// Where the test command installed moto: `$MOTO_PYTHON`, else `.venv/bin/python`.
-fn python() -> PathBuf {
+/// Where the test command installed moto: `$MOTO_PYTHON`, else `.venv/bin/python` at
+/// the repository root (the parent of this crate's directory).
+pub fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("MOTO_PYTHON") {
         return p.into();
     }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let p = repo_root().join(".venv/bin/python");
     assert!(
         p.exists(),
         "moto is not installed: run scripts/test (it installs a pinned moto[server] into .venv), \
          or set MOTO_PYTHON to a python that has it"
     );
     p
+}
+
+/// The repository root, where `scripts/test` puts `.venv`.
+pub fn repo_root() -> PathBuf {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
 const LAUNCH: &str = r#"

@@ -1,8 +1,6 @@
 //! The public contract from DESIGN.md: compiled exactly as written, and run against
 //! real parts (moto for Cloud Map, a DNS server on loopback, a static registry).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -109,7 +107,7 @@ async fn hello_server(name: &'static str) -> SocketAddr {
 /// The same lines, run: Cloud Map through moto, DNS through a loopback server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn contract_runs_against_real_parts() {
-    use support::moto::{http_service, register};
+    use test_support::moto::{http_service, register};
 
     // Cloud Map: shared/logs with a prod instance in use1-az1 and a dev one; shared/web
     // with a dead instance and a live one, so `call` must fail over.
@@ -136,7 +134,7 @@ async fn contract_runs_against_real_parts() {
         ],
     )
     .await;
-    let web = support::moto::admin()
+    let web = test_support::moto::admin()
         .create_service()
         .name("web")
         .namespace_id(namespace_id("shared").await)
@@ -144,7 +142,7 @@ async fn contract_runs_against_real_parts() {
         .await
         .unwrap();
     let web = web.service().unwrap().id().unwrap().to_owned();
-    let (dead, _held) = support::net::closed_port();
+    let (dead, _held) = test_support::net::closed_port();
     let dead_port = dead.port().to_string();
     let live = hello_server("web-live").await;
     register(
@@ -166,7 +164,8 @@ async fn contract_runs_against_real_parts() {
     )
     .await;
 
-    let sdk = support::moto::sdk_config(&format!("http://{}", support::moto::moto().addr));
+    let sdk =
+        test_support::moto::sdk_config(&format!("http://{}", test_support::moto::moto().addr));
     let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk))
         .ttl(Duration::from_secs(5))
         .selection(Selection::RoundRobin)
@@ -205,7 +204,7 @@ async fn contract_runs_against_real_parts() {
     }
 
     // DNS: api.prod.internal has A records on a loopback server.
-    let server = support::dns::DnsServer::start().await;
+    let server = test_support::dns::DnsServer::start().await;
     server.add_a("api.prod.internal", "127.0.0.7", 30);
     let dns = Resolver::builder(DnsDiscovery::with_name_servers([server.addr]).default_port(9000))
         .build()
@@ -242,7 +241,7 @@ async fn contract_runs_against_real_parts() {
 }
 
 async fn namespace_id(name: &str) -> String {
-    let list = support::moto::admin()
+    let list = test_support::moto::admin()
         .list_namespaces()
         .send()
         .await

@@ -1,8 +1,5 @@
 //! The hyper-util resolver: `HttpConnector::new_with_resolver` against real HTTP
 //! servers on loopback (connection-level failover).
-#![cfg(feature = "hyper")]
-
-mod support;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -11,9 +8,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use cloudmap_resolver::{HostMap, HyperResolver, Resolver, StaticDiscovery};
-use support::counting::Counting;
-use support::http::{registry, three_servers, HttpServer, Mode};
-use support::net::closed_port;
+use test_support::counting::Counting;
+use test_support::http::{registry, three_servers, HttpServer, Mode};
+use test_support::net::closed_port;
 
 type HttpClient = Client<HttpConnector<HyperResolver>, Full<Bytes>>;
 

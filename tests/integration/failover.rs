@@ -5,8 +5,6 @@
 //! proxy); the rest use `StaticDiscovery` on paused time, so ejection times and the
 //! budget window are exact.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,9 +14,9 @@ use cloudmap_resolver::{
     AttemptError, CallStop, CloudMapDiscovery, Endpoint, ErrorKind, Instance, Outcome,
     OutlierOptions, Resolver, StaticDiscovery,
 };
-use support::moto::{self, http_service, register, unique};
-use support::net::closed_port;
-use support::proxy::Proxy;
+use test_support::moto::{self, http_service, register, unique};
+use test_support::net::closed_port;
+use test_support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

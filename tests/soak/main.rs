@@ -24,8 +24,21 @@
 //! the budget sheds retry load by design, which is not what this test measures.
 //!
 //! Run alone, with the figures: `cargo test --all-features --test soak -- --nocapture`.
+//!
+//! A binary of its own: it holds the resident memory of the whole process to a bound,
+//! which other tests running beside it would move.
+//!
+//! Files: `tally.rs` (what the callers saw, and the operation that records it),
+//! `judge.rs` (the address policy written out independently of the crate),
+//! `chaos.rs` (the backends, their registrations and the random schedule).
 
-mod support;
+mod chaos;
+mod judge;
+mod tally;
+
+use chaos::Chaos;
+use judge::{ip_literal, refused};
+use tally::{attempt, Tally};
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -36,9 +49,9 @@ use std::time::{Duration, Instant};
 use cloudmap_resolver::{CloudMapDiscovery, Endpoint, Query, Resolver, ResolverOptions, Stats};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use support::http::{get_ok, Backend};
-use support::moto::{self, deregister, http_service, register, unique};
-use support::proxy::{Fault, Proxy};
+use test_support::http::{get_ok, Backend};
+use test_support::moto::{self, deregister, http_service, register, unique};
+use test_support::proxy::{Fault, Proxy};
 
 const SEED: u64 = 0x50a4_c4a0_5eed;
 const TASKS: usize = 16;
@@ -107,162 +120,6 @@ impl Key {
     }
 }
 
-/// What the callers saw.
-#[derive(Default)]
-struct Tally {
-    calls: AtomicU64,
-    failed: AtomicU64,
-    timed_out: AtomicU64,
-    attempts: AtomicU64,
-    /// Attempts on an address the default policy refuses (judged by `refused`).
-    refused_addr: AtomicU64,
-    /// Attempts on one of the `DENIED` instances, whatever its address.
-    denied_ids: AtomicU64,
-    /// Attempts on a host-name endpoint (none is registered that may be used).
-    host_names: AtomicU64,
-    /// Distinct endpoints behind the three counts above.
-    bad: Mutex<BTreeSet<String>>,
-    /// The first few failed calls.
-    failures: Mutex<Vec<String>>,
-}
-
-impl Tally {
-    fn note_failure(&self, what: String) {
-        let mut f = self.failures.lock().unwrap();
-        if f.len() < 10 {
-            f.push(what);
-        }
-    }
-
-    fn figures(&self) -> Figures {
-        Figures {
-            calls: self.calls.load(Relaxed),
-            failed: self.failed.load(Relaxed),
-            attempts: self.attempts.load(Relaxed),
-        }
-    }
-}
-
-#[derive(Clone, Copy, Default)]
-struct Figures {
-    calls: u64,
-    failed: u64,
-    attempts: u64,
-}
-
-/// The operation: records the endpoint, then sends a GET if it is a loopback socket
-/// address. Nothing else is ever connected to.
-async fn attempt(ep: Endpoint, tally: Arc<Tally>) -> Result<(), String> {
-    tally.attempts.fetch_add(1, Relaxed);
-    let refused_addr = match (ep.ip(), ep.host()) {
-        (Some(ip), _) => refused(ip),
-        (None, Some(host)) => ip_literal(host).is_some_and(refused),
-        (None, None) => false,
-    };
-    let denied_id = DENIED.iter().any(|(id, ..)| *id == ep.instance_id());
-    let host_name = ep.host().is_some();
-    for (hit, counter) in [
-        (refused_addr, &tally.refused_addr),
-        (denied_id, &tally.denied_ids),
-        (host_name, &tally.host_names),
-    ] {
-        if hit {
-            counter.fetch_add(1, Relaxed);
-        }
-    }
-    if refused_addr || denied_id || host_name {
-        let mut bad = tally.bad.lock().unwrap();
-        if bad.len() < 32 {
-            bad.insert(format!("{ep} (host {:?})", ep.host()));
-        }
-    }
-    match ep.socket_addr() {
-        Some(addr) if addr.ip().is_loopback() => get_ok(addr).await,
-        _ => Err(format!("{ep}: not attempted, not a loopback address")),
-    }
-}
-
-/// The default address policy's rules, written out independently of the crate:
-/// link-local, unspecified, multicast and broadcast IPv4; unspecified, multicast and
-/// link-local IPv6, EC2's IPv6 service addresses, and IPv6 forms that embed a refused
-/// IPv4 address (mapped, compatible, translated, NAT64, 6to4).
-fn refused(ip: IpAddr) -> bool {
-    fn v4(ip: Ipv4Addr) -> bool {
-        ip.is_link_local() || ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast()
-    }
-    match ip {
-        IpAddr::V4(ip) => v4(ip),
-        IpAddr::V6(ip) => {
-            let n = u128::from(ip);
-            let low = Ipv4Addr::from(n as u32);
-            let seg = ip.segments();
-            let embedded = match n >> 32 {
-                0 if n > 1 => Some(low),                      // ::a.b.c.d
-                0xffff | 0xffff_0000 => Some(low),            // ::ffff:a.b.c.d, ::ffff:0:a.b.c.d
-                0x0064_ff9b_0000_0000_0000_0000 => Some(low), // 64:ff9b::a.b.c.d
-                _ if seg[0] == 0x2002 => Some(Ipv4Addr::from(
-                    (u32::from(seg[1]) << 16) | u32::from(seg[2]), // 2002:aabb:ccdd::
-                )),
-                _ => None,
-            };
-            let ec2: [Ipv6Addr; 2] = [
-                "fd00:ec2::254".parse().unwrap(),
-                "fd00:ec2::23".parse().unwrap(),
-            ];
-            embedded.is_some_and(v4)
-                || ip.is_unspecified()
-                || ip.is_multicast()
-                || seg[0] & 0xffc0 == 0xfe80
-                || ec2.contains(&ip)
-        }
-    }
-}
-
-/// A host value read as an IP address the way URL parsers read it: IPv6 in brackets
-/// or not, and IPv4 in 1 to 4 parts, each decimal, octal (leading 0) or hex (0x).
-fn ip_literal(host: &str) -> Option<IpAddr> {
-    let host = host.strip_suffix('.').unwrap_or(host);
-    let bare = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    if let Ok(ip) = bare.parse() {
-        return Some(ip);
-    }
-    let parts: Vec<&str> = host.split('.').collect();
-    if parts.len() > 4 {
-        return None;
-    }
-    let nums = parts
-        .iter()
-        .map(|p| {
-            let (digits, radix) = if let Some(h) = p.strip_prefix("0x").or(p.strip_prefix("0X")) {
-                (h, 16)
-            } else if p.len() > 1 && p.starts_with('0') {
-                (&p[1..], 8)
-            } else {
-                (*p, 10)
-            };
-            match digits {
-                "" if radix == 16 => Some(0),
-                "" => None,
-                d if d.chars().all(|c| c.is_digit(radix)) => u64::from_str_radix(d, radix).ok(),
-                _ => None,
-            }
-        })
-        .collect::<Option<Vec<u64>>>()?;
-    let (last, init) = nums.split_last()?;
-    let width = 8 * (5 - nums.len() as u32);
-    if init.iter().any(|&n| n > 255) || *last >= 1u64 << width {
-        return None;
-    }
-    let addr = init
-        .iter()
-        .enumerate()
-        .fold(*last, |acc, (i, n)| acc | n << (24 - 8 * i));
-    Some(IpAddr::V4(Ipv4Addr::from(addr as u32)))
-}
-
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -270,173 +127,6 @@ fn rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
-}
-
-fn instance(port: u16) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_INSTANCE_IPV4", "127.0.0.1".to_owned()),
-        ("AWS_INSTANCE_PORT", port.to_string()),
-        ("pool", "main".to_owned()),
-    ]
-}
-
-/// The backends, their registrations, and what was done to them.
-struct Chaos {
-    services: Vec<String>,
-    /// Registered throughout (under the current id) and never down together.
-    cores: [Backend; 2],
-    core_ids: [String; 2],
-    generation: u32,
-    /// (core, when to restart it).
-    core_down: Option<(usize, Instant)>,
-    /// No core is killed before this: a call that found the last one down may still
-    /// be trying the other.
-    kill_after: Instant,
-    /// Registered and deregistered, killed and restarted, independently.
-    churn: Backend,
-    churn_registered: bool,
-    rng: SmallRng,
-    kills: u64,
-    kills_held: u64,
-    restarts: u64,
-    new_ports: u64,
-    registrations: u64,
-    deregistrations: u64,
-    churn_kills: u64,
-}
-
-impl Chaos {
-    async fn register(&mut self, id: &str, port: u16) {
-        let attrs = instance(port);
-        let attrs: Vec<(&str, &str)> = attrs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        for svc in &self.services {
-            register(svc, id, &attrs).await;
-        }
-        self.registrations += 1;
-    }
-
-    async fn deregister(&mut self, id: &str) {
-        for svc in &self.services {
-            deregister(svc, id).await;
-        }
-        self.deregistrations += 1;
-    }
-
-    /// Whether every key's cached answer lists this core at its current address, so
-    /// that a call on any key has it among its attempts.
-    async fn listed_everywhere(&self, core: usize, resolver: &Resolver, keys: &[Key]) -> bool {
-        let addr = self.cores[core].addr;
-        for key in keys {
-            let all =
-                tokio::time::timeout(Duration::from_secs(2), key.query(resolver).resolve_all());
-            match all.await {
-                Ok(Ok(eps)) if eps.iter().any(|e| e.socket_addr() == Some(addr)) => {}
-                _ => return false,
-            }
-        }
-        true
-    }
-
-    async fn restart_core(&mut self, core: usize) {
-        if self.cores[core].restart().await {
-            self.restarts += 1;
-            return;
-        }
-        // The port was taken meanwhile: listen elsewhere and register that instead.
-        self.cores[core].restart_elsewhere().await;
-        self.generation += 1;
-        let old = std::mem::replace(
-            &mut self.core_ids[core],
-            format!("core-{core}-{}", self.generation),
-        );
-        let (id, port) = (self.core_ids[core].clone(), self.cores[core].port());
-        self.register(&id, port).await;
-        self.deregister(&old).await;
-        self.new_ports += 1;
-        self.restarts += 1;
-    }
-
-    async fn restart_churn(&mut self) {
-        if !self.churn.restart().await {
-            self.churn.restart_elsewhere().await;
-            self.new_ports += 1;
-            if self.churn_registered {
-                let port = self.churn.port();
-                self.register("churn", port).await;
-            }
-        }
-    }
-
-    /// One random step.
-    async fn tick(&mut self, resolver: &Resolver, keys: &[Key]) {
-        if let Some((core, at)) = self.core_down {
-            if Instant::now() >= at {
-                self.restart_core(core).await;
-                self.core_down = None;
-                self.kill_after = Instant::now() + KILL_QUIET;
-            }
-        }
-        match self.rng.random_range(0..4) {
-            0 if self.core_down.is_none() && Instant::now() >= self.kill_after => {
-                let core = self.rng.random_range(0..2);
-                let other = 1 - core;
-                if self.listed_everywhere(other, resolver, keys).await {
-                    self.cores[core].stop().await;
-                    let down = Duration::from_millis(self.rng.random_range(500..2500));
-                    self.core_down = Some((core, Instant::now() + down));
-                    self.kills += 1;
-                } else {
-                    self.kills_held += 1;
-                }
-            }
-            1 => {
-                if self.churn_registered {
-                    self.deregister("churn").await;
-                } else {
-                    let port = self.churn.port();
-                    self.register("churn", port).await;
-                }
-                self.churn_registered = !self.churn_registered;
-            }
-            2 => {
-                if self.churn.is_up() {
-                    self.churn.stop().await;
-                    self.churn_kills += 1;
-                } else {
-                    self.restart_churn().await;
-                }
-            }
-            _ => {}
-        }
-        assert!(
-            self.cores.iter().any(Backend::is_up),
-            "the schedule never has both core backends down"
-        );
-    }
-
-    /// Steps until `until`, a random 200-800 ms apart.
-    async fn run_until(&mut self, until: Instant, resolver: &Resolver, keys: &[Key]) {
-        loop {
-            let pause = Duration::from_millis(self.rng.random_range(200..800));
-            let now = Instant::now();
-            if now + pause >= until {
-                tokio::time::sleep_until(until.into()).await;
-                return;
-            }
-            tokio::time::sleep(pause).await;
-            self.tick(resolver, keys).await;
-        }
-    }
-
-    /// Every backend up again.
-    async fn heal(&mut self) {
-        if let Some((core, _)) = self.core_down.take() {
-            self.restart_core(core).await;
-        }
-        if !self.churn.is_up() {
-            self.restart_churn().await;
-        }
-    }
 }
 
 fn registry_calls(proxy: &Proxy) -> (u64, u64) {
@@ -834,41 +524,4 @@ async fn chaos_soak() {
         "soak found:\n- {}",
         problems.join("\n- ")
     );
-}
-
-/// The judge the soak relies on: every denied registration is refused in every
-/// spelling it may reach the operation in, and the backends' address is not.
-#[test]
-fn the_address_judge_refuses_every_denied_spelling() {
-    for (id, _, value) in DENIED {
-        let ip = ip_literal(value).unwrap_or_else(|| panic!("{id}: {value} is an address"));
-        assert!(refused(ip), "{id}: {value} must be refused");
-    }
-    for value in [
-        "0xa9fea9fe",
-        "0251.0376.0251.0376",
-        "169.254.43518",
-        "0.0.0.0",
-        "[fe80::1]",
-        "64:ff9b::a9fe:a9fe",
-        "::169.254.169.254",
-        "::ffff:0:a9fe:a9fe",
-        "2002:a9fe:a9fe::1",
-        "fd00:ec2::23",
-        "224.0.0.1",
-        "255.255.255.255",
-    ] {
-        let ip = ip_literal(value).unwrap_or_else(|| panic!("{value} is an address"));
-        assert!(refused(ip), "{value} must be refused");
-    }
-    for value in ["127.0.0.1", "10.1.2.3", "::1", "2001:db8::1", "2130706433"] {
-        let ip = ip_literal(value).unwrap_or_else(|| panic!("{value} is an address"));
-        assert!(!refused(ip), "{value} is allowed");
-    }
-    for name in ["web.shared", "example.com", "1.2.3.4.5", "08.1.1.1"] {
-        assert!(
-            ip_literal(name).is_none_or(|ip| !refused(ip)),
-            "{name} is a host name"
-        );
-    }
 }

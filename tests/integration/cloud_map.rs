@@ -1,16 +1,14 @@
 //! `CloudMapDiscovery` + `Resolver` against a real moto server, through a counting
 //! proxy.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use cloudmap_resolver::{
     CloudMapDiscovery, ErrorKind, HealthFilter, Resolver, ResolverBuilder, Selection,
 };
-use support::moto::{self, http_service, register, set_health, unique};
-use support::proxy::Proxy;
+use test_support::moto::{self, http_service, register, set_health, unique};
+use test_support::proxy::Proxy;
 
 async fn proxied() -> (Proxy, ResolverBuilder) {
     let proxy = Proxy::start(moto::moto().addr).await;
@@ -476,7 +474,7 @@ fn test_credentials() -> aws_sdk_servicediscovery::config::SharedCredentialsProv
 /// a closed port is an outage (retryable) naming the URL and the root cause.
 #[tokio::test]
 async fn misconfigurations_are_configuration_errors() {
-    let (dead, _held) = support::net::closed_port();
+    let (dead, _held) = test_support::net::closed_port();
     let dead_url = format!("http://{dead}");
 
     // No region.

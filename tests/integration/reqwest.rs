@@ -1,8 +1,5 @@
 //! The reqwest integrations against real HTTP servers on loopback: the DNS resolver
 //! (connection-level failover) and `FailoverClient` (request-level failover).
-#![cfg(feature = "reqwest")]
-
-mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,9 +8,9 @@ use cloudmap_resolver::{
     AddressPolicy, AttemptError, CallStop, FailoverClient, FailoverError, HostMap, Instance,
     Resolver, ResolverOptions, StaticDiscovery,
 };
-use support::counting::Counting;
-use support::http::{registry, three_servers, HttpServer, Mode};
-use support::net::closed_port;
+use test_support::counting::Counting;
+use test_support::http::{registry, three_servers, HttpServer, Mode};
+use test_support::net::closed_port;
 
 /// The namespace the test registries use: no name is a service until listed.
 fn shared() -> HostMap {

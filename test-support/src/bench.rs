@@ -1,6 +1,6 @@
-//! What the benchmarks share: a runtime, a synthetic registry and a way to drive a
-//! future that is ready on its first poll without a scheduler in the way.
-#![allow(dead_code, unreachable_pub)]
+//! What the benchmarks share (and `tests/memory.rs`, which counts the bytes they
+//! time): a runtime, a synthetic registry and a way to drive a future that is ready on
+//! its first poll without a scheduler in the way.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,20 +1,15 @@
 //! Fleet scale on simulated time: many resolvers sharing one account's Cloud Map
-//! quota (see `support/fleet.rs` for the simulation and `examples/fleet_sim.rs` for
+//! quota (see `test_support::fleet` for the simulation and `examples/fleet_sim.rs` for
 //! the report table). Every number asserted is a count or a share; the clock is
 //! tokio's paused one, so nothing here depends on how fast the machine is.
-
-#[path = "support/fleet.rs"]
-#[allow(dead_code, unreachable_pub)]
-mod fleet;
-mod support;
 
 use std::time::Duration;
 
 use cloudmap_resolver::{
     ErrorKind, Instance, RateLimit, Resolver, ResolverOptions, StaticDiscovery,
 };
-use fleet::{Calls, Client, Report, Scenario};
-use support::counting::Counting;
+use test_support::counting::Counting;
+use test_support::fleet::{Calls, Client, Report, Scenario};
 
 /// Admitted calls never beyond the account's token bucket: per simulated second at
 /// most the burst plus a second's refill, and over any prefix of the run at most the

@@ -1,8 +1,6 @@
 //! `DnsDiscovery` + `Resolver` against a real DNS server on loopback (hickory-server
 //! in this process), with faults the server injects on command.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::error::Error as _;
 use std::net::{IpAddr, SocketAddr};
@@ -12,8 +10,8 @@ use cloudmap_resolver::{
     Discover, DiscoverRequest, DnsDiscovery, DnsOptions, Endpoint, ErrorKind, HealthFilter,
     IpPreference, RecordMode, Resolver, Selection, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT,
 };
-use hickory_server::proto::rr::RecordType;
-use support::dns::{DnsServer, Mode};
+use test_support::dns::RecordType;
+use test_support::dns::{DnsServer, Mode};
 
 const NS: &str = "prod.internal";
 

@@ -1,15 +1,12 @@
 //! `cloudmap-discover`, the command-line tool (feature `cli`), run as a child process
 //! against the moto server (and the fault proxy in front of it).
-#![cfg(feature = "cli")]
-
-mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use support::moto::{self, http_service, register, set_health, unique};
-use support::net::closed_port;
-use support::proxy::{Fault, Proxy};
+use test_support::moto::{self, http_service, register, set_health, unique};
+use test_support::net::closed_port;
+use test_support::proxy::{Fault, Proxy};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 

@@ -1,6 +1,9 @@
 //! A real DNS server on loopback (hickory-server in this process) answering from a
 //! table the test changes as it goes, with faults on command: SERVFAIL, REFUSED,
-//! dropped queries, and Route 53's "a random 8 of N records" answers.
+//! dropped queries, and Route 53's "a random 8 of N records" answers. [`zone`] is the
+//! static zone the benchmarks measure hickory's cache against.
+
+pub mod zone;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
@@ -10,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, SRV};
-use hickory_server::proto::rr::{Name, RData, Record, RecordType};
+pub use hickory_server::proto::rr::RecordType;
+use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use hickory_server::Server;

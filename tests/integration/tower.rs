@@ -1,8 +1,5 @@
 //! `FailoverLayer` around hyper-util's client against real HTTP servers on loopback
 //! (request-level failover).
-#![cfg(feature = "tower")]
-
-mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,9 +15,9 @@ use cloudmap_resolver::{
     AddressPolicy, AttemptError, BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap,
     Instance, Resolver, ResolverOptions, StaticDiscovery,
 };
-use support::counting::Counting;
-use support::http::{registry, three_servers, HttpServer, Mode};
-use support::net::closed_port;
+use test_support::counting::Counting;
+use test_support::http::{registry, three_servers, HttpServer, Mode};
+use test_support::net::closed_port;
 
 /// The namespace the test registries use: no name is a service until listed.
 fn shared() -> HostMap {

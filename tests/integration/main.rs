@@ -1,0 +1,30 @@
+//! Every integration test that can share a process, in one binary: one module per
+//! area, each as it was a test binary of its own before. One binary links the crate,
+//! tokio, hyper and the AWS SDK once instead of once per file, and one moto server
+//! serves every module (each test works in namespaces of its own, see
+//! `test_support::moto::unique`).
+//!
+//! Three tests stay binaries of their own because they measure the whole process:
+//! `tests/alloc.rs` and `tests/memory.rs` install a counting global allocator, and
+//! `tests/soak` holds resident memory to a bound.
+//!
+//! Run one area: `cargo test --all-features --test integration failover::`.
+
+mod cloud_map;
+mod contract;
+mod dns;
+mod ejection_spread;
+mod failover;
+mod fleet;
+mod prop_options;
+mod properties;
+mod resilience;
+
+#[cfg(feature = "cli")]
+mod cli;
+#[cfg(feature = "hyper")]
+mod hyper;
+#[cfg(feature = "reqwest")]
+mod reqwest;
+#[cfg(feature = "tower")]
+mod tower;

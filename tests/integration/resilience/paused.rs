@@ -1,0 +1,259 @@
+//! `StaticDiscovery` behind counting sources on tokio's paused clock, where every
+//! count is exact: serve-stale, refresh-ahead and revision gating.
+
+use super::*;
+
+/// Records when each registry call was made, and for which service.
+#[derive(Debug, Clone)]
+struct Timed<D> {
+    inner: D,
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
+}
+
+impl<D> Timed<D> {
+    fn new(inner: D) -> Self {
+        Timed {
+            inner,
+            log: Arc::default(),
+        }
+    }
+
+    fn calls(&self) -> Vec<(Instant, String)> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn record(&self, req: &DiscoverRequest) {
+        self.log
+            .lock()
+            .unwrap()
+            .push((Instant::now(), req.service().to_owned()));
+    }
+}
+
+impl<D: Discover> Discover for Timed<D> {
+    fn discover<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        self.record(req);
+        self.inner.discover(req)
+    }
+
+    fn revision<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        self.record(req);
+        self.inner.revision(req)
+    }
+}
+
+/// Serve-stale on paused time: 20 s of outage at a 1 s TTL, resolving every 100 ms,
+/// costs at most 7 registry calls; when the registry returns, the key is refreshed
+/// and stops being stale.
+#[tokio::test(start_paused = true)]
+async fn serve_stale_backs_off_and_recovers() {
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .seed(17)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    source.fail_with(Some(ErrorKind::Unavailable));
+    let before = total(&source);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    let calls = total(&source) - before;
+    let bound = default_bound(Duration::from_secs(20));
+    println!("paused: 20 s outage at a 1 s TTL: {calls} registry calls (bound {bound})");
+    assert!((5..=bound).contains(&calls), "{calls} calls, bound {bound}");
+    let stats = resolver.stats();
+    assert_eq!(stats.refresh_failures, calls);
+    assert!(stats.stale_served > 150, "{stats:?}");
+
+    source.fail_with(None);
+    // The next retry comes within the largest backoff reached (15 s nominal).
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    let stale = resolver.stats().stale_served;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    assert_eq!(resolver.stats().stale_served, stale, "fresh again");
+    assert_eq!(resolver.stats().resolves - resolver.stats().cache_hits, 1);
+}
+
+/// A stale answer is served up to `max_stale`, then the key fails like a cold one.
+#[tokio::test(start_paused = true)]
+async fn stale_answer_expires_after_max_stale() {
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .max_stale(Duration::from_secs(5))
+        .seed(19)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    source.fail_with(Some(ErrorKind::Throttled));
+    for _ in 0..45 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let e = resolver.resolve("shared", "svc-0").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Throttled);
+}
+
+/// 50 warm keys resolved every 500 ms while the registry throttles for 60 s; the
+/// registry calls made per key after the throttling began.
+async fn throttled_calls_per_key(adapt_to_throttling: bool) -> BTreeMap<String, u64> {
+    let source = Timed::new(Counting::new(services(50)));
+    let counting = source.inner.clone();
+    let mut opts = ResolverOptions::default();
+    opts.ttl = Duration::from_secs(1);
+    opts.seed = Some(23);
+    opts.adapt_to_throttling = adapt_to_throttling;
+    let resolver = Resolver::builder(source.clone())
+        .options(opts)
+        .build()
+        .unwrap();
+    let names: Vec<String> = (0..50).map(|i| format!("svc-{i}")).collect();
+    for n in &names {
+        resolver.resolve("shared", n).await.unwrap();
+    }
+    counting.fail_with(Some(ErrorKind::Throttled));
+    let start = Instant::now();
+    for _ in 0..120 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for n in &names {
+            resolver.resolve("shared", n).await.unwrap();
+        }
+    }
+    let mut per_key: BTreeMap<String, u64> = BTreeMap::new();
+    for (at, svc) in source.calls() {
+        if at > start {
+            *per_key.entry(svc).or_default() += 1;
+        }
+    }
+    per_key
+}
+
+/// Throttling with 50 warm keys for 60 s. Per-key backoff alone
+/// (`adapt_to_throttling = false`): each key backs off on its own, so the registry
+/// sees at most 9 calls per key (450 in all) instead of one per refresh (about 70 per
+/// key), and no key is starved or stormed. With the defaults the resolver also slows
+/// all its refreshes down (the quota is the account's, not the key's): never more
+/// calls than per-key backoff alone, and every resolve still served.
+#[tokio::test(start_paused = true)]
+async fn throttled_keys_back_off_independently() {
+    let bound = default_bound(Duration::from_secs(60));
+    let per_key = throttled_calls_per_key(false).await;
+    let sum: u64 = per_key.values().sum();
+    println!(
+        "paused: 50 keys throttled for 60 s, per-key backoff: {sum} registry calls (bound {}), per key {}..={}",
+        bound * 50,
+        per_key.values().min().unwrap(),
+        per_key.values().max().unwrap()
+    );
+    assert_eq!(per_key.len(), 50, "every key keeps retrying");
+    assert!(
+        per_key.values().all(|&c| (5..=bound).contains(&c)),
+        "{per_key:?}"
+    );
+
+    let adaptive: u64 = throttled_calls_per_key(true).await.values().sum();
+    println!(
+        "paused: the same with the defaults (resolver-wide pacing): {adaptive} registry calls"
+    );
+    assert!(
+        adaptive > 0 && adaptive <= sum,
+        "{adaptive} calls with pacing vs {sum}"
+    );
+}
+
+/// Refresh-ahead on paused time: 20 keys loaded together and resolved every second
+/// for a minute wait on the registry only for their first load, and their refreshes
+/// are spread over 75-90% of the TTL rather than aligned.
+#[tokio::test(start_paused = true)]
+async fn refresh_ahead_keeps_callers_off_the_network() {
+    let source = Timed::new(services(20));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(10))
+        .seed(29)
+        .build()
+        .unwrap();
+    let names: Vec<String> = (0..20).map(|i| format!("svc-{i}")).collect();
+    let t0 = Instant::now();
+    for n in &names {
+        resolver.resolve("shared", n).await.unwrap();
+    }
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for n in &names {
+            resolver.resolve("shared", n).await.unwrap();
+        }
+    }
+    let stats = resolver.stats();
+    assert_eq!(
+        stats.resolves - stats.cache_hits,
+        20,
+        "only first loads wait"
+    );
+    let mut first: BTreeMap<String, Duration> = BTreeMap::new();
+    for (at, svc) in source.calls() {
+        if at > t0 {
+            first.entry(svc).or_insert(at - t0);
+        }
+    }
+    assert_eq!(first.len(), 20);
+    let times: Vec<Duration> = first.values().copied().collect();
+    let (lo, hi) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    println!("paused: first refreshes of 20 keys at 10 s TTL between {lo:?} and {hi:?}");
+    assert!(lo >= Duration::from_millis(7500) && hi <= Duration::from_millis(9001));
+    assert!(hi - lo >= Duration::from_millis(500), "spread, not aligned");
+}
+
+/// Revision gating on paused time: with a 4 s full-refresh interval over 20 s at a
+/// 1 s TTL, full fetches are 1 + 20/4 at most while the revision is polled on every
+/// other refresh; a registration is seen after the next poll.
+#[tokio::test(start_paused = true)]
+async fn full_refresh_floor_with_revision_polling() {
+    let registry = services(1);
+    let source = Counting::new(registry.clone());
+    let mut opts = ResolverOptions::default();
+    opts.ttl = Duration::from_secs(1);
+    opts.full_refresh_interval = Some(Duration::from_secs(4));
+    opts.seed = Some(31);
+    let resolver = Resolver::builder(source.clone())
+        .options(opts)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    let (full, polls) = (source.discover_calls(), source.revision_calls());
+    println!("paused: 20 s at a 1 s TTL, full every 4 s: {full} full fetches, {polls} polls");
+    assert!((5..=6).contains(&full), "{full}");
+    assert!(polls >= 15, "{polls}");
+    registry.register(
+        "shared",
+        "svc-0",
+        Instance::new("i-2")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(81),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        resolver.resolve_all("shared", "svc-0").await.unwrap().len(),
+        2
+    );
+    assert_eq!(source.discover_calls(), full + 1);
+}
