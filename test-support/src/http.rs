@@ -1,7 +1,7 @@
 //! HTTP servers on loopback for the client integrations: each answers with its own
 //! name, counts what it received, and fails on command.
 
-use cloudmap_resolver::{Instance, StaticDiscovery};
+use cloudmap_resolver::{AddressPolicy, Instance, Resolver, ResolverOptions, StaticDiscovery};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -321,4 +321,15 @@ pub async fn get_ok(addr: SocketAddr) -> Result<(), String> {
     } else {
         Err(format!("{addr} answered {} bytes, not 200", reply.len()))
     }
+}
+
+/// A resolver over `reg` whose calls drop an attempt after 300 ms (the once-only tests
+/// of `FailoverClient` and `FailoverLayer`), with `policy` in place of the default.
+pub fn with_attempt_timeout(reg: StaticDiscovery, policy: Option<AddressPolicy>) -> Resolver {
+    let mut opts = ResolverOptions::default();
+    opts.call.attempt_timeout = Some(std::time::Duration::from_millis(300));
+    if let Some(p) = policy {
+        opts.address_policy = p;
+    }
+    Resolver::builder(reg).options(opts).build().unwrap()
 }

@@ -2,14 +2,13 @@
 //! (connection-level failover) and `FailoverClient` (request-level failover).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use cloudmap_resolver::{
     AddressPolicy, AttemptError, CallStop, FailoverClient, FailoverError, HostMap, Instance,
-    Resolver, ResolverOptions, StaticDiscovery,
+    Resolver, StaticDiscovery,
 };
 use test_support::counting::Counting;
-use test_support::http::{registry, three_servers, HttpServer, Mode};
+use test_support::http::{registry, three_servers, with_attempt_timeout, HttpServer, Mode};
 use test_support::net::closed_port;
 
 /// The namespace the test registries use: no name is a service until listed.
@@ -291,16 +290,6 @@ async fn failover_client_sends_an_unsent_post_elsewhere() {
         resolver.stats().retries >= 1,
         "the dead instance had a turn"
     );
-}
-
-/// A resolver over `reg` whose calls drop an attempt after 300 ms.
-fn with_attempt_timeout(reg: StaticDiscovery, policy: Option<AddressPolicy>) -> Resolver {
-    let mut opts = ResolverOptions::default();
-    opts.call.attempt_timeout = Some(Duration::from_millis(300));
-    if let Some(p) = policy {
-        opts.address_policy = p;
-    }
-    Resolver::builder(reg).options(opts).build().unwrap()
 }
 
 /// Both instances answer after 2 s; attempts time out after 300 ms. A timed-out POST

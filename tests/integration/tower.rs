@@ -2,7 +2,6 @@
 //! (request-level failover).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -13,10 +12,10 @@ use tower::{Layer, ServiceExt};
 
 use cloudmap_resolver::{
     AddressPolicy, AttemptError, BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap,
-    Instance, Resolver, ResolverOptions, StaticDiscovery,
+    Instance, Resolver, StaticDiscovery,
 };
 use test_support::counting::Counting;
-use test_support::http::{registry, three_servers, HttpServer, Mode};
+use test_support::http::{registry, three_servers, with_attempt_timeout, HttpServer, Mode};
 use test_support::net::closed_port;
 
 /// The namespace the test registries use: no name is a service until listed.
@@ -178,16 +177,6 @@ async fn other_names_pass_through() {
     }
     assert_eq!(server.hits(), 2);
     assert_eq!(counting.discover_calls(), 0);
-}
-
-/// A resolver over `reg` whose calls drop an attempt after 300 ms.
-fn with_attempt_timeout(reg: StaticDiscovery, policy: Option<AddressPolicy>) -> Resolver {
-    let mut opts = ResolverOptions::default();
-    opts.call.attempt_timeout = Some(Duration::from_millis(300));
-    if let Some(p) = policy {
-        opts.address_policy = p;
-    }
-    Resolver::builder(reg).options(opts).build().unwrap()
 }
 
 /// Both instances answer after 2 s; attempts time out after 300 ms. A timed-out POST
