@@ -6,6 +6,7 @@
 //! cloudmap-discover shared web --attr stage=prod
 //! cloudmap-discover prod.internal api --dns 10.0.0.2
 //! cloudmap-discover shared web --endpoint-url http://127.0.0.1:5000 --watch
+//! cloudmap-discover shared web --owner-account 111122223333
 //! ```
 //!
 //! Exit codes: 0 endpoints found; 1 other failure; 2 bad arguments or an invalid
@@ -46,6 +47,10 @@ struct Args {
     /// Cloud Map API.
     #[arg(long, value_name = "SERVER[:PORT]", value_parser = server, conflicts_with = "endpoint_url")]
     dns: Option<SocketAddr>,
+    /// The AWS account that owns the namespace, for a namespace shared with this
+    /// account from another one (AWS RAM): 12 digits, sent as OwnerAccount.
+    #[arg(long, value_name = "ACCOUNT_ID")]
+    owner_account: Option<String>,
     /// Send Cloud Map API calls to URL (LocalStack, moto).
     #[arg(long, value_name = "URL")]
     endpoint_url: Option<String>,
@@ -167,6 +172,7 @@ async fn run(args: &Args) -> Result<(), Error> {
         args.health.into()
     };
     opts.fetch_timeout = args.timeout;
+    opts.owner_account = args.owner_account.clone();
     if args.watch {
         // Every refresh asks the registry afresh (health changes do not move Cloud
         // Map's revision) and a failure shows rather than an old answer.

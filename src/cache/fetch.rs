@@ -142,6 +142,7 @@ impl Cache {
             .unwrap_or("a non-string payload");
         tracing::error!(
             namespace = %req.namespace,
+            owner_account = req.owner(),
             service = %req.service,
             operation = op,
             panic = message,

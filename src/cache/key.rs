@@ -1,10 +1,13 @@
 //! The one cache key: what a caller asks for (namespace, service, query and
-//! optional parameters, health filter), hashed and compared without allocating.
+//! optional parameters, health filter, and the account owning the namespace when it
+//! is shared from another one), hashed and compared without allocating.
 //!
 //! [`Key`] is the form callers build (a `Query`, a `Call`): names borrowed, parameters
 //! owned and kept sorted. [`KeyRef`] is its borrowed view, the form the cache hashes
 //! and compares. The owned form an entry keeps is the source-facing
 //! [`DiscoverRequest`], made from a `KeyRef` in one place ([`KeyRef::to_request`]).
+
+use std::borrow::Cow;
 
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::{insert_sorted, DiscoverRequest};
@@ -18,6 +21,8 @@ pub(crate) struct KeyRef<'a> {
     pub(crate) query: &'a [(String, String)],
     pub(crate) optional: &'a [(String, String)],
     pub(crate) health: HealthFilter,
+    /// The account owning the namespace (`OwnerAccount`); `None` for the caller's own.
+    pub(crate) owner: Option<&'a str>,
 }
 
 impl<'a> KeyRef<'a> {
@@ -28,7 +33,14 @@ impl<'a> KeyRef<'a> {
             query: &[],
             optional: &[],
             health,
+            owner: None,
         }
+    }
+
+    /// The same key for a namespace owned by `owner` (`None`: the caller's account).
+    #[inline]
+    pub(crate) fn owned_by(self, owner: Option<&'a str>) -> Self {
+        KeyRef { owner, ..self }
     }
 
     /// A 64-bit hash, well mixed in every bit (shards take the high bits, the map
@@ -48,12 +60,18 @@ impl<'a> KeyRef<'a> {
             h.str(v);
         }
         h.word(self.health as u64);
+        // Nothing for the common key without an owner, so its hash costs no more.
+        if let Some(owner) = self.owner {
+            h.word(0xfe);
+            h.str(owner);
+        }
         splitmix64(h.0)
     }
 
     #[inline]
     pub(crate) fn matches(&self, req: &DiscoverRequest) -> bool {
         self.health == req.health
+            && self.owner == req.owner_account.as_deref()
             && self.namespace == req.namespace
             && self.service == req.service
             && same_params(self.query, &req.query)
@@ -64,6 +82,7 @@ impl<'a> KeyRef<'a> {
         let mut req = DiscoverRequest::new(self.namespace, self.service).health(self.health);
         req.query = self.query.to_vec();
         req.optional = self.optional.to_vec();
+        req.owner_account = self.owner.map(str::to_owned);
         req
     }
 }
@@ -77,6 +96,9 @@ pub(crate) struct Key<'a> {
     pub(crate) query: Vec<(String, String)>,
     pub(crate) optional: Vec<(String, String)>,
     pub(crate) health: HealthFilter,
+    /// The account owning the namespace: borrowed from the resolver's default, or
+    /// owned when a query sets its own.
+    pub(crate) owner: Option<Cow<'a, str>>,
 }
 
 impl<'a> Key<'a> {
@@ -88,6 +110,15 @@ impl<'a> Key<'a> {
             query: Vec::new(),
             optional: Vec::new(),
             health,
+            owner: None,
+        }
+    }
+
+    /// The same key for a namespace owned by `owner` (`None`: the caller's account).
+    pub(crate) fn owned_by(self, owner: Option<&'a str>) -> Self {
+        Key {
+            owner: owner.map(Cow::Borrowed),
+            ..self
         }
     }
 
@@ -109,6 +140,7 @@ impl<'a> Key<'a> {
             query: &self.query,
             optional: &self.optional,
             health: self.health,
+            owner: self.owner.as_deref(),
         }
     }
 }
@@ -142,6 +174,25 @@ mod tests {
         assert_ne!(b.hash(), c.hash());
         let d = KeyRef::plain("ns", "svc", HealthFilter::Healthy);
         assert_ne!(b.hash(), d.hash());
+    }
+
+    #[test]
+    fn owners_make_distinct_keys() {
+        let own = KeyRef::plain("ns", "svc", HealthFilter::All);
+        let a = own.owned_by(Some("111111111111"));
+        let b = own.owned_by(Some("222222222222"));
+        assert_eq!(own.owned_by(None).hash(), own.hash());
+        assert_ne!(a.hash(), b.hash());
+        assert_ne!(a.hash(), own.hash());
+        let req = a.to_request();
+        assert_eq!(req.owner(), Some("111111111111"));
+        assert!(a.matches(&req));
+        assert!(!b.matches(&req));
+        assert!(!own.matches(&req));
+        assert!(!a.matches(&own.to_request()));
+        let mut key = Key::plain("ns", "svc", HealthFilter::All).owned_by(Some("111111111111"));
+        key.require("stage".into(), "prod".into());
+        assert_eq!(key.as_ref().owner, Some("111111111111"));
     }
 
     #[test]

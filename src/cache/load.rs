@@ -31,6 +31,9 @@ impl Cache {
         for (k, v) in key.query.iter().chain(key.optional) {
             crate::discover::names::check_attribute(k, v)?;
         }
+        if let Some(owner) = key.owner {
+            crate::discover::names::check_owner_account(owner)?;
+        }
         bump(&self.counters.misses);
         let hash = key.hash();
         let (slot, inserted) = self.index.get_or_insert(&key, hash, || {
@@ -95,6 +98,7 @@ impl Cache {
                     bump(&self.counters.stale_cold);
                     tracing::warn!(
                         namespace = %slot.request.namespace,
+                        owner_account = slot.request.owner(),
                         service = %slot.request.service,
                         error = %err,
                         age_secs = now.duration_since(snap.confirmed_at).as_secs(),

@@ -232,8 +232,10 @@ fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, 
 /// matching nothing can be seen (the kind already says "no endpoints").
 fn no_endpoints(request: &DiscoverRequest) -> String {
     let mut text = format!(
-        "service {:?} in namespace {:?} has no usable instance",
-        request.service, request.namespace
+        "service {:?} in namespace {:?}{} has no usable instance",
+        request.service,
+        request.namespace,
+        request.owned_by()
     );
     let filters: Vec<String> = request
         .query

@@ -266,6 +266,7 @@ fn settle(
             if plan.failures > 0 {
                 tracing::info!(
                     namespace = %slot.request.namespace,
+                    owner_account = slot.request.owner(),
                     service = %slot.request.service,
                     "registry answering again"
                 );
@@ -281,6 +282,7 @@ fn settle(
                 cur.state.store(EXPIRED, Ordering::Relaxed);
                 tracing::warn!(
                     namespace = %slot.request.namespace,
+                    owner_account = slot.request.owner(),
                     service = %slot.request.service,
                     error = %err,
                     "refresh failed; dropping the cached answer"
@@ -290,6 +292,7 @@ fn settle(
             if now >= cur.fresh_until && cur.state.swap(STALE, Ordering::Relaxed) == FRESH {
                 tracing::warn!(
                     namespace = %slot.request.namespace,
+                    owner_account = slot.request.owner(),
                     service = %slot.request.service,
                     error = %err,
                     "refresh failed; serving the last good answer"

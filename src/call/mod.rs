@@ -146,6 +146,7 @@ impl<F, E> fmt::Debug for Call<'_, F, E> {
             .field("query", &self.key.query)
             .field("optional", &self.key.optional)
             .field("health", &self.key.health)
+            .field("owner_account", &self.key.owner)
             .field("retry_if", &self.retry_if.as_ref().map(|_| ".."))
             .field("retry_timeouts", &self.retry_timeouts)
             .field("opts", &self.opts)
@@ -270,7 +271,12 @@ where
                 }
                 if !ctx.budget.try_withdraw(began) {
                     bump(&counters.budget_refusals);
-                    tracing::debug!(namespace, service, "retry budget spent; not retrying");
+                    tracing::debug!(
+                        namespace,
+                        owner_account = key.owner.as_deref(),
+                        service,
+                        "retry budget spent; not retrying"
+                    );
                     return Err(CallError::attempts_failed(
                         CallStop::BudgetExhausted,
                         failed,

@@ -19,7 +19,8 @@ use crate::error::{Error, ErrorKind};
 /// Reads instances from AWS Cloud Map's DiscoverInstances API.
 ///
 /// Query parameters, optional parameters and the health filter are sent to the API,
-/// which applies them. The SDK configuration's endpoint URL is honoured for every
+/// which applies them; so is the owner account of a namespace shared from another
+/// account (`OwnerAccount`, on DiscoverInstancesRevision too). The SDK configuration's endpoint URL is honoured for every
 /// operation: the SDK would otherwise send DiscoverInstances to `data-` + the
 /// endpoint's host (`http://data-127.0.0.1:4566`), which does not resolve for
 /// LocalStack, moto or a VPC endpoint, so with a custom endpoint the prefix is undone.
@@ -207,8 +208,14 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
 }
 
 /// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
-/// called, named in connection failures.
-fn map_error<E, R>(op: &str, endpoint: &str, err: SdkError<E, R>) -> Error
+/// called, named in connection failures; the message names the namespace's owner
+/// when the request has one.
+fn map_error<E, R>(
+    op: &str,
+    request: &DiscoverRequest,
+    endpoint: &str,
+    err: SdkError<E, R>,
+) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
@@ -269,7 +276,11 @@ where
         SdkError::ServiceError(ctx) => Box::new(ctx.into_err()),
         other => Box::new(other),
     };
-    Error::with_source(kind, format!("{op}: {detail}"), source)
+    Error::with_source(
+        kind,
+        format!("{op}{}: {detail}", request.owned_by()),
+        source,
+    )
 }
 
 fn instance_of(summary: &sd::types::HttpInstanceSummary) -> Option<Instance> {
@@ -305,7 +316,8 @@ impl Discover for CloudMapDiscovery {
                 .namespace_name(&request.namespace)
                 .service_name(&request.service)
                 .health_status(health_filter(request.health))
-                .max_results(request.max_results as i32);
+                .max_results(request.max_results as i32)
+                .set_owner_account(request.owner_account.clone());
             for (k, v) in &request.query {
                 call = call.query_parameters(k, v);
             }
@@ -315,7 +327,7 @@ impl Discover for CloudMapDiscovery {
             let out = call
                 .send()
                 .await
-                .map_err(|e| map_error("DiscoverInstances", &self.endpoint, e))?;
+                .map_err(|e| map_error("DiscoverInstances", request, &self.endpoint, e))?;
             let instances = out
                 .instances()
                 .iter()
@@ -324,6 +336,7 @@ impl Discover for CloudMapDiscovery {
                     if inst.is_none() {
                         tracing::warn!(
                             namespace = %request.namespace,
+                            owner_account = request.owner(),
                             service = %request.service,
                             "skipping instance without an id"
                         );
@@ -352,9 +365,10 @@ impl Discover for CloudMapDiscovery {
                 .discover_instances_revision()
                 .namespace_name(&request.namespace)
                 .service_name(&request.service)
+                .set_owner_account(request.owner_account.clone())
                 .send()
                 .await
-                .map_err(|e| map_error("DiscoverInstancesRevision", &self.endpoint, e))?;
+                .map_err(|e| map_error("DiscoverInstancesRevision", request, &self.endpoint, e))?;
             Ok(out.instances_revision())
         })
     }

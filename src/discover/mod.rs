@@ -32,6 +32,11 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 ///     .health(HealthFilter::Healthy);
 /// assert_eq!(req.namespace(), "shared");
 /// assert_eq!(req.query_parameters(), [("stage".to_owned(), "prod".to_owned())]);
+///
+/// // A namespace shared from another account (AWS RAM) names its owner.
+/// let shared = DiscoverRequest::new("shared", "logs").owner_account("123456789012");
+/// assert_eq!(shared.owner(), Some("123456789012"));
+/// assert_ne!(shared, DiscoverRequest::new("shared", "logs"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DiscoverRequest {
@@ -41,6 +46,7 @@ pub struct DiscoverRequest {
     pub(crate) optional: Vec<(String, String)>,
     pub(crate) health: HealthFilter,
     pub(crate) max_results: u32,
+    pub(crate) owner_account: Option<String>,
 }
 
 impl DiscoverRequest {
@@ -54,7 +60,19 @@ impl DiscoverRequest {
             optional: Vec::new(),
             health: HealthFilter::default(),
             max_results: 1000,
+            owner_account: None,
         }
+    }
+
+    /// The AWS account that owns the namespace, for a namespace shared with this
+    /// account from another one (AWS RAM): Cloud Map's `OwnerAccount`. Two accounts
+    /// can own namespaces of the same name; without an owner the caller's own
+    /// account's namespace is meant. The resolver checks it is 12 digits before any
+    /// call; a source that cannot tell owners apart (DNS) answers `InvalidInput`.
+    #[must_use]
+    pub fn owner_account(mut self, account: impl Into<String>) -> Self {
+        self.owner_account = Some(account.into());
+        self
     }
 
     /// Adds a query parameter: only instances with this attribute value match.
@@ -105,6 +123,11 @@ impl DiscoverRequest {
         &self.optional
     }
 
+    /// The account owning the namespace, when it is shared from another account.
+    pub fn owner(&self) -> Option<&str> {
+        self.owner_account.as_deref()
+    }
+
     /// The health filter.
     pub fn health_filter(&self) -> HealthFilter {
         self.health
@@ -113,6 +136,14 @@ impl DiscoverRequest {
     /// The most instances to return.
     pub fn max_instances(&self) -> u32 {
         self.max_results
+    }
+
+    /// How messages name the namespace's owner: ` (owner account N)` for a namespace
+    /// shared from another account, nothing for the caller's own.
+    pub(crate) fn owned_by(&self) -> String {
+        self.owner()
+            .map(|o| format!(" (owner account {o})"))
+            .unwrap_or_default()
     }
 }
 

@@ -1,5 +1,6 @@
 //! Cloud Map's naming rules, checked before any network call.
 
+use crate::discover::instance::Shown;
 use crate::error::Error;
 
 /// Namespace names: 1 to 1,024 printable ASCII characters, no spaces.
@@ -61,9 +62,42 @@ pub(crate) fn check_attribute(key: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Owner accounts (`OwnerAccount` of DiscoverInstances): an AWS account id, exactly
+/// 12 ASCII digits.
+pub(crate) fn check_owner_account(account: &str) -> Result<(), Error> {
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::invalid(format!(
+            "owner account {} is not an AWS account id (12 digits)",
+            Shown(account)
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owner_accounts() {
+        assert!(check_owner_account("123456789012").is_ok());
+        assert!(check_owner_account("000000000000").is_ok());
+        for bad in [
+            "",
+            "12345678901",
+            "1234567890123",
+            "12345678901a",
+            " 23456789012",
+            "١٢٣٤٥٦٧٨٩٠١٢",
+            "arn:aws:iam::123456789012:root",
+        ] {
+            let e = check_owner_account(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidInput, "{bad}");
+        }
+        let long = "9".repeat(10_000);
+        let e = check_owner_account(&long).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+    }
 
     #[test]
     fn namespaces() {

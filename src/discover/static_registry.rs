@@ -19,6 +19,12 @@ use crate::util::lock::recover;
 /// services are errors, and a revision that moves on registration and
 /// deregistration but not on health changes.
 ///
+/// Namespaces shared from other accounts can be held too, each under its owner
+/// account ([`with_owned_instance`](Self::with_owned_instance)): a request with an
+/// [owner account](DiscoverRequest::owner_account) sees only that owner's
+/// namespaces, a request without one only those added without an owner, as Cloud
+/// Map tells apart two accounts' namespaces of the same name.
+///
 /// A cheap-to-clone handle: clones share the registry, so a test or a local tool can
 /// keep one clone to register and deregister while a resolver reads the other.
 ///
@@ -37,8 +43,11 @@ use crate::util::lock::recover;
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct StaticDiscovery {
-    registry: Arc<RwLock<Namespaces>>,
+    registry: Arc<RwLock<Owners>>,
 }
+
+/// Namespaces by owner account; `None` holds the caller's own.
+type Owners = BTreeMap<Option<String>, Namespaces>;
 
 type Namespaces = BTreeMap<String, BTreeMap<String, Service>>;
 
@@ -107,11 +116,55 @@ impl StaticDiscovery {
         self
     }
 
+    /// Adds an instance to a namespace owned by another account (a namespace shared
+    /// through AWS RAM), answered only to requests naming that
+    /// [owner account](DiscoverRequest::owner_account).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Discover, DiscoverRequest, ErrorKind, Instance, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new()
+    ///     .with_owned_instance("111122223333", "shared", "logs", Instance::new("theirs"));
+    /// let theirs = DiscoverRequest::new("shared", "logs").owner_account("111122223333");
+    /// assert_eq!(registry.discover(&theirs).await?.instances[0].id(), "theirs");
+    /// let own = DiscoverRequest::new("shared", "logs");
+    /// assert_eq!(registry.discover(&own).await.unwrap_err().kind(), ErrorKind::NamespaceNotFound);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[must_use]
+    pub fn with_owned_instance(
+        self,
+        owner_account: impl Into<String>,
+        namespace: impl Into<String>,
+        service: impl Into<String>,
+        instance: Instance,
+    ) -> Self {
+        self.register_owned(owner_account, namespace, service, instance);
+        self
+    }
+
+    /// Registers an instance in a namespace owned by another account, replacing one
+    /// with the same id; see [`with_owned_instance`](Self::with_owned_instance).
+    /// Moves that service's revision.
+    pub fn register_owned(
+        &self,
+        owner_account: impl Into<String>,
+        namespace: impl Into<String>,
+        service: impl Into<String>,
+        instance: Instance,
+    ) {
+        self.upsert(Some(owner_account.into()), namespace, service, instance);
+    }
+
     /// Creates an empty service (and its namespace), so that asking for it answers
     /// "no endpoints" rather than "service not found".
     #[must_use]
     pub fn with_service(self, namespace: impl Into<String>, service: impl Into<String>) -> Self {
-        self.write(|ns| {
+        self.write(None, |ns| {
             ns.entry(namespace.into())
                 .or_default()
                 .entry(service.into())
@@ -127,7 +180,17 @@ impl StaticDiscovery {
         service: impl Into<String>,
         instance: Instance,
     ) {
-        self.write(|ns| {
+        self.upsert(None, namespace, service, instance);
+    }
+
+    fn upsert(
+        &self,
+        owner: Option<String>,
+        namespace: impl Into<String>,
+        service: impl Into<String>,
+        instance: Instance,
+    ) {
+        self.write(owner, |ns| {
             let svc = ns
                 .entry(namespace.into())
                 .or_default()
@@ -140,7 +203,7 @@ impl StaticDiscovery {
 
     /// Removes an instance; returns whether it was there. Moves the revision.
     pub fn deregister(&self, namespace: &str, service: &str, instance_id: &str) -> bool {
-        self.write(|ns| {
+        self.write(None, |ns| {
             let Some(svc) = ns.get_mut(namespace).and_then(|s| s.get_mut(service)) else {
                 return false;
             };
@@ -161,7 +224,7 @@ impl StaticDiscovery {
         instance_id: &str,
         health: HealthStatus,
     ) -> bool {
-        self.write(|ns| {
+        self.write(None, |ns| {
             ns.get_mut(namespace)
                 .and_then(|s| s.get_mut(service))
                 .and_then(|s| s.get_mut(instance_id))
@@ -242,27 +305,33 @@ impl StaticDiscovery {
         Self::from_json(&text)
     }
 
-    fn write<R>(&self, f: impl FnOnce(&mut Namespaces) -> R) -> R {
+    /// Runs `f` on one owner's namespaces (`None`: the caller's own).
+    fn write<R>(&self, owner: Option<String>, f: impl FnOnce(&mut Namespaces) -> R) -> R {
         // A panic while holding the lock cannot leave the map half-written in a way
         // that matters here, so a poisoned lock is used as is.
         let mut registry = recover(self.registry.write());
-        f(&mut registry)
+        f(registry.entry(owner).or_default())
     }
 
     fn answer(&self, req: &DiscoverRequest) -> Result<Discovered, Error> {
-        let namespaces = recover(self.registry.read());
-        let services = namespaces.get(&req.namespace).ok_or_else(|| {
-            Error::new(
-                ErrorKind::NamespaceNotFound,
-                format!("no namespace named {:?}", req.namespace),
-            )
-        })?;
+        let owners = recover(self.registry.read());
+        let services = owners
+            .get(&req.owner_account)
+            .and_then(|namespaces| namespaces.get(&req.namespace))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NamespaceNotFound,
+                    format!("no namespace named {:?}{}", req.namespace, req.owned_by()),
+                )
+            })?;
         let svc = services.get(&req.service).ok_or_else(|| {
             Error::new(
                 ErrorKind::ServiceNotFound,
                 format!(
-                    "no service {:?} in namespace {:?}",
-                    req.service, req.namespace
+                    "no service {:?} in namespace {:?}{}",
+                    req.service,
+                    req.namespace,
+                    req.owned_by()
                 ),
             )
         })?;
@@ -363,6 +432,50 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::ServiceNotFound);
         let ok = run(r.discover(&DiscoverRequest::new("ns", "svc"))).unwrap();
         assert!(ok.instances.is_empty());
+    }
+
+    #[test]
+    fn owners_hold_their_own_namespaces() {
+        let r = StaticDiscovery::new()
+            .with_instance("ns", "s", Instance::new("mine"))
+            .with_owned_instance("111111111111", "ns", "s", Instance::new("a"))
+            .with_owned_instance("222222222222", "ns", "s", Instance::new("b"));
+        let ids = |req: DiscoverRequest| -> Vec<String> {
+            run(r.discover(&req))
+                .unwrap()
+                .instances
+                .iter()
+                .map(|i| i.id().to_owned())
+                .collect()
+        };
+        assert_eq!(ids(DiscoverRequest::new("ns", "s")), ["mine"]);
+        assert_eq!(
+            ids(DiscoverRequest::new("ns", "s").owner_account("111111111111")),
+            ["a"]
+        );
+        assert_eq!(
+            ids(DiscoverRequest::new("ns", "s").owner_account("222222222222")),
+            ["b"]
+        );
+        let e = run(r.discover(&DiscoverRequest::new("ns", "s").owner_account("333333333333")))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NamespaceNotFound);
+        assert!(e.to_string().contains("owner account 333333333333"), "{e}");
+        let e = run(r.discover(&DiscoverRequest::new("ns", "x").owner_account("111111111111")))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ServiceNotFound);
+        assert!(e.to_string().contains("owner account 111111111111"), "{e}");
+        // Each owner's service has its own revision.
+        let before = run(r.revision(&DiscoverRequest::new("ns", "s"))).unwrap();
+        r.register_owned("111111111111", "ns", "s", Instance::new("c"));
+        assert_eq!(
+            run(r.revision(&DiscoverRequest::new("ns", "s"))).unwrap(),
+            before
+        );
+        assert_eq!(
+            ids(DiscoverRequest::new("ns", "s").owner_account("111111111111")),
+            ["a", "c"]
+        );
     }
 
     #[test]

@@ -57,6 +57,33 @@ impl ResolverBuilder {
         self
     }
 
+    /// The AWS account owning the namespaces, for namespaces shared with this account
+    /// from another one (AWS RAM); see [`ResolverOptions::owner_account`]. Checked by
+    /// [`build`](Self::build) (12 digits). Default: none (the caller's own account).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{ErrorKind, Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "logs", Instance::new("mine").ipv4(ip).port(1))
+    ///     .with_owned_instance("111122223333", "shared", "logs", Instance::new("theirs").ipv4(ip).port(2));
+    /// let resolver = Resolver::builder(registry.clone()).owner_account("111122223333").build()?;
+    /// assert_eq!(resolver.resolve("shared", "logs").await?.instance_id(), "theirs");
+    ///
+    /// let bad = Resolver::builder(registry).owner_account("1111-2222-3333").build();
+    /// assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn owner_account(mut self, account: impl Into<String>) -> Self {
+        self.opts.owner_account = Some(account.into());
+        self
+    }
+
     /// Which addresses may be handed out. Default: [`AddressPolicy::default`].
     pub fn address_policy(mut self, policy: AddressPolicy) -> Self {
         self.opts.address_policy = policy;
@@ -184,7 +211,7 @@ impl ResolverBuilder {
     /// # Errors
     ///
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
-    /// capacity, a backoff maximum below its base, a malformed weight attribute,
+    /// capacity, an owner account that is not 12 digits, a backoff maximum below its base, a malformed weight attribute,
     /// call, outlier or retry budget settings out of range, or a rate limit that is
     /// not a positive rate with a burst of at least one;
     /// [`Configuration`](crate::ErrorKind::Configuration) when the source reports

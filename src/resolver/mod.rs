@@ -66,6 +66,8 @@ pub struct Resolver {
     /// A copy of `opts.health_filter` beside the cache handle, so that a warm
     /// `resolve` reads no pointer but the cache's (`benches/warm.rs`).
     health: HealthFilter,
+    /// `opts.owner_account`, kept beside the cache handle for the same reason.
+    owner: Option<Arc<str>>,
 }
 
 /// What the resolver keeps beside its cache: the options it was built with, and the
@@ -131,7 +133,7 @@ impl Resolver {
     ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
     ///   earlier answer may be served.
     pub async fn resolve(&self, namespace: &str, service: &str) -> Result<Endpoint, Error> {
-        let key = KeyRef::plain(namespace, service, self.health);
+        let key = self.key_ref(namespace, service);
         // The warm path runs in this future's own first poll: handing the key to the
         // nested `pick` future first costs a copy of it and a stalled reload.
         if let Some(ep) = self.warm_pick(&key) {
@@ -146,7 +148,7 @@ impl Resolver {
     ///
     /// As [`resolve`](Self::resolve).
     pub async fn resolve_all(&self, namespace: &str, service: &str) -> Result<Endpoints, Error> {
-        let key = KeyRef::plain(namespace, service, self.health);
+        let key = self.key_ref(namespace, service);
         self.all(key).await
     }
 
@@ -169,7 +171,7 @@ impl Resolver {
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
     pub fn query<'a>(&'a self, namespace: &'a str, service: &'a str) -> Query<'a> {
-        Query::new(self, Key::plain(namespace, service, self.health))
+        Query::new(self, self.key(namespace, service))
     }
 
     /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
@@ -219,7 +221,7 @@ impl Resolver {
         F: FnMut(Endpoint) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let key = Key::plain(namespace, service, self.health);
+        let key = self.key(namespace, service);
         Call::new(self.context(), key, op)
     }
 
@@ -296,16 +298,28 @@ impl Resolver {
         namespace: &str,
         service: &str,
     ) -> Result<Vec<Endpoint>, Error> {
-        let key = KeyRef::plain(namespace, service, self.health);
+        let key = self.key_ref(namespace, service);
         let outliers = &self.shared.outliers;
         self.cache
             .candidates(key, MAX_ATTEMPTS, |h, now| outliers.is_ejected(h, now))
             .await
     }
 
+    /// The key of a plain lookup: the resolver's health filter and owner account.
+    #[inline]
+    fn key_ref<'a>(&'a self, namespace: &'a str, service: &'a str) -> KeyRef<'a> {
+        KeyRef::plain(namespace, service, self.health).owned_by(self.owner.as_deref())
+    }
+
+    /// The owned form of [`key_ref`](Self::key_ref), for queries and calls.
+    pub(crate) fn key<'a>(&'a self, namespace: &'a str, service: &'a str) -> Key<'a> {
+        Key::plain(namespace, service, self.health).owned_by(self.owner.as_deref())
+    }
+
     fn from_parts(source: Box<dyn Discover>, opts: ResolverOptions) -> Resolver {
         Resolver {
             health: opts.health_filter,
+            owner: opts.owner_account.as_deref().map(Arc::from),
             cache: Arc::new(Cache::new(source, opts.cache_config())),
             shared: Arc::new(Shared {
                 outliers: OutlierDetector::new(opts.outlier.clone()),

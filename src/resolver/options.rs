@@ -46,6 +46,12 @@ pub struct ResolverOptions {
     pub selection: Selection,
     /// Which instances by health. Default: [`HealthFilter::HealthyOrElseAll`].
     pub health_filter: HealthFilter,
+    /// The AWS account owning the namespaces this resolver asks about, when they are
+    /// shared with this account from another one (AWS RAM): sent as `OwnerAccount`
+    /// on DiscoverInstances and DiscoverInstancesRevision; a
+    /// [`Query::owner_account`](crate::Query::owner_account) overrides it. Must be
+    /// 12 digits. Default: none (the caller's own account).
+    pub owner_account: Option<String>,
     /// Which addresses may be handed out. Default: all but link-local, unspecified,
     /// multicast and broadcast; see [`AddressPolicy`].
     pub address_policy: AddressPolicy,
@@ -128,6 +134,7 @@ impl Default for ResolverOptions {
             ttl: Duration::from_secs(5),
             selection: Selection::RoundRobin,
             health_filter: HealthFilter::HealthyOrElseAll,
+            owner_account: None,
             address_policy: AddressPolicy::default(),
             default_port: None,
             prefer_ipv6: false,
@@ -173,6 +180,9 @@ impl ResolverOptions {
         }
         if let Some(limit) = &self.rate_limit {
             limit.validate()?;
+        }
+        if let Some(owner) = &self.owner_account {
+            crate::discover::names::check_owner_account(owner)?;
         }
         if let Selection::WeightedRandom { attribute } = &self.selection {
             crate::discover::names::check_attribute(attribute, "")?;

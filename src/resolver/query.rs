@@ -1,5 +1,6 @@
 //! [`Query`]: a resolve (or call) with attribute filters or another health filter.
 
+use std::borrow::Cow;
 use std::future::Future;
 
 use super::{Endpoints, Resolver};
@@ -33,6 +34,35 @@ impl<'a> Query<'a> {
     /// DiscoverInstances optional parameter).
     pub fn optional_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.key.prefer(key.into(), value.into());
+        self
+    }
+
+    /// The AWS account owning the namespace, for a namespace shared with this
+    /// account from another one (AWS RAM); overrides the resolver's
+    /// [`owner_account`](crate::ResolverBuilder::owner_account). The same names under
+    /// two owners are two cache keys. Checked (12 digits) before any call: a bad id
+    /// is [`InvalidInput`](crate::ErrorKind::InvalidInput).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{ErrorKind, Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_owned_instance("111122223333", "shared", "logs", Instance::new("a").ipv4(ip).port(1))
+    ///     .with_owned_instance("444455556666", "shared", "logs", Instance::new("b").ipv4(ip).port(2));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let ep = resolver.query("shared", "logs").owner_account("444455556666").resolve().await?;
+    /// assert_eq!(ep.instance_id(), "b");
+    /// let bad = resolver.query("shared", "logs").owner_account("4444").resolve().await;
+    /// assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidInput);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn owner_account(mut self, account: impl Into<String>) -> Self {
+        self.key.owner = Some(Cow::Owned(account.into()));
         self
     }
 

@@ -1,5 +1,6 @@
-//! An HTTP proxy in front of moto that counts calls per operation and makes the
-//! faults moto cannot: error statuses, throttling, latency, a hung registry.
+//! An HTTP proxy in front of moto that counts calls per operation, records their
+//! request bodies, and makes the faults moto cannot: error statuses, throttling,
+//! latency, a hung registry.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ pub enum Fault {
 struct State {
     counts: Mutex<HashMap<String, u64>>,
     hosts: Mutex<Vec<(String, String)>>,
+    bodies: Mutex<Vec<(String, Bytes)>>,
     fault: Mutex<Option<Fault>>,
 }
 
@@ -98,6 +100,19 @@ impl Proxy {
         self.state.counts.lock().unwrap().clear();
     }
 
+    /// The request bodies (the operation's JSON input) received for an operation, in
+    /// arrival order, faulted or not.
+    pub fn bodies(&self, op: &str) -> Vec<String> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+
     /// (operation, Host header) of every request received.
     pub fn hosts(&self) -> Vec<(String, String)> {
         self.state.hosts.lock().unwrap().clone()
@@ -134,7 +149,14 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("")
         .to_owned();
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     *st.counts.lock().unwrap().entry(op.clone()).or_default() += 1;
+    st.bodies.lock().unwrap().push((op.clone(), body.clone()));
     st.hosts.lock().unwrap().push((op, host));
     let fault = st.fault.lock().unwrap().clone().unwrap_or(Fault::None);
     match fault {
@@ -149,12 +171,6 @@ async fn handle(
         Fault::Delay(d) => tokio::time::sleep(d).await,
         Fault::None => {}
     }
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
     let uri = format!(
         "http://{upstream}{}",
         parts

@@ -185,6 +185,46 @@ async fn configuration_errors_exit_7() {
     assert!(r.stderr.contains("credentials"), "{}", r.stderr);
 }
 
+/// `--owner-account` is sent as `OwnerAccount`; a malformed one is a usage error
+/// found before any call.
+#[tokio::test]
+async fn owner_account_flag() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let url = proxy.url();
+    let r = run(&[
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--owner-account",
+        "111122223333",
+    ])
+    .await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.ends_with("3 endpoints\n"), "{}", r.stdout);
+    let bodies = proxy.bodies("DiscoverInstances");
+    assert_eq!(bodies.len(), 1);
+    assert!(
+        bodies[0].contains(r#""OwnerAccount":"111122223333""#),
+        "{}",
+        bodies[0]
+    );
+
+    let r = run(&[
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--owner-account",
+        "1111",
+    ])
+    .await;
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("owner account"), "{}", r.stderr);
+    assert_eq!(proxy.count("DiscoverInstances"), 1, "no call for a bad id");
+}
+
 #[tokio::test]
 async fn bad_arguments_print_usage_and_exit_2() {
     for args in [

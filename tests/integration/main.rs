@@ -16,6 +16,7 @@ mod dns;
 mod ejection_spread;
 mod failover;
 mod fleet;
+mod owner_account;
 mod prop_options;
 mod properties;
 mod resilience;

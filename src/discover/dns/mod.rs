@@ -59,6 +59,8 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 ///   other filters are answered by what Route 53 returns.
 /// - **Attributes**: DNS records carry none, so query and optional parameters are
 ///   `InvalidInput`, never silently ignored; use [`CloudMapDiscovery`] for them.
+/// - **Owner accounts**: DNS has no notion of who owns a namespace, so a request
+///   with an [owner account](DiscoverRequest::owner_account) is `InvalidInput`.
 /// - **Errors**: NXDOMAIN is `ServiceNotFound`; no records of any kind asked for is
 ///   an empty answer, which the resolver reports as `NoEndpoints`; SERVFAIL, REFUSED,
 ///   a timeout or no reachable server is `Unavailable`, and the resolver keeps
@@ -452,6 +454,13 @@ fn check_request(req: &DiscoverRequest) -> Result<(), Error> {
              query or optional parameters; use CloudMapDiscovery for attribute filters",
         ));
     }
+    if let Some(owner) = req.owner() {
+        return Err(Error::invalid(format!(
+            "DNS has no notion of a namespace's owner account, so DNS discovery cannot \
+             answer for owner account {owner}; use CloudMapDiscovery for namespaces \
+             shared from another account"
+        )));
+    }
     if req.health == HealthFilter::Unhealthy {
         return Err(Error::invalid(
             "DNS answers hold only the records Route 53 considers healthy, so DNS discovery \
@@ -518,6 +527,10 @@ mod tests {
             check_request(&h).unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
+        let owned = DiscoverRequest::new("prod.internal", "api").owner_account("123456789012");
+        let e = check_request(&owned).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput);
+        assert!(e.to_string().contains("123456789012"), "{e}");
         let bad = DiscoverRequest::new("prod.internal", "no spaces");
         assert_eq!(
             check_request(&bad).unwrap_err().kind(),
