@@ -88,6 +88,7 @@ mod discover;
 mod endpoint;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 mod integrations;
+mod register;
 mod resolver;
 mod select;
 mod util;
@@ -125,6 +126,8 @@ pub use integrations::tower::{BoxError, Failover, FailoverLayer};
 pub use integrations::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 pub use integrations::HostMap;
+pub use register::registered::{Drained, Registered};
+pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;

@@ -62,12 +62,7 @@ impl CloudMapDiscovery {
     /// [`Configuration`](ErrorKind::Configuration) by
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let retry = sdk
-            .retry_config()
-            .cloned()
-            .unwrap_or_else(RetryConfig::standard)
-            .with_max_attempts(1);
-        let mut config = sd::config::Builder::from(sdk).retry_config(retry);
+        let mut config = client_config(sdk);
         if let Some(url) = sdk.endpoint_url() {
             if let Some(host) = host_of(url) {
                 config = config.interceptor(KeepEndpointHost {
@@ -106,6 +101,19 @@ impl CloudMapDiscovery {
     }
 }
 
+/// The SDK client configuration every registry client of this crate starts from:
+/// the `SdkConfig`'s region, credentials and endpoint URL, with one attempt per call
+/// (the crate retries itself, with jittered backoff). `CloudMapDiscovery` adds the
+/// `data-` prefix fix on top; self-registration (`register/`) uses it as is.
+pub(crate) fn client_config(sdk: &aws_config::SdkConfig) -> sd::config::Builder {
+    let retry = sdk
+        .retry_config()
+        .cloned()
+        .unwrap_or_else(RetryConfig::standard)
+        .with_max_attempts(1);
+    sd::config::Builder::from(sdk).retry_config(retry)
+}
+
 /// The endpoint URL calls go to, for messages.
 fn endpoint_of(url: Option<&str>, region: Option<&sd::config::Region>) -> Arc<str> {
     match (url, region) {
@@ -119,7 +127,7 @@ fn endpoint_of(url: Option<&str>, region: Option<&sd::config::Region>) -> Arc<st
 
 /// What makes this configuration unusable, if anything: checked without a network
 /// call, so `build()` fails at once instead of the first resolve reporting an outage.
-fn config_error(
+pub(crate) fn config_error(
     has_region: bool,
     has_credentials: bool,
     endpoint_url: Option<&str>,
@@ -208,7 +216,7 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
 
 /// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
 /// called, named in connection failures.
-fn map_error<E, R>(op: &str, endpoint: &str, err: SdkError<E, R>) -> Error
+pub(crate) fn map_error<E, R>(op: &str, endpoint: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
@@ -220,6 +228,9 @@ where
                 Some("NamespaceNotFound") => ErrorKind::NamespaceNotFound,
                 Some("ServiceNotFound") => ErrorKind::ServiceNotFound,
                 Some("InvalidInput") => ErrorKind::InvalidInput,
+                // The write operations' answers (self-registration, `register/`).
+                Some("InstanceNotFound") => ErrorKind::InstanceNotFound,
+                Some("CustomHealthNotFound") => ErrorKind::CustomHealthNotFound,
                 Some(
                     "RequestLimitExceeded"
                     | "ThrottlingException"

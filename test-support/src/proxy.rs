@@ -1,5 +1,8 @@
 //! An HTTP proxy in front of moto that counts calls per operation and makes the
-//! faults moto cannot: error statuses, throttling, latency, a hung registry.
+//! faults moto cannot: error statuses, throttling, latency, a hung registry, and
+//! operations that do not succeed at once (moto's always do). Faults apply to every
+//! request ([`Proxy::set_fault`]) or to chosen operations, for a number of requests
+//! ([`Proxy::fault_operation`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,13 +29,25 @@ pub enum Fault {
     Delay(Duration),
     /// Never answer.
     Hang,
+    /// Forward, then rewrite a GetOperation answer's `Status` to this (`PENDING`,
+    /// `FAIL`; `FAIL` adds an `ErrorCode` and `ErrorMessage`).
+    OperationStatus(&'static str),
+}
+
+/// A fault for one operation: the next `remaining` requests (all, if `None`).
+#[derive(Debug, Clone)]
+struct Rule {
+    fault: Fault,
+    remaining: Option<u32>,
 }
 
 #[derive(Default)]
 struct State {
     counts: Mutex<HashMap<String, u64>>,
     hosts: Mutex<Vec<(String, String)>>,
+    bodies: Mutex<Vec<(String, String)>>,
     fault: Mutex<Option<Fault>>,
+    rules: Mutex<HashMap<String, Rule>>,
 }
 
 pub struct Proxy {
@@ -81,6 +96,32 @@ impl Proxy {
 
     pub fn set_fault(&self, fault: Fault) {
         *self.state.fault.lock().unwrap() = Some(fault);
+    }
+
+    /// Makes the next `times` requests of `op` (`RegisterInstance`, ...) fail with
+    /// `fault` (every one, if `None`); other operations are untouched. Replaces an
+    /// earlier rule for `op`; [`Fault::None`] clears it.
+    pub fn fault_operation(&self, op: &str, fault: Fault, times: Option<u32>) {
+        self.state.rules.lock().unwrap().insert(
+            op.to_owned(),
+            Rule {
+                fault,
+                remaining: times,
+            },
+        );
+    }
+
+    /// The JSON bodies of the requests received for `op`, in order (not kept for
+    /// DiscoverInstances and DiscoverInstancesRevision).
+    pub fn bodies(&self, op: &str) -> Vec<String> {
+        self.state
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, _)| o == op)
+            .map(|(_, b)| b.clone())
+            .collect()
     }
 
     /// Requests received for an operation (`DiscoverInstances`, ...), faulted or not.
@@ -135,8 +176,24 @@ async fn handle(
         .unwrap_or("")
         .to_owned();
     *st.counts.lock().unwrap().entry(op.clone()).or_default() += 1;
-    st.hosts.lock().unwrap().push((op, host));
-    let fault = st.fault.lock().unwrap().clone().unwrap_or(Fault::None);
+    st.hosts.lock().unwrap().push((op.clone(), host));
+    let fault = operation_fault(&st, &op)
+        .or_else(|| st.fault.lock().unwrap().clone())
+        .unwrap_or(Fault::None);
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    // Not the discovery calls: long runs (the soak) make millions of them.
+    if !op.starts_with("Discover") {
+        st.bodies
+            .lock()
+            .unwrap()
+            .push((op, String::from_utf8_lossy(&body).into_owned()));
+    }
+    let mut rewrite = None;
     match fault {
         Fault::Status(code) => return Ok(json(code, "{}")),
         Fault::Throttle => {
@@ -147,14 +204,10 @@ async fn handle(
         }
         Fault::Hang => std::future::pending::<()>().await,
         Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::OperationStatus(status) => rewrite = Some(status),
         Fault::None => {}
     }
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
+
     let uri = format!(
         "http://{upstream}{}",
         parts
@@ -171,11 +224,42 @@ async fn handle(
         Ok(r) => r,
         Err(_) => return Ok(json(502, "{}")),
     };
-    let (parts, body) = resp.into_parts();
-    let body = body
+    let (mut parts, body) = resp.into_parts();
+    let mut body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if let Some(status) = rewrite {
+        body = with_operation_status(&body, status);
+        parts.headers.remove("content-length");
+    }
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// The fault a rule sets for this request of `op`, counting it against the rule.
+fn operation_fault(st: &State, op: &str) -> Option<Fault> {
+    let mut rules = st.rules.lock().unwrap();
+    let rule = rules.get_mut(op)?;
+    match &mut rule.remaining {
+        Some(0) => return None,
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    Some(rule.fault.clone())
+}
+
+/// A GetOperation answer with `Operation.Status` set to `status`.
+fn with_operation_status(body: &[u8], status: &str) -> Bytes {
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Bytes::copy_from_slice(body);
+    };
+    if let Some(op) = json.get_mut("Operation").and_then(|o| o.as_object_mut()) {
+        op.insert("Status".into(), status.into());
+        if status == "FAIL" {
+            op.insert("ErrorCode".into(), "INSTANCE_LIMIT_EXCEEDED".into());
+            op.insert("ErrorMessage".into(), "injected by the test proxy".into());
+        }
+    }
+    Bytes::from(json.to_string())
 }

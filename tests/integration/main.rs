@@ -18,6 +18,7 @@ mod failover;
 mod fleet;
 mod prop_options;
 mod properties;
+mod register;
 mod resilience;
 
 #[cfg(feature = "cli")]
