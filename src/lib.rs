@@ -72,6 +72,10 @@
 //! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
 //! The README's "When things fail" section lists the behaviour in each failure case.
 //!
+//! Self-registration: [`Registration`] puts this process's instance into Cloud Map and
+//! returns a [`Registered`] handle, whose [`drain`](Registered::drain) takes it out
+//! gracefully on shutdown (README: "Registering a service").
+//!
 //! # Optional features
 //!
 //! HTTP clients (`HostMap` says which host names are services):
