@@ -111,7 +111,14 @@ pub(crate) fn client_config(sdk: &aws_config::SdkConfig) -> sd::config::Builder 
         .cloned()
         .unwrap_or_else(RetryConfig::standard)
         .with_max_attempts(1);
-    sd::config::Builder::from(sdk).retry_config(retry)
+    let config = sd::config::Builder::from(sdk).retry_config(retry);
+    // The SDK client panics when built without a behavior version (an `SdkConfig`
+    // made with `SdkConfig::builder()` has none): take the latest then.
+    if sdk.behavior_version().is_none() {
+        config.behavior_version(aws_config::BehaviorVersion::latest())
+    } else {
+        config
+    }
 }
 
 /// The endpoint URL calls go to, for messages.
@@ -386,6 +393,16 @@ mod tests {
         let source = CloudMapDiscovery::new(&sdk);
         let retry = source.client.config().retry_config().unwrap();
         assert_eq!(retry.max_attempts(), 1);
+    }
+
+    #[test]
+    fn a_configuration_without_behavior_version_does_not_panic() {
+        let sdk = aws_config::SdkConfig::builder().build();
+        let source = CloudMapDiscovery::new(&sdk);
+        assert_eq!(
+            source.validate().unwrap_err().kind(),
+            ErrorKind::Configuration
+        );
     }
 
     #[test]
