@@ -24,6 +24,15 @@ pub enum ErrorKind {
     Unavailable,
     /// Every attempt of a [`Resolver::call`](crate::Resolver::call) failed.
     AttemptsExhausted,
+    /// The service has no instance of that id (a [`Registered`](crate::Registered)
+    /// instance deregistered by someone else).
+    InstanceNotFound,
+    /// The service has no custom health check (`HealthCheckCustomConfig`), so its
+    /// instances' health cannot be set through the API.
+    CustomHealthNotFound,
+    /// The registry accepted a change (register, deregister) but its operation ended
+    /// in `FAIL`; the message carries the registry's error code and text.
+    OperationFailed,
     /// The client is misconfigured: no region, no usable credentials, a malformed
     /// endpoint URL. Not retryable: it fails the same way until the configuration is
     /// fixed. Reported by [`ResolverBuilder::build`](crate::ResolverBuilder::build)
@@ -41,6 +50,9 @@ impl ErrorKind {
             ErrorKind::Throttled => "throttled by the registry",
             ErrorKind::Unavailable => "registry unavailable",
             ErrorKind::AttemptsExhausted => "every attempt failed",
+            ErrorKind::InstanceNotFound => "instance not found",
+            ErrorKind::CustomHealthNotFound => "no custom health check",
+            ErrorKind::OperationFailed => "registry operation failed",
             ErrorKind::Configuration => "configuration error",
         }
     }

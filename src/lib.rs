@@ -72,6 +72,10 @@
 //! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
 //! The README's "When things fail" section lists the behaviour in each failure case.
 //!
+//! Self-registration: [`Registration`] puts this process's instance into Cloud Map and
+//! returns a [`Registered`] handle, whose [`drain`](Registered::drain) takes it out
+//! gracefully on shutdown (README: "Registering a service").
+//!
 //! # Optional features
 //!
 //! HTTP clients (`HostMap` says which host names are services):
@@ -88,6 +92,7 @@ mod discover;
 mod endpoint;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 mod integrations;
+mod register;
 mod resolver;
 mod select;
 mod util;
@@ -125,6 +130,8 @@ pub use integrations::tower::{BoxError, Failover, FailoverLayer};
 pub use integrations::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 pub use integrations::HostMap;
+pub use register::registered::{Drained, Registered};
+pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;

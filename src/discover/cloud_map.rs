@@ -63,12 +63,7 @@ impl CloudMapDiscovery {
     /// [`Configuration`](ErrorKind::Configuration) by
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let retry = sdk
-            .retry_config()
-            .cloned()
-            .unwrap_or_else(RetryConfig::standard)
-            .with_max_attempts(1);
-        let mut config = sd::config::Builder::from(sdk).retry_config(retry);
+        let mut config = client_config(sdk);
         if let Some(url) = sdk.endpoint_url() {
             if let Some(host) = host_of(url) {
                 config = config.interceptor(KeepEndpointHost {
@@ -107,6 +102,26 @@ impl CloudMapDiscovery {
     }
 }
 
+/// The SDK client configuration every registry client of this crate starts from:
+/// the `SdkConfig`'s region, credentials and endpoint URL, with one attempt per call
+/// (the crate retries itself, with jittered backoff). `CloudMapDiscovery` adds the
+/// `data-` prefix fix on top; self-registration (`register/`) uses it as is.
+pub(crate) fn client_config(sdk: &aws_config::SdkConfig) -> sd::config::Builder {
+    let retry = sdk
+        .retry_config()
+        .cloned()
+        .unwrap_or_else(RetryConfig::standard)
+        .with_max_attempts(1);
+    let config = sd::config::Builder::from(sdk).retry_config(retry);
+    // The SDK client panics when built without a behavior version (an `SdkConfig`
+    // made with `SdkConfig::builder()` has none): take the latest then.
+    if sdk.behavior_version().is_none() {
+        config.behavior_version(aws_config::BehaviorVersion::latest())
+    } else {
+        config
+    }
+}
+
 /// The endpoint URL calls go to, for messages.
 fn endpoint_of(url: Option<&str>, region: Option<&sd::config::Region>) -> Arc<str> {
     match (url, region) {
@@ -120,7 +135,7 @@ fn endpoint_of(url: Option<&str>, region: Option<&sd::config::Region>) -> Arc<st
 
 /// What makes this configuration unusable, if anything: checked without a network
 /// call, so `build()` fails at once instead of the first resolve reporting an outage.
-fn config_error(
+pub(crate) fn config_error(
     has_region: bool,
     has_credentials: bool,
     endpoint_url: Option<&str>,
@@ -208,14 +223,9 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
 }
 
 /// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
-/// called, named in connection failures; the message names the namespace's owner
-/// when the request has one.
-fn map_error<E, R>(
-    op: &str,
-    request: &DiscoverRequest,
-    endpoint: &str,
-    err: SdkError<E, R>,
-) -> Error
+/// called, named in connection failures; `op` names the operation (and, for the
+/// discovery calls, the namespace's owner when the request has one).
+pub(crate) fn map_error<E, R>(op: &str, endpoint: &str, err: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,
@@ -227,6 +237,9 @@ where
                 Some("NamespaceNotFound") => ErrorKind::NamespaceNotFound,
                 Some("ServiceNotFound") => ErrorKind::ServiceNotFound,
                 Some("InvalidInput") => ErrorKind::InvalidInput,
+                // The write operations' answers (self-registration, `register/`).
+                Some("InstanceNotFound") => ErrorKind::InstanceNotFound,
+                Some("CustomHealthNotFound") => ErrorKind::CustomHealthNotFound,
                 Some(
                     "RequestLimitExceeded"
                     | "ThrottlingException"
@@ -276,11 +289,7 @@ where
         SdkError::ServiceError(ctx) => Box::new(ctx.into_err()),
         other => Box::new(other),
     };
-    Error::with_source(
-        kind,
-        format!("{op}{}: {detail}", request.owned_by()),
-        source,
-    )
+    Error::with_source(kind, format!("{op}: {detail}"), source)
 }
 
 fn instance_of(summary: &sd::types::HttpInstanceSummary) -> Option<Instance> {
@@ -327,7 +336,7 @@ impl Discover for CloudMapDiscovery {
             let out = call
                 .send()
                 .await
-                .map_err(|e| map_error("DiscoverInstances", request, &self.endpoint, e))?;
+                .map_err(|e| map_error(&format!("DiscoverInstances{}", request.owned_by()), &self.endpoint, e))?;
             let instances = out
                 .instances()
                 .iter()
@@ -368,7 +377,7 @@ impl Discover for CloudMapDiscovery {
                 .set_owner_account(request.owner_account.clone())
                 .send()
                 .await
-                .map_err(|e| map_error("DiscoverInstancesRevision", request, &self.endpoint, e))?;
+                .map_err(|e| map_error(&format!("DiscoverInstancesRevision{}", request.owned_by()), &self.endpoint, e))?;
             Ok(out.instances_revision())
         })
     }
@@ -389,6 +398,16 @@ mod tests {
         let source = CloudMapDiscovery::new(&sdk);
         let retry = source.client.config().retry_config().unwrap();
         assert_eq!(retry.max_attempts(), 1);
+    }
+
+    #[test]
+    fn a_configuration_without_behavior_version_does_not_panic() {
+        let sdk = aws_config::SdkConfig::builder().build();
+        let source = CloudMapDiscovery::new(&sdk);
+        assert_eq!(
+            source.validate().unwrap_err().kind(),
+            ErrorKind::Configuration
+        );
     }
 
     #[test]

@@ -171,3 +171,74 @@ pub async fn set_health(service_id: &str, instance_id: &str, healthy: bool) {
         .await
         .unwrap();
 }
+
+/// The id of the namespace named `name`.
+pub async fn namespace_id(name: &str) -> String {
+    let list = admin().list_namespaces().send().await.unwrap();
+    list.namespaces()
+        .iter()
+        .find(|n| n.name() == Some(name))
+        .and_then(|n| n.id())
+        .unwrap()
+        .to_owned()
+}
+
+/// A service without a custom health check in the namespace named `namespace`;
+/// returns its id.
+pub async fn plain_service(namespace: &str, service: &str) -> String {
+    let svc = admin()
+        .create_service()
+        .name(service)
+        .namespace_id(namespace_id(namespace).await)
+        .send()
+        .await
+        .unwrap();
+    svc.service().unwrap().id().unwrap().to_owned()
+}
+
+/// The ids of a service's instances as moto holds them (a re-registered id appears
+/// twice there, where Cloud Map would update it in place).
+pub async fn instance_ids(service_id: &str) -> Vec<String> {
+    let out = admin()
+        .list_instances()
+        .service_id(service_id)
+        .send()
+        .await
+        .unwrap();
+    out.instances()
+        .iter()
+        .filter_map(|i| i.id().map(str::to_owned))
+        .collect()
+}
+
+/// An instance's attributes as moto holds them.
+pub async fn instance_attributes(
+    service_id: &str,
+    instance_id: &str,
+) -> std::collections::HashMap<String, String> {
+    let out = admin()
+        .get_instance()
+        .service_id(service_id)
+        .instance_id(instance_id)
+        .send()
+        .await
+        .unwrap();
+    out.instance()
+        .and_then(|i| i.attributes())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// An instance's custom health status as moto holds it (`HEALTHY`, `UNHEALTHY`).
+pub async fn health_status(service_id: &str, instance_id: &str) -> Option<String> {
+    let out = admin()
+        .get_instances_health_status()
+        .service_id(service_id)
+        .instances(instance_id)
+        .send()
+        .await
+        .unwrap();
+    out.status()
+        .and_then(|m| m.get(instance_id))
+        .map(|s| s.as_str().to_owned())
+}

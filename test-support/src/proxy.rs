@@ -1,6 +1,8 @@
 //! An HTTP proxy in front of moto that counts calls per operation, records their
 //! request bodies, and makes the faults moto cannot: error statuses, throttling,
-//! latency, a hung registry.
+//! latency, a hung registry, and operations that do not succeed at once (moto's
+//! always do). Faults apply to every request ([`Proxy::set_fault`]) or to chosen
+//! operations, for a number of requests ([`Proxy::fault_operation`]).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,14 +29,29 @@ pub enum Fault {
     Delay(Duration),
     /// Never answer.
     Hang,
+    /// Forward, then rewrite a GetOperation answer's `Status` to this (`PENDING`,
+    /// `FAIL`; `FAIL` adds an `ErrorCode` and `ErrorMessage`).
+    OperationStatus(&'static str),
 }
+
+/// A fault for one operation: the next `remaining` requests (all, if `None`).
+#[derive(Debug, Clone)]
+struct Rule {
+    fault: Fault,
+    remaining: Option<u32>,
+}
+
+/// How many request bodies a proxy keeps (the first ones): enough for any test that
+/// reads them, bounded for the soak's millions of calls.
+pub const MAX_BODIES: usize = 10_000;
 
 #[derive(Default)]
 struct State {
     counts: Mutex<HashMap<String, u64>>,
     hosts: Mutex<Vec<(String, String)>>,
-    bodies: Mutex<Vec<(String, Bytes)>>,
+    bodies: Mutex<Vec<(String, String)>>,
     fault: Mutex<Option<Fault>>,
+    rules: Mutex<HashMap<String, Rule>>,
 }
 
 pub struct Proxy {
@@ -85,6 +102,19 @@ impl Proxy {
         *self.state.fault.lock().unwrap() = Some(fault);
     }
 
+    /// Makes the next `times` requests of `op` (`RegisterInstance`, ...) fail with
+    /// `fault` (every one, if `None`); other operations are untouched. Replaces an
+    /// earlier rule for `op`; [`Fault::None`] clears it.
+    pub fn fault_operation(&self, op: &str, fault: Fault, times: Option<u32>) {
+        self.state.rules.lock().unwrap().insert(
+            op.to_owned(),
+            Rule {
+                fault,
+                remaining: times,
+            },
+        );
+    }
+
     /// Requests received for an operation (`DiscoverInstances`, ...), faulted or not.
     pub fn count(&self, op: &str) -> u64 {
         self.state
@@ -101,7 +131,7 @@ impl Proxy {
     }
 
     /// The request bodies (the operation's JSON input) received for an operation, in
-    /// arrival order, faulted or not.
+    /// arrival order, faulted or not; the first [`MAX_BODIES`] requests' are kept.
     pub fn bodies(&self, op: &str) -> Vec<String> {
         self.state
             .bodies
@@ -109,7 +139,7 @@ impl Proxy {
             .unwrap()
             .iter()
             .filter(|(o, _)| o == op)
-            .map(|(_, b)| String::from_utf8_lossy(b).into_owned())
+            .map(|(_, b)| b.clone())
             .collect()
     }
 
@@ -156,9 +186,18 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     *st.counts.lock().unwrap().entry(op.clone()).or_default() += 1;
-    st.bodies.lock().unwrap().push((op.clone(), body.clone()));
-    st.hosts.lock().unwrap().push((op, host));
-    let fault = st.fault.lock().unwrap().clone().unwrap_or(Fault::None);
+    st.hosts.lock().unwrap().push((op.clone(), host));
+    let fault = operation_fault(&st, &op)
+        .or_else(|| st.fault.lock().unwrap().clone())
+        .unwrap_or(Fault::None);
+    {
+        // Bounded: long runs (the soak) make millions of discovery calls.
+        let mut bodies = st.bodies.lock().unwrap();
+        if bodies.len() < MAX_BODIES {
+            bodies.push((op, String::from_utf8_lossy(&body).into_owned()));
+        }
+    }
+    let mut rewrite = None;
     match fault {
         Fault::Status(code) => return Ok(json(code, "{}")),
         Fault::Throttle => {
@@ -169,8 +208,10 @@ async fn handle(
         }
         Fault::Hang => std::future::pending::<()>().await,
         Fault::Delay(d) => tokio::time::sleep(d).await,
+        Fault::OperationStatus(status) => rewrite = Some(status),
         Fault::None => {}
     }
+
     let uri = format!(
         "http://{upstream}{}",
         parts
@@ -187,11 +228,42 @@ async fn handle(
         Ok(r) => r,
         Err(_) => return Ok(json(502, "{}")),
     };
-    let (parts, body) = resp.into_parts();
-    let body = body
+    let (mut parts, body) = resp.into_parts();
+    let mut body = body
         .collect()
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    if let Some(status) = rewrite {
+        body = with_operation_status(&body, status);
+        parts.headers.remove("content-length");
+    }
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// The fault a rule sets for this request of `op`, counting it against the rule.
+fn operation_fault(st: &State, op: &str) -> Option<Fault> {
+    let mut rules = st.rules.lock().unwrap();
+    let rule = rules.get_mut(op)?;
+    match &mut rule.remaining {
+        Some(0) => return None,
+        Some(n) => *n -= 1,
+        None => {}
+    }
+    Some(rule.fault.clone())
+}
+
+/// A GetOperation answer with `Operation.Status` set to `status`.
+fn with_operation_status(body: &[u8], status: &str) -> Bytes {
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Bytes::copy_from_slice(body);
+    };
+    if let Some(op) = json.get_mut("Operation").and_then(|o| o.as_object_mut()) {
+        op.insert("Status".into(), status.into());
+        if status == "FAIL" {
+            op.insert("ErrorCode".into(), "INSTANCE_LIMIT_EXCEEDED".into());
+            op.insert("ErrorMessage".into(), "injected by the test proxy".into());
+        }
+    }
+    Bytes::from(json.to_string())
 }

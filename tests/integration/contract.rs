@@ -78,12 +78,36 @@ async fn contract_as_written() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The registration lines of DESIGN.md's "Additions", verbatim: compiled (and its
+/// future checked to be `Send`), never run; `register::lifecycle` runs the same calls
+/// against moto.
+#[allow(dead_code, unused_variables)]
+async fn registration_as_written() -> Result<(), Box<dyn std::error::Error>> {
+    use cloudmap_resolver::{HealthStatus, Registration};
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+
+    // self-registration with graceful drain (names, not ids: looked up once)
+    let registered = Registration::new(&sdk, "shared", "web", "i-0abc")
+        .ipv4("10.0.0.7".parse()?)
+        .port(8080)
+        .attribute("stage", "prod")
+        .register()
+        .await?; // returns when the operation succeeded
+    registered.set_health(HealthStatus::Unhealthy).await?; // services with a custom health check
+    registered.drain(Duration::from_secs(6)).await?; // deregister, then wait while callers let go
+    Ok(())
+}
+
 #[test]
 fn contract_compiles_and_is_send() {
     fn send<T: Send>(_: &T) {}
     fn shared<T: Clone + Send + Sync + 'static>() {}
     send(&contract_as_written());
+    send(&registration_as_written());
     shared::<Resolver>();
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<cloudmap_resolver::Registered>();
+    shareable::<cloudmap_resolver::Registration>();
 }
 
 /// A server that answers `hello from <name>` to every request.

@@ -19,6 +19,7 @@ mod fleet;
 mod owner_account;
 mod prop_options;
 mod properties;
+mod register;
 mod resilience;
 
 #[cfg(feature = "cli")]

@@ -1,0 +1,257 @@
+//! RegisterInstance's rules for instance ids and attributes, checked before any call.
+//!
+//! From the Cloud Map API reference (RegisterInstance, `Attributes` and `InstanceId`):
+//! an instance id is 1 to 64 characters of `[0-9a-zA-Z_/:.@-]`; an attribute key is 1
+//! to 255 printable ASCII characters without spaces (`^[a-zA-Z0-9!-~]+$`); a value is
+//! at most 1,024 printable ASCII characters, spaces and tabs allowed but not first
+//! (`^([a-zA-Z0-9!-~][ \ta-zA-Z0-9!-~]*){0,1}[a-zA-Z0-9!-~]{0,1}$`); at most 30 custom
+//! attributes; all keys and values together at most 5,000 characters. Keys starting
+//! with `AWS_` are reserved: only the documented ones are accepted, each with its own
+//! rule (an address that parses, a port, `HEALTHY`/`UNHEALTHY`), and an alias
+//! (`AWS_ALIAS_DNS_NAME`) excludes the `AWS_INSTANCE_*` attributes.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::discover::instance::{ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
+use crate::error::Error;
+
+/// The attribute that sets a custom health check's first status.
+pub(crate) const ATTR_INIT_HEALTH: &str = "AWS_INIT_HEALTH_STATUS";
+/// The attribute naming an EC2 instance (HTTP namespaces only).
+pub(crate) const ATTR_EC2_INSTANCE_ID: &str = "AWS_EC2_INSTANCE_ID";
+
+/// Custom (non-`AWS_`) attributes one instance may carry.
+pub(crate) const MAX_CUSTOM: usize = 30;
+/// Longest key.
+pub(crate) const MAX_KEY: usize = 255;
+/// Longest value.
+pub(crate) const MAX_VALUE: usize = 1024;
+/// All keys and values together.
+pub(crate) const MAX_TOTAL: usize = 5000;
+/// Longest instance id (and `CreatorRequestId`).
+pub(crate) const MAX_ID: usize = 64;
+
+const RESERVED: [&str; 7] = [
+    ATTR_ALIAS,
+    ATTR_EC2_INSTANCE_ID,
+    ATTR_INIT_HEALTH,
+    ATTR_CNAME,
+    ATTR_IPV4,
+    ATTR_IPV6,
+    ATTR_PORT,
+];
+
+/// An instance id: 1 to 64 characters of `[0-9a-zA-Z_/:.@-]`.
+pub(crate) fn check_instance_id(id: &str) -> Result<(), Error> {
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(Error::invalid(format!(
+            "instance id must be 1 to {MAX_ID} characters, got {}",
+            id.len()
+        )));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_/:.@-".contains(*c)))
+    {
+        return Err(Error::invalid(format!(
+            "instance id {id:?} has {c:?}: only letters, digits and _ / : . @ - are allowed"
+        )));
+    }
+    Ok(())
+}
+
+/// All of an instance's attributes, as RegisterInstance would judge them.
+pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<(), Error> {
+    let mut custom = 0;
+    let mut total = 0;
+    for (key, value) in attributes {
+        check_key(key)?;
+        check_value(key, value)?;
+        total += key.len() + value.len();
+        if key.starts_with("AWS_") {
+            check_reserved(key, value)?;
+        } else {
+            custom += 1;
+        }
+    }
+    if custom > MAX_CUSTOM {
+        return Err(Error::invalid(format!(
+            "{custom} custom attributes: Cloud Map allows at most {MAX_CUSTOM} per instance"
+        )));
+    }
+    if total > MAX_TOTAL {
+        return Err(Error::invalid(format!(
+            "attributes total {total} characters (keys and values): Cloud Map allows at \
+             most {MAX_TOTAL}"
+        )));
+    }
+    if attributes.contains_key(ATTR_ALIAS) {
+        if let Some(k) = attributes.keys().find(|k| k.starts_with("AWS_INSTANCE_")) {
+            return Err(Error::invalid(format!(
+                "{ATTR_ALIAS} excludes the AWS_INSTANCE_* attributes, but {k} is set"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(Error::invalid(format!(
+            "attribute key must be 1 to {MAX_KEY} characters, got {}",
+            key.len()
+        )));
+    }
+    if let Some(c) = key.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(Error::invalid(format!(
+            "attribute key {key:?} has {c:?}: only printable ASCII without spaces is allowed"
+        )));
+    }
+    Ok(())
+}
+
+fn check_value(key: &str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_VALUE {
+        return Err(Error::invalid(format!(
+            "attribute {key:?} value is {} characters: at most {MAX_VALUE} are allowed",
+            value.len()
+        )));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        return Err(Error::invalid(format!(
+            "attribute {key:?} value has {c:?}: only printable ASCII, spaces and tabs are \
+             allowed"
+        )));
+    }
+    if value.starts_with([' ', '\t']) {
+        return Err(Error::invalid(format!(
+            "attribute {key:?} value starts with white space"
+        )));
+    }
+    Ok(())
+}
+
+fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
+    if !RESERVED.contains(&key) {
+        return Err(Error::invalid(format!(
+            "attribute key {key:?}: keys starting with AWS_ are reserved; the documented \
+             ones are {}",
+            RESERVED.join(", ")
+        )));
+    }
+    let ok = match key {
+        ATTR_IPV4 => value.parse::<Ipv4Addr>().is_ok(),
+        ATTR_IPV6 => value.parse::<Ipv6Addr>().is_ok(),
+        ATTR_PORT => value.parse::<u16>().is_ok_and(|p| p != 0),
+        ATTR_INIT_HEALTH => value == "HEALTHY" || value == "UNHEALTHY",
+        _ => !value.is_empty(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "attribute {key} has the malformed value {value:?}"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn attrs(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn custom(n: usize) -> BTreeMap<String, String> {
+        (0..n).map(|i| (format!("k{i}"), "v".to_owned())).collect()
+    }
+
+    #[test]
+    fn instance_ids() {
+        for ok in ["i-0abc", "a", "ns/svc:1.2@x_y", &"x".repeat(64)] {
+            assert!(check_instance_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "has space", "é", "a#b", &"x".repeat(65)] {
+            let err = check_instance_id(bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+        }
+    }
+
+    #[test]
+    fn thirty_custom_attributes_pass_and_thirty_one_fail() {
+        assert!(check_attributes(&custom(30)).is_ok());
+        let err = check_attributes(&custom(31)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert!(err.message().contains("31 custom attributes"), "{err}");
+        // Reserved keys do not count against the 30.
+        let mut with_address = custom(30);
+        with_address.insert(ATTR_IPV4.into(), "10.0.0.7".into());
+        with_address.insert(ATTR_PORT.into(), "8080".into());
+        assert!(check_attributes(&with_address).is_ok());
+    }
+
+    #[test]
+    fn keys_and_values() {
+        assert!(check_attributes(&attrs(&[("stage", "prod env\tx")])).is_ok());
+        assert!(check_attributes(&attrs(&[("empty", "")])).is_ok());
+        let long_key = "k".repeat(256);
+        let long_value = "v".repeat(1025);
+        for bad in [
+            attrs(&[("", "x")]),
+            attrs(&[(&long_key, "x")]),
+            attrs(&[("a b", "x")]),
+            attrs(&[("k", &long_value)]),
+            attrs(&[("k", " leading")]),
+            attrs(&[("k", "new\nline")]),
+            attrs(&[("k", "é")]),
+        ] {
+            let err = check_attributes(&bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert!(check_attributes(&attrs(&[(&"k".repeat(255), &"v".repeat(1024))])).is_ok());
+    }
+
+    #[test]
+    fn total_size_is_bounded() {
+        // Five values of 1,000 characters plus their keys pass 5,000.
+        let big: BTreeMap<_, _> = (0..5)
+            .map(|i| (format!("k{i}"), "v".repeat(1000)))
+            .collect();
+        let err = check_attributes(&big).unwrap_err();
+        assert!(err.message().contains("5000"), "{err}");
+    }
+
+    #[test]
+    fn reserved_keys_only_as_documented() {
+        let ok = attrs(&[
+            (ATTR_IPV4, "10.0.0.7"),
+            (ATTR_IPV6, "2001:db8::7"),
+            (ATTR_PORT, "8080"),
+            (ATTR_INIT_HEALTH, "UNHEALTHY"),
+        ]);
+        assert!(check_attributes(&ok).is_ok());
+        for bad in [
+            attrs(&[("AWS_SECRET", "x")]),
+            attrs(&[(ATTR_IPV4, "999.0.0.1")]),
+            attrs(&[(ATTR_IPV6, "10.0.0.1")]),
+            attrs(&[(ATTR_PORT, "abc")]),
+            attrs(&[(ATTR_PORT, "70000")]),
+            attrs(&[(ATTR_PORT, "0")]),
+            attrs(&[(ATTR_INIT_HEALTH, "UNKNOWN")]),
+            attrs(&[(ATTR_ALIAS, "lb.example.com"), (ATTR_IPV4, "10.0.0.7")]),
+            attrs(&[(ATTR_CNAME, "")]),
+        ] {
+            let err = check_attributes(&bad).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Names to ids, once per registration: ListNamespaces filtered by name, then
+//! ListServices filtered by the namespace's id, and GetService to confirm the
+//! namespace of a service of that name. The answers are matched here as well (moto
+//! ignores the filters and returns everything), and pages are followed up to a bound.
+
+use aws_sdk_servicediscovery as sd;
+use sd::types::ServiceFilterName;
+use sd::types::{FilterCondition, NamespaceFilter, NamespaceFilterName, ServiceFilter};
+
+use super::operation::{send_retrying, Deadline};
+use crate::discover::cloud_map::map_error;
+use crate::error::{Error, ErrorKind};
+
+/// Pages of ListNamespaces or ListServices read before giving up.
+const MAX_PAGES: usize = 50;
+
+/// The service instances are registered with, as the registry names it.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceIds {
+    pub(crate) namespace_id: String,
+    pub(crate) service_id: String,
+    /// Whether the service has a custom health check (`HealthCheckCustomConfig`):
+    /// only then can `AWS_INIT_HEALTH_STATUS` and UpdateInstanceCustomHealthStatus be
+    /// used.
+    pub(crate) custom_health: bool,
+}
+
+pub(crate) async fn service_ids(
+    client: &sd::Client,
+    endpoint: &str,
+    namespace: &str,
+    service: &str,
+    deadline: &Deadline,
+    seed: u64,
+) -> Result<ServiceIds, Error> {
+    let namespace_id = namespace_id(client, endpoint, namespace, deadline, seed).await?;
+    let mut token: Option<String> = None;
+    for page in 0..MAX_PAGES {
+        let filter = ServiceFilter::builder()
+            .name(ServiceFilterName::NamespaceId)
+            .condition(FilterCondition::Eq)
+            .values(namespace_id.as_str())
+            .build()
+            .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "ListServices filter", e))?;
+        let out = send_retrying("ListServices", deadline, seed ^ page as u64, || async {
+            client
+                .list_services()
+                .filters(filter.clone())
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| map_error("ListServices", endpoint, e))
+        })
+        .await?;
+        // The summaries do not say their namespace, and a registry that ignores the
+        // filter lists every namespace's services: GetService confirms a candidate.
+        let candidates = out
+            .services()
+            .iter()
+            .filter(|s| s.name() == Some(service))
+            .filter_map(|s| s.id());
+        for id in candidates {
+            let got = send_retrying("GetService", deadline, seed, || async {
+                client
+                    .get_service()
+                    .id(id)
+                    .send()
+                    .await
+                    .map_err(|e| map_error("GetService", endpoint, e))
+            })
+            .await?;
+            if let Some(s) = got
+                .service()
+                .filter(|s| s.namespace_id() == Some(namespace_id.as_str()))
+            {
+                return Ok(ServiceIds {
+                    service_id: id.to_owned(),
+                    namespace_id,
+                    custom_health: s.health_check_custom_config().is_some(),
+                });
+            }
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => break,
+        }
+    }
+    Err(Error::new(
+        ErrorKind::ServiceNotFound,
+        format!("namespace {namespace:?} ({namespace_id}) has no service {service:?}"),
+    ))
+}
+
+async fn namespace_id(
+    client: &sd::Client,
+    endpoint: &str,
+    namespace: &str,
+    deadline: &Deadline,
+    seed: u64,
+) -> Result<String, Error> {
+    let filter = NamespaceFilter::builder()
+        .name(NamespaceFilterName::Name)
+        .condition(FilterCondition::Eq)
+        .values(namespace)
+        .build()
+        .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "ListNamespaces filter", e))?;
+    let mut token: Option<String> = None;
+    for page in 0..MAX_PAGES {
+        let out = send_retrying("ListNamespaces", deadline, seed ^ page as u64, || async {
+            client
+                .list_namespaces()
+                .filters(filter.clone())
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| map_error("ListNamespaces", endpoint, e))
+        })
+        .await?;
+        let found = out.namespaces().iter().find(|n| {
+            let http_name = n
+                .properties()
+                .and_then(|p| p.http_properties())
+                .and_then(|h| h.http_name());
+            n.name() == Some(namespace) || http_name == Some(namespace)
+        });
+        if let Some(id) = found.and_then(|n| n.id()) {
+            return Ok(id.to_owned());
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => break,
+        }
+    }
+    Err(Error::new(
+        ErrorKind::NamespaceNotFound,
+        format!("no namespace named {namespace:?}"),
+    ))
+}

@@ -1,0 +1,56 @@
+//! Self-registration and drain: the one part of the crate that writes to the registry.
+//!
+//! `registration.rs` checks an instance (`attributes.rs`, and discover's name rules),
+//! looks its names up once (`lookup.rs`), registers it and waits on the operation
+//! (`operation.rs`: deadline, retries, GetOperation polling); `registered.rs` is the
+//! handle that sets its health and drains it.
+
+use std::sync::Arc;
+
+use aws_sdk_servicediscovery as sd;
+
+use crate::discover::cloud_map::{client_config, config_error};
+use crate::error::Error;
+
+pub(crate) mod attributes;
+pub(crate) mod lookup;
+pub(crate) mod operation;
+pub(crate) mod registered;
+pub(crate) mod registration;
+
+/// The registry client registration writes with: the same SDK configuration as
+/// `CloudMapDiscovery` (region, credentials, endpoint URL, one attempt per call),
+/// without its `data-` host fix, which only DiscoverInstances and
+/// DiscoverInstancesRevision need (the SDK's endpoint prefix is set on those two
+/// operations only; `tests/integration/register/` checks the host every write
+/// operation is sent to).
+#[derive(Clone)]
+pub(crate) struct Writer {
+    pub(crate) client: sd::Client,
+    /// Where calls go, for error messages.
+    pub(crate) endpoint: Arc<str>,
+    /// A configuration that cannot work, reported by every call.
+    pub(crate) config_error: Option<Error>,
+}
+
+impl Writer {
+    pub(crate) fn new(sdk: &aws_config::SdkConfig) -> Self {
+        let client = sd::Client::from_conf(client_config(sdk).build());
+        let endpoint: Arc<str> = match (sdk.endpoint_url(), sdk.region()) {
+            (Some(url), _) => url.into(),
+            (None, Some(region)) => {
+                format!("https://servicediscovery.{region}.amazonaws.com").into()
+            }
+            (None, None) => "the default endpoint (no region)".into(),
+        };
+        Writer {
+            client,
+            endpoint,
+            config_error: config_error(
+                sdk.region().is_some(),
+                sdk.credentials_provider().is_some(),
+                sdk.endpoint_url(),
+            ),
+        }
+    }
+}

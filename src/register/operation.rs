@@ -1,0 +1,298 @@
+//! How a registry write is carried out: a deadline over the whole call, retries with
+//! jittered backoff when the registry throttles or fails, and the wait on
+//! GetOperation until the change is `SUCCESS` or `FAIL`.
+//!
+//! Every loop here is bounded twice: by a number of attempts and by the deadline.
+
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_servicediscovery as sd;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sd::types::OperationStatus;
+use tokio::time::Instant;
+
+use crate::discover::cloud_map::map_error;
+use crate::error::{Error, ErrorKind};
+
+/// Sends of one request (RegisterInstance, DeregisterInstance, ...) before giving up
+/// on a registry that keeps throttling or failing.
+pub(crate) const MAX_SENDS: u32 = 8;
+/// GetOperation calls for one operation before giving up on it.
+pub(crate) const MAX_POLLS: u32 = 60;
+
+/// Jittered exponential delays: each in `[d/2, d]`, `d` doubling from `first` up to
+/// `max`. Seeded, so a test can replay it.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+    max: Duration,
+    rng: SmallRng,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration, seed: u64) -> Self {
+        Backoff {
+            next: first,
+            max: max.max(first),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// Backoff after a throttled or failed send: from 100 ms up to 5 s.
+    pub(crate) fn for_sends(seed: u64) -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(5), seed)
+    }
+
+    /// Between GetOperation calls: from 100 ms up to 2 s (Cloud Map's operations take
+    /// a few seconds).
+    pub(crate) fn for_polls(seed: u64) -> Self {
+        Backoff::new(Duration::from_millis(100), Duration::from_secs(2), seed)
+    }
+
+    pub(crate) fn delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = d.saturating_mul(2).min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(self.rng.random::<f64>())
+    }
+}
+
+/// The end of one public call (register, set_health, drain's deregistration).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    pub(crate) fn after(total: Duration) -> Self {
+        Deadline {
+            at: Instant::now().checked_add(total).unwrap_or_else(far_future),
+            total,
+        }
+    }
+
+    fn passed(&self, what: &str, last: Option<&Error>) -> Error {
+        let kind = last.map_or(ErrorKind::Unavailable, Error::kind);
+        let cause = last.map_or(String::new(), |e| format!(" (last: {e})"));
+        Error::new(
+            kind,
+            format!("{what}: deadline of {:?} passed{cause}", self.total),
+        )
+    }
+
+    /// Runs `fut`, failing when the deadline passes first.
+    pub(crate) async fn run<T>(
+        &self,
+        what: &str,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match tokio::time::timeout_at(self.at, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(self.passed(what, None)),
+        }
+    }
+
+    /// Sleeps `d`, unless the deadline would pass first: then fails at once with
+    /// `last`'s kind, so a caller that was throttled to the end hears `Throttled`.
+    pub(crate) async fn sleep(&self, d: Duration, what: &str, last: &Error) -> Result<(), Error> {
+        if Instant::now() + d >= self.at {
+            return Err(self.passed(what, Some(last)));
+        }
+        tokio::time::sleep(d).await;
+        Ok(())
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Sends one request until it is answered: a throttled or failed send (the registry's
+/// 5xx, a lost connection) is sent again after a jittered backoff, up to
+/// [`MAX_SENDS`] times and within the deadline. Any other error is final. Only for
+/// requests that are safe to repeat: RegisterInstance carries a `CreatorRequestId`,
+/// the others are idempotent.
+pub(crate) async fn send_retrying<T, F, Fut>(
+    what: &str,
+    deadline: &Deadline,
+    seed: u64,
+    mut send: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    let mut backoff = Backoff::for_sends(seed);
+    let mut sends = 0;
+    loop {
+        sends += 1;
+        let err = match deadline.run(what, send()).await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_retryable() => e,
+            Err(e) => return Err(e),
+        };
+        if sends >= MAX_SENDS {
+            return Err(Error::new(
+                err.kind(),
+                format!("{what}: gave up after {sends} attempts (last: {err})"),
+            ));
+        }
+        tracing::debug!(what, sends, error = %err, "registry write will be retried");
+        deadline.sleep(backoff.delay(), what, &err).await?;
+    }
+}
+
+/// Polls GetOperation until the operation is `SUCCESS` (`Ok`) or `FAIL`
+/// ([`OperationFailed`](ErrorKind::OperationFailed)), backing off between polls, up to
+/// [`MAX_POLLS`] polls and within the deadline.
+pub(crate) async fn wait_operation(
+    client: &sd::Client,
+    endpoint: &str,
+    operation_id: &str,
+    what: &str,
+    deadline: &Deadline,
+    seed: u64,
+) -> Result<(), Error> {
+    let mut backoff = Backoff::for_polls(seed);
+    for poll in 1..=MAX_POLLS {
+        let op = send_retrying(
+            "GetOperation",
+            deadline,
+            seed.wrapping_add(u64::from(poll)),
+            || async {
+                client
+                    .get_operation()
+                    .operation_id(operation_id)
+                    .send()
+                    .await
+                    .map_err(|e| map_error("GetOperation", endpoint, e))
+            },
+        )
+        .await?;
+        let Some(op) = op.operation() else {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("GetOperation {operation_id}: the answer has no operation"),
+            ));
+        };
+        let pending = match op.status() {
+            Some(OperationStatus::Success) => return Ok(()),
+            Some(OperationStatus::Fail) => {
+                return Err(Error::new(
+                    ErrorKind::OperationFailed,
+                    format!(
+                        "{what}: operation {operation_id} failed: {}: {}",
+                        op.error_code().unwrap_or("no error code"),
+                        op.error_message().unwrap_or("no message")
+                    ),
+                ))
+            }
+            other => Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "{what}: operation {operation_id} still {}",
+                    other.map_or("without a status", |s| s.as_str())
+                ),
+            ),
+        };
+        if poll == MAX_POLLS {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("{} after {MAX_POLLS} polls", pending.message()),
+            ));
+        }
+        deadline.sleep(backoff.delay(), what, &pending).await?;
+    }
+    // MAX_POLLS >= 1: the loop returns on its last poll.
+    Err(Error::new(
+        ErrorKind::Unavailable,
+        format!("{what}: no poll made"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800), 7);
+        let bounds = [100, 200, 400, 800, 800, 800];
+        for hi in bounds {
+            let d = b.delay();
+            let hi = Duration::from_millis(hi);
+            assert!(
+                d >= hi / 2 && d <= hi,
+                "{d:?} not in [{:?}, {hi:?}]",
+                hi / 2
+            );
+        }
+        // Seeded: the same seed replays the same delays.
+        let a: Vec<_> = {
+            let mut b = Backoff::for_sends(3);
+            (0..5).map(|_| b.delay()).collect()
+        };
+        let mut again = Backoff::for_sends(3);
+        assert!(a.iter().all(|d| *d == again.delay()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttled_sends_back_off_and_stop_at_the_bound() {
+        let deadline = Deadline::after(Duration::from_secs(3600));
+        let mut sends = 0;
+        let start = Instant::now();
+        let err = send_retrying("RegisterInstance", &deadline, 1, || {
+            sends += 1;
+            async { Err::<(), _>(Error::new(ErrorKind::Throttled, "Rate exceeded")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(sends, MAX_SENDS);
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        // Seven backoffs of at least 50, 100, 200, ... ms (capped at 5 s): it waited.
+        assert!(start.elapsed() >= Duration::from_millis(50 + 100 + 200 + 400 + 800));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_retries_with_the_last_kind() {
+        let deadline = Deadline::after(Duration::from_millis(400));
+        let mut sends = 0;
+        let err = send_retrying("RegisterInstance", &deadline, 1, || {
+            sends += 1;
+            async { Err::<(), _>(Error::new(ErrorKind::Throttled, "Rate exceeded")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Throttled);
+        assert!(err.message().contains("deadline"), "{err}");
+        assert!((2..MAX_SENDS).contains(&sends), "{sends}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn final_errors_are_not_retried() {
+        let deadline = Deadline::after(Duration::from_secs(60));
+        let mut sends = 0;
+        let err = send_retrying("RegisterInstance", &deadline, 1, || {
+            sends += 1;
+            async { Err::<(), _>(Error::new(ErrorKind::ServiceNotFound, "srv-1")) }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((sends, err.kind()), (1, ErrorKind::ServiceNotFound));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_send_ends_at_the_deadline() {
+        let deadline = Deadline::after(Duration::from_secs(2));
+        let err = send_retrying("RegisterInstance", &deadline, 1, || {
+            std::future::pending::<Result<(), Error>>()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.message().contains("deadline"), "{err}");
+    }
+}

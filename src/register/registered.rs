@@ -1,0 +1,289 @@
+//! `Registered`: an instance in the registry, with its health updates and its way out.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use aws_sdk_servicediscovery as sd;
+use sd::types::CustomHealthStatus;
+
+use super::lookup::ServiceIds;
+use super::operation::{send_retrying, wait_operation, Deadline};
+use super::Writer;
+use crate::discover::cloud_map::map_error;
+use crate::discover::instance::HealthStatus;
+use crate::error::{Error, ErrorKind};
+
+/// An instance this process registered, from [`Registration::register`](crate::Registration::register).
+///
+/// Take it out of the registry with [`drain`](Self::drain) when the process is told
+/// to stop (SIGTERM): the crate installs no signal handler. Dropping it does *not*
+/// deregister (a drop cannot wait, and a silent deregistration on an early return or a
+/// panic would take a healthy instance out): an instance dropped without `drain`
+/// stays registered, and a warning says so.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{HealthStatus, Registration};
+///
+/// let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+/// let registered = Registration::new(&sdk, "shared", "web", "i-0abc")
+///     .ipv4("10.0.0.7".parse().unwrap())
+///     .port(8080)
+///     .initially_unhealthy()
+///     .register()
+///     .await?;
+/// // warmed up: let callers in
+/// registered.set_health(HealthStatus::Healthy).await?;
+/// // SIGTERM: out of the registry, then wait while callers' caches let go
+/// let drained = registered.drain(Duration::from_secs(6)).await?;
+/// assert!(drained.deregistered());
+/// # Ok(()) }
+/// ```
+pub struct Registered {
+    pub(super) writer: Writer,
+    pub(super) namespace: String,
+    pub(super) service: String,
+    pub(super) ids: ServiceIds,
+    pub(super) instance_id: String,
+    pub(super) creator_request_id: String,
+    pub(super) deadline: Duration,
+    pub(super) seed: u64,
+    pub(super) drained: AtomicBool,
+}
+
+/// What [`Registered::drain`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drained {
+    operation_id: Option<String>,
+    waited: Duration,
+}
+
+impl Drained {
+    /// Whether this drain deregistered the instance (false: it was already gone, for
+    /// example deregistered by an earlier drain or by someone else).
+    ///
+    /// ```
+    /// # fn check(d: cloudmap_resolver::Drained) {
+    /// if !d.deregistered() {
+    ///     println!("the instance was already out of the registry");
+    /// }
+    /// # }
+    /// ```
+    pub fn deregistered(&self) -> bool {
+        self.operation_id.is_some()
+    }
+
+    /// The id of the DeregisterInstance operation, which succeeded before the wait.
+    ///
+    /// ```
+    /// # fn check(d: cloudmap_resolver::Drained) {
+    /// println!("operation {:?}", d.operation_id());
+    /// # }
+    /// ```
+    pub fn operation_id(&self) -> Option<&str> {
+        self.operation_id.as_deref()
+    }
+
+    /// How long it waited after the deregistration for callers to let go.
+    ///
+    /// ```
+    /// # fn check(d: cloudmap_resolver::Drained) {
+    /// println!("waited {:?}", d.waited());
+    /// # }
+    /// ```
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Registered {
+    /// The instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The namespace's name, as given to [`Registration::new`](crate::Registration::new).
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The service's name, as given to [`Registration::new`](crate::Registration::new).
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The namespace's id, as the look-up found it (`ns-...`).
+    pub fn namespace_id(&self) -> &str {
+        &self.ids.namespace_id
+    }
+
+    /// The service's id, as the look-up found it (`srv-...`).
+    pub fn service_id(&self) -> &str {
+        &self.ids.service_id
+    }
+
+    /// The `CreatorRequestId` RegisterInstance was sent with.
+    pub fn creator_request_id(&self) -> &str {
+        &self.creator_request_id
+    }
+
+    /// Whether the service has a custom health check, so that
+    /// [`set_health`](Self::set_health) can work.
+    pub fn has_custom_health_check(&self) -> bool {
+        self.ids.custom_health
+    }
+
+    /// Sets the instance's custom health status (UpdateInstanceCustomHealthStatus):
+    /// `Unhealthy` to take it out of the answers of callers that ask for healthy
+    /// instances without deregistering it (overloaded, warming up), `Healthy` to let
+    /// them back in.
+    ///
+    /// Cloud Map applies the change after about 30 s (the custom health check's
+    /// failure threshold), not at once; and a health change does not move the
+    /// service's `DiscoverInstancesRevision`, so callers see it at their next full
+    /// refresh. For a prompt way out, use [`drain`](Self::drain).
+    ///
+    /// # Errors
+    ///
+    /// [`CustomHealthNotFound`](ErrorKind::CustomHealthNotFound) when the service has
+    /// no custom health check (no call made, or the registry's own answer);
+    /// [`InvalidInput`](ErrorKind::InvalidInput) for
+    /// [`HealthStatus::Unknown`], which cannot be set;
+    /// [`InstanceNotFound`](ErrorKind::InstanceNotFound) when the instance is no
+    /// longer registered; [`Throttled`](ErrorKind::Throttled) or
+    /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
+    /// the deadline.
+    pub async fn set_health(&self, status: HealthStatus) -> Result<(), Error> {
+        let status = match status {
+            HealthStatus::Healthy => CustomHealthStatus::Healthy,
+            HealthStatus::Unhealthy => CustomHealthStatus::Unhealthy,
+            HealthStatus::Unknown => {
+                return Err(Error::invalid(
+                    "a custom health status is HEALTHY or UNHEALTHY, not UNKNOWN",
+                ))
+            }
+        };
+        if !self.ids.custom_health {
+            return Err(Error::new(
+                ErrorKind::CustomHealthNotFound,
+                format!(
+                    "service {:?} ({}) has no custom health check: its instances' health \
+                     cannot be set",
+                    self.service, self.ids.service_id
+                ),
+            ));
+        }
+        let deadline = Deadline::after(self.deadline);
+        let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
+        send_retrying(
+            "UpdateInstanceCustomHealthStatus",
+            &deadline,
+            self.seed,
+            || async {
+                client
+                    .update_instance_custom_health_status()
+                    .service_id(&self.ids.service_id)
+                    .instance_id(&self.instance_id)
+                    .status(status.clone())
+                    .send()
+                    .await
+                    .map_err(|e| map_error("UpdateInstanceCustomHealthStatus", endpoint, e))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Takes the instance out of the registry and waits while callers let go:
+    /// DeregisterInstance, then GetOperation until it succeeded, then `wait`. Keep
+    /// serving during the whole call; stop serving when it returns.
+    ///
+    /// Choosing `wait`: callers keep an answer for their cache's TTL and notice the
+    /// change at their next refresh, so wait at least the callers' TTL plus their
+    /// refresh interval. For [`Resolver`](crate::Resolver) callers with default
+    /// settings that is the TTL + 1 s (6 s for the default TTL of 5 s). DNS callers
+    /// need the records' TTL plus their resolver's cache time.
+    ///
+    /// An instance already gone (deregistered by an earlier drain, or by someone else)
+    /// is not an error: the wait still happens, and [`Drained::deregistered`] is false.
+    ///
+    /// # Errors
+    ///
+    /// [`OperationFailed`](ErrorKind::OperationFailed) when the operation ends in
+    /// `FAIL`; [`Throttled`](ErrorKind::Throttled) or
+    /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
+    /// the deadline. No wait is made after an error: the instance may still be
+    /// registered, and the call can be repeated.
+    pub async fn drain(&self, wait: Duration) -> Result<Drained, Error> {
+        let deadline = Deadline::after(self.deadline);
+        let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
+        let sent = send_retrying("DeregisterInstance", &deadline, self.seed, || async {
+            client
+                .deregister_instance()
+                .service_id(&self.ids.service_id)
+                .instance_id(&self.instance_id)
+                .send()
+                .await
+                .map_err(|e| map_error("DeregisterInstance", endpoint, e))
+        })
+        .await;
+        let operation_id = match sent {
+            Ok(out) => out.operation_id().map(str::to_owned),
+            Err(e) if e.kind() == ErrorKind::InstanceNotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(id) = &operation_id {
+            wait_operation(
+                client,
+                endpoint,
+                id,
+                "DeregisterInstance",
+                &deadline,
+                self.seed,
+            )
+            .await?;
+        }
+        self.drained.store(true, Ordering::Relaxed);
+        tracing::info!(
+            namespace = %self.namespace,
+            service = %self.service,
+            instance_id = %self.instance_id,
+            ?wait,
+            "deregistered; waiting for callers to let go"
+        );
+        tokio::time::sleep(wait).await;
+        Ok(Drained {
+            operation_id,
+            waited: wait,
+        })
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if !self.drained.load(Ordering::Relaxed) {
+            tracing::warn!(
+                namespace = %self.namespace,
+                service = %self.service,
+                instance_id = %self.instance_id,
+                "Registered dropped without drain: the instance stays registered"
+            );
+        }
+    }
+}
+
+impl fmt::Debug for Registered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registered")
+            .field("namespace", &self.namespace)
+            .field("service", &self.service)
+            .field("service_id", &self.ids.service_id)
+            .field("instance_id", &self.instance_id)
+            .field("drained", &self.drained.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,314 @@
+//! `Registration`: the builder that puts this process's instance into the registry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use super::attributes::{check_attributes, check_instance_id, ATTR_INIT_HEALTH};
+use super::lookup::service_ids;
+use super::operation::{send_retrying, wait_operation, Deadline};
+use super::registered::Registered;
+use super::Writer;
+use crate::discover::cloud_map::map_error;
+use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
+use crate::discover::names::{check_namespace, check_service};
+use crate::error::{Error, ErrorKind};
+
+/// This process's instance, to be registered in a Cloud Map service.
+///
+/// Names, not ids: the namespace and service are looked up once (ListNamespaces,
+/// ListServices), with [`NamespaceNotFound`](ErrorKind::NamespaceNotFound) or
+/// [`ServiceNotFound`](ErrorKind::ServiceNotFound) when they do not exist. The
+/// instance id, names and attributes are checked against Cloud Map's rules before any
+/// call ([`InvalidInput`](ErrorKind::InvalidInput)): at most 30 custom attributes, keys
+/// of 1 to 255 printable characters, values of at most 1,024, 5,000 characters in all,
+/// and of the reserved `AWS_` keys only the documented ones.
+///
+/// [`register`](Self::register) sends RegisterInstance with a `CreatorRequestId`, so
+/// the retries it makes when throttled or when the registry fails are safe, then
+/// polls GetOperation until the operation succeeds or fails, with a jittered backoff,
+/// all within the [`deadline`](Self::deadline).
+///
+/// The SDK configuration is used as [`CloudMapDiscovery`](crate::CloudMapDiscovery)
+/// uses it: the same region, credentials and endpoint URL, one attempt per SDK call
+/// (the retries are this crate's). The SDK's `data-` host prefix concerns only
+/// DiscoverInstances and DiscoverInstancesRevision; the operations used here go to
+/// the endpoint URL as given.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::Registration;
+///
+/// let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+/// let registered = Registration::new(&sdk, "shared", "web", "i-0abc")
+///     .ipv4("10.0.0.7".parse().unwrap())
+///     .port(8080)
+///     .attribute("stage", "prod")
+///     .register()
+///     .await?;
+/// // ... serve until SIGTERM, then:
+/// registered.drain(Duration::from_secs(6)).await?;
+/// # Ok(()) }
+/// ```
+#[must_use = "nothing is registered until `register` is awaited"]
+pub struct Registration {
+    writer: Writer,
+    namespace: String,
+    service: String,
+    instance_id: String,
+    attributes: BTreeMap<String, String>,
+    deadline: Duration,
+    seed: Option<u64>,
+}
+
+impl Registration {
+    /// How long [`register`](Self::register) and the calls of [`Registered`] may take,
+    /// by default: long enough for Cloud Map's operations (a few seconds) and a
+    /// throttled account's backoff.
+    pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+    /// An instance `instance_id` of `service` in `namespace`, to be registered through
+    /// the registry that `sdk` points at. Nothing is checked or sent until
+    /// [`register`](Self::register).
+    pub fn new(
+        sdk: &aws_config::SdkConfig,
+        namespace: impl Into<String>,
+        service: impl Into<String>,
+        instance_id: impl Into<String>,
+    ) -> Self {
+        Registration {
+            writer: Writer::new(sdk),
+            namespace: namespace.into(),
+            service: service.into(),
+            instance_id: instance_id.into(),
+            attributes: BTreeMap::new(),
+            deadline: Self::DEFAULT_DEADLINE,
+            seed: None,
+        }
+    }
+
+    /// The IPv4 address callers connect to (`AWS_INSTANCE_IPV4`).
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").ipv4("10.0.0.7".parse().unwrap());
+    /// assert_eq!(r.attribute_value("AWS_INSTANCE_IPV4"), Some("10.0.0.7"));
+    /// ```
+    pub fn ipv4(self, ip: Ipv4Addr) -> Self {
+        self.attribute(ATTR_IPV4, ip.to_string())
+    }
+
+    /// The IPv6 address callers connect to (`AWS_INSTANCE_IPV6`).
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").ipv6("2001:db8::7".parse().unwrap());
+    /// assert_eq!(r.attribute_value("AWS_INSTANCE_IPV6"), Some("2001:db8::7"));
+    /// ```
+    pub fn ipv6(self, ip: Ipv6Addr) -> Self {
+        self.attribute(ATTR_IPV6, ip.to_string())
+    }
+
+    /// The port callers connect to (`AWS_INSTANCE_PORT`).
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").port(8080);
+    /// assert_eq!(r.attribute_value("AWS_INSTANCE_PORT"), Some("8080"));
+    /// ```
+    pub fn port(self, port: u16) -> Self {
+        self.attribute(ATTR_PORT, port.to_string())
+    }
+
+    /// Sets an attribute (a later value for the same key replaces the earlier one).
+    /// Custom keys (`stage`, `version`, ...) and the documented `AWS_` keys are
+    /// accepted; the rules are checked by [`register`](Self::register).
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").attribute("stage", "prod");
+    /// assert_eq!(r.attribute_value("stage"), Some("prod"));
+    /// ```
+    pub fn attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.insert(key.into(), value.into());
+        self
+    }
+
+    /// Registers the instance as unhealthy (`AWS_INIT_HEALTH_STATUS=UNHEALTHY`), for a
+    /// service with a custom health check: callers that ask for healthy instances do
+    /// not see it until [`Registered::set_health`] says it is ready. On a service
+    /// without a custom health check, [`register`](Self::register) fails with
+    /// [`CustomHealthNotFound`](ErrorKind::CustomHealthNotFound) before
+    /// RegisterInstance.
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").initially_unhealthy();
+    /// assert_eq!(r.attribute_value("AWS_INIT_HEALTH_STATUS"), Some("UNHEALTHY"));
+    /// ```
+    pub fn initially_unhealthy(self) -> Self {
+        self.attribute(ATTR_INIT_HEALTH, "UNHEALTHY")
+    }
+
+    /// How long [`register`](Self::register) may take in all (look-ups, retries,
+    /// waiting on the operation), and each later call of the [`Registered`] it
+    /// returns. Default: [`DEFAULT_DEADLINE`](Self::DEFAULT_DEADLINE) (60 s). Zero is
+    /// [`InvalidInput`](ErrorKind::InvalidInput).
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").deadline(Duration::from_secs(10));
+    /// ```
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Seeds the backoff jitter, for reproducible tests. Default: a random seed.
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").jitter_seed(7);
+    /// ```
+    pub fn jitter_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// The value an attribute will be registered with, if set.
+    pub fn attribute_value(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+
+    /// Checks everything, looks the names up, registers the instance and waits until
+    /// its operation succeeded.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidInput`](ErrorKind::InvalidInput) for a malformed name, instance id,
+    /// attribute or deadline (no call made); [`Configuration`](ErrorKind::Configuration)
+    /// for an SDK configuration without a region or credentials;
+    /// [`NamespaceNotFound`](ErrorKind::NamespaceNotFound),
+    /// [`ServiceNotFound`](ErrorKind::ServiceNotFound);
+    /// [`CustomHealthNotFound`](ErrorKind::CustomHealthNotFound) for
+    /// [`initially_unhealthy`](Self::initially_unhealthy) on a service without a custom
+    /// health check; [`OperationFailed`](ErrorKind::OperationFailed) when the operation
+    /// ends in `FAIL`; [`Throttled`](ErrorKind::Throttled) or
+    /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
+    /// the deadline or the attempt bound.
+    pub async fn register(self) -> Result<Registered, Error> {
+        if let Some(err) = &self.writer.config_error {
+            return Err(err.clone());
+        }
+        check_namespace(&self.namespace)?;
+        check_service(&self.service)?;
+        check_instance_id(&self.instance_id)?;
+        check_attributes(&self.attributes)?;
+        if self.deadline.is_zero() {
+            return Err(Error::invalid(
+                "registration deadline must be more than zero",
+            ));
+        }
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let deadline = Deadline::after(self.deadline);
+        let client = &self.writer.client;
+        let endpoint = &*self.writer.endpoint;
+        let ids = service_ids(
+            client,
+            endpoint,
+            &self.namespace,
+            &self.service,
+            &deadline,
+            seed,
+        )
+        .await?;
+        if self.attributes.contains_key(ATTR_INIT_HEALTH) && !ids.custom_health {
+            return Err(Error::new(
+                ErrorKind::CustomHealthNotFound,
+                format!(
+                    "{ATTR_INIT_HEALTH} needs a custom health check, and service {:?} \
+                     ({}) has none",
+                    self.service, ids.service_id
+                ),
+            ));
+        }
+        // One id for every retry of this registration: Cloud Map runs it once.
+        let creator_request_id = format!("cmr-{:032x}", rand::random::<u128>());
+        let out = send_retrying("RegisterInstance", &deadline, seed, || async {
+            client
+                .register_instance()
+                .service_id(&ids.service_id)
+                .instance_id(&self.instance_id)
+                .creator_request_id(&creator_request_id)
+                .set_attributes(Some(self.attributes.clone().into_iter().collect()))
+                .send()
+                .await
+                .map_err(|e| map_error("RegisterInstance", endpoint, e))
+        })
+        .await?;
+        let operation_id = out.operation_id().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "RegisterInstance: the answer has no operation id",
+            )
+        })?;
+        wait_operation(
+            client,
+            endpoint,
+            operation_id,
+            "RegisterInstance",
+            &deadline,
+            seed,
+        )
+        .await?;
+        tracing::info!(
+            namespace = %self.namespace,
+            service = %self.service,
+            instance_id = %self.instance_id,
+            "registered"
+        );
+        Ok(Registered {
+            writer: self.writer,
+            namespace: self.namespace,
+            service: self.service,
+            ids,
+            instance_id: self.instance_id,
+            creator_request_id,
+            deadline: self.deadline,
+            seed,
+            drained: AtomicBool::new(false),
+        })
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("namespace", &self.namespace)
+            .field("service", &self.service)
+            .field("instance_id", &self.instance_id)
+            .field("attributes", &self.attributes)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}

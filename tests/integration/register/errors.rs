@@ -1,0 +1,94 @@
+//! Typed errors: unknown names, bad attributes and configuration, with the calls
+//! each one costs counted.
+
+use cloudmap_resolver::{ErrorKind, Registration};
+use test_support::moto::sdk_config;
+
+use super::{setup, write_calls};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_namespace_and_service_are_typed() {
+    let (ns, _, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let err = Registration::new(&sdk, "no-such-namespace-xyz", "web", "i-1")
+        .port(80)
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NamespaceNotFound, "{err}");
+    assert_eq!(proxy.count("ListNamespaces"), 1);
+    assert_eq!(proxy.count("ListServices"), 0);
+
+    let err = Registration::new(&sdk, &ns, "nosuch", "i-1")
+        .port(80)
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound, "{err}");
+    assert_eq!(proxy.count("ListServices"), 1);
+    assert_eq!(proxy.count("RegisterInstance"), 0);
+
+    // A service of that name in another namespace is not ours.
+    let (other_ns, _, _) = setup().await;
+    test_support::moto::plain_service(&other_ns, "elsewhere").await;
+    let err = Registration::new(&sdk, &ns, "elsewhere", "i-1")
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound, "{err}");
+    assert_eq!(proxy.count("RegisterInstance"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_before_any_call() {
+    let (ns, _, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let base = || {
+        Registration::new(&sdk, &ns, "web", "i-1")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(8080)
+    };
+    let thirty_one = (0..31).fold(base(), |r, i| r.attribute(format!("k{i}"), "v"));
+    let thirty = (0..30).fold(base(), |r, i| r.attribute(format!("k{i}"), "v"));
+    let cases = [
+        ("31 custom attributes", thirty_one),
+        ("empty key", base().attribute("", "v")),
+        ("oversized value", base().attribute("k", "v".repeat(1025))),
+        ("reserved key", base().attribute("AWS_SECRET", "x")),
+        ("bad port", base().attribute("AWS_INSTANCE_PORT", "70000")),
+        (
+            "bad instance id",
+            Registration::new(&sdk, &ns, "web", "has space"),
+        ),
+        (
+            "bad namespace",
+            Registration::new(&sdk, "has space", "web", "i-1"),
+        ),
+        ("bad service", Registration::new(&sdk, &ns, "-web", "i-1")),
+        ("zero deadline", base().deadline(std::time::Duration::ZERO)),
+    ];
+    for (what, registration) in cases {
+        let err = registration.register().await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{what}: {err}");
+    }
+    assert_eq!(write_calls(&proxy), 0, "a call was made for bad input");
+
+    // Thirty custom attributes are allowed.
+    let registered = thirty.register().await.unwrap();
+    registered.drain(std::time::Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_without_region_fails_without_a_call() {
+    let (ns, _, proxy) = setup().await;
+    let sdk = aws_config::SdkConfig::builder()
+        .endpoint_url(proxy.url())
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .build();
+    let err = Registration::new(&sdk, &ns, "web", "i-1")
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+    assert_eq!(write_calls(&proxy), 0);
+}

@@ -1,0 +1,125 @@
+//! What moto cannot do, from the proxy: operations that FAIL or stay PENDING, and
+//! throttling. Typed errors, bounded calls, one registration per CreatorRequestId.
+
+use std::time::Duration;
+
+use cloudmap_resolver::{ErrorKind, Registration};
+use test_support::moto::{instance_ids, sdk_config};
+use test_support::proxy::Fault;
+
+use super::setup;
+
+/// What RegisterInstance's retries may add up to: its documented bound.
+const MAX_SENDS: u64 = 8;
+
+fn registration(sdk: &aws_config::SdkConfig, ns: &str, id: &str) -> Registration {
+    Registration::new(sdk, ns, "web", id)
+        .ipv4("127.0.0.1".parse().unwrap())
+        .port(8080)
+        .jitter_seed(7)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_fails_is_a_typed_error() {
+    let (ns, _, proxy) = setup().await;
+    proxy.fault_operation("GetOperation", Fault::OperationStatus("FAIL"), None);
+    let err = registration(&sdk_config(&proxy.url()), &ns, "i-f")
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OperationFailed, "{err}");
+    assert!(err.message().contains("INSTANCE_LIMIT_EXCEEDED"), "{err}");
+    assert_eq!(proxy.count("RegisterInstance"), 1);
+    assert_eq!(proxy.count("GetOperation"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_operation_is_polled_with_backoff_until_success() {
+    let (ns, _, proxy) = setup().await;
+    // PENDING three times, then moto's SUCCESS.
+    proxy.fault_operation("GetOperation", Fault::OperationStatus("PENDING"), Some(3));
+    let registered = registration(&sdk_config(&proxy.url()), &ns, "i-p")
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("GetOperation"), 4);
+    registered.drain(Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_never_finishes_ends_at_the_deadline() {
+    let (ns, _, proxy) = setup().await;
+    proxy.fault_operation("GetOperation", Fault::OperationStatus("PENDING"), None);
+    let err = registration(&sdk_config(&proxy.url()), &ns, "i-d")
+        .deadline(Duration::from_millis(1500))
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("PENDING"), "{err}");
+    // Backoff from 100 ms: a handful of polls in 1.5 s, not a busy loop.
+    let polls = proxy.count("GetOperation");
+    assert!((2..=10).contains(&polls), "{polls} polls");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_registration_backs_off_and_registers_once() {
+    let (ns, service_id, proxy) = setup().await;
+    proxy.fault_operation("RegisterInstance", Fault::Throttle, Some(3));
+    proxy.fault_operation("ListNamespaces", Fault::Throttle, Some(1));
+    let registered = registration(&sdk_config(&proxy.url()), &ns, "i-t")
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("ListNamespaces"), 2);
+    assert_eq!(proxy.count("RegisterInstance"), 4);
+    // Every retry carried the same CreatorRequestId, and the registry saw one
+    // registration (moto would list a duplicate for a second one).
+    let ids: Vec<String> = proxy
+        .bodies("RegisterInstance")
+        .iter()
+        .map(|b| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            v["CreatorRequestId"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert!(ids.iter().all(|id| id == registered.creator_request_id()));
+    let listed = instance_ids(&service_id).await;
+    assert_eq!(listed.iter().filter(|id| *id == "i-t").count(), 1);
+    registered.drain(Duration::ZERO).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_to_the_end_is_throttled_with_bounded_calls() {
+    let (ns, service_id, proxy) = setup().await;
+    proxy.fault_operation("RegisterInstance", Fault::Throttle, None);
+    let err = registration(&sdk_config(&proxy.url()), &ns, "i-x")
+        .deadline(Duration::from_secs(2))
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
+    let sends = proxy.count("RegisterInstance");
+    assert!((2..=MAX_SENDS).contains(&sends), "{sends} sends");
+    assert!(instance_ids(&service_id).await.is_empty());
+
+    // Throttled deregistration: drain reports it and keeps the handle usable.
+    proxy.fault_operation("RegisterInstance", Fault::None, None);
+    let registered = registration(&sdk_config(&proxy.url()), &ns, "i-y")
+        .deadline(Duration::from_secs(2))
+        .register()
+        .await
+        .unwrap();
+    proxy.fault_operation("DeregisterInstance", Fault::Throttle, None);
+    let err = registered.drain(Duration::ZERO).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
+    assert_eq!(instance_ids(&service_id).await, ["i-y"]);
+    proxy.fault_operation("DeregisterInstance", Fault::None, None);
+    assert!(registered
+        .drain(Duration::ZERO)
+        .await
+        .unwrap()
+        .deregistered());
+    assert!(instance_ids(&service_id).await.is_empty());
+}

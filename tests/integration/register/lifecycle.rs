@@ -1,0 +1,145 @@
+//! Register, seen by a resolver; set health; drain, gone from the resolver.
+
+use std::time::Duration;
+
+use cloudmap_resolver::{ErrorKind, HealthStatus, Registration};
+use test_support::moto::{health_status, instance_attributes, register, sdk_config};
+
+use super::{resolver, setup, shows_within, write_calls};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_is_seen_then_drained_is_gone_within_ttl_plus_one_second() {
+    let (ns, service_id, proxy) = setup().await;
+    // The caller is warm (it has an answer cached) before the instance arrives.
+    register(
+        &service_id,
+        "base",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", "9"),
+        ],
+    )
+    .await;
+    let ttl = Duration::from_secs(1);
+    let caller = resolver(ttl);
+    assert!(shows_within(&caller, &ns, "base", true, ttl).await);
+
+    let registered = Registration::new(&sdk_config(&proxy.url()), &ns, "web", "i-new")
+        .ipv4("127.0.0.1".parse().unwrap())
+        .port(8080)
+        .attribute("stage", "prod")
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(registered.instance_id(), "i-new");
+    assert_eq!(registered.service_id(), service_id);
+    assert!(registered.has_custom_health_check());
+    let window = ttl + Duration::from_secs(1);
+    assert!(
+        shows_within(&caller, &ns, "i-new", true, window).await,
+        "registered instance not seen within TTL + 1 s"
+    );
+    let ep = caller
+        .resolve_all(&ns, "web")
+        .await
+        .unwrap()
+        .iter()
+        .find(|e| e.instance_id() == "i-new")
+        .cloned()
+        .unwrap();
+    assert_eq!(ep.socket_addr(), Some("127.0.0.1:8080".parse().unwrap()));
+    assert_eq!(ep.attribute("stage"), Some("prod"));
+
+    // One RegisterInstance, carrying the CreatorRequestId the handle reports.
+    assert_eq!(proxy.count("RegisterInstance"), 1);
+    let body = &proxy.bodies("RegisterInstance")[0];
+    let sent: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(
+        sent["CreatorRequestId"].as_str(),
+        Some(registered.creator_request_id())
+    );
+
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert!(drained.deregistered());
+    assert!(drained.operation_id().is_some());
+    assert_eq!(proxy.count("DeregisterInstance"), 1);
+    assert!(
+        shows_within(&caller, &ns, "i-new", false, window).await,
+        "drained instance still handed out after TTL + 1 s"
+    );
+    assert!(shows_within(&caller, &ns, "base", true, ttl).await);
+
+    // Draining again is not an error: the instance is already gone.
+    let again = registered.drain(Duration::ZERO).await.unwrap();
+    assert!(!again.deregistered());
+
+    // The SDK's `data-` host prefix is for DiscoverInstances(Revision) only: every
+    // write went to the endpoint URL as given (the registration's client does not
+    // carry the fix CloudMapDiscovery needs, so a prefixed host would have failed).
+    let hosts = proxy.hosts();
+    assert!(hosts.len() as u64 >= write_calls(&proxy) && !hosts.is_empty());
+    for (op, host) in hosts {
+        assert_eq!(host, proxy.addr.to_string(), "{op} sent to {host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_is_set_on_services_with_a_custom_health_check_only() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let registered = Registration::new(&sdk, &ns, "web", "i-h")
+        .ipv4("127.0.0.1".parse().unwrap())
+        .port(8080)
+        .initially_unhealthy()
+        .register()
+        .await
+        .unwrap();
+    let attrs = instance_attributes(&service_id, "i-h").await;
+    assert_eq!(
+        attrs.get("AWS_INIT_HEALTH_STATUS").map(String::as_str),
+        Some("UNHEALTHY")
+    );
+    registered
+        .set_health(HealthStatus::Unhealthy)
+        .await
+        .unwrap();
+    assert_eq!(
+        health_status(&service_id, "i-h").await.as_deref(),
+        Some("UNHEALTHY")
+    );
+    registered.set_health(HealthStatus::Healthy).await.unwrap();
+    assert_eq!(
+        health_status(&service_id, "i-h").await.as_deref(),
+        Some("HEALTHY")
+    );
+    assert_eq!(proxy.count("UpdateInstanceCustomHealthStatus"), 2);
+    let err = registered
+        .set_health(HealthStatus::Unknown)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert_eq!(proxy.count("UpdateInstanceCustomHealthStatus"), 2);
+    registered.drain(Duration::ZERO).await.unwrap();
+
+    // A service without a custom health check: typed errors, no write made.
+    test_support::moto::plain_service(&ns, "plain").await;
+    let plain = Registration::new(&sdk, &ns, "plain", "i-p")
+        .ipv4("127.0.0.1".parse().unwrap())
+        .register()
+        .await
+        .unwrap();
+    assert!(!plain.has_custom_health_check());
+    let err = plain.set_health(HealthStatus::Unhealthy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CustomHealthNotFound);
+    assert_eq!(proxy.count("UpdateInstanceCustomHealthStatus"), 2);
+    plain.drain(Duration::ZERO).await.unwrap();
+
+    let registers = proxy.count("RegisterInstance");
+    let err = Registration::new(&sdk, &ns, "plain", "i-q")
+        .initially_unhealthy()
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::CustomHealthNotFound);
+    assert_eq!(proxy.count("RegisterInstance"), registers);
+}
