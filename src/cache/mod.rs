@@ -64,6 +64,7 @@ pub(crate) struct CacheConfig {
     pub(crate) backoff_max: Duration,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) adapt_to_throttling: bool,
+    pub(crate) startup_wait: Duration,
     pub(crate) seed: Option<u64>,
 }
 

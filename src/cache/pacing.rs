@@ -94,6 +94,18 @@ const MIN_RATE: f64 = 0.1;
 const LIFT_ABOVE: f64 = 10_000.0;
 /// Time constant of the estimate of the rate being sent.
 const SEND_WINDOW: Duration = Duration::from_secs(2);
+/// Cold loads answered per step down of the cold pressure. One step up per throttle
+/// and one down per two answers settle where about one cold call in three is
+/// throttled while a fleet's start-up asks for more than the quota (going down as
+/// fast as up would settle at one in two; slower, at fewer refusals but longer and
+/// less even waits: the fleet simulation measured both, README "Running a fleet").
+const COLD_STEP_DOWN: u32 = 2;
+/// The highest cold pressure: the hold (the resolver's backoff at this many
+/// failures, 2-4 s with the default 500 ms base) stays well inside a start-up wait,
+/// so that no process is starved by a long hold while others take the quota.
+const COLD_MAX_PRESSURE: u32 = 4;
+/// A cold pressure whose last throttle is this old is forgotten.
+const COLD_MEMORY: Duration = Duration::from_secs(60);
 
 /// The registry's operations, each with its own quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +178,12 @@ struct Adapted {
     /// Calls sent, decayed with `SEND_WINDOW`.
     sent: f64,
     sent_at: Instant,
-    /// Cold loads throttled in a row, and until when the others are held back.
-    cold_throttles: u32,
+    /// The cold loads' pressure (one step up per throttled cold load, one down per
+    /// `COLD_STEP_DOWN` answered ones), the answered ones towards the next step down,
+    /// the last throttle, and until when the next cold load is held back.
+    cold_pressure: u32,
+    cold_answered: u32,
+    cold_throttled_at: Option<Instant>,
     cold_hold: Option<Instant>,
 }
 
@@ -200,7 +216,9 @@ impl Limiter {
             cut: None,
             sent: 0.0,
             sent_at: now,
-            cold_throttles: 0,
+            cold_pressure: 0,
+            cold_answered: 0,
+            cold_throttled_at: None,
             cold_hold: None,
         };
         Limiter {
@@ -234,7 +252,10 @@ impl Limiter {
     /// When a call of `op` asked for at `now` may go; the turn is taken.
     pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
         let mut st = lock(&self.state);
-        if pace == Pace::Now && st.ops[op as usize].cold_hold.is_some_and(|t| now < t) {
+        if pace == Pace::Now
+            && self.adaptive
+            && st.ops[op as usize].cold_hold.is_some_and(|t| now < t)
+        {
             return Err(Error::new(
                 ErrorKind::Throttled,
                 "the registry throttled this resolver's last cold load; backing off, no \
@@ -304,7 +325,9 @@ impl Limiter {
 
     /// How a cold load of `op` fared. Once one is throttled the account is dry for
     /// every key of the process: the resolver's other cold loads are refused without
-    /// a registry call until `hold(throttles in a row)` has passed.
+    /// a registry call (when adapting to throttling) until `hold(throttles in a
+    /// row)` has passed, and cold loads waiting out the throttling
+    /// ([`cold_turn`](Self::cold_turn)) take their next turn then.
     pub(crate) fn cold_outcome(
         &self,
         op: Op,
@@ -312,18 +335,44 @@ impl Limiter {
         now: Instant,
         hold: impl FnOnce(u32) -> Duration,
     ) {
-        if !self.adaptive {
-            return;
-        }
         let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
-        if throttled {
-            a.cold_throttles += 1;
-            a.cold_hold = Some(after(now, hold(a.cold_throttles)));
-        } else {
-            a.cold_throttles = 0;
-            a.cold_hold = None;
+        if a.cold_throttled_at
+            .is_some_and(|t| now.saturating_duration_since(t) >= COLD_MEMORY)
+        {
+            // The last throttle is long past: start afresh.
+            a.cold_pressure = 0;
+            a.cold_answered = 0;
+            a.cold_throttled_at = None;
         }
+        if throttled {
+            a.cold_pressure = (a.cold_pressure + 1).min(COLD_MAX_PRESSURE);
+            a.cold_answered = 0;
+            a.cold_throttled_at = Some(now);
+        } else {
+            a.cold_answered += 1;
+            if a.cold_answered >= COLD_STEP_DOWN {
+                a.cold_answered = 0;
+                a.cold_pressure = a.cold_pressure.saturating_sub(1);
+            }
+        }
+        // While under pressure, cold loads keep a jittered spacing even after one is
+        // answered: going again at once would mostly meet the same dry account.
+        a.cold_hold = (a.cold_pressure > 0).then(|| after(now, hold(a.cold_pressure)));
+    }
+
+    /// When a cold load that met throttling at `now` may try again: the end of the
+    /// resolver's cold hold (jittered, growing with the cold loads throttled in a
+    /// row), shared by every waiting key so that the process as a whole backs off;
+    /// `None` when no cold load is being held back (a refusal by the configured
+    /// [`RateLimit`], which is not waited out).
+    pub(crate) fn cold_turn(&self, now: Instant) -> Option<Instant> {
+        let st = lock(&self.state);
+        st.ops
+            .iter()
+            .filter_map(|a| a.cold_hold)
+            .max()
+            .map(|t| t.max(now))
     }
 
     #[cfg(test)]
@@ -448,11 +497,67 @@ mod tests {
             l.admit_at(D, Pace::Now, t0 + ms(1499)).is_err(),
             "the hold grows"
         );
-        l.cold_outcome(D, false, t0 + ms(1500), |_| unreachable!());
-        assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
+        // Answers bring the pressure down one step per two, keeping a spacing
+        // until it is gone.
+        let t = t0 + ms(1500);
+        l.cold_outcome(D, false, t, |n| ms(500) * n);
+        assert_eq!(l.cold_turn(t), Some(t + ms(1000)), "still at pressure 2");
+        l.cold_outcome(D, false, t, |n| ms(500) * n);
+        assert_eq!(l.cold_turn(t), Some(t + ms(500)), "down to 1");
+        assert!(l.admit_at(D, Pace::Now, t + ms(499)).is_err());
+        l.cold_outcome(D, false, t, |n| ms(500) * n);
+        l.cold_outcome(D, false, t, |_| unreachable!());
+        assert_eq!(l.cold_turn(t), None, "no pressure left");
+        assert!(l.admit_at(D, Pace::Now, t).is_ok());
         let off = Limiter::new(None, false, t0);
         off.cold_outcome(D, true, t0, |n| ms(500) * n);
         assert!(off.admit_at(D, Pace::Now, t0).is_ok());
+    }
+
+    #[test]
+    fn cold_pressure_is_bounded_and_forgotten() {
+        let t0 = Instant::now();
+        let l = Limiter::new(None, true, t0);
+        for _ in 0..100 {
+            l.cold_outcome(D, true, t0, |n| ms(500) * n);
+        }
+        assert_eq!(
+            l.cold_turn(t0),
+            Some(t0 + ms(500) * COLD_MAX_PRESSURE),
+            "the hold stops growing"
+        );
+        // A minute after the last throttle, one answer clears it all.
+        let later = t0 + COLD_MEMORY;
+        l.cold_outcome(D, false, later, |_| unreachable!());
+        assert_eq!(l.cold_turn(later), None);
+    }
+
+    #[test]
+    fn waiting_cold_loads_take_their_turn_at_the_end_of_the_hold() {
+        let t0 = Instant::now();
+        for adaptive in [true, false] {
+            let l = Limiter::new(Some(RateLimit::new(1.0, 1)), adaptive, t0);
+            assert_eq!(l.cold_turn(t0), None, "nothing held back yet");
+            l.admit_at(D, Pace::Now, t0).unwrap();
+            assert!(l.admit_at(D, Pace::Now, t0).is_err());
+            assert_eq!(
+                l.cold_turn(t0),
+                None,
+                "a refusal by the cap is not waited out"
+            );
+            l.cold_outcome(D, true, t0, |n| ms(500) * n);
+            l.cold_outcome(R, true, t0, |n| ms(300) * n);
+            assert_eq!(l.cold_turn(t0), Some(t0 + ms(500)), "the later hold");
+            assert_eq!(
+                l.cold_turn(t0 + ms(900)),
+                Some(t0 + ms(900)),
+                "now, once over"
+            );
+            for op in [D, D, R, R] {
+                l.cold_outcome(op, false, t0 + ms(900), |n| ms(100) * n);
+            }
+            assert_eq!(l.cold_turn(t0 + ms(900)), None);
+        }
     }
 
     #[test]

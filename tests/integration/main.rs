@@ -19,6 +19,7 @@ mod fleet;
 mod prop_options;
 mod properties;
 mod resilience;
+mod startup_wait;
 
 #[cfg(feature = "cli")]
 mod cli;
