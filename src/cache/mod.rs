@@ -28,6 +28,7 @@ use crate::stats::Counters;
 use crate::util::stripe::stripe;
 
 mod backoff;
+mod cold_pace;
 mod evict;
 mod fetch;
 mod index;

@@ -12,14 +12,17 @@
 //! Background refreshes wait for their turn (the key's last answer is served
 //! meanwhile); a cold load, where a caller waits with nothing to serve, goes ahead of
 //! them. Cold loads are refused without a registry call only by a configured
-//! [`RateLimit`], or for a jittered backoff after another cold load of the same
-//! resolver was throttled (the account is dry for every key of the process).
+//! [`RateLimit`], or while a jittered hold lasts after another cold load of the same
+//! resolver was throttled (the account is dry for every key of the process; the hold
+//! grows and shrinks with the throttling, `cold_pace.rs`). A cold load held back or
+//! throttled waits for the end of the hold, up to `startup_wait` (`load.rs`).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::cold_pace::ColdPace;
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
 use crate::util::time::after;
@@ -94,19 +97,6 @@ const MIN_RATE: f64 = 0.1;
 const LIFT_ABOVE: f64 = 10_000.0;
 /// Time constant of the estimate of the rate being sent.
 const SEND_WINDOW: Duration = Duration::from_secs(2);
-/// Cold loads answered per step down of the cold pressure. One step up per throttle
-/// and one down per two answers settle where about one cold call in three is
-/// throttled while a fleet's start-up asks for more than the quota (going down as
-/// fast as up would settle at one in two; slower, at fewer refusals but longer and
-/// less even waits: the fleet simulation measured both, README "Running a fleet").
-const COLD_STEP_DOWN: u32 = 2;
-/// The highest cold pressure: the hold (the resolver's backoff at this many
-/// failures, 2-4 s with the default 500 ms base) stays well inside a start-up wait,
-/// so that no process is starved by a long hold while others take the quota.
-const COLD_MAX_PRESSURE: u32 = 4;
-/// A cold pressure whose last throttle is this old is forgotten.
-const COLD_MEMORY: Duration = Duration::from_secs(60);
-
 /// The registry's operations, each with its own quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -178,13 +168,8 @@ struct Adapted {
     /// Calls sent, decayed with `SEND_WINDOW`.
     sent: f64,
     sent_at: Instant,
-    /// The cold loads' pressure (one step up per throttled cold load, one down per
-    /// `COLD_STEP_DOWN` answered ones), the answered ones towards the next step down,
-    /// the last throttle, and until when the next cold load is held back.
-    cold_pressure: u32,
-    cold_answered: u32,
-    cold_throttled_at: Option<Instant>,
-    cold_hold: Option<Instant>,
+    /// Cold loads' pacing while the registry throttles them (`cold_pace.rs`).
+    cold: ColdPace,
 }
 
 impl Adapted {
@@ -216,10 +201,7 @@ impl Limiter {
             cut: None,
             sent: 0.0,
             sent_at: now,
-            cold_pressure: 0,
-            cold_answered: 0,
-            cold_throttled_at: None,
-            cold_hold: None,
+            cold: ColdPace::default(),
         };
         Limiter {
             cap,
@@ -252,10 +234,7 @@ impl Limiter {
     /// When a call of `op` asked for at `now` may go; the turn is taken.
     pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
         let mut st = lock(&self.state);
-        if pace == Pace::Now
-            && self.adaptive
-            && st.ops[op as usize].cold_hold.is_some_and(|t| now < t)
-        {
+        if pace == Pace::Now && self.adaptive && st.ops[op as usize].cold.held(now) {
             return Err(Error::new(
                 ErrorKind::Throttled,
                 "the registry throttled this resolver's last cold load; backing off, no \
@@ -325,8 +304,8 @@ impl Limiter {
 
     /// How a cold load of `op` fared. Once one is throttled the account is dry for
     /// every key of the process: the resolver's other cold loads are refused without
-    /// a registry call (when adapting to throttling) until `hold(throttles in a
-    /// row)` has passed, and cold loads waiting out the throttling
+    /// a registry call (when adapting to throttling) until `hold(pressure)` has
+    /// passed (`cold_pace.rs`), and cold loads waiting out the throttling
     /// ([`cold_turn`](Self::cold_turn)) take their next turn then.
     pub(crate) fn cold_outcome(
         &self,
@@ -336,29 +315,7 @@ impl Limiter {
         hold: impl FnOnce(u32) -> Duration,
     ) {
         let mut st = lock(&self.state);
-        let a = &mut st.ops[op as usize];
-        if a.cold_throttled_at
-            .is_some_and(|t| now.saturating_duration_since(t) >= COLD_MEMORY)
-        {
-            // The last throttle is long past: start afresh.
-            a.cold_pressure = 0;
-            a.cold_answered = 0;
-            a.cold_throttled_at = None;
-        }
-        if throttled {
-            a.cold_pressure = (a.cold_pressure + 1).min(COLD_MAX_PRESSURE);
-            a.cold_answered = 0;
-            a.cold_throttled_at = Some(now);
-        } else {
-            a.cold_answered += 1;
-            if a.cold_answered >= COLD_STEP_DOWN {
-                a.cold_answered = 0;
-                a.cold_pressure = a.cold_pressure.saturating_sub(1);
-            }
-        }
-        // While under pressure, cold loads keep a jittered spacing even after one is
-        // answered: going again at once would mostly meet the same dry account.
-        a.cold_hold = (a.cold_pressure > 0).then(|| after(now, hold(a.cold_pressure)));
+        st.ops[op as usize].cold.outcome(throttled, now, hold);
     }
 
     /// When a cold load that met throttling at `now` may try again: the end of the
@@ -370,7 +327,7 @@ impl Limiter {
         let st = lock(&self.state);
         st.ops
             .iter()
-            .filter_map(|a| a.cold_hold)
+            .filter_map(|a| a.cold.hold())
             .max()
             .map(|t| t.max(now))
     }
@@ -497,39 +454,14 @@ mod tests {
             l.admit_at(D, Pace::Now, t0 + ms(1499)).is_err(),
             "the hold grows"
         );
-        // Answers bring the pressure down one step per two, keeping a spacing
-        // until it is gone.
-        let t = t0 + ms(1500);
-        l.cold_outcome(D, false, t, |n| ms(500) * n);
-        assert_eq!(l.cold_turn(t), Some(t + ms(1000)), "still at pressure 2");
-        l.cold_outcome(D, false, t, |n| ms(500) * n);
-        assert_eq!(l.cold_turn(t), Some(t + ms(500)), "down to 1");
-        assert!(l.admit_at(D, Pace::Now, t + ms(499)).is_err());
-        l.cold_outcome(D, false, t, |n| ms(500) * n);
-        l.cold_outcome(D, false, t, |_| unreachable!());
-        assert_eq!(l.cold_turn(t), None, "no pressure left");
-        assert!(l.admit_at(D, Pace::Now, t).is_ok());
+        // Answers bring the pressure down (`cold_pace.rs`): two per step.
+        for _ in 0..4 {
+            l.cold_outcome(D, false, t0 + ms(1500), |n| ms(500) * n);
+        }
+        assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
         let off = Limiter::new(None, false, t0);
         off.cold_outcome(D, true, t0, |n| ms(500) * n);
         assert!(off.admit_at(D, Pace::Now, t0).is_ok());
-    }
-
-    #[test]
-    fn cold_pressure_is_bounded_and_forgotten() {
-        let t0 = Instant::now();
-        let l = Limiter::new(None, true, t0);
-        for _ in 0..100 {
-            l.cold_outcome(D, true, t0, |n| ms(500) * n);
-        }
-        assert_eq!(
-            l.cold_turn(t0),
-            Some(t0 + ms(500) * COLD_MAX_PRESSURE),
-            "the hold stops growing"
-        );
-        // A minute after the last throttle, one answer clears it all.
-        let later = t0 + COLD_MEMORY;
-        l.cold_outcome(D, false, later, |_| unreachable!());
-        assert_eq!(l.cold_turn(later), None);
     }
 
     #[test]

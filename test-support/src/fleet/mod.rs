@@ -127,11 +127,7 @@ impl Scenario {
         sc.start_spread = Duration::from_secs(60);
         sc.resolve_every = Duration::from_secs(10);
         sc.duration = Duration::from_secs(450);
-        sc.label = format!(
-            "TTL {} s, full {} s, 60 s start",
-            ttl.as_secs(),
-            full.as_secs()
-        );
+        sc.label = format!("TTL {}/{} s, 60 s start", ttl.as_secs(), full.as_secs());
         sc
     }
 
