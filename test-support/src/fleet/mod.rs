@@ -114,10 +114,10 @@ impl Scenario {
 
     /// The goal at fleet scale: `resolvers` processes with the README's
     /// recommended options for that size ([`recommended`]), started over 60 s (a
-    /// rolling deploy), 7.5 simulated minutes so that the last of seven changes has a
-    /// full minute to spread, callers resolving every service every 10 s (fewer
-    /// resolves to simulate than every 3 s; each still finds a cold key, and a
-    /// failure, the first time it asks).
+    /// rolling deploy), 6.5 simulated minutes (past the first full refreshes, and the
+    /// last of six changes has a full minute to spread), callers resolving every
+    /// service every 15 s (fewer resolves to simulate than every 3 s; each still
+    /// finds a cold key, and a failure, the first time it asks).
     pub fn rolling_start(resolvers: usize) -> Self {
         let (ttl, full) = recommended(resolvers);
         let mut opts = ResolverOptions::default();
@@ -125,8 +125,8 @@ impl Scenario {
         opts.full_refresh_interval = Some(full);
         let mut sc = Scenario::new(resolvers, Client::Resolver(Box::new(opts)));
         sc.start_spread = Duration::from_secs(60);
-        sc.resolve_every = Duration::from_secs(10);
-        sc.duration = Duration::from_secs(450);
+        sc.resolve_every = Duration::from_secs(15);
+        sc.duration = Duration::from_secs(390);
         sc.label = format!("TTL {}/{} s, 60 s start", ttl.as_secs(), full.as_secs());
         sc
     }
