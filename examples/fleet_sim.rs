@@ -9,7 +9,15 @@
 //! ```text
 //! cargo run --release --example fleet_sim            # 1,000 processes
 //! cargo run --release --example fleet_sim -- 5000    # 5,000 processes
+//! FLEET_ONLY=defaults,rolling cargo run --release --example fleet_sim -- 1000 5000
 //! ```
+//!
+//! Beyond 1,000 processes a last row runs `Scenario::rolling_start`: the README's
+//! recommended settings and a start spread over 60 s (the goal `tests/integration/
+//! fleet.rs` asserts). `FLEET_ONLY` picks rows (`defaults`, `per-key`, `naive`,
+//! `tuned`, `rolling`); `FLEET_SPREAD`, `FLEET_EVERY` and `FLEET_SECS` (seconds)
+//! override the start spread, the resolve interval and the duration of every row;
+//! `FLEET_DETAIL` prints calls per minute and each change's spread.
 //!
 //! The simulation is `test_support::fleet`; the assertions on these numbers live in
 //! `tests/integration/fleet.rs`; see README "Running a
@@ -18,18 +26,7 @@
 use std::time::Duration;
 
 use cloudmap_resolver::ResolverOptions;
-use test_support::fleet::{Client, Report, Scenario};
-
-/// README "Running a fleet": TTL and full-refresh interval (seconds) by fleet size,
-/// for 20 services a process.
-fn recommended(processes: usize) -> (u64, u64) {
-    match processes {
-        0..=100 => (5, 30),
-        101..=1000 => (15, 120),
-        1001..=5000 => (60, 300),
-        _ => (120, 600),
-    }
-}
+use test_support::fleet::{recommended, Client, Report, Scenario};
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -43,10 +40,12 @@ fn main() {
         per_key_only.adapt_to_throttling = false;
         let (ttl, full) = recommended(n);
         let mut tuned = ResolverOptions::default();
-        tuned.ttl = Duration::from_secs(ttl);
-        tuned.full_refresh_interval = Some(Duration::from_secs(full));
+        tuned.ttl = ttl;
+        tuned.full_refresh_interval = Some(full);
+        let (ttl, full) = (ttl.as_secs(), full.as_secs());
         let only = std::env::var("FLEET_ONLY").ok();
-        for (name, label, client) in [
+        let rolling = Scenario::rolling_start(n);
+        let rows = [
             (
                 "defaults",
                 "resolver defaults".to_owned(),
@@ -63,7 +62,13 @@ fn main() {
                 format!("TTL {ttl} s, full {full} s"),
                 Client::Resolver(Box::new(tuned)),
             ),
-        ] {
+            // Beyond 1,000 processes: the same settings and a rolling start.
+            ("rolling", rolling.label.clone(), rolling.client.clone()),
+        ];
+        for (name, label, client) in rows {
+            if name == "rolling" && n <= 1000 {
+                continue;
+            }
             if only
                 .as_deref()
                 .is_some_and(|o| !o.split(',').any(|o| o == name))
@@ -71,8 +76,21 @@ fn main() {
                 continue;
             }
             let started = std::time::Instant::now();
-            let mut scenario = Scenario::new(n, client);
+            let mut scenario = if name == "rolling" {
+                rolling.clone()
+            } else {
+                Scenario::new(n, client)
+            };
             scenario.label = label;
+            if let Ok(spread) = std::env::var("FLEET_SPREAD") {
+                scenario.start_spread = Duration::from_secs(spread.parse().expect("seconds"));
+            }
+            if let Ok(every) = std::env::var("FLEET_EVERY") {
+                scenario.resolve_every = Duration::from_secs(every.parse().expect("seconds"));
+            }
+            if let Ok(secs) = std::env::var("FLEET_SECS") {
+                scenario.duration = Duration::from_secs(secs.parse().expect("seconds"));
+            }
             let report = scenario.run();
             println!("{report}   ({:.1} s)", started.elapsed().as_secs_f64());
             if std::env::var_os("FLEET_DETAIL").is_some() {

@@ -56,6 +56,14 @@ pub struct Stats {
     /// unavailable registry (the last answer is served up to `max_stale`, retried
     /// with backoff).
     pub refresh_panics: u64,
+    /// Cold loads (a caller with no answer to serve) that met throttling and waited
+    /// for a paced turn instead of failing at once (see
+    /// [`ResolverOptions::startup_wait`](crate::ResolverOptions::startup_wait)); each
+    /// load counts once, however many turns it took.
+    pub cold_waits: u64,
+    /// Milliseconds those cold loads waited in all, from the caller's arrival to the
+    /// answer (or to the error when the wait ran out).
+    pub cold_wait_ms: u64,
     /// Endpoints ejected by outlier detection.
     pub ejections: u64,
     /// Ejected endpoints re-admitted on probation.
@@ -88,6 +96,8 @@ pub(crate) struct Counters {
     pub(crate) stale_cold: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
     pub(crate) refresh_panics: AtomicU64,
+    pub(crate) cold_waits: AtomicU64,
+    pub(crate) cold_wait_ms: AtomicU64,
     pub(crate) calls: AtomicU64,
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
@@ -127,6 +137,8 @@ impl Counters {
             stale_served: stale + get(&self.stale_cold),
             refresh_failures: get(&self.refresh_failures),
             refresh_panics: get(&self.refresh_panics),
+            cold_waits: get(&self.cold_waits),
+            cold_wait_ms: get(&self.cold_wait_ms),
             ejections,
             readmissions,
             calls: get(&self.calls),

@@ -10,11 +10,11 @@ use tokio::time::Instant;
 
 use super::evict::LruKey;
 use super::key::KeyRef;
-use super::pacing::Pace;
+use super::pacing::{Op, Pace};
 use super::slot::Slot;
 use super::snapshot::{Snapshot, EXPIRED, STALE};
 use super::{servable_or_empty, Cache};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::stats::bump;
 use crate::util::hash::splitmix64;
 use crate::util::time::after;
@@ -53,6 +53,10 @@ impl Cache {
 
     async fn load_slot(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Snapshot>, Error> {
         let seen = slot.current();
+        // The start-up wait counts from the caller's arrival, not from its turn at
+        // the gate: a caller queued behind a load that waited in vain does not wait
+        // the whole bound again.
+        let arrived = Instant::now();
         let mut gate = slot.gate.lock().await;
         let now = Instant::now();
         let prev = slot.current();
@@ -68,7 +72,10 @@ impl Cache {
             }
         }
         if let Some((err, until)) = &gate.error {
-            if now < *until {
+            // A remembered throttle is not answered from memory: this caller waits
+            // for its own turn below (`startup_wait`), paced with the process.
+            let waits = err.kind() == ErrorKind::Throttled && !self.config.startup_wait.is_zero();
+            if now < *until && !waits {
                 // Backing off: answer without asking, with the last good answer when
                 // it may still be served.
                 if let Some(snap) = prev.filter(|s| err.keeps_stale() && now < s.stale_until) {
@@ -80,7 +87,17 @@ impl Cache {
             }
         }
         let first = self.first_call(prev.as_deref(), now, Pace::Now);
-        match self.fetch(slot, prev.as_deref(), first, Pace::Now).await {
+        let servable = |err: &Error| {
+            prev.as_ref()
+                .is_some_and(|s| err.keeps_stale() && Instant::now() < s.stale_until)
+        };
+        let mut fetched = self.fetch(slot, prev.as_deref(), first, Pace::Now).await;
+        if matches!(&fetched, Err(e) if e.kind() == ErrorKind::Throttled && !servable(e)) {
+            fetched = self
+                .wait_out_throttling(slot, prev.as_deref(), first, arrived, fetched)
+                .await;
+        }
+        match fetched {
             Ok(snap) => {
                 gate.error = None;
                 gate.failures = 0;
@@ -117,5 +134,72 @@ impl Cache {
                 Err(err)
             }
         }
+    }
+
+    /// A cold load (nothing to serve) that met throttling: instead of failing at
+    /// once, wait for the process's next paced, jittered turn (`Limiter::cold_turn`)
+    /// and ask again, for at most `startup_wait` after the caller arrived. The
+    /// caller holds the key's gate, so the callers queued behind it still share
+    /// this one load. Returns the first answer, or the last error.
+    async fn wait_out_throttling(
+        &self,
+        slot: &Slot,
+        prev: Option<&Snapshot>,
+        first: Op,
+        arrived: Instant,
+        mut fetched: Result<Arc<Snapshot>, Error>,
+    ) -> Result<Arc<Snapshot>, Error> {
+        let deadline = after(arrived, self.config.startup_wait);
+        let mut waited = false;
+        while let Err(err) = &fetched {
+            let now = Instant::now();
+            // No turn: not the registry's throttling but the configured cap, which
+            // refuses cold loads outright.
+            let Some(turn) = self
+                .limit
+                .cold_turn(now)
+                .filter(|_| err.kind() == ErrorKind::Throttled)
+            else {
+                break;
+            };
+            if turn >= deadline {
+                if waited {
+                    tracing::warn!(
+                        namespace = %slot.request.namespace,
+                        service = %slot.request.service,
+                        waited_ms = now.duration_since(arrived).as_millis() as u64,
+                        "registry still throttling at the end of the start-up wait; failing the cold load"
+                    );
+                }
+                break;
+            }
+            if !waited {
+                waited = true;
+                bump(&self.counters.cold_waits);
+                tracing::debug!(
+                    namespace = %slot.request.namespace,
+                    service = %slot.request.service,
+                    error = %err,
+                    "cold load throttled; waiting for a paced turn"
+                );
+            }
+            tokio::time::sleep_until(turn).await;
+            fetched = self.fetch(slot, prev, first, Pace::Now).await;
+        }
+        if waited {
+            let waited_ms = Instant::now().duration_since(arrived).as_millis() as u64;
+            self.counters
+                .cold_wait_ms
+                .fetch_add(waited_ms, Ordering::Relaxed);
+            if fetched.is_ok() {
+                tracing::debug!(
+                    namespace = %slot.request.namespace,
+                    service = %slot.request.service,
+                    waited_ms,
+                    "cold load answered after waiting out throttling"
+                );
+            }
+        }
+        fetched
     }
 }

@@ -28,6 +28,7 @@ use crate::stats::Counters;
 use crate::util::stripe::stripe;
 
 mod backoff;
+mod cold_pace;
 mod evict;
 mod fetch;
 mod index;
@@ -64,6 +65,7 @@ pub(crate) struct CacheConfig {
     pub(crate) backoff_max: Duration,
     pub(crate) rate_limit: Option<RateLimit>,
     pub(crate) adapt_to_throttling: bool,
+    pub(crate) startup_wait: Duration,
     pub(crate) seed: Option<u64>,
 }
 

@@ -12,14 +12,17 @@
 //! Background refreshes wait for their turn (the key's last answer is served
 //! meanwhile); a cold load, where a caller waits with nothing to serve, goes ahead of
 //! them. Cold loads are refused without a registry call only by a configured
-//! [`RateLimit`], or for a jittered backoff after another cold load of the same
-//! resolver was throttled (the account is dry for every key of the process).
+//! [`RateLimit`], or while a jittered hold lasts after another cold load of the same
+//! resolver was throttled (the account is dry for every key of the process; the hold
+//! grows and shrinks with the throttling, `cold_pace.rs`). A cold load held back or
+//! throttled waits for the end of the hold, up to `startup_wait` (`load.rs`).
 
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::cold_pace::ColdPace;
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
 use crate::util::time::after;
@@ -94,7 +97,6 @@ const MIN_RATE: f64 = 0.1;
 const LIFT_ABOVE: f64 = 10_000.0;
 /// Time constant of the estimate of the rate being sent.
 const SEND_WINDOW: Duration = Duration::from_secs(2);
-
 /// The registry's operations, each with its own quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -166,9 +168,8 @@ struct Adapted {
     /// Calls sent, decayed with `SEND_WINDOW`.
     sent: f64,
     sent_at: Instant,
-    /// Cold loads throttled in a row, and until when the others are held back.
-    cold_throttles: u32,
-    cold_hold: Option<Instant>,
+    /// Cold loads' pacing while the registry throttles them (`cold_pace.rs`).
+    cold: ColdPace,
 }
 
 impl Adapted {
@@ -200,8 +201,7 @@ impl Limiter {
             cut: None,
             sent: 0.0,
             sent_at: now,
-            cold_throttles: 0,
-            cold_hold: None,
+            cold: ColdPace::default(),
         };
         Limiter {
             cap,
@@ -234,7 +234,7 @@ impl Limiter {
     /// When a call of `op` asked for at `now` may go; the turn is taken.
     pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
         let mut st = lock(&self.state);
-        if pace == Pace::Now && st.ops[op as usize].cold_hold.is_some_and(|t| now < t) {
+        if pace == Pace::Now && self.adaptive && st.ops[op as usize].cold.held(now) {
             return Err(Error::new(
                 ErrorKind::Throttled,
                 "the registry throttled this resolver's last cold load; backing off, no \
@@ -304,7 +304,9 @@ impl Limiter {
 
     /// How a cold load of `op` fared. Once one is throttled the account is dry for
     /// every key of the process: the resolver's other cold loads are refused without
-    /// a registry call until `hold(throttles in a row)` has passed.
+    /// a registry call (when adapting to throttling) until `hold(pressure)` has
+    /// passed (`cold_pace.rs`), and cold loads waiting out the throttling
+    /// ([`cold_turn`](Self::cold_turn)) take their next turn then.
     pub(crate) fn cold_outcome(
         &self,
         op: Op,
@@ -312,18 +314,22 @@ impl Limiter {
         now: Instant,
         hold: impl FnOnce(u32) -> Duration,
     ) {
-        if !self.adaptive {
-            return;
-        }
         let mut st = lock(&self.state);
-        let a = &mut st.ops[op as usize];
-        if throttled {
-            a.cold_throttles += 1;
-            a.cold_hold = Some(after(now, hold(a.cold_throttles)));
-        } else {
-            a.cold_throttles = 0;
-            a.cold_hold = None;
-        }
+        st.ops[op as usize].cold.outcome(throttled, now, hold);
+    }
+
+    /// When a cold load that met throttling at `now` may try again: the end of the
+    /// resolver's cold hold (jittered, growing with the cold loads throttled in a
+    /// row), shared by every waiting key so that the process as a whole backs off;
+    /// `None` when no cold load is being held back (a refusal by the configured
+    /// [`RateLimit`], which is not waited out).
+    pub(crate) fn cold_turn(&self, now: Instant) -> Option<Instant> {
+        let st = lock(&self.state);
+        st.ops
+            .iter()
+            .filter_map(|a| a.cold.hold())
+            .max()
+            .map(|t| t.max(now))
     }
 
     #[cfg(test)]
@@ -448,11 +454,42 @@ mod tests {
             l.admit_at(D, Pace::Now, t0 + ms(1499)).is_err(),
             "the hold grows"
         );
-        l.cold_outcome(D, false, t0 + ms(1500), |_| unreachable!());
+        // Answers bring the pressure down (`cold_pace.rs`): two per step.
+        for _ in 0..4 {
+            l.cold_outcome(D, false, t0 + ms(1500), |n| ms(500) * n);
+        }
         assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
         let off = Limiter::new(None, false, t0);
         off.cold_outcome(D, true, t0, |n| ms(500) * n);
         assert!(off.admit_at(D, Pace::Now, t0).is_ok());
+    }
+
+    #[test]
+    fn waiting_cold_loads_take_their_turn_at_the_end_of_the_hold() {
+        let t0 = Instant::now();
+        for adaptive in [true, false] {
+            let l = Limiter::new(Some(RateLimit::new(1.0, 1)), adaptive, t0);
+            assert_eq!(l.cold_turn(t0), None, "nothing held back yet");
+            l.admit_at(D, Pace::Now, t0).unwrap();
+            assert!(l.admit_at(D, Pace::Now, t0).is_err());
+            assert_eq!(
+                l.cold_turn(t0),
+                None,
+                "a refusal by the cap is not waited out"
+            );
+            l.cold_outcome(D, true, t0, |n| ms(500) * n);
+            l.cold_outcome(R, true, t0, |n| ms(300) * n);
+            assert_eq!(l.cold_turn(t0), Some(t0 + ms(500)), "the later hold");
+            assert_eq!(
+                l.cold_turn(t0 + ms(900)),
+                Some(t0 + ms(900)),
+                "now, once over"
+            );
+            for op in [D, D, R, R] {
+                l.cold_outcome(op, false, t0 + ms(900), |n| ms(100) * n);
+            }
+            assert_eq!(l.cold_turn(t0 + ms(900)), None);
+        }
     }
 
     #[test]

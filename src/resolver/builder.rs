@@ -108,6 +108,23 @@ impl ResolverBuilder {
         self
     }
 
+    /// How long a cold load that meets throttling waits for a paced turn before
+    /// failing as `Throttled`; see [`ResolverOptions::startup_wait`]. Zero fails at
+    /// once. Default: 30 s.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use cloudmap_resolver::{Resolver, StaticDiscovery};
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .startup_wait(Duration::from_secs(10))
+    ///     .build()?;
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    pub fn startup_wait(mut self, wait: Duration) -> Self {
+        self.opts.startup_wait = wait;
+        self
+    }
+
     /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
     /// Default: none.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {

@@ -114,6 +114,19 @@ pub struct ResolverOptions {
     /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Across a fleet this
     /// holds the total near the quota instead of retrying into it. Default: true.
     pub adapt_to_throttling: bool,
+    /// How long a cold load (a caller with no answer to serve) that meets throttling
+    /// waits for a turn before failing as [`Throttled`](crate::ErrorKind::Throttled).
+    /// While the registry throttles (`RequestLimitExceeded`), the resolver holds its
+    /// cold loads back for a jittered backoff that grows with the cold loads
+    /// throttled in a row and shrinks with the first one answered; a waiting load
+    /// asks again at the end of that hold, so a whole fleet starting at once is paced
+    /// into the account's quota instead of failing its first requests. Callers of one
+    /// key still share one load. Counted from the caller's arrival; the wait shows in
+    /// [`Stats::cold_waits`](crate::Stats::cold_waits) and `cold_wait_ms`, and in
+    /// `tracing` events. A refusal by [`rate_limit`](Self::rate_limit) is not waited
+    /// out; a failing (not throttling) registry is bounded by `fetch_timeout`. Any
+    /// value: zero fails a throttled cold load at once. Default: 30 s.
+    pub startup_wait: Duration,
     /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
     /// from the operating system).
     pub seed: Option<u64>,
@@ -149,6 +162,7 @@ impl Default for ResolverOptions {
             backoff_max: Duration::from_secs(30),
             rate_limit: None,
             adapt_to_throttling: true,
+            startup_wait: Duration::from_secs(30),
             seed: None,
             call: CallOptions::default(),
             outlier: OutlierOptions::default(),
@@ -214,6 +228,7 @@ impl ResolverOptions {
             backoff_max: self.backoff_max,
             rate_limit: self.rate_limit,
             adapt_to_throttling: self.adapt_to_throttling,
+            startup_wait: self.startup_wait,
             seed: self.seed,
         }
     }

@@ -21,6 +21,7 @@ mod prop_options;
 mod properties;
 mod register;
 mod resilience;
+mod startup_wait;
 
 #[cfg(feature = "cli")]
 mod cli;

@@ -75,6 +75,11 @@ pub(super) struct State {
     warm_failures: u64,
     /// Per (resolver, service): whether a resolve ever succeeded there.
     warm: Vec<bool>,
+    /// Per resolver: when it started, and how many of its keys have been answered.
+    started: Vec<Instant>,
+    warm_keys: Vec<usize>,
+    /// Per resolver that had every key answered: how long after its start.
+    all_keys: Histogram,
     changes: Vec<Change>,
 }
 
@@ -100,6 +105,9 @@ impl Registry {
                 cold_failures: 0,
                 warm_failures: 0,
                 warm: vec![false; keys],
+                started: vec![now; sc.resolvers],
+                warm_keys: vec![0; sc.resolvers],
+                all_keys: Histogram::new(),
                 changes: Vec::new(),
             }),
         }
@@ -107,6 +115,11 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Resolver `resolver` starts (its callers' first round) at `at`.
+    pub(super) fn starts(&self, resolver: usize, at: Instant) {
+        self.lock().started[resolver] = at;
     }
 
     /// Re-registers one instance of `service` with a new version: the revision moves.
@@ -184,7 +197,14 @@ impl Registry {
             }
             return;
         };
-        st.warm[key] = true;
+        if !st.warm[key] {
+            st.warm[key] = true;
+            st.warm_keys[resolver] += 1;
+            if st.warm_keys[resolver] == st.services {
+                let took = now.duration_since(st.started[resolver]);
+                st.all_keys.record(took);
+            }
+        }
         let age = now.duration_since(st.confirmed[key]);
         st.age.record(age);
         let behind = if v >= st.version[service] {
@@ -232,6 +252,7 @@ impl State {
             resolves: self.resolves,
             cold_failures: self.cold_failures,
             warm_failures: self.warm_failures,
+            all_keys: self.all_keys.clone(),
             changes: self.changes.clone(),
             discover_quota: sc.discover_quota,
             revision_quota: sc.revision_quota,

@@ -112,6 +112,25 @@ impl Scenario {
         }
     }
 
+    /// The goal at fleet scale: `resolvers` processes with the README's
+    /// recommended options for that size ([`recommended`]), started over 60 s (a
+    /// rolling deploy), 6.5 simulated minutes (past the first full refreshes, and the
+    /// last of six changes has a full minute to spread), callers resolving every
+    /// service every 15 s (fewer resolves to simulate than every 3 s; each still
+    /// finds a cold key, and a failure, the first time it asks).
+    pub fn rolling_start(resolvers: usize) -> Self {
+        let (ttl, full) = recommended(resolvers);
+        let mut opts = ResolverOptions::default();
+        opts.ttl = ttl;
+        opts.full_refresh_interval = Some(full);
+        let mut sc = Scenario::new(resolvers, Client::Resolver(Box::new(opts)));
+        sc.start_spread = Duration::from_secs(60);
+        sc.resolve_every = Duration::from_secs(15);
+        sc.duration = Duration::from_secs(390);
+        sc.label = format!("TTL {}/{} s, 60 s start", ttl.as_secs(), full.as_secs());
+        sc
+    }
+
     /// Runs the scenario on a fresh current-thread runtime with a paused clock.
     pub fn run(&self) -> Report {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -133,6 +152,7 @@ impl Scenario {
         let mut handles = Vec::with_capacity(self.resolvers);
         for r in 0..self.resolvers {
             let offset = self.start_spread.mul_f64(rng.random::<f64>());
+            registry.starts(r, start + offset);
             let source = SimSource {
                 registry: registry.clone(),
                 resolver: r,
@@ -189,6 +209,18 @@ impl Scenario {
             .unwrap_or_else(PoisonError::into_inner);
         state.report(self)
     }
+}
+
+/// README "Running a fleet": `ttl` and `full_refresh_interval` by fleet size, for 20
+/// services a process.
+pub fn recommended(processes: usize) -> (Duration, Duration) {
+    let (ttl, full) = match processes {
+        0..=100 => (5, 30),
+        101..=1000 => (15, 120),
+        1001..=5000 => (60, 300),
+        _ => (120, 600),
+    };
+    (Duration::from_secs(ttl), Duration::from_secs(full))
 }
 
 fn service_name(i: usize) -> String {

@@ -135,6 +135,8 @@ pub struct Report {
     pub resolves: u64,
     pub cold_failures: u64,
     pub warm_failures: u64,
+    /// Per process that had every key answered: how long after its start.
+    pub all_keys: Histogram,
     pub changes: Vec<Change>,
     /// The account's buckets, for checks.
     pub discover_quota: (u32, u32),
@@ -164,10 +166,16 @@ impl Report {
             .try_fold(Duration::ZERO, |worst, p| p.map(|p| worst.max(p)))
     }
 
+    /// The slowest process to have every key answered, after its start; `None` if
+    /// one never did.
+    pub fn slowest_all_keys(&self) -> Option<Duration> {
+        (self.all_keys.count() == self.resolvers as u64).then(|| self.all_keys.max())
+    }
+
     /// The table's header line, matching [`Report`]'s `Display`.
     pub fn header() -> String {
         format!(
-            "{:<24} {:>6} | {:>17} {:>6} | {:>17} {:>6} | {:>6} | {:>22} | {:>22} | {:>9} | {:>11}",
+            "{:<24} {:>6} | {:>17} {:>6} | {:>17} {:>6} | {:>6} | {:>22} | {:>22} | {:>9} | {:>11} | {:>11}",
             "client",
             "procs",
             "DI offered/admit",
@@ -178,6 +186,7 @@ impl Report {
             "age p50/p99/max s",
             "behind p50/p99/max s",
             "fail w/c",
+            "all keys s",
             "99% seen s"
         )
     }
@@ -197,9 +206,13 @@ impl fmt::Display for Report {
                 format!("never ({}/{})", reached.count(), self.changes.len())
             }
         };
+        let all_keys = match self.slowest_all_keys() {
+            Some(d) => secs(d),
+            None => format!("never ({})", self.resolvers as u64 - self.all_keys.count()),
+        };
         write!(
             f,
-            "{:<24} {:>6} | {:>8.0}/{:>8.0} {:>5.1}% | {:>8.0}/{:>8.0} {:>5.1}% | {:>5.1}% | {:>22} | {:>22} | {:>9} | {:>11}",
+            "{:<24} {:>6} | {:>8.0}/{:>8.0} {:>5.1}% | {:>8.0}/{:>8.0} {:>5.1}% | {:>5.1}% | {:>22} | {:>22} | {:>9} | {:>11} | {:>11}",
             self.label,
             self.resolvers,
             per_s(self.discover.offered),
@@ -222,6 +235,7 @@ impl fmt::Display for Report {
                 secs(self.behind.max())
             ),
             format!("{}/{}", self.warm_failures, self.cold_failures),
+            all_keys,
             prop,
         )
     }
