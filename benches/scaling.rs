@@ -17,14 +17,16 @@
 //! - `call/immediate`: `resolver.call(ns, svc, op)` on the same warm key with an `op`
 //!   that succeeds at once: what failover costs when nothing fails (the candidates in
 //!   selection order, the budget and outlier bookkeeping), beside `call/resolve`, a
-//!   plain `resolve` measured in the same group.
+//!   plain `resolve` measured in the same group; `call/immediate_least_loaded` is
+//!   the same call with `Selection::LeastLoaded` (in-flight count and round-trip
+//!   sample per attempt), held to at most 100 ns more than `call/immediate`.
 
 use std::future::IntoFuture;
 use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use cloudmap_resolver::Resolver;
+use cloudmap_resolver::{Resolver, Selection};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use test_support::bench::{now_or_block, report_fallbacks, runtime, Synthetic};
@@ -32,7 +34,17 @@ use test_support::bench::{now_or_block, report_fallbacks, runtime, Synthetic};
 /// A resolver over a synthetic registry with `endpoints` per service, `keys`
 /// services (`svc-0`, `svc-1`, ...) loaded into its cache.
 fn loaded(rt: &tokio::runtime::Runtime, keys: usize, endpoints: usize) -> Resolver {
+    loaded_with(rt, keys, endpoints, Selection::RoundRobin)
+}
+
+fn loaded_with(
+    rt: &tokio::runtime::Runtime,
+    keys: usize,
+    endpoints: usize,
+    selection: Selection,
+) -> Resolver {
     let resolver = Resolver::builder(Synthetic { endpoints })
+        .selection(selection)
         .capacity(keys as u64 * 2)
         .build()
         .expect("resolver");
@@ -136,6 +148,20 @@ fn call(c: &mut Criterion) {
             now_or_block(
                 &rt,
                 resolver
+                    .call(ns, svc, |ep| async move {
+                        Ok::<_, std::convert::Infallible>(ep)
+                    })
+                    .into_future(),
+            )
+        })
+    });
+    let least_loaded = loaded_with(&rt, 1, 8, Selection::LeastLoaded);
+    g.bench_function("immediate_least_loaded", |b| {
+        let (ns, svc) = black_box(("shared", "svc-0"));
+        b.iter(|| {
+            now_or_block(
+                &rt,
+                least_loaded
                     .call(ns, svc, |ep| async move {
                         Ok::<_, std::convert::Infallible>(ep)
                     })

@@ -10,6 +10,9 @@
 //!   no-op waker (a warm key is ready on the first poll), inside the runtime's
 //!   context; one that is not ready would run on the runtime and be counted in the
 //!   printed fallbacks, so a cold key cannot hide in the median.
+//! - `warm/resolve_least_loaded`: the same with `Selection::LeastLoaded` (two
+//!   draws, two cost reads); `scripts/bench-report` holds it to at most 2x
+//!   `warm/floor`.
 //! - `warm/floor`: the least a cached pick can cost: a std `HashMap` (its default
 //!   SipHash) lookup with a ready `&str` key, an `ArcSwap` load, an atomic increment
 //!   over 8 endpoints and the clone of the picked endpoint.
@@ -33,7 +36,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use cloudmap_resolver::{Endpoint, Resolver, StaticDiscovery};
+use cloudmap_resolver::{Endpoint, Resolver, Selection, StaticDiscovery};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use test_support::bench::{instances, now_or_block, report_fallbacks, runtime};
@@ -124,8 +127,16 @@ fn warm(c: &mut Criterion) {
         .fold(StaticDiscovery::new(), |r, i| {
             r.with_instance(NAMESPACE, SERVICE, i)
         });
-    let resolver = Resolver::builder(registry).build().expect("resolver");
+    let resolver = Resolver::builder(registry.clone())
+        .build()
+        .expect("resolver");
     rt.block_on(resolver.resolve(NAMESPACE, SERVICE))
+        .expect("cold load");
+    let least_loaded = Resolver::builder(registry)
+        .selection(Selection::LeastLoaded)
+        .build()
+        .expect("resolver");
+    rt.block_on(least_loaded.resolve(NAMESPACE, SERVICE))
         .expect("cold load");
 
     let mut floor = HashMap::new();
@@ -163,6 +174,9 @@ fn warm(c: &mut Criterion) {
     let mut g = c.benchmark_group("warm");
     g.bench_function("resolve", |b| {
         b.iter(|| now_or_block(&rt, resolver.resolve(ns, svc)))
+    });
+    g.bench_function("resolve_least_loaded", |b| {
+        b.iter(|| now_or_block(&rt, least_loaded.resolve(ns, svc)))
     });
     g.bench_function("floor", |b| b.iter(|| floor_pick(&floor, key)));
     g.bench_function("floor_fx", |b| b.iter(|| floor_pick(&floor_fx, key)));

@@ -103,6 +103,7 @@ mod stats;
 pub use cache::pacing::RateLimit;
 pub use call::budget::RetryBudgetOptions;
 pub use call::error::{Attempt, AttemptError, CallError, CallStop};
+pub use call::lease::Lease;
 pub use call::outlier::{Outcome, OutlierOptions};
 pub use call::{Call, CallOptions, MAX_ATTEMPTS};
 pub use discover::cloud_map::CloudMapDiscovery;
@@ -134,6 +135,8 @@ pub use register::registered::{Drained, Registered};
 pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
+pub use select::load::LoadOptions;
+pub use select::slow_start::SlowStartOptions;
 pub use select::Selection;
 pub use stats::Stats;
 

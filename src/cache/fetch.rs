@@ -48,7 +48,7 @@ impl Cache {
                 })
                 .await?;
             if rev.is_some() && rev == prev.revision {
-                let snap = Arc::new(prev.reconfirmed(sent, self.config.max_stale));
+                let snap = Arc::new(prev.reconfirmed(sent, self.config.max_stale, &self.pick));
                 slot.snapshot.store(Some(snap.clone()));
                 return Ok(snap);
             }
@@ -61,8 +61,15 @@ impl Cache {
         let ns = req.namespace.as_str();
         let svc = req.service.as_str();
         let mut items = self.config.parse.parse_all(ns, svc, found.instances);
-        // Ejections outlive answers: the same endpoint keeps its health.
-        self.states.attach(&mut items);
+        // Ejections and load outlive answers: the same endpoint keeps its state.
+        let new = self.states.attach(&mut items);
+        // Endpoints joining a key that was already serving ramp up (slow start);
+        // when every endpoint is new (start-up, a whole fleet replaced) none does.
+        if prev.is_some() && new.len() < items.len() {
+            for i in new {
+                let _ = items[i].state().joined.set(now);
+            }
+        }
         let items: Box<[_]> = items.into();
         let cumulative =
             self.config
@@ -77,6 +84,7 @@ impl Cache {
             ttl,
             self.config.max_stale,
             found.revision,
+            &self.pick,
         ));
         slot.snapshot.store(Some(snap.clone()));
         Ok(snap)

@@ -23,7 +23,9 @@ use crate::discover::health_filter::HealthFilter;
 use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointState, ParseOptions, StateTable};
 use crate::error::{Error, ErrorKind};
-use crate::select::Selection;
+use crate::select::load::{LoadOptions, LoadTracker};
+use crate::select::slow_start::SlowStartOptions;
+use crate::select::{PickContext, Selection};
 use crate::stats::Counters;
 use crate::util::stripe::stripe;
 
@@ -67,6 +69,8 @@ pub(crate) struct CacheConfig {
     pub(crate) adapt_to_throttling: bool,
     pub(crate) startup_wait: Duration,
     pub(crate) seed: Option<u64>,
+    pub(crate) load: LoadOptions,
+    pub(crate) slow_start: SlowStartOptions,
 }
 
 /// The cache of one resolver.
@@ -84,6 +88,9 @@ pub(crate) struct Cache {
     seed: u64,
     /// Paces registry calls: the configured cap, and slowing down when throttled.
     limit: Limiter,
+    /// What every answer's picker shares: the load tracker (least-loaded picks
+    /// only) and the slow-start settings.
+    pub(crate) pick: PickContext,
 }
 
 impl std::fmt::Debug for Cache {
@@ -100,6 +107,12 @@ impl Cache {
         let index = Arc::new(Index::new());
         let lru = evict::lru(config.capacity, config.idle_timeout, Arc::downgrade(&index));
         let seed = config.seed.unwrap_or_else(rand::random);
+        let now = Instant::now();
+        let pick = PickContext {
+            load: (config.selection == Selection::LeastLoaded)
+                .then(|| Arc::new(LoadTracker::new(&config.load, now))),
+            slow_start: config.slow_start.clone(),
+        };
         Cache {
             id: memo::cache_id(),
             source,
@@ -109,11 +122,8 @@ impl Cache {
             lru,
             backoff: Backoff::new(config.backoff_base, config.backoff_max, seed),
             seed,
-            limit: Limiter::new(
-                config.rate_limit,
-                config.adapt_to_throttling,
-                Instant::now(),
-            ),
+            limit: Limiter::new(config.rate_limit, config.adapt_to_throttling, now),
+            pick,
             config,
         }
     }
@@ -190,6 +200,12 @@ impl Cache {
                 Some((snap, slot.seed))
             })
             .flatten()
+    }
+
+    /// The load tracker, when the selection is load-aware.
+    #[inline]
+    pub(crate) fn load_tracker(&self) -> Option<&Arc<LoadTracker>> {
+        self.pick.load.as_ref()
     }
 
     /// How many keys are cached now.

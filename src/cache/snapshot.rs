@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::endpoint::{Endpoint, EndpointSet, EndpointState};
-use crate::select::{Picker, Selection};
+use crate::select::{PickContext, Picker, Selection};
 use crate::util::stripe::stripe;
 use crate::util::time::after;
 
@@ -44,10 +44,11 @@ impl Snapshot {
         ttl: Duration,
         max_stale: Duration,
         revision: Option<i64>,
+        ctx: &PickContext,
     ) -> Self {
         let (confirmed_at, full_at) = times;
         Snapshot {
-            picker: Picker::new(set, prev.map(|p| &p.picker)),
+            picker: Picker::new(set, prev.map(|p| &p.picker), ctx),
             state: AtomicU8::new(FRESH),
             used: AtomicBool::new(false),
             confirmed_at,
@@ -60,7 +61,7 @@ impl Snapshot {
     }
 
     /// The same answer, confirmed again at `now` (the revision did not move).
-    pub(crate) fn reconfirmed(&self, now: Instant, max_stale: Duration) -> Self {
+    pub(crate) fn reconfirmed(&self, now: Instant, max_stale: Duration, ctx: &PickContext) -> Self {
         Snapshot::new(
             self.picker.set.clone(),
             Some(self),
@@ -68,6 +69,7 @@ impl Snapshot {
             self.ttl,
             max_stale,
             self.revision,
+            ctx,
         )
     }
 

@@ -21,11 +21,13 @@ use crate::cache::Cache;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
+use crate::select::load::InFlight;
 use crate::stats::{bump, Counters};
 use crate::util::time::after;
 
 pub(crate) mod budget;
 pub(crate) mod error;
+pub(crate) mod lease;
 pub(crate) mod outlier;
 
 use budget::RetryBudget;
@@ -290,14 +292,23 @@ where
                 (Some(a), Some(d)) => Some(a.min(d)),
                 (a, d) => a.or(d),
             };
+            // Least-loaded picks count the attempt in flight until it ends (or the
+            // call is dropped) and learn its round-trip time.
+            let load = ctx.cache.load_tracker();
+            let in_flight = load.map(|_| InFlight::new(&ep.state().load));
             let fut = op(ep.clone());
             let result = match limit {
                 Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
                 None => Some(fut.await),
             };
+            let ended = Instant::now();
+            drop(in_flight);
             match result {
                 Some(Ok(value)) => {
-                    ctx.outliers.record(&ep, Outcome::Success, Instant::now());
+                    if let Some(load) = load {
+                        load.record(&ep.state().load, began, ended, false);
+                    }
+                    ctx.outliers.record(&ep, Outcome::Success, ended);
                     return Ok(value);
                 }
                 Some(Err(err)) => {
@@ -307,7 +318,10 @@ where
                     } else {
                         Outcome::Success
                     };
-                    ctx.outliers.record(&ep, outcome, Instant::now());
+                    if let Some(load) = load {
+                        load.record(&ep.state().load, began, ended, retryable);
+                    }
+                    ctx.outliers.record(&ep, outcome, ended);
                     failed.push(Attempt::new(ep, AttemptError::Failed(err)));
                     if !retryable {
                         return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
@@ -319,7 +333,10 @@ where
                     // not evidence against the endpoint.
                     let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
                     if !by_deadline {
-                        ctx.outliers.record(&ep, Outcome::Failure, Instant::now());
+                        if let Some(load) = load {
+                            load.record(&ep.state().load, began, ended, true);
+                        }
+                        ctx.outliers.record(&ep, Outcome::Failure, ended);
                     }
                     failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
                     if by_deadline {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use crate::discover::instance::{HealthStatus, Instance};
 use crate::util::pad::CachePadded;
 
+pub(crate) mod load;
 mod parse;
 pub(crate) mod policy;
 mod state;
@@ -201,6 +202,14 @@ impl Endpoint {
     /// endpoints unless all are ejected; `resolve_all` lists them all.
     pub fn is_ejected(&self) -> bool {
         self.data().state.is_ejected()
+    }
+
+    /// Requests in flight on this endpoint, as a
+    /// [`Selection::LeastLoaded`](crate::Selection::LeastLoaded) resolver counts them
+    /// (attempts of [`Resolver::call`](crate::Resolver::call) and open
+    /// [`Lease`](crate::Lease)s); 0 with other selections, which do not count.
+    pub fn in_flight(&self) -> u32 {
+        self.data().state.load.pending()
     }
 
     pub(crate) fn state(&self) -> &Arc<EndpointState> {

@@ -6,16 +6,18 @@
 //! the same endpoint (same instance at the same address) in the next answer. The
 //! ejection *policy* (when to eject, for how long) lives with failover, in
 //! `call/outlier.rs`; this file keeps only the state it reads and writes. Load
-//! (requests in flight, a latency average) belongs beside [`Ejection`] here, so that
-//! it survives refreshes the same way.
+//! (requests in flight, a latency average: `load.rs`) sits beside [`Ejection`] here,
+//! so that it survives refreshes the same way, and so does the time an endpoint
+//! joined a service that was already serving (for slow start, `select/slow_start.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::time::Instant;
 
+use super::load::Load;
 use super::EndpointData;
 use crate::util::lock::lock;
 use crate::util::pad::CachePadded;
@@ -36,6 +38,12 @@ pub(crate) struct EndpointState {
     pub(crate) name: Box<str>,
     /// Passive outlier detection's view of the endpoint.
     pub(crate) ejection: Ejection,
+    /// Requests in flight and round-trip time, for `Selection::LeastLoaded`. Padded:
+    /// every request writes it, every pick reads the ejection flag.
+    pub(crate) load: CachePadded<Load>,
+    /// When the endpoint joined an answer beside endpoints already serving: the
+    /// start of its slow-start ramp. Unset for endpoints of a key's first answer.
+    pub(crate) joined: OnceLock<Instant>,
 }
 
 /// One endpoint's ejection state, as outlier detection (`call/outlier.rs`) keeps it.
@@ -70,6 +78,8 @@ impl EndpointState {
                 dirty: AtomicBool::new(false),
                 state: Mutex::new(EjectionState::default()),
             },
+            load: CachePadded::new(Load::default()),
+            joined: OnceLock::new(),
         }
     }
 
@@ -104,14 +114,16 @@ struct Table {
 
 impl StateTable {
     /// Gives freshly parsed endpoints the state of the same endpoints in earlier
-    /// answers, or registers their own.
-    pub(crate) fn attach(&self, items: &mut [EndpointData]) {
+    /// answers, or registers their own; returns the indices of the new ones.
+    pub(crate) fn attach(&self, items: &mut [EndpointData]) -> Vec<usize> {
         let mut table = lock(&self.0);
-        for data in items {
+        let mut new = Vec::new();
+        for (i, data) in items.iter_mut().enumerate() {
             let id = data.identity();
             match table.map.get(&id).and_then(Weak::upgrade) {
                 Some(h) => data.set_state(h),
                 None => {
+                    new.push(i);
                     table.map.insert(id, Arc::downgrade(data.state()));
                 }
             }
@@ -121,5 +133,6 @@ impl StateTable {
             table.map.retain(|_, w| w.strong_count() > 0);
             table.prune_at = (table.map.len() * 2).max(1024);
         }
+        new
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use crate::cache::key::{Key, KeyRef};
 use crate::cache::Cache;
 use crate::call::budget::RetryBudget;
+use crate::call::lease::Lease;
 use crate::call::outlier::{Outcome, OutlierDetector};
 use crate::call::{Call, CallContext, MAX_ATTEMPTS};
 use crate::discover::health_filter::HealthFilter;
@@ -74,7 +75,8 @@ pub struct Resolver {
 /// state its calls share.
 struct Shared {
     opts: ResolverOptions,
-    outliers: OutlierDetector,
+    /// Shared with the [`Lease`]s handed out.
+    outliers: Arc<OutlierDetector>,
     budget: RetryBudget,
 }
 
@@ -225,6 +227,43 @@ impl Resolver {
         Call::new(self.context(), key, op)
     }
 
+    /// One endpoint of `service` in `namespace`, picked as [`resolve`](Self::resolve)
+    /// picks, for your own I/O: the [`Lease`] counts one request in flight on it
+    /// until you [`finish`](Lease::finish) it with the [`Outcome`] (which records the
+    /// round-trip time and feeds outlier detection) or drop it (cancelled).
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve`](Self::resolve).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Outcome, Resolver, Selection, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "web",
+    ///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080));
+    /// let resolver = Resolver::builder(registry).selection(Selection::LeastLoaded).build()?;
+    /// let lease = resolver.lease("shared", "web").await?;
+    /// assert_eq!((lease.instance_id(), lease.in_flight()), ("i-1", 1));
+    /// lease.finish(Outcome::Success);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn lease(&self, namespace: &str, service: &str) -> Result<Lease, Error> {
+        let ep = self.resolve(namespace, service).await?;
+        Ok(self.lease_of(ep))
+    }
+
+    pub(crate) fn lease_of(&self, ep: Endpoint) -> Lease {
+        Lease::new(
+            ep,
+            self.cache.load_tracker().cloned(),
+            self.shared.outliers.clone(),
+        )
+    }
+
     /// Tells outlier detection how a use of `endpoint` went, for callers who do their
     /// own I/O instead of using [`call`](Self::call). After
     /// [`OutlierOptions::consecutive_failures`](crate::OutlierOptions::consecutive_failures) failures in a row the endpoint is
@@ -322,7 +361,7 @@ impl Resolver {
             owner: opts.owner_account.as_deref().map(Arc::from),
             cache: Arc::new(Cache::new(source, opts.cache_config())),
             shared: Arc::new(Shared {
-                outliers: OutlierDetector::new(opts.outlier.clone()),
+                outliers: Arc::new(OutlierDetector::new(opts.outlier.clone())),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
                 opts,
             }),

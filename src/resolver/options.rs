@@ -10,6 +10,8 @@ use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::endpoint::policy::AddressPolicy;
 use crate::endpoint::ParseOptions;
+use crate::select::load::LoadOptions;
+use crate::select::slow_start::SlowStartOptions;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
@@ -139,6 +141,12 @@ pub struct ResolverOptions {
     /// The retry budget shared by the resolver's calls. Default:
     /// [`RetryBudgetOptions::default`] (20% extra attempts plus 10 retries a second).
     pub retry_budget: RetryBudgetOptions,
+    /// Settings of [`Selection::LeastLoaded`]. Default: [`LoadOptions::default`]
+    /// (10 s decay, 30 ms before the first sample, failures count as 1 s).
+    pub load: LoadOptions,
+    /// Slow start of endpoints that join a serving key, for every selection.
+    /// Default: [`SlowStartOptions::default`] (30 s, linear, from 10%).
+    pub slow_start: SlowStartOptions,
 }
 
 impl Default for ResolverOptions {
@@ -167,6 +175,8 @@ impl Default for ResolverOptions {
             call: CallOptions::default(),
             outlier: OutlierOptions::default(),
             retry_budget: RetryBudgetOptions::default(),
+            load: LoadOptions::default(),
+            slow_start: SlowStartOptions::default(),
         }
     }
 }
@@ -203,6 +213,8 @@ impl ResolverOptions {
         }
         self.call.validate()?;
         self.outlier.validate()?;
+        self.load.validate()?;
+        self.slow_start.validate()?;
         self.retry_budget.validate()
     }
 
@@ -230,6 +242,8 @@ impl ResolverOptions {
             adapt_to_throttling: self.adapt_to_throttling,
             startup_wait: self.startup_wait,
             seed: self.seed,
+            load: self.load.clone(),
+            slow_start: self.slow_start.clone(),
         }
     }
 }

@@ -5,6 +5,7 @@ use std::future::Future;
 
 use super::{Endpoints, Resolver};
 use crate::cache::key::Key;
+use crate::call::lease::Lease;
 use crate::call::Call;
 use crate::discover::health_filter::HealthFilter;
 use crate::endpoint::Endpoint;
@@ -79,6 +80,35 @@ impl<'a> Query<'a> {
     /// As [`Resolver::resolve`]; a malformed attribute is `InvalidInput`.
     pub async fn resolve(self) -> Result<Endpoint, Error> {
         self.resolver.pick(self.key.as_ref()).await
+    }
+
+    /// One endpoint matching the query for your own I/O, as [`Resolver::lease`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::resolve`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Outcome, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let lease = resolver.query("shared", "web").attribute("stage", "prod").lease().await?;
+    /// assert_eq!(lease.instance_id(), "a");
+    /// lease.finish(Outcome::Success);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub async fn lease(self) -> Result<Lease, Error> {
+        let resolver = self.resolver;
+        let ep = resolver.pick(self.key.as_ref()).await?;
+        Ok(resolver.lease_of(ep))
     }
 
     /// Every endpoint matching the query.

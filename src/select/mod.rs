@@ -1,14 +1,16 @@
-//! Which endpoint, in what order: the [`Selection`] a resolver picks by, and the
+//! Which endpoint, in what order: the [`Selection`] a resolver picks by, the
 //! per-answer picking state ([`Picker`]) that applies it while skipping ejected
-//! endpoints.
+//! endpoints, load-aware picks (`load.rs`) and slow start (`slow_start.rs`).
 
 use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};
 use crate::util::hash::splitmix64;
 
+pub(crate) mod load;
 mod picker;
+pub(crate) mod slow_start;
 
-pub(crate) use picker::Picker;
+pub(crate) use picker::{PickContext, Picker};
 
 /// The largest weight [`Selection::WeightedRandom`] uses; larger ones are capped. Even
 /// millions of endpoints at this weight sum far below `f64`'s exact-integer range.
@@ -43,6 +45,28 @@ pub enum Selection {
     },
     /// Uniformly at random.
     Random,
+    /// Load-aware: of two endpoints drawn at random, the one with the lower cost,
+    /// where cost = peak-EWMA round-trip time x (requests in flight + 1) (the
+    /// "power of two choices", as tower's `p2c::Balance` over `PeakEwma`). Every
+    /// attempt of [`Resolver::call`](crate::Resolver::call) (and so `FailoverClient`
+    /// and `FailoverLayer`) is measured; callers doing their own I/O take a
+    /// [`Lease`](crate::Lease). A failed attempt counts as a slow one
+    /// ([`LoadOptions::failure_penalty`](crate::LoadOptions::failure_penalty)), so an
+    /// endpoint failing fast does not attract traffic. Settings:
+    /// [`LoadOptions`](crate::LoadOptions).
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Resolver, Selection, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "web",
+    ///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080));
+    /// let resolver = Resolver::builder(registry).selection(Selection::LeastLoaded).build()?;
+    /// assert_eq!(resolver.resolve("shared", "web").await?.instance_id(), "i-1");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    LeastLoaded,
 }
 
 impl Selection {

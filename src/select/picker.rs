@@ -7,26 +7,50 @@
 //! cursor load and store, one `Selection::pick` and one relaxed flag read per
 //! candidate (the zero-allocation pick is guarded by `tests/alloc.rs`, its cost by
 //! `benches/warm.rs`).
+//!
+//! `Selection::LeastLoaded` draws two endpoints and keeps the cheaper
+//! (`least_loaded`); a [`Ramp`] (slow start) exists only while an endpoint of the
+//! answer is ramping up, so other picks pay one `None` check for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
+use super::load::{two_of, LoadTracker};
+use super::slow_start::{Ramp, SlowStartOptions};
 use super::Selection;
 use crate::endpoint::{Endpoint, EndpointSet, EndpointState, SetRef};
 use crate::util::hash::splitmix64;
 use crate::util::pad::CachePadded;
 use crate::util::stripe::STRIPES;
 
+/// What every picker of a resolver shares: its load tracker (for
+/// `Selection::LeastLoaded` only) and the slow-start settings.
+#[derive(Debug, Clone)]
+pub(crate) struct PickContext {
+    pub(crate) load: Option<Arc<LoadTracker>>,
+    pub(crate) slow_start: SlowStartOptions,
+}
+
 /// The endpoints of one answer with the selection's counters, per thread stripe.
 pub(crate) struct Picker {
     pub(crate) set: Arc<EndpointSet>,
     refs: [Arc<SetRef>; STRIPES],
     cursors: [CachePadded<AtomicU64>; STRIPES],
+    load: Option<Arc<LoadTracker>>,
+    ramp: Option<Box<Ramp>>,
+}
+
+/// A uniform number in [0, 1) from a random word.
+#[inline]
+fn unit(r: u64) -> f64 {
+    (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 impl Picker {
     /// The picking state of `set`, carrying on from `prev` (the last answer's).
-    pub(crate) fn new(set: Arc<EndpointSet>, prev: Option<&Picker>) -> Self {
+    pub(crate) fn new(set: Arc<EndpointSet>, prev: Option<&Picker>, ctx: &PickContext) -> Self {
         let refs = std::array::from_fn(|_| Arc::new(SetRef::new(set.clone())));
         // Counters carry over, so a refresh does not restart round-robin at the first
         // endpoint; each stripe starts far from the others so seeded random streams
@@ -35,7 +59,14 @@ impl Picker {
             let start = prev.map_or((i as u64) << 40, |p| p.cursors[i].load(Ordering::Relaxed));
             CachePadded::new(AtomicU64::new(start))
         });
-        Picker { set, refs, cursors }
+        let ramp = Ramp::new(&set, &ctx.slow_start, Instant::now()).map(Box::new);
+        Picker {
+            set,
+            refs,
+            cursors,
+            load: ctx.load.clone(),
+            ramp,
+        }
     }
 
     /// The next counter value of stripe `s`.
@@ -50,9 +81,19 @@ impl Picker {
         draw
     }
 
-    /// The selection's index for counter value `draw`.
+    /// The selection's index for counter value `draw`; `ramp_at` is the time of a
+    /// slow-start ramp in progress.
     #[inline]
-    fn index(&self, selection: &Selection, seed: u64, draw: u64) -> usize {
+    fn index(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        draw: u64,
+        ramp_at: Option<Instant>,
+    ) -> usize {
+        if let Selection::LeastLoaded = selection {
+            return self.least_loaded(seed, draw, ramp_at);
+        }
         selection.pick(
             self.set.items.len(),
             self.set.cumulative.as_deref(),
@@ -61,10 +102,42 @@ impl Picker {
         )
     }
 
+    /// Power of two choices: of two distinct endpoints drawn at random, the one with
+    /// the lower cost (ejected ones cost infinitely much; a ramping one's cost is
+    /// divided by its slow-start weight).
+    #[inline]
+    fn least_loaded(&self, seed: u64, draw: u64, ramp_at: Option<Instant>) -> usize {
+        let items = &self.set.items;
+        let n = items.len();
+        if n < 2 {
+            return 0;
+        }
+        let (a, b) = two_of(n, splitmix64(seed ^ draw));
+        let Some(load) = &self.load else {
+            return a;
+        };
+        let cost = |i: usize| {
+            let state = items[i].state();
+            if state.is_ejected() {
+                return f64::INFINITY;
+            }
+            let c = load.cost(&state.load);
+            match (&self.ramp, ramp_at) {
+                (Some(r), Some(at)) => c / r.weight(i, at),
+                _ => c,
+            }
+        };
+        if cost(b) < cost(a) {
+            b
+        } else {
+            a
+        }
+    }
+
     /// The selection's next index for stripe `s`.
     #[inline]
-    fn draw(&self, selection: &Selection, seed: u64, s: usize) -> usize {
-        self.index(selection, seed, self.next_draw(s))
+    fn draw(&self, selection: &Selection, seed: u64, s: usize, ramp_at: Option<Instant>) -> usize {
+        self.index(selection, seed, self.next_draw(s), ramp_at)
     }
 
     /// The selection's pick among the endpoints `ejected` does not exclude, or any
@@ -81,12 +154,60 @@ impl Picker {
         s: usize,
         ejected: impl Fn(usize) -> bool,
     ) -> usize {
+        if let Some(ramp) = &self.ramp {
+            if let Some(at) = ramp.now() {
+                return self.choose_ramped(selection, seed, s, ejected, ramp, at);
+            }
+        }
+        self.choose_at(selection, seed, s, &ejected, None)
+    }
+
+    #[inline]
+    fn choose_at(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        ejected: &impl Fn(usize) -> bool,
+        ramp_at: Option<Instant>,
+    ) -> usize {
         let draw = self.next_draw(s);
-        let first = self.index(selection, seed, draw);
+        let first = self.index(selection, seed, draw, ramp_at);
         if !ejected(first) {
             return first;
         }
-        self.redraw(selection, seed, s, draw, ejected)
+        self.redraw(selection, seed, s, draw, ejected, ramp_at)
+    }
+
+    /// A pick while endpoints ramp up: least-loaded picks weigh the cost; the others
+    /// keep a ramping endpoint they drew with probability equal to its weight and
+    /// draw again otherwise (a bounded number of times).
+    #[cold]
+    fn choose_ramped(
+        &self,
+        selection: &Selection,
+        seed: u64,
+        s: usize,
+        ejected: impl Fn(usize) -> bool,
+        ramp: &Ramp,
+        at: Instant,
+    ) -> usize {
+        if let Selection::LeastLoaded = selection {
+            return self.choose_at(selection, seed, s, &ejected, Some(at));
+        }
+        let tries = 4 * self.set.items.len();
+        let mut i = 0;
+        for _ in 0..tries {
+            i = self.choose_at(selection, seed, s, &ejected, Some(at));
+            let w = ramp.weight(i, at);
+            let coin = unit(splitmix64(
+                seed.rotate_left(17) ^ self.cursors[s].load(Ordering::Relaxed),
+            ));
+            if w >= 1.0 || coin < w {
+                return i;
+            }
+        }
+        i
     }
 
     /// Draws again while the drawn endpoint is ejected. Round-robin's cursor then
@@ -101,12 +222,13 @@ impl Picker {
         seed: u64,
         s: usize,
         first_draw: u64,
-        ejected: impl Fn(usize) -> bool,
+        ejected: &impl Fn(usize) -> bool,
+        ramp_at: Option<Instant>,
     ) -> usize {
-        let first = self.index(selection, seed, first_draw);
+        let first = self.index(selection, seed, first_draw, ramp_at);
         let n = self.set.items.len();
         for _ in 1..n {
-            let i = self.draw(selection, seed, s);
+            let i = self.draw(selection, seed, s, ramp_at);
             if !ejected(i) {
                 return i;
             }
@@ -132,9 +254,8 @@ impl Picker {
         // Admitted endpoints of weight 0 only: equal weights among them, as when every
         // weight is 0.
         let equal = total <= 0.0;
-        let unit =
-            (splitmix64(seed ^ self.next_draw(s)) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
-        let mut x = unit * if equal { admitted as f64 } else { total };
+        let mut x = unit(splitmix64(seed ^ self.next_draw(s)))
+            * if equal { admitted as f64 } else { total };
         let mut last = first;
         for i in (0..n).filter(|&i| !ejected(i)) {
             let w = if equal { 1.0 } else { weight(i) };

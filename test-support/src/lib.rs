@@ -9,11 +9,14 @@
 //! - [`dns`]: DNS servers on loopback (hickory-server): a table with faults on command,
 //!   and a static zone for the benchmarks;
 //! - [`http`]: HTTP servers on loopback for the client integrations and the soak;
+//! - [`backend`]: loopback TCP backends with set delays or failures, and a pool of
+//!   connections to them (load balancing);
 //! - [`counting`]: a `Discover` wrapper that counts calls and fails on command;
 //! - [`net`]: a loopback port that refuses connections;
 //! - [`bench`]: a runtime, a synthetic registry and a first-poll driver;
 //! - [`fleet`]: a fleet of resolvers against one simulated account, on paused time.
 
+pub mod backend;
 pub mod bench;
 pub mod counting;
 pub mod dns;

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use cloudmap_resolver::{
-    CloudMapDiscovery, DnsDiscovery, Endpoint, ErrorKind, HealthFilter, Instance, Resolver,
-    Selection, StaticDiscovery,
+    CloudMapDiscovery, DnsDiscovery, Endpoint, ErrorKind, HealthFilter, Instance, Outcome,
+    Resolver, Selection, StaticDiscovery,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -98,16 +98,55 @@ async fn registration_as_written() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The "Additions" block's load-aware part, as written (`source` is any source; the
+/// operation is `fetch`, as above). Run below against a loopback server.
+async fn load_aware_contract_as_written(
+    source: StaticDiscovery,
+) -> Result<String, Box<dyn std::error::Error>> {
+    // load-aware picks: power of two choices over peak-EWMA latency x (requests in flight + 1)
+    let resolver = Resolver::builder(source)
+        .selection(Selection::LeastLoaded)
+        .build()?;
+    let body = resolver
+        .call("shared", "web", |ep: Endpoint| async move {
+            fetch(ep.socket_addr().unwrap()).await
+        })
+        .await?; // each attempt measured
+    let lease = resolver.lease("shared", "web").await?; // your own I/O: derefs to Endpoint,
+    let r = fetch(lease.socket_addr().unwrap()).await; // counts one request in flight
+    lease.finish(if r.is_ok() {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    }); // dropped = cancelled
+    Ok(body + &r?)
+}
+
 #[test]
 fn contract_compiles_and_is_send() {
     fn send<T: Send>(_: &T) {}
     fn shared<T: Clone + Send + Sync + 'static>() {}
     send(&contract_as_written());
     send(&registration_as_written());
+    send(&load_aware_contract_as_written(StaticDiscovery::new()));
     shared::<Resolver>();
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<cloudmap_resolver::Registered>();
     shareable::<cloudmap_resolver::Registration>();
+}
+
+#[tokio::test]
+async fn load_aware_contract_runs() {
+    let addr = hello_server("web").await;
+    let source = StaticDiscovery::new().with_instance(
+        "shared",
+        "web",
+        Instance::new("w-1")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(addr.port()),
+    );
+    let body = load_aware_contract_as_written(source).await.unwrap();
+    assert_eq!(body, "hello from webhello from web");
 }
 
 /// A server that answers `hello from <name>` to every request.

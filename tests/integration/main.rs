@@ -10,6 +10,7 @@
 //!
 //! Run one area: `cargo test --all-features --test integration failover::`.
 
+mod balance;
 mod cloud_map;
 mod contract;
 mod dns;

@@ -1,0 +1,129 @@
+//! [`Lease`]: an endpoint picked for the caller's own I/O, counted in flight until
+//! the caller says how it went.
+//!
+//! What [`Call`](super::Call) does around each attempt, for callers who cannot hand
+//! their I/O to `call`: the lease counts one request in flight on its endpoint
+//! (least-loaded picks see it), and [`Lease::finish`] records the round-trip time
+//! and the outcome (load and outlier detection). Dropped unfinished, it releases the
+//! in-flight count and records nothing: a cancelled request says nothing about the
+//! endpoint.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::Endpoint;
+use crate::select::load::LoadTracker;
+
+/// An endpoint picked for your own I/O: derefs to [`Endpoint`], counts one request
+/// in flight on it, and [`finish`](Self::finish) records how long it took and how it
+/// went. Made by [`Resolver::lease`](crate::Resolver::lease) and
+/// [`Query::lease`](crate::Query::lease).
+///
+/// Dropping a lease without finishing it counts as cancelled: the request leaves the
+/// in-flight count, and no latency or failure is recorded. Requests are counted and
+/// timed for [`Selection::LeastLoaded`](crate::Selection::LeastLoaded), which reads
+/// them; with every selection the outcome feeds outlier detection, as
+/// [`Resolver::report`](crate::Resolver::report) does.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use cloudmap_resolver::{Instance, Outcome, Resolver, Selection, StaticDiscovery};
+///
+/// let server = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// let port = server.local_addr()?.port();
+/// let registry = StaticDiscovery::new().with_instance("shared", "web",
+///     Instance::new("i-1").ipv4("127.0.0.1".parse()?).port(port));
+/// let resolver = Resolver::builder(registry).selection(Selection::LeastLoaded).build()?;
+///
+/// let lease = resolver.lease("shared", "web").await?;
+/// assert_eq!(lease.in_flight(), 1);
+/// let r = tokio::net::TcpStream::connect(lease.socket_addr().unwrap()).await;
+/// lease.finish(if r.is_ok() { Outcome::Success } else { Outcome::Failure });
+///
+/// let lease = resolver.lease("shared", "web").await?;
+/// drop(lease); // cancelled: no sample, no failure
+/// assert_eq!(resolver.resolve("shared", "web").await?.in_flight(), 0);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[must_use = "a lease counts a request in flight until finished or dropped"]
+pub struct Lease {
+    endpoint: Endpoint,
+    load: Option<Arc<LoadTracker>>,
+    outliers: Arc<OutlierDetector>,
+    began: Instant,
+    open: bool,
+}
+
+impl Lease {
+    pub(crate) fn new(
+        endpoint: Endpoint,
+        load: Option<Arc<LoadTracker>>,
+        outliers: Arc<OutlierDetector>,
+    ) -> Self {
+        if load.is_some() {
+            endpoint.state().load.start();
+        }
+        Lease {
+            endpoint,
+            load,
+            outliers,
+            began: Instant::now(),
+            open: true,
+        }
+    }
+
+    /// The leased endpoint.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Ends the request: records its round-trip time since the lease was taken
+    /// (for least-loaded picks; a failure counts at least
+    /// [`LoadOptions::failure_penalty`](crate::LoadOptions::failure_penalty)) and
+    /// its outcome (for outlier detection).
+    pub fn finish(mut self, outcome: Outcome) {
+        let now = Instant::now();
+        self.release();
+        if let Some(load) = &self.load {
+            let failed = outcome == Outcome::Failure;
+            load.record(&self.endpoint.state().load, self.began, now, failed);
+        }
+        self.outliers.record(&self.endpoint, outcome, now);
+    }
+
+    fn release(&mut self) {
+        if std::mem::take(&mut self.open) && self.load.is_some() {
+            self.endpoint.state().load.end();
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Deref for Lease {
+    type Target = Endpoint;
+
+    fn deref(&self) -> &Endpoint {
+        &self.endpoint
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("endpoint", &self.endpoint)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}

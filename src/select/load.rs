@@ -1,0 +1,186 @@
+//! Load-aware picks: power of two choices over peak-EWMA round-trip time x
+//! (requests in flight + 1), as tower's `p2c::Balance` over `PeakEwma` does, with
+//! failures counted as a penalty latency so that an endpoint failing fast does not
+//! look fast.
+//!
+//! The per-endpoint numbers live in `endpoint/load.rs` (beside the ejection, so they
+//! survive refreshes); this file holds the settings ([`LoadOptions`]), the
+//! resolver's [`LoadTracker`] that turns a finished request into a sample, and the
+//! in-flight guard `call` holds around each attempt. Only a resolver whose selection
+//! is [`Selection::LeastLoaded`](super::Selection::LeastLoaded) has a tracker: the
+//! other selections neither pay for the bookkeeping nor read it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::endpoint::load::{Load, LoadClock};
+use crate::error::Error;
+
+/// Settings of [`Selection::LeastLoaded`](crate::Selection::LeastLoaded). Every
+/// field's doc states its default.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use cloudmap_resolver::{LoadOptions, ResolverOptions, Selection};
+///
+/// let mut opts = ResolverOptions::default();
+/// opts.selection = Selection::LeastLoaded;
+/// opts.load.decay = Duration::from_secs(5);
+/// assert_eq!(LoadOptions::default().default_rtt, Duration::from_millis(30));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// How fast old round-trip samples are forgotten: the time constant of the
+    /// exponentially weighted average, and of the decay of an endpoint's estimate
+    /// while it gets no requests (so an endpoint avoided for being slow is tried
+    /// again). Must be greater than zero. Default: 10 s (tower's and Finagle's).
+    pub decay: Duration,
+    /// The round-trip time assumed for an endpoint before its first request
+    /// finishes; its first sample replaces it. Default: 30 ms.
+    pub default_rtt: Duration,
+    /// The round-trip time a failed attempt counts as, when it took less: a
+    /// refused connection returns at once, and must not make its endpoint look like
+    /// the fastest. Default: 1 s.
+    pub failure_penalty: Duration,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+            failure_penalty: Duration::from_secs(1),
+        }
+    }
+}
+
+impl LoadOptions {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.decay.is_zero() {
+            return Err(Error::invalid("load.decay must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// A resolver's load bookkeeping: the settings in nanoseconds and the clock picks
+/// read.
+#[derive(Debug)]
+pub(crate) struct LoadTracker {
+    decay_ns: f64,
+    default_ns: f64,
+    penalty_ns: f64,
+    clock: LoadClock,
+}
+
+fn nanos(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+impl LoadTracker {
+    pub(crate) fn new(opts: &LoadOptions, epoch: Instant) -> Self {
+        LoadTracker {
+            // At least 1 ns, so the decay's division is defined whatever was validated.
+            decay_ns: nanos(opts.decay).max(1.0),
+            default_ns: nanos(opts.default_rtt),
+            penalty_ns: nanos(opts.failure_penalty),
+            clock: LoadClock::new(epoch),
+        }
+    }
+
+    /// What picking `load` costs now: its round-trip estimate x (in flight + 1).
+    #[inline]
+    pub(crate) fn cost(&self, load: &Load) -> f64 {
+        load.cost(self.clock.now_ns(), self.decay_ns, self.default_ns)
+    }
+
+    /// Records one finished request sent at `began` and answered (or failed) at
+    /// `now`. A failure counts at least the failure penalty.
+    pub(crate) fn record(&self, load: &Load, began: Instant, now: Instant, failed: bool) {
+        let mut rtt = nanos(now.saturating_duration_since(began));
+        if failed {
+            rtt = rtt.max(self.penalty_ns);
+        }
+        let at = self.clock.tick(now);
+        load.observe(rtt, at, self.decay_ns);
+    }
+}
+
+/// One request in flight on an endpoint: counted from `new` until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(&'a Load);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn new(load: &'a Load) -> Self {
+        load.start();
+        InFlight(load)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// Two distinct indices below `n` (at least 2) from one random word.
+#[inline]
+pub(crate) fn two_of(n: usize, r: u64) -> (usize, usize) {
+    let a = ((u128::from(r) * n as u128) >> 64) as usize;
+    let r2 = crate::util::hash::splitmix64(r);
+    let b = ((u128::from(r2) * (n - 1) as u128) >> 64) as usize;
+    (a, if b >= a { b + 1 } else { b })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_of_gives_distinct_indices_covering_every_pair() {
+        let mut seen = std::collections::HashSet::new();
+        for r in 0..2_000u64 {
+            let (a, b) = two_of(4, crate::util::hash::splitmix64(r));
+            assert!(a < 4 && b < 4 && a != b, "{a} {b}");
+            seen.insert((a, b));
+        }
+        assert_eq!(seen.len(), 12);
+    }
+
+    #[test]
+    fn failures_count_at_least_the_penalty() {
+        let epoch = Instant::now();
+        let t = LoadTracker::new(&LoadOptions::default(), epoch);
+        let (fast, failing) = (Load::default(), Load::default());
+        t.record(&fast, epoch, epoch + Duration::from_millis(2), false);
+        t.record(&failing, epoch, epoch + Duration::from_micros(10), true);
+        assert!(t.cost(&failing) > 400.0 * t.cost(&fast));
+    }
+
+    #[test]
+    fn in_flight_counts_until_dropped() {
+        let load = Load::default();
+        let a = InFlight::new(&load);
+        let b = InFlight::new(&load);
+        assert_eq!(load.pending(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(load.pending(), 0);
+    }
+
+    #[test]
+    fn zero_decay_is_refused() {
+        let opts = LoadOptions {
+            decay: Duration::ZERO,
+            ..LoadOptions::default()
+        };
+        assert_eq!(
+            opts.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
+    }
+}
