@@ -172,6 +172,9 @@ async fn run(args: &Args) -> Result<(), Error> {
         args.health.into()
     };
     opts.fetch_timeout = args.timeout;
+    // A diagnostic reports throttling as it happens (exit 5) rather than waiting for
+    // a turn the way a service starting up does.
+    opts.startup_wait = Duration::ZERO;
     opts.owner_account = args.owner_account.clone();
     if args.watch {
         // Every refresh asks the registry afresh (health changes do not move Cloud

@@ -333,10 +333,13 @@ impl Discover for CloudMapDiscovery {
             for (k, v) in &request.optional {
                 call = call.optional_parameters(k, v);
             }
-            let out = call
-                .send()
-                .await
-                .map_err(|e| map_error(&format!("DiscoverInstances{}", request.owned_by()), &self.endpoint, e))?;
+            let out = call.send().await.map_err(|e| {
+                map_error(
+                    &format!("DiscoverInstances{}", request.owned_by()),
+                    &self.endpoint,
+                    e,
+                )
+            })?;
             let instances = out
                 .instances()
                 .iter()
@@ -377,7 +380,13 @@ impl Discover for CloudMapDiscovery {
                 .set_owner_account(request.owner_account.clone())
                 .send()
                 .await
-                .map_err(|e| map_error(&format!("DiscoverInstancesRevision{}", request.owned_by()), &self.endpoint, e))?;
+                .map_err(|e| {
+                    map_error(
+                        &format!("DiscoverInstancesRevision{}", request.owned_by()),
+                        &self.endpoint,
+                        e,
+                    )
+                })?;
             Ok(out.instances_revision())
         })
     }

@@ -2,6 +2,12 @@
 //! ListServices filtered by the namespace's id, and GetService to confirm the
 //! namespace of a service of that name. The answers are matched here as well (moto
 //! ignores the filters and returns everything), and pages are followed up to a bound.
+//!
+//! A namespace shared from another account (AWS RAM) is named by its owner as well:
+//! two accounts can own namespaces of the same name. Its service is then referred to
+//! by its ARN, as Cloud Map requires for RegisterInstance, DeregisterInstance,
+//! UpdateInstanceCustomHealthStatus and GetService in a shared namespace, and
+//! GetOperation takes the owner account.
 
 use aws_sdk_servicediscovery as sd;
 use sd::types::ServiceFilterName;
@@ -18,7 +24,10 @@ const MAX_PAGES: usize = 50;
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceIds {
     pub(crate) namespace_id: String,
+    /// The service's id, or its ARN when the namespace is another account's.
     pub(crate) service_id: String,
+    /// The namespace's owner, when it was named (GetOperation needs it).
+    pub(crate) owner_account: Option<String>,
     /// Whether the service has a custom health check (`HealthCheckCustomConfig`):
     /// only then can `AWS_INIT_HEALTH_STATUS` and UpdateInstanceCustomHealthStatus be
     /// used.
@@ -30,10 +39,11 @@ pub(crate) async fn service_ids(
     endpoint: &str,
     namespace: &str,
     service: &str,
+    owner: Option<&str>,
     deadline: &Deadline,
     seed: u64,
 ) -> Result<ServiceIds, Error> {
-    let namespace_id = namespace_id(client, endpoint, namespace, deadline, seed).await?;
+    let namespace_id = namespace_id(client, endpoint, namespace, owner, deadline, seed).await?;
     let mut token: Option<String> = None;
     for page in 0..MAX_PAGES {
         let filter = ServiceFilter::builder()
@@ -58,7 +68,11 @@ pub(crate) async fn service_ids(
             .services()
             .iter()
             .filter(|s| s.name() == Some(service))
-            .filter_map(|s| s.id());
+            .filter_map(|s| match owner {
+                // Another account's service is named by its ARN.
+                Some(_) => s.arn(),
+                None => s.id(),
+            });
         for id in candidates {
             let got = send_retrying("GetService", deadline, seed, || async {
                 client
@@ -75,6 +89,7 @@ pub(crate) async fn service_ids(
             {
                 return Ok(ServiceIds {
                     service_id: id.to_owned(),
+                    owner_account: owner.map(str::to_owned),
                     namespace_id,
                     custom_health: s.health_check_custom_config().is_some(),
                 });
@@ -95,6 +110,7 @@ async fn namespace_id(
     client: &sd::Client,
     endpoint: &str,
     namespace: &str,
+    owner: Option<&str>,
     deadline: &Deadline,
     seed: u64,
 ) -> Result<String, Error> {
@@ -121,7 +137,8 @@ async fn namespace_id(
                 .properties()
                 .and_then(|p| p.http_properties())
                 .and_then(|h| h.http_name());
-            n.name() == Some(namespace) || http_name == Some(namespace)
+            (n.name() == Some(namespace) || http_name == Some(namespace))
+                && owner.is_none_or(|o| owned_by(n, o))
         });
         if let Some(id) = found.and_then(|n| n.id()) {
             return Ok(id.to_owned());
@@ -131,8 +148,18 @@ async fn namespace_id(
             _ => break,
         }
     }
+    let owned = owner.map_or(String::new(), |o| format!(" owned by account {o}"));
     Err(Error::new(
         ErrorKind::NamespaceNotFound,
-        format!("no namespace named {namespace:?}"),
+        format!("no namespace named {namespace:?}{owned}"),
     ))
+}
+
+/// Whether `account` owns the namespace: its `ResourceOwner`, or where the answer has
+/// none, the account field of its ARN (`arn:aws:servicediscovery:REGION:ACCOUNT:...`).
+fn owned_by(n: &sd::types::NamespaceSummary, account: &str) -> bool {
+    match n.resource_owner() {
+        Some(o) => o == account,
+        None => n.arn().and_then(|a| a.split(':').nth(4)) == Some(account),
+    }
 }

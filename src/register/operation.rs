@@ -153,6 +153,7 @@ pub(crate) async fn wait_operation(
     endpoint: &str,
     operation_id: &str,
     what: &str,
+    owner: Option<&str>,
     deadline: &Deadline,
     seed: u64,
 ) -> Result<(), Error> {
@@ -166,6 +167,7 @@ pub(crate) async fn wait_operation(
                 client
                     .get_operation()
                     .operation_id(operation_id)
+                    .set_owner_account(owner.map(str::to_owned))
                     .send()
                     .await
                     .map_err(|e| map_error("GetOperation", endpoint, e))

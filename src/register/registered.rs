@@ -121,7 +121,8 @@ impl Registered {
         &self.ids.namespace_id
     }
 
-    /// The service's id, as the look-up found it (`srv-...`).
+    /// The service's id, as the look-up found it (`srv-...`), or its ARN for a namespace
+    /// owned by another account ([`Registration::owner_account`](crate::Registration::owner_account)).
     pub fn service_id(&self) -> &str {
         &self.ids.service_id
     }
@@ -242,6 +243,7 @@ impl Registered {
                 endpoint,
                 id,
                 "DeregisterInstance",
+                self.ids.owner_account.as_deref(),
                 &deadline,
                 self.seed,
             )

@@ -13,7 +13,7 @@ use super::registered::Registered;
 use super::Writer;
 use crate::discover::cloud_map::map_error;
 use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
-use crate::discover::names::{check_namespace, check_service};
+use crate::discover::names::{check_namespace, check_owner_account, check_service};
 use crate::error::{Error, ErrorKind};
 
 /// This process's instance, to be registered in a Cloud Map service.
@@ -62,6 +62,7 @@ pub struct Registration {
     service: String,
     instance_id: String,
     attributes: BTreeMap<String, String>,
+    owner_account: Option<String>,
     deadline: Duration,
     seed: Option<u64>,
 }
@@ -87,6 +88,7 @@ impl Registration {
             service: service.into(),
             instance_id: instance_id.into(),
             attributes: BTreeMap::new(),
+            owner_account: None,
             deadline: Self::DEFAULT_DEADLINE,
             seed: None,
         }
@@ -165,6 +167,27 @@ impl Registration {
         self.attribute(ATTR_INIT_HEALTH, "UNHEALTHY")
     }
 
+    /// The account that owns the namespace, for a namespace shared with this account
+    /// through AWS RAM (two accounts can own namespaces of the same name). The
+    /// namespace is then looked up among that account's, and the service is named by
+    /// its ARN in RegisterInstance, DeregisterInstance and
+    /// UpdateInstanceCustomHealthStatus, and GetOperation carries `OwnerAccount`, as
+    /// Cloud Map requires for shared namespaces. Checked by
+    /// [`register`](Self::register) before any call: an AWS account id is 12 digits
+    /// ([`InvalidInput`](ErrorKind::InvalidInput) otherwise). Default: none (the
+    /// namespace of that name this account can see).
+    ///
+    /// ```
+    /// # let sdk = aws_config::SdkConfig::builder().build();
+    /// use cloudmap_resolver::Registration;
+    ///
+    /// let r = Registration::new(&sdk, "shared", "web", "i-1").owner_account("111122223333");
+    /// ```
+    pub fn owner_account(mut self, account: impl Into<String>) -> Self {
+        self.owner_account = Some(account.into());
+        self
+    }
+
     /// How long [`register`](Self::register) may take in all (look-ups, retries,
     /// waiting on the operation), and each later call of the [`Registered`] it
     /// returns. Default: [`DEFAULT_DEADLINE`](Self::DEFAULT_DEADLINE) (60 s). Zero is
@@ -224,6 +247,9 @@ impl Registration {
         check_service(&self.service)?;
         check_instance_id(&self.instance_id)?;
         check_attributes(&self.attributes)?;
+        if let Some(owner) = &self.owner_account {
+            check_owner_account(owner)?;
+        }
         if self.deadline.is_zero() {
             return Err(Error::invalid(
                 "registration deadline must be more than zero",
@@ -238,6 +264,7 @@ impl Registration {
             endpoint,
             &self.namespace,
             &self.service,
+            self.owner_account.as_deref(),
             &deadline,
             seed,
         )
@@ -277,6 +304,7 @@ impl Registration {
             endpoint,
             operation_id,
             "RegisterInstance",
+            ids.owner_account.as_deref(),
             &deadline,
             seed,
         )
@@ -308,6 +336,7 @@ impl fmt::Debug for Registration {
             .field("service", &self.service)
             .field("instance_id", &self.instance_id)
             .field("attributes", &self.attributes)
+            .field("owner_account", &self.owner_account)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }

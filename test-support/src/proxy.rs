@@ -220,8 +220,16 @@ async fn handle(
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
+    // Cloud Map takes a service's id or its ARN (required in a namespace shared from
+    // another account); moto takes only the id.
+    let unarned = service_arns_to_ids(&body);
+    let rewritten = unarned.is_some();
+    let body = unarned.unwrap_or(body);
     let mut fwd = Request::builder().method(parts.method).uri(uri);
     for (k, v) in &parts.headers {
+        if rewritten && k == hyper::header::CONTENT_LENGTH {
+            continue; // the body's length changed; hyper sets it from the body
+        }
         fwd = fwd.header(k, v);
     }
     let resp = match client.request(fwd.body(Full::new(body)).unwrap()).await {
@@ -266,4 +274,28 @@ fn with_operation_status(body: &[u8], status: &str) -> Bytes {
         }
     }
     Bytes::from(json.to_string())
+}
+
+/// The body with every service ARN (`arn:aws:servicediscovery:REGION:ACCOUNT:service/srv-…`)
+/// replaced by the service id it ends in, or `None` when it has none.
+fn service_arns_to_ids(body: &[u8]) -> Option<Bytes> {
+    const PREFIX: &str = "arn:aws:servicediscovery:";
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains(PREFIX) {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        out.push_str(&rest[..at]);
+        let arn = &rest[at..];
+        let end = arn.find('"').unwrap_or(arn.len());
+        match arn[..end].rsplit_once(":service/") {
+            Some((_, id)) => out.push_str(id),
+            None => out.push_str(&arn[..end]),
+        }
+        rest = &arn[end..];
+    }
+    out.push_str(rest);
+    Some(Bytes::from(out))
 }

@@ -1,7 +1,7 @@
 //! Self-registration against moto behind the test proxy: register, resolve, drain
 //! (`lifecycle.rs`), typed errors with bounded calls (`errors.rs`), operations that
 //! fail or never finish and throttling (`faults.rs`), and a rolling restart under load
-//! with and without drain (`rolling.rs`).
+//! with and without drain (`rolling.rs`), and a namespace of another account (`shared.rs`).
 //!
 //! moto's operations succeed at once and re-registering an id appends a duplicate
 //! there (Cloud Map updates in place): these tests rely on neither; slow and failed
@@ -11,6 +11,7 @@ mod errors;
 mod faults;
 mod lifecycle;
 mod rolling;
+mod shared;
 
 use std::time::Duration;
 
