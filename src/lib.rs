@@ -86,11 +86,17 @@ mod cache;
 mod call;
 mod discover;
 mod endpoint;
-#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+#[cfg(any(
+    feature = "reqwest",
+    feature = "hyper",
+    feature = "tower",
+    feature = "tonic"
+))]
 mod integrations;
 mod resolver;
 mod select;
 mod util;
+mod watch;
 // Leaves.
 mod error;
 mod stats;
@@ -113,8 +119,12 @@ pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::policy::{AddressPolicy, Cidr};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "tower")]
+pub use integrations::discover::WatchDiscover;
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
+#[cfg(feature = "tonic")]
+pub use integrations::grpc::{feed_balance_channel, GrpcChannelBuilder, GrpcScheme, HostEndpoints};
 #[cfg(feature = "hyper")]
 pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
 #[cfg(feature = "reqwest")]
@@ -129,6 +139,7 @@ pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::Selection;
 pub use stats::Stats;
+pub use watch::{Change, Watch};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -49,7 +49,7 @@ impl Cache {
                 .await?;
             if rev.is_some() && rev == prev.revision {
                 let snap = Arc::new(prev.reconfirmed(sent, self.config.max_stale));
-                slot.snapshot.store(Some(snap.clone()));
+                slot.install(snap.clone());
                 return Ok(snap);
             }
         }
@@ -78,7 +78,7 @@ impl Cache {
             self.config.max_stale,
             found.revision,
         ));
-        slot.snapshot.store(Some(snap.clone()));
+        slot.install(snap.clone());
         Ok(snap)
     }
 

@@ -8,6 +8,7 @@
 //!   cannot make (5xx, throttling, hangs);
 //! - [`dns`]: DNS servers on loopback (hickory-server): a table with faults on command,
 //!   and a static zone for the benchmarks;
+//! - [`grpc`]: tonic-health gRPC servers on loopback, and a dial counter;
 //! - [`http`]: HTTP servers on loopback for the client integrations and the soak;
 //! - [`counting`]: a `Discover` wrapper that counts calls and fails on command;
 //! - [`net`]: a loopback port that refuses connections;
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod counting;
 pub mod dns;
 pub mod fleet;
+pub mod grpc;
 pub mod http;
 pub mod moto;
 pub mod net;

@@ -19,12 +19,17 @@ mod fleet;
 mod prop_options;
 mod properties;
 mod resilience;
+mod watch;
 
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "tonic")]
+mod grpc;
 #[cfg(feature = "hyper")]
 mod hyper;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tower")]
 mod tower;
+#[cfg(feature = "tower")]
+mod watch_tower;
