@@ -72,13 +72,19 @@
 //! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
 //! The README's "When things fail" section lists the behaviour in each failure case.
 //!
+//! Change streams: [`Resolver::watch`] returns a [`Watch`], a `Stream` of
+//! [`Change`]s driven by the background refresher, for connection pools that must
+//! be told when endpoints come and go.
+//!
 //! # Optional features
 //!
 //! HTTP clients (`HostMap` says which host names are services):
 //! `reqwest`: `ReqwestResolver` (a `reqwest::dns::Resolve`) and `FailoverClient`
 //! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
-//! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`.
-//! `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
+//! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`, and
+//! `Watch::into_discover` (a change stream as a `tower::discover::Discover`).
+//! `tonic`: `Resolver::grpc_channel`, a `tonic::transport::Channel` following a
+//! change stream. `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Layers, top to bottom: each module uses only those below it (ARCHITECTURE.md).
