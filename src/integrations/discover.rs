@@ -41,7 +41,7 @@ impl Watch {
     /// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
     /// use tower::balance::p2c::Balance;
     /// use tower::load::{CompleteOnResponse, PendingRequestsDiscover};
-    /// use tower::{service_fn, ServiceExt};
+    /// use tower::{service_fn, Service, ServiceExt};
     ///
     /// let ip = "127.0.0.1".parse()?;
     /// let registry = StaticDiscovery::new()
