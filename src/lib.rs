@@ -76,13 +76,19 @@
 //! returns a [`Registered`] handle, whose [`drain`](Registered::drain) takes it out
 //! gracefully on shutdown (README: "Registering a service").
 //!
+//! Change streams: [`Resolver::watch`] returns a [`Watch`], a `Stream` of
+//! [`Change`]s driven by the background refresher, for connection pools that must
+//! be told when endpoints come and go.
+//!
 //! # Optional features
 //!
 //! HTTP clients (`HostMap` says which host names are services):
 //! `reqwest`: `ReqwestResolver` (a `reqwest::dns::Resolve`) and `FailoverClient`
 //! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
-//! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`.
-//! `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
+//! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`, and
+//! `Watch::into_discover` (a change stream as a `tower::discover::Discover`).
+//! `tonic`: `Resolver::grpc_channel`, a `tonic::transport::Channel` following a
+//! change stream. `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Layers, top to bottom: each module uses only those below it (ARCHITECTURE.md).
@@ -90,12 +96,18 @@ mod cache;
 mod call;
 mod discover;
 mod endpoint;
-#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+#[cfg(any(
+    feature = "reqwest",
+    feature = "hyper",
+    feature = "tower",
+    feature = "tonic"
+))]
 mod integrations;
 mod register;
 mod resolver;
 mod select;
 mod util;
+mod watch;
 // Leaves.
 mod error;
 mod stats;
@@ -119,8 +131,12 @@ pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::policy::{AddressPolicy, Cidr};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};
+#[cfg(feature = "tower")]
+pub use integrations::discover::WatchDiscover;
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
+#[cfg(feature = "tonic")]
+pub use integrations::grpc::{feed_balance_channel, GrpcChannelBuilder, GrpcScheme, HostEndpoints};
 #[cfg(feature = "hyper")]
 pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
 #[cfg(feature = "reqwest")]
@@ -139,6 +155,7 @@ pub use select::load::LoadOptions;
 pub use select::slow_start::SlowStartOptions;
 pub use select::Selection;
 pub use stats::Stats;
+pub use watch::{Change, Watch};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -48,6 +48,7 @@ pub(super) fn lru(
             key.0.evicted.store(true, Ordering::Relaxed);
             // Memos may still hold the slot; they need not hold its answer.
             key.0.snapshot.store(None);
+            key.0.publish();
             if let Some(index) = index.upgrade() {
                 index.remove(&key.0);
             }

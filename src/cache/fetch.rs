@@ -49,7 +49,7 @@ impl Cache {
                 .await?;
             if rev.is_some() && rev == prev.revision {
                 let snap = Arc::new(prev.reconfirmed(sent, self.config.max_stale, &self.pick));
-                slot.snapshot.store(Some(snap.clone()));
+                slot.install(snap.clone());
                 return Ok(snap);
             }
         }
@@ -86,7 +86,7 @@ impl Cache {
             found.revision,
             &self.pick,
         ));
-        slot.snapshot.store(Some(snap.clone()));
+        slot.install(snap.clone());
         Ok(snap)
     }
 

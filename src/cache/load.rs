@@ -26,6 +26,17 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        let (slot, snap) = self.load_any(key).await?;
+        let snap = servable_or_empty(&slot, snap)?;
+        Ok((slot, snap))
+    }
+
+    /// As [`load`](Self::load), with an empty answer as an answer (change streams
+    /// report it as every endpoint removed) rather than `NoEndpoints`.
+    pub(crate) async fn load_any(
+        self: &Arc<Self>,
+        key: KeyRef<'_>,
+    ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
         crate::discover::names::check_namespace(key.namespace)?;
         crate::discover::names::check_service(key.service)?;
         for (k, v) in key.query.iter().chain(key.optional) {
@@ -68,7 +79,7 @@ impl Cache {
             let servable = snap.state.load(Ordering::Relaxed) != EXPIRED
                 && now < snap.stale_until.max(snap.fresh_until);
             if installed_while_waiting || servable {
-                return servable_or_empty(slot, snap.clone());
+                return Ok(snap.clone());
             }
         }
         if let Some((err, until)) = &gate.error {
@@ -81,7 +92,7 @@ impl Cache {
                 if let Some(snap) = prev.filter(|s| err.keeps_stale() && now < s.stale_until) {
                     snap.state.store(STALE, Ordering::Relaxed);
                     bump(&self.counters.stale_cold);
-                    return servable_or_empty(slot, snap);
+                    return Ok(snap);
                 }
                 return Err(err.clone());
             }
@@ -103,7 +114,7 @@ impl Cache {
                 gate.failures = 0;
                 drop(gate);
                 self.ensure_refresher(slot);
-                servable_or_empty(slot, snap)
+                Ok(snap)
             }
             Err(err) => {
                 gate.failures += 1;
@@ -123,7 +134,7 @@ impl Cache {
                     );
                     drop(gate);
                     self.ensure_refresher(slot);
-                    return servable_or_empty(slot, snap);
+                    return Ok(snap);
                 }
                 let hold = if err.is_retryable() {
                     self.backoff(gate.failures)

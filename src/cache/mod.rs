@@ -41,6 +41,7 @@ pub(crate) mod pacing;
 mod refresher;
 mod slot;
 mod snapshot;
+mod watched;
 
 use backoff::Backoff;
 use index::Index;
@@ -48,6 +49,7 @@ use key::KeyRef;
 use pacing::{Limiter, RateLimit};
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
+pub(crate) use watched::Answer;
 
 /// What the cache reads of the resolver's settings (made from `ResolverOptions`,
 /// whose fields document each value and its default).
@@ -230,6 +232,7 @@ impl Drop for Cache {
                 for slot in bucket.iter() {
                     slot.evicted.store(true, Ordering::Relaxed);
                     slot.snapshot.store(None);
+                    slot.publish();
                 }
             }
         }

@@ -76,6 +76,7 @@ impl Drop for RefresherExit<'_> {
             snap.state.store(EXPIRED, Ordering::Relaxed);
         }
         self.slot.refresher.store(false, Ordering::Release);
+        self.slot.publish();
     }
 }
 
@@ -162,14 +163,18 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
         *plan = Plan::new(&cache, cur);
         return Step::Again;
     }
-    if !cur.used.load(Ordering::Relaxed) || !cache.config.refresh_ahead {
+    // A watched key is in use even when nobody resolves it: its change streams
+    // are driven by this task, not by requests.
+    let used = cur.used.load(Ordering::Relaxed) || slot.is_watched();
+    if !used || !cache.config.refresh_ahead {
         if now < cur.fresh_until {
             plan.next = cur.fresh_until;
             return Step::Again;
         }
         // Nobody asked during its whole life (or refreshing ahead is off): spend
-        // no registry call on it; the next caller loads it.
+        // no registry call on it; the next caller (or change stream) loads it.
         cur.state.store(EXPIRED, Ordering::Relaxed);
+        slot.publish();
         return Step::Stop;
     }
     Step::Go((cache, cur))
@@ -196,6 +201,7 @@ async fn wait_for_turn(
                 tokio::time::sleep_until(cur.stale_until).await;
                 if slot.is_current(cur) {
                     cur.state.store(EXPIRED, Ordering::Relaxed);
+                    slot.publish();
                     return Step::Stop;
                 }
                 return Step::Again;
@@ -280,6 +286,7 @@ fn settle(
             let now = Instant::now();
             if now >= cur.stale_until || !err.keeps_stale() {
                 cur.state.store(EXPIRED, Ordering::Relaxed);
+                slot.publish();
                 tracing::warn!(
                     namespace = %slot.request.namespace,
                     owner_account = slot.request.owner(),

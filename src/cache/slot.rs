@@ -1,7 +1,7 @@
 //! A cache entry: one key's question, its current answer, and the gate that keeps
 //! one registry call per key in flight.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -22,6 +22,12 @@ pub(crate) struct Slot {
     /// Whether a refresher task runs for this key.
     pub(super) refresher: AtomicBool,
     pub(super) evicted: AtomicBool,
+    /// How many change streams follow this key: a watched key is refreshed even
+    /// when nobody resolves it (`refresher.rs`).
+    pub(super) watchers: AtomicUsize,
+    /// Ticks on every installed answer, expiry and eviction, for change streams
+    /// (`watched.rs`); never touched on the warm path.
+    pub(super) published: tokio::sync::watch::Sender<()>,
 }
 
 #[derive(Default)]
@@ -35,6 +41,22 @@ impl Slot {
     #[inline]
     pub(crate) fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Relaxed)
+    }
+
+    /// Installs a new answer and tells the change streams.
+    pub(super) fn install(&self, snap: Arc<Snapshot>) {
+        self.snapshot.store(Some(snap));
+        self.publish();
+    }
+
+    /// Tells the change streams that the answer changed or may no longer be served.
+    pub(super) fn publish(&self) {
+        self.published.send_replace(());
+    }
+
+    /// Whether a change stream follows this key.
+    pub(super) fn is_watched(&self) -> bool {
+        self.watchers.load(Ordering::Relaxed) > 0
     }
 
     pub(super) fn current(&self) -> Option<Arc<Snapshot>> {
@@ -60,6 +82,8 @@ impl Slot {
             gate: tokio::sync::Mutex::new(Gate::default()),
             refresher: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
+            watchers: AtomicUsize::new(0),
+            published: tokio::sync::watch::Sender::new(()),
         }
     }
 }

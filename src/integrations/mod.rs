@@ -3,7 +3,15 @@
 //!
 //! Each client library has its own file, compiled with its feature: `reqwest.rs`
 //! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient)),
-//! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`).
+//! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`). Change
+//! streams: `discover.rs` (a `Watch` as a `tower::discover::Discover`) and
+//! `grpc.rs` (a tonic `Channel` fed from one).
+
+// `HostMap` serves the HTTP integrations; with `tonic` alone it is compiled unused.
+#![cfg_attr(
+    not(any(feature = "reqwest", feature = "hyper", feature = "tower")),
+    allow(dead_code, unreachable_pub)
+)]
 
 use std::fmt;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
@@ -16,8 +24,12 @@ use crate::{error::Error, resolver::Resolver};
 
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
 mod connector;
+#[cfg(feature = "tower")]
+pub(crate) mod discover;
 #[cfg(feature = "reqwest")]
 pub(crate) mod failover_client;
+#[cfg(feature = "tonic")]
+pub(crate) mod grpc;
 #[cfg(feature = "hyper")]
 pub(crate) mod hyper;
 #[cfg(feature = "reqwest")]

@@ -21,6 +21,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::stats::Stats;
 use crate::util::stripe::stripe;
+use crate::watch::Watch;
 
 mod builder;
 mod endpoints;
@@ -174,6 +175,30 @@ impl Resolver {
     /// ```
     pub fn query<'a>(&'a self, namespace: &'a str, service: &'a str) -> Query<'a> {
         Query::new(self, self.key(namespace, service))
+    }
+
+    /// A stream of changes to the endpoints of `service` in `namespace`: first the
+    /// current ones as [`Change::Insert`](crate::Change::Insert), then each change
+    /// the background refresher sees. See [`Watch`] for what it promises.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Change, Instance, Resolver, StaticDiscovery};
+    /// use futures::StreamExt;
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "web",
+    ///     Instance::new("a").ipv4("127.0.0.1".parse().unwrap()).port(8080));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let mut changes = resolver.watch("shared", "web");
+    /// let first = changes.next().await.unwrap()?;
+    /// assert!(matches!(first, Change::Insert(ep) if ep.instance_id() == "a"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn watch(&self, namespace: &str, service: &str) -> Watch {
+        Watch::new(self.cache.clone(), self.key_ref(namespace, service).to_request())
     }
 
     /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:

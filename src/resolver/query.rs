@@ -10,6 +10,7 @@ use crate::call::Call;
 use crate::discover::health_filter::HealthFilter;
 use crate::endpoint::Endpoint;
 use crate::error::Error;
+use crate::watch::Watch;
 
 /// A resolve with attribute filters; made by [`Resolver::query`].
 #[derive(Debug)]
@@ -118,6 +119,30 @@ impl<'a> Query<'a> {
     /// As [`Resolver::resolve`].
     pub async fn resolve_all(self) -> Result<Endpoints, Error> {
         self.resolver.all(self.key.as_ref()).await
+    }
+
+    /// A stream of changes to the endpoints matching the query, as
+    /// [`Resolver::watch`] makes for a plain key.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Change, Instance, Resolver, StaticDiscovery};
+    /// use futures::StreamExt;
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let mut prod = resolver.query("shared", "web").attribute("stage", "prod").watch();
+    /// assert!(matches!(prod.next().await, Some(Ok(Change::Insert(ep))) if ep.instance_id() == "a"));
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn watch(self) -> Watch {
+        Watch::new(self.resolver.cache.clone(), self.key.as_ref().to_request())
     }
 
     /// Runs `op` against the endpoints matching the query until one succeeds, as

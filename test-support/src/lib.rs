@@ -8,6 +8,7 @@
 //!   cannot make (5xx, throttling, hangs);
 //! - [`dns`]: DNS servers on loopback (hickory-server): a table with faults on command,
 //!   and a static zone for the benchmarks;
+//! - [`grpc`]: tonic-health gRPC servers on loopback, and a dial counter;
 //! - [`http`]: HTTP servers on loopback for the client integrations and the soak;
 //! - [`backend`]: loopback TCP backends with set delays or failures, and a pool of
 //!   connections to them (load balancing);
@@ -21,6 +22,7 @@ pub mod bench;
 pub mod counting;
 pub mod dns;
 pub mod fleet;
+pub mod grpc;
 pub mod http;
 pub mod moto;
 pub mod net;

@@ -316,3 +316,77 @@ async fn namespace_id(name: &str) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// DESIGN.md's "Additions", the change stream, verbatim (compiled and checked
+/// `Send`, never run: it loops as long as the service lives).
+#[allow(dead_code, unused_variables)]
+async fn change_stream_as_written(resolver: Resolver) -> Result<(), Box<dyn std::error::Error>> {
+    use cloudmap_resolver::Change;
+    use futures::StreamExt;
+
+    // a change stream: first the current endpoints as inserts, then each change
+    let mut changes = resolver.watch("shared", "web"); // Stream<Item = Result<Change, Error>> + Send + Unpin
+    while let Some(change) = changes.next().await {
+        match change? {
+            Change::Insert(ep) => {} // new, or changed (same instance_id)
+            Change::Remove(ep) => {}
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn change_stream_compiles_and_is_send() {
+    fn send<T: Send>(_: &T) {}
+    fn stream<
+        S: futures::Stream<Item = Result<cloudmap_resolver::Change, cloudmap_resolver::Error>>
+            + Send
+            + Unpin
+            + 'static,
+    >() {
+    }
+    stream::<cloudmap_resolver::Watch>();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let resolver =
+        rt.block_on(async { Resolver::builder(StaticDiscovery::new()).build().unwrap() });
+    send(&change_stream_as_written(resolver));
+}
+
+/// The change stream against moto: the current instances first, as inserts.
+#[tokio::test]
+async fn change_stream_runs_against_moto() {
+    use cloudmap_resolver::Change;
+    use futures::StreamExt;
+
+    let ns = test_support::moto::unique("contract-watch");
+    let svc = test_support::moto::http_service(&ns, "web").await;
+    for (id, port) in [("i-1", "8080"), ("i-2", "8081")] {
+        test_support::moto::register(
+            &svc,
+            id,
+            &[
+                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+                ("AWS_INSTANCE_PORT", port),
+            ],
+        )
+        .await;
+    }
+    let sdk =
+        test_support::moto::sdk_config(&format!("http://{}", test_support::moto::moto().addr));
+    let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap();
+    let mut changes = resolver.watch(&ns, "web");
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        match changes.next().await.unwrap().unwrap() {
+            Change::Insert(ep) => ids.push(ep.instance_id().to_owned()),
+            other => panic!("expected inserts first, got {other:?}"),
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["i-1", "i-2"]);
+}

@@ -23,12 +23,17 @@ mod properties;
 mod register;
 mod resilience;
 mod startup_wait;
+mod watch;
 
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "tonic")]
+mod grpc;
 #[cfg(feature = "hyper")]
 mod hyper;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tower")]
 mod tower;
+#[cfg(feature = "tower")]
+mod watch_tower;

@@ -1,0 +1,135 @@
+//! What the cache offers change streams (`watch/`, one layer up): a key held as
+//! watched, so that its refresher keeps it fresh with nobody resolving it, and a
+//! signal on every answer installed, expired or evicted.
+//!
+//! A thousand streams of one key are a thousand `Watched` handles on one slot: one
+//! refresher, one registry call per refresh (the slot's gate). Nothing here runs on
+//! the warm path: the signal is sent where an answer is installed (`fetch.rs`) or
+//! given up (`refresher.rs`, `evict.rs`).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::key::KeyRef;
+use super::slot::Slot;
+use super::snapshot::EXPIRED;
+use super::Cache;
+use crate::discover::DiscoverRequest;
+use crate::endpoint::{Endpoint, EndpointSet};
+use crate::error::Error;
+use crate::util::stripe::stripe;
+
+/// One change stream's hold on a key: counted as a watcher while it lives.
+pub(crate) struct Watched {
+    slot: Arc<Slot>,
+    signal: watch::Receiver<()>,
+    /// The answer last reported by [`Watched::answer`], to tell a new answer from
+    /// the same one confirmed again (which shares its endpoint set).
+    last: Option<Arc<EndpointSet>>,
+}
+
+/// The key's answer as a change stream sees it.
+pub(crate) enum Answer {
+    /// A registry answer not reported before: every endpoint, in the registry's order.
+    New(Vec<Endpoint>),
+    /// The answer reported last, or the same endpoints confirmed again.
+    Same,
+    /// No answer may be served (expired past `max_stale`, or the key was evicted):
+    /// load the key again. Never a reason to report endpoints as removed.
+    Gone,
+}
+
+impl Cache {
+    /// Loads the key (one registry call however many streams ask, as for
+    /// `resolve`), starts its refresher and holds the key as watched.
+    ///
+    /// # Errors
+    ///
+    /// As a cold `resolve`, except that an empty answer is an answer.
+    pub(crate) async fn watch(self: &Arc<Self>, req: &DiscoverRequest) -> Result<Watched, Error> {
+        let key = KeyRef {
+            namespace: &req.namespace,
+            service: &req.service,
+            query: &req.query,
+            optional: &req.optional,
+            health: req.health,
+            owner: req.owner_account.as_deref(),
+        };
+        let (slot, _) = self.load_any(key).await?;
+        // Counted before the refresher next wakes: it decides from this count
+        // whether a key nobody resolves is still in use.
+        slot.watchers.fetch_add(1, Ordering::Relaxed);
+        let signal = slot.published.subscribe();
+        Ok(Watched {
+            slot,
+            signal,
+            last: None,
+        })
+    }
+}
+
+impl Cache {
+    /// How long a change stream waits before loading a failing key again: the
+    /// cache's backoff, or the negative TTL for an answer that will not change by
+    /// asking sooner (not found). Loads within the cache's own backoff window are
+    /// answered without a registry call anyway.
+    pub(crate) fn retry_delay(&self, failures: u32, err: &Error) -> Duration {
+        if err.is_retryable() {
+            self.backoff(failures)
+        } else {
+            self.config.negative_ttl.max(self.config.backoff_base)
+        }
+    }
+}
+
+impl Watched {
+    /// The key's answer now (see [`Answer`]).
+    pub(crate) fn answer(&mut self) -> Answer {
+        self.signal.mark_unchanged();
+        if self.slot.is_evicted() {
+            return Answer::Gone;
+        }
+        let Some(snap) = self.slot.current() else {
+            return Answer::Gone;
+        };
+        if snap.state.load(Ordering::Relaxed) == EXPIRED {
+            return Answer::Gone;
+        }
+        let set = &snap.picker.set;
+        if self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, set)) {
+            return Answer::Same;
+        }
+        self.last = Some(set.clone());
+        // Not `Snapshot::all`: a change stream reading the answer is not a caller
+        // using it (the refresher counts watchers separately).
+        Answer::New(snap.picker.all(stripe()))
+    }
+
+    /// Waits until an answer is installed, expired or evicted after the last
+    /// [`answer`](Self::answer).
+    pub(crate) async fn changed(&mut self) {
+        // The sender lives in the slot this handle holds: `changed` cannot fail
+        // while `self` lives; a failure would only mean "look again".
+        let _ = self.signal.changed().await;
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        // The last watcher gone, the refresher stops at its next turn unless
+        // someone resolves the key.
+        self.slot.watchers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Watched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watched")
+            .field("namespace", &self.slot.request.namespace)
+            .field("service", &self.slot.request.service)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,65 @@
+//! The task behind a [`Watch`](super::Watch): follows one key's answers and sends
+//! what changed.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::diff::{diff, Known};
+use super::Change;
+use crate::cache::{Answer, Cache};
+use crate::discover::DiscoverRequest;
+use crate::error::{Error, ErrorKind};
+
+pub(super) type Sender = mpsc::Sender<Result<Change, Error>>;
+
+/// Follows `req`'s answers until the stream is dropped (or the key can never be
+/// answered: invalid input). First the current endpoints as inserts, then each
+/// change; a failure to load is sent once per run of failures (only after the
+/// last good answer may no longer be served, since until then the cache serves it
+/// and this task sees no failure), and the task goes on trying, paced by the
+/// cache's backoff. Nothing but an answer is diffed, so a failing registry never
+/// shows as removals.
+pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) {
+    let mut known = Known::new();
+    let mut failures = 0u32;
+    loop {
+        let mut watched = match cache.watch(&req).await {
+            Ok(w) => w,
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                let give_up = err.kind() == ErrorKind::InvalidInput;
+                let delay = cache.retry_delay(failures, &err);
+                if failures == 1 && tx.send(Err(err)).await.is_err() {
+                    return;
+                }
+                if give_up {
+                    return;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = tx.closed() => return,
+                }
+            }
+        };
+        failures = 0;
+        loop {
+            match watched.answer() {
+                Answer::New(endpoints) => {
+                    for change in diff(&mut known, endpoints) {
+                        if tx.send(Ok(change)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Answer::Same => {}
+                // Load the key again (which may fail: reported above, once).
+                Answer::Gone => break,
+            }
+            tokio::select! {
+                _ = watched.changed() => {}
+                _ = tx.closed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! [`Watch`]: the `Stream` a caller polls.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::follow::follow;
+use super::Change;
+use crate::cache::Cache;
+use crate::discover::DiscoverRequest;
+use crate::error::{Error, ErrorKind};
+
+/// How many changes wait for a slow reader before the follower waits too (it then
+/// diffs against the newest answer when it goes on, so nothing is lost).
+const BUFFER: usize = 256;
+
+/// A stream of [`Change`]s to one service's endpoints: first the current endpoints
+/// as [`Change::Insert`], then each change as the resolver's background refresher
+/// sees it. Made by [`Resolver::watch`](crate::Resolver::watch) and
+/// [`Query::watch`](crate::Query::watch).
+///
+/// The stream is driven by the refresher, not by requests: a program that never
+/// resolves the service still sees its changes, about one TTL after they happen
+/// (health-only changes at the next full refresh, as for `resolve`). Every watch of
+/// one key shares the cache's answer and its single registry call per refresh. A
+/// failing registry never produces removals: the last good answer holds (serve
+/// stale); once it is older than `max_stale` the stream yields one `Err` and goes
+/// on trying. It ends only after an `InvalidInput` error. Dropping the last watch
+/// of a key lets its refreshes stop (unless the key is being resolved).
+///
+/// A `Watch` keeps its resolver's cache alive, and must be polled within a Tokio
+/// runtime (polled elsewhere it yields one `Configuration` error and ends).
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{Change, Instance, Resolver, StaticDiscovery};
+/// use futures::StreamExt;
+///
+/// let ip = "127.0.0.1".parse().unwrap();
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(8080));
+/// let resolver = Resolver::builder(registry.clone()).ttl(Duration::from_secs(1)).build()?;
+/// let mut changes = resolver.watch("shared", "web");
+/// assert!(matches!(changes.next().await, Some(Ok(Change::Insert(ep))) if ep.instance_id() == "a"));
+///
+/// registry.register("shared", "web", Instance::new("b").ipv4(ip).port(8081));
+/// registry.deregister("shared", "web", "a");
+/// // Seen at the next refresh, within one TTL: nobody has to resolve the service.
+/// assert!(matches!(changes.next().await, Some(Ok(Change::Insert(ep))) if ep.instance_id() == "b"));
+/// assert!(matches!(changes.next().await, Some(Ok(Change::Remove(ep))) if ep.instance_id() == "a"));
+/// # Ok(()) }
+/// # tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true)
+/// #     .build().unwrap().block_on(run()).unwrap();
+/// ```
+#[must_use = "a Watch does nothing unless polled"]
+pub struct Watch {
+    state: State,
+}
+
+enum State {
+    /// Not polled yet: the follower starts on the first poll, inside the runtime.
+    Idle(Arc<Cache>, DiscoverRequest),
+    Running {
+        rx: mpsc::Receiver<Result<Change, Error>>,
+        task: JoinHandle<()>,
+    },
+    Done,
+}
+
+impl Watch {
+    pub(crate) fn new(cache: Arc<Cache>, request: DiscoverRequest) -> Self {
+        Watch {
+            state: State::Idle(cache, request),
+        }
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<Change, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let State::Idle(..) = this.state {
+            let State::Idle(cache, req) = std::mem::replace(&mut this.state, State::Done) else {
+                return Poll::Ready(None);
+            };
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                return Poll::Ready(Some(Err(Error::new(
+                    ErrorKind::Configuration,
+                    "a Watch must be polled within a Tokio runtime",
+                ))));
+            };
+            let (tx, rx) = mpsc::channel(BUFFER);
+            let task = runtime.spawn(follow(cache, req, tx));
+            this.state = State::Running { rx, task };
+        }
+        match &mut this.state {
+            State::Running { rx, .. } => {
+                let next = rx.poll_recv(cx);
+                if let Poll::Ready(None) = next {
+                    this.state = State::Done;
+                }
+                next
+            }
+            _ => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // The follower would notice the closed channel too; aborting releases its
+        // hold on the key (and so the key's refreshes) at once.
+        if let State::Running { task, .. } = &self.state {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for Watch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Idle(..) => "idle",
+            State::Running { .. } => "running",
+            State::Done => "done",
+        };
+        f.debug_struct("Watch")
+            .field("state", &state)
+            .finish_non_exhaustive()
+    }
+}

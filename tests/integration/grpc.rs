@@ -1,0 +1,209 @@
+//! `Resolver::grpc_channel`: a tonic `Channel` fed from a change stream, against
+//! three tonic-health servers on loopback.
+
+use std::time::Duration;
+
+use cloudmap_resolver::{
+    Change, Endpoint, ErrorKind, GrpcChannelBuilder, HostEndpoints, Instance, Resolver,
+    StaticDiscovery, Watch,
+};
+use futures::StreamExt;
+use test_support::grpc::{check, three_health_servers, DialCounter, HealthGrpcServer};
+
+const TTL: Duration = Duration::from_secs(1);
+
+fn registry(servers: &[HealthGrpcServer]) -> StaticDiscovery {
+    servers
+        .iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (i, s)| {
+            r.with_instance("shared", "health", instance(i, s))
+        })
+}
+
+fn instance(i: usize, s: &HealthGrpcServer) -> Instance {
+    Instance::new(format!("s{i}"))
+        .ipv4("127.0.0.1".parse().unwrap())
+        .port(s.port())
+}
+
+/// Waits for the stream to report `id` removed.
+async fn removed(watch: &mut Watch, id: &str) {
+    let wait = async {
+        while let Some(item) = watch.next().await {
+            if let Ok(Change::Remove(ep)) = item {
+                if ep.instance_id() == id {
+                    return;
+                }
+            }
+        }
+        panic!("the stream ended");
+    };
+    tokio::time::timeout(Duration::from_secs(30), wait)
+        .await
+        .expect("the removal is seen");
+}
+
+/// 300 RPCs spread over all three servers; one is deregistered, and stopped once
+/// its `Remove` arrived: no RPC after that fails, and the other two share them.
+#[tokio::test]
+async fn rpcs_spread_and_none_fail_after_a_removal() {
+    let mut servers = three_health_servers().await;
+    let registry = registry(&servers);
+    let resolver = Resolver::builder(registry.clone())
+        .ttl(TTL)
+        .seed(3)
+        .build()
+        .unwrap();
+    let channel = resolver.grpc_channel("shared", "health").unwrap();
+    let mut observer = resolver.watch("shared", "health");
+
+    for _ in 0..300 {
+        check(&channel).await.expect("an RPC before the removal");
+    }
+    let before: Vec<u64> = servers.iter().map(HealthGrpcServer::calls).collect();
+    println!("300 RPCs over three servers: {before:?}");
+    assert!(
+        before.iter().all(|&n| n >= 30),
+        "spread over all three: {before:?}"
+    );
+
+    registry.deregister("shared", "health", "s1");
+    removed(&mut observer, "s1").await;
+    // The channel's feeder woke on the same answer as `observer`: let it hand the
+    // change to the channel's queue.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    servers[1].stop().await;
+
+    let mut failed = 0;
+    for _ in 0..300 {
+        if check(&channel).await.is_err() {
+            failed += 1;
+        }
+    }
+    let after: Vec<u64> = servers.iter().map(HealthGrpcServer::calls).collect();
+    println!("300 RPCs after the removal: {after:?} (cumulative), {failed} failed");
+    assert_eq!(failed, 0, "no RPC fails after the Remove arrived");
+    assert_eq!(after[1], before[1], "the removed server gets no RPC");
+    assert_eq!((after[0] - before[0]) + (after[2] - before[2]), 300);
+    assert!(
+        after[0] > before[0] && after[2] > before[2],
+        "both others serve: {after:?}"
+    );
+}
+
+/// A client making one RPC every 5 minutes (paused clock: the refresher runs
+/// about 300 times between two RPCs, with no request to drive anything) never
+/// dials an endpoint removed between its RPCs.
+#[tokio::test(start_paused = true)]
+async fn infrequent_client_never_dials_a_removed_endpoint() {
+    let mut servers = three_health_servers().await;
+    let registry = registry(&servers);
+    let resolver = Resolver::builder(registry.clone())
+        .ttl(TTL)
+        .seed(4)
+        .build()
+        .unwrap();
+    let channel = resolver.grpc_channel("shared", "health").unwrap();
+    let mut observer = resolver.watch("shared", "health");
+
+    let mut dials = None;
+    let mut failed = 0;
+    for round in 0..6 {
+        for _ in 0..3 {
+            if check(&channel).await.is_err() {
+                failed += 1;
+            }
+        }
+        if round == 1 {
+            registry.deregister("shared", "health", "s2");
+            removed(&mut observer, "s2").await;
+            let addr = servers[2].addr;
+            servers[2].stop().await;
+            dials = Some(DialCounter::bind(addr).await);
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
+    }
+    let dials = dials.unwrap();
+    assert_eq!(failed, 0, "every RPC succeeds");
+    assert_eq!(dials.dials(), 0, "the removed endpoint was dialled");
+    assert!(servers[0].calls() + servers[1].calls() >= 12);
+}
+
+/// The builder's settings: hosts without an IP are skipped by default (and dialled
+/// when asked), a zero buffer is refused, and outside a runtime `build` fails.
+#[tokio::test]
+async fn builder_settings() {
+    let [server, ..] = three_health_servers().await;
+    let registry = StaticDiscovery::new()
+        .with_instance(
+            "shared",
+            "health",
+            Instance::new("ip")
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(server.port()),
+        )
+        .with_instance(
+            "shared",
+            "health",
+            Instance::new("host").cname("localhost.invalid").port(1),
+        );
+    let resolver = Resolver::builder(registry).ttl(TTL).build().unwrap();
+
+    // The CNAME endpoint is skipped: every RPC reaches the IP endpoint.
+    let channel = resolver
+        .grpc("shared", "health")
+        .host_endpoints(HostEndpoints::Skip)
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        check(&channel)
+            .await
+            .expect("only the IP endpoint is dialled");
+    }
+    assert_eq!(server.calls(), 20);
+
+    let err = GrpcChannelBuilder::new(resolver.watch("shared", "health"))
+        .buffer(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+
+    let r = resolver.clone();
+    let outside = std::thread::spawn(move || r.grpc_channel("shared", "health").map(drop))
+        .join()
+        .unwrap();
+    assert_eq!(outside.unwrap_err().kind(), ErrorKind::Configuration);
+}
+
+/// The raw feeder over tonic `Endpoint`s the caller builds.
+#[tokio::test]
+async fn raw_feeder() {
+    let servers = three_health_servers().await;
+    let resolver = Resolver::builder(registry(&servers))
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let (channel, sender) = tonic::transport::Channel::balance_channel::<String>(16);
+    let feeder = tokio::spawn(cloudmap_resolver::feed_balance_channel(
+        resolver.watch("shared", "health"),
+        sender,
+        |ep: &Endpoint| {
+            let addr = ep.socket_addr()?;
+            // Only the first server, by the caller's choice.
+            (ep.instance_id() == "s0")
+                .then(|| tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap())
+        },
+    ));
+    for _ in 0..10 {
+        check(&channel).await.unwrap();
+    }
+    assert_eq!(servers[0].calls(), 10);
+    drop(channel);
+    tokio::time::timeout(Duration::from_secs(10), feeder)
+        .await
+        .expect("the feeder ends with its channel")
+        .unwrap();
+}
