@@ -93,6 +93,7 @@ mod select;
 mod util;
 // Leaves.
 mod error;
+mod metrics;
 mod stats;
 
 pub use cache::pacing::RateLimit;

@@ -229,6 +229,14 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     async fn run(self) -> Result<T, CallError<E>> {
+        let (namespace, service) = (self.key.namespace, self.key.service);
+        let start = Instant::now();
+        let result = self.attempts().await;
+        crate::metrics::call(namespace, service, result.is_ok(), start.elapsed());
+        result
+    }
+
+    async fn attempts(self) -> Result<T, CallError<E>> {
         let Call {
             ctx,
             key,
@@ -271,6 +279,7 @@ where
                 }
                 if !ctx.budget.try_withdraw(began) {
                     bump(&counters.budget_refusals);
+                    crate::metrics::retry(namespace, service, false);
                     tracing::debug!(
                         namespace,
                         owner_account = key.owner.as_deref(),
@@ -283,6 +292,7 @@ where
                     ));
                 }
                 bump(&counters.retries);
+                crate::metrics::retry(namespace, service, true);
             }
             bump(&counters.attempts);
             let own_limit = opts.attempt_timeout.map(|t| after(began, t));
@@ -295,6 +305,12 @@ where
                 Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
                 None => Some(fut.await),
             };
+            let outcome = match &result {
+                Some(Ok(_)) => "ok",
+                Some(Err(_)) => "failed",
+                None => "timed_out",
+            };
+            crate::metrics::attempt(namespace, service, outcome, began.elapsed());
             match result {
                 Some(Ok(value)) => {
                     ctx.outliers.record(&ep, Outcome::Success, Instant::now());

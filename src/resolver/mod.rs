@@ -24,6 +24,8 @@ use crate::util::stripe::stripe;
 mod builder;
 mod endpoints;
 pub(crate) mod options;
+#[cfg(feature = "metrics")]
+mod publish;
 mod query;
 
 pub use builder::ResolverBuilder;

@@ -25,6 +25,8 @@ mod resilience;
 mod cli;
 #[cfg(feature = "hyper")]
 mod hyper;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tower")]
