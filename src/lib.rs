@@ -110,6 +110,7 @@ mod util;
 mod watch;
 // Leaves.
 mod error;
+mod metrics;
 mod stats;
 
 pub use cache::pacing::RateLimit;

@@ -126,6 +126,13 @@ impl Cache {
             },
             Err(payload) => Err(self.panicked(name, req, &*payload)),
         };
+        crate::metrics::registry_call(
+            name,
+            &req.namespace,
+            &req.service,
+            result.as_ref().map(|_| ()),
+            sent.elapsed(),
+        );
         let throttled = matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled);
         if *pace == Pace::Now {
             // Cold loads back off together (the account is dry for every key) but do
@@ -141,8 +148,14 @@ impl Cache {
     }
 
     /// Counts, logs and turns into an error a panic of the source.
-    fn panicked(&self, op: &str, req: &DiscoverRequest, payload: &(dyn Any + Send)) -> Error {
+    fn panicked(
+        &self,
+        op: &'static str,
+        req: &DiscoverRequest,
+        payload: &(dyn Any + Send),
+    ) -> Error {
         bump(&self.counters.refresh_panics);
+        crate::metrics::source_panic(op, &req.namespace, &req.service);
         let message = payload
             .downcast_ref::<&str>()
             .copied()

@@ -231,6 +231,14 @@ where
     Fut: Future<Output = Result<T, E>>,
 {
     async fn run(self) -> Result<T, CallError<E>> {
+        let (namespace, service) = (self.key.namespace, self.key.service);
+        let start = Instant::now();
+        let result = self.attempts().await;
+        crate::metrics::call(namespace, service, result.is_ok(), start.elapsed());
+        result
+    }
+
+    async fn attempts(self) -> Result<T, CallError<E>> {
         let Call {
             ctx,
             key,
@@ -273,6 +281,7 @@ where
                 }
                 if !ctx.budget.try_withdraw(began) {
                     bump(&counters.budget_refusals);
+                    crate::metrics::retry(namespace, service, false);
                     tracing::debug!(
                         namespace,
                         owner_account = key.owner.as_deref(),
@@ -285,6 +294,7 @@ where
                     ));
                 }
                 bump(&counters.retries);
+                crate::metrics::retry(namespace, service, true);
             }
             bump(&counters.attempts);
             let own_limit = opts.attempt_timeout.map(|t| after(began, t));
@@ -303,6 +313,12 @@ where
             };
             let ended = Instant::now();
             drop(in_flight);
+            let outcome = match &result {
+                Some(Ok(_)) => "ok",
+                Some(Err(_)) => "failed",
+                None => "timed_out",
+            };
+            crate::metrics::attempt(namespace, service, outcome, ended - began);
             match result {
                 Some(Ok(value)) => {
                     if let Some(load) = load {

@@ -139,6 +139,7 @@ impl ParseOptions {
         instances: Vec<Instance>,
     ) -> Vec<EndpointData> {
         let mut out = Vec::with_capacity(instances.len());
+        let total = instances.len();
         for instance in instances {
             let id = instance.id().to_owned();
             match self.parse(instance) {
@@ -156,6 +157,7 @@ impl ParseOptions {
                 }
             }
         }
+        crate::metrics::skipped(namespace, service, total - out.len());
         out
     }
 }

@@ -26,6 +26,8 @@ use crate::watch::Watch;
 mod builder;
 mod endpoints;
 pub(crate) mod options;
+#[cfg(feature = "metrics")]
+mod publish;
 mod query;
 
 pub use builder::ResolverBuilder;

@@ -31,6 +31,8 @@ mod cli;
 mod grpc;
 #[cfg(feature = "hyper")]
 mod hyper;
+#[cfg(feature = "metrics")]
+mod metrics;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tower")]

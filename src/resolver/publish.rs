@@ -1,0 +1,84 @@
+//! Publishing what the warm path counts to the `metrics` recorder (feature
+//! `metrics`): totals copied from the striped counters, never per resolve.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Resolver;
+
+impl Resolver {
+    /// Copies the counters the warm path keeps (resolves warm and cold, stale
+    /// answers, ejections, re-admissions) and the number of cached keys into the
+    /// installed `metrics` recorder, as absolute values. Events off the warm path
+    /// (registry calls, calls, attempts, retries) are recorded as they happen; these
+    /// totals only when this runs: call it before a scrape, or let
+    /// [`spawn_metrics_publisher`](Self::spawn_metrics_publisher) do it on a timer.
+    /// The series are listed in the README's "Metrics" section.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "logs",
+    ///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(8080));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// resolver.resolve("shared", "logs").await?;
+    /// resolver.publish_metrics(); // no recorder installed: nothing is kept
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn publish_metrics(&self) {
+        crate::metrics::publish(&self.stats(), self.cached_keys());
+    }
+
+    /// Spawns a task on the current Tokio runtime that runs
+    /// [`publish_metrics`](Self::publish_metrics) every `every` (at least 100 ms),
+    /// until the resolver and all its clones are dropped or the task is aborted. It
+    /// holds no clone of the resolver.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{Resolver, StaticDiscovery};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new()).build()?;
+    /// let task = resolver.spawn_metrics_publisher(Duration::from_secs(10));
+    /// drop(resolver);
+    /// task.await.unwrap(); // ends once the resolver is gone
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn spawn_metrics_publisher(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let every = every.max(Duration::from_millis(100));
+        let cache = Arc::downgrade(&self.cache);
+        let shared = Arc::downgrade(&self.shared);
+        let (health, owner) = (self.health, self.owner.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (Some(cache), Some(shared)) = (cache.upgrade(), shared.upgrade()) else {
+                    return;
+                };
+                let resolver = Resolver {
+                    cache,
+                    shared,
+                    health,
+                    owner: owner.clone(),
+                };
+                resolver.publish_metrics();
+            }
+        })
+    }
+}
