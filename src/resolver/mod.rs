@@ -200,7 +200,10 @@ impl Resolver {
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
     pub fn watch(&self, namespace: &str, service: &str) -> Watch {
-        Watch::new(self.cache.clone(), self.key_ref(namespace, service).to_request())
+        Watch::new(
+            self.cache.clone(),
+            self.key_ref(namespace, service).to_request(),
+        )
     }
 
     /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
