@@ -143,6 +143,19 @@ impl Cache {
             Ok(served) => return served,
             Err(f) => f,
         };
+        self.warm_from_index(key, hash, f)
+    }
+
+    /// [`warm`](Self::warm) past a memo miss: the shared index, then the memo
+    /// remembers the slot. Out of line so the memo hit, the warm path proper, stays
+    /// small enough to inline into the caller's future.
+    #[inline(never)]
+    fn warm_from_index<R>(
+        &self,
+        key: &KeyRef<'_>,
+        hash: u64,
+        f: impl FnOnce(&Snapshot, u64, usize) -> R,
+    ) -> Option<R> {
         self.index
             .with(key, hash, |slot| {
                 memo::remember(self.id, hash, slot);

@@ -144,7 +144,7 @@ impl Resolver {
         if let Some(ep) = self.warm_pick(&key) {
             return Ok(ep);
         }
-        self.pick(key).await
+        self.load_pick(key).await
     }
 
     /// Every endpoint of `service` in `namespace`, in the registry's order.
@@ -409,6 +409,12 @@ impl Resolver {
         if let Some(ep) = self.warm_pick(&key) {
             return Ok(ep);
         }
+        self.load_pick(key).await
+    }
+
+    /// The pick once the key is not warm: loads it first. Kept apart from `pick` so
+    /// that `resolve`'s future holds one copy of the warm path, not two.
+    async fn load_pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
         // Boxed so that the warm path's future stays small.
         let (slot, snap) = Box::pin(self.cache.load(key)).await?;
         Ok(snap.pick(&self.cache.config.selection, slot.seed, stripe()))

@@ -104,8 +104,9 @@ impl Picker {
 
     /// Power of two choices: of two distinct endpoints drawn at random, the one with
     /// the lower cost (ejected ones cost infinitely much; a ramping one's cost is
-    /// divided by its slow-start weight).
-    #[inline]
+    /// divided by its slow-start weight). Out of line: the other selections' warm
+    /// path carries only the branch to it.
+    #[inline(never)]
     fn least_loaded(&self, seed: u64, draw: u64, ramp_at: Option<Instant>) -> usize {
         let items = &self.set.items;
         let n = items.len();
