@@ -1,9 +1,10 @@
 //! Feature `metrics`: the resolver's series scraped by Prometheus.
 //!
 //! Installs `metrics-exporter-prometheus` on a loopback port, runs traffic through a
-//! `StaticDiscovery` registry with one endpoint that always fails and a registry
-//! outage (the source fails as unavailable while the last answer is served stale),
-//! then prints the scrape.
+//! `StaticDiscovery` registry with one endpoint that always fails, one instance
+//! skipped (its port is not a number), a change stream, and a registry outage (the
+//! source fails as unavailable while the last answer is served stale), then prints
+//! the scrape.
 //!
 //! ```text
 //! cargo run --example metrics --features metrics
@@ -17,6 +18,7 @@ use cloudmap_resolver::{
     BoxFuture, Discover, DiscoverRequest, Discovered, Endpoint, Error, ErrorKind, Instance,
     Resolver, StaticDiscovery,
 };
+use futures::StreamExt;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -67,6 +69,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             "shared",
             "web",
             Instance::new("dead").ipv4(ip).port(dead_port),
+        )
+        .with_instance(
+            "shared",
+            "web",
+            Instance::new("bad")
+                .ipv4(ip)
+                .attribute("AWS_INSTANCE_PORT", "http"),
         );
     let down = Arc::new(AtomicBool::new(false));
     let source = Outage {
@@ -78,6 +87,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         .backoff_base(Duration::from_millis(100))
         .build()?;
     let publisher = resolver.spawn_metrics_publisher(Duration::from_millis(200));
+    // A change stream following the service (the watchers gauge).
+    let mut watch = resolver.watch("shared", "web");
+    let _first = watch.next().await;
 
     for round in 0..20 {
         if round == 8 {
@@ -107,6 +119,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for line in body.lines().filter(|l| l.starts_with("cloudmap_resolver")) {
         println!("{line}");
     }
+    drop(watch);
     publisher.abort();
     Ok(())
 }

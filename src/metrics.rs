@@ -17,8 +17,17 @@
 //! call sites need no `cfg`. With the feature and no recorder installed the facade's
 //! no-op recorder answers: a label allocation per recorded event off the warm path.
 //!
-//! Series added by later work (leases and load, watchers, registration) go here too:
-//! a name constant, a row in the README table, and a recording function.
+//! - **gauges of the cache's content** (endpoints by state, answer age, watchers)
+//!   are read from the cache by the same publisher ([`publish_services`]), never
+//!   on the warm path.
+//!
+//! Labels are `namespace` and `service` (plus the series' own, such as `outcome`);
+//! the `endpoint` label (instance id) is opt-in
+//! ([`ResolverOptions::metrics_endpoint_label`](crate::ResolverOptions::metrics_endpoint_label)),
+//! for small fleets, on the per-endpoint series: attempts and endpoints by state.
+//!
+//! Series added by later work go here too: a name constant, a row in the README
+//! table, and a recording function.
 
 #![cfg_attr(not(feature = "metrics"), allow(dead_code))]
 
@@ -63,14 +72,74 @@ pub(crate) const RETRIES: &str = "cloudmap_resolver.retries";
 pub(crate) const EJECTIONS: &str = "cloudmap_resolver.ejections";
 /// Counter: ejected endpoints re-admitted on probation, resolver-wide (published).
 pub(crate) const READMISSIONS: &str = "cloudmap_resolver.readmissions";
-/// Gauge: instances skipped in the latest answer (malformed or refused by the
-/// address policy), labels `namespace`, `service`.
+/// Counter: instances skipped from a registry answer as it is parsed (once per
+/// answer fetched in full, not per resolve), label `reason` (see [`SkipReason`]),
+/// with `namespace`, `service`.
 pub(crate) const SKIPPED: &str = "cloudmap_resolver.instances.skipped";
 /// Counter: panics of the discovery source contained (the call fails as
 /// unavailable), labels `operation`, `namespace`, `service`.
 pub(crate) const SOURCE_PANICS: &str = "cloudmap_resolver.source.panics";
 /// Gauge: keys cached, resolver-wide (published).
 pub(crate) const CACHED_KEYS: &str = "cloudmap_resolver.cache.keys";
+/// Gauge: endpoints of a service in the answers held, label `state` (`healthy`:
+/// admitted; `ejected`: ejected by outlier detection now), with `namespace`,
+/// `service` (published). With the per-endpoint label, one series per endpoint and
+/// state, valued 1 or 0.
+pub(crate) const ENDPOINTS: &str = "cloudmap_resolver.endpoints";
+/// Gauge, seconds: since the registry last confirmed the oldest answer held for a
+/// service (the max over its keys), labels `namespace`, `service` (published).
+pub(crate) const ANSWER_AGE: &str = "cloudmap_resolver.answer.age";
+/// Gauge: change streams (`Resolver::watch`) following a service's keys, labels
+/// `namespace`, `service` (published).
+pub(crate) const WATCHERS: &str = "cloudmap_resolver.watchers";
+
+/// The label the opt-in per-endpoint series carry: the endpoint's instance id.
+pub(crate) const ENDPOINT_LABEL: &str = "endpoint";
+
+/// Why an instance was skipped: the `reason` label of [`SKIPPED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SkipReason {
+    /// An IPv4, IPv6, CNAME or alias attribute that is not one.
+    MalformedAddress,
+    /// An `AWS_INSTANCE_PORT` that is not a port.
+    MalformedPort,
+    /// No address attribute at all.
+    NoAddress,
+    /// An address the address policy refuses (special or denied).
+    RefusedByPolicy,
+}
+
+impl SkipReason {
+    /// The label value.
+    pub(crate) const fn label(self) -> &'static str {
+        match self {
+            SkipReason::MalformedAddress => "malformed_address",
+            SkipReason::MalformedPort => "malformed_port",
+            SkipReason::NoAddress => "no_address",
+            SkipReason::RefusedByPolicy => "refused_by_policy",
+        }
+    }
+}
+
+/// What the publisher reads of one service in the cache: its endpoints (instance
+/// id to whether it is ejected now, over every key of the service), the age of
+/// its oldest answer held, and its watchers.
+#[cfg(feature = "metrics")]
+#[derive(Debug, Default)]
+pub(crate) struct ServiceGauges {
+    pub(crate) endpoints: std::collections::BTreeMap<Box<str>, bool>,
+    pub(crate) age: Option<Duration>,
+    pub(crate) watchers: usize,
+}
+
+/// Per (namespace, service): its gauges.
+#[cfg(feature = "metrics")]
+pub(crate) type Census = std::collections::BTreeMap<(String, String), ServiceGauges>;
+
+/// What the last publish set, so that a service (or an endpoint) gone from the
+/// cache has its gauges set to zero once rather than left at their last value.
+#[cfg(feature = "metrics")]
+pub(crate) type Published = std::collections::BTreeMap<(String, String), Vec<Box<str>>>;
 
 /// Every series: (name, kind, unit, labels), in the README table's order; the
 /// tests check that a scripted scenario shows each of them.
@@ -117,7 +186,12 @@ pub(crate) const SERIES: &[(&str, &str, &str, &str)] = &[
     ),
     (EJECTIONS, "counter", "endpoints", ""),
     (READMISSIONS, "counter", "endpoints", ""),
-    (SKIPPED, "gauge", "instances", "namespace, service"),
+    (
+        SKIPPED,
+        "counter",
+        "instances",
+        "reason, namespace, service",
+    ),
     (
         SOURCE_PANICS,
         "counter",
@@ -125,6 +199,14 @@ pub(crate) const SERIES: &[(&str, &str, &str, &str)] = &[
         "operation, namespace, service",
     ),
     (CACHED_KEYS, "gauge", "keys", ""),
+    (
+        ENDPOINTS,
+        "gauge",
+        "endpoints",
+        "state, namespace, service (endpoint)",
+    ),
+    (ANSWER_AGE, "gauge", "seconds", "namespace, service"),
+    (WATCHERS, "gauge", "streams", "namespace, service"),
 ];
 
 /// The `outcome` label of a registry call.
@@ -141,7 +223,7 @@ fn registry_outcome(result: Result<(), &Error>) -> &'static str {
 #[cfg(feature = "metrics")]
 mod record {
     use super::*;
-    use metrics::{counter, gauge, histogram};
+    use metrics::{counter, gauge, histogram, Gauge, Label};
 
     pub(crate) fn registry_call(
         op: &'static str,
@@ -164,18 +246,29 @@ mod record {
         .increment(1);
     }
 
-    pub(crate) fn skipped(namespace: &str, service: &str, n: usize) {
-        gauge!(SKIPPED, "namespace" => namespace.to_owned(), "service" => service.to_owned())
-            .set(n as f64);
+    pub(crate) fn skipped(namespace: &str, service: &str, reason: SkipReason) {
+        counter!(SKIPPED, "reason" => reason.label(), "namespace" => namespace.to_owned(),
+            "service" => service.to_owned())
+        .increment(1);
     }
 
-    pub(crate) fn attempt(namespace: &str, service: &str, outcome: &'static str, took: Duration) {
-        let (ns, svc) = (namespace.to_owned(), service.to_owned());
-        counter!(ATTEMPTS, "outcome" => outcome, "namespace" => ns.clone(),
-            "service" => svc.clone())
-        .increment(1);
-        histogram!(ATTEMPT_LATENCY, "outcome" => outcome, "namespace" => ns, "service" => svc)
-            .record(took.as_secs_f64());
+    pub(crate) fn attempt(
+        namespace: &str,
+        service: &str,
+        endpoint: Option<&str>,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        let mut labels = vec![
+            Label::new("outcome", outcome),
+            Label::new("namespace", namespace.to_owned()),
+            Label::new("service", service.to_owned()),
+        ];
+        if let Some(id) = endpoint {
+            labels.push(Label::new(ENDPOINT_LABEL, id.to_owned()));
+        }
+        counter!(ATTEMPTS, labels.clone()).increment(1);
+        histogram!(ATTEMPT_LATENCY, labels).record(took.as_secs_f64());
     }
 
     pub(crate) fn retry(namespace: &str, service: &str, allowed: bool) {
@@ -204,6 +297,88 @@ mod record {
         counter!(READMISSIONS).absolute(stats.readmissions);
         gauge!(CACHED_KEYS).set(cached_keys as f64);
     }
+
+    /// Sets the per-service gauges from `census`, and zeroes those `last` set
+    /// that are gone from it; returns what was set, for the next call.
+    pub(crate) fn publish_services(
+        census: &Census,
+        per_endpoint: bool,
+        mut last: Published,
+    ) -> Published {
+        let mut now = Published::new();
+        for ((ns, svc), g) in census {
+            let base = || {
+                vec![
+                    Label::new("namespace", ns.clone()),
+                    Label::new("service", svc.clone()),
+                ]
+            };
+            let gone = last.remove(&(ns.clone(), svc.clone())).unwrap_or_default();
+            if per_endpoint {
+                for (id, ejected) in &g.endpoints {
+                    endpoint_gauges(base(), id, Some(*ejected));
+                }
+                for id in gone.iter().filter(|id| !g.endpoints.contains_key(*id)) {
+                    endpoint_gauges(base(), id, None);
+                }
+            } else {
+                let ejected = g.endpoints.values().filter(|e| **e).count();
+                let healthy = g.endpoints.len() - ejected;
+                state_gauge(base(), "healthy", None).set(healthy as f64);
+                state_gauge(base(), "ejected", None).set(ejected as f64);
+            }
+            if let Some(age) = g.age {
+                gauge!(ANSWER_AGE, base()).set(age.as_secs_f64());
+            }
+            gauge!(WATCHERS, base()).set(g.watchers as f64);
+            let ids = if per_endpoint {
+                g.endpoints.keys().cloned().collect()
+            } else {
+                Vec::new()
+            };
+            now.insert((ns.clone(), svc.clone()), ids);
+        }
+        // Services no longer cached: nothing held, nothing watched.
+        for ((ns, svc), ids) in last {
+            let base = || {
+                vec![
+                    Label::new("namespace", ns.clone()),
+                    Label::new("service", svc.clone()),
+                ]
+            };
+            if per_endpoint {
+                for id in &ids {
+                    endpoint_gauges(base(), id, None);
+                }
+            } else {
+                state_gauge(base(), "healthy", None).set(0.0);
+                state_gauge(base(), "ejected", None).set(0.0);
+            }
+            gauge!(ANSWER_AGE, base()).set(0.0);
+            gauge!(WATCHERS, base()).set(0.0);
+        }
+        now
+    }
+
+    /// The endpoints gauge of one state, per endpoint when `endpoint` is given.
+    fn state_gauge(mut labels: Vec<Label>, state: &'static str, endpoint: Option<&str>) -> Gauge {
+        labels.push(Label::new("state", state));
+        if let Some(id) = endpoint {
+            labels.push(Label::new(ENDPOINT_LABEL, id.to_owned()));
+        }
+        gauge!(ENDPOINTS, labels)
+    }
+
+    /// One endpoint's two series: 1 for its state, 0 for the other; both 0 when it
+    /// is gone (`ejected` is `None`).
+    fn endpoint_gauges(base: Vec<Label>, id: &str, ejected: Option<bool>) {
+        let (healthy, ejected) = match ejected {
+            Some(e) => (f64::from(u8::from(!e)), f64::from(u8::from(e))),
+            None => (0.0, 0.0),
+        };
+        state_gauge(base.clone(), "healthy", Some(id)).set(healthy);
+        state_gauge(base, "ejected", Some(id)).set(ejected);
+    }
 }
 
 #[cfg(not(feature = "metrics"))]
@@ -216,18 +391,18 @@ mod record {
     #[inline]
     pub(crate) fn source_panic(_: &str, _: &str, _: &str) {}
     #[inline]
-    pub(crate) fn skipped(_: &str, _: &str, _: usize) {}
+    pub(crate) fn skipped(_: &str, _: &str, _: SkipReason) {}
     #[inline]
-    pub(crate) fn attempt(_: &str, _: &str, _: &'static str, _: Duration) {}
+    pub(crate) fn attempt(_: &str, _: &str, _: Option<&str>, _: &'static str, _: Duration) {}
     #[inline]
     pub(crate) fn retry(_: &str, _: &str, _: bool) {}
     #[inline]
     pub(crate) fn call(_: &str, _: &str, _: bool, _: Duration) {}
 }
 
-#[cfg(feature = "metrics")]
-pub(crate) use record::publish;
 pub(crate) use record::{attempt, call, registry_call, retry, skipped, source_panic};
+#[cfg(feature = "metrics")]
+pub(crate) use record::{publish, publish_services};
 
 #[cfg(test)]
 mod tests {

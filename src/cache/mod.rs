@@ -30,6 +30,8 @@ use crate::stats::Counters;
 use crate::util::stripe::stripe;
 
 mod backoff;
+#[cfg(feature = "metrics")]
+mod census;
 mod cold_pace;
 mod evict;
 mod fetch;

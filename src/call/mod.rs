@@ -166,6 +166,8 @@ pub(crate) struct CallContext<'a> {
     pub(crate) budget: &'a RetryBudget,
     pub(crate) counters: &'a Counters,
     pub(crate) defaults: &'a CallOptions,
+    /// Whether attempts are recorded with an `endpoint` label (feature `metrics`).
+    pub(crate) endpoint_label: bool,
 }
 
 impl<'a, F, E> Call<'a, F, E> {
@@ -318,7 +320,8 @@ where
                 Some(Err(_)) => "failed",
                 None => "timed_out",
             };
-            crate::metrics::attempt(namespace, service, outcome, ended - began);
+            let endpoint = ctx.endpoint_label.then(|| ep.instance_id());
+            crate::metrics::attempt(namespace, service, endpoint, outcome, ended - began);
             match result {
                 Some(Ok(value)) => {
                     if let Some(load) = load {

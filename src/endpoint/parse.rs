@@ -11,6 +11,7 @@ use super::{Describe, EndpointData};
 use crate::discover::instance::{
     Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+use crate::metrics::SkipReason;
 use crate::util::lock::lock;
 
 /// How instances are turned into endpoints.
@@ -23,9 +24,10 @@ pub(crate) struct ParseOptions {
     pub(crate) warned: WarnOnce,
 }
 
-/// Why an instance could not become an endpoint.
+/// Why an instance could not become an endpoint: the warning's text, and the
+/// reason the metrics count it under.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Skip(pub(crate) String);
+pub(crate) struct Skip(pub(crate) String, pub(crate) SkipReason);
 
 impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -49,23 +51,30 @@ impl ParseOptions {
     pub(crate) fn parse(&self, instance: Instance) -> Result<EndpointData, Skip> {
         let (id, attributes, health) = instance.into_parts();
         let get = |k: &str| attributes.get(k).map(|v| v.trim());
-        let v4 =
-            match get(ATTR_IPV4) {
-                Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| {
-                    Skip(format!("{ATTR_IPV4} {} is not an IPv4 address", Shown(s)))
-                })?),
-                None => None,
-            };
-        let v6 =
-            match get(ATTR_IPV6) {
-                Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| {
-                    Skip(format!("{ATTR_IPV6} {} is not an IPv6 address", Shown(s)))
-                })?),
-                None => None,
-            };
+        let v4 = match get(ATTR_IPV4) {
+            Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| {
+                Skip(
+                    format!("{ATTR_IPV4} {} is not an IPv4 address", Shown(s)),
+                    SkipReason::MalformedAddress,
+                )
+            })?),
+            None => None,
+        };
+        let v6 = match get(ATTR_IPV6) {
+            Some(s) => Some(s.parse::<Ipv6Addr>().map_err(|_| {
+                Skip(
+                    format!("{ATTR_IPV6} {} is not an IPv6 address", Shown(s)),
+                    SkipReason::MalformedAddress,
+                )
+            })?),
+            None => None,
+        };
         let port = match get(ATTR_PORT) {
             Some(s) => Some(parse_port(s).ok_or_else(|| {
-                Skip(format!("{ATTR_PORT} {} is not a port (1-65535)", Shown(s)))
+                Skip(
+                    format!("{ATTR_PORT} {} is not a port (1-65535)", Shown(s)),
+                    SkipReason::MalformedPort,
+                )
             })?),
             None => self.default_port,
         };
@@ -84,6 +93,7 @@ impl ParseOptions {
                     (None, None) => {
                         return Err(Skip(
                             "no address: no IPv4, IPv6, CNAME or alias attribute".into(),
+                            SkipReason::NoAddress,
                         ))
                     }
                 };
@@ -93,12 +103,18 @@ impl ParseOptions {
                     ip = Some(literal);
                     None
                 } else if ends_in_number(h) {
-                    return Err(Skip(format!(
-                        "{attr} {} ends in a number but is not an IP address",
-                        Shown(h)
-                    )));
+                    return Err(Skip(
+                        format!(
+                            "{attr} {} ends in a number but is not an IP address",
+                            Shown(h)
+                        ),
+                        SkipReason::MalformedAddress,
+                    ));
                 } else if !valid_host(h) {
-                    return Err(Skip(format!("{attr} {} is not a DNS name", Shown(h))));
+                    return Err(Skip(
+                        format!("{attr} {} is not a DNS name", Shown(h)),
+                        SkipReason::MalformedAddress,
+                    ));
                 } else {
                     Some(h.trim_end_matches('.').into())
                 }
@@ -106,9 +122,10 @@ impl ParseOptions {
         };
         if let Some(ip) = ip {
             if !self.policy.permits(ip) {
-                return Err(Skip(format!(
-                    "address {ip} is refused by the address policy (special or denied)"
-                )));
+                return Err(Skip(
+                    format!("address {ip} is refused by the address policy (special or denied)"),
+                    SkipReason::RefusedByPolicy,
+                ));
             }
         }
         // Named once here, for the ejection and re-admission logs.
@@ -139,12 +156,12 @@ impl ParseOptions {
         instances: Vec<Instance>,
     ) -> Vec<EndpointData> {
         let mut out = Vec::with_capacity(instances.len());
-        let total = instances.len();
         for instance in instances {
             let id = instance.id().to_owned();
             match self.parse(instance) {
                 Ok(ep) => out.push(ep),
                 Err(why) => {
+                    crate::metrics::skipped(namespace, service, why.1);
                     if self.warned.first_time((namespace, service, &id, &why.0)) {
                         tracing::warn!(
                             namespace,
@@ -157,7 +174,6 @@ impl ParseOptions {
                 }
             }
         }
-        crate::metrics::skipped(namespace, service, total - out.len());
         out
     }
 }

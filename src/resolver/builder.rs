@@ -132,6 +132,25 @@ impl ResolverBuilder {
         self
     }
 
+    /// Labels the per-endpoint metrics series with the endpoint's instance id; see
+    /// [`ResolverOptions::metrics_endpoint_label`]. Default: off.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cloudmap_resolver::{Resolver, StaticDiscovery};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .metrics_endpoint_label(true)
+    ///     .build()?;
+    /// assert!(resolver.options().metrics_endpoint_label);
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    pub fn metrics_endpoint_label(mut self, yes: bool) -> Self {
+        self.opts.metrics_endpoint_label = yes;
+        self
+    }
+
     /// Seeds selection and jitter, for reproducible tests. Default: random.
     pub fn seed(mut self, seed: u64) -> Self {
         self.opts.seed = Some(seed);

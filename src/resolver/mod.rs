@@ -81,6 +81,9 @@ struct Shared {
     /// Shared with the [`Lease`]s handed out.
     outliers: Arc<OutlierDetector>,
     budget: RetryBudget,
+    /// The per-service gauges the last metrics publish set (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    published: std::sync::Mutex<crate::metrics::Published>,
 }
 
 impl fmt::Debug for Resolver {
@@ -355,6 +358,7 @@ impl Resolver {
             budget: &self.shared.budget,
             counters: &self.cache.counters,
             defaults: &self.shared.opts.call,
+            endpoint_label: self.shared.opts.metrics_endpoint_label,
         }
     }
 
@@ -393,6 +397,8 @@ impl Resolver {
             shared: Arc::new(Shared {
                 outliers: Arc::new(OutlierDetector::new(opts.outlier.clone())),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
+                #[cfg(feature = "metrics")]
+                published: std::sync::Mutex::default(),
                 opts,
             }),
         }

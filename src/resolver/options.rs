@@ -147,6 +147,11 @@ pub struct ResolverOptions {
     /// Slow start of endpoints that join a serving key, for every selection.
     /// Default: [`SlowStartOptions::default`] (30 s, linear, from 10%).
     pub slow_start: SlowStartOptions,
+    /// With feature `metrics`: the per-endpoint series (attempts, endpoints by
+    /// state) also carry an `endpoint` label, the instance id. A series per endpoint
+    /// is affordable for small fleets only; off, every series is labelled by
+    /// namespace and service at most. Default: `false`.
+    pub metrics_endpoint_label: bool,
 }
 
 impl Default for ResolverOptions {
@@ -177,6 +182,7 @@ impl Default for ResolverOptions {
             retry_budget: RetryBudgetOptions::default(),
             load: LoadOptions::default(),
             slow_start: SlowStartOptions::default(),
+            metrics_endpoint_label: false,
         }
     }
 }

@@ -5,11 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Resolver;
+use crate::util::lock::lock;
 
 impl Resolver {
     /// Copies the counters the warm path keeps (resolves warm and cold, stale
     /// answers, ejections, re-admissions) and the number of cached keys into the
-    /// installed `metrics` recorder, as absolute values. Events off the warm path
+    /// installed `metrics` recorder, as absolute values, and sets the per-service
+    /// gauges read from the cache: endpoints by state (healthy, ejected), the age of
+    /// the oldest answer held, change streams (a service gone from the cache has
+    /// them set to zero once). Events off the warm path
     /// (registry calls, calls, attempts, retries) are recorded as they happen; these
     /// totals only when this runs: call it before a scrape, or let
     /// [`spawn_metrics_publisher`](Self::spawn_metrics_publisher) do it on a timer.
@@ -32,6 +36,16 @@ impl Resolver {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn publish_metrics(&self) {
         crate::metrics::publish(&self.stats(), self.cached_keys());
+        let outliers = &self.shared.outliers;
+        let now = tokio::time::Instant::now();
+        let census = self.cache.census(now, |h| outliers.is_ejected(h, now));
+        let mut published = lock(&self.shared.published);
+        let last = std::mem::take(&mut *published);
+        *published = crate::metrics::publish_services(
+            &census,
+            self.shared.opts.metrics_endpoint_label,
+            last,
+        );
     }
 
     /// Spawns a task on the current Tokio runtime that runs

@@ -1,21 +1,48 @@
-//! Feature `metrics`: a scripted scenario (cold load, warm resolves, a throttled
-//! refresh, an ejection, a budget refusal) on tokio's paused clock, recorded by
-//! `metrics-util`'s debugging recorder installed for this thread only.
+//! Feature `metrics`: a scripted scenario (cold load, warm resolves, a budget
+//! refusal, a source panic, a throttled refresh, an ejection, a change stream) on
+//! tokio's paused clock, recorded by `metrics-util`'s debugging recorder installed
+//! for this thread only; once without and once with the per-endpoint label.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use cloudmap_resolver::{
-    Endpoint, ErrorKind, Instance, Outcome, Resolver, RetryBudgetOptions, StaticDiscovery,
+    BoxFuture, Discover, DiscoverRequest, Discovered, Endpoint, Error, ErrorKind, Instance,
+    Outcome, Resolver, RetryBudgetOptions, StaticDiscovery,
 };
+use futures::StreamExt;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use test_support::counting::Counting;
+
+/// A source whose service `boom` panics, in `discover` itself: the resolver must
+/// contain it and count it.
+#[derive(Debug)]
+struct PanicsOnBoom(Counting<StaticDiscovery>);
+
+impl Discover for PanicsOnBoom {
+    fn discover<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        if req.service() == "boom" {
+            panic!("the test source panics on purpose");
+        }
+        self.0.discover(req)
+    }
+
+    fn revision<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        self.0.revision(req)
+    }
+}
 
 /// (name, sorted labels) -> value: counters as their count, gauges as their value,
 /// histograms as how many samples they hold.
 type Seen = BTreeMap<(String, Vec<(String, String)>), f64>;
 
-fn scenario() -> Seen {
+fn scenario(endpoint_label: bool) -> Seen {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -35,12 +62,20 @@ fn scenario() -> Seen {
                     Instance::new("bad")
                         .ipv4(ip)
                         .attribute("AWS_INSTANCE_PORT", "abc"),
+                )
+                .with_instance(
+                    "shared",
+                    "web",
+                    Instance::new("meta")
+                        .ipv4("169.254.169.254".parse().unwrap())
+                        .port(80),
                 );
             let source = Counting::new(registry);
             let mut budget = RetryBudgetOptions::default();
             budget.ratio = 0.0;
             budget.min_per_second = 1;
-            let r = Resolver::builder(source.clone())
+            let r = Resolver::builder(PanicsOnBoom(source.clone()))
+                .metrics_endpoint_label(endpoint_label)
                 .ttl(Duration::from_secs(2))
                 .retry_budget(budget)
                 .seed(7)
@@ -69,20 +104,29 @@ fn scenario() -> Seen {
                 }
             }
             assert!(calls < 40, "the budget refused a retry");
-            // An ejection.
-            let a = r.resolve_all("shared", "web").await.unwrap()[0].clone();
+            // Not found.
+            assert!(r.resolve("shared", "nope").await.is_err());
+            // A panic of the source, contained: the lookup fails as unavailable.
+            let e = r.resolve("shared", "boom").await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+            // A change stream on web, its first answer read.
+            let mut watch = r.watch("shared", "web");
+            assert!(watch.next().await.is_some());
+            // A throttled refresh: the registry throttles past the TTL, the last
+            // answer is served stale (confirmed 20 s ago).
+            source.fail_with(Some(ErrorKind::Throttled));
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            r.resolve("shared", "web").await.unwrap();
+            // An ejection (the failing calls above already ejected an endpoint for
+            // 30 s; whichever it was, a is ejected now), still in force at the publish.
+            let all = r.resolve_all("shared", "web").await.unwrap();
+            let a = all.iter().find(|e| e.instance_id() == "a").unwrap().clone();
             for _ in 0..5 {
                 r.report(&a, Outcome::Failure);
             }
             assert!(a.is_ejected());
-            // Not found.
-            assert!(r.resolve("shared", "nope").await.is_err());
-            // A throttled refresh: the registry throttles past the TTL, the last
-            // answer is served stale.
-            source.fail_with(Some(ErrorKind::Throttled));
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            r.resolve("shared", "web").await.unwrap();
             r.publish_metrics();
+            drop(watch);
         })
     });
     let mut seen = Seen::new();
@@ -114,7 +158,7 @@ fn get(seen: &Seen, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[test]
 fn every_series_with_its_labels_and_values() {
-    let seen = scenario();
+    let seen = scenario(false);
     let web = [("namespace", "shared"), ("service", "web")];
     let with = |extra: &[(&'static str, &'static str)]| -> Vec<(&str, &str)> {
         web.iter().copied().chain(extra.iter().copied()).collect()
@@ -151,15 +195,33 @@ fn every_series_with_its_labels_and_values() {
         Some(1.0)
     );
     assert!(get(&seen, "cloudmap_resolver.registry.latency", &with(&[op])).unwrap() >= 1.0);
+    // The answer is fetched in full once (later refreshes see the same revision
+    // or are throttled): one instance skipped per reason.
+    for reason in ["malformed_port", "refused_by_policy"] {
+        assert_eq!(
+            get(
+                &seen,
+                "cloudmap_resolver.instances.skipped",
+                &with(&[("reason", reason)])
+            ),
+            Some(1.0),
+            "{reason}: {seen:?}"
+        );
+    }
     assert_eq!(
-        get(&seen, "cloudmap_resolver.instances.skipped", &web),
-        Some(1.0)
+        get(
+            &seen,
+            "cloudmap_resolver.source.panics",
+            &[("namespace", "shared"), ("service", "boom"), op]
+        ),
+        Some(1.0),
+        "{seen:?}"
     );
-    // 2 cold lookups (the first load and the unknown service); every other lookup
-    // is warm.
+    // 4 cold lookups (the first load, the unknown service, the panicking one, the
+    // change stream's load, which goes the cold way); every other lookup is warm.
     assert_eq!(
         get(&seen, "cloudmap_resolver.resolves", &[("kind", "cold")]),
-        Some(2.0)
+        Some(4.0)
     );
     assert!(get(&seen, "cloudmap_resolver.resolves", &[("kind", "warm")]).unwrap() >= 12.0);
     assert!(
@@ -196,7 +258,46 @@ fn every_series_with_its_labels_and_values() {
     );
     assert_eq!(get(&seen, "cloudmap_resolver.ejections", &[]), Some(1.0));
     assert_eq!(get(&seen, "cloudmap_resolver.readmissions", &[]), Some(0.0));
-    assert_eq!(get(&seen, "cloudmap_resolver.cache.keys", &[]), Some(2.0));
+    assert_eq!(get(&seen, "cloudmap_resolver.cache.keys", &[]), Some(3.0));
+    // Per-service gauges: web serves a and b, a ejected; its answer was last
+    // confirmed before the 20 s of throttling; one change stream follows it.
+    let state = |s: &'static str| with(&[("state", s)]);
+    assert_eq!(
+        get(&seen, "cloudmap_resolver.endpoints", &state("healthy")),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(&seen, "cloudmap_resolver.endpoints", &state("ejected")),
+        Some(1.0)
+    );
+    let age = get(&seen, "cloudmap_resolver.answer.age", &web).unwrap();
+    assert!((20.0..30.0).contains(&age), "age {age}");
+    assert_eq!(get(&seen, "cloudmap_resolver.watchers", &web), Some(1.0));
+    let nope = [("namespace", "shared"), ("service", "nope")];
+    assert_eq!(get(&seen, "cloudmap_resolver.watchers", &nope), Some(0.0));
+    // Every series of the README table appears.
+    let names: BTreeSet<&str> = seen.keys().map(|(n, _)| n.as_str()).collect();
+    for name in [
+        "cloudmap_resolver.registry.calls",
+        "cloudmap_resolver.registry.latency",
+        "cloudmap_resolver.resolves",
+        "cloudmap_resolver.resolves.stale",
+        "cloudmap_resolver.calls",
+        "cloudmap_resolver.call.latency",
+        "cloudmap_resolver.attempts",
+        "cloudmap_resolver.attempt.latency",
+        "cloudmap_resolver.retries",
+        "cloudmap_resolver.ejections",
+        "cloudmap_resolver.readmissions",
+        "cloudmap_resolver.instances.skipped",
+        "cloudmap_resolver.source.panics",
+        "cloudmap_resolver.cache.keys",
+        "cloudmap_resolver.endpoints",
+        "cloudmap_resolver.answer.age",
+        "cloudmap_resolver.watchers",
+    ] {
+        assert!(names.contains(name), "{name} missing: {names:?}");
+    }
     // No series carries an endpoint label, and every name is in the family.
     let allowed: BTreeSet<&str> = [
         "namespace",
@@ -205,6 +306,8 @@ fn every_series_with_its_labels_and_values() {
         "outcome",
         "kind",
         "decision",
+        "reason",
+        "state",
     ]
     .into_iter()
     .collect();
@@ -214,4 +317,74 @@ fn every_series_with_its_labels_and_values() {
             assert!(allowed.contains(k.as_str()), "{name} has label {k}");
         }
     }
+}
+
+#[test]
+fn the_endpoint_label_only_when_asked() {
+    let seen = scenario(true);
+    let labelled: BTreeSet<&str> = seen
+        .keys()
+        .filter(|(_, l)| l.iter().any(|(k, _)| k == "endpoint"))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    let per_endpoint: BTreeSet<&str> = [
+        "cloudmap_resolver.attempts",
+        "cloudmap_resolver.attempt.latency",
+        "cloudmap_resolver.endpoints",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(labelled, per_endpoint, "{seen:?}");
+    // Every series of those carries it, valued per endpoint: a is ejected, b not.
+    for (name, labels) in seen.keys() {
+        if per_endpoint.contains(name.as_str()) {
+            assert!(labels.iter().any(|(k, _)| k == "endpoint"), "{name}");
+        }
+    }
+    let web = [("namespace", "shared"), ("service", "web")];
+    let ep = |id: &'static str, state: &'static str| -> Vec<(&str, &str)> {
+        web.iter()
+            .copied()
+            .chain([("endpoint", id), ("state", state)])
+            .collect()
+    };
+    assert_eq!(
+        get(&seen, "cloudmap_resolver.endpoints", &ep("a", "ejected")),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(&seen, "cloudmap_resolver.endpoints", &ep("a", "healthy")),
+        Some(0.0)
+    );
+    assert_eq!(
+        get(&seen, "cloudmap_resolver.endpoints", &ep("b", "healthy")),
+        Some(1.0)
+    );
+    assert_eq!(
+        get(&seen, "cloudmap_resolver.endpoints", &ep("b", "ejected")),
+        Some(0.0)
+    );
+    // Attempts by endpoint add up to the attempts the calls made.
+    let attempts: f64 = ["a", "b"]
+        .iter()
+        .filter_map(|id| {
+            let l: Vec<(&str, &str)> = web
+                .iter()
+                .copied()
+                .chain([("endpoint", *id), ("outcome", "failed")])
+                .collect();
+            get(&seen, "cloudmap_resolver.attempts", &l)
+        })
+        .sum();
+    let calls = get(
+        &seen,
+        "cloudmap_resolver.calls",
+        &[
+            ("namespace", "shared"),
+            ("service", "web"),
+            ("outcome", "failed"),
+        ],
+    )
+    .unwrap();
+    assert!(attempts >= calls && calls >= 1.0, "{attempts} {calls}");
 }

@@ -1,0 +1,50 @@
+//! What the metrics publisher reads of the cache (feature `metrics`): per service,
+//! its endpoints and whether each is ejected now, the age of its oldest answer
+//! held, and its change streams. A walk over the index, run on the publisher's
+//! timer or at a scrape, never on the warm path.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::Cache;
+use crate::endpoint::EndpointState;
+use crate::metrics::Census;
+
+impl Cache {
+    /// The gauges of every cached service at `now`; `is_ejected` is the outlier
+    /// policy's judgement. An endpoint in several keys of a service (other
+    /// filters) is counted once; an evicted key is not counted.
+    pub(crate) fn census(
+        &self,
+        now: Instant,
+        is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
+    ) -> Census {
+        let mut census = Census::new();
+        for shard in self.index.shards.iter() {
+            for bucket in shard.map.load().values() {
+                for slot in bucket.iter().filter(|s| !s.is_evicted()) {
+                    let req = &slot.request;
+                    let gauges = census
+                        .entry((req.namespace.clone(), req.service.clone()))
+                        .or_default();
+                    gauges.watchers += slot.watchers.load(Ordering::Relaxed);
+                    let Some(snap) = slot.current() else {
+                        continue;
+                    };
+                    let age = now.saturating_duration_since(snap.confirmed_at);
+                    gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
+                    for ep in snap.picker.set.items.iter() {
+                        let ejected = is_ejected(ep.state());
+                        gauges
+                            .endpoints
+                            .entry(ep.instance_id().into())
+                            .or_insert(ejected);
+                    }
+                }
+            }
+        }
+        census
+    }
+}
