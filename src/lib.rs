@@ -140,6 +140,8 @@ pub use integrations::failover_client::{FailoverClient, FailoverError};
 pub use integrations::grpc::{feed_balance_channel, GrpcChannelBuilder, GrpcScheme, HostEndpoints};
 #[cfg(feature = "hyper")]
 pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
+#[cfg(feature = "tower")]
+pub use integrations::measured::{Measured, MeasuredFuture};
 #[cfg(feature = "reqwest")]
 pub use integrations::reqwest::ReqwestResolver;
 #[cfg(feature = "tower")]

@@ -42,7 +42,9 @@ use crate::stats::Stats;
 pub(crate) const PREFIX: &str = "cloudmap_resolver";
 
 /// Counter: registry calls, labels `operation` (`DiscoverInstances`,
-/// `DiscoverInstancesRevision`), `outcome` (`ok`, `not_found`, `throttled`,
+/// `DiscoverInstancesRevision`, and for [`Registration`](crate::Registration) each
+/// send: `ListNamespaces`, `ListServices`, `GetService`, `RegisterInstance`,
+/// `GetOperation`, `UpdateInstanceCustomHealthStatus`, `DeregisterInstance`), `outcome` (`ok`, `not_found`, `throttled`,
 /// `unavailable`, `error`), `namespace`, `service`.
 pub(crate) const REGISTRY_CALLS: &str = "cloudmap_resolver.registry.calls";
 /// Histogram, seconds: registry call latency, labels `operation`, `namespace`,

@@ -4,8 +4,9 @@
 //! Each client library has its own file, compiled with its feature: `reqwest.rs`
 //! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient)),
 //! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`). Change
-//! streams: `discover.rs` (a `Watch` as a `tower::discover::Discover`) and
-//! `grpc.rs` (a tonic `Channel` fed from one).
+//! streams: `discover.rs` (a `Watch` as a `tower::discover::Discover`),
+//! `measured.rs` (its services measured as `LeastLoaded` measures, for tower's
+//! balancers) and `grpc.rs` (a tonic `Channel` fed from one).
 
 // `HostMap` serves the HTTP integrations; with `tonic` alone it is compiled unused.
 #![cfg_attr(
@@ -32,6 +33,8 @@ pub(crate) mod failover_client;
 pub(crate) mod grpc;
 #[cfg(feature = "hyper")]
 pub(crate) mod hyper;
+#[cfg(feature = "tower")]
+pub(crate) mod measured;
 #[cfg(feature = "reqwest")]
 pub(crate) mod reqwest;
 #[cfg(feature = "tower")]

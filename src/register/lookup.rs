@@ -40,7 +40,7 @@ pub(crate) async fn service_ids(
     namespace: &str,
     service: &str,
     owner: Option<&str>,
-    deadline: &Deadline,
+    deadline: &Deadline<'_>,
     seed: u64,
 ) -> Result<ServiceIds, Error> {
     let namespace_id = namespace_id(client, endpoint, namespace, owner, deadline, seed).await?;
@@ -111,7 +111,7 @@ async fn namespace_id(
     endpoint: &str,
     namespace: &str,
     owner: Option<&str>,
-    deadline: &Deadline,
+    deadline: &Deadline<'_>,
     seed: u64,
 ) -> Result<String, Error> {
     let filter = NamespaceFilter::builder()

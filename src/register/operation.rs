@@ -59,18 +59,24 @@ impl Backoff {
     }
 }
 
-/// The end of one public call (register, set_health, drain's deregistration).
+/// The end of one public call (register, set_health, drain's deregistration), and
+/// the service it acts on: every send within the call is recorded under it
+/// (feature `metrics`).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Deadline {
+pub(crate) struct Deadline<'a> {
     at: Instant,
     total: Duration,
+    namespace: &'a str,
+    service: &'a str,
 }
 
-impl Deadline {
-    pub(crate) fn after(total: Duration) -> Self {
+impl<'a> Deadline<'a> {
+    pub(crate) fn after(total: Duration, namespace: &'a str, service: &'a str) -> Self {
         Deadline {
             at: Instant::now().checked_add(total).unwrap_or_else(far_future),
             total,
+            namespace,
+            service,
         }
     }
 
@@ -116,8 +122,8 @@ fn far_future() -> Instant {
 /// requests that are safe to repeat: RegisterInstance carries a `CreatorRequestId`,
 /// the others are idempotent.
 pub(crate) async fn send_retrying<T, F, Fut>(
-    what: &str,
-    deadline: &Deadline,
+    what: &'static str,
+    deadline: &Deadline<'_>,
     seed: u64,
     mut send: F,
 ) -> Result<T, Error>
@@ -129,7 +135,16 @@ where
     let mut sends = 0;
     loop {
         sends += 1;
-        let err = match deadline.run(what, send()).await {
+        let began = Instant::now();
+        let sent = deadline.run(what, send()).await;
+        crate::metrics::registry_call(
+            what,
+            deadline.namespace,
+            deadline.service,
+            sent.as_ref().map(|_| ()),
+            began.elapsed(),
+        );
+        let err = match sent {
             Ok(v) => return Ok(v),
             Err(e) if e.is_retryable() => e,
             Err(e) => return Err(e),
@@ -154,7 +169,7 @@ pub(crate) async fn wait_operation(
     operation_id: &str,
     what: &str,
     owner: Option<&str>,
-    deadline: &Deadline,
+    deadline: &Deadline<'_>,
     seed: u64,
 ) -> Result<(), Error> {
     let mut backoff = Backoff::for_polls(seed);
@@ -243,7 +258,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn throttled_sends_back_off_and_stop_at_the_bound() {
-        let deadline = Deadline::after(Duration::from_secs(3600));
+        let deadline = Deadline::after(Duration::from_secs(3600), "ns", "svc");
         let mut sends = 0;
         let start = Instant::now();
         let err = send_retrying("RegisterInstance", &deadline, 1, || {
@@ -260,7 +275,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_ends_retries_with_the_last_kind() {
-        let deadline = Deadline::after(Duration::from_millis(400));
+        let deadline = Deadline::after(Duration::from_millis(400), "ns", "svc");
         let mut sends = 0;
         let err = send_retrying("RegisterInstance", &deadline, 1, || {
             sends += 1;
@@ -275,7 +290,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn final_errors_are_not_retried() {
-        let deadline = Deadline::after(Duration::from_secs(60));
+        let deadline = Deadline::after(Duration::from_secs(60), "ns", "svc");
         let mut sends = 0;
         let err = send_retrying("RegisterInstance", &deadline, 1, || {
             sends += 1;
@@ -288,7 +303,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hung_send_ends_at_the_deadline() {
-        let deadline = Deadline::after(Duration::from_secs(2));
+        let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
         let err = send_retrying("RegisterInstance", &deadline, 1, || {
             std::future::pending::<Result<(), Error>>()
         })

@@ -178,7 +178,7 @@ impl Registered {
                 ),
             ));
         }
-        let deadline = Deadline::after(self.deadline);
+        let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
         send_retrying(
             "UpdateInstanceCustomHealthStatus",
@@ -220,7 +220,7 @@ impl Registered {
     /// the deadline. No wait is made after an error: the instance may still be
     /// registered, and the call can be repeated.
     pub async fn drain(&self, wait: Duration) -> Result<Drained, Error> {
-        let deadline = Deadline::after(self.deadline);
+        let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
         let sent = send_retrying("DeregisterInstance", &deadline, self.seed, || async {
             client

@@ -256,7 +256,7 @@ impl Registration {
             ));
         }
         let seed = self.seed.unwrap_or_else(rand::random);
-        let deadline = Deadline::after(self.deadline);
+        let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let client = &self.writer.client;
         let endpoint = &*self.writer.endpoint;
         let ids = service_ids(

@@ -289,6 +289,21 @@ impl Resolver {
         Ok(self.lease_of(ep))
     }
 
+    /// What a measured tower service (`integrations/measured.rs`) records into: the
+    /// resolver's load tracker under `LeastLoaded` (so its picks see the balancer's
+    /// requests), else a tracker of its own with the resolver's load settings; and
+    /// the resolver's outlier detection.
+    #[cfg(feature = "tower")]
+    pub(crate) fn measure(&self) -> (Arc<crate::select::load::LoadTracker>, Arc<OutlierDetector>) {
+        let load = self.cache.load_tracker().cloned().unwrap_or_else(|| {
+            Arc::new(crate::select::load::LoadTracker::new(
+                &self.shared.opts.load,
+                tokio::time::Instant::now(),
+            ))
+        });
+        (load, self.shared.outliers.clone())
+    }
+
     pub(crate) fn lease_of(&self, ep: Endpoint) -> Lease {
         Lease::new(
             ep,

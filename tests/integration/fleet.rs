@@ -40,18 +40,22 @@ fn print(reports: &[&Report]) {
 /// same second, no resolve fails, warm or cold (a throttled cold load waits for a
 /// paced turn), every process has every key within 30 s of its start, fewer than
 /// 10% of calls are throttled, 99% of the fleet sees each change within 60 s.
+/// Four simulated minutes (the example runs ten): the start-up burst is over in the
+/// first thirty seconds, and every later minute repeats the one before.
 #[test]
 fn a_fleet_of_1000_stays_inside_the_shared_quota() {
+    let four_minutes = |client| {
+        let mut sc = Scenario::new(1000, client);
+        sc.duration = Duration::from_secs(240);
+        sc.run()
+    };
     // Two independent runs, one per core.
-    let naive = std::thread::spawn(|| Scenario::new(1000, Client::Naive).run());
-    let defaults = Scenario::new(1000, Client::Resolver(Box::default())).run();
+    let naive = std::thread::spawn(move || four_minutes(Client::Naive));
+    let defaults = four_minutes(Client::Resolver(Box::default()));
     let naive = naive.join().expect("the naive run");
     print(&[&defaults, &naive]);
 
-    assert!(
-        defaults.resolves > 1000 * 20 * 190,
-        "callers kept resolving"
-    );
+    assert!(defaults.resolves > 1000 * 20 * 75, "callers kept resolving");
     assert_eq!(
         defaults.warm_failures, 0,
         "a key once answered is always answered"
@@ -82,7 +86,7 @@ fn a_fleet_of_1000_stays_inside_the_shared_quota() {
         "{:.1}% of calls throttled",
         100.0 * defaults.throttled_share()
     );
-    assert_eq!(defaults.changes.len(), 10, "a change a minute");
+    assert_eq!(defaults.changes.len(), 4, "a change a minute");
     let slowest = defaults
         .worst_p99_propagation()
         .expect("every change reached 99% of the fleet");

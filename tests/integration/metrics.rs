@@ -11,7 +11,7 @@ use cloudmap_resolver::{
     Outcome, Resolver, RetryBudgetOptions, StaticDiscovery,
 };
 use futures::StreamExt;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use test_support::counting::Counting;
 
 /// A source whose service `boom` panics, in `discover` itself: the resolver must
@@ -129,6 +129,11 @@ fn scenario(endpoint_label: bool) -> Seen {
             drop(watch);
         })
     });
+    collect(&snapshotter)
+}
+
+/// What the recorder holds now, as [`Seen`].
+fn collect(snapshotter: &Snapshotter) -> Seen {
     let mut seen = Seen::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let k = key.key();
@@ -387,4 +392,53 @@ fn the_endpoint_label_only_when_asked() {
     )
     .unwrap();
     assert!(attempts >= calls && calls >= 1.0, "{attempts} {calls}");
+}
+
+/// Registration's sends are registry calls too, under the registered service's
+/// labels: one RegisterInstance, the look-ups and operation polls, one
+/// DeregisterInstance (moto, through the recorder installed for this thread).
+#[test]
+fn registration_sends_are_registry_calls() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ns = test_support::moto::unique("metrics-reg");
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            test_support::moto::http_service(&ns, "web").await;
+            let url = format!("http://{}", test_support::moto::moto().addr);
+            let registered = cloudmap_resolver::Registration::new(
+                &test_support::moto::sdk_config(&url),
+                &ns,
+                "web",
+                "i-metrics",
+            )
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(8080)
+            .register()
+            .await
+            .unwrap();
+            registered.drain(Duration::ZERO).await.unwrap();
+        })
+    });
+    let seen = collect(&snapshotter);
+    let calls = |op: &str| {
+        get(
+            &seen,
+            "cloudmap_resolver.registry.calls",
+            &[
+                ("namespace", ns.as_str()),
+                ("service", "web"),
+                ("operation", op),
+                ("outcome", "ok"),
+            ],
+        )
+    };
+    assert_eq!(calls("RegisterInstance"), Some(1.0), "{seen:?}");
+    assert_eq!(calls("DeregisterInstance"), Some(1.0), "{seen:?}");
+    assert!(calls("ListNamespaces") >= Some(1.0), "{seen:?}");
+    assert!(calls("GetOperation") >= Some(2.0), "{seen:?}");
 }
