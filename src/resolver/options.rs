@@ -127,7 +127,9 @@ pub struct ResolverOptions {
     /// [`Stats::cold_waits`](crate::Stats::cold_waits) and `cold_wait_ms`, and in
     /// `tracing` events. A refusal by [`rate_limit`](Self::rate_limit) is not waited
     /// out; a failing (not throttling) registry is bounded by `fetch_timeout`. Any
-    /// value: zero fails a throttled cold load at once. Default: 30 s.
+    /// value: zero fails a throttled cold load at once (the `cloudmap-discover` CLI
+    /// uses zero, so a diagnostic reports throttling as it happens, exit code 5).
+    /// Default: 30 s.
     pub startup_wait: Duration,
     /// Seed for selection and jitter, for reproducible tests. Default: none (seeded
     /// from the operating system).

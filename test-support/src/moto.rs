@@ -172,6 +172,26 @@ pub async fn set_health(service_id: &str, instance_id: &str, healthy: bool) {
         .unwrap();
 }
 
+/// A fresh namespace named from `prefix` with an HTTP service `service` and two
+/// instances, `a` and `b`, on 127.0.0.1 at `ports`: (namespace, service id).
+pub async fn two_instances(prefix: &str, service: &str, ports: [u16; 2]) -> (String, String) {
+    let ns = unique(prefix);
+    let svc = http_service(&ns, service).await;
+    for (id, port) in ["a", "b"].into_iter().zip(ports) {
+        let port = port.to_string();
+        register(
+            &svc,
+            id,
+            &[
+                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+                ("AWS_INSTANCE_PORT", &port),
+            ],
+        )
+        .await;
+    }
+    (ns, svc)
+}
+
 /// The id of the namespace named `name`.
 pub async fn namespace_id(name: &str) -> String {
     let list = admin().list_namespaces().send().await.unwrap();

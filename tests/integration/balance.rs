@@ -83,14 +83,9 @@ fn shares(backends: &[Backend]) -> Vec<f64> {
         .collect()
 }
 
-async fn in_flight(resolver: &Resolver) -> Vec<u32> {
-    let all = resolver.resolve_all("shared", "web").await.unwrap();
-    all.iter().map(Endpoint::in_flight).collect()
-}
-
-#[tokio::test(start_paused = true)]
-async fn one_slow_backend_of_eight_gets_at_most_one_percent() {
-    let shape = [
+/// The shape: seven backends at 1-4 ms and one at 150 ms (the last).
+fn one_slow() -> [Behaviour; 8] {
+    [
         ms(1.0),
         ms(1.5),
         ms(2.0),
@@ -99,8 +94,17 @@ async fn one_slow_backend_of_eight_gets_at_most_one_percent() {
         ms(3.5),
         ms(4.0),
         ms(150.0),
-    ];
-    let (backends, registry) = backends(&shape).await;
+    ]
+}
+
+async fn in_flight(resolver: &Resolver) -> Vec<u32> {
+    let all = resolver.resolve_all("shared", "web").await.unwrap();
+    all.iter().map(Endpoint::in_flight).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_slow_backend_of_eight_gets_at_most_one_percent() {
+    let (backends, registry) = backends(&one_slow()).await;
     let resolver = resolver(registry, Selection::LeastLoaded, true);
     assert_eq!(drive(&resolver).await, CALLS);
     let slow = backends[7].served();
@@ -114,17 +118,7 @@ async fn one_slow_backend_of_eight_gets_at_most_one_percent() {
 #[tokio::test(start_paused = true)]
 async fn round_robin_sends_the_slow_backend_its_full_share() {
     // The contrast: blind to load, one call in eight goes to the slow backend.
-    let shape = [
-        ms(1.0),
-        ms(1.5),
-        ms(2.0),
-        ms(2.5),
-        ms(3.0),
-        ms(3.5),
-        ms(4.0),
-        ms(150.0),
-    ];
-    let (backends, registry) = backends(&shape).await;
+    let (backends, registry) = backends(&one_slow()).await;
     let resolver = resolver(registry, Selection::RoundRobin, true);
     assert_eq!(drive(&resolver).await, CALLS);
     let share = shares(&backends)[7];

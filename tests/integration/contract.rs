@@ -200,7 +200,7 @@ async fn contract_runs_against_real_parts() {
     let web = test_support::moto::admin()
         .create_service()
         .name("web")
-        .namespace_id(namespace_id("shared").await)
+        .namespace_id(test_support::moto::namespace_id("shared").await)
         .send()
         .await
         .unwrap();
@@ -301,20 +301,6 @@ async fn contract_runs_against_real_parts() {
         let err = resolver.resolve(ns, svc).await.unwrap_err();
         assert_eq!(err.kind(), kind, "{ns}/{svc}: {err}");
     }
-}
-
-async fn namespace_id(name: &str) -> String {
-    let list = test_support::moto::admin()
-        .list_namespaces()
-        .send()
-        .await
-        .unwrap();
-    list.namespaces()
-        .iter()
-        .find(|n| n.name() == Some(name))
-        .and_then(|n| n.id())
-        .unwrap()
-        .to_owned()
 }
 
 /// DESIGN.md's "Additions", the change stream, verbatim (compiled and checked

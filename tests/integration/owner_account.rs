@@ -9,7 +9,7 @@ use cloudmap_resolver::{
     CloudMapDiscovery, DnsDiscovery, Endpoint, ErrorKind, Resolver, ResolverBuilder,
     ResolverOptions,
 };
-use test_support::moto::{self, http_service, register, unique};
+use test_support::moto;
 use test_support::proxy::Proxy;
 
 const OWNER_A: &str = "111122223333";
@@ -23,20 +23,7 @@ async fn proxied() -> (Proxy, ResolverBuilder) {
 
 /// A namespace with service `api` and two instances.
 async fn fleet() -> String {
-    let ns = unique("owner");
-    let svc = http_service(&ns, "api").await;
-    for (id, port) in [("a", "80"), ("b", "81")] {
-        register(
-            &svc,
-            id,
-            &[
-                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
-                ("AWS_INSTANCE_PORT", port),
-            ],
-        )
-        .await;
-    }
-    ns
+    moto::two_instances("owner", "api", [80, 81]).await.0
 }
 
 /// The `OwnerAccount` field of each recorded body of `op` (`None` where absent).

@@ -23,7 +23,7 @@ use cloudmap_resolver::{
     ErrorKind, Instance, Resolver, ResolverOptions, StaticDiscovery,
 };
 use test_support::counting::Counting;
-use test_support::moto::{self, http_service, register, unique};
+use test_support::moto::{self, register};
 use test_support::proxy::{Fault, Proxy};
 use tokio::time::Instant;
 

@@ -2,22 +2,9 @@
 
 use super::*;
 
-/// Two instances of `api` in a fresh moto namespace; returns the namespace.
+/// Two instances of `api` in a fresh moto namespace: (namespace, service id).
 async fn fleet() -> (String, String) {
-    let ns = unique("resilience");
-    let svc = http_service(&ns, "api").await;
-    for (id, port) in [("a", "81"), ("b", "82")] {
-        register(
-            &svc,
-            id,
-            &[
-                ("AWS_INSTANCE_IPV4", "127.0.0.1"),
-                ("AWS_INSTANCE_PORT", port),
-            ],
-        )
-        .await;
-    }
-    (ns, svc)
+    moto::two_instances("resilience", "api", [81, 82]).await
 }
 
 fn registry_calls(p: &Proxy) -> u64 {
