@@ -1,5 +1,5 @@
 //! Load-aware selection against blind picks and tower's own balancers, on a
-//! simulated clock.
+//! simulated clock and on loopback.
 //!
 //! **The simulation** (printed, and written to `criterion/balance/simulation.json`
 //! for `scripts/bench-report`): a deterministic discrete-event run on tokio's paused
@@ -22,6 +22,14 @@
 //! included), and the last backend's share (the slow one) over the whole run.
 //! Tokio's timer counts whole milliseconds, so latencies are rounded up to them.
 //!
+//! **On loopback** (written to `criterion/balance/loopback.json`): the same shapes,
+//! balancers and counts against one TCP backend on 127.0.0.1 per range
+//! (`test_support::backend`), each request carrying the latency drawn for it, on the
+//! real clock with two worker threads: what the simulation leaves out (sockets, the
+//! scheduler, timers firing late) is in these rows, and so is the machine's noise.
+//! About a minute under `cargo bench`; criterion's test mode runs `one_slow` with
+//! 128 calls, to show the rows work.
+//!
 //! **Pick cost** (criterion): `balance/pick/*` is one pick-and-call with a service
 //! that answers at once: `least_loaded` is `Resolver::call` with
 //! `Selection::LeastLoaded` (pick, in-flight count, RTT sample, outlier
@@ -33,6 +41,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,6 +59,7 @@ use tower::discover::ServiceList;
 use tower::load::{CompleteOnResponse, PeakEwma, PendingRequests};
 use tower::{Service, ServiceExt};
 
+use test_support::backend::{Backend as LoopbackBackend, Behaviour, Pool};
 use test_support::bench::{now_or_block, report_fallbacks, runtime};
 
 const CALLERS: usize = 64;
@@ -101,12 +111,22 @@ const BALANCERS: [&str; 6] = [
     "tower_p2c_pending",
 ];
 
-/// The simulated backends: each answer's latency, drawn from a seeded generator.
+/// The backends of a shape: each answer's latency, drawn from a seeded generator,
+/// waited out in this process (simulated) or by a loopback TCP backend (`wire`).
 #[derive(Clone)]
 struct Backends {
     shape: Shape,
     rng: Arc<Mutex<SmallRng>>,
     served: Arc<Vec<AtomicU64>>,
+    wire: Option<Wire>,
+}
+
+/// Loopback backends, one per range, and the connections to them.
+#[derive(Clone)]
+struct Wire {
+    pool: Pool,
+    addrs: Arc<Vec<SocketAddr>>,
+    _servers: Arc<Vec<LoopbackBackend>>,
 }
 
 impl Backends {
@@ -115,6 +135,51 @@ impl Backends {
             shape,
             rng: Arc::new(Mutex::new(SmallRng::seed_from_u64(12))),
             served: Arc::new(shape.ranges.iter().map(|_| AtomicU64::new(0)).collect()),
+            wire: None,
+        }
+    }
+
+    /// The same, each backend a TCP server on 127.0.0.1 told its latency per request.
+    async fn on_loopback(shape: Shape) -> Self {
+        let mut servers = Vec::new();
+        for _ in shape.ranges {
+            servers.push(LoopbackBackend::start(Behaviour::Delay(Duration::ZERO)).await);
+        }
+        let addrs = servers.iter().map(LoopbackBackend::addr).collect();
+        Backends {
+            wire: Some(Wire {
+                pool: Pool::default(),
+                addrs: Arc::new(addrs),
+                _servers: Arc::new(servers),
+            }),
+            ..Backends::new(shape)
+        }
+    }
+
+    /// Where backend `i` is registered: its loopback address, or a made-up one.
+    fn addr(&self, i: usize) -> SocketAddrV4 {
+        let port = match &self.wire {
+            Some(w) => w.addrs[i].port(),
+            None => 1000 + i as u16,
+        };
+        SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// One answer of backend `i`.
+    fn answer(&self, i: usize) -> impl Future<Output = ()> + Send + 'static {
+        let d = self.latency(i);
+        let wire = self.wire.clone();
+        async move {
+            match wire {
+                Some(w) => w
+                    .pool
+                    .request_taking(w.addrs[i], d)
+                    .await
+                    .expect("the loopback backend answers"),
+                // Tokio rounds a sleep up to the next millisecond, even a zero one.
+                None if d.is_zero() => {}
+                None => tokio::time::sleep(d).await,
+            }
         }
     }
 
@@ -152,25 +217,23 @@ impl Service<()> for Backend {
     }
 
     fn call(&mut self, (): ()) -> BoxFut {
-        let d = self.backends.latency(self.i);
+        let answer = self.backends.answer(self.i);
         Box::pin(async move {
-            // Tokio rounds a sleep up to the next millisecond, even a zero one.
-            if !d.is_zero() {
-                tokio::time::sleep(d).await;
-            }
+            answer.await;
             Ok(())
         })
     }
 }
 
-fn registry(n: usize) -> StaticDiscovery {
-    (0..n).fold(StaticDiscovery::new(), |r, i| {
+fn registry(backends: &Backends) -> StaticDiscovery {
+    (0..backends.shape.ranges.len()).fold(StaticDiscovery::new(), |r, i| {
+        let addr = backends.addr(i);
         r.with_instance(
             "shared",
             "web",
             Instance::new(format!("{i}"))
-                .ipv4("127.0.0.1".parse().unwrap())
-                .port(1000 + i as u16)
+                .ipv4(*addr.ip())
+                .port(addr.port())
                 .attribute("weight", "1"),
         )
     })
@@ -188,11 +251,11 @@ fn selection(name: &str) -> Option<Selection> {
     })
 }
 
-fn resolver(n: usize, selection: Selection) -> Resolver {
+fn resolver(backends: &Backends, selection: Selection) -> Resolver {
     let mut opts = ResolverOptions::default();
     opts.selection = selection;
     opts.seed = Some(12);
-    Resolver::builder(registry(n))
+    Resolver::builder(registry(backends))
         .options(opts)
         .build()
         .unwrap()
@@ -250,20 +313,42 @@ fn tower_balancer(name: &str, backends: &Backends) -> Box<dyn CloneService> {
     }
 }
 
-/// One run of the simulation: call latencies in microseconds, sorted, and each
-/// backend's count.
-fn simulate(shape: Shape, balancer: &str) -> (Vec<u64>, Vec<u64>) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
-    let backends = Backends::new(shape);
-    let n = shape.ranges.len();
-    let latencies = rt.block_on(async {
+/// Where a run's backends answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// In this process, on tokio's paused clock: exact and fast.
+    Simulated,
+    /// TCP backends on 127.0.0.1, on the real clock.
+    Loopback,
+}
+
+/// One run: call latencies in microseconds, sorted, and each backend's count.
+/// `calls` are measured after `warm_up`.
+fn run(
+    shape: Shape,
+    balancer: &str,
+    mode: Mode,
+    (warm_up, calls): (u64, u64),
+) -> (Vec<u64>, Vec<u64>) {
+    let rt = match mode {
+        Mode::Simulated => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build(),
+        Mode::Loopback => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+    }
+    .expect("runtime");
+    let (latencies, backends) = rt.block_on(async {
+        let backends = match mode {
+            Mode::Simulated => Backends::new(shape),
+            Mode::Loopback => Backends::on_loopback(shape).await,
+        };
         let issued = Arc::new(AtomicU64::new(0));
         let mut callers = tokio::task::JoinSet::new();
-        let ours = selection(balancer).map(|s| resolver(n, s));
+        let ours = selection(balancer).map(|s| resolver(&backends, s));
         let theirs: Option<SharedService> = ours
             .is_none()
             .then(|| Arc::new(tokio::sync::Mutex::new(tower_balancer(balancer, &backends))));
@@ -278,16 +363,16 @@ fn simulate(shape: Shape, balancer: &str) -> (Vec<u64>, Vec<u64>) {
                 let mut took = Vec::new();
                 loop {
                     let nth = issued.fetch_add(1, Ordering::Relaxed);
-                    if nth >= WARM_UP + CALLS {
+                    if nth >= warm_up + calls {
                         break;
                     }
                     let start = tokio::time::Instant::now();
                     if let Some(r) = &ours {
                         let b = &backends;
                         r.call("shared", "web", |ep: Endpoint| {
-                            let d = b.latency(ep.instance_id().parse().unwrap());
+                            let answer = b.answer(ep.instance_id().parse().unwrap());
                             async move {
-                                tokio::time::sleep(d).await;
+                                answer.await;
                                 Ok::<_, Infallible>(())
                             }
                         })
@@ -297,7 +382,7 @@ fn simulate(shape: Shape, balancer: &str) -> (Vec<u64>, Vec<u64>) {
                         let fut = t.lock().await.ready_call().await;
                         fut.await.expect("answered");
                     }
-                    if nth >= WARM_UP {
+                    if nth >= warm_up {
                         took.push(start.elapsed().as_micros() as u64);
                     }
                 }
@@ -308,7 +393,7 @@ fn simulate(shape: Shape, balancer: &str) -> (Vec<u64>, Vec<u64>) {
         while let Some(took) = callers.join_next().await {
             all.extend(took.expect("caller"));
         }
-        all
+        (all, backends)
     });
     let mut latencies = latencies;
     latencies.sort_unstable();
@@ -325,20 +410,19 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e3
 }
 
-/// Runs every shape and balancer, prints the table and writes it for
-/// `scripts/bench-report`.
-fn simulation() {
+/// Runs every shape and balancer in `mode`, prints the table and writes it to
+/// `criterion/balance/<file>` for `scripts/bench-report`.
+fn table(mode: Mode, shapes: &[Shape], counts: (u64, u64), file: &str) {
     let mut out: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
-    println!(
-        "balance simulation: {CALLERS} callers, {CALLS} calls measured after {WARM_UP}, paused clock; ms"
-    );
+    let (warm_up, calls) = counts;
+    println!("balance, {mode:?}: {CALLERS} callers, {calls} calls measured after {warm_up}; ms");
     println!(
         "{:<10} {:<20} {:>8} {:>8} {:>8} {:>11}",
         "shape", "balancer", "p50", "p99", "p999", "last share"
     );
-    for shape in SHAPES {
+    for &shape in shapes {
         for balancer in BALANCERS {
-            let (lat, served) = simulate(shape, balancer);
+            let (lat, served) = run(shape, balancer, mode, counts);
             let total: u64 = served.iter().sum();
             let last = *served.last().unwrap() as f64 / total as f64;
             let (p50, p99, p999) = (
@@ -365,12 +449,24 @@ fn simulation() {
     if let Some(dir) = dir {
         let _ = std::fs::create_dir_all(&dir);
         let text = serde_json::to_string_pretty(&out).expect("json");
-        let _ = std::fs::write(dir.join("simulation.json"), text);
+        let _ = std::fs::write(dir.join(file), text);
     }
 }
 
 fn balance(c: &mut Criterion) {
-    simulation();
+    table(
+        Mode::Simulated,
+        &SHAPES,
+        (WARM_UP, CALLS),
+        "simulation.json",
+    );
+    // On the real clock the loopback rows take about a minute; criterion's test mode
+    // (`cargo test --benches`, no `--bench`) runs one shape briefly, to show they work.
+    if std::env::args().any(|a| a == "--bench") {
+        table(Mode::Loopback, &SHAPES, (WARM_UP, CALLS), "loopback.json");
+    } else {
+        table(Mode::Loopback, &SHAPES[1..2], (64, 128), "loopback.json");
+    }
     let rt = runtime();
     let _enter = rt.enter();
     let mut g = c.benchmark_group("balance");
@@ -378,7 +474,7 @@ fn balance(c: &mut Criterion) {
         ("round_robin", Selection::RoundRobin),
         ("least_loaded", Selection::LeastLoaded),
     ] {
-        let r = resolver(8, sel);
+        let r = resolver(&Backends::new(SHAPES[0]), sel);
         rt.block_on(r.resolve("shared", "web")).expect("cold load");
         g.bench_function(format!("pick/{name}"), |b| {
             let (ns, svc) = black_box(("shared", "web"));

@@ -3,8 +3,10 @@
 //!
 //! The protocol is one byte each way: a caller writes any byte, the backend waits its
 //! delay (a tokio sleep, so tokio's paused clock makes it exact) and answers `+`, or
-//! answers `-` at once when it fails. Connections are pooled per address
-//! ([`Pool`]), so thousands of requests use a few hundred sockets.
+//! answers `-` at once when it fails. A caller may instead name the delay: `!` and
+//! eight bytes of microseconds (little-endian), for latencies drawn per request
+//! ([`Pool::request_taking`]). Connections are pooled per address ([`Pool`]), so
+//! thousands of requests use a few hundred sockets.
 
 use std::collections::HashMap;
 use std::io;
@@ -48,7 +50,16 @@ impl Backend {
                     let mut byte = [0u8; 1];
                     while conn.read_exact(&mut byte).await.is_ok() {
                         count.fetch_add(1, Ordering::Relaxed);
+                        let mut told = [0u8; 8];
+                        if byte[0] == b'!' && conn.read_exact(&mut told).await.is_err() {
+                            break;
+                        }
                         let answer = match behaviour {
+                            Behaviour::Delay(_) if byte[0] == b'!' => {
+                                let us = u64::from_le_bytes(told);
+                                tokio::time::sleep(Duration::from_micros(us)).await;
+                                b'+'
+                            }
                             Behaviour::Delay(d) => {
                                 tokio::time::sleep(d).await;
                                 b'+'
@@ -90,12 +101,25 @@ impl Pool {
     /// One request to `addr` on a pooled connection (or a new one): `Ok` when the
     /// backend answered `+`, an error when it answered `-` or the connection failed.
     pub async fn request(&self, addr: SocketAddr) -> io::Result<()> {
+        self.send(addr, b"?").await
+    }
+
+    /// One request to a [`Behaviour::Delay`] backend at `addr` that answers after
+    /// `delay` instead of its own.
+    pub async fn request_taking(&self, addr: SocketAddr, delay: Duration) -> io::Result<()> {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        let mut msg = [b'!'; 9];
+        msg[1..].copy_from_slice(&us.to_le_bytes());
+        self.send(addr, &msg).await
+    }
+
+    async fn send(&self, addr: SocketAddr, msg: &[u8]) -> io::Result<()> {
         let pooled = self.lock().get_mut(&addr).and_then(Vec::pop);
         let mut conn = match pooled {
             Some(c) => c,
             None => TcpStream::connect(addr).await?,
         };
-        conn.write_all(b"?").await?;
+        conn.write_all(msg).await?;
         let mut answer = [0u8; 1];
         conn.read_exact(&mut answer).await?;
         self.lock().entry(addr).or_default().push(conn);
