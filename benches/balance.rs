@@ -166,7 +166,7 @@ impl Backends {
     }
 
     /// One answer of backend `i`.
-    fn answer(&self, i: usize) -> impl Future<Output = ()> + Send + 'static {
+    fn answer(&self, i: usize) -> impl Future<Output = ()> + Send + 'static + use<> {
         let d = self.latency(i);
         let wire = self.wire.clone();
         async move {

@@ -43,11 +43,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let mut changes = resolver.watch("shared", "health");
     registry.deregister("shared", "health", "health-1");
     while let Some(change) = changes.next().await {
-        if let Change::Remove(ep) = change? {
-            if ep.instance_id() == "health-1" {
-                println!("removed: {ep}");
-                break;
-            }
+        if let Change::Remove(ep) = change?
+            && ep.instance_id() == "health-1"
+        {
+            println!("removed: {ep}");
+            break;
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;

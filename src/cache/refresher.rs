@@ -191,26 +191,26 @@ async fn wait_for_turn(
 ) -> Step<(Arc<Cache>, super::pacing::Op)> {
     let now = Instant::now();
     let first = cache.first_call(Some(cur), now, Pace::Wait);
-    if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now) {
-        if turn > now {
-            drop(cache);
-            if turn >= cur.stale_until {
-                // No waiting for a turn past the answer's max-stale age: the warm
-                // path does not read the clock, so the answer must be marked
-                // expired on time, turn or no turn.
-                tokio::time::sleep_until(cur.stale_until).await;
-                if slot.is_current(cur) {
-                    cur.state.store(EXPIRED, Ordering::Relaxed);
-                    slot.publish();
-                    return Step::Stop;
-                }
-                return Step::Again;
+    if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now)
+        && turn > now
+    {
+        drop(cache);
+        if turn >= cur.stale_until {
+            // No waiting for a turn past the answer's max-stale age: the warm
+            // path does not read the clock, so the answer must be marked
+            // expired on time, turn or no turn.
+            tokio::time::sleep_until(cur.stale_until).await;
+            if slot.is_current(cur) {
+                cur.state.store(EXPIRED, Ordering::Relaxed);
+                slot.publish();
+                return Step::Stop;
             }
-            tokio::time::sleep_until(turn).await;
-            match weak.upgrade() {
-                Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
-                _ => return Step::Stop,
-            }
+            return Step::Again;
+        }
+        tokio::time::sleep_until(turn).await;
+        match weak.upgrade() {
+            Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
+            _ => return Step::Stop,
         }
     }
     Step::Go((cache, first))

@@ -64,13 +64,13 @@ impl CloudMapDiscovery {
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
         let mut config = client_config(sdk);
-        if let Some(url) = sdk.endpoint_url() {
-            if let Some(host) = host_of(url) {
-                config = config.interceptor(KeepEndpointHost {
-                    prefixed: format!("data-{host}"),
-                    host: host.to_owned(),
-                });
-            }
+        if let Some(url) = sdk.endpoint_url()
+            && let Some(host) = host_of(url)
+        {
+            config = config.interceptor(KeepEndpointHost {
+                prefixed: format!("data-{host}"),
+                host: host.to_owned(),
+            });
         }
         let client = sd::Client::from_conf(config.build());
         let config_error = config_error(

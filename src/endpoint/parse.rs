@@ -120,13 +120,13 @@ impl ParseOptions {
                 }
             }
         };
-        if let Some(ip) = ip {
-            if !self.policy.permits(ip) {
-                return Err(Skip(
-                    format!("address {ip} is refused by the address policy (special or denied)"),
-                    SkipReason::RefusedByPolicy,
-                ));
-            }
+        if let Some(ip) = ip
+            && !self.policy.permits(ip)
+        {
+            return Err(Skip(
+                format!("address {ip} is refused by the address policy (special or denied)"),
+                SkipReason::RefusedByPolicy,
+            ));
         }
         // Named once here, for the ejection and re-admission logs.
         let name = Describe {

@@ -247,13 +247,12 @@ impl FailoverClient {
             call = call.max_attempts(1);
         }
         let result = call.await;
-        if let Err(e) = &result {
-            if e.resolve_error()
+        if let Err(e) = &result
+            && e.resolve_error()
                 .is_some_and(|r| self.hosts.falls_through(r.kind()))
-            {
-                let request = recover(template.into_inner()).expect("no attempt was made");
-                return self.pass_through(request).await;
-            }
+        {
+            let request = recover(template.into_inner()).expect("no attempt was made");
+            return self.pass_through(request).await;
         }
         finish(
             result,

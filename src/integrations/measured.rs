@@ -166,7 +166,7 @@ impl Resolver {
         namespace: &str,
         service: &str,
         mut make: F,
-    ) -> WatchDiscover<impl FnMut(&Endpoint) -> Measured<S>>
+    ) -> WatchDiscover<impl FnMut(&Endpoint) -> Measured<S> + use<F, S>>
     where
         F: FnMut(&Endpoint) -> S,
     {

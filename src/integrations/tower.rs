@@ -243,13 +243,12 @@ where
                 })
                 .retry_timeouts(repeatable)
                 .await;
-            if let Err(e) = &result {
-                if e.resolve_error()
+            if let Err(e) = &result
+                && e.resolve_error()
                     .is_some_and(|r| layer.hosts.falls_through(r.kind()))
-                {
-                    let body = recover(template.into_inner()).expect("no attempt was made");
-                    return inner.oneshot(head.request(body)).await.map_err(Into::into);
-                }
+            {
+                let body = recover(template.into_inner()).expect("no attempt was made");
+                return inner.oneshot(head.request(body)).await.map_err(Into::into);
             }
             finish(
                 result,

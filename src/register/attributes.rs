@@ -86,12 +86,12 @@ pub(crate) fn check_attributes(attributes: &BTreeMap<String, String>) -> Result<
              most {MAX_TOTAL}"
         )));
     }
-    if attributes.contains_key(ATTR_ALIAS) {
-        if let Some(k) = attributes.keys().find(|k| k.starts_with("AWS_INSTANCE_")) {
-            return Err(Error::invalid(format!(
-                "{ATTR_ALIAS} excludes the AWS_INSTANCE_* attributes, but {k} is set"
-            )));
-        }
+    if attributes.contains_key(ATTR_ALIAS)
+        && let Some(k) = attributes.keys().find(|k| k.starts_with("AWS_INSTANCE_"))
+    {
+        return Err(Error::invalid(format!(
+            "{ATTR_ALIAS} excludes the AWS_INSTANCE_* attributes, but {k} is set"
+        )));
     }
     Ok(())
 }

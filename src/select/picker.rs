@@ -155,10 +155,10 @@ impl Picker {
         s: usize,
         ejected: impl Fn(usize) -> bool,
     ) -> usize {
-        if let Some(ramp) = &self.ramp {
-            if let Some(at) = ramp.now() {
-                return self.choose_ramped(selection, seed, s, ejected, ramp, at);
-            }
+        if let Some(ramp) = &self.ramp
+            && let Some(at) = ramp.now()
+        {
+            return self.choose_ramped(selection, seed, s, ejected, ramp, at);
         }
         self.choose_at(selection, seed, s, &ejected, None)
     }

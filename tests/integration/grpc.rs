@@ -31,10 +31,10 @@ fn instance(i: usize, s: &HealthGrpcServer) -> Instance {
 async fn removed(watch: &mut Watch, id: &str) {
     let wait = async {
         while let Some(item) = watch.next().await {
-            if let Ok(Change::Remove(ep)) = item {
-                if ep.instance_id() == id {
-                    return;
-                }
+            if let Ok(Change::Remove(ep)) = item
+                && ep.instance_id() == id
+            {
+                return;
             }
         }
         panic!("the stream ended");

@@ -21,7 +21,8 @@ const RTT: Duration = Duration::from_millis(1);
 /// A service per endpoint answering with the endpoint's instance id after `RTT`.
 fn echo_id(
     ep: &Endpoint,
-) -> impl Service<(), Response = String, Error = Infallible, Future = impl Send> + Send {
+) -> impl Service<(), Response = String, Error = Infallible, Future = impl Send + use<>> + Send + use<>
+{
     let id = ep.instance_id().to_owned();
     service_fn(move |()| {
         let id = id.clone();
@@ -102,8 +103,9 @@ fn delayed(
     (),
     Response = String,
     Error = Infallible,
-    Future = impl std::future::Future<Output = Result<String, Infallible>> + Send,
-> + Send {
+    Future = impl std::future::Future<Output = Result<String, Infallible>> + Send + use<>,
+> + Send
+       + use<> {
     let id = ep.instance_id().to_owned();
     let delay = match id.strip_prefix("fast-") {
         Some(i) => Duration::from_millis(1 + i.parse::<u64>().unwrap() % 4),

@@ -105,12 +105,12 @@ impl Chaos {
 
     /// One random step.
     pub(crate) async fn tick(&mut self, resolver: &Resolver, keys: &[Key]) {
-        if let Some((core, at)) = self.core_down {
-            if Instant::now() >= at {
-                self.restart_core(core).await;
-                self.core_down = None;
-                self.kill_after = Instant::now() + KILL_QUIET;
-            }
+        if let Some((core, at)) = self.core_down
+            && Instant::now() >= at
+        {
+            self.restart_core(core).await;
+            self.core_down = None;
+            self.kill_after = Instant::now() + KILL_QUIET;
         }
         match self.rng.random_range(0..4) {
             0 if self.core_down.is_none() && Instant::now() >= self.kill_after => {

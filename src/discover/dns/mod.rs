@@ -418,12 +418,12 @@ impl DnsDiscovery {
         answer
             .srv
             .retain(|s| answer.targets.iter().any(|(t, _)| *t == s.target));
-        if answer.srv.is_empty() {
-            if let Some(e) = transient {
-                // Every target failed for a reason that may pass: keep the last
-                // good answer rather than report none.
-                return Err(e);
-            }
+        if answer.srv.is_empty()
+            && let Some(e) = transient
+        {
+            // Every target failed for a reason that may pass: keep the last
+            // good answer rather than report none.
+            return Err(e);
         }
         answer.ttl = answer
             .srv

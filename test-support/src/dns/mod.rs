@@ -200,10 +200,10 @@ impl Table {
             .get(&(name.to_owned(), rtype))
             .cloned()
             .unwrap_or_default();
-        if let Some((n, rng)) = &mut self.sample {
-            if answers.len() > *n {
-                answers = answers.choose_multiple(rng, *n).cloned().collect();
-            }
+        if let Some((n, rng)) = &mut self.sample
+            && answers.len() > *n
+        {
+            answers = answers.choose_multiple(rng, *n).cloned().collect();
         }
         let mut additionals = Vec::new();
         if self.additional && rtype == RecordType::SRV {
