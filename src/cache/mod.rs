@@ -112,16 +112,18 @@ impl Cache {
         let lru = evict::lru(config.capacity, config.idle_timeout, Arc::downgrade(&index));
         let seed = config.seed.unwrap_or_else(rand::random);
         let now = Instant::now();
+        let states = StateTable::default();
         let pick = PickContext {
             load: (config.selection == Selection::LeastLoaded)
                 .then(|| Arc::new(LoadTracker::new(&config.load, now))),
             slow_start: config.slow_start.clone(),
+            ejected: states.ejected(),
         };
         Cache {
             id: memo::cache_id(),
             source,
             counters: Counters::default(),
-            states: StateTable::default(),
+            states,
             index,
             lru,
             backoff: Backoff::new(config.backoff_base, config.backoff_max, seed),

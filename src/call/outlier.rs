@@ -307,6 +307,25 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_table_counts_its_ejected_endpoints() {
+        let d = OutlierDetector::new(OutlierOptions::default());
+        let t = StateTable::default();
+        let count = t.ejected();
+        let eps = set(8, &t);
+        let now = Instant::now();
+        assert!(!count.any());
+        fail(&d, &eps[0], 5, now);
+        fail(&d, &eps[1], 5, now);
+        assert!(eps[0].is_ejected() && eps[1].is_ejected() && count.any());
+        // One re-admitted when its time is up: the other still counts.
+        assert!(!d.is_ejected(eps[0].state(), now + Duration::from_secs(31)));
+        assert!(count.any());
+        // The other leaves with its answer while ejected: nothing counts any more.
+        drop(eps);
+        assert!(!count.any());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn share_cap_holds() {
         let d = OutlierDetector::new(OutlierOptions::default());
         let t = StateTable::default();

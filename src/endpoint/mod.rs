@@ -15,7 +15,7 @@ mod state;
 
 pub(crate) use parse::{ParseOptions, WarnOnce};
 use state::Identity;
-pub(crate) use state::{EndpointState, StateTable};
+pub(crate) use state::{EjectedCount, EndpointState, StateTable};
 
 /// One usable instance: where to connect, plus the attributes it was registered with.
 ///
@@ -77,6 +77,11 @@ impl EndpointData {
 
     pub(crate) fn state(&self) -> &Arc<EndpointState> {
         &self.state
+    }
+
+    /// The state, while this endpoint is its only holder (fresh from parsing).
+    pub(crate) fn state_mut(&mut self) -> Option<&mut EndpointState> {
+        Arc::get_mut(&mut self.state)
     }
 
     pub(crate) fn set_state(&mut self, state: Arc<EndpointState>) {

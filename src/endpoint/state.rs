@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::time::Instant;
@@ -49,9 +49,11 @@ pub(crate) struct EndpointState {
 /// One endpoint's ejection state, as outlier detection (`call/outlier.rs`) keeps it.
 #[derive(Debug)]
 pub(crate) struct Ejection {
-    /// Read by every warm pick; padded so that failure bookkeeping does not evict it
-    /// from readers' caches.
+    /// Read by every warm pick while any endpoint of the resolver is ejected; padded
+    /// so that failure bookkeeping does not evict it from readers' caches.
     ejected: CachePadded<AtomicBool>,
+    /// The resolver's count this flag adds to, once the endpoint is in its table.
+    count: Option<Arc<EjectedCount>>,
     /// Set while there are failures to forget or a probation to end, so a success
     /// on a healthy endpoint (the common case) writes nothing.
     pub(crate) dirty: AtomicBool,
@@ -75,6 +77,7 @@ impl EndpointState {
             name: name.into(),
             ejection: Ejection {
                 ejected: CachePadded::new(AtomicBool::new(false)),
+                count: None,
                 dirty: AtomicBool::new(false),
                 state: Mutex::new(EjectionState::default()),
             },
@@ -97,14 +100,52 @@ impl Ejection {
 
     /// Marks the endpoint ejected or admitted, as warm picks see it.
     pub(crate) fn set_ejected(&self, yes: bool) {
-        self.ejected.store(yes, Ordering::Relaxed);
+        if self.ejected.swap(yes, Ordering::Relaxed) != yes
+            && let Some(count) = &self.count
+        {
+            count.add(yes);
+        }
+    }
+}
+
+impl Drop for Ejection {
+    fn drop(&mut self) {
+        // An endpoint that leaves while ejected is no longer counted.
+        self.set_ejected(false);
+    }
+}
+
+/// How many of one resolver's endpoints are ejected now. While none is (nearly
+/// always), picks read no endpoint's flag: with 1,000 endpoints a pick would
+/// otherwise touch another endpoint's line each time, and those no longer fit the
+/// core's caches (`scaling/endpoints/1000`). Written only when an endpoint is
+/// ejected or re-admitted.
+#[derive(Debug, Default)]
+pub(crate) struct EjectedCount(CachePadded<AtomicUsize>);
+
+impl EjectedCount {
+    /// Whether any endpoint may be ejected: a relaxed load, like the flags it guards.
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) != 0
+    }
+
+    fn add(&self, ejected: bool) {
+        if ejected {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// Identity to state, so a new answer gets the state of the endpoints it shares with
 /// the last one. Weak: the answers own the state.
 #[derive(Debug, Default)]
-pub(crate) struct StateTable(Mutex<Table>);
+pub(crate) struct StateTable {
+    table: Mutex<Table>,
+    ejected: Arc<EjectedCount>,
+}
 
 #[derive(Debug, Default)]
 struct Table {
@@ -113,10 +154,15 @@ struct Table {
 }
 
 impl StateTable {
+    /// The count of this table's endpoints ejected now, for the pickers.
+    pub(crate) fn ejected(&self) -> Arc<EjectedCount> {
+        self.ejected.clone()
+    }
+
     /// Gives freshly parsed endpoints the state of the same endpoints in earlier
     /// answers, or registers their own; returns the indices of the new ones.
     pub(crate) fn attach(&self, items: &mut [EndpointData]) -> Vec<usize> {
-        let mut table = lock(&self.0);
+        let mut table = lock(&self.table);
         let mut new = Vec::new();
         for (i, data) in items.iter_mut().enumerate() {
             let id = data.identity();
@@ -124,6 +170,10 @@ impl StateTable {
                 Some(h) => data.set_state(h),
                 None => {
                     new.push(i);
+                    // Fresh from parsing, so not shared yet: it counts from here on.
+                    if let Some(state) = data.state_mut() {
+                        state.ejection.count = Some(self.ejected.clone());
+                    }
                     table.map.insert(id, Arc::downgrade(data.state()));
                 }
             }

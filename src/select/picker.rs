@@ -20,17 +20,19 @@ use tokio::time::Instant;
 use super::load::{two_of, LoadTracker};
 use super::slow_start::{Ramp, SlowStartOptions};
 use super::Selection;
-use crate::endpoint::{Endpoint, EndpointSet, EndpointState, SetRef};
+use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, SetRef};
 use crate::util::hash::splitmix64;
 use crate::util::pad::CachePadded;
 use crate::util::stripe::STRIPES;
 
 /// What every picker of a resolver shares: its load tracker (for
-/// `Selection::LeastLoaded` only) and the slow-start settings.
+/// `Selection::LeastLoaded` only), the slow-start settings and the count of ejected
+/// endpoints.
 #[derive(Debug, Clone)]
 pub(crate) struct PickContext {
     pub(crate) load: Option<Arc<LoadTracker>>,
     pub(crate) slow_start: SlowStartOptions,
+    pub(crate) ejected: Arc<EjectedCount>,
 }
 
 /// The endpoints of one answer with the selection's counters, per thread stripe.
@@ -40,6 +42,7 @@ pub(crate) struct Picker {
     cursors: [CachePadded<AtomicU64>; STRIPES],
     load: Option<Arc<LoadTracker>>,
     ramp: Option<Box<Ramp>>,
+    ejected: Arc<EjectedCount>,
 }
 
 /// A uniform number in [0, 1) from a random word.
@@ -66,6 +69,7 @@ impl Picker {
             cursors,
             load: ctx.load.clone(),
             ramp,
+            ejected: ctx.ejected.clone(),
         }
     }
 
@@ -117,9 +121,10 @@ impl Picker {
         let Some(load) = &self.load else {
             return a;
         };
+        let any_ejected = self.ejected.any();
         let cost = |i: usize| {
             let state = items[i].state();
-            if state.is_ejected() {
+            if any_ejected && state.is_ejected() {
                 return f64::INFINITY;
             }
             let c = load.cost(&state.load);
@@ -277,7 +282,11 @@ impl Picker {
     #[inline]
     pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
         let items = &self.set.items;
-        let i = self.choose(selection, seed, s, |i| items[i].state().is_ejected());
+        // While nothing is ejected (nearly always) no endpoint's flag is read.
+        let any_ejected = self.ejected.any();
+        let i = self.choose(selection, seed, s, |i| {
+            any_ejected && items[i].state().is_ejected()
+        });
         Endpoint::new(self.refs[s].clone(), i)
     }
 
