@@ -27,8 +27,16 @@
 //! (`test_support::backend`), each request carrying the latency drawn for it, on the
 //! real clock with two worker threads: what the simulation leaves out (sockets, the
 //! scheduler, timers firing late) is in these rows, and so is the machine's noise.
-//! About a minute under `cargo bench`; criterion's test mode runs `one_slow` with
-//! 128 calls, to show the rows work.
+//! Here each caller calls once every [`PERIOD`] (at once when its last call was
+//! late), so every balancer is offered the same 8,000 calls a second. Called back to
+//! back, as in the simulation, the load would depend on the balancer: one that keeps
+//! callers off the slow backend gets more calls through on the same two cores, and
+//! pays for them in CPU time and scheduling delay (round-robin had the lowest median
+//! with one slow backend of 8, because most of its callers sat waiting on that one).
+//! Each row is the median of [`ROUNDS`] runs, interleaved with the other balancers'
+//! so that the machine's slow moments fall on all of them. About a minute under
+//! `cargo bench`; criterion's test mode runs `one_slow` once with 128 calls, to show
+//! the rows work.
 //!
 //! **Pick cost** (criterion): `balance/pick/*` is one pick-and-call with a service
 //! that answers at once: `least_loaded` is `Resolver::call` with
@@ -67,6 +75,11 @@ const CALLS: u64 = 4_000;
 const WARM_UP: u64 = 1_000;
 const TOWER_DEFAULT_RTT: Duration = Duration::from_millis(30);
 const TOWER_DECAY: Duration = Duration::from_secs(10);
+/// On loopback, how often each caller calls: 64 callers offer 8,000 calls a second,
+/// a third of what two cores carry through this harness called back to back.
+const PERIOD: Duration = Duration::from_millis(8);
+/// On loopback, runs per row (the row is their median).
+const ROUNDS: usize = 3;
 
 /// Per backend, the latency range of its answers in microseconds: [lo, hi).
 #[derive(Debug, Clone, Copy)]
@@ -322,14 +335,21 @@ enum Mode {
     Loopback,
 }
 
-/// One run: call latencies in microseconds, sorted, and each backend's count.
-/// `calls` are measured after `warm_up`.
-fn run(
-    shape: Shape,
-    balancer: &str,
-    mode: Mode,
-    (warm_up, calls): (u64, u64),
-) -> (Vec<u64>, Vec<u64>) {
+/// What one run measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Figures {
+    /// Call latency percentiles in ms.
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    /// The last backend's share of every call, warm-up included.
+    last_share: f64,
+    /// Calls a second over the whole run, warm-up included.
+    rate: f64,
+}
+
+/// One run: `calls` measured after `warm_up`.
+fn run(shape: Shape, balancer: &str, mode: Mode, (warm_up, calls): (u64, u64)) -> Figures {
     let rt = match mode {
         Mode::Simulated => tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -341,18 +361,27 @@ fn run(
             .build(),
     }
     .expect("runtime");
-    let (latencies, backends) = rt.block_on(async {
+    let (latencies, backends, elapsed) = rt.block_on(async {
         let backends = match mode {
             Mode::Simulated => Backends::new(shape),
             Mode::Loopback => Backends::on_loopback(shape).await,
         };
+        let began = tokio::time::Instant::now();
         let issued = Arc::new(AtomicU64::new(0));
         let mut callers = tokio::task::JoinSet::new();
         let ours = selection(balancer).map(|s| resolver(&backends, s));
         let theirs: Option<SharedService> = ours
             .is_none()
             .then(|| Arc::new(tokio::sync::Mutex::new(tower_balancer(balancer, &backends))));
-        for _ in 0..CALLERS {
+        for caller in 0..CALLERS {
+            // Loopback callers start spread over one period and keep to it.
+            let mut pace = (mode == Mode::Loopback).then(|| {
+                let offset = PERIOD * caller as u32 / CALLERS as u32;
+                let mut pace =
+                    tokio::time::interval_at(tokio::time::Instant::now() + offset, PERIOD);
+                pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                pace
+            });
             let (ours, theirs, backends, issued) = (
                 ours.clone(),
                 theirs.clone(),
@@ -362,6 +391,9 @@ fn run(
             callers.spawn(async move {
                 let mut took = Vec::new();
                 loop {
+                    if let Some(pace) = &mut pace {
+                        pace.tick().await;
+                    }
                     let nth = issued.fetch_add(1, Ordering::Relaxed);
                     if nth >= warm_up + calls {
                         break;
@@ -393,16 +425,39 @@ fn run(
         while let Some(took) = callers.join_next().await {
             all.extend(took.expect("caller"));
         }
-        (all, backends)
+        (all, backends, began.elapsed())
     });
     let mut latencies = latencies;
     latencies.sort_unstable();
-    let served = backends
+    let served: Vec<u64> = backends
         .served
         .iter()
         .map(|c| c.load(Ordering::Relaxed))
         .collect();
-    (latencies, served)
+    let total: u64 = served.iter().sum();
+    Figures {
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+        p999: percentile(&latencies, 0.999),
+        last_share: *served.last().unwrap() as f64 / total as f64,
+        rate: total as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+/// Each figure's median over runs (the upper middle one of an even count).
+fn median(runs: &[Figures]) -> Figures {
+    let mid = |f: fn(&Figures) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Figures {
+        p50: mid(|f| f.p50),
+        p99: mid(|f| f.p99),
+        p999: mid(|f| f.p999),
+        last_share: mid(|f| f.last_share),
+        rate: mid(|f| f.rate),
+    }
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -410,35 +465,50 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1e3
 }
 
-/// Runs every shape and balancer in `mode`, prints the table and writes it to
+/// Runs every shape and balancer in `mode` `rounds` times (each row the median of
+/// its runs, the rounds interleaved), prints the table and writes it to
 /// `criterion/balance/<file>` for `scripts/bench-report`.
-fn table(mode: Mode, shapes: &[Shape], counts: (u64, u64), file: &str) {
-    let mut out: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
+fn table(mode: Mode, shapes: &[Shape], counts: (u64, u64), rounds: usize, file: &str) {
     let (warm_up, calls) = counts;
-    println!("balance, {mode:?}: {CALLERS} callers, {calls} calls measured after {warm_up}; ms");
+    let mut runs: BTreeMap<(&str, &str), Vec<Figures>> = BTreeMap::new();
+    for _ in 0..rounds {
+        for &shape in shapes {
+            for balancer in BALANCERS {
+                let figures = run(shape, balancer, mode, counts);
+                runs.entry((shape.name, balancer))
+                    .or_default()
+                    .push(figures);
+            }
+        }
+    }
     println!(
-        "{:<10} {:<20} {:>8} {:>8} {:>8} {:>11}",
-        "shape", "balancer", "p50", "p99", "p999", "last share"
+        "balance, {mode:?}: {CALLERS} callers, {calls} calls measured after {warm_up}, \
+         median of {rounds} run(s); ms"
     );
+    println!(
+        "{:<10} {:<20} {:>8} {:>8} {:>8} {:>11} {:>9}",
+        "shape", "balancer", "p50", "p99", "p999", "last share", "calls/s"
+    );
+    let mut out: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
     for &shape in shapes {
         for balancer in BALANCERS {
-            let (lat, served) = run(shape, balancer, mode, counts);
-            let total: u64 = served.iter().sum();
-            let last = *served.last().unwrap() as f64 / total as f64;
-            let (p50, p99, p999) = (
-                percentile(&lat, 0.5),
-                percentile(&lat, 0.99),
-                percentile(&lat, 0.999),
-            );
+            let f = median(&runs[&(shape.name, balancer)]);
             println!(
-                "{:<10} {:<20} {p50:>8.2} {p99:>8.2} {p999:>8.2} {:>10.2}%",
+                "{:<10} {:<20} {:>8.2} {:>8.2} {:>8.2} {:>10.2}% {:>9.0}",
                 shape.name,
                 balancer,
-                last * 100.0
+                f.p50,
+                f.p99,
+                f.p999,
+                f.last_share * 100.0,
+                f.rate
             );
             out.entry(shape.name.to_owned()).or_default().insert(
                 balancer.to_owned(),
-                serde_json::json!({ "p50": p50, "p99": p99, "p999": p999, "last_share": last }),
+                serde_json::json!({
+                    "p50": f.p50, "p99": f.p99, "p999": f.p999,
+                    "last_share": f.last_share, "calls_per_s": f.rate,
+                }),
             );
         }
     }
@@ -458,14 +528,21 @@ fn balance(c: &mut Criterion) {
         Mode::Simulated,
         &SHAPES,
         (WARM_UP, CALLS),
+        1,
         "simulation.json",
     );
     // On the real clock the loopback rows take about a minute; criterion's test mode
     // (`cargo test --benches`, no `--bench`) runs one shape briefly, to show they work.
     if std::env::args().any(|a| a == "--bench") {
-        table(Mode::Loopback, &SHAPES, (WARM_UP, CALLS), "loopback.json");
+        table(
+            Mode::Loopback,
+            &SHAPES,
+            (WARM_UP, CALLS),
+            ROUNDS,
+            "loopback.json",
+        );
     } else {
-        table(Mode::Loopback, &SHAPES[1..2], (64, 128), "loopback.json");
+        table(Mode::Loopback, &SHAPES[1..2], (64, 128), 1, "loopback.json");
     }
     let rt = runtime();
     let _enter = rt.enter();
