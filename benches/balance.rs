@@ -34,7 +34,9 @@
 //! pays for them in CPU time and scheduling delay (round-robin had the lowest median
 //! with one slow backend of 8, because most of its callers sat waiting on that one).
 //! Each row is the median of [`ROUNDS`] runs, interleaved with the other balancers'
-//! so that the machine's slow moments fall on all of them. About a minute under
+//! so that the machine's slow moments fall on all of them; the file also records how
+//! far each percentile moved between runs (`spread`), the noise `scripts/bench-report`
+//! allows when it compares two loopback rows. About a minute under
 //! `cargo bench`; criterion's test mode runs `one_slow` once with 128 calls, to show
 //! the rows work.
 //!
@@ -79,7 +81,7 @@ const TOWER_DECAY: Duration = Duration::from_secs(10);
 /// a third of what two cores carry through this harness called back to back.
 const PERIOD: Duration = Duration::from_millis(8);
 /// On loopback, runs per row (the row is their median).
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// Per backend, the latency range of its answers in microseconds: [lo, hi).
 #[derive(Debug, Clone, Copy)]
@@ -460,6 +462,17 @@ fn median(runs: &[Figures]) -> Figures {
     }
 }
 
+/// How far one percentile moved from run to run: (largest - smallest) / median.
+/// `scripts/bench-report` reads a difference between two loopback rows smaller
+/// than this as no difference.
+fn spread(runs: &[Figures], f: fn(&Figures) -> f64) -> f64 {
+    let v: Vec<f64> = runs.iter().map(f).collect();
+    let (lo, hi) = v.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &x| {
+        (lo.min(x), hi.max(x))
+    });
+    (hi - lo) / f(&median(runs))
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i] as f64 / 1e3
@@ -492,7 +505,8 @@ fn table(mode: Mode, shapes: &[Shape], counts: (u64, u64), rounds: usize, file: 
     let mut out: BTreeMap<String, BTreeMap<String, serde_json::Value>> = BTreeMap::new();
     for &shape in shapes {
         for balancer in BALANCERS {
-            let f = median(&runs[&(shape.name, balancer)]);
+            let r = &runs[&(shape.name, balancer)];
+            let f = median(r);
             println!(
                 "{:<10} {:<20} {:>8.2} {:>8.2} {:>8.2} {:>10.2}% {:>9.0}",
                 shape.name,
@@ -507,7 +521,12 @@ fn table(mode: Mode, shapes: &[Shape], counts: (u64, u64), rounds: usize, file: 
                 balancer.to_owned(),
                 serde_json::json!({
                     "p50": f.p50, "p99": f.p99, "p999": f.p999,
-                    "last_share": f.last_share, "calls_per_s": f.rate,
+                    "last_share": f.last_share, "calls_per_s": f.rate, "runs": r.len(),
+                    "spread": {
+                        "p50": spread(r, |f| f.p50),
+                        "p99": spread(r, |f| f.p99),
+                        "p999": spread(r, |f| f.p999),
+                    },
                 }),
             );
         }
