@@ -522,11 +522,12 @@ fn table(mode: Mode, shapes: &[Shape], counts: (u64, u64), rounds: usize, file: 
                 serde_json::json!({
                     "p50": f.p50, "p99": f.p99, "p999": f.p999,
                     "last_share": f.last_share, "calls_per_s": f.rate, "runs": r.len(),
-                    "spread": {
+                    // One run has no spread to speak of (the simulation is exact).
+                    "spread": (r.len() > 1).then(|| serde_json::json!({
                         "p50": spread(r, |f| f.p50),
                         "p99": spread(r, |f| f.p99),
                         "p999": spread(r, |f| f.p999),
-                    },
+                    })),
                 }),
             );
         }
