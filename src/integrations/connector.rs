@@ -104,3 +104,125 @@ impl ConnectorCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{lookup, Lookup};
+    use crate::{ErrorKind, HostMap, Instance, Resolver, StaticDiscovery};
+
+    #[tokio::test]
+    async fn lookup_orders_by_selection_and_keeps_ports() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let mut reg = StaticDiscovery::new();
+        for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
+            reg = reg.with_instance("shared", "web", Instance::new(id).ipv4(ip).port(port));
+        }
+        let resolver = Resolver::builder(reg).build().unwrap();
+        let hosts = HostMap::any();
+        let mut firsts = Vec::new();
+        for _ in 0..3 {
+            let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap()
+            else {
+                panic!("web.shared is a service");
+            };
+            assert_eq!(addrs.len(), 3);
+            let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+            // Rotations of the registry's order.
+            assert!([[1, 2, 3], [2, 3, 1], [3, 1, 2]]
+                .iter()
+                .any(|r| r[..] == ports[..]));
+            firsts.push(ports[0]);
+        }
+        firsts.sort_unstable();
+        assert_eq!(firsts, [1, 2, 3], "round-robin moves the first address");
+        assert!(matches!(
+            lookup(&resolver, &hosts, "nope.nowhere").await.unwrap(),
+            Lookup::PassThrough
+        ));
+        let strict = HostMap::namespaces(["shared"]);
+        let err = lookup(&resolver, &strict, "nope.shared").await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    }
+
+    /// With the default map, a registry namespace `example.com` gets no say over
+    /// `www.example.com`: the name passes through to the system's DNS.
+    #[tokio::test]
+    async fn registry_cannot_capture_external_hosts_by_default() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let reg = StaticDiscovery::new().with_instance(
+            "example.com",
+            "www",
+            Instance::new("trap").ipv4(ip).port(1),
+        );
+        let resolver = Resolver::builder(reg).build().unwrap();
+        assert!(matches!(
+            lookup(&resolver, &HostMap::default(), "www.example.com")
+                .await
+                .unwrap(),
+            Lookup::PassThrough
+        ));
+        assert!(
+            matches!(
+                lookup(&resolver, &HostMap::any(), "www.example.com")
+                    .await
+                    .unwrap(),
+                Lookup::Service(_)
+            ),
+            "the explicit opt-in still maps it"
+        );
+    }
+
+    /// Addresses handed to a connector pass the address policy, whatever the source.
+    #[tokio::test]
+    async fn connector_addresses_pass_the_policy() {
+        let reg = StaticDiscovery::new()
+            .with_instance(
+                "shared",
+                "web",
+                Instance::new("a")
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1),
+            )
+            .with_instance(
+                "shared",
+                "web",
+                Instance::new("b")
+                    .ipv4("127.0.0.2".parse().unwrap())
+                    .port(2),
+            );
+        let opts = crate::ResolverOptions {
+            address_policy: crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap()),
+            ..Default::default()
+        };
+        let resolver = Resolver::builder(reg).options(opts).build().unwrap();
+        let hosts = HostMap::namespaces(["shared"]);
+        let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap() else {
+            panic!("a service");
+        };
+        assert_eq!(addrs, ["127.0.0.2:2".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn ejected_endpoints_come_last() {
+        let ip = "127.0.0.1".parse().unwrap();
+        let reg = StaticDiscovery::new()
+            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+            .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2))
+            .with_instance("shared", "web", Instance::new("c").ipv4(ip).port(3));
+        let resolver = Resolver::builder(reg).build().unwrap();
+        let all = resolver.resolve_all("shared", "web").await.unwrap();
+        for _ in 0..5 {
+            resolver.report(&all[1], crate::Outcome::Failure);
+        }
+        assert!(all[1].is_ejected());
+        for _ in 0..3 {
+            let Lookup::Service(addrs) = lookup(&resolver, &HostMap::any(), "web.shared")
+                .await
+                .unwrap()
+            else {
+                panic!("a service");
+            };
+            assert_eq!(addrs.last().unwrap().port(), 2, "{addrs:?}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! HTTP client integrations: which host names are services ([`HostMap`]), which
-//! requests fail over ([`FailoverPolicy`]), and the address lists handed to connectors.
+//! Client integrations: which host names are services (`host_map.rs`), which
+//! requests fail over (`policy.rs`), and the address lists handed to connectors
+//! (`connector.rs`).
 //!
 //! Each client library has its own file, compiled with its feature: `reqwest.rs`
 //! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient)),
@@ -8,20 +9,14 @@
 //! `measured.rs` (its services measured as `LeastLoaded` measures, for tower's
 //! balancers) and `grpc.rs` (a tonic `Channel` fed from one).
 
-// `HostMap` serves the HTTP integrations; with `tonic` alone it is compiled unused.
-#![cfg_attr(
-    not(any(feature = "reqwest", feature = "hyper", feature = "tower")),
-    allow(dead_code, unreachable_pub)
-)]
-
-use std::fmt;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use crate::error::ErrorKind;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-use crate::{error::Error, resolver::Resolver};
+use crate::{
+    error::{Error, ErrorKind},
+    resolver::Resolver,
+};
 
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
 mod connector;
@@ -40,166 +35,16 @@ pub(crate) mod reqwest;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
 
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+mod host_map;
+#[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
+pub use host_map::HostMap;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 mod policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use policy::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub(crate) use policy::{destination, finish, Failed};
-
-type MapFn = dyn Fn(&str) -> Option<(String, String)> + Send + Sync;
-
-/// Which host names are Cloud Map services, and which namespace and service each one
-/// names. Names that are not services go to the system's DNS resolver unchanged.
-///
-/// The default maps no name at all: list your namespaces with
-/// [`namespaces`](Self::namespaces), so that only names under them are looked up in
-/// the registry. [`any`](Self::any) lets the registry claim every dotted name,
-/// public ones included, and is an explicit opt-in.
-///
-/// Host names are matched as the URL parser left them (lowercase for `http` and
-/// `https` URLs), without a trailing dot. An IP address literal is never a service,
-/// whatever the rule and however it is spelt (`10.1.2.3`, `2852039166`,
-/// `0xa9fea9fe`, `0251.0376.0251.0376`, `[::1]`): a host with a colon or bracket, or
-/// whose last label is a number (decimal, octal or `0x` hex, which URL parsers read
-/// as IPv4), goes to the client unchanged and never reaches the registry.
-///
-/// # Examples
-///
-/// ```
-/// use cloudmap_resolver::HostMap;
-///
-/// let listed = HostMap::namespaces(["shared"]);
-/// assert_eq!(listed.service("web.shared."), Some(("shared".into(), "web".into())));
-/// assert_eq!(listed.service("www.example.com"), None);
-///
-/// assert_eq!(HostMap::default().service("web.shared"), None, "nothing until listed");
-///
-/// let any = HostMap::any();
-/// assert_eq!(any.service("api.prod.internal"), Some(("prod.internal".into(), "api".into())));
-/// assert_eq!(any.service("localhost"), None);
-/// assert_eq!(any.service("10.1.2.3"), None, "an address is never a service");
-///
-/// let custom = HostMap::from_fn(|host| {
-///     let svc = host.strip_suffix(".svc.local")?;
-///     Some(("shared".to_owned(), svc.to_owned()))
-/// });
-/// assert_eq!(custom.service("web.svc.local"), Some(("shared".into(), "web".into())));
-/// ```
-#[cfg_attr(
-    docsrs,
-    doc(cfg(any(feature = "reqwest", feature = "hyper", feature = "tower")))
-)]
-#[derive(Clone)]
-pub struct HostMap(Rule);
-
-#[derive(Clone)]
-enum Rule {
-    Any,
-    Namespaces(Arc<[String]>),
-    Fn(Arc<MapFn>),
-}
-
-impl HostMap {
-    /// Every name with a dot is tried as `service.namespace` (the first label is the
-    /// service, the rest the namespace, as Cloud Map names DNS records); names the
-    /// registry does not know (namespace or service not found, or not a valid Cloud
-    /// Map name) then go to the system's DNS resolver. Names without a dot, such as
-    /// `localhost`, go there directly.
-    ///
-    /// **Warning**: the registry then decides where every dotted name goes. A
-    /// namespace named like a public domain (`example.com`, created by anyone who can
-    /// create namespaces in the account) captures requests for
-    /// `http://www.example.com/`, credentials and all. Prefer
-    /// [`namespaces`](Self::namespaces); use this only when every client request is
-    /// for a service. Each name that is not a service also costs one registry call
-    /// per [`negative_ttl`](crate::ResolverOptions::negative_ttl), and a registry
-    /// outage fails it.
-    pub fn any() -> Self {
-        HostMap(Rule::Any)
-    }
-
-    /// Only `service.namespace` for the given namespaces (compared without regard to
-    /// ASCII case); every other name goes to the system's DNS resolver without asking
-    /// the registry. An empty list is the [default](Self::default): no name is a
-    /// service.
-    pub fn namespaces<I, S>(namespaces: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let list: Vec<String> = namespaces
-            .into_iter()
-            .map(|s| s.into().trim_end_matches('.').to_ascii_lowercase())
-            .collect();
-        HostMap(Rule::Namespaces(list.into()))
-    }
-
-    /// Your own rule: `Some((namespace, service))` for a service, `None` for a name
-    /// that goes to the system's DNS resolver. It receives the name without a trailing
-    /// dot.
-    pub fn from_fn(f: impl Fn(&str) -> Option<(String, String)> + Send + Sync + 'static) -> Self {
-        HostMap(Rule::Fn(Arc::new(f)))
-    }
-
-    /// The `(namespace, service)` that `host` names, or `None` when it is not a service
-    /// (always `None` for an IP address literal).
-    pub fn service(&self, host: &str) -> Option<(String, String)> {
-        let host = host.strip_suffix('.').unwrap_or(host);
-        if is_ip_literal(host) {
-            return None;
-        }
-        match &self.0 {
-            Rule::Any => {
-                let (svc, ns) = host.split_once('.')?;
-                (!svc.is_empty() && !ns.is_empty()).then(|| (ns.to_owned(), svc.to_owned()))
-            }
-            Rule::Namespaces(list) => {
-                let (svc, ns) = host.split_once('.')?;
-                (!svc.is_empty() && list.iter().any(|n| n.eq_ignore_ascii_case(ns)))
-                    .then(|| (ns.to_owned(), svc.to_owned()))
-            }
-            Rule::Fn(f) => f(host),
-        }
-    }
-
-    /// Whether a registry answer of `kind` for a mapped name means "not a service
-    /// after all": only under [`any`](Self::any), which guesses.
-    pub(crate) fn falls_through(&self, kind: ErrorKind) -> bool {
-        matches!(self.0, Rule::Any)
-            && matches!(
-                kind,
-                ErrorKind::NamespaceNotFound | ErrorKind::ServiceNotFound | ErrorKind::InvalidInput
-            )
-    }
-}
-
-/// No name is a service until you say which: `HostMap::namespaces` with an empty list.
-impl Default for HostMap {
-    fn default() -> Self {
-        HostMap(Rule::Namespaces(Arc::from([])))
-    }
-}
-
-/// Whether `host` (without a trailing dot) is an IP address literal in some spelling,
-/// judged the way the WHATWG URL parser decides to read a host as IPv4: its last
-/// label is a number (decimal, octal with a leading 0, or `0x` hex). Such a host is
-/// read as an address (or rejected) by URL parsers and by `inet_aton`, so it must
-/// never be taken for a service name. IPv6 literals hold a colon (or come bracketed).
-fn is_ip_literal(host: &str) -> bool {
-    if host.contains(':') || host.starts_with('[') {
-        return true;
-    }
-    let last = host.rsplit('.').next().unwrap_or(host);
-    if last.is_empty() {
-        return false;
-    }
-    let hex = last.strip_prefix("0x").or_else(|| last.strip_prefix("0X"));
-    match hex {
-        Some(digits) => digits.bytes().all(|b| b.is_ascii_hexdigit()),
-        None => last.bytes().all(|b| b.is_ascii_digit()),
-    }
-}
 
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 /// The address to send a request for `host` to, as the resolver's
@@ -234,226 +79,4 @@ pub(crate) async fn permitted_address(resolver: &Resolver, host: &str) -> Result
             format!("{host} resolved to no address"),
         ),
     })
-}
-
-impl fmt::Debug for HostMap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            Rule::Any => f.write_str("HostMap::any()"),
-            Rule::Namespaces(list) => f.debug_tuple("HostMap::namespaces").field(list).finish(),
-            Rule::Fn(_) => f.write_str("HostMap::from_fn(..)"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    #[cfg(any(feature = "reqwest", feature = "hyper"))]
-    use crate::{Instance, Resolver, StaticDiscovery};
-    #[cfg(any(feature = "reqwest", feature = "hyper"))]
-    use connector::{lookup, Lookup};
-
-    #[test]
-    fn any_splits_at_the_first_dot() {
-        let m = HostMap::any();
-        assert_eq!(
-            m.service("web.shared"),
-            Some(("shared".into(), "web".into()))
-        );
-        assert_eq!(
-            m.service("web.shared."),
-            Some(("shared".into(), "web".into()))
-        );
-        assert_eq!(m.service("a.b.c"), Some(("b.c".into(), "a".into())));
-        for not in ["localhost", ".shared", "web.", ""] {
-            assert_eq!(m.service(not), None, "{not:?}");
-        }
-        assert!(m.falls_through(ErrorKind::ServiceNotFound));
-        assert!(!m.falls_through(ErrorKind::Unavailable));
-    }
-
-    /// IP literals in any spelling are never services, whatever the rule: a request
-    /// for `http://10.1.2.3/` must not ask the registry for namespace `1.2.3`.
-    #[test]
-    fn ip_literals_are_never_service_names() {
-        let rules = [
-            HostMap::any(),
-            HostMap::namespaces(["1.2.3", "254.169.254", "0.0", "0x7f", "0376.0251.0376"]),
-            HostMap::from_fn(|h| Some(("shared".into(), h.into()))),
-        ];
-        let literals = [
-            "10.1.2.3",
-            "169.254.169.254",
-            "169.254.169.254.",
-            "2852039166",
-            "0xa9fea9fe",
-            "0XA9FEA9FE",
-            "0251.0376.0251.0376",
-            "0xa9.0xfe.0xa9.0xfe",
-            "0.0.0.0",
-            "127.1",
-            "[::1]",
-            "::1",
-            "[fd00:ec2::254]",
-            "[::ffff:169.254.169.254]",
-        ];
-        for m in &rules {
-            for host in literals {
-                assert_eq!(m.service(host), None, "{m:?} mapped {host}");
-            }
-            assert!(m.service("web.shared").is_some() || matches!(m.0, Rule::Namespaces(_)));
-        }
-        // Names that merely hold digits are still names.
-        assert!(HostMap::any().service("web1.ns-2").is_some());
-        assert!(HostMap::any().service("10.shared").is_some());
-    }
-
-    /// The default maps nothing: a namespace named like a public domain cannot
-    /// capture `www.example.com` unless the caller opts in.
-    #[test]
-    fn default_maps_no_name() {
-        let m = HostMap::default();
-        for host in ["web.shared", "www.example.com", "a.b.c"] {
-            assert_eq!(m.service(host), None, "{host}");
-        }
-        assert!(!m.falls_through(ErrorKind::ServiceNotFound));
-        assert_eq!(format!("{m:?}"), "HostMap::namespaces([])");
-    }
-
-    #[test]
-    fn namespaces_match_only_listed_ones() {
-        let m = HostMap::namespaces(["Shared", "prod.internal."]);
-        assert_eq!(
-            m.service("web.shared"),
-            Some(("shared".into(), "web".into()))
-        );
-        assert_eq!(
-            m.service("api.prod.internal"),
-            Some(("prod.internal".into(), "api".into()))
-        );
-        assert_eq!(m.service("web.other"), None);
-        assert_eq!(m.service("shared"), None);
-        assert!(!m.falls_through(ErrorKind::ServiceNotFound));
-    }
-
-    #[cfg(any(feature = "reqwest", feature = "hyper"))]
-    #[tokio::test]
-    async fn lookup_orders_by_selection_and_keeps_ports() {
-        let ip = "127.0.0.1".parse().unwrap();
-        let mut reg = StaticDiscovery::new();
-        for (id, port) in [("a", 1), ("b", 2), ("c", 3)] {
-            reg = reg.with_instance("shared", "web", Instance::new(id).ipv4(ip).port(port));
-        }
-        let resolver = Resolver::builder(reg).build().unwrap();
-        let hosts = HostMap::any();
-        let mut firsts = Vec::new();
-        for _ in 0..3 {
-            let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap()
-            else {
-                panic!("web.shared is a service");
-            };
-            assert_eq!(addrs.len(), 3);
-            let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
-            // Rotations of the registry's order.
-            assert!([[1, 2, 3], [2, 3, 1], [3, 1, 2]]
-                .iter()
-                .any(|r| r[..] == ports[..]));
-            firsts.push(ports[0]);
-        }
-        firsts.sort_unstable();
-        assert_eq!(firsts, [1, 2, 3], "round-robin moves the first address");
-        assert!(matches!(
-            lookup(&resolver, &hosts, "nope.nowhere").await.unwrap(),
-            Lookup::PassThrough
-        ));
-        let strict = HostMap::namespaces(["shared"]);
-        let err = lookup(&resolver, &strict, "nope.shared").await.unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
-    }
-
-    /// With the default map, a registry namespace `example.com` gets no say over
-    /// `www.example.com`: the name passes through to the system's DNS.
-    #[cfg(any(feature = "reqwest", feature = "hyper"))]
-    #[tokio::test]
-    async fn registry_cannot_capture_external_hosts_by_default() {
-        let ip = "127.0.0.1".parse().unwrap();
-        let reg = StaticDiscovery::new().with_instance(
-            "example.com",
-            "www",
-            Instance::new("trap").ipv4(ip).port(1),
-        );
-        let resolver = Resolver::builder(reg).build().unwrap();
-        assert!(matches!(
-            lookup(&resolver, &HostMap::default(), "www.example.com")
-                .await
-                .unwrap(),
-            Lookup::PassThrough
-        ));
-        assert!(
-            matches!(
-                lookup(&resolver, &HostMap::any(), "www.example.com")
-                    .await
-                    .unwrap(),
-                Lookup::Service(_)
-            ),
-            "the explicit opt-in still maps it"
-        );
-    }
-
-    /// Addresses handed to a connector pass the address policy, whatever the source.
-    #[cfg(any(feature = "reqwest", feature = "hyper"))]
-    #[tokio::test]
-    async fn connector_addresses_pass_the_policy() {
-        let reg = StaticDiscovery::new()
-            .with_instance(
-                "shared",
-                "web",
-                Instance::new("a")
-                    .ipv4("127.0.0.1".parse().unwrap())
-                    .port(1),
-            )
-            .with_instance(
-                "shared",
-                "web",
-                Instance::new("b")
-                    .ipv4("127.0.0.2".parse().unwrap())
-                    .port(2),
-            );
-        let opts = crate::ResolverOptions {
-            address_policy: crate::AddressPolicy::default().deny("127.0.0.1/32".parse().unwrap()),
-            ..Default::default()
-        };
-        let resolver = Resolver::builder(reg).options(opts).build().unwrap();
-        let hosts = HostMap::namespaces(["shared"]);
-        let Lookup::Service(addrs) = lookup(&resolver, &hosts, "web.shared").await.unwrap() else {
-            panic!("a service");
-        };
-        assert_eq!(addrs, ["127.0.0.2:2".parse().unwrap()]);
-    }
-
-    #[cfg(any(feature = "reqwest", feature = "hyper"))]
-    #[tokio::test]
-    async fn ejected_endpoints_come_last() {
-        let ip = "127.0.0.1".parse().unwrap();
-        let reg = StaticDiscovery::new()
-            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
-            .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2))
-            .with_instance("shared", "web", Instance::new("c").ipv4(ip).port(3));
-        let resolver = Resolver::builder(reg).build().unwrap();
-        let all = resolver.resolve_all("shared", "web").await.unwrap();
-        for _ in 0..5 {
-            resolver.report(&all[1], crate::Outcome::Failure);
-        }
-        assert!(all[1].is_ejected());
-        for _ in 0..3 {
-            let Lookup::Service(addrs) = lookup(&resolver, &HostMap::any(), "web.shared")
-                .await
-                .unwrap()
-            else {
-                panic!("a service");
-            };
-            assert_eq!(addrs.last().unwrap().port(), 2, "{addrs:?}");
-        }
-    }
 }
