@@ -13,8 +13,7 @@ use aws_sdk_servicediscovery as sd;
 use sd::types::ServiceFilterName;
 use sd::types::{FilterCondition, NamespaceFilter, NamespaceFilterName, ServiceFilter};
 
-use super::operation::{send_retrying, Deadline};
-use crate::discover::cloud_map::map_error;
+use super::operation::{send_sdk, Deadline};
 use crate::error::{Error, ErrorKind};
 
 /// Pages of ListNamespaces or ListServices read before giving up.
@@ -52,15 +51,20 @@ pub(crate) async fn service_ids(
             .values(namespace_id.as_str())
             .build()
             .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "ListServices filter", e))?;
-        let out = send_retrying("ListServices", deadline, seed ^ page as u64, || async {
-            client
-                .list_services()
-                .filters(filter.clone())
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| map_error("ListServices", endpoint, e))
-        })
+        let out = send_sdk(
+            "ListServices",
+            endpoint,
+            deadline,
+            seed ^ page as u64,
+            || async {
+                client
+                    .list_services()
+                    .filters(filter.clone())
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+            },
+        )
         .await?;
         // The summaries do not say their namespace, and a registry that ignores the
         // filter lists every namespace's services: GetService confirms a candidate.
@@ -74,13 +78,8 @@ pub(crate) async fn service_ids(
                 None => s.id(),
             });
         for id in candidates {
-            let got = send_retrying("GetService", deadline, seed, || async {
-                client
-                    .get_service()
-                    .id(id)
-                    .send()
-                    .await
-                    .map_err(|e| map_error("GetService", endpoint, e))
+            let got = send_sdk("GetService", endpoint, deadline, seed, || async {
+                client.get_service().id(id).send().await
             })
             .await?;
             if let Some(s) = got
@@ -122,15 +121,20 @@ async fn namespace_id(
         .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "ListNamespaces filter", e))?;
     let mut token: Option<String> = None;
     for page in 0..MAX_PAGES {
-        let out = send_retrying("ListNamespaces", deadline, seed ^ page as u64, || async {
-            client
-                .list_namespaces()
-                .filters(filter.clone())
-                .set_next_token(token.clone())
-                .send()
-                .await
-                .map_err(|e| map_error("ListNamespaces", endpoint, e))
-        })
+        let out = send_sdk(
+            "ListNamespaces",
+            endpoint,
+            deadline,
+            seed ^ page as u64,
+            || async {
+                client
+                    .list_namespaces()
+                    .filters(filter.clone())
+                    .set_next_token(token.clone())
+                    .send()
+                    .await
+            },
+        )
         .await?;
         let found = out.namespaces().iter().find(|n| {
             let http_name = n

@@ -10,6 +10,7 @@ use std::time::Duration;
 use aws_sdk_servicediscovery as sd;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use sd::error::{ProvideErrorMetadata, SdkError};
 use sd::types::OperationStatus;
 use tokio::time::Instant;
 
@@ -160,6 +161,28 @@ where
     }
 }
 
+/// [`send_retrying`] for one SDK request named `what`, its errors mapped under the
+/// same name (for `endpoint`), so that a request is named once.
+pub(crate) async fn send_sdk<T, E, R, F, Fut>(
+    what: &'static str,
+    endpoint: &str,
+    deadline: &Deadline<'_>,
+    seed: u64,
+    mut send: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    send_retrying(what, deadline, seed, || {
+        let sent = send();
+        async move { sent.await.map_err(|e| map_error(what, endpoint, e)) }
+    })
+    .await
+}
+
 /// Polls GetOperation until the operation is `SUCCESS` (`Ok`) or `FAIL`
 /// ([`OperationFailed`](ErrorKind::OperationFailed)), backing off between polls, up to
 /// [`MAX_POLLS`] polls and within the deadline.
@@ -174,8 +197,9 @@ pub(crate) async fn wait_operation(
 ) -> Result<(), Error> {
     let mut backoff = Backoff::for_polls(seed);
     for poll in 1..=MAX_POLLS {
-        let op = send_retrying(
+        let op = send_sdk(
             "GetOperation",
+            endpoint,
             deadline,
             seed.wrapping_add(u64::from(poll)),
             || async {
@@ -185,7 +209,6 @@ pub(crate) async fn wait_operation(
                     .set_owner_account(owner.map(str::to_owned))
                     .send()
                     .await
-                    .map_err(|e| map_error("GetOperation", endpoint, e))
             },
         )
         .await?;

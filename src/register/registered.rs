@@ -8,9 +8,8 @@ use aws_sdk_servicediscovery as sd;
 use sd::types::CustomHealthStatus;
 
 use super::lookup::ServiceIds;
-use super::operation::{send_retrying, wait_operation, Deadline};
+use super::operation::{send_sdk, wait_operation, Deadline};
 use super::Writer;
-use crate::discover::cloud_map::map_error;
 use crate::discover::instance::HealthStatus;
 use crate::error::{Error, ErrorKind};
 
@@ -180,8 +179,9 @@ impl Registered {
         }
         let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
-        send_retrying(
+        send_sdk(
             "UpdateInstanceCustomHealthStatus",
+            endpoint,
             &deadline,
             self.seed,
             || async {
@@ -192,7 +192,6 @@ impl Registered {
                     .status(status.clone())
                     .send()
                     .await
-                    .map_err(|e| map_error("UpdateInstanceCustomHealthStatus", endpoint, e))
             },
         )
         .await?;
@@ -222,15 +221,20 @@ impl Registered {
     pub async fn drain(&self, wait: Duration) -> Result<Drained, Error> {
         let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
-        let sent = send_retrying("DeregisterInstance", &deadline, self.seed, || async {
-            client
-                .deregister_instance()
-                .service_id(&self.ids.service_id)
-                .instance_id(&self.instance_id)
-                .send()
-                .await
-                .map_err(|e| map_error("DeregisterInstance", endpoint, e))
-        })
+        let sent = send_sdk(
+            "DeregisterInstance",
+            endpoint,
+            &deadline,
+            self.seed,
+            || async {
+                client
+                    .deregister_instance()
+                    .service_id(&self.ids.service_id)
+                    .instance_id(&self.instance_id)
+                    .send()
+                    .await
+            },
+        )
         .await;
         let operation_id = match sent {
             Ok(out) => out.operation_id().map(str::to_owned),

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use super::attributes::{check_attributes, check_instance_id, ATTR_INIT_HEALTH};
 use super::lookup::service_ids;
-use super::operation::{send_retrying, wait_operation, Deadline};
+use super::operation::{send_sdk, wait_operation, Deadline};
 use super::registered::Registered;
 use super::Writer;
-use crate::discover::cloud_map::map_error;
 use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
 use crate::discover::names::{check_namespace, check_owner_account, check_service};
 use crate::error::{Error, ErrorKind};
@@ -281,7 +280,7 @@ impl Registration {
         }
         // One id for every retry of this registration: Cloud Map runs it once.
         let creator_request_id = format!("cmr-{:032x}", rand::random::<u128>());
-        let out = send_retrying("RegisterInstance", &deadline, seed, || async {
+        let out = send_sdk("RegisterInstance", endpoint, &deadline, seed, || async {
             client
                 .register_instance()
                 .service_id(&ids.service_id)
@@ -290,7 +289,6 @@ impl Registration {
                 .set_attributes(Some(self.attributes.clone().into_iter().collect()))
                 .send()
                 .await
-                .map_err(|e| map_error("RegisterInstance", endpoint, e))
         })
         .await?;
         let operation_id = out.operation_id().ok_or_else(|| {
