@@ -117,7 +117,7 @@ pub use cache::pacing::RateLimit;
 pub use call::budget::RetryBudgetOptions;
 pub use call::error::{Attempt, AttemptError, CallError, CallStop};
 pub use call::lease::Lease;
-pub use call::outlier::{Outcome, OutlierOptions};
+pub use endpoint::outlier::{Outcome, OutlierOptions};
 pub use call::{Call, CallOptions, MAX_ATTEMPTS};
 pub use discover::cloud_map::CloudMapDiscovery;
 pub use discover::dns::{
@@ -129,11 +129,11 @@ pub use discover::instance::{
 };
 pub use discover::static_registry::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
-pub use endpoint::policy::{AddressPolicy, Cidr};
+pub use endpoint::address_policy::{AddressPolicy, Cidr};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};
 #[cfg(feature = "tower")]
-pub use integrations::discover::WatchDiscover;
+pub use integrations::tower_discover::WatchDiscover;
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
 #[cfg(feature = "tonic")]
@@ -154,7 +154,7 @@ pub use register::registered::{Drained, Registered};
 pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
-pub use select::load::LoadOptions;
+pub use endpoint::load::LoadOptions;
 pub use select::slow_start::SlowStartOptions;
 pub use select::Selection;
 pub use stats::Stats;

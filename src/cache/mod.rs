@@ -23,21 +23,19 @@ use crate::discover::health_filter::HealthFilter;
 use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointState, ParseOptions, StateTable};
 use crate::error::{Error, ErrorKind};
-use crate::select::load::{LoadOptions, LoadTracker};
+use crate::endpoint::load::{LoadOptions, LoadTracker};
 use crate::select::slow_start::SlowStartOptions;
 use crate::select::{PickContext, Selection};
 use crate::stats::Counters;
 use crate::util::stripe::stripe;
 
-mod backoff;
 #[cfg(feature = "metrics")]
 mod census;
-mod cold_pace;
 mod evict;
 mod fetch;
 mod index;
 pub(crate) mod key;
-mod load;
+mod cold;
 mod memo;
 pub(crate) mod pacing;
 mod refresher;
@@ -45,7 +43,7 @@ mod slot;
 mod snapshot;
 mod watched;
 
-use backoff::Backoff;
+use pacing::Backoff;
 use index::Index;
 use key::KeyRef;
 use pacing::{Limiter, RateLimit};

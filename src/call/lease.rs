@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::outlier::{Outcome, OutlierDetector};
 use crate::endpoint::Endpoint;
-use crate::select::load::LoadTracker;
+use crate::endpoint::load::LoadTracker;
 
 /// An endpoint picked for your own I/O: derefs to [`Endpoint`], counts one request
 /// in flight on it, and [`finish`](Self::finish) records how long it took and how it

@@ -21,14 +21,13 @@ use crate::cache::Cache;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
-use crate::select::load::InFlight;
+use crate::endpoint::load::InFlight;
 use crate::stats::{bump, Counters};
 use crate::util::time::after;
 
 pub(crate) mod budget;
 pub(crate) mod error;
 pub(crate) mod lease;
-pub(crate) mod outlier;
 
 use budget::RetryBudget;
 use error::{Attempt, AttemptError, CallError, CallStop};

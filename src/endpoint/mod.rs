@@ -10,7 +10,8 @@ use crate::util::pad::CachePadded;
 
 pub(crate) mod load;
 mod parse;
-pub(crate) mod policy;
+pub(crate) mod address_policy;
+pub(crate) mod outlier;
 mod state;
 
 pub(crate) use parse::{ParseOptions, WarnOnce};

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use super::policy::{ends_in_number, parse_ip_literal, AddressPolicy};
+use super::address_policy::{ends_in_number, parse_ip_literal, AddressPolicy};
 use super::state::EndpointState;
 use super::{Describe, EndpointData};
 use crate::discover::instance::{

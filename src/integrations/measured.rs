@@ -18,11 +18,11 @@ use tower::load::Load;
 use tower::Service;
 
 use crate::call::lease::Lease;
-use crate::call::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::outlier::{Outcome, OutlierDetector};
 use crate::endpoint::Endpoint;
-use crate::integrations::discover::WatchDiscover;
+use crate::integrations::tower_discover::WatchDiscover;
 use crate::resolver::Resolver;
-use crate::select::load::LoadTracker;
+use crate::endpoint::load::LoadTracker;
 
 /// One endpoint's service, measured: its `tower::load::Load` is the endpoint's cost
 /// as [`Selection::LeastLoaded`](crate::Selection::LeastLoaded) computes it

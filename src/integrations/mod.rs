@@ -1,11 +1,11 @@
 //! Client integrations: which host names are services (`host_map.rs`), which
-//! requests fail over (`policy.rs`), and the address lists handed to connectors
+//! requests fail over (`failover_policy.rs`), and the address lists handed to connectors
 //! (`connector.rs`).
 //!
 //! Each client library has its own file, compiled with its feature: `reqwest.rs`
 //! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient)),
 //! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`). Change
-//! streams: `discover.rs` (a `Watch` as a `tower::discover::Discover`),
+//! streams: `tower_discover.rs` (a `Watch` as a `tower::discover::Discover`),
 //! `measured.rs` (its services measured as `LeastLoaded` measures, for tower's
 //! balancers) and `grpc.rs` (a tonic `Channel` fed from one).
 
@@ -21,7 +21,7 @@ use crate::{
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
 mod connector;
 #[cfg(feature = "tower")]
-pub(crate) mod discover;
+pub(crate) mod tower_discover;
 #[cfg(feature = "reqwest")]
 pub(crate) mod failover_client;
 #[cfg(feature = "tonic")]
@@ -40,11 +40,11 @@ mod host_map;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 pub use host_map::HostMap;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-mod policy;
+mod failover_policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-pub use policy::FailoverPolicy;
+pub use failover_policy::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-pub(crate) use policy::{destination, finish, Failed};
+pub(crate) use failover_policy::{destination, finish, Failed};
 
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 /// The address to send a request for `host` to, as the resolver's

@@ -11,7 +11,7 @@ use http::uri::{Authority, Uri};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
-use super::policy::authority;
+use super::failover_policy::authority;
 use super::{destination, finish, Failed, FailoverPolicy, HostMap};
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;

@@ -7,11 +7,11 @@ use super::options::ResolverOptions;
 use super::Resolver;
 use crate::cache::pacing::RateLimit;
 use crate::call::budget::RetryBudgetOptions;
-use crate::call::outlier::OutlierOptions;
+use crate::endpoint::outlier::OutlierOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
-use crate::endpoint::policy::AddressPolicy;
+use crate::endpoint::address_policy::AddressPolicy;
 use crate::error::Error;
 use crate::select::Selection;
 

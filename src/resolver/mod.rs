@@ -13,7 +13,7 @@ use crate::cache::key::{Key, KeyRef};
 use crate::cache::Cache;
 use crate::call::budget::RetryBudget;
 use crate::call::lease::Lease;
-use crate::call::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::outlier::{Outcome, OutlierDetector};
 use crate::call::{Call, CallContext, MAX_ATTEMPTS};
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
@@ -294,9 +294,9 @@ impl Resolver {
     /// requests), else a tracker of its own with the resolver's load settings; and
     /// the resolver's outlier detection.
     #[cfg(feature = "tower")]
-    pub(crate) fn measure(&self) -> (Arc<crate::select::load::LoadTracker>, Arc<OutlierDetector>) {
+    pub(crate) fn measure(&self) -> (Arc<crate::endpoint::load::LoadTracker>, Arc<OutlierDetector>) {
         let load = self.cache.load_tracker().cloned().unwrap_or_else(|| {
-            Arc::new(crate::select::load::LoadTracker::new(
+            Arc::new(crate::endpoint::load::LoadTracker::new(
                 &self.shared.opts.load,
                 tokio::time::Instant::now(),
             ))

@@ -5,12 +5,12 @@ use std::time::Duration;
 use crate::cache::pacing::RateLimit;
 use crate::cache::CacheConfig;
 use crate::call::budget::RetryBudgetOptions;
-use crate::call::outlier::OutlierOptions;
+use crate::endpoint::outlier::OutlierOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
-use crate::endpoint::policy::AddressPolicy;
+use crate::endpoint::address_policy::AddressPolicy;
 use crate::endpoint::ParseOptions;
-use crate::select::load::LoadOptions;
+use crate::endpoint::load::LoadOptions;
 use crate::select::slow_start::SlowStartOptions;
 use crate::select::Selection;
 

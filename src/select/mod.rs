@@ -6,7 +6,6 @@ use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};
 use crate::util::hash::splitmix64;
 
-pub(crate) mod load;
 mod picker;
 pub(crate) mod slow_start;
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::load::{two_of, LoadTracker};
+use crate::endpoint::load::{two_of, LoadTracker};
 use super::slow_start::{Ramp, SlowStartOptions};
 use super::Selection;
 use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, SetRef};

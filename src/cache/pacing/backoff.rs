@@ -8,19 +8,19 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use super::snapshot::Snapshot;
+use crate::cache::snapshot::Snapshot;
 use crate::util::lock::lock;
 use crate::util::time::{after, scaled};
 
 /// Delays between failed registry calls, and when to refresh an answer.
-pub(super) struct Backoff {
+pub(in crate::cache) struct Backoff {
     base: Duration,
     max: Duration,
     rng: Mutex<SmallRng>,
 }
 
 impl Backoff {
-    pub(super) fn new(base: Duration, max: Duration, seed: u64) -> Self {
+    pub(in crate::cache) fn new(base: Duration, max: Duration, seed: u64) -> Self {
         Backoff {
             base,
             max,
@@ -29,7 +29,7 @@ impl Backoff {
     }
 
     /// The delay after `failures` failures in a row: doubling from the base, capped.
-    pub(super) fn delay(&self, failures: u32) -> Duration {
+    pub(in crate::cache) fn delay(&self, failures: u32) -> Duration {
         let exp = self
             .base
             .saturating_mul(1 << failures.saturating_sub(1).min(20));
@@ -47,19 +47,19 @@ impl Backoff {
 
     /// When to refresh a snapshot in use: between 75% and 90% of its TTL, at random,
     /// so keys (and processes) loaded together do not refresh together.
-    pub(super) fn refresh_time(&self, snap: &Snapshot) -> Instant {
+    pub(in crate::cache) fn refresh_time(&self, snap: &Snapshot) -> Instant {
         let early = scaled(snap.ttl, 0.75);
         let jitter = self.jitter(scaled(snap.ttl, 0.15));
         after(after(snap.confirmed_at, early), jitter)
     }
 }
 
-impl super::Cache {
-    pub(super) fn backoff(&self, failures: u32) -> Duration {
+impl crate::cache::Cache {
+    pub(in crate::cache) fn backoff(&self, failures: u32) -> Duration {
         self.backoff.delay(failures)
     }
 
-    pub(super) fn refresh_time(&self, snap: &Snapshot) -> Instant {
+    pub(in crate::cache) fn refresh_time(&self, snap: &Snapshot) -> Instant {
         self.backoff.refresh_time(snap)
     }
 }

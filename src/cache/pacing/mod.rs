@@ -22,7 +22,11 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::cold_pace::ColdPace;
+mod backoff;
+mod cold_pace;
+
+pub(super) use backoff::Backoff;
+use cold_pace::ColdPace;
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
 use crate::util::time::after;

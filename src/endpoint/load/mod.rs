@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::endpoint::load::{Load, LoadClock};
+mod peak_ewma;
+
+pub(crate) use peak_ewma::{Load, LoadClock};
 use crate::error::Error;
 
 /// Settings of [`Selection::LeastLoaded`](crate::Selection::LeastLoaded). Every
