@@ -37,11 +37,11 @@ fn main() {
     println!("{}", Report::header());
     for n in sizes {
         let mut per_key_only = ResolverOptions::default();
-        per_key_only.adapt_to_throttling = false;
+        per_key_only.cache.adapt_to_throttling = false;
         let (ttl, full) = recommended(n);
         let mut tuned = ResolverOptions::default();
-        tuned.ttl = ttl;
-        tuned.full_refresh_interval = Some(full);
+        tuned.cache.ttl = ttl;
+        tuned.cache.full_refresh_interval = Some(full);
         let (ttl, full) = (ttl.as_secs(), full.as_secs());
         let only = std::env::var("FLEET_ONLY").ok();
         let rolling = Scenario::rolling_start(n);

@@ -114,10 +114,10 @@ mod metrics;
 mod stats;
 
 pub use cache::pacing::RateLimit;
+pub use cache::CacheOptions;
 pub use call::budget::RetryBudgetOptions;
 pub use call::error::{Attempt, AttemptError, CallError, CallStop};
 pub use call::lease::Lease;
-pub use endpoint::outlier::{Outcome, OutlierOptions};
 pub use call::{Call, CallOptions, MAX_ATTEMPTS};
 pub use discover::cloud_map::CloudMapDiscovery;
 pub use discover::dns::{
@@ -130,10 +130,10 @@ pub use discover::instance::{
 pub use discover::static_registry::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::address_policy::{AddressPolicy, Cidr};
+pub use endpoint::load::LoadOptions;
+pub use endpoint::outlier::{Outcome, OutlierOptions};
 pub use endpoint::Endpoint;
 pub use error::{Error, ErrorKind};
-#[cfg(feature = "tower")]
-pub use integrations::tower_discover::WatchDiscover;
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
 #[cfg(feature = "tonic")]
@@ -146,6 +146,8 @@ pub use integrations::measured::{Measured, MeasuredFuture};
 pub use integrations::reqwest::ReqwestResolver;
 #[cfg(feature = "tower")]
 pub use integrations::tower::{BoxError, Failover, FailoverLayer};
+#[cfg(feature = "tower")]
+pub use integrations::tower_discover::WatchDiscover;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use integrations::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
@@ -154,7 +156,6 @@ pub use register::registered::{Drained, Registered};
 pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
-pub use endpoint::load::LoadOptions;
 pub use select::slow_start::SlowStartOptions;
 pub use select::Selection;
 pub use stats::Stats;

@@ -171,18 +171,18 @@ async fn run(args: &Args) -> Result<(), Error> {
     } else {
         args.health.into()
     };
-    opts.fetch_timeout = args.timeout;
+    opts.cache.fetch_timeout = args.timeout;
     // A diagnostic reports throttling as it happens (exit 5) rather than waiting for
     // a turn the way a service starting up does.
-    opts.startup_wait = Duration::ZERO;
+    opts.cache.startup_wait = Duration::ZERO;
     opts.owner_account = args.owner_account.clone();
     if args.watch {
         // Every refresh asks the registry afresh (health changes do not move Cloud
         // Map's revision) and a failure shows rather than an old answer.
-        opts.ttl = args.interval / 2;
-        opts.max_stale = args.interval / 2;
-        opts.refresh_ahead = false;
-        opts.full_refresh_interval = None;
+        opts.cache.ttl = args.interval / 2;
+        opts.cache.max_stale = args.interval / 2;
+        opts.cache.refresh_ahead = false;
+        opts.cache.full_refresh_interval = None;
     }
     let resolver = match args.dns {
         Some(server) => Resolver::builder(DnsDiscovery::with_name_servers([server])),

@@ -35,7 +35,7 @@ impl Cache {
                     };
                     let age = now.saturating_duration_since(snap.confirmed_at);
                     gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
-                    for ep in snap.picker.set.items.iter() {
+                    for ep in snap.endpoints() {
                         let ejected = is_ejected(ep.state());
                         gauges
                             .endpoints

@@ -85,7 +85,7 @@ impl Cache {
         if let Some((err, until)) = &gate.error {
             // A remembered throttle is not answered from memory: this caller waits
             // for its own turn below (`startup_wait`), paced with the process.
-            let waits = err.kind() == ErrorKind::Throttled && !self.config.startup_wait.is_zero();
+            let waits = err.kind() == ErrorKind::Throttled && !self.opts.startup_wait.is_zero();
             if now < *until && !waits {
                 // Backing off: answer without asking, with the last good answer when
                 // it may still be served.
@@ -139,7 +139,7 @@ impl Cache {
                 let hold = if err.is_retryable() {
                     self.backoff(gate.failures)
                 } else {
-                    self.config.negative_ttl
+                    self.opts.negative_ttl
                 };
                 gate.error = Some((err.clone(), after(now, hold)));
                 Err(err)
@@ -160,7 +160,7 @@ impl Cache {
         arrived: Instant,
         mut fetched: Result<Arc<Snapshot>, Error>,
     ) -> Result<Arc<Snapshot>, Error> {
-        let deadline = after(arrived, self.config.startup_wait);
+        let deadline = after(arrived, self.opts.startup_wait);
         let mut waited = false;
         while let Err(err) = &fetched {
             let now = Instant::now();

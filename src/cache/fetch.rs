@@ -19,6 +19,7 @@ use super::Cache;
 use crate::discover::{BoxFuture, DiscoverRequest};
 use crate::endpoint::EndpointSet;
 use crate::error::{Error, ErrorKind};
+use crate::select::Picker;
 use crate::stats::bump;
 use crate::util::time::after;
 
@@ -48,7 +49,7 @@ impl Cache {
                 })
                 .await?;
             if rev.is_some() && rev == prev.revision {
-                let snap = Arc::new(prev.reconfirmed(sent, self.config.max_stale, &self.pick));
+                let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale, &self.pick));
                 slot.install(snap.clone());
                 return Ok(snap);
             }
@@ -60,31 +61,22 @@ impl Cache {
             .await?;
         let ns = req.namespace.as_str();
         let svc = req.service.as_str();
-        let mut items = self.config.parse.parse_all(ns, svc, found.instances);
-        // Ejections and load outlive answers: the same endpoint keeps its state.
-        let new = self.states.attach(&mut items);
-        // Endpoints joining a key that was already serving ramp up (slow start);
-        // when every endpoint is new (start-up, a whole fleet replaced) none does.
-        if prev.is_some() && new.len() < items.len() {
-            for i in new {
-                let _ = items[i].state().joined.set(now);
-            }
-        }
-        let items: Box<[_]> = items.into();
-        let cumulative =
-            self.config
-                .selection
-                .cumulative(&items, ns, svc, &self.config.parse.warned);
-        let set = Arc::new(EndpointSet { items, cumulative });
-        let ttl = found.ttl.map_or(self.config.ttl, |t| t.max(MIN_SOURCE_TTL));
+        let mut items = self.parse.parse_all(ns, svc, found.instances);
+        // What is known about an endpoint outlives answers: the same endpoint keeps
+        // its state, and one joining a serving key is marked as joining now.
+        self.states
+            .attach(&mut items, prev.is_some().then_some(now));
+        let set = Arc::new(EndpointSet {
+            items: items.into(),
+        });
+        let picker = Picker::new(set, prev.map(|p| &p.picker), &self.pick, (ns, svc));
+        let ttl = found.ttl.map_or(self.opts.ttl, |t| t.max(MIN_SOURCE_TTL));
         let snap = Arc::new(Snapshot::new(
-            set,
-            prev,
+            picker,
             (now, now),
             ttl,
-            self.config.max_stale,
+            self.opts.max_stale,
             found.revision,
-            &self.pick,
         ));
         slot.install(snap.clone());
         Ok(snap)
@@ -113,7 +105,7 @@ impl Cache {
                 "DiscoverInstancesRevision"
             }
         };
-        let limit = self.config.fetch_timeout;
+        let limit = self.opts.fetch_timeout;
         let until = *deadline.get_or_insert(after(sent, limit));
         // A source that panics (in `discover` itself or in its future) fails this
         // call like an unavailable registry: the panic must not unwind through the
@@ -181,7 +173,7 @@ impl Cache {
     /// turn at DiscoverInstances, so that changes still show; health catches up at
     /// the next full fetch.
     pub(super) fn first_call(&self, prev: Option<&Snapshot>, now: Instant, pace: Pace) -> Op {
-        let (Some(prev), Some(every)) = (prev, self.config.full_refresh_interval) else {
+        let (Some(prev), Some(every)) = (prev, self.opts.full_refresh_interval) else {
             return Op::Discover;
         };
         let recent = now < after(prev.full_at, every);

@@ -8,79 +8,59 @@
 //! (`tests/alloc.rs` proves the allocation count, `benches/warm.rs` guards the
 //! cost). Time is checked only by the background refresher (`refresher.rs`), which
 //! marks a snapshot expired when it may no longer be served; everything slow happens
-//! on a miss (`load.rs`, `fetch.rs`).
+//! on a miss (`cold.rs`, `fetch.rs`), paced by `pacing/`.
 //!
-//! The cache reads only its own [`CacheConfig`]; what callers do with an endpoint
-//! (failover, outlier policy, retry budget) is `call`'s business, one layer up.
+//! The cache reads only its own [`CacheOptions`], taken whole; how an answer is
+//! picked from (the selection, load, slow start: `select::PickContext`) and what is
+//! known about each endpoint (`endpoint::StateTable`) are handed to it made, so a
+//! new per-endpoint fact does not pass through here. What callers do with an
+//! endpoint (failover, outlier policy, retry budget) is `call`'s business, one layer
+//! up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::{Discover, DiscoverRequest};
 use crate::endpoint::{Endpoint, EndpointState, ParseOptions, StateTable};
 use crate::error::{Error, ErrorKind};
-use crate::endpoint::load::{LoadOptions, LoadTracker};
-use crate::select::slow_start::SlowStartOptions;
-use crate::select::{PickContext, Selection};
+use crate::select::PickContext;
 use crate::stats::Counters;
 use crate::util::stripe::stripe;
 
 #[cfg(feature = "metrics")]
 mod census;
+mod cold;
 mod evict;
 mod fetch;
 mod index;
 pub(crate) mod key;
-mod cold;
 mod memo;
+mod options;
 pub(crate) mod pacing;
 mod refresher;
 mod slot;
 mod snapshot;
 mod watched;
 
-use pacing::Backoff;
 use index::Index;
 use key::KeyRef;
-use pacing::{Limiter, RateLimit};
+pub use options::CacheOptions;
+use pacing::Backoff;
+use pacing::Limiter;
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
 pub(crate) use watched::Answer;
-
-/// What the cache reads of the resolver's settings (made from `ResolverOptions`,
-/// whose fields document each value and its default).
-#[derive(Debug, Clone)]
-pub(crate) struct CacheConfig {
-    pub(crate) ttl: Duration,
-    pub(crate) selection: Selection,
-    pub(crate) parse: ParseOptions,
-    pub(crate) capacity: u64,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) max_stale: Duration,
-    pub(crate) negative_ttl: Duration,
-    pub(crate) fetch_timeout: Duration,
-    pub(crate) refresh_ahead: bool,
-    pub(crate) full_refresh_interval: Option<Duration>,
-    pub(crate) backoff_base: Duration,
-    pub(crate) backoff_max: Duration,
-    pub(crate) rate_limit: Option<RateLimit>,
-    pub(crate) adapt_to_throttling: bool,
-    pub(crate) startup_wait: Duration,
-    pub(crate) seed: Option<u64>,
-    pub(crate) load: LoadOptions,
-    pub(crate) slow_start: SlowStartOptions,
-}
 
 /// The cache of one resolver.
 pub(crate) struct Cache {
     /// Tells this cache's slots apart in the per-thread memo (`memo.rs`).
     id: u64,
     source: Box<dyn Discover>,
-    pub(crate) config: CacheConfig,
+    opts: CacheOptions,
+    /// How answers become endpoints.
+    parse: ParseOptions,
     pub(crate) counters: Counters,
     /// Per-endpoint state carried from one answer to the next.
     states: StateTable,
@@ -90,9 +70,9 @@ pub(crate) struct Cache {
     seed: u64,
     /// Paces registry calls: the configured cap, and slowing down when throttled.
     limit: Limiter,
-    /// What every answer's picker shares: the load tracker (least-loaded picks
-    /// only) and the slow-start settings.
-    pub(crate) pick: PickContext,
+    /// What every answer's picker shares: the selection, the load tracker
+    /// (least-loaded picks only) and the slow-start settings.
+    pick: PickContext,
 }
 
 impl std::fmt::Debug for Cache {
@@ -105,30 +85,32 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    pub(crate) fn new(source: Box<dyn Discover>, config: CacheConfig) -> Self {
+    /// A cache over `source`, with the endpoint state table and the pick context
+    /// the resolver made (sharing the table's ejected count).
+    pub(crate) fn new(
+        source: Box<dyn Discover>,
+        opts: CacheOptions,
+        parse: ParseOptions,
+        states: StateTable,
+        pick: PickContext,
+        seed: Option<u64>,
+    ) -> Self {
         let index = Arc::new(Index::new());
-        let lru = evict::lru(config.capacity, config.idle_timeout, Arc::downgrade(&index));
-        let seed = config.seed.unwrap_or_else(rand::random);
-        let now = Instant::now();
-        let states = StateTable::default();
-        let pick = PickContext {
-            load: (config.selection == Selection::LeastLoaded)
-                .then(|| Arc::new(LoadTracker::new(&config.load, now))),
-            slow_start: config.slow_start.clone(),
-            ejected: states.ejected(),
-        };
+        let lru = evict::lru(opts.capacity, opts.idle_timeout, Arc::downgrade(&index));
+        let seed = seed.unwrap_or_else(rand::random);
         Cache {
             id: memo::cache_id(),
             source,
+            parse,
             counters: Counters::default(),
             states,
             index,
             lru,
-            backoff: Backoff::new(config.backoff_base, config.backoff_max, seed),
+            backoff: Backoff::new(opts.backoff_base, opts.backoff_max, seed),
             seed,
-            limit: Limiter::new(config.rate_limit, config.adapt_to_throttling, now),
+            limit: Limiter::new(opts.rate_limit, opts.adapt_to_throttling, Instant::now()),
             pick,
-            config,
+            opts,
         }
     }
 
@@ -172,7 +154,7 @@ impl Cache {
         let snap = slot.snapshot.load();
         let snap = snap.as_deref()?;
         let state = snap.state.load(Ordering::Relaxed);
-        if state == EXPIRED || snap.picker.set.items.is_empty() {
+        if state == EXPIRED || snap.is_empty() {
             return None;
         }
         let s = stripe();
@@ -199,7 +181,7 @@ impl Cache {
             }
         };
         let now = Instant::now();
-        Ok(snap.candidates(&self.config.selection, seed, max, |h| is_ejected(h, now)))
+        Ok(snap.candidates(seed, max, |h| is_ejected(h, now)))
     }
 
     /// The warm path for `candidates`, which keeps the snapshot while it orders the
@@ -210,19 +192,13 @@ impl Cache {
             .with(key, hash, |slot| {
                 let snap = slot.snapshot.load_full()?;
                 let state = snap.state.load(Ordering::Relaxed);
-                if state == EXPIRED || snap.picker.set.items.is_empty() {
+                if state == EXPIRED || snap.is_empty() {
                     return None;
                 }
                 self.counters.hit(stripe(), state == STALE);
                 Some((snap, slot.seed))
             })
             .flatten()
-    }
-
-    /// The load tracker, when the selection is load-aware.
-    #[inline]
-    pub(crate) fn load_tracker(&self) -> Option<&Arc<LoadTracker>> {
-        self.pick.load.as_ref()
     }
 
     /// How many keys are cached now.
@@ -255,7 +231,7 @@ impl Drop for Cache {
 }
 
 fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, Error> {
-    if snap.picker.set.items.is_empty() {
+    if snap.is_empty() {
         return Err(Error::new(
             ErrorKind::NoEndpoints,
             no_endpoints(&slot.request),

@@ -115,7 +115,7 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         return;
     };
     let mut plan = match weak.upgrade() {
-        Some(cache) if cache.config.refresh_ahead => Plan::new(&cache, first),
+        Some(cache) if cache.opts.refresh_ahead => Plan::new(&cache, first),
         Some(_) => Plan {
             next: first.fresh_until,
             snapshot: first,
@@ -166,7 +166,7 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
     // A watched key is in use even when nobody resolves it: its change streams
     // are driven by this task, not by requests.
     let used = cur.used.load(Ordering::Relaxed) || slot.is_watched();
-    if !used || !cache.config.refresh_ahead {
+    if !used || !cache.opts.refresh_ahead {
         if now < cur.fresh_until {
             plan.next = cur.fresh_until;
             return Step::Again;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::endpoint::{Endpoint, EndpointSet, EndpointState};
-use crate::select::{PickContext, Picker, Selection};
+use crate::endpoint::{Endpoint, EndpointState};
+use crate::select::{PickContext, Picker};
 use crate::util::stripe::stripe;
 use crate::util::time::after;
 
@@ -38,17 +38,15 @@ pub(crate) struct Snapshot {
 
 impl Snapshot {
     pub(crate) fn new(
-        set: Arc<EndpointSet>,
-        prev: Option<&Snapshot>,
+        picker: Picker,
         times: (Instant, Instant),
         ttl: Duration,
         max_stale: Duration,
         revision: Option<i64>,
-        ctx: &PickContext,
     ) -> Self {
         let (confirmed_at, full_at) = times;
         Snapshot {
-            picker: Picker::new(set, prev.map(|p| &p.picker), ctx),
+            picker,
             state: AtomicU8::new(FRESH),
             used: AtomicBool::new(false),
             confirmed_at,
@@ -63,14 +61,24 @@ impl Snapshot {
     /// The same answer, confirmed again at `now` (the revision did not move).
     pub(crate) fn reconfirmed(&self, now: Instant, max_stale: Duration, ctx: &PickContext) -> Self {
         Snapshot::new(
-            self.picker.set.clone(),
-            Some(self),
+            self.picker.renewed(ctx),
             (now, self.full_at),
             self.ttl,
             max_stale,
             self.revision,
-            ctx,
         )
+    }
+
+    /// The answer's endpoints, in the registry's order.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn endpoints(&self) -> &[crate::endpoint::EndpointData] {
+        self.picker.endpoints()
+    }
+
+    /// Whether the answer has no endpoint: nothing to serve.
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.picker.is_empty()
     }
 
     #[inline]
@@ -82,23 +90,21 @@ impl Snapshot {
 
     /// Picks one endpoint on thread stripe `s` (see [`Picker::pick`]).
     #[inline]
-    pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
+    pub(crate) fn pick(&self, seed: u64, s: usize) -> Endpoint {
         self.mark_used();
-        self.picker.pick(selection, seed, s)
+        self.picker.pick(seed, s)
     }
 
     /// Up to `max` endpoints in the order `call` tries them (see
     /// [`Picker::candidates`]).
     pub(crate) fn candidates(
         &self,
-        selection: &Selection,
         seed: u64,
         max: usize,
         is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
     ) -> Vec<Endpoint> {
         self.mark_used();
-        self.picker
-            .candidates(selection, seed, stripe(), max, is_ejected)
+        self.picker.candidates(seed, stripe(), max, is_ejected)
     }
 
     /// Every endpoint, in the registry's order.

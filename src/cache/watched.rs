@@ -80,7 +80,7 @@ impl Cache {
         if err.is_retryable() {
             self.backoff(failures)
         } else {
-            self.config.negative_ttl.max(self.config.backoff_base)
+            self.opts.negative_ttl.max(self.opts.backoff_base)
         }
     }
 }
@@ -98,7 +98,7 @@ impl Watched {
         if snap.state.load(Ordering::Relaxed) == EXPIRED {
             return Answer::Gone;
         }
-        let set = &snap.picker.set;
+        let set = snap.picker.set();
         if self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, set)) {
             return Answer::Same;
         }

@@ -10,13 +10,12 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::endpoint::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::outlier::Outcome;
+use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
-use crate::endpoint::load::LoadTracker;
 
 /// An endpoint picked for your own I/O: derefs to [`Endpoint`], counts one request
 /// in flight on it, and [`finish`](Self::finish) records how long it took and how it
@@ -55,27 +54,20 @@ use crate::endpoint::load::LoadTracker;
 #[must_use = "a lease counts a request in flight until finished or dropped"]
 pub struct Lease {
     endpoint: Endpoint,
-    load: Option<Arc<LoadTracker>>,
-    outliers: Arc<OutlierDetector>,
+    recorder: Recorder,
     began: Instant,
-    open: bool,
+    /// Set while the lease counts its request in flight.
+    counted: bool,
 }
 
 impl Lease {
-    pub(crate) fn new(
-        endpoint: Endpoint,
-        load: Option<Arc<LoadTracker>>,
-        outliers: Arc<OutlierDetector>,
-    ) -> Self {
-        if load.is_some() {
-            endpoint.state().load.start();
-        }
+    pub(crate) fn new(endpoint: Endpoint, recorder: Recorder) -> Self {
+        let counted = recorder.start(&endpoint);
         Lease {
             endpoint,
-            load,
-            outliers,
+            recorder,
             began: Instant::now(),
-            open: true,
+            counted,
         }
     }
 
@@ -91,17 +83,13 @@ impl Lease {
     pub fn finish(mut self, outcome: Outcome) {
         let now = Instant::now();
         self.release();
-        if let Some(load) = &self.load {
-            let failed = outcome == Outcome::Failure;
-            load.record(&self.endpoint.state().load, self.began, now, failed);
-        }
-        self.outliers.record(&self.endpoint, outcome, now);
+        self.recorder
+            .finish(&self.endpoint, self.began, now, outcome);
     }
 
     fn release(&mut self) {
-        if std::mem::take(&mut self.open) && self.load.is_some() {
-            self.endpoint.state().load.end();
-        }
+        let counted = std::mem::take(&mut self.counted);
+        self.recorder.end(&self.endpoint, counted);
     }
 }
 
@@ -123,7 +111,7 @@ impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
             .field("endpoint", &self.endpoint)
-            .field("open", &self.open)
+            .field("counted", &self.counted)
             .finish_non_exhaustive()
     }
 }

@@ -19,9 +19,10 @@ use std::sync::Arc;
 use crate::cache::key::Key;
 use crate::cache::Cache;
 use crate::discover::BoxFuture;
+use crate::endpoint::outlier::Outcome;
+use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
-use crate::endpoint::load::InFlight;
 use crate::stats::{bump, Counters};
 use crate::util::time::after;
 
@@ -31,7 +32,6 @@ pub(crate) mod lease;
 
 use budget::RetryBudget;
 use error::{Attempt, AttemptError, CallError, CallStop};
-use outlier::{Outcome, OutlierDetector};
 
 /// The most attempts one call may make: as many as a Cloud Map DNS answer holds.
 pub const MAX_ATTEMPTS: usize = 8;
@@ -161,7 +161,8 @@ impl<F, E> fmt::Debug for Call<'_, F, E> {
 #[derive(Clone, Copy)]
 pub(crate) struct CallContext<'a> {
     pub(crate) cache: &'a Arc<Cache>,
-    pub(crate) outliers: &'a OutlierDetector,
+    /// Where each attempt's load and outcome are recorded.
+    pub(crate) recorder: &'a Recorder,
     pub(crate) budget: &'a RetryBudget,
     pub(crate) counters: &'a Counters,
     pub(crate) defaults: &'a CallOptions,
@@ -256,7 +257,7 @@ where
         let lookup = ctx
             .cache
             .candidates(key.as_ref(), opts.max_attempts, |h, now| {
-                ctx.outliers.is_ejected(h, now)
+                ctx.recorder.is_ejected(h, now)
             });
         let candidates = match deadline {
             Some(at) => tokio::time::timeout_at(at, lookup)
@@ -305,8 +306,7 @@ where
             };
             // Least-loaded picks count the attempt in flight until it ends (or the
             // call is dropped) and learn its round-trip time.
-            let load = ctx.cache.load_tracker();
-            let in_flight = load.map(|_| InFlight::new(&ep.state().load));
+            let in_flight = ctx.recorder.in_flight(&ep);
             let fut = op(ep.clone());
             let result = match limit {
                 Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
@@ -323,10 +323,7 @@ where
             crate::metrics::attempt(namespace, service, endpoint, outcome, ended - began);
             match result {
                 Some(Ok(value)) => {
-                    if let Some(load) = load {
-                        load.record(&ep.state().load, began, ended, false);
-                    }
-                    ctx.outliers.record(&ep, Outcome::Success, ended);
+                    ctx.recorder.finish(&ep, began, ended, Outcome::Success);
                     return Ok(value);
                 }
                 Some(Err(err)) => {
@@ -336,10 +333,7 @@ where
                     } else {
                         Outcome::Success
                     };
-                    if let Some(load) = load {
-                        load.record(&ep.state().load, began, ended, retryable);
-                    }
-                    ctx.outliers.record(&ep, outcome, ended);
+                    ctx.recorder.finish(&ep, began, ended, outcome);
                     failed.push(Attempt::new(ep, AttemptError::Failed(err)));
                     if !retryable {
                         return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
@@ -351,10 +345,7 @@ where
                     // not evidence against the endpoint.
                     let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
                     if !by_deadline {
-                        if let Some(load) = load {
-                            load.record(&ep.state().load, began, ended, true);
-                        }
-                        ctx.outliers.record(&ep, Outcome::Failure, ended);
+                        ctx.recorder.finish(&ep, began, ended, Outcome::Failure);
                     }
                     failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
                     if by_deadline {

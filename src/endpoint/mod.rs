@@ -8,10 +8,11 @@ use std::sync::Arc;
 use crate::discover::instance::{HealthStatus, Instance};
 use crate::util::pad::CachePadded;
 
-pub(crate) mod load;
-mod parse;
 pub(crate) mod address_policy;
+pub(crate) mod load;
 pub(crate) mod outlier;
+mod parse;
+pub(crate) mod record;
 mod state;
 
 pub(crate) use parse::{ParseOptions, WarnOnce};
@@ -90,12 +91,11 @@ impl EndpointData {
     }
 }
 
-/// The endpoints of one registry answer, with the selection's cumulative weights.
+/// The endpoints of one registry answer (the selection's weights are the picker's,
+/// `select/picker.rs`).
 #[derive(Debug)]
 pub(crate) struct EndpointSet {
     pub(crate) items: Box<[EndpointData]>,
-    /// Prefix sums of the weights, for weighted selection; `None` otherwise.
-    pub(crate) cumulative: Option<Box<[f64]>>,
 }
 
 /// A separately counted reference to a set. A cache entry holds one per stripe of
@@ -148,7 +148,6 @@ impl Endpoint {
     pub(crate) fn single(data: EndpointData) -> Self {
         let set = EndpointSet {
             items: Box::new([data]),
-            cumulative: None,
         };
         Endpoint::new(Arc::new(SetRef::new(Arc::new(set))), 0)
     }

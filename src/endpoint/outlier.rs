@@ -277,11 +277,8 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        table.attach(&mut items);
-        let set = Arc::new(SetRef::new(Arc::new(EndpointSet {
-            items,
-            cumulative: None,
-        })));
+        table.attach(&mut items, None);
+        let set = Arc::new(SetRef::new(Arc::new(EndpointSet { items })));
         (0..n).map(|i| Endpoint::new(set.clone(), i)).collect()
     }
 

@@ -160,8 +160,23 @@ impl StateTable {
     }
 
     /// Gives freshly parsed endpoints the state of the same endpoints in earlier
-    /// answers, or registers their own; returns the indices of the new ones.
-    pub(crate) fn attach(&self, items: &mut [EndpointData]) -> Vec<usize> {
+    /// answers, or registers their own. `serving` is when the answer came, if the
+    /// key was already serving: endpoints joining it then ramp up (slow start); when
+    /// every endpoint is new (start-up, a whole fleet replaced) none does.
+    pub(crate) fn attach(&self, items: &mut [EndpointData], serving: Option<Instant>) {
+        let new = self.register(items);
+        if let Some(now) = serving
+            && new.len() < items.len()
+        {
+            for i in new {
+                let _ = items[i].state().joined.set(now);
+            }
+        }
+    }
+
+    /// The state-sharing half of [`attach`](Self::attach); returns the indices of
+    /// the endpoints new to the table.
+    fn register(&self, items: &mut [EndpointData]) -> Vec<usize> {
         let mut table = lock(&self.table);
         let mut new = Vec::new();
         for (i, data) in items.iter_mut().enumerate() {

@@ -11,18 +11,17 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use tower::load::Load;
 use tower::Service;
 
 use crate::call::lease::Lease;
-use crate::endpoint::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::outlier::Outcome;
+use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::integrations::tower_discover::WatchDiscover;
 use crate::resolver::Resolver;
-use crate::endpoint::load::LoadTracker;
 
 /// One endpoint's service, measured: its `tower::load::Load` is the endpoint's cost
 /// as [`Selection::LeastLoaded`](crate::Selection::LeastLoaded) computes it
@@ -33,8 +32,8 @@ use crate::endpoint::load::LoadTracker;
 pub struct Measured<S> {
     inner: S,
     endpoint: Endpoint,
-    load: Arc<LoadTracker>,
-    outliers: Arc<OutlierDetector>,
+    /// Always with a load tracker (`Recorder::measuring`).
+    recorder: Recorder,
 }
 
 impl<S> Measured<S> {
@@ -57,11 +56,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let lease = Lease::new(
-            self.endpoint.clone(),
-            Some(self.load.clone()),
-            self.outliers.clone(),
-        );
+        let lease = Lease::new(self.endpoint.clone(), self.recorder.clone());
         MeasuredFuture {
             inner: Box::pin(self.inner.call(req)),
             lease: Some(lease),
@@ -73,7 +68,7 @@ impl<S> Load for Measured<S> {
     type Metric = f64;
 
     fn load(&self) -> f64 {
-        self.load.cost(&self.endpoint.state().load)
+        self.recorder.cost(&self.endpoint).unwrap_or(0.0)
     }
 }
 
@@ -170,13 +165,12 @@ impl Resolver {
     where
         F: FnMut(&Endpoint) -> S,
     {
-        let (load, outliers) = self.measure();
+        let recorder = self.measure();
         self.watch(namespace, service)
             .into_discover(move |ep: &Endpoint| Measured {
                 inner: make(ep),
                 endpoint: ep.clone(),
-                load: load.clone(),
-                outliers: outliers.clone(),
+                recorder: recorder.clone(),
             })
     }
 }

@@ -20,8 +20,6 @@ use crate::{
 
 #[cfg(any(feature = "reqwest", feature = "hyper"))]
 mod connector;
-#[cfg(feature = "tower")]
-pub(crate) mod tower_discover;
 #[cfg(feature = "reqwest")]
 pub(crate) mod failover_client;
 #[cfg(feature = "tonic")]
@@ -34,6 +32,8 @@ pub(crate) mod measured;
 pub(crate) mod reqwest;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
+#[cfg(feature = "tower")]
+pub(crate) mod tower_discover;
 
 #[cfg(any(feature = "reqwest", feature = "hyper", feature = "tower"))]
 mod host_map;

@@ -1,4 +1,5 @@
-//! [`ResolverBuilder`]: a setter for every option, validation in `build`.
+//! [`ResolverBuilder`]: a setter of its name for every option of
+//! [`ResolverOptions`] and for each cache setting, validation in `build`.
 
 use std::fmt;
 use std::time::Duration;
@@ -6,13 +7,16 @@ use std::time::Duration;
 use super::options::ResolverOptions;
 use super::Resolver;
 use crate::cache::pacing::RateLimit;
+use crate::cache::CacheOptions;
 use crate::call::budget::RetryBudgetOptions;
-use crate::endpoint::outlier::OutlierOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
 use crate::endpoint::address_policy::AddressPolicy;
+use crate::endpoint::load::LoadOptions;
+use crate::endpoint::outlier::OutlierOptions;
 use crate::error::Error;
+use crate::select::slow_start::SlowStartOptions;
 use crate::select::Selection;
 
 /// Builds a [`Resolver`]; see [`ResolverOptions`] for every setting and default.
@@ -41,7 +45,7 @@ impl ResolverBuilder {
 
     /// How long an answer is fresh when the source gives no TTL. Default: 5 s.
     pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.opts.ttl = ttl;
+        self.opts.cache.ttl = ttl;
         self
     }
 
@@ -98,13 +102,13 @@ impl ResolverBuilder {
 
     /// How many keys are cached at most. Default: 10,000.
     pub fn capacity(mut self, keys: u64) -> Self {
-        self.opts.capacity = keys;
+        self.opts.cache.capacity = keys;
         self
     }
 
     /// How long the last good answer is served while the registry fails. Default: 1 day.
     pub fn max_stale(mut self, age: Duration) -> Self {
-        self.opts.max_stale = age;
+        self.opts.cache.max_stale = age;
         self
     }
 
@@ -121,14 +125,14 @@ impl ResolverBuilder {
     /// # Ok::<(), cloudmap_resolver::Error>(())
     /// ```
     pub fn startup_wait(mut self, wait: Duration) -> Self {
-        self.opts.startup_wait = wait;
+        self.opts.cache.startup_wait = wait;
         self
     }
 
     /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
     /// Default: none.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
-        self.opts.rate_limit = Some(limit);
+        self.opts.cache.rate_limit = Some(limit);
         self
     }
 
@@ -160,7 +164,7 @@ impl ResolverBuilder {
     /// The longest a registry call may take; also how long a cold key waits at most
     /// when the registry hangs. Default: 5 s.
     pub fn fetch_timeout(mut self, limit: Duration) -> Self {
-        self.opts.fetch_timeout = limit;
+        self.opts.cache.fetch_timeout = limit;
         self
     }
 
@@ -173,60 +177,91 @@ impl ResolverBuilder {
 
     /// A key not resolved for this long is dropped. Default: 10 min.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.opts.idle_timeout = idle;
+        self.opts.cache.idle_timeout = idle;
         self
     }
 
     /// How long a not-found answer is remembered. Default: 2 s.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.opts.negative_ttl = ttl;
+        self.opts.cache.negative_ttl = ttl;
         self
     }
 
     /// Whether keys in use are refreshed in the background before they expire.
     /// Default: true.
     pub fn refresh_ahead(mut self, on: bool) -> Self {
-        self.opts.refresh_ahead = on;
+        self.opts.cache.refresh_ahead = on;
         self
     }
 
     /// How often instances are fetched in full between revision polls; `None` turns
     /// revision polling off. Default: 30 s.
     pub fn full_refresh_interval(mut self, every: Option<Duration>) -> Self {
-        self.opts.full_refresh_interval = every;
+        self.opts.cache.full_refresh_interval = every;
         self
     }
 
     /// First delay before retrying a failed refresh (doubling, jittered).
     /// Default: 500 ms.
     pub fn backoff_base(mut self, delay: Duration) -> Self {
-        self.opts.backoff_base = delay;
+        self.opts.cache.backoff_base = delay;
         self
     }
 
     /// Longest delay between refresh retries. Default: 30 s.
     pub fn backoff_max(mut self, delay: Duration) -> Self {
-        self.opts.backoff_max = delay;
+        self.opts.cache.backoff_max = delay;
         self
     }
 
     /// Whether refreshes slow down when the registry throttles (see
     /// [`ResolverOptions::adapt_to_throttling`]). Default: true.
     pub fn adapt_to_throttling(mut self, on: bool) -> Self {
-        self.opts.adapt_to_throttling = on;
+        self.opts.cache.adapt_to_throttling = on;
         self
     }
 
     /// Defaults of [`Resolver::call`]. Default: [`CallOptions::default`].
-    pub fn call_options(mut self, call: CallOptions) -> Self {
+    pub fn call(mut self, call: CallOptions) -> Self {
         self.opts.call = call;
         self
     }
 
+    /// Defaults of [`Resolver::call`]: the same as [`call`](Self::call).
+    pub fn call_options(self, call: CallOptions) -> Self {
+        self.call(call)
+    }
+
     /// Passive outlier detection. Default: [`OutlierOptions::default`]. Build the
     /// options from `OutlierOptions::default()` and set its public fields.
-    pub fn outlier_detection(mut self, outlier: OutlierOptions) -> Self {
+    pub fn outlier(mut self, outlier: OutlierOptions) -> Self {
         self.opts.outlier = outlier;
+        self
+    }
+
+    /// Passive outlier detection: the same as [`outlier`](Self::outlier).
+    pub fn outlier_detection(self, outlier: OutlierOptions) -> Self {
+        self.outlier(outlier)
+    }
+
+    /// Settings of [`Selection::LeastLoaded`]. Default: [`LoadOptions::default`].
+    pub fn load(mut self, load: LoadOptions) -> Self {
+        self.opts.load = load;
+        self
+    }
+
+    /// Slow start of endpoints that join a serving key. Default:
+    /// [`SlowStartOptions::default`].
+    pub fn slow_start(mut self, slow_start: SlowStartOptions) -> Self {
+        self.opts.slow_start = slow_start;
+        self
+    }
+
+    /// Every cache setting at once; each also has a setter of its own
+    /// ([`ttl`](Self::ttl), [`max_stale`](Self::max_stale), ...). Default:
+    /// [`CacheOptions::default`].
+    pub fn cache(mut self, cache: CacheOptions) -> Self {
+        self.opts.cache = cache;
         self
     }
 
@@ -240,6 +275,26 @@ impl ResolverBuilder {
     pub fn options(mut self, opts: ResolverOptions) -> Self {
         self.opts = opts;
         self
+    }
+
+    /// The settings so far, to change in place: every option, including those
+    /// without a setter of their own (a field of a sub-struct).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{Resolver, StaticDiscovery};
+    ///
+    /// let mut builder = Resolver::builder(StaticDiscovery::new());
+    /// builder.options_mut().cache.negative_ttl = Duration::from_secs(1);
+    /// builder.options_mut().call.max_attempts = 3;
+    /// let resolver = builder.build()?;
+    /// assert_eq!(resolver.options().call.max_attempts, 3);
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    pub fn options_mut(&mut self) -> &mut ResolverOptions {
+        &mut self.opts
     }
 
     /// Checks the settings and builds the resolver.

@@ -13,12 +13,16 @@ use crate::cache::key::{Key, KeyRef};
 use crate::cache::Cache;
 use crate::call::budget::RetryBudget;
 use crate::call::lease::Lease;
-use crate::endpoint::outlier::{Outcome, OutlierDetector};
 use crate::call::{Call, CallContext, MAX_ATTEMPTS};
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
+use crate::endpoint::load::LoadTracker;
+use crate::endpoint::outlier::{Outcome, OutlierDetector};
+use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
+use crate::endpoint::StateTable;
 use crate::error::Error;
+use crate::select::{PickContext, Selection};
 use crate::stats::Stats;
 use crate::util::stripe::stripe;
 use crate::watch::Watch;
@@ -78,8 +82,8 @@ pub struct Resolver {
 /// state its calls share.
 struct Shared {
     opts: ResolverOptions,
-    /// Shared with the [`Lease`]s handed out.
-    outliers: Arc<OutlierDetector>,
+    /// Load and outlier detection, shared with the [`Lease`]s handed out.
+    recorder: Recorder,
     budget: RetryBudget,
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
@@ -294,22 +298,12 @@ impl Resolver {
     /// requests), else a tracker of its own with the resolver's load settings; and
     /// the resolver's outlier detection.
     #[cfg(feature = "tower")]
-    pub(crate) fn measure(&self) -> (Arc<crate::endpoint::load::LoadTracker>, Arc<OutlierDetector>) {
-        let load = self.cache.load_tracker().cloned().unwrap_or_else(|| {
-            Arc::new(crate::endpoint::load::LoadTracker::new(
-                &self.shared.opts.load,
-                tokio::time::Instant::now(),
-            ))
-        });
-        (load, self.shared.outliers.clone())
+    pub(crate) fn measure(&self) -> Recorder {
+        self.shared.recorder.measuring(&self.shared.opts.load)
     }
 
     pub(crate) fn lease_of(&self, ep: Endpoint) -> Lease {
-        Lease::new(
-            ep,
-            self.cache.load_tracker().cloned(),
-            self.shared.outliers.clone(),
-        )
+        Lease::new(ep, self.shared.recorder.clone())
     }
 
     /// Tells outlier detection how a use of `endpoint` went, for callers who do their
@@ -341,14 +335,14 @@ impl Resolver {
     /// ```
     pub fn report(&self, endpoint: &Endpoint, outcome: Outcome) {
         self.shared
-            .outliers
-            .record(endpoint, outcome, tokio::time::Instant::now());
+            .recorder
+            .report(endpoint, outcome, tokio::time::Instant::now());
     }
 
     /// A snapshot of the resolver's counters: resolves, cache hits, registry calls by
     /// operation, stale answers, failures, ejections, retries, budget refusals.
     pub fn stats(&self) -> Stats {
-        let o = &self.shared.outliers;
+        let o = self.shared.recorder.outliers();
         self.cache
             .counters
             .snapshot(o.ejections(), o.readmissions())
@@ -369,7 +363,7 @@ impl Resolver {
     pub(crate) fn context(&self) -> CallContext<'_> {
         CallContext {
             cache: &self.cache,
-            outliers: &self.shared.outliers,
+            recorder: &self.shared.recorder,
             budget: &self.shared.budget,
             counters: &self.cache.counters,
             defaults: &self.shared.opts.call,
@@ -387,9 +381,9 @@ impl Resolver {
         service: &str,
     ) -> Result<Vec<Endpoint>, Error> {
         let key = self.key_ref(namespace, service);
-        let outliers = &self.shared.outliers;
+        let recorder = &self.shared.recorder;
         self.cache
-            .candidates(key, MAX_ATTEMPTS, |h, now| outliers.is_ejected(h, now))
+            .candidates(key, MAX_ATTEMPTS, |h, now| recorder.is_ejected(h, now))
             .await
     }
 
@@ -404,13 +398,34 @@ impl Resolver {
         Key::plain(namespace, service, self.health).owned_by(self.owner.as_deref())
     }
 
+    /// Wires the layers: the endpoint state table and the load tracker (for
+    /// `LeastLoaded` only) are made here and handed to the cache (through the pick
+    /// context) and to the recorder, so each layer gets the pieces it uses.
     fn from_parts(source: Box<dyn Discover>, opts: ResolverOptions) -> Resolver {
+        let states = StateTable::default();
+        let load = (opts.selection == Selection::LeastLoaded)
+            .then(|| Arc::new(LoadTracker::new(&opts.load, tokio::time::Instant::now())));
+        let pick = PickContext::new(
+            opts.selection.clone(),
+            load.clone(),
+            opts.slow_start.clone(),
+            states.ejected(),
+        );
+        let outliers = Arc::new(OutlierDetector::new(opts.outlier.clone()));
+        let cache = Cache::new(
+            source,
+            opts.cache.clone(),
+            opts.parse_options(),
+            states,
+            pick,
+            opts.seed,
+        );
         Resolver {
             health: opts.health_filter,
             owner: opts.owner_account.as_deref().map(Arc::from),
-            cache: Arc::new(Cache::new(source, opts.cache_config())),
+            cache: Arc::new(cache),
             shared: Arc::new(Shared {
-                outliers: Arc::new(OutlierDetector::new(opts.outlier.clone())),
+                recorder: Recorder::new(load, outliers),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
@@ -421,9 +436,7 @@ impl Resolver {
 
     #[inline]
     fn warm_pick(&self, key: &KeyRef<'_>) -> Option<Endpoint> {
-        let selection = &self.cache.config.selection;
-        self.cache
-            .warm(key, |snap, seed, s| snap.pick(selection, seed, s))
+        self.cache.warm(key, |snap, seed, s| snap.pick(seed, s))
     }
 
     pub(crate) async fn pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
@@ -438,7 +451,7 @@ impl Resolver {
     async fn load_pick(&self, key: KeyRef<'_>) -> Result<Endpoint, Error> {
         // Boxed so that the warm path's future stays small.
         let (slot, snap) = Box::pin(self.cache.load(key)).await?;
-        Ok(snap.pick(&self.cache.config.selection, slot.seed, stripe()))
+        Ok(snap.pick(slot.seed, stripe()))
     }
 
     pub(crate) async fn all(&self, key: KeyRef<'_>) -> Result<Endpoints, Error> {

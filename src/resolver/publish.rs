@@ -36,9 +36,9 @@ impl Resolver {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn publish_metrics(&self) {
         crate::metrics::publish(&self.stats(), self.cached_keys());
-        let outliers = &self.shared.outliers;
+        let recorder = &self.shared.recorder;
         let now = tokio::time::Instant::now();
-        let census = self.cache.census(now, |h| outliers.is_ejected(h, now));
+        let census = self.cache.census(now, |h| recorder.is_ejected(h, now));
         let mut published = lock(&self.shared.published);
         let last = std::mem::take(&mut *published);
         *published = crate::metrics::publish_services(

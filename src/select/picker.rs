@@ -17,29 +17,54 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use crate::endpoint::load::{two_of, LoadTracker};
 use super::slow_start::{Ramp, SlowStartOptions};
 use super::Selection;
-use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, SetRef};
+use crate::endpoint::load::LoadTracker;
+use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, SetRef, WarnOnce};
 use crate::util::hash::splitmix64;
 use crate::util::pad::CachePadded;
 use crate::util::stripe::STRIPES;
 
-/// What every picker of a resolver shares: its load tracker (for
+/// What every picker of a resolver shares: the selection, its load tracker (for
 /// `Selection::LeastLoaded` only), the slow-start settings and the count of ejected
-/// endpoints.
+/// endpoints. Made by the resolver and handed to the cache whole, so the cache
+/// installs answers without knowing how they are picked from.
 #[derive(Debug, Clone)]
 pub(crate) struct PickContext {
-    pub(crate) load: Option<Arc<LoadTracker>>,
-    pub(crate) slow_start: SlowStartOptions,
-    pub(crate) ejected: Arc<EjectedCount>,
+    selection: Selection,
+    load: Option<Arc<LoadTracker>>,
+    slow_start: SlowStartOptions,
+    ejected: Arc<EjectedCount>,
+    /// Weight attributes already warned about.
+    warned: WarnOnce,
 }
 
-/// The endpoints of one answer with the selection's counters, per thread stripe.
+impl PickContext {
+    pub(crate) fn new(
+        selection: Selection,
+        load: Option<Arc<LoadTracker>>,
+        slow_start: SlowStartOptions,
+        ejected: Arc<EjectedCount>,
+    ) -> Self {
+        PickContext {
+            selection,
+            load,
+            slow_start,
+            ejected,
+            warned: WarnOnce::default(),
+        }
+    }
+}
+
+/// The endpoints of one answer with the selection, its weights and its counters,
+/// per thread stripe.
 pub(crate) struct Picker {
-    pub(crate) set: Arc<EndpointSet>,
+    set: Arc<EndpointSet>,
     refs: [Arc<SetRef>; STRIPES],
     cursors: [CachePadded<AtomicU64>; STRIPES],
+    selection: Selection,
+    /// Prefix sums of the weights, for `Selection::WeightedRandom`; `None` otherwise.
+    weights: Option<Arc<[f64]>>,
     load: Option<Arc<LoadTracker>>,
     ramp: Option<Box<Ramp>>,
     ejected: Arc<EjectedCount>,
@@ -52,8 +77,33 @@ fn unit(r: u64) -> f64 {
 }
 
 impl Picker {
-    /// The picking state of `set`, carrying on from `prev` (the last answer's).
-    pub(crate) fn new(set: Arc<EndpointSet>, prev: Option<&Picker>, ctx: &PickContext) -> Self {
+    /// The picking state of `set`, the answer for `service` (namespace, service:
+    /// named in weight warnings), carrying on from `prev` (the last answer's).
+    pub(crate) fn new(
+        set: Arc<EndpointSet>,
+        prev: Option<&Picker>,
+        ctx: &PickContext,
+        service: (&str, &str),
+    ) -> Self {
+        let (namespace, service) = service;
+        let weights = ctx
+            .selection
+            .cumulative(&set.items, namespace, service, &ctx.warned)
+            .map(Arc::from);
+        Picker::with_weights(set, weights, prev, ctx)
+    }
+
+    /// The same answer, confirmed again: its weights kept, its counters carried on.
+    pub(crate) fn renewed(&self, ctx: &PickContext) -> Self {
+        Picker::with_weights(self.set.clone(), self.weights.clone(), Some(self), ctx)
+    }
+
+    fn with_weights(
+        set: Arc<EndpointSet>,
+        weights: Option<Arc<[f64]>>,
+        prev: Option<&Picker>,
+        ctx: &PickContext,
+    ) -> Self {
         let refs = std::array::from_fn(|_| Arc::new(SetRef::new(set.clone())));
         // Counters carry over, so a refresh does not restart round-robin at the first
         // endpoint; each stripe starts far from the others so seeded random streams
@@ -67,10 +117,30 @@ impl Picker {
             set,
             refs,
             cursors,
+            selection: ctx.selection.clone(),
+            weights,
             load: ctx.load.clone(),
             ramp,
             ejected: ctx.ejected.clone(),
         }
+    }
+
+    /// The answer this picker picks from: the same `Arc` while an answer is only
+    /// reconfirmed, a new one when the registry's answer changed.
+    pub(crate) fn set(&self) -> &Arc<EndpointSet> {
+        &self.set
+    }
+
+    /// Whether the answer has no endpoint (nothing to pick).
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.set.items.is_empty()
+    }
+
+    /// The answer's endpoints, in the registry's order.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn endpoints(&self) -> &[crate::endpoint::EndpointData] {
+        &self.set.items
     }
 
     /// The next counter value of stripe `s`.
@@ -88,22 +158,12 @@ impl Picker {
     /// The selection's index for counter value `draw`; `ramp_at` is the time of a
     /// slow-start ramp in progress.
     #[inline]
-    fn index(
-        &self,
-        selection: &Selection,
-        seed: u64,
-        draw: u64,
-        ramp_at: Option<Instant>,
-    ) -> usize {
-        if let Selection::LeastLoaded = selection {
+    fn index(&self, seed: u64, draw: u64, ramp_at: Option<Instant>) -> usize {
+        if let Selection::LeastLoaded = self.selection {
             return self.least_loaded(seed, draw, ramp_at);
         }
-        selection.pick(
-            self.set.items.len(),
-            self.set.cumulative.as_deref(),
-            draw,
-            seed,
-        )
+        self.selection
+            .pick(self.set.items.len(), self.weights.as_deref(), draw, seed)
     }
 
     /// Power of two choices: of two distinct endpoints drawn at random, the one with
@@ -142,8 +202,8 @@ impl Picker {
 
     /// The selection's next index for stripe `s`.
     #[inline]
-    fn draw(&self, selection: &Selection, seed: u64, s: usize, ramp_at: Option<Instant>) -> usize {
-        self.index(selection, seed, self.next_draw(s), ramp_at)
+    fn draw(&self, seed: u64, s: usize, ramp_at: Option<Instant>) -> usize {
+        self.index(seed, self.next_draw(s), ramp_at)
     }
 
     /// The selection's pick among the endpoints `ejected` does not exclude, or any
@@ -153,36 +213,29 @@ impl Picker {
     /// exactly when capacity is short. When nothing is ejected this is one draw and
     /// one `ejected` call.
     #[inline]
-    fn choose(
-        &self,
-        selection: &Selection,
-        seed: u64,
-        s: usize,
-        ejected: impl Fn(usize) -> bool,
-    ) -> usize {
+    fn choose(&self, seed: u64, s: usize, ejected: impl Fn(usize) -> bool) -> usize {
         if let Some(ramp) = &self.ramp
             && let Some(at) = ramp.now()
         {
-            return self.choose_ramped(selection, seed, s, ejected, ramp, at);
+            return self.choose_ramped(seed, s, ejected, ramp, at);
         }
-        self.choose_at(selection, seed, s, &ejected, None)
+        self.choose_at(seed, s, &ejected, None)
     }
 
     #[inline]
     fn choose_at(
         &self,
-        selection: &Selection,
         seed: u64,
         s: usize,
         ejected: &impl Fn(usize) -> bool,
         ramp_at: Option<Instant>,
     ) -> usize {
         let draw = self.next_draw(s);
-        let first = self.index(selection, seed, draw, ramp_at);
+        let first = self.index(seed, draw, ramp_at);
         if !ejected(first) {
             return first;
         }
-        self.redraw(selection, seed, s, draw, ejected, ramp_at)
+        self.redraw(seed, s, draw, ejected, ramp_at)
     }
 
     /// A pick while endpoints ramp up: least-loaded picks weigh the cost; the others
@@ -191,20 +244,19 @@ impl Picker {
     #[cold]
     fn choose_ramped(
         &self,
-        selection: &Selection,
         seed: u64,
         s: usize,
         ejected: impl Fn(usize) -> bool,
         ramp: &Ramp,
         at: Instant,
     ) -> usize {
-        if let Selection::LeastLoaded = selection {
-            return self.choose_at(selection, seed, s, &ejected, Some(at));
+        if let Selection::LeastLoaded = self.selection {
+            return self.choose_at(seed, s, &ejected, Some(at));
         }
         let tries = 4 * self.set.items.len();
         let mut i = 0;
         for _ in 0..tries {
-            i = self.choose_at(selection, seed, s, &ejected, Some(at));
+            i = self.choose_at(seed, s, &ejected, Some(at));
             let w = ramp.weight(i, at);
             let coin = unit(splitmix64(
                 seed.rotate_left(17) ^ self.cursors[s].load(Ordering::Relaxed),
@@ -224,22 +276,21 @@ impl Picker {
     #[cold]
     fn redraw(
         &self,
-        selection: &Selection,
         seed: u64,
         s: usize,
         first_draw: u64,
         ejected: &impl Fn(usize) -> bool,
         ramp_at: Option<Instant>,
     ) -> usize {
-        let first = self.index(selection, seed, first_draw, ramp_at);
+        let first = self.index(seed, first_draw, ramp_at);
         let n = self.set.items.len();
         for _ in 1..n {
-            let i = self.draw(selection, seed, s, ramp_at);
+            let i = self.draw(seed, s, ramp_at);
             if !ejected(i) {
                 return i;
             }
         }
-        let weight = |i: usize| match self.set.cumulative.as_deref() {
+        let weight = |i: usize| match self.weights.as_deref() {
             Some(cum) if i > 0 => cum[i] - cum[i - 1],
             Some(cum) => cum[0],
             None => 1.0,
@@ -280,13 +331,11 @@ impl Picker {
     /// Picks one endpoint on thread stripe `s`, skipping ejected endpoints unless all
     /// are ejected (failing open). The set must have endpoints.
     #[inline]
-    pub(crate) fn pick(&self, selection: &Selection, seed: u64, s: usize) -> Endpoint {
+    pub(crate) fn pick(&self, seed: u64, s: usize) -> Endpoint {
         let items = &self.set.items;
         // While nothing is ejected (nearly always) no endpoint's flag is read.
         let any_ejected = self.ejected.any();
-        let i = self.choose(selection, seed, s, |i| {
-            any_ejected && items[i].state().is_ejected()
-        });
+        let i = self.choose(seed, s, |i| any_ejected && items[i].state().is_ejected());
         Endpoint::new(self.refs[s].clone(), i)
     }
 
@@ -296,7 +345,6 @@ impl Picker {
     /// outlier policy's judgement (which may re-admit an endpoint whose time is up).
     pub(crate) fn candidates(
         &self,
-        selection: &Selection,
         seed: u64,
         s: usize,
         max: usize,
@@ -305,7 +353,7 @@ impl Picker {
         let n = self.set.items.len();
         let items = &self.set.items;
         let is_ejected = |i: usize| is_ejected(items[i].state());
-        let start = self.choose(selection, seed, s, is_ejected);
+        let start = self.choose(seed, s, is_ejected);
         let max = max.min(n);
         let mut admitted = Vec::with_capacity(max);
         let mut ejected = Vec::new();
@@ -336,5 +384,30 @@ impl Picker {
         (0..self.set.items.len())
             .map(|i| Endpoint::new(r.clone(), i))
             .collect()
+    }
+}
+
+/// Two distinct indices below `n` (at least 2) from one random word.
+#[inline]
+fn two_of(n: usize, r: u64) -> (usize, usize) {
+    let a = ((u128::from(r) * n as u128) >> 64) as usize;
+    let r2 = splitmix64(r);
+    let b = ((u128::from(r2) * (n - 1) as u128) >> 64) as usize;
+    (a, if b >= a { b + 1 } else { b })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_of_gives_distinct_indices_covering_every_pair() {
+        let mut seen = std::collections::HashSet::new();
+        for r in 0..2_000u64 {
+            let (a, b) = two_of(4, splitmix64(r));
+            assert!(a < 4 && b < 4 && a != b, "{a} {b}");
+            seen.insert((a, b));
+        }
+        assert_eq!(seen.len(), 12);
     }
 }

@@ -201,7 +201,7 @@ async fn slow_start(selection: Selection) {
     let mut opts = ResolverOptions::default();
     opts.selection = selection.clone();
     opts.seed = Some(7);
-    opts.ttl = Duration::from_secs(1);
+    opts.cache.ttl = Duration::from_secs(1);
     let resolver = Resolver::builder(registry.clone())
         .options(opts.clone())
         .build()

@@ -264,9 +264,9 @@ async fn ttl_expiry_makes_a_new_call() {
     let (ns, _) = fleet().await;
     let (p, b) = proxied().await;
     let mut opts = cloudmap_resolver::ResolverOptions::default();
-    opts.ttl = Duration::from_millis(300);
-    opts.refresh_ahead = false;
-    opts.full_refresh_interval = None;
+    opts.cache.ttl = Duration::from_millis(300);
+    opts.cache.refresh_ahead = false;
+    opts.cache.full_refresh_interval = None;
     let r = b.options(opts).build().unwrap();
     r.resolve(&ns, "api").await.unwrap();
     r.resolve(&ns, "api").await.unwrap();

@@ -152,7 +152,7 @@ fn slowing_down_when_throttled_beats_per_key_backoff_alone() {
     };
     let adaptive = scaled(ResolverOptions::default());
     let mut off = ResolverOptions::default();
-    off.adapt_to_throttling = false;
+    off.cache.adapt_to_throttling = false;
     let per_key = scaled(off);
     print(&[&adaptive, &per_key]);
 

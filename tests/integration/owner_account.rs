@@ -47,9 +47,9 @@ async fn owner_account_is_sent_on_both_operations() {
     let mut opts = ResolverOptions::default();
     // Expire quickly, no background refresh, and poll the revision between full
     // fetches: the second load is a DiscoverInstancesRevision call.
-    opts.ttl = Duration::from_millis(200);
-    opts.refresh_ahead = false;
-    opts.full_refresh_interval = Some(Duration::from_secs(3600));
+    opts.cache.ttl = Duration::from_millis(200);
+    opts.cache.refresh_ahead = false;
+    opts.cache.full_refresh_interval = Some(Duration::from_secs(3600));
     let r = b.options(opts).owner_account(OWNER_A).build().unwrap();
     assert_eq!(r.options().owner_account.as_deref(), Some(OWNER_A));
     r.resolve(&ns, "api").await.unwrap();

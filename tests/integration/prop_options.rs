@@ -75,16 +75,20 @@ fn case() -> impl Strategy<Value = Case> {
     (times, limits, call, outlier, budget).prop_map(|(t, l, c, o, b)| {
         let mut opts = ResolverOptions::default();
         (
-            opts.ttl,
-            opts.max_stale,
-            opts.fetch_timeout,
-            opts.negative_ttl,
+            opts.cache.ttl,
+            opts.cache.max_stale,
+            opts.cache.fetch_timeout,
+            opts.cache.negative_ttl,
         ) = (t.0, t.1, t.2, t.3);
-        opts.full_refresh_interval = t.4;
-        (opts.idle_timeout, opts.backoff_base, opts.backoff_max) = (t.5, t.6, t.7);
-        opts.capacity = l.0;
-        opts.rate_limit = l.1.map(|(rate, burst)| RateLimit::new(rate, burst));
-        (opts.refresh_ahead, opts.adapt_to_throttling) = (l.2, l.3);
+        opts.cache.full_refresh_interval = t.4;
+        (
+            opts.cache.idle_timeout,
+            opts.cache.backoff_base,
+            opts.cache.backoff_max,
+        ) = (t.5, t.6, t.7);
+        opts.cache.capacity = l.0;
+        opts.cache.rate_limit = l.1.map(|(rate, burst)| RateLimit::new(rate, burst));
+        (opts.cache.refresh_ahead, opts.cache.adapt_to_throttling) = (l.2, l.3);
         opts.seed = Some(l.4);
         (
             opts.call.max_attempts,
@@ -188,14 +192,14 @@ fn each_edge_duration_alone() {
     let edges = [Duration::ZERO, Duration::from_nanos(1), Duration::MAX];
     type Set = fn(&mut ResolverOptions, Duration);
     let fields: [Set; 15] = [
-        |o, d| o.ttl = d,
-        |o, d| o.max_stale = d,
-        |o, d| o.fetch_timeout = d,
-        |o, d| o.negative_ttl = d,
-        |o, d| o.full_refresh_interval = Some(d),
-        |o, d| o.idle_timeout = d,
-        |o, d| o.backoff_base = d,
-        |o, d| o.backoff_max = d,
+        |o, d| o.cache.ttl = d,
+        |o, d| o.cache.max_stale = d,
+        |o, d| o.cache.fetch_timeout = d,
+        |o, d| o.cache.negative_ttl = d,
+        |o, d| o.cache.full_refresh_interval = Some(d),
+        |o, d| o.cache.idle_timeout = d,
+        |o, d| o.cache.backoff_base = d,
+        |o, d| o.cache.backoff_max = d,
         |o, d| o.call.deadline = Some(d),
         |o, d| o.call.attempt_timeout = Some(d),
         |o, d| o.outlier.base_ejection_time = d,
@@ -205,8 +209,8 @@ fn each_edge_duration_alone() {
             o.outlier.max_ejection_time = d;
         },
         |o, d| {
-            o.backoff_base = d;
-            o.backoff_max = d;
+            o.cache.backoff_base = d;
+            o.cache.backoff_max = d;
         },
         |o, d| o.retry_budget.window = d,
     ];

@@ -17,7 +17,7 @@ fn registry(services: usize) -> StaticDiscovery {
 
 fn resolver(source: Counting<StaticDiscovery>, startup_wait: Duration) -> Resolver {
     let mut opts = ResolverOptions::default();
-    opts.startup_wait = startup_wait;
+    opts.cache.startup_wait = startup_wait;
     opts.seed = Some(17);
     Resolver::builder(source).options(opts).build().unwrap()
 }

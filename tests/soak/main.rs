@@ -203,9 +203,9 @@ async fn chaos_soak() {
     }
 
     let mut opts = ResolverOptions::default();
-    opts.ttl = TTL;
-    opts.fetch_timeout = Duration::from_secs(1);
-    opts.backoff_max = Duration::from_secs(2);
+    opts.cache.ttl = TTL;
+    opts.cache.fetch_timeout = Duration::from_secs(1);
+    opts.cache.backoff_max = Duration::from_secs(2);
     opts.seed = Some(SEED);
     opts.call.attempt_timeout = Some(Duration::from_secs(5));
     opts.retry_budget.ratio = 7.0;

@@ -25,11 +25,11 @@ use tokio::time::Instant;
 mod backoff;
 mod cold_pace;
 
-pub(super) use backoff::Backoff;
-use cold_pace::ColdPace;
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
 use crate::util::time::after;
+pub(super) use backoff::Backoff;
+use cold_pace::ColdPace;
 
 /// A cap on one resolver's registry calls: a token bucket of `burst` calls, refilled
 /// at `per_second`.
@@ -49,7 +49,7 @@ use crate::util::time::after;
 ///     .rate_limit(RateLimit::new(2.0, 10))
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(resolver.options().rate_limit, Some(RateLimit::new(2.0, 10)));
+/// assert_eq!(resolver.options().cache.rate_limit, Some(RateLimit::new(2.0, 10)));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimit {

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 mod peak_ewma;
 
-pub(crate) use peak_ewma::{Load, LoadClock};
 use crate::error::Error;
+pub(crate) use peak_ewma::{Load, LoadClock};
 
 /// Settings of [`Selection::LeastLoaded`](crate::Selection::LeastLoaded). Every
 /// field's doc states its default.
@@ -112,46 +112,9 @@ impl LoadTracker {
     }
 }
 
-/// One request in flight on an endpoint: counted from `new` until dropped.
-#[derive(Debug)]
-pub(crate) struct InFlight<'a>(&'a Load);
-
-impl<'a> InFlight<'a> {
-    pub(crate) fn new(load: &'a Load) -> Self {
-        load.start();
-        InFlight(load)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.end();
-    }
-}
-
-/// Two distinct indices below `n` (at least 2) from one random word.
-#[inline]
-pub(crate) fn two_of(n: usize, r: u64) -> (usize, usize) {
-    let a = ((u128::from(r) * n as u128) >> 64) as usize;
-    let r2 = crate::util::hash::splitmix64(r);
-    let b = ((u128::from(r2) * (n - 1) as u128) >> 64) as usize;
-    (a, if b >= a { b + 1 } else { b })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn two_of_gives_distinct_indices_covering_every_pair() {
-        let mut seen = std::collections::HashSet::new();
-        for r in 0..2_000u64 {
-            let (a, b) = two_of(4, crate::util::hash::splitmix64(r));
-            assert!(a < 4 && b < 4 && a != b, "{a} {b}");
-            seen.insert((a, b));
-        }
-        assert_eq!(seen.len(), 12);
-    }
 
     #[test]
     fn failures_count_at_least_the_penalty() {
@@ -161,17 +124,6 @@ mod tests {
         t.record(&fast, epoch, epoch + Duration::from_millis(2), false);
         t.record(&failing, epoch, epoch + Duration::from_micros(10), true);
         assert!(t.cost(&failing) > 400.0 * t.cost(&fast));
-    }
-
-    #[test]
-    fn in_flight_counts_until_dropped() {
-        let load = Load::default();
-        let a = InFlight::new(&load);
-        let b = InFlight::new(&load);
-        assert_eq!(load.pending(), 2);
-        drop(a);
-        drop(b);
-        assert_eq!(load.pending(), 0);
     }
 
     #[test]

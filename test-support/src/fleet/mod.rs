@@ -121,8 +121,8 @@ impl Scenario {
     pub fn rolling_start(resolvers: usize) -> Self {
         let (ttl, full) = recommended(resolvers);
         let mut opts = ResolverOptions::default();
-        opts.ttl = ttl;
-        opts.full_refresh_interval = Some(full);
+        opts.cache.ttl = ttl;
+        opts.cache.full_refresh_interval = Some(full);
         let mut sc = Scenario::new(resolvers, Client::Resolver(Box::new(opts)));
         sc.start_spread = Duration::from_secs(60);
         sc.resolve_every = Duration::from_secs(15);

@@ -196,18 +196,18 @@ async fn duration_max_means_forever() {
 async fn duration_max_options_do_not_panic() {
     type Set = fn(&mut ResolverOptions);
     let cases: [(&str, Set); 13] = [
-        ("ttl", |o| o.ttl = Duration::MAX),
-        ("max_stale", |o| o.max_stale = Duration::MAX),
-        ("fetch_timeout", |o| o.fetch_timeout = Duration::MAX),
-        ("negative_ttl", |o| o.negative_ttl = Duration::MAX),
+        ("ttl", |o| o.cache.ttl = Duration::MAX),
+        ("max_stale", |o| o.cache.max_stale = Duration::MAX),
+        ("fetch_timeout", |o| o.cache.fetch_timeout = Duration::MAX),
+        ("negative_ttl", |o| o.cache.negative_ttl = Duration::MAX),
         ("full_refresh_interval", |o| {
-            o.full_refresh_interval = Some(Duration::MAX)
+            o.cache.full_refresh_interval = Some(Duration::MAX)
         }),
-        ("idle_timeout", |o| o.idle_timeout = Duration::MAX),
-        ("backoff_max", |o| o.backoff_max = Duration::MAX),
+        ("idle_timeout", |o| o.cache.idle_timeout = Duration::MAX),
+        ("backoff_max", |o| o.cache.backoff_max = Duration::MAX),
         ("backoff_base", |o| {
-            o.backoff_base = Duration::MAX;
-            o.backoff_max = Duration::MAX;
+            o.cache.backoff_base = Duration::MAX;
+            o.cache.backoff_max = Duration::MAX;
         }),
         ("call.deadline", |o| o.call.deadline = Some(Duration::MAX)),
         ("call.attempt_timeout", |o| {
@@ -236,7 +236,7 @@ async fn duration_max_options_do_not_panic() {
         );
         let mut opts = ResolverOptions::default();
         opts.seed = Some(47);
-        opts.ttl = Duration::from_secs(1);
+        opts.cache.ttl = Duration::from_secs(1);
         opts.outlier.consecutive_failures = 1;
         set(&mut opts);
         let resolver = match Resolver::builder(source.clone()).options(opts).build() {
@@ -295,9 +295,9 @@ async fn tiny_rate_limit_does_not_panic() {
 async fn busy_key_is_not_evicted_as_idle_without_refresh_ahead() {
     let source = Counting::new(services(1));
     let mut opts = ResolverOptions::default();
-    opts.ttl = Duration::from_millis(50);
-    opts.idle_timeout = Duration::from_millis(300);
-    opts.refresh_ahead = false;
+    opts.cache.ttl = Duration::from_millis(50);
+    opts.cache.idle_timeout = Duration::from_millis(300);
+    opts.cache.refresh_ahead = false;
     opts.seed = Some(59);
     let resolver = Resolver::builder(source.clone())
         .options(opts)

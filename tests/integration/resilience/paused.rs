@@ -116,9 +116,9 @@ async fn throttled_calls_per_key(adapt_to_throttling: bool) -> BTreeMap<String, 
     let source = Timed::new(Counting::new(services(50)));
     let counting = source.inner.clone();
     let mut opts = ResolverOptions::default();
-    opts.ttl = Duration::from_secs(1);
+    opts.cache.ttl = Duration::from_secs(1);
     opts.seed = Some(23);
-    opts.adapt_to_throttling = adapt_to_throttling;
+    opts.cache.adapt_to_throttling = adapt_to_throttling;
     let resolver = Resolver::builder(source.clone())
         .options(opts)
         .build()
@@ -227,8 +227,8 @@ async fn full_refresh_floor_with_revision_polling() {
     let registry = services(1);
     let source = Counting::new(registry.clone());
     let mut opts = ResolverOptions::default();
-    opts.ttl = Duration::from_secs(1);
-    opts.full_refresh_interval = Some(Duration::from_secs(4));
+    opts.cache.ttl = Duration::from_secs(1);
+    opts.cache.full_refresh_interval = Some(Duration::from_secs(4));
     opts.seed = Some(31);
     let resolver = Resolver::builder(source.clone())
         .options(opts)

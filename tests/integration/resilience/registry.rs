@@ -71,13 +71,13 @@ async fn cold_key_during_outage_fails_fast() {
     let (ns, _) = fleet().await;
     let proxy = Proxy::start(moto::moto().addr).await;
     let mut opts = ResolverOptions::default();
-    opts.fetch_timeout = Duration::from_millis(300);
+    opts.cache.fetch_timeout = Duration::from_millis(300);
     // Long enough that the remembered error cannot run out during the test.
-    opts.backoff_base = Duration::from_secs(20);
-    opts.backoff_max = Duration::from_secs(20);
+    opts.cache.backoff_base = Duration::from_secs(20);
+    opts.cache.backoff_max = Duration::from_secs(20);
     // Failing fast is what this test is about: a throttled cold load fails at once
     // (waiting out throttling is `startup_wait::` tests' subject).
-    opts.startup_wait = Duration::ZERO;
+    opts.cache.startup_wait = Duration::ZERO;
     let resolver = Resolver::builder(CloudMapDiscovery::new(&moto::sdk_config(&proxy.url())))
         .options(opts)
         .build()

@@ -1,0 +1,173 @@
+//! [`Recorder`]: the one handle through which callers' experience of an endpoint is
+//! recorded (requests in flight, round-trip times, outcomes), for `call`, `Lease`
+//! and the integrations alike.
+//!
+//! It pairs the resolver's load tracker (present only under
+//! `Selection::LeastLoaded`, the one selection that reads load) with its outlier
+//! detection, so a user of an endpoint makes one call per event and cannot record
+//! the load and forget the ejection, or the other way round. A new per-endpoint fact
+//! learned from requests is recorded here, not in each caller.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::load::{LoadOptions, LoadTracker};
+use super::outlier::{Outcome, OutlierDetector};
+use super::{Endpoint, EndpointState};
+
+/// Records what callers learn about endpoints. Cheap to clone (two `Arc`s).
+#[derive(Debug, Clone)]
+pub(crate) struct Recorder {
+    load: Option<Arc<LoadTracker>>,
+    outliers: Arc<OutlierDetector>,
+}
+
+impl Recorder {
+    /// `load` only when the selection reads it.
+    pub(crate) fn new(load: Option<Arc<LoadTracker>>, outliers: Arc<OutlierDetector>) -> Self {
+        Recorder { load, outliers }
+    }
+
+    /// This recorder with a load tracker in any case: its own one (with `opts`) when
+    /// the resolver keeps none, for balancers outside the resolver that pick by
+    /// load themselves (`integrations/measured.rs`).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn measuring(&self, opts: &LoadOptions) -> Recorder {
+        let load = self
+            .load
+            .clone()
+            .unwrap_or_else(|| Arc::new(LoadTracker::new(opts, Instant::now())));
+        Recorder::new(Some(load), self.outliers.clone())
+    }
+
+    /// Counts one request in flight on `ep` until the guard is dropped (nothing when
+    /// load is not tracked).
+    #[inline]
+    pub(crate) fn in_flight<'a>(&self, ep: &'a Endpoint) -> InFlight<'a> {
+        InFlight::new(self.load.is_some().then(|| ep))
+    }
+
+    /// Counts one request in flight on `ep` without a guard; returns whether it was
+    /// counted, to pass to [`end`](Self::end) exactly once.
+    pub(crate) fn start(&self, ep: &Endpoint) -> bool {
+        let counted = self.load.is_some();
+        if counted {
+            ep.state().load.start();
+        }
+        counted
+    }
+
+    /// Ends a request counted by [`start`](Self::start).
+    pub(crate) fn end(&self, ep: &Endpoint, counted: bool) {
+        if counted {
+            ep.state().load.end();
+        }
+    }
+
+    /// A finished request on `ep`, sent at `began` and done at `now`: its round-trip
+    /// time (a failure counts at least the failure penalty) and its outcome.
+    pub(crate) fn finish(&self, ep: &Endpoint, began: Instant, now: Instant, outcome: Outcome) {
+        if let Some(load) = &self.load {
+            load.record(&ep.state().load, began, now, outcome == Outcome::Failure);
+        }
+        self.outliers.record(ep, outcome, now);
+    }
+
+    /// An outcome without a timing (`Resolver::report`).
+    pub(crate) fn report(&self, ep: &Endpoint, outcome: Outcome, now: Instant) {
+        self.outliers.record(ep, outcome, now);
+    }
+
+    /// Whether outlier detection keeps the endpoint out at `now` (re-admitting it
+    /// when its time is up).
+    pub(crate) fn is_ejected(&self, state: &Arc<EndpointState>, now: Instant) -> bool {
+        self.outliers.is_ejected(state, now)
+    }
+
+    /// What picking `ep` costs now, as `Selection::LeastLoaded` compares it; `None`
+    /// when load is not tracked.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn cost(&self, ep: &Endpoint) -> Option<f64> {
+        Some(self.load.as_ref()?.cost(&ep.state().load))
+    }
+
+    /// The outlier detection's counters (ejections, re-admissions).
+    pub(crate) fn outliers(&self) -> &OutlierDetector {
+        &self.outliers
+    }
+}
+
+/// One request in flight on an endpoint: counted from `new` until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight<'a>(Option<&'a Endpoint>);
+
+impl<'a> InFlight<'a> {
+    fn new(ep: Option<&'a Endpoint>) -> Self {
+        if let Some(ep) = ep {
+            ep.state().load.start();
+        }
+        InFlight(ep)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(ep) = self.0 {
+            ep.state().load.end();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discover::instance::Instance;
+    use crate::endpoint::outlier::OutlierOptions;
+
+    fn endpoint() -> Endpoint {
+        Endpoint::from_instance(Instance::new("i-1").ipv4("10.0.0.1".parse().unwrap())).unwrap()
+    }
+
+    fn recorder(load: bool) -> Recorder {
+        let tracker =
+            load.then(|| Arc::new(LoadTracker::new(&LoadOptions::default(), Instant::now())));
+        // One endpoint alone may be ejected only when the share allows all.
+        let mut outlier = OutlierOptions::default();
+        outlier.max_ejection_share = 1.0;
+        Recorder::new(tracker, Arc::new(OutlierDetector::new(outlier)))
+    }
+
+    #[test]
+    fn in_flight_counts_until_dropped_only_when_load_is_tracked() {
+        let ep = endpoint();
+        let tracked = recorder(true);
+        let a = tracked.in_flight(&ep);
+        let b = tracked.in_flight(&ep);
+        assert_eq!(ep.in_flight(), 2);
+        drop(a);
+        drop(b);
+        assert_eq!(ep.in_flight(), 0);
+        let untracked = recorder(false);
+        let _c = untracked.in_flight(&ep);
+        assert_eq!(ep.in_flight(), 0);
+        assert_eq!(untracked.cost(&ep), None);
+        assert!(untracked
+            .measuring(&LoadOptions::default())
+            .cost(&ep)
+            .is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finish_feeds_load_and_ejection_alike() {
+        let (ep, r) = (endpoint(), recorder(true));
+        let now = Instant::now();
+        for _ in 0..5 {
+            r.finish(&ep, now, now, Outcome::Failure);
+        }
+        assert!(ep.is_ejected());
+        // Each failure counted at least the 1 s penalty.
+        assert!(r.cost(&ep).unwrap() >= 1e9, "{:?}", r.cost(&ep));
+        assert_eq!(r.outliers().ejections(), 1);
+    }
+}
