@@ -45,7 +45,7 @@ impl Recorder {
     /// load is not tracked).
     #[inline]
     pub(crate) fn in_flight<'a>(&self, ep: &'a Endpoint) -> InFlight<'a> {
-        InFlight::new(self.load.is_some().then(|| ep))
+        InFlight::new(self.load.is_some().then_some(ep))
     }
 
     /// Counts one request in flight on `ep` without a guard; returns whether it was
@@ -133,8 +133,10 @@ mod tests {
         let tracker =
             load.then(|| Arc::new(LoadTracker::new(&LoadOptions::default(), Instant::now())));
         // One endpoint alone may be ejected only when the share allows all.
-        let mut outlier = OutlierOptions::default();
-        outlier.max_ejection_share = 1.0;
+        let outlier = OutlierOptions {
+            max_ejection_share: 1.0,
+            ..OutlierOptions::default()
+        };
         Recorder::new(tracker, Arc::new(OutlierDetector::new(outlier)))
     }
 

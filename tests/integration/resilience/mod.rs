@@ -46,7 +46,7 @@ fn outage_bound(window: Duration, base: Duration, max: Duration) -> u64 {
 
 fn default_bound(window: Duration) -> u64 {
     let d = ResolverOptions::default();
-    outage_bound(window, d.backoff_base, d.backoff_max)
+    outage_bound(window, d.cache.backoff_base, d.cache.backoff_max)
 }
 
 #[test]
