@@ -1,5 +1,5 @@
 //! Asking the registry: the revision first where that saves the full call, then the
-//! instances; each call paced (`pacing.rs`), timed out, and with a panic of the
+//! instances; each call paced (`pacing/`), timed out, and with a panic of the
 //! source caught, so that nothing a source does can stop the refresher.
 
 use std::any::Any;

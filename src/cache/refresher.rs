@@ -180,7 +180,7 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
     Step::Go((cache, cur))
 }
 
-/// Wait: for this resolver's turn to call the registry (see `pacing.rs`), serving
+/// Wait: for this resolver's turn to call the registry (see `pacing/`), serving
 /// the current answer meanwhile and holding no strong reference, so that a dropped
 /// resolver stops here. Returns the cache again and the call to start with.
 async fn wait_for_turn(

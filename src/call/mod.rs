@@ -3,7 +3,8 @@
 //!
 //! Made by [`Resolver::call`](crate::Resolver::call) and
 //! [`Query::call`](crate::Query::call); awaiting the [`Call`] runs it. Each attempt's
-//! outcome feeds outlier detection (`outlier.rs`, the ejection policy); retries are
+//! outcome is recorded through `endpoint::record::Recorder` (load and outlier detection,
+//! `endpoint/outlier.rs`); retries are
 //! paid for from the resolver's retry budget (`budget.rs`). A call receives what it
 //! needs in a [`CallContext`], not the whole resolver, so this layer sits below
 //! `resolver/` and above `cache/`.

@@ -5,8 +5,8 @@
 //! endpoint holds an `Arc<EndpointState>`, and [`StateTable`] hands the same state to
 //! the same endpoint (same instance at the same address) in the next answer. The
 //! ejection *policy* (when to eject, for how long) lives with failover, in
-//! `call/outlier.rs`; this file keeps only the state it reads and writes. Load
-//! (requests in flight, a latency average: `load.rs`) sits beside [`Ejection`] here,
+//! `outlier.rs`; this file keeps only the state it reads and writes. Load
+//! (requests in flight, a latency average: `load/`) sits beside [`Ejection`] here,
 //! so that it survives refreshes the same way, and so does the time an endpoint
 //! joined a service that was already serving (for slow start, `select/slow_start.rs`).
 
@@ -46,7 +46,7 @@ pub(crate) struct EndpointState {
     pub(crate) joined: OnceLock<Instant>,
 }
 
-/// One endpoint's ejection state, as outlier detection (`call/outlier.rs`) keeps it.
+/// One endpoint's ejection state, as outlier detection (`outlier.rs`) keeps it.
 #[derive(Debug)]
 pub(crate) struct Ejection {
     /// Read by every warm pick while any endpoint of the resolver is ejected; padded

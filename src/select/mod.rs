@@ -1,6 +1,7 @@
 //! Which endpoint, in what order: the [`Selection`] a resolver picks by, the
 //! per-answer picking state ([`Picker`]) that applies it while skipping ejected
-//! endpoints, load-aware picks (`load.rs`) and slow start (`slow_start.rs`).
+//! endpoints, load-aware picks (two choices over `endpoint/load/`) and slow start
+//! (`slow_start.rs`).
 
 use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};

@@ -2,7 +2,7 @@
 //! throttles: one process-wide *pressure* per operation, a step up per throttled
 //! cold load and a step down per [`STEP_DOWN`] answered ones, and a jittered hold
 //! that grows with it. Cold loads are held back until the hold ends; those waiting
-//! out throttling (`startup_wait`, `load.rs`) take their next turn then.
+//! out throttling (`startup_wait`, `cache/cold.rs`) take their next turn then.
 //!
 //! Why a pressure and not a reset on the first answer: across a fleet starting at
 //! once, a process that went again at once after each answer would mostly meet the

@@ -15,7 +15,7 @@
 //! [`RateLimit`], or while a jittered hold lasts after another cold load of the same
 //! resolver was throttled (the account is dry for every key of the process; the hold
 //! grows and shrinks with the throttling, `cold_pace.rs`). A cold load held back or
-//! throttled waits for the end of the hold, up to `startup_wait` (`load.rs`).
+//! throttled waits for the end of the hold, up to `startup_wait` (`cold.rs`).
 
 use std::sync::Mutex;
 use std::time::Duration;

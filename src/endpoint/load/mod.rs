@@ -3,11 +3,11 @@
 //! failures counted as a penalty latency so that an endpoint failing fast does not
 //! look fast.
 //!
-//! The per-endpoint numbers live in `endpoint/load.rs` (beside the ejection, so they
-//! survive refreshes); this file holds the settings ([`LoadOptions`]), the
-//! resolver's [`LoadTracker`] that turns a finished request into a sample, and the
-//! in-flight guard `call` holds around each attempt. Only a resolver whose selection
-//! is [`Selection::LeastLoaded`](super::Selection::LeastLoaded) has a tracker: the
+//! The per-endpoint numbers live in `peak_ewma.rs` (in `EndpointState`, so they
+//! survive refreshes); this file holds the settings ([`LoadOptions`]) and the
+//! resolver's [`LoadTracker`] that turns a finished request into a sample (callers
+//! record through `../record.rs`). Only a resolver whose selection
+//! is [`Selection::LeastLoaded`](crate::Selection::LeastLoaded) has a tracker: the
 //! other selections neither pay for the bookkeeping nor read it.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
 //! Per-endpoint load: requests in flight and a peak-EWMA round-trip time, as
-//! `Selection::LeastLoaded` reads them (the policy lives in `select/load.rs`).
+//! `Selection::LeastLoaded` reads them (the settings and tracker: `mod.rs`).
 //!
 //! Kept beside the ejection in [`EndpointState`](super::EndpointState), so an
 //! endpoint that stays in the registry's answer keeps its history across refreshes
