@@ -44,7 +44,11 @@ fn layers_point_one_way() {
 
     let mut files = Vec::new();
     rust_files(&src, &mut files);
-    assert!(files.len() > 20, "found only {} files under {src:?}", files.len());
+    assert!(
+        files.len() > 20,
+        "found only {} files under {src:?}",
+        files.len()
+    );
     let mut violations = Vec::new();
     let mut checked = 0;
     for file in &files {
@@ -77,7 +81,10 @@ fn layers_point_one_way() {
             }
         }
     }
-    assert!(checked > 100, "only {checked} crate paths found: is the scan broken?");
+    assert!(
+        checked > 100,
+        "only {checked} crate paths found: is the scan broken?"
+    );
     assert!(
         violations.is_empty(),
         "imports from a higher layer (see LAYERS and ARCHITECTURE.md):\n{}",
