@@ -49,7 +49,7 @@ fn env(name: &str) -> Option<String> {
 /// Where this instance is listed: Cloud Map (through `Registration`), or the registry
 /// in memory.
 enum Listing {
-    CloudMap(Registered),
+    CloudMap(Box<Registered>),
     InMemory(StaticDiscovery),
 }
 
@@ -94,7 +94,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .register()
                 .await?;
             let resolver = Resolver::builder(CloudMapDiscovery::new(&sdk));
-            (Listing::CloudMap(registered), resolver)
+            (Listing::CloudMap(Box::new(registered)), resolver)
         }
         false => {
             let registry = StaticDiscovery::new();
