@@ -12,7 +12,7 @@
 //! FLEET_ONLY=defaults,rolling cargo run --release --example fleet_sim -- 1000 5000
 //! ```
 //!
-//! Beyond 1,000 processes a last row runs `Scenario::rolling_start`: the README's
+//! Beyond 1,000 processes a last row runs `Scenario::rolling_start`: the fleet guide's
 //! recommended settings and a start spread over 60 s (the goal `tests/integration/
 //! fleet.rs` asserts). `FLEET_ONLY` picks rows (`defaults`, `per-key`, `naive`,
 //! `tuned`, `rolling`); `FLEET_SPREAD`, `FLEET_EVERY` and `FLEET_SECS` (seconds)
@@ -20,8 +20,8 @@
 //! `FLEET_DETAIL` prints calls per minute and each change's spread.
 //!
 //! The simulation is `test_support::fleet`; the assertions on these numbers live in
-//! `tests/integration/fleet.rs`; see README "Running a
-//! fleet" for what the columns mean.
+//! `tests/integration/fleet.rs`; see the fleet guide
+//! (`cloudmap_resolver::guide::fleet`, "Running a fleet") for what the columns mean.
 
 use std::time::Duration;
 

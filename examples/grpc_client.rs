@@ -6,16 +6,103 @@
 //! ```text
 //! cargo run --example grpc_client --features tonic
 //! ```
+//!
+//! Copy it into your own project with `tonic` (features `channel`, `server`,
+//! `router`), `tonic-health`, `futures` and `tokio` (`full`) as dependencies.
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudmap_resolver::{Change, Instance, Resolver, StaticDiscovery};
 use futures::StreamExt;
-use test_support::grpc::{check, three_health_servers, HealthGrpcServer};
+use tokio::sync::oneshot;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Server};
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::server::{HealthReporter, HealthService};
+use tonic_health::ServingStatus;
+
+/// A `grpc.health.v1.Health` server on a free loopback port (tonic-health: no
+/// protoc needed), counting the RPCs it answers.
+struct HealthGrpcServer {
+    addr: SocketAddr,
+    calls: Arc<AtomicU64>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HealthGrpcServer {
+    async fn start() -> std::io::Result<HealthGrpcServer> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let reporter = HealthReporter::new();
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = calls.clone();
+        let service = HealthServer::with_interceptor(
+            HealthService::from_health_reporter(reporter),
+            move |req| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok(req)
+            },
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let incoming = TcpIncoming::from(listener);
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            let _ = Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await;
+        });
+        Ok(HealthGrpcServer {
+            addr,
+            calls,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    /// A graceful stop: in-flight RPCs finish, connections get GOAWAY.
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+/// One `grpc.health.v1.Health/Check` RPC.
+async fn check(channel: &Channel) -> Result<(), tonic::Status> {
+    let request = HealthCheckRequest {
+        service: String::new(),
+    };
+    HealthClient::new(channel.clone())
+        .check(request)
+        .await
+        .map(drop)
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut servers = three_health_servers().await;
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(HealthGrpcServer::start().await?);
+    }
     let ip = "127.0.0.1".parse()?;
     let registry = StaticDiscovery::new();
     for (i, server) in servers.iter().enumerate() {
@@ -23,7 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         registry.register(
             "shared",
             "health",
-            Instance::new(id).ipv4(ip).port(server.port()),
+            Instance::new(id).ipv4(ip).port(server.addr.port()),
         );
         println!("health-{i} serving on {}", server.addr);
     }
@@ -65,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-async fn calls(channel: &tonic::transport::Channel, n: usize) -> (usize, usize) {
+async fn calls(channel: &Channel, n: usize) -> (usize, usize) {
     let mut ok = 0;
     for _ in 0..n {
         if check(channel).await.is_ok() {

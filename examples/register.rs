@@ -1,6 +1,6 @@
 //! A small HTTP service that registers itself in Cloud Map, serves until SIGTERM or
-//! Ctrl-C, drains, and exits: the shutdown recipe of the README's "Registering a
-//! service".
+//! Ctrl-C, drains, and exits: the shutdown recipe of the guide's "Registering a
+//! service" (`cloudmap_resolver::guide::registration`).
 //!
 //! Against Cloud Map (the default AWS credentials chain; the namespace and the
 //! service must exist):

@@ -70,11 +70,11 @@
 //! one succeeds, failing with a [`CallError`]; retries are capped by a retry budget
 //! ([`RetryBudgetOptions`]); failures feed passive outlier detection
 //! ([`OutlierOptions`], [`Resolver::report`]). [`Resolver::stats`] returns [`Stats`].
-//! The README's "When things fail" section lists the behaviour in each failure case.
+//! [`guide::failures`] lists the behaviour in each failure case.
 //!
 //! Self-registration: [`Registration`] puts this process's instance into Cloud Map and
 //! returns a [`Registered`] handle, whose [`drain`](Registered::drain) takes it out
-//! gracefully on shutdown (README: "Registering a service").
+//! gracefully on shutdown ([`guide::registration`]).
 //!
 //! Change streams: [`Resolver::watch`] returns a [`Watch`], a `Stream` of
 //! [`Change`]s driven by the background refresher, for connection pools that must
@@ -89,6 +89,13 @@
 //! `Watch::into_discover` (a change stream as a `tower::discover::Discover`).
 //! `tonic`: `Resolver::grpc_channel`, a `tonic::transport::Channel` following a
 //! change stream. `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
+//!
+//! # Guide
+//!
+//! [`guide`] holds the rest of the manual, one page per subject: [`guide::sources`],
+//! [`guide::options`], [`guide::selection`], [`guide::failures`],
+//! [`guide::registration`], [`guide::watch`], [`guide::integrations`],
+//! [`guide::metrics`], [`guide::fleet`], [`guide::performance`], [`guide::safety`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Layers, top to bottom: each module uses only those below it (ARCHITECTURE.md).
@@ -160,6 +167,10 @@ pub use select::slow_start::SlowStartOptions;
 pub use select::Selection;
 pub use stats::Stats;
 pub use watch::{Change, Watch};
+
+// Documentation only: the user's guide, one page per subject, each page's examples
+// doctested. Public (not `cfg(doc)`) so that it shows on docs.rs.
+pub mod guide;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

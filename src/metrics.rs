@@ -1,6 +1,6 @@
 //! The resolver's series through the [`metrics`](https://docs.rs/metrics) facade
 //! (feature `metrics`): every series name, its unit and labels are defined here, in
-//! one place, and the README's "Metrics" table lists the same.
+//! one place, and the metrics guide's table (`src/guide/metrics.md`) lists the same.
 //!
 //! Two ways in:
 //! - **events off the warm path** (registry calls, calls and attempts, retries,
@@ -26,7 +26,7 @@
 //! ([`ResolverOptions::metrics_endpoint_label`](crate::ResolverOptions::metrics_endpoint_label)),
 //! for small fleets, on the per-endpoint series: attempts and endpoints by state.
 //!
-//! Series added by later work go here too: a name constant, a row in the README
+//! Series added by later work go here too: a name constant, a row in the metrics guide
 //! table, and a recording function.
 
 #![cfg_attr(not(feature = "metrics"), allow(dead_code))]
@@ -143,7 +143,7 @@ pub(crate) type Census = std::collections::BTreeMap<(String, String), ServiceGau
 #[cfg(feature = "metrics")]
 pub(crate) type Published = std::collections::BTreeMap<(String, String), Vec<Box<str>>>;
 
-/// Every series: (name, kind, unit, labels), in the README table's order; the
+/// Every series: (name, kind, unit, labels), in the metrics guide table's order; the
 /// tests check that a scripted scenario shows each of them.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) const SERIES: &[(&str, &str, &str, &str)] = &[

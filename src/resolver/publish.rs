@@ -17,7 +17,7 @@ impl Resolver {
     /// (registry calls, calls, attempts, retries) are recorded as they happen; these
     /// totals only when this runs: call it before a scrape, or let
     /// [`spawn_metrics_publisher`](Self::spawn_metrics_publisher) do it on a timer.
-    /// The series are listed in the README's "Metrics" section.
+    /// The series are listed in [`guide::metrics`](crate::guide::metrics).
     ///
     /// # Examples
     ///

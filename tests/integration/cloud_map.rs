@@ -413,7 +413,7 @@ async fn custom_endpoint_reaches_discover_instances() {
     );
 }
 
-/// The README's LocalStack/moto snippet, with the same body, against the test moto.
+/// The LocalStack/moto snippet (README "Run it locally", `guide::sources`), with the same body, against the test moto.
 #[tokio::test]
 async fn readme_local_snippet_runs_against_moto() {
     use aws_config::{BehaviorVersion, Region};

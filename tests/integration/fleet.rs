@@ -102,7 +102,7 @@ fn a_fleet_of_1000_stays_inside_the_shared_quota() {
     );
 }
 
-/// The goal at 5,000 processes: the README's recommended settings for that
+/// The goal at 5,000 processes: the fleet guide's recommended settings for that
 /// size (TTL 60 s, full refresh 300 s) and a start spread over 60 s. 100,000 cold
 /// keys need 100 s of the whole DiscoverInstances quota: they wait for turns instead
 /// of failing. No resolve fails, fewer than 10% of calls are throttled, and 99% of

@@ -112,7 +112,7 @@ impl Scenario {
         }
     }
 
-    /// The goal at fleet scale: `resolvers` processes with the README's
+    /// The goal at fleet scale: `resolvers` processes with the fleet guide's
     /// recommended options for that size ([`recommended`]), started over 60 s (a
     /// rolling deploy), 6.5 simulated minutes (past the first full refreshes, and the
     /// last of six changes has a full minute to spread), callers resolving every
@@ -211,7 +211,7 @@ impl Scenario {
     }
 }
 
-/// README "Running a fleet": `ttl` and `full_refresh_interval` by fleet size, for 20
+/// The fleet guide (`guide::fleet`, "Recommended settings"): `ttl` and `full_refresh_interval` by fleet size, for 20
 /// services a process.
 pub fn recommended(processes: usize) -> (Duration, Duration) {
     let (ttl, full) = match processes {
