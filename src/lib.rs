@@ -124,6 +124,7 @@ pub use cache::pacing::RateLimit;
 pub use cache::CacheOptions;
 pub use call::budget::RetryBudgetOptions;
 pub use call::error::{Attempt, AttemptError, CallError, CallStop};
+pub use call::hedge::Hedge;
 pub use call::lease::Lease;
 pub use call::{Call, CallOptions, MAX_ATTEMPTS};
 pub use discover::cloud_map::CloudMapDiscovery;

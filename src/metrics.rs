@@ -70,6 +70,9 @@ pub(crate) const ATTEMPT_LATENCY: &str = "cloudmap_resolver.attempt.latency";
 /// Counter: retries the budget `allowed` or `refused` (label `decision`), with
 /// `namespace`, `service`.
 pub(crate) const RETRIES: &str = "cloudmap_resolver.retries";
+/// Counter: hedges of hedged calls, label `decision` (`started`, `won`, `refused`
+/// by the hedge budget), with `namespace`, `service`.
+pub(crate) const HEDGES: &str = "cloudmap_resolver.hedges";
 /// Counter: endpoints ejected by outlier detection, resolver-wide (published).
 pub(crate) const EJECTIONS: &str = "cloudmap_resolver.ejections";
 /// Counter: ejected endpoints re-admitted on probation, resolver-wide (published).
@@ -186,6 +189,7 @@ pub(crate) const SERIES: &[(&str, &str, &str, &str)] = &[
         "retries",
         "decision, namespace, service",
     ),
+    (HEDGES, "counter", "hedges", "decision, namespace, service"),
     (EJECTIONS, "counter", "endpoints", ""),
     (READMISSIONS, "counter", "endpoints", ""),
     (
@@ -276,6 +280,12 @@ mod record {
     pub(crate) fn retry(namespace: &str, service: &str, allowed: bool) {
         let decision = if allowed { "allowed" } else { "refused" };
         counter!(RETRIES, "decision" => decision, "namespace" => namespace.to_owned(),
+            "service" => service.to_owned())
+        .increment(1);
+    }
+
+    pub(crate) fn hedge(namespace: &str, service: &str, decision: &'static str) {
+        counter!(HEDGES, "decision" => decision, "namespace" => namespace.to_owned(),
             "service" => service.to_owned())
         .increment(1);
     }
@@ -399,10 +409,12 @@ mod record {
     #[inline]
     pub(crate) fn retry(_: &str, _: &str, _: bool) {}
     #[inline]
+    pub(crate) fn hedge(_: &str, _: &str, _: &'static str) {}
+    #[inline]
     pub(crate) fn call(_: &str, _: &str, _: bool, _: Duration) {}
 }
 
-pub(crate) use record::{attempt, call, registry_call, retry, skipped, source_panic};
+pub(crate) use record::{attempt, call, hedge, registry_call, retry, skipped, source_panic};
 #[cfg(feature = "metrics")]
 pub(crate) use record::{publish, publish_services};
 

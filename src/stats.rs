@@ -76,6 +76,14 @@ pub struct Stats {
     pub retries: u64,
     /// Retries refused because the retry budget was spent.
     pub budget_refusals: u64,
+    /// Hedges started by hedged calls ([`Hedge`](crate::Hedge)): extra attempts
+    /// sent while another was in flight. Each is also counted in `attempts`.
+    pub hedges: u64,
+    /// Hedges that answered first and won their call.
+    pub hedges_won: u64,
+    /// Hedges not sent because the hedge budget was spent (the call waited on its
+    /// attempt instead).
+    pub hedge_refusals: u64,
 }
 
 /// One thread stripe's warm-path counters (kept on their own cache lines by
@@ -102,6 +110,9 @@ pub(crate) struct Counters {
     pub(crate) attempts: AtomicU64,
     pub(crate) retries: AtomicU64,
     pub(crate) budget_refusals: AtomicU64,
+    pub(crate) hedges: AtomicU64,
+    pub(crate) hedges_won: AtomicU64,
+    pub(crate) hedge_refusals: AtomicU64,
 }
 
 /// Adds one, relaxed: counters order nothing.
@@ -145,6 +156,9 @@ impl Counters {
             attempts: get(&self.attempts),
             retries: get(&self.retries),
             budget_refusals: get(&self.budget_refusals),
+            hedges: get(&self.hedges),
+            hedges_won: get(&self.hedges_won),
+            hedge_refusals: get(&self.hedge_refusals),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::error::{Error, ErrorKind};
 use crate::select::PickContext;
 use crate::stats::Counters;
 use crate::util::stripe::stripe;
+use latency::KeyLatency;
 
 #[cfg(feature = "metrics")]
 mod census;
@@ -36,6 +37,7 @@ mod evict;
 mod fetch;
 mod index;
 pub(crate) mod key;
+pub(crate) mod latency;
 mod memo;
 mod options;
 pub(crate) mod pacing;
@@ -182,6 +184,38 @@ impl Cache {
         };
         let now = Instant::now();
         Ok(snap.candidates(seed, max, |h| is_ejected(h, now)))
+    }
+
+    /// [`candidates`](Self::candidates) with the key's recent attempt latencies,
+    /// which hedged calls read and feed (`call/hedge.rs`).
+    pub(crate) async fn candidates_timed(
+        self: &Arc<Self>,
+        key: KeyRef<'_>,
+        max: usize,
+        is_ejected: impl Fn(&Arc<EndpointState>, Instant) -> bool,
+    ) -> Result<(Vec<Endpoint>, Arc<KeyLatency>), Error> {
+        let hash = key.hash();
+        let warm = self
+            .index
+            .with(&key, hash, |slot| {
+                let snap = slot.snapshot.load_full()?;
+                let state = snap.state.load(Ordering::Relaxed);
+                if state == EXPIRED || snap.is_empty() {
+                    return None;
+                }
+                self.counters.hit(stripe(), state == STALE);
+                Some((snap, slot.seed, slot.latency.clone()))
+            })
+            .flatten();
+        let (snap, seed, latency) = match warm {
+            Some(found) => found,
+            None => {
+                let (slot, snap) = Box::pin(self.load(key)).await?;
+                (snap, slot.seed, slot.latency.clone())
+            }
+        };
+        let now = Instant::now();
+        Ok((snap.candidates(seed, max, |h| is_ejected(h, now)), latency))
     }
 
     /// The warm path for `candidates`, which keeps the snapshot while it orders the

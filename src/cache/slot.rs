@@ -7,6 +7,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
+use super::latency::KeyLatency;
 use super::snapshot::Snapshot;
 use crate::discover::DiscoverRequest;
 use crate::error::Error;
@@ -28,6 +29,8 @@ pub(crate) struct Slot {
     /// Ticks on every installed answer, expiry and eviction, for change streams
     /// (`watched.rs`); never touched on the warm path.
     pub(super) published: tokio::sync::watch::Sender<()>,
+    /// The key's recent attempt latencies (`Hedge::percentile`); fed by `call`.
+    pub(super) latency: Arc<KeyLatency>,
 }
 
 #[derive(Default)]
@@ -84,6 +87,7 @@ impl Slot {
             evicted: AtomicBool::new(false),
             watchers: AtomicUsize::new(0),
             published: tokio::sync::watch::Sender::new(()),
+            latency: Arc::default(),
         }
     }
 }

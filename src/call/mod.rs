@@ -29,10 +29,12 @@ use crate::util::time::after;
 
 pub(crate) mod budget;
 pub(crate) mod error;
+pub(crate) mod hedge;
 pub(crate) mod lease;
 
 use budget::RetryBudget;
 use error::{Attempt, AttemptError, CallError, CallStop};
+use hedge::Hedge;
 
 /// The most attempts one call may make: as many as a Cloud Map DNS answer holds.
 pub const MAX_ATTEMPTS: usize = 8;
@@ -138,6 +140,7 @@ pub struct Call<'a, F, E> {
     retry_if: Option<RetryIf<'a, E>>,
     retry_timeouts: bool,
     opts: CallOptions,
+    hedge: Option<Hedge>,
 }
 
 impl<F, E> fmt::Debug for Call<'_, F, E> {
@@ -152,6 +155,7 @@ impl<F, E> fmt::Debug for Call<'_, F, E> {
             .field("retry_if", &self.retry_if.as_ref().map(|_| ".."))
             .field("retry_timeouts", &self.retry_timeouts)
             .field("opts", &self.opts)
+            .field("hedge", &self.hedge)
             .finish_non_exhaustive()
     }
 }
@@ -165,6 +169,8 @@ pub(crate) struct CallContext<'a> {
     /// Where each attempt's load and outcome are recorded.
     pub(crate) recorder: &'a Recorder,
     pub(crate) budget: &'a RetryBudget,
+    /// The budget hedges are paid from, apart from retries (`hedge.rs`).
+    pub(crate) hedge_budget: &'a RetryBudget,
     pub(crate) counters: &'a Counters,
     pub(crate) defaults: &'a CallOptions,
     /// Whether attempts are recorded with an `endpoint` label (feature `metrics`).
@@ -180,6 +186,7 @@ impl<'a, F, E> Call<'a, F, E> {
             retry_if: None,
             retry_timeouts: true,
             opts: ctx.defaults.clone(),
+            hedge: None,
         }
     }
 
@@ -226,6 +233,31 @@ impl<'a, F, E> Call<'a, F, E> {
         self.retry_timeouts = yes;
         self
     }
+
+    /// Sends a second attempt to another endpoint when the first has not answered
+    /// in time (see [`Hedge`]); the first success wins and the other attempt is
+    /// cancelled. Hedges are paid from the resolver's hedge budget and count in
+    /// [`max_attempts`](Self::max_attempts). Only for operations that may run twice.
+    /// Default: no hedging.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run(resolver: cloudmap_resolver::Resolver) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{Endpoint, Hedge};
+    ///
+    /// let op = |ep: Endpoint| async move { Ok::<_, std::io::Error>(ep.port()) };
+    /// let port = resolver
+    ///     .call("shared", "web", op)
+    ///     .hedge(Hedge::after(Duration::from_millis(50)))
+    ///     .await?;
+    /// # let _ = port; Ok(()) }
+    /// ```
+    pub fn hedge(mut self, hedge: Hedge) -> Self {
+        self.hedge = Some(hedge);
+        self
+    }
 }
 
 impl<'a, F, Fut, T, E> Call<'a, F, E>
@@ -241,7 +273,10 @@ where
         result
     }
 
-    async fn attempts(self) -> Result<T, CallError<E>> {
+    async fn attempts(mut self) -> Result<T, CallError<E>> {
+        if let Some(h) = self.hedge.take() {
+            return hedge::run(self, h).await;
+        }
         let Call {
             ctx,
             key,
@@ -249,6 +284,7 @@ where
             retry_if,
             retry_timeouts,
             opts,
+            hedge: _,
         } = self;
         let (namespace, service) = (key.namespace, key.service);
         let counters = ctx.counters;

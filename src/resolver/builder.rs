@@ -271,6 +271,14 @@ impl ResolverBuilder {
         self
     }
 
+    /// The hedge budget of hedged calls ([`Hedge`](crate::Hedge)), kept apart from
+    /// the retry budget. Default: [`RetryBudgetOptions::hedging`] (5% of calls plus
+    /// 1 a second, over 10 s).
+    pub fn hedge_budget(mut self, budget: RetryBudgetOptions) -> Self {
+        self.opts.hedge_budget = budget;
+        self
+    }
+
     /// Replaces every setting at once.
     pub fn options(mut self, opts: ResolverOptions) -> Self {
         self.opts = opts;

@@ -85,6 +85,8 @@ struct Shared {
     /// Load and outlier detection, shared with the [`Lease`]s handed out.
     recorder: Recorder,
     budget: RetryBudget,
+    /// The hedge budget of hedged calls, apart from retries.
+    hedge_budget: RetryBudget,
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
     published: std::sync::Mutex<crate::metrics::Published>,
@@ -365,6 +367,7 @@ impl Resolver {
             cache: &self.cache,
             recorder: &self.shared.recorder,
             budget: &self.shared.budget,
+            hedge_budget: &self.shared.hedge_budget,
             counters: &self.cache.counters,
             defaults: &self.shared.opts.call,
             endpoint_label: self.shared.opts.metrics_endpoint_label,
@@ -427,6 +430,7 @@ impl Resolver {
             shared: Arc::new(Shared {
                 recorder: Recorder::new(load, outliers),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
+                hedge_budget: RetryBudget::new(opts.hedge_budget.clone()),
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
                 opts,

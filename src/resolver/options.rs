@@ -71,6 +71,11 @@ pub struct ResolverOptions {
     /// The retry budget shared by the resolver's calls. Default:
     /// [`RetryBudgetOptions::default`] (20% extra attempts plus 10 retries a second).
     pub retry_budget: RetryBudgetOptions,
+    /// The budget of hedges ([`Hedge`](crate::Hedge)), apart from the retry budget:
+    /// hedges ≤ `ratio` of calls + `min_per_second` a second over `window`.
+    /// Default: [`RetryBudgetOptions::hedging`] (5% of calls plus 1 a second, over
+    /// 10 s).
+    pub hedge_budget: RetryBudgetOptions,
     /// Settings of [`Selection::LeastLoaded`]. Default: [`LoadOptions::default`]
     /// (10 s decay, 30 ms before the first sample, failures count as 1 s).
     pub load: LoadOptions,
@@ -98,6 +103,7 @@ impl Default for ResolverOptions {
             call: CallOptions::default(),
             outlier: OutlierOptions::default(),
             retry_budget: RetryBudgetOptions::default(),
+            hedge_budget: RetryBudgetOptions::hedging(),
             load: LoadOptions::default(),
             slow_start: SlowStartOptions::default(),
             metrics_endpoint_label: false,
@@ -115,6 +121,7 @@ impl ResolverOptions {
             crate::discover::names::check_attribute(attribute, "")?;
         }
         self.call.validate()?;
+        self.hedge_budget.validate()?;
         self.outlier.validate()?;
         self.load.validate()?;
         self.slow_start.validate()?;

@@ -376,3 +376,41 @@ async fn change_stream_runs_against_moto() {
     ids.sort();
     assert_eq!(ids, ["i-1", "i-2"]);
 }
+
+/// The "Additions" block's hedging line, as written (`op` is the operation, `fetch`
+/// as above). Run below against loopback servers.
+async fn contract_hedging_as_written(
+    resolver: Resolver,
+) -> Result<String, Box<dyn std::error::Error>> {
+    use cloudmap_resolver::Hedge;
+    let op = |ep: Endpoint| async move { fetch(ep.socket_addr().unwrap()).await };
+
+    // hedged requests: a second attempt on another endpoint when the first is slow
+    let body = resolver
+        .call("shared", "web", op)
+        .hedge(Hedge::after(Duration::from_millis(50))) // or Hedge::percentile(0.95): the key's recent p95
+        .await?; // first success wins, the other is dropped;
+                 // hedges are capped (default 5% extra attempts)
+    Ok(body)
+}
+
+#[tokio::test]
+async fn contract_hedging_runs() {
+    fn send<T: Send>(_: &T) {}
+    let ip = "127.0.0.1".parse().unwrap();
+    let mut registry = StaticDiscovery::new();
+    for (i, name) in ["a", "b"].into_iter().enumerate() {
+        let addr = hello_server(name).await;
+        registry = registry.with_instance(
+            "shared",
+            "web",
+            Instance::new(format!("i-{i}")).ipv4(ip).port(addr.port()),
+        );
+    }
+    let resolver = Resolver::builder(registry).build().unwrap();
+    let fut = contract_hedging_as_written(resolver.clone());
+    send(&fut);
+    let body = fut.await.unwrap();
+    assert!(body.starts_with("hello from "), "{body}");
+    assert_eq!(resolver.stats().calls, 1);
+}

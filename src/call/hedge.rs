@@ -1,0 +1,404 @@
+//! Hedged calls: a second attempt on another endpoint when the first is slow
+//! ("The Tail at Scale", Dean and Barroso), paid for from a hedge budget of its own.
+//!
+//! A hedged call keeps up to `1 + max_hedges` attempts in flight on distinct
+//! endpoints (the next candidates in selection order, as failover takes them); the
+//! first success wins and the others are dropped. A dropped attempt is cancelled, not
+//! failed: its in-flight count is released by its guard and no outcome is recorded
+//! for its endpoint (it was merely slower than another). Hedges count in the call's
+//! attempt limit, so a call never makes more than `max_attempts` attempts in all.
+//! Failover after an error is as in an unhedged call (`mod.rs`): while another
+//! attempt is in flight the call waits on it; when none is, the next candidate is
+//! tried within the retry budget.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
+
+use super::error::{Attempt, AttemptError, CallError, CallStop};
+use super::Call;
+use crate::cache::latency::KeyLatency;
+use crate::endpoint::outlier::Outcome;
+use crate::endpoint::record::Recorder;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, ErrorKind};
+use crate::stats::bump;
+use crate::util::time::after;
+
+/// When a [`Call`] sends a hedge: a second attempt, on another endpoint, while the
+/// first has not answered. Set with [`Call::hedge`].
+///
+/// - [`Hedge::after(d)`](Hedge::after): once an attempt has run for `d`.
+/// - [`Hedge::percentile(p)`](Hedge::percentile): once it has run longer than the
+///   key's recent attempts at quantile `p` (a decaying histogram per key), at least
+///   [`floor`](Hedge::floor), and [`default_delay`](Hedge::default_delay) until 20
+///   attempts have been seen.
+///
+/// At most [`max_hedges`](Hedge::max_hedges) hedges per call (default 1), each one
+/// of the call's attempts (8 at most), and all of them within the resolver's
+/// [hedge budget](crate::ResolverBuilder::hedge_budget) (default: 5% of calls plus 1
+/// a second): when the budget is empty the call simply waits on its attempt. The
+/// first success wins; the other attempts are cancelled, not counted as failures.
+/// Only hedge operations that may run twice.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{Endpoint, Hedge, Instance, Resolver, StaticDiscovery};
+///
+/// let ip = "127.0.0.1".parse()?;
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "web", Instance::new("slow").ipv4(ip).port(1))
+///     .with_instance("shared", "web", Instance::new("fast").ipv4(ip).port(2));
+/// let resolver = Resolver::builder(registry).build()?;
+/// let winner = resolver
+///     .call("shared", "web", |ep: Endpoint| async move {
+///         if ep.port() == Some(1) {
+///             tokio::time::sleep(Duration::from_secs(1)).await;
+///         }
+///         Ok::<_, std::io::Error>(ep.instance_id().to_owned())
+///     })
+///     .hedge(Hedge::after(Duration::from_millis(50)))
+///     .await?;
+/// // Round robin picks "slow" or "fast" first; either way "fast" answers first.
+/// assert_eq!(winner, "fast");
+/// let p95 = Hedge::percentile(0.95).floor(Duration::from_millis(2)).max_hedges(2);
+/// # let _ = p95;
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hedge {
+    delay: Delay,
+    max_hedges: usize,
+    floor: Duration,
+    default_delay: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Delay {
+    After(Duration),
+    Percentile(f64),
+}
+
+impl Hedge {
+    /// Hedges an attempt that has not answered after `delay`.
+    pub fn after(delay: Duration) -> Self {
+        Hedge {
+            delay: Delay::After(delay),
+            max_hedges: 1,
+            floor: Duration::from_millis(5),
+            default_delay: Duration::from_millis(100),
+        }
+    }
+
+    /// Hedges an attempt that has run longer than the key's recent attempts at
+    /// quantile `p` (0.95: the p95), clamped to 0..=1 (NaN: 0.95). Only successful
+    /// attempts are sampled: a quick refusal says nothing about how long an answer
+    /// takes. The delay is at least [`floor`](Self::floor) (default 5 ms), and
+    /// [`default_delay`](Self::default_delay) (default 100 ms) before the key has
+    /// 20 samples.
+    pub fn percentile(p: f64) -> Self {
+        let p = if p.is_nan() { 0.95 } else { p.clamp(0.0, 1.0) };
+        Hedge {
+            delay: Delay::Percentile(p),
+            ..Hedge::after(Duration::ZERO)
+        }
+    }
+
+    /// At most this many hedges per call, clamped to 0..=7 (a call makes 8 attempts
+    /// at most). Default: 1.
+    pub fn max_hedges(mut self, n: usize) -> Self {
+        self.max_hedges = n.min(super::MAX_ATTEMPTS - 1);
+        self
+    }
+
+    /// The shortest delay [`percentile`](Self::percentile) waits, however fast the
+    /// key's attempts are. Default: 5 ms.
+    pub fn floor(mut self, floor: Duration) -> Self {
+        self.floor = floor;
+        self
+    }
+
+    /// The delay [`percentile`](Self::percentile) waits while the key has too few
+    /// samples. Default: 100 ms.
+    pub fn default_delay(mut self, delay: Duration) -> Self {
+        self.default_delay = delay;
+        self
+    }
+
+    /// How long an attempt runs before it is hedged, for a key with `latency`.
+    fn delay(&self, latency: &KeyLatency) -> Duration {
+        match self.delay {
+            Delay::After(d) => d,
+            Delay::Percentile(p) => latency
+                .quantile(p)
+                .unwrap_or(self.default_delay)
+                .max(self.floor),
+        }
+    }
+}
+
+/// One attempt in flight on an endpoint, counted until dropped: finished or
+/// cancelled alike, which is how a cancelled hedge gives its count back.
+struct Running<'r> {
+    recorder: &'r Recorder,
+    ep: Endpoint,
+    counted: bool,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.recorder.end(&self.ep, self.counted);
+    }
+}
+
+/// An attempt: the operation's future under its time limit, holding its count.
+async fn attempt<Fut: Future>(
+    fut: Fut,
+    limit: Option<Instant>,
+    guard: Running<'_>,
+) -> Option<Fut::Output> {
+    let out = match limit {
+        Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
+        None => Some(fut.await),
+    };
+    drop(guard);
+    out
+}
+
+/// What is known of an attempt in flight.
+struct Meta {
+    ep: Endpoint,
+    began: Instant,
+    own_limit: Option<Instant>,
+    limit: Option<Instant>,
+    hedge: bool,
+}
+
+enum Event<R> {
+    Done(usize, Option<R>),
+    Hedge,
+}
+
+/// Runs a hedged call (see the module doc).
+pub(super) async fn run<'a, F, Fut, T, E>(
+    call: Call<'a, F, E>,
+    hedge: Hedge,
+) -> Result<T, CallError<E>>
+where
+    F: FnMut(Endpoint) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let Call {
+        ctx,
+        key,
+        mut op,
+        retry_if,
+        retry_timeouts,
+        opts,
+        ..
+    } = call;
+    let (namespace, service) = (key.namespace, key.service);
+    let counters = ctx.counters;
+    bump(&counters.calls);
+    let start = Instant::now();
+    let deadline = opts.deadline.map(|d| after(start, d));
+    let lookup = ctx
+        .cache
+        .candidates_timed(key.as_ref(), opts.max_attempts, |h, now| {
+            ctx.recorder.is_ejected(h, now)
+        });
+    let (candidates, latency) = match deadline {
+        Some(at) => tokio::time::timeout_at(at, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the call's deadline passed while resolving the service",
+                ))
+            }),
+        None => lookup.await,
+    }
+    .map_err(CallError::resolve)?;
+    let tried = candidates.len();
+    let delay = hedge.delay(&latency);
+    let mut next = candidates.into_iter();
+    let mut failed: Vec<Attempt<E>> = Vec::new();
+    let mut running = Vec::with_capacity(1 + hedge.max_hedges.min(tried));
+    let mut hedge_at: Option<Pin<Box<Sleep>>> = None;
+    let mut hedges = 0;
+    let mut first = true;
+    // Set when an attempt timed out in a call whose timeouts are not retried: the
+    // attempts in flight may finish, no new one starts.
+    let mut no_more = false;
+
+    let mut launch = |ep: Endpoint, began: Instant, hedged: bool, running: &mut Vec<_>| {
+        bump(&counters.attempts);
+        let own_limit = opts.attempt_timeout.map(|t| after(began, t));
+        let limit = match (own_limit, deadline) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        let guard = Running {
+            recorder: ctx.recorder,
+            counted: ctx.recorder.start(&ep),
+            ep: ep.clone(),
+        };
+        let fut = Box::pin(attempt(op(ep.clone()), limit, guard));
+        let meta = Meta {
+            ep,
+            began,
+            own_limit,
+            limit,
+            hedge: hedged,
+        };
+        running.push((meta, fut));
+    };
+
+    loop {
+        if running.is_empty() {
+            if no_more {
+                return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
+            }
+            let Some(ep) = next.next() else { break };
+            let began = Instant::now();
+            if first {
+                first = false;
+                ctx.budget.deposit(began);
+                ctx.hedge_budget.deposit(began);
+            } else {
+                if deadline.is_some_and(|d| began >= d) {
+                    return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
+                }
+                if !ctx.budget.try_withdraw(began) {
+                    bump(&counters.budget_refusals);
+                    crate::metrics::retry(namespace, service, false);
+                    tracing::debug!(
+                        namespace,
+                        owner_account = key.owner.as_deref(),
+                        service,
+                        "retry budget spent; not retrying"
+                    );
+                    return Err(CallError::attempts_failed(
+                        CallStop::BudgetExhausted,
+                        failed,
+                    ));
+                }
+                bump(&counters.retries);
+                crate::metrics::retry(namespace, service, true);
+            }
+            launch(ep, began, false, &mut running);
+            hedge_at = (hedges < hedge.max_hedges)
+                .then(|| Box::pin(tokio::time::sleep_until(after(began, delay))));
+        }
+        let event = std::future::poll_fn(|cx| {
+            for (i, (_, fut)) in running.iter_mut().enumerate() {
+                if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Done(i, out));
+                }
+            }
+            if let Some(sleep) = hedge_at.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Hedge);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        let (i, result) = match event {
+            Event::Hedge => {
+                hedge_at = None;
+                let now = Instant::now();
+                if no_more || next.len() == 0 || deadline.is_some_and(|d| now >= d) {
+                    continue;
+                }
+                if ctx.hedge_budget.try_withdraw(now) {
+                    let ep = next.next().expect("a candidate is left");
+                    hedges += 1;
+                    bump(&counters.hedges);
+                    crate::metrics::hedge(namespace, service, "started");
+                    launch(ep, now, true, &mut running);
+                    if hedges < hedge.max_hedges {
+                        hedge_at = Some(Box::pin(tokio::time::sleep_until(after(now, delay))));
+                    }
+                } else {
+                    // An empty budget: the call waits on what it has in flight.
+                    bump(&counters.hedge_refusals);
+                    crate::metrics::hedge(namespace, service, "refused");
+                }
+                continue;
+            }
+            Event::Done(i, result) => (i, result),
+        };
+        // The others stay in flight, in any order.
+        let (meta, _done) = running.swap_remove(i);
+        let Meta {
+            ep,
+            began,
+            own_limit,
+            limit,
+            hedge: hedged,
+        } = meta;
+        let ended = Instant::now();
+        let outcome = match &result {
+            Some(Ok(_)) => "ok",
+            Some(Err(_)) => "failed",
+            None => "timed_out",
+        };
+        let endpoint = ctx.endpoint_label.then(|| ep.instance_id());
+        crate::metrics::attempt(namespace, service, endpoint, outcome, ended - began);
+        match result {
+            Some(Ok(value)) => {
+                ctx.recorder.finish(&ep, began, ended, Outcome::Success);
+                latency.record(ended - began);
+                if hedged {
+                    bump(&counters.hedges_won);
+                    crate::metrics::hedge(namespace, service, "won");
+                }
+                // Dropping `running` cancels the losers: their guards give back
+                // their counts; no outcome is recorded for them.
+                return Ok(value);
+            }
+            Some(Err(err)) => {
+                let retryable = retry_if.as_ref().is_none_or(|p| p(&err));
+                let outcome = if retryable {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                ctx.recorder.finish(&ep, began, ended, outcome);
+                failed.push(Attempt::new(ep, AttemptError::Failed(err)));
+                if !retryable {
+                    return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
+                }
+            }
+            None => {
+                let at = limit.unwrap_or(began);
+                let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
+                if !by_deadline {
+                    ctx.recorder.finish(&ep, began, ended, Outcome::Failure);
+                }
+                failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
+                if by_deadline {
+                    return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
+                }
+                if !retry_timeouts {
+                    no_more = true;
+                    hedge_at = None;
+                }
+            }
+        }
+    }
+    let stop = if tried < opts.max_attempts {
+        CallStop::EndpointsUsed
+    } else {
+        CallStop::AttemptsUsed
+    };
+    Err(CallError::attempts_failed(stop, failed))
+}
