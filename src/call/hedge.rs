@@ -80,6 +80,9 @@ pub struct Hedge {
     default_delay: Duration,
 }
 
+// `p` is never NaN (`percentile` replaces it), so equality is total.
+impl Eq for Hedge {}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Delay {
     After(Duration),

@@ -193,6 +193,9 @@ impl FailoverClient {
             return self.pass_through(request).await;
         };
         let repeatable = self.policy.repeats(request.method());
+        // Only a request that may be sent twice is hedged (a POST is not, unless
+        // the policy lists it).
+        let hedge = self.policy.hedges(request.method()).cloned();
         let clonable = request.try_clone().is_some();
         let host = host_header(request.url());
         let explicit_port = request.url().port();
@@ -245,6 +248,8 @@ impl FailoverClient {
             .retry_timeouts(repeatable);
         if !clonable {
             call = call.max_attempts(1);
+        } else if let Some(h) = hedge {
+            call = call.hedge(h);
         }
         let result = call.await;
         if let Err(e) = &result

@@ -7,6 +7,7 @@ use http::{Method, StatusCode};
 
 use super::permitted_address;
 use crate::call::error::{Attempt, AttemptError, CallError};
+use crate::call::hedge::Hedge;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;
@@ -44,6 +45,21 @@ pub struct FailoverPolicy {
     /// Statuses that mean "this endpoint cannot serve the request now, another may".
     /// Default: 502, 503, 504.
     pub statuses: Vec<StatusCode>,
+    /// Hedging ([`Hedge`]) of the requests that may be sent twice: those whose
+    /// method is in [`methods`](Self::methods) and whose body can be cloned; any
+    /// other request (a `POST`, unless listed) is never hedged. Default: none.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{FailoverPolicy, Hedge};
+    /// use http::Method;
+    ///
+    /// let mut policy = FailoverPolicy::default();
+    /// policy.hedge = Some(Hedge::after(Duration::from_millis(50)));
+    /// assert!(policy.hedges(&Method::GET).is_some());
+    /// assert!(policy.hedges(&Method::POST).is_none());
+    /// ```
+    pub hedge: Option<Hedge>,
 }
 
 impl Default for FailoverPolicy {
@@ -62,6 +78,7 @@ impl Default for FailoverPolicy {
                 StatusCode::SERVICE_UNAVAILABLE,
                 StatusCode::GATEWAY_TIMEOUT,
             ],
+            hedge: None,
         }
     }
 }
@@ -70,6 +87,12 @@ impl FailoverPolicy {
     /// Whether requests with `method` may be sent again.
     pub fn repeats(&self, method: &Method) -> bool {
         self.methods.contains(method)
+    }
+
+    /// How requests with `method` are hedged: [`hedge`](Self::hedge) when the method
+    /// may be sent again, else none.
+    pub fn hedges(&self, method: &Method) -> Option<&Hedge> {
+        self.hedge.as_ref().filter(|_| self.repeats(method))
     }
 
     /// Whether an answer with `status` sends a repeatable request to the next endpoint.

@@ -189,6 +189,8 @@ where
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let repeatable = layer.policy.repeats(&parts.method);
+            // Only a request that may be sent twice is hedged (the body is `Clone`).
+            let hedge = layer.policy.hedges(&parts.method).cloned();
             let explicit_port = parts.uri.port_u16();
             let host = host_header(&parts.uri);
             let head = Head {
@@ -234,15 +236,18 @@ where
             };
             // A request that is not repeatable moves on only when nothing was sent:
             // an error of the inner service or a timeout may come after delivery.
-            let result = layer
+            let mut call = layer
                 .resolver
                 .call(&namespace, &service, op)
                 .retry_if(move |f: &Failed<Response<RB>, BoxError>| match f {
                     Failed::Status(_) | Failed::NotSent(_) => true,
                     Failed::Error(_) => repeatable,
                 })
-                .retry_timeouts(repeatable)
-                .await;
+                .retry_timeouts(repeatable);
+            if let Some(h) = hedge {
+                call = call.hedge(h);
+            }
+            let result = call.await;
             if let Err(e) = &result
                 && e.resolve_error()
                     .is_some_and(|r| layer.hosts.falls_through(r.kind()))

@@ -454,3 +454,47 @@ async fn ip_literal_hosts_never_reach_the_registry() {
     assert_eq!(server.hits(), 3);
     assert_eq!(counting.discover_calls(), 0);
 }
+
+/// Hedging through `FailoverClient` (issue 29): a GET is hedged to the other endpoint
+/// when the first is slow; a POST is never hedged unless the policy lists it.
+#[tokio::test]
+async fn failover_client_hedges_gets_never_posts() {
+    use cloudmap_resolver::{FailoverPolicy, Hedge};
+    let slow = HttpServer::start("slow").await;
+    slow.set_mode(Mode::Delay(300));
+    let fast = HttpServer::start("fast").await;
+    let reg = registry(&[("slow", slow.port()), ("fast", fast.port())]);
+    let resolver = Resolver::builder(reg).build().unwrap();
+    let mut policy = FailoverPolicy::default();
+    policy.hedge = Some(Hedge::after(std::time::Duration::from_millis(30)));
+    let fc = FailoverClient::new(reqwest::Client::new(), resolver.clone())
+        .hosts(shared())
+        .policy(policy.clone());
+    for _ in 0..4 {
+        let resp = fc
+            .send(fc.client().get("http://web.shared/"))
+            .await
+            .unwrap();
+        let body = resp.text().await.unwrap();
+        assert_eq!(body, "fast");
+    }
+    // Round robin put the slow one first in two of the four calls.
+    assert_eq!(resolver.stats().hedges, 2);
+    for _ in 0..4 {
+        fc.send(fc.client().post("http://web.shared/").body("x"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(resolver.stats().hedges, 2, "no POST hedged");
+    let posts = |s: &HttpServer| s.seen().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(posts(&slow) + posts(&fast), 4, "each POST sent once");
+    policy.methods.push(reqwest::Method::POST);
+    let fc = fc.policy(policy);
+    for _ in 0..2 {
+        let resp = fc
+            .send(fc.client().post("http://web.shared/").body("x"))
+            .await;
+        assert_eq!(resp.unwrap().text().await.unwrap(), "fast");
+    }
+    assert_eq!(resolver.stats().hedges, 3, "a listed POST is hedged");
+}

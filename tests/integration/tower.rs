@@ -352,3 +352,56 @@ async fn host_header_never_carries_credentials() {
         ]
     );
 }
+
+/// Hedging through the layer (issue 29): a GET is hedged to the other endpoint when
+/// the first is slow; a POST is never hedged unless the policy lists it.
+#[tokio::test]
+async fn hedges_gets_never_posts() {
+    use cloudmap_resolver::{FailoverPolicy, Hedge};
+    let slow = HttpServer::start("slow").await;
+    slow.set_mode(Mode::Delay(300));
+    let fast = HttpServer::start("fast").await;
+    let reg = registry(&[("slow", slow.port()), ("fast", fast.port())]);
+    let resolver = Resolver::builder(reg).build().unwrap();
+    let mut policy = FailoverPolicy::default();
+    policy.hedge = Some(Hedge::after(std::time::Duration::from_millis(30)));
+    let svc = service(
+        FailoverLayer::new(resolver.clone())
+            .hosts(shared())
+            .policy(policy.clone()),
+    );
+    for _ in 0..4 {
+        let (status, body) = send(&svc, "GET", "http://web.shared/", "").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "fast"));
+    }
+    // Round robin put the slow one first in two of the four calls.
+    assert_eq!(resolver.stats().hedges, 2);
+    let mut bodies = Vec::new();
+    for _ in 0..4 {
+        bodies.push(
+            send(&svc, "POST", "http://web.shared/", "x")
+                .await
+                .unwrap()
+                .1,
+        );
+    }
+    assert_eq!(resolver.stats().hedges, 2, "no POST hedged");
+    let posts = |s: &HttpServer| s.seen().iter().filter(|r| r.method == "POST").count();
+    assert_eq!(
+        posts(&slow) + posts(&fast),
+        4,
+        "each POST sent once: {bodies:?}"
+    );
+    // Listed as repeatable, a POST is hedged like a GET.
+    policy.methods.push(http::Method::POST);
+    let svc = service(
+        FailoverLayer::new(resolver.clone())
+            .hosts(shared())
+            .policy(policy),
+    );
+    for _ in 0..2 {
+        let (_, body) = send(&svc, "POST", "http://web.shared/", "x").await.unwrap();
+        assert_eq!(body, "fast");
+    }
+    assert_eq!(resolver.stats().hedges, 3);
+}
