@@ -306,10 +306,10 @@ where
                     return Poll::Ready(Event::Done(i, out));
                 }
             }
-            if let Some(sleep) = hedge_at.as_mut() {
-                if sleep.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Hedge);
-                }
+            if let Some(sleep) = hedge_at.as_mut()
+                && sleep.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Hedge);
             }
             Poll::Pending
         })

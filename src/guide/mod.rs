@@ -18,6 +18,8 @@
 //! - [`fleet`]: running a fleet within the account's quota.
 //! - [`performance`]: what a warm lookup costs, and how it is measured.
 //! - [`safety`]: addresses never handed out, requests never sent twice, no panics.
+//! - [`hedging`]: hedged requests: when they help, when they double the load,
+//!   idempotency.
 
 #[doc = include_str!("sources.md")]
 pub mod sources {}
@@ -51,3 +53,6 @@ pub mod performance {}
 
 #[doc = include_str!("safety.md")]
 pub mod safety {}
+
+#[doc = include_str!("hedging.md")]
+pub mod hedging {}

@@ -50,7 +50,7 @@ fn draw(n: u64) -> u64 {
 
 /// 10 ms, except 1% of attempts (drawn at random, seeded) that take 1 s.
 fn one_percent_slow(n: u64) -> Duration {
-    if draw(n) % 100 == 0 {
+    if draw(n).is_multiple_of(100) {
         Duration::from_secs(1)
     } else {
         10 * MS
