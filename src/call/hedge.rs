@@ -405,3 +405,44 @@ where
     };
     Err(CallError::attempts_failed(stop, failed))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_clamped() {
+        assert_eq!(Hedge::after(Duration::ZERO).max_hedges(100).max_hedges, 7);
+        assert_eq!(Hedge::percentile(f64::NAN), Hedge::percentile(0.95));
+        assert_eq!(Hedge::percentile(3.0), Hedge::percentile(1.0));
+    }
+
+    #[test]
+    fn percentile_delay_uses_default_then_histogram_above_the_floor() {
+        let h = Hedge::percentile(0.95)
+            .floor(Duration::from_millis(5))
+            .default_delay(Duration::from_millis(80));
+        let latency = KeyLatency::default();
+        assert_eq!(
+            h.delay(&latency),
+            Duration::from_millis(80),
+            "no samples yet"
+        );
+        for _ in 0..100 {
+            latency.record(Duration::from_micros(100));
+        }
+        assert_eq!(h.delay(&latency), Duration::from_millis(5), "the floor");
+        for _ in 0..1000 {
+            latency.record(Duration::from_millis(10));
+        }
+        let d = h.delay(&latency);
+        assert!(
+            d > Duration::from_millis(10) && d < Duration::from_millis(15),
+            "{d:?}"
+        );
+        assert_eq!(
+            Hedge::after(Duration::from_millis(7)).delay(&latency),
+            Duration::from_millis(7)
+        );
+    }
+}

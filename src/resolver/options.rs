@@ -72,7 +72,8 @@ pub struct ResolverOptions {
     /// [`RetryBudgetOptions::default`] (20% extra attempts plus 10 retries a second).
     pub retry_budget: RetryBudgetOptions,
     /// The budget of hedges ([`Hedge`](crate::Hedge)), apart from the retry budget:
-    /// hedges ≤ `ratio` of calls + `min_per_second` a second over `window`.
+    /// hedges ≤ `ratio` of hedged calls (each earns its share when it starts) +
+    /// `min_per_second` a second over `window`.
     /// Default: [`RetryBudgetOptions::hedging`] (5% of calls plus 1 a second, over
     /// 10 s).
     pub hedge_budget: RetryBudgetOptions,
