@@ -137,6 +137,7 @@ pub use discover::instance::{
 pub use discover::static_registry::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::address_policy::{AddressPolicy, Cidr};
+pub use endpoint::health_check::HealthCheck;
 pub use endpoint::load::LoadOptions;
 pub use endpoint::outlier::{Outcome, OutlierOptions};
 pub use endpoint::Endpoint;

@@ -68,6 +68,20 @@ pub struct Stats {
     pub ejections: u64,
     /// Ejected endpoints re-admitted on probation.
     pub readmissions: u64,
+    /// Of `ejections`: for consecutive failures (or one on probation).
+    pub ejections_consecutive: u64,
+    /// Of `ejections`: for a failure share at or above
+    /// [`OutlierOptions::failure_percentage`](crate::OutlierOptions::failure_percentage).
+    pub ejections_percentage: u64,
+    /// Of `ejections`: for failed health-check probes
+    /// ([`HealthCheck`](crate::HealthCheck)).
+    pub ejections_probe: u64,
+    /// Health-check probes that passed.
+    pub probes_passed: u64,
+    /// Health-check probes that failed (refused, reset, a bad HTTP status).
+    pub probes_failed: u64,
+    /// Health-check probes that timed out.
+    pub probes_timed_out: u64,
     /// `call`s started.
     pub calls: u64,
     /// Attempts made by `call`s, first ones included.
@@ -145,6 +159,7 @@ impl Counters {
             attempts: get(&self.attempts),
             retries: get(&self.retries),
             budget_refusals: get(&self.budget_refusals),
+            ..Stats::default()
         }
     }
 }

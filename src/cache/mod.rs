@@ -34,6 +34,7 @@ mod census;
 mod cold;
 mod evict;
 mod fetch;
+mod in_use;
 mod index;
 pub(crate) mod key;
 mod memo;

@@ -9,6 +9,8 @@ use crate::discover::instance::{HealthStatus, Instance};
 use crate::util::pad::CachePadded;
 
 pub(crate) mod address_policy;
+mod failure_rate;
+pub(crate) mod health_check;
 pub(crate) mod load;
 pub(crate) mod outlier;
 mod parse;

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::time::Instant;
 
+use super::failure_rate::FailureWindow;
+use super::health_check::ProbeState;
 use super::load::Load;
 use super::EndpointData;
 use crate::util::lock::lock;
@@ -44,6 +46,11 @@ pub(crate) struct EndpointState {
     /// When the endpoint joined an answer beside endpoints already serving: the
     /// start of its slow-start ramp. Unset for endpoints of a key's first answer.
     pub(crate) joined: OnceLock<Instant>,
+    /// Attempts and failures in the current interval, for failure-percentage
+    /// ejection; written by recorders only.
+    pub(crate) window: FailureWindow,
+    /// The active health check's view of the endpoint (`health_check.rs`).
+    pub(crate) probe: ProbeState,
 }
 
 /// One endpoint's ejection state, as outlier detection (`outlier.rs`) keeps it.
@@ -69,6 +76,9 @@ pub(crate) struct EjectionState {
     /// When the current or last ejection ends.
     pub(crate) until: Option<Instant>,
     pub(crate) probation: bool,
+    /// The active health check found the endpoint down: it stays out (unless the
+    /// share cap let it in) until a probe passes, whatever its ejection time says.
+    pub(crate) probe_down: bool,
 }
 
 impl EndpointState {
@@ -83,6 +93,8 @@ impl EndpointState {
             },
             load: CachePadded::new(Load::default()),
             joined: OnceLock::new(),
+            window: FailureWindow::default(),
+            probe: ProbeState::default(),
         }
     }
 

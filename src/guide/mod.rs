@@ -17,6 +17,8 @@
 //! - [`metrics`]: the `metrics` series (feature `metrics`).
 //! - [`fleet`]: running a fleet within the account's quota.
 //! - [`performance`]: what a warm lookup costs, and how it is measured.
+//! - [`health`]: endpoint health beyond the registry: failure-percentage ejection
+//!   and active health checks.
 //! - [`safety`]: addresses never handed out, requests never sent twice, no panics.
 
 #[doc = include_str!("sources.md")]
@@ -51,3 +53,6 @@ pub mod performance {}
 
 #[doc = include_str!("safety.md")]
 pub mod safety {}
+
+#[doc = include_str!("health.md")]
+pub mod health {}

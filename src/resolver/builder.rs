@@ -13,6 +13,7 @@ use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
 use crate::endpoint::address_policy::AddressPolicy;
+use crate::endpoint::health_check::HealthCheck;
 use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::error::Error;
@@ -242,6 +243,31 @@ impl ResolverBuilder {
     /// Passive outlier detection: the same as [`outlier`](Self::outlier).
     pub fn outlier_detection(self, outlier: OutlierOptions) -> Self {
         self.outlier(outlier)
+    }
+
+    /// Probes the endpoints of the keys in use from the background; an endpoint
+    /// failing its probes is skipped as an ejected one is (within
+    /// `outlier.max_ejection_share`) until a probe passes. Probing starts when the
+    /// resolver is built inside a tokio runtime and stops when it is dropped.
+    /// Default: none. See the [health guide](crate::guide::health).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{HealthCheck, Resolver, StaticDiscovery};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .health_check(HealthCheck::http("/healthz").interval(Duration::from_secs(2)))
+    ///     .build()?;
+    /// assert!(resolver.options().health_check.is_some());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.opts.health_check = Some(check);
+        self
     }
 
     /// Settings of [`Selection::LeastLoaded`]. Default: [`LoadOptions::default`].

@@ -29,6 +29,7 @@ use crate::watch::Watch;
 
 mod builder;
 mod endpoints;
+mod health;
 pub(crate) mod options;
 #[cfg(feature = "metrics")]
 mod publish;
@@ -85,6 +86,8 @@ struct Shared {
     /// Load and outlier detection, shared with the [`Lease`]s handed out.
     recorder: Recorder,
     budget: RetryBudget,
+    /// Probes by outcome (all zero without a health check).
+    probes: Arc<health::ProbeCounters>,
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
     published: std::sync::Mutex<crate::metrics::Published>,
@@ -343,9 +346,20 @@ impl Resolver {
     /// operation, stale answers, failures, ejections, retries, budget refusals.
     pub fn stats(&self) -> Stats {
         let o = self.shared.recorder.outliers();
-        self.cache
+        let mut stats = self
+            .cache
             .counters
-            .snapshot(o.ejections(), o.readmissions())
+            .snapshot(o.ejections(), o.readmissions());
+        [
+            stats.ejections_consecutive,
+            stats.ejections_percentage,
+            stats.ejections_probe,
+        ] = o.ejections_by_cause();
+        let p = &self.shared.probes;
+        stats.probes_passed = p.passed.load(std::sync::atomic::Ordering::Relaxed);
+        stats.probes_failed = p.failed.load(std::sync::atomic::Ordering::Relaxed);
+        stats.probes_timed_out = p.timed_out.load(std::sync::atomic::Ordering::Relaxed);
+        stats
     }
 
     /// How many keys are cached now.
@@ -420,18 +434,38 @@ impl Resolver {
             pick,
             opts.seed,
         );
-        Resolver {
+        let probes = Arc::new(health::ProbeCounters::default());
+        let prober = opts.health_check.clone().map(|check| health::Prober {
+            check,
+            policy: opts.address_policy.clone(),
+            outliers: outliers.clone(),
+            counters: probes.clone(),
+            seed: opts.seed.unwrap_or_else(rand_seed),
+        });
+        let resolver = Resolver {
             health: opts.health_filter,
             owner: opts.owner_account.as_deref().map(Arc::from),
             cache: Arc::new(cache),
             shared: Arc::new(Shared {
                 recorder: Recorder::new(load, outliers),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
+                probes,
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
                 opts,
             }),
+        };
+        if let Some(prober) = prober
+            && !prober.spawn(
+                Arc::downgrade(&resolver.cache),
+                Arc::downgrade(&resolver.shared),
+            )
+        {
+            tracing::warn!(
+                "health_check is set but the resolver was built outside a tokio runtime: no probes"
+            );
         }
+        resolver
     }
 
     #[inline]
@@ -461,4 +495,12 @@ impl Resolver {
         let (_, snap) = Box::pin(self.cache.load(key)).await?;
         Ok(Endpoints::new(snap.all(stripe())))
     }
+}
+
+/// A seed for the probes' jitter when the options give none.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
 }

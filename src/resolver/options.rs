@@ -5,6 +5,7 @@ use crate::call::budget::RetryBudgetOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::endpoint::address_policy::AddressPolicy;
+use crate::endpoint::health_check::HealthCheck;
 use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::endpoint::ParseOptions;
@@ -82,6 +83,10 @@ pub struct ResolverOptions {
     /// is affordable for small fleets only; off, every series is labelled by
     /// namespace and service at most. Default: `false`.
     pub metrics_endpoint_label: bool,
+    /// An active health check of the endpoints of the keys in use, from the
+    /// background (started when the resolver is built inside a tokio runtime).
+    /// Default: none (endpoints are judged by requests only).
+    pub health_check: Option<HealthCheck>,
 }
 
 impl Default for ResolverOptions {
@@ -101,6 +106,7 @@ impl Default for ResolverOptions {
             load: LoadOptions::default(),
             slow_start: SlowStartOptions::default(),
             metrics_endpoint_label: false,
+            health_check: None,
         }
     }
 }
@@ -118,6 +124,9 @@ impl ResolverOptions {
         self.outlier.validate()?;
         self.load.validate()?;
         self.slow_start.validate()?;
+        if let Some(check) = &self.health_check {
+            check.validate()?;
+        }
         self.retry_budget.validate()
     }
 

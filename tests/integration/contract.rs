@@ -122,6 +122,30 @@ async fn load_aware_contract_as_written(
     Ok(body + &r?)
 }
 
+/// The endpoint-health lines of DESIGN.md's additions block, verbatim (issue 28).
+async fn health_contract_as_written(
+    source: StaticDiscovery,
+) -> Result<Resolver, Box<dyn std::error::Error>> {
+    use cloudmap_resolver::{HealthCheck, OutlierOptions};
+
+    // endpoint health beyond the registry
+    let resolver = Resolver::builder(source)
+        .outlier_detection(OutlierOptions::default().failure_percentage(0.5)) // also eject at >= 50% failures
+        .health_check(HealthCheck::tcp().interval(Duration::from_secs(1))) // or HealthCheck::http("/healthz")
+        .build()?; // opt-in; checks what resolve hands out
+    Ok(resolver)
+}
+
+#[tokio::test]
+async fn health_contract_builds() {
+    let resolver = health_contract_as_written(StaticDiscovery::new())
+        .await
+        .unwrap();
+    let opts = resolver.options();
+    assert_eq!(opts.outlier.failure_percentage, Some(0.5));
+    assert!(opts.health_check.is_some());
+}
+
 #[test]
 fn contract_compiles_and_is_send() {
     fn send<T: Send>(_: &T) {}
@@ -129,6 +153,7 @@ fn contract_compiles_and_is_send() {
     send(&contract_as_written());
     send(&registration_as_written());
     send(&load_aware_contract_as_written(StaticDiscovery::new()));
+    send(&health_contract_as_written(StaticDiscovery::new()));
     shared::<Resolver>();
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<cloudmap_resolver::Registered>();

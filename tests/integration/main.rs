@@ -17,6 +17,7 @@ mod dns;
 mod ejection_spread;
 mod failover;
 mod fleet;
+mod health;
 mod owner_account;
 mod prop_options;
 mod properties;
