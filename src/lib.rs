@@ -164,6 +164,7 @@ pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::slow_start::SlowStartOptions;
+pub use select::zone::{ZoneAware, ATTR_AVAILABILITY_ZONE};
 pub use select::Selection;
 pub use stats::Stats;
 pub use watch::{Change, Watch};

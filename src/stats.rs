@@ -76,6 +76,11 @@ pub struct Stats {
     pub retries: u64,
     /// Retries refused because the retry budget was spent.
     pub budget_refusals: u64,
+    /// Zone-aware picks that stayed in the caller's zone (picks made while zones
+    /// are ignored count in neither).
+    pub picks_local: u64,
+    /// Zone-aware picks sent to another zone (or to endpoints of no zone).
+    pub picks_spilled: u64,
 }
 
 /// One thread stripe's warm-path counters (kept on their own cache lines by
@@ -145,6 +150,8 @@ impl Counters {
             attempts: get(&self.attempts),
             retries: get(&self.retries),
             budget_refusals: get(&self.budget_refusals),
+            picks_local: 0,
+            picks_spilled: 0,
         }
     }
 }

@@ -26,6 +26,7 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        self.load_held().await;
         let (slot, snap) = self.load_any(key).await?;
         let snap = servable_or_empty(&slot, snap)?;
         Ok((slot, snap))

@@ -18,6 +18,7 @@
 //! - [`fleet`]: running a fleet within the account's quota.
 //! - [`performance`]: what a warm lookup costs, and how it is measured.
 //! - [`safety`]: addresses never handed out, requests never sent twice, no panics.
+//! - [`zones`]: zone-aware routing: staying in the caller's availability zone.
 
 #[doc = include_str!("sources.md")]
 pub mod sources {}
@@ -51,3 +52,6 @@ pub mod performance {}
 
 #[doc = include_str!("safety.md")]
 pub mod safety {}
+
+#[doc = include_str!("zones.md")]
+pub mod zones {}

@@ -17,6 +17,7 @@ use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::error::Error;
 use crate::select::slow_start::SlowStartOptions;
+use crate::select::zone::ZoneAware;
 use crate::select::Selection;
 
 /// Builds a [`Resolver`]; see [`ResolverOptions`] for every setting and default.
@@ -254,6 +255,24 @@ impl ResolverBuilder {
     /// [`SlowStartOptions::default`].
     pub fn slow_start(mut self, slow_start: SlowStartOptions) -> Self {
         self.opts.slow_start = slow_start;
+        self
+    }
+
+    /// Zone-aware routing: picks stay in the caller's availability zone while that
+    /// zone has the capacity, the rest spill to zones with capacity to spare; see
+    /// [`ZoneAware`] and the [zones guide](crate::guide::zones). Default: none.
+    ///
+    /// ```
+    /// use cloudmap_resolver::{Resolver, StaticDiscovery, ZoneAware};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .zone_aware(ZoneAware::new("us-east-1a").min_endpoints(3))
+    ///     .build()?;
+    /// assert_eq!(resolver.options().zone_aware.as_ref().unwrap().zone(), "us-east-1a");
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    pub fn zone_aware(mut self, zones: ZoneAware) -> Self {
+        self.opts.zone_aware = Some(zones);
         self
     }
 

@@ -22,6 +22,7 @@ use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::endpoint::StateTable;
 use crate::error::Error;
+use crate::select::zone::ZoneContext;
 use crate::select::{PickContext, Selection};
 use crate::stats::Stats;
 use crate::util::stripe::stripe;
@@ -88,6 +89,8 @@ struct Shared {
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
     published: std::sync::Mutex<crate::metrics::Published>,
+    /// Zone-aware routing's context, for its counters.
+    zones: Option<Arc<ZoneContext>>,
 }
 
 impl fmt::Debug for Resolver {
@@ -343,9 +346,14 @@ impl Resolver {
     /// operation, stale answers, failures, ejections, retries, budget refusals.
     pub fn stats(&self) -> Stats {
         let o = self.shared.recorder.outliers();
-        self.cache
+        let mut stats = self
+            .cache
             .counters
-            .snapshot(o.ejections(), o.readmissions())
+            .snapshot(o.ejections(), o.readmissions());
+        if let Some(z) = &self.shared.zones {
+            (stats.picks_local, stats.picks_spilled) = z.counts();
+        }
+        stats
     }
 
     /// How many keys are cached now.
@@ -405,14 +413,21 @@ impl Resolver {
         let states = StateTable::default();
         let load = (opts.selection == Selection::LeastLoaded)
             .then(|| Arc::new(LoadTracker::new(&opts.load, tokio::time::Instant::now())));
-        let pick = PickContext::new(
+        let mut pick = PickContext::new(
             opts.selection.clone(),
             load.clone(),
             opts.slow_start.clone(),
             states.ejected(),
         );
+        let zones = opts
+            .zone_aware
+            .clone()
+            .map(|z| Arc::new(ZoneContext::new(z)));
+        if let Some(z) = &zones {
+            pick = pick.with_zones(z.clone());
+        }
         let outliers = Arc::new(OutlierDetector::new(opts.outlier.clone()));
-        let cache = Cache::new(
+        let mut cache = Cache::new(
             source,
             opts.cache.clone(),
             opts.parse_options(),
@@ -420,6 +435,13 @@ impl Resolver {
             pick,
             opts.seed,
         );
+        // The callers' service is held watched: its answers tell the zone tables
+        // where the callers are.
+        if let Some((ns, svc)) = zones.as_ref().and_then(|z| z.opts.callers_service()) {
+            let health = opts.health_filter;
+            let owner = opts.owner_account.as_deref();
+            cache.hold(KeyRef::plain(ns, svc, health).owned_by(owner).to_request());
+        }
         Resolver {
             health: opts.health_filter,
             owner: opts.owner_account.as_deref().map(Arc::from),
@@ -429,6 +451,7 @@ impl Resolver {
                 budget: RetryBudget::new(opts.retry_budget.clone()),
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
+                zones,
                 opts,
             }),
         }

@@ -9,6 +9,7 @@ use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::endpoint::ParseOptions;
 use crate::select::slow_start::SlowStartOptions;
+use crate::select::zone::ZoneAware;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
@@ -82,6 +83,10 @@ pub struct ResolverOptions {
     /// is affordable for small fleets only; off, every series is labelled by
     /// namespace and service at most. Default: `false`.
     pub metrics_endpoint_label: bool,
+    /// Zone-aware routing: picks stay in the caller's availability zone while it
+    /// has the capacity (Envoy's rule); see [`ZoneAware`]. Default: none (every
+    /// zone alike).
+    pub zone_aware: Option<ZoneAware>,
 }
 
 impl Default for ResolverOptions {
@@ -101,6 +106,7 @@ impl Default for ResolverOptions {
             load: LoadOptions::default(),
             slow_start: SlowStartOptions::default(),
             metrics_endpoint_label: false,
+            zone_aware: None,
         }
     }
 }
@@ -118,6 +124,9 @@ impl ResolverOptions {
         self.outlier.validate()?;
         self.load.validate()?;
         self.slow_start.validate()?;
+        if let Some(zones) = &self.zone_aware {
+            zones.validate()?;
+        }
         self.retry_budget.validate()
     }
 
