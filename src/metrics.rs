@@ -94,6 +94,10 @@ pub(crate) const ANSWER_AGE: &str = "cloudmap_resolver.answer.age";
 /// Gauge: change streams (`Resolver::watch`) following a service's keys, labels
 /// `namespace`, `service` (published).
 pub(crate) const WATCHERS: &str = "cloudmap_resolver.watchers";
+/// Counter: zone-aware picks by `locality` (`local`: in the caller's zone;
+/// `spilled`: to another zone), resolver-wide (published from the striped counters;
+/// zero without `zone_aware`).
+pub(crate) const PICKS: &str = "cloudmap_resolver.picks";
 
 /// The label the opt-in per-endpoint series carry: the endpoint's instance id.
 pub(crate) const ENDPOINT_LABEL: &str = "endpoint";
@@ -209,6 +213,7 @@ pub(crate) const SERIES: &[(&str, &str, &str, &str)] = &[
     ),
     (ANSWER_AGE, "gauge", "seconds", "namespace, service"),
     (WATCHERS, "gauge", "streams", "namespace, service"),
+    (PICKS, "counter", "picks", "locality"),
 ];
 
 /// The `outcome` label of a registry call.
@@ -297,6 +302,8 @@ mod record {
         counter!(STALE_SERVED).absolute(stats.stale_served);
         counter!(EJECTIONS).absolute(stats.ejections);
         counter!(READMISSIONS).absolute(stats.readmissions);
+        counter!(PICKS, "locality" => "local").absolute(stats.picks_local);
+        counter!(PICKS, "locality" => "spilled").absolute(stats.picks_spilled);
         gauge!(CACHED_KEYS).set(cached_keys as f64);
     }
 

@@ -300,6 +300,7 @@ fn every_series_with_its_labels_and_values() {
         "cloudmap_resolver.endpoints",
         "cloudmap_resolver.answer.age",
         "cloudmap_resolver.watchers",
+        "cloudmap_resolver.picks",
     ] {
         assert!(names.contains(name), "{name} missing: {names:?}");
     }
@@ -313,6 +314,7 @@ fn every_series_with_its_labels_and_values() {
         "decision",
         "reason",
         "state",
+        "locality",
     ]
     .into_iter()
     .collect();
