@@ -427,29 +427,23 @@ impl Picker {
         ejected: impl Fn(usize) -> bool,
     ) -> usize {
         let items = &self.set.items;
-        let table = z.table(items, self.weights.as_deref(), &self.ejected);
-        let Some(route) = table.route() else {
-            return self.choose(seed, s, ejected);
-        };
-        let draw = self.next_draw(s);
-        let (zone, local) = route.zone(seed, draw);
-        z.ctx.count(s, local);
-        let cost = |i: usize| {
-            if ejected(i) {
-                return f64::INFINITY;
-            }
-            self.load
-                .as_ref()
-                .map_or(0.0, |load| load.cost(&items[i].state().load))
-        };
-        zone.pick(
-            &self.selection,
-            seed,
-            draw,
-            || self.next_draw(s),
-            &ejected,
-            cost,
-        )
+        z.with(items, self.weights.as_deref(), &self.ejected, |table| {
+            let Some(route) = table.route() else {
+                return self.choose(seed, s, &ejected);
+            };
+            let draw = self.next_draw(s);
+            let (zone, local) = route.zone(seed, draw);
+            z.ctx.count(s, local);
+            let cost = |i: usize| {
+                if ejected(i) {
+                    return f64::INFINITY;
+                }
+                self.load
+                    .as_ref()
+                    .map_or(0.0, |load| load.cost(&items[i].state().load))
+            };
+            zone.pick(&self.selection, seed, draw, || self.next_draw(s), &ejected, cost)
+        })
     }
 
     /// Every endpoint, in the registry's order.

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::ArcSwap;
 
 use super::ZoneContext;
 use crate::discover::instance::HealthStatus;
@@ -62,9 +62,9 @@ fn unit(r: u64) -> f64 {
     (r >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
-/// Whether an endpoint counts as capacity.
-fn admitted(ep: &EndpointData) -> bool {
-    !ep.state().is_ejected() && ep.health() != HealthStatus::Unhealthy
+/// Whether an endpoint counts as capacity; `flags` false assumes none is ejected.
+fn admitted(ep: &EndpointData, flags: bool) -> bool {
+    !(flags && ep.state().is_ejected()) && ep.health() != HealthStatus::Unhealthy
 }
 
 /// Envoy's rule over zone shares: the probability a pick stays local, and each
@@ -83,7 +83,8 @@ pub(crate) fn envoy_rule(local: usize, endpoints: &[f64], callers: &[f64]) -> (f
     (local_p, spill)
 }
 
-/// Computes the table of `items` (with the picker's cumulative weights) at `stamp`.
+/// Computes the table of `items` (with the picker's cumulative weights) at `stamp`
+/// (ejections read from the endpoints' flags, unless the stamp says none).
 pub(crate) fn compute(
     items: &[EndpointData],
     weights: Option<&[f64]>,
@@ -110,7 +111,10 @@ pub(crate) fn compute(
     };
     let capacity: Vec<f64> = groups
         .values()
-        .map(|m| m.iter().filter(|&&i| admitted(&items[i as usize])).count() as f64)
+        .map(|m| {
+            let flags = stamp.0 != NONE_EJECTED;
+            m.iter().filter(|&&i| admitted(&items[i as usize], flags)).count() as f64
+        })
         .collect();
     let total: f64 = capacity.iter().sum();
     if capacity[local] == 0.0 {
@@ -252,15 +256,22 @@ impl Route {
     }
 }
 
-/// A picker's zone state: the resolver's context and the answer's current table.
+/// A picker's zone state: the resolver's context, the answer's table as if nothing
+/// were ejected (`base`: what nearly every pick reads, with two relaxed loads and no
+/// reference count touched) and the table for the ejections of now (`current`,
+/// read only while some endpoint of the resolver is ejected).
 pub(crate) struct Zoned {
     pub(crate) ctx: Arc<ZoneContext>,
-    table: ArcSwap<ZoneTable>,
+    base: Arc<ZoneTable>,
+    current: ArcSwap<ZoneTable>,
 }
+
+/// The stamp of a table that assumes nothing is ejected.
+const NONE_EJECTED: u64 = u64::MAX;
 
 impl Zoned {
     /// The zone state of an answer; `prev` is the same answer's (reconfirmed), whose
-    /// table still holds.
+    /// tables still hold unless the callers' spread changed since.
     pub(crate) fn new(
         ctx: Arc<ZoneContext>,
         items: &[EndpointData],
@@ -268,48 +279,64 @@ impl Zoned {
         ejected: &EjectedCount,
         prev: Option<&Zoned>,
     ) -> Zoned {
-        let table = match prev {
-            Some(p) => p.table.load_full(),
+        let generation = ctx.generation();
+        let base = match prev {
+            Some(p) if p.base.stamp.1 == generation => p.base.clone(),
+            _ => Arc::new(compute(items, weights, &ctx, (NONE_EJECTED, generation))),
+        };
+        let current = match prev {
+            Some(p) => p.current.load_full(),
             None => Arc::new(compute(
                 items,
                 weights,
                 &ctx,
-                (ejected.changes(), ctx.generation()),
+                (ejected.changes(), generation),
             )),
         };
         Zoned {
             ctx,
-            table: ArcSwap::new(table),
+            base,
+            current: ArcSwap::new(current),
         }
     }
 
-    /// The table for now: the stored one while its stamp holds, else recomputed.
+    /// `f` on the table for now: the base table while nothing is ejected and the
+    /// callers' spread is the one it was computed with; else the current table,
+    /// recomputed first if its stamp is stale.
     #[inline]
-    pub(crate) fn table(
+    pub(crate) fn with<R>(
         &self,
         items: &[EndpointData],
         weights: Option<&[f64]>,
         ejected: &EjectedCount,
-    ) -> Guard<Arc<ZoneTable>> {
-        let stamp = (ejected.changes(), self.ctx.generation());
-        let table = self.table.load();
-        if table.stamp == stamp {
-            return table;
+        f: impl FnOnce(&ZoneTable) -> R,
+    ) -> R {
+        let generation = self.ctx.generation();
+        if !ejected.any() && self.base.stamp.1 == generation {
+            return f(&self.base);
         }
-        self.recompute(items, weights, stamp)
+        self.with_current(items, weights, ejected, generation, f)
     }
 
     #[cold]
     #[inline(never)]
-    fn recompute(
+    fn with_current<R>(
         &self,
         items: &[EndpointData],
         weights: Option<&[f64]>,
-        stamp: (u64, u64),
-    ) -> Guard<Arc<ZoneTable>> {
-        self.table
-            .store(Arc::new(compute(items, weights, &self.ctx, stamp)));
-        self.table.load()
+        ejected: &EjectedCount,
+        generation: u64,
+        f: impl FnOnce(&ZoneTable) -> R,
+    ) -> R {
+        let stamp = (ejected.changes(), generation);
+        let table = self.current.load();
+        if table.stamp == stamp {
+            return f(&table);
+        }
+        drop(table);
+        let table = Arc::new(compute(items, weights, &self.ctx, stamp));
+        self.current.store(table.clone());
+        f(&table)
     }
 }
 
