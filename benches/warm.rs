@@ -154,7 +154,11 @@ fn warm(c: &mut Criterion) {
         .into_iter()
         .enumerate()
         .fold(StaticDiscovery::new(), |r, (k, i)| {
-            r.with_instance(NAMESPACE, SERVICE, i.attribute("AVAILABILITY_ZONE", zones[k % 3]))
+            r.with_instance(
+                NAMESPACE,
+                SERVICE,
+                i.attribute("AVAILABILITY_ZONE", zones[k % 3]),
+            )
         });
     let zone_aware = Resolver::builder(zoned)
         .zone_aware(ZoneAware::new("us-east-1a"))

@@ -442,7 +442,14 @@ impl Picker {
                     .as_ref()
                     .map_or(0.0, |load| load.cost(&items[i].state().load))
             };
-            zone.pick(&self.selection, seed, draw, || self.next_draw(s), &ejected, cost)
+            zone.pick(
+                &self.selection,
+                seed,
+                draw,
+                || self.next_draw(s),
+                &ejected,
+                cost,
+            )
         })
     }
 

@@ -350,13 +350,21 @@ async fn lease_goes_through_the_zone_pick() {
 
 #[tokio::test(start_paused = true)]
 async fn an_ejection_in_the_local_zone_recomputes_its_share_and_readmission_restores_it() {
-    let r = resolver(registry(&[3, 3, 3]), ZoneAware::new("us-east-1a"), Selection::Random);
+    let r = resolver(
+        registry(&[3, 3, 3]),
+        ZoneAware::new("us-east-1a"),
+        Selection::Random,
+    );
     let (zones, _) = picks(&r, 1_000).await;
     assert_eq!(zones["us-east-1a"], 1_000);
     // One of 1a's three ejected: 1a holds 2 of 8 admitted (1/4) against a third of
     // the callers, so it keeps (1/4)/(1/3) = 3/4 and spills the rest evenly.
     let all = r.resolve_all("shared", "web").await.unwrap();
-    let victim = all.iter().find(|e| zone_of(e) == "us-east-1a").unwrap().clone();
+    let victim = all
+        .iter()
+        .find(|e| zone_of(e) == "us-east-1a")
+        .unwrap()
+        .clone();
     for _ in 0..5 {
         r.report(&victim, Outcome::Failure);
     }
@@ -369,9 +377,13 @@ async fn an_ejection_in_the_local_zone_recomputes_its_share_and_readmission_rest
     // After the ejection time the next call's candidate lookup re-admits it (on
     // probation): the first picks after the fault window are all local again.
     tokio::time::sleep(std::time::Duration::from_secs(31)).await;
-    r.call("shared", "web", |ep: Endpoint| async move { Ok::<_, &str>(ep) })
-        .await
-        .unwrap();
+    r.call(
+        "shared",
+        "web",
+        |ep: Endpoint| async move { Ok::<_, &str>(ep) },
+    )
+    .await
+    .unwrap();
     assert!(!victim.is_ejected());
     let (zones, eps) = picks(&r, 1_000).await;
     assert_eq!(zones["us-east-1a"], 1_000, "{zones:?}");

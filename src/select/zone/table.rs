@@ -113,7 +113,9 @@ pub(crate) fn compute(
         .values()
         .map(|m| {
             let flags = stamp.0 != NONE_EJECTED;
-            m.iter().filter(|&&i| admitted(&items[i as usize], flags)).count() as f64
+            m.iter()
+                .filter(|&&i| admitted(&items[i as usize], flags))
+                .count() as f64
         })
         .collect();
     let total: f64 = capacity.iter().sum();
