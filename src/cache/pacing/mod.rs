@@ -37,7 +37,7 @@ use cold_pace::ColdPace;
 /// Counts every backend call (DiscoverInstances and DiscoverInstancesRevision, cold
 /// loads and background refreshes). Set it with
 /// [`ResolverBuilder::rate_limit`](crate::ResolverBuilder::rate_limit) or
-/// [`ResolverOptions::rate_limit`](crate::ResolverOptions::rate_limit).
+/// [`CacheOptions::rate_limit`](crate::CacheOptions::rate_limit).
 ///
 /// # Examples
 ///
