@@ -379,7 +379,9 @@ impl Limiter {
                 // The queue is full: no turn (and none of the cap's) is taken; ask
                 // again when it has drained, at the rate of then.
                 let drained = a.turn_of(a.issued, now).unwrap_or(now);
-                return Ok(Turn::Retry(drained.max(after(now, Duration::from_millis(1)))));
+                return Ok(Turn::Retry(
+                    drained.max(after(now, Duration::from_millis(1))),
+                ));
             }
         }
         let mut not_before = now;
@@ -606,7 +608,10 @@ mod tests {
         // demand (10/s when the throttling began).
         l.throttled(R, t + ms(20), t + ms(20));
         let again = l.rate(R, t + ms(20)).unwrap();
-        assert!((2.3..=2.7).contains(&again), "cut to about 2.4/s, got {again}");
+        assert!(
+            (2.3..=2.7).contains(&again),
+            "cut to about 2.4/s, got {again}"
+        );
         for i in 1..=10 {
             l.throttled(R, t + ms(20 + i), t + ms(20 + i));
         }
@@ -633,7 +638,10 @@ mod tests {
         // earlier than a fixed 5/s would give.
         for i in 1..=5 {
             let turn = l.admit_at(R, Pace::Wait, t0).unwrap();
-            assert!(turn <= t0 + ms(200 * i) && turn > t0 + ms(200 * i - 20), "{i}");
+            assert!(
+                turn <= t0 + ms(200 * i) && turn > t0 + ms(200 * i - 20),
+                "{i}"
+            );
         }
         assert_eq!(
             l.admit_at(R, Pace::Now, t0).unwrap(),
@@ -767,7 +775,10 @@ mod tests {
             t += ms(10);
         }
         let rate = l.rate(R, end).unwrap();
-        assert!((25.0..=26.0).contains(&rate), "a quarter of 100/s, got {rate}");
+        assert!(
+            (25.0..=26.0).contains(&rate),
+            "a quarter of 100/s, got {rate}"
+        );
         // The queue never held more than ten seconds of the rate.
         assert!(pending.len() <= 260, "{} queued", pending.len());
         assert!(calls > 60 * 20, "turns kept coming at the floor: {calls}");
@@ -815,7 +826,10 @@ mod tests {
         l.cold_outcome(D, true, t0, |_| ms(500));
         let held = l.admit_at(D, Pace::Now, t0).unwrap_err();
         assert_eq!(held.kind(), ErrorKind::Throttled);
-        assert!(!is_cap_refusal(&held), "a cold hold is the registry's throttling");
+        assert!(
+            !is_cap_refusal(&held),
+            "a cold hold is the registry's throttling"
+        );
     }
 
     #[test]
