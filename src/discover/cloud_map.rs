@@ -5,8 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_sdk_servicediscovery as sd;
-use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
 use sd::config::http::HttpResponse;
+use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
 use sd::config::retry::RetryConfig;
 use sd::config::{ConfigBag, Intercept, RuntimeComponents};
 use sd::error::{ProvideErrorMetadata, SdkError};
@@ -236,7 +236,9 @@ fn kind_of_code(code: &str) -> ErrorKind {
         // The write operations' answers (self-registration, `register/`).
         "InstanceNotFound" => ErrorKind::InstanceNotFound,
         "CustomHealthNotFound" => ErrorKind::CustomHealthNotFound,
-        "RequestLimitExceeded" | "ThrottlingException" | "Throttling"
+        "RequestLimitExceeded"
+        | "ThrottlingException"
+        | "Throttling"
         | "TooManyRequestsException" => ErrorKind::Throttled,
         "ResourceLimitExceeded" | "ServiceQuotaExceededException" | "LimitExceededException" => {
             ErrorKind::QuotaExceeded

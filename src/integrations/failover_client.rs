@@ -52,6 +52,12 @@ use crate::util::lock::lock;
 /// ([`AttemptError::NotSent`](crate::AttemptError::NotSent)) and the next one is
 /// tried.
 ///
+/// Redirects are followed by the client, which keeps the explicit `Host` header
+/// (reqwest drops only credentials and cookies on a redirect to another host): a
+/// `302` to another host would reach it with the service's name as `Host`. Where an
+/// endpoint may redirect elsewhere, build the client with
+/// `.redirect(reqwest::redirect::Policy::none())` and follow redirects yourself.
+///
 /// With `https`, the connection is to the endpoint's address: the server's
 /// certificate must then be valid for that address (or use
 /// [`ReqwestResolver`](crate::ReqwestResolver), which keeps the name).

@@ -62,7 +62,12 @@ impl Writer {
     /// namespace look-up checks when none is named. `None` when they do not say or
     /// fail to load (the registry calls then report the failure).
     pub(crate) async fn caller_account(&self) -> Option<String> {
-        let creds = self.credentials.as_ref()?.provide_credentials().await.ok()?;
+        let creds = self
+            .credentials
+            .as_ref()?
+            .provide_credentials()
+            .await
+            .ok()?;
         creds.account_id().map(|a| a.as_str().to_owned())
     }
 }

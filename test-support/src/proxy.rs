@@ -259,7 +259,12 @@ async fn handle(
         }
         Fault::LoseAnswer => lose = true,
         Fault::DuplicateOfLost => {
-            let id = st.lost_operation.lock().unwrap().clone().unwrap_or_default();
+            let id = st
+                .lost_operation
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_default();
             let body = serde_json::json!({
                 "__type": "DuplicateRequest",
                 "Message": "the operation is already in progress",

@@ -467,7 +467,9 @@ async fn a_streaming_body_moves_past_an_endpoint_it_was_never_sent_to() {
         .with_instance(
             "shared",
             "web",
-            Instance::new("refused").cname("localhost").port(live.port()),
+            Instance::new("refused")
+                .cname("localhost")
+                .port(live.port()),
         )
         .with_instance(
             "shared",
@@ -480,7 +482,10 @@ async fn a_streaming_body_moves_past_an_endpoint_it_was_never_sent_to() {
         .deny("127.0.0.1/32".parse().unwrap())
         .deny("::1/128".parse().unwrap());
     let resolver = with_attempt_timeout(reg, Some(policy));
-    assert_eq!(resolver.resolve_all("shared", "web").await.unwrap().len(), 2);
+    assert_eq!(
+        resolver.resolve_all("shared", "web").await.unwrap().len(),
+        2
+    );
     let fc = resolver
         .failover_client(reqwest::Client::new())
         .hosts(shared());

@@ -139,7 +139,9 @@ async fn a_drain_whose_answer_was_lost_still_deregistered() {
     assert_eq!(proxy.count("DeregisterInstance"), 2);
     assert!(drained.deregistered(), "{drained:?}");
     assert_eq!(drained.operation_id(), None);
-    assert!(!instance_ids(&service_id).await.contains(&"i-lost".to_owned()));
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-lost".to_owned()));
 
     // The retry hears DuplicateRequest: the operation it names is waited on.
     proxy.reset_counts();
@@ -153,7 +155,9 @@ async fn a_drain_whose_answer_was_lost_still_deregistered() {
     let id = drained.operation_id().expect("the duplicate's operation");
     assert!(!id.is_empty());
     assert!(proxy.count("GetOperation") > polls_before);
-    assert!(!instance_ids(&service_id).await.contains(&"i-dup".to_owned()));
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-dup".to_owned()));
 
     // Quiet case: an instance already gone before the drain is not this drain's.
     proxy.reset_counts();
