@@ -237,14 +237,14 @@ impl FailoverClient {
                         *req.url_mut() = original;
                         *lock(template) = Some(req);
                     }
-                    Err(Failed::NotSent(e))
+                    Failed::NotSent(e)
                 };
                 let (ip, port) = match destination(resolver, &ep, explicit_port).await {
                     Ok(found) => found,
-                    Err(e) => return not_sent(req, e),
+                    Err(e) => return Err(not_sent(req, e)),
                 };
                 if let Err(e) = retarget(&mut req, ip, port, host) {
-                    return not_sent(req, e);
+                    return Err(not_sent(req, e));
                 }
                 match client.execute(req).await {
                     Ok(resp) if repeatable && fails_over(statuses, &resp) => {
