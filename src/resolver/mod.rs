@@ -141,6 +141,8 @@ impl Resolver {
     /// - [`NamespaceNotFound`](crate::ErrorKind::NamespaceNotFound),
     ///   [`ServiceNotFound`](crate::ErrorKind::ServiceNotFound): the registry says so;
     /// - [`NoEndpoints`](crate::ErrorKind::NoEndpoints): nothing usable matched;
+    /// - [`Configuration`](crate::ErrorKind::Configuration): the registry refused the
+    ///   caller (credentials, signature, permissions), reported at once;
     /// - [`Throttled`](crate::ErrorKind::Throttled),
     ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
     ///   earlier answer may be served.
