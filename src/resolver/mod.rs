@@ -81,6 +81,14 @@ struct Shared {
     /// Shared with the [`Lease`]s handed out.
     outliers: Arc<OutlierDetector>,
     budget: RetryBudget,
+    /// The load tracker of measured tower services when the selection is not
+    /// `LeastLoaded` (which has the cache's): one per resolver, made on first use.
+    /// Every `Load` of the resolver's endpoints is stamped on one clock, so that a
+    /// sample's age is measured on the clock that stamped the last one (one clock per
+    /// `measured_discover`, each starting at zero, left an older clock's stamps
+    /// ahead of a newer one's readings and nothing decayed).
+    #[cfg(feature = "tower")]
+    measured_load: std::sync::OnceLock<Arc<crate::select::load::LoadTracker>>,
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
     published: std::sync::Mutex<crate::metrics::Published>,
@@ -291,15 +299,20 @@ impl Resolver {
 
     /// What a measured tower service (`integrations/measured.rs`) records into: the
     /// resolver's load tracker under `LeastLoaded` (so its picks see the balancer's
-    /// requests), else a tracker of its own with the resolver's load settings; and
-    /// the resolver's outlier detection.
+    /// requests), else the resolver's one tracker for measured services, with its
+    /// load settings; and the resolver's outlier detection.
     #[cfg(feature = "tower")]
     pub(crate) fn measure(&self) -> (Arc<crate::select::load::LoadTracker>, Arc<OutlierDetector>) {
         let load = self.cache.load_tracker().cloned().unwrap_or_else(|| {
-            Arc::new(crate::select::load::LoadTracker::new(
-                &self.shared.opts.load,
-                tokio::time::Instant::now(),
-            ))
+            self.shared
+                .measured_load
+                .get_or_init(|| {
+                    Arc::new(crate::select::load::LoadTracker::new(
+                        &self.shared.opts.load,
+                        tokio::time::Instant::now(),
+                    ))
+                })
+                .clone()
         });
         (load, self.shared.outliers.clone())
     }
@@ -412,6 +425,8 @@ impl Resolver {
             shared: Arc::new(Shared {
                 outliers: Arc::new(OutlierDetector::new(opts.outlier.clone())),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
+                #[cfg(feature = "tower")]
+                measured_load: std::sync::OnceLock::new(),
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
                 opts,

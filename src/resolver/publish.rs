@@ -42,7 +42,7 @@ impl Resolver {
         let mut published = lock(&self.shared.published);
         let last = std::mem::take(&mut *published);
         *published = crate::metrics::publish_services(
-            &census,
+            census,
             self.shared.opts.metrics_endpoint_label,
             last,
         );
