@@ -1,6 +1,6 @@
 //! A tonic gRPC client through the resolver, with no AWS account: three
 //! `grpc.health.v1.Health` servers on loopback registered in a `StaticDiscovery`,
-//! one `tonic::transport::Channel` from `resolver.grpc_channel`, then one server
+//! one `GrpcChannel` (tonic's balanced channel) from `resolver.grpc_channel`, then one server
 //! deregistered and stopped: the calls move to the other two, none failing.
 //!
 //! ```text
@@ -65,7 +65,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-async fn calls(channel: &tonic::transport::Channel, n: usize) -> (usize, usize) {
+async fn calls(channel: &cloudmap_resolver::GrpcChannel, n: usize) -> (usize, usize) {
     let mut ok = 0;
     for _ in 0..n {
         if check(channel).await.is_ok() {

@@ -343,13 +343,13 @@ mod record {
     pub(crate) fn source_panic(op: &'static str, namespace: &str, service: &str) {
         let (ns, svc) = names().labels(namespace, service);
         counter!(SOURCE_PANICS, "operation" => op, "namespace" => ns, "service" => svc)
-        .increment(1);
+            .increment(1);
     }
 
     pub(crate) fn skipped(namespace: &str, service: &str, reason: SkipReason) {
         let (ns, svc) = names().labels(namespace, service);
         counter!(SKIPPED, "reason" => reason.label(), "namespace" => ns, "service" => svc)
-        .increment(1);
+            .increment(1);
     }
 
     pub(crate) fn attempt(
@@ -378,8 +378,7 @@ mod record {
     pub(crate) fn retry(namespace: &str, service: &str, allowed: bool) {
         let decision = if allowed { "allowed" } else { "refused" };
         let (ns, svc) = names().labels(namespace, service);
-        counter!(RETRIES, "decision" => decision, "namespace" => ns, "service" => svc)
-        .increment(1);
+        counter!(RETRIES, "decision" => decision, "namespace" => ns, "service" => svc).increment(1);
     }
 
     pub(crate) fn call(namespace: &str, service: &str, ok: bool, took: Duration) {

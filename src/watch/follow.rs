@@ -11,7 +11,17 @@ use crate::cache::{Answer, Cache};
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
 
-pub(super) type Sender = mpsc::Sender<Result<Change, Error>>;
+pub(super) type Sender = mpsc::Sender<Item>;
+
+/// What the follower sends: a stream item, or the mark that every change of an
+/// answer has been sent (read by crate-internal consumers such as the gRPC
+/// channel, which must tell an empty answer from one not received yet; a `Watch`
+/// polled as a `Stream` skips it).
+#[derive(Debug)]
+pub(crate) enum Item {
+    Change(Result<Change, Error>),
+    Synced,
+}
 
 /// Follows `req`'s answers until the stream is dropped (or the key can never be
 /// answered: invalid input). First the current endpoints as inserts, then each
@@ -30,7 +40,7 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
                 failures = failures.saturating_add(1);
                 let give_up = err.kind() == ErrorKind::InvalidInput;
                 let delay = cache.retry_delay(failures, &err);
-                if failures == 1 && tx.send(Err(err)).await.is_err() {
+                if failures == 1 && tx.send(Item::Change(Err(err))).await.is_err() {
                     return;
                 }
                 if give_up {
@@ -47,9 +57,12 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
             match watched.answer() {
                 Answer::New(endpoints) => {
                     for change in diff(&mut known, endpoints) {
-                        if tx.send(Ok(change)).await.is_err() {
+                        if tx.send(Item::Change(Ok(change))).await.is_err() {
                             return;
                         }
+                    }
+                    if tx.send(Item::Synced).await.is_err() {
+                        return;
                     }
                 }
                 Answer::Same => {}

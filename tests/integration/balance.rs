@@ -343,7 +343,9 @@ async fn least_loaded_gives_a_newly_registered_endpoint_its_share() {
     registry.register(
         "shared",
         "web",
-        Instance::new("new").ipv4("127.0.0.1".parse().unwrap()).port(2000),
+        Instance::new("new")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(2000),
     );
     let mut rounds = 0;
     while resolver.resolve_all("shared", "web").await.unwrap().len() < 4 {

@@ -452,7 +452,7 @@ fn registration_sends_are_registry_calls() {
 /// unknown names share the `other` bucket's two series and no gauge is published
 /// for a key without an answer.
 #[test]
-fn unknown_names_create_no_series_and_evicted_keys_stop_publishing() {
+fn unknown_names_create_no_series() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -461,8 +461,11 @@ fn unknown_names_create_no_series_and_evicted_keys_stop_publishing() {
         .build()
         .unwrap();
     let ip = "127.0.0.1".parse().unwrap();
-    let registry = StaticDiscovery::new()
-        .with_instance("shared", "known", Instance::new("a").ipv4(ip).port(1));
+    let registry = StaticDiscovery::new().with_instance(
+        "shared",
+        "known",
+        Instance::new("a").ipv4(ip).port(1),
+    );
     metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
             let r = Resolver::builder(registry).build().unwrap();
@@ -497,7 +500,6 @@ fn unknown_names_create_no_series_and_evicted_keys_stop_publishing() {
                 ),
                 Some(1_000.0)
             );
-
         })
     });
 }
