@@ -546,6 +546,18 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn names_are_admitted_up_to_the_cap_then_bucketed() {
+        let names = Names::new(2);
+        assert_eq!(names.labels("ns", "a"), (OTHER.into(), OTHER.into()));
+        assert!(names.admit("ns", "a") && names.admit("ns", "b"));
+        assert!(names.admit("ns", "a"), "admitted again");
+        assert!(!names.admit("ns", "c"), "past the cap");
+        assert_eq!(names.labels("ns", "b"), ("ns".into(), "b".into()));
+        assert_eq!(names.labels("ns", "c"), (OTHER.into(), OTHER.into()));
+    }
+
     #[test]
     fn registry_outcomes() {
         assert_eq!(registry_outcome(Ok(())), "ok");

@@ -29,7 +29,9 @@ pub(crate) enum Item {
 /// last good answer may no longer be served, since until then the cache serves it
 /// and this task sees no failure), and the task goes on trying, paced by the
 /// cache's backoff. Nothing but an answer is diffed, so a failing registry never
-/// shows as removals.
+/// shows as removals; the one exception is the registry saying the service or its
+/// namespace does not exist (the cache then serves no answer), which removes every
+/// endpoint (sent before the error).
 pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) {
     let mut known = Known::new();
     let mut failures = 0u32;
@@ -39,6 +41,22 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
             Err(err) => {
                 failures = failures.saturating_add(1);
                 let give_up = err.kind() == ErrorKind::InvalidInput;
+                // The registry says the service (or namespace) is gone and the
+                // cache serves no answer for it (`resolve` fails too): its
+                // endpoints are removed, as an empty answer would remove them. Any
+                // other failure leaves them (a failing registry is no reason to
+                // stop dialing).
+                if matches!(
+                    err.kind(),
+                    ErrorKind::ServiceNotFound | ErrorKind::NamespaceNotFound
+                ) && !known.is_empty()
+                {
+                    for change in diff(&mut known, Vec::new()) {
+                        if tx.send(Item::Change(Ok(change))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 let delay = cache.retry_delay(failures, &err);
                 if failures == 1 && tx.send(Item::Change(Err(err))).await.is_err() {
                     return;

@@ -30,7 +30,8 @@ const BUFFER: usize = 256;
 /// one key shares the cache's answer and its single registry call per refresh. A
 /// failing registry never produces removals: the last good answer holds (serve
 /// stale); once it is older than `max_stale` the stream yields one `Err` and goes
-/// on trying. It ends only after an `InvalidInput` error. Dropping the last watch
+/// on trying. A service (or namespace) the registry says is gone, once no answer
+/// is served for it, has its endpoints removed before that `Err`. It ends only after an `InvalidInput` error. Dropping the last watch
 /// of a key lets its refreshes stop (unless the key is being resolved).
 ///
 /// A `Watch` keeps its resolver's cache alive, and must be polled within a Tokio
