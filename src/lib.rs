@@ -87,7 +87,7 @@
 //! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
 //! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`, and
 //! `Watch::into_discover` (a change stream as a `tower::discover::Discover`).
-//! `tonic`: `Resolver::grpc_channel`, a `tonic::transport::Channel` following a
+//! `tonic`: `Resolver::grpc_channel`, a `GrpcChannel` (tonic's balanced channel) following a
 //! change stream. `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
 //!
 //! # Guide
@@ -144,7 +144,9 @@ pub use error::{Error, ErrorKind};
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
 #[cfg(feature = "tonic")]
-pub use integrations::grpc::{feed_balance_channel, GrpcChannelBuilder, GrpcScheme, HostEndpoints};
+pub use integrations::grpc::{
+    feed_balance_channel, GrpcChannel, GrpcChannelBuilder, GrpcScheme, HostEndpoints,
+};
 #[cfg(feature = "hyper")]
 pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
 #[cfg(feature = "tower")]

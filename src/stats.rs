@@ -58,7 +58,7 @@ pub struct Stats {
     pub refresh_panics: u64,
     /// Cold loads (a caller with no answer to serve) that met throttling and waited
     /// for a paced turn instead of failing at once (see
-    /// [`ResolverOptions::startup_wait`](crate::ResolverOptions::startup_wait)); each
+    /// [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait)); each
     /// load counts once, however many turns it took.
     pub cold_waits: u64,
     /// Milliseconds those cold loads waited in all, from the caller's arrival to the

@@ -114,7 +114,7 @@ impl ResolverBuilder {
     }
 
     /// How long a cold load that meets throttling waits for a paced turn before
-    /// failing as `Throttled`; see [`ResolverOptions::startup_wait`]. Zero fails at
+    /// failing as `Throttled`; see [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait). Zero fails at
     /// once. Default: 30 s.
     ///
     /// ```
@@ -130,7 +130,7 @@ impl ResolverBuilder {
         self
     }
 
-    /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
+    /// Caps this resolver's registry calls; see [`CacheOptions::rate_limit`](crate::CacheOptions::rate_limit).
     /// Default: none.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.opts.cache.rate_limit = Some(limit);
@@ -216,7 +216,7 @@ impl ResolverBuilder {
     }
 
     /// Whether refreshes slow down when the registry throttles (see
-    /// [`ResolverOptions::adapt_to_throttling`]). Default: true.
+    /// [`CacheOptions::adapt_to_throttling`](crate::CacheOptions::adapt_to_throttling)). Default: true.
     pub fn adapt_to_throttling(mut self, on: bool) -> Self {
         self.opts.cache.adapt_to_throttling = on;
         self

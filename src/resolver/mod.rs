@@ -86,6 +86,14 @@ struct Shared {
     /// Load and outlier detection, shared with the [`Lease`]s handed out.
     recorder: Recorder,
     budget: RetryBudget,
+    /// The load tracker of measured tower services when the selection is not
+    /// `LeastLoaded` (which has the cache's): one per resolver, made on first use.
+    /// Every `Load` of the resolver's endpoints is stamped on one clock, so that a
+    /// sample's age is measured on the clock that stamped the last one (one clock per
+    /// `measured_discover`, each starting at zero, left an older clock's stamps
+    /// ahead of a newer one's readings and nothing decayed).
+    #[cfg(feature = "tower")]
+    measured: std::sync::OnceLock<Recorder>,
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
     published: std::sync::Mutex<crate::metrics::Published>,
@@ -144,6 +152,8 @@ impl Resolver {
     /// - [`NamespaceNotFound`](crate::ErrorKind::NamespaceNotFound),
     ///   [`ServiceNotFound`](crate::ErrorKind::ServiceNotFound): the registry says so;
     /// - [`NoEndpoints`](crate::ErrorKind::NoEndpoints): nothing usable matched;
+    /// - [`Configuration`](crate::ErrorKind::Configuration): the registry refused the
+    ///   caller (credentials, signature, permissions), reported at once;
     /// - [`Throttled`](crate::ErrorKind::Throttled),
     ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
     ///   earlier answer may be served.
@@ -298,11 +308,14 @@ impl Resolver {
 
     /// What a measured tower service (`integrations/measured.rs`) records into: the
     /// resolver's load tracker under `LeastLoaded` (so its picks see the balancer's
-    /// requests), else a tracker of its own with the resolver's load settings; and
-    /// the resolver's outlier detection.
+    /// requests), else the resolver's one tracker for measured services, with its
+    /// load settings; and the resolver's outlier detection.
     #[cfg(feature = "tower")]
     pub(crate) fn measure(&self) -> Recorder {
-        self.shared.recorder.measuring(&self.shared.opts.load)
+        self.shared
+            .measured
+            .get_or_init(|| self.shared.recorder.measuring(&self.shared.opts.load))
+            .clone()
     }
 
     pub(crate) fn lease_of(&self, ep: Endpoint) -> Lease {
@@ -449,6 +462,8 @@ impl Resolver {
             shared: Arc::new(Shared {
                 recorder: Recorder::new(load, outliers),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
+                #[cfg(feature = "tower")]
+                measured: std::sync::OnceLock::new(),
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
                 zones,
