@@ -58,7 +58,7 @@ pub struct Stats {
     pub refresh_panics: u64,
     /// Cold loads (a caller with no answer to serve) that met throttling and waited
     /// for a paced turn instead of failing at once (see
-    /// [`ResolverOptions::startup_wait`](crate::ResolverOptions::startup_wait)); each
+    /// [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait)); each
     /// load counts once, however many turns it took.
     pub cold_waits: u64,
     /// Milliseconds those cold loads waited in all, from the caller's arrival to the
@@ -90,6 +90,11 @@ pub struct Stats {
     pub retries: u64,
     /// Retries refused because the retry budget was spent.
     pub budget_refusals: u64,
+    /// Zone-aware picks that stayed in the caller's zone (picks made while zones
+    /// are ignored count in neither).
+    pub picks_local: u64,
+    /// Zone-aware picks sent to another zone (or to endpoints of no zone).
+    pub picks_spilled: u64,
 }
 
 /// One thread stripe's warm-path counters (kept on their own cache lines by

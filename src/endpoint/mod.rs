@@ -70,6 +70,10 @@ impl EndpointData {
         self.attributes.get(key).map(String::as_str)
     }
 
+    pub(crate) fn health(&self) -> HealthStatus {
+        self.health
+    }
+
     pub(crate) fn identity(&self) -> Identity {
         Identity {
             instance_id: self.instance_id.clone(),

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::time::Instant;
@@ -133,7 +133,7 @@ impl Drop for Ejection {
 /// core's caches (`scaling/endpoints/1000`). Written only when an endpoint is
 /// ejected or re-admitted.
 #[derive(Debug, Default)]
-pub(crate) struct EjectedCount(CachePadded<AtomicUsize>);
+pub(crate) struct EjectedCount(CachePadded<AtomicUsize>, AtomicU64);
 
 impl EjectedCount {
     /// Whether any endpoint may be ejected: a relaxed load, like the flags it guards.
@@ -142,7 +142,15 @@ impl EjectedCount {
         self.0.load(Ordering::Relaxed) != 0
     }
 
+    /// How many times an endpoint was ejected or re-admitted: what is computed from
+    /// the admitted endpoints (zone tables) is stale when this moves.
+    #[inline]
+    pub(crate) fn changes(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
     fn add(&self, ejected: bool) {
+        self.1.fetch_add(1, Ordering::Relaxed);
         if ejected {
             self.0.fetch_add(1, Ordering::Relaxed);
         } else {

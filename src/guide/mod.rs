@@ -20,6 +20,7 @@
 //! - [`health`]: endpoint health beyond the registry: failure-percentage ejection
 //!   and active health checks.
 //! - [`safety`]: addresses never handed out, requests never sent twice, no panics.
+//! - [`zones`]: zone-aware routing: staying in the caller's availability zone.
 
 #[doc = include_str!("sources.md")]
 pub mod sources {}
@@ -56,3 +57,5 @@ pub mod safety {}
 
 #[doc = include_str!("health.md")]
 pub mod health {}
+#[doc = include_str!("zones.md")]
+pub mod zones {}

@@ -18,6 +18,7 @@ use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::error::Error;
 use crate::select::slow_start::SlowStartOptions;
+use crate::select::zone::ZoneAware;
 use crate::select::Selection;
 
 /// Builds a [`Resolver`]; see [`ResolverOptions`] for every setting and default.
@@ -114,7 +115,7 @@ impl ResolverBuilder {
     }
 
     /// How long a cold load that meets throttling waits for a paced turn before
-    /// failing as `Throttled`; see [`ResolverOptions::startup_wait`]. Zero fails at
+    /// failing as `Throttled`; see [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait). Zero fails at
     /// once. Default: 30 s.
     ///
     /// ```
@@ -130,7 +131,7 @@ impl ResolverBuilder {
         self
     }
 
-    /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
+    /// Caps this resolver's registry calls; see [`CacheOptions::rate_limit`](crate::CacheOptions::rate_limit).
     /// Default: none.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.opts.cache.rate_limit = Some(limit);
@@ -216,7 +217,7 @@ impl ResolverBuilder {
     }
 
     /// Whether refreshes slow down when the registry throttles (see
-    /// [`ResolverOptions::adapt_to_throttling`]). Default: true.
+    /// [`CacheOptions::adapt_to_throttling`](crate::CacheOptions::adapt_to_throttling)). Default: true.
     pub fn adapt_to_throttling(mut self, on: bool) -> Self {
         self.opts.cache.adapt_to_throttling = on;
         self
@@ -280,6 +281,24 @@ impl ResolverBuilder {
     /// [`SlowStartOptions::default`].
     pub fn slow_start(mut self, slow_start: SlowStartOptions) -> Self {
         self.opts.slow_start = slow_start;
+        self
+    }
+
+    /// Zone-aware routing: picks stay in the caller's availability zone while that
+    /// zone has the capacity, the rest spill to zones with capacity to spare; see
+    /// [`ZoneAware`] and the [zones guide](crate::guide::zones). Default: none.
+    ///
+    /// ```
+    /// use cloudmap_resolver::{Resolver, StaticDiscovery, ZoneAware};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .zone_aware(ZoneAware::new("us-east-1a").min_endpoints(3))
+    ///     .build()?;
+    /// assert_eq!(resolver.options().zone_aware.as_ref().unwrap().zone(), "us-east-1a");
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    pub fn zone_aware(mut self, zones: ZoneAware) -> Self {
+        self.opts.zone_aware = Some(zones);
         self
     }
 

@@ -10,6 +10,7 @@ use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::endpoint::ParseOptions;
 use crate::select::slow_start::SlowStartOptions;
+use crate::select::zone::ZoneAware;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
@@ -87,6 +88,10 @@ pub struct ResolverOptions {
     /// background (started when the resolver is built inside a tokio runtime).
     /// Default: none (endpoints are judged by requests only).
     pub health_check: Option<HealthCheck>,
+    /// Zone-aware routing: picks stay in the caller's availability zone while it
+    /// has the capacity (Envoy's rule); see [`ZoneAware`]. Default: none (every
+    /// zone alike).
+    pub zone_aware: Option<ZoneAware>,
 }
 
 impl Default for ResolverOptions {
@@ -107,6 +112,7 @@ impl Default for ResolverOptions {
             slow_start: SlowStartOptions::default(),
             metrics_endpoint_label: false,
             health_check: None,
+            zone_aware: None,
         }
     }
 }
@@ -126,6 +132,9 @@ impl ResolverOptions {
         self.slow_start.validate()?;
         if let Some(check) = &self.health_check {
             check.validate()?;
+        }
+        if let Some(zones) = &self.zone_aware {
+            zones.validate()?;
         }
         self.retry_budget.validate()
     }

@@ -146,8 +146,31 @@ async fn health_contract_builds() {
     assert!(opts.health_check.is_some());
 }
 
+/// The "Additions" block's zone lines, as written (`source` is any source).
+#[allow(dead_code, unused_variables)]
+async fn contract_zones_as_written(
+    source: StaticDiscovery,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use cloudmap_resolver::ZoneAware;
+
+    // zone-aware routing (Envoy's rule): requests stay in the caller's availability zone
+    // while that zone has the capacity; the rest spill to zones with capacity to spare
+    let resolver = Resolver::builder(source)
+        .zone_aware(ZoneAware::new("us-east-1a")) // the caller's zone, as the registry writes it
+        .build()?;
+    let z = ZoneAware::from_environment().await?; // the zone from ECS task metadata, else EC2 instance metadata
+    let z = ZoneAware::new("us-east-1a")
+        .attribute("AVAILABILITY_ZONE") // the endpoints' zone attribute (the default: what ECS writes)
+        .min_endpoints(6) // fewer endpoints than this: zones are ignored
+        .callers("shared", "my-svc"); // where the callers are (the caller's own service);
+                                      // without it, callers are taken as spread evenly
+                                      // over the zones that have endpoints
+    Ok(())
+}
+
 #[test]
 fn contract_compiles_and_is_send() {
+    send(&contract_zones_as_written(StaticDiscovery::new()));
     fn send<T: Send>(_: &T) {}
     fn shared<T: Clone + Send + Sync + 'static>() {}
     send(&contract_as_written());

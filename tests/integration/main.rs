@@ -25,6 +25,7 @@ mod register;
 mod resilience;
 mod startup_wait;
 mod watch;
+mod zones;
 
 #[cfg(feature = "cli")]
 mod cli;
