@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use cloudmap_resolver::{Endpoint, Resolver, Selection, StaticDiscovery};
+use cloudmap_resolver::{Endpoint, Resolver, Selection, StaticDiscovery, ZoneAware};
 use criterion::{criterion_group, criterion_main, Criterion};
 
 use test_support::bench::{instances, now_or_block, report_fallbacks, runtime};
@@ -147,6 +147,25 @@ fn warm(c: &mut Criterion) {
         .expect("resolver");
     rt.block_on(resolver.resolve(NAMESPACE, SERVICE))
         .expect("cold load");
+    // The same 8 endpoints over three zones (3/3/2), picked zone-aware from 1a:
+    // every pick local, so the row measures reading the zone table.
+    let zones = ["us-east-1a", "us-east-1b", "us-east-1c"];
+    let zoned = instances(8)
+        .into_iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (k, i)| {
+            r.with_instance(
+                NAMESPACE,
+                SERVICE,
+                i.attribute("AVAILABILITY_ZONE", zones[k % 3]),
+            )
+        });
+    let zone_aware = Resolver::builder(zoned)
+        .zone_aware(ZoneAware::new("us-east-1a"))
+        .build()
+        .expect("resolver");
+    rt.block_on(zone_aware.resolve(NAMESPACE, SERVICE))
+        .expect("cold load");
     let least_loaded = Resolver::builder(registry)
         .selection(Selection::LeastLoaded)
         .build()
@@ -192,6 +211,14 @@ fn warm(c: &mut Criterion) {
             now_or_block(&rt, {
                 let (ns, svc) = opaque(&names);
                 resolver.resolve(ns, svc)
+            })
+        })
+    });
+    g.bench_function("resolve_zone_aware", |b| {
+        b.iter(|| {
+            now_or_block(&rt, {
+                let (ns, svc) = opaque(&names);
+                zone_aware.resolve(ns, svc)
             })
         })
     });

@@ -14,8 +14,13 @@
 //!
 //! Beyond 1,000 processes a last row runs `Scenario::rolling_start`: the fleet guide's
 //! recommended settings and a start spread over 60 s (the goal `tests/integration/
-//! fleet.rs` asserts). `FLEET_ONLY` picks rows (`defaults`, `per-key`, `naive`,
-//! `tuned`, `rolling`); `FLEET_SPREAD`, `FLEET_EVERY` and `FLEET_SECS` (seconds)
+//! fleet.rs` asserts). The `window3`, `window10` and `window60` rows run the defaults
+//! with the account refusing every call for 3, 10 or 60 s from minute 3 and a change
+//! in the middle of the window (`Scenario::throttled`, issue 24); their last column
+//! is the oldest answer served after the window, when every key had been confirmed
+//! after it, and when 99% of the processes had the window's change, all in seconds
+//! after its end. `FLEET_ONLY` picks rows (`defaults`, `per-key`, `naive`, `tuned`,
+//! `rolling`, `window3`, `window10`, `window60`); `FLEET_SPREAD`, `FLEET_EVERY` and `FLEET_SECS` (seconds)
 //! override the start spread, the resolve interval and the duration of every row;
 //! `FLEET_DETAIL` prints calls per minute and each change's spread.
 //!
@@ -64,6 +69,11 @@ fn main() {
             ),
             // Beyond 1,000 processes: the same settings and a rolling start.
             ("rolling", rolling.label.clone(), rolling.client.clone()),
+            // Issue 24: the defaults, the account refusing every call for 3, 10 or
+            // 60 s from minute 3, a change in the middle of the window.
+            ("window3", String::new(), Client::Resolver(Box::default())),
+            ("window10", String::new(), Client::Resolver(Box::default())),
+            ("window60", String::new(), Client::Resolver(Box::default())),
         ];
         for (name, label, client) in rows {
             if name == "rolling" && n <= 1000 {
@@ -76,12 +86,17 @@ fn main() {
                 continue;
             }
             let started = std::time::Instant::now();
-            let mut scenario = if name == "rolling" {
-                rolling.clone()
-            } else {
-                Scenario::new(n, client)
+            let window = name
+                .strip_prefix("window")
+                .map(|s| s.parse().expect("seconds"));
+            let mut scenario = match window {
+                _ if name == "rolling" => rolling.clone(),
+                Some(secs) => Scenario::throttled(n, client, Duration::from_secs(secs)),
+                None => Scenario::new(n, client),
             };
-            scenario.label = label;
+            if window.is_none() {
+                scenario.label = label;
+            }
             if let Ok(spread) = std::env::var("FLEET_SPREAD") {
                 scenario.start_spread = Duration::from_secs(spread.parse().expect("seconds"));
             }
@@ -94,7 +109,7 @@ fn main() {
             let report = scenario.run();
             println!("{report}   ({:.1} s)", started.elapsed().as_secs_f64());
             if std::env::var_os("FLEET_DETAIL").is_some() {
-                for m in 0..10 {
+                for m in 0..scenario.duration.as_secs() as usize / 60 {
                     let (o, a) = report.discover.between(m * 60, m * 60 + 60);
                     let (ro, ra) = report.revision.between(m * 60, m * 60 + 60);
                     println!("  minute {m}: DI {o}/{a}  DIR {ro}/{ra}");

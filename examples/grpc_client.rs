@@ -1,6 +1,6 @@
 //! A tonic gRPC client through the resolver, with no AWS account: three
 //! `grpc.health.v1.Health` servers on loopback registered in a `StaticDiscovery`,
-//! one `tonic::transport::Channel` from `resolver.grpc_channel`, then one server
+//! one `GrpcChannel` (tonic's balanced channel) from `resolver.grpc_channel`, then one server
 //! deregistered and stopped: the calls move to the other two, none failing.
 //!
 //! ```text
@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudmap_resolver::{Change, Instance, Resolver, StaticDiscovery};
+use cloudmap_resolver::{Change, GrpcChannel, Instance, Resolver, StaticDiscovery};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::pb::HealthCheckRequest;
@@ -87,7 +87,7 @@ impl HealthGrpcServer {
 }
 
 /// One `grpc.health.v1.Health/Check` RPC.
-async fn check(channel: &Channel) -> Result<(), tonic::Status> {
+async fn check(channel: &GrpcChannel) -> Result<(), tonic::Status> {
     let request = HealthCheckRequest {
         service: String::new(),
     };
@@ -152,7 +152,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     Ok(())
 }
 
-async fn calls(channel: &Channel, n: usize) -> (usize, usize) {
+async fn calls(channel: &GrpcChannel, n: usize) -> (usize, usize) {
     let mut ok = 0;
     for _ in 0..n {
         if check(channel).await.is_ok() {

@@ -34,10 +34,19 @@ pub enum ErrorKind {
     /// in `FAIL`; the message carries the registry's error code and text.
     OperationFailed,
     /// The client is misconfigured: no region, no usable credentials, a malformed
-    /// endpoint URL. Not retryable: it fails the same way until the configuration is
-    /// fixed. Reported by [`ResolverBuilder::build`](crate::ResolverBuilder::build)
-    /// where it can be checked without a network call.
+    /// endpoint URL, or the registry refused the caller (credentials it does not
+    /// recognise or that expired, a bad signature, a permission the caller lacks:
+    /// `AccessDeniedException`, `UnrecognizedClientException`, `ExpiredToken`, ...,
+    /// named with the registry's message). Not retryable: it fails the same way until
+    /// the configuration is fixed. Reported by
+    /// [`ResolverBuilder::build`](crate::ResolverBuilder::build) where it can be
+    /// checked without a network call.
     Configuration,
+    /// The registry refused a change that would pass one of the account's quotas
+    /// (`ResourceLimitExceeded`: instances per service, namespaces per account). Not
+    /// retryable: it fails the same way until something is removed or the quota is
+    /// raised.
+    QuotaExceeded,
 }
 
 impl ErrorKind {
@@ -54,6 +63,7 @@ impl ErrorKind {
             ErrorKind::CustomHealthNotFound => "no custom health check",
             ErrorKind::OperationFailed => "registry operation failed",
             ErrorKind::Configuration => "configuration error",
+            ErrorKind::QuotaExceeded => "registry quota exceeded",
         }
     }
 }

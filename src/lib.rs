@@ -87,7 +87,7 @@
 //! (request-level failover); `hyper`: `HyperResolver` for hyper-util's
 //! `HttpConnector`; `tower`: `FailoverLayer` for any HTTP `tower::Service`, and
 //! `Watch::into_discover` (a change stream as a `tower::discover::Discover`).
-//! `tonic`: `Resolver::grpc_channel`, a `tonic::transport::Channel` following a
+//! `tonic`: `Resolver::grpc_channel`, a `GrpcChannel` (tonic's balanced channel) following a
 //! change stream. `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
 //!
 //! # Guide
@@ -138,6 +138,7 @@ pub use discover::instance::{
 pub use discover::static_registry::StaticDiscovery;
 pub use discover::{BoxFuture, Discover, DiscoverRequest, Discovered};
 pub use endpoint::address_policy::{AddressPolicy, Cidr};
+pub use endpoint::health_check::HealthCheck;
 pub use endpoint::load::LoadOptions;
 pub use endpoint::outlier::{Outcome, OutlierOptions};
 pub use endpoint::Endpoint;
@@ -145,7 +146,9 @@ pub use error::{Error, ErrorKind};
 #[cfg(feature = "reqwest")]
 pub use integrations::failover_client::{FailoverClient, FailoverError};
 #[cfg(feature = "tonic")]
-pub use integrations::grpc::{feed_balance_channel, GrpcChannelBuilder, GrpcScheme, HostEndpoints};
+pub use integrations::grpc::{
+    feed_balance_channel, GrpcChannel, GrpcChannelBuilder, GrpcScheme, HostEndpoints,
+};
 #[cfg(feature = "hyper")]
 pub use integrations::hyper::{HyperResolver, ResolvedAddrs};
 #[cfg(feature = "tower")]
@@ -165,6 +168,7 @@ pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
 pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder};
 pub use select::slow_start::SlowStartOptions;
+pub use select::zone::{ZoneAware, ATTR_AVAILABILITY_ZONE};
 pub use select::Selection;
 pub use stats::Stats;
 pub use watch::{Change, Watch};

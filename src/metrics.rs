@@ -21,7 +21,15 @@
 //!   are read from the cache by the same publisher ([`publish_services`]), never
 //!   on the warm path.
 //!
-//! Labels are `namespace` and `service` (plus the series' own, such as `outcome`);
+//! Labels are `namespace` and `service` (plus the series' own, such as `outcome`),
+//! bounded per process ([`Names`]): a pair labels series once the registry has
+//! answered for it, up to [`NAME_CAP`] pairs; the events of any other pair (a name
+//! the registry does not know, such as a host any `HostMap::any()` caller sends,
+//! or one past the cap) are recorded under `namespace="other", service="other"`.
+//! The `metrics` facade cannot delete a series: a service gone from the cache has
+//! its gauges set to zero once and is then no longer published, which an exporter
+//! with an idle timeout (Prometheus's `idle_timeout`) drops.
+//!
 //! the `endpoint` label (instance id) is opt-in
 //! ([`ResolverOptions::metrics_endpoint_label`](crate::ResolverOptions::metrics_endpoint_label)),
 //! for small fleets, on the per-endpoint series: attempts and endpoints by state.
@@ -97,6 +105,97 @@ pub(crate) const ANSWER_AGE: &str = "cloudmap_resolver.answer.age";
 /// Gauge: change streams (`Resolver::watch`) following a service's keys, labels
 /// `namespace`, `service` (published).
 pub(crate) const WATCHERS: &str = "cloudmap_resolver.watchers";
+/// Counter: zone-aware picks by `locality` (`local`: in the caller's zone;
+/// `spilled`: to another zone), resolver-wide (published from the striped counters;
+/// zero without `zone_aware`).
+pub(crate) const PICKS: &str = "cloudmap_resolver.picks";
+
+/// How many (namespace, service) pairs a process labels series with; the events
+/// of others go under [`OTHER`].
+pub(crate) const NAME_CAP: usize = 1_000;
+
+/// The `namespace` and `service` label values of the bucket for every pair not
+/// admitted: names the registry never answered for, and those past [`NAME_CAP`].
+pub(crate) const OTHER: &str = "other";
+
+/// The (namespace, service) pairs admitted as label values: one set per process,
+/// as the recorder is. A pair is admitted when the registry answers for it (a
+/// registry call that succeeded), so that names the registry does not know, which
+/// callers choose, never become series; at most `cap` pairs, so that a registry
+/// with many services cannot grow the series without bound either.
+#[cfg(feature = "metrics")]
+#[derive(Debug)]
+pub(crate) struct Names {
+    cap: usize,
+    admitted: std::sync::RwLock<Admitted>,
+}
+
+/// Services by namespace (so that a lookup borrows the names), and how many pairs.
+#[cfg(feature = "metrics")]
+#[derive(Debug, Default)]
+struct Admitted {
+    by_namespace: std::collections::HashMap<Box<str>, std::collections::HashSet<Box<str>>>,
+    pairs: usize,
+}
+
+#[cfg(feature = "metrics")]
+impl Admitted {
+    fn contains(&self, namespace: &str, service: &str) -> bool {
+        self.by_namespace
+            .get(namespace)
+            .is_some_and(|services| services.contains(service))
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Names {
+    pub(crate) fn new(cap: usize) -> Self {
+        Names {
+            cap,
+            admitted: std::sync::RwLock::default(),
+        }
+    }
+
+    /// Admits the pair if the cap allows; returns whether it is admitted.
+    pub(crate) fn admit(&self, namespace: &str, service: &str) -> bool {
+        if self.is_admitted(namespace, service) {
+            return true;
+        }
+        let mut set = crate::util::lock::recover(self.admitted.write());
+        if set.contains(namespace, service) {
+            return true;
+        }
+        if set.pairs >= self.cap {
+            return false;
+        }
+        set.by_namespace
+            .entry(namespace.into())
+            .or_default()
+            .insert(service.into());
+        set.pairs += 1;
+        true
+    }
+
+    pub(crate) fn is_admitted(&self, namespace: &str, service: &str) -> bool {
+        crate::util::lock::recover(self.admitted.read()).contains(namespace, service)
+    }
+
+    /// The label values of the pair: its own once admitted, else [`OTHER`].
+    pub(crate) fn labels(&self, namespace: &str, service: &str) -> (String, String) {
+        if self.is_admitted(namespace, service) {
+            (namespace.to_owned(), service.to_owned())
+        } else {
+            (OTHER.to_owned(), OTHER.to_owned())
+        }
+    }
+}
+
+/// The process's admitted pairs.
+#[cfg(feature = "metrics")]
+pub(crate) fn names() -> &'static Names {
+    static NAMES: std::sync::OnceLock<Names> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| Names::new(NAME_CAP))
+}
 
 /// The label the opt-in per-endpoint series carry: the endpoint's instance id.
 pub(crate) const ENDPOINT_LABEL: &str = "endpoint";
@@ -213,6 +312,7 @@ pub(crate) const SERIES: &[(&str, &str, &str, &str)] = &[
     ),
     (ANSWER_AGE, "gauge", "seconds", "namespace, service"),
     (WATCHERS, "gauge", "streams", "namespace, service"),
+    (PICKS, "counter", "picks", "locality"),
 ];
 
 /// The `outcome` label of a registry call.
@@ -238,7 +338,10 @@ mod record {
         result: Result<(), &Error>,
         took: Duration,
     ) {
-        let (ns, svc) = (namespace.to_owned(), service.to_owned());
+        if result.is_ok() {
+            names().admit(namespace, service);
+        }
+        let (ns, svc) = names().labels(namespace, service);
         counter!(REGISTRY_CALLS, "operation" => op, "outcome" => registry_outcome(result),
             "namespace" => ns.clone(), "service" => svc.clone())
         .increment(1);
@@ -247,15 +350,15 @@ mod record {
     }
 
     pub(crate) fn source_panic(op: &'static str, namespace: &str, service: &str) {
-        counter!(SOURCE_PANICS, "operation" => op, "namespace" => namespace.to_owned(),
-            "service" => service.to_owned())
-        .increment(1);
+        let (ns, svc) = names().labels(namespace, service);
+        counter!(SOURCE_PANICS, "operation" => op, "namespace" => ns, "service" => svc)
+            .increment(1);
     }
 
     pub(crate) fn skipped(namespace: &str, service: &str, reason: SkipReason) {
-        counter!(SKIPPED, "reason" => reason.label(), "namespace" => namespace.to_owned(),
-            "service" => service.to_owned())
-        .increment(1);
+        let (ns, svc) = names().labels(namespace, service);
+        counter!(SKIPPED, "reason" => reason.label(), "namespace" => ns, "service" => svc)
+            .increment(1);
     }
 
     pub(crate) fn attempt(
@@ -265,12 +368,16 @@ mod record {
         outcome: &'static str,
         took: Duration,
     ) {
+        let (ns, svc) = names().labels(namespace, service);
         let mut labels = vec![
             Label::new("outcome", outcome),
-            Label::new("namespace", namespace.to_owned()),
-            Label::new("service", service.to_owned()),
+            Label::new("namespace", ns),
+            Label::new("service", svc),
         ];
-        if let Some(id) = endpoint {
+        // The bucket of pairs not admitted carries no instance ids either.
+        if let Some(id) = endpoint
+            && names().is_admitted(namespace, service)
+        {
             labels.push(Label::new(ENDPOINT_LABEL, id.to_owned()));
         }
         counter!(ATTEMPTS, labels.clone()).increment(1);
@@ -279,9 +386,8 @@ mod record {
 
     pub(crate) fn retry(namespace: &str, service: &str, allowed: bool) {
         let decision = if allowed { "allowed" } else { "refused" };
-        counter!(RETRIES, "decision" => decision, "namespace" => namespace.to_owned(),
-            "service" => service.to_owned())
-        .increment(1);
+        let (ns, svc) = names().labels(namespace, service);
+        counter!(RETRIES, "decision" => decision, "namespace" => ns, "service" => svc).increment(1);
     }
 
     pub(crate) fn hedge(namespace: &str, service: &str, decision: &'static str) {
@@ -292,7 +398,7 @@ mod record {
 
     pub(crate) fn call(namespace: &str, service: &str, ok: bool, took: Duration) {
         let outcome = if ok { "ok" } else { "failed" };
-        let (ns, svc) = (namespace.to_owned(), service.to_owned());
+        let (ns, svc) = names().labels(namespace, service);
         counter!(CALLS, "outcome" => outcome, "namespace" => ns.clone(),
             "service" => svc.clone())
         .increment(1);
@@ -307,18 +413,22 @@ mod record {
         counter!(STALE_SERVED).absolute(stats.stale_served);
         counter!(EJECTIONS).absolute(stats.ejections);
         counter!(READMISSIONS).absolute(stats.readmissions);
+        counter!(PICKS, "locality" => "local").absolute(stats.picks_local);
+        counter!(PICKS, "locality" => "spilled").absolute(stats.picks_spilled);
         gauge!(CACHED_KEYS).set(cached_keys as f64);
     }
 
     /// Sets the per-service gauges from `census`, and zeroes those `last` set
     /// that are gone from it; returns what was set, for the next call.
     pub(crate) fn publish_services(
-        census: &Census,
+        census: Census,
         per_endpoint: bool,
         mut last: Published,
     ) -> Published {
+        let census = relabel(census);
         let mut now = Published::new();
-        for ((ns, svc), g) in census {
+        for ((ns, svc), g) in &census {
+            let per_endpoint = per_endpoint && !(ns == OTHER && svc == OTHER);
             let base = || {
                 vec![
                     Label::new("namespace", ns.clone()),
@@ -370,6 +480,28 @@ mod record {
             gauge!(WATCHERS, base()).set(0.0);
         }
         now
+    }
+
+    /// The census under the label values of its pairs: those not admitted merged
+    /// into the [`OTHER`] bucket (endpoints over all of them, the oldest answer's
+    /// age, watchers summed).
+    fn relabel(census: Census) -> Census {
+        let mut out = Census::new();
+        for ((ns, svc), g) in census {
+            let key = names().labels(&ns, &svc);
+            match out.entry(key) {
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(g);
+                }
+                std::collections::btree_map::Entry::Occupied(mut o) => {
+                    let merged = o.get_mut();
+                    merged.endpoints.extend(g.endpoints);
+                    merged.age = merged.age.max(g.age);
+                    merged.watchers += g.watchers;
+                }
+            }
+        }
+        out
     }
 
     /// The endpoints gauge of one state, per endpoint when `endpoint` is given.
@@ -431,6 +563,18 @@ mod tests {
             assert!(!unit.is_empty(), "{name}");
             assert!(seen.insert(*name), "{name} twice");
         }
+    }
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn names_are_admitted_up_to_the_cap_then_bucketed() {
+        let names = Names::new(2);
+        assert_eq!(names.labels("ns", "a"), (OTHER.into(), OTHER.into()));
+        assert!(names.admit("ns", "a") && names.admit("ns", "b"));
+        assert!(names.admit("ns", "a"), "admitted again");
+        assert!(!names.admit("ns", "c"), "past the cap");
+        assert_eq!(names.labels("ns", "b"), ("ns".into(), "b".into()));
+        assert_eq!(names.labels("ns", "c"), (OTHER.into(), OTHER.into()));
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub struct Stats {
     pub refresh_panics: u64,
     /// Cold loads (a caller with no answer to serve) that met throttling and waited
     /// for a paced turn instead of failing at once (see
-    /// [`ResolverOptions::startup_wait`](crate::ResolverOptions::startup_wait)); each
+    /// [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait)); each
     /// load counts once, however many turns it took.
     pub cold_waits: u64,
     /// Milliseconds those cold loads waited in all, from the caller's arrival to the
@@ -68,6 +68,20 @@ pub struct Stats {
     pub ejections: u64,
     /// Ejected endpoints re-admitted on probation.
     pub readmissions: u64,
+    /// Of `ejections`: for consecutive failures (or one on probation).
+    pub ejections_consecutive: u64,
+    /// Of `ejections`: for a failure share at or above
+    /// [`OutlierOptions::failure_percentage`](crate::OutlierOptions::failure_percentage).
+    pub ejections_percentage: u64,
+    /// Of `ejections`: for failed health-check probes
+    /// ([`HealthCheck`](crate::HealthCheck)).
+    pub ejections_probe: u64,
+    /// Health-check probes that passed.
+    pub probes_passed: u64,
+    /// Health-check probes that failed (refused, reset, a bad HTTP status).
+    pub probes_failed: u64,
+    /// Health-check probes that timed out.
+    pub probes_timed_out: u64,
     /// `call`s started.
     pub calls: u64,
     /// Attempts made by `call`s, first ones included.
@@ -84,6 +98,11 @@ pub struct Stats {
     /// Hedges not sent because the hedge budget was spent (the call waited on its
     /// attempt instead).
     pub hedge_refusals: u64,
+    /// Zone-aware picks that stayed in the caller's zone (picks made while zones
+    /// are ignored count in neither).
+    pub picks_local: u64,
+    /// Zone-aware picks sent to another zone (or to endpoints of no zone).
+    pub picks_spilled: u64,
 }
 
 /// One thread stripe's warm-path counters (kept on their own cache lines by
@@ -159,6 +178,7 @@ impl Counters {
             hedges: get(&self.hedges),
             hedges_won: get(&self.hedges_won),
             hedge_refusals: get(&self.hedge_refusals),
+            ..Stats::default()
         }
     }
 }

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
-use cloudmap_resolver::{Endpoint, Instance, Resolver, Selection, StaticDiscovery};
+use cloudmap_resolver::{Endpoint, Instance, Resolver, Selection, StaticDiscovery, ZoneAware};
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
 
 #[global_allocator]
@@ -31,7 +31,11 @@ fn ready(fut: impl Future<Output = Result<Endpoint, cloudmap_resolver::Error>>) 
 }
 
 /// Picks per endpoint over `CALLS` warm resolves, and the allocator's counts for them.
-fn warm_picks(selection: Selection) -> ([usize; ENDPOINTS], stats_alloc::Stats) {
+/// With `zones`, even endpoints are in zone `a`, odd ones in `b`.
+fn warm_picks(
+    selection: Selection,
+    zones: Option<ZoneAware>,
+) -> ([usize; ENDPOINTS], stats_alloc::Stats) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -44,14 +48,15 @@ fn warm_picks(selection: Selection) -> ([usize; ENDPOINTS], stats_alloc::Stats) 
             Instance::new(format!("i-{i}"))
                 .ipv4([10, 0, 0, i as u8].into())
                 .port(8080)
-                .attribute("weight", (i + 1).to_string()),
+                .attribute("weight", (i + 1).to_string())
+                .attribute("AVAILABILITY_ZONE", if i % 2 == 0 { "a" } else { "b" }),
         )
     });
-    let resolver = Resolver::builder(registry)
-        .selection(selection)
-        .seed(7)
-        .build()
-        .unwrap();
+    let mut builder = Resolver::builder(registry).selection(selection).seed(7);
+    if let Some(zones) = zones {
+        builder = builder.zone_aware(zones);
+    }
+    let resolver = builder.build().unwrap();
     rt.block_on(resolver.resolve("shared", "logs")).unwrap();
     // This thread's first warm calls set up its stripe and arc-swap's thread-local
     // state: once per thread, not per call.
@@ -75,7 +80,7 @@ fn warm_resolve_allocates_nothing() {
         attribute: "weight".into(),
     };
     for selection in [Selection::RoundRobin, weighted.clone(), Selection::Random] {
-        let (picks, stats) = warm_picks(selection.clone());
+        let (picks, stats) = warm_picks(selection.clone(), None);
         // Zero in nearly every run. The one exception is not the warm path's:
         // arc-swap now and then retires a thread's debt node and leaks a fresh one
         // (`Box::leak` in arc-swap's `debt/list.rs`, reused by later threads), a
@@ -100,5 +105,16 @@ fn warm_resolve_allocates_nothing() {
             // Weights 1..=8: the heaviest endpoint gets about 8 times the lightest.
             assert!(picks[7] > 4 * picks[0], "{picks:?}");
         }
+    }
+    // Zone-aware: the zone table is read, not made, per pick; every pick local.
+    for selection in [Selection::RoundRobin, weighted, Selection::Random] {
+        let (picks, stats) = warm_picks(selection.clone(), Some(ZoneAware::new("a")));
+        assert!(
+            stats.allocations <= ARC_SWAP_NODE_ALLOCATIONS
+                && stats.reallocations == 0
+                && stats.deallocations == 0,
+            "zones, {selection:?}: {stats:?}"
+        );
+        assert_eq!(picks.iter().step_by(2).sum::<usize>(), CALLS, "{picks:?}");
     }
 }

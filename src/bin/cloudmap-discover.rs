@@ -12,10 +12,17 @@
 //! Exit codes: 0 endpoints found; 1 other failure; 2 bad arguments or an invalid
 //! name (usage); 3 namespace or service not found; 4 no endpoint matched; 5
 //! throttled by the registry; 6 registry unreachable or timed out; 7 the AWS
-//! configuration is unusable (region, credentials, endpoint URL). Errors are one line
-//! on stderr.
+//! configuration is unusable (region, credentials, endpoint URL) or the registry
+//! refused the caller (access denied, unknown or expired credentials). With
+//! `--watch`, a run whose last refresh failed exits with that refresh's code. Errors
+//! are one line on stderr. A closed output (`| head`) ends the tool quietly, with 0.
+//!
+//! Registry strings (ids, addresses, attributes) are printed with their control
+//! characters escaped (`\u{1b}`), so that an attribute cannot clear or retitle the
+//! terminal.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -121,7 +128,14 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        // The reader went away (`| head -2`): nothing more to say, and no one to
+        // say it to.
+        Err(Stop::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(Stop::Output(e)) => {
+            eprintln!("cloudmap-discover: cannot write the output: {e}");
+            ExitCode::from(1)
+        }
+        Err(Stop::Registry(err)) => {
             eprintln!("cloudmap-discover: {}", one_line(&err));
             if err.kind() == ErrorKind::InvalidInput {
                 eprintln!("For more information, try '--help'.");
@@ -144,6 +158,58 @@ fn exit_code(kind: ErrorKind) -> u8 {
     }
 }
 
+/// Why a run ended early: the registry's answer, or the output could not be written.
+#[derive(Debug)]
+enum Stop {
+    Registry(Error),
+    Output(std::io::Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Registry(e)
+    }
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Self {
+        Stop::Output(e)
+    }
+}
+
+/// Writes one line to stdout, flushed (a watch's lines are read as they come). An
+/// error, a closed pipe among them, is returned instead of `println!`'s panic.
+fn say(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// `s` with every control or invisible formatting character escaped as the
+/// library's logs do (Rust's `{:?}` escapes: `\u{1b}`, `\n`), and backslashes
+/// doubled so that an escape cannot be forged: the registry's strings are not the
+/// terminal's commands.
+fn clean(s: &str) -> String {
+    let risky = |c: char| {
+        c == '\\'
+            || c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !s.chars().any(risky) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' | '\n' | '\r' | '\t' => out.extend(c.escape_default()),
+            c if risky(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The error on one line. Its `Display` already names the root cause; causes are
 /// appended only when they add text not yet shown.
 fn one_line(err: &Error) -> String {
@@ -159,10 +225,10 @@ fn one_line(err: &Error) -> String {
         }
         source = s.source();
     }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
+    clean(&line.split_whitespace().collect::<Vec<_>>().join(" "))
 }
 
-async fn run(args: &Args) -> Result<(), Error> {
+async fn run(args: &Args) -> Result<(), Stop> {
     let mut opts = ResolverOptions::default();
     // Watching asks for every instance and filters here, so that an instance whose
     // health changes shows as a change (`~`) rather than leaving the answer.
@@ -194,7 +260,7 @@ async fn run(args: &Args) -> Result<(), Error> {
     let mut previous = fetch(&resolver, args).await?;
     let shown = filter_health(&previous, args.health.into());
     if shown.is_empty() {
-        return Err(Error::new(
+        return Err(Stop::Registry(Error::new(
             ErrorKind::NoEndpoints,
             format!(
                 "no instance of service {:?} in namespace {:?} has health {}",
@@ -202,17 +268,20 @@ async fn run(args: &Args) -> Result<(), Error> {
                 args.namespace,
                 HealthFilter::from(args.health)
             ),
-        ));
+        )));
     }
-    print_table(&shown);
+    print_table(&shown)?;
     if !args.watch {
         return Ok(());
     }
+    // The last refresh's error, if it failed: the run ends with it, so a script
+    // watching a registry that went away hears so in the exit code.
+    let mut failed: Option<Error> = None;
     let mut n = 0u64;
     while args.count.is_none_or(|c| n < c) {
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => break,
         }
         n += 1;
         let at = rfc3339(SystemTime::now());
@@ -220,17 +289,21 @@ async fn run(args: &Args) -> Result<(), Error> {
             Ok(now) => {
                 let changes = diff(&previous, &now, args.health.into());
                 if changes.is_empty() {
-                    println!("{at} refresh {n}: no change");
+                    say(&format!("{at} refresh {n}: no change"))?;
                 }
                 for c in changes {
-                    println!("{at} refresh {n}: {c}");
+                    say(&format!("{at} refresh {n}: {c}"))?;
                 }
                 previous = now;
+                failed = None;
             }
-            Err(err) => println!("{at} refresh {n}: error: {}", one_line(&err)),
+            Err(err) => {
+                say(&format!("{at} refresh {n}: error: {}", one_line(&err)))?;
+                failed = Some(err);
+            }
         }
     }
-    Ok(())
+    failed.map_or(Ok(()), |e| Err(Stop::Registry(e)))
 }
 
 async fn sdk_config(args: &Args) -> aws_config::SdkConfig {
@@ -285,7 +358,7 @@ async fn fetch(resolver: &Resolver, args: &Args) -> Result<Rows, Error> {
         })??;
     Ok(all
         .iter()
-        .map(|ep| (ep.instance_id().to_owned(), row(ep)))
+        .map(|ep| (clean(ep.instance_id()), row(ep)))
         .collect())
 }
 
@@ -307,14 +380,14 @@ fn filter_health(rows: &Rows, health: HealthFilter) -> Rows {
 fn row(ep: &Endpoint) -> Row {
     let address = match (ep.ip(), ep.host()) {
         (Some(ip), _) => ip.to_string(),
-        (None, Some(h)) => h.to_owned(),
+        (None, Some(h)) => clean(h),
         (None, None) => "-".to_owned(),
     };
     let attributes = ep
         .attributes()
         .iter()
         .filter(|(k, _)| !k.starts_with("AWS_INSTANCE_"))
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", clean(k), clean(v)))
         .collect::<Vec<_>>()
         .join(" ");
     Row {
@@ -325,7 +398,7 @@ fn row(ep: &Endpoint) -> Row {
     }
 }
 
-fn print_table(rows: &Rows) {
+fn print_table(rows: &Rows) -> std::io::Result<()> {
     let header = ["ID", "ADDRESS", "PORT", "HEALTH", "ATTRIBUTES"];
     let lines: Vec<[&str; 5]> = rows
         .iter()
@@ -343,13 +416,13 @@ fn print_table(rows: &Rows) {
             .zip(width)
             .map(|(cell, w)| format!("{cell:w$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        say(cells.join("  ").trim_end())?;
     }
-    println!(
+    say(&format!(
         "{} endpoint{}",
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
-    );
+    ))
 }
 
 fn describe(id: &str, r: &Row) -> String {
@@ -459,6 +532,20 @@ mod tests {
                 ((*id).to_owned(), r)
             })
             .collect()
+    }
+
+    #[test]
+    fn registry_strings_lose_their_terminal_escapes() {
+        assert_eq!(clean("stage=prod"), "stage=prod");
+        assert_eq!(
+            clean("\u{1b}[2J\u{1b}[H\u{1b}[31mALL CLEAR"),
+            "\\u{1b}[2J\\u{1b}[H\\u{1b}[31mALL CLEAR"
+        );
+        assert_eq!(clean("i\u{1b}]0;x\u{7}"), "i\\u{1b}]0;x\\u{7}");
+        assert_eq!(clean("a\nb\\"), "a\\nb\\\\");
+        // Right-to-left override: invisible, reorders what follows.
+        assert_eq!(clean("a\u{202e}b"), "a\\u{202e}b");
+        assert!(!clean("\u{9b}31m").chars().any(char::is_control));
     }
 
     #[test]

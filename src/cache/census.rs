@@ -15,7 +15,8 @@ use crate::metrics::Census;
 impl Cache {
     /// The gauges of every cached service at `now`; `is_ejected` is the outlier
     /// policy's judgement. An endpoint in several keys of a service (other
-    /// filters) is counted once; an evicted key is not counted.
+    /// filters) is counted once; an evicted key, or one holding no answer, is not
+    /// counted (the publisher then sets its gauges to zero once and stops).
     pub(crate) fn census(
         &self,
         now: Instant,
@@ -25,14 +26,17 @@ impl Cache {
         for shard in self.index.shards.iter() {
             for bucket in shard.map.load().values() {
                 for slot in bucket.iter().filter(|s| !s.is_evicted()) {
+                    // A key without an answer (a service the registry does not
+                    // know, or one that failed from the start) has no gauges: any
+                    // name a caller sends would otherwise become series.
+                    let Some(snap) = slot.current() else {
+                        continue;
+                    };
                     let req = &slot.request;
                     let gauges = census
                         .entry((req.namespace.clone(), req.service.clone()))
                         .or_default();
                     gauges.watchers += slot.watchers.load(Ordering::Relaxed);
-                    let Some(snap) = slot.current() else {
-                        continue;
-                    };
                     let age = now.saturating_duration_since(snap.confirmed_at);
                     gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
                     for ep in snap.endpoints() {

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::evict::LruKey;
 use super::key::KeyRef;
-use super::pacing::{Op, Pace};
+use super::pacing::{is_cap_refusal, Op, Pace};
 use super::slot::Slot;
 use super::snapshot::{Snapshot, EXPIRED, STALE};
 use super::{servable_or_empty, Cache};
@@ -26,6 +26,7 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        self.load_held().await;
         let (slot, snap) = self.load_any(key).await?;
         let snap = servable_or_empty(&slot, snap)?;
         Ok((slot, snap))
@@ -164,13 +165,15 @@ impl Cache {
         let mut waited = false;
         while let Err(err) = &fetched {
             let now = Instant::now();
-            // No turn: not the registry's throttling but the configured cap, which
-            // refuses cold loads outright.
-            let Some(turn) = self
-                .limit
-                .cold_turn(now)
-                .filter(|_| err.kind() == ErrorKind::Throttled)
-            else {
+            // No turn: a refusal by the configured cap (which refuses cold loads
+            // outright, as documented), or no cold hold lasting past now (a
+            // registry throttle always sets one ahead of its answer; waiting on a
+            // hold already over would poll the registry, or the cap, in a loop
+            // while holding the key's gate).
+            if err.kind() != ErrorKind::Throttled || is_cap_refusal(err) {
+                break;
+            }
+            let Some(turn) = self.limit.cold_turn(now) else {
                 break;
             };
             if turn >= deadline {

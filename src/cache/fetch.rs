@@ -134,7 +134,7 @@ impl Cache {
             self.limit
                 .cold_outcome(op, throttled, now, |n| self.backoff(n));
         } else if throttled {
-            self.limit.throttled(op, Instant::now());
+            self.limit.throttled(op, sent, Instant::now());
         }
         result.map(|found| (found, sent))
     }

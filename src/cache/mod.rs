@@ -35,6 +35,8 @@ mod census;
 mod cold;
 mod evict;
 mod fetch;
+mod held;
+mod in_use;
 mod index;
 pub(crate) mod key;
 pub(crate) mod latency;
@@ -75,6 +77,8 @@ pub(crate) struct Cache {
     /// What every answer's picker shares: the selection, the load tracker
     /// (least-loaded picks only) and the slow-start settings.
     pick: PickContext,
+    /// A key held as watched on the cache's own behalf (`held.rs`).
+    held: held::Held,
 }
 
 impl std::fmt::Debug for Cache {
@@ -113,6 +117,7 @@ impl Cache {
             limit: Limiter::new(opts.rate_limit, opts.adapt_to_throttling, Instant::now()),
             pick,
             opts,
+            held: held::Held::default(),
         }
     }
 

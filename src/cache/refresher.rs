@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use tokio::time::Instant;
 
 use super::evict::LruKey;
-use super::pacing::Pace;
+use super::pacing::{Pace, Turn};
 use super::slot::Slot;
 use super::snapshot::{Snapshot, EXPIRED, FRESH, STALE};
 use super::Cache;
@@ -182,20 +182,38 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
 
 /// Wait: for this resolver's turn to call the registry (see `pacing/`), serving
 /// the current answer meanwhile and holding no strong reference, so that a dropped
-/// resolver stops here. Returns the cache again and the call to start with.
+/// resolver stops here. A queued turn is re-evaluated at each wake-up (the rate
+/// grows back after throttling, and the turn with it), and a refresh finding the
+/// queue full asks again when it has drained. Returns the cache again and the call
+/// to start with.
 async fn wait_for_turn(
     weak: &Weak<Cache>,
     slot: &Slot,
     mut cache: Arc<Cache>,
     cur: &Arc<Snapshot>,
 ) -> Step<(Arc<Cache>, super::pacing::Op)> {
-    let now = Instant::now();
-    let first = cache.first_call(Some(cur), now, Pace::Wait);
-    if let Ok(turn) = cache.limit.admit_at(first, Pace::Wait, now)
-        && turn > now
-    {
+    let mut now = Instant::now();
+    let mut first = cache.first_call(Some(cur), now, Pace::Wait);
+    let mut ticket = None;
+    loop {
+        let at = match &ticket {
+            Some(t) => cache.limit.turn_of(t, now),
+            None => match cache.limit.take(first, Pace::Wait, now) {
+                // No turn to wait for (or no pacing left to ask): go.
+                Ok(Turn::Now) | Err(_) => None,
+                Ok(Turn::Queued(t)) => {
+                    let at = cache.limit.turn_of(&t, now);
+                    ticket = Some(t);
+                    at
+                }
+                Ok(Turn::Retry(at)) => Some(at),
+            },
+        };
+        let Some(at) = at else {
+            return Step::Go((cache, first));
+        };
         drop(cache);
-        if turn >= cur.stale_until {
+        if at >= cur.stale_until {
             // No waiting for a turn past the answer's max-stale age: the warm
             // path does not read the clock, so the answer must be marked
             // expired on time, turn or no turn.
@@ -207,13 +225,19 @@ async fn wait_for_turn(
             }
             return Step::Again;
         }
-        tokio::time::sleep_until(turn).await;
+        // Every wake-up is at a time the rate of then granted, later than `now`:
+        // the loop ends at the turn, or at `stale_until` above.
+        tokio::time::sleep_until(at).await;
         match weak.upgrade() {
             Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
             _ => return Step::Stop,
         }
+        now = Instant::now();
+        if ticket.is_none() {
+            // Asking again after a full queue: the call may have changed.
+            first = cache.first_call(Some(cur), now, Pace::Wait);
+        }
     }
-    Step::Go((cache, first))
 }
 
 /// Attempt: one refresh under the key's gate, unless a load replaced the answer

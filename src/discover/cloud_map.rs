@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use aws_sdk_servicediscovery as sd;
+use sd::config::http::HttpResponse;
 use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
 use sd::config::retry::RetryConfig;
 use sd::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -222,37 +223,67 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
     cur.to_string()
 }
 
+/// The kind of a registry error code. Codes that say the caller itself is refused
+/// (credentials, signature, permissions) are `Configuration` and quotas
+/// `QuotaExceeded`: no retry can fix either, so they are reported at once rather
+/// than retried into a "gave up" that reads like an outage. A code not named here
+/// stays `Unavailable` (retryable): the message names it.
+fn kind_of_code(code: &str) -> ErrorKind {
+    match code {
+        "NamespaceNotFound" => ErrorKind::NamespaceNotFound,
+        "ServiceNotFound" => ErrorKind::ServiceNotFound,
+        "InvalidInput" => ErrorKind::InvalidInput,
+        // The write operations' answers (self-registration, `register/`).
+        "InstanceNotFound" => ErrorKind::InstanceNotFound,
+        "CustomHealthNotFound" => ErrorKind::CustomHealthNotFound,
+        "RequestLimitExceeded"
+        | "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException" => ErrorKind::Throttled,
+        "ResourceLimitExceeded" | "ServiceQuotaExceededException" | "LimitExceededException" => {
+            ErrorKind::QuotaExceeded
+        }
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException"
+        | "ExpiredToken"
+        | "InvalidSignatureException"
+        | "IncompleteSignature"
+        | "IncompleteSignatureException"
+        | "MissingAuthenticationToken"
+        | "MissingAuthenticationTokenException"
+        | "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
+        | "AuthFailure"
+        | "NotAuthorized"
+        | "OptInRequired"
+        | "RequestExpired" => ErrorKind::Configuration,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
 /// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
 /// called, named in connection failures; `op` names the operation (and, for the
 /// discovery calls, the namespace's owner when the request has one).
-pub(crate) fn map_error<E, R>(op: &str, endpoint: &str, err: SdkError<E, R>) -> Error
+pub(crate) fn map_error<E>(op: &str, endpoint: &str, err: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
-    R: fmt::Debug + Send + Sync + 'static,
 {
     let (kind, detail) = match &err {
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();
-            let kind = match e.code() {
-                Some("NamespaceNotFound") => ErrorKind::NamespaceNotFound,
-                Some("ServiceNotFound") => ErrorKind::ServiceNotFound,
-                Some("InvalidInput") => ErrorKind::InvalidInput,
-                // The write operations' answers (self-registration, `register/`).
-                Some("InstanceNotFound") => ErrorKind::InstanceNotFound,
-                Some("CustomHealthNotFound") => ErrorKind::CustomHealthNotFound,
-                Some(
-                    "RequestLimitExceeded"
-                    | "ThrottlingException"
-                    | "Throttling"
-                    | "TooManyRequestsException",
-                ) => ErrorKind::Throttled,
-                _ => ErrorKind::Unavailable,
+            let kind = e.code().map_or(ErrorKind::Unavailable, kind_of_code);
+            let detail = match e.code() {
+                Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
+                // A bare 5xx from a proxy or load balancer: the status is all there is.
+                None => format!(
+                    "HTTP {} without an error code: {}",
+                    ctx.raw().status().as_u16(),
+                    e.message().unwrap_or("no message")
+                ),
             };
-            let detail = format!(
-                "{}: {}",
-                e.code().unwrap_or("unknown error"),
-                e.message().unwrap_or("no message")
-            );
             (kind, detail)
         }
         SdkError::ConstructionFailure(_) => (
@@ -417,6 +448,29 @@ mod tests {
             source.validate().unwrap_err().kind(),
             ErrorKind::Configuration
         );
+    }
+
+    #[test]
+    fn refusals_of_the_caller_are_configuration_and_quotas_their_own_kind() {
+        for code in [
+            "AccessDeniedException",
+            "UnrecognizedClientException",
+            "InvalidClientTokenId",
+            "ExpiredTokenException",
+            "ExpiredToken",
+            "InvalidSignatureException",
+            "MissingAuthenticationToken",
+            "SignatureDoesNotMatch",
+        ] {
+            let kind = kind_of_code(code);
+            assert_eq!(kind, ErrorKind::Configuration, "{code}");
+            assert!(!Error::new(kind, code).is_retryable(), "{code}");
+        }
+        let quota = Error::new(kind_of_code("ResourceLimitExceeded"), "x");
+        assert_eq!(quota.kind(), ErrorKind::QuotaExceeded);
+        assert!(!quota.is_retryable());
+        assert_eq!(kind_of_code("RequestLimitExceeded"), ErrorKind::Throttled);
+        assert_eq!(kind_of_code("SomethingNew"), ErrorKind::Unavailable);
     }
 
     #[test]

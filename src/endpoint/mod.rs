@@ -9,6 +9,8 @@ use crate::discover::instance::{HealthStatus, Instance};
 use crate::util::pad::CachePadded;
 
 pub(crate) mod address_policy;
+mod failure_rate;
+pub(crate) mod health_check;
 pub(crate) mod load;
 pub(crate) mod outlier;
 mod parse;
@@ -66,6 +68,10 @@ impl EndpointData {
 
     pub(crate) fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes.get(key).map(String::as_str)
+    }
+
+    pub(crate) fn health(&self) -> HealthStatus {
+        self.health
     }
 
     pub(crate) fn identity(&self) -> Identity {

@@ -51,6 +51,17 @@ pub struct OutlierOptions {
     /// rounded down: with the default, 4 of 8 endpoints, 1 of 2 or 3, none of 1. The
     /// rest keep receiving traffic however they fail. Default: 0.5.
     pub max_ejection_share: f64,
+    /// Also eject an endpoint whose share of failed attempts in an interval is at
+    /// least this (from 0 to 1), when it had at least
+    /// [`min_requests`](Self::min_requests) attempts in it: the flaky endpoint that
+    /// never fails 5 times in a row. Set with
+    /// [`failure_percentage`](Self::failure_percentage). Default: none (off).
+    pub failure_percentage: Option<f64>,
+    /// The fewest attempts in an interval for its failure share to be judged.
+    /// Default: 20.
+    pub min_requests: u32,
+    /// The interval failure shares are counted over. Default: 10 s.
+    pub interval: Duration,
 }
 
 impl Default for OutlierOptions {
@@ -61,11 +72,51 @@ impl Default for OutlierOptions {
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
             max_ejection_share: 0.5,
+            failure_percentage: None,
+            min_requests: 20,
+            interval: Duration::from_secs(10),
         }
     }
 }
 
 impl OutlierOptions {
+    /// These options, also ejecting an endpoint whose failures are at least
+    /// `threshold` (0 to 1) of its attempts in an [`interval`](Self::interval) with
+    /// at least [`min_requests`](Self::min_requests) of them (Envoy's failure
+    /// percentage). Timeouts and connection failures count as failures; errors a
+    /// call's `retry_if` calls not retryable do not (the endpoint answered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::OutlierOptions;
+    ///
+    /// let outlier = OutlierOptions::default()
+    ///     .failure_percentage(0.5)
+    ///     .min_requests(50)
+    ///     .interval(Duration::from_secs(5));
+    /// assert_eq!(outlier.failure_percentage, Some(0.5));
+    /// assert_eq!(outlier.consecutive_failures, 5, "consecutive failures still eject");
+    /// ```
+    pub fn failure_percentage(mut self, threshold: f64) -> Self {
+        self.failure_percentage = Some(threshold);
+        self
+    }
+
+    /// These options with `n` as the fewest attempts an interval needs for its
+    /// failure share to be judged. Default: 20.
+    pub fn min_requests(mut self, n: u32) -> Self {
+        self.min_requests = n;
+        self
+    }
+
+    /// These options with failure shares counted over `interval`. Default: 10 s.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         if self.consecutive_failures == 0 {
             return Err(crate::Error::invalid(
@@ -82,7 +133,40 @@ impl OutlierOptions {
                 "outlier.max_ejection_share must be between 0 and 1",
             ));
         }
+        if let Some(t) = self.failure_percentage
+            && !(t > 0.0 && t <= 1.0)
+        {
+            return Err(crate::Error::invalid(
+                "outlier.failure_percentage must be above 0 and at most 1",
+            ));
+        }
+        if self.interval.is_zero() || self.min_requests == 0 {
+            return Err(crate::Error::invalid(
+                "outlier.interval and outlier.min_requests must be positive",
+            ));
+        }
         Ok(())
+    }
+}
+
+/// Why an endpoint was ejected, for the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// `consecutive_failures` in a row (or one on probation).
+    Consecutive = 0,
+    /// A failure share at least `failure_percentage` over an interval.
+    Percentage = 1,
+    /// The active health check found it down.
+    Probe = 2,
+}
+
+impl Cause {
+    fn describe(self) -> &'static str {
+        match self {
+            Cause::Consecutive => "ejecting endpoint after consecutive failures",
+            Cause::Percentage => "ejecting endpoint: its failure share reached the threshold",
+            Cause::Probe => "ejecting endpoint: its health check failed",
+        }
     }
 }
 
@@ -114,7 +198,11 @@ pub(crate) struct OutlierDetector {
     /// pass the share cap.
     eject: Mutex<()>,
     ejections: AtomicU64,
+    /// Ejections by [`Cause`].
+    by_cause: [AtomicU64; 3],
     readmissions: Arc<AtomicU64>,
+    /// Where failure-percentage intervals are numbered from.
+    start: Instant,
 }
 
 impl OutlierDetector {
@@ -123,7 +211,9 @@ impl OutlierDetector {
             opts,
             eject: Mutex::new(()),
             ejections: AtomicU64::new(0),
+            by_cause: Default::default(),
             readmissions: Arc::new(AtomicU64::new(0)),
+            start: Instant::now(),
         }
     }
 
@@ -143,6 +233,22 @@ impl OutlierDetector {
             return;
         }
         let h = ep.state();
+        if let Some(threshold) = self.opts.failure_percentage {
+            let index = interval_index(self.start, now, self.opts.interval);
+            if let Some(closed) = h.window.record(index, outcome == Outcome::Failure)
+                && closed.attempts >= self.opts.min_requests
+                && f64::from(closed.failures) >= threshold * f64::from(closed.attempts)
+                && !h.is_ejected()
+            {
+                tracing::debug!(
+                    endpoint = %h.name,
+                    attempts = closed.attempts,
+                    failures = closed.failures,
+                    "failure share at or above the threshold"
+                );
+                self.eject(ep, h, now, Cause::Percentage);
+            }
+        }
         match outcome {
             Outcome::Success => {
                 if !h.ejection.dirty.load(Ordering::Relaxed) {
@@ -167,17 +273,13 @@ impl OutlierDetector {
                         return;
                     }
                 }
-                self.eject(ep, h, now);
+                self.eject(ep, h, now, Cause::Consecutive);
             }
         }
     }
 
-    fn eject(&self, ep: &Endpoint, h: &Arc<EndpointState>, now: Instant) {
-        // Lock order: the ejection lock, then one endpoint's state.
-        let _one_at_a_time = lock(&self.eject);
-        if h.is_ejected() {
-            return;
-        }
+    /// Whether one more of `ep`'s service may be ejected (the share cap).
+    fn below_cap(&self, ep: &Endpoint, h: &EndpointState) -> bool {
         let peers = ep.peers();
         let ejected = peers.iter().filter(|d| d.state().is_ejected()).count();
         let cap = (peers.len() as f64 * self.opts.max_ejection_share).floor() as usize;
@@ -188,6 +290,15 @@ impl OutlierDetector {
                 endpoints = peers.len(),
                 "not ejecting: the share of ejected endpoints is at its cap"
             );
+            return false;
+        }
+        true
+    }
+
+    fn eject(&self, ep: &Endpoint, h: &Arc<EndpointState>, now: Instant, cause: Cause) {
+        // Lock order: the ejection lock, then one endpoint's state.
+        let _one_at_a_time = lock(&self.eject);
+        if h.is_ejected() || !self.below_cap(ep, h) {
             return;
         }
         let mut st = h.ejection.lock();
@@ -211,14 +322,17 @@ impl OutlierDetector {
         st.probation = false;
         h.ejection.set_ejected(true);
         drop(st);
-        self.ejections.fetch_add(1, Ordering::Relaxed);
+        // What led here is judged; the next interval starts empty.
+        h.window.take();
+        self.count(cause);
         tracing::warn!(
             endpoint = %h.name,
             failures,
             on_probation = probation,
             ejection = streak,
             seconds = time.as_secs_f64(),
-            "ejecting endpoint after consecutive failures"
+            "{}",
+            cause.describe()
         );
         // Re-admission on a timer, so the warm path needs no clock. Without a
         // runtime, `is_ejected` re-admits lazily when `call` next looks.
@@ -234,8 +348,59 @@ impl OutlierDetector {
         }
     }
 
+    fn count(&self, cause: Cause) {
+        self.ejections.fetch_add(1, Ordering::Relaxed);
+        self.by_cause[cause as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The active health check found `ep` down: it is skipped as an ejected one is
+    /// (within the share cap) until [`probe_up`](Self::probe_up). Not timed: it
+    /// stays out for as long as its probes fail.
+    pub(crate) fn probe_down(&self, ep: &Endpoint) {
+        let h = ep.state();
+        let _one_at_a_time = lock(&self.eject);
+        if h.ejection.lock().probe_down {
+            return;
+        }
+        if !h.is_ejected() && !self.below_cap(ep, h) {
+            // Tried again on its next failed probe, when the cap may allow it.
+            return;
+        }
+        let mut st = h.ejection.lock();
+        st.probe_down = true;
+        let newly = !h.is_ejected();
+        h.ejection.set_ejected(true);
+        drop(st);
+        if newly {
+            self.count(Cause::Probe);
+            tracing::warn!(endpoint = %h.name, "{}", Cause::Probe.describe());
+        }
+    }
+
+    /// A probe of `ep` passed again: it comes back, unless an ejection for failed
+    /// requests still has time to run.
+    pub(crate) fn probe_up(&self, ep: &Endpoint, now: Instant) {
+        let h = ep.state();
+        let mut st = h.ejection.lock();
+        if !st.probe_down {
+            return;
+        }
+        st.probe_down = false;
+        if h.is_ejected() && st.until.is_none_or(|until| now >= until) {
+            h.ejection.set_ejected(false);
+            drop(st);
+            self.readmissions.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(endpoint = %h.name, "re-admitting endpoint: its health check passed");
+        }
+    }
+
     pub(crate) fn ejections(&self) -> u64 {
         self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Ejections for consecutive failures, for a failure share, for failed probes.
+    pub(crate) fn ejections_by_cause(&self) -> [u64; 3] {
+        self.by_cause.each_ref().map(|c| c.load(Ordering::Relaxed))
     }
 
     pub(crate) fn readmissions(&self) -> u64 {
@@ -243,11 +408,17 @@ impl OutlierDetector {
     }
 }
 
+/// The number of the failure-percentage interval `now` falls in.
+fn interval_index(start: Instant, now: Instant, interval: Duration) -> u64 {
+    let n = now.saturating_duration_since(start).as_nanos() / interval.as_nanos().max(1);
+    u64::try_from(n).unwrap_or(u64::MAX)
+}
+
 /// Ends an ejection whose time is up: the endpoint is on probation, and its next
 /// failure ejects it again, for longer.
 fn readmit(h: &EndpointState, now: Instant, count: &AtomicU64) {
     let mut st = h.ejection.lock();
-    if !h.is_ejected() || st.until.is_some_and(|until| now < until) {
+    if !h.is_ejected() || st.probe_down || st.until.is_some_and(|until| now < until) {
         return;
     }
     st.probation = true;

@@ -12,11 +12,13 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use tokio::time::Instant;
 
+use super::failure_rate::FailureWindow;
+use super::health_check::ProbeState;
 use super::load::Load;
 use super::EndpointData;
 use crate::util::lock::lock;
@@ -44,6 +46,11 @@ pub(crate) struct EndpointState {
     /// When the endpoint joined an answer beside endpoints already serving: the
     /// start of its slow-start ramp. Unset for endpoints of a key's first answer.
     pub(crate) joined: OnceLock<Instant>,
+    /// Attempts and failures in the current interval, for failure-percentage
+    /// ejection; written by recorders only.
+    pub(crate) window: FailureWindow,
+    /// The active health check's view of the endpoint (`health_check.rs`).
+    pub(crate) probe: ProbeState,
 }
 
 /// One endpoint's ejection state, as outlier detection (`outlier.rs`) keeps it.
@@ -69,6 +76,9 @@ pub(crate) struct EjectionState {
     /// When the current or last ejection ends.
     pub(crate) until: Option<Instant>,
     pub(crate) probation: bool,
+    /// The active health check found the endpoint down: it stays out (unless the
+    /// share cap let it in) until a probe passes, whatever its ejection time says.
+    pub(crate) probe_down: bool,
 }
 
 impl EndpointState {
@@ -83,6 +93,8 @@ impl EndpointState {
             },
             load: CachePadded::new(Load::default()),
             joined: OnceLock::new(),
+            window: FailureWindow::default(),
+            probe: ProbeState::default(),
         }
     }
 
@@ -121,7 +133,7 @@ impl Drop for Ejection {
 /// core's caches (`scaling/endpoints/1000`). Written only when an endpoint is
 /// ejected or re-admitted.
 #[derive(Debug, Default)]
-pub(crate) struct EjectedCount(CachePadded<AtomicUsize>);
+pub(crate) struct EjectedCount(CachePadded<AtomicUsize>, AtomicU64);
 
 impl EjectedCount {
     /// Whether any endpoint may be ejected: a relaxed load, like the flags it guards.
@@ -130,7 +142,15 @@ impl EjectedCount {
         self.0.load(Ordering::Relaxed) != 0
     }
 
+    /// How many times an endpoint was ejected or re-admitted: what is computed from
+    /// the admitted endpoints (zone tables) is stale when this moves.
+    #[inline]
+    pub(crate) fn changes(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
     fn add(&self, ejected: bool) {
+        self.1.fetch_add(1, Ordering::Relaxed);
         if ejected {
             self.0.fetch_add(1, Ordering::Relaxed);
         } else {

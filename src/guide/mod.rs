@@ -17,9 +17,12 @@
 //! - [`metrics`]: the `metrics` series (feature `metrics`).
 //! - [`fleet`]: running a fleet within the account's quota.
 //! - [`performance`]: what a warm lookup costs, and how it is measured.
+//! - [`health`]: endpoint health beyond the registry: failure-percentage ejection
+//!   and active health checks.
 //! - [`safety`]: addresses never handed out, requests never sent twice, no panics.
 //! - [`hedging`]: hedged requests: when they help, when they double the load,
 //!   idempotency.
+//! - [`zones`]: zone-aware routing: staying in the caller's availability zone.
 
 #[doc = include_str!("sources.md")]
 pub mod sources {}
@@ -56,3 +59,7 @@ pub mod safety {}
 
 #[doc = include_str!("hedging.md")]
 pub mod hedging {}
+#[doc = include_str!("health.md")]
+pub mod health {}
+#[doc = include_str!("zones.md")]
+pub mod zones {}

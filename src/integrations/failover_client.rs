@@ -14,7 +14,7 @@ use crate::call::error::CallError;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;
-use crate::util::lock::{lock, recover};
+use crate::util::lock::lock;
 
 /// A `reqwest::Client` with request-level failover across a service's endpoints.
 ///
@@ -35,7 +35,9 @@ use crate::util::lock::{lock, recover};
 ///   [`attempt_timeout`](crate::CallOptions::attempt_timeout) or reqwest's own
 ///   timeout) may have been delivered, so it ends the call: such a request is sent at
 ///   most once, timeouts included.
-/// - A request whose body cannot be cloned (a stream) is sent once.
+/// - A request whose body cannot be cloned (a stream) is sent once: it moves on
+///   only from an endpoint it was never sent to
+///   ([`AttemptError::NotSent`](crate::AttemptError::NotSent)).
 ///
 /// Retries are paid for from the resolver's [retry budget](crate::RetryBudgetOptions),
 /// and each attempt's outcome feeds outlier detection (an answer counts as a success
@@ -49,6 +51,12 @@ use crate::util::lock::{lock, recover};
 /// permitted address; when there is none, nothing is sent to that endpoint
 /// ([`AttemptError::NotSent`](crate::AttemptError::NotSent)) and the next one is
 /// tried.
+///
+/// Redirects are followed by the client, which keeps the explicit `Host` header
+/// (reqwest drops only credentials and cookies on a redirect to another host): a
+/// `302` to another host would reach it with the service's name as `Host`. Where an
+/// endpoint may redirect elsewhere, build the client with
+/// `.redirect(reqwest::redirect::Policy::none())` and follow redirects yourself.
 ///
 /// With `https`, the connection is to the endpoint's address: the server's
 /// certificate must then be valid for that address (or use
@@ -203,26 +211,43 @@ impl FailoverClient {
         let client = &self.client;
         let statuses = &self.policy;
         let resolver = &self.resolver;
+        let template = &template;
         let op = |ep: Endpoint| {
             let attempt = {
-                let mut t = lock(&template);
+                let mut t = lock(template);
                 match t.as_ref().and_then(Request::try_clone) {
-                    Some(copy) => copy,
-                    // Not clonable: this is the call's only attempt.
-                    None => t
-                        .take()
-                        .expect("a request that cannot be cloned is sent once"),
+                    Some(copy) => Some(copy),
+                    // Not clonable: it is taken, and given back only if this attempt
+                    // does not send it.
+                    None => t.take(),
                 }
             };
             let host = host.clone();
             async move {
-                let mut req = attempt;
+                // `retry_if` moves on with a body that cannot be cloned only after a
+                // `NotSent` attempt, which gave the request back: it is here.
+                let Some(mut req) = attempt else {
+                    return Err(Failed::NotSent(Error::new(
+                        ErrorKind::InvalidInput,
+                        "the request's body was already sent by an earlier attempt",
+                    )));
+                };
+                let original = req.url().clone();
+                // Nothing was sent: a body that cannot be cloned goes back for the
+                // next endpoint, with its URL as it was.
+                let not_sent = |mut req: Request, e: Error| {
+                    if !clonable {
+                        *req.url_mut() = original;
+                        *lock(template) = Some(req);
+                    }
+                    Failed::NotSent(e)
+                };
                 let (ip, port) = match destination(resolver, &ep, explicit_port).await {
                     Ok(found) => found,
-                    Err(e) => return Err(Failed::NotSent(e)),
+                    Err(e) => return Err(not_sent(req, e)),
                 };
                 if let Err(e) = retarget(&mut req, ip, port, host) {
-                    return Err(Failed::NotSent(e));
+                    return Err(not_sent(req, e));
                 }
                 match client.execute(req).await {
                     Ok(resp) if repeatable && fails_over(statuses, &resp) => {
@@ -235,20 +260,24 @@ impl FailoverClient {
         };
         // Only a request that never left may move on when it is not repeatable: a
         // connect error, or an endpoint without a permitted address. A timeout, ours
-        // or reqwest's, may come after the request was delivered.
+        // or reqwest's, may come after the request was delivered. A body that cannot
+        // be cloned moves on only from an endpoint it was never handed to (`NotSent`):
+        // once given to the client, it is spent.
         let mut call = self
             .resolver
             .call(&namespace, &service, op)
             .retry_if(move |f: &Failed<Response, reqwest::Error>| match f {
-                Failed::Status(_) | Failed::NotSent(_) => true,
+                Failed::NotSent(_) => true,
+                Failed::Status(_) => clonable,
                 Failed::Error(e) => {
-                    e.is_connect() || (repeatable && (e.is_timeout() || e.is_request()))
+                    clonable
+                        && (e.is_connect() || (repeatable && (e.is_timeout() || e.is_request())))
                 }
             })
-            .retry_timeouts(repeatable);
-        if !clonable {
-            call = call.max_attempts(1);
-        } else if let Some(h) = hedge {
+            .retry_timeouts(repeatable && clonable);
+        // Only a request that may be sent twice is hedged: a body that cannot be
+        // cloned is spent by its first attempt.
+        if clonable && let Some(h) = hedge {
             call = call.hedge(h);
         }
         let result = call.await;
@@ -256,7 +285,7 @@ impl FailoverClient {
             && e.resolve_error()
                 .is_some_and(|r| self.hosts.falls_through(r.kind()))
         {
-            let request = recover(template.into_inner()).expect("no attempt was made");
+            let request = lock(template).take().expect("no attempt was made");
             return self.pass_through(request).await;
         }
         finish(

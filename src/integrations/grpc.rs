@@ -7,20 +7,32 @@
 //! changes wait in its queue meanwhile, and the next request applies all of them
 //! before it picks, so a client making one RPC an hour never dials an endpoint
 //! removed in between.
+//!
+//! A balanced channel with no endpoint holds each request until one comes (no
+//! endpoint's `timeout` applies to it), so [`GrpcChannel`] answers for it: while
+//! the feeder has handed the channel no endpoint, after an answer or a discovery
+//! error, requests fail at once with `UNAVAILABLE` and the reason.
 
+use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_core::Stream;
 use tokio::sync::mpsc::Sender;
+use tokio::sync::watch as state;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::codegen::Service;
 use tonic::transport::channel::Change as TonicChange;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint as TonicEndpoint};
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;
-use crate::watch::{Change, Watch};
+use crate::watch::{Change, Item, Watch};
 
 /// Changes a balanced channel queues before the feeder waits: enough for every
 /// endpoint of the largest Cloud Map service (1,000) to be replaced at once.
@@ -73,7 +85,7 @@ pub enum HostEndpoints {
 ///     .timeout(Duration::from_secs(5))
 ///     .host_endpoints(HostEndpoints::Skip)
 ///     .build()?;
-/// // `channel` is a `tonic::transport::Channel`: hand it to a generated client.
+/// // `channel` is a `GrpcChannel`: hand it to a generated client.
 /// # drop(channel);
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
@@ -104,9 +116,10 @@ impl Resolver {
     ///
     /// # Errors
     ///
-    /// [`Configuration`](crate::ErrorKind::Configuration) outside a Tokio runtime.
-    /// Registry errors do not fail the channel: its requests fail while it has no
-    /// endpoint.
+    /// [`Configuration`](crate::ErrorKind::Configuration) outside a Tokio runtime;
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a name that breaks Cloud
+    /// Map's rules. Registry errors do not fail the channel: its requests fail at
+    /// once with `UNAVAILABLE` while it has no endpoint (see [`GrpcChannel`]).
     ///
     /// # Examples
     ///
@@ -117,13 +130,13 @@ impl Resolver {
     /// let registry = StaticDiscovery::new().with_instance("shared", "orders",
     ///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(50051));
     /// let resolver = Resolver::builder(registry).build()?;
-    /// let channel: tonic::transport::Channel = resolver.grpc_channel("shared", "orders")?;
+    /// let channel: cloudmap_resolver::GrpcChannel = resolver.grpc_channel("shared", "orders")?;
     /// # drop(channel);
     /// # Ok(()) }
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
     #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
-    pub fn grpc_channel(&self, namespace: &str, service: &str) -> Result<Channel, Error> {
+    pub fn grpc_channel(&self, namespace: &str, service: &str) -> Result<GrpcChannel, Error> {
         self.grpc(namespace, service).build()
     }
 
@@ -204,8 +217,14 @@ impl GrpcChannelBuilder {
     /// # Errors
     ///
     /// [`Configuration`](crate::ErrorKind::Configuration) outside a Tokio runtime,
-    /// or when tonic rejects the TLS settings; `InvalidInput` for a buffer of 0.
-    pub fn build(self) -> Result<Channel, Error> {
+    /// or when tonic rejects the TLS settings; `InvalidInput` for a buffer of 0, or
+    /// a namespace or service name that breaks Cloud Map's rules (no registry could
+    /// ever answer for it).
+    pub fn build(self) -> Result<GrpcChannel, Error> {
+        if let Some(req) = self.watch.request() {
+            crate::discover::names::check_namespace(&req.namespace)?;
+            crate::discover::names::check_service(&req.service)?;
+        }
         if self.buffer == 0 {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -225,11 +244,20 @@ impl GrpcChannelBuilder {
         }
         let _enter = runtime.enter();
         let (channel, sender) = Channel::balance_channel(self.buffer);
+        let (status, seen) = state::channel(Status::Starting);
         let settings = self.settings;
-        runtime.spawn(feed_balance_channel(self.watch, sender, move |ep| {
-            settings.endpoint(ep)
-        }));
-        Ok(channel)
+        let wait = settings.timeout;
+        runtime.spawn(feed(
+            self.watch,
+            sender,
+            move |ep| settings.endpoint(ep),
+            Some(status),
+        ));
+        Ok(GrpcChannel {
+            channel,
+            status: seen,
+            wait,
+        })
     }
 }
 
@@ -313,41 +341,210 @@ impl Settings {
 pub async fn feed_balance_channel<F>(
     watch: Watch,
     sender: Sender<TonicChange<String, TonicEndpoint>>,
-    mut make: F,
+    make: F,
 ) where
     F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
 {
-    let mut watch = watch;
+    feed(watch, sender, make, None).await;
+}
+
+/// Whether a [`GrpcChannel`] has endpoints, as its feeder last saw.
+#[derive(Debug, Clone)]
+enum Status {
+    /// No answer nor error yet: requests wait for one.
+    Starting,
+    /// The channel has been handed at least one endpoint.
+    Serving,
+    /// None: the answer had no endpoint the channel can dial, or discovery fails
+    /// (the reason, for the requests' `UNAVAILABLE` status).
+    NoEndpoint(String),
+}
+
+/// [`feed_balance_channel`], reporting to `status` whether the channel has an
+/// endpoint: after each answer's changes (an empty answer included) and each
+/// discovery error.
+async fn feed<F>(
+    mut watch: Watch,
+    sender: Sender<TonicChange<String, TonicEndpoint>>,
+    mut make: F,
+    status: Option<state::Sender<Status>>,
+) where
+    F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
+{
+    // The instance ids handed to the channel and not taken out since.
+    let mut held: HashSet<String> = HashSet::new();
+    let report = |held: &HashSet<String>, why: Option<String>| {
+        if let Some(status) = &status {
+            let now = match why {
+                _ if !held.is_empty() => Status::Serving,
+                Some(why) => Status::NoEndpoint(why),
+                None => Status::NoEndpoint(
+                    "the registry's answer has no endpoint this gRPC channel can dial".into(),
+                ),
+            };
+            status.send_replace(now);
+        }
+    };
     loop {
         let next = tokio::select! {
-            next = next_change(&mut watch) => next,
+            next = std::future::poll_fn(|cx| watch.poll_item(cx)) => next,
             _ = sender.closed() => return,
         };
         let change = match next {
-            None => return,
-            Some(Err(err)) => {
-                tracing::warn!(error = %err, "discovery failing; the gRPC channel keeps its endpoints");
+            None => {
+                report(&held, Some("the service's change stream ended".into()));
+                return;
+            }
+            Some(Item::Synced) => {
+                report(&held, None);
                 continue;
             }
-            Some(Ok(change)) => change,
+            Some(Item::Change(Err(err))) => {
+                tracing::warn!(error = %err, "discovery failing; the gRPC channel keeps its endpoints");
+                report(&held, Some(format!("no endpoint: discovery failed: {err}")));
+                continue;
+            }
+            Some(Item::Change(Ok(change))) => change,
         };
         let id = change.instance_id().to_owned();
         let out = match &change {
             Change::Insert(ep) => match make(ep) {
-                Some(endpoint) => TonicChange::Insert(id, endpoint),
-                None => TonicChange::Remove(id),
+                Some(endpoint) => {
+                    held.insert(id.clone());
+                    TonicChange::Insert(id, endpoint)
+                }
+                None => {
+                    held.remove(&id);
+                    TonicChange::Remove(id)
+                }
             },
-            Change::Remove(_) => TonicChange::Remove(id),
+            Change::Remove(_) => {
+                held.remove(&id);
+                TonicChange::Remove(id)
+            }
         };
         if sender.send(out).await.is_err() {
             return;
         }
+        // An endpoint queued: serving (the channel applies its queue before it
+        // picks). Going down to none waits for the answer's end (`Synced`), so
+        // that a replaced endpoint does not fail requests in between.
+        if !held.is_empty() {
+            report(&held, None);
+        }
     }
 }
 
-/// The next item of a stream, without `futures`' `StreamExt`.
-async fn next_change<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
-    std::future::poll_fn(|cx| std::pin::Pin::new(&mut *stream).poll_next(cx)).await
+/// A gRPC channel over a service's endpoints: tonic's balanced
+/// `tonic::transport::Channel`, fed from a change stream, and failing requests at
+/// once with `UNAVAILABLE` while it has no endpoint (the service is unknown, its
+/// answer is empty, or discovery fails: the status message says which), where
+/// tonic's channel would hold them until an endpoint comes. A request sent before
+/// the first answer waits for it (at most the builder's
+/// [`timeout`](GrpcChannelBuilder::timeout), when set). Made by
+/// [`Resolver::grpc_channel`] and [`GrpcChannelBuilder::build`]; cheap to clone,
+/// and usable wherever tonic's generated clients take a channel.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use cloudmap_resolver::{GrpcChannel, Resolver, StaticDiscovery};
+/// use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+///
+/// let resolver = Resolver::builder(StaticDiscovery::new()).build()?;
+/// let channel: GrpcChannel = resolver.grpc_channel("shared", "missing")?;
+/// let status = HealthClient::new(channel)
+///     .check(HealthCheckRequest { service: String::new() })
+///     .await
+///     .unwrap_err();
+/// assert_eq!(status.code(), tonic::Code::Unavailable);
+/// assert!(status.message().contains("not found"), "{}", status.message());
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+#[derive(Clone)]
+pub struct GrpcChannel {
+    channel: Channel,
+    status: state::Receiver<Status>,
+    wait: Option<Duration>,
+}
+
+impl GrpcChannel {
+    /// tonic's balanced channel inside, which holds requests while it has no
+    /// endpoint.
+    pub fn inner(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+/// The error of a [`GrpcChannel`] request: tonic's transport error, or the
+/// `UNAVAILABLE` status of a channel without endpoints (tonic's clients find it).
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn unavailable(why: &str) -> BoxError {
+    Box::new(tonic::Status::unavailable(why.to_owned()))
+}
+
+impl Service<http::Request<Body>> for GrpcChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.channel.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let now = self.status.borrow().clone();
+        match now {
+            Status::Serving => {
+                let fut = self.channel.call(req);
+                Box::pin(async move { fut.await.map_err(Into::into) })
+            }
+            Status::NoEndpoint(why) => Box::pin(std::future::ready(Err(unavailable(&why)))),
+            Status::Starting => {
+                let (mut channel, mut status, wait) =
+                    (self.channel.clone(), self.status.clone(), self.wait);
+                Box::pin(async move {
+                    // The borrow of the status must not live across an await.
+                    let first = async {
+                        status
+                            .wait_for(|s| !matches!(s, Status::Starting))
+                            .await
+                            .map(|s| s.clone())
+                    };
+                    let seen = match wait {
+                        Some(limit) => tokio::time::timeout(limit, first).await.ok(),
+                        None => Some(first.await),
+                    };
+                    let now = match seen {
+                        Some(Ok(s)) => s,
+                        Some(Err(_)) => Status::NoEndpoint("the channel's feeder stopped".into()),
+                        None => Status::NoEndpoint(
+                            "no answer from the registry within the request timeout".into(),
+                        ),
+                    };
+                    match now {
+                        Status::NoEndpoint(why) => Err(unavailable(&why)),
+                        _ => {
+                            std::future::poll_fn(|cx| channel.poll_ready(cx)).await?;
+                            Ok(channel.call(req).await?)
+                        }
+                    }
+                })
+            }
+        }
+    }
+}
+
+impl fmt::Debug for GrpcChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GrpcChannel")
+            .field("status", &*self.status.borrow())
+            .finish_non_exhaustive()
+    }
 }
 
 impl fmt::Debug for GrpcChannelBuilder {

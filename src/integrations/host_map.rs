@@ -72,7 +72,7 @@ impl HostMap {
     /// `http://www.example.com/`, credentials and all. Prefer
     /// [`namespaces`](Self::namespaces); use this only when every client request is
     /// for a service. Each name that is not a service also costs one registry call
-    /// per [`negative_ttl`](crate::ResolverOptions::negative_ttl), and a registry
+    /// per [`negative_ttl`](crate::CacheOptions::negative_ttl), and a registry
     /// outage fails it.
     pub fn any() -> Self {
         HostMap(Rule::Any)

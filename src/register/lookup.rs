@@ -3,6 +3,11 @@
 //! namespace of a service of that name. The answers are matched here as well (moto
 //! ignores the filters and returns everything), and pages are followed up to a bound.
 //!
+//! Without a named owner, only the caller's own namespaces are candidates: the
+//! `RESOURCE_OWNER = SELF` filter asks for them, and the answer is checked too (against
+//! the caller's account when its credentials name it; otherwise namespaces of the
+//! name with more than one owner are refused as ambiguous).
+//!
 //! A namespace shared from another account (AWS RAM) is named by its owner as well:
 //! two accounts can own namespaces of the same name. Its service is then referred to
 //! by its ARN, as Cloud Map requires for RegisterInstance, DeregisterInstance,
@@ -38,11 +43,12 @@ pub(crate) async fn service_ids(
     endpoint: &str,
     namespace: &str,
     service: &str,
-    owner: Option<&str>,
+    owners: Owner<'_>,
     deadline: &Deadline<'_>,
     seed: u64,
 ) -> Result<ServiceIds, Error> {
-    let namespace_id = namespace_id(client, endpoint, namespace, owner, deadline, seed).await?;
+    let namespace_id = namespace_id(client, endpoint, namespace, &owners, deadline, seed).await?;
+    let owner = owners.named();
     let mut token: Option<String> = None;
     for page in 0..MAX_PAGES {
         let filter = ServiceFilter::builder()
@@ -109,16 +115,33 @@ async fn namespace_id(
     client: &sd::Client,
     endpoint: &str,
     namespace: &str,
-    owner: Option<&str>,
+    owner: &Owner<'_>,
     deadline: &Deadline<'_>,
     seed: u64,
 ) -> Result<String, Error> {
-    let filter = NamespaceFilter::builder()
+    let by_name = NamespaceFilter::builder()
         .name(NamespaceFilterName::Name)
         .condition(FilterCondition::Eq)
         .values(namespace)
         .build()
         .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "ListNamespaces filter", e))?;
+    // Without a named owner, only this account's own namespaces: a namespace of the
+    // same name shared from another account must not receive this instance.
+    let mut filters = vec![by_name];
+    if let Owner::Caller { .. } = owner {
+        filters.push(
+            NamespaceFilter::builder()
+                .name(NamespaceFilterName::ResourceOwner)
+                .condition(FilterCondition::Eq)
+                .values("SELF")
+                .build()
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::InvalidInput, "ListNamespaces filter", e)
+                })?,
+        );
+    }
+    // (id, owner) of every namespace of that name the answers list and `owner` admits.
+    let mut found: Vec<(String, Option<String>)> = Vec::new();
     let mut token: Option<String> = None;
     for page in 0..MAX_PAGES {
         let out = send_sdk(
@@ -129,41 +152,99 @@ async fn namespace_id(
             || async {
                 client
                     .list_namespaces()
-                    .filters(filter.clone())
+                    .set_filters(Some(filters.clone()))
                     .set_next_token(token.clone())
                     .send()
                     .await
             },
         )
         .await?;
-        let found = out.namespaces().iter().find(|n| {
+        for n in out.namespaces() {
             let http_name = n
                 .properties()
                 .and_then(|p| p.http_properties())
                 .and_then(|h| h.http_name());
-            (n.name() == Some(namespace) || http_name == Some(namespace))
-                && owner.is_none_or(|o| owned_by(n, o))
-        });
-        if let Some(id) = found.and_then(|n| n.id()) {
-            return Ok(id.to_owned());
+            let named = n.name() == Some(namespace) || http_name == Some(namespace);
+            if let (true, Some(id)) = (named && owner.admits(n), n.id()) {
+                found.push((id.to_owned(), owner_of(n).map(str::to_owned)));
+            }
+        }
+        // A named owner's namespace is unique; the caller's own are checked whole.
+        if matches!(owner, Owner::Named(_)) && !found.is_empty() {
+            break;
         }
         match out.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_owned()),
             _ => break,
         }
     }
-    let owned = owner.map_or(String::new(), |o| format!(" owned by account {o}"));
+    let mut owners: Vec<&str> = found.iter().filter_map(|(_, o)| o.as_deref()).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    if owners.len() > 1 {
+        // The registry did not keep to the caller's own namespaces (moto ignores the
+        // filter) and the credentials do not name the caller's account: which one is
+        // the caller's cannot be told, and guessing could register into another
+        // account's namespace.
+        return Err(Error::new(
+            ErrorKind::Configuration,
+            format!(
+                "namespaces named {namespace:?} are owned by accounts {}: name the owner \
+                 with Registration::owner_account",
+                owners.join(", ")
+            ),
+        ));
+    }
+    if let Some((id, _)) = found.into_iter().next() {
+        return Ok(id);
+    }
+    let owned = match owner {
+        Owner::Named(o) => format!(" owned by account {o}"),
+        Owner::Caller { account: Some(a) } => format!(" owned by this account ({a})"),
+        Owner::Caller { account: None } => " owned by this account".to_owned(),
+    };
     Err(Error::new(
         ErrorKind::NamespaceNotFound,
         format!("no namespace named {namespace:?}{owned}"),
     ))
 }
 
-/// Whether `account` owns the namespace: its `ResourceOwner`, or where the answer has
-/// none, the account field of its ARN (`arn:aws:servicediscovery:REGION:ACCOUNT:...`).
-fn owned_by(n: &sd::types::NamespaceSummary, account: &str) -> bool {
-    match n.resource_owner() {
-        Some(o) => o == account,
-        None => n.arn().and_then(|a| a.split(':').nth(4)) == Some(account),
+/// Whose namespace an instance is registered in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Owner<'a> {
+    /// Another account's, shared through AWS RAM (`Registration::owner_account`).
+    Named(&'a str),
+    /// The caller's own; its account when the credentials name it.
+    Caller { account: Option<&'a str> },
+}
+
+impl Owner<'_> {
+    fn named(&self) -> Option<&str> {
+        match self {
+            Owner::Named(o) => Some(o),
+            Owner::Caller { .. } => None,
+        }
     }
+
+    /// Whether a listed namespace may be the one: a named owner's; the caller's
+    /// account's when it is known (the registry may ignore the `SELF` filter).
+    fn admits(&self, n: &sd::types::NamespaceSummary) -> bool {
+        match self {
+            Owner::Named(o) | Owner::Caller { account: Some(o) } => owned_by(n, o),
+            Owner::Caller { account: None } => true,
+        }
+    }
+}
+
+/// The namespace's owner: its `ResourceOwner`, or where the answer has none, the
+/// account field of its ARN (`arn:aws:servicediscovery:REGION:ACCOUNT:...`).
+fn owner_of(n: &sd::types::NamespaceSummary) -> Option<&str> {
+    n.resource_owner()
+        .or_else(|| n.arn().and_then(|a| a.split(':').nth(4)))
+        .filter(|o| !o.is_empty())
+}
+
+/// Whether `account` owns the namespace.
+fn owned_by(n: &sd::types::NamespaceSummary, account: &str) -> bool {
+    owner_of(n) == Some(account)
 }

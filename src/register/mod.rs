@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use aws_sdk_servicediscovery as sd;
+use sd::config::{ProvideCredentials, SharedCredentialsProvider};
 
 use crate::discover::cloud_map::{client_config, config_error};
 use crate::error::Error;
@@ -31,6 +32,7 @@ pub(crate) struct Writer {
     pub(crate) endpoint: Arc<str>,
     /// A configuration that cannot work, reported by every call.
     pub(crate) config_error: Option<Error>,
+    credentials: Option<SharedCredentialsProvider>,
 }
 
 impl Writer {
@@ -51,6 +53,21 @@ impl Writer {
                 sdk.credentials_provider().is_some(),
                 sdk.endpoint_url(),
             ),
+            credentials: sdk.credentials_provider(),
         }
+    }
+
+    /// The caller's account, when its credentials name it (`AWS_ACCOUNT_ID`, a
+    /// profile's `aws_account_id`, SSO and role credentials): the owner the
+    /// namespace look-up checks when none is named. `None` when they do not say or
+    /// fail to load (the registry calls then report the failure).
+    pub(crate) async fn caller_account(&self) -> Option<String> {
+        let creds = self
+            .credentials
+            .as_ref()?
+            .provide_credentials()
+            .await
+            .ok()?;
+        creds.account_id().map(|a| a.as_str().to_owned())
     }
 }

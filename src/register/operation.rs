@@ -10,6 +10,7 @@ use std::time::Duration;
 use aws_sdk_servicediscovery as sd;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use sd::config::http::HttpResponse;
 use sd::error::{ProvideErrorMetadata, SdkError};
 use sd::types::OperationStatus;
 use tokio::time::Instant;
@@ -163,7 +164,7 @@ where
 
 /// [`send_retrying`] for one SDK request named `what`, its errors mapped under the
 /// same name (for `endpoint`), so that a request is named once.
-pub(crate) async fn send_sdk<T, E, R, F, Fut>(
+pub(crate) async fn send_sdk<T, E, F, Fut>(
     what: &'static str,
     endpoint: &str,
     deadline: &Deadline<'_>,
@@ -172,9 +173,8 @@ pub(crate) async fn send_sdk<T, E, R, F, Fut>(
 ) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, SdkError<E, R>>>,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     send_retrying(what, deadline, seed, || {
         let sent = send();

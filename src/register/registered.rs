@@ -5,11 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_sdk_servicediscovery as sd;
+use sd::config::http::HttpResponse;
+use sd::error::SdkError;
+use sd::operation::deregister_instance::DeregisterInstanceError;
 use sd::types::CustomHealthStatus;
 
 use super::lookup::ServiceIds;
-use super::operation::{send_sdk, wait_operation, Deadline};
+use super::operation::{send_retrying, send_sdk, wait_operation, Deadline};
 use super::Writer;
+use crate::discover::cloud_map::map_error;
 use crate::discover::instance::HealthStatus;
 use crate::error::{Error, ErrorKind};
 
@@ -58,12 +62,19 @@ pub struct Registered {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drained {
     operation_id: Option<String>,
+    deregistered: bool,
     waited: Duration,
 }
 
 impl Drained {
     /// Whether this drain deregistered the instance (false: it was already gone, for
     /// example deregistered by an earlier drain or by someone else).
+    ///
+    /// A DeregisterInstance whose answer was lost (a 5xx, a dropped connection) may
+    /// have been carried out: when its retry hears `InstanceNotFound`, this drain is
+    /// taken to have done it (true, without an [`operation_id`](Self::operation_id)),
+    /// and when the retry hears `DuplicateRequest`, the operation it names is waited
+    /// on and reported.
     ///
     /// ```
     /// # fn check(d: cloudmap_resolver::Drained) {
@@ -73,10 +84,12 @@ impl Drained {
     /// # }
     /// ```
     pub fn deregistered(&self) -> bool {
-        self.operation_id.is_some()
+        self.deregistered
     }
 
-    /// The id of the DeregisterInstance operation, which succeeded before the wait.
+    /// The id of the DeregisterInstance operation, which succeeded before the wait
+    /// (`None` when the instance was already gone, or when a lost answer left only
+    /// `InstanceNotFound` to hear).
     ///
     /// ```
     /// # fn check(d: cloudmap_resolver::Drained) {
@@ -221,24 +234,37 @@ impl Registered {
     pub async fn drain(&self, wait: Duration) -> Result<Drained, Error> {
         let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
-        let sent = send_sdk(
-            "DeregisterInstance",
-            endpoint,
-            &deadline,
-            self.seed,
-            || async {
-                client
-                    .deregister_instance()
-                    .service_id(&self.ids.service_id)
-                    .instance_id(&self.instance_id)
-                    .send()
-                    .await
-            },
-        )
+        // Whether a send of this drain failed in a way that may have reached the
+        // registry (a lost answer): a retry then hears that the instance is gone, or
+        // that the operation is already running, because of this drain.
+        let maybe_applied = AtomicBool::new(false);
+        let sent = send_retrying("DeregisterInstance", &deadline, self.seed, || async {
+            let sent = client
+                .deregister_instance()
+                .service_id(&self.ids.service_id)
+                .instance_id(&self.instance_id)
+                .send()
+                .await;
+            match sent {
+                Ok(out) => Ok(out.operation_id().map(str::to_owned)),
+                Err(e) => {
+                    if let Some(id) = duplicate_operation(&e) {
+                        return Ok(Some(id));
+                    }
+                    let err = map_error("DeregisterInstance", endpoint, e);
+                    if err.kind() == ErrorKind::Unavailable {
+                        maybe_applied.store(true, Ordering::Relaxed);
+                    }
+                    Err(err)
+                }
+            }
+        })
         .await;
-        let operation_id = match sent {
-            Ok(out) => out.operation_id().map(str::to_owned),
-            Err(e) if e.kind() == ErrorKind::InstanceNotFound => None,
+        let (operation_id, deregistered) = match sent {
+            Ok(id) => (id, true),
+            Err(e) if e.kind() == ErrorKind::InstanceNotFound => {
+                (None, maybe_applied.load(Ordering::Relaxed))
+            }
             Err(e) => return Err(e),
         };
         if let Some(id) = &operation_id {
@@ -264,8 +290,24 @@ impl Registered {
         tokio::time::sleep(wait).await;
         Ok(Drained {
             operation_id,
+            deregistered,
             waited: wait,
         })
+    }
+}
+
+/// The operation a `DuplicateRequest` answer names: the same deregistration, already
+/// running (sent by an earlier attempt whose answer was lost).
+fn duplicate_operation(e: &SdkError<DeregisterInstanceError, HttpResponse>) -> Option<String> {
+    match e {
+        SdkError::ServiceError(ctx) => match ctx.err() {
+            DeregisterInstanceError::DuplicateRequest(d) => d
+                .duplicate_operation_id()
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use super::attributes::{check_attributes, check_instance_id, ATTR_INIT_HEALTH};
-use super::lookup::service_ids;
+use super::lookup::{service_ids, Owner};
 use super::operation::{send_sdk, wait_operation, Deadline};
 use super::registered::Registered;
 use super::Writer;
@@ -229,7 +229,10 @@ impl Registration {
     ///
     /// [`InvalidInput`](ErrorKind::InvalidInput) for a malformed name, instance id,
     /// attribute or deadline (no call made); [`Configuration`](ErrorKind::Configuration)
-    /// for an SDK configuration without a region or credentials;
+    /// for an SDK configuration without a region or credentials, or when the registry
+    /// refuses the caller (`AccessDeniedException`, expired or unknown credentials;
+    /// reported at once, not retried); [`QuotaExceeded`](ErrorKind::QuotaExceeded)
+    /// when the service holds as many instances as its quota allows;
     /// [`NamespaceNotFound`](ErrorKind::NamespaceNotFound),
     /// [`ServiceNotFound`](ErrorKind::ServiceNotFound);
     /// [`CustomHealthNotFound`](ErrorKind::CustomHealthNotFound) for
@@ -258,12 +261,22 @@ impl Registration {
         let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
         let client = &self.writer.client;
         let endpoint = &*self.writer.endpoint;
+        let own_account = match &self.owner_account {
+            Some(_) => None,
+            None => self.writer.caller_account().await,
+        };
+        let owner = match &self.owner_account {
+            Some(o) => Owner::Named(o),
+            None => Owner::Caller {
+                account: own_account.as_deref(),
+            },
+        };
         let ids = service_ids(
             client,
             endpoint,
             &self.namespace,
             &self.service,
-            self.owner_account.as_deref(),
+            owner,
             &deadline,
             seed,
         )

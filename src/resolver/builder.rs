@@ -13,10 +13,12 @@ use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::Discover;
 use crate::endpoint::address_policy::AddressPolicy;
+use crate::endpoint::health_check::HealthCheck;
 use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::error::Error;
 use crate::select::slow_start::SlowStartOptions;
+use crate::select::zone::ZoneAware;
 use crate::select::Selection;
 
 /// Builds a [`Resolver`]; see [`ResolverOptions`] for every setting and default.
@@ -113,7 +115,7 @@ impl ResolverBuilder {
     }
 
     /// How long a cold load that meets throttling waits for a paced turn before
-    /// failing as `Throttled`; see [`ResolverOptions::startup_wait`]. Zero fails at
+    /// failing as `Throttled`; see [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait). Zero fails at
     /// once. Default: 30 s.
     ///
     /// ```
@@ -129,7 +131,7 @@ impl ResolverBuilder {
         self
     }
 
-    /// Caps this resolver's registry calls; see [`ResolverOptions::rate_limit`].
+    /// Caps this resolver's registry calls; see [`CacheOptions::rate_limit`](crate::CacheOptions::rate_limit).
     /// Default: none.
     pub fn rate_limit(mut self, limit: RateLimit) -> Self {
         self.opts.cache.rate_limit = Some(limit);
@@ -215,7 +217,7 @@ impl ResolverBuilder {
     }
 
     /// Whether refreshes slow down when the registry throttles (see
-    /// [`ResolverOptions::adapt_to_throttling`]). Default: true.
+    /// [`CacheOptions::adapt_to_throttling`](crate::CacheOptions::adapt_to_throttling)). Default: true.
     pub fn adapt_to_throttling(mut self, on: bool) -> Self {
         self.opts.cache.adapt_to_throttling = on;
         self
@@ -244,6 +246,31 @@ impl ResolverBuilder {
         self.outlier(outlier)
     }
 
+    /// Probes the endpoints of the keys in use from the background; an endpoint
+    /// failing its probes is skipped as an ejected one is (within
+    /// `outlier.max_ejection_share`) until a probe passes. Probing starts when the
+    /// resolver is built inside a tokio runtime and stops when it is dropped.
+    /// Default: none. See the [health guide](crate::guide::health).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{HealthCheck, Resolver, StaticDiscovery};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .health_check(HealthCheck::http("/healthz").interval(Duration::from_secs(2)))
+    ///     .build()?;
+    /// assert!(resolver.options().health_check.is_some());
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.opts.health_check = Some(check);
+        self
+    }
+
     /// Settings of [`Selection::LeastLoaded`]. Default: [`LoadOptions::default`].
     pub fn load(mut self, load: LoadOptions) -> Self {
         self.opts.load = load;
@@ -254,6 +281,24 @@ impl ResolverBuilder {
     /// [`SlowStartOptions::default`].
     pub fn slow_start(mut self, slow_start: SlowStartOptions) -> Self {
         self.opts.slow_start = slow_start;
+        self
+    }
+
+    /// Zone-aware routing: picks stay in the caller's availability zone while that
+    /// zone has the capacity, the rest spill to zones with capacity to spare; see
+    /// [`ZoneAware`] and the [zones guide](crate::guide::zones). Default: none.
+    ///
+    /// ```
+    /// use cloudmap_resolver::{Resolver, StaticDiscovery, ZoneAware};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .zone_aware(ZoneAware::new("us-east-1a").min_endpoints(3))
+    ///     .build()?;
+    /// assert_eq!(resolver.options().zone_aware.as_ref().unwrap().zone(), "us-east-1a");
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    pub fn zone_aware(mut self, zones: ZoneAware) -> Self {
+        self.opts.zone_aware = Some(zones);
         self
     }
 

@@ -22,6 +22,7 @@ use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::endpoint::StateTable;
 use crate::error::Error;
+use crate::select::zone::ZoneContext;
 use crate::select::{PickContext, Selection};
 use crate::stats::Stats;
 use crate::util::stripe::stripe;
@@ -29,6 +30,7 @@ use crate::watch::Watch;
 
 mod builder;
 mod endpoints;
+mod health;
 pub(crate) mod options;
 #[cfg(feature = "metrics")]
 mod publish;
@@ -87,9 +89,21 @@ struct Shared {
     budget: RetryBudget,
     /// The hedge budget of hedged calls, apart from retries.
     hedge_budget: RetryBudget,
+    /// Probes by outcome (all zero without a health check).
+    probes: Arc<health::ProbeCounters>,
+    /// The load tracker of measured tower services when the selection is not
+    /// `LeastLoaded` (which has the cache's): one per resolver, made on first use.
+    /// Every `Load` of the resolver's endpoints is stamped on one clock, so that a
+    /// sample's age is measured on the clock that stamped the last one (one clock per
+    /// `measured_discover`, each starting at zero, left an older clock's stamps
+    /// ahead of a newer one's readings and nothing decayed).
+    #[cfg(feature = "tower")]
+    measured: std::sync::OnceLock<Recorder>,
     /// The per-service gauges the last metrics publish set (feature `metrics`).
     #[cfg(feature = "metrics")]
     published: std::sync::Mutex<crate::metrics::Published>,
+    /// Zone-aware routing's context, for its counters.
+    zones: Option<Arc<ZoneContext>>,
 }
 
 impl fmt::Debug for Resolver {
@@ -143,6 +157,8 @@ impl Resolver {
     /// - [`NamespaceNotFound`](crate::ErrorKind::NamespaceNotFound),
     ///   [`ServiceNotFound`](crate::ErrorKind::ServiceNotFound): the registry says so;
     /// - [`NoEndpoints`](crate::ErrorKind::NoEndpoints): nothing usable matched;
+    /// - [`Configuration`](crate::ErrorKind::Configuration): the registry refused the
+    ///   caller (credentials, signature, permissions), reported at once;
     /// - [`Throttled`](crate::ErrorKind::Throttled),
     ///   [`Unavailable`](crate::ErrorKind::Unavailable): the registry failed and no
     ///   earlier answer may be served.
@@ -297,11 +313,14 @@ impl Resolver {
 
     /// What a measured tower service (`integrations/measured.rs`) records into: the
     /// resolver's load tracker under `LeastLoaded` (so its picks see the balancer's
-    /// requests), else a tracker of its own with the resolver's load settings; and
-    /// the resolver's outlier detection.
+    /// requests), else the resolver's one tracker for measured services, with its
+    /// load settings; and the resolver's outlier detection.
     #[cfg(feature = "tower")]
     pub(crate) fn measure(&self) -> Recorder {
-        self.shared.recorder.measuring(&self.shared.opts.load)
+        self.shared
+            .measured
+            .get_or_init(|| self.shared.recorder.measuring(&self.shared.opts.load))
+            .clone()
     }
 
     pub(crate) fn lease_of(&self, ep: Endpoint) -> Lease {
@@ -345,9 +364,23 @@ impl Resolver {
     /// operation, stale answers, failures, ejections, retries, budget refusals.
     pub fn stats(&self) -> Stats {
         let o = self.shared.recorder.outliers();
-        self.cache
+        let mut stats = self
+            .cache
             .counters
-            .snapshot(o.ejections(), o.readmissions())
+            .snapshot(o.ejections(), o.readmissions());
+        [
+            stats.ejections_consecutive,
+            stats.ejections_percentage,
+            stats.ejections_probe,
+        ] = o.ejections_by_cause();
+        let p = &self.shared.probes;
+        stats.probes_passed = p.passed.load(std::sync::atomic::Ordering::Relaxed);
+        stats.probes_failed = p.failed.load(std::sync::atomic::Ordering::Relaxed);
+        stats.probes_timed_out = p.timed_out.load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(z) = &self.shared.zones {
+            (stats.picks_local, stats.picks_spilled) = z.counts();
+        }
+        stats
     }
 
     /// How many keys are cached now.
@@ -408,14 +441,21 @@ impl Resolver {
         let states = StateTable::default();
         let load = (opts.selection == Selection::LeastLoaded)
             .then(|| Arc::new(LoadTracker::new(&opts.load, tokio::time::Instant::now())));
-        let pick = PickContext::new(
+        let mut pick = PickContext::new(
             opts.selection.clone(),
             load.clone(),
             opts.slow_start.clone(),
             states.ejected(),
         );
+        let zones = opts
+            .zone_aware
+            .clone()
+            .map(|z| Arc::new(ZoneContext::new(z)));
+        if let Some(z) = &zones {
+            pick = pick.with_zones(z.clone());
+        }
         let outliers = Arc::new(OutlierDetector::new(opts.outlier.clone()));
-        let cache = Cache::new(
+        let mut cache = Cache::new(
             source,
             opts.cache.clone(),
             opts.parse_options(),
@@ -423,7 +463,22 @@ impl Resolver {
             pick,
             opts.seed,
         );
-        Resolver {
+        // The callers' service is held watched: its answers tell the zone tables
+        // where the callers are.
+        if let Some((ns, svc)) = zones.as_ref().and_then(|z| z.opts.callers_service()) {
+            let health = opts.health_filter;
+            let owner = opts.owner_account.as_deref();
+            cache.hold(KeyRef::plain(ns, svc, health).owned_by(owner).to_request());
+        }
+        let probes = Arc::new(health::ProbeCounters::default());
+        let prober = opts.health_check.clone().map(|check| health::Prober {
+            check,
+            policy: opts.address_policy.clone(),
+            outliers: outliers.clone(),
+            counters: probes.clone(),
+            seed: opts.seed.unwrap_or_else(rand_seed),
+        });
+        let resolver = Resolver {
             health: opts.health_filter,
             owner: opts.owner_account.as_deref().map(Arc::from),
             cache: Arc::new(cache),
@@ -431,11 +486,26 @@ impl Resolver {
                 recorder: Recorder::new(load, outliers),
                 budget: RetryBudget::new(opts.retry_budget.clone()),
                 hedge_budget: RetryBudget::new(opts.hedge_budget.clone()),
+                probes,
+                #[cfg(feature = "tower")]
+                measured: std::sync::OnceLock::new(),
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
+                zones,
                 opts,
             }),
+        };
+        if let Some(prober) = prober
+            && !prober.spawn(
+                Arc::downgrade(&resolver.cache),
+                Arc::downgrade(&resolver.shared),
+            )
+        {
+            tracing::warn!(
+                "health_check is set but the resolver was built outside a tokio runtime: no probes"
+            );
         }
+        resolver
     }
 
     #[inline]
@@ -465,4 +535,12 @@ impl Resolver {
         let (_, snap) = Box::pin(self.cache.load(key)).await?;
         Ok(Endpoints::new(snap.all(stripe())))
     }
+}
+
+/// A seed for the probes' jitter when the options give none.
+fn rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
 }

@@ -5,10 +5,12 @@ use crate::call::budget::RetryBudgetOptions;
 use crate::call::CallOptions;
 use crate::discover::health_filter::HealthFilter;
 use crate::endpoint::address_policy::AddressPolicy;
+use crate::endpoint::health_check::HealthCheck;
 use crate::endpoint::load::LoadOptions;
 use crate::endpoint::outlier::OutlierOptions;
 use crate::endpoint::ParseOptions;
 use crate::select::slow_start::SlowStartOptions;
+use crate::select::zone::ZoneAware;
 use crate::select::Selection;
 
 /// Settings of a [`Resolver`](crate::Resolver). Every field's doc states its default
@@ -88,6 +90,14 @@ pub struct ResolverOptions {
     /// is affordable for small fleets only; off, every series is labelled by
     /// namespace and service at most. Default: `false`.
     pub metrics_endpoint_label: bool,
+    /// An active health check of the endpoints of the keys in use, from the
+    /// background (started when the resolver is built inside a tokio runtime).
+    /// Default: none (endpoints are judged by requests only).
+    pub health_check: Option<HealthCheck>,
+    /// Zone-aware routing: picks stay in the caller's availability zone while it
+    /// has the capacity (Envoy's rule); see [`ZoneAware`]. Default: none (every
+    /// zone alike).
+    pub zone_aware: Option<ZoneAware>,
 }
 
 impl Default for ResolverOptions {
@@ -108,6 +118,8 @@ impl Default for ResolverOptions {
             load: LoadOptions::default(),
             slow_start: SlowStartOptions::default(),
             metrics_endpoint_label: false,
+            health_check: None,
+            zone_aware: None,
         }
     }
 }
@@ -126,6 +138,12 @@ impl ResolverOptions {
         self.outlier.validate()?;
         self.load.validate()?;
         self.slow_start.validate()?;
+        if let Some(check) = &self.health_check {
+            check.validate()?;
+        }
+        if let Some(zones) = &self.zone_aware {
+            zones.validate()?;
+        }
         self.retry_budget.validate()
     }
 

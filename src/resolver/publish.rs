@@ -41,11 +41,8 @@ impl Resolver {
         let census = self.cache.census(now, |h| recorder.is_ejected(h, now));
         let mut published = lock(&self.shared.published);
         let last = std::mem::take(&mut *published);
-        *published = crate::metrics::publish_services(
-            &census,
-            self.shared.opts.metrics_endpoint_label,
-            last,
-        );
+        *published =
+            crate::metrics::publish_services(census, self.shared.opts.metrics_endpoint_label, last);
     }
 
     /// Spawns a task on the current Tokio runtime that runs

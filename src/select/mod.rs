@@ -9,6 +9,7 @@ use crate::util::hash::splitmix64;
 
 mod picker;
 pub(crate) mod slow_start;
+pub(crate) mod zone;
 
 pub(crate) use picker::{PickContext, Picker};
 

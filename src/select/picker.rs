@@ -18,6 +18,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::slow_start::{Ramp, SlowStartOptions};
+use super::zone::table::Zoned;
+use super::zone::ZoneContext;
 use super::Selection;
 use crate::endpoint::load::LoadTracker;
 use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, SetRef, WarnOnce};
@@ -37,6 +39,8 @@ pub(crate) struct PickContext {
     ejected: Arc<EjectedCount>,
     /// Weight attributes already warned about.
     warned: WarnOnce,
+    /// Zone-aware routing, when set (`zone/`).
+    zones: Option<Arc<ZoneContext>>,
 }
 
 impl PickContext {
@@ -52,7 +56,14 @@ impl PickContext {
             slow_start,
             ejected,
             warned: WarnOnce::default(),
+            zones: None,
         }
+    }
+
+    /// The same context with zone-aware routing.
+    pub(crate) fn with_zones(mut self, zones: Arc<ZoneContext>) -> Self {
+        self.zones = Some(zones);
+        self
     }
 }
 
@@ -68,6 +79,8 @@ pub(crate) struct Picker {
     load: Option<Arc<LoadTracker>>,
     ramp: Option<Box<Ramp>>,
     ejected: Arc<EjectedCount>,
+    /// The zone table, with zone-aware routing (`zone/table.rs`).
+    zones: Option<Box<Zoned>>,
 }
 
 /// A uniform number in [0, 1) from a random word.
@@ -86,6 +99,11 @@ impl Picker {
         service: (&str, &str),
     ) -> Self {
         let (namespace, service) = service;
+        if let Some(z) = &ctx.zones
+            && z.is_callers(namespace, service)
+        {
+            z.set_callers(&set.items);
+        }
         let weights = ctx
             .selection
             .cumulative(&set.items, namespace, service, &ctx.warned)
@@ -113,6 +131,17 @@ impl Picker {
             CachePadded::new(AtomicU64::new(start))
         });
         let ramp = Ramp::new(&set, &ctx.slow_start, Instant::now()).map(Box::new);
+        // A reconfirmed answer keeps its table; a new one computes its own.
+        let same = prev.filter(|p| Arc::ptr_eq(&p.set, &set));
+        let zones = ctx.zones.as_ref().map(|z| {
+            Box::new(Zoned::new(
+                z.clone(),
+                &set.items,
+                weights.as_deref(),
+                &ctx.ejected,
+                same.and_then(|p| p.zones.as_deref()),
+            ))
+        });
         Picker {
             set,
             refs,
@@ -122,6 +151,7 @@ impl Picker {
             load: ctx.load.clone(),
             ramp,
             ejected: ctx.ejected.clone(),
+            zones,
         }
     }
 
@@ -335,7 +365,11 @@ impl Picker {
         let items = &self.set.items;
         // While nothing is ejected (nearly always) no endpoint's flag is read.
         let any_ejected = self.ejected.any();
-        let i = self.choose(seed, s, |i| any_ejected && items[i].state().is_ejected());
+        let ejected = |i: usize| any_ejected && items[i].state().is_ejected();
+        let i = match &self.zones {
+            Some(z) => self.zone_choose(z, seed, s, ejected),
+            None => self.choose(seed, s, ejected),
+        };
         Endpoint::new(self.refs[s].clone(), i)
     }
 
@@ -353,7 +387,10 @@ impl Picker {
         let n = self.set.items.len();
         let items = &self.set.items;
         let is_ejected = |i: usize| is_ejected(items[i].state());
-        let start = self.choose(seed, s, is_ejected);
+        let start = match &self.zones {
+            Some(z) => self.zone_choose(z, seed, s, is_ejected),
+            None => self.choose(seed, s, is_ejected),
+        };
         let max = max.min(n);
         let mut admitted = Vec::with_capacity(max);
         let mut ejected = Vec::new();
@@ -378,6 +415,44 @@ impl Picker {
             .collect()
     }
 
+    /// A zone-aware pick: the zone by the table's route, then the selection inside
+    /// it (slow start's ramp is not applied inside a zone); the plain pick when the
+    /// table ignores zones. Counts the pick as local or spilled.
+    #[inline(never)]
+    fn zone_choose(
+        &self,
+        z: &Zoned,
+        seed: u64,
+        s: usize,
+        ejected: impl Fn(usize) -> bool,
+    ) -> usize {
+        let items = &self.set.items;
+        z.with(items, self.weights.as_deref(), &self.ejected, |table| {
+            let Some(route) = table.route() else {
+                return self.choose(seed, s, &ejected);
+            };
+            let draw = self.next_draw(s);
+            let (zone, local) = route.zone(seed, draw);
+            z.ctx.count(s, local);
+            let cost = |i: usize| {
+                if ejected(i) {
+                    return f64::INFINITY;
+                }
+                self.load
+                    .as_ref()
+                    .map_or(0.0, |load| load.cost(&items[i].state().load))
+            };
+            zone.pick(
+                &self.selection,
+                seed,
+                draw,
+                || self.next_draw(s),
+                &ejected,
+                cost,
+            )
+        })
+    }
+
     /// Every endpoint, in the registry's order.
     pub(crate) fn all(&self, s: usize) -> Vec<Endpoint> {
         let r = &self.refs[s];
@@ -389,7 +464,7 @@ impl Picker {
 
 /// Two distinct indices below `n` (at least 2) from one random word.
 #[inline]
-fn two_of(n: usize, r: u64) -> (usize, usize) {
+pub(super) fn two_of(n: usize, r: u64) -> (usize, usize) {
     let a = ((u128::from(r) * n as u128) >> 64) as usize;
     let r2 = splitmix64(r);
     let b = ((u128::from(r2) * (n - 1) as u128) >> 64) as usize;

@@ -11,7 +11,17 @@ use crate::cache::{Answer, Cache};
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
 
-pub(super) type Sender = mpsc::Sender<Result<Change, Error>>;
+pub(super) type Sender = mpsc::Sender<Item>;
+
+/// What the follower sends: a stream item, or the mark that every change of an
+/// answer has been sent (read by crate-internal consumers such as the gRPC
+/// channel, which must tell an empty answer from one not received yet; a `Watch`
+/// polled as a `Stream` skips it).
+#[derive(Debug)]
+pub(crate) enum Item {
+    Change(Result<Change, Error>),
+    Synced,
+}
 
 /// Follows `req`'s answers until the stream is dropped (or the key can never be
 /// answered: invalid input). First the current endpoints as inserts, then each
@@ -19,7 +29,9 @@ pub(super) type Sender = mpsc::Sender<Result<Change, Error>>;
 /// last good answer may no longer be served, since until then the cache serves it
 /// and this task sees no failure), and the task goes on trying, paced by the
 /// cache's backoff. Nothing but an answer is diffed, so a failing registry never
-/// shows as removals.
+/// shows as removals; the one exception is the registry saying the service or its
+/// namespace does not exist (the cache then serves no answer), which removes every
+/// endpoint (sent before the error).
 pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) {
     let mut known = Known::new();
     let mut failures = 0u32;
@@ -29,8 +41,24 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
             Err(err) => {
                 failures = failures.saturating_add(1);
                 let give_up = err.kind() == ErrorKind::InvalidInput;
+                // The registry says the service (or namespace) is gone and the
+                // cache serves no answer for it (`resolve` fails too): its
+                // endpoints are removed, as an empty answer would remove them. Any
+                // other failure leaves them (a failing registry is no reason to
+                // stop dialing).
+                if matches!(
+                    err.kind(),
+                    ErrorKind::ServiceNotFound | ErrorKind::NamespaceNotFound
+                ) && !known.is_empty()
+                {
+                    for change in diff(&mut known, Vec::new()) {
+                        if tx.send(Item::Change(Ok(change))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 let delay = cache.retry_delay(failures, &err);
-                if failures == 1 && tx.send(Err(err)).await.is_err() {
+                if failures == 1 && tx.send(Item::Change(Err(err))).await.is_err() {
                     return;
                 }
                 if give_up {
@@ -47,9 +75,12 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
             match watched.answer() {
                 Answer::New(endpoints) => {
                     for change in diff(&mut known, endpoints) {
-                        if tx.send(Ok(change)).await.is_err() {
+                        if tx.send(Item::Change(Ok(change))).await.is_err() {
                             return;
                         }
+                    }
+                    if tx.send(Item::Synced).await.is_err() {
+                        return;
                     }
                 }
                 Answer::Same => {}

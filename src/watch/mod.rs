@@ -10,6 +10,7 @@
 
 mod diff;
 mod follow;
+pub(crate) use follow::Item;
 mod stream;
 
 pub use stream::Watch;

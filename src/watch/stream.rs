@@ -9,7 +9,7 @@ use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::follow::follow;
+use super::follow::{follow, Item};
 use super::Change;
 use crate::cache::Cache;
 use crate::discover::DiscoverRequest;
@@ -30,7 +30,8 @@ const BUFFER: usize = 256;
 /// one key shares the cache's answer and its single registry call per refresh. A
 /// failing registry never produces removals: the last good answer holds (serve
 /// stale); once it is older than `max_stale` the stream yields one `Err` and goes
-/// on trying. It ends only after an `InvalidInput` error. Dropping the last watch
+/// on trying. A service (or namespace) the registry says is gone, once no answer
+/// is served for it, has its endpoints removed before that `Err`. It ends only after an `InvalidInput` error. Dropping the last watch
 /// of a key lets its refreshes stop (unless the key is being resolved).
 ///
 /// A `Watch` keeps its resolver's cache alive, and must be polled within a Tokio
@@ -69,7 +70,7 @@ enum State {
     /// Not polled yet: the follower starts on the first poll, inside the runtime.
     Idle(Arc<Cache>, DiscoverRequest),
     Running {
-        rx: mpsc::Receiver<Result<Change, Error>>,
+        rx: mpsc::Receiver<Item>,
         task: JoinHandle<()>,
     },
     Done,
@@ -83,20 +84,27 @@ impl Watch {
     }
 }
 
-impl Stream for Watch {
-    type Item = Result<Change, Error>;
+impl Watch {
+    /// The key this stream follows, before its first poll (`None` after).
+    pub(crate) fn request(&self) -> Option<&DiscoverRequest> {
+        match &self.state {
+            State::Idle(_, req) => Some(req),
+            _ => None,
+        }
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+    /// The next item, or the mark that an answer's changes have all been sent.
+    pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
+        let this = self;
         if let State::Idle(..) = this.state {
             let State::Idle(cache, req) = std::mem::replace(&mut this.state, State::Done) else {
                 return Poll::Ready(None);
             };
             let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return Poll::Ready(Some(Err(Error::new(
+                return Poll::Ready(Some(Item::Change(Err(Error::new(
                     ErrorKind::Configuration,
                     "a Watch must be polled within a Tokio runtime",
-                ))));
+                )))));
             };
             let (tx, rx) = mpsc::channel(BUFFER);
             let task = runtime.spawn(follow(cache, req, tx));
@@ -111,6 +119,20 @@ impl Stream for Watch {
                 next
             }
             _ => Poll::Ready(None),
+        }
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<Change, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match std::task::ready!(self.poll_item(cx)) {
+                Some(Item::Change(change)) => return Poll::Ready(Some(change)),
+                Some(Item::Synced) => {}
+                None => return Poll::Ready(None),
+            }
         }
     }
 }

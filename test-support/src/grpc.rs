@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::pb::HealthCheckRequest;
@@ -104,7 +104,14 @@ pub async fn three_health_servers() -> [HealthGrpcServer; 3] {
 }
 
 /// One `grpc.health.v1.Health/Check` RPC over `channel`.
-pub async fn check(channel: &Channel) -> Result<(), tonic::Status> {
+pub async fn check<C>(channel: &C) -> Result<(), tonic::Status>
+where
+    C: tonic::client::GrpcService<tonic::body::Body> + Clone,
+    C::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error:
+        Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+{
     let reply = HealthClient::new(channel.clone())
         .check(HealthCheckRequest {
             service: String::new(),

@@ -56,7 +56,13 @@ impl Drop for HttpServer {
 
 impl HttpServer {
     pub async fn start(name: &'static str) -> HttpServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(name, std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// A server on a free port of `ip`, a loopback address (Linux answers on all of
+    /// 127.0.0.0/8): for a test that needs two distinct loopback addresses.
+    pub async fn start_on(name: &'static str, ip: std::net::Ipv4Addr) -> HttpServer {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             mode: Mode::Ok,

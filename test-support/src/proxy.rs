@@ -32,6 +32,21 @@ pub enum Fault {
     /// Forward, then rewrite a GetOperation answer's `Status` to this (`PENDING`,
     /// `FAIL`; `FAIL` adds an `ErrorCode` and `ErrorMessage`).
     OperationStatus(&'static str),
+    /// Answer with this HTTP status and an AWS JSON error of this code and message
+    /// (`AccessDeniedException`, `ResourceLimitExceeded`, ...).
+    AwsError {
+        status: u16,
+        code: &'static str,
+        message: &'static str,
+    },
+    /// Forward, then lose the answer: the registry applied the request, and the
+    /// client hears a 500. The lost answer's `OperationId` is kept for
+    /// [`Fault::DuplicateOfLost`].
+    LoseAnswer,
+    /// Answer `DuplicateRequest` naming the operation of the last lost answer as
+    /// `DuplicateOperationId`, as Cloud Map does for a request repeated while its
+    /// operation runs.
+    DuplicateOfLost,
 }
 
 /// A fault for one operation: the next `remaining` requests (all, if `None`).
@@ -52,6 +67,11 @@ struct State {
     bodies: Mutex<Vec<(String, String)>>,
     fault: Mutex<Option<Fault>>,
     rules: Mutex<HashMap<String, Rule>>,
+    /// Rules applied after the current one of an operation runs out.
+    queued: Mutex<HashMap<String, Vec<Rule>>>,
+    lost_operation: Mutex<Option<String>>,
+    /// ListNamespaces answers: namespace id -> (name shown, owner account shown).
+    disguised: Mutex<HashMap<String, (String, String)>>,
 }
 
 pub struct Proxy {
@@ -113,6 +133,34 @@ impl Proxy {
                 remaining: times,
             },
         );
+    }
+
+    /// Applies `fault` to the `times` requests of `op` that follow the ones its
+    /// current rule covers (a sequence: lose the first answer, then answer the retry
+    /// `DuplicateRequest`).
+    pub fn then_fault_operation(&self, op: &str, fault: Fault, times: Option<u32>) {
+        self.state
+            .queued
+            .lock()
+            .unwrap()
+            .entry(op.to_owned())
+            .or_default()
+            .push(Rule {
+                fault,
+                remaining: times,
+            });
+    }
+
+    /// Shows the namespace `id` in ListNamespaces answers as `name`, owned by
+    /// `account` (its ARN's account and its `ResourceOwner`), first in the list: a
+    /// namespace another account shares through AWS RAM, which moto (one account)
+    /// cannot hold. moto ignores the filters, so every answer lists it.
+    pub fn disguise_namespace(&self, id: &str, name: &str, account: &str) {
+        self.state
+            .disguised
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), (name.to_owned(), account.to_owned()));
     }
 
     /// Requests received for an operation (`DiscoverInstances`, ...), faulted or not.
@@ -194,12 +242,36 @@ async fn handle(
         // Bounded: long runs (the soak) make millions of discovery calls.
         let mut bodies = st.bodies.lock().unwrap();
         if bodies.len() < MAX_BODIES {
-            bodies.push((op, String::from_utf8_lossy(&body).into_owned()));
+            bodies.push((op.clone(), String::from_utf8_lossy(&body).into_owned()));
         }
     }
     let mut rewrite = None;
+    let mut lose = false;
     match fault {
         Fault::Status(code) => return Ok(json(code, "{}")),
+        Fault::AwsError {
+            status,
+            code,
+            message,
+        } => {
+            let body = serde_json::json!({ "__type": code, "message": message });
+            return Ok(json(status, &body.to_string()));
+        }
+        Fault::LoseAnswer => lose = true,
+        Fault::DuplicateOfLost => {
+            let id = st
+                .lost_operation
+                .lock()
+                .unwrap()
+                .clone()
+                .unwrap_or_default();
+            let body = serde_json::json!({
+                "__type": "DuplicateRequest",
+                "Message": "the operation is already in progress",
+                "DuplicateOperationId": id,
+            });
+            return Ok(json(400, &body.to_string()));
+        }
         Fault::Throttle => {
             return Ok(json(
                 400,
@@ -246,12 +318,31 @@ async fn handle(
         body = with_operation_status(&body, status);
         parts.headers.remove("content-length");
     }
+    if lose {
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        *st.lost_operation.lock().unwrap() = answer["OperationId"].as_str().map(str::to_owned);
+        return Ok(json(500, "{}"));
+    }
+    if op == "ListNamespaces" {
+        let disguised = st.disguised.lock().unwrap().clone();
+        if !disguised.is_empty() {
+            body = with_disguised_namespaces(&body, &disguised);
+            parts.headers.remove("content-length");
+        }
+    }
     Ok(Response::from_parts(parts, Full::new(body)))
 }
 
-/// The fault a rule sets for this request of `op`, counting it against the rule.
+/// The fault a rule sets for this request of `op`, counting it against the rule;
+/// a spent rule gives way to the next queued one.
 fn operation_fault(st: &State, op: &str) -> Option<Fault> {
     let mut rules = st.rules.lock().unwrap();
+    if rules.get(op).is_none_or(|r| r.remaining == Some(0)) {
+        let mut queued = st.queued.lock().unwrap();
+        if let Some(next) = queued.get_mut(op).filter(|q| !q.is_empty()) {
+            rules.insert(op.to_owned(), next.remove(0));
+        }
+    }
     let rule = rules.get_mut(op)?;
     match &mut rule.remaining {
         Some(0) => return None,
@@ -259,6 +350,28 @@ fn operation_fault(st: &State, op: &str) -> Option<Fault> {
         None => {}
     }
     Some(rule.fault.clone())
+}
+
+/// A ListNamespaces answer with each disguised namespace renamed, given the owner
+/// account (in its ARN and `ResourceOwner`) and moved first.
+fn with_disguised_namespaces(body: &[u8], disguised: &HashMap<String, (String, String)>) -> Bytes {
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Bytes::copy_from_slice(body);
+    };
+    if let Some(list) = json.get_mut("Namespaces").and_then(|l| l.as_array_mut()) {
+        for ns in list.iter_mut() {
+            let id = ns["Id"].as_str().unwrap_or_default().to_owned();
+            let Some((name, account)) = disguised.get(&id) else {
+                continue;
+            };
+            let arn = format!("arn:aws:servicediscovery:us-east-1:{account}:namespace/{id}");
+            ns["Name"] = name.clone().into();
+            ns["Arn"] = arn.into();
+            ns["ResourceOwner"] = account.clone().into();
+        }
+        list.sort_by_key(|ns| !disguised.contains_key(ns["Id"].as_str().unwrap_or_default()));
+    }
+    Bytes::from(json.to_string())
 }
 
 /// A GetOperation answer with `Operation.Status` set to `status`.

@@ -283,3 +283,88 @@ async fn no_slow_start_when_every_endpoint_is_new() {
     }
     assert!(counts.values().all(|&n| n == 100), "{counts:?}");
 }
+
+/// Issue 25, finding 7: `n` calls from one caller in sequence, each answered in
+/// 2 ms (paused clock); returns the calls each instance served.
+async fn in_sequence(resolver: &Resolver, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut served = std::collections::HashMap::new();
+    for _ in 0..n {
+        let id = resolver
+            .call("shared", "web", |ep: Endpoint| async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok::<_, std::io::Error>(ep.instance_id().to_owned())
+            })
+            .await
+            .unwrap();
+        *served.entry(id).or_insert(0) += 1;
+    }
+    served
+}
+
+fn three_endpoints() -> StaticDiscovery {
+    let ip = "127.0.0.1".parse().unwrap();
+    (0..3).fold(StaticDiscovery::new(), |r, i| {
+        r.with_instance(
+            "shared",
+            "web",
+            Instance::new(format!("e{i}")).ipv4(ip).port(1000 + i),
+        )
+    })
+}
+
+/// One caller in sequence never has two requests in flight: with the never-measured
+/// endpoint costing a fixed 30 ms, the endpoint the first picks missed lost every
+/// comparison with the measured 2 ms ones and got none of 3,000 calls.
+#[tokio::test(start_paused = true)]
+async fn least_loaded_sends_one_caller_in_sequence_to_every_endpoint() {
+    let resolver = resolver(three_endpoints(), Selection::LeastLoaded, true);
+    let served = in_sequence(&resolver, 3_000).await;
+    for i in 0..3 {
+        let n = served.get(&format!("e{i}")).copied().unwrap_or(0);
+        assert!(n >= 300, "e{i} served {n} of 3,000: {served:?}");
+    }
+}
+
+/// An endpoint registered while one caller calls in sequence is probed at once and
+/// has its full share once its slow-start window (30 s) is over: before, it got no
+/// call in 3 minutes.
+#[tokio::test(start_paused = true)]
+async fn least_loaded_gives_a_newly_registered_endpoint_its_share() {
+    let registry = three_endpoints();
+    let mut opts = ResolverOptions::default();
+    opts.selection = Selection::LeastLoaded;
+    opts.seed = Some(12);
+    opts.cache.ttl = Duration::from_secs(1);
+    let resolver = Resolver::builder(registry.clone())
+        .options(opts)
+        .build()
+        .unwrap();
+    in_sequence(&resolver, 1_000).await;
+    registry.register(
+        "shared",
+        "web",
+        Instance::new("new")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(2000),
+    );
+    let mut rounds = 0;
+    while resolver.resolve_all("shared", "web").await.unwrap().len() < 4 {
+        in_sequence(&resolver, 1).await;
+        rounds += 1;
+        assert!(rounds < 2_000, "the new endpoint never appeared");
+    }
+    // Probed by the first pick that draws it: within a few calls.
+    let mut probed = 0;
+    while !in_sequence(&resolver, 1).await.contains_key("new") {
+        probed += 1;
+        assert!(probed < 20, "not probed in 20 calls after it appeared");
+    }
+    // The caller keeps calling through the rest of the window.
+    in_sequence(&resolver, 15_000).await;
+    let after = in_sequence(&resolver, 3_000).await;
+    let new = after.get("new").copied().unwrap_or(0);
+    assert!(
+        new >= 300,
+        "{new} of 3,000 calls after the slow-start window: {after:?}"
+    );
+}

@@ -372,3 +372,147 @@ fn assert_timestamped(line: &str) {
     }
     assert!(ts.starts_with("20"), "{line}");
 }
+
+/// The registry refusing the caller (access denied, unknown or expired
+/// credentials) is a configuration problem, not an outage: exit 7 at once, naming
+/// the AWS code and message, after one call (issue 25).
+#[tokio::test]
+async fn registry_refusals_of_the_caller_exit_7() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    for code in ["AccessDeniedException", "UnrecognizedClientException"] {
+        proxy.reset_counts();
+        proxy.set_fault(Fault::AwsError {
+            status: 400,
+            code,
+            message: "not for you",
+        });
+        let r = run(&[&ns, "web", "--endpoint-url", &proxy.url()]).await;
+        assert_eq!(r.code, 7, "{code}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(r.stderr.contains("configuration error"), "{}", r.stderr);
+        assert!(r.stderr.contains(code), "{}", r.stderr);
+        assert!(r.stderr.contains("not for you"), "{}", r.stderr);
+        assert_eq!(proxy.count("DiscoverInstances"), 1, "{code}: not retried");
+    }
+}
+
+/// Registry strings are printed with their control characters escaped: an
+/// attribute or an id cannot clear, recolour or retitle the terminal (issue 25).
+#[tokio::test]
+async fn registry_strings_are_printed_escaped() {
+    let ns = unique("cli-esc");
+    let svc = http_service(&ns, "web").await;
+    register(
+        &svc,
+        "i-\u{1b}]0;pwned\u{7}",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", "8081"),
+            ("note", "\u{1b}[2J\u{1b}[H\u{1b}[31mALL CLEAR"),
+        ],
+    )
+    .await;
+    let r = run(&[&ns, "web", "--endpoint-url", &moto_url()]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stdout.chars().any(|c| c.is_control() && c != '\n'),
+        "{:?}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains(r"note=\u{1b}[2J\u{1b}[H\u{1b}[31mALL CLEAR"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains(r"i-\u{1b}]0;pwned\u{7}"), "{}", r.stdout);
+}
+
+/// `--watch ... | head -2`: the reader closes the pipe after two lines, and the
+/// tool ends quietly (exit 0, nothing on stderr), not with a panic and exit 101
+/// (issue 25).
+#[tokio::test]
+async fn watch_into_a_closed_pipe_ends_quietly() {
+    let (ns, _) = fleet().await;
+    let url = moto_url();
+    let mut child = discover(&[
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "100",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running");
+    }
+    drop(lines);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the tool ends within 30 s of the pipe closing")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// `--watch --count 3` whose refreshes all fail after the first answer exits with
+/// the last refresh's error (6, registry unavailable), not 0; one that ends on a
+/// good refresh exits 0 (issue 25).
+#[tokio::test]
+async fn watch_whose_last_refresh_failed_exits_with_its_error() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let watch = |proxy: &Proxy| {
+        let url = proxy.url();
+        let ns = ns.clone();
+        async move {
+            run(&[
+                &ns,
+                "web",
+                "--endpoint-url",
+                &url,
+                "--watch",
+                "--interval",
+                "0.3",
+                "--count",
+                "3",
+            ])
+            .await
+        }
+    };
+    // The first answer passes, every later call fails.
+    let broken = Fault::AwsError {
+        status: 500,
+        code: "InternalFailure",
+        message: "down",
+    };
+    for op in ["DiscoverInstances", "DiscoverInstancesRevision"] {
+        let first = if op == "DiscoverInstances" { 1 } else { 0 };
+        proxy.fault_operation(op, Fault::None, Some(first));
+        proxy.then_fault_operation(op, broken.clone(), None);
+    }
+    let r = watch(&proxy).await;
+    assert_eq!(r.code, 6, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": error: ").count(), 3, "{}", r.stdout);
+    assert!(r.stderr.contains("InternalFailure"), "{}", r.stderr);
+
+    // Quiet case: every refresh answered, exit 0.
+    let healthy = Proxy::start(moto::moto().addr).await;
+    let r = watch(&healthy).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches("no change").count(), 3, "{}", r.stdout);
+}

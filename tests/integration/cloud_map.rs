@@ -584,3 +584,35 @@ async fn error_texts_name_the_cause_once() {
         format!("no endpoints: service \"api\" in namespace \"{ns}\" has no usable instance matching stage=nope")
     );
 }
+
+/// The registry refusing the caller is reported as `Configuration` (not retryable,
+/// the AWS code and message in the text), not as an outage; a quota code is its own
+/// kind, and an unknown code stays `Unavailable` with its name (issue 25).
+#[tokio::test]
+async fn registry_refusals_are_configuration_not_outages() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    let r = builder.build().unwrap();
+    let cases = [
+        ("AccessDeniedException", ErrorKind::Configuration),
+        ("ExpiredTokenException", ErrorKind::Configuration),
+        ("MissingAuthenticationToken", ErrorKind::Configuration),
+        ("SignatureDoesNotMatch", ErrorKind::Configuration),
+        ("ResourceLimitExceeded", ErrorKind::QuotaExceeded),
+        ("SomethingNewException", ErrorKind::Unavailable),
+    ];
+    for (n, (code, kind)) in cases.into_iter().enumerate() {
+        proxy.set_fault(test_support::proxy::Fault::AwsError {
+            status: 400,
+            code,
+            message: "refused by the test proxy",
+        });
+        // A fresh key each time: nothing remembered from the last case.
+        let svc = format!("api-{n}");
+        let err = r.resolve(&ns, &svc).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{code}: {err}");
+        assert_eq!(err.is_retryable(), kind == ErrorKind::Unavailable, "{code}");
+        assert!(err.message().contains(code), "{err}");
+        assert!(err.message().contains("refused by the test proxy"), "{err}");
+    }
+}

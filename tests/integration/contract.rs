@@ -122,13 +122,61 @@ async fn load_aware_contract_as_written(
     Ok(body + &r?)
 }
 
+/// The endpoint-health lines of DESIGN.md's additions block, verbatim (issue 28).
+async fn health_contract_as_written(
+    source: StaticDiscovery,
+) -> Result<Resolver, Box<dyn std::error::Error>> {
+    use cloudmap_resolver::{HealthCheck, OutlierOptions};
+
+    // endpoint health beyond the registry
+    let resolver = Resolver::builder(source)
+        .outlier_detection(OutlierOptions::default().failure_percentage(0.5)) // also eject at >= 50% failures
+        .health_check(HealthCheck::tcp().interval(Duration::from_secs(1))) // or HealthCheck::http("/healthz")
+        .build()?; // opt-in; checks what resolve hands out
+    Ok(resolver)
+}
+
+#[tokio::test]
+async fn health_contract_builds() {
+    let resolver = health_contract_as_written(StaticDiscovery::new())
+        .await
+        .unwrap();
+    let opts = resolver.options();
+    assert_eq!(opts.outlier.failure_percentage, Some(0.5));
+    assert!(opts.health_check.is_some());
+}
+
+/// The "Additions" block's zone lines, as written (`source` is any source).
+#[allow(dead_code, unused_variables)]
+async fn contract_zones_as_written(
+    source: StaticDiscovery,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use cloudmap_resolver::ZoneAware;
+
+    // zone-aware routing (Envoy's rule): requests stay in the caller's availability zone
+    // while that zone has the capacity; the rest spill to zones with capacity to spare
+    let resolver = Resolver::builder(source)
+        .zone_aware(ZoneAware::new("us-east-1a")) // the caller's zone, as the registry writes it
+        .build()?;
+    let z = ZoneAware::from_environment().await?; // the zone from ECS task metadata, else EC2 instance metadata
+    let z = ZoneAware::new("us-east-1a")
+        .attribute("AVAILABILITY_ZONE") // the endpoints' zone attribute (the default: what ECS writes)
+        .min_endpoints(6) // fewer endpoints than this: zones are ignored
+        .callers("shared", "my-svc"); // where the callers are (the caller's own service);
+                                      // without it, callers are taken as spread evenly
+                                      // over the zones that have endpoints
+    Ok(())
+}
+
 #[test]
 fn contract_compiles_and_is_send() {
+    send(&contract_zones_as_written(StaticDiscovery::new()));
     fn send<T: Send>(_: &T) {}
     fn shared<T: Clone + Send + Sync + 'static>() {}
     send(&contract_as_written());
     send(&registration_as_written());
     send(&load_aware_contract_as_written(StaticDiscovery::new()));
+    send(&health_contract_as_written(StaticDiscovery::new()));
     shared::<Resolver>();
     fn shareable<T: Send + Sync + 'static>() {}
     shareable::<cloudmap_resolver::Registered>();

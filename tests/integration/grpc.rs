@@ -207,3 +207,54 @@ async fn raw_feeder() {
         .expect("the feeder ends with its channel")
         .unwrap();
 }
+
+/// Issue 25, finding 3: a channel over a service the registry does not know (or
+/// whose answer is empty) fails each request at once with `UNAVAILABLE` naming
+/// the reason; before, a health check through a channel built with `.timeout(1s)`
+/// was still waiting after 10 s. A service that gets an endpoint later is served.
+#[tokio::test]
+async fn requests_fail_at_once_while_the_channel_has_no_endpoint() {
+    let servers = three_health_servers().await;
+    let registry = StaticDiscovery::new().with_service("shared", "empty");
+    let resolver = Resolver::builder(registry.clone())
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    for (service, reason) in [("missing", "not found"), ("empty", "no endpoint")] {
+        let channel = resolver
+            .grpc("shared", service)
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        for _ in 0..3 {
+            let status = tokio::time::timeout(Duration::from_secs(5), check(&channel))
+                .await
+                .expect("the request fails instead of waiting")
+                .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(status.message().contains(reason), "{service}: {status:?}");
+        }
+    }
+    // The empty service gets an endpoint: the same channel serves once it is seen.
+    let channel = resolver.grpc_channel("shared", "empty").unwrap();
+    assert!(check(&channel).await.is_err());
+    registry.register("shared", "empty", instance(0, &servers[0]));
+    let served = async {
+        while check(&channel).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("served once the endpoint is registered");
+}
+
+/// A name no registry could answer for is refused when the channel is built.
+#[tokio::test]
+async fn an_invalid_name_is_refused_when_the_channel_is_built() {
+    let resolver = Resolver::builder(StaticDiscovery::new()).build().unwrap();
+    for (ns, svc) in [("shared", "bad name!"), ("", "web"), ("shared", "")] {
+        let err = resolver.grpc_channel(ns, svc).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{ns:?}/{svc:?}: {err}");
+    }
+}

@@ -17,6 +17,7 @@ mod dns;
 mod ejection_spread;
 mod failover;
 mod fleet;
+mod health;
 mod hedging;
 mod owner_account;
 mod prop_options;
@@ -25,6 +26,7 @@ mod register;
 mod resilience;
 mod startup_wait;
 mod watch;
+mod zones;
 
 #[cfg(feature = "cli")]
 mod cli;

@@ -189,15 +189,18 @@ fn every_series_with_its_labels_and_values() {
         })
         .sum();
     assert!(throttled >= 1.0, "{seen:?}");
-    let nope = [
-        ("namespace", "shared"),
-        ("service", "nope"),
-        op,
-        ("outcome", "not_found"),
-    ];
+    // A name the registry never answered for is no label value: its calls (the
+    // unknown service, the panicking source) go to the `other` bucket.
+    let other = [("namespace", "other"), ("service", "other")];
+    let nope = [other[0], other[1], op, ("outcome", "not_found")];
     assert_eq!(
         get(&seen, "cloudmap_resolver.registry.calls", &nope),
         Some(1.0)
+    );
+    assert!(
+        seen.keys()
+            .all(|(_, l)| !l.iter().any(|(_, v)| v == "nope" || v == "boom")),
+        "{seen:?}"
     );
     assert!(get(&seen, "cloudmap_resolver.registry.latency", &with(&[op])).unwrap() >= 1.0);
     // The answer is fetched in full once (later refreshes see the same revision
@@ -217,7 +220,7 @@ fn every_series_with_its_labels_and_values() {
         get(
             &seen,
             "cloudmap_resolver.source.panics",
-            &[("namespace", "shared"), ("service", "boom"), op]
+            &[other[0], other[1], op]
         ),
         Some(1.0),
         "{seen:?}"
@@ -278,8 +281,8 @@ fn every_series_with_its_labels_and_values() {
     let age = get(&seen, "cloudmap_resolver.answer.age", &web).unwrap();
     assert!((20.0..30.0).contains(&age), "age {age}");
     assert_eq!(get(&seen, "cloudmap_resolver.watchers", &web), Some(1.0));
-    let nope = [("namespace", "shared"), ("service", "nope")];
-    assert_eq!(get(&seen, "cloudmap_resolver.watchers", &nope), Some(0.0));
+    // Keys without an answer publish no gauges.
+    assert_eq!(get(&seen, "cloudmap_resolver.watchers", &other), None);
     // Every series of the README table appears.
     let names: BTreeSet<&str> = seen.keys().map(|(n, _)| n.as_str()).collect();
     for name in [
@@ -300,6 +303,7 @@ fn every_series_with_its_labels_and_values() {
         "cloudmap_resolver.endpoints",
         "cloudmap_resolver.answer.age",
         "cloudmap_resolver.watchers",
+        "cloudmap_resolver.picks",
     ] {
         assert!(names.contains(name), "{name} missing: {names:?}");
     }
@@ -313,6 +317,7 @@ fn every_series_with_its_labels_and_values() {
         "decision",
         "reason",
         "state",
+        "locality",
     ]
     .into_iter()
     .collect();
@@ -441,4 +446,62 @@ fn registration_sends_are_registry_calls() {
     assert_eq!(calls("DeregisterInstance"), Some(1.0), "{seen:?}");
     assert!(calls("ListNamespaces") >= Some(1.0), "{seen:?}");
     assert!(calls("GetOperation") >= Some(2.0), "{seen:?}");
+}
+
+/// Issue 25, finding 5: 1,000 look-ups of services that do not exist (as any host
+/// a `HostMap::any()` caller sends would be). Before: five series per unknown name
+/// (5,000: registry calls and latency, endpoints by state, watchers). Now the
+/// unknown names share the `other` bucket's two series and no gauge is published
+/// for a key without an answer.
+#[test]
+fn unknown_names_create_no_series() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let ip = "127.0.0.1".parse().unwrap();
+    let registry = StaticDiscovery::new().with_instance(
+        "shared",
+        "known",
+        Instance::new("a").ipv4(ip).port(1),
+    );
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let r = Resolver::builder(registry).build().unwrap();
+            for i in 0..1_000 {
+                assert!(r.resolve("shared", &format!("nope-{i}")).await.is_err());
+            }
+            r.resolve("shared", "known").await.unwrap();
+            r.publish_metrics();
+            let seen = collect(&snapshotter);
+            let unknown = seen
+                .keys()
+                .filter(|(_, l)| l.iter().any(|(_, v)| v.starts_with("nope")))
+                .count();
+            assert_eq!(unknown, 0, "series of unknown names");
+            let per_service = seen
+                .keys()
+                .filter(|(_, l)| l.iter().any(|(k, _)| k == "service"))
+                .count();
+            // other: registry calls (not_found) and latency; known: registry calls,
+            // latency, endpoints healthy and ejected, answer age, watchers.
+            assert_eq!(per_service, 2 + 6, "{seen:#?}");
+            assert_eq!(
+                get(
+                    &seen,
+                    "cloudmap_resolver.registry.calls",
+                    &[
+                        ("namespace", "other"),
+                        ("service", "other"),
+                        ("operation", "DiscoverInstances"),
+                        ("outcome", "not_found"),
+                    ]
+                ),
+                Some(1_000.0)
+            );
+        })
+    });
 }

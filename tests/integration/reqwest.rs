@@ -498,3 +498,53 @@ async fn failover_client_hedges_gets_never_posts() {
     }
     assert_eq!(resolver.stats().hedges, 3, "a listed POST is hedged");
 }
+
+/// A request whose body is a stream (it cannot be cloned) moves on from an endpoint
+/// it was never sent to: one whose CNAME (`localhost`) resolves only to an address the
+/// policy refuses (127.0.0.1), where the next endpoint (127.0.0.2, Linux's loopback)
+/// takes the whole body (issue 25). It is still sent once: the live server sees each
+/// body once.
+#[tokio::test]
+async fn a_streaming_body_moves_past_an_endpoint_it_was_never_sent_to() {
+    let live = HttpServer::start_on("live", "127.0.0.2".parse().unwrap()).await;
+    let reg = StaticDiscovery::new()
+        .with_instance(
+            "shared",
+            "web",
+            Instance::new("refused")
+                .cname("localhost")
+                .port(live.port()),
+        )
+        .with_instance(
+            "shared",
+            "web",
+            Instance::new("live")
+                .ipv4("127.0.0.2".parse().unwrap())
+                .port(live.port()),
+        );
+    let policy = AddressPolicy::default()
+        .deny("127.0.0.1/32".parse().unwrap())
+        .deny("::1/128".parse().unwrap());
+    let resolver = with_attempt_timeout(reg, Some(policy));
+    assert_eq!(
+        resolver.resolve_all("shared", "web").await.unwrap().len(),
+        2
+    );
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
+    for i in 0..10 {
+        let chunk = bytes::Bytes::from(format!("chunk {i}"));
+        let body = reqwest::Body::wrap(http_body_util::Full::new(chunk));
+        let resp = fc
+            .send(fc.client().post("http://web.shared/").body(body))
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(resp.text().await.unwrap(), "live");
+    }
+    let seen = live.seen();
+    let bodies: Vec<&str> = seen.iter().map(|s| s.body.as_str()).collect();
+    let want: Vec<String> = (0..10).map(|i| format!("chunk {i}")).collect();
+    assert_eq!(bodies, want);
+    assert!(seen.iter().all(|s| s.host == "web.shared"), "{seen:?}");
+}

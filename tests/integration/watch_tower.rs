@@ -179,3 +179,67 @@ async fn p2c_over_measured_services_avoids_a_slow_endpoint() {
         "every lease finished"
     );
 }
+
+/// The first `Measured` service a `measured_discover` yields.
+async fn first_measured<D>(mut discover: D) -> (D, D::Service)
+where
+    D: Discover + Unpin,
+    D::Error: std::fmt::Debug,
+{
+    let change = std::future::poll_fn(|cx| std::pin::Pin::new(&mut discover).poll_discover(cx))
+        .await
+        .expect("an endpoint")
+        .unwrap();
+    match change {
+        tower::discover::Change::Insert(_, svc) => (discover, svc),
+        tower::discover::Change::Remove(_) => panic!("a removal first"),
+    }
+}
+
+/// Issue 25, finding 1: under a selection other than `LeastLoaded`, every
+/// `measured_discover` of a resolver stamps its endpoints' load on the same clock.
+/// One 1 s response through a first discover made at start-up and used 10 minutes
+/// later, then 60 fast responses over 60 s through a second one made after it: the
+/// cost has decayed (a fresh resolver reads 3.5 ms here); on a clock of its own the
+/// second discover's stamps were all behind the first's and the cost stayed 1 s.
+#[tokio::test(start_paused = true)]
+async fn measured_discovers_of_one_resolver_share_one_load_clock() {
+    use tower::load::Load;
+    let registry = StaticDiscovery::new().with_instance("shared", "web", instance("a", 1));
+    let resolver = Resolver::builder(registry)
+        .selection(Selection::RoundRobin)
+        .build()
+        .unwrap();
+    let slow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let make = |slow: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+        move |_: &Endpoint| {
+            let slow = slow.clone();
+            service_fn(move |()| {
+                let slow = slow.load(std::sync::atomic::Ordering::Relaxed);
+                async move {
+                    let rtt = if slow { 1_000 } else { 1 };
+                    tokio::time::sleep(Duration::from_millis(rtt)).await;
+                    Ok::<_, Infallible>(())
+                }
+            })
+        }
+    };
+    let (_first_discover, mut first) =
+        first_measured(resolver.measured_discover("shared", "web", make(slow.clone()))).await;
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    first.ready().await.unwrap().call(()).await.unwrap();
+    assert!(first.load() >= 1e9, "the 1 s sample: {}", first.load());
+
+    slow.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (_second_discover, mut second) =
+        first_measured(resolver.measured_discover("shared", "web", make(slow.clone()))).await;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        second.ready().await.unwrap().call(()).await.unwrap();
+    }
+    let cost_ms = second.load() / 1e6;
+    assert!(
+        cost_ms < 10.0,
+        "60 fast responses over 60 s after one 1 s response: cost {cost_ms} ms"
+    );
+}

@@ -9,6 +9,13 @@
 //! back (doubling every [`DOUBLING`]) while the registry keeps answering. Across a
 //! fleet this settles the total near the quota, with few calls refused.
 //!
+//! Recovering from a throttling window is bounded by the demand, not by the window's
+//! length: a throttle cuts once for the calls admitted after the previous cut (calls
+//! already in flight say nothing new), the rate never goes below a share of what the
+//! resolver was sending when the throttling began ([`FLOOR_SHARE`]), a waiting refresh
+//! holds a place in a queue rather than a time (it goes as soon as the grown rate
+//! reaches it), and the queue holds at most [`MAX_DEBT`] of the current rate.
+//!
 //! Background refreshes wait for their turn (the key's last answer is served
 //! meanwhile); a cold load, where a caller waits with nothing to serve, goes ahead of
 //! them. Cold loads are refused without a registry call only by a configured
@@ -37,7 +44,7 @@ use cold_pace::ColdPace;
 /// Counts every backend call (DiscoverInstances and DiscoverInstancesRevision, cold
 /// loads and background refreshes). Set it with
 /// [`ResolverBuilder::rate_limit`](crate::ResolverBuilder::rate_limit) or
-/// [`ResolverOptions::rate_limit`](crate::ResolverOptions::rate_limit).
+/// [`CacheOptions::rate_limit`](crate::CacheOptions::rate_limit).
 ///
 /// # Examples
 ///
@@ -92,13 +99,23 @@ impl RateLimit {
 pub(crate) const DOUBLING: Duration = Duration::from_secs(20);
 /// What a throttled resolver keeps of the rate it was sending.
 const CUT: f64 = 0.5;
-/// Throttles closer together than this count once: calls already sent when the
-/// account ran dry say nothing new.
-const COOLDOWN: Duration = Duration::from_secs(1);
-/// The adapted rate never goes below this (calls a second).
+/// The adapted rate never goes below this share of the demand (the rate the
+/// resolver was sending when the throttling began), so that however long the
+/// registry throttles, every key in use still gets a turn within a few refresh
+/// periods of the throttling's end: the recovery is bounded by the demand, not by
+/// how many halvings a window held.
+const FLOOR_SHARE: f64 = 0.25;
+/// The adapted rate never goes below this (calls a second), whatever the demand.
 const MIN_RATE: f64 = 0.1;
 /// An adapted rate grown past this many calls a second is lifted.
 const LIFT_ABOVE: f64 = 10_000.0;
+/// An adapted rate grown to this many times the demand is lifted: the throttling
+/// episode is over, and the next one measures the demand afresh.
+const LIFT_OVER_DEMAND: f64 = 4.0;
+/// Refreshes queued for turns hold at most this long of the current rate: beyond
+/// it a refresh takes no turn and asks again when the queue has drained, so a
+/// queue taken at a low rate never outlives the rate.
+const MAX_DEBT: Duration = Duration::from_secs(10);
 /// Time constant of the estimate of the rate being sent.
 const SEND_WINDOW: Duration = Duration::from_secs(2);
 /// The registry's operations, each with its own quota.
@@ -164,11 +181,61 @@ impl Bucket {
     }
 }
 
+/// The rate set by the last throttle: `rate` at `at`, doubling every [`DOUBLING`]
+/// since.
+#[derive(Debug, Clone, Copy)]
+struct Cut {
+    rate: f64,
+    at: Instant,
+    /// The rate the resolver was sending when this throttling episode began: the
+    /// floor and the lift are shares of it.
+    demand: f64,
+}
+
+impl Cut {
+    /// How many times the rate has doubled by `t`: `2^((t - at) / DOUBLING)`.
+    fn growth(&self, t: Instant) -> f64 {
+        (t.saturating_duration_since(self.at).as_secs_f64() / DOUBLING.as_secs_f64()).exp2()
+    }
+
+    fn rate_at(&self, t: Instant) -> f64 {
+        self.rate * self.growth(t)
+    }
+
+    /// Turns granted from `from` to `to` (the integral of the growing rate).
+    fn earned(&self, from: Instant, to: Instant) -> f64 {
+        self.scale() * (self.growth(to) - self.growth(from)).max(0.0)
+    }
+
+    /// Turns granted per unit of growth: `rate × DOUBLING / ln 2`.
+    fn scale(&self) -> f64 {
+        self.rate * DOUBLING.as_secs_f64() / std::f64::consts::LN_2
+    }
+
+    /// When `need` more turns have been granted after `from`, the rate growing as it
+    /// does: the earliest a queued turn may go unless another throttle cuts again.
+    fn time_for(&self, need: f64, from: Instant) -> Instant {
+        let growth = self.growth(from) + need / self.scale();
+        let secs = DOUBLING.as_secs_f64() * growth.log2();
+        // "Never" for an absurd queue, not a panic.
+        let since_cut = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
+        after(self.at, since_cut).max(from)
+    }
+}
+
+/// One operation's adapted pacing: while throttled, a queue of turns granted at a
+/// rate that grows back.
 #[derive(Debug)]
 struct Adapted {
-    bucket: Bucket,
-    /// The rate set by the last throttle, and when: it doubles every `DOUBLING`.
-    cut: Option<(f64, Instant)>,
+    cut: Option<Cut>,
+    /// Turns granted so far (at most `issued` plus a second's burst) and turns
+    /// taken: turn `k` goes once `granted >= k`. A turn is a position in this queue,
+    /// not a time, so a waiting refresh goes as soon as the grown rate reaches it.
+    granted: f64,
+    issued: f64,
+    at: Instant,
+    /// The queue's generation: a lifted rate ends it, and its turns go at once.
+    epoch: u64,
     /// Calls sent, decayed with `SEND_WINDOW`.
     sent: f64,
     sent_at: Instant,
@@ -177,17 +244,33 @@ struct Adapted {
 }
 
 impl Adapted {
-    /// The rate and bucket size now, if limited: a second's worth of calls, at least
-    /// one.
-    fn limit(&mut self, now: Instant) -> Option<(f64, f64)> {
-        let (rate, since) = self.cut?;
-        let doublings = now.duration_since(since).as_secs_f64() / DOUBLING.as_secs_f64();
-        let rate = rate * doublings.exp2();
-        if rate > LIFT_ABOVE {
+    /// The rate and bucket size now, if limited (a second's worth of calls, at least
+    /// one), with the turns granted until now counted.
+    fn refill(&mut self, now: Instant) -> Option<(f64, f64)> {
+        let cut = self.cut?;
+        let rate = cut.rate_at(now);
+        if rate > LIFT_ABOVE || rate > LIFT_OVER_DEMAND * cut.demand {
             self.cut = None;
+            self.epoch += 1;
             return None;
         }
-        Some((rate, rate.max(1.0)))
+        let burst = rate.max(1.0);
+        if now > self.at {
+            let earned = cut.earned(self.at.max(cut.at), now);
+            self.granted = (self.granted + earned).min(self.issued + burst);
+            self.at = now;
+        }
+        Some((rate, burst))
+    }
+
+    /// When queued turn `k` goes, if not now.
+    fn turn_of(&self, k: f64, now: Instant) -> Option<Instant> {
+        let need = k - self.granted;
+        // A rounding error's worth is not worth another wake-up.
+        if need <= 1e-6 {
+            return None;
+        }
+        self.cut.map(|c| c.time_for(need, now))
     }
 
     fn sending(&self, now: Instant) -> f64 {
@@ -195,14 +278,52 @@ impl Adapted {
     }
 }
 
+/// A call's place at the registry: go now, wait for a queued turn, or (a refresh
+/// finding the queue full) ask again at the time given.
+#[derive(Debug)]
+pub(crate) enum Turn {
+    Now,
+    Queued(Ticket),
+    Retry(Instant),
+}
+
+/// A queued turn, re-evaluated as the adapted rate grows (`Limiter::turn_of`).
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    op: Op,
+    /// The configured cap's turn (a fixed rate: known exactly when taken).
+    not_before: Instant,
+    /// The adapted queue's generation and position, if it was queued there.
+    queue: Option<(u64, f64)>,
+}
+
+/// The source of a refusal by the configured [`RateLimit`]: the process's own cap,
+/// not the registry's throttling, so a cold load refused by it fails at once
+/// ([`is_cap_refusal`]) instead of being waited out.
+#[derive(Debug)]
+pub(crate) struct CapReached;
+
+impl std::fmt::Display for CapReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the configured rate_limit has no token left")
+    }
+}
+
+impl std::error::Error for CapReached {}
+
+/// Whether `err` is a refusal by the configured [`RateLimit`] (no registry call made).
+pub(crate) fn is_cap_refusal(err: &Error) -> bool {
+    std::error::Error::source(err).is_some_and(|s| s.is::<CapReached>())
+}
+
 impl Limiter {
     pub(crate) fn new(cap: Option<RateLimit>, adaptive: bool, now: Instant) -> Self {
         let adapted = || Adapted {
-            bucket: Bucket {
-                tokens: 0.0,
-                at: now,
-            },
             cut: None,
+            granted: 0.0,
+            issued: 0.0,
+            at: now,
+            epoch: 0,
             sent: 0.0,
             sent_at: now,
             cold: ColdPace::default(),
@@ -221,54 +342,105 @@ impl Limiter {
     }
 
     /// Waits for a turn (`Pace::Wait`) or fails at once when there is none
-    /// (`Pace::Now`, only under a configured cap).
+    /// (`Pace::Now`, only under a configured cap or a cold hold).
     pub(crate) async fn admit(&self, op: Op, pace: &mut Pace) -> Result<(), Error> {
         if *pace == Pace::Taken {
             *pace = Pace::Wait;
             return Ok(());
         }
-        let now = Instant::now();
-        let at = self.admit_at(op, *pace, now)?;
-        if at > now {
-            tokio::time::sleep_until(at).await;
+        loop {
+            match self.take(op, *pace, Instant::now())? {
+                Turn::Now => return Ok(()),
+                Turn::Retry(at) => tokio::time::sleep_until(at).await,
+                Turn::Queued(ticket) => {
+                    // Each wake-up is at the earliest time the rate then allows, and
+                    // the rate only grows between throttles: bounded.
+                    while let Some(at) = self.turn_of(&ticket, Instant::now()) {
+                        tokio::time::sleep_until(at).await;
+                    }
+                    return Ok(());
+                }
+            }
         }
-        Ok(())
     }
 
-    /// When a call of `op` asked for at `now` may go; the turn is taken.
-    pub(crate) fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
+    /// A call of `op` asked for at `now`: its turn, taken.
+    pub(crate) fn take(&self, op: Op, pace: Pace, now: Instant) -> Result<Turn, Error> {
         let mut st = lock(&self.state);
-        if pace == Pace::Now && self.adaptive && st.ops[op as usize].cold.held(now) {
+        let st = &mut *st;
+        let a = &mut st.ops[op as usize];
+        if pace == Pace::Now && self.adaptive && a.cold.held(now) {
             return Err(Error::new(
                 ErrorKind::Throttled,
                 "the registry throttled this resolver's last cold load; backing off, no \
                  registry call made",
             ));
         }
-        let mut at = now;
+        let limited = a.refill(now);
+        if let (Some((rate, _)), true) = (limited, pace != Pace::Now) {
+            let debt = a.issued - a.granted + 1.0;
+            if debt > (rate * MAX_DEBT.as_secs_f64()).max(1.0) {
+                // The queue is full: no turn (and none of the cap's) is taken; ask
+                // again when it has drained, at the rate of then.
+                let drained = a.turn_of(a.issued, now).unwrap_or(now);
+                return Ok(Turn::Retry(
+                    drained.max(after(now, Duration::from_millis(1))),
+                ));
+            }
+        }
+        let mut not_before = now;
         if let Some(cap) = self.cap {
             st.cap.refill(cap.per_second, f64::from(cap.burst), now);
             if pace == Pace::Now && st.cap.tokens < 1.0 {
-                return Err(Error::new(
+                return Err(Error::with_source(
                     ErrorKind::Throttled,
                     "client-side rate limit reached; no registry call made",
+                    CapReached,
                 ));
             }
-            at = at.max(st.cap.turn(cap.per_second, now));
+            not_before = st.cap.turn(cap.per_second, now);
             st.cap.tokens -= 1.0;
         }
         let a = &mut st.ops[op as usize];
-        if let Some((rate, burst)) = a.limit(now) {
-            a.bucket.refill(rate, burst, now);
+        let mut at = not_before;
+        let mut queue = None;
+        if limited.is_some() {
+            a.issued += 1.0;
             // A cold load goes ahead of queued refreshes: only the cap refuses it.
-            if pace != Pace::Now {
-                at = at.max(a.bucket.turn(rate, now));
+            if pace != Pace::Now
+                && let Some(turn) = a.turn_of(a.issued, now)
+            {
+                queue = Some((a.epoch, a.issued));
+                at = at.max(turn);
             }
-            a.bucket.tokens -= 1.0;
         }
         a.sent = decayed(a.sent, a.sent_at, at) + 1.0;
         a.sent_at = a.sent_at.max(at);
-        Ok(at)
+        Ok(if queue.is_none() && not_before <= now {
+            Turn::Now
+        } else {
+            Turn::Queued(Ticket {
+                op,
+                not_before,
+                queue,
+            })
+        })
+    }
+
+    /// When a queued turn goes, if not now: re-evaluated at the rate of `now`, so a
+    /// rate grown since the turn was taken brings it closer.
+    pub(crate) fn turn_of(&self, ticket: &Ticket, now: Instant) -> Option<Instant> {
+        if now < ticket.not_before {
+            return Some(ticket.not_before);
+        }
+        let (epoch, k) = ticket.queue?;
+        let mut st = lock(&self.state);
+        let a = &mut st.ops[ticket.op as usize];
+        a.refill(now)?;
+        if a.epoch != epoch {
+            return None;
+        }
+        a.turn_of(k, now)
     }
 
     /// Whether a background call of `op` would go at `now` without waiting for a turn
@@ -276,33 +448,44 @@ impl Limiter {
     pub(crate) fn ready(&self, op: Op, now: Instant) -> bool {
         let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
-        match a.limit(now) {
-            None => true,
-            Some((rate, burst)) => {
-                a.bucket.refill(rate, burst, now);
-                a.bucket.tokens >= 1.0
-            }
-        }
+        a.refill(now).is_none() || a.granted - a.issued >= 1.0
     }
 
-    /// The registry throttled a call of `op` at `now`: lower that operation's rate.
-    pub(crate) fn throttled(&self, op: Op, now: Instant) {
+    /// The registry throttled a call of `op` admitted at `admitted`, seen at `now`:
+    /// lower that operation's rate. A call admitted before the last cut says nothing
+    /// new (the account was dry then already), so a throttling window cuts once per
+    /// round of calls admitted at the lowered rate, not once per call or per second.
+    pub(crate) fn throttled(&self, op: Op, admitted: Instant, now: Instant) {
         if !self.adaptive {
             return;
         }
         let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
-        if a.cut.is_some_and(|(_, t)| now.duration_since(t) < COOLDOWN) {
+        if a.cut.is_some_and(|c| admitted <= c.at) {
             return;
         }
-        let current = a.limit(now).map_or(f64::INFINITY, |(rate, _)| rate);
-        let rate = (current.min(a.sending(now)) * CUT).max(MIN_RATE);
-        a.cut = Some((rate, now));
-        // The account is dry now: the next refresh waits its turn.
-        a.bucket = Bucket {
-            tokens: 0.0,
-            at: now,
+        a.refill(now);
+        let sending = a.sending(now);
+        let (current, demand) = match a.cut {
+            Some(c) => (c.rate_at(now), c.demand),
+            None => (f64::INFINITY, sending),
         };
+        let floor = (demand * FLOOR_SHARE).max(MIN_RATE);
+        let rate = (current.min(sending) * CUT).max(floor);
+        if a.cut.is_none() {
+            // A new episode, a new queue.
+            a.epoch += 1;
+            a.issued = 0.0;
+        }
+        // The account is dry now: no turn banked. Turns queued keep their places and
+        // are re-evaluated at the new rate.
+        a.granted = a.granted.min(a.issued);
+        a.at = now;
+        a.cut = Some(Cut {
+            rate,
+            at: now,
+            demand,
+        });
         tracing::debug!(operation = ?op, calls_per_second = rate, "registry throttled; slowing down");
     }
 
@@ -324,22 +507,23 @@ impl Limiter {
 
     /// When a cold load that met throttling at `now` may try again: the end of the
     /// resolver's cold hold (jittered, growing with the cold loads throttled in a
-    /// row), shared by every waiting key so that the process as a whole backs off;
-    /// `None` when no cold load is being held back (a refusal by the configured
-    /// [`RateLimit`], which is not waited out).
+    /// row), shared by every waiting key so that the process as a whole backs off.
+    /// `None` when no hold lasts past `now`: a hold already over is no reason to
+    /// wait (a registry throttle always sets one ahead of its own answer), and a
+    /// refusal by the configured [`RateLimit`] is not waited out.
     pub(crate) fn cold_turn(&self, now: Instant) -> Option<Instant> {
         let st = lock(&self.state);
         st.ops
             .iter()
             .filter_map(|a| a.cold.hold())
+            .filter(|&t| t > now)
             .max()
-            .map(|t| t.max(now))
     }
 
     #[cfg(test)]
     fn rate(&self, op: Op, now: Instant) -> Option<f64> {
         let mut st = self.state.lock().unwrap();
-        st.ops[op as usize].limit(now).map(|(rate, _)| rate)
+        st.ops[op as usize].refill(now).map(|(rate, _)| rate)
     }
 }
 
@@ -359,6 +543,18 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    impl Limiter {
+        /// The turn a call asked for at `now` gets, as `admit_at` gave it before
+        /// turns were queue places: the time its place comes at the rate of `now`.
+        fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
+            Ok(match self.take(op, pace, now)? {
+                Turn::Now => now,
+                Turn::Queued(t) => self.turn_of(&t, now).unwrap_or(now),
+                Turn::Retry(at) => panic!("queue full, ask again at {at:?}"),
+            })
+        }
+    }
+
     #[test]
     fn unlimited_by_default_until_throttled() {
         let t0 = Instant::now();
@@ -367,7 +563,7 @@ mod tests {
             assert_eq!(l.admit_at(R, Pace::Wait, t0).unwrap(), t0);
         }
         let off = Limiter::new(None, false, t0);
-        off.throttled(R, t0);
+        off.throttled(R, t0, t0);
         for _ in 0..1000 {
             assert_eq!(off.admit_at(R, Pace::Wait, t0).unwrap(), t0);
         }
@@ -401,7 +597,7 @@ mod tests {
             l.admit_at(R, Pace::Wait, t).unwrap();
             t += ms(100);
         }
-        l.throttled(R, t);
+        l.throttled(R, t, t);
         let rate = l.rate(R, t).unwrap();
         assert!(
             (4.5..=5.5).contains(&rate),
@@ -409,9 +605,25 @@ mod tests {
         );
         let later = l.rate(R, t + DOUBLING).unwrap();
         assert!((later / rate - 2.0).abs() < 1e-9, "doubles in {DOUBLING:?}");
-        // A second throttle within the cooldown does not cut again.
-        l.throttled(R, t + ms(10));
-        assert!((l.rate(R, t).unwrap() - rate).abs() < 1e-9);
+        // A call admitted before the cut says nothing new: no second cut.
+        l.throttled(R, t, t + ms(10));
+        assert!((l.rate(R, t + ms(10)).unwrap() - rate).abs() < 1e-2);
+        // One admitted after it does: half again, but not below a quarter of the
+        // demand (10/s when the throttling began).
+        l.throttled(R, t + ms(20), t + ms(20));
+        let again = l.rate(R, t + ms(20)).unwrap();
+        assert!(
+            (2.3..=2.7).contains(&again),
+            "cut to about 2.4/s, got {again}"
+        );
+        for i in 1..=10 {
+            l.throttled(R, t + ms(20 + i), t + ms(20 + i));
+        }
+        let floor = l.rate(R, t + ms(40)).unwrap();
+        assert!(
+            (floor / rate - FLOOR_SHARE * 2.0).abs() < 0.01,
+            "the floor is a quarter of the demand: {floor} vs {rate}"
+        );
         // Each operation has its own quota: DiscoverInstances is not held back.
         assert_eq!(l.rate(D, t), None);
         assert_eq!(l.admit_at(D, Pace::Wait, t).unwrap(), t);
@@ -425,12 +637,16 @@ mod tests {
             l.admit_at(R, Pace::Wait, t0).unwrap();
         }
         // Sending 10/s when throttled: 5/s from now, one turn each fifth of a second.
-        l.throttled(R, t0);
-        let turns: Vec<_> = (0..5)
-            .map(|_| l.admit_at(R, Pace::Wait, t0).unwrap())
-            .collect();
-        let expected: Vec<_> = (1..=5).map(|i| t0 + ms(200 * i)).collect();
-        assert_eq!(turns, expected);
+        l.throttled(R, t0, t0);
+        // The rate grows meanwhile (doubling every 20 s): each turn a little
+        // earlier than a fixed 5/s would give.
+        for i in 1..=5 {
+            let turn = l.admit_at(R, Pace::Wait, t0).unwrap();
+            assert!(
+                turn <= t0 + ms(200 * i) && turn > t0 + ms(200 * i - 20),
+                "{i}"
+            );
+        }
         assert_eq!(
             l.admit_at(R, Pace::Now, t0).unwrap(),
             t0,
@@ -484,10 +700,11 @@ mod tests {
             l.cold_outcome(D, true, t0, |n| ms(500) * n);
             l.cold_outcome(R, true, t0, |n| ms(300) * n);
             assert_eq!(l.cold_turn(t0), Some(t0 + ms(500)), "the later hold");
+            assert_eq!(l.cold_turn(t0 + ms(499)), Some(t0 + ms(500)));
             assert_eq!(
-                l.cold_turn(t0 + ms(900)),
-                Some(t0 + ms(900)),
-                "now, once over"
+                l.cold_turn(t0 + ms(500)),
+                None,
+                "a hold already over gives no turn"
             );
             for op in [D, D, R, R] {
                 l.cold_outcome(op, false, t0 + ms(900), |n| ms(100) * n);
@@ -501,7 +718,7 @@ mod tests {
         let t0 = Instant::now();
         let l = Limiter::new(None, true, t0);
         l.admit_at(D, Pace::Wait, t0).unwrap();
-        l.throttled(D, t0);
+        l.throttled(D, t0, t0);
         assert!(l.rate(D, t0).is_some());
         let much_later = t0 + DOUBLING * 30;
         assert_eq!(l.admit_at(D, Pace::Wait, much_later).unwrap(), much_later);
@@ -521,6 +738,102 @@ mod tests {
             );
             assert!(l.admit_at(D, Pace::Now, t0).is_err());
         }
+    }
+
+    /// Sends `per_second` revision calls for 20 s from `t0`; returns the time after.
+    fn steady(l: &Limiter, per_second: u64, t0: Instant) -> Instant {
+        let mut t = t0;
+        for _ in 0..20 * per_second {
+            l.admit_at(R, Pace::Wait, t).unwrap();
+            t += ms(1000 / per_second);
+        }
+        t
+    }
+
+    #[test]
+    fn a_long_throttling_window_leaves_the_rate_at_a_share_of_the_demand() {
+        let t0 = Instant::now();
+        let l = Limiter::new(None, true, t0);
+        let start = steady(&l, 100, t0);
+        // Sixty seconds of throttling: every call admitted is throttled.
+        let end = start + Duration::from_secs(60);
+        let mut t = start;
+        let mut pending = Vec::new();
+        let mut calls = 0;
+        while t < end {
+            // A hundred refreshes a second ask; those whose turn has come are sent
+            // and throttled.
+            match l.take(R, Pace::Wait, t).unwrap() {
+                Turn::Now => l.throttled(R, t, t),
+                Turn::Queued(ticket) => pending.push(ticket),
+                Turn::Retry(_) => {}
+            }
+            pending.retain(|ticket| {
+                let go = l.turn_of(ticket, t).is_none();
+                if go {
+                    calls += 1;
+                    l.throttled(R, t, t);
+                }
+                !go
+            });
+            t += ms(10);
+        }
+        let rate = l.rate(R, end).unwrap();
+        assert!(
+            (25.0..=26.0).contains(&rate),
+            "a quarter of 100/s, got {rate}"
+        );
+        // The queue never held more than ten seconds of the rate.
+        assert!(pending.len() <= 260, "{} queued", pending.len());
+        assert!(calls > 60 * 20, "turns kept coming at the floor: {calls}");
+    }
+
+    #[test]
+    fn a_queued_turn_comes_with_the_growing_rate_and_the_queue_is_capped() {
+        let t0 = Instant::now();
+        let l = Limiter::new(None, true, t0);
+        let t = steady(&l, 4, t0);
+        l.throttled(R, t, t);
+        let rate = l.rate(R, t).unwrap();
+        assert!((1.8..=2.0).contains(&rate), "{rate}");
+        // Fifteen turns at a fixed rate would take 15/rate s; growing, the 15th
+        // comes sooner.
+        let mut last = t;
+        for _ in 0..15 {
+            last = l.admit_at(R, Pace::Wait, t).unwrap();
+        }
+        let fixed = Duration::from_secs_f64(15.0 / rate);
+        assert!(last < t + fixed - ms(500) && last > t + fixed - ms(1500));
+        // The queue holds ten seconds of the rate (18 or 19 turns): then a refresh
+        // asks again later, when the queue has drained.
+        let mut queued = 15;
+        let retry = loop {
+            match l.take(R, Pace::Wait, t).unwrap() {
+                Turn::Queued(_) => queued += 1,
+                Turn::Retry(at) => break at,
+                Turn::Now => panic!("no turn banked after a throttle"),
+            }
+        };
+        assert_eq!(queued, (rate * 10.0).floor() as u32);
+        assert!(retry > last && retry < t + Duration::from_secs(10));
+        // A cold load still goes ahead.
+        assert_eq!(l.admit_at(R, Pace::Now, t).unwrap(), t);
+    }
+
+    #[test]
+    fn a_cap_refusal_says_so() {
+        let t0 = Instant::now();
+        let l = Limiter::new(Some(RateLimit::new(1.0, 1)), true, t0);
+        l.admit_at(D, Pace::Now, t0).unwrap();
+        let err = l.admit_at(D, Pace::Now, t0).unwrap_err();
+        assert!(is_cap_refusal(&err));
+        l.cold_outcome(D, true, t0, |_| ms(500));
+        let held = l.admit_at(D, Pace::Now, t0).unwrap_err();
+        assert_eq!(held.kind(), ErrorKind::Throttled);
+        assert!(
+            !is_cap_refusal(&held),
+            "a cold hold is the registry's throttling"
+        );
     }
 
     #[test]

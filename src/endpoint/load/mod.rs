@@ -41,8 +41,11 @@ pub struct LoadOptions {
     /// while it gets no requests (so an endpoint avoided for being slow is tried
     /// again). Must be greater than zero. Default: 10 s (tower's and Finagle's).
     pub decay: Duration,
-    /// The round-trip time assumed for an endpoint before its first request
-    /// finishes; its first sample replaces it. Default: 30 ms.
+    /// The round-trip time assumed for an endpoint while its first request is in
+    /// flight; its first sample replaces it. An endpoint never measured with
+    /// nothing in flight is probed: the next pick that draws it sends it a request
+    /// (one at a time), so every endpoint is measured whatever the concurrency.
+    /// Default: 30 ms.
     pub default_rtt: Duration,
     /// The round-trip time a failed attempt counts as, when it took less: a
     /// refused connection returns at once, and must not make its endpoint look like

@@ -14,6 +14,12 @@ use tokio::time::Instant;
 /// The estimate's bits before the first sample: a NaN no arithmetic produces here.
 const NO_SAMPLE: u64 = u64::MAX;
 
+/// The cost of an endpoint never measured with nothing in flight on it: 1 ns,
+/// below any round trip a network gives, so the next pick that draws it sends it
+/// one request (its probe) whatever the others cost. Not 0, so that dividing it by
+/// a slow-start weight still ranks a ramping endpoint behind a full one.
+const PROBE_NS: f64 = 1.0;
+
 /// `exp(-x)` for `x >= 0`; below 1e-3 (a millisecond against the default 10 s decay)
 /// its first-order form, which is off by under 1e-6 and spares `call` an `exp`
 /// per attempt and a pick two (`call/immediate_least_loaded`).
@@ -108,9 +114,23 @@ impl Load {
     }
 
     /// The cost P2C compares: round-trip estimate x (requests in flight + 1).
+    ///
+    /// An endpoint without a sample is probed: with nothing in flight it costs
+    /// [`PROBE_NS`], so it gets the next request that draws it; while that request
+    /// is in flight it costs `default_ns` x (in flight + 1), so concurrent callers
+    /// do not all pile onto it before it has answered once. A fixed default that
+    /// never decays starved it instead: above every measured round trip (30 ms
+    /// against loopback's 0.1 ms), it lost every comparison with a measured
+    /// endpoint, and with one caller in sequence it never had a request in flight
+    /// to be measured by. Measured estimates decay towards 0 while idle (`rtt`), so
+    /// every endpoint, measured or not, is drawn again at any concurrency.
     #[inline]
     pub(crate) fn cost(&self, now_ns: u64, decay_ns: f64, default_ns: f64) -> f64 {
-        self.rtt(now_ns, decay_ns, default_ns) * f64::from(self.pending().saturating_add(1))
+        let pending = self.pending();
+        if self.rtt_ns.load(Ordering::Relaxed) == NO_SAMPLE && pending == 0 {
+            return PROBE_NS;
+        }
+        self.rtt(now_ns, decay_ns, default_ns) * f64::from(pending.saturating_add(1))
     }
 }
 
@@ -199,6 +219,21 @@ mod tests {
         load.end();
         assert_eq!(load.pending(), 0);
         assert_eq!(load.cost(0, DECAY, 0.0), 2.0 * MS);
+    }
+
+    #[test]
+    fn an_endpoint_never_measured_is_probed_once_at_a_time() {
+        let (new, measured) = (Load::default(), Load::default());
+        measured.observe(0.1 * MS, 0, DECAY);
+        // Idle and never measured: cheaper than any measured endpoint.
+        assert!(new.cost(0, DECAY, 30.0 * MS) < measured.cost(0, DECAY, 30.0 * MS));
+        // Its probe in flight: the default counts, so it is not piled onto.
+        new.start();
+        assert_eq!(new.cost(0, DECAY, 30.0 * MS), 60.0 * MS);
+        new.end();
+        // Its first sample replaces both.
+        new.observe(0.2 * MS, 0, DECAY);
+        assert_eq!(new.cost(0, DECAY, 30.0 * MS), 0.2 * MS);
     }
 
     #[test]

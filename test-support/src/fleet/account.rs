@@ -10,7 +10,7 @@ use cloudmap_resolver::{
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use super::report::{Calls, Change, Histogram, Report};
+use super::report::{Calls, Change, Histogram, Report, WindowReport};
 use super::{service_index, version_port, Scenario, INSTANCES};
 
 /// The account's throttle: a token bucket, refilled continuously.
@@ -81,6 +81,15 @@ pub(super) struct State {
     /// Per resolver that had every key answered: how long after its start.
     all_keys: Histogram,
     changes: Vec<Change>,
+    /// The throttling window set on the account: every call inside it is refused.
+    window: Option<(Instant, Instant)>,
+    /// Oldest answer served after the window.
+    oldest_after: Duration,
+    /// Per (resolver, service): whether the registry confirmed it after the window.
+    refetched: Vec<bool>,
+    refetched_count: usize,
+    /// When every key had been confirmed after the window, after its end.
+    all_refetched: Option<Duration>,
 }
 
 impl Registry {
@@ -109,6 +118,11 @@ impl Registry {
                 warm_keys: vec![0; sc.resolvers],
                 all_keys: Histogram::new(),
                 changes: Vec::new(),
+                window: sc.throttle.map(|w| (now + w.at, now + w.at + w.length)),
+                oldest_after: Duration::ZERO,
+                refetched: vec![false; keys],
+                refetched_count: 0,
+                all_refetched: None,
             }),
         }
     }
@@ -144,7 +158,7 @@ impl Registry {
         let now = Instant::now();
         let mut st = self.lock();
         let second = st.second(now);
-        let admitted = st.discover_bucket.take(now);
+        let admitted = !st.in_window(now) && st.discover_bucket.take(now);
         st.discover.count(second, admitted);
         if !admitted {
             return Err(throttled("DiscoverInstances"));
@@ -169,7 +183,7 @@ impl Registry {
         let now = Instant::now();
         let mut st = self.lock();
         let second = st.second(now);
-        let admitted = st.revision_bucket.take(now);
+        let admitted = !st.in_window(now) && st.revision_bucket.take(now);
         st.revision.count(second, admitted);
         if !admitted {
             return Err(throttled("DiscoverInstancesRevision"));
@@ -178,7 +192,7 @@ impl Registry {
         let key = resolver * st.services + service;
         if st.held[key] == Some(version) {
             // The resolver's data is confirmed current without a full fetch.
-            st.confirmed[key] = now;
+            st.confirm(key, now);
         }
         Ok(Some(i64::from(version)))
     }
@@ -207,6 +221,9 @@ impl Registry {
         }
         let age = now.duration_since(st.confirmed[key]);
         st.age.record(age);
+        if st.window.is_some_and(|(_, end)| now >= end) {
+            st.oldest_after = st.oldest_after.max(age);
+        }
         let behind = if v >= st.version[service] {
             Duration::ZERO
         } else {
@@ -221,11 +238,31 @@ impl State {
         now.duration_since(self.start).as_secs() as usize
     }
 
+    fn in_window(&self, now: Instant) -> bool {
+        self.window
+            .is_some_and(|(from, until)| now >= from && now < until)
+    }
+
+    /// The registry confirmed what `key` holds at `now`.
+    fn confirm(&mut self, key: usize, now: Instant) {
+        self.confirmed[key] = now;
+        let Some((_, end)) = self.window.filter(|&(_, end)| now >= end) else {
+            return;
+        };
+        if !self.refetched[key] {
+            self.refetched[key] = true;
+            self.refetched_count += 1;
+            if self.refetched_count == self.refetched.len() {
+                self.all_refetched = Some(now.duration_since(end));
+            }
+        }
+    }
+
     fn deliver(&mut self, resolver: usize, service: usize, version: u32, now: Instant) {
         let key = resolver * self.services + service;
         let before = self.held[key].unwrap_or(0);
         self.held[key] = Some(version);
-        self.confirmed[key] = now;
+        self.confirm(key, now);
         if version <= before {
             return;
         }
@@ -254,6 +291,21 @@ impl State {
             warm_failures: self.warm_failures,
             all_keys: self.all_keys.clone(),
             changes: self.changes.clone(),
+            window: sc.throttle.map(|w| {
+                let end = w.at + w.length;
+                WindowReport {
+                    length: w.length,
+                    oldest_after: self.oldest_after,
+                    all_refetched: self.all_refetched,
+                    // The change made during the window: when 99% of the processes
+                    // had it, after the window's end.
+                    change_p99: self
+                        .changes
+                        .iter()
+                        .find(|c| c.at >= w.at && c.at < end)
+                        .and_then(|c| c.p99_after.map(|p| (c.at + p).saturating_sub(end))),
+                }
+            }),
             discover_quota: sc.discover_quota,
             revision_quota: sc.revision_quota,
         }

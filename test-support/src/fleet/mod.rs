@@ -35,7 +35,7 @@ use tokio::time::Instant;
 
 use account::{Registry, SimSource};
 use clients::{Caller, Naive};
-pub use report::{Calls, Change, Histogram, Report};
+pub use report::{Calls, Change, Histogram, Report, WindowReport};
 
 /// The namespace every simulated service lives in.
 const NAMESPACE: &str = "fleet";
@@ -57,6 +57,15 @@ pub enum Client {
     /// every TTL exactly (DiscoverInstances only: no jitter, no revision, no backoff),
     /// keeping its last good answer when throttled.
     Naive,
+}
+
+/// A throttling window set on the simulated account: from `at` after the start, for
+/// `length`, every call is refused as `RequestLimitExceeded`; a registration change
+/// is made in its middle.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    pub at: Duration,
+    pub length: Duration,
 }
 
 /// One simulation run.
@@ -82,6 +91,8 @@ pub struct Scenario {
     pub discover_quota: (u32, u32),
     /// The account's DiscoverInstancesRevision bucket: refill per second, burst.
     pub revision_quota: (u32, u32),
+    /// A throttling window, if any (`Report::window` measures what follows it).
+    pub throttle: Option<Window>,
     /// Who resolves.
     pub client: Client,
     /// The report's name for this run.
@@ -104,6 +115,7 @@ impl Scenario {
             seed: 7,
             discover_quota: (1000, 2000),
             revision_quota: (3000, 3000),
+            throttle: None,
             label: match &client {
                 Client::Resolver(_) => "resolver defaults".to_owned(),
                 Client::Naive => "naive fixed interval".to_owned(),
@@ -128,6 +140,19 @@ impl Scenario {
         sc.resolve_every = Duration::from_secs(15);
         sc.duration = Duration::from_secs(390);
         sc.label = format!("TTL {}/{} s, 60 s start", ttl.as_secs(), full.as_secs());
+        sc
+    }
+
+    /// The scenario of issue 24: as [`Scenario::new`], with the account refusing every
+    /// call for `window` from minute 3, and 75 s after it (a change made in the
+    /// middle of the window has a minute and more to spread, and the last regular
+    /// change at least 45 s).
+    pub fn throttled(resolvers: usize, client: Client, window: Duration) -> Self {
+        let mut sc = Scenario::new(resolvers, client);
+        let at = Duration::from_secs(180);
+        sc.throttle = Some(Window { at, length: window });
+        sc.duration = at + window + Duration::from_secs(75);
+        sc.label = format!("{}, {} s throttled", sc.label, window.as_secs());
         sc
     }
 
@@ -191,13 +216,20 @@ impl Scenario {
         }
         // Registration changes: at the middle of every period, so the last one still
         // has half a period to spread before the run ends.
-        let mut at = start + self.change_every / 2;
-        let mut service = 0;
-        while at < start + self.duration {
+        let mut changes: Vec<Instant> =
+            std::iter::successors(Some(start + self.change_every / 2), |&at| {
+                Some(at + self.change_every)
+            })
+            .take_while(|&at| at < start + self.duration)
+            .collect();
+        // And one in the middle of the throttling window.
+        if let Some(w) = self.throttle {
+            changes.push(start + w.at + w.length / 2);
+            changes.sort();
+        }
+        for (service, at) in changes.into_iter().enumerate() {
             tokio::time::sleep_until(at).await;
             registry.change(service % self.services, at);
-            service += 1;
-            at += self.change_every;
         }
         tokio::time::sleep_until(start + self.duration).await;
         for h in handles {

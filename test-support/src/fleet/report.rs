@@ -120,6 +120,21 @@ pub struct Change {
     pub p99_after: Option<Duration>,
 }
 
+/// What a run with a throttling window measured after the window.
+#[derive(Debug, Clone)]
+pub struct WindowReport {
+    /// How long the account refused every call.
+    pub length: Duration,
+    /// The oldest answer served after the window (age as in [`Report::age`]).
+    pub oldest_after: Duration,
+    /// When every key of every process had been confirmed by the registry after
+    /// the window, after its end; `None` if one never was.
+    pub all_refetched: Option<Duration>,
+    /// When 99% of the processes had the change made during the window, after its
+    /// end; `None` if they never did.
+    pub change_p99: Option<Duration>,
+}
+
 /// What a run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -138,6 +153,8 @@ pub struct Report {
     /// Per process that had every key answered: how long after its start.
     pub all_keys: Histogram,
     pub changes: Vec<Change>,
+    /// After the throttling window, if the run had one.
+    pub window: Option<WindowReport>,
     /// The account's buckets, for checks.
     pub discover_quota: (u32, u32),
     pub revision_quota: (u32, u32),
@@ -175,7 +192,7 @@ impl Report {
     /// The table's header line, matching [`Report`]'s `Display`.
     pub fn header() -> String {
         format!(
-            "{:<24} {:>6} | {:>17} {:>6} | {:>17} {:>6} | {:>6} | {:>22} | {:>22} | {:>9} | {:>11} | {:>11}",
+            "{:<24} {:>6} | {:>17} {:>6} | {:>17} {:>6} | {:>6} | {:>22} | {:>22} | {:>9} | {:>11} | {:>11} | {:>19}",
             "client",
             "procs",
             "DI offered/admit",
@@ -187,7 +204,8 @@ impl Report {
             "behind p50/p99/max s",
             "fail w/c",
             "all keys s",
-            "99% seen s"
+            "99% seen s",
+            "window old/all/99% s"
         )
     }
 }
@@ -212,7 +230,7 @@ impl fmt::Display for Report {
         };
         write!(
             f,
-            "{:<24} {:>6} | {:>8.0}/{:>8.0} {:>5.1}% | {:>8.0}/{:>8.0} {:>5.1}% | {:>5.1}% | {:>22} | {:>22} | {:>9} | {:>11} | {:>11}",
+            "{:<24} {:>6} | {:>8.0}/{:>8.0} {:>5.1}% | {:>8.0}/{:>8.0} {:>5.1}% | {:>5.1}% | {:>22} | {:>22} | {:>9} | {:>11} | {:>11} | {:>19}",
             self.label,
             self.resolvers,
             per_s(self.discover.offered),
@@ -237,6 +255,18 @@ impl fmt::Display for Report {
             format!("{}/{}", self.warm_failures, self.cold_failures),
             all_keys,
             prop,
+            match &self.window {
+                None => "-".to_owned(),
+                Some(w) => {
+                    let or_never = |d: Option<Duration>| d.map_or("never".to_owned(), secs);
+                    format!(
+                        "{}/{}/{}",
+                        secs(w.oldest_after),
+                        or_never(w.all_refetched),
+                        or_never(w.change_p99)
+                    )
+                }
+            },
         )
     }
 }

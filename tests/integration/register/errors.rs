@@ -3,6 +3,7 @@
 
 use cloudmap_resolver::{ErrorKind, Registration};
 use test_support::moto::sdk_config;
+use test_support::proxy::Fault;
 
 use super::{setup, write_calls};
 
@@ -91,4 +92,69 @@ async fn a_configuration_without_region_fails_without_a_call() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
     assert_eq!(write_calls(&proxy), 0);
+}
+
+/// The registry refusing the caller (permissions, credentials) is a configuration
+/// error reported at once, with the AWS code and message: RegisterInstance is sent
+/// once, not retried into a "gave up" that reads like an outage (issue 25). A quota
+/// is its own kind, not retried either; an unknown code stays retryable and named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_of_the_caller_are_configuration_errors_sent_once() {
+    let (ns, _, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let refusals = [
+        (403, "AccessDeniedException", ErrorKind::Configuration),
+        (400, "UnrecognizedClientException", ErrorKind::Configuration),
+        (403, "InvalidClientTokenId", ErrorKind::Configuration),
+        (400, "ExpiredTokenException", ErrorKind::Configuration),
+        (403, "InvalidSignatureException", ErrorKind::Configuration),
+        (400, "ResourceLimitExceeded", ErrorKind::QuotaExceeded),
+    ];
+    for (n, (status, code, kind)) in refusals.into_iter().enumerate() {
+        proxy.fault_operation(
+            "RegisterInstance",
+            Fault::AwsError {
+                status,
+                code,
+                message: "refused by the test proxy",
+            },
+            None,
+        );
+        let err = Registration::new(&sdk, &ns, "web", "i-denied")
+            .port(80)
+            .jitter_seed(1)
+            .register()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{code}: {err}");
+        assert!(!err.is_retryable(), "{code}");
+        assert!(err.message().contains(code), "{err}");
+        assert!(err.message().contains("refused by the test proxy"), "{err}");
+        assert_eq!(
+            proxy.count("RegisterInstance"),
+            n as u64 + 1,
+            "{code}: sent once"
+        );
+    }
+    // A code no rule names: retried as an outage, and named in the error.
+    proxy.reset_counts();
+    proxy.fault_operation(
+        "RegisterInstance",
+        Fault::AwsError {
+            status: 500,
+            code: "SomethingNewException",
+            message: "new",
+        },
+        None,
+    );
+    let err = Registration::new(&sdk, &ns, "web", "i-unknown")
+        .port(80)
+        .jitter_seed(1)
+        .deadline(std::time::Duration::from_millis(600))
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("SomethingNewException"), "{err}");
+    assert!(proxy.count("RegisterInstance") >= 2);
 }

@@ -123,3 +123,47 @@ async fn throttling_to_the_end_is_throttled_with_bounded_calls() {
         .deregistered());
     assert!(instance_ids(&service_id).await.is_empty());
 }
+
+/// A DeregisterInstance whose answer is lost was carried out: its retry hears
+/// `InstanceNotFound` (moto) or `DuplicateRequest` naming the running operation
+/// (Cloud Map). Either way this drain did it, and says so (issue 25).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_whose_answer_was_lost_still_deregistered() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+
+    // The retry hears InstanceNotFound: moto already removed it.
+    let registered = registration(&sdk, &ns, "i-lost").register().await.unwrap();
+    proxy.fault_operation("DeregisterInstance", Fault::LoseAnswer, Some(1));
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert_eq!(proxy.count("DeregisterInstance"), 2);
+    assert!(drained.deregistered(), "{drained:?}");
+    assert_eq!(drained.operation_id(), None);
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-lost".to_owned()));
+
+    // The retry hears DuplicateRequest: the operation it names is waited on.
+    proxy.reset_counts();
+    let registered = registration(&sdk, &ns, "i-dup").register().await.unwrap();
+    proxy.fault_operation("DeregisterInstance", Fault::LoseAnswer, Some(1));
+    proxy.then_fault_operation("DeregisterInstance", Fault::DuplicateOfLost, Some(1));
+    let polls_before = proxy.count("GetOperation");
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert_eq!(proxy.count("DeregisterInstance"), 2);
+    assert!(drained.deregistered(), "{drained:?}");
+    let id = drained.operation_id().expect("the duplicate's operation");
+    assert!(!id.is_empty());
+    assert!(proxy.count("GetOperation") > polls_before);
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-dup".to_owned()));
+
+    // Quiet case: an instance already gone before the drain is not this drain's.
+    proxy.reset_counts();
+    let registered = registration(&sdk, &ns, "i-gone").register().await.unwrap();
+    test_support::moto::deregister(&service_id, "i-gone").await;
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert_eq!(proxy.count("DeregisterInstance"), 1);
+    assert!(!drained.deregistered());
+}

@@ -99,3 +99,70 @@ async fn a_malformed_owner_account_is_refused_before_any_call() {
     }
     assert_eq!(write_calls(&proxy), 0);
 }
+
+/// Without `owner_account`, only the caller's own namespaces: a namespace of the same
+/// name shared from another account, listed first, does not receive the instance
+/// (issue 25). `RESOURCE_OWNER = SELF` is sent; moto ignores filters, so the answer
+/// is checked too: against the account the credentials name, and when they name
+/// none, two owners of one name are refused rather than guessed between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_owner_a_shared_namespace_of_the_same_name_is_not_used() {
+    let (ns, own_service, proxy) = setup().await;
+    // Another account's namespace of the same name, with its own `web`: moto holds
+    // one account, so the proxy shows a namespace of another name as that one.
+    let other_name = test_support::moto::unique("reg-other");
+    let other_service = test_support::moto::http_service(&other_name, "web").await;
+    let other_id = test_support::moto::namespace_id(&other_name).await;
+    proxy.disguise_namespace(&other_id, &ns, "444455556666");
+
+    // Credentials that name the caller's account: its own namespace is found.
+    let creds = aws_sdk_servicediscovery::config::Credentials::builder()
+        .access_key_id("testing")
+        .secret_access_key("testing")
+        .account_id(MOTO_ACCOUNT)
+        .provider_name("tests")
+        .build();
+    let sdk = sdk_config(&proxy.url())
+        .into_builder()
+        .credentials_provider(
+            aws_sdk_servicediscovery::config::SharedCredentialsProvider::new(creds),
+        )
+        .build();
+    let registered = Registration::new(&sdk, &ns, "web", "i-own")
+        .port(8080)
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(registered.service_id(), own_service);
+    assert!(test_support::moto::instance_ids(&own_service)
+        .await
+        .contains(&"i-own".to_owned()));
+    assert!(test_support::moto::instance_ids(&other_service)
+        .await
+        .is_empty());
+    let list = sent(&proxy.bodies("ListNamespaces")[0]);
+    let filters = list["Filters"].as_array().unwrap();
+    assert!(
+        filters.iter().any(|f| f["Name"] == "RESOURCE_OWNER"
+            && f["Condition"] == "EQ"
+            && f["Values"][0] == "SELF"),
+        "{list}"
+    );
+    registered.drain(Duration::ZERO).await.unwrap();
+
+    // Credentials that do not name it (moto's dummy ones): two owners of the name,
+    // refused, and nothing registered anywhere.
+    let before = proxy.count("RegisterInstance");
+    let err = Registration::new(&sdk_config(&proxy.url()), &ns, "web", "i-which")
+        .port(8080)
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+    assert!(err.message().contains("444455556666"), "{err}");
+    assert!(err.message().contains("owner_account"), "{err}");
+    assert_eq!(proxy.count("RegisterInstance"), before);
+    assert!(test_support::moto::instance_ids(&other_service)
+        .await
+        .is_empty());
+}

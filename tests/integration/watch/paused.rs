@@ -197,3 +197,35 @@ async fn query_watch_and_invalid_input() {
     .unwrap();
     assert_eq!(first.unwrap().unwrap_err().kind(), ErrorKind::Configuration);
 }
+
+/// Issue 25 (also checked): a deleted service's endpoints are removed once the
+/// cache serves no answer for it (as `resolve` then fails), then the error is
+/// reported. Before, `ServiceNotFound` was a failure like any other and a gRPC
+/// channel kept dialing the endpoints forever.
+#[tokio::test(start_paused = true)]
+async fn a_deleted_service_has_its_endpoints_removed() {
+    let source = Counting::new(registry(&["a", "b"]));
+    let resolver = watched(source.clone());
+    let mut watch = resolver.watch("shared", "web");
+    initial_inserts(&mut watch, 2).await;
+
+    source.fail_with(Some(ErrorKind::ServiceNotFound));
+    let seen = drain_for(&mut watch, Duration::from_secs(120)).await;
+    let mut removed: Vec<String> = seen
+        .iter()
+        .filter(|i| i.is_ok())
+        .filter_map(|i| match kind(i) {
+            ("remove", id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    removed.sort();
+    assert_eq!(removed, ["a", "b"], "{seen:?}");
+    let errors: Vec<ErrorKind> = seen
+        .iter()
+        .filter_map(|i| i.as_ref().err().map(cloudmap_resolver::Error::kind))
+        .collect();
+    assert_eq!(errors, [ErrorKind::ServiceNotFound], "{seen:?}");
+    assert_eq!(seen.len(), 3, "nothing else: {seen:?}");
+    assert!(resolver.resolve("shared", "web").await.is_err());
+}

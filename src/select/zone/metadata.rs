@@ -1,0 +1,234 @@
+//! The caller's zone from the environment: ECS task metadata (v4), else EC2
+//! instance metadata (IMDSv2: a session token, then the placement), each request
+//! bounded by a timeout. Both are link-local HTTP services, spoken to with the
+//! minimal client in `http.rs`.
+
+use std::time::Duration;
+
+use super::http::{request, Url};
+use crate::error::{Error, ErrorKind};
+
+/// The ECS agent's variable: the container's metadata base URL.
+const ECS_VAR: &str = "ECS_CONTAINER_METADATA_URI_V4";
+/// The AWS SDKs' override of the instance metadata base URL.
+const IMDS_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
+const IMDS_DEFAULT: &str = "http://169.254.169.254";
+
+/// The zone from ECS task metadata if the task has it, else from EC2 instance
+/// metadata.
+pub(super) async fn zone_from_environment(timeout: Duration) -> Result<String, Error> {
+    let ecs = std::env::var(ECS_VAR).ok().filter(|v| !v.is_empty());
+    let imds = std::env::var(IMDS_VAR)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| IMDS_DEFAULT.to_owned());
+    zone_from(ecs.as_deref(), &imds, timeout).await
+}
+
+/// As [`zone_from_environment`], with the base URLs given.
+pub(super) async fn zone_from(
+    ecs: Option<&str>,
+    imds: &str,
+    timeout: Duration,
+) -> Result<String, Error> {
+    let ecs_err = match ecs {
+        Some(base) => match from_ecs(base, timeout).await {
+            Ok(zone) => return Ok(zone),
+            Err(e) => Some(e),
+        },
+        None => None,
+    };
+    from_imds(imds, timeout).await.map_err(|e| {
+        let ecs = match ecs_err {
+            Some(ecs) => format!("ECS task metadata: {ecs}"),
+            None => format!("{ECS_VAR} is not set"),
+        };
+        Error::with_source(
+            ErrorKind::Unavailable,
+            format!("no availability zone found ({ecs}; EC2 instance metadata: {e})"),
+            e,
+        )
+    })
+}
+
+async fn from_ecs(base: &str, timeout: Duration) -> Result<String, Error> {
+    let url = Url::parse(base)?.join("task");
+    let resp = request("GET", &url, &[], timeout).await?;
+    ok(resp.status)?;
+    let json: serde_json::Value = serde_json::from_str(&resp.body)
+        .map_err(|e| Error::with_source(ErrorKind::Unavailable, "task metadata is not JSON", e))?;
+    json.get("AvailabilityZone")
+        .and_then(|z| z.as_str())
+        .filter(|z| !z.is_empty())
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unavailable,
+                "task metadata has no AvailabilityZone",
+            )
+        })
+}
+
+async fn from_imds(base: &str, timeout: Duration) -> Result<String, Error> {
+    let base = Url::parse(base)?;
+    let token = request(
+        "PUT",
+        &base.join("/latest/api/token"),
+        &[("X-aws-ec2-metadata-token-ttl-seconds", "60")],
+        timeout,
+    )
+    .await?;
+    ok(token.status)?;
+    let token = token.body.trim();
+    let zone = request(
+        "GET",
+        &base.join("/latest/meta-data/placement/availability-zone"),
+        &[("X-aws-ec2-metadata-token", token)],
+        timeout,
+    )
+    .await?;
+    ok(zone.status)?;
+    let zone = zone.body.trim();
+    if zone.is_empty() || zone.contains(char::is_whitespace) {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("instance metadata gave no zone: {zone:?}"),
+        ));
+    }
+    Ok(zone.to_owned())
+}
+
+fn ok(status: u16) -> Result<(), Error> {
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Unavailable,
+            format!("HTTP status {status}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback server answering each connection with `answer(request head)`;
+    /// `None` keeps the connection open without answering (a slow service).
+    async fn fake(answer: fn(&str) -> Option<String>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    match answer(&head) {
+                        Some(body) => {
+                            let status = if body == "404" {
+                                "404 Not Found"
+                            } else {
+                                "200 OK"
+                            };
+                            let resp = format!(
+                                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = conn.write_all(resp.as_bytes()).await;
+                        }
+                        None => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    }
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    /// A closed loopback port: connections are refused.
+    async fn nothing() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{addr}")
+    }
+
+    fn ecs(head: &str) -> Option<String> {
+        assert!(head.starts_with("GET /v4/abc/task HTTP/1.1"), "{head}");
+        Some(r#"{"Cluster":"c","AvailabilityZone":"us-east-1b","TaskARN":"t"}"#.into())
+    }
+
+    fn imds(head: &str) -> Option<String> {
+        if head.starts_with("PUT /latest/api/token HTTP/1.1") {
+            assert!(
+                head.contains("X-aws-ec2-metadata-token-ttl-seconds: 60"),
+                "{head}"
+            );
+            return Some("tok-123".into());
+        }
+        if head.starts_with("GET /latest/meta-data/placement/availability-zone HTTP/1.1") {
+            // IMDSv2: the token must come with the request.
+            if !head.contains("X-aws-ec2-metadata-token: tok-123") {
+                return Some("404".into());
+            }
+            return Some("us-east-1c".into());
+        }
+        Some("404".into())
+    }
+
+    const T: Duration = Duration::from_millis(500);
+
+    #[tokio::test]
+    async fn ecs_task_metadata_gives_the_zone() {
+        let base = format!("{}/v4/abc", fake(ecs).await);
+        let zone = zone_from(Some(&base), &nothing().await, T).await.unwrap();
+        assert_eq!(zone, "us-east-1b");
+    }
+
+    #[tokio::test]
+    async fn imds_v2_gives_the_zone_when_ecs_is_absent() {
+        let zone = zone_from(None, &fake(imds).await, T).await.unwrap();
+        assert_eq!(zone, "us-east-1c");
+    }
+
+    #[tokio::test]
+    async fn ecs_failing_falls_back_to_imds() {
+        let zone = zone_from(Some(&nothing().await), &fake(imds).await, T)
+            .await
+            .unwrap();
+        assert_eq!(zone, "us-east-1c");
+    }
+
+    #[tokio::test]
+    async fn neither_is_a_typed_error_naming_both() {
+        let err = zone_from(None, &nothing().await, T).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        let text = err.to_string();
+        assert!(
+            text.contains(ECS_VAR) && text.contains("EC2 instance metadata"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_service_times_out() {
+        let base = fake(|_| None).await;
+        let err = zone_from(None, &base, T).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_zone_is_an_error() {
+        let base = fake(|_| Some(r#"{"Cluster":"c"}"#.into())).await;
+        let err = zone_from(Some(&base), &nothing().await, T)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no AvailabilityZone"), "{err}");
+    }
+}

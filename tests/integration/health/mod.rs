@@ -1,0 +1,6 @@
+//! Endpoint health beyond the registry (issue 28): failure-percentage ejection
+//! (paused clock, counts and shares) and active health checks against loopback
+//! backends (real sockets, small intervals; counts and states, never timings).
+
+mod percentage;
+mod probe;

@@ -1,0 +1,267 @@
+//! Active health checks against loopback backends. Real sockets with small
+//! intervals; each wait is a bounded loop, and the assertions are on states and
+//! counts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudmap_resolver::{HealthCheck, Instance, Resolver, StaticDiscovery};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+fn registry(addrs: &[SocketAddr]) -> StaticDiscovery {
+    addrs
+        .iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (i, a)| {
+            r.with_instance(
+                "shared",
+                "web",
+                Instance::new(format!("e{i}"))
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(a.port()),
+            )
+        })
+}
+
+/// Accepts and closes connections, counting them, until `stop` is dropped.
+async fn tcp_backend(listener: TcpListener, accepts: Arc<AtomicUsize>) {
+    while let Ok((conn, _)) = listener.accept().await {
+        accepts.fetch_add(1, Ordering::Relaxed);
+        drop(conn);
+    }
+}
+
+/// Resolves `n` times; how many picks were endpoint `e{i}`.
+async fn picks_of(resolver: &Resolver, i: usize, n: usize) -> usize {
+    let mut hits = 0;
+    for _ in 0..n {
+        let ep = resolver.resolve("shared", "web").await.unwrap();
+        hits += usize::from(ep.instance_id() == format!("e{i}"));
+    }
+    hits
+}
+
+/// Resolves every 20 ms (the key stays in use) until `cond` holds on 40 picks, or
+/// `rounds` rounds have passed; returns whether it held.
+async fn resolve_until(resolver: &Resolver, rounds: usize, cond: impl Fn(usize) -> bool) -> bool {
+    for _ in 0..rounds {
+        if cond(picks_of(resolver, 0, 40).await) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A backend that stops listening, with no call made (only `resolve`): out of the
+/// picks after `unhealthy_after` failed probes, back after `healthy_after` passed
+/// one once it listens again.
+#[tokio::test]
+async fn a_backend_that_stops_listening_leaves_the_picks_and_comes_back() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let task_a = tokio::spawn(tcp_backend(a, accepts.clone()));
+    tokio::spawn(tcp_backend(b, Arc::new(AtomicUsize::new(0))));
+    let check = HealthCheck::tcp()
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(200));
+    let resolver = Resolver::builder(registry(&[addr_a, addr_b]))
+        .health_check(check)
+        .seed(28)
+        .build()
+        .unwrap();
+    assert!(
+        resolve_until(&resolver, 100, |hits| hits > 0
+            && accepts.load(Ordering::Relaxed) > 0)
+        .await,
+        "e0 picked and probed while it listens"
+    );
+    assert_eq!(resolver.stats().ejections_probe, 0);
+
+    task_a.abort();
+    let _ = task_a.await; // the listener is closed: connections are refused
+    assert!(
+        resolve_until(&resolver, 250, |hits| hits == 0).await,
+        "e0 out of the picks"
+    );
+    let out = resolver.stats();
+    assert_eq!(out.ejections_probe, 1, "{out:?}");
+    // Out after unhealthy_after (2) failed probes, give or take the one in flight.
+    assert!(
+        (2..=3).contains(&(out.probes_failed + out.probes_timed_out)),
+        "{out:?}"
+    );
+    // While it is out, every pick is the other endpoint.
+    assert_eq!(picks_of(&resolver, 0, 200).await, 0);
+
+    let a = TcpListener::bind(addr_a).await.unwrap();
+    tokio::spawn(tcp_backend(a, accepts.clone()));
+    assert!(
+        resolve_until(&resolver, 250, |hits| hits > 0).await,
+        "e0 back in the picks"
+    );
+    let back = resolver.stats();
+    assert_eq!(back.readmissions, 1, "{back:?}");
+    assert_eq!(back.ejections, 1, "{back:?}");
+}
+
+/// Answers each HTTP request with 503 while `down`, else 200; records the Host
+/// headers it saw and the most connections open at once.
+#[derive(Default)]
+struct HttpBackend {
+    down: AtomicBool,
+    hosts: std::sync::Mutex<Vec<String>>,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+    requests: AtomicUsize,
+    /// Never answers: holds each connection until the client closes it.
+    silent: AtomicBool,
+}
+
+async fn http_backend(listener: TcpListener, state: Arc<HttpBackend>) {
+    while let Ok((mut conn, _)) = listener.accept().await {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let open = state.open.fetch_add(1, Ordering::SeqCst) + 1;
+            state.max_open.fetch_max(open, Ordering::SeqCst);
+            let mut buf = vec![0u8; 1024];
+            let mut len = 0;
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                match conn.read(&mut buf[len..]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => len += n,
+                }
+            }
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            let head = String::from_utf8_lossy(&buf[..len]).to_string();
+            if let Some(host) = head.lines().find_map(|l| l.strip_prefix("Host: ")) {
+                state.hosts.lock().unwrap().push(host.to_owned());
+            }
+            if state.silent.load(Ordering::SeqCst) {
+                // Wait for the client to give up and close.
+                let _ = conn.read(&mut buf).await;
+            } else {
+                let status = if state.down.load(Ordering::SeqCst) {
+                    "503 Service Unavailable"
+                } else {
+                    "200 OK"
+                };
+                let reply = format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n");
+                let _ = conn.write_all(reply.as_bytes()).await;
+            }
+            state.open.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+/// An HTTP check against a server answering 503, then 200: out, then back; the
+/// Host header is the one set.
+#[tokio::test]
+async fn http_check_follows_the_status() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr_a, addr_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+    let state = Arc::new(HttpBackend::default());
+    state.down.store(true, Ordering::SeqCst);
+    tokio::spawn(http_backend(a, state.clone()));
+    tokio::spawn(http_backend(b, Arc::new(HttpBackend::default())));
+    let check = HealthCheck::http("/healthz")
+        .host("web.internal")
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(500));
+    let resolver = Resolver::builder(registry(&[addr_a, addr_b]))
+        .health_check(check)
+        .seed(28)
+        .build()
+        .unwrap();
+    assert!(
+        resolve_until(&resolver, 250, |hits| hits == 0).await,
+        "e0 out while it answers 503"
+    );
+    assert_eq!(resolver.stats().ejections_probe, 1);
+    state.down.store(false, Ordering::SeqCst);
+    assert!(
+        resolve_until(&resolver, 250, |hits| hits > 0).await,
+        "e0 back once it answers 200"
+    );
+    let hosts = state.hosts.lock().unwrap().clone();
+    assert!(
+        !hosts.is_empty() && hosts.iter().all(|h| h == "web.internal"),
+        "{hosts:?}"
+    );
+    let stats = resolver.stats();
+    assert!(
+        stats.probes_failed >= 2 && stats.probes_passed >= 1,
+        "{stats:?}"
+    );
+}
+
+/// A backend that never answers: probes time out, yet at most one is in flight to
+/// it at any time; after the resolver is dropped, no probe starts.
+#[tokio::test]
+async fn one_probe_in_flight_per_endpoint_and_none_after_drop() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = a.local_addr().unwrap();
+    let state = Arc::new(HttpBackend::default());
+    state.silent.store(true, Ordering::SeqCst);
+    tokio::spawn(http_backend(a, state.clone()));
+    // The interval is a fifth of the timeout: without the one-in-flight rule, five
+    // probes would overlap.
+    let check = HealthCheck::http("/")
+        .interval(Duration::from_millis(20))
+        .timeout(Duration::from_millis(100));
+    let resolver = Resolver::builder(registry(&[addr]))
+        .health_check(check)
+        .build()
+        .unwrap();
+    for _ in 0..50 {
+        resolver.resolve("shared", "web").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let probes = state.requests.load(Ordering::SeqCst);
+    assert!(probes >= 3, "probed {probes} times");
+    assert_eq!(state.max_open.load(Ordering::SeqCst), 1);
+    assert!(resolver.stats().probes_timed_out >= 3);
+
+    drop(resolver);
+    // Let the last probe time out and the task see the drop.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = state.requests.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        state.requests.load(Ordering::SeqCst),
+        settled,
+        "no probe after drop"
+    );
+}
+
+/// A key resolved once and then left idle: its endpoints stop being probed once its
+/// answer expires unused.
+#[tokio::test]
+async fn idle_keys_are_not_probed() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = a.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(tcp_backend(a, accepts.clone()));
+    let resolver = Resolver::builder(registry(&[addr]))
+        .ttl(Duration::from_secs(1))
+        .health_check(HealthCheck::tcp().interval(Duration::from_millis(50)))
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "web").await.unwrap();
+    // In use for its first answer's life (and the refreshed one's), then idle.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let settled = accepts.load(Ordering::Relaxed);
+    assert!(settled >= 5, "probed while in use: {settled}");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        accepts.load(Ordering::Relaxed),
+        settled,
+        "no probe of an idle key"
+    );
+}
