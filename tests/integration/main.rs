@@ -34,8 +34,6 @@ mod cli;
 mod grpc;
 #[cfg(feature = "hyper")]
 mod hyper;
-#[cfg(feature = "metrics")]
-mod metrics;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tower")]

@@ -2,6 +2,10 @@
 //! refusal, a source panic, a throttled refresh, an ejection, a change stream) on
 //! tokio's paused clock, recorded by `metrics-util`'s debugging recorder installed
 //! for this thread only; once without and once with the per-endpoint label.
+//!
+//! Its own test binary (one process): label values are bounded per process, so
+//! other tests' names must not fill the cap these tests read.
+#![cfg(feature = "metrics")]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
