@@ -1,0 +1,315 @@
+use super::*;
+
+const D: Op = Op::Discover;
+const R: Op = Op::Revision;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+impl Limiter {
+    /// The turn a call asked for at `now` gets, as `admit_at` gave it before
+    /// turns were queue places: the time its place comes at the rate of `now`.
+    fn admit_at(&self, op: Op, pace: Pace, now: Instant) -> Result<Instant, Error> {
+        Ok(match self.take(op, pace, now)? {
+            Turn::Now => now,
+            Turn::Queued(t) => self.turn_of(&t, now).unwrap_or(now),
+            Turn::Retry(at) => panic!("queue full, ask again at {at:?}"),
+        })
+    }
+}
+
+#[test]
+fn unlimited_by_default_until_throttled() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    for _ in 0..1000 {
+        assert_eq!(l.admit_at(R, Pace::Wait, t0).unwrap(), t0);
+    }
+    let off = Limiter::new(None, false, t0);
+    off.throttled(R, t0, t0);
+    for _ in 0..1000 {
+        assert_eq!(off.admit_at(R, Pace::Wait, t0).unwrap(), t0);
+    }
+}
+
+#[test]
+fn cap_refuses_cold_loads_and_queues_refreshes() {
+    let t0 = Instant::now();
+    let l = Limiter::new(Some(RateLimit::new(2.0, 3)), false, t0);
+    // The cap counts both operations.
+    for op in [D, R, D] {
+        assert_eq!(l.admit_at(op, Pace::Now, t0).unwrap(), t0);
+    }
+    let err = l.admit_at(R, Pace::Now, t0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    // Refreshes get turns half a second apart.
+    assert_eq!(l.admit_at(R, Pace::Wait, t0).unwrap(), t0 + ms(500));
+    assert_eq!(l.admit_at(D, Pace::Wait, t0).unwrap(), t0 + ms(1000));
+    // Queued refreshes hold cold loads back too: the cap is a cap.
+    assert!(l.admit_at(D, Pace::Now, t0 + ms(600)).is_err());
+    assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
+}
+
+#[test]
+fn throttling_halves_the_rate_being_sent_and_it_grows_back() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    // Send 10 revision calls a second for a while.
+    let mut t = t0;
+    for _ in 0..200 {
+        l.admit_at(R, Pace::Wait, t).unwrap();
+        t += ms(100);
+    }
+    l.throttled(R, t, t);
+    let rate = l.rate(R, t).unwrap();
+    assert!(
+        (4.5..=5.5).contains(&rate),
+        "halved to about 5/s, got {rate}"
+    );
+    let later = l.rate(R, t + DOUBLING).unwrap();
+    assert!((later / rate - 2.0).abs() < 1e-9, "doubles in {DOUBLING:?}");
+    // A call admitted before the cut says nothing new: no second cut.
+    l.throttled(R, t, t + ms(10));
+    assert!((l.rate(R, t + ms(10)).unwrap() - rate).abs() < 1e-2);
+    // One admitted after it does: half again, but not below a quarter of the
+    // demand (10/s when the throttling began).
+    l.throttled(R, t + ms(20), t + ms(20));
+    let again = l.rate(R, t + ms(20)).unwrap();
+    assert!(
+        (2.3..=2.7).contains(&again),
+        "cut to about 2.4/s, got {again}"
+    );
+    for i in 1..=10 {
+        l.throttled(R, t + ms(20 + i), t + ms(20 + i));
+    }
+    let floor = l.rate(R, t + ms(40)).unwrap();
+    assert!(
+        (floor / rate - FLOOR_SHARE * 2.0).abs() < 0.01,
+        "the floor is a quarter of the demand: {floor} vs {rate}"
+    );
+    // Each operation has its own quota: DiscoverInstances is not held back.
+    assert_eq!(l.rate(D, t), None);
+    assert_eq!(l.admit_at(D, Pace::Wait, t).unwrap(), t);
+}
+
+#[test]
+fn refreshes_wait_for_turns_but_cold_loads_go_ahead() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    for _ in 0..20 {
+        l.admit_at(R, Pace::Wait, t0).unwrap();
+    }
+    // Sending 10/s when throttled: 5/s from now, one turn each fifth of a second.
+    l.throttled(R, t0, t0);
+    // The rate grows meanwhile (doubling every 20 s): each turn a little
+    // earlier than a fixed 5/s would give.
+    for i in 1..=5 {
+        let turn = l.admit_at(R, Pace::Wait, t0).unwrap();
+        assert!(
+            turn <= t0 + ms(200 * i) && turn > t0 + ms(200 * i - 20),
+            "{i}"
+        );
+    }
+    assert_eq!(
+        l.admit_at(R, Pace::Now, t0).unwrap(),
+        t0,
+        "a cold load goes now"
+    );
+}
+
+#[test]
+fn a_throttled_cold_load_holds_the_others_back() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    l.cold_outcome(D, true, t0, |n| ms(500) * n);
+    let err = l.admit_at(D, Pace::Now, t0 + ms(499)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled);
+    assert!(
+        l.admit_at(R, Pace::Now, t0).is_ok(),
+        "the other quota is not held"
+    );
+    assert!(
+        l.admit_at(D, Pace::Wait, t0).is_ok(),
+        "refreshes are paced, not held"
+    );
+    l.cold_outcome(D, true, t0 + ms(500), |n| ms(500) * n);
+    assert!(
+        l.admit_at(D, Pace::Now, t0 + ms(1499)).is_err(),
+        "the hold grows"
+    );
+    // Answers bring the pressure down (`cold_pace.rs`): two per step.
+    for _ in 0..4 {
+        l.cold_outcome(D, false, t0 + ms(1500), |n| ms(500) * n);
+    }
+    assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
+    let off = Limiter::new(None, false, t0);
+    off.cold_outcome(D, true, t0, |n| ms(500) * n);
+    assert!(off.admit_at(D, Pace::Now, t0).is_ok());
+}
+
+#[test]
+fn waiting_cold_loads_take_their_turn_at_the_end_of_the_hold() {
+    let t0 = Instant::now();
+    for adaptive in [true, false] {
+        let l = Limiter::new(Some(RateLimit::new(1.0, 1)), adaptive, t0);
+        assert_eq!(l.cold_turn(t0), None, "nothing held back yet");
+        l.admit_at(D, Pace::Now, t0).unwrap();
+        assert!(l.admit_at(D, Pace::Now, t0).is_err());
+        assert_eq!(
+            l.cold_turn(t0),
+            None,
+            "a refusal by the cap is not waited out"
+        );
+        l.cold_outcome(D, true, t0, |n| ms(500) * n);
+        l.cold_outcome(R, true, t0, |n| ms(300) * n);
+        assert_eq!(l.cold_turn(t0), Some(t0 + ms(500)), "the later hold");
+        assert_eq!(l.cold_turn(t0 + ms(499)), Some(t0 + ms(500)));
+        assert_eq!(
+            l.cold_turn(t0 + ms(500)),
+            None,
+            "a hold already over gives no turn"
+        );
+        for op in [D, D, R, R] {
+            l.cold_outcome(op, false, t0 + ms(900), |n| ms(100) * n);
+        }
+        assert_eq!(l.cold_turn(t0 + ms(900)), None);
+    }
+}
+
+#[test]
+fn adapted_rate_is_lifted_once_far_above_demand() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    l.admit_at(D, Pace::Wait, t0).unwrap();
+    l.throttled(D, t0, t0);
+    assert!(l.rate(D, t0).is_some());
+    let much_later = t0 + DOUBLING * 30;
+    assert_eq!(l.admit_at(D, Pace::Wait, much_later).unwrap(), much_later);
+    assert_eq!(l.rate(D, much_later), None);
+}
+
+#[test]
+fn tiny_rate_gives_no_turn_instead_of_panicking() {
+    let t0 = Instant::now();
+    for rate in [1e-300, f64::MIN_POSITIVE, 5e-324] {
+        let l = Limiter::new(Some(RateLimit::new(rate, 1)), true, t0);
+        assert_eq!(l.admit_at(D, Pace::Wait, t0).unwrap(), t0);
+        let next = l.admit_at(D, Pace::Wait, t0).unwrap();
+        assert!(
+            next > t0 + Duration::from_secs(10 * 365 * 24 * 3600),
+            "{rate}"
+        );
+        assert!(l.admit_at(D, Pace::Now, t0).is_err());
+    }
+}
+
+/// Sends `per_second` revision calls for 20 s from `t0`; returns the time after.
+fn steady(l: &Limiter, per_second: u64, t0: Instant) -> Instant {
+    let mut t = t0;
+    for _ in 0..20 * per_second {
+        l.admit_at(R, Pace::Wait, t).unwrap();
+        t += ms(1000 / per_second);
+    }
+    t
+}
+
+#[test]
+fn a_long_throttling_window_leaves_the_rate_at_a_share_of_the_demand() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    let start = steady(&l, 100, t0);
+    // Sixty seconds of throttling: every call admitted is throttled.
+    let end = start + Duration::from_secs(60);
+    let mut t = start;
+    let mut pending = Vec::new();
+    let mut calls = 0;
+    while t < end {
+        // A hundred refreshes a second ask; those whose turn has come are sent
+        // and throttled.
+        match l.take(R, Pace::Wait, t).unwrap() {
+            Turn::Now => l.throttled(R, t, t),
+            Turn::Queued(ticket) => pending.push(ticket),
+            Turn::Retry(_) => {}
+        }
+        pending.retain(|ticket| {
+            let go = l.turn_of(ticket, t).is_none();
+            if go {
+                calls += 1;
+                l.throttled(R, t, t);
+            }
+            !go
+        });
+        t += ms(10);
+    }
+    let rate = l.rate(R, end).unwrap();
+    assert!(
+        (25.0..=26.0).contains(&rate),
+        "a quarter of 100/s, got {rate}"
+    );
+    // The queue never held more than ten seconds of the rate.
+    assert!(pending.len() <= 260, "{} queued", pending.len());
+    assert!(calls > 60 * 20, "turns kept coming at the floor: {calls}");
+}
+
+#[test]
+fn a_queued_turn_comes_with_the_growing_rate_and_the_queue_is_capped() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    let t = steady(&l, 4, t0);
+    l.throttled(R, t, t);
+    let rate = l.rate(R, t).unwrap();
+    assert!((1.8..=2.0).contains(&rate), "{rate}");
+    // Fifteen turns at a fixed rate would take 15/rate s; growing, the 15th
+    // comes sooner.
+    let mut last = t;
+    for _ in 0..15 {
+        last = l.admit_at(R, Pace::Wait, t).unwrap();
+    }
+    let fixed = Duration::from_secs_f64(15.0 / rate);
+    assert!(last < t + fixed - ms(500) && last > t + fixed - ms(1500));
+    // The queue holds ten seconds of the rate (18 or 19 turns): then a refresh
+    // asks again later, when the queue has drained.
+    let mut queued = 15;
+    let retry = loop {
+        match l.take(R, Pace::Wait, t).unwrap() {
+            Turn::Queued(_) => queued += 1,
+            Turn::Retry(at) => break at,
+            Turn::Now => panic!("no turn banked after a throttle"),
+        }
+    };
+    assert_eq!(queued, (rate * 10.0).floor() as u32);
+    assert!(retry > last && retry < t + Duration::from_secs(10));
+    // A cold load still goes ahead.
+    assert_eq!(l.admit_at(R, Pace::Now, t).unwrap(), t);
+}
+
+#[test]
+fn a_cap_refusal_says_so() {
+    let t0 = Instant::now();
+    let l = Limiter::new(Some(RateLimit::new(1.0, 1)), true, t0);
+    l.admit_at(D, Pace::Now, t0).unwrap();
+    let err = l.admit_at(D, Pace::Now, t0).unwrap_err();
+    assert!(is_cap_refusal(&err));
+    l.cold_outcome(D, true, t0, |_| ms(500));
+    let held = l.admit_at(D, Pace::Now, t0).unwrap_err();
+    assert_eq!(held.kind(), ErrorKind::Throttled);
+    assert!(
+        !is_cap_refusal(&held),
+        "a cold hold is the registry's throttling"
+    );
+}
+
+#[test]
+fn validation() {
+    assert!(RateLimit::new(1.0, 1).validate().is_ok());
+    for bad in [
+        RateLimit::new(0.0, 1),
+        RateLimit::new(-1.0, 1),
+        RateLimit::new(f64::NAN, 1),
+        RateLimit::new(f64::INFINITY, 1),
+        RateLimit::new(1.0, 0),
+    ] {
+        assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidInput);
+    }
+}

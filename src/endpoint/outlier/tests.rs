@@ -1,0 +1,184 @@
+use super::*;
+use crate::discover::instance::Instance;
+use crate::endpoint::{EndpointData, EndpointSet, ParseOptions, SetRef, StateTable};
+
+fn set(n: usize, table: &StateTable) -> Vec<Endpoint> {
+    let mut items: Box<[EndpointData]> = (0..n)
+        .map(|i| {
+            ParseOptions::default()
+                .parse(
+                    Instance::new(format!("i-{i}"))
+                        .ipv4("10.0.0.1".parse().unwrap())
+                        .port(8000 + i as u16),
+                )
+                .unwrap()
+        })
+        .collect();
+    table.attach(&mut items, None);
+    let set = Arc::new(SetRef::new(Arc::new(EndpointSet { items })));
+    (0..n).map(|i| Endpoint::new(set.clone(), i)).collect()
+}
+
+fn fail(d: &OutlierDetector, ep: &Endpoint, times: u32, now: Instant) {
+    for _ in 0..times {
+        d.record(ep, Outcome::Failure, now);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejects_after_consecutive_failures_only() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let eps = set(8, &t);
+    let now = Instant::now();
+    fail(&d, &eps[0], 4, now);
+    d.record(&eps[0], Outcome::Success, now);
+    fail(&d, &eps[0], 4, now);
+    assert!(!eps[0].is_ejected(), "a success resets the count");
+    fail(&d, &eps[0], 1, now);
+    assert!(eps[0].is_ejected());
+    assert_eq!(d.ejections(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_table_counts_its_ejected_endpoints() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let count = t.ejected();
+    let eps = set(8, &t);
+    let now = Instant::now();
+    assert!(!count.any());
+    fail(&d, &eps[0], 5, now);
+    fail(&d, &eps[1], 5, now);
+    assert!(eps[0].is_ejected() && eps[1].is_ejected() && count.any());
+    // One re-admitted when its time is up: the other still counts.
+    assert!(!d.is_ejected(eps[0].state(), now + Duration::from_secs(31)));
+    assert!(count.any());
+    // The other leaves with its answer while ejected: nothing counts any more.
+    drop(eps);
+    assert!(!count.any());
+}
+
+#[tokio::test(start_paused = true)]
+async fn share_cap_holds() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let eps = set(8, &t);
+    let now = Instant::now();
+    for ep in &eps {
+        fail(&d, ep, 10, now);
+    }
+    let ejected = eps.iter().filter(|e| e.is_ejected()).count();
+    assert_eq!(ejected, 4, "at most half of 8");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ejection_time_grows_and_is_capped() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    let h = eps[1].state().clone();
+    let mut now = Instant::now();
+    let mut times = Vec::new();
+    for _ in 0..12 {
+        fail(&d, &eps[1], 5, now);
+        assert!(eps[1].is_ejected());
+        let until = h.ejection.lock().until.unwrap();
+        times.push((until - now).as_secs());
+        now = until;
+        assert!(!d.is_ejected(&h, now), "re-admitted when its time is up");
+        // On probation one failure is enough to eject it again.
+        fail(&d, &eps[1], 1, now);
+        assert!(eps[1].is_ejected());
+        let until = h.ejection.lock().until.unwrap();
+        now = until;
+        assert!(!d.is_ejected(&h, now));
+        d.record(&eps[1], Outcome::Success, now);
+    }
+    assert_eq!(&times[..3], [30, 90, 150]);
+    assert_eq!(*times.last().unwrap(), 300, "{times:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_healthy_spell_resets_the_streak() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    let h = eps[2].state().clone();
+    let now = Instant::now();
+    fail(&d, &eps[2], 5, now);
+    let until = h.ejection.lock().until.unwrap();
+    assert!(!d.is_ejected(&h, until));
+    d.record(&eps[2], Outcome::Success, until);
+    let later = until + Duration::from_secs(301);
+    fail(&d, &eps[2], 5, later);
+    assert_eq!(
+        h.ejection.lock().until.unwrap() - later,
+        Duration::from_secs(30)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn timer_readmits_on_probation() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    fail(&d, &eps[3], 5, Instant::now());
+    assert!(eps[3].is_ejected());
+    tokio::time::sleep(Duration::from_secs(29)).await;
+    assert!(eps[3].is_ejected());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!eps[3].is_ejected());
+    assert_eq!(d.readmissions(), 1);
+    assert!(eps[3].state().ejection.lock().probation);
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_survives_a_new_answer() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let old = set(4, &t);
+    fail(&d, &old[0], 5, Instant::now());
+    let new = set(4, &t);
+    assert!(new[0].is_ejected(), "same instance at the same address");
+    assert!(Arc::ptr_eq(old[0].state(), new[0].state()));
+    assert!(!new[1].is_ejected());
+}
+
+#[tokio::test(start_paused = true)]
+async fn disabled_never_ejects() {
+    let d = OutlierDetector::new(OutlierOptions {
+        enabled: false,
+        ..OutlierOptions::default()
+    });
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    fail(&d, &eps[0], 100, Instant::now());
+    assert!(!eps[0].is_ejected());
+}
+
+#[test]
+fn options_are_validated() {
+    let bad = [
+        OutlierOptions {
+            consecutive_failures: 0,
+            ..OutlierOptions::default()
+        },
+        OutlierOptions {
+            max_ejection_share: 1.5,
+            ..OutlierOptions::default()
+        },
+        OutlierOptions {
+            max_ejection_share: f64::NAN,
+            ..OutlierOptions::default()
+        },
+        OutlierOptions {
+            max_ejection_time: Duration::from_secs(1),
+            ..OutlierOptions::default()
+        },
+    ];
+    for o in bad {
+        assert!(o.validate().is_err(), "{o:?}");
+    }
+    assert!(OutlierOptions::default().validate().is_ok());
+}
