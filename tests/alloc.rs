@@ -32,9 +32,11 @@ fn ready(fut: impl Future<Output = Result<Endpoint, cloudmap_resolver::Error>>) 
 
 /// Picks per endpoint over `CALLS` warm resolves, and the allocator's counts for them.
 /// With `zones`, even endpoints are in zone `a`, odd ones in `b`.
+/// With `handle`, through a held [`Resolver::service`] handle instead of `resolve`.
 fn warm_picks(
     selection: Selection,
     zones: Option<ZoneAware>,
+    handle: bool,
 ) -> ([usize; ENDPOINTS], stats_alloc::Stats) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -64,10 +66,17 @@ fn warm_picks(
         drop(ready(resolver.resolve("shared", "logs")));
     }
 
+    let web = resolver.service("shared", "logs");
+    drop(ready(web.resolve()));
+
     let mut picks = [0usize; ENDPOINTS];
     let region = Region::new(GLOBAL);
     for _ in 0..CALLS {
-        let ep = ready(resolver.resolve("shared", "logs"));
+        let ep = if handle {
+            ready(web.resolve())
+        } else {
+            ready(resolver.resolve("shared", "logs"))
+        };
         let i: usize = ep.instance_id()[2..].parse().unwrap();
         picks[i] += 1;
     }
@@ -80,7 +89,7 @@ fn warm_resolve_allocates_nothing() {
         attribute: "weight".into(),
     };
     for selection in [Selection::RoundRobin, weighted.clone(), Selection::Random] {
-        let (picks, stats) = warm_picks(selection.clone(), None);
+        let (picks, stats) = warm_picks(selection.clone(), None, false);
         // Zero in nearly every run. The one exception is not the warm path's:
         // arc-swap now and then retires a thread's debt node and leaks a fresh one
         // (`Box::leak` in arc-swap's `debt/list.rs`, reused by later threads), a
@@ -108,7 +117,7 @@ fn warm_resolve_allocates_nothing() {
     }
     // Zone-aware: the zone table is read, not made, per pick; every pick local.
     for selection in [Selection::RoundRobin, weighted, Selection::Random] {
-        let (picks, stats) = warm_picks(selection.clone(), Some(ZoneAware::new("a")));
+        let (picks, stats) = warm_picks(selection.clone(), Some(ZoneAware::new("a")), false);
         assert!(
             stats.allocations <= ARC_SWAP_NODE_ALLOCATIONS
                 && stats.reallocations == 0
@@ -117,4 +126,13 @@ fn warm_resolve_allocates_nothing() {
         );
         assert_eq!(picks.iter().step_by(2).sum::<usize>(), CALLS, "{picks:?}");
     }
+    // A held handle (`Resolver::service`): the same warm path, nothing per pick.
+    let (picks, stats) = warm_picks(Selection::RoundRobin, None, true);
+    assert!(
+        stats.allocations <= ARC_SWAP_NODE_ALLOCATIONS
+            && stats.reallocations == 0
+            && stats.deallocations == 0,
+        "handle: {stats:?}"
+    );
+    assert_eq!(picks, [CALLS / ENDPOINTS; ENDPOINTS], "handle: {picks:?}");
 }

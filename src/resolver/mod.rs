@@ -35,11 +35,13 @@ pub(crate) mod options;
 #[cfg(feature = "metrics")]
 mod publish;
 mod query;
+mod service;
 
 pub use builder::ResolverBuilder;
 pub use endpoints::Endpoints;
 use options::ResolverOptions;
 pub use query::Query;
+pub use service::Service;
 
 /// Finds live endpoints of services: cached, filtered, picked.
 ///
@@ -202,6 +204,29 @@ impl Resolver {
     /// ```
     pub fn query<'a>(&'a self, namespace: &'a str, service: &'a str) -> Query<'a> {
         Query::new(self, self.key(namespace, service))
+    }
+
+    /// A held handle on `service` in `namespace`: [`Service`] resolves, calls, leases
+    /// and watches that key as this resolver's methods do, without the names at each
+    /// call. `Clone + Send + Sync`; it holds a clone of this resolver.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Endpoint, Instance, Resolver, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "web",
+    ///     Instance::new("a").ipv4("127.0.0.1".parse().unwrap()).port(8080));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let web = resolver.service("shared", "web");
+    /// let ep: Endpoint = web.resolve().await?;
+    /// assert_eq!(ep.instance_id(), "a");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn service(&self, namespace: &str, service: &str) -> Service {
+        Service::new(self.clone(), namespace, service)
     }
 
     /// A stream of changes to the endpoints of `service` in `namespace`: first the

@@ -10,6 +10,7 @@
 
 mod diff;
 mod follow;
+#[cfg(feature = "tonic")]
 pub(crate) use follow::Item;
 mod stream;
 

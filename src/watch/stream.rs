@@ -86,6 +86,7 @@ impl Watch {
 
 impl Watch {
     /// The key this stream follows, before its first poll (`None` after).
+    #[cfg(feature = "tonic")]
     pub(crate) fn request(&self) -> Option<&DiscoverRequest> {
         match &self.state {
             State::Idle(_, req) => Some(req),

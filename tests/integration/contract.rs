@@ -462,3 +462,32 @@ async fn contract_hedging_runs() {
     assert!(body.starts_with("hello from "), "{body}");
     assert_eq!(resolver.stats().calls, 1);
 }
+
+/// The "Additions" block's service-handle lines, as written (issue 30).
+async fn contract_service_as_written(
+    resolver: Resolver,
+) -> Result<Endpoint, Box<dyn std::error::Error>> {
+    // a held service handle: picks without looking the key up
+    let web = resolver.service("shared", "web"); // Clone + Send + Sync; also .call, .lease, .watch
+    let ep: Endpoint = web.resolve().await?;
+    Ok(ep)
+}
+
+#[tokio::test]
+async fn contract_service_runs() {
+    fn send<T: Send>(_: &T) {}
+    fn shared<T: Clone + Send + Sync + 'static>() {}
+    shared::<cloudmap_resolver::Service>();
+    let registry = StaticDiscovery::new().with_instance(
+        "shared",
+        "web",
+        Instance::new("w-1")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(8080),
+    );
+    let resolver = Resolver::builder(registry).build().unwrap();
+    let fut = contract_service_as_written(resolver.clone());
+    send(&fut);
+    assert_eq!(fut.await.unwrap().instance_id(), "w-1");
+    assert_eq!(resolver.stats().resolves, 1);
+}

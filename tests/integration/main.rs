@@ -24,6 +24,7 @@ mod prop_options;
 mod properties;
 mod register;
 mod resilience;
+mod service;
 mod startup_wait;
 mod watch;
 mod zones;
