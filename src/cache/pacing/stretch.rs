@@ -73,7 +73,7 @@ impl State {
 impl Stretch {
     pub(in crate::cache) fn new(seed: u64) -> Self {
         Stretch {
-            seed: splitmix64(seed ^ 0x5354_5245_5443_48),
+            seed: splitmix64(seed ^ 0x0053_5452_4554_4348),
             state: Mutex::new(State::default()),
         }
     }
@@ -113,7 +113,11 @@ mod tests {
     fn doubles_once_per_step_and_halves_after_quiet_periods() {
         let t0 = Instant::now();
         let s = Stretch::new(1);
-        assert_eq!(s.interval(EVERY, t0), EVERY, "not stretched before a throttle");
+        assert_eq!(
+            s.interval(EVERY, t0),
+            EVERY,
+            "not stretched before a throttle"
+        );
         // A second of throttles is one doubling.
         for ms in 0..1000 {
             s.throttled(t0 + Duration::from_millis(ms));
@@ -148,6 +152,10 @@ mod tests {
                 .expect("halved within the jitter")
         };
         let times: std::collections::BTreeSet<_> = (0..20).map(halved).collect();
-        assert!(times.len() > 10, "20 resolvers halve at {} times", times.len());
+        assert!(
+            times.len() > 10,
+            "20 resolvers halve at {} times",
+            times.len()
+        );
     }
 }
