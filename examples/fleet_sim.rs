@@ -20,8 +20,9 @@
 //! is the oldest answer served after the window, when every key had been confirmed
 //! after it, and when 99% of the processes had the window's change, all in seconds
 //! after its end. `FLEET_ONLY` picks rows (`defaults`, `per-key`, `naive`, `tuned`,
-//! `rolling`, `window3`, `window10`, `window60`); `FLEET_SPREAD`, `FLEET_EVERY` and `FLEET_SECS` (seconds)
-//! override the start spread, the resolve interval and the duration of every row;
+//! `rolling`, `window3`, `window10`, `window60`, `ttl60`); `FLEET_SPREAD`, `FLEET_EVERY`,
+//! `FLEET_SECS` and `FLEET_STARTUP_WAIT` (seconds) override the start spread, the resolve
+//! interval, the duration and the resolvers' `startup_wait` of every row;
 //! `FLEET_DETAIL` prints calls per minute and each change's spread.
 //!
 //! The simulation is `test_support::fleet`; the assertions on these numbers live in
@@ -31,7 +32,7 @@
 use std::time::Duration;
 
 use cloudmap_resolver::ResolverOptions;
-use test_support::fleet::{recommended, Client, Report, Scenario};
+use test_support::fleet::{recommended, ttl_only, Client, Report, Scenario};
 
 fn main() {
     let sizes: Vec<usize> = std::env::args()
@@ -66,6 +67,12 @@ fn main() {
                 "tuned",
                 format!("TTL {ttl} s, full {full} s"),
                 Client::Resolver(Box::new(tuned)),
+            ),
+            // Issue 24: the defaults but one option, the TTL, at any start.
+            (
+                "ttl60",
+                "TTL 60 s (one option)".to_owned(),
+                Client::Resolver(Box::new(ttl_only(Duration::from_secs(60)))),
             ),
             // Beyond 1,000 processes: the same settings and a rolling start.
             ("rolling", rolling.label.clone(), rolling.client.clone()),
@@ -102,6 +109,11 @@ fn main() {
             }
             if let Ok(every) = std::env::var("FLEET_EVERY") {
                 scenario.resolve_every = Duration::from_secs(every.parse().expect("seconds"));
+            }
+            if let (Ok(wait), Client::Resolver(opts)) =
+                (std::env::var("FLEET_STARTUP_WAIT"), &mut scenario.client)
+            {
+                opts.cache.startup_wait = Duration::from_secs(wait.parse().expect("seconds"));
             }
             if let Ok(secs) = std::env::var("FLEET_SECS") {
                 scenario.duration = Duration::from_secs(secs.parse().expect("seconds"));

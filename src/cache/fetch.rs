@@ -136,6 +136,12 @@ impl Cache {
         } else if throttled {
             self.limit.throttled(op, sent, Instant::now());
         }
+        if result.is_ok() {
+            self.limit.answered(op);
+        } else if throttled && op == Op::Discover && self.opts.adapt_to_throttling {
+            // Full refreshes give way to cold loads and changed answers.
+            self.stretch.throttled(Instant::now());
+        }
         result.map(|found| (found, sent))
     }
 
@@ -175,6 +181,11 @@ impl Cache {
     pub(super) fn first_call(&self, prev: Option<&Snapshot>, now: Instant, pace: Pace) -> Op {
         let (Some(prev), Some(every)) = (prev, self.opts.full_refresh_interval) else {
             return Op::Discover;
+        };
+        let every = if self.opts.adapt_to_throttling {
+            self.stretch.interval(every, now)
+        } else {
+            every
         };
         let recent = now < after(prev.full_at, every);
         let waiting = pace != Pace::Now && !self.limit.ready(Op::Discover, now);

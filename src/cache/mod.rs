@@ -53,6 +53,7 @@ use key::KeyRef;
 pub use options::CacheOptions;
 use pacing::Backoff;
 use pacing::Limiter;
+use pacing::Stretch;
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
 pub(crate) use watched::Answer;
@@ -74,6 +75,8 @@ pub(crate) struct Cache {
     seed: u64,
     /// Paces registry calls: the configured cap, and slowing down when throttled.
     limit: Limiter,
+    /// The full-refresh interval, stretched while DiscoverInstances throttles.
+    stretch: Stretch,
     /// What every answer's picker shares: the selection, the load tracker
     /// (least-loaded picks only) and the slow-start settings.
     pick: PickContext,
@@ -115,6 +118,7 @@ impl Cache {
             backoff: Backoff::new(opts.backoff_base, opts.backoff_max, seed),
             seed,
             limit: Limiter::new(opts.rate_limit, opts.adapt_to_throttling, Instant::now()),
+            stretch: Stretch::new(seed),
             pick,
             opts,
             held: held::Held::default(),

@@ -108,7 +108,10 @@ cache_options! {
         /// DiscoverInstances is paced, a refresh due for a full fetch polls the revision
         /// instead. A throttled cold load holds this resolver's other cold loads back for
         /// the same jittered backoff as a failing key (they fail as
-        /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Across a fleet this
+        /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Each
+        /// DiscoverInstances throttle also doubles `full_refresh_interval` (at most once
+        /// per 10 s, up to 32 times; halved again per quiet ~3 min, jittered), so full
+        /// refreshes give way to cold loads and changed answers. Across a fleet this
         /// holds the total near the quota instead of retrying into it. Default: true.
         pub adapt_to_throttling: bool = true,
         /// How long a cold load (a caller with no answer to serve) that meets throttling

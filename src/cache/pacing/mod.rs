@@ -31,12 +31,14 @@ use tokio::time::Instant;
 
 mod backoff;
 mod cold_pace;
+mod stretch;
 
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
 use crate::util::time::after;
 pub(super) use backoff::Backoff;
 use cold_pace::ColdPace;
+pub(super) use stretch::Stretch;
 
 /// A cap on one resolver's registry calls: a token bucket of `burst` calls, refilled
 /// at `per_second`.
@@ -99,11 +101,14 @@ impl RateLimit {
 pub(crate) const DOUBLING: Duration = Duration::from_secs(20);
 /// What a throttled resolver keeps of the rate it was sending.
 const CUT: f64 = 0.5;
-/// The adapted rate never goes below this share of the demand (the rate the
-/// resolver was sending when the throttling began), so that however long the
-/// registry throttles, every key in use still gets a turn within a few refresh
-/// periods of the throttling's end: the recovery is bounded by the demand, not by
-/// how many halvings a window held.
+/// The adapted rate never goes below this share of the last rate the registry
+/// answered at: the rate sent when the throttling began, lowered by each cut that
+/// followed an answer (a cut that followed only refusals, the account dry, leaves
+/// it). So however long a window refuses every call, every key in use still gets a
+/// turn within a few refresh periods of its end (the recovery is bounded by the
+/// demand, not by how many halvings the window held); and a fleet asking for many
+/// times the quota, where each process's calls are partly answered, is not held
+/// above the quota by a floor tied to a demand it can never be granted.
 const FLOOR_SHARE: f64 = 0.25;
 /// The adapted rate never goes below this (calls a second), whatever the demand.
 const MIN_RATE: f64 = 0.1;
@@ -188,8 +193,11 @@ struct Cut {
     rate: f64,
     at: Instant,
     /// The rate the resolver was sending when this throttling episode began: the
-    /// floor and the lift are shares of it.
+    /// lift is a multiple of it.
     demand: f64,
+    /// The last rate the registry answered at (the demand, lowered by every cut
+    /// that followed an answer): the floor is a share of it.
+    answered_at: f64,
 }
 
 impl Cut {
@@ -241,6 +249,8 @@ struct Adapted {
     sent_at: Instant,
     /// Cold loads' pacing while the registry throttles them (`cold_pace.rs`).
     cold: ColdPace,
+    /// Whether the registry answered a call of this operation since the last cut.
+    answered: bool,
 }
 
 impl Adapted {
@@ -327,6 +337,7 @@ impl Limiter {
             sent: 0.0,
             sent_at: now,
             cold: ColdPace::default(),
+            answered: false,
         };
         Limiter {
             cap,
@@ -466,12 +477,16 @@ impl Limiter {
         }
         a.refill(now);
         let sending = a.sending(now);
-        let (current, demand) = match a.cut {
-            Some(c) => (c.rate_at(now), c.demand),
-            None => (f64::INFINITY, sending),
+        let (current, demand, answered_at) = match a.cut {
+            // A cut after an answer: the rate sent until now was partly granted,
+            // and the floor follows it down.
+            Some(c) if a.answered => (c.rate_at(now), c.demand, c.rate_at(now).min(sending)),
+            Some(c) => (c.rate_at(now), c.demand, c.answered_at),
+            None => (f64::INFINITY, sending, sending),
         };
-        let floor = (demand * FLOOR_SHARE).max(MIN_RATE);
+        let floor = (answered_at * FLOOR_SHARE).max(MIN_RATE);
         let rate = (current.min(sending) * CUT).max(floor);
+        a.answered = false;
         if a.cut.is_none() {
             // A new episode, a new queue.
             a.epoch += 1;
@@ -485,8 +500,22 @@ impl Limiter {
             rate,
             at: now,
             demand,
+            answered_at,
         });
         tracing::debug!(operation = ?op, calls_per_second = rate, "registry throttled; slowing down");
+    }
+
+    /// The registry answered a call of `op`: the next cut lowers the floor with the
+    /// rate (see [`FLOOR_SHARE`]).
+    pub(crate) fn answered(&self, op: Op) {
+        if !self.adaptive {
+            return;
+        }
+        let mut st = lock(&self.state);
+        let a = &mut st.ops[op as usize];
+        if a.cut.is_some() && !a.answered {
+            a.answered = true;
+        }
     }
 
     /// How a cold load of `op` fared. Once one is throttled the account is dry for

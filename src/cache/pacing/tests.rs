@@ -313,3 +313,39 @@ fn validation() {
         assert_eq!(bad.validate().unwrap_err().kind(), ErrorKind::InvalidInput);
     }
 }
+
+/// Issue 24, a fleet over the quota: each cut that follows an answer lowers the
+/// floor with the rate (the process is granted less than a quarter of its demand),
+/// while cuts that follow only refusals (a window: the account dry) keep it.
+#[test]
+fn the_floor_follows_the_rate_the_registry_answered_at() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    let mut t = t0;
+    for _ in 0..200 {
+        l.admit_at(R, Pace::Wait, t).unwrap();
+        t += ms(100);
+    }
+    // Sending 10/s; a demand-based floor would be 2.5/s.
+    l.throttled(R, t, t);
+    for i in 1..=3 {
+        let at = t + ms(10 * i);
+        l.throttled(R, at, at);
+    }
+    let dry = l.rate(R, t + ms(40)).unwrap();
+    assert!(
+        (dry - 10.0 * FLOOR_SHARE).abs() < 0.1,
+        "dry cuts stop at the floor: {dry}"
+    );
+    for i in 5..=12 {
+        let at = t + ms(10 * i);
+        l.answered(R);
+        l.throttled(R, at, at);
+    }
+    let partly = l.rate(R, t + ms(130)).unwrap();
+    assert!(
+        partly < 1.0,
+        "partly answered cuts go below the demand's floor: {partly}"
+    );
+    assert!(partly >= MIN_RATE, "never below the least rate: {partly}");
+}

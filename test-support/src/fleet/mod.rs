@@ -255,6 +255,15 @@ pub fn recommended(processes: usize) -> (Duration, Duration) {
     (Duration::from_secs(ttl), Duration::from_secs(full))
 }
 
+/// The defaults with one option set, the TTL: the fleet guide's setting for a fleet
+/// of thousands started at once (issue 24). Full refreshes stay at the default
+/// interval, stretched by the resolver while DiscoverInstances throttles.
+pub fn ttl_only(ttl: Duration) -> ResolverOptions {
+    let mut opts = ResolverOptions::default();
+    opts.cache.ttl = ttl;
+    opts
+}
+
 fn service_name(i: usize) -> String {
     format!("svc-{i:02}")
 }
