@@ -37,6 +37,8 @@ mod grpc;
 mod hyper;
 #[cfg(feature = "reqwest")]
 mod reqwest;
+#[cfg(feature = "reqwest")]
+mod redirect;
 #[cfg(feature = "tower")]
 mod tower;
 #[cfg(feature = "tower")]
