@@ -557,12 +557,20 @@ fn owner_accounts_label_their_own_series() {
                     l
                 };
                 assert_eq!(
-                    get(&seen, "cloudmap_resolver.endpoints", &with(&[("state", "healthy")])),
+                    get(
+                        &seen,
+                        "cloudmap_resolver.endpoints",
+                        &with(&[("state", "healthy")])
+                    ),
                     Some(endpoints),
                     "{ns}: {seen:#?}"
                 );
                 assert_eq!(
-                    get(&seen, "cloudmap_resolver.calls", &with(&[("outcome", "ok")])),
+                    get(
+                        &seen,
+                        "cloudmap_resolver.calls",
+                        &with(&[("outcome", "ok")])
+                    ),
                     Some(1.0),
                     "{ns}"
                 );

@@ -30,9 +30,9 @@ pub(crate) mod hyper;
 #[cfg(feature = "tower")]
 pub(crate) mod measured;
 #[cfg(feature = "reqwest")]
-pub(crate) mod reqwest;
-#[cfg(feature = "reqwest")]
 mod redirect;
+#[cfg(feature = "reqwest")]
+pub(crate) mod reqwest;
 #[cfg(feature = "tower")]
 pub(crate) mod tower;
 #[cfg(feature = "tower")]

@@ -80,7 +80,12 @@ impl Hop {
                 method = Method::GET;
             }
             body = Some(None);
-            for h in [CONTENT_TYPE, CONTENT_LENGTH, CONTENT_ENCODING, TRANSFER_ENCODING] {
+            for h in [
+                CONTENT_TYPE,
+                CONTENT_LENGTH,
+                CONTENT_ENCODING,
+                TRANSFER_ENCODING,
+            ] {
                 headers.remove(h);
             }
         }
@@ -93,7 +98,13 @@ impl Hop {
             return None;
         }
         if !same_origin(&url, &next) {
-            for h in [AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION, WWW_AUTHENTICATE, HOST] {
+            for h in [
+                AUTHORIZATION,
+                COOKIE,
+                PROXY_AUTHORIZATION,
+                WWW_AUTHENTICATE,
+                HOST,
+            ] {
                 headers.remove(h);
             }
             headers.remove("cookie2");

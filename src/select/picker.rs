@@ -334,7 +334,11 @@ impl Picker {
         let by_base = total > 0.0;
         let weight = |i: usize| {
             let r = ramp.weight(i, at);
-            if by_base { self.base_weight(i) * r } else { r }
+            if by_base {
+                self.base_weight(i) * r
+            } else {
+                r
+            }
         };
         let total = if by_base {
             total

@@ -36,9 +36,9 @@ mod grpc;
 #[cfg(feature = "hyper")]
 mod hyper;
 #[cfg(feature = "reqwest")]
-mod reqwest;
-#[cfg(feature = "reqwest")]
 mod redirect;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 #[cfg(feature = "tower")]
 mod tower;
 #[cfg(feature = "tower")]

@@ -157,7 +157,11 @@ async fn a_relative_redirect_stays_with_the_service() {
         assert_eq!(g.header("authorization"), Some("Bearer secret"), "{g:?}");
     }
     // No redirect followed at all with 0.
-    let resp = fc.clone().redirects(0).send(fc.client().get("http://web.shared/")).await;
+    let resp = fc
+        .clone()
+        .redirects(0)
+        .send(fc.client().get("http://web.shared/"))
+        .await;
     assert_eq!(resp.unwrap().status(), 302);
     assert_eq!(redirector.got().len(), 5);
 }
