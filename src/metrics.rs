@@ -26,6 +26,7 @@
 //! answered for it, up to [`NAME_CAP`] pairs; the events of any other pair (a name
 //! the registry does not know, such as a host any `HostMap::any()` caller sends,
 //! or one past the cap) are recorded under `namespace="other", service="other"`.
+//! A key named with its owner account is labelled `namespace@owner`.
 //! The `metrics` facade cannot delete a series: a service gone from the cache has
 //! its gauges set to zero once and is then no longer published, which an exporter
 //! with an idle timeout (Prometheus's `idle_timeout`) drops.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::Cache;
+use crate::discover::namespace_label;
 use crate::endpoint::EndpointState;
 use crate::metrics::Census;
 
@@ -34,7 +35,10 @@ impl Cache {
                     };
                     let req = &slot.request;
                     let gauges = census
-                        .entry((req.namespace.clone(), req.service.clone()))
+                        .entry((
+                            namespace_label(&req.namespace, req.owner()).into_owned(),
+                            req.service.clone(),
+                        ))
                         .or_default();
                     gauges.watchers += slot.watchers.load(Ordering::Relaxed);
                     let age = now.saturating_duration_since(snap.confirmed_at);

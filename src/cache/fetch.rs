@@ -59,9 +59,11 @@ impl Cache {
                 self.source.discover(req)
             })
             .await?;
-        let ns = req.namespace.as_str();
-        let svc = req.service.as_str();
-        let mut items = self.parse.parse_all(ns, svc, found.instances);
+        // Skipped instances are counted under the key's namespace label (with its
+        // owner account), as its registry calls are.
+        let label = crate::discover::namespace_label(&req.namespace, req.owner());
+        let (ns, svc) = (req.namespace.as_str(), req.service.as_str());
+        let mut items = self.parse.parse_all(&label, svc, found.instances);
         // What is known about an endpoint outlives answers: the same endpoint keeps
         // its state, and one joining a serving key is marked as joining now.
         self.states
@@ -120,7 +122,7 @@ impl Cache {
         };
         crate::metrics::registry_call(
             name,
-            &req.namespace,
+            &crate::discover::namespace_label(&req.namespace, req.owner()),
             &req.service,
             result.as_ref().map(|_| ()),
             sent.elapsed(),
@@ -153,7 +155,11 @@ impl Cache {
         payload: &(dyn Any + Send),
     ) -> Error {
         bump(&self.counters.refresh_panics);
-        crate::metrics::source_panic(op, &req.namespace, &req.service);
+        crate::metrics::source_panic(
+            op,
+            &crate::discover::namespace_label(&req.namespace, req.owner()),
+            &req.service,
+        );
         let message = payload
             .downcast_ref::<&str>()
             .copied()

@@ -208,6 +208,7 @@ where
         ..
     } = call;
     let (namespace, service) = (key.namespace, key.service);
+    let label = crate::discover::namespace_label(namespace, key.owner.as_deref());
     let counters = ctx.counters;
     bump(&counters.calls);
     let start = Instant::now();
@@ -281,7 +282,7 @@ where
                 }
                 if !ctx.budget.try_withdraw(began) {
                     bump(&counters.budget_refusals);
-                    crate::metrics::retry(namespace, service, false);
+                    crate::metrics::retry(&label, service, false);
                     tracing::debug!(
                         namespace,
                         owner_account = key.owner.as_deref(),
@@ -294,7 +295,7 @@ where
                     ));
                 }
                 bump(&counters.retries);
-                crate::metrics::retry(namespace, service, true);
+                crate::metrics::retry(&label, service, true);
             }
             launch(ep, began, false, &mut running);
             hedge_at = (hedges < hedge.max_hedges)
@@ -325,7 +326,7 @@ where
                     let ep = next.next().expect("a candidate is left");
                     hedges += 1;
                     bump(&counters.hedges);
-                    crate::metrics::hedge(namespace, service, "started");
+                    crate::metrics::hedge(&label, service, "started");
                     launch(ep, now, true, &mut running);
                     if hedges < hedge.max_hedges {
                         hedge_at = Some(Box::pin(tokio::time::sleep_until(after(now, delay))));
@@ -333,7 +334,7 @@ where
                 } else {
                     // An empty budget: the call waits on what it has in flight.
                     bump(&counters.hedge_refusals);
-                    crate::metrics::hedge(namespace, service, "refused");
+                    crate::metrics::hedge(&label, service, "refused");
                 }
                 continue;
             }
@@ -355,14 +356,14 @@ where
             None => "timed_out",
         };
         let endpoint = ctx.endpoint_label.then(|| ep.instance_id());
-        crate::metrics::attempt(namespace, service, endpoint, outcome, ended - began);
+        crate::metrics::attempt(&label, service, endpoint, outcome, ended - began);
         match result {
             Some(Ok(value)) => {
                 ctx.recorder.finish(&ep, began, ended, Outcome::Success);
                 latency.record(ended - began);
                 if hedged {
                     bump(&counters.hedges_won);
-                    crate::metrics::hedge(namespace, service, "won");
+                    crate::metrics::hedge(&label, service, "won");
                 }
                 // Dropping `running` cancels the losers: their guards give back
                 // their counts; no outcome is recorded for them.

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use crate::cache::key::Key;
 use crate::cache::Cache;
-use crate::discover::BoxFuture;
+use crate::discover::{namespace_label, BoxFuture};
 use crate::endpoint::outlier::Outcome;
 use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
@@ -267,9 +267,10 @@ where
 {
     async fn run(self) -> Result<T, CallError<E>> {
         let (namespace, service) = (self.key.namespace, self.key.service);
+        let label = namespace_label(namespace, self.key.owner.as_deref());
         let start = Instant::now();
         let result = self.attempts().await;
-        crate::metrics::call(namespace, service, result.is_ok(), start.elapsed());
+        crate::metrics::call(&label, service, result.is_ok(), start.elapsed());
         result
     }
 
@@ -287,6 +288,7 @@ where
             hedge: _,
         } = self;
         let (namespace, service) = (key.namespace, key.service);
+        let label = namespace_label(namespace, key.owner.as_deref());
         let counters = ctx.counters;
         bump(&counters.calls);
         let start = Instant::now();
@@ -320,7 +322,7 @@ where
                 }
                 if !ctx.budget.try_withdraw(began) {
                     bump(&counters.budget_refusals);
-                    crate::metrics::retry(namespace, service, false);
+                    crate::metrics::retry(&label, service, false);
                     tracing::debug!(
                         namespace,
                         owner_account = key.owner.as_deref(),
@@ -333,7 +335,7 @@ where
                     ));
                 }
                 bump(&counters.retries);
-                crate::metrics::retry(namespace, service, true);
+                crate::metrics::retry(&label, service, true);
             }
             bump(&counters.attempts);
             let own_limit = opts.attempt_timeout.map(|t| after(began, t));
@@ -357,7 +359,7 @@ where
                 None => "timed_out",
             };
             let endpoint = ctx.endpoint_label.then(|| ep.instance_id());
-            crate::metrics::attempt(namespace, service, endpoint, outcome, ended - began);
+            crate::metrics::attempt(&label, service, endpoint, outcome, ended - began);
             match result {
                 Some(Ok(value)) => {
                     ctx.recorder.finish(&ep, began, ended, Outcome::Success);

@@ -1,5 +1,6 @@
 //! Where instances come from: the [`Discover`] trait and its sources.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -144,6 +145,18 @@ impl DiscoverRequest {
         self.owner()
             .map(|o| format!(" (owner account {o})"))
             .unwrap_or_default()
+    }
+}
+
+/// The `namespace` label value of the metrics of `namespace` owned by `owner`:
+/// `namespace@owner` when the namespace is named with its owner account (a query's
+/// or the resolver's `owner_account`, a registration's), so that two accounts'
+/// namespaces of one name are two series; the name alone otherwise. Borrowed (no
+/// allocation) without an owner, and always without feature `metrics`.
+pub(crate) fn namespace_label<'a>(namespace: &'a str, owner: Option<&str>) -> Cow<'a, str> {
+    match owner {
+        Some(o) if cfg!(feature = "metrics") => Cow::Owned(format!("{namespace}@{o}")),
+        _ => Cow::Borrowed(namespace),
     }
 }
 

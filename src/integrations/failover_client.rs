@@ -4,11 +4,13 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use reqwest::header::{HeaderValue, HOST};
 use reqwest::{Client, Request, RequestBuilder, Response, Url};
 
+use super::redirect::{Hop, DEFAULT_REDIRECTS};
 use super::{destination, finish, Failed, FailoverPolicy, HostMap};
 use crate::call::error::CallError;
 use crate::endpoint::Endpoint;
@@ -52,11 +54,16 @@ use crate::util::lock::lock;
 /// ([`AttemptError::NotSent`](crate::AttemptError::NotSent)) and the next one is
 /// tried.
 ///
-/// Redirects are followed by the client, which keeps the explicit `Host` header
-/// (reqwest drops only credentials and cookies on a redirect to another host): a
-/// `302` to another host would reach it with the service's name as `Host`. Where an
-/// endpoint may redirect elsewhere, build the client with
-/// `.redirect(reqwest::redirect::Policy::none())` and follow redirects yourself.
+/// **Redirects** are followed by the `FailoverClient` itself, up to
+/// [`redirects`](Self::redirects) (10 by default), so give it a client built with
+/// `.redirect(reqwest::redirect::Policy::none())`. Each hop is a new request from the
+/// URL as you wrote it: a location that names a service (`/next`, or
+/// `http://api.shared/`) is resolved again, with that service's name in `Host`; any
+/// other goes out as a plain URL, with no `Host` header of ours. A hop to another
+/// origin drops credentials, cookies and any `Host` header, as reqwest does, and
+/// `301`/`302`/`303` turn a `POST` into a `GET`. A client that follows redirects
+/// itself (reqwest's default) would copy the service's name in `Host` to whatever
+/// host an endpoint redirects to; the first time one does, a warning says so.
 ///
 /// With `https`, the connection is to the endpoint's address: the server's
 /// certificate must then be valid for that address (or use
@@ -69,8 +76,11 @@ use crate::util::lock::lock;
 /// use cloudmap_resolver::{FailoverClient, HostMap, Resolver};
 ///
 /// let resolver = Resolver::from_env().await?;
-/// let client = FailoverClient::new(reqwest::Client::new(), resolver)
-///     .hosts(HostMap::namespaces(["shared"]));
+/// // Redirects are the FailoverClient's to follow, not the client's.
+/// let http = reqwest::Client::builder()
+///     .redirect(reqwest::redirect::Policy::none())
+///     .build()?;
+/// let client = FailoverClient::new(http, resolver).hosts(HostMap::namespaces(["shared"]));
 /// let response = client.send(client.client().get("http://web.shared/items")).await?;
 /// println!("{}", response.status());
 /// # Ok(()) }
@@ -82,6 +92,7 @@ pub struct FailoverClient {
     resolver: Resolver,
     hosts: HostMap,
     policy: FailoverPolicy,
+    redirects: usize,
 }
 
 /// Why a request sent through a [`FailoverClient`] failed.
@@ -140,19 +151,44 @@ impl fmt::Debug for FailoverClient {
             .field("client", &self.client)
             .field("hosts", &self.hosts)
             .field("policy", &self.policy)
+            .field("redirects", &self.redirects)
             .finish_non_exhaustive()
     }
 }
 
 impl FailoverClient {
-    /// Sends requests with `client`, picking endpoints with `resolver`.
+    /// Sends requests with `client`, picking endpoints with `resolver`. Build
+    /// `client` with `.redirect(reqwest::redirect::Policy::none())`: redirects are
+    /// followed here (see [`FailoverClient`]).
     pub fn new(client: Client, resolver: Resolver) -> Self {
         FailoverClient {
             client,
             resolver,
             hosts: HostMap::default(),
             policy: FailoverPolicy::default(),
+            redirects: DEFAULT_REDIRECTS,
         }
+    }
+
+    /// How many redirects a request follows; past that, the last redirect is the
+    /// answer. 0 follows none: every `3xx` is the answer. Default: 10 (reqwest's).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cloudmap_resolver::{FailoverClient, Resolver, StaticDiscovery};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new()).build()?;
+    /// let http = reqwest::Client::builder()
+    ///     .redirect(reqwest::redirect::Policy::none())
+    ///     .build()?;
+    /// let client = FailoverClient::new(http, resolver).redirects(3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn redirects(mut self, max: usize) -> Self {
+        self.redirects = max;
+        self
     }
 
     /// Which host names are services. Default: none ([`HostMap::default`]); list your
@@ -189,13 +225,31 @@ impl FailoverClient {
     }
 
     /// Sends `request`, to a service's endpoints with failover when its host is a
-    /// service, otherwise as the client would.
+    /// service, otherwise as the client would, and follows redirects (each hop
+    /// sent the same way).
     ///
     /// # Errors
     ///
     /// [`FailoverError::Call`] for a service: no endpoint could be resolved, or every
     /// attempt failed; [`FailoverError::Request`] for another host.
     pub async fn execute(&self, request: Request) -> Result<Response, FailoverError> {
+        let mut request = request;
+        let mut hops = 0;
+        loop {
+            let hop = (hops < self.redirects).then(|| Hop::of(&request));
+            let resp = self.execute_once(request).await?;
+            match hop.and_then(|h| h.next(&resp)) {
+                Some(next) => {
+                    hops += 1;
+                    request = next;
+                }
+                None => return Ok(resp),
+            }
+        }
+    }
+
+    /// One hop of [`execute`](Self::execute).
+    async fn execute_once(&self, request: Request) -> Result<Response, FailoverError> {
         let mapped = request.url().domain().and_then(|d| self.hosts.service(d));
         let Some((namespace, service)) = mapped else {
             return self.pass_through(request).await;
@@ -249,11 +303,15 @@ impl FailoverClient {
                 if let Err(e) = retarget(&mut req, ip, port, host) {
                     return Err(not_sent(req, e));
                 }
+                let sent = req.url().clone();
                 match client.execute(req).await {
                     Ok(resp) if repeatable && fails_over(statuses, &resp) => {
                         Err(Failed::Status(resp))
                     }
-                    Ok(resp) => Ok(resp),
+                    Ok(resp) => {
+                        warn_if_followed(&sent, &resp);
+                        Ok(resp)
+                    }
                     Err(e) => Err(Failed::Error(e)),
                 }
             }
@@ -312,6 +370,19 @@ impl Resolver {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn failover_client(&self, client: Client) -> FailoverClient {
         FailoverClient::new(client, self.clone())
+    }
+}
+
+/// Warns, once per process, when the client followed a redirect itself: it sent the
+/// service's name in `Host` to wherever the endpoint redirected.
+fn warn_if_followed(sent: &Url, resp: &Response) {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if resp.url() != sent && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "the FailoverClient's reqwest client followed a redirect itself, keeping the \
+             service's name in Host; build it with redirect::Policy::none() (the \
+             FailoverClient follows redirects)"
+        );
     }
 }
 

@@ -3,7 +3,8 @@
 //! (`connector.rs`).
 //!
 //! Each client library has its own file, compiled with its feature: `reqwest.rs`
-//! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient)),
+//! (`reqwest::dns::Resolve` and [`FailoverClient`](crate::FailoverClient), which
+//! follows redirects itself: `redirect.rs`),
 //! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`). Change
 //! streams: `tower_discover.rs` (a `Watch` as a `tower::discover::Discover`),
 //! `measured.rs` (its services measured as `LeastLoaded` measures, for tower's
@@ -28,6 +29,8 @@ pub(crate) mod grpc;
 pub(crate) mod hyper;
 #[cfg(feature = "tower")]
 pub(crate) mod measured;
+#[cfg(feature = "reqwest")]
+mod redirect;
 #[cfg(feature = "reqwest")]
 pub(crate) mod reqwest;
 #[cfg(feature = "tower")]

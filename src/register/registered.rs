@@ -15,6 +15,7 @@ use super::operation::{send_retrying, send_sdk, wait_operation, Deadline};
 use super::Writer;
 use crate::discover::cloud_map::map_error;
 use crate::discover::instance::HealthStatus;
+use crate::discover::namespace_label;
 use crate::error::{Error, ErrorKind};
 
 /// An instance this process registered, from [`Registration::register`](crate::Registration::register).
@@ -190,7 +191,8 @@ impl Registered {
                 ),
             ));
         }
-        let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
+        let label = namespace_label(&self.namespace, self.ids.owner_account.as_deref());
+        let deadline = Deadline::after(self.deadline, &label, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
         send_sdk(
             "UpdateInstanceCustomHealthStatus",
@@ -232,7 +234,8 @@ impl Registered {
     /// the deadline. No wait is made after an error: the instance may still be
     /// registered, and the call can be repeated.
     pub async fn drain(&self, wait: Duration) -> Result<Drained, Error> {
-        let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
+        let label = namespace_label(&self.namespace, self.ids.owner_account.as_deref());
+        let deadline = Deadline::after(self.deadline, &label, &self.service);
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
         // Whether a send of this drain failed in a way that may have reached the
         // registry (a lost answer): a retry then hears that the instance is gone, or

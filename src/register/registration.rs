@@ -13,6 +13,7 @@ use super::registered::Registered;
 use super::Writer;
 use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
 use crate::discover::names::{check_namespace, check_owner_account, check_service};
+use crate::discover::namespace_label;
 use crate::error::{Error, ErrorKind};
 
 /// This process's instance, to be registered in a Cloud Map service.
@@ -258,7 +259,8 @@ impl Registration {
             ));
         }
         let seed = self.seed.unwrap_or_else(rand::random);
-        let deadline = Deadline::after(self.deadline, &self.namespace, &self.service);
+        let label = namespace_label(&self.namespace, self.owner_account.as_deref());
+        let deadline = Deadline::after(self.deadline, &label, &self.service);
         let client = &self.writer.client;
         let endpoint = &*self.writer.endpoint;
         let own_account = match &self.owner_account {

@@ -1,0 +1,167 @@
+//! `FailoverClient` follows redirects itself (issue 25): a hop to another host goes
+//! out as a plain URL, with that host in `Host` and without credentials; a hop to
+//! the same service is resolved again. Servers on loopback that record every
+//! request's headers and answer a redirect or 200.
+
+use std::sync::{Arc, Mutex};
+
+use cloudmap_resolver::{FailoverClient, HostMap, Resolver};
+use test_support::http::registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// One request as a server read it: path and headers (names lowercase).
+#[derive(Debug, Clone)]
+struct Got {
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A server on 127.0.0.1 answering `302 Location: <location>` when given one, 200
+/// with body `landed` otherwise; one request per connection.
+struct Server {
+    port: u16,
+    got: Arc<Mutex<Vec<Got>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Server {
+    async fn start(location: Option<String>) -> Server {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let seen = got.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 65_536 {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf).into_owned();
+                let mut lines = text.split("\r\n");
+                let path = lines
+                    .next()
+                    .and_then(|l| l.split(' ').nth(1))
+                    .unwrap_or("")
+                    .to_owned();
+                let headers = lines
+                    .take_while(|l| !l.is_empty())
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                seen.lock().unwrap().push(Got { path, headers });
+                let answer = match &location {
+                    Some(l) => format!(
+                        "HTTP/1.1 302 Found\r\nlocation: {l}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    ),
+                    None => "HTTP/1.1 200 OK\r\ncontent-length: 6\r\nconnection: close\r\n\r\nlanded"
+                        .to_owned(),
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        Server { port, got, task }
+    }
+
+    fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+fn client(resolver: &Resolver) -> FailoverClient {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    resolver
+        .failover_client(http)
+        .hosts(HostMap::namespaces(["shared"]))
+}
+
+/// The service's endpoint answers 302 to `localhost` on another port: the second
+/// server sees its own host in `Host`, not `web.shared`, and no credentials. Before,
+/// the `FailoverClient` returned the 302 with such a client, and with reqwest's
+/// default one the second server saw `Host: web.shared` (and the cookie was kept).
+#[tokio::test]
+async fn a_redirect_to_another_host_carries_that_host() {
+    let landing = Server::start(None).await;
+    let target = format!("http://localhost:{}/landed", landing.port);
+    let redirector = Server::start(Some(target)).await;
+    let resolver = Resolver::builder(registry(&[("r", redirector.port)]))
+        .build()
+        .unwrap();
+    let fc = client(&resolver);
+    let req = fc
+        .client()
+        .get("http://web.shared/start")
+        .header("authorization", "Bearer secret")
+        .header("cookie", "session=1");
+    let resp = fc.send(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "landed");
+
+    let first = redirector.got();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].header("host"), Some("web.shared"));
+    assert_eq!(first[0].header("authorization"), Some("Bearer secret"));
+    let second = landing.got();
+    assert_eq!(second.len(), 1, "{second:?}");
+    let own = format!("localhost:{}", landing.port);
+    assert_eq!(second[0].header("host"), Some(own.as_str()), "{second:?}");
+    assert_eq!(second[0].path, "/landed");
+    assert_eq!(second[0].header("authorization"), None, "{second:?}");
+    assert_eq!(second[0].header("cookie"), None, "{second:?}");
+}
+
+/// A relative location stays with the service: resolved again, `Host` still the
+/// service's name, the credentials kept (same origin).
+#[tokio::test]
+async fn a_relative_redirect_stays_with_the_service() {
+    let redirector = Server::start(Some("/landed".to_owned())).await;
+    let resolver = Resolver::builder(registry(&[("r", redirector.port)]))
+        .build()
+        .unwrap();
+    // Follows up to 3: the endpoint redirects every request, so the 4th answer (a
+    // 302) is the result.
+    let fc = client(&resolver).redirects(3);
+    let req = fc
+        .client()
+        .get("http://web.shared/start")
+        .header("authorization", "Bearer secret");
+    let resp = fc.send(req).await.unwrap();
+    assert_eq!(resp.status(), 302);
+    let got = redirector.got();
+    let paths: Vec<_> = got.iter().map(|g| g.path.as_str()).collect();
+    assert_eq!(paths, ["/start", "/landed", "/landed", "/landed"]);
+    for g in &got {
+        assert_eq!(g.header("host"), Some("web.shared"), "{g:?}");
+        assert_eq!(g.header("authorization"), Some("Bearer secret"), "{g:?}");
+    }
+    // No redirect followed at all with 0.
+    let resp = fc
+        .clone()
+        .redirects(0)
+        .send(fc.client().get("http://web.shared/"))
+        .await;
+    assert_eq!(resp.unwrap().status(), 302);
+    assert_eq!(redirector.got().len(), 5);
+}
