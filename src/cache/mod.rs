@@ -55,7 +55,7 @@ use pacing::Backoff;
 use pacing::Limiter;
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
-pub(crate) use watched::Answer;
+pub(crate) use watched::{Answer, ZONE_RECHECK};
 
 /// The cache of one resolver.
 pub(crate) struct Cache {
