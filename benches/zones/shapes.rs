@@ -65,7 +65,7 @@ fn shape(rt: &tokio::runtime::Runtime, per_zone: [usize; 3]) -> (f64, f64) {
 }
 
 /// Counts every shape, prints it and writes `criterion/warm/zones.json`.
-pub fn write(rt: &tokio::runtime::Runtime) {
+pub(crate) fn write(rt: &tokio::runtime::Runtime) {
     let mut out = serde_json::Map::new();
     for (name, per_zone) in SHAPES {
         let (local, spread) = shape(rt, per_zone);

@@ -145,10 +145,7 @@ impl Picker {
                 same.and_then(|p| p.zones.as_deref()),
             ))
         });
-        let local = zones
-            .as_ref()
-            .and_then(|z| z.local_zone())
-            .map(Box::new);
+        let local = zones.as_ref().and_then(|z| z.local_zone()).map(Box::new);
         Picker {
             set,
             refs,

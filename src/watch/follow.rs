@@ -36,12 +36,7 @@ pub(crate) enum Item {
 /// With `zone_view` (a stream feeding a balancer) each answer is reported as the
 /// zone-aware view of it (`Picker::local_view`), looked at again every
 /// `ZONE_RECHECK` too, since ejections change it without a new answer.
-pub(super) async fn follow(
-    cache: Arc<Cache>,
-    req: DiscoverRequest,
-    tx: Sender,
-    zone_view: bool,
-) {
+pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, zone_view: bool) {
     let mut known = Known::new();
     let mut failures = 0u32;
     loop {

@@ -159,7 +159,11 @@ async fn prints_each_endpoints_zone() {
     );
     let r = run(&[&ns, "web", "--endpoint-url", &url, "--zone-attr", "zone_id"]).await;
     assert_eq!(r.code, 0, "{}", r.stderr);
-    let want = [("i-1", "use1-az1"), ("i-2", "use1-az2"), ("i-3", "use1-az4")];
+    let want = [
+        ("i-1", "use1-az1"),
+        ("i-2", "use1-az2"),
+        ("i-3", "use1-az4"),
+    ];
     assert_eq!(
         column(&r.stdout),
         want.map(|(a, b)| (a.to_owned(), b.to_owned()))

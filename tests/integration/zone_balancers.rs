@@ -14,17 +14,20 @@ const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 
 /// `ports[k]` for the k-th instance: zone `ZONES[k / 3]`, instance id `{zone}-{k % 3}`.
 fn registry(ports: &[u16]) -> StaticDiscovery {
-    ports.iter().enumerate().fold(StaticDiscovery::new(), |r, (k, port)| {
-        let zone = ZONES[k / 3];
-        r.with_instance(
-            "shared",
-            "web",
-            Instance::new(format!("{zone}-{}", k % 3))
-                .ipv4("127.0.0.1".parse().unwrap())
-                .port(*port)
-                .attribute("AVAILABILITY_ZONE", zone),
-        )
-    })
+    ports
+        .iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (k, port)| {
+            let zone = ZONES[k / 3];
+            r.with_instance(
+                "shared",
+                "web",
+                Instance::new(format!("{zone}-{}", k % 3))
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(*port)
+                    .attribute("AVAILABILITY_ZONE", zone),
+            )
+        })
 }
 
 fn resolver(source: StaticDiscovery) -> Resolver {
@@ -114,7 +117,11 @@ async fn discover_widens_when_the_local_zone_is_short_and_narrows_back() {
     ports.drain(1..3);
     let source = StaticDiscovery::new();
     for (k, port) in ports.iter().enumerate() {
-        let zone = if k == 0 { ZONES[0] } else { ZONES[1 + (k - 1) % 2] };
+        let zone = if k == 0 {
+            ZONES[0]
+        } else {
+            ZONES[1 + (k - 1) % 2]
+        };
         source.register(
             "shared",
             "web",

@@ -5,9 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use cloudmap_resolver::{
-    HealthCheck, Instance, Resolver, Selection, StaticDiscovery, ZoneAware,
-};
+use cloudmap_resolver::{HealthCheck, Instance, Resolver, Selection, StaticDiscovery, ZoneAware};
 use tokio::net::TcpListener;
 
 const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
@@ -24,7 +22,11 @@ fn registry(ports: &[u16]) -> StaticDiscovery {
     let r = StaticDiscovery::new();
     for (k, port) in ports.iter().enumerate() {
         let zone = ZONES[k / 3];
-        r.register("shared", "web", instance(&format!("{zone}-{}", k % 3), *port, zone));
+        r.register(
+            "shared",
+            "web",
+            instance(&format!("{zone}-{}", k % 3), *port, zone),
+        );
     }
     r
 }
@@ -74,7 +76,10 @@ async fn a_joining_local_endpoint_ramps_as_it_does_without_zones() {
     let (zoned, got) = ramp_ratio(Some(ZoneAware::new("us-east-1a")), 3_000).await;
     // Weight 0.1 against its peers' 1, with and without zones (no ramp: 1.0).
     assert!((0.05..0.2).contains(&plain), "without zones: {plain}");
-    assert!((0.05..0.2).contains(&zoned), "with zones: {zoned} ({got:?})");
+    assert!(
+        (0.05..0.2).contains(&zoned),
+        "with zones: {zoned} ({got:?})"
+    );
     // Every pick still local.
     assert!(got.keys().all(|k| k.starts_with("us-east-1a")), "{got:?}");
 }
@@ -135,7 +140,10 @@ async fn an_endpoint_failing_its_probes_is_not_zone_capacity() {
     let mut down = false;
     for _ in 0..200 {
         let all = r.resolve_all("shared", "web").await.unwrap();
-        if all.iter().any(|e| e.instance_id() == "us-east-1a-0" && e.is_ejected()) {
+        if all
+            .iter()
+            .any(|e| e.instance_id() == "us-east-1a-0" && e.is_ejected())
+        {
             down = true;
             break;
         }
