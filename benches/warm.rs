@@ -50,6 +50,10 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use test_support::bench::{instances, now_or_block, report_fallbacks, runtime};
 use test_support::dns::zone::{ZoneServer, NAME as DNS_NAME};
 
+// The zone shapes' counts for scripts/bench-report (issue 27): no timing.
+#[path = "zones/shapes.rs"]
+mod zone_shapes;
+
 const NAMESPACE: &str = "shared";
 const SERVICE: &str = "logs";
 
@@ -135,6 +139,7 @@ fn opaque<T: Copy>(value: &T) -> T {
 fn warm(c: &mut Criterion) {
     let rt = runtime();
     let _enter = rt.enter();
+    zone_shapes::write(&rt);
     let key = format!("{NAMESPACE}/{SERVICE}");
 
     let registry = instances(8)

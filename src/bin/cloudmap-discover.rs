@@ -75,6 +75,10 @@ struct Args {
     /// Seconds between refreshes with --watch.
     #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value = "5")]
     interval: Duration,
+    /// The instance attribute shown in the ZONE column: each endpoint's
+    /// availability zone, as zone-aware routing reads it.
+    #[arg(long, value_name = "NAME", default_value = "AVAILABILITY_ZONE")]
+    zone_attr: String,
     /// Stop after N refreshes with --watch.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
@@ -337,6 +341,8 @@ struct Row {
     address: String,
     port: String,
     health: String,
+    /// The zone attribute's value, `-` without one.
+    zone: String,
     attributes: String,
 }
 
@@ -358,7 +364,7 @@ async fn fetch(resolver: &Resolver, args: &Args) -> Result<Rows, Error> {
         })??;
     Ok(all
         .iter()
-        .map(|ep| (clean(ep.instance_id()), row(ep)))
+        .map(|ep| (clean(ep.instance_id()), row(ep, &args.zone_attr)))
         .collect())
 }
 
@@ -377,7 +383,7 @@ fn filter_health(rows: &Rows, health: HealthFilter) -> Rows {
         .collect()
 }
 
-fn row(ep: &Endpoint) -> Row {
+fn row(ep: &Endpoint, zone_attr: &str) -> Row {
     let address = match (ep.ip(), ep.host()) {
         (Some(ip), _) => ip.to_string(),
         (None, Some(h)) => clean(h),
@@ -394,15 +400,28 @@ fn row(ep: &Endpoint) -> Row {
         address,
         port: ep.port().map_or_else(|| "-".to_owned(), |p| p.to_string()),
         health: ep.health().to_string(),
+        zone: ep
+            .attribute(zone_attr)
+            .filter(|z| !z.is_empty())
+            .map_or_else(|| "-".to_owned(), clean),
         attributes,
     }
 }
 
 fn print_table(rows: &Rows) -> std::io::Result<()> {
-    let header = ["ID", "ADDRESS", "PORT", "HEALTH", "ATTRIBUTES"];
-    let lines: Vec<[&str; 5]> = rows
+    let header = ["ID", "ADDRESS", "PORT", "HEALTH", "ZONE", "ATTRIBUTES"];
+    let lines: Vec<[&str; 6]> = rows
         .iter()
-        .map(|(id, r)| [id.as_str(), &r.address, &r.port, &r.health, &r.attributes])
+        .map(|(id, r)| {
+            [
+                id.as_str(),
+                &r.address,
+                &r.port,
+                &r.health,
+                &r.zone,
+                &r.attributes,
+            ]
+        })
         .collect();
     let mut width = header.map(str::len);
     for l in &lines {
@@ -527,6 +546,7 @@ mod tests {
                     address: "10.0.0.1".into(),
                     port: "80".into(),
                     health: (*h).into(),
+                    zone: "-".into(),
                     attributes: String::new(),
                 };
                 ((*id).to_owned(), r)

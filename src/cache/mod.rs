@@ -56,7 +56,7 @@ use pacing::Limiter;
 use pacing::Stretch;
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
-pub(crate) use watched::Answer;
+pub(crate) use watched::{Answer, ZONE_RECHECK};
 
 /// The cache of one resolver.
 pub(crate) struct Cache {

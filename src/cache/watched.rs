@@ -27,8 +27,12 @@ pub(crate) struct Watched {
     slot: Arc<Slot>,
     signal: watch::Receiver<()>,
     /// The answer last reported by [`Watched::answer`], to tell a new answer from
-    /// the same one confirmed again (which shares its endpoint set).
-    last: Option<Arc<EndpointSet>>,
+    /// the same one confirmed again (which shares its endpoint set), and whether
+    /// its local zone's endpoints only were reported (see `zone_view`).
+    last: Option<(Arc<EndpointSet>, bool)>,
+    /// Report the zone-aware view of each answer (`Picker::local_view`), for
+    /// balancers: set by [`zone_view`](Self::zone_view).
+    zone_view: bool,
 }
 
 /// The key's answer as a change stream sees it.
@@ -67,9 +71,14 @@ impl Cache {
             slot,
             signal,
             last: None,
+            zone_view: false,
         })
     }
 }
+
+/// How often a follower in zone view looks at the key's zone table again, for
+/// ejections, re-admissions and the callers' spread (which install no answer).
+pub(crate) const ZONE_RECHECK: Duration = Duration::from_secs(1);
 
 impl Cache {
     /// How long a change stream waits before loading a failing key again: the
@@ -99,13 +108,32 @@ impl Watched {
             return Answer::Gone;
         }
         let set = snap.picker.set();
-        if self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, set)) {
+        let local = if self.zone_view {
+            snap.picker.local_view(stripe())
+        } else {
+            None
+        };
+        // The local view of one answer depends only on whether it applies: the
+        // same set and the same choice is the same endpoints.
+        if self
+            .last
+            .as_ref()
+            .is_some_and(|(l, was)| Arc::ptr_eq(l, set) && *was == local.is_some())
+        {
             return Answer::Same;
         }
-        self.last = Some(set.clone());
+        self.last = Some((set.clone(), local.is_some()));
         // Not `Snapshot::all`: a change stream reading the answer is not a caller
         // using it (the refresher counts watchers separately).
-        Answer::New(snap.picker.all(stripe()))
+        Answer::New(local.unwrap_or_else(|| snap.picker.all(stripe())))
+    }
+
+    /// Reports the zone-aware view of each answer from now on: with zone-aware
+    /// routing, only the local zone's endpoints while every pick stays local.
+    /// Ejections and the callers' spread change that view without a new answer,
+    /// so a follower in this mode also looks again every [`ZONE_RECHECK`].
+    pub(crate) fn zone_view(&mut self) {
+        self.zone_view = true;
     }
 
     /// Waits until an answer is installed, expired or evicted after the last

@@ -150,9 +150,13 @@ impl Resolver {
 
 impl GrpcChannelBuilder {
     /// A channel following `watch` (for a query: `resolver.query(..).watch()`).
+    /// With [zone-aware routing](crate::ZoneAware) the channel holds only the
+    /// caller's zone's endpoints while the zone table keeps every pick local, and
+    /// every endpoint while some picks spill (tonic's p2c cannot apply a
+    /// fractional spill); see the [zones guide](crate::guide::zones).
     pub fn new(watch: Watch) -> Self {
         GrpcChannelBuilder {
-            watch,
+            watch: watch.zone_view(),
             settings: Settings {
                 scheme: GrpcScheme::Http,
                 tls: None,
@@ -345,7 +349,7 @@ pub async fn feed_balance_channel<F>(
 ) where
     F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
 {
-    feed(watch, sender, make, None).await;
+    feed(watch.zone_view(), sender, make, None).await;
 }
 
 /// Whether a [`GrpcChannel`] has endpoints, as its feeder last saw.

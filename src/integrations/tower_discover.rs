@@ -34,6 +34,11 @@ impl Watch {
     /// `tower::load::PeakEwmaDiscover` (peak-EWMA latency times requests in
     /// flight) or `PendingRequestsDiscover`.
     ///
+    /// With [zone-aware routing](crate::ZoneAware) the balancer is handed only the
+    /// caller's zone's endpoints while the zone table keeps every pick local, and
+    /// every endpoint while some picks spill (a balancer picking by itself cannot
+    /// apply a fractional spill); see the [zones guide](crate::guide::zones).
+    ///
     /// # Examples
     ///
     /// ```
@@ -68,7 +73,10 @@ impl Watch {
     where
         F: FnMut(&Endpoint) -> S,
     {
-        WatchDiscover { watch: self, make }
+        WatchDiscover {
+            watch: self.zone_view(),
+            make,
+        }
     }
 }
 

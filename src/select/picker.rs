@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::slow_start::{Ramp, SlowStartOptions};
-use super::zone::table::Zoned;
+use super::zone::table::{LocalZone, Zone, Zoned};
 use super::zone::ZoneContext;
 use super::Selection;
 use crate::endpoint::load::LoadTracker;
@@ -81,6 +81,9 @@ pub(crate) struct Picker {
     ejected: Arc<EjectedCount>,
     /// The zone table, with zone-aware routing (`zone/table.rs`).
     zones: Option<Box<Zoned>>,
+    /// The table's all-local case, precomputed: a pick that finds it valid is the
+    /// selection over the local zone's slice (`pick_local`).
+    local: Option<Box<LocalZone>>,
 }
 
 /// How many draws a pick makes while an endpoint ramps up before it picks directly
@@ -148,6 +151,7 @@ impl Picker {
                 same.and_then(|p| p.zones.as_deref()),
             ))
         });
+        let local = zones.as_ref().and_then(|z| z.local_zone()).map(Box::new);
         Picker {
             set,
             refs,
@@ -158,6 +162,7 @@ impl Picker {
             ramp,
             ejected: ctx.ejected.clone(),
             zones,
+            local,
         }
     }
 
@@ -435,8 +440,16 @@ impl Picker {
         let any_ejected = self.ejected.any();
         let ejected = |i: usize| any_ejected && items[i].state().is_ejected();
         let i = match &self.zones {
-            Some(z) => self.zone_choose(z, seed, s, ejected),
             None => self.choose(seed, s, ejected),
+            Some(z) => match &self.local {
+                // Zones on, every pick local (nearly always): one check, then the
+                // selection over the local zone's slice.
+                Some(local) if local.holds(any_ejected) && self.plain_pick() => {
+                    local.ctx.count(s, true);
+                    self.pick_local(local, seed, s)
+                }
+                _ => self.zone_choose(z, seed, s, ejected),
+            },
         };
         Endpoint::new(self.refs[s].clone(), i)
     }
@@ -483,9 +496,27 @@ impl Picker {
             .collect()
     }
 
+    /// Whether a pick is the selection's draw alone: not least-loaded (which reads
+    /// costs) and no slow-start ramp running (which weighs the draw).
+    #[inline]
+    fn plain_pick(&self) -> bool {
+        !matches!(self.selection, Selection::LeastLoaded)
+            && self.ramp.as_ref().is_none_or(|r| r.now().is_none())
+    }
+
+    /// The all-local pick: the selection over the local zone's endpoints, one draw.
+    #[inline]
+    fn pick_local(&self, local: &LocalZone, seed: u64, s: usize) -> usize {
+        let draw = self.next_draw(s);
+        let k = self
+            .selection
+            .pick(local.members.len(), local.cum.as_deref(), draw, seed);
+        local.members[k] as usize
+    }
+
     /// A zone-aware pick: the zone by the table's route, then the selection inside
-    /// it (slow start's ramp is not applied inside a zone); the plain pick when the
-    /// table ignores zones. Counts the pick as local or spilled.
+    /// it (slow start weighing a ramping endpoint as outside zones); the plain pick
+    /// when the table ignores zones. Counts the pick as local or spilled.
     #[inline(never)]
     fn zone_choose(
         &self,
@@ -502,23 +533,82 @@ impl Picker {
             let draw = self.next_draw(s);
             let (zone, local) = route.zone(seed, draw);
             z.ctx.count(s, local);
-            let cost = |i: usize| {
-                if ejected(i) {
-                    return f64::INFINITY;
-                }
-                self.load
-                    .as_ref()
-                    .map_or(0.0, |load| load.cost(&items[i].state().load))
-            };
+            self.pick_in_zone(zone, seed, s, draw, &ejected)
+        })
+    }
+
+    /// The selection's pick inside `zone`, starting from counter value `draw`.
+    /// While a slow-start ramp runs, a ramping endpoint's share follows its weight
+    /// as it does without zones: least-loaded divides its cost by the weight, the
+    /// other selections keep it with probability equal to the weight and draw
+    /// again inside the zone otherwise (a bounded number of times).
+    fn pick_in_zone(
+        &self,
+        zone: &Zone,
+        seed: u64,
+        s: usize,
+        draw: u64,
+        ejected: &impl Fn(usize) -> bool,
+    ) -> usize {
+        let items = &self.set.items;
+        let ramp = self.ramp.as_deref().and_then(|r| Some((r, r.now()?)));
+        let weight = |i: usize| ramp.map_or(1.0, |(r, at)| r.weight(i, at));
+        let cost = |i: usize| {
+            if ejected(i) {
+                return f64::INFINITY;
+            }
+            let c = self
+                .load
+                .as_ref()
+                .map_or(0.0, |load| load.cost(&items[i].state().load));
+            c / weight(i)
+        };
+        let once = |draw: u64| {
             zone.pick(
                 &self.selection,
                 seed,
                 draw,
                 || self.next_draw(s),
-                &ejected,
+                ejected,
                 cost,
             )
-        })
+        };
+        let mut i = once(draw);
+        if ramp.is_none() || matches!(self.selection, Selection::LeastLoaded) {
+            return i;
+        }
+        for _ in 1..4 * zone.len() {
+            let w = weight(i);
+            let coin = unit(splitmix64(
+                seed.rotate_left(17) ^ self.cursors[s].load(Ordering::Relaxed),
+            ));
+            if w >= 1.0 || coin < w {
+                return i;
+            }
+            i = once(self.next_draw(s));
+        }
+        i
+    }
+
+    /// With zone-aware routing, the endpoints a balancer fed from a change stream
+    /// should hold now (`watch/`): the local zone's, in the registry's order, while
+    /// the zone table keeps every pick local; `None` (every endpoint) while some
+    /// picks spill, zones are ignored or zone-aware routing is off. A balancer
+    /// that picks by itself (tonic's p2c) cannot apply a fractional spill, so it
+    /// is handed the whole set then: it never holds too few endpoints.
+    pub(crate) fn local_view(&self, s: usize) -> Option<Vec<Endpoint>> {
+        let z = self.zones.as_deref()?;
+        let items = &self.set.items;
+        let members = z.with(items, self.weights.as_deref(), &self.ejected, |t| {
+            t.all_local().map(<[u32]>::to_vec)
+        })?;
+        let r = &self.refs[s];
+        Some(
+            members
+                .into_iter()
+                .map(|i| Endpoint::new(r.clone(), i as usize))
+                .collect(),
+        )
     }
 
     /// Every endpoint, in the registry's order.

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::diff::{diff, Known};
 use super::Change;
-use crate::cache::{Answer, Cache};
+use crate::cache::{Answer, Cache, ZONE_RECHECK};
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
 
@@ -32,7 +32,11 @@ pub(crate) enum Item {
 /// shows as removals; the one exception is the registry saying the service or its
 /// namespace does not exist (the cache then serves no answer), which removes every
 /// endpoint (sent before the error).
-pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) {
+///
+/// With `zone_view` (a stream feeding a balancer) each answer is reported as the
+/// zone-aware view of it (`Picker::local_view`), looked at again every
+/// `ZONE_RECHECK` too, since ejections change it without a new answer.
+pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, zone_view: bool) {
     let mut known = Known::new();
     let mut failures = 0u32;
     loop {
@@ -71,6 +75,9 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
             }
         };
         failures = 0;
+        if zone_view {
+            watched.zone_view();
+        }
         loop {
             match watched.answer() {
                 Answer::New(endpoints) => {
@@ -89,6 +96,7 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender) 
             }
             tokio::select! {
                 _ = watched.changed() => {}
+                _ = tokio::time::sleep(ZONE_RECHECK), if zone_view => {}
                 _ = tx.closed() => return,
             }
         }

@@ -64,6 +64,8 @@ const BUFFER: usize = 256;
 #[must_use = "a Watch does nothing unless polled"]
 pub struct Watch {
     state: State,
+    /// Report the zone-aware view (for balancers; see [`Watch::zone_view`]).
+    zone_view: bool,
 }
 
 enum State {
@@ -80,7 +82,20 @@ impl Watch {
     pub(crate) fn new(cache: Arc<Cache>, request: DiscoverRequest) -> Self {
         Watch {
             state: State::Idle(cache, request),
+            zone_view: false,
         }
+    }
+
+    /// This stream as a balancer should follow it: with zone-aware routing, only
+    /// the local zone's endpoints while the zone table keeps every pick local,
+    /// every endpoint otherwise (see the [zones guide](crate::guide::zones)). The
+    /// gRPC channel and `Watch::into_discover` follow this view;
+    /// a `Watch` polled as it is reports every endpoint. Takes effect only before
+    /// the first poll.
+    #[cfg_attr(not(any(feature = "tonic", feature = "tower")), allow(dead_code))]
+    pub(crate) fn zone_view(mut self) -> Self {
+        self.zone_view = true;
+        self
     }
 }
 
@@ -108,7 +123,7 @@ impl Watch {
                 )))));
             };
             let (tx, rx) = mpsc::channel(BUFFER);
-            let task = runtime.spawn(follow(cache, req, tx));
+            let task = runtime.spawn(follow(cache, req, tx, this.zone_view));
             this.state = State::Running { rx, task };
         }
         match &mut this.state {

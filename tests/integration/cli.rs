@@ -87,7 +87,10 @@ async fn prints_the_table() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let lines: Vec<&str> = r.stdout.lines().collect();
     let header: Vec<&str> = lines[0].split_whitespace().collect();
-    assert_eq!(header, ["ID", "ADDRESS", "PORT", "HEALTH", "ATTRIBUTES"]);
+    assert_eq!(
+        header,
+        ["ID", "ADDRESS", "PORT", "HEALTH", "ZONE", "ATTRIBUTES"]
+    );
     let rows: Vec<Vec<&str>> = lines[1..4]
         .iter()
         .map(|l| l.split_whitespace().collect())
@@ -95,9 +98,9 @@ async fn prints_the_table() {
     assert_eq!(
         rows,
         [
-            ["i-1", "127.0.0.1", "8081", "HEALTHY", "stage=prod"],
-            ["i-2", "127.0.0.1", "8082", "HEALTHY", "stage=prod"],
-            ["i-3", "127.0.0.1", "8083", "HEALTHY", "stage=dev"],
+            ["i-1", "127.0.0.1", "8081", "HEALTHY", "-", "stage=prod"],
+            ["i-2", "127.0.0.1", "8082", "HEALTHY", "-", "stage=prod"],
+            ["i-3", "127.0.0.1", "8083", "HEALTHY", "-", "stage=dev"],
         ]
     );
     assert_eq!(lines[4], "3 endpoints");
@@ -111,6 +114,60 @@ async fn prints_the_table() {
         r.stdout
     );
     assert!(r.stdout.ends_with("1 endpoint\n"), "{}", r.stdout);
+}
+
+/// The ZONE column: `AVAILABILITY_ZONE` (what ECS writes) by default, `-` for an
+/// instance without it, or the attribute `--zone-attr` names.
+#[tokio::test]
+async fn prints_each_endpoints_zone() {
+    let ns = unique("cli-zone");
+    let svc = http_service(&ns, "web").await;
+    for (id, port, zone, az_id) in [
+        ("i-1", "8081", Some("us-east-1a"), "use1-az1"),
+        ("i-2", "8082", Some("us-east-1b"), "use1-az2"),
+        ("i-3", "8083", None, "use1-az4"),
+    ] {
+        let mut attrs = vec![
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", port),
+            ("zone_id", az_id),
+        ];
+        if let Some(zone) = zone {
+            attrs.push(("AVAILABILITY_ZONE", zone));
+        }
+        register(&svc, id, &attrs).await;
+    }
+    let url = moto_url();
+    let column = |out: &str| -> Vec<(String, String)> {
+        let lines: Vec<&str> = out.lines().collect();
+        let header: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(header[4], "ZONE", "{out}");
+        lines[1..4]
+            .iter()
+            .map(|l| {
+                let cells: Vec<&str> = l.split_whitespace().collect();
+                (cells[0].to_owned(), cells[4].to_owned())
+            })
+            .collect()
+    };
+    let r = run(&[&ns, "web", "--endpoint-url", &url]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let want = [("i-1", "us-east-1a"), ("i-2", "us-east-1b"), ("i-3", "-")];
+    assert_eq!(
+        column(&r.stdout),
+        want.map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    let r = run(&[&ns, "web", "--endpoint-url", &url, "--zone-attr", "zone_id"]).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let want = [
+        ("i-1", "use1-az1"),
+        ("i-2", "use1-az2"),
+        ("i-3", "use1-az4"),
+    ];
+    assert_eq!(
+        column(&r.stdout),
+        want.map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
 }
 
 #[tokio::test]

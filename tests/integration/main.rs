@@ -27,6 +27,7 @@ mod resilience;
 mod service;
 mod startup_wait;
 mod watch;
+mod zone_capacity;
 mod zones;
 
 #[cfg(feature = "cli")]
@@ -43,3 +44,5 @@ mod reqwest;
 mod tower;
 #[cfg(feature = "tower")]
 mod watch_tower;
+#[cfg(feature = "tower")]
+mod zone_balancers;

@@ -42,6 +42,29 @@ pub(crate) struct Route {
     spill: Box<[(usize, f64)]>,
 }
 
+/// The common case precomputed: a table whose route keeps every pick in the local
+/// zone. The local zone's endpoints (indices into the answer) and, for
+/// `WeightedRandom`, their cumulative weights, so that such a pick is the key's
+/// selection over this slice: no zone draw, no table behind a reference count.
+/// Valid while nothing is ejected and the callers' spread is still `generation`
+/// (the picker checks both before using it).
+#[derive(Debug)]
+pub(crate) struct LocalZone {
+    pub(crate) ctx: Arc<ZoneContext>,
+    pub(crate) generation: u64,
+    pub(crate) members: Box<[u32]>,
+    pub(crate) cum: Option<Box<[f64]>>,
+}
+
+impl LocalZone {
+    /// Whether every pick stays local now: nothing ejected (the caller's
+    /// `any_ejected`) and the callers' spread unchanged since the table was made.
+    #[inline]
+    pub(crate) fn holds(&self, any_ejected: bool) -> bool {
+        !any_ejected && self.ctx.generation() == self.generation
+    }
+}
+
 /// The zone table of one answer, computed at `stamp`.
 #[derive(Debug)]
 pub(crate) struct ZoneTable {
@@ -53,6 +76,13 @@ pub(crate) struct ZoneTable {
 impl ZoneTable {
     pub(crate) fn route(&self) -> Option<&Route> {
         self.route.as_ref()
+    }
+
+    /// The local zone's endpoints (indices into the answer) when the route keeps
+    /// every pick local; `None` when some picks spill or zones are ignored.
+    pub(crate) fn all_local(&self) -> Option<&[u32]> {
+        let route = self.route.as_ref()?;
+        (route.local_p >= 1.0).then(|| &*route.zones[route.local].members)
     }
 }
 
@@ -169,6 +199,11 @@ fn caller_shares(names: &[Option<&str>], local: usize, ctx: &ZoneContext) -> Vec
 }
 
 impl Zone {
+    /// How many endpoints the zone has.
+    pub(crate) fn len(&self) -> usize {
+        self.members.len()
+    }
+
     fn new(members: Vec<u32>, weights: Option<&[f64]>) -> Zone {
         let cum = weights.map(|cum| {
             let w = |i: usize| if i == 0 { cum[0] } else { cum[i] - cum[i - 1] };
@@ -300,6 +335,22 @@ impl Zoned {
             base,
             current: ArcSwap::new(current),
         }
+    }
+
+    /// The all-local fast path of the base table, when its route keeps every pick
+    /// local (see [`LocalZone`]).
+    pub(crate) fn local_zone(&self) -> Option<LocalZone> {
+        let route = self.base.route()?;
+        if route.local_p < 1.0 {
+            return None;
+        }
+        let zone = &route.zones[route.local];
+        Some(LocalZone {
+            ctx: self.ctx.clone(),
+            generation: self.base.stamp.1,
+            members: zone.members.clone(),
+            cum: zone.cum.clone(),
+        })
     }
 
     /// `f` on the table for now: the base table while nothing is ejected and the
