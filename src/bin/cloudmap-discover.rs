@@ -7,6 +7,7 @@
 //! cloudmap-discover prod.internal api --dns 10.0.0.2
 //! cloudmap-discover shared web --endpoint-url http://127.0.0.1:5000 --watch
 //! cloudmap-discover shared web --owner-account 111122223333
+//! cloudmap-discover shared web --watch --health-check http:/healthz
 //! ```
 //!
 //! Exit codes: 0 endpoints found; 1 other failure; 2 bad arguments or an invalid
@@ -29,8 +30,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use cloudmap_resolver::{
-    CloudMapDiscovery, DnsDiscovery, Endpoint, Error, ErrorKind, HealthFilter, Resolver,
-    ResolverOptions,
+    CloudMapDiscovery, DnsDiscovery, Endpoint, Error, ErrorKind, HealthCheck, HealthFilter,
+    Resolver, ResolverOptions,
 };
 
 /// Prints the endpoints of SERVICE in NAMESPACE (AWS Cloud Map) as a table.
@@ -78,6 +79,19 @@ struct Args {
     /// Stop after N refreshes with --watch.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     count: Option<u64>,
+    /// With --watch, also probe each endpoint (`tcp`: a connection opens;
+    /// `http:PATH`: a GET of PATH answers 2xx or 3xx) four times per interval, and
+    /// print when one goes down or comes back.
+    #[arg(long, value_name = "tcp|http:PATH", value_parser = health_check, requires = "watch")]
+    health_check: Option<HealthCheck>,
+}
+
+fn health_check(s: &str) -> Result<HealthCheck, String> {
+    match s.split_once(':') {
+        None if s == "tcp" => Ok(HealthCheck::tcp()),
+        Some(("http", path)) if path.starts_with('/') => Ok(HealthCheck::http(path)),
+        _ => Err(format!("expected tcp or http:/PATH, not {s:?}")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -250,6 +264,13 @@ async fn run(args: &Args) -> Result<(), Stop> {
         opts.cache.refresh_ahead = false;
         opts.cache.full_refresh_interval = None;
     }
+    // Probes run while the key's answer is in use, half of each interval here (the
+    // answer lives interval / 2): four per interval leave two or more in that half, the
+    // two failures in a row that take an endpoint out.
+    opts.health_check = args
+        .health_check
+        .clone()
+        .map(|c| c.interval(args.interval / 4));
     let resolver = match args.dns {
         Some(server) => Resolver::builder(DnsDiscovery::with_name_servers([server])),
         None => Resolver::builder(CloudMapDiscovery::new(&sdk_config(args).await)),
@@ -338,6 +359,8 @@ struct Row {
     port: String,
     health: String,
     attributes: String,
+    /// Out of the picks: its health check (`--health-check`) found it down.
+    down: bool,
 }
 
 async fn fetch(resolver: &Resolver, args: &Args) -> Result<Rows, Error> {
@@ -395,6 +418,8 @@ fn row(ep: &Endpoint) -> Row {
         port: ep.port().map_or_else(|| "-".to_owned(), |p| p.to_string()),
         health: ep.health().to_string(),
         attributes,
+        // The tool makes no requests, so only a probe can eject an endpoint.
+        down: ep.is_ejected(),
     }
 }
 
@@ -456,6 +481,10 @@ fn diff(before: &Rows, after: &Rows, health: HealthFilter) -> Vec<String> {
                 }
                 if old.health != r.health {
                     what.push(format!("health {} -> {}", old.health, r.health));
+                }
+                if old.down != r.down {
+                    let state = if r.down { "down" } else { "up" };
+                    what.push(format!("health check {state}"));
                 }
                 if old.attributes != r.attributes {
                     what.push(format!(
@@ -528,6 +557,7 @@ mod tests {
                     port: "80".into(),
                     health: (*h).into(),
                     attributes: String::new(),
+                    down: false,
                 };
                 ((*id).to_owned(), r)
             })

@@ -130,8 +130,10 @@ impl HealthCheck {
         self
     }
 
-    /// How often each endpoint is probed; each round is jittered by up to a quarter
-    /// either way, and the probes of a round are spread over it. Default: 5 s.
+    /// How often each endpoint is probed: each round lasts the interval plus a
+    /// random part of up to a quarter of it (never less: no endpoint is probed more
+    /// often than this), and the probes of a round are spread evenly over it.
+    /// Default: 5 s.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self

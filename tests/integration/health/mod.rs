@@ -4,5 +4,6 @@
 
 #[cfg(feature = "tonic")]
 mod grpc;
+mod pacing;
 mod percentage;
 mod probe;
