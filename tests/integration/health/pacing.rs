@@ -39,7 +39,7 @@ async fn a_thousand_endpoints_are_probed_at_a_steady_rate() {
         for e in 0..10u8 {
             registry = registry.with_instance(
                 "shared",
-                &format!("svc{key}"),
+                format!("svc{key}"),
                 Instance::new(format!("e{e}"))
                     .ipv4(Ipv4Addr::new(127, 0, key + 1, e + 1))
                     .port(port),
