@@ -548,6 +548,8 @@ mod record {
 }
 
 pub(crate) use record::{attempt, call, hedge, registry_call, retry, skipped, source_panic};
+mod health;
+pub(crate) use health::{ejection, probe};
 #[cfg(feature = "metrics")]
 pub(crate) use record::{publish, publish_services};
 
@@ -558,7 +560,7 @@ mod tests {
     #[test]
     fn names_are_one_family() {
         let mut seen = std::collections::HashSet::new();
-        for (name, kind, unit, _) in SERIES {
+        for (name, kind, unit, _) in SERIES.iter().chain(health::SERIES) {
             assert!(name.starts_with(PREFIX), "{name}");
             assert!(["counter", "gauge", "histogram"].contains(kind), "{name}");
             assert!(!unit.is_empty(), "{name}");

@@ -53,7 +53,14 @@ pub struct HealthCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
     Tcp,
-    Http { path: String },
+    Http {
+        path: String,
+    },
+    /// `grpc.health.v1.Health/Check` for `service` ("": the server as a whole).
+    #[cfg(feature = "tonic")]
+    Grpc {
+        service: String,
+    },
 }
 
 impl HealthCheck {
@@ -80,14 +87,53 @@ impl HealthCheck {
         HealthCheck::new(Kind::Http { path: path.into() })
     }
 
+    /// Healthy when the endpoint's gRPC health service (`grpc.health.v1.Health/Check`,
+    /// over plain HTTP/2) answers `SERVING` for the service set with
+    /// [`service`](Self::service), by default the empty name (the server as a
+    /// whole). Any other status, an error (`NOT_FOUND` for a service the server
+    /// does not know, `UNIMPLEMENTED` without the health service) or no answer
+    /// within the timeout fails the probe.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use cloudmap_resolver::{HealthCheck, Resolver, StaticDiscovery};
+    ///
+    /// let resolver = Resolver::builder(StaticDiscovery::new())
+    ///     .health_check(HealthCheck::grpc().service("shop.Cart"))
+    ///     .build()?;
+    /// # Ok::<(), cloudmap_resolver::Error>(())
+    /// ```
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc() -> Self {
+        HealthCheck::new(Kind::Grpc {
+            service: String::new(),
+        })
+    }
+
+    /// The service name a gRPC check asks about (`HealthCheckRequest.service`).
+    /// Default: "" (the server as a whole). Only a [`grpc`](Self::grpc) check sends
+    /// it; on another check it changes nothing.
+    #[cfg(feature = "tonic")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        if let Kind::Grpc { service } = &mut self.kind {
+            *service = name.into();
+        }
+        self
+    }
+
     /// The `Host` header of an HTTP check. Default: the endpoint's `ip:port`.
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
     }
 
-    /// How often each endpoint is probed; each round is jittered by up to a quarter
-    /// either way, and the probes of a round are spread over it. Default: 5 s.
+    /// How often each endpoint is probed: each round lasts the interval plus a
+    /// random part of up to a quarter of it (never less: no endpoint is probed more
+    /// often than this), and the probes of a round are spread evenly over it.
+    /// Default: 5 s.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
@@ -148,15 +194,17 @@ impl HealthCheck {
     }
 
     async fn exchange(&self, addr: SocketAddr) -> bool {
-        let Ok(mut stream) = TcpStream::connect(addr).await else {
-            return false;
-        };
         match &self.kind {
-            Kind::Tcp => true,
+            Kind::Tcp => TcpStream::connect(addr).await.is_ok(),
             Kind::Http { path } => {
+                let Ok(mut stream) = TcpStream::connect(addr).await else {
+                    return false;
+                };
                 let host = self.host.clone().unwrap_or_else(|| addr.to_string());
                 http_get(&mut stream, path, &host).await.unwrap_or(false)
             }
+            #[cfg(feature = "tonic")]
+            Kind::Grpc { service } => super::grpc_probe::check(addr, service).await,
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::util::pad::CachePadded;
 
 pub(crate) mod address_policy;
 mod failure_rate;
+#[cfg(feature = "tonic")]
+mod grpc_probe;
 pub(crate) mod health_check;
 pub(crate) mod load;
 pub(crate) mod outlier;

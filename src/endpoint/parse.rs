@@ -156,10 +156,16 @@ impl ParseOptions {
         instances: Vec<Instance>,
     ) -> Vec<EndpointData> {
         let mut out = Vec::with_capacity(instances.len());
+        let label = Arc::new((namespace.into(), service.into()));
         for instance in instances {
             let id = instance.id().to_owned();
             match self.parse(instance) {
-                Ok(ep) => out.push(ep),
+                Ok(mut ep) => {
+                    if let Some(state) = ep.state_mut() {
+                        state.service = Some(label.clone());
+                    }
+                    out.push(ep);
+                }
                 Err(why) => {
                     crate::metrics::skipped(namespace, service, why.1);
                     if self.warned.first_time((namespace, service, &id, &why.0)) {

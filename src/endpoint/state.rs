@@ -51,6 +51,9 @@ pub(crate) struct EndpointState {
     pub(crate) window: FailureWindow,
     /// The active health check's view of the endpoint (`health_check.rs`).
     pub(crate) probe: ProbeState,
+    /// (namespace, service) of the answer the endpoint was parsed from, shared by
+    /// that answer's endpoints: the labels of its ejection and probe series.
+    pub(crate) service: Option<Arc<(Box<str>, Box<str>)>>,
 }
 
 /// One endpoint's ejection state, as outlier detection (`outlier.rs`) keeps it.
@@ -95,6 +98,7 @@ impl EndpointState {
             joined: OnceLock::new(),
             window: FailureWindow::default(),
             probe: ProbeState::default(),
+            service: None,
         }
     }
 
@@ -102,6 +106,14 @@ impl EndpointState {
     #[inline]
     pub(crate) fn is_ejected(&self) -> bool {
         self.ejection.ejected.load(Ordering::Relaxed)
+    }
+
+    /// The (namespace, service) labels of the endpoint's series; empty names (the
+    /// `other` bucket) for an endpoint made outside an answer.
+    pub(crate) fn service(&self) -> (&str, &str) {
+        self.service
+            .as_deref()
+            .map_or(("", ""), |(ns, svc)| (&**ns, &**svc))
     }
 }
 

@@ -19,6 +19,10 @@ use crate::endpoint::outlier::OutlierDetector;
 use crate::endpoint::Endpoint;
 use crate::util::hash::splitmix64;
 
+/// How far behind its schedule the probing task may fall and still catch up (at
+/// most this much of probes at once) rather than start again from now.
+const MAX_LAG: Duration = Duration::from_millis(10);
+
 /// Probes by outcome, for `Stats`.
 #[derive(Debug, Default)]
 pub(crate) struct ProbeCounters {
@@ -64,7 +68,9 @@ impl Prober {
                 tokio::time::sleep(round).await;
                 continue;
             }
-            // Evenly spaced: with n endpoints, one probe every round / n.
+            // Evenly spaced: with n endpoints, one probe every round / n, and the
+            // round at least the interval, so that the probe rate never exceeds
+            // n / interval (in any stretch of time, not only on average).
             let step = round / u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
             let mut next = Instant::now();
             for ep in endpoints {
@@ -72,7 +78,15 @@ impl Prober {
                     return;
                 }
                 this.start(ep);
+                // On an absolute schedule: the timer wakes the task up to a
+                // millisecond late, and pacing from the waking time would stretch
+                // every step by that much. A task woken far behind (a starved
+                // runtime) goes on from now instead of catching up in a burst.
                 next += step;
+                let now = Instant::now();
+                if now.saturating_duration_since(next) > step.max(MAX_LAG) {
+                    next = now;
+                }
                 tokio::time::sleep_until(next).await;
             }
         }
@@ -90,13 +104,15 @@ impl Prober {
         let this = self.clone();
         tokio::spawn(async move {
             let outcome = this.check.probe(addr).await;
-            let counter = match outcome {
-                ProbeOutcome::Passed => &this.counters.passed,
-                ProbeOutcome::Failed => &this.counters.failed,
-                ProbeOutcome::TimedOut => &this.counters.timed_out,
+            let (counter, label) = match outcome {
+                ProbeOutcome::Passed => (&this.counters.passed, "passed"),
+                ProbeOutcome::Failed => (&this.counters.failed, "failed"),
+                ProbeOutcome::TimedOut => (&this.counters.timed_out, "timed_out"),
             };
             counter.fetch_add(1, Ordering::Relaxed);
             let state = ep.state();
+            let (namespace, service) = state.service();
+            crate::metrics::probe(namespace, service, label);
             match state
                 .probe
                 .result(outcome == ProbeOutcome::Passed, &this.check)
@@ -110,10 +126,12 @@ impl Prober {
     }
 }
 
-/// `interval` scaled by a factor from 0.75 to 1.25 drawn from `r`, so that the
-/// rounds of resolvers started together drift apart.
+/// `interval` plus up to a quarter more, drawn from `r`, so that the rounds of
+/// resolvers started together drift apart. Only ever longer (as Envoy adds its
+/// jitter): a round shorter than the interval would probe faster than the
+/// interval says, every endpoint of it more often.
 fn jittered(interval: Duration, r: u64) -> Duration {
-    let f = 0.75 + 0.5 * (r >> 11) as f64 / (1u64 << 53) as f64;
+    let f = 1.0 + 0.25 * (r >> 11) as f64 / (1u64 << 53) as f64;
     interval.mul_f64(f)
 }
 
@@ -122,15 +140,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn jitter_stays_within_a_quarter() {
+    fn jitter_adds_up_to_a_quarter() {
         let mut r = 1;
+        let (mut min, mut max) = (Duration::MAX, Duration::ZERO);
         for _ in 0..1000 {
             r = splitmix64(r);
             let d = jittered(Duration::from_secs(4), r);
             assert!(
-                d >= Duration::from_secs(3) && d <= Duration::from_secs(5),
+                d >= Duration::from_secs(4) && d <= Duration::from_secs(5),
                 "{d:?}"
             );
+            (min, max) = (min.min(d), max.max(d));
         }
+        // Spread over the range, not stuck at one end.
+        assert!(min < Duration::from_millis(4050) && max > Duration::from_millis(4950));
     }
 }

@@ -573,3 +573,92 @@ async fn watch_whose_last_refresh_failed_exits_with_its_error() {
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
     assert_eq!(r.stdout.matches("no change").count(), 3, "{}", r.stdout);
 }
+
+/// `--watch --health-check tcp` (issue 28): a backend that stops listening shows
+/// as `~ ... (health check down)`, and `(health check up)` once it listens again;
+/// the one that keeps listening shows no change. Without `--watch` the option is
+/// refused as a usage error.
+#[tokio::test]
+async fn watch_shows_health_check_changes() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let flaky = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (up_port, flaky_addr) = (up.local_addr().unwrap().port(), flaky.local_addr().unwrap());
+    let accept = |l: tokio::net::TcpListener| async move {
+        while let Ok((conn, _)) = l.accept().await {
+            drop(conn);
+        }
+    };
+    tokio::spawn(accept(up));
+    let flaky_task = tokio::spawn(accept(flaky));
+    let ns = unique("cli-hc");
+    let svc = http_service(&ns, "web").await;
+    for (id, port) in [("up", up_port), ("flaky", flaky_addr.port())] {
+        let port = port.to_string();
+        let attrs = [
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", &port),
+        ];
+        register(&svc, id, &attrs).await;
+    }
+    let url = moto_url();
+    let usage = run(&[&ns, "web", "--endpoint-url", &url, "--health-check", "tcp"]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let bad = ["--watch", "--health-check", "udp"];
+    let usage = run(&[&ns, "web", "--endpoint-url", &url, bad[0], bad[1], bad[2]]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+
+    let args = [
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--watch",
+        "--interval",
+        "0.2",
+    ];
+    let mut child = discover(&args)
+        .args(["--count", "300", "--health-check", "tcp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running")
+    };
+    while next().await != "2 endpoints" {}
+    // The quiet case: both listen, a few refreshes show no change.
+    for _ in 0..3 {
+        let l = next().await;
+        assert!(l.ends_with("no change"), "{l}");
+    }
+    flaky_task.abort();
+    let _ = flaky_task.await;
+    let port = flaky_addr.port();
+    let down = loop {
+        let l = next().await;
+        if l.contains("flaky") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    let want = format!(": ~ flaky 127.0.0.1:{port} HEALTHY (health check down)");
+    assert!(down.ends_with(&want), "{down}");
+    assert_timestamped(&down);
+    let again = tokio::net::TcpListener::bind(flaky_addr).await.unwrap();
+    tokio::spawn(accept(again));
+    let back = loop {
+        let l = next().await;
+        if l.contains("flaky") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    let want = format!(": ~ flaky 127.0.0.1:{port} HEALTHY (health check up)");
+    assert!(back.ends_with(&want), "{back}");
+    child.kill().await.unwrap();
+}

@@ -168,6 +168,15 @@ impl Cause {
             Cause::Probe => "ejecting endpoint: its health check failed",
         }
     }
+
+    /// The `cause` label of the ejections series.
+    fn label(self) -> &'static str {
+        match self {
+            Cause::Consecutive => "consecutive",
+            Cause::Percentage => "percentage",
+            Cause::Probe => "probe",
+        }
+    }
 }
 
 /// What came of using an endpoint, for [`Resolver::report`](crate::Resolver::report).
@@ -324,7 +333,7 @@ impl OutlierDetector {
         drop(st);
         // What led here is judged; the next interval starts empty.
         h.window.take();
-        self.count(cause);
+        self.count(h, cause);
         tracing::warn!(
             endpoint = %h.name,
             failures,
@@ -348,9 +357,11 @@ impl OutlierDetector {
         }
     }
 
-    fn count(&self, cause: Cause) {
+    fn count(&self, h: &EndpointState, cause: Cause) {
         self.ejections.fetch_add(1, Ordering::Relaxed);
         self.by_cause[cause as usize].fetch_add(1, Ordering::Relaxed);
+        let (namespace, service) = h.service();
+        crate::metrics::ejection(namespace, service, cause.label());
     }
 
     /// The active health check found `ep` down: it is skipped as an ejected one is
@@ -372,7 +383,7 @@ impl OutlierDetector {
         h.ejection.set_ejected(true);
         drop(st);
         if newly {
-            self.count(Cause::Probe);
+            self.count(h, Cause::Probe);
             tracing::warn!(endpoint = %h.name, "{}", Cause::Probe.describe());
         }
     }

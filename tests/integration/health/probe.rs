@@ -11,7 +11,7 @@ use cloudmap_resolver::{HealthCheck, Instance, Resolver, StaticDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-fn registry(addrs: &[SocketAddr]) -> StaticDiscovery {
+pub(super) fn registry(addrs: &[SocketAddr]) -> StaticDiscovery {
     addrs
         .iter()
         .enumerate()
@@ -35,7 +35,7 @@ async fn tcp_backend(listener: TcpListener, accepts: Arc<AtomicUsize>) {
 }
 
 /// Resolves `n` times; how many picks were endpoint `e{i}`.
-async fn picks_of(resolver: &Resolver, i: usize, n: usize) -> usize {
+pub(super) async fn picks_of(resolver: &Resolver, i: usize, n: usize) -> usize {
     let mut hits = 0;
     for _ in 0..n {
         let ep = resolver.resolve("shared", "web").await.unwrap();
@@ -46,7 +46,11 @@ async fn picks_of(resolver: &Resolver, i: usize, n: usize) -> usize {
 
 /// Resolves every 20 ms (the key stays in use) until `cond` holds on 40 picks, or
 /// `rounds` rounds have passed; returns whether it held.
-async fn resolve_until(resolver: &Resolver, rounds: usize, cond: impl Fn(usize) -> bool) -> bool {
+pub(super) async fn resolve_until(
+    resolver: &Resolver,
+    rounds: usize,
+    cond: impl Fn(usize) -> bool,
+) -> bool {
     for _ in 0..rounds {
         if cond(picks_of(resolver, 0, 40).await) {
             return true;
