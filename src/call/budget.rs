@@ -68,16 +68,18 @@ impl RetryBudgetOptions {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), crate::Error> {
+    /// Checks the settings of the option called `option` (`retry_budget` or
+    /// `hedge_budget`: one type serves both, and the error names the one at fault).
+    pub(crate) fn validate(&self, option: &str) -> Result<(), crate::Error> {
         if !(self.ratio.is_finite() && self.ratio >= 0.0) {
-            return Err(crate::Error::invalid(
-                "retry_budget.ratio must be a non-negative number",
-            ));
+            return Err(crate::Error::invalid(format!(
+                "{option}.ratio must be a non-negative number"
+            )));
         }
         if self.window < Duration::from_millis(SLOTS as u64) {
-            return Err(crate::Error::invalid(
-                "retry_budget.window must be at least 10 ms",
-            ));
+            return Err(crate::Error::invalid(format!(
+                "{option}.window must be at least 10 ms"
+            )));
         }
         Ok(())
     }
@@ -234,13 +236,52 @@ mod tests {
                 ratio: bad,
                 ..RetryBudgetOptions::default()
             };
-            assert!(o.validate().is_err());
+            assert!(o.validate("retry_budget").is_err());
         }
         let o = RetryBudgetOptions {
             window: Duration::ZERO,
             ..RetryBudgetOptions::default()
         };
-        assert!(o.validate().is_err());
-        assert!(RetryBudgetOptions::default().validate().is_ok());
+        assert!(o.validate("retry_budget").is_err());
+        assert!(RetryBudgetOptions::default()
+            .validate("retry_budget")
+            .is_ok());
+        assert!(RetryBudgetOptions::hedging()
+            .validate("hedge_budget")
+            .is_ok());
+    }
+
+    /// The builder's error names the option at fault: a bad hedge budget is
+    /// `hedge_budget`'s, not the (valid) retry budget's, and the other way round.
+    #[test]
+    fn the_error_names_the_budget_at_fault() {
+        let build = |hedge: RetryBudgetOptions, retry: RetryBudgetOptions| {
+            crate::Resolver::builder(crate::StaticDiscovery::new())
+                .hedge_budget(hedge)
+                .retry_budget(retry)
+                .build()
+                .map(|_| ())
+        };
+        let bad_ratio = RetryBudgetOptions {
+            ratio: -1.0,
+            ..RetryBudgetOptions::hedging()
+        };
+        let bad_window = RetryBudgetOptions {
+            window: Duration::from_millis(1),
+            ..RetryBudgetOptions::hedging()
+        };
+        for (bad, field) in [(bad_ratio, "ratio"), (bad_window, "window")] {
+            let err = build(bad.clone(), RetryBudgetOptions::default()).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+            let text = err.to_string();
+            assert!(text.contains(&format!("hedge_budget.{field}")), "{text}");
+            assert!(!text.contains("retry_budget"), "{text}");
+
+            let err = build(RetryBudgetOptions::hedging(), bad).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("retry_budget.{field}")), "{text}");
+            assert!(!text.contains("hedge_budget"), "{text}");
+        }
+        assert!(build(RetryBudgetOptions::hedging(), RetryBudgetOptions::default()).is_ok());
     }
 }

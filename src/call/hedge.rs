@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use super::error::{Attempt, AttemptError, CallError, CallStop};
+use super::error::{Attempt, CallError, CallStop};
+use super::settle::{AttemptClock, Settled, Settler};
 use super::Call;
 use crate::cache::latency::KeyLatency;
-use crate::endpoint::outlier::Outcome;
 use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
@@ -178,9 +178,7 @@ async fn attempt<Fut: Future>(
 /// What is known of an attempt in flight.
 struct Meta {
     ep: Endpoint,
-    began: Instant,
-    own_limit: Option<Instant>,
-    limit: Option<Instant>,
+    clock: AttemptClock,
     hedge: bool,
 }
 
@@ -231,6 +229,14 @@ where
     }
     .map_err(CallError::resolve)?;
     let tried = candidates.len();
+    let settler = Settler {
+        ctx,
+        label: &label,
+        service,
+        deadline,
+        retry_if: retry_if.as_ref(),
+        retry_timeouts,
+    };
     let delay = hedge.delay(&latency);
     let mut next = candidates.into_iter();
     let mut failed: Vec<Attempt<E>> = Vec::new();
@@ -244,22 +250,16 @@ where
 
     let mut launch = |ep: Endpoint, began: Instant, hedged: bool, running: &mut Vec<_>| {
         bump(&counters.attempts);
-        let own_limit = opts.attempt_timeout.map(|t| after(began, t));
-        let limit = match (own_limit, deadline) {
-            (Some(a), Some(d)) => Some(a.min(d)),
-            (a, d) => a.or(d),
-        };
+        let clock = AttemptClock::new(began, opts.attempt_timeout, deadline);
         let guard = Running {
             recorder: ctx.recorder,
             counted: ctx.recorder.start(&ep),
             ep: ep.clone(),
         };
-        let fut = Box::pin(attempt(op(ep.clone()), limit, guard));
+        let fut = Box::pin(attempt(op(ep.clone()), clock.limit, guard));
         let meta = Meta {
             ep,
-            began,
-            own_limit,
-            limit,
+            clock,
             hedge: hedged,
         };
         running.push((meta, fut));
@@ -344,23 +344,13 @@ where
         let (meta, _done) = running.swap_remove(i);
         let Meta {
             ep,
-            began,
-            own_limit,
-            limit,
+            clock,
             hedge: hedged,
         } = meta;
         let ended = Instant::now();
-        let outcome = match &result {
-            Some(Ok(_)) => "ok",
-            Some(Err(_)) => "failed",
-            None => "timed_out",
-        };
-        let endpoint = ctx.endpoint_label.then(|| ep.instance_id());
-        crate::metrics::attempt(&label, service, endpoint, outcome, ended - began);
-        match result {
-            Some(Ok(value)) => {
-                ctx.recorder.finish(&ep, began, ended, Outcome::Success);
-                latency.record(ended - began);
+        match settler.settle(ep, clock, ended, result, &mut failed) {
+            Settled::Won(value) => {
+                latency.record(ended - clock.began);
                 if hedged {
                     bump(&counters.hedges_won);
                     crate::metrics::hedge(&label, service, "won");
@@ -369,34 +359,12 @@ where
                 // their counts; no outcome is recorded for them.
                 return Ok(value);
             }
-            Some(Err(err)) => {
-                let retryable = retry_if.as_ref().is_none_or(|p| p(&err));
-                let outcome = if retryable {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                ctx.recorder.finish(&ep, began, ended, outcome);
-                failed.push(Attempt::new(ep, AttemptError::Failed(err)));
-                if !retryable {
-                    return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
-                }
+            Settled::Failed => {}
+            Settled::NoMore => {
+                no_more = true;
+                hedge_at = None;
             }
-            None => {
-                let at = limit.unwrap_or(began);
-                let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
-                if !by_deadline {
-                    ctx.recorder.finish(&ep, began, ended, Outcome::Failure);
-                }
-                failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
-                if by_deadline {
-                    return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
-                }
-                if !retry_timeouts {
-                    no_more = true;
-                    hedge_at = None;
-                }
-            }
+            Settled::Stop(stop) => return Err(CallError::attempts_failed(stop, failed)),
         }
     }
     let stop = if tried < opts.max_attempts {

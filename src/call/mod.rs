@@ -20,7 +20,6 @@ use std::sync::Arc;
 use crate::cache::key::Key;
 use crate::cache::Cache;
 use crate::discover::{namespace_label, BoxFuture};
-use crate::endpoint::outlier::Outcome;
 use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
@@ -31,10 +30,12 @@ pub(crate) mod budget;
 pub(crate) mod error;
 pub(crate) mod hedge;
 pub(crate) mod lease;
+mod settle;
 
 use budget::RetryBudget;
-use error::{Attempt, AttemptError, CallError, CallStop};
+use error::{Attempt, CallError, CallStop};
 use hedge::Hedge;
+use settle::{AttemptClock, Settled, Settler};
 
 /// The most attempts one call may make: as many as a Cloud Map DNS answer holds.
 pub const MAX_ATTEMPTS: usize = 8;
@@ -311,6 +312,14 @@ where
         }
         .map_err(CallError::resolve)?;
         let tried = candidates.len();
+        let settler = Settler {
+            ctx,
+            label: &label,
+            service,
+            deadline,
+            retry_if: retry_if.as_ref(),
+            retry_timeouts,
+        };
         let mut failed: Vec<Attempt<E>> = Vec::new();
         for (n, ep) in candidates.into_iter().enumerate() {
             let began = Instant::now();
@@ -338,64 +347,24 @@ where
                 crate::metrics::retry(&label, service, true);
             }
             bump(&counters.attempts);
-            let own_limit = opts.attempt_timeout.map(|t| after(began, t));
-            let limit = match (own_limit, deadline) {
-                (Some(a), Some(d)) => Some(a.min(d)),
-                (a, d) => a.or(d),
-            };
+            let clock = AttemptClock::new(began, opts.attempt_timeout, deadline);
             // Least-loaded picks count the attempt in flight until it ends (or the
             // call is dropped) and learn its round-trip time.
             let in_flight = ctx.recorder.in_flight(&ep);
             let fut = op(ep.clone());
-            let result = match limit {
+            let result = match clock.limit {
                 Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
                 None => Some(fut.await),
             };
             let ended = Instant::now();
             drop(in_flight);
-            let outcome = match &result {
-                Some(Ok(_)) => "ok",
-                Some(Err(_)) => "failed",
-                None => "timed_out",
-            };
-            let endpoint = ctx.endpoint_label.then(|| ep.instance_id());
-            crate::metrics::attempt(&label, service, endpoint, outcome, ended - began);
-            match result {
-                Some(Ok(value)) => {
-                    ctx.recorder.finish(&ep, began, ended, Outcome::Success);
-                    return Ok(value);
+            match settler.settle(ep, clock, ended, result, &mut failed) {
+                Settled::Won(value) => return Ok(value),
+                Settled::Failed => {}
+                Settled::NoMore => {
+                    return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
                 }
-                Some(Err(err)) => {
-                    let retryable = retry_if.as_ref().is_none_or(|p| p(&err));
-                    let outcome = if retryable {
-                        Outcome::Failure
-                    } else {
-                        Outcome::Success
-                    };
-                    ctx.recorder.finish(&ep, began, ended, outcome);
-                    failed.push(Attempt::new(ep, AttemptError::Failed(err)));
-                    if !retryable {
-                        return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
-                    }
-                }
-                None => {
-                    let at = limit.unwrap_or(began);
-                    // Cut short by the call's deadline rather than its own timeout:
-                    // not evidence against the endpoint.
-                    let by_deadline = deadline.is_some_and(|d| own_limit.is_none_or(|a| d < a));
-                    if !by_deadline {
-                        ctx.recorder.finish(&ep, began, ended, Outcome::Failure);
-                    }
-                    failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
-                    if by_deadline {
-                        return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
-                    }
-                    // The dropped attempt may have been delivered: the caller decides
-                    // whether its operation may run again.
-                    if !retry_timeouts {
-                        return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
-                    }
-                }
+                Settled::Stop(stop) => return Err(CallError::attempts_failed(stop, failed)),
             }
         }
         let stop = if tried < opts.max_attempts {

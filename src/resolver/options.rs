@@ -134,7 +134,7 @@ impl ResolverOptions {
             crate::discover::names::check_attribute(attribute, "")?;
         }
         self.call.validate()?;
-        self.hedge_budget.validate()?;
+        self.hedge_budget.validate("hedge_budget")?;
         self.outlier.validate()?;
         self.load.validate()?;
         self.slow_start.validate()?;
@@ -144,7 +144,7 @@ impl ResolverOptions {
         if let Some(zones) = &self.zone_aware {
             zones.validate()?;
         }
-        self.retry_budget.validate()
+        self.retry_budget.validate("retry_budget")
     }
 
     /// How answers become endpoints: the address policy and the port rules.

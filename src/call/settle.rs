@@ -1,0 +1,138 @@
+//! Settling a finished attempt: what its result means for its endpoint and for the
+//! call. One function for the plain failover loop (`mod.rs`) and the hedged one
+//! (`hedge.rs`), so that the two cannot drift apart on what counts against an
+//! endpoint or what ends a call.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::error::{Attempt, AttemptError, CallStop};
+use super::{CallContext, RetryIf};
+use crate::endpoint::outlier::Outcome;
+use crate::endpoint::Endpoint;
+use crate::util::time::after;
+
+/// An attempt's clock: when it began, when its own timeout falls, and when it is cut
+/// short (the earlier of that timeout and the call's deadline).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct AttemptClock {
+    pub(super) began: Instant,
+    own_limit: Option<Instant>,
+    pub(super) limit: Option<Instant>,
+}
+
+impl AttemptClock {
+    pub(super) fn new(
+        began: Instant,
+        attempt_timeout: Option<Duration>,
+        deadline: Option<Instant>,
+    ) -> Self {
+        let own_limit = attempt_timeout.map(|t| after(began, t));
+        let limit = match (own_limit, deadline) {
+            (Some(a), Some(d)) => Some(a.min(d)),
+            (a, d) => a.or(d),
+        };
+        AttemptClock {
+            began,
+            own_limit,
+            limit,
+        }
+    }
+}
+
+/// What a settled attempt leaves the call to do.
+pub(super) enum Settled<T> {
+    /// It succeeded: the call returns its value.
+    Won(T),
+    /// It failed or timed out; another endpoint may be tried.
+    Failed,
+    /// It timed out and the call's timeouts are not retried: it may have been
+    /// delivered, so no new attempt may start (attempts already in flight may finish).
+    NoMore,
+    /// The call ends with this stop.
+    Stop(CallStop),
+}
+
+/// What settling needs of its call, fixed for the call's life.
+pub(super) struct Settler<'c, 'a, E> {
+    pub(super) ctx: CallContext<'a>,
+    /// The namespace as metrics label it (`namespace@owner` for an owner account's).
+    pub(super) label: &'a str,
+    pub(super) service: &'a str,
+    pub(super) deadline: Option<Instant>,
+    pub(super) retry_if: Option<&'c RetryIf<'a, E>>,
+    pub(super) retry_timeouts: bool,
+}
+
+impl<E> Settler<'_, '_, E> {
+    /// Records a finished attempt (`None`: cut short by its limit) and says what the
+    /// call does next. A failed attempt is pushed onto `failed`. The attempt's
+    /// in-flight count must already be given back.
+    pub(super) fn settle<T>(
+        &self,
+        ep: Endpoint,
+        clock: AttemptClock,
+        ended: Instant,
+        result: Option<Result<T, E>>,
+        failed: &mut Vec<Attempt<E>>,
+    ) -> Settled<T> {
+        let AttemptClock {
+            began,
+            own_limit,
+            limit,
+        } = clock;
+        let outcome = match &result {
+            Some(Ok(_)) => "ok",
+            Some(Err(_)) => "failed",
+            None => "timed_out",
+        };
+        let endpoint = self.ctx.endpoint_label.then(|| ep.instance_id());
+        crate::metrics::attempt(self.label, self.service, endpoint, outcome, ended - began);
+        let recorder = self.ctx.recorder;
+        match result {
+            Some(Ok(value)) => {
+                recorder.finish(&ep, began, ended, Outcome::Success);
+                Settled::Won(value)
+            }
+            Some(Err(err)) => {
+                let retryable = self.retry_if.is_none_or(|p| p(&err));
+                // An error the caller does not retry is an answer: not evidence
+                // against the endpoint.
+                let outcome = if retryable {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                recorder.finish(&ep, began, ended, outcome);
+                failed.push(Attempt::new(ep, AttemptError::Failed(err)));
+                if retryable {
+                    Settled::Failed
+                } else {
+                    Settled::Stop(CallStop::NotRetryable)
+                }
+            }
+            None => {
+                let at = limit.unwrap_or(began);
+                // Cut short by the call's deadline rather than its own timeout:
+                // not evidence against the endpoint.
+                let by_deadline = self
+                    .deadline
+                    .is_some_and(|d| own_limit.is_none_or(|a| d < a));
+                if !by_deadline {
+                    recorder.finish(&ep, began, ended, Outcome::Failure);
+                }
+                failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
+                if by_deadline {
+                    Settled::Stop(CallStop::DeadlinePassed)
+                } else if self.retry_timeouts {
+                    Settled::Failed
+                } else {
+                    // The dropped attempt may have been delivered: the caller
+                    // decides whether its operation may run again.
+                    Settled::NoMore
+                }
+            }
+        }
+    }
+}
