@@ -36,12 +36,14 @@ pub(crate) mod options;
 mod publish;
 mod query;
 mod service;
+mod service_call;
 
 pub use builder::ResolverBuilder;
 pub use endpoints::Endpoints;
 use options::ResolverOptions;
 pub use query::Query;
 pub use service::Service;
+pub use service_call::ServiceCall;
 
 /// Finds live endpoints of services: cached, filtered, picked.
 ///
@@ -80,6 +82,28 @@ pub struct Resolver {
     health: HealthFilter,
     /// `opts.owner_account`, kept beside the cache handle for the same reason.
     owner: Option<Arc<str>>,
+}
+
+/// A resolver held without keeping it alive (by held handles, `service.rs`):
+/// upgraded off the warm path only.
+#[derive(Clone)]
+pub(crate) struct WeakResolver {
+    cache: std::sync::Weak<Cache>,
+    shared: std::sync::Weak<Shared>,
+    health: HealthFilter,
+    owner: Option<Arc<str>>,
+}
+
+impl WeakResolver {
+    /// The resolver, while a clone of it lives.
+    pub(crate) fn upgrade(&self) -> Option<Resolver> {
+        Some(Resolver {
+            cache: self.cache.upgrade()?,
+            shared: self.shared.upgrade()?,
+            health: self.health,
+            owner: self.owner.clone(),
+        })
+    }
 }
 
 /// What the resolver keeps beside its cache: the options it was built with, and the
@@ -208,7 +232,8 @@ impl Resolver {
 
     /// A held handle on `service` in `namespace`: [`Service`] resolves, calls, leases
     /// and watches that key as this resolver's methods do, without the names at each
-    /// call. `Clone + Send + Sync`; it holds a clone of this resolver.
+    /// call, and picks without looking the key up. `Clone + Send + Sync`; it does not
+    /// keep this resolver alive (see [`Service`]).
     ///
     /// # Examples
     ///
@@ -226,7 +251,7 @@ impl Resolver {
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
     pub fn service(&self, namespace: &str, service: &str) -> Service {
-        Service::new(self.clone(), namespace, service)
+        Service::new(self, self.key_ref(namespace, service))
     }
 
     /// A stream of changes to the endpoints of `service` in `namespace`: first the
@@ -446,6 +471,16 @@ impl Resolver {
         self.cache
             .candidates(key, MAX_ATTEMPTS, |h, now| recorder.is_ejected(h, now))
             .await
+    }
+
+    /// This resolver, held without keeping it alive.
+    pub(crate) fn downgrade(&self) -> WeakResolver {
+        WeakResolver {
+            cache: Arc::downgrade(&self.cache),
+            shared: Arc::downgrade(&self.shared),
+            health: self.health,
+            owner: self.owner.clone(),
+        }
     }
 
     /// The key of a plain lookup: the resolver's health filter and owner account.
