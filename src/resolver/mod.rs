@@ -84,28 +84,6 @@ pub struct Resolver {
     owner: Option<Arc<str>>,
 }
 
-/// A resolver held without keeping it alive (by held handles, `service.rs`):
-/// upgraded off the warm path only.
-#[derive(Clone)]
-pub(crate) struct WeakResolver {
-    cache: std::sync::Weak<Cache>,
-    shared: std::sync::Weak<Shared>,
-    health: HealthFilter,
-    owner: Option<Arc<str>>,
-}
-
-impl WeakResolver {
-    /// The resolver, while a clone of it lives.
-    pub(crate) fn upgrade(&self) -> Option<Resolver> {
-        Some(Resolver {
-            cache: self.cache.upgrade()?,
-            shared: self.shared.upgrade()?,
-            health: self.health,
-            owner: self.owner.clone(),
-        })
-    }
-}
-
 /// What the resolver keeps beside its cache: the options it was built with, and the
 /// state its calls share.
 struct Shared {
@@ -471,16 +449,6 @@ impl Resolver {
         self.cache
             .candidates(key, MAX_ATTEMPTS, |h, now| recorder.is_ejected(h, now))
             .await
-    }
-
-    /// This resolver, held without keeping it alive.
-    pub(crate) fn downgrade(&self) -> WeakResolver {
-        WeakResolver {
-            cache: Arc::downgrade(&self.cache),
-            shared: Arc::downgrade(&self.shared),
-            health: self.health,
-            owner: self.owner.clone(),
-        }
     }
 
     /// The key of a plain lookup: the resolver's health filter and owner account.

@@ -12,10 +12,12 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Endpoints, Resolver, ServiceCall, WeakResolver};
+use super::{Endpoints, Resolver, ServiceCall, Shared};
 use crate::cache::key::KeyRef;
+use crate::cache::Cache;
 use crate::cache::SlotPin;
 use crate::call::lease::Lease;
+use crate::discover::health_filter::HealthFilter;
 use crate::discover::DiscoverRequest;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
@@ -236,5 +238,39 @@ impl Service {
                 self.inner.request.service, self.inner.request.namespace
             ),
         )
+    }
+}
+
+/// A resolver held without keeping it alive (by held handles, `service.rs`):
+/// upgraded off the warm path only.
+#[derive(Clone)]
+struct WeakResolver {
+    cache: std::sync::Weak<Cache>,
+    shared: std::sync::Weak<Shared>,
+    health: HealthFilter,
+    owner: Option<Arc<str>>,
+}
+
+impl WeakResolver {
+    /// The resolver, while a clone of it lives.
+    pub(crate) fn upgrade(&self) -> Option<Resolver> {
+        Some(Resolver {
+            cache: self.cache.upgrade()?,
+            shared: self.shared.upgrade()?,
+            health: self.health,
+            owner: self.owner.clone(),
+        })
+    }
+}
+
+impl Resolver {
+    /// This resolver, held without keeping it alive.
+    fn downgrade(&self) -> WeakResolver {
+        WeakResolver {
+            cache: Arc::downgrade(&self.cache),
+            shared: Arc::downgrade(&self.shared),
+            health: self.health,
+            owner: self.owner.clone(),
+        }
     }
 }
