@@ -37,7 +37,7 @@ use crate::watch::Watch;
 /// **Why hold one.** The handle holds its key's cache entry, so a warm
 /// [`resolve`](Self::resolve) is one atomic load of the current answer, a cursor
 /// step and an `Arc` clone of the endpoint: no hashing and no comparing of names,
-/// several times cheaper than a warm `Resolver::resolve` (`benches/warm.rs`,
+/// cheaper than a warm `Resolver::resolve` (`benches/warm.rs`,
 /// `warm/service_resolve`). While a handle lives its key is in use: refreshed
 /// ahead of expiry even when nobody picks, and not evicted as idle. When the key is
 /// evicted for capacity anyway, or its answer expires, the next pick loads it
