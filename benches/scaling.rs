@@ -11,6 +11,8 @@
 //!   iteration is one `resolve` on each thread, so criterion's elements per second
 //!   are resolves per second across the threads. The time is the slowest thread's,
 //!   measured from a barrier, without thread start-up.
+//! - `throughput/service_threads/T`: the same through one held handle
+//!   (`resolver.service`) the T threads share.
 //!
 //! Every `resolve` is polled once with a no-op waker inside the runtime's context
 //! (see `benches/warm.rs`); the printed fallbacks count any that were not ready.
@@ -26,7 +28,7 @@ use std::hint::black_box;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use cloudmap_resolver::{Resolver, Selection};
+use cloudmap_resolver::{Resolver, Selection, Service};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use test_support::bench::{now_or_block, report_fallbacks, runtime, Synthetic};
@@ -83,9 +85,11 @@ fn scaling(c: &mut Criterion) {
 }
 
 /// `iters` resolves on each of `threads` threads at once; the slowest thread's time.
+/// With `held`, through that one handle, shared by the threads.
 fn concurrent(
     rt: &tokio::runtime::Runtime,
     resolver: &Resolver,
+    held: Option<&Service>,
     threads: usize,
     iters: u64,
 ) -> Duration {
@@ -101,10 +105,20 @@ fn concurrent(
                         let _ = black_box(now_or_block(rt, resolver.resolve("shared", "svc-0")));
                     }
                     let (ns, svc) = black_box(("shared", "svc-0"));
+                    let held = black_box(held);
                     barrier.wait();
                     let start = Instant::now();
-                    for _ in 0..iters {
-                        let _ = black_box(now_or_block(rt, resolver.resolve(ns, svc)));
+                    match held {
+                        Some(web) => {
+                            for _ in 0..iters {
+                                let _ = black_box(now_or_block(rt, web.resolve()));
+                            }
+                        }
+                        None => {
+                            for _ in 0..iters {
+                                let _ = black_box(now_or_block(rt, resolver.resolve(ns, svc)));
+                            }
+                        }
                     }
                     start.elapsed()
                 })
@@ -126,7 +140,16 @@ fn throughput(c: &mut Criterion) {
     for threads in [1, 2] {
         g.throughput(Throughput::Elements(threads as u64));
         g.bench_function(BenchmarkId::new("threads", threads), |b| {
-            b.iter_custom(|iters| concurrent(&rt, &resolver, threads, iters))
+            b.iter_custom(|iters| concurrent(&rt, &resolver, None, threads, iters))
+        });
+    }
+    // The same through one held handle shared by the threads (`Resolver::service`):
+    // it must scale as `resolve` does (`scripts/bench-report`).
+    let web = resolver.service("shared", "svc-0");
+    for threads in [1, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(BenchmarkId::new("service_threads", threads), |b| {
+            b.iter_custom(|iters| concurrent(&rt, &resolver, Some(&web), threads, iters))
         });
     }
     g.finish();

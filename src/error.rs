@@ -47,6 +47,10 @@ pub enum ErrorKind {
     /// retryable: it fails the same way until something is removed or the quota is
     /// raised.
     QuotaExceeded,
+    /// A held [`Service`](crate::Service) was used after every clone of its
+    /// [`Resolver`](crate::Resolver) was dropped: the handle does not keep its
+    /// resolver (its cache, refreshes and health checks) alive. Not retryable.
+    ResolverDropped,
 }
 
 impl ErrorKind {
@@ -64,6 +68,7 @@ impl ErrorKind {
             ErrorKind::OperationFailed => "registry operation failed",
             ErrorKind::Configuration => "configuration error",
             ErrorKind::QuotaExceeded => "registry quota exceeded",
+            ErrorKind::ResolverDropped => "resolver dropped",
         }
     }
 }

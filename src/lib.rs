@@ -166,7 +166,7 @@ pub use integrations::HostMap;
 pub use register::registered::{Drained, Registered};
 pub use register::registration::Registration;
 pub use resolver::options::ResolverOptions;
-pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder, Service};
+pub use resolver::{Endpoints, Query, Resolver, ResolverBuilder, Service, ServiceCall};
 pub use select::slow_start::SlowStartOptions;
 pub use select::zone::{ZoneAware, ATTR_AVAILABILITY_ZONE};
 pub use select::Selection;

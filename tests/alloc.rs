@@ -126,13 +126,30 @@ fn warm_resolve_allocates_nothing() {
         );
         assert_eq!(picks.iter().step_by(2).sum::<usize>(), CALLS, "{picks:?}");
     }
-    // A held handle (`Resolver::service`): the same warm path, nothing per pick.
-    let (picks, stats) = warm_picks(Selection::RoundRobin, None, true);
-    assert!(
-        stats.allocations <= ARC_SWAP_NODE_ALLOCATIONS
-            && stats.reallocations == 0
-            && stats.deallocations == 0,
-        "handle: {stats:?}"
-    );
-    assert_eq!(picks, [CALLS / ENDPOINTS; ENDPOINTS], "handle: {picks:?}");
+    // A held handle (`Resolver::service`): its pinned slot's snapshot, no lookup,
+    // nothing allocated per pick, for every selection and zone-aware.
+    let selections = [
+        Selection::RoundRobin,
+        Selection::WeightedRandom {
+            attribute: "weight".into(),
+        },
+        Selection::Random,
+    ];
+    for selection in selections {
+        for zones in [None, Some(ZoneAware::new("a"))] {
+            let (picks, stats) = warm_picks(selection.clone(), zones.clone(), true);
+            assert!(
+                stats.allocations <= ARC_SWAP_NODE_ALLOCATIONS
+                    && stats.reallocations == 0
+                    && stats.deallocations == 0,
+                "handle, {selection:?}, zones {zones:?}: {stats:?}"
+            );
+            assert_eq!(picks.iter().sum::<usize>(), CALLS);
+            if zones.is_some() {
+                assert_eq!(picks.iter().step_by(2).sum::<usize>(), CALLS, "{picks:?}");
+            } else if selection == Selection::RoundRobin {
+                assert_eq!(picks, [CALLS / ENDPOINTS; ENDPOINTS], "handle: {picks:?}");
+            }
+        }
+    }
 }

@@ -13,7 +13,7 @@ use super::key::KeyRef;
 use super::pacing::{is_cap_refusal, Op, Pace};
 use super::slot::Slot;
 use super::snapshot::{Snapshot, EXPIRED, STALE};
-use super::{servable_or_empty, Cache};
+use super::{check_key, servable_or_empty, Cache};
 use crate::error::{Error, ErrorKind};
 use crate::stats::bump;
 use crate::util::hash::splitmix64;
@@ -38,21 +38,22 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
-        crate::discover::names::check_namespace(key.namespace)?;
-        crate::discover::names::check_service(key.service)?;
-        for (k, v) in key.query.iter().chain(key.optional) {
-            crate::discover::names::check_attribute(k, v)?;
-        }
-        if let Some(owner) = key.owner {
-            crate::discover::names::check_owner_account(owner)?;
-        }
+        check_key(&key)?;
         bump(&self.counters.misses);
         let hash = key.hash();
         let (slot, inserted) = self.index.get_or_insert(&key, hash, || {
             Slot::new(key.to_request(), hash, splitmix64(self.seed ^ hash))
         });
-        if inserted {
-            self.lru.insert(LruKey(slot.clone()), ());
+        // A slot kept in the index while evicted (a held handle pins it) is listed
+        // again: the key keeps its one slot for its handles.
+        if inserted || self.index.revive(&slot) {
+            // Asked first, so the capacity bound's frequency sketch counts this load:
+            // TinyLFU admits a newcomer to a full cache only when it is asked for
+            // more often than its victim, and an insert alone counts nothing (a
+            // full cache then refused every new key, loading it on every resolve).
+            let listed = LruKey(slot.clone());
+            let _ = self.lru.get(&listed);
+            self.lru.insert(listed, ());
         } else {
             // A key loaded again is in use: without this a key served only through
             // loads (`refresh_ahead = false`, or a refresh failing) would be dropped

@@ -33,7 +33,9 @@ impl std::hash::Hash for LruKey {
 /// The eviction side of the cache: bounded by `capacity` keys and, unless
 /// `idle_timeout` means never, by idleness. An evicted entry is marked (so no
 /// per-thread memo serves it), emptied (memos may still hold the entry, not its
-/// answer) and removed from the index.
+/// answer) and removed from the index, unless a held handle pins it
+/// (`Index::evict`). A held key is not evicted as idle: its refresher keeps it in
+/// use (`refresher.rs`), and each refresh tells moka so.
 pub(super) fn lru(
     capacity: u64,
     idle_timeout: Duration,
@@ -45,14 +47,55 @@ pub(super) fn lru(
     }
     lru.eviction_listener(move |key: Arc<LruKey>, _, cause| {
         if cause.was_evicted() {
-            key.0.evicted.store(true, Ordering::Relaxed);
-            // Memos may still hold the slot; they need not hold its answer.
-            key.0.snapshot.store(None);
-            key.0.publish();
-            if let Some(index) = index.upgrade() {
-                index.remove(&key.0);
+            match index.upgrade() {
+                Some(index) => index.evict(&key.0),
+                None => {
+                    key.0.evicted.store(true, Ordering::Relaxed);
+                    // Memos may still hold the slot; they need not hold its answer.
+                    key.0.snapshot.store(None);
+                }
             }
+            key.0.publish();
         }
     })
     .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Instance, Resolver, StaticDiscovery};
+
+    /// A full cache admits a key asked for again and again (TinyLFU: more often
+    /// than its victim). Regression: each load only inserted, which the frequency
+    /// sketch does not count, so once full every new key was refused and loaded
+    /// from the registry on every resolve.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_admits_a_key_asked_for_often() {
+        let source = (0..9).fold(StaticDiscovery::new(), |r, k| {
+            r.with_instance(
+                "shared",
+                format!("svc-{k}"),
+                Instance::new(format!("i-{k}"))
+                    .ipv4([127, 0, 0, 1].into())
+                    .port(1),
+            )
+        });
+        let r = Resolver::builder(source).capacity(8).build().unwrap();
+        for k in 0..8 {
+            r.resolve("shared", &format!("svc-{k}")).await.unwrap();
+        }
+        assert_eq!(r.cached_keys(), 8);
+        let misses = |r: &Resolver| r.stats().resolves - r.stats().cache_hits;
+        let before = misses(&r);
+        for _ in 0..10 {
+            r.resolve("shared", "svc-8").await.unwrap();
+            r.cache.run_pending_tasks();
+        }
+        let loads = misses(&r) - before;
+        assert!(
+            loads <= 3,
+            "svc-8 loaded {loads} times out of 10: never admitted"
+        );
+        assert!(r.cached_keys() <= 8);
+    }
 }

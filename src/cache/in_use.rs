@@ -13,7 +13,8 @@ impl Cache {
     /// Every endpoint of the keys in use now, each once (an endpoint listed by
     /// several keys shares its state). A key is in use while it is cached (not
     /// evicted) and its answer has not expired: an answer nobody picked from during
-    /// its life is marked expired by its refresher, so idle keys drop out here.
+    /// its life is marked expired by its refresher, so idle keys drop out here (a
+    /// key a held handle pins, or a change stream follows, is refreshed: in use).
     pub(crate) fn endpoints_in_use(&self) -> Vec<Endpoint> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -68,19 +69,91 @@ impl Index {
             return (slot.clone(), false);
         }
         let slot = Arc::new(make());
-        let mut map = ShardMap::clone(&cur);
-        let bucket: Bucket = match map.get(&hash) {
-            Some(b) => b.iter().cloned().chain([slot.clone()]).collect(),
-            None => Arc::new([slot.clone()]),
-        };
-        map.insert(hash, bucket);
-        shard.map.store(Arc::new(map));
+        Self::insert_locked(shard, hash, slot.clone());
         (slot, true)
     }
 
-    pub(super) fn remove(&self, slot: &Arc<Slot>) {
+    /// The key's slot, pinned by one more held handle: found, or inserted
+    /// unlisted (marked evicted: not in the eviction policy, no answer) for the
+    /// first load to list. Counted under the shard's write lock, which eviction
+    /// (`evict`) and unpinning take too.
+    pub(super) fn pin(
+        &self,
+        key: &KeyRef<'_>,
+        hash: u64,
+        make: impl FnOnce() -> Slot,
+    ) -> Arc<Slot> {
+        let shard = self.shard(hash);
+        let _w = lock(&shard.write);
+        let found = shard
+            .map
+            .load()
+            .get(&hash)
+            .and_then(|b| b.iter().find(|s| key.matches(&s.request)).cloned());
+        let slot = found.unwrap_or_else(|| {
+            let slot = Arc::new(make());
+            slot.evicted.store(true, Ordering::Relaxed);
+            Self::insert_locked(shard, hash, slot.clone());
+            slot
+        });
+        slot.handles.fetch_add(1, Ordering::Relaxed);
+        slot
+    }
+
+    /// One handle fewer on `slot`; the last one gone, a slot evicted meanwhile
+    /// leaves the index as any evicted slot does.
+    pub(super) fn unpin(&self, slot: &Arc<Slot>) {
         let shard = self.shard(slot.hash);
         let _w = lock(&shard.write);
+        if slot.handles.fetch_sub(1, Ordering::Relaxed) == 1 && slot.is_evicted() {
+            Self::remove_locked(shard, slot);
+        }
+    }
+
+    /// Eviction of `slot`: marked (so no per-thread memo serves it) and emptied
+    /// (memos may still hold the slot, not its answer); it leaves the index unless
+    /// a held handle pins it, in which case the next load lists it again
+    /// ([`revive`](Self::revive)) and the handle keeps its one slot.
+    pub(super) fn evict(&self, slot: &Arc<Slot>) {
+        let shard = self.shard(slot.hash);
+        let _w = lock(&shard.write);
+        slot.evicted.store(true, Ordering::Relaxed);
+        slot.snapshot.store(None);
+        if slot.handles.load(Ordering::Relaxed) == 0 {
+            Self::remove_locked(shard, slot);
+        }
+    }
+
+    /// Lists again a slot kept in the index while evicted (pinned, or inserted by
+    /// [`pin`](Self::pin) and never loaded): true when the caller must tell the
+    /// eviction policy of it. False for a listed slot, and for one no longer in
+    /// the index (an evicted unpinned slot stays out).
+    pub(super) fn revive(&self, slot: &Arc<Slot>) -> bool {
+        if !slot.is_evicted() {
+            return false;
+        }
+        let shard = self.shard(slot.hash);
+        let _w = lock(&shard.write);
+        let listed = shard
+            .map
+            .load()
+            .get(&slot.hash)
+            .is_some_and(|b| b.iter().any(|s| Arc::ptr_eq(s, slot)));
+        listed && slot.evicted.swap(false, Ordering::Relaxed)
+    }
+
+    fn insert_locked(shard: &Shard, hash: u64, slot: Arc<Slot>) {
+        let cur = shard.map.load_full();
+        let mut map = ShardMap::clone(&cur);
+        let bucket: Bucket = match map.get(&hash) {
+            Some(b) => b.iter().cloned().chain([slot]).collect(),
+            None => Arc::new([slot]),
+        };
+        map.insert(hash, bucket);
+        shard.map.store(Arc::new(map));
+    }
+
+    fn remove_locked(shard: &Shard, slot: &Arc<Slot>) {
         let cur = shard.map.load_full();
         let Some(bucket) = cur.get(&slot.hash) else {
             return;
@@ -102,10 +175,18 @@ impl Index {
         shard.map.store(Arc::new(map));
     }
 
+    /// How many keys are cached: evicted slots kept for their handles (emptied)
+    /// are not.
     pub(super) fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.map.load().values().map(|b| b.len()).sum::<usize>())
+            .map(|s| {
+                s.map
+                    .load()
+                    .values()
+                    .map(|b| b.iter().filter(|s| !s.is_evicted()).count())
+                    .sum::<usize>()
+            })
             .sum()
     }
 }

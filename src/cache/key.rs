@@ -43,6 +43,18 @@ impl<'a> KeyRef<'a> {
         KeyRef { owner, ..self }
     }
 
+    /// The key an owned question asks (the inverse of [`to_request`](Self::to_request)).
+    pub(crate) fn of(req: &'a DiscoverRequest) -> Self {
+        KeyRef {
+            namespace: &req.namespace,
+            service: &req.service,
+            query: &req.query,
+            optional: &req.optional,
+            health: req.health,
+            owner: req.owner_account.as_deref(),
+        }
+    }
+
     /// A 64-bit hash, well mixed in every bit (shards take the high bits, the map
     /// the low ones).
     #[inline]

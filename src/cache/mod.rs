@@ -43,6 +43,7 @@ pub(crate) mod latency;
 mod memo;
 mod options;
 pub(crate) mod pacing;
+mod pinned;
 mod refresher;
 mod slot;
 mod snapshot;
@@ -54,6 +55,7 @@ pub use options::CacheOptions;
 use pacing::Backoff;
 use pacing::Limiter;
 use pacing::Stretch;
+pub(crate) use pinned::SlotPin;
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
 pub(crate) use watched::{Answer, ZONE_RECHECK};
@@ -66,7 +68,8 @@ pub(crate) struct Cache {
     opts: CacheOptions,
     /// How answers become endpoints.
     parse: ParseOptions,
-    pub(crate) counters: Counters,
+    /// Shared with held handles' pins (`pinned.rs`), which count their warm picks.
+    pub(crate) counters: Arc<Counters>,
     /// Per-endpoint state carried from one answer to the next.
     states: StateTable,
     index: Arc<Index>,
@@ -111,7 +114,7 @@ impl Cache {
             id: memo::cache_id(),
             source,
             parse,
-            counters: Counters::default(),
+            counters: Arc::default(),
             states,
             index,
             lru,
@@ -162,15 +165,7 @@ impl Cache {
     /// `f` on the slot's snapshot if it may be served now.
     #[inline]
     fn serve<R>(&self, slot: &Slot, f: impl FnOnce(&Snapshot, u64, usize) -> R) -> Option<R> {
-        let snap = slot.snapshot.load();
-        let snap = snap.as_deref()?;
-        let state = snap.state.load(Ordering::Relaxed);
-        if state == EXPIRED || snap.is_empty() {
-            return None;
-        }
-        let s = stripe();
-        self.counters.hit(s, state == STALE);
-        Some(f(snap, slot.seed, s))
+        serve(&self.counters, slot, f)
     }
 
     /// The one candidate lookup, for `call` and every integration: up to `max`
@@ -271,6 +266,39 @@ impl Drop for Cache {
             }
         }
     }
+}
+
+/// `f` on the slot's snapshot if it may be served now, counted as a warm hit: the
+/// one serving rule of the warm path, for lookups (`Cache::warm`) and held handles
+/// (`pinned.rs`) alike.
+#[inline]
+fn serve<R>(
+    counters: &Counters,
+    slot: &Slot,
+    f: impl FnOnce(&Snapshot, u64, usize) -> R,
+) -> Option<R> {
+    let snap = slot.snapshot.load();
+    let snap = snap.as_deref()?;
+    let state = snap.state.load(Ordering::Relaxed);
+    if state == EXPIRED || snap.is_empty() {
+        return None;
+    }
+    let s = stripe();
+    counters.hit(s, state == STALE);
+    Some(f(snap, slot.seed, s))
+}
+
+/// Checks a key's names against the registry's rules, before any call.
+fn check_key(key: &KeyRef<'_>) -> Result<(), Error> {
+    crate::discover::names::check_namespace(key.namespace)?;
+    crate::discover::names::check_service(key.service)?;
+    for (k, v) in key.query.iter().chain(key.optional) {
+        crate::discover::names::check_attribute(k, v)?;
+    }
+    if let Some(owner) = key.owner {
+        crate::discover::names::check_owner_account(owner)?;
+    }
+    Ok(())
 }
 
 fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, Error> {

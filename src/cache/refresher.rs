@@ -164,8 +164,10 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
         return Step::Again;
     }
     // A watched key is in use even when nobody resolves it: its change streams
-    // are driven by this task, not by requests.
-    let used = cur.used.load(Ordering::Relaxed) || slot.is_watched();
+    // are driven by this task, not by requests. So is a key a held handle pins
+    // (`pinned.rs`): its holder picks without asking the index, and finds it warm
+    // after a quiet spell.
+    let used = cur.used.load(Ordering::Relaxed) || slot.is_watched() || slot.is_held();
     if !used || !cache.opts.refresh_ahead {
         if now < cur.fresh_until {
             plan.next = cur.fresh_until;

@@ -31,6 +31,11 @@ pub(crate) struct Slot {
     pub(super) published: tokio::sync::watch::Sender<()>,
     /// The key's recent attempt latencies (`Hedge::percentile`); fed by `call`.
     pub(super) latency: Arc<KeyLatency>,
+    /// How many held handles (`Service`) pin this slot (`pinned.rs`). Changed only
+    /// under the index shard's write lock, where eviction reads it: a pinned slot
+    /// is emptied when evicted but stays in the index, so the key keeps this one
+    /// slot while a handle lives and the handle never has to find another.
+    pub(super) handles: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -55,6 +60,11 @@ impl Slot {
     /// Tells the change streams that the answer changed or may no longer be served.
     pub(super) fn publish(&self) {
         self.published.send_replace(());
+    }
+
+    /// Whether a held handle pins this key: it counts as use, like a change stream.
+    pub(super) fn is_held(&self) -> bool {
+        self.handles.load(Ordering::Relaxed) > 0
     }
 
     /// Whether a change stream follows this key.
@@ -88,6 +98,7 @@ impl Slot {
             watchers: AtomicUsize::new(0),
             published: tokio::sync::watch::Sender::new(()),
             latency: Arc::default(),
+            handles: AtomicUsize::new(0),
         }
     }
 }

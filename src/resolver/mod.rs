@@ -36,12 +36,14 @@ pub(crate) mod options;
 mod publish;
 mod query;
 mod service;
+mod service_call;
 
 pub use builder::ResolverBuilder;
 pub use endpoints::Endpoints;
 use options::ResolverOptions;
 pub use query::Query;
 pub use service::Service;
+pub use service_call::ServiceCall;
 
 /// Finds live endpoints of services: cached, filtered, picked.
 ///
@@ -208,7 +210,8 @@ impl Resolver {
 
     /// A held handle on `service` in `namespace`: [`Service`] resolves, calls, leases
     /// and watches that key as this resolver's methods do, without the names at each
-    /// call. `Clone + Send + Sync`; it holds a clone of this resolver.
+    /// call, and picks without looking the key up. `Clone + Send + Sync`; it does not
+    /// keep this resolver alive (see [`Service`]).
     ///
     /// # Examples
     ///
@@ -226,7 +229,7 @@ impl Resolver {
     /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
     /// ```
     pub fn service(&self, namespace: &str, service: &str) -> Service {
-        Service::new(self.clone(), namespace, service)
+        Service::new(self, self.key_ref(namespace, service))
     }
 
     /// A stream of changes to the endpoints of `service` in `namespace`: first the

@@ -145,6 +145,32 @@ impl<'a> Query<'a> {
         Watch::new(self.resolver.cache.clone(), self.key.as_ref().to_request())
     }
 
+    /// A held handle on the query's key (its attributes, health filter and owner
+    /// account), as [`Resolver::service`] makes for a plain key: see
+    /// [`Service`](crate::Service).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
+    ///
+    /// let ip = "127.0.0.1".parse().unwrap();
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1).attribute("stage", "prod"))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2).attribute("stage", "dev"));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let prod = resolver.query("shared", "web").attribute("stage", "prod").service();
+    /// for _ in 0..3 {
+    ///     assert_eq!(prod.resolve().await?.instance_id(), "a");
+    /// }
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn service(self) -> super::Service {
+        super::Service::new(self.resolver, self.key.as_ref())
+    }
+
     /// Runs `op` against the endpoints matching the query until one succeeds, as
     /// [`Resolver::call`] does.
     ///

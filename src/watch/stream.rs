@@ -31,7 +31,8 @@ const BUFFER: usize = 256;
 /// failing registry never produces removals: the last good answer holds (serve
 /// stale); once it is older than `max_stale` the stream yields one `Err` and goes
 /// on trying. A service (or namespace) the registry says is gone, once no answer
-/// is served for it, has its endpoints removed before that `Err`. It ends only after an `InvalidInput` error. Dropping the last watch
+/// is served for it, has its endpoints removed before that `Err`. It ends only after an `InvalidInput` error (or, for a held
+/// [`Service`](crate::Service) whose resolver is gone, a `ResolverDropped` one). Dropping the last watch
 /// of a key lets its refreshes stop (unless the key is being resolved).
 ///
 /// A `Watch` keeps its resolver's cache alive, and must be polled within a Tokio
@@ -75,6 +76,8 @@ enum State {
         rx: mpsc::Receiver<Item>,
         task: JoinHandle<()>,
     },
+    /// Yields this error once, then ends (a held handle whose resolver is gone).
+    Failed(Error),
     Done,
 }
 
@@ -97,6 +100,14 @@ impl Watch {
         self.zone_view = true;
         self
     }
+
+    /// A stream that yields `err` once and ends.
+    pub(crate) fn failed(err: Error) -> Self {
+        Watch {
+            state: State::Failed(err),
+            zone_view: false,
+        }
+    }
 }
 
 impl Watch {
@@ -112,6 +123,12 @@ impl Watch {
     /// The next item, or the mark that an answer's changes have all been sent.
     pub(crate) fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Item>> {
         let this = self;
+        if let State::Failed(..) = this.state {
+            let State::Failed(err) = std::mem::replace(&mut this.state, State::Done) else {
+                return Poll::Ready(None);
+            };
+            return Poll::Ready(Some(Item::Change(Err(err))));
+        }
         if let State::Idle(..) = this.state {
             let State::Idle(cache, req) = std::mem::replace(&mut this.state, State::Done) else {
                 return Poll::Ready(None);
@@ -168,6 +185,7 @@ impl fmt::Debug for Watch {
         let state = match &self.state {
             State::Idle(..) => "idle",
             State::Running { .. } => "running",
+            State::Failed(..) => "failed",
             State::Done => "done",
         };
         f.debug_struct("Watch")

@@ -25,6 +25,7 @@ mod properties;
 mod register;
 mod resilience;
 mod service;
+mod service_churn;
 mod startup_wait;
 mod watch;
 mod zone_capacity;

@@ -1,0 +1,171 @@
+//! A held handle's hold on its key's slot (`resolver/service.rs`): the warm pick
+//! without a lookup.
+//!
+//! The handle pins the slot the index holds for its key (`Index::pin`, counted on
+//! the slot under the shard's write lock). A pinned slot is the key's one slot for
+//! as long as it is pinned: eviction empties it but leaves it in the index
+//! (`Index::evict`), and the next load lists it again (`Index::revive`), so the
+//! handle never looks for another. Its warm pick is therefore one `ArcSwap` load
+//! of the slot's snapshot, the picker's cursor step and the endpoint's reference
+//! count: no hash, no string compare. An empty slot (evicted, expired, never
+//! loaded, or its cache dropped: `Cache`'s `Drop` empties every slot) sends the
+//! handle off the warm path to load the key through the cache as `resolve` does,
+//! which lands in this same slot.
+//!
+//! A pin keeps the slot (its question, not its answer) and the cache's counters
+//! alive, never the cache: the handle holds its resolver weakly.
+
+use std::sync::{Arc, Weak};
+
+use super::index::Index;
+use super::key::KeyRef;
+use super::slot::Slot;
+use super::snapshot::Snapshot;
+use super::{check_key, serve, Cache};
+use crate::stats::Counters;
+use crate::util::hash::splitmix64;
+
+/// One held handle's pin on its key's slot; unpinned on drop.
+pub(crate) struct SlotPin {
+    slot: Arc<Slot>,
+    /// The cache's counters, so a warm pick counts as `resolve`'s does without
+    /// reaching the cache.
+    counters: Arc<Counters>,
+    index: Weak<Index>,
+}
+
+impl Cache {
+    /// Pins the key's slot for a held handle, making it (empty) if the key is not
+    /// cached. `None` for a key whose names break the registry's rules: no slot is
+    /// made for a question that is never asked, and every use reports the error.
+    pub(crate) fn pin(&self, key: KeyRef<'_>) -> Option<SlotPin> {
+        check_key(&key).ok()?;
+        let hash = key.hash();
+        let slot = self.index.pin(&key, hash, || {
+            Slot::new(key.to_request(), hash, splitmix64(self.seed ^ hash))
+        });
+        Some(SlotPin {
+            slot,
+            counters: self.counters.clone(),
+            index: Arc::downgrade(&self.index),
+        })
+    }
+}
+
+impl SlotPin {
+    /// The warm path of a held handle: `f` on the slot's snapshot if it may be
+    /// served now, on this thread's stripe, counted as a warm `resolve` is.
+    #[inline]
+    pub(crate) fn warm<R>(&self, f: impl FnOnce(&Snapshot, u64, usize) -> R) -> Option<R> {
+        serve(&self.counters, &self.slot, f)
+    }
+
+    /// Whether `slot` is the pinned one (tests: a handle keeps its one slot).
+    #[cfg(test)]
+    pub(crate) fn holds(&self, slot: &Arc<Slot>) -> bool {
+        Arc::ptr_eq(&self.slot, slot)
+    }
+}
+
+impl Drop for SlotPin {
+    fn drop(&mut self) {
+        if let Some(index) = self.index.upgrade() {
+            index.unpin(&self.slot);
+        }
+    }
+}
+
+impl std::fmt::Debug for SlotPin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotPin")
+            .field("namespace", &self.slot.request.namespace)
+            .field("service", &self.slot.request.service)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cache::key::KeyRef;
+    use crate::discover::health_filter::HealthFilter;
+    use crate::{Instance, Resolver, StaticDiscovery};
+
+    fn source(keys: usize) -> StaticDiscovery {
+        (0..keys).fold(StaticDiscovery::new(), |r, k| {
+            r.with_instance(
+                "shared",
+                format!("svc-{k}"),
+                Instance::new(format!("i-{k}"))
+                    .ipv4([127, 0, 0, 1].into())
+                    .port(8000),
+            )
+        })
+    }
+
+    /// A pinned slot evicted for capacity is emptied but stays the key's: the next
+    /// load (by name) lists it again, so the pin never has to find another; the
+    /// last pin gone, an evicted slot leaves the index.
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_slot_stays_the_keys_one_slot() {
+        let r = Resolver::builder(source(60)).capacity(8).build().unwrap();
+        let key = KeyRef::plain("shared", "svc-0", HealthFilter::HealthyOrElseAll);
+        let pin = r.cache.pin(key).unwrap();
+        assert!(pin.slot.is_evicted(), "unlisted until loaded");
+        assert_eq!(r.cached_keys(), 0, "a pinned, unloaded key is not cached");
+        let (slot, _) = r.cache.load(key).await.unwrap();
+        assert!(pin.holds(&slot) && !slot.is_evicted());
+        let mut evicted = false;
+        for k in 1..60 {
+            // Loaded a few times: the capacity bound (TinyLFU) admits a newcomer
+            // asked for more often than the key it evicts.
+            for _ in 0..4 {
+                r.resolve("shared", &format!("svc-{k}")).await.unwrap();
+                r.cache.run_pending_tasks();
+            }
+            if pin.slot.is_evicted() {
+                evicted = true;
+                break;
+            }
+        }
+        assert!(evicted, "capacity 8 never evicted the pinned key");
+        assert!(pin.slot.current().is_none(), "evicted: emptied");
+        assert!(pin.warm(|_, _, _| ()).is_none(), "off the warm path");
+        let found = r.cache.index.with(&key, key.hash(), |s| s.clone());
+        assert!(found.is_some_and(|s| pin.holds(&s)), "still in the index");
+        let (again, _) = r.cache.load(key).await.unwrap();
+        assert!(pin.holds(&again) && !again.is_evicted(), "listed again");
+        assert!(pin.warm(|_, _, _| ()).is_some(), "warm again");
+
+        // Unpinned while evicted: gone from the index.
+        let second = r.cache.pin(KeyRef::plain(
+            "shared",
+            "svc-59",
+            HealthFilter::HealthyOrElseAll,
+        ));
+        let slot = second.as_ref().unwrap().slot.clone();
+        drop(pin);
+        drop(second);
+        for k in 1..60 {
+            for _ in 0..4 {
+                r.resolve("shared", &format!("svc-{k}")).await.unwrap();
+                r.cache.run_pending_tasks();
+            }
+        }
+        let left = r.cache.index.with(&key, key.hash(), |s| s.clone());
+        assert!(
+            left.is_none_or(|s| !s.is_evicted()),
+            "no evicted slot kept without a pin"
+        );
+        assert!(r.cache.len() <= 8);
+        drop(slot);
+    }
+
+    /// Names the registry refuses: no pin, no slot made.
+    #[test]
+    fn a_bad_key_is_not_pinned() {
+        let r = Resolver::builder(source(1)).build().unwrap();
+        let bad = KeyRef::plain("shared", "not a name", HealthFilter::All);
+        assert!(r.cache.pin(bad).is_none());
+        assert_eq!(r.cache.index.len(), 0);
+    }
+}
