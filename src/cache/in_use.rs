@@ -1,13 +1,15 @@
 //! The endpoints of the keys in use, for the active health check
 //! (`resolver/health.rs`): a walk over the index off the warm path, once per
-//! probing round.
+//! probing round; and the answers listing an endpoint that came back, picked from
+//! anew so that it ramps up.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::snapshot::EXPIRED;
 use super::Cache;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointState};
 
 impl Cache {
     /// Every endpoint of the keys in use now, each once (an endpoint listed by
@@ -37,5 +39,35 @@ impl Cache {
             }
         }
         out
+    }
+
+    /// Builds the pickers of the cached answers listing `state` again, so that its
+    /// slow-start ramp (begun just now) applies at once rather than from the key's
+    /// next refresh. A picker's ramp is fixed when it is built: the warm path reads
+    /// no clock and no endpoint for it outside a ramp. An answer replaced meanwhile
+    /// (a refresh, a load) is left alone: its picker was built after the ramp began.
+    pub(crate) fn ramp_up(&self, state: &Arc<EndpointState>) {
+        if !self.pick.ramps() {
+            return;
+        }
+        for shard in self.index.shards.iter() {
+            for bucket in shard.map.load().values() {
+                for slot in bucket.iter().filter(|s| !s.is_evicted()) {
+                    let Some(snap) = slot.current() else {
+                        continue;
+                    };
+                    let lists = snap
+                        .picker
+                        .set()
+                        .items
+                        .iter()
+                        .any(|d| Arc::ptr_eq(d.state(), state));
+                    if lists {
+                        let renewed = Arc::new(snap.repicked(&self.pick));
+                        let _ = slot.snapshot.compare_and_swap(&snap, Some(renewed));
+                    }
+                }
+            }
+        }
     }
 }

@@ -69,6 +69,22 @@ impl Snapshot {
         )
     }
 
+    /// The same answer, unchanged in every way but its picker, built again: an
+    /// endpoint's slow-start ramp began since this one was (`in_use.rs`).
+    pub(crate) fn repicked(&self, ctx: &PickContext) -> Self {
+        Snapshot {
+            picker: self.picker.renewed(ctx),
+            state: AtomicU8::new(self.state.load(Ordering::Relaxed)),
+            used: AtomicBool::new(self.used.load(Ordering::Relaxed)),
+            confirmed_at: self.confirmed_at,
+            full_at: self.full_at,
+            fresh_until: self.fresh_until,
+            stale_until: self.stale_until,
+            ttl: self.ttl,
+            revision: self.revision,
+        }
+    }
+
     /// The answer's endpoints, in the registry's order.
     #[cfg(feature = "metrics")]
     pub(crate) fn endpoints(&self) -> &[crate::endpoint::EndpointData] {

@@ -8,12 +8,13 @@
 //! `outlier.rs`; this file keeps only the state it reads and writes. Load
 //! (requests in flight, a latency average: `load/`) sits beside [`Ejection`] here,
 //! so that it survives refreshes the same way, and so does the time an endpoint
-//! joined a service that was already serving (for slow start, `select/slow_start.rs`).
+//! joined a service that was already serving or came back after failing its health
+//! check (for slow start, `select/slow_start.rs`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use tokio::time::Instant;
 
@@ -43,9 +44,11 @@ pub(crate) struct EndpointState {
     /// Requests in flight and round-trip time, for `Selection::LeastLoaded`. Padded:
     /// every request writes it, every pick reads the ejection flag.
     pub(crate) load: CachePadded<Load>,
-    /// When the endpoint joined an answer beside endpoints already serving: the
-    /// start of its slow-start ramp. Unset for endpoints of a key's first answer.
-    pub(crate) joined: OnceLock<Instant>,
+    /// When the endpoint's slow-start ramp began: it joined an answer beside
+    /// endpoints already serving, or came back after failing its health check.
+    /// Unset for endpoints of a key's first answer that never came back. Read when
+    /// a picker is built, never on the warm path.
+    ramp_from: Mutex<Option<Instant>>,
     /// Attempts and failures in the current interval, for failure-percentage
     /// ejection; written by recorders only.
     pub(crate) window: FailureWindow,
@@ -95,7 +98,7 @@ impl EndpointState {
                 state: Mutex::new(EjectionState::default()),
             },
             load: CachePadded::new(Load::default()),
-            joined: OnceLock::new(),
+            ramp_from: Mutex::new(None),
             window: FailureWindow::default(),
             probe: ProbeState::default(),
             service: None,
@@ -106,6 +109,17 @@ impl EndpointState {
     #[inline]
     pub(crate) fn is_ejected(&self) -> bool {
         self.ejection.ejected.load(Ordering::Relaxed)
+    }
+
+    /// When the endpoint's slow-start ramp began, if it ever did.
+    pub(crate) fn ramp_from(&self) -> Option<Instant> {
+        *lock(&self.ramp_from)
+    }
+
+    /// Starts the endpoint's slow-start ramp at `at`: it joined a serving key, or
+    /// its health check passed again after failing.
+    pub(crate) fn ramp_up_from(&self, at: Instant) {
+        *lock(&self.ramp_from) = Some(at);
     }
 
     /// The (namespace, service) labels of the endpoint's series; empty names (the
@@ -201,7 +215,7 @@ impl StateTable {
             && new.len() < items.len()
         {
             for i in new {
-                let _ = items[i].state().joined.set(now);
+                items[i].state().ramp_up_from(now);
             }
         }
     }

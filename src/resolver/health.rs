@@ -2,7 +2,8 @@
 //! keys in use (`cache/in_use.rs`) are probed once each, their probes spread evenly
 //! over the round (no bursts), at most one in flight per endpoint, never to an
 //! address the address policy refuses. Each verdict goes to the outlier detector,
-//! which skips an endpoint found down as an ejected one. The task holds only weak
+//! which skips an endpoint found down as an ejected one; one that comes back ramps
+//! up (slow start) from then. The task holds only weak
 //! references to the resolver: dropping the last handle ends it at its next step
 //! (probes already running finish within their timeout).
 
@@ -77,7 +78,7 @@ impl Prober {
                 if alive.strong_count() == 0 {
                     return;
                 }
-                this.start(ep);
+                this.start(ep, &cache);
                 // On an absolute schedule: the timer wakes the task up to a
                 // millisecond late, and pacing from the waking time would stretch
                 // every step by that much. A task woken far behind (a starved
@@ -94,7 +95,7 @@ impl Prober {
 
     /// Probes `ep` from a task of its own, unless a probe of it still runs or its
     /// address may not be connected to.
-    fn start(self: &Arc<Self>, ep: Endpoint) {
+    fn start(self: &Arc<Self>, ep: Endpoint, cache: &Weak<Cache>) {
         let Some(addr) = ep.socket_addr() else {
             return;
         };
@@ -102,6 +103,7 @@ impl Prober {
             return;
         }
         let this = self.clone();
+        let cache = cache.clone();
         tokio::spawn(async move {
             let outcome = this.check.probe(addr).await;
             let (counter, label) = match outcome {
@@ -118,7 +120,17 @@ impl Prober {
                 .result(outcome == ProbeOutcome::Passed, &this.check)
             {
                 Verdict::Down => this.outliers.probe_down(&ep),
-                Verdict::Up => this.outliers.probe_up(&ep, Instant::now()),
+                Verdict::Up => {
+                    let now = Instant::now();
+                    if this.outliers.probe_up(&ep, now) {
+                        // Back after failing: it ramps up as a joining endpoint
+                        // does (slow start), from now, in every answer listing it.
+                        state.ramp_up_from(now);
+                        if let Some(cache) = cache.upgrade() {
+                            cache.ramp_up(state);
+                        }
+                    }
+                }
                 Verdict::Undecided => {}
             }
             state.probe.end();

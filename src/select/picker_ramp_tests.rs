@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::{PickContext, Picker, RAMP_TRIES};
+use super::ramp::RAMP_TRIES;
+use super::{PickContext, Picker};
 use crate::discover::instance::Instance;
 use crate::endpoint::{EndpointData, EndpointSet, ParseOptions, StateTable};
 use crate::select::slow_start::SlowStartOptions;
@@ -28,7 +29,7 @@ fn picker(n: usize, ejected: usize, selection: Selection) -> (Picker, StateTable
         .collect();
     let table = StateTable::default();
     table.attach(&mut items, None);
-    items[n - 1].state().joined.set(Instant::now()).unwrap();
+    items[n - 1].state().ramp_up_from(Instant::now());
     for ep in &items[..ejected] {
         ep.state().ejection.set_ejected(true);
     }

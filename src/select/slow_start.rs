@@ -3,7 +3,8 @@
 //! is not flooded the moment it appears.
 //!
 //! Envoy's curve: weight = max(min_weight, (t / window) ^ (1 / aggression)), where
-//! t is the time since the endpoint joined. Round-robin and random picks apply it by
+//! t is the time since the endpoint joined, or came back after failing its health
+//! check (Envoy ramps both). Round-robin and random picks apply it by
 //! rejection (a joining endpoint drawn is kept with probability equal to its
 //! weight), least-loaded picks divide the endpoint's cost by it. An endpoint of a
 //! key's first answer never ramps (at start-up every endpoint is new), nor does
@@ -108,9 +109,7 @@ impl Ramp {
             .iter()
             .map(|d| {
                 d.state()
-                    .joined
-                    .get()
-                    .copied()
+                    .ramp_from()
                     .filter(|&j| now < after(j, opts.window))
             })
             .collect();

@@ -389,12 +389,12 @@ impl OutlierDetector {
     }
 
     /// A probe of `ep` passed again: it comes back, unless an ejection for failed
-    /// requests still has time to run.
-    pub(crate) fn probe_up(&self, ep: &Endpoint, now: Instant) {
+    /// requests still has time to run. Returns whether it came back.
+    pub(crate) fn probe_up(&self, ep: &Endpoint, now: Instant) -> bool {
         let h = ep.state();
         let mut st = h.ejection.lock();
         if !st.probe_down {
-            return;
+            return false;
         }
         st.probe_down = false;
         if h.is_ejected() && st.until.is_none_or(|until| now >= until) {
@@ -402,7 +402,9 @@ impl OutlierDetector {
             drop(st);
             self.readmissions.fetch_add(1, Ordering::Relaxed);
             tracing::info!(endpoint = %h.name, "re-admitting endpoint: its health check passed");
+            return true;
         }
+        false
     }
 
     pub(crate) fn ejections(&self) -> u64 {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudmap_resolver::{HealthCheck, Instance, Resolver, StaticDiscovery};
+use cloudmap_resolver::{HealthCheck, Instance, Resolver, SlowStartOptions, StaticDiscovery};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -112,6 +112,60 @@ async fn a_backend_that_stops_listening_leaves_the_picks_and_comes_back() {
     let back = resolver.stats();
     assert_eq!(back.readmissions, 1, "{back:?}");
     assert_eq!(back.ejections, 1, "{back:?}");
+}
+
+/// An endpoint back from a failed health check ramps up as a joining one does (slow
+/// start), at once: with a window far longer than the test its weight stays at
+/// `min_weight` (0.1), so of 4 endpoints it gets about 0.1 / 3.1 = 3% of picks, not
+/// the 25% it had before it went down.
+#[tokio::test]
+async fn a_backend_back_from_its_health_check_ramps_up() {
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(tcp_backend(l, Arc::new(AtomicUsize::new(0)))));
+    }
+    let check = HealthCheck::tcp()
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(200));
+    let mut slow_start = SlowStartOptions::default();
+    slow_start.window = Duration::from_secs(3600);
+    let resolver = Resolver::builder(registry(&addrs))
+        .health_check(check)
+        .slow_start(slow_start)
+        .seed(28)
+        .build()
+        .unwrap();
+    let before = picks_of(&resolver, 0, 2000).await;
+    assert_eq!(before, 500, "round-robin over 4 before anything fails");
+
+    tasks[0].abort();
+    let _ = tasks.remove(0).await;
+    assert!(
+        resolve_until(&resolver, 250, |hits| hits == 0).await,
+        "e0 out of the picks"
+    );
+    let a = TcpListener::bind(addrs[0]).await.unwrap();
+    tokio::spawn(tcp_backend(a, Arc::new(AtomicUsize::new(0))));
+    for _ in 0..250 {
+        if resolver.stats().readmissions == 1 {
+            break;
+        }
+        picks_of(&resolver, 0, 4).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(resolver.stats().readmissions, 1, "e0 came back");
+    // The first picks after it came back, not only later ones: the ramp applies
+    // to the answer already cached, not from its next refresh.
+    let first = picks_of(&resolver, 0, 100).await;
+    let after = first + picks_of(&resolver, 0, 1900).await;
+    println!("e0 back from its health check: {first} of the first 100 picks, {after} of 2,000");
+    assert!(first <= 12, "{first} of the first 100 picks");
+    assert!((10..=160).contains(&after), "{after} of 2,000 picks");
 }
 
 /// Answers each HTTP request with 503 while `down`, else 200; records the Host
