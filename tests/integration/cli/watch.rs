@@ -1,0 +1,287 @@
+//! `--watch`: changes as timestamped lines, a closed pipe, the exit code of the
+//! last refresh, health-check changes.
+
+use super::*;
+
+/// `--watch` prints what changed, one timestamped line each: an instance registered
+/// while watching shows as `+`, one turning unhealthy as `~` with its new status,
+/// one deregistered as `-`.
+#[tokio::test]
+async fn watch_prints_changes() {
+    let (ns, svc) = fleet().await;
+    let url = moto_url();
+    let mut child = discover(&[
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--watch",
+        "--interval",
+        "0.2",
+        "--count",
+        "300",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running")
+    };
+    // The table first.
+    while next().await != "3 endpoints" {}
+    register(
+        &svc,
+        "i-4",
+        &[
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", "8084"),
+        ],
+    )
+    .await;
+    let added = loop {
+        let l = next().await;
+        if l.contains("i-4") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    assert!(added.ends_with(": + i-4 127.0.0.1:8084 HEALTHY"), "{added}");
+    assert_timestamped(&added);
+    set_health(&svc, "i-2", false).await;
+    let sick = loop {
+        let l = next().await;
+        if l.contains("i-2") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    assert!(
+        sick.ends_with(": ~ i-2 127.0.0.1:8082 UNHEALTHY stage=prod (health HEALTHY -> UNHEALTHY)"),
+        "{sick}"
+    );
+    moto::admin()
+        .deregister_instance()
+        .service_id(&svc)
+        .instance_id("i-1")
+        .send()
+        .await
+        .unwrap();
+    let removed = loop {
+        let l = next().await;
+        if l.contains("i-1") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    assert!(
+        removed.ends_with(": - i-1 127.0.0.1:8081 HEALTHY stage=prod"),
+        "{removed}"
+    );
+    child.kill().await.unwrap();
+}
+
+/// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
+fn assert_timestamped(line: &str) {
+    let (ts, rest) = line.split_once(' ').unwrap();
+    assert!(rest.starts_with("refresh "), "{line}");
+    let b = ts.as_bytes();
+    assert_eq!(b.len(), 24, "{line}");
+    for (i, c) in b.iter().enumerate() {
+        let want = match i {
+            4 | 7 => b'-',
+            10 => b'T',
+            13 | 16 => b':',
+            19 => b'.',
+            23 => b'Z',
+            _ => {
+                assert!(c.is_ascii_digit(), "{line}");
+                continue;
+            }
+        };
+        assert_eq!(*c, want, "{line}");
+    }
+    assert!(ts.starts_with("20"), "{line}");
+}
+
+/// `--watch ... | head -2`: the reader closes the pipe after two lines, and the
+/// tool ends quietly (exit 0, nothing on stderr), not with a panic and exit 101
+/// (issue 25).
+#[tokio::test]
+async fn watch_into_a_closed_pipe_ends_quietly() {
+    let (ns, _) = fleet().await;
+    let url = moto_url();
+    let mut child = discover(&[
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--watch",
+        "--interval",
+        "0.1",
+        "--count",
+        "100",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..2 {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running");
+    }
+    drop(lines);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the tool ends within 30 s of the pipe closing")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+/// `--watch --count 3` whose refreshes all fail after the first answer exits with
+/// the last refresh's error (6, registry unavailable), not 0; one that ends on a
+/// good refresh exits 0 (issue 25).
+#[tokio::test]
+async fn watch_whose_last_refresh_failed_exits_with_its_error() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let watch = |proxy: &Proxy| {
+        let url = proxy.url();
+        let ns = ns.clone();
+        async move {
+            run(&[
+                &ns,
+                "web",
+                "--endpoint-url",
+                &url,
+                "--watch",
+                "--interval",
+                "0.3",
+                "--count",
+                "3",
+            ])
+            .await
+        }
+    };
+    // The first answer passes, every later call fails.
+    let broken = Fault::AwsError {
+        status: 500,
+        code: "InternalFailure",
+        message: "down",
+    };
+    for op in ["DiscoverInstances", "DiscoverInstancesRevision"] {
+        let first = if op == "DiscoverInstances" { 1 } else { 0 };
+        proxy.fault_operation(op, Fault::None, Some(first));
+        proxy.then_fault_operation(op, broken.clone(), None);
+    }
+    let r = watch(&proxy).await;
+    assert_eq!(r.code, 6, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches(": error: ").count(), 3, "{}", r.stdout);
+    assert!(r.stderr.contains("InternalFailure"), "{}", r.stderr);
+
+    // Quiet case: every refresh answered, exit 0.
+    let healthy = Proxy::start(moto::moto().addr).await;
+    let r = watch(&healthy).await;
+    assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    assert_eq!(r.stdout.matches("no change").count(), 3, "{}", r.stdout);
+}
+
+/// `--watch --health-check tcp` (issue 28): a backend that stops listening shows
+/// as `~ ... (health check down)`, and `(health check up)` once it listens again;
+/// the one that keeps listening shows no change. Without `--watch` the option is
+/// refused as a usage error.
+#[tokio::test]
+async fn watch_shows_health_check_changes() {
+    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let flaky = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (up_port, flaky_addr) = (up.local_addr().unwrap().port(), flaky.local_addr().unwrap());
+    let accept = |l: tokio::net::TcpListener| async move {
+        while let Ok((conn, _)) = l.accept().await {
+            drop(conn);
+        }
+    };
+    tokio::spawn(accept(up));
+    let flaky_task = tokio::spawn(accept(flaky));
+    let ns = unique("cli-hc");
+    let svc = http_service(&ns, "web").await;
+    for (id, port) in [("up", up_port), ("flaky", flaky_addr.port())] {
+        let port = port.to_string();
+        let attrs = [
+            ("AWS_INSTANCE_IPV4", "127.0.0.1"),
+            ("AWS_INSTANCE_PORT", &port),
+        ];
+        register(&svc, id, &attrs).await;
+    }
+    let url = moto_url();
+    let usage = run(&[&ns, "web", "--endpoint-url", &url, "--health-check", "tcp"]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+    let bad = ["--watch", "--health-check", "udp"];
+    let usage = run(&[&ns, "web", "--endpoint-url", &url, bad[0], bad[1], bad[2]]).await;
+    assert_eq!(usage.code, 2, "{}", usage.stderr);
+
+    let args = [
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--watch",
+        "--interval",
+        "0.2",
+    ];
+    let mut child = discover(&args)
+        .args(["--count", "300", "--health-check", "tcp"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running")
+    };
+    while next().await != "2 endpoints" {}
+    // The quiet case: both listen, a few refreshes show no change.
+    for _ in 0..3 {
+        let l = next().await;
+        assert!(l.ends_with("no change"), "{l}");
+    }
+    flaky_task.abort();
+    let _ = flaky_task.await;
+    let port = flaky_addr.port();
+    let down = loop {
+        let l = next().await;
+        if l.contains("flaky") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    let want = format!(": ~ flaky 127.0.0.1:{port} HEALTHY (health check down)");
+    assert!(down.ends_with(&want), "{down}");
+    assert_timestamped(&down);
+    let again = tokio::net::TcpListener::bind(flaky_addr).await.unwrap();
+    tokio::spawn(accept(again));
+    let back = loop {
+        let l = next().await;
+        if l.contains("flaky") {
+            break l;
+        }
+        assert!(l.ends_with("no change"), "{l}");
+    };
+    let want = format!(": ~ flaky 127.0.0.1:{port} HEALTHY (health check up)");
+    assert!(back.ends_with(&want), "{back}");
+    child.kill().await.unwrap();
+}

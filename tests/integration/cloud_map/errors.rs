@@ -1,0 +1,174 @@
+//! Misconfigurations, refusals and error texts against moto: each a typed error
+//! naming its cause once.
+
+use super::*;
+
+/// An SDK configuration with explicit settings only, nothing from the environment,
+/// so that no credentials chain can fall back to the metadata service.
+fn bare_sdk(
+    region: bool,
+    credentials: Option<aws_sdk_servicediscovery::config::SharedCredentialsProvider>,
+    url: &str,
+) -> aws_config::SdkConfig {
+    let mut b = aws_config::SdkConfig::builder();
+    b.set_behavior_version(Some(aws_config::BehaviorVersion::latest()));
+    b.set_region(region.then(|| aws_config::Region::new("us-east-1")));
+    b.set_credentials_provider(credentials);
+    b.set_endpoint_url(Some(url.to_owned()));
+    b.build()
+}
+
+fn test_credentials() -> aws_sdk_servicediscovery::config::SharedCredentialsProvider {
+    aws_sdk_servicediscovery::config::SharedCredentialsProvider::new(
+        aws_sdk_servicediscovery::config::Credentials::new(
+            "testing", "testing", None, None, "tests",
+        ),
+    )
+}
+
+/// Each misconfiguration is a `Configuration` error, not retryable, naming its cause;
+/// a closed port is an outage (retryable) naming the URL and the root cause.
+#[tokio::test]
+async fn misconfigurations_are_configuration_errors() {
+    let (dead, _held) = test_support::net::closed_port();
+    let dead_url = format!("http://{dead}");
+
+    // No region.
+    let sdk = bare_sdk(false, Some(test_credentials()), &dead_url);
+    let e = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(!e.is_retryable());
+    assert!(e.to_string().contains("no AWS region"), "{e}");
+
+    // No credentials provider: nothing to fall back on, so no metadata-service call.
+    let sdk = bare_sdk(true, None, &dead_url);
+    let e = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(!e.is_retryable());
+    assert!(e.to_string().contains("no credentials provider"), "{e}");
+
+    // An endpoint URL without its scheme.
+    let sdk = bare_sdk(true, Some(test_credentials()), &dead.to_string());
+    let e = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(!e.is_retryable());
+    assert!(
+        e.to_string().contains(&format!("`{dead}` has no scheme")),
+        "{e}"
+    );
+
+    // Credentials that fail to load when a call is made (profile files that do not
+    // exist; no network involved): a configuration error too, naming the URL. The
+    // profile types are deprecated aliases, still the public way to point the
+    // provider at files.
+    #[allow(deprecated)]
+    let failing = {
+        use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+        let files = ProfileFiles::builder()
+            .with_file(ProfileFileKind::Credentials, "/nonexistent/credentials")
+            .with_file(ProfileFileKind::Config, "/nonexistent/config")
+            .build();
+        aws_config::profile::ProfileFileCredentialsProvider::builder()
+            .profile_files(files)
+            .profile_name("nobody")
+            .build()
+    };
+    let failing = aws_sdk_servicediscovery::config::SharedCredentialsProvider::new(failing);
+    let sdk = bare_sdk(true, Some(failing), &dead_url);
+    let r = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap();
+    let e = r.resolve("shared", "web").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Configuration, "{e}");
+    assert!(!e.is_retryable());
+    assert!(e.to_string().contains("credentials"), "{e}");
+    assert!(e.to_string().contains(&dead_url), "{e}");
+
+    // A closed port: the registry is unreachable, worth retrying; the URL and the
+    // root cause are named.
+    let sdk = bare_sdk(true, Some(test_credentials()), &dead_url);
+    let r = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap();
+    let e = r.resolve("shared", "web").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.is_retryable());
+    let text = e.to_string();
+    assert!(
+        text.contains(&format!("could not connect to {dead_url}")),
+        "{e}"
+    );
+    assert!(text.to_lowercase().contains("refused"), "{e}");
+    println!("{e}");
+}
+
+/// Error texts say each thing once: the not-found answer without the SDK's
+/// "service error" wrapper, and a filter that matched nothing by name.
+#[tokio::test]
+async fn error_texts_name_the_cause_once() {
+    let (ns, _) = fleet().await;
+    let (_p, b) = proxied().await;
+    let r = b.build().unwrap();
+    let e = r.resolve("shopp", "api").await.unwrap_err();
+    let mut chain = vec![e.to_string()];
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        chain.push(s.to_string());
+        src = s.source();
+    }
+    assert!(!chain.iter().any(|t| t == "service error"), "{chain:?}");
+    assert!(
+        chain[0].starts_with("namespace not found: DiscoverInstances: NamespaceNotFound"),
+        "{chain:?}"
+    );
+
+    let e = r
+        .query(&ns, "api")
+        .attribute("stage", "nope")
+        .resolve()
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NoEndpoints, "{e}");
+    assert_eq!(
+        e.to_string(),
+        format!("no endpoints: service \"api\" in namespace \"{ns}\" has no usable instance matching stage=nope")
+    );
+}
+
+/// The registry refusing the caller is reported as `Configuration` (not retryable,
+/// the AWS code and message in the text), not as an outage; a quota code is its own
+/// kind, and an unknown code stays `Unavailable` with its name (issue 25).
+#[tokio::test]
+async fn registry_refusals_are_configuration_not_outages() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    let r = builder.build().unwrap();
+    let cases = [
+        ("AccessDeniedException", ErrorKind::Configuration),
+        ("ExpiredTokenException", ErrorKind::Configuration),
+        ("MissingAuthenticationToken", ErrorKind::Configuration),
+        ("SignatureDoesNotMatch", ErrorKind::Configuration),
+        ("ResourceLimitExceeded", ErrorKind::QuotaExceeded),
+        ("SomethingNewException", ErrorKind::Unavailable),
+    ];
+    for (n, (code, kind)) in cases.into_iter().enumerate() {
+        proxy.set_fault(test_support::proxy::Fault::AwsError {
+            status: 400,
+            code,
+            message: "refused by the test proxy",
+        });
+        // A fresh key each time: nothing remembered from the last case.
+        let svc = format!("api-{n}");
+        let err = r.resolve(&ns, &svc).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{code}: {err}");
+        assert_eq!(err.is_retryable(), kind == ErrorKind::Unavailable, "{code}");
+        assert!(err.message().contains(code), "{err}");
+        assert!(err.message().contains("refused by the test proxy"), "{err}");
+    }
+}
