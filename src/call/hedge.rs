@@ -404,11 +404,8 @@ mod tests {
         for _ in 0..1000 {
             latency.record(Duration::from_millis(10));
         }
-        let d = h.delay(&latency);
-        assert!(
-            d > Duration::from_millis(10) && d < Duration::from_millis(15),
-            "{d:?}"
-        );
+        // Clustered samples: the p95 is read exactly (its bucket's largest sample).
+        assert_eq!(h.delay(&latency), Duration::from_millis(10));
         assert_eq!(
             Hedge::after(Duration::from_millis(7)).delay(&latency),
             Duration::from_millis(7)
