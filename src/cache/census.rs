@@ -24,35 +24,28 @@ impl Cache {
         is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
     ) -> Census {
         let mut census = Census::new();
-        for shard in self.index.shards.iter() {
-            for bucket in shard.map.load().values() {
-                for slot in bucket.iter().filter(|s| !s.is_evicted()) {
-                    // A key without an answer (a service the registry does not
-                    // know, or one that failed from the start) has no gauges: any
-                    // name a caller sends would otherwise become series.
-                    let Some(snap) = slot.current() else {
-                        continue;
-                    };
-                    let req = &slot.request;
-                    let gauges = census
-                        .entry((
-                            namespace_label(&req.namespace, req.owner()).into_owned(),
-                            req.service.clone(),
-                        ))
-                        .or_default();
-                    gauges.watchers += slot.watchers.load(Ordering::Relaxed);
-                    let age = now.saturating_duration_since(snap.confirmed_at);
-                    gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
-                    for ep in snap.endpoints() {
-                        let ejected = is_ejected(ep.state());
-                        gauges
-                            .endpoints
-                            .entry(ep.instance_id().into())
-                            .or_insert(ejected);
-                    }
-                }
+        // A key without an answer (a service the registry does not know, or one
+        // that failed from the start) has no gauges: any name a caller sends would
+        // otherwise become series.
+        self.for_each_answer(|slot, snap| {
+            let req = &slot.request;
+            let gauges = census
+                .entry((
+                    namespace_label(&req.namespace, req.owner()).into_owned(),
+                    req.service.clone(),
+                ))
+                .or_default();
+            gauges.watchers += slot.watchers.load(Ordering::Relaxed);
+            let age = now.saturating_duration_since(snap.confirmed_at);
+            gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
+            for ep in snap.endpoints() {
+                let ejected = is_ejected(ep.state());
+                gauges
+                    .endpoints
+                    .entry(ep.instance_id().into())
+                    .or_insert(ejected);
             }
-        }
+        });
         census
     }
 }

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::snapshot::EXPIRED;
+use super::slot::Slot;
+use super::snapshot::{Snapshot, EXPIRED};
 use super::Cache;
 use crate::endpoint::{Endpoint, EndpointState};
 
@@ -20,24 +21,17 @@ impl Cache {
     pub(crate) fn endpoints_in_use(&self) -> Vec<Endpoint> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for shard in self.index.shards.iter() {
-            for bucket in shard.map.load().values() {
-                for slot in bucket.iter().filter(|s| !s.is_evicted()) {
-                    let Some(snap) = slot.current() else {
-                        continue;
-                    };
-                    if snap.state.load(Ordering::Relaxed) == EXPIRED {
-                        continue;
-                    }
-                    // Not `Snapshot::all`: looking is not using the key.
-                    for ep in snap.picker.all(0) {
-                        if seen.insert(std::sync::Arc::as_ptr(ep.state())) {
-                            out.push(ep);
-                        }
-                    }
+        self.for_each_answer(|_, snap| {
+            if snap.state.load(Ordering::Relaxed) == EXPIRED {
+                return;
+            }
+            // Not `Snapshot::all`: looking is not using the key.
+            for ep in snap.picker.all(0) {
+                if seen.insert(Arc::as_ptr(ep.state())) {
+                    out.push(ep);
                 }
             }
-        }
+        });
         out
     }
 
@@ -50,24 +44,24 @@ impl Cache {
         if !self.pick.ramps() {
             return;
         }
-        for shard in self.index.shards.iter() {
-            for bucket in shard.map.load().values() {
-                for slot in bucket.iter().filter(|s| !s.is_evicted()) {
-                    let Some(snap) = slot.current() else {
-                        continue;
-                    };
-                    let lists = snap
-                        .picker
-                        .set()
-                        .items
-                        .iter()
-                        .any(|d| Arc::ptr_eq(d.state(), state));
-                    if lists {
-                        let renewed = Arc::new(snap.repicked(&self.pick));
-                        let _ = slot.snapshot.compare_and_swap(&snap, Some(renewed));
-                    }
-                }
+        self.for_each_answer(|slot, snap| {
+            let items = &snap.picker.set().items;
+            if items.iter().any(|d| Arc::ptr_eq(d.state(), state)) {
+                let renewed = Arc::new(snap.repicked(&self.pick));
+                let _ = slot.snapshot.compare_and_swap(&snap, Some(renewed));
             }
-        }
+        });
+    }
+
+    /// `f` on every cached key's slot and its answer: keys evicted or without an
+    /// answer are skipped.
+    pub(crate) fn for_each_answer(&self, mut f: impl FnMut(&Slot, Arc<Snapshot>)) {
+        self.index.for_each(|slot| {
+            if !slot.is_evicted()
+                && let Some(snap) = slot.current()
+            {
+                f(slot, snap);
+            }
+        });
     }
 }

@@ -175,6 +175,16 @@ impl Index {
         shard.map.store(Arc::new(map));
     }
 
+    /// `f` on every slot in the index, evicted ones (kept for their handles)
+    /// included: the walks off the warm path (census, probing, drop).
+    pub(super) fn for_each(&self, mut f: impl FnMut(&Arc<Slot>)) {
+        for shard in self.shards.iter() {
+            for bucket in shard.map.load().values() {
+                bucket.iter().for_each(&mut f);
+            }
+        }
+    }
+
     /// How many keys are cached: evicted slots kept for their handles (emptied)
     /// are not.
     pub(super) fn len(&self) -> usize {

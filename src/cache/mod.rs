@@ -256,15 +256,11 @@ impl Drop for Cache {
     /// answers (which hold every endpoint), and are marked evicted so no memo
     /// serves them.
     fn drop(&mut self) {
-        for shard in self.index.shards.iter() {
-            for bucket in shard.map.load().values() {
-                for slot in bucket.iter() {
-                    slot.evicted.store(true, Ordering::Relaxed);
-                    slot.snapshot.store(None);
-                    slot.publish();
-                }
-            }
-        }
+        self.index.for_each(|slot| {
+            slot.evicted.store(true, Ordering::Relaxed);
+            slot.snapshot.store(None);
+            slot.publish();
+        });
     }
 }
 
