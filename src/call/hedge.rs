@@ -20,11 +20,10 @@ use tokio::time::{Instant, Sleep};
 
 use super::error::{Attempt, CallError, CallStop};
 use super::settle::{AttemptClock, Settled, Settler};
-use super::Call;
+use super::{before_deadline, Call};
 use crate::cache::latency::KeyLatency;
 use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
-use crate::error::{Error, ErrorKind};
 use crate::stats::bump;
 use crate::util::time::after;
 
@@ -216,22 +215,15 @@ where
         .candidates_timed(key.as_ref(), opts.max_attempts, |h, now| {
             ctx.recorder.is_ejected(h, now)
         });
-    let (candidates, latency) = match deadline {
-        Some(at) => tokio::time::timeout_at(at, lookup)
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::new(
-                    ErrorKind::Unavailable,
-                    "the call's deadline passed while resolving the service",
-                ))
-            }),
-        None => lookup.await,
-    }
-    .map_err(CallError::resolve)?;
+    let (candidates, latency) = before_deadline(deadline, lookup)
+        .await
+        .map_err(CallError::resolve)?;
     let tried = candidates.len();
     let settler = Settler {
         ctx,
         label: &label,
+        namespace,
+        owner: key.owner.as_deref(),
         service,
         deadline,
         retry_if: retry_if.as_ref(),
@@ -276,26 +268,8 @@ where
                 first = false;
                 ctx.budget.deposit(began);
                 ctx.hedge_budget.deposit(began);
-            } else {
-                if deadline.is_some_and(|d| began >= d) {
-                    return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
-                }
-                if !ctx.budget.try_withdraw(began) {
-                    bump(&counters.budget_refusals);
-                    crate::metrics::retry(&label, service, false);
-                    tracing::debug!(
-                        namespace,
-                        owner_account = key.owner.as_deref(),
-                        service,
-                        "retry budget spent; not retrying"
-                    );
-                    return Err(CallError::attempts_failed(
-                        CallStop::BudgetExhausted,
-                        failed,
-                    ));
-                }
-                bump(&counters.retries);
-                crate::metrics::retry(&label, service, true);
+            } else if let Err(stop) = settler.admit_retry(began) {
+                return Err(CallError::attempts_failed(stop, failed));
             }
             launch(ep, began, false, &mut running);
             hedge_at = (hedges < hedge.max_hedges)

@@ -261,6 +261,24 @@ impl<'a, F, E> Call<'a, F, E> {
     }
 }
 
+/// The candidate lookup, bounded by the call's deadline when it has one.
+async fn before_deadline<T>(
+    deadline: Option<Instant>,
+    lookup: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match deadline {
+        Some(at) => tokio::time::timeout_at(at, lookup)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    ErrorKind::Unavailable,
+                    "the call's deadline passed while resolving the service",
+                ))
+            }),
+        None => lookup.await,
+    }
+}
+
 impl<'a, F, Fut, T, E> Call<'a, F, E>
 where
     F: FnMut(Endpoint) -> Fut,
@@ -299,22 +317,15 @@ where
             .candidates(key.as_ref(), opts.max_attempts, |h, now| {
                 ctx.recorder.is_ejected(h, now)
             });
-        let candidates = match deadline {
-            Some(at) => tokio::time::timeout_at(at, lookup)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::new(
-                        ErrorKind::Unavailable,
-                        "the call's deadline passed while resolving the service",
-                    ))
-                }),
-            None => lookup.await,
-        }
-        .map_err(CallError::resolve)?;
+        let candidates = before_deadline(deadline, lookup)
+            .await
+            .map_err(CallError::resolve)?;
         let tried = candidates.len();
         let settler = Settler {
             ctx,
             label: &label,
+            namespace,
+            owner: key.owner.as_deref(),
             service,
             deadline,
             retry_if: retry_if.as_ref(),
@@ -325,26 +336,8 @@ where
             let began = Instant::now();
             if n == 0 {
                 ctx.budget.deposit(began);
-            } else {
-                if deadline.is_some_and(|d| began >= d) {
-                    return Err(CallError::attempts_failed(CallStop::DeadlinePassed, failed));
-                }
-                if !ctx.budget.try_withdraw(began) {
-                    bump(&counters.budget_refusals);
-                    crate::metrics::retry(&label, service, false);
-                    tracing::debug!(
-                        namespace,
-                        owner_account = key.owner.as_deref(),
-                        service,
-                        "retry budget spent; not retrying"
-                    );
-                    return Err(CallError::attempts_failed(
-                        CallStop::BudgetExhausted,
-                        failed,
-                    ));
-                }
-                bump(&counters.retries);
-                crate::metrics::retry(&label, service, true);
+            } else if let Err(stop) = settler.admit_retry(began) {
+                return Err(CallError::attempts_failed(stop, failed));
             }
             bump(&counters.attempts);
             let clock = AttemptClock::new(began, opts.attempt_timeout, deadline);

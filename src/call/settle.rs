@@ -1,7 +1,8 @@
 //! Settling a finished attempt: what its result means for its endpoint and for the
-//! call. One function for the plain failover loop (`mod.rs`) and the hedged one
-//! (`hedge.rs`), so that the two cannot drift apart on what counts against an
-//! endpoint or what ends a call.
+//! call; and admitting the next one (deadline, retry budget). One place for the
+//! plain failover loop (`mod.rs`) and the hedged one (`hedge.rs`), so that the two
+//! cannot drift apart on what counts against an endpoint, what a retry costs or
+//! what ends a call.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use super::error::{Attempt, AttemptError, CallStop};
 use super::{CallContext, RetryIf};
 use crate::endpoint::outlier::Outcome;
 use crate::endpoint::Endpoint;
+use crate::stats::bump;
 use crate::util::time::after;
 
 /// An attempt's clock: when it began, when its own timeout falls, and when it is cut
@@ -59,6 +61,8 @@ pub(super) struct Settler<'c, 'a, E> {
     pub(super) ctx: CallContext<'a>,
     /// The namespace as metrics label it (`namespace@owner` for an owner account's).
     pub(super) label: &'a str,
+    pub(super) namespace: &'a str,
+    pub(super) owner: Option<&'a str>,
     pub(super) service: &'a str,
     pub(super) deadline: Option<Instant>,
     pub(super) retry_if: Option<&'c RetryIf<'a, E>>,
@@ -66,6 +70,30 @@ pub(super) struct Settler<'c, 'a, E> {
 }
 
 impl<E> Settler<'_, '_, E> {
+    /// Whether an attempt after the first may start at `began`: before the call's
+    /// deadline and paid from the retry budget (counted either way). The plain and
+    /// the hedged loops ask it alike.
+    pub(super) fn admit_retry(&self, began: Instant) -> Result<(), CallStop> {
+        if self.deadline.is_some_and(|d| began >= d) {
+            return Err(CallStop::DeadlinePassed);
+        }
+        let counters = self.ctx.counters;
+        if !self.ctx.budget.try_withdraw(began) {
+            bump(&counters.budget_refusals);
+            crate::metrics::retry(self.label, self.service, false);
+            tracing::debug!(
+                namespace = self.namespace,
+                owner_account = self.owner,
+                service = self.service,
+                "retry budget spent; not retrying"
+            );
+            return Err(CallStop::BudgetExhausted);
+        }
+        bump(&counters.retries);
+        crate::metrics::retry(self.label, self.service, true);
+        Ok(())
+    }
+
     /// Records a finished attempt (`None`: cut short by its limit) and says what the
     /// call does next. A failed attempt is pushed onto `failed`. The attempt's
     /// in-flight count must already be given back.
