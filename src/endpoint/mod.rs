@@ -6,12 +6,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::discover::instance::{HealthStatus, Instance};
-use crate::util::pad::CachePadded;
 
 pub(crate) mod address_policy;
 mod failure_rate;
 #[cfg(feature = "tonic")]
 mod grpc_probe;
+mod handles;
 pub(crate) mod health_check;
 pub(crate) mod load;
 pub(crate) mod outlier;
@@ -19,13 +19,14 @@ mod parse;
 pub(crate) mod record;
 mod state;
 
+pub(crate) use handles::Handles;
 pub(crate) use parse::{ParseOptions, WarnOnce};
 use state::Identity;
 pub(crate) use state::{EjectedCount, EndpointState, StateTable};
 
 /// One usable instance: where to connect, plus the attributes it was registered with.
 ///
-/// Cheap to clone (an `Arc` inside). Two endpoints are equal when they are the same
+/// Cheap to clone (one `Arc`, one word). Two endpoints are equal when they are the same
 /// instance at the same address.
 ///
 /// # Examples
@@ -45,8 +46,12 @@ pub(crate) use state::{EjectedCount, EndpointState, StateTable};
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 #[derive(Clone)]
-pub struct Endpoint {
-    set: Arc<SetRef>,
+pub struct Endpoint(Arc<EndpointRef>);
+
+/// What an [`Endpoint`] points to: one endpoint of one answer (`handles.rs`).
+#[derive(Debug)]
+pub(crate) struct EndpointRef {
+    set: Arc<EndpointSet>,
     index: u32,
 }
 
@@ -106,28 +111,7 @@ pub(crate) struct EndpointSet {
     pub(crate) items: Box<[EndpointData]>,
 }
 
-/// A separately counted reference to a set. A cache entry holds one per stripe of
-/// threads, so that endpoints cloned on different threads bump different reference
-/// counts instead of fighting over one cache line. Padded to its own line, since the
-/// stripes' small allocations would otherwise sit side by side and share one.
-#[derive(Debug)]
-pub(crate) struct SetRef(pub(crate) CachePadded<Arc<EndpointSet>>);
-
-impl SetRef {
-    pub(crate) fn new(set: Arc<EndpointSet>) -> Self {
-        SetRef(CachePadded::new(set))
-    }
-}
-
 impl Endpoint {
-    pub(crate) fn new(set: Arc<SetRef>, index: usize) -> Self {
-        debug_assert!(index < set.0.items.len());
-        Endpoint {
-            set,
-            index: index as u32,
-        }
-    }
-
     /// An endpoint made directly from an instance, with the default address policy:
     /// for tests, and for callers who keep their own lists.
     ///
@@ -157,11 +141,14 @@ impl Endpoint {
         let set = EndpointSet {
             items: Box::new([data]),
         };
-        Endpoint::new(Arc::new(SetRef::new(Arc::new(set))), 0)
+        Endpoint(Arc::new(EndpointRef {
+            set: Arc::new(set),
+            index: 0,
+        }))
     }
 
     fn data(&self) -> &EndpointData {
-        &self.set.0.items[self.index as usize]
+        &self.0.set.items[self.0.index as usize]
     }
 
     /// The registry's instance id.
@@ -231,12 +218,13 @@ impl Endpoint {
 
     /// Every endpoint of the registry answer this one came from.
     pub(crate) fn peers(&self) -> &[EndpointData] {
-        &self.set.0.items
+        &self.0.set.items
     }
 
     /// Whether `self` and `other` are the very same cached endpoint, not merely equal.
     pub(crate) fn ptr_eq(&self, other: &Endpoint) -> bool {
-        self.index == other.index && Arc::ptr_eq(&self.set.0, &other.set.0)
+        let (a, b) = (&self.0, &other.0);
+        Arc::ptr_eq(a, b) || (a.index == b.index && Arc::ptr_eq(&a.set, &b.set))
     }
 }
 

@@ -22,7 +22,7 @@ use super::zone::table::{LocalZone, Zone, Zoned};
 use super::zone::ZoneContext;
 use super::Selection;
 use crate::endpoint::load::LoadTracker;
-use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, SetRef, WarnOnce};
+use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, Handles, WarnOnce};
 use crate::util::hash::splitmix64;
 use crate::util::pad::CachePadded;
 use crate::util::stripe::STRIPES;
@@ -76,7 +76,9 @@ impl PickContext {
 /// per thread stripe.
 pub(crate) struct Picker {
     set: Arc<EndpointSet>,
-    refs: [Arc<SetRef>; STRIPES],
+    /// The endpoints as handed out, shared with the pickers of the same answer
+    /// reconfirmed.
+    refs: Arc<Handles>,
     cursors: [CachePadded<AtomicU64>; STRIPES],
     selection: Selection,
     /// Prefix sums of the weights, for `Selection::WeightedRandom`; `None` otherwise.
@@ -130,7 +132,6 @@ impl Picker {
         prev: Option<&Picker>,
         ctx: &PickContext,
     ) -> Self {
-        let refs = std::array::from_fn(|_| Arc::new(SetRef::new(set.clone())));
         // Counters carry over, so a refresh does not restart round-robin at the first
         // endpoint; each stripe starts far from the others so seeded random streams
         // differ per stripe.
@@ -141,6 +142,7 @@ impl Picker {
         let ramp = Ramp::new(&set, &ctx.slow_start, Instant::now()).map(Box::new);
         // A reconfirmed answer keeps its table; a new one computes its own.
         let same = prev.filter(|p| Arc::ptr_eq(&p.set, &set));
+        let refs = same.map_or_else(|| Arc::new(Handles::new(&set)), |p| p.refs.clone());
         let zones = ctx.zones.as_ref().map(|z| {
             Box::new(Zoned::new(
                 z.clone(),
@@ -363,7 +365,7 @@ impl Picker {
                 _ => self.zone_choose(z, seed, s, ejected),
             },
         };
-        Endpoint::new(self.refs[s].clone(), i)
+        self.refs.get(s, i)
     }
 
     /// Up to `max` distinct endpoints to try in turn, for `call`: the selection's pick
@@ -402,10 +404,7 @@ impl Picker {
         }
         admitted.extend(ejected);
         admitted.truncate(max);
-        admitted
-            .into_iter()
-            .map(|i| Endpoint::new(self.refs[s].clone(), i))
-            .collect()
+        admitted.into_iter().map(|i| self.refs.get(s, i)).collect()
     }
 
     /// Whether a pick is the selection's draw alone: not least-loaded (which reads
@@ -514,20 +513,18 @@ impl Picker {
         let members = z.with(items, self.weights.as_deref(), &self.ejected, |t| {
             t.all_local().map(<[u32]>::to_vec)
         })?;
-        let r = &self.refs[s];
         Some(
             members
                 .into_iter()
-                .map(|i| Endpoint::new(r.clone(), i as usize))
+                .map(|i| self.refs.get(s, i as usize))
                 .collect(),
         )
     }
 
     /// Every endpoint, in the registry's order.
     pub(crate) fn all(&self, s: usize) -> Vec<Endpoint> {
-        let r = &self.refs[s];
         (0..self.set.items.len())
-            .map(|i| Endpoint::new(r.clone(), i))
+            .map(|i| self.refs.get(s, i))
             .collect()
     }
 }

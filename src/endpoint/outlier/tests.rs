@@ -1,6 +1,6 @@
 use super::*;
 use crate::discover::instance::Instance;
-use crate::endpoint::{EndpointData, EndpointSet, ParseOptions, SetRef, StateTable};
+use crate::endpoint::{EndpointData, EndpointSet, Handles, ParseOptions, StateTable};
 
 fn set(n: usize, table: &StateTable) -> Vec<Endpoint> {
     let mut items: Box<[EndpointData]> = (0..n)
@@ -15,8 +15,8 @@ fn set(n: usize, table: &StateTable) -> Vec<Endpoint> {
         })
         .collect();
     table.attach(&mut items, None);
-    let set = Arc::new(SetRef::new(Arc::new(EndpointSet { items })));
-    (0..n).map(|i| Endpoint::new(set.clone(), i)).collect()
+    let handles = Handles::new(&Arc::new(EndpointSet { items }));
+    (0..n).map(|i| handles.get(0, i)).collect()
 }
 
 fn fail(d: &OutlierDetector, ep: &Endpoint, times: u32, now: Instant) {
