@@ -141,7 +141,9 @@ impl Service {
         if let Some(ep) = self.warm_pick() {
             return Ok(ep);
         }
-        self.load_pick().await
+        // Boxed: the future's drop then stays small enough to inline, which a warm
+        // pick (already finished) pays on every call.
+        Box::pin(self.load_pick()).await
     }
 
     #[inline]

@@ -76,9 +76,8 @@ impl PickContext {
 /// per thread stripe.
 pub(crate) struct Picker {
     set: Arc<EndpointSet>,
-    /// The endpoints as handed out, shared with the pickers of the same answer
-    /// reconfirmed.
-    refs: Arc<Handles>,
+    /// The endpoints as handed out.
+    refs: Handles,
     cursors: [CachePadded<AtomicU64>; STRIPES],
     selection: Selection,
     /// Prefix sums of the weights, for `Selection::WeightedRandom`; `None` otherwise.
@@ -142,7 +141,7 @@ impl Picker {
         let ramp = Ramp::new(&set, &ctx.slow_start, Instant::now()).map(Box::new);
         // A reconfirmed answer keeps its table; a new one computes its own.
         let same = prev.filter(|p| Arc::ptr_eq(&p.set, &set));
-        let refs = same.map_or_else(|| Arc::new(Handles::new(&set)), |p| p.refs.clone());
+        let refs = same.map_or_else(|| Handles::new(&set), |p| p.refs.clone());
         let zones = ctx.zones.as_ref().map(|z| {
             Box::new(Zoned::new(
                 z.clone(),
