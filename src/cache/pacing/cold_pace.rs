@@ -11,6 +11,15 @@
 //! short enough ([`MAX_PRESSURE`]) that no process is starved by a long hold while
 //! the others take the quota. The fleet simulation (README "Running a fleet")
 //! measured the choice.
+//!
+//! Why the hold shortens for a load that has waited long: across a fleet, every
+//! waiting load of every process draws from the same dry account, so each try is a
+//! lottery ticket and a wait is a run of lost draws. With the same spacing for every
+//! load, a few of 100,000 cold keys lose for their whole `startup_wait` while others
+//! that arrived later win. A process whose oldest waiting load is past half its wait
+//! therefore asks more often ([`ColdPace::pull`]): the quota goes to the loads that
+//! have waited longest, without any coordination between processes, and the extra
+//! tries are few because few loads wait that long.
 
 use std::time::Duration;
 
@@ -28,6 +37,19 @@ pub(super) const STEP_DOWN: u32 = 2;
 pub(super) const MAX_PRESSURE: u32 = 4;
 /// A pressure whose last throttle is this old is forgotten.
 pub(super) const MEMORY: Duration = Duration::from_secs(60);
+/// The shortest share of the hold a load near the end of its wait waits.
+pub(super) const MIN_SHARE: f64 = 0.125;
+
+/// The share of a hold that a load whose wait ends at `until`, a wait of `bound`
+/// in all, waits at `now`: all of it for the first half of its wait, then down
+/// linearly to [`MIN_SHARE`] at the end.
+pub(super) fn share(now: Instant, until: Instant, bound: Duration) -> f64 {
+    if bound.is_zero() {
+        return MIN_SHARE;
+    }
+    let left = until.saturating_duration_since(now);
+    (2.0 * left.as_secs_f64() / bound.as_secs_f64()).clamp(MIN_SHARE, 1.0)
+}
 
 /// One operation's cold-load pressure in one resolver.
 #[derive(Debug, Default)]
@@ -36,14 +58,21 @@ pub(super) struct ColdPace {
     /// Answered cold loads towards the next step down.
     answered: u32,
     throttled_at: Option<Instant>,
-    /// Until when the next cold load is held back.
+    /// Until when the next cold load is held back (after the pulls of loads that
+    /// have waited long), and since when and for how long it was held back first.
     hold: Option<Instant>,
+    held_for: Option<(Instant, Duration)>,
 }
 
 impl ColdPace {
     /// Whether a cold load at `now` is held back.
     pub(super) fn held(&self, now: Instant) -> bool {
         self.hold.is_some_and(|t| now < t)
+    }
+
+    /// The pressure now (0: no cold load throttled lately).
+    pub(super) fn pressure(&self) -> u32 {
+        self.pressure
     }
 
     /// The end of the hold, if there is one (it may be past).
@@ -77,7 +106,20 @@ impl ColdPace {
             }
         }
         // Under pressure, cold loads keep a jittered spacing even after an answer.
-        self.hold = (self.pressure > 0).then(|| after(now, hold(self.pressure)));
+        self.held_for = (self.pressure > 0).then(|| (now, hold(self.pressure)));
+        self.hold = self.held_for.map(|(from, length)| after(from, length));
+    }
+
+    /// A load whose wait of `bound` ends at `until` asks for its turn at `now`: the
+    /// hold ends at the latest after its [`share`] of the hold's length, so the
+    /// process asks more often while a load of it has waited long.
+    pub(super) fn pull(&mut self, now: Instant, until: Instant, bound: Duration) {
+        let (Some(hold), Some((from, length))) = (self.hold, self.held_for) else {
+            return;
+        };
+        // A share of the hold as it was set, so that pulls do not compound.
+        let pulled = after(from, length.mul_f64(share(now, until, bound)));
+        self.hold = Some(hold.min(pulled));
     }
 }
 
@@ -118,5 +160,33 @@ mod tests {
         // A minute after the last throttle, one answer clears it all.
         c.outcome(false, t0 + MEMORY, |_| unreachable!());
         assert_eq!(c.hold(), None);
+    }
+
+    #[test]
+    fn a_load_waiting_long_shortens_the_hold() {
+        let t0 = Instant::now();
+        let bound = Duration::from_secs(30);
+        let end = t0 + bound;
+        assert_eq!(share(t0, end, bound), 1.0);
+        assert_eq!(share(t0 + bound / 2, end, bound), 1.0, "half the wait: all");
+        assert_eq!(share(t0 + bound * 3 / 4, end, bound), 0.5);
+        assert_eq!(share(end, end, bound), MIN_SHARE);
+        assert_eq!(share(t0, t0, Duration::ZERO), MIN_SHARE);
+
+        let mut c = ColdPace::default();
+        let at = t0 + Duration::from_secs(100);
+        c.outcome(true, at, |_| ms(4000));
+        // A load that has just started waiting leaves the hold as it is.
+        c.pull(at, at + bound, bound);
+        assert_eq!(c.hold(), Some(at + ms(4000)));
+        // One three quarters through its wait halves it; the hold never grows back.
+        c.pull(at + ms(100), at + bound / 4, bound);
+        assert!(c.hold() < Some(at + ms(2000)) && c.hold() > Some(at + ms(1800)));
+        let pulled = c.hold();
+        c.pull(at + ms(200), at + bound, bound);
+        assert_eq!(c.hold(), pulled);
+        c.pull(at + ms(300), at, bound);
+        assert_eq!(c.hold(), Some(at + ms(500)), "an eighth at the end");
+        assert!(c.held(at + ms(499)) && !c.held(at + ms(500)));
     }
 }

@@ -141,6 +141,19 @@ pub(crate) enum Pace {
     Wait,
     /// A background refresh whose first turn is taken already; later calls wait.
     Taken,
+    /// The instances of a key whose revision moved, in a background refresh: the
+    /// answer served is known to be out of date, so the call goes ahead of queued
+    /// refreshes and, when refused, asks again as often as a cold load
+    /// ([`Limiter::changed_turn`]); it waits for the configured cap's turn as any
+    /// refresh does.
+    Changed,
+}
+
+impl Pace {
+    /// Whether the call goes ahead of the refreshes queued at the adapted rate.
+    pub(crate) fn goes_ahead(self) -> bool {
+        matches!(self, Pace::Now | Pace::Changed)
+    }
 }
 
 /// One resolver's pacing of registry calls: the configured cap over all calls, and
@@ -156,6 +169,9 @@ pub(crate) struct Limiter {
 struct State {
     cap: Bucket,
     ops: [Adapted; 2],
+    /// When the registry last answered a call of this resolver (either operation,
+    /// any pace): the progress a cold load's wait is extended by (`cold.rs`).
+    answered_at: Option<Instant>,
 }
 
 /// Tokens of a bucket; negative while refreshes are queued for turns.
@@ -348,6 +364,7 @@ impl Limiter {
                     at: now,
                 },
                 ops: [adapted(), adapted()],
+                answered_at: None,
             }),
         }
     }
@@ -380,6 +397,9 @@ impl Limiter {
         let mut st = lock(&self.state);
         let st = &mut *st;
         let a = &mut st.ops[op as usize];
+        // A changed answer is not held back by the other keys' cold loads: it keeps
+        // its own spacing after its own call was refused (`changed_turn`), so the
+        // process's one cold turn per hold does not go to it by chance.
         if pace == Pace::Now && self.adaptive && a.cold.held(now) {
             return Err(Error::new(
                 ErrorKind::Throttled,
@@ -388,7 +408,7 @@ impl Limiter {
             ));
         }
         let limited = a.refill(now);
-        if let (Some((rate, _)), true) = (limited, pace != Pace::Now) {
+        if let (Some((rate, _)), false) = (limited, pace.goes_ahead()) {
             let debt = a.issued - a.granted + 1.0;
             if debt > (rate * MAX_DEBT.as_secs_f64()).max(1.0) {
                 // The queue is full: no turn (and none of the cap's) is taken; ask
@@ -417,8 +437,9 @@ impl Limiter {
         let mut queue = None;
         if limited.is_some() {
             a.issued += 1.0;
-            // A cold load goes ahead of queued refreshes: only the cap refuses it.
-            if pace != Pace::Now
+            // A cold load (or a changed answer) goes ahead of queued refreshes: only
+            // the cap refuses (or paces) it.
+            if !pace.goes_ahead()
                 && let Some(turn) = a.turn_of(a.issued, now)
             {
                 queue = Some((a.epoch, a.issued));
@@ -505,17 +526,24 @@ impl Limiter {
         tracing::debug!(operation = ?op, calls_per_second = rate, "registry throttled; slowing down");
     }
 
-    /// The registry answered a call of `op`: the next cut lowers the floor with the
-    /// rate (see [`FLOOR_SHARE`]).
-    pub(crate) fn answered(&self, op: Op) {
+    /// The registry answered a call of `op` at `now`: the next cut lowers the floor
+    /// with the rate (see [`FLOOR_SHARE`]), and cold loads waiting out throttling
+    /// count it as progress ([`answered_at`](Self::answered_at)).
+    pub(crate) fn answered(&self, op: Op, now: Instant) {
+        let mut st = lock(&self.state);
+        st.answered_at = st.answered_at.max(Some(now));
         if !self.adaptive {
             return;
         }
-        let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
         if a.cut.is_some() && !a.answered {
             a.answered = true;
         }
+    }
+
+    /// When the registry last answered a call of this resolver, if it ever did.
+    pub(crate) fn answered_at(&self) -> Option<Instant> {
+        lock(&self.state).answered_at
     }
 
     /// How a cold load of `op` fared. Once one is throttled the account is dry for
@@ -534,19 +562,51 @@ impl Limiter {
         st.ops[op as usize].cold.outcome(throttled, now, hold);
     }
 
-    /// When a cold load that met throttling at `now` may try again: the end of the
-    /// resolver's cold hold (jittered, growing with the cold loads throttled in a
-    /// row), shared by every waiting key so that the process as a whole backs off.
-    /// `None` when no hold lasts past `now`: a hold already over is no reason to
-    /// wait (a registry throttle always sets one ahead of its own answer), and a
-    /// refusal by the configured [`RateLimit`] is not waited out.
-    pub(crate) fn cold_turn(&self, now: Instant) -> Option<Instant> {
-        let st = lock(&self.state);
+    /// When a cold load that met throttling at `now`, whose wait of `bound` ends at
+    /// `until`, may try again: the end of the resolver's cold hold (jittered,
+    /// growing with the cold loads throttled in a row), shared by every waiting key
+    /// so that the process as a whole backs off, and shortened while a load is past
+    /// half its wait (`cold_pace.rs`: the quota goes to the loads that have waited
+    /// longest). `None` when no hold lasts past `now`: a hold already over is no
+    /// reason to wait (a registry throttle always sets one ahead of its own answer),
+    /// and a refusal by the configured [`RateLimit`] is not waited out.
+    pub(crate) fn cold_turn(
+        &self,
+        now: Instant,
+        until: Instant,
+        bound: Duration,
+    ) -> Option<Instant> {
+        let mut st = lock(&self.state);
         st.ops
-            .iter()
-            .filter_map(|a| a.cold.hold())
+            .iter_mut()
+            .filter_map(|a| {
+                a.cold.pull(now, until, bound);
+                a.cold.hold()
+            })
             .filter(|&t| t > now)
             .max()
+    }
+
+    /// When a changed answer (`Pace::Changed`) whose call of `op` was refused at
+    /// `now`, for the `refused`th time in a row, in a wait of `bound` ending at
+    /// `until`, asks again: as long after its own call as a cold load's hold at the
+    /// higher of the process's cold pressure and its own refusals (so at most the
+    /// cold loads' longest hold), shortened as a cold load's is past half its wait.
+    /// It is counted from its own call and leaves the process's hold alone, so a
+    /// changed answer and the process's cold loads do not take each other's turns.
+    pub(crate) fn changed_turn(
+        &self,
+        op: Op,
+        (now, refused): (Instant, u32),
+        (until, bound): (Instant, Duration),
+        hold: impl FnOnce(u32) -> Duration,
+    ) -> Instant {
+        let cold = lock(&self.state).ops[op as usize].cold.pressure();
+        let pressure = cold.max(refused.min(cold_pace::MAX_PRESSURE)).max(1);
+        after(
+            now,
+            hold(pressure).mul_f64(cold_pace::share(now, until, bound)),
+        )
     }
 
     #[cfg(test)]

@@ -3,6 +3,9 @@ use super::*;
 const D: Op = Op::Discover;
 const R: Op = Op::Revision;
 
+/// A wait bound long enough that no hold is shortened for the waiting load.
+const LONG: Duration = Duration::from_secs(3600);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -153,27 +156,38 @@ fn waiting_cold_loads_take_their_turn_at_the_end_of_the_hold() {
     let t0 = Instant::now();
     for adaptive in [true, false] {
         let l = Limiter::new(Some(RateLimit::new(1.0, 1)), adaptive, t0);
-        assert_eq!(l.cold_turn(t0), None, "nothing held back yet");
+        assert_eq!(
+            l.cold_turn(t0, t0 + LONG, LONG),
+            None,
+            "nothing held back yet"
+        );
         l.admit_at(D, Pace::Now, t0).unwrap();
         assert!(l.admit_at(D, Pace::Now, t0).is_err());
         assert_eq!(
-            l.cold_turn(t0),
+            l.cold_turn(t0, t0 + LONG, LONG),
             None,
             "a refusal by the cap is not waited out"
         );
         l.cold_outcome(D, true, t0, |n| ms(500) * n);
         l.cold_outcome(R, true, t0, |n| ms(300) * n);
-        assert_eq!(l.cold_turn(t0), Some(t0 + ms(500)), "the later hold");
-        assert_eq!(l.cold_turn(t0 + ms(499)), Some(t0 + ms(500)));
         assert_eq!(
-            l.cold_turn(t0 + ms(500)),
+            l.cold_turn(t0, t0 + LONG, LONG),
+            Some(t0 + ms(500)),
+            "the later hold"
+        );
+        assert_eq!(
+            l.cold_turn(t0 + ms(499), t0 + LONG, LONG),
+            Some(t0 + ms(500))
+        );
+        assert_eq!(
+            l.cold_turn(t0 + ms(500), t0 + LONG, LONG),
             None,
             "a hold already over gives no turn"
         );
         for op in [D, D, R, R] {
             l.cold_outcome(op, false, t0 + ms(900), |n| ms(100) * n);
         }
-        assert_eq!(l.cold_turn(t0 + ms(900)), None);
+        assert_eq!(l.cold_turn(t0 + ms(900), t0 + LONG, LONG), None);
     }
 }
 
@@ -339,7 +353,7 @@ fn the_floor_follows_the_rate_the_registry_answered_at() {
     );
     for i in 5..=12 {
         let at = t + ms(10 * i);
-        l.answered(R);
+        l.answered(R, at);
         l.throttled(R, at, at);
     }
     let partly = l.rate(R, t + ms(130)).unwrap();
