@@ -22,7 +22,9 @@
 //! [`RateLimit`], or while a jittered hold lasts after another cold load of the same
 //! resolver was throttled (the account is dry for every key of the process; the hold
 //! grows and shrinks with the throttling, `cold_pace.rs`). A cold load held back or
-//! throttled waits for the end of the hold, up to `startup_wait` (`cold.rs`).
+//! throttled waits for the end of the hold, until `startup_wait` has passed without
+//! progress (`cold.rs`); a refresh whose revision moved ([`Pace::Changed`]) goes
+//! ahead of the queued refreshes and keeps a cold load's spacing of its own.
 
 use std::sync::Mutex;
 use std::time::Duration;

@@ -363,3 +363,26 @@ fn the_floor_follows_the_rate_the_registry_answered_at() {
     );
     assert!(partly >= MIN_RATE, "never below the least rate: {partly}");
 }
+
+#[test]
+fn a_changed_answer_keeps_its_own_spacing() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    let wait = Duration::from_secs(30);
+    let hold = |n: u32| ms(500) * n;
+    // No cold pressure: its own refusals space it, up to the cold loads' longest hold.
+    let turn = |refused, now| l.changed_turn(D, (now, refused), (t0 + wait, wait), hold);
+    assert_eq!(turn(1, t0), t0 + ms(500));
+    assert_eq!(turn(3, t0), t0 + ms(1500));
+    assert_eq!(turn(9, t0), t0 + ms(2000), "capped at the highest pressure");
+    // Near the end of its wait it asks more often, as a cold load does.
+    assert_eq!(turn(4, t0 + wait), t0 + wait + ms(250));
+    // The process's cold pressure spaces it too, and it leaves the cold hold alone.
+    for _ in 0..3 {
+        l.cold_outcome(D, true, t0, hold);
+    }
+    assert_eq!(turn(1, t0), t0 + ms(1500));
+    assert!(l.admit_at(D, Pace::Changed, t0).is_ok(), "not held back");
+    assert!(l.admit_at(D, Pace::Now, t0).is_err(), "a cold load is");
+    assert_eq!(l.cold_turn(t0, t0 + LONG, LONG), Some(t0 + ms(1500)));
+}
