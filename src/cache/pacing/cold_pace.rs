@@ -2,7 +2,9 @@
 //! throttles: one process-wide *pressure* per operation, a step up per throttled
 //! cold load and a step down per [`STEP_DOWN`] answered ones, and a jittered hold
 //! that grows with it. Cold loads are held back until the hold ends; those waiting
-//! out throttling (`startup_wait`, `cache/cold.rs`) take their next turn then.
+//! out throttling (`startup_wait`, `cache/cold.rs`) take their next turn then. The
+//! [`Limiter`]'s methods for cold loads (and for changed answers, which keep a cold
+//! load's spacing) are at the end of this file.
 //!
 //! Why a pressure and not a reset on the first answer: across a fleet starting at
 //! once, a process that went again at once after each answer would mostly meet the
@@ -25,6 +27,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::{Limiter, Op};
+use crate::util::lock::lock;
 use crate::util::time::after;
 
 /// Cold loads answered per step down of the pressure. One step up per throttle and
@@ -120,6 +124,77 @@ impl ColdPace {
         // A share of the hold as it was set, so that pulls do not compound.
         let pulled = after(from, length.mul_f64(share(now, until, bound)));
         self.hold = Some(hold.min(pulled));
+    }
+}
+
+/// The limiter's side of cold loads (and of changed answers, which keep a cold
+/// load's spacing): their outcomes, their turns, and the progress that extends a
+/// cold load's wait.
+impl Limiter {
+    /// When the registry last answered a call of this resolver, if it ever did.
+    pub(crate) fn answered_at(&self) -> Option<Instant> {
+        lock(&self.state).answered_at
+    }
+
+    /// How a cold load of `op` fared. Once one is throttled the account is dry for
+    /// every key of the process: the resolver's other cold loads are refused without
+    /// a registry call (when adapting to throttling) until `hold(pressure)` has
+    /// passed ([`ColdPace`]), and cold loads waiting out the throttling
+    /// ([`cold_turn`](Self::cold_turn)) take their next turn then.
+    pub(crate) fn cold_outcome(
+        &self,
+        op: Op,
+        throttled: bool,
+        now: Instant,
+        hold: impl FnOnce(u32) -> Duration,
+    ) {
+        let mut st = lock(&self.state);
+        st.ops[op as usize].cold.outcome(throttled, now, hold);
+    }
+
+    /// When a cold load that met throttling at `now`, whose wait of `bound` ends at
+    /// `until`, may try again: the end of the resolver's cold hold (jittered,
+    /// growing with the cold loads throttled in a row), shared by every waiting key
+    /// so that the process as a whole backs off, and shortened while a load is past
+    /// half its wait ([`ColdPace::pull`]: the quota goes to the loads that have
+    /// waited longest). `None` when no hold lasts past `now`: a hold already over is no
+    /// reason to wait (a registry throttle always sets one ahead of its own answer),
+    /// and a refusal by the configured [`RateLimit`](super::RateLimit) is not waited
+    /// out.
+    pub(crate) fn cold_turn(
+        &self,
+        now: Instant,
+        until: Instant,
+        bound: Duration,
+    ) -> Option<Instant> {
+        let mut st = lock(&self.state);
+        st.ops
+            .iter_mut()
+            .filter_map(|a| {
+                a.cold.pull(now, until, bound);
+                a.cold.hold()
+            })
+            .filter(|&t| t > now)
+            .max()
+    }
+
+    /// When a changed answer (`Pace::Changed`) whose call of `op` was refused at
+    /// `now`, for the `refused`th time in a row, in a wait of `bound` ending at
+    /// `until`, asks again: as long after its own call as a cold load's hold at the
+    /// higher of the process's cold pressure and its own refusals (so at most the
+    /// cold loads' longest hold), shortened as a cold load's is past half its wait.
+    /// It is counted from its own call and leaves the process's hold alone, so a
+    /// changed answer and the process's cold loads do not take each other's turns.
+    pub(crate) fn changed_turn(
+        &self,
+        op: Op,
+        (now, refused): (Instant, u32),
+        (until, bound): (Instant, Duration),
+        hold: impl FnOnce(u32) -> Duration,
+    ) -> Instant {
+        let cold = lock(&self.state).ops[op as usize].cold.pressure();
+        let pressure = cold.max(refused.min(MAX_PRESSURE)).max(1);
+        after(now, hold(pressure).mul_f64(share(now, until, bound)))
     }
 }
 
