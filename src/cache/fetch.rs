@@ -42,6 +42,7 @@ impl Cache {
         // the first call is sent, so a cold key's wait is bounded by `fetch_timeout`
         // and not a multiple of it, and a refresh's wait for its turn is not counted.
         let mut deadline = None;
+        let mut changed = false;
         if let Some(prev) = prev.filter(|_| first == Op::Revision) {
             let (rev, sent) = self
                 .registry_call(Op::Revision, req, &mut pace, &mut deadline, || {
@@ -53,12 +54,17 @@ impl Cache {
                 slot.install(snap.clone());
                 return Ok(snap);
             }
+            // The revision moved: the answer served is out of date.
+            changed = pace != Pace::Now && self.opts.adapt_to_throttling;
         }
-        let (found, now) = self
-            .registry_call(Op::Discover, req, &mut pace, &mut deadline, || {
+        let (found, now) = if changed {
+            self.fetch_changed(req).await?
+        } else {
+            self.registry_call(Op::Discover, req, &mut pace, &mut deadline, || {
                 self.source.discover(req)
             })
-            .await?;
+            .await?
+        };
         // Skipped instances are counted under the key's namespace label (with its
         // owner account), as its registry calls are.
         let label = crate::discover::namespace_label(&req.namespace, req.owner());
@@ -82,6 +88,51 @@ impl Cache {
         ));
         slot.install(snap.clone());
         Ok(snap)
+    }
+
+    /// The instances of a key whose revision moved, in a background refresh: the
+    /// answer served is known to be out of date, so it goes ahead of queued
+    /// refreshes (`Pace::Changed`) and, while the registry throttles, asks again as
+    /// often as the process's cold loads do (its own call's hold, shortened as it
+    /// waits: `Limiter::changed_turn`), for at most
+    /// `startup_wait` (a wait of its own, with its own `fetch_timeout` per call);
+    /// then it fails and the refresher backs off as for any failure. Without this
+    /// a change made while a fleet starts up (every process's cold loads taking the
+    /// whole DiscoverInstances quota for a minute and more) reached 99% of the
+    /// processes only after the start-up: the refresh backed off, doubling, while
+    /// the cold loads kept asking.
+    async fn fetch_changed(
+        &self,
+        req: &DiscoverRequest,
+    ) -> Result<(crate::discover::Discovered, Instant), Error> {
+        let bound = self.opts.startup_wait;
+        let until = after(Instant::now(), bound);
+        let mut refused = 0;
+        loop {
+            let mut pace = Pace::Changed;
+            let result = self
+                .registry_call(Op::Discover, req, &mut pace, &mut None, || {
+                    self.source.discover(req)
+                })
+                .await;
+            let Err(err) = &result else {
+                return result;
+            };
+            if err.kind() != ErrorKind::Throttled {
+                return result;
+            }
+            refused += 1;
+            let turn = self.limit.changed_turn(
+                Op::Discover,
+                (Instant::now(), refused),
+                (until, bound),
+                |n| self.backoff(n),
+            );
+            if turn >= until {
+                return result;
+            }
+            tokio::time::sleep_until(turn).await;
+        }
     }
 
     /// One registry call, when the limiter gives it a turn; returns the answer and
@@ -128,18 +179,25 @@ impl Cache {
             sent.elapsed(),
         );
         let throttled = matches!(&result, Err(e) if e.kind() == ErrorKind::Throttled);
-        if *pace == Pace::Now {
+        match *pace {
             // Cold loads back off together (the account is dry for every key) but do
             // not lower the refresh rate, so that a fleet starting up does not leave
             // every process pacing its refreshes at a crawl long after.
-            let now = Instant::now();
-            self.limit
-                .cold_outcome(op, throttled, now, |n| self.backoff(n));
-        } else if throttled {
-            self.limit.throttled(op, sent, Instant::now());
+            Pace::Now => {
+                let now = Instant::now();
+                self.limit
+                    .cold_outcome(op, throttled, now, |n| self.backoff(n));
+            }
+            // A changed answer keeps its own spacing (`fetch_changed`): restarting
+            // the cold loads' hold with each of its calls would take their turns.
+            Pace::Changed => {}
+            Pace::Wait | Pace::Taken if throttled => {
+                self.limit.throttled(op, sent, Instant::now());
+            }
+            Pace::Wait | Pace::Taken => {}
         }
         if result.is_ok() {
-            self.limit.answered(op);
+            self.limit.answered(op, Instant::now());
         } else if throttled && op == Op::Discover && self.opts.adapt_to_throttling {
             // Full refreshes give way to cold loads and changed answers.
             self.stretch.throttled(Instant::now());

@@ -115,13 +115,19 @@ cache_options! {
         /// holds the total near the quota instead of retrying into it. Default: true.
         pub adapt_to_throttling: bool = true,
         /// How long a cold load (a caller with no answer to serve) that meets throttling
-        /// waits for a turn before failing as [`Throttled`](crate::ErrorKind::Throttled).
-        /// While the registry throttles (`RequestLimitExceeded`), the resolver holds its
-        /// cold loads back for a jittered backoff that grows with the cold loads
-        /// throttled in a row and shrinks with the first one answered; a waiting load
-        /// asks again at the end of that hold, so a whole fleet starting at once is paced
-        /// into the account's quota instead of failing its first requests. Callers of one
-        /// key still share one load. Counted from the caller's arrival; the wait shows in
+        /// waits for a turn without progress before failing as
+        /// [`Throttled`](crate::ErrorKind::Throttled): the wait ends this long after the
+        /// later of the caller's arrival and the registry's last answer to this resolver
+        /// (any call), and at most four times this long after the arrival, so a
+        /// registry refusing every call fails cold loads after `startup_wait` while a
+        /// fleet whose start-up is being served does not. While the registry throttles
+        /// (`RequestLimitExceeded`), the resolver holds its cold loads back for a
+        /// jittered backoff that grows with the cold loads throttled in a row and
+        /// shrinks with the answered ones (and shortens while a load is past half its
+        /// wait); a waiting load asks again at the end of that hold, so a whole fleet
+        /// starting at once is paced into the account's quota instead of failing its
+        /// first requests. Callers of one key still share one load. A refresh whose
+        /// revision moved waits for its instances the same way, up to this long. The wait shows in
         /// [`Stats::cold_waits`](crate::Stats::cold_waits) and `cold_wait_ms`, and in
         /// `tracing` events. A refusal by [`rate_limit`](Self::rate_limit) is not waited
         /// out; a failing (not throttling) registry is bounded by `fetch_timeout`. Any

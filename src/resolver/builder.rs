@@ -114,7 +114,7 @@ impl ResolverBuilder {
         self
     }
 
-    /// How long a cold load that meets throttling waits for a paced turn before
+    /// How long a cold load that meets throttling waits for a paced turn without progress (an answer to the resolver) before
     /// failing as `Throttled`; see [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait). Zero fails at
     /// once. Default: 30 s.
     ///

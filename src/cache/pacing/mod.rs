@@ -22,7 +22,9 @@
 //! [`RateLimit`], or while a jittered hold lasts after another cold load of the same
 //! resolver was throttled (the account is dry for every key of the process; the hold
 //! grows and shrinks with the throttling, `cold_pace.rs`). A cold load held back or
-//! throttled waits for the end of the hold, up to `startup_wait` (`cold.rs`).
+//! throttled waits for the end of the hold, until `startup_wait` has passed without
+//! progress (`cold.rs`); a refresh whose revision moved ([`Pace::Changed`]) goes
+//! ahead of the queued refreshes and keeps a cold load's spacing of its own.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -141,6 +143,19 @@ pub(crate) enum Pace {
     Wait,
     /// A background refresh whose first turn is taken already; later calls wait.
     Taken,
+    /// The instances of a key whose revision moved, in a background refresh: the
+    /// answer served is known to be out of date, so the call goes ahead of queued
+    /// refreshes and, when refused, asks again as often as a cold load
+    /// ([`Limiter::changed_turn`]); it waits for the configured cap's turn as any
+    /// refresh does.
+    Changed,
+}
+
+impl Pace {
+    /// Whether the call goes ahead of the refreshes queued at the adapted rate.
+    pub(crate) fn goes_ahead(self) -> bool {
+        matches!(self, Pace::Now | Pace::Changed)
+    }
 }
 
 /// One resolver's pacing of registry calls: the configured cap over all calls, and
@@ -156,6 +171,9 @@ pub(crate) struct Limiter {
 struct State {
     cap: Bucket,
     ops: [Adapted; 2],
+    /// When the registry last answered a call of this resolver (either operation,
+    /// any pace): the progress a cold load's wait is extended by (`cold.rs`).
+    answered_at: Option<Instant>,
 }
 
 /// Tokens of a bucket; negative while refreshes are queued for turns.
@@ -348,6 +366,7 @@ impl Limiter {
                     at: now,
                 },
                 ops: [adapted(), adapted()],
+                answered_at: None,
             }),
         }
     }
@@ -380,6 +399,9 @@ impl Limiter {
         let mut st = lock(&self.state);
         let st = &mut *st;
         let a = &mut st.ops[op as usize];
+        // A changed answer is not held back by the other keys' cold loads: it keeps
+        // its own spacing after its own call was refused (`changed_turn`), so the
+        // process's one cold turn per hold does not go to it by chance.
         if pace == Pace::Now && self.adaptive && a.cold.held(now) {
             return Err(Error::new(
                 ErrorKind::Throttled,
@@ -388,7 +410,7 @@ impl Limiter {
             ));
         }
         let limited = a.refill(now);
-        if let (Some((rate, _)), true) = (limited, pace != Pace::Now) {
+        if let (Some((rate, _)), false) = (limited, pace.goes_ahead()) {
             let debt = a.issued - a.granted + 1.0;
             if debt > (rate * MAX_DEBT.as_secs_f64()).max(1.0) {
                 // The queue is full: no turn (and none of the cap's) is taken; ask
@@ -417,8 +439,9 @@ impl Limiter {
         let mut queue = None;
         if limited.is_some() {
             a.issued += 1.0;
-            // A cold load goes ahead of queued refreshes: only the cap refuses it.
-            if pace != Pace::Now
+            // A cold load (or a changed answer) goes ahead of queued refreshes: only
+            // the cap refuses (or paces) it.
+            if !pace.goes_ahead()
                 && let Some(turn) = a.turn_of(a.issued, now)
             {
                 queue = Some((a.epoch, a.issued));
@@ -505,48 +528,19 @@ impl Limiter {
         tracing::debug!(operation = ?op, calls_per_second = rate, "registry throttled; slowing down");
     }
 
-    /// The registry answered a call of `op`: the next cut lowers the floor with the
-    /// rate (see [`FLOOR_SHARE`]).
-    pub(crate) fn answered(&self, op: Op) {
+    /// The registry answered a call of `op` at `now`: the next cut lowers the floor
+    /// with the rate (see [`FLOOR_SHARE`]), and cold loads waiting out throttling
+    /// count it as progress ([`answered_at`](Self::answered_at)).
+    pub(crate) fn answered(&self, op: Op, now: Instant) {
+        let mut st = lock(&self.state);
+        st.answered_at = st.answered_at.max(Some(now));
         if !self.adaptive {
             return;
         }
-        let mut st = lock(&self.state);
         let a = &mut st.ops[op as usize];
         if a.cut.is_some() && !a.answered {
             a.answered = true;
         }
-    }
-
-    /// How a cold load of `op` fared. Once one is throttled the account is dry for
-    /// every key of the process: the resolver's other cold loads are refused without
-    /// a registry call (when adapting to throttling) until `hold(pressure)` has
-    /// passed (`cold_pace.rs`), and cold loads waiting out the throttling
-    /// ([`cold_turn`](Self::cold_turn)) take their next turn then.
-    pub(crate) fn cold_outcome(
-        &self,
-        op: Op,
-        throttled: bool,
-        now: Instant,
-        hold: impl FnOnce(u32) -> Duration,
-    ) {
-        let mut st = lock(&self.state);
-        st.ops[op as usize].cold.outcome(throttled, now, hold);
-    }
-
-    /// When a cold load that met throttling at `now` may try again: the end of the
-    /// resolver's cold hold (jittered, growing with the cold loads throttled in a
-    /// row), shared by every waiting key so that the process as a whole backs off.
-    /// `None` when no hold lasts past `now`: a hold already over is no reason to
-    /// wait (a registry throttle always sets one ahead of its own answer), and a
-    /// refusal by the configured [`RateLimit`] is not waited out.
-    pub(crate) fn cold_turn(&self, now: Instant) -> Option<Instant> {
-        let st = lock(&self.state);
-        st.ops
-            .iter()
-            .filter_map(|a| a.cold.hold())
-            .filter(|&t| t > now)
-            .max()
     }
 
     #[cfg(test)]

@@ -3,6 +3,9 @@ use super::*;
 const D: Op = Op::Discover;
 const R: Op = Op::Revision;
 
+/// A wait bound long enough that no hold is shortened for the waiting load.
+const LONG: Duration = Duration::from_secs(3600);
+
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
@@ -153,27 +156,38 @@ fn waiting_cold_loads_take_their_turn_at_the_end_of_the_hold() {
     let t0 = Instant::now();
     for adaptive in [true, false] {
         let l = Limiter::new(Some(RateLimit::new(1.0, 1)), adaptive, t0);
-        assert_eq!(l.cold_turn(t0), None, "nothing held back yet");
+        assert_eq!(
+            l.cold_turn(t0, t0 + LONG, LONG),
+            None,
+            "nothing held back yet"
+        );
         l.admit_at(D, Pace::Now, t0).unwrap();
         assert!(l.admit_at(D, Pace::Now, t0).is_err());
         assert_eq!(
-            l.cold_turn(t0),
+            l.cold_turn(t0, t0 + LONG, LONG),
             None,
             "a refusal by the cap is not waited out"
         );
         l.cold_outcome(D, true, t0, |n| ms(500) * n);
         l.cold_outcome(R, true, t0, |n| ms(300) * n);
-        assert_eq!(l.cold_turn(t0), Some(t0 + ms(500)), "the later hold");
-        assert_eq!(l.cold_turn(t0 + ms(499)), Some(t0 + ms(500)));
         assert_eq!(
-            l.cold_turn(t0 + ms(500)),
+            l.cold_turn(t0, t0 + LONG, LONG),
+            Some(t0 + ms(500)),
+            "the later hold"
+        );
+        assert_eq!(
+            l.cold_turn(t0 + ms(499), t0 + LONG, LONG),
+            Some(t0 + ms(500))
+        );
+        assert_eq!(
+            l.cold_turn(t0 + ms(500), t0 + LONG, LONG),
             None,
             "a hold already over gives no turn"
         );
         for op in [D, D, R, R] {
             l.cold_outcome(op, false, t0 + ms(900), |n| ms(100) * n);
         }
-        assert_eq!(l.cold_turn(t0 + ms(900)), None);
+        assert_eq!(l.cold_turn(t0 + ms(900), t0 + LONG, LONG), None);
     }
 }
 
@@ -339,7 +353,7 @@ fn the_floor_follows_the_rate_the_registry_answered_at() {
     );
     for i in 5..=12 {
         let at = t + ms(10 * i);
-        l.answered(R);
+        l.answered(R, at);
         l.throttled(R, at, at);
     }
     let partly = l.rate(R, t + ms(130)).unwrap();
@@ -348,4 +362,27 @@ fn the_floor_follows_the_rate_the_registry_answered_at() {
         "partly answered cuts go below the demand's floor: {partly}"
     );
     assert!(partly >= MIN_RATE, "never below the least rate: {partly}");
+}
+
+#[test]
+fn a_changed_answer_keeps_its_own_spacing() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    let wait = Duration::from_secs(30);
+    let hold = |n: u32| ms(500) * n;
+    // No cold pressure: its own refusals space it, up to the cold loads' longest hold.
+    let turn = |refused, now| l.changed_turn(D, (now, refused), (t0 + wait, wait), hold);
+    assert_eq!(turn(1, t0), t0 + ms(500));
+    assert_eq!(turn(3, t0), t0 + ms(1500));
+    assert_eq!(turn(9, t0), t0 + ms(2000), "capped at the highest pressure");
+    // Near the end of its wait it asks more often, as a cold load does.
+    assert_eq!(turn(4, t0 + wait), t0 + wait + ms(250));
+    // The process's cold pressure spaces it too, and it leaves the cold hold alone.
+    for _ in 0..3 {
+        l.cold_outcome(D, true, t0, hold);
+    }
+    assert_eq!(turn(1, t0), t0 + ms(1500));
+    assert!(l.admit_at(D, Pace::Changed, t0).is_ok(), "not held back");
+    assert!(l.admit_at(D, Pace::Now, t0).is_err(), "a cold load is");
+    assert_eq!(l.cold_turn(t0, t0 + LONG, LONG), Some(t0 + ms(1500)));
 }

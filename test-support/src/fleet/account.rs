@@ -73,6 +73,10 @@ pub(super) struct State {
     resolves: u64,
     cold_failures: u64,
     warm_failures: u64,
+    /// The first cold failures: when (after the start), which resolver, which service.
+    cold_failure_log: Vec<(Duration, usize, usize)>,
+    /// Per (resolver, service): when (after the start) it was first fetched.
+    loaded_at: Vec<Duration>,
     /// Per (resolver, service): whether a resolve ever succeeded there.
     warm: Vec<bool>,
     /// Per resolver: when it started, and how many of its keys have been answered.
@@ -80,6 +84,8 @@ pub(super) struct State {
     warm_keys: Vec<usize>,
     /// Per resolver that had every key answered: how long after its start.
     all_keys: Histogram,
+    /// How long resolves of cold keys took (answered or not).
+    cold_resolve: Histogram,
     changes: Vec<Change>,
     /// The throttling window set on the account: every call inside it is refused.
     window: Option<(Instant, Instant)>,
@@ -113,10 +119,13 @@ impl Registry {
                 resolves: 0,
                 cold_failures: 0,
                 warm_failures: 0,
+                cold_failure_log: Vec::new(),
+                loaded_at: vec![Duration::ZERO; keys],
                 warm: vec![false; keys],
                 started: vec![now; sc.resolvers],
                 warm_keys: vec![0; sc.resolvers],
                 all_keys: Histogram::new(),
+                cold_resolve: Histogram::new(),
                 changes: Vec::new(),
                 window: sc.throttle.map(|w| (now + w.at, now + w.at + w.length)),
                 oldest_after: Duration::ZERO,
@@ -151,6 +160,7 @@ impl Registry {
             at,
             reached: 0,
             p99_after: None,
+            deliveries: Vec::new(),
         });
     }
 
@@ -198,16 +208,29 @@ impl Registry {
     }
 
     /// A caller in `resolver` was served `version` of `service` (`None`: it failed).
-    pub(super) fn served(&self, resolver: usize, service: usize, version: Option<u32>) {
+    pub(super) fn served(
+        &self,
+        resolver: usize,
+        service: usize,
+        version: Option<u32>,
+        took: Duration,
+    ) {
         let now = Instant::now();
         let mut st = self.lock();
         let key = resolver * st.services + service;
+        if !st.warm[key] {
+            st.cold_resolve.record(took);
+        }
         st.resolves += 1;
         let Some(v) = version else {
             if st.warm[key] {
                 st.warm_failures += 1;
             } else {
                 st.cold_failures += 1;
+                if st.cold_failure_log.len() < 200 {
+                    let at = now.duration_since(st.start);
+                    st.cold_failure_log.push((at, resolver, service));
+                }
             }
             return;
         };
@@ -260,6 +283,11 @@ impl State {
 
     fn deliver(&mut self, resolver: usize, service: usize, version: u32, now: Instant) {
         let key = resolver * self.services + service;
+        let cold = self.held[key].is_none();
+        if cold {
+            self.loaded_at[key] = now.duration_since(self.start);
+        }
+        let loaded_at = self.loaded_at[key];
         let before = self.held[key].unwrap_or(0);
         self.held[key] = Some(version);
         self.confirm(key, now);
@@ -269,6 +297,8 @@ impl State {
         let need = (self.resolvers * 99).div_ceil(100);
         for c in self.changes.iter_mut().filter(|c| c.service == service) {
             if c.version > before && c.version <= version {
+                let after = now.duration_since(self.start).saturating_sub(c.at);
+                c.deliveries.push((after, cold, loaded_at));
                 c.reached += 1;
                 if c.reached == need {
                     c.p99_after = Some(now.duration_since(self.start) - c.at);
@@ -289,7 +319,9 @@ impl State {
             resolves: self.resolves,
             cold_failures: self.cold_failures,
             warm_failures: self.warm_failures,
+            cold_failure_log: self.cold_failure_log.clone(),
             all_keys: self.all_keys.clone(),
+            cold_resolve: self.cold_resolve.clone(),
             changes: self.changes.clone(),
             window: sc.throttle.map(|w| {
                 let end = w.at + w.length;

@@ -54,13 +54,15 @@ impl Caller {
         loop {
             tokio::time::sleep_until(next).await;
             for (s, name) in self.names.iter().enumerate() {
+                let asked = Instant::now();
                 let served = match resolver.resolve(NAMESPACE, name).await {
                     Ok(ep) => Some(u32::from(
                         ep.port().expect("simulated instances have a port") - BASE_PORT,
                     )),
                     Err(_) => None,
                 };
-                self.registry.served(self.resolver, s, served);
+                self.registry
+                    .served(self.resolver, s, served, asked.elapsed());
             }
             next += self.every;
         }
@@ -72,7 +74,8 @@ impl Caller {
             tokio::time::sleep_until(next).await;
             for s in 0..self.names.len() {
                 let served = naive.held.lock().unwrap_or_else(PoisonError::into_inner)[s];
-                self.registry.served(self.resolver, s, served);
+                self.registry
+                    .served(self.resolver, s, served, Duration::ZERO);
             }
             next += self.every;
         }

@@ -15,7 +15,10 @@
 //!   else the time since the registry changed away from it;
 //! - resolve failures, split into cold keys (never answered yet in that process) and
 //!   warm ones;
-//! - per registration change, how long until 99% of the resolvers had fetched it.
+//! - per registration change, how long until 99% of the resolvers had fetched it, and
+//!   when each fetched it (and when it had first loaded the key);
+//! - how long each resolve of a cold key took, and the first cold failures (when,
+//!   which process, which service).
 //!
 //! Files: `report.rs` (what a run measured), `account.rs` (the simulated registry and
 //! its throttle), `clients.rs` (the processes that resolve: real resolvers or the naive

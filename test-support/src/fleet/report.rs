@@ -118,6 +118,10 @@ pub struct Change {
     pub reached: usize,
     /// When 99% of the resolvers had it, after the change.
     pub p99_after: Option<Duration>,
+    /// Per resolver that fetched it: how long after the change, whether by a cold
+    /// load (the key's first answer in that process), and when (after the start)
+    /// that process first had the key.
+    pub deliveries: Vec<(Duration, bool, Duration)>,
 }
 
 /// What a run with a throttling window measured after the window.
@@ -150,8 +154,12 @@ pub struct Report {
     pub resolves: u64,
     pub cold_failures: u64,
     pub warm_failures: u64,
+    /// The first cold failures: when (after the start), which process, which service.
+    pub cold_failure_log: Vec<(Duration, usize, usize)>,
     /// Per process that had every key answered: how long after its start.
     pub all_keys: Histogram,
+    /// How long resolves of keys cold in their process took (answered or failed).
+    pub cold_resolve: Histogram,
     pub changes: Vec<Change>,
     /// After the throttling window, if the run had one.
     pub window: Option<WindowReport>,
