@@ -173,19 +173,23 @@ impl Cache {
     /// admitted endpoints, then the next ones in the registry's order, ejected ones
     /// last), loading the key if it is not warm. `is_ejected` is the outlier
     /// policy's judgement at the given time (read once the answer is at hand).
+    /// `pin` is a held handle's pin on the key's slot (`pinned.rs`): its warm
+    /// answer is read from the slot, with no hash and no index.
     pub(crate) async fn candidates(
         self: &Arc<Self>,
         key: KeyRef<'_>,
+        pin: Option<&SlotPin>,
         max: usize,
         is_ejected: impl Fn(&Arc<EndpointState>, Instant) -> bool,
     ) -> Result<Vec<Endpoint>, Error> {
-        let (snap, seed) = match self.warm_snapshot(&key) {
-            Some(found) => found,
-            None => {
-                let (slot, snap) = Box::pin(self.load(key)).await?;
-                (snap, slot.seed)
-            }
-        };
+        let (snap, seed) =
+            match self.warm_slot(&key, pin, |slot| Some((self.servable(slot)?, slot.seed))) {
+                Some(found) => found,
+                None => {
+                    let (slot, snap) = Box::pin(self.load(key)).await?;
+                    (snap, slot.seed)
+                }
+            };
         let now = Instant::now();
         Ok(snap.candidates(seed, max, |h| is_ejected(h, now)))
     }
@@ -195,22 +199,13 @@ impl Cache {
     pub(crate) async fn candidates_timed(
         self: &Arc<Self>,
         key: KeyRef<'_>,
+        pin: Option<&SlotPin>,
         max: usize,
         is_ejected: impl Fn(&Arc<EndpointState>, Instant) -> bool,
     ) -> Result<(Vec<Endpoint>, Arc<KeyLatency>), Error> {
-        let hash = key.hash();
-        let warm = self
-            .index
-            .with(&key, hash, |slot| {
-                let snap = slot.snapshot.load_full()?;
-                let state = snap.state.load(Ordering::Relaxed);
-                if state == EXPIRED || snap.is_empty() {
-                    return None;
-                }
-                self.counters.hit(stripe(), state == STALE);
-                Some((snap, slot.seed, slot.latency.clone()))
-            })
-            .flatten();
+        let warm = self.warm_slot(&key, pin, |slot| {
+            Some((self.servable(slot)?, slot.seed, slot.latency.clone()))
+        });
         let (snap, seed, latency) = match warm {
             Some(found) => found,
             None => {
@@ -222,21 +217,31 @@ impl Cache {
         Ok((snap.candidates(seed, max, |h| is_ejected(h, now)), latency))
     }
 
-    /// The warm path for `candidates`, which keeps the snapshot while it orders the
-    /// endpoints.
-    fn warm_snapshot(&self, key: &KeyRef<'_>) -> Option<(Arc<Snapshot>, u64)> {
-        let hash = key.hash();
-        self.index
-            .with(key, hash, |slot| {
-                let snap = slot.snapshot.load_full()?;
-                let state = snap.state.load(Ordering::Relaxed);
-                if state == EXPIRED || snap.is_empty() {
-                    return None;
-                }
-                self.counters.hit(stripe(), state == STALE);
-                Some((snap, slot.seed))
-            })
-            .flatten()
+    /// `f` on the key's slot for the candidate lookups: the pinned one when a held
+    /// handle's pin is given (the key's one slot while pinned, so no lookup is
+    /// needed), else the one the index holds. `None` when `f` finds the slot cold.
+    fn warm_slot<R>(
+        &self,
+        key: &KeyRef<'_>,
+        pin: Option<&SlotPin>,
+        f: impl FnOnce(&Arc<Slot>) -> Option<R>,
+    ) -> Option<R> {
+        match pin {
+            Some(pin) => f(pin.slot()),
+            None => self.index.with(key, key.hash(), f).flatten(),
+        }
+    }
+
+    /// The slot's snapshot, kept while a call orders its endpoints, if it may be
+    /// served now (counted as a warm hit, as [`serve`] counts one).
+    fn servable(&self, slot: &Slot) -> Option<Arc<Snapshot>> {
+        let snap = slot.snapshot.load_full()?;
+        let state = snap.state.load(Ordering::Relaxed);
+        if state == EXPIRED || snap.is_empty() {
+            return None;
+        }
+        self.counters.hit(stripe(), state == STALE);
+        Some(snap)
     }
 
     /// How many keys are cached now.

@@ -60,6 +60,12 @@ impl SlotPin {
         serve(&self.counters, &self.slot, f)
     }
 
+    /// The pinned slot: the key's one slot while pinned, for lookups that need
+    /// more of it than the warm pick (a call's candidates and latencies).
+    pub(super) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
     /// Whether `slot` is the pinned one (tests: a handle keeps its one slot).
     #[cfg(test)]
     pub(crate) fn holds(&self, slot: &Arc<Slot>) -> bool {
@@ -158,6 +164,57 @@ mod tests {
         );
         assert!(r.cache.len() <= 8);
         drop(slot);
+    }
+
+    /// A call through a held handle reads its candidates from the pinned slot: on
+    /// the warm path it makes no lookup by key (a call through the resolver makes
+    /// one), hedged or not; after the key is evicted it loads the key again by name
+    /// into the same slot and is then warm again.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_through_a_handle_reads_the_pinned_slot() {
+        use std::sync::atomic::Ordering;
+        use std::time::Duration;
+
+        use crate::{Endpoint, Hedge};
+
+        let r = Resolver::builder(source(60)).capacity(8).build().unwrap();
+        let web = r.service("shared", "svc-0");
+        let lookups = || r.cache.index.lookups.load(Ordering::Relaxed);
+        let id = |ep: Endpoint| async move { Ok::<_, String>(ep.instance_id().to_owned()) };
+
+        assert_eq!(web.call(id).await.unwrap(), "i-0", "cold: loaded by name");
+        let before = lookups();
+        assert_eq!(web.call(id).await.unwrap(), "i-0");
+        let hedge = Hedge::after(Duration::from_secs(1));
+        assert_eq!(web.call(id).hedge(hedge.clone()).await.unwrap(), "i-0");
+        assert_eq!(
+            lookups(),
+            before,
+            "warm calls through the handle: no lookup"
+        );
+        r.call("shared", "svc-0", id).await.unwrap();
+        assert_eq!(lookups(), before + 1, "a call by name looks the key up");
+
+        let pin = web.pin().unwrap();
+        for k in 1..60 {
+            for _ in 0..4 {
+                r.resolve("shared", &format!("svc-{k}")).await.unwrap();
+                r.cache.run_pending_tasks();
+            }
+            if pin.slot.is_evicted() {
+                break;
+            }
+        }
+        assert!(
+            pin.slot.is_evicted(),
+            "capacity 8 never evicted the held key"
+        );
+        assert_eq!(web.call(id).await.unwrap(), "i-0", "evicted: loaded again");
+        assert!(!pin.slot.is_evicted(), "into the pinned slot");
+        let before = lookups();
+        assert_eq!(web.call(id).hedge(hedge).await.unwrap(), "i-0");
+        assert_eq!(web.call(id).await.unwrap(), "i-0");
+        assert_eq!(lookups(), before, "warm again, still no lookup");
     }
 
     /// Names the registry refuses: no pin, no slot made.

@@ -198,6 +198,7 @@ where
     let Call {
         ctx,
         key,
+        pin,
         mut op,
         retry_if,
         retry_timeouts,
@@ -212,7 +213,7 @@ where
     let deadline = opts.deadline.map(|d| after(start, d));
     let lookup = ctx
         .cache
-        .candidates_timed(key.as_ref(), opts.max_attempts, |h, now| {
+        .candidates_timed(key.as_ref(), pin, opts.max_attempts, |h, now| {
             ctx.recorder.is_ejected(h, now)
         });
     let (candidates, latency) = before_deadline(deadline, lookup)

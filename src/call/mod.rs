@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use std::sync::Arc;
 
 use crate::cache::key::Key;
-use crate::cache::Cache;
+use crate::cache::{Cache, SlotPin};
 use crate::discover::{namespace_label, BoxFuture};
 use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
@@ -137,6 +137,9 @@ type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 pub struct Call<'a, F, E> {
     ctx: CallContext<'a>,
     key: Key<'a>,
+    /// A held handle's pin on the key's slot (`Service::call`): the candidates
+    /// are then read from the slot, not looked up by key.
+    pin: Option<&'a SlotPin>,
     op: F,
     retry_if: Option<RetryIf<'a, E>>,
     retry_timeouts: bool,
@@ -153,6 +156,7 @@ impl<F, E> fmt::Debug for Call<'_, F, E> {
             .field("optional", &self.key.optional)
             .field("health", &self.key.health)
             .field("owner_account", &self.key.owner)
+            .field("pinned", &self.pin.is_some())
             .field("retry_if", &self.retry_if.as_ref().map(|_| ".."))
             .field("retry_timeouts", &self.retry_timeouts)
             .field("opts", &self.opts)
@@ -183,12 +187,22 @@ impl<'a, F, E> Call<'a, F, E> {
         Call {
             ctx,
             key,
+            pin: None,
             op,
             retry_if: None,
             retry_timeouts: true,
             opts: ctx.defaults.clone(),
             hedge: None,
         }
+    }
+
+    /// Takes the candidates from `pin`, a held handle's pin on this call's key
+    /// (`Service::call`): the warm answer is read from the pinned slot, with no
+    /// lookup; a pinned slot that is empty (evicted, expired, never loaded) is
+    /// loaded by key as any call's is, into that same slot.
+    pub(crate) fn pinned(mut self, pin: Option<&'a SlotPin>) -> Self {
+        self.pin = pin;
+        self
     }
 
     /// At most this many attempts, clamped to 1..=8. Default: the resolver's
@@ -300,6 +314,7 @@ where
         let Call {
             ctx,
             key,
+            pin,
             mut op,
             retry_if,
             retry_timeouts,
@@ -314,7 +329,7 @@ where
         let deadline = opts.deadline.map(|d| after(start, d));
         let lookup = ctx
             .cache
-            .candidates(key.as_ref(), opts.max_attempts, |h, now| {
+            .candidates(key.as_ref(), pin, opts.max_attempts, |h, now| {
                 ctx.recorder.is_ejected(h, now)
             });
         let candidates = before_deadline(deadline, lookup)

@@ -447,7 +447,9 @@ impl Resolver {
         let key = self.key_ref(namespace, service);
         let recorder = &self.shared.recorder;
         self.cache
-            .candidates(key, MAX_ATTEMPTS, |h, now| recorder.is_ejected(h, now))
+            .candidates(key, None, MAX_ATTEMPTS, |h, now| {
+                recorder.is_ejected(h, now)
+            })
             .await
     }
 

@@ -6,7 +6,9 @@
 //! `resolve` uses (ejection, load, slow start, zones, counters), with no hash and
 //! no string compare. Anything else (an empty slot, `resolve_all` past the warm
 //! path, `call`, `lease`, `watch`) goes through the resolver, upgraded from a weak
-//! reference: the handle never keeps its resolver alive.
+//! reference: the handle never keeps its resolver alive. A `call` still reads its
+//! candidates from the pinned slot (`Call::pinned`), falling back to a load by
+//! key only when the slot is empty.
 
 use std::fmt;
 use std::future::Future;
@@ -219,6 +221,11 @@ impl Service {
     /// The key, borrowed from the handle.
     pub(crate) fn key(&self) -> KeyRef<'_> {
         KeyRef::of(&self.inner.request)
+    }
+
+    /// The handle's pin on its key's slot; `None` for a key with bad names.
+    pub(crate) fn pin(&self) -> Option<&SlotPin> {
+        self.inner.pin.as_ref()
     }
 
     /// The key's question, owned by the handle.

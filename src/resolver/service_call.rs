@@ -145,7 +145,9 @@ where
                 health: req.health,
                 owner: req.owner_account.as_deref().map(std::borrow::Cow::Borrowed),
             };
-            let mut call = Call::new(resolver.context(), key, self.op);
+            // The handle's pin: the call reads its candidates from the held slot, as
+            // the handle's `resolve` does, instead of looking the key up.
+            let mut call = Call::new(resolver.context(), key, self.op).pinned(self.service.pin());
             if let Some(n) = self.max_attempts {
                 call = call.max_attempts(n);
             }
