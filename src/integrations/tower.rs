@@ -1,5 +1,10 @@
 //! A `tower::Layer` that sends each HTTP request for a service to one of its
 //! endpoints, and repeatable requests to the next one when that fails.
+//!
+//! The layer finds the service either by the request's host ([`HostMap`], through
+//! the resolver) or, made by [`FailoverLayer::for_service`], from the held
+//! [`Service`](crate::Service) it was given: every request then goes to that one
+//! service, whatever its host, and its attempts run through `Service::call`.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -7,15 +12,16 @@ use std::sync::Mutex;
 use std::task::{Context, Poll};
 
 use http::header::HOST;
-use http::uri::{Authority, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
 use super::failover_policy::authority;
 use super::{destination, finish, Failed, FailoverPolicy, HostMap};
+use crate::call::error::CallError;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
-use crate::resolver::Resolver;
+use crate::resolver::{Resolver, Service as Held};
 use crate::util::lock::{lock, recover};
 
 /// The error type of [`Failover`]: a [`CallError<BoxError>`](crate::CallError) for a
@@ -49,6 +55,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// sent without the layer. The inner service must be `Clone`: each attempt drives a
 /// clone of it to readiness, so [`Failover::poll_ready`] is always ready.
 ///
+/// A layer for one service ([`for_service`](Self::for_service)) sends every request
+/// to that service the same way, without asking the [`HostMap`].
+///
 /// # Examples
 ///
 /// ```no_run
@@ -70,9 +79,26 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 #[derive(Clone)]
 pub struct FailoverLayer {
-    resolver: Resolver,
+    target: Target,
     hosts: HostMap,
     policy: FailoverPolicy,
+}
+
+/// Where a layer's requests go.
+#[derive(Clone)]
+enum Target {
+    /// The service the request's host names ([`HostMap`]), through the resolver.
+    Hosts(Resolver),
+    /// Every request to one service, through its held handle, which does not keep
+    /// the resolver alive (the layer then does not either).
+    Service(Held),
+}
+
+/// Where one request goes: a service named by its host (namespace, service), or
+/// the layer's own.
+enum To {
+    Named(Resolver, String, String),
+    Held(Held),
 }
 
 impl FailoverLayer {
@@ -81,14 +107,62 @@ impl FailoverLayer {
     /// lists namespaces.
     pub fn new(resolver: Resolver) -> Self {
         FailoverLayer {
-            resolver,
+            target: Target::Hosts(resolver),
+            hosts: HostMap::default(),
+            policy: FailoverPolicy::default(),
+        }
+    }
+
+    /// A layer sending every request to `service`, whatever its URI's host: no
+    /// [`HostMap`] is asked, and nothing passes through to the inner service
+    /// unchanged. As for a mapped host, the URI's authority becomes the endpoint's
+    /// address and port (an explicit port in the URI wins), a `Host` header with the
+    /// URI's host and port is added unless the request has one, and failover follows
+    /// the [policy](Self::policy); attempts run through
+    /// [`Service::call`](crate::Service::call), so the warm path reads the held
+    /// entry without a lookup. A URI without scheme and host (`/items`) is sent as
+    /// `http`.
+    ///
+    /// The layer holds the handle, so the service's key stays in use while the
+    /// layer (or a [`Failover`] made from it) lives, and, like the handle, it does
+    /// not keep the resolver alive: once the resolver is dropped, requests fail with
+    /// a [`CallError`](crate::CallError) of kind
+    /// [`ResolverDropped`](crate::ErrorKind::ResolverDropped), with no attempt.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use std::convert::Infallible;
+    /// use cloudmap_resolver::{FailoverLayer, Instance, Resolver, StaticDiscovery};
+    /// use tower::{service_fn, Layer, ServiceExt};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "web",
+    ///     Instance::new("i-1").ipv4("10.0.0.7".parse()?).port(8080));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let layer = FailoverLayer::for_service(resolver.service("shared", "web"));
+    /// // The inner service shows where each request was sent.
+    /// let client = service_fn(|req: http::Request<String>| async move {
+    ///     Ok::<_, Infallible>(http::Response::new(req.uri().to_string()))
+    /// });
+    /// let svc = layer.layer(client);
+    /// let request = http::Request::get("http://backend/items").body(String::new())?;
+    /// let response = svc.oneshot(request).await?;
+    /// assert_eq!(response.body(), "http://10.0.0.7:8080/items");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    pub fn for_service(service: Held) -> Self {
+        FailoverLayer {
+            target: Target::Service(service),
             hosts: HostMap::default(),
             policy: FailoverPolicy::default(),
         }
     }
 
     /// Which host names are services. Default: none ([`HostMap::default`]); list your
-    /// namespaces with [`HostMap::namespaces`].
+    /// namespaces with [`HostMap::namespaces`]. Not asked by a layer for one service
+    /// ([`for_service`](Self::for_service)).
     #[must_use]
     pub fn hosts(mut self, hosts: HostMap) -> Self {
         self.hosts = hosts;
@@ -106,7 +180,12 @@ impl FailoverLayer {
 
 impl fmt::Debug for FailoverLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let service = match &self.target {
+            Target::Service(held) => Some(held),
+            Target::Hosts(_) => None,
+        };
         f.debug_struct("FailoverLayer")
+            .field("service", &service)
             .field("hosts", &self.hosts)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -182,17 +261,35 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         let layer = self.layer.clone();
-        let mapped = req.uri().host().and_then(|h| layer.hosts.service(h));
-        let Some((namespace, service)) = mapped else {
-            return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+        let to = match &layer.target {
+            Target::Service(held) => To::Held(held.clone()),
+            Target::Hosts(resolver) => {
+                let mapped = req.uri().host().and_then(|h| layer.hosts.service(h));
+                let Some((namespace, service)) = mapped else {
+                    return Box::pin(async move { inner.oneshot(req).await.map_err(Into::into) });
+                };
+                To::Named(resolver.clone(), namespace, service)
+            }
         };
         Box::pin(async move {
-            let (parts, body) = req.into_parts();
+            // The address policy the attempts obey is the resolver's: a held
+            // handle's is upgraded for the request, or the request fails as its
+            // `call` would, with no attempt.
+            let resolver = match &to {
+                To::Named(resolver, ..) => resolver.clone(),
+                To::Held(held) => held
+                    .upgrade()
+                    .map_err(|e| Box::new(CallError::<BoxError>::resolve(e)) as BoxError)?,
+            };
+            let (mut parts, body) = req.into_parts();
             let repeatable = layer.policy.repeats(&parts.method);
             // Only a request that may be sent twice is hedged (the body is `Clone`).
             let hedge = layer.policy.hedges(&parts.method).cloned();
             let explicit_port = parts.uri.port_u16();
             let host = host_header(&parts.uri);
+            if matches!(to, To::Held(_)) {
+                parts.uri = absolute(parts.uri);
+            }
             let head = Head {
                 method: parts.method,
                 uri: parts.uri,
@@ -202,7 +299,7 @@ where
             };
             let template = Mutex::new(Some(body));
             let policy = &layer.policy;
-            let resolver = &layer.resolver;
+            let resolver = &resolver;
             let (template_ref, head_ref, attempt_inner) = (&template, &head, inner.clone());
             let op = move |ep: Endpoint| {
                 let body = lock(template_ref).clone();
@@ -236,19 +333,33 @@ where
             };
             // A request that is not repeatable moves on only when nothing was sent:
             // an error of the inner service or a timeout may come after delivery.
-            let mut call = layer
-                .resolver
-                .call(&namespace, &service, op)
-                .retry_if(move |f: &Failed<Response<RB>, BoxError>| match f {
-                    Failed::Status(_) | Failed::NotSent(_) => true,
-                    Failed::Error(_) => repeatable,
-                })
-                .retry_timeouts(repeatable);
-            if let Some(h) = hedge {
-                call = call.hedge(h);
-            }
-            let result = call.await;
+            let retry = move |f: &Failed<Response<RB>, BoxError>| match f {
+                Failed::Status(_) | Failed::NotSent(_) => true,
+                Failed::Error(_) => repeatable,
+            };
+            let result = match &to {
+                To::Named(_, namespace, service) => {
+                    let mut call = resolver
+                        .call(namespace, service, op)
+                        .retry_if(retry)
+                        .retry_timeouts(repeatable);
+                    if let Some(h) = hedge {
+                        call = call.hedge(h);
+                    }
+                    call.await
+                }
+                To::Held(held) => {
+                    let mut call = held.call(op).retry_if(retry).retry_timeouts(repeatable);
+                    if let Some(h) = hedge {
+                        call = call.hedge(h);
+                    }
+                    call.await
+                }
+            };
+            // Only a name the host map chose may fall through to the inner service:
+            // a request for the layer's own service has no other destination.
             if let Err(e) = &result
+                && matches!(to, To::Named(..))
                 && e.resolve_error()
                     .is_some_and(|r| layer.hosts.falls_through(r.kind()))
             {
@@ -274,6 +385,26 @@ fn host_header(uri: &Uri) -> Option<HeaderValue> {
         None => host.to_owned(),
     };
     HeaderValue::from_str(&value).ok()
+}
+
+/// `uri` with a scheme, for a layer for one service, which takes requests without
+/// one (`/items`, origin form) as `http`. An authority is needed beside the scheme:
+/// the placeholder never leaves, since each attempt puts the endpoint's address
+/// there (the `Host` header is taken from the URI before, so it is not the
+/// placeholder's either).
+fn absolute(uri: Uri) -> Uri {
+    if uri.scheme().is_some() {
+        return uri;
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(Scheme::HTTP);
+    if parts.authority.is_none() {
+        parts.authority = Some(Authority::from_static("service"));
+    }
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or(uri)
 }
 
 /// Points `req` at `ip` and `port`, keeping the service's name in the `Host` header.
@@ -314,6 +445,20 @@ mod tests {
         retarget(&mut req, ip, Some(9000), None).unwrap();
         assert_eq!(req.uri(), "http://127.0.0.1:9000/");
         assert!(req.headers().get(HOST).is_none());
+    }
+
+    /// A layer for one service sends a request without scheme and host as `http`;
+    /// one with them is left as it is.
+    #[test]
+    fn absolute_gives_origin_form_a_scheme() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut req = Request::get(absolute("/x?y=1".parse().unwrap()))
+            .body(())
+            .unwrap();
+        retarget(&mut req, ip, Some(8080), None).unwrap();
+        assert_eq!(req.uri(), "http://127.0.0.1:8080/x?y=1");
+        let uri: Uri = "https://web.shared/".parse().unwrap();
+        assert_eq!(absolute(uri.clone()), uri);
     }
 
     /// User information in the URI stays out of the `Host` header.

@@ -11,8 +11,8 @@ use hyper_util::rt::TokioExecutor;
 use tower::{Layer, ServiceExt};
 
 use cloudmap_resolver::{
-    AddressPolicy, AttemptError, BoxError, CallError, CallStop, Failover, FailoverLayer, HostMap,
-    Instance, Resolver, StaticDiscovery,
+    AddressPolicy, AttemptError, BoxError, CallError, CallStop, ErrorKind, Failover, FailoverLayer,
+    HostMap, Instance, Resolver, StaticDiscovery,
 };
 use test_support::counting::Counting;
 use test_support::http::{registry, three_servers, with_attempt_timeout, HttpServer, Mode};
@@ -404,4 +404,73 @@ async fn hedges_gets_never_posts() {
         assert_eq!(body, "fast");
     }
     assert_eq!(resolver.stats().hedges, 3);
+}
+
+/// A layer for one held service (`FailoverLayer::for_service`): requests to any
+/// host, or none, go to the service's endpoints with the URI's host kept in `Host`;
+/// a GET fails over from an endpoint that closes to the next one; no host map is
+/// asked, so a host that is no service does not pass through.
+#[tokio::test]
+async fn a_layer_for_one_service_sends_every_request_to_it() {
+    let (servers, reg) = three_servers().await;
+    let counting = Counting::new(reg);
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    let svc = service(FailoverLayer::for_service(
+        resolver.service("shared", "web"),
+    ));
+    let urls = [
+        "http://backend/",
+        "http://localhost/x",
+        "http://web.shared/",
+    ];
+    for url in urls.iter().cycle().take(30) {
+        assert_eq!(send(&svc, "GET", url, "").await.unwrap().0, 200, "{url}");
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for s in &servers {
+        assert_eq!(s.hits(), 10, "{}", s.name);
+        hosts.extend(s.seen().into_iter().map(|r| r.host));
+    }
+    assert_eq!(
+        hosts.into_iter().collect::<Vec<_>>(),
+        ["backend", "localhost", "web.shared"],
+        "each request's own host in Host"
+    );
+    assert_eq!(counting.discover_calls(), 1, "one key, loaded once");
+
+    // Origin form: no host to keep, sent as http to the endpoint.
+    assert_eq!(send(&svc, "GET", "/items", "").await.unwrap().0, 200);
+
+    servers[0].set_mode(Mode::Close);
+    servers[1].set_mode(Mode::Status(503));
+    for _ in 0..6 {
+        let (status, body) = send(&svc, "GET", "http://backend/", "").await.unwrap();
+        assert_eq!((status, body.as_str()), (200, "c"), "failed over to c");
+    }
+}
+
+/// The layer holds the handle, not the resolver: once the resolver is dropped a
+/// request fails with a call error of kind `ResolverDropped`, with no attempt
+/// and nothing sent.
+#[tokio::test]
+async fn a_layer_for_one_service_fails_typed_once_its_resolver_is_dropped() {
+    let server = HttpServer::start("a").await;
+    let resolver = Resolver::builder(registry(&[("a", server.port())]))
+        .build()
+        .unwrap();
+    let svc = service(FailoverLayer::for_service(
+        resolver.service("shared", "web"),
+    ));
+    assert_eq!(
+        send(&svc, "GET", "http://backend/", "").await.unwrap(),
+        (200, "a".to_owned())
+    );
+    drop(resolver);
+    let err = send(&svc, "GET", "http://backend/", "").await.unwrap_err();
+    let call = err
+        .downcast_ref::<CallError<BoxError>>()
+        .expect("a call error");
+    assert_eq!(call.kind(), ErrorKind::ResolverDropped, "{call}");
+    assert!(call.attempts().is_empty());
+    assert_eq!(server.hits(), 1, "nothing sent after the drop");
 }
