@@ -228,6 +228,12 @@ impl Service {
         self.inner.pin.as_ref()
     }
 
+    /// How many clones of this handle live (tests: integrations hold one).
+    #[cfg(all(test, any(feature = "tower", feature = "tonic")))]
+    pub(crate) fn clones(&self) -> usize {
+        Arc::strong_count(&self.inner)
+    }
+
     /// The key's question, owned by the handle.
     pub(crate) fn request(&self) -> &DiscoverRequest {
         &self.inner.request

@@ -258,3 +258,36 @@ async fn an_invalid_name_is_refused_when_the_channel_is_built() {
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{ns:?}/{svc:?}: {err}");
     }
 }
+
+/// A channel made from a held handle (`Service::grpc`) serves RPCs over all three
+/// servers, after the handle it was made from is dropped too (the channel holds
+/// its own); `Service::grpc_channel` serves the same way.
+#[tokio::test]
+async fn a_channel_from_a_handle_serves() {
+    let servers = three_health_servers().await;
+    let resolver = Resolver::builder(registry(&servers))
+        .ttl(TTL)
+        .seed(3)
+        .build()
+        .unwrap();
+    let channel = resolver
+        .service("shared", "health")
+        .grpc()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for _ in 0..90 {
+        check(&channel)
+            .await
+            .expect("an RPC through the handle's channel");
+    }
+    let calls: Vec<u64> = servers.iter().map(HealthGrpcServer::calls).collect();
+    assert!(
+        calls.iter().all(|&n| n > 0),
+        "spread over all three: {calls:?}"
+    );
+
+    let health = resolver.service("shared", "health");
+    let direct = health.grpc_channel().unwrap();
+    check(&direct).await.expect("an RPC through grpc_channel");
+}

@@ -1,7 +1,9 @@
 //! gRPC with tonic: a `tonic::transport::Channel` that balances over a service's
 //! endpoints and follows its change stream ([`Resolver::grpc_channel`],
-//! [`GrpcChannelBuilder`]), and the feeder underneath ([`feed_balance_channel`]) for
-//! callers who build their own tonic `Endpoint`s.
+//! [`Service::grpc_channel`](crate::Service::grpc_channel), [`GrpcChannelBuilder`]),
+//! and the feeder underneath ([`feed_balance_channel`], `feed.rs`) for callers who
+//! build their own tonic `Endpoint`s. A channel for a service holds a handle on it
+//! (a [`Service`](crate::Service)), so its key stays in use while the channel lives.
 //!
 //! tonic's balanced channel reads its changes only when a request polls it; the
 //! changes wait in its queue meanwhile, and the next request applies all of them
@@ -13,7 +15,6 @@
 //! the feeder has handed the channel no endpoint, after an answer or a discovery
 //! error, requests fail at once with `UNAVAILABLE` and the reason.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -21,18 +22,21 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc::Sender;
 use tokio::sync::watch as state;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::codegen::Service;
-use tonic::transport::channel::Change as TonicChange;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint as TonicEndpoint};
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
-use crate::resolver::Resolver;
-use crate::watch::{Change, Item, Watch};
+use crate::resolver::{Resolver, Service as Held};
+use crate::watch::Watch;
+
+mod feed;
+
+pub use feed::feed_balance_channel;
+use feed::{feed, Status};
 
 /// Changes a balanced channel queues before the feeder waits: enough for every
 /// endpoint of the largest Cloud Map service (1,000) to be replaced at once.
@@ -65,8 +69,8 @@ pub enum HostEndpoints {
 }
 
 /// Builds a `tonic::transport::Channel` over a service's endpoints; made by
-/// [`Resolver::grpc`] (or [`GrpcChannelBuilder::new`] over any [`Watch`], a query's
-/// included).
+/// [`Service::grpc`](crate::Service::grpc) and [`Resolver::grpc`] (or
+/// [`GrpcChannelBuilder::new`] over any [`Watch`], a query's included).
 ///
 /// # Examples
 ///
@@ -94,6 +98,9 @@ pub enum HostEndpoints {
 #[must_use]
 pub struct GrpcChannelBuilder {
     watch: Watch,
+    /// The handle the channel was made from, held by the channel so that its key
+    /// stays pinned and in use while the channel lives (`Service::grpc`).
+    held: Option<Held>,
     settings: Settings,
     buffer: usize,
 }
@@ -141,10 +148,74 @@ impl Resolver {
     }
 
     /// A builder for a gRPC channel over `service` in `namespace`; see
-    /// [`GrpcChannelBuilder`].
+    /// [`GrpcChannelBuilder`]. The channel holds a handle on the service, as
+    /// [`Service::grpc`](crate::Service::grpc) makes it.
     #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
     pub fn grpc(&self, namespace: &str, service: &str) -> GrpcChannelBuilder {
-        GrpcChannelBuilder::new(self.watch(namespace, service))
+        self.service(namespace, service).grpc()
+    }
+}
+
+impl Held {
+    /// A gRPC channel balancing over this service's endpoints, as
+    /// [`Resolver::grpc_channel`] makes it; [`grpc`](Self::grpc) sets TLS,
+    /// timeouts and the rest.
+    ///
+    /// # Errors
+    ///
+    /// As [`Resolver::grpc_channel`]. A handle whose resolver is gone still gives
+    /// a channel, whose requests fail at once with `UNAVAILABLE`, saying so.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use cloudmap_resolver::{GrpcChannel, Instance, Resolver, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "orders",
+    ///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(50051));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let orders = resolver.service("shared", "orders");
+    /// let channel: GrpcChannel = orders.grpc_channel()?;
+    /// # drop(channel);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc_channel(&self) -> Result<GrpcChannel, Error> {
+        self.grpc().build()
+    }
+
+    /// A builder for a gRPC channel over this service, fed from its
+    /// [`watch`](Self::watch); see [`GrpcChannelBuilder`]. The channel (every
+    /// clone) holds a clone of this handle, so the key stays pinned and in use
+    /// while the channel lives, however long the handle it was made from does.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+    /// use std::time::Duration;
+    /// use cloudmap_resolver::{Instance, Resolver, StaticDiscovery};
+    ///
+    /// let registry = StaticDiscovery::new().with_instance("shared", "orders",
+    ///     Instance::new("i-1").ipv4("127.0.0.1".parse().unwrap()).port(50051));
+    /// let resolver = Resolver::builder(registry).build()?;
+    /// let channel = resolver
+    ///     .service("shared", "orders")
+    ///     .grpc()
+    ///     .connect_timeout(Duration::from_secs(1))
+    ///     .build()?;
+    /// // The handle is gone; the channel holds its own clone of it.
+    /// # drop(channel);
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+    pub fn grpc(&self) -> GrpcChannelBuilder {
+        let mut builder = GrpcChannelBuilder::new(self.watch());
+        builder.held = Some(self.clone());
+        builder
     }
 }
 
@@ -157,6 +228,7 @@ impl GrpcChannelBuilder {
     pub fn new(watch: Watch) -> Self {
         GrpcChannelBuilder {
             watch: watch.zone_view(),
+            held: None,
             settings: Settings {
                 scheme: GrpcScheme::Http,
                 tls: None,
@@ -261,6 +333,7 @@ impl GrpcChannelBuilder {
             channel,
             status: seen,
             wait,
+            _held: self.held,
         })
     }
 }
@@ -313,132 +386,6 @@ impl Settings {
     }
 }
 
-/// Feeds a balanced channel's change queue (from
-/// `tonic::transport::Channel::balance_channel`) from a change stream, building
-/// each inserted endpoint's tonic `Endpoint` with `make` (`None` leaves it out, and
-/// takes out the one it replaces). Keys are instance ids. Returns when the channel
-/// is dropped, or the stream ends. Registry errors are logged and skipped: the
-/// channel keeps the endpoints it has.
-///
-/// # Examples
-///
-/// ```
-/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-/// use std::time::Duration;
-/// use cloudmap_resolver::{feed_balance_channel, Instance, Resolver, StaticDiscovery};
-/// use tonic::transport::{Channel, Endpoint};
-///
-/// let registry = StaticDiscovery::new().with_instance("shared", "orders",
-///     Instance::new("i-1").ipv4("127.0.0.1".parse()?).port(50051));
-/// let resolver = Resolver::builder(registry).build()?;
-/// let (channel, sender) = Channel::balance_channel::<String>(64);
-/// tokio::spawn(feed_balance_channel(resolver.watch("shared", "orders"), sender, |ep| {
-///     let addr = ep.socket_addr()?;
-///     Some(Endpoint::from_shared(format!("http://{addr}")).ok()?
-///         .http2_keep_alive_interval(Duration::from_secs(30)))
-/// }));
-/// # drop(channel);
-/// # Ok(()) }
-/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
-/// ```
-#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
-pub async fn feed_balance_channel<F>(
-    watch: Watch,
-    sender: Sender<TonicChange<String, TonicEndpoint>>,
-    make: F,
-) where
-    F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
-{
-    feed(watch.zone_view(), sender, make, None).await;
-}
-
-/// Whether a [`GrpcChannel`] has endpoints, as its feeder last saw.
-#[derive(Debug, Clone)]
-enum Status {
-    /// No answer nor error yet: requests wait for one.
-    Starting,
-    /// The channel has been handed at least one endpoint.
-    Serving,
-    /// None: the answer had no endpoint the channel can dial, or discovery fails
-    /// (the reason, for the requests' `UNAVAILABLE` status).
-    NoEndpoint(String),
-}
-
-/// [`feed_balance_channel`], reporting to `status` whether the channel has an
-/// endpoint: after each answer's changes (an empty answer included) and each
-/// discovery error.
-async fn feed<F>(
-    mut watch: Watch,
-    sender: Sender<TonicChange<String, TonicEndpoint>>,
-    mut make: F,
-    status: Option<state::Sender<Status>>,
-) where
-    F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
-{
-    // The instance ids handed to the channel and not taken out since.
-    let mut held: HashSet<String> = HashSet::new();
-    let report = |held: &HashSet<String>, why: Option<String>| {
-        if let Some(status) = &status {
-            let now = match why {
-                _ if !held.is_empty() => Status::Serving,
-                Some(why) => Status::NoEndpoint(why),
-                None => Status::NoEndpoint(
-                    "the registry's answer has no endpoint this gRPC channel can dial".into(),
-                ),
-            };
-            status.send_replace(now);
-        }
-    };
-    loop {
-        let next = tokio::select! {
-            next = std::future::poll_fn(|cx| watch.poll_item(cx)) => next,
-            _ = sender.closed() => return,
-        };
-        let change = match next {
-            None => {
-                report(&held, Some("the service's change stream ended".into()));
-                return;
-            }
-            Some(Item::Synced) => {
-                report(&held, None);
-                continue;
-            }
-            Some(Item::Change(Err(err))) => {
-                tracing::warn!(error = %err, "discovery failing; the gRPC channel keeps its endpoints");
-                report(&held, Some(format!("no endpoint: discovery failed: {err}")));
-                continue;
-            }
-            Some(Item::Change(Ok(change))) => change,
-        };
-        let id = change.instance_id().to_owned();
-        let out = match &change {
-            Change::Insert(ep) => match make(ep) {
-                Some(endpoint) => {
-                    held.insert(id.clone());
-                    TonicChange::Insert(id, endpoint)
-                }
-                None => {
-                    held.remove(&id);
-                    TonicChange::Remove(id)
-                }
-            },
-            Change::Remove(_) => {
-                held.remove(&id);
-                TonicChange::Remove(id)
-            }
-        };
-        if sender.send(out).await.is_err() {
-            return;
-        }
-        // An endpoint queued: serving (the channel applies its queue before it
-        // picks). Going down to none waits for the answer's end (`Synced`), so
-        // that a replaced endpoint does not fail requests in between.
-        if !held.is_empty() {
-            report(&held, None);
-        }
-    }
-}
-
 /// A gRPC channel over a service's endpoints: tonic's balanced
 /// `tonic::transport::Channel`, fed from a change stream, and failing requests at
 /// once with `UNAVAILABLE` while it has no endpoint (the service is unknown, its
@@ -446,7 +393,8 @@ async fn feed<F>(
 /// tonic's channel would hold them until an endpoint comes. A request sent before
 /// the first answer waits for it (at most the builder's
 /// [`timeout`](GrpcChannelBuilder::timeout), when set). Made by
-/// [`Resolver::grpc_channel`] and [`GrpcChannelBuilder::build`]; cheap to clone,
+/// [`Resolver::grpc_channel`], [`Service::grpc_channel`](crate::Service::grpc_channel)
+/// and [`GrpcChannelBuilder::build`]; cheap to clone,
 /// and usable wherever tonic's generated clients take a channel.
 ///
 /// # Examples
@@ -473,6 +421,9 @@ pub struct GrpcChannel {
     channel: Channel,
     status: state::Receiver<Status>,
     wait: Option<Duration>,
+    /// The handle the channel was made from (`Service::grpc`): never read, held so
+    /// that the key stays pinned while any clone of the channel lives.
+    _held: Option<Held>,
 }
 
 impl GrpcChannel {
@@ -547,6 +498,7 @@ impl fmt::Debug for GrpcChannel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcChannel")
             .field("status", &*self.status.borrow())
+            .field("service", &self._held)
             .finish_non_exhaustive()
     }
 }
@@ -555,6 +507,7 @@ impl fmt::Debug for GrpcChannelBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GrpcChannelBuilder")
             .field("watch", &self.watch)
+            .field("service", &self.held)
             .field("scheme", &self.settings.scheme)
             .field("tls", &self.settings.tls.is_some())
             .field("connect_timeout", &self.settings.connect_timeout)
@@ -562,5 +515,25 @@ impl fmt::Debug for GrpcChannelBuilder {
             .field("host_endpoints", &self.settings.hosts)
             .field("buffer", &self.buffer)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Resolver, StaticDiscovery};
+
+    /// Every clone of a channel made from a handle holds a clone of the handle,
+    /// so the key stays pinned while any lives; the last gone, so is the hold.
+    #[tokio::test]
+    async fn the_channel_holds_the_handle() {
+        let resolver = Resolver::builder(StaticDiscovery::new()).build().unwrap();
+        let web = resolver.service("shared", "web");
+        let channel = web.grpc_channel().unwrap();
+        let copy = channel.clone();
+        assert_eq!(web.clones(), 3);
+        drop(channel);
+        assert_eq!(web.clones(), 2);
+        drop(copy);
+        assert_eq!(web.clones(), 1);
     }
 }

@@ -1,0 +1,141 @@
+//! The feeder of a balanced tonic channel: a change stream's changes handed to
+//! the channel's queue ([`feed_balance_channel`]), and, for a
+//! [`GrpcChannel`](super::GrpcChannel) (`mod.rs`), whether the channel has an
+//! endpoint to send to.
+
+use std::collections::HashSet;
+
+use tokio::sync::mpsc::Sender;
+use tokio::sync::watch as state;
+use tonic::transport::channel::Change as TonicChange;
+use tonic::transport::Endpoint as TonicEndpoint;
+
+use crate::endpoint::Endpoint;
+use crate::watch::{Change, Item, Watch};
+
+/// Feeds a balanced channel's change queue (from
+/// `tonic::transport::Channel::balance_channel`) from a change stream, building
+/// each inserted endpoint's tonic `Endpoint` with `make` (`None` leaves it out, and
+/// takes out the one it replaces). Keys are instance ids. Returns when the channel
+/// is dropped, or the stream ends. Registry errors are logged and skipped: the
+/// channel keeps the endpoints it has.
+///
+/// # Examples
+///
+/// ```
+/// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// use std::time::Duration;
+/// use cloudmap_resolver::{feed_balance_channel, Instance, Resolver, StaticDiscovery};
+/// use tonic::transport::{Channel, Endpoint};
+///
+/// let registry = StaticDiscovery::new().with_instance("shared", "orders",
+///     Instance::new("i-1").ipv4("127.0.0.1".parse()?).port(50051));
+/// let resolver = Resolver::builder(registry).build()?;
+/// let (channel, sender) = Channel::balance_channel::<String>(64);
+/// tokio::spawn(feed_balance_channel(resolver.watch("shared", "orders"), sender, |ep| {
+///     let addr = ep.socket_addr()?;
+///     Some(Endpoint::from_shared(format!("http://{addr}")).ok()?
+///         .http2_keep_alive_interval(Duration::from_secs(30)))
+/// }));
+/// # drop(channel);
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
+pub async fn feed_balance_channel<F>(
+    watch: Watch,
+    sender: Sender<TonicChange<String, TonicEndpoint>>,
+    make: F,
+) where
+    F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
+{
+    feed(watch.zone_view(), sender, make, None).await;
+}
+
+/// Whether a [`GrpcChannel`](super::GrpcChannel) has endpoints, as its feeder
+/// last saw.
+#[derive(Debug, Clone)]
+pub(super) enum Status {
+    /// No answer nor error yet: requests wait for one.
+    Starting,
+    /// The channel has been handed at least one endpoint.
+    Serving,
+    /// None: the answer had no endpoint the channel can dial, or discovery fails
+    /// (the reason, for the requests' `UNAVAILABLE` status).
+    NoEndpoint(String),
+}
+
+/// [`feed_balance_channel`], reporting to `status` whether the channel has an
+/// endpoint: after each answer's changes (an empty answer included) and each
+/// discovery error.
+pub(super) async fn feed<F>(
+    mut watch: Watch,
+    sender: Sender<TonicChange<String, TonicEndpoint>>,
+    mut make: F,
+    status: Option<state::Sender<Status>>,
+) where
+    F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
+{
+    // The instance ids handed to the channel and not taken out since.
+    let mut held: HashSet<String> = HashSet::new();
+    let report = |held: &HashSet<String>, why: Option<String>| {
+        if let Some(status) = &status {
+            let now = match why {
+                _ if !held.is_empty() => Status::Serving,
+                Some(why) => Status::NoEndpoint(why),
+                None => Status::NoEndpoint(
+                    "the registry's answer has no endpoint this gRPC channel can dial".into(),
+                ),
+            };
+            status.send_replace(now);
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            next = std::future::poll_fn(|cx| watch.poll_item(cx)) => next,
+            _ = sender.closed() => return,
+        };
+        let change = match next {
+            None => {
+                report(&held, Some("the service's change stream ended".into()));
+                return;
+            }
+            Some(Item::Synced) => {
+                report(&held, None);
+                continue;
+            }
+            Some(Item::Change(Err(err))) => {
+                tracing::warn!(error = %err, "discovery failing; the gRPC channel keeps its endpoints");
+                report(&held, Some(format!("no endpoint: discovery failed: {err}")));
+                continue;
+            }
+            Some(Item::Change(Ok(change))) => change,
+        };
+        let id = change.instance_id().to_owned();
+        let out = match &change {
+            Change::Insert(ep) => match make(ep) {
+                Some(endpoint) => {
+                    held.insert(id.clone());
+                    TonicChange::Insert(id, endpoint)
+                }
+                None => {
+                    held.remove(&id);
+                    TonicChange::Remove(id)
+                }
+            },
+            Change::Remove(_) => {
+                held.remove(&id);
+                TonicChange::Remove(id)
+            }
+        };
+        if sender.send(out).await.is_err() {
+            return;
+        }
+        // An endpoint queued: serving (the channel applies its queue before it
+        // picks). Going down to none waits for the answer's end (`Synced`), so
+        // that a replaced endpoint does not fail requests in between.
+        if !held.is_empty() {
+            report(&held, None);
+        }
+    }
+}
