@@ -41,6 +41,20 @@ impl Recorder {
         Recorder::new(Some(load), self.outliers.clone())
     }
 
+    /// A recorder of no resolver's, with default settings: a stand-in where one is
+    /// needed by type but its resolver is gone (`Service::measured_discover`,
+    /// whose stream then only reports that).
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn detached() -> Recorder {
+        Recorder::new(
+            Some(Arc::new(LoadTracker::new(
+                &LoadOptions::default(),
+                Instant::now(),
+            ))),
+            Arc::new(OutlierDetector::new(Default::default())),
+        )
+    }
+
     /// Counts one request in flight on `ep` until the guard is dropped (nothing when
     /// load is not tracked).
     #[inline]

@@ -21,12 +21,13 @@ use crate::endpoint::outlier::Outcome;
 use crate::endpoint::record::Recorder;
 use crate::endpoint::Endpoint;
 use crate::integrations::tower_discover::WatchDiscover;
-use crate::resolver::Resolver;
+use crate::resolver::{Resolver, Service as Held};
 
 /// One endpoint's service, measured: its `tower::load::Load` is the endpoint's cost
 /// as [`Selection::LeastLoaded`](crate::Selection::LeastLoaded) computes it
 /// (peak-EWMA round-trip time x (requests in flight + 1)), and each call through it
 /// is counted in flight and timed on the endpoint. Made by
+/// [`Service::measured_discover`](crate::Service::measured_discover) and
 /// [`Resolver::measured_discover`].
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct Measured<S> {
@@ -129,6 +130,9 @@ impl Resolver {
     /// themselves (with the resolver's [`LoadOptions`](crate::LoadOptions)). Failed
     /// responses also feed outlier detection, as [`call`](Self::call)'s do.
     ///
+    /// The stream holds a handle on the service, as
+    /// [`Service::measured_discover`](crate::Service::measured_discover) makes it.
+    ///
     /// # Examples
     ///
     /// ```
@@ -160,17 +164,126 @@ impl Resolver {
         &self,
         namespace: &str,
         service: &str,
+        make: F,
+    ) -> WatchDiscover<impl FnMut(&Endpoint) -> Measured<S> + use<F, S>>
+    where
+        F: FnMut(&Endpoint) -> S,
+    {
+        self.service(namespace, service).measured_discover(make)
+    }
+}
+
+impl Held {
+    /// This service's endpoints as a `tower::discover::Discover` of [`Measured`]
+    /// services built by `make`, as [`Resolver::measured_discover`] makes it: hand
+    /// it to `tower::balance::p2c::Balance` and tower picks by this crate's
+    /// per-endpoint peak-EWMA cost, shared with the resolver's own picks.
+    ///
+    /// The stream holds a clone of this handle, so the key stays pinned and in use
+    /// while the stream (and the balancer it feeds) lives. Like the handle, it does
+    /// not keep the resolver alive: made from a handle whose resolver is gone, it
+    /// ends at once (the [`ResolverDropped`](crate::ErrorKind::ResolverDropped)
+    /// error logged, as discovery errors are).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// use cloudmap_resolver::{Endpoint, Instance, Resolver, Selection, StaticDiscovery};
+    /// use tower::balance::p2c::Balance;
+    /// use tower::{service_fn, Service, ServiceExt};
+    ///
+    /// let ip = "127.0.0.1".parse()?;
+    /// let registry = StaticDiscovery::new()
+    ///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+    ///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2));
+    /// let resolver = Resolver::builder(registry).selection(Selection::LeastLoaded).build()?;
+    /// let web = resolver.service("shared", "web");
+    /// let discover = web.measured_discover(|ep: &Endpoint| {
+    ///     let id = ep.instance_id().to_owned();
+    ///     service_fn(move |_req: ()| {
+    ///         let id = id.clone();
+    ///         async move { Ok::<_, std::convert::Infallible>(id) }
+    ///     })
+    /// });
+    /// let mut balance = Balance::new(discover);
+    /// let id = balance.ready().await?.call(()).await?;
+    /// assert!(id == "a" || id == "b");
+    /// # Ok(()) }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+    pub fn measured_discover<F, S>(
+        &self,
         mut make: F,
     ) -> WatchDiscover<impl FnMut(&Endpoint) -> Measured<S> + use<F, S>>
     where
         F: FnMut(&Endpoint) -> S,
     {
-        let recorder = self.measure();
-        self.watch(namespace, service)
-            .into_discover(move |ep: &Endpoint| Measured {
+        // The resolver is held while both are taken, so that the stream and the
+        // recorder come from the same resolver. Gone, the stream only reports it
+        // and `make` is never called: its recorder is a stand-in.
+        let (watch, recorder) = match self.resolver() {
+            Some(resolver) => (self.watch(), resolver.measure()),
+            None => (self.watch(), Recorder::detached()),
+        };
+        let held = self.clone();
+        watch.into_discover(move |ep: &Endpoint| {
+            // Owned by the stream: the key stays pinned while the stream lives.
+            let _ = &held;
+            Measured {
                 inner: make(ep),
                 endpoint: ep.clone(),
                 recorder: recorder.clone(),
-            })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use tower::discover::Change;
+
+    use crate::{Endpoint, Instance, Resolver, StaticDiscovery};
+
+    fn registry() -> StaticDiscovery {
+        let ip = [127, 0, 0, 1].into();
+        StaticDiscovery::new()
+            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+            .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2))
+    }
+
+    /// The stream made from a handle holds a clone of it while it lives, and
+    /// serves the key's endpoints; from a handle whose resolver is gone it ends.
+    #[tokio::test]
+    async fn the_stream_holds_the_handle() {
+        let resolver = Resolver::builder(registry()).build().unwrap();
+        let web = resolver.service("shared", "web");
+        let mut discover = web.measured_discover(|ep: &Endpoint| ep.port());
+        assert_eq!(web.clones(), 2, "the stream holds one");
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            match discover.next().await.unwrap().unwrap() {
+                Change::Insert(id, measured) => {
+                    assert_eq!(measured.endpoint().instance_id(), id);
+                    ids.push(id);
+                }
+                Change::Remove(id) => panic!("removed {id}"),
+            }
+        }
+        ids.sort();
+        assert_eq!(ids, ["a", "b"]);
+        drop(discover);
+        assert_eq!(web.clones(), 1, "dropped with the stream");
+
+        let by_name = resolver.measured_discover("shared", "web", |ep: &Endpoint| ep.port());
+        drop(resolver);
+        drop(by_name);
+        let mut gone = web.measured_discover(|ep: &Endpoint| ep.port());
+        assert!(
+            gone.next().await.is_none(),
+            "ends once the resolver is gone"
+        );
     }
 }

@@ -243,3 +243,44 @@ async fn measured_discovers_of_one_resolver_share_one_load_clock() {
         "60 fast responses over 60 s after one 1 s response: cost {cost_ms} ms"
     );
 }
+
+/// `Service::measured_discover`: tower's p2c balancer fed from a held handle's
+/// stream serves every endpoint, after the handle it was made from is dropped too
+/// (the stream holds its own), and its requests are the endpoints' load, which the
+/// resolver's `LeastLoaded` picks read.
+#[tokio::test(start_paused = true)]
+async fn a_balancer_over_a_handle_serves() {
+    let registry = (1..=3u8).fold(StaticDiscovery::new(), |r, i| {
+        r.with_instance("shared", "web", instance(&format!("i-{i}"), i))
+    });
+    let resolver = Resolver::builder(registry)
+        .selection(Selection::LeastLoaded)
+        .seed(3)
+        .build()
+        .unwrap();
+    let web = resolver.service("shared", "web");
+    let mut balance = Balance::new(web.measured_discover(delayed));
+    drop(web);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let call = balance.ready().await.unwrap().call(());
+        tasks.spawn(call);
+    }
+    let busy: u32 = resolver
+        .resolve_all("shared", "web")
+        .await
+        .unwrap()
+        .iter()
+        .map(Endpoint::in_flight)
+        .sum();
+    assert!(
+        busy > 0,
+        "the balancer's requests are in flight on the endpoints"
+    );
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    while let Some(id) = tasks.join_next().await {
+        *seen.entry(id.unwrap().unwrap()).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 3, "every endpoint serves: {seen:?}");
+    assert_eq!(seen.values().sum::<usize>(), 300);
+}
