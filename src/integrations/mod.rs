@@ -8,7 +8,9 @@
 //! `hyper.rs` (a hyper-util resolver) and `tower.rs` (a `tower::Layer`). Change
 //! streams: `tower_discover.rs` (a `Watch` as a `tower::discover::Discover`),
 //! `measured.rs` (its services measured as `LeastLoaded` measures, for tower's
-//! balancers) and `grpc.rs` (a tonic `Channel` fed from one).
+//! balancers) and `grpc/` (a tonic `Channel` fed from one). The ones that stay on
+//! one upstream (`FailoverLayer::for_service`, the tonic channel,
+//! `measured_discover`) hold a [`Service`](crate::Service) handle.
 
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 use std::net::IpAddr;

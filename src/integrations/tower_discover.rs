@@ -1,5 +1,5 @@
 //! A change stream as a `tower::discover::Discover`: [`Watch::into_discover`], so
-//! that tower's balancers (and tonic's channel, `grpc.rs`) follow a service's
+//! that tower's balancers (and tonic's channel, `grpc/`) follow a service's
 //! endpoints, keyed by instance id.
 
 use std::fmt;
