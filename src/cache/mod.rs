@@ -44,6 +44,7 @@ mod memo;
 mod options;
 pub(crate) mod pacing;
 mod pinned;
+mod pinned_copy;
 mod refresher;
 mod slot;
 mod snapshot;
@@ -202,7 +203,7 @@ impl Cache {
         let warm = self
             .index
             .with(&key, hash, |slot| {
-                let snap = slot.snapshot.load_full()?;
+                let snap = slot.current()?;
                 let state = snap.state.load(Ordering::Relaxed);
                 if state == EXPIRED || snap.is_empty() {
                     return None;
@@ -228,7 +229,7 @@ impl Cache {
         let hash = key.hash();
         self.index
             .with(key, hash, |slot| {
-                let snap = slot.snapshot.load_full()?;
+                let snap = slot.current()?;
                 let state = snap.state.load(Ordering::Relaxed);
                 if state == EXPIRED || snap.is_empty() {
                     return None;
@@ -258,7 +259,7 @@ impl Drop for Cache {
     fn drop(&mut self) {
         self.index.for_each(|slot| {
             slot.evicted.store(true, Ordering::Relaxed);
-            slot.snapshot.store(None);
+            slot.set(None);
             slot.publish();
         });
     }
@@ -273,15 +274,24 @@ fn serve<R>(
     slot: &Slot,
     f: impl FnOnce(&Snapshot, u64, usize) -> R,
 ) -> Option<R> {
-    let snap = slot.snapshot.load();
-    let snap = snap.as_deref()?;
+    serve_snapshot(counters, slot.load().as_deref()?, slot.seed, f)
+}
+
+/// [`serve`] on a snapshot at hand (`seed`: its slot's).
+#[inline]
+fn serve_snapshot<R>(
+    counters: &Counters,
+    snap: &Snapshot,
+    seed: u64,
+    f: impl FnOnce(&Snapshot, u64, usize) -> R,
+) -> Option<R> {
     let state = snap.state.load(Ordering::Relaxed);
     if state == EXPIRED || snap.is_empty() {
         return None;
     }
     let s = stripe();
     counters.hit(s, state == STALE);
-    Some(f(snap, slot.seed, s))
+    Some(f(snap, seed, s))
 }
 
 /// Checks a key's names against the registry's rules, before any call.
