@@ -52,7 +52,7 @@ pub(super) fn lru(
                 None => {
                     key.0.evicted.store(true, Ordering::Relaxed);
                     // Memos may still hold the slot; they need not hold its answer.
-                    key.0.snapshot.store(None);
+                    key.0.set(None);
                 }
             }
             key.0.publish();

@@ -48,7 +48,7 @@ impl Cache {
             let items = &snap.picker.set().items;
             if items.iter().any(|d| Arc::ptr_eq(d.state(), state)) {
                 let renewed = Arc::new(snap.repicked(&self.pick));
-                let _ = slot.snapshot.compare_and_swap(&snap, Some(renewed));
+                slot.renew(&snap, renewed);
             }
         });
     }

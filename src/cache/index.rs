@@ -126,7 +126,7 @@ impl Index {
         let shard = self.shard(slot.hash);
         let _w = lock(&shard.write);
         slot.evicted.store(true, Ordering::Relaxed);
-        slot.snapshot.store(None);
+        slot.set(None);
         if slot.handles.load(Ordering::Relaxed) == 0 {
             Self::remove_locked(shard, slot);
         }

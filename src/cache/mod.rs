@@ -44,6 +44,7 @@ mod memo;
 mod options;
 pub(crate) mod pacing;
 mod pinned;
+mod pinned_copy;
 mod refresher;
 mod slot;
 mod snapshot;
@@ -235,7 +236,7 @@ impl Cache {
     /// The slot's snapshot, kept while a call orders its endpoints, if it may be
     /// served now (counted as a warm hit, as [`serve`] counts one).
     fn servable(&self, slot: &Slot) -> Option<Arc<Snapshot>> {
-        let snap = slot.snapshot.load_full()?;
+        let snap = slot.current()?;
         let state = snap.state.load(Ordering::Relaxed);
         if state == EXPIRED || snap.is_empty() {
             return None;
@@ -263,7 +264,7 @@ impl Drop for Cache {
     fn drop(&mut self) {
         self.index.for_each(|slot| {
             slot.evicted.store(true, Ordering::Relaxed);
-            slot.snapshot.store(None);
+            slot.set(None);
             slot.publish();
         });
     }
@@ -278,15 +279,24 @@ fn serve<R>(
     slot: &Slot,
     f: impl FnOnce(&Snapshot, u64, usize) -> R,
 ) -> Option<R> {
-    let snap = slot.snapshot.load();
-    let snap = snap.as_deref()?;
+    serve_snapshot(counters, slot.load().as_deref()?, slot.seed, f)
+}
+
+/// [`serve`] on a snapshot at hand (`seed`: its slot's).
+#[inline]
+fn serve_snapshot<R>(
+    counters: &Counters,
+    snap: &Snapshot,
+    seed: u64,
+    f: impl FnOnce(&Snapshot, u64, usize) -> R,
+) -> Option<R> {
     let state = snap.state.load(Ordering::Relaxed);
     if state == EXPIRED || snap.is_empty() {
         return None;
     }
     let s = stripe();
     counters.hit(s, state == STALE);
-    Some(f(snap, slot.seed, s))
+    Some(f(snap, seed, s))
 }
 
 /// Checks a key's names against the registry's rules, before any call.

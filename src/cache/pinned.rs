@@ -5,9 +5,10 @@
 //! the slot under the shard's write lock). A pinned slot is the key's one slot for
 //! as long as it is pinned: eviction empties it but leaves it in the index
 //! (`Index::evict`), and the next load lists it again (`Index::revive`), so the
-//! handle never looks for another. Its warm pick is therefore one `ArcSwap` load
-//! of the slot's snapshot, the picker's cursor step and the endpoint's reference
-//! count: no hash, no string compare. An empty slot (evicted, expired, never
+//! handle never looks for another. Its warm pick is therefore one load of the
+//! slot's version and a pick from this thread's copy of the slot's answer
+//! (`pinned_copy.rs`): the picker's cursor step and the endpoint's reference
+//! count, no hash, no string compare, no `ArcSwap` read. An empty slot (evicted, expired, never
 //! loaded, or its cache dropped: `Cache`'s `Drop` empties every slot) sends the
 //! handle off the warm path to load the key through the cache as `resolve` does,
 //! which lands in this same slot.
@@ -21,7 +22,7 @@ use super::index::Index;
 use super::key::KeyRef;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
-use super::{check_key, serve, Cache};
+use super::{check_key, pinned_copy, serve, serve_snapshot, Cache};
 use crate::stats::Counters;
 use crate::util::hash::splitmix64;
 
@@ -32,6 +33,8 @@ pub(crate) struct SlotPin {
     /// reaching the cache.
     counters: Arc<Counters>,
     index: Weak<Index>,
+    /// Names this pin's entry in each thread's copies (`pinned_copy.rs`).
+    pub(super) id: u64,
 }
 
 impl Cache {
@@ -48,6 +51,7 @@ impl Cache {
             slot,
             counters: self.counters.clone(),
             index: Arc::downgrade(&self.index),
+            id: pinned_copy::pin_id(),
         })
     }
 }
@@ -57,7 +61,17 @@ impl SlotPin {
     /// served now, on this thread's stripe, counted as a warm `resolve` is.
     #[inline]
     pub(crate) fn warm<R>(&self, f: impl FnOnce(&Snapshot, u64, usize) -> R) -> Option<R> {
-        serve(&self.counters, &self.slot, f)
+        let mut f = Some(f);
+        let seed = self.slot.seed;
+        let copied = pinned_copy::with_copy(self.id, &self.slot, |snap| {
+            serve_snapshot(&self.counters, snap?, seed, f.take()?)
+        });
+        match (copied, f) {
+            (Some(served), _) => served,
+            // No table on this thread: the slot's own answer.
+            (None, Some(f)) => serve(&self.counters, &self.slot, f),
+            (None, None) => None,
+        }
     }
 
     /// The pinned slot: the key's one slot while pinned, for lookups that need

@@ -1,7 +1,7 @@
 //! A cache entry: one key's question, its current answer, and the gate that keeps
 //! one registry call per key in flight.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -17,7 +17,13 @@ pub(crate) struct Slot {
     pub(crate) request: DiscoverRequest,
     pub(super) hash: u64,
     pub(crate) seed: u64,
-    pub(super) snapshot: ArcSwapOption<Snapshot>,
+    /// Written only through [`set`](Self::set) and [`renew`](Self::renew), which
+    /// move `version` after every store.
+    snapshot: ArcSwapOption<Snapshot>,
+    /// Moves after every store of `snapshot`, so a thread's copy of the snapshot
+    /// taken at a version is the slot's while the version stays
+    /// (`pinned_copy.rs`).
+    version: AtomicU64,
     /// Held while asking the registry, so a key has one call in flight at a time.
     pub(super) gate: tokio::sync::Mutex<Gate>,
     /// Whether a refresher task runs for this key.
@@ -53,8 +59,34 @@ impl Slot {
 
     /// Installs a new answer and tells the change streams.
     pub(super) fn install(&self, snap: Arc<Snapshot>) {
-        self.snapshot.store(Some(snap));
+        self.set(Some(snap));
         self.publish();
+    }
+
+    /// Stores the snapshot (`None`: empties the slot), then moves the version.
+    pub(super) fn set(&self, snap: Option<Arc<Snapshot>>) {
+        self.snapshot.store(snap);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+
+    /// Replaces `old` by `new` if `old` is still the slot's snapshot.
+    pub(super) fn renew(&self, old: &Arc<Snapshot>, new: Arc<Snapshot>) {
+        let prev = self.snapshot.compare_and_swap(old, Some(new));
+        if prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, old)) {
+            self.version.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// The snapshot's version (see `version`).
+    #[inline]
+    pub(super) fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The snapshot, borrowed (the warm path's one `ArcSwap` load).
+    #[inline]
+    pub(super) fn load(&self) -> arc_swap::Guard<Option<Arc<Snapshot>>> {
+        self.snapshot.load()
     }
 
     /// Tells the change streams that the answer changed or may no longer be served.
@@ -92,6 +124,7 @@ impl Slot {
             hash,
             seed,
             snapshot: ArcSwapOption::empty(),
+            version: AtomicU64::new(0),
             gate: tokio::sync::Mutex::new(Gate::default()),
             refresher: AtomicBool::new(false),
             evicted: AtomicBool::new(false),

@@ -6,6 +6,7 @@
 use crate::discover::instance::Shown;
 use crate::endpoint::{EndpointData, WarnOnce};
 use crate::util::hash::splitmix64;
+use crate::util::modulus::Modulus;
 
 mod picker;
 pub(crate) mod slow_start;
@@ -129,22 +130,25 @@ impl Selection {
     #[inline]
     pub(crate) fn pick(
         &self,
-        len: usize,
+        len: Modulus,
         cumulative: Option<&[f64]>,
         draw: u64,
         seed: u64,
     ) -> usize {
         match (self, cumulative) {
-            (Selection::RoundRobin, _) => (draw % len as u64) as usize,
+            // The cursor's low 32 bits: a stripe's rotation skips a step once in
+            // 2^32 picks, and the remainder needs no divide.
+            (Selection::RoundRobin, _) => len.of(draw as u32),
             (_, Some(cum)) => {
                 let total = cum[cum.len() - 1];
                 let unit = (splitmix64(seed ^ draw) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
                 let x = unit * total;
                 // First endpoint whose cumulative weight exceeds x; zero-weight
                 // endpoints have no width and are never hit.
-                cum.partition_point(|&c| c <= x).min(len - 1)
+                cum.partition_point(|&c| c <= x)
+                    .min(len.n().saturating_sub(1))
             }
-            _ => ((u128::from(splitmix64(seed ^ draw)) * len as u128) >> 64) as usize,
+            _ => ((u128::from(splitmix64(seed ^ draw)) * len.n() as u128) >> 64) as usize,
         }
     }
 }
@@ -174,7 +178,7 @@ mod tests {
         let cum = sel.cumulative(&items, "ns", "svc", &WarnOnce::default());
         let mut counts = vec![0; items.len()];
         for d in 0..draws {
-            counts[sel.pick(items.len(), cum.as_deref(), d, 42)] += 1;
+            counts[sel.pick(Modulus::new(items.len()), cum.as_deref(), d, 42)] += 1;
         }
         counts
     }

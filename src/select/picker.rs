@@ -24,6 +24,7 @@ use super::Selection;
 use crate::endpoint::load::LoadTracker;
 use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, Handles, WarnOnce};
 use crate::util::hash::splitmix64;
+use crate::util::modulus::Modulus;
 use crate::util::pad::CachePadded;
 use crate::util::stripe::STRIPES;
 
@@ -79,6 +80,8 @@ pub(crate) struct Picker {
     /// The endpoints as handed out.
     refs: Handles,
     cursors: [CachePadded<AtomicU64>; STRIPES],
+    /// The remainders by the answer's size, for round-robin.
+    len: Modulus,
     selection: Selection,
     /// Prefix sums of the weights, for `Selection::WeightedRandom`; `None` otherwise.
     weights: Option<Arc<[f64]>>,
@@ -152,10 +155,12 @@ impl Picker {
             ))
         });
         let local = zones.as_ref().and_then(|z| z.local_zone()).map(Box::new);
+        let len = Modulus::new(set.items.len());
         Picker {
             set,
             refs,
             cursors,
+            len,
             selection: ctx.selection.clone(),
             weights,
             load: ctx.load.clone(),
@@ -175,7 +180,8 @@ impl Picker {
     /// Whether the answer has no endpoint (nothing to pick).
     #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.set.items.is_empty()
+        // The size at hand in the picker: the warm path reads no further for it.
+        self.len.n() == 0
     }
 
     /// The answer's endpoints, in the registry's order.
@@ -204,7 +210,7 @@ impl Picker {
             return self.least_loaded(seed, draw, ramp_at);
         }
         self.selection
-            .pick(self.set.items.len(), self.weights.as_deref(), draw, seed)
+            .pick(self.len, self.weights.as_deref(), draw, seed)
     }
 
     /// Power of two choices: of two distinct endpoints drawn at random, the one with
@@ -420,7 +426,7 @@ impl Picker {
         let draw = self.next_draw(s);
         let k = self
             .selection
-            .pick(local.members.len(), local.cum.as_deref(), draw, seed);
+            .pick(local.len, local.cum.as_deref(), draw, seed);
         local.members[k] as usize
     }
 

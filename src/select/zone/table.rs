@@ -19,6 +19,7 @@ use crate::endpoint::{EjectedCount, EndpointData};
 use crate::select::picker::two_of;
 use crate::select::Selection;
 use crate::util::hash::splitmix64;
+use crate::util::modulus::Modulus;
 
 /// Salt of the zone draw, so it is independent of the draws inside the zone.
 const ZONE_SALT: u64 = 0xA5A5_5A5A_C3C3_3C3C;
@@ -53,6 +54,8 @@ pub(crate) struct LocalZone {
     pub(crate) ctx: Arc<ZoneContext>,
     pub(crate) generation: u64,
     pub(crate) members: Box<[u32]>,
+    /// The remainders by `members.len()`, for round-robin.
+    pub(crate) len: Modulus,
     pub(crate) cum: Option<Box<[f64]>>,
 }
 
@@ -250,7 +253,7 @@ impl Zone {
                 let (ca, cb) = (cost(at(a)), cost(at(b)));
                 return if cb < ca { b } else { a };
             }
-            selection.pick(n, self.cum.as_deref(), draw, seed)
+            selection.pick(Modulus::new(n), self.cum.as_deref(), draw, seed)
         };
         let first = one(draw);
         if !ejected(at(first)) {
@@ -349,6 +352,7 @@ impl Zoned {
             ctx: self.ctx.clone(),
             generation: self.base.stamp.1,
             members: zone.members.clone(),
+            len: Modulus::new(zone.members.len()),
             cum: zone.cum.clone(),
         })
     }
