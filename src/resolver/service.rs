@@ -1,8 +1,9 @@
 //! [`Service`]: a held handle on one key of a [`Resolver`], picking without a
 //! lookup.
 //!
-//! The handle pins its key's cache slot (`cache/pinned.rs`): the warm pick reads
-//! the slot's snapshot with one atomic load and picks through the same `Picker`
+//! The handle pins its key's cache slot (`cache/pinned.rs`): the warm pick checks
+//! the slot's version with one atomic load, reads this thread's copy of the
+//! slot's answer (`cache/pinned_copy.rs`) and picks through the same `Picker`
 //! `resolve` uses (ejection, load, slow start, zones, counters), with no hash and
 //! no string compare. Anything else (an empty slot, `resolve_all` past the warm
 //! path, `call`, `lease`, `watch`) goes through the resolver, upgraded from a weak
@@ -37,8 +38,9 @@ use crate::watch::Watch;
 /// [`Resolver::resolve`] share one round-robin cursor.
 ///
 /// **Why hold one.** The handle holds its key's cache entry, so a warm
-/// [`resolve`](Self::resolve) is one atomic load of the current answer, a cursor
-/// step and an `Arc` clone of the endpoint: no hashing and no comparing of names,
+/// [`resolve`](Self::resolve) is one atomic load (the answer's version: each
+/// thread keeps its own reference to the current answer), a cursor step and an
+/// `Arc` clone of the endpoint: no hashing and no comparing of names,
 /// cheaper than a warm `Resolver::resolve` (`benches/warm.rs`,
 /// `warm/service_resolve`). While a handle lives its key is in use: refreshed
 /// ahead of expiry even when nobody picks, and not evicted as idle. When the key is
