@@ -105,12 +105,13 @@ impl std::fmt::Debug for SlotPin {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use crate::cache::key::KeyRef;
     use crate::discover::health_filter::HealthFilter;
     use crate::{Instance, Resolver, StaticDiscovery};
 
-    fn source(keys: usize) -> StaticDiscovery {
+    /// `keys` services `svc-0`.. in namespace `shared`, one endpoint each.
+    pub(in crate::cache) fn source(keys: usize) -> StaticDiscovery {
         (0..keys).fold(StaticDiscovery::new(), |r, k| {
             r.with_instance(
                 "shared",

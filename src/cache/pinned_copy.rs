@@ -96,21 +96,13 @@ mod tests {
 
     use super::WAYS;
     use crate::cache::key::KeyRef;
+    use crate::cache::pinned::tests::source;
     use crate::cache::snapshot::Snapshot;
     use crate::discover::health_filter::HealthFilter;
-    use crate::{Instance, Resolver, StaticDiscovery};
+    use crate::Resolver;
 
     fn resolver(keys: usize) -> Resolver {
-        let registry = (0..keys).fold(StaticDiscovery::new(), |r, k| {
-            r.with_instance(
-                "shared",
-                format!("svc-{k}"),
-                Instance::new(format!("i-{k}"))
-                    .ipv4([127, 0, 0, 1].into())
-                    .port(8000),
-            )
-        });
-        Resolver::builder(registry).build().unwrap()
+        Resolver::builder(source(keys)).build().unwrap()
     }
 
     fn key(k: usize) -> (String, String) {
