@@ -107,6 +107,12 @@ fn scanner_finds_paths_and_skips_comments_and_tests() {
     let names: Vec<&str> = found.iter().map(|(_, n)| n.as_str()).collect();
     assert_eq!(names, ["cache", "call", "Error", "util", "watch"]);
     assert_eq!(found[3].0, 4, "line numbers count from 1");
+    let shared =
+        library_code("#[cfg(test)]\npub(super) mod tests {\n    use crate::Resolver;\n}\n");
+    assert!(
+        crate_paths(&shared, 2).is_empty(),
+        "a shared test module is skipped too"
+    );
     // One `super` from a second-level file stays inside its own folder.
     assert!(crate_paths("use super::x;", 2).is_empty());
     assert_eq!(crate_paths("use super::x;", 1), [(1, "x".to_owned())]);
@@ -152,7 +158,9 @@ fn library_code(text: &str) -> String {
         if line.trim() == "#[cfg(test)]"
             && lines
                 .peek()
-                .is_some_and(|next| next.trim_start().starts_with("mod "))
+                // `mod tests`, or with a visibility (`pub(super) mod tests`) when a
+                // sibling's tests share its helpers.
+                .is_some_and(|next| next.split_whitespace().any(|w| w == "mod"))
         {
             break;
         }
