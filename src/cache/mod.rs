@@ -183,16 +183,8 @@ impl Cache {
         max: usize,
         is_ejected: impl Fn(&Arc<EndpointState>, Instant) -> bool,
     ) -> Result<Vec<Endpoint>, Error> {
-        let (snap, seed) =
-            match self.warm_slot(&key, pin, |slot| Some((self.servable(slot)?, slot.seed))) {
-                Some(found) => found,
-                None => {
-                    let (slot, snap) = Box::pin(self.load(key)).await?;
-                    (snap, slot.seed)
-                }
-            };
-        let now = Instant::now();
-        Ok(snap.candidates(seed, max, |h| is_ejected(h, now)))
+        let (candidates, _) = self.candidates_timed(key, pin, max, is_ejected).await?;
+        Ok(candidates)
     }
 
     /// [`candidates`](Self::candidates) with the key's recent attempt latencies,
