@@ -149,15 +149,8 @@ async fn p2c_over_measured_services_avoids_a_slow_endpoint() {
         if tasks.len() == 64 {
             // Under load, the resolver's own least-loaded pick counts the
             // balancer's requests in flight.
-            let busy: u32 = resolver
-                .resolve_all("shared", "web")
-                .await
-                .unwrap()
-                .iter()
-                .map(Endpoint::in_flight)
-                .sum();
             assert!(
-                busy > 0,
+                requests_in_flight(&resolver).await > 0,
                 "the balancer's requests are in flight on the endpoints"
             );
         }
@@ -266,15 +259,8 @@ async fn a_balancer_over_a_handle_serves() {
         let call = balance.ready().await.unwrap().call(());
         tasks.spawn(call);
     }
-    let busy: u32 = resolver
-        .resolve_all("shared", "web")
-        .await
-        .unwrap()
-        .iter()
-        .map(Endpoint::in_flight)
-        .sum();
     assert!(
-        busy > 0,
+        requests_in_flight(&resolver).await > 0,
         "the balancer's requests are in flight on the endpoints"
     );
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -283,4 +269,15 @@ async fn a_balancer_over_a_handle_serves() {
     }
     assert_eq!(seen.len(), 3, "every endpoint serves: {seen:?}");
     assert_eq!(seen.values().sum::<usize>(), 300);
+}
+
+/// The requests in flight on `shared/web`'s endpoints, as the resolver counts them.
+async fn requests_in_flight(resolver: &Resolver) -> u32 {
+    resolver
+        .resolve_all("shared", "web")
+        .await
+        .unwrap()
+        .iter()
+        .map(Endpoint::in_flight)
+        .sum()
 }
