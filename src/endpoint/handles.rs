@@ -20,7 +20,8 @@ use crate::util::stripe::STRIPES;
 const SPREAD: usize = 64;
 
 /// The handles of one answer, stripe-major (`row * n + index`), so that each
-/// row's handles sit together and rows share a cache line at most at their edge.
+/// row's handles sit together, with a spacer allocated between rows (see
+/// [`Handles::new`]).
 /// Held inline by the answer's picker (one pointer less to follow per pick), and
 /// cloned into the picker of the same answer reconfirmed.
 #[derive(Clone, Debug)]
@@ -29,25 +30,40 @@ pub(crate) struct Handles {
     n: usize,
     /// `rows - 1`; rows are a power of two, at most [`STRIPES`].
     mask: usize,
+    /// One handle allocated between each two rows and never handed out: see
+    /// [`Handles::new`].
+    _spacers: Box<[Arc<EndpointRef>]>,
 }
 
 impl Handles {
+    /// The rows are allocated one after another, so an allocator placing them side
+    /// by side would put the last count of one row on a cache line with the first
+    /// of the next: two threads on neighbouring stripes (as threads are dealt
+    /// them) would bounce that line on every pass over the answer, several
+    /// nanoseconds a pick on average. A spacer allocated between the rows keeps
+    /// the two counts at least two allocations, more than a line, apart.
     pub(crate) fn new(set: &Arc<EndpointSet>) -> Self {
         let n = set.items.len();
         let rows = rows_for(n);
-        let items = (0..rows)
-            .flat_map(|_| 0..n)
-            .map(|index| {
-                Endpoint(Arc::new(EndpointRef {
-                    set: set.clone(),
-                    index: index as u32,
-                }))
+        let handle = |index: usize| {
+            Arc::new(EndpointRef {
+                set: set.clone(),
+                index: index as u32,
             })
-            .collect();
+        };
+        let mut items = Vec::with_capacity(rows * n);
+        let mut spacers = Vec::with_capacity(rows - 1);
+        for row in 0..rows {
+            if row > 0 && n > 0 {
+                spacers.push(handle(0));
+            }
+            items.extend((0..n).map(|i| Endpoint(handle(i))));
+        }
         Handles {
-            items,
+            items: items.into(),
             n,
             mask: rows - 1,
+            _spacers: spacers.into(),
         }
     }
 
