@@ -16,8 +16,6 @@
 //! - `warm/floor`: the least a cached pick can cost: a std `HashMap` (its default
 //!   SipHash) lookup with a ready `&str` key, an `ArcSwap` load, an atomic increment
 //!   over 8 endpoints and the clone of the picked endpoint.
-//! - `warm/floor_fx`: the same floor with the Fx hash the resolver uses, for
-//!   reference: the floor minus SipHash.
 //! - `warm/floor_arc`: what a plain `Arc`-based design costs at least: a std
 //!   `HashMap` keyed by `(String, String)` (namespace, service) looked up with a ready
 //!   key, an `ArcSwap` of 8 `Arc` endpoints, an atomic round-robin cursor beside it,
@@ -46,7 +44,6 @@
 //! callers see it. (Earlier figures in this file's history were taken that way.)
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -87,24 +84,6 @@ impl Pool {
     fn pick(&self) -> Endpoint {
         let n = self.cursor.fetch_add(1, Ordering::Relaxed);
         self.endpoints[(n % self.endpoints.len() as u64) as usize].clone()
-    }
-}
-
-/// rustc's Fx hash, word at a time, as `src/key.rs` hashes key parts.
-#[derive(Default)]
-struct Fx(u64);
-
-impl Hasher for Fx {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w))
-                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-        }
     }
 }
 
@@ -196,8 +175,6 @@ fn warm(c: &mut Criterion) {
 
     let mut floor = HashMap::new();
     floor.insert(key.clone(), ArcSwap::from_pointee(Pool::new(8)));
-    let mut floor_fx: HashMap<_, _, BuildHasherDefault<Fx>> = HashMap::default();
-    floor_fx.insert(key.clone(), ArcSwap::from_pointee(Pool::new(8)));
 
     let arc_key = (NAMESPACE.to_owned(), SERVICE.to_owned());
     let mut floor_arc = HashMap::new();
@@ -274,9 +251,6 @@ fn warm(c: &mut Criterion) {
         })
     });
     g.bench_function("floor", |b| b.iter(|| floor_pick(&floor, opaque(&key))));
-    g.bench_function("floor_fx", |b| {
-        b.iter(|| floor_pick(&floor_fx, opaque(&key)))
-    });
     g.bench_function("floor_arc", |b| {
         b.iter(|| floor_arc_pick(&floor_arc, opaque(&arc_key)))
     });

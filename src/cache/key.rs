@@ -11,7 +11,13 @@ use std::borrow::Cow;
 
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::{insert_sorted, DiscoverRequest};
-use crate::util::hash::{splitmix64, FxHasher};
+use crate::util::hash::{fold, name_hash};
+
+// Arbitrary constants (more digits of pi), one for each part of a key.
+const NAMES: u64 = 0x082E_FA98_EC4E_6C89;
+const QUERY: u64 = 0x4528_21E6_38D0_1377;
+const OPTIONAL: u64 = 0xBE54_66CF_34E9_0C6C;
+const OWNER: u64 = 0xC0AC_29B7_C97C_50DD;
 
 /// A borrowed cache key: what a `resolve` call asks for.
 #[derive(Debug, Clone, Copy)]
@@ -56,28 +62,28 @@ impl<'a> KeyRef<'a> {
     }
 
     /// A 64-bit hash, well mixed in every bit (shards take the high bits, the map
-    /// the low ones).
+    /// the low ones). The two names are hashed apart and joined with the health
+    /// filter in one fold, so the common key (no parameters, no owner) costs three
+    /// multiplies, two of them side by side; parameters and owner, each under its
+    /// own constant (so a parameter required and one preferred differ), are folded
+    /// in after.
     #[inline]
     pub(crate) fn hash(&self) -> u64 {
-        let mut h = FxHasher(0);
-        h.str(self.namespace);
-        h.str(self.service);
+        let mut h = fold(
+            name_hash(self.namespace) ^ NAMES,
+            name_hash(self.service) ^ self.health as u64,
+        );
         for (k, v) in self.query {
-            h.str(k);
-            h.str(v);
+            h = fold(h ^ name_hash(k), name_hash(v) ^ QUERY);
         }
-        h.word(0xff);
         for (k, v) in self.optional {
-            h.str(k);
-            h.str(v);
+            h = fold(h ^ name_hash(k), name_hash(v) ^ OPTIONAL);
         }
-        h.word(self.health as u64);
         // Nothing for the common key without an owner, so its hash costs no more.
         if let Some(owner) = self.owner {
-            h.word(0xfe);
-            h.str(owner);
+            h = fold(h ^ OWNER, name_hash(owner));
         }
-        splitmix64(h.0)
+        h
     }
 
     #[inline]
@@ -262,18 +268,87 @@ mod tests {
     }
 
     #[test]
-    fn every_tail_byte_counts() {
-        let base = "abcdefghijklmnop";
+    fn every_byte_counts() {
+        let base = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJ";
         for len in 0..=base.len() {
             let s = &base[..len];
             for i in 0..len {
                 let mut changed = s.as_bytes().to_vec();
                 changed[i] ^= 1;
                 let changed = String::from_utf8(changed).unwrap();
-                let a = KeyRef::plain(s, "svc", HealthFilter::All);
-                let b = KeyRef::plain(&changed, "svc", HealthFilter::All);
-                assert_ne!(a.hash(), b.hash(), "{s:?} vs {changed:?}");
+                for (a, b) in [
+                    (
+                        KeyRef::plain(s, "svc", HealthFilter::All),
+                        KeyRef::plain(&changed, "svc", HealthFilter::All),
+                    ),
+                    (
+                        KeyRef::plain("ns", s, HealthFilter::All),
+                        KeyRef::plain("ns", &changed, HealthFilter::All),
+                    ),
+                ] {
+                    assert_ne!(a.hash(), b.hash(), "{s:?} vs {changed:?}");
+                }
             }
+        }
+    }
+
+    /// Names are told apart by where they end and which part they are, and a
+    /// parameter required differs from the same one preferred.
+    #[test]
+    fn parts_of_a_key_hash_apart() {
+        let plain = |ns, svc| KeyRef::plain(ns, svc, HealthFilter::All).hash();
+        assert_ne!(plain("ab", "c"), plain("a", "bc"));
+        assert_ne!(plain("ns", "svc"), plain("svc", "ns"));
+        assert_ne!(plain("", "x"), plain("x", ""));
+        let q = vec![("stage".to_owned(), "prod".to_owned())];
+        let required = KeyRef {
+            query: &q,
+            ..KeyRef::plain("ns", "svc", HealthFilter::All)
+        };
+        let preferred = KeyRef {
+            optional: &q,
+            ..KeyRef::plain("ns", "svc", HealthFilter::All)
+        };
+        assert_ne!(required.hash(), preferred.hash());
+        let swapped = vec![("prod".to_owned(), "stage".to_owned())];
+        let other = KeyRef {
+            query: &swapped,
+            ..required
+        };
+        assert_ne!(required.hash(), other.hash());
+    }
+
+    /// The bits the index and the memo use are spread evenly over keys that
+    /// differ in a digit or two, as services named in a series do: the shard
+    /// (the top 6 bits), the memo way (the low 4), hashbrown's tag (the top 7) and
+    /// its bucket in a small table (the low 8).
+    #[test]
+    fn hashes_spread_over_every_bit_range() {
+        let names: Vec<String> = (0..16_384).map(|i| format!("svc-{i}")).collect();
+        let hashes: Vec<u64> = names
+            .iter()
+            .map(|s| KeyRef::plain("shared", s, HealthFilter::HealthyOrElseAll).hash())
+            .collect();
+        for (what, buckets, bits) in [
+            (
+                "shard",
+                64,
+                hashes.iter().map(|h| h >> 58).collect::<Vec<_>>(),
+            ),
+            ("memo way", 16, hashes.iter().map(|h| h & 15).collect()),
+            ("tag", 128, hashes.iter().map(|h| h >> 57).collect()),
+            ("bucket", 256, hashes.iter().map(|h| h & 255).collect()),
+        ] {
+            let mut count = vec![0usize; buckets];
+            for b in bits {
+                count[b as usize] += 1;
+            }
+            let mean = hashes.len() / buckets;
+            let (lo, hi) = (count.iter().min().unwrap(), count.iter().max().unwrap());
+            assert!(
+                *lo * 2 > mean && *hi < mean * 2,
+                "{what}: {lo}..{hi} per bucket, mean {mean}"
+            );
         }
     }
 }
