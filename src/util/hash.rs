@@ -59,9 +59,9 @@ pub(crate) fn name_hash(s: &str) -> u64 {
 /// Up to 16 bytes as two words, every byte read (in place, as foldhash does:
 /// copying them into a zeroed buffer first would cost a `memcpy` call and a failed
 /// store-to-load forward per name). With the length beside them, equal words mean
-/// equal bytes.
-#[inline]
-fn short_words(b: &[u8]) -> (u64, u64) {
+/// equal bytes, so the cache's name comparison reads them too (`cache/key.rs`).
+#[inline(always)]
+pub(crate) fn short_words(b: &[u8]) -> (u64, u64) {
     let n = b.len();
     match n {
         8..=16 => (word(b), word(&b[n - 8..])),
