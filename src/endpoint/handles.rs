@@ -41,7 +41,9 @@ impl Handles {
     /// of the next: two threads on neighbouring stripes (as threads are dealt
     /// them) would bounce that line on every pass over the answer, several
     /// nanoseconds a pick on average. A spacer allocated between the rows keeps
-    /// the two counts at least two allocations, more than a line, apart.
+    /// the two counts at least two allocations, more than a line, apart. (An
+    /// allocator reusing freed chunks often places rows apart anyway; where it
+    /// does place them side by side the spacer counts: see the performance guide.)
     pub(crate) fn new(set: &Arc<EndpointSet>) -> Self {
         let n = set.items.len();
         let rows = rows_for(n);
