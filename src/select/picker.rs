@@ -93,6 +93,9 @@ pub(crate) struct Picker {
     /// The table's all-local case, precomputed: a pick that finds it valid is the
     /// selection over the local zone's slice (`pick_local`).
     local: Option<Box<LocalZone>>,
+    /// Round-robin with no zones and no slow-start ramp (the defaults): while
+    /// nothing is ejected, a pick is one cursor step, made inline (`pick`).
+    rotates: bool,
 }
 
 /// A uniform number in [0, 1) from a random word.
@@ -156,6 +159,8 @@ impl Picker {
         });
         let local = zones.as_ref().and_then(|z| z.local_zone()).map(Box::new);
         let len = Modulus::new(set.items.len());
+        let rotates =
+            matches!(ctx.selection, Selection::RoundRobin) && ramp.is_none() && zones.is_none();
         Picker {
             set,
             refs,
@@ -168,6 +173,7 @@ impl Picker {
             ejected: ctx.ejected.clone(),
             zones,
             local,
+            rotates,
         }
     }
 
@@ -354,6 +360,16 @@ impl Picker {
     /// are ejected (failing open). The set must have endpoints.
     #[inline]
     pub(crate) fn pick(&self, seed: u64, s: usize) -> Endpoint {
+        // The defaults' pick inline, the same index `choose` gives them; the rest
+        // out of line, so the warm path carries only the branch to it.
+        if self.rotates && !self.ejected.any() {
+            return self.refs.get(s, self.len.of(self.next_draw(s) as u32));
+        }
+        self.pick_any(seed, s)
+    }
+
+    #[inline(never)]
+    fn pick_any(&self, seed: u64, s: usize) -> Endpoint {
         let items = &self.set.items;
         // While nothing is ejected (nearly always) no endpoint's flag is read.
         let any_ejected = self.ejected.any();
