@@ -560,20 +560,8 @@ pub(super) fn two_of(n: usize, r: u64) -> (usize, usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn two_of_gives_distinct_indices_covering_every_pair() {
-        let mut seen = std::collections::HashSet::new();
-        for r in 0..2_000u64 {
-            let (a, b) = two_of(4, splitmix64(r));
-            assert!(a < 4 && b < 4 && a != b, "{a} {b}");
-            seen.insert((a, b));
-        }
-        assert_eq!(seen.len(), 12);
-    }
-}
+#[path = "picker_tests.rs"]
+mod tests;
 
 #[path = "picker_ramp.rs"]
 mod ramp;

@@ -3,46 +3,24 @@
 //! admitted endpoints (issue 25).
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use tokio::time::Instant;
 
 use super::ramp::RAMP_TRIES;
-use super::{PickContext, Picker};
-use crate::discover::instance::Instance;
-use crate::endpoint::{EndpointData, EndpointSet, ParseOptions, StateTable};
-use crate::select::slow_start::SlowStartOptions;
+use super::Picker;
+use crate::endpoint::StateTable;
 use crate::select::Selection;
 
 /// `n` endpoints `e0..`, the last one ramping (joined now: weight 0.1 on the paused
 /// clock), the first `ejected` of them ejected.
 fn picker(n: usize, ejected: usize, selection: Selection) -> (Picker, StateTable) {
-    let mut items: Vec<EndpointData> = (0..n)
-        .map(|i| {
-            let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
-            ParseOptions::default()
-                .parse(Instance::new(format!("e{i}")).ipv4(ip).port(80))
-                .unwrap()
-        })
-        .collect();
-    let table = StateTable::default();
-    table.attach(&mut items, None);
+    let (items, table) = super::tests::endpoints(n);
     items[n - 1].state().ramp_up_from(Instant::now());
     for ep in &items[..ejected] {
         ep.state().ejection.set_ejected(true);
     }
-    let ctx = PickContext::new(
-        selection,
-        None,
-        SlowStartOptions::default(),
-        table.ejected(),
-    );
-    let set = Arc::new(EndpointSet {
-        items: items.into(),
-    });
-    (Picker::new(set, None, &ctx, ("ns", "svc")), table)
+    (super::tests::picker_over(items, &table, selection), table)
 }
 
 /// Picks by instance id, and the draws they took (the stripe's cursor moves by

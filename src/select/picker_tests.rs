@@ -1,0 +1,82 @@
+//! The picker's own tests: pair draws, and the defaults' inline pick against the
+//! general one.
+
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::discover::instance::Instance;
+use crate::endpoint::{EndpointData, ParseOptions, StateTable};
+use crate::select::slow_start::SlowStartOptions;
+
+#[test]
+fn two_of_gives_distinct_indices_covering_every_pair() {
+    let mut seen = std::collections::HashSet::new();
+    for r in 0..2_000u64 {
+        let (a, b) = two_of(4, splitmix64(r));
+        assert!(a < 4 && b < 4 && a != b, "{a} {b}");
+        seen.insert((a, b));
+    }
+    assert_eq!(seen.len(), 12);
+}
+
+/// `n` endpoints `e0..` (10.0.0.i:80), with their state in a fresh table.
+pub(super) fn endpoints(n: usize) -> (Vec<EndpointData>, StateTable) {
+    let mut items: Vec<EndpointData> = (0..n)
+        .map(|i| {
+            let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
+            ParseOptions::default()
+                .parse(Instance::new(format!("e{i}")).ipv4(ip).port(80))
+                .unwrap()
+        })
+        .collect();
+    let table = StateTable::default();
+    table.attach(&mut items, None);
+    (items, table)
+}
+
+/// A picker over `items` (their state in `table`), slow start at its defaults.
+pub(super) fn picker_over(
+    items: Vec<EndpointData>,
+    table: &StateTable,
+    selection: Selection,
+) -> Picker {
+    let ctx = PickContext::new(
+        selection,
+        None,
+        SlowStartOptions::default(),
+        table.ejected(),
+    );
+    let set = Arc::new(EndpointSet {
+        items: items.into(),
+    });
+    Picker::new(set, None, &ctx, ("ns", "svc"))
+}
+
+/// A round-robin picker over `n` endpoints, none ramping or ejected.
+fn round_robin(n: usize) -> (Picker, StateTable) {
+    let (items, table) = endpoints(n);
+    (picker_over(items, &table, Selection::RoundRobin), table)
+}
+
+/// The defaults' inline pick gives the index the general one does, draw for
+/// draw, and leaves to it once an endpoint is ejected.
+#[test]
+fn the_inline_pick_is_the_general_one() {
+    for n in [1, 2, 3, 5, 8, 13] {
+        let (inline, _table) = round_robin(n);
+        let (general, _) = round_robin(n);
+        assert!(inline.rotates, "n = {n}");
+        let ids = |p: &Picker, pick: fn(&Picker, u64, usize) -> Endpoint| {
+            (0..3 * n)
+                .map(|_| pick(p, 7, 0).instance_id().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let picked = ids(&inline, Picker::pick);
+        assert_eq!(picked, ids(&general, Picker::pick_any), "n = {n}");
+        assert_eq!(picked[..n], picked[n..2 * n], "n = {n}: a rotation");
+        if n > 1 {
+            inline.set.items[0].state().ejection.set_ejected(true);
+            assert!((0..3 * n).all(|_| inline.pick(7, 0).instance_id() != "e0"));
+        }
+    }
+}
