@@ -368,6 +368,8 @@ impl Picker {
         self.pick_any(seed, s)
     }
 
+    /// [`pick`](Self::pick) in every other case: zones, a slow-start ramp, another
+    /// selection, or an endpoint ejected.
     #[inline(never)]
     fn pick_any(&self, seed: u64, s: usize) -> Endpoint {
         let items = &self.set.items;
