@@ -136,9 +136,7 @@ impl Selection {
         seed: u64,
     ) -> usize {
         match (self, cumulative) {
-            // The cursor's low 32 bits: a stripe's rotation skips a step once in
-            // 2^32 picks, and the remainder needs no divide.
-            (Selection::RoundRobin, _) => len.of(draw as u32),
+            (Selection::RoundRobin, _) => rotation(len, draw),
             (_, Some(cum)) => {
                 let total = cum[cum.len() - 1];
                 let unit = (splitmix64(seed ^ draw) >> 11) as f64 * (1.0 / (1u64 << 53) as f64);
@@ -151,6 +149,14 @@ impl Selection {
             _ => ((u128::from(splitmix64(seed ^ draw)) * len.n() as u128) >> 64) as usize,
         }
     }
+}
+
+/// Round-robin's index for counter value `draw` over `len` endpoints. The
+/// cursor's low 32 bits: a stripe's rotation skips a step once in 2^32 picks, and
+/// the remainder needs no divide.
+#[inline]
+pub(crate) fn rotation(len: Modulus, draw: u64) -> usize {
+    len.of(draw as u32)
 }
 
 #[cfg(test)]

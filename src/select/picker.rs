@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::slow_start::{Ramp, SlowStartOptions};
 use super::zone::table::{LocalZone, Zone, Zoned};
 use super::zone::ZoneContext;
-use super::Selection;
+use super::{rotation, Selection};
 use crate::endpoint::load::LoadTracker;
 use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, Handles, WarnOnce};
 use crate::util::hash::splitmix64;
@@ -360,10 +360,10 @@ impl Picker {
     /// are ejected (failing open). The set must have endpoints.
     #[inline]
     pub(crate) fn pick(&self, seed: u64, s: usize) -> Endpoint {
-        // The defaults' pick inline, the same index `choose` gives them; the rest
-        // out of line, so the warm path carries only the branch to it.
+        // The defaults' pick inline, the index `choose` gives them (`rotation`);
+        // the rest out of line, so the warm path carries only the branch to it.
         if self.rotates && !self.ejected.any() {
-            return self.refs.get(s, self.len.of(self.next_draw(s) as u32));
+            return self.refs.get(s, rotation(self.len, self.next_draw(s)));
         }
         self.pick_any(seed, s)
     }
