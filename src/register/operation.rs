@@ -91,18 +91,6 @@ impl<'a> Deadline<'a> {
         )
     }
 
-    /// Runs `fut`, failing when the deadline passes first.
-    pub(crate) async fn run<T>(
-        &self,
-        what: &str,
-        fut: impl Future<Output = Result<T, Error>>,
-    ) -> Result<T, Error> {
-        match tokio::time::timeout_at(self.at, fut).await {
-            Ok(r) => r,
-            Err(_) => Err(self.passed(what, None)),
-        }
-    }
-
     /// Sleeps `d`, unless the deadline would pass first: then fails at once with
     /// `last`'s kind, so a caller that was throttled to the end hears `Throttled`.
     pub(crate) async fn sleep(&self, d: Duration, what: &str, last: &Error) -> Result<(), Error> {
@@ -135,10 +123,17 @@ where
 {
     let mut backoff = Backoff::for_sends(seed);
     let mut sends = 0;
+    // The registry's last answer, so that a send the deadline cuts short reports
+    // what the registry said before it (its kind and text), as a deadline passing
+    // in a backoff does.
+    let mut last: Option<Error> = None;
     loop {
         sends += 1;
         let began = Instant::now();
-        let sent = deadline.run(what, send()).await;
+        let (sent, cut) = match tokio::time::timeout_at(deadline.at, send()).await {
+            Ok(sent) => (sent, false),
+            Err(_) => (Err(deadline.passed(what, last.as_ref())), true),
+        };
         crate::metrics::registry_call(
             what,
             deadline.namespace,
@@ -148,7 +143,7 @@ where
         );
         let err = match sent {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() => e,
+            Err(e) if e.is_retryable() && !cut => e,
             Err(e) => return Err(e),
         };
         if sends >= MAX_SENDS {
@@ -159,6 +154,7 @@ where
         }
         tracing::debug!(what, sends, error = %err, "registry write will be retried");
         deadline.sleep(backoff.delay(), what, &err).await?;
+        last = Some(err);
     }
 }
 
@@ -322,6 +318,29 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!((sends, err.kind()), (1, ErrorKind::ServiceNotFound));
+    }
+
+    /// A send cut short by the deadline reports the registry's answer before it:
+    /// its kind and text, once.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_the_deadline_cuts_names_the_answer_before_it() {
+        let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
+        let mut sends = 0;
+        let err = send_retrying("RegisterInstance", &deadline, 1, || {
+            sends += 1;
+            let first = sends == 1;
+            async move {
+                if first {
+                    return Err(Error::new(ErrorKind::Throttled, "Rate exceeded"));
+                }
+                std::future::pending::<Result<(), Error>>().await
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!((sends, err.kind()), (2, ErrorKind::Throttled), "{err}");
+        assert!(err.message().contains("Rate exceeded"), "{err}");
+        assert_eq!(err.message().matches("deadline").count(), 1, "{err}");
     }
 
     #[tokio::test(start_paused = true)]
