@@ -70,6 +70,10 @@ pub(crate) struct Deadline<'a> {
     total: Duration,
     namespace: &'a str,
     service: &'a str,
+    /// What the registry said before the request now sent (an operation still
+    /// `PENDING` at the last poll), reported if the deadline cuts that request
+    /// before it gets an answer of its own.
+    before: Option<&'a Error>,
 }
 
 impl<'a> Deadline<'a> {
@@ -79,10 +83,20 @@ impl<'a> Deadline<'a> {
             total,
             namespace,
             service,
+            before: None,
+        }
+    }
+
+    /// This deadline for a request sent after the registry answered `before`.
+    fn after_answer<'b>(&'b self, before: &'b Error) -> Deadline<'b> {
+        Deadline {
+            before: Some(before),
+            ..*self
         }
     }
 
     fn passed(&self, what: &str, last: Option<&Error>) -> Error {
+        let last = last.or(self.before);
         let kind = last.map_or(ErrorKind::Unavailable, Error::kind);
         let cause = last.map_or(String::new(), |e| format!(" (last: {e})"));
         Error::new(
@@ -192,11 +206,14 @@ pub(crate) async fn wait_operation(
     seed: u64,
 ) -> Result<(), Error> {
     let mut backoff = Backoff::for_polls(seed);
+    let mut pending: Option<Error> = None;
     for poll in 1..=MAX_POLLS {
+        // A poll the deadline cuts reports the operation's state at the poll before.
+        let poll_deadline = pending.as_ref().map(|p| deadline.after_answer(p));
         let op = send_sdk(
             "GetOperation",
             endpoint,
-            deadline,
+            poll_deadline.as_ref().unwrap_or(deadline),
             seed.wrapping_add(u64::from(poll)),
             || async {
                 client
@@ -214,7 +231,7 @@ pub(crate) async fn wait_operation(
                 format!("GetOperation {operation_id}: the answer has no operation"),
             ));
         };
-        let pending = match op.status() {
+        let state = match op.status() {
             Some(OperationStatus::Success) => return Ok(()),
             Some(OperationStatus::Fail) => {
                 return Err(Error::new(
@@ -237,10 +254,11 @@ pub(crate) async fn wait_operation(
         if poll == MAX_POLLS {
             return Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("{} after {MAX_POLLS} polls", pending.message()),
+                format!("{} after {MAX_POLLS} polls", state.message()),
             ));
         }
-        deadline.sleep(backoff.delay(), what, &pending).await?;
+        deadline.sleep(backoff.delay(), what, &state).await?;
+        pending = Some(state);
     }
     // MAX_POLLS >= 1: the loop returns on its last poll.
     Err(Error::new(
@@ -341,6 +359,40 @@ mod tests {
         assert_eq!((sends, err.kind()), (2, ErrorKind::Throttled), "{err}");
         assert!(err.message().contains("Rate exceeded"), "{err}");
         assert_eq!(err.message().matches("deadline").count(), 1, "{err}");
+    }
+
+    /// A request sent after an answer (the poll after a `PENDING` one) and cut by the
+    /// deadline reports that answer, unless it got an answer of its own first.
+    #[tokio::test(start_paused = true)]
+    async fn a_cut_request_reports_the_answer_before_it_unless_it_had_its_own() {
+        let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
+        let pending = Error::new(ErrorKind::Unavailable, "operation op-1 still PENDING");
+        let after = deadline.after_answer(&pending);
+        let err = send_retrying("GetOperation", &after, 1, || {
+            std::future::pending::<Result<(), Error>>()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.message().contains("still PENDING"), "{err}");
+
+        let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
+        let after = deadline.after_answer(&pending);
+        let mut sends = 0;
+        let err = send_retrying("GetOperation", &after, 1, || {
+            sends += 1;
+            let first = sends == 1;
+            async move {
+                if first {
+                    return Err(Error::new(ErrorKind::Throttled, "Rate exceeded"));
+                }
+                std::future::pending::<Result<(), Error>>().await
+            }
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
+        assert!(!err.message().contains("PENDING"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -62,6 +62,24 @@ async fn an_operation_that_never_finishes_ends_at_the_deadline() {
     assert!((2..=10).contains(&polls), "{polls} polls");
 }
 
+/// A poll the deadline cuts still says what the operation was at the poll before:
+/// the caller hears `PENDING`, not a bare deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_the_deadline_cuts_names_the_state_before_it() {
+    let (ns, _, proxy) = setup().await;
+    proxy.fault_operation("GetOperation", Fault::OperationStatus("PENDING"), Some(1));
+    proxy.then_fault_operation("GetOperation", Fault::Hang, None);
+    let err = registration(&sdk_config(&proxy.url()), &ns, "i-h")
+        .deadline(Duration::from_secs(2))
+        .register()
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.count("GetOperation"), 2);
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("still PENDING"), "{err}");
+    assert_eq!(err.message().matches("deadline").count(), 1, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_registration_backs_off_and_registers_once() {
     let (ns, service_id, proxy) = setup().await;
