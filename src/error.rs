@@ -10,7 +10,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// A name, attribute or setting was malformed; no network call was made.
+    /// A name, attribute or setting was malformed: found before any network call, or
+    /// the registry's own `InvalidInput` answer.
     InvalidInput,
     /// The registry has no namespace of that name.
     NamespaceNotFound,

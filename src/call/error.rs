@@ -54,7 +54,9 @@ pub struct CallError<E> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CallStop {
-    /// The service could not be resolved; no attempt was made.
+    /// The service could not be resolved; no attempt was made. This includes a
+    /// call whose [deadline](crate::CallOptions::deadline) passed while the service
+    /// was being resolved: the error ([`CallError::resolve_error`]) says so.
     Resolve,
     /// `max_attempts` attempts failed.
     AttemptsUsed,
@@ -67,7 +69,9 @@ pub enum CallStop {
     NotRetryable,
     /// The resolver's retry budget refused a retry.
     BudgetExhausted,
-    /// The call's overall deadline passed.
+    /// The call's overall deadline passed during its attempts (one passing while the
+    /// service is still being resolved stops the call with
+    /// [`Resolve`](Self::Resolve)).
     DeadlinePassed,
 }
 

@@ -32,9 +32,9 @@ use crate::util::time::after;
 ///
 /// - [`Hedge::after(d)`](Hedge::after): once an attempt has run for `d`.
 /// - [`Hedge::percentile(p)`](Hedge::percentile): once it has run longer than the
-///   key's recent attempts at quantile `p` (a decaying histogram per key), at least
-///   [`floor`](Hedge::floor), and [`default_delay`](Hedge::default_delay) until 20
-///   attempts have been seen.
+///   key's recent hedged calls at quantile `p` (a decaying histogram per key), at
+///   least [`floor`](Hedge::floor), and [`default_delay`](Hedge::default_delay) until
+///   20 have been seen.
 ///
 /// At most [`max_hedges`](Hedge::max_hedges) hedges per call (default 1), each one
 /// of the call's attempts (8 at most), and all of them within the resolver's
@@ -100,11 +100,15 @@ impl Hedge {
     }
 
     /// Hedges an attempt that has run longer than the key's recent attempts at
-    /// quantile `p` (0.95: the p95), clamped to 0..=1 (NaN: 0.95). Only successful
-    /// attempts are sampled: a quick refusal says nothing about how long an answer
-    /// takes. The delay is at least [`floor`](Self::floor) (default 5 ms), and
-    /// [`default_delay`](Self::default_delay) (default 100 ms) before the key has
-    /// 20 samples.
+    /// quantile `p` (0.95: the p95), clamped to 0..=1 (NaN: 0.95).
+    ///
+    /// The sample is the key's hedged calls (with either kind of [`Hedge`]): each
+    /// adds the time its answering attempt took. Calls without a hedge add nothing,
+    /// so a key's other operations (unhedged writes, say) do not move the delay of
+    /// the ones it hedges. Only answers are sampled: a quick refusal says nothing
+    /// about how long an answer takes. The delay is at least [`floor`](Self::floor)
+    /// (default 5 ms), and [`default_delay`](Self::default_delay) (default 100 ms)
+    /// before the key has 20 samples.
     pub fn percentile(p: f64) -> Self {
         let p = if p.is_nan() { 0.95 } else { p.clamp(0.0, 1.0) };
         Hedge {

@@ -4,7 +4,7 @@
 //! Made by [`Resolver::call`](crate::Resolver::call) and
 //! [`Query::call`](crate::Query::call); awaiting the [`Call`] runs it. Each attempt's
 //! outcome is recorded through `endpoint::record::Recorder` (load and outlier detection,
-//! `endpoint/outlier.rs`); retries are
+//! `endpoint/outlier/`); retries are
 //! paid for from the resolver's retry budget (`budget.rs`). A call receives what it
 //! needs in a [`CallContext`], not the whole resolver, so this layer sits below
 //! `resolver/` and above `cache/`.

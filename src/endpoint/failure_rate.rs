@@ -1,5 +1,5 @@
 //! Per-endpoint attempt and failure counts over fixed intervals, for failure-
-//! percentage ejection (`outlier.rs`, `OutlierOptions::failure_percentage`).
+//! percentage ejection (`outlier/`, `OutlierOptions::failure_percentage`).
 //!
 //! Three atomics per endpoint, written on the recording path only (never on a
 //! pick). Intervals are numbered from the outlier detector's start; the first

@@ -4,7 +4,7 @@
 //! The probe itself and the per-endpoint bookkeeping live here; which endpoints are
 //! probed, and when, is the resolver's background task (`resolver/health.rs`), which
 //! walks the keys in use. A probe's verdict goes through the outlier detector
-//! (`outlier.rs`: `probe_down`, `probe_up`), so an endpoint found down is skipped as
+//! (`outlier/`: `probe_down`, `probe_up`), so an endpoint found down is skipped as
 //! an ejected one is, inside the same share cap.
 
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 //! endpoint holds an `Arc<EndpointState>`, and [`StateTable`] hands the same state to
 //! the same endpoint (same instance at the same address) in the next answer. The
 //! ejection *policy* (when to eject, for how long) lives with failover, in
-//! `outlier.rs`; this file keeps only the state it reads and writes. Load
+//! `outlier/`; this file keeps only the state it reads and writes. Load
 //! (requests in flight, a latency average: `load/`) sits beside [`Ejection`] here,
 //! so that it survives refreshes the same way, and so does the time an endpoint
 //! joined a service that was already serving or came back after failing its health
@@ -59,7 +59,7 @@ pub(crate) struct EndpointState {
     pub(crate) service: Option<Arc<(Box<str>, Box<str>)>>,
 }
 
-/// One endpoint's ejection state, as outlier detection (`outlier.rs`) keeps it.
+/// One endpoint's ejection state, as outlier detection (`outlier/`) keeps it.
 #[derive(Debug)]
 pub(crate) struct Ejection {
     /// Read by every warm pick while any endpoint of the resolver is ejected; padded

@@ -163,8 +163,9 @@ impl ResolverBuilder {
         self
     }
 
-    /// The longest a registry call may take; also how long a cold key waits at most
-    /// when the registry hangs. Default: 5 s.
+    /// The longest one fetch may take in all (a revision poll and, when needed, the
+    /// instances); also how long a cold key waits at most when the registry hangs.
+    /// Default: 5 s.
     pub fn fetch_timeout(mut self, limit: Duration) -> Self {
         self.opts.cache.fetch_timeout = limit;
         self

@@ -49,7 +49,8 @@ pub struct ResolverOptions {
     /// 12 digits. Default: none (the caller's own account).
     pub owner_account: Option<String>,
     /// Which addresses may be handed out. Default: all but link-local, unspecified,
-    /// multicast and broadcast; see [`AddressPolicy`].
+    /// multicast, broadcast and the EC2 service addresses (`fd00:ec2::/64`); see
+    /// [`AddressPolicy`].
     pub address_policy: AddressPolicy,
     /// The port for instances registered without `AWS_INSTANCE_PORT`. Default: none
     /// (such endpoints have no [`socket_addr`](crate::Endpoint::socket_addr)).
