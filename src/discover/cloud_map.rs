@@ -28,8 +28,8 @@ use crate::error::{Error, ErrorKind};
 ///
 /// The SDK's own retries are turned off (one attempt per call): the resolver retries
 /// each key's refreshes itself, with jittered exponential backoff, while it serves the
-/// last good answer. The SDK's standard mode would otherwise retry a throttled call
-/// up to 3 times at once, multiplying the load on a quota that is already spent.
+/// last good answer. The SDK's standard mode would otherwise make up to 3 attempts
+/// of a throttled call, multiplying the load on a quota that is already spent.
 ///
 /// # Examples
 ///
@@ -294,13 +294,21 @@ where
             ErrorKind::Unavailable,
             format!("timed out calling {endpoint}"),
         ),
-        // The SDK reports failures before sending (loading credentials, signing,
-        // resolving the endpoint) as dispatch failures of kind "other": those are
-        // configuration problems, not an unreachable registry.
         SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => (
             ErrorKind::Unavailable,
             format!("could not connect to {endpoint}: {}", root_cause(&err)),
         ),
+        // A failure the HTTP client gave a retry verdict (a transient error: a
+        // connection closed before the answer, as a reused keep-alive connection
+        // can be): the request may have left, so an outage, worth retrying.
+        SdkError::DispatchFailure(d) if d.as_other().is_some() => (
+            ErrorKind::Unavailable,
+            format!("connection to {endpoint} failed: {}", root_cause(&err)),
+        ),
+        // The SDK reports failures before sending (loading credentials, signing,
+        // resolving the endpoint) as dispatch failures of kind "other" with no
+        // retry verdict: those are configuration problems, not an unreachable
+        // registry.
         SdkError::DispatchFailure(_) => (
             ErrorKind::Configuration,
             format!(

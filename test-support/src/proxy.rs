@@ -5,7 +5,6 @@
 //! operations, for a number of requests ([`Proxy::fault_operation`]).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +28,9 @@ pub enum Fault {
     Delay(Duration),
     /// Never answer.
     Hang,
+    /// Read the request, then close the connection without an answer (the client
+    /// hears "connection closed before message completed").
+    Close,
     /// Forward, then rewrite a GetOperation answer's `Status` to this (`PENDING`,
     /// `FAIL`; `FAIL` adds an `ErrorCode` and `ErrorMessage`).
     OperationStatus(&'static str),
@@ -219,7 +221,7 @@ async fn handle(
     upstream: SocketAddr,
     st: Arc<State>,
     client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let op = operation(&req);
     let host = req
         .headers()
@@ -279,6 +281,8 @@ async fn handle(
             ))
         }
         Fault::Hang => std::future::pending::<()>().await,
+        // An error from the service makes hyper close the connection unanswered.
+        Fault::Close => return Err(std::io::Error::other("closed by the test proxy")),
         Fault::Delay(d) => tokio::time::sleep(d).await,
         Fault::OperationStatus(status) => rewrite = Some(status),
         Fault::None => {}

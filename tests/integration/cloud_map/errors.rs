@@ -172,3 +172,19 @@ async fn registry_refusals_are_configuration_not_outages() {
         assert!(err.message().contains("refused by the test proxy"), "{err}");
     }
 }
+
+/// A connection closed after the request left and before the answer (a reused
+/// keep-alive connection the far side closed) is an outage, worth retrying: not a
+/// configuration error, which would be held as final.
+#[tokio::test]
+async fn a_connection_closed_before_the_answer_is_an_outage() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    let r = builder.build().unwrap();
+    proxy.set_fault(test_support::proxy::Fault::Close);
+    let err = r.resolve(&ns, "api").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert!(err.message().contains(&proxy.url()), "{err}");
+    assert_eq!(proxy.count("DiscoverInstances"), 1);
+}

@@ -80,6 +80,22 @@ async fn a_poll_the_deadline_cuts_names_the_state_before_it() {
     assert_eq!(err.message().matches("deadline").count(), 1, "{err}");
 }
 
+/// RegisterInstance whose connection closes before the answer is sent again (its
+/// `CreatorRequestId` makes that safe) and the instance is registered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_closed_before_the_answer_is_retried() {
+    let (ns, service_id, proxy) = setup().await;
+    proxy.fault_operation("RegisterInstance", Fault::Close, Some(1));
+    let registered = registration(&sdk_config(&proxy.url()), &ns, "i-c")
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("RegisterInstance"), 2);
+    let listed = instance_ids(&service_id).await;
+    assert_eq!(listed.iter().filter(|id| *id == "i-c").count(), 1);
+    registered.drain(Duration::ZERO).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_registration_backs_off_and_registers_once() {
     let (ns, service_id, proxy) = setup().await;
