@@ -105,6 +105,19 @@ impl<'a> Deadline<'a> {
         )
     }
 
+    /// `fut`'s output, unless the deadline passes first: then the error for `what`
+    /// that names `last`, the registry's last answer, if there was one.
+    pub(crate) async fn within<T>(
+        &self,
+        what: &str,
+        last: Option<&Error>,
+        fut: impl Future<Output = T>,
+    ) -> Result<T, Error> {
+        tokio::time::timeout_at(self.at, fut)
+            .await
+            .map_err(|_| self.passed(what, last))
+    }
+
     /// Sleeps `d`, unless the deadline would pass first: then fails at once with
     /// `last`'s kind, so a caller that was throttled to the end hears `Throttled`.
     pub(crate) async fn sleep(&self, d: Duration, what: &str, last: &Error) -> Result<(), Error> {
@@ -144,9 +157,9 @@ where
     loop {
         sends += 1;
         let began = Instant::now();
-        let (sent, cut) = match tokio::time::timeout_at(deadline.at, send()).await {
+        let (sent, cut) = match deadline.within(what, last.as_ref(), send()).await {
             Ok(sent) => (sent, false),
-            Err(_) => (Err(deadline.passed(what, last.as_ref())), true),
+            Err(cut) => (Err(cut), true),
         };
         crate::metrics::registry_call(
             what,

@@ -19,7 +19,7 @@ use crate::error::{Error, ErrorKind};
 /// This process's instance, to be registered in a Cloud Map service.
 ///
 /// Names, not ids: the namespace and service are looked up once (ListNamespaces,
-/// ListServices), with [`NamespaceNotFound`](ErrorKind::NamespaceNotFound) or
+/// ListServices, GetService), with [`NamespaceNotFound`](ErrorKind::NamespaceNotFound) or
 /// [`ServiceNotFound`](ErrorKind::ServiceNotFound) when they do not exist. The
 /// instance id, names and attributes are checked against Cloud Map's rules before any
 /// call ([`InvalidInput`](ErrorKind::InvalidInput)): at most 30 custom attributes, keys
@@ -265,7 +265,17 @@ impl Registration {
         let endpoint = &*self.writer.endpoint;
         let own_account = match &self.owner_account {
             Some(_) => None,
-            None => self.writer.caller_account().await,
+            // The credentials chain may be slow (an instance role's first load):
+            // bounded by the same deadline as the registry calls.
+            None => {
+                deadline
+                    .within(
+                        "loading the caller's credentials",
+                        None,
+                        self.writer.caller_account(),
+                    )
+                    .await?
+            }
         };
         let owner = match &self.owner_account {
             Some(o) => Owner::Named(o),

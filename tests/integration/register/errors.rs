@@ -160,3 +160,30 @@ async fn refusals_of_the_caller_are_configuration_errors_sent_once() {
     assert!(err.message().contains("SomethingNewException"), "{err}");
     assert!(proxy.count("RegisterInstance") >= 2);
 }
+
+/// Loading credentials counts against the registration's deadline: a credentials
+/// chain that hangs (here a `credential_process` that sleeps) ends the call at the
+/// deadline, named, instead of holding it for as long as the chain takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_credentials_chain_ends_at_the_deadline() {
+    let (dead, _held) = test_support::net::closed_port();
+    let slow = aws_config::credential_process::CredentialProcessProvider::new("sleep 20".into());
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(
+            aws_sdk_servicediscovery::config::SharedCredentialsProvider::new(slow),
+        )
+        .endpoint_url(format!("http://{dead}"))
+        .build();
+    let register = Registration::new(&sdk, "shared", "web", "i-1")
+        .deadline(std::time::Duration::from_millis(500))
+        .register();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), register)
+        .await
+        .expect("the deadline bounds the credentials load")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.message().contains("credentials"), "{err}");
+    assert!(err.message().contains("deadline"), "{err}");
+}
