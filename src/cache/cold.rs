@@ -119,7 +119,7 @@ impl Cache {
                 Ok(snap)
             }
             Err(err) => {
-                gate.failures += 1;
+                gate.failures = gate.failures.saturating_add(1);
                 bump(&self.counters.refresh_failures);
                 if let Some(snap) = prev.filter(|s| err.keeps_stale() && now < s.stale_until) {
                     // The registry is failing but the last answer is young enough:

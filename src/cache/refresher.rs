@@ -307,7 +307,7 @@ fn settle(
             Step::Go(())
         }
         Err(err) => {
-            plan.failures += 1;
+            plan.failures = plan.failures.saturating_add(1);
             bump(&cache.counters.refresh_failures);
             let now = Instant::now();
             if now >= cur.stale_until || !err.keeps_stale() {

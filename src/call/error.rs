@@ -54,9 +54,11 @@ pub struct CallError<E> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum CallStop {
-    /// The service could not be resolved; no attempt was made. This includes a
-    /// call whose [deadline](crate::CallOptions::deadline) passed while the service
-    /// was being resolved: the error ([`CallError::resolve_error`]) says so.
+    /// The service could not be resolved, or the call's own settings were refused
+    /// (a zero timeout: [`InvalidInput`](crate::ErrorKind::InvalidInput)); no
+    /// attempt was made. This includes a call whose
+    /// [deadline](crate::CallOptions::deadline) passed while the service was being
+    /// resolved: the error ([`CallError::resolve_error`]) says so.
     Resolve,
     /// `max_attempts` attempts failed.
     AttemptsUsed,

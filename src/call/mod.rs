@@ -214,14 +214,16 @@ impl<'a, F, E> Call<'a, F, E> {
 
     /// Drops an attempt that takes longer than this and tries the next endpoint,
     /// unless [`retry_timeouts`](Self::retry_timeouts) is off. Default: the resolver's
-    /// [`CallOptions::attempt_timeout`] (none).
+    /// [`CallOptions::attempt_timeout`] (none). Zero is refused: the call fails with
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) before any attempt.
     pub fn attempt_timeout(mut self, limit: Duration) -> Self {
         self.opts.attempt_timeout = Some(limit);
         self
     }
 
     /// Gives up when the whole call, resolving included, takes longer than this.
-    /// Default: the resolver's [`CallOptions::deadline`] (none).
+    /// Default: the resolver's [`CallOptions::deadline`] (none). Zero is refused as
+    /// [`attempt_timeout`](Self::attempt_timeout)'s is.
     pub fn deadline(mut self, limit: Duration) -> Self {
         self.opts.deadline = Some(limit);
         self
@@ -302,7 +304,13 @@ where
         let (namespace, service) = (self.key.namespace, self.key.service);
         let label = namespace_label(namespace, self.key.owner.as_deref());
         let start = Instant::now();
-        let result = self.attempts().await;
+        let result = match self.opts.validate() {
+            // This call's own overrides, refused as the resolver's options are at
+            // build (a zero timeout would time every attempt out and count it
+            // against its endpoint).
+            Err(refused) => Err(CallError::resolve(refused)),
+            Ok(()) => self.attempts().await,
+        };
         crate::metrics::call(&label, service, result.is_ok(), start.elapsed());
         result
     }

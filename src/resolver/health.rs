@@ -19,6 +19,7 @@ use crate::endpoint::health_check::{HealthCheck, ProbeOutcome, Verdict};
 use crate::endpoint::outlier::OutlierDetector;
 use crate::endpoint::Endpoint;
 use crate::util::hash::splitmix64;
+use crate::util::time::{after, scaled};
 
 /// How far behind its schedule the probing task may fall and still catch up (at
 /// most this much of probes at once) rather than start again from now.
@@ -83,7 +84,7 @@ impl Prober {
                 // millisecond late, and pacing from the waking time would stretch
                 // every step by that much. A task woken far behind (a starved
                 // runtime) goes on from now instead of catching up in a burst.
-                next += step;
+                next = after(next, step);
                 let now = Instant::now();
                 if now.saturating_duration_since(next) > step.max(MAX_LAG) {
                     next = now;
@@ -144,7 +145,7 @@ impl Prober {
 /// interval says, every endpoint of it more often.
 fn jittered(interval: Duration, r: u64) -> Duration {
     let f = 1.0 + 0.25 * (r >> 11) as f64 / (1u64 << 53) as f64;
-    interval.mul_f64(f)
+    scaled(interval, f)
 }
 
 #[cfg(test)]
@@ -166,5 +167,15 @@ mod tests {
         }
         // Spread over the range, not stuck at one end.
         assert!(min < Duration::from_millis(4050) && max > Duration::from_millis(4950));
+    }
+
+    /// An interval too long to lengthen saturates rather than panics.
+    #[test]
+    fn jitter_saturates_at_the_longest_interval() {
+        assert_eq!(jittered(Duration::MAX, u64::MAX), Duration::MAX);
+        assert!(
+            jittered(Duration::from_secs(u64::MAX / 2), u64::MAX)
+                >= Duration::from_secs(u64::MAX / 2)
+        );
     }
 }

@@ -16,8 +16,8 @@ pub(crate) fn after(at: Instant, d: Duration) -> Instant {
     at.checked_add(d.min(FAR_FUTURE)).unwrap_or(at)
 }
 
-/// `d * factor` for a factor in `0..=1`, saturating instead of panicking when the
-/// product does not fit a `Duration` (`mul_f64` panics on `Duration::MAX * 1.0`).
+/// `d * factor` for a factor of at least 0, saturating instead of panicking when
+/// the product does not fit a `Duration` (`mul_f64` panics on `Duration::MAX * 1.0`).
 pub(crate) fn scaled(d: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * factor).unwrap_or(if factor > 0.0 {
         Duration::MAX

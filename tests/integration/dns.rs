@@ -493,3 +493,48 @@ async fn a_link_local_a_record_is_skipped() {
     let all = r.resolve_all(NS, "api").await.unwrap();
     assert_eq!(ips(&all), [ip("10.0.10.1")].into());
 }
+
+/// A timeout or retry count the DNS client cannot work with is `InvalidInput`, when
+/// the resolver is built and from the source itself: a zero timeout would retry
+/// without yielding (no fetch timeout could end it), `Duration::MAX` would overflow
+/// the client's clock. The bounds themselves are accepted.
+#[tokio::test]
+async fn dns_timeouts_and_retries_out_of_range_are_invalid_input() {
+    let server = DnsServer::start().await;
+    let with = |timeout: Duration, retries: usize| {
+        let mut opts = DnsOptions::default();
+        opts.timeout = timeout;
+        opts.retries = retries;
+        DnsDiscovery::with_name_servers([server.addr]).with_options(opts)
+    };
+    let refused = [
+        (Duration::ZERO, 1),
+        (Duration::from_micros(999), 1),
+        (Duration::MAX, 1),
+        (Duration::from_secs(3601), 1),
+        (Duration::from_secs(1), 11),
+        (Duration::from_secs(1), usize::MAX),
+    ];
+    for (timeout, retries) in refused {
+        let dns = with(timeout, retries);
+        let err = Resolver::builder(dns.clone()).build().unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidInput,
+            "{timeout:?} {retries}: {err}"
+        );
+        let req = DiscoverRequest::new(NS, "api");
+        let err = dns.discover(&req).await.unwrap_err();
+        assert_eq!(
+            err.kind(),
+            ErrorKind::InvalidInput,
+            "{timeout:?} {retries}: {err}"
+        );
+    }
+    for (timeout, retries) in [
+        (Duration::from_millis(1), 10),
+        (Duration::from_secs(3600), 0),
+    ] {
+        Resolver::builder(with(timeout, retries)).build().unwrap();
+    }
+}

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use cloudmap_resolver::{
-    AttemptError, CallStop, CloudMapDiscovery, Endpoint, ErrorKind, Instance, Outcome,
+    AttemptError, CallStop, CloudMapDiscovery, Endpoint, ErrorKind, Hedge, Instance, Outcome,
     OutlierOptions, Resolver, StaticDiscovery,
 };
 use test_support::moto::{self, http_service, register, unique};
@@ -307,6 +307,50 @@ async fn resolve_errors_pass_through_without_attempts() {
     assert_eq!(err.stop(), CallStop::Resolve);
     assert!(err.attempts().is_empty());
     assert!(!ran.load(Ordering::Relaxed));
+}
+
+/// A call's own zero timeout or deadline is refused as the resolver's options are at
+/// build: `InvalidInput` before any attempt, nothing held against an endpoint.
+#[tokio::test]
+async fn a_zero_timeout_on_one_call_is_invalid_input_without_attempts() {
+    let resolver = Resolver::builder(registry(&["a", "b"])).build().unwrap();
+    let service = resolver.service("shared", "web");
+    let ran = AtomicBool::new(false);
+    let op = |_: Endpoint| {
+        ran.store(true, Ordering::Relaxed);
+        async { Ok::<(), String>(()) }
+    };
+    let errors = [
+        resolver
+            .call("shared", "web", op)
+            .attempt_timeout(Duration::ZERO)
+            .await
+            .unwrap_err(),
+        resolver
+            .call("shared", "web", op)
+            .deadline(Duration::ZERO)
+            .hedge(Hedge::after(Duration::from_millis(5)))
+            .await
+            .unwrap_err(),
+        service
+            .call(op)
+            .attempt_timeout(Duration::ZERO)
+            .await
+            .unwrap_err(),
+    ];
+    for err in errors {
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert_eq!(err.stop(), CallStop::Resolve);
+        assert!(err.attempts().is_empty());
+    }
+    assert!(!ran.load(Ordering::Relaxed));
+    assert_eq!(resolver.stats().ejections, 0);
+    // The same call with a usable timeout goes through.
+    resolver
+        .call("shared", "web", op)
+        .attempt_timeout(Duration::from_secs(1))
+        .await
+        .unwrap();
 }
 
 /// A hung endpoint costs one attempt timeout, then the next endpoint answers; the

@@ -165,11 +165,14 @@ async fn builder_settings() {
     }
     assert_eq!(server.calls(), 20);
 
-    let err = GrpcChannelBuilder::new(resolver.watch("shared", "health"))
-        .buffer(0)
-        .build()
-        .unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // No room, or more than a Tokio channel can hold: refused, not a panic.
+    for buffer in [0, usize::MAX] {
+        let err = GrpcChannelBuilder::new(resolver.watch("shared", "health"))
+            .buffer(buffer)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{buffer}: {err}");
+    }
 
     let r = resolver.clone();
     let outside = std::thread::spawn(move || r.grpc_channel("shared", "health").map(drop))

@@ -4,10 +4,13 @@
 //! infinities and negatives. On tokio's paused clock against `StaticDiscovery`, with
 //! a fixed proptest seed and case count, so the run is the same every time.
 
+use std::cell::Cell;
+use std::sync::Once;
 use std::time::Duration;
 
 use cloudmap_resolver::{
-    Endpoint, ErrorKind, Instance, RateLimit, Resolver, ResolverOptions, StaticDiscovery,
+    Endpoint, ErrorKind, HealthCheck, Hedge, Instance, RateLimit, Resolver, ResolverOptions,
+    Selection, StaticDiscovery,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
@@ -120,11 +123,41 @@ fn registry() -> StaticDiscovery {
     })
 }
 
+thread_local! {
+    /// Whether this thread runs an exercise, and whether anything on it panicked.
+    static WATCHED: Cell<bool> = const { Cell::new(false) };
+    static PANICKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Notes a panic on a thread that runs an exercise: its runtime is current-thread,
+/// so the resolver's background tasks (refresh, health checks) run there too, and
+/// their panics, which Tokio catches, are seen. Other threads' panics pass through.
+fn watch_panics() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if WATCHED.with(Cell::get) {
+                PANICKED.with(|p| p.set(true));
+            }
+            previous(info);
+        }));
+    });
+}
+
 /// Builds with `opts`; when accepted, resolves, calls (failing, so that endpoints
-/// are ejected), asks for a missing service, and advances the clock past TTLs,
-/// backoffs, ejections and max-stale ages a few times, the registry changing once.
+/// are ejected; hedged), asks for a missing service, and advances the clock past
+/// TTLs, backoffs, ejections and max-stale ages a few times, the registry changing
+/// once. Nothing may panic, the background tasks included.
 fn exercise(opts: ResolverOptions) {
     let registry = registry();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    // Built on the runtime, so that its background tasks (health checks) start.
+    let entered = rt.enter();
     let resolver = match Resolver::builder(registry.clone()).options(opts).build() {
         Ok(r) => r,
         Err(e) => {
@@ -133,11 +166,10 @@ fn exercise(opts: ResolverOptions) {
             return;
         }
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    drop(entered);
+    watch_panics();
+    WATCHED.with(|w| w.set(true));
+    PANICKED.with(|p| p.set(false));
     rt.block_on(async {
         let steps = [1, 10, 3600, 2 * 24 * 3600, 400 * 24 * 3600];
         for (n, secs) in steps.into_iter().enumerate() {
@@ -151,6 +183,10 @@ fn exercise(opts: ResolverOptions) {
                 .await;
             let _ = resolver
                 .call("shared", "api", |_: Endpoint| async { Ok::<_, ()>(()) })
+                .await;
+            let _ = resolver
+                .call("shared", "api", |_: Endpoint| async { Ok::<_, ()>(()) })
+                .hedge(Hedge::percentile(0.95))
                 .await;
             let _ = resolver.resolve("shared", "missing").await;
             if n == 1 {
@@ -166,6 +202,13 @@ fn exercise(opts: ResolverOptions) {
         }
         let _ = resolver.stats();
     });
+    drop(resolver);
+    drop(rt);
+    WATCHED.with(|w| w.set(false));
+    assert!(
+        !PANICKED.with(Cell::get),
+        "a panic, in a call or a background task"
+    );
 }
 
 #[test]
@@ -191,7 +234,7 @@ fn any_option_values_are_refused_or_served_without_panic() {
 fn each_edge_duration_alone() {
     let edges = [Duration::ZERO, Duration::from_nanos(1), Duration::MAX];
     type Set = fn(&mut ResolverOptions, Duration);
-    let fields: [Set; 15] = [
+    let fields: [Set; 23] = [
         |o, d| o.cache.ttl = d,
         |o, d| o.cache.max_stale = d,
         |o, d| o.cache.fetch_timeout = d,
@@ -213,6 +256,36 @@ fn each_edge_duration_alone() {
             o.cache.backoff_max = d;
         },
         |o, d| o.retry_budget.window = d,
+        |o, d| o.hedge_budget.window = d,
+        |o, d| o.cache.startup_wait = d,
+        |o, d| o.slow_start.window = d,
+        |o, d| {
+            o.selection = Selection::LeastLoaded;
+            o.load.decay = d;
+        },
+        |o, d| {
+            o.selection = Selection::LeastLoaded;
+            o.load.default_rtt = d;
+        },
+        |o, d| {
+            o.selection = Selection::LeastLoaded;
+            o.load.failure_penalty = d;
+        },
+        // A round a day: the paused clock's 400 days are then 400 rounds.
+        |o, d| {
+            let check = HealthCheck::tcp().interval(Duration::from_secs(86_400));
+            o.health_check = Some(check.timeout(d));
+        },
+        // 1 ns asks for probes back to back: on the paused clock's 400 days that
+        // is a busy loop by request, so the interval takes the other two edges.
+        |o, d| {
+            let d = if d == Duration::from_nanos(1) {
+                Duration::MAX
+            } else {
+                d
+            };
+            o.health_check = Some(HealthCheck::tcp().interval(d));
+        },
     ];
     let mut accepted = 0;
     for set in fields {

@@ -18,6 +18,7 @@ pub(super) fn build_client(
     servers: &[NameServerConfig],
     opts: &DnsOptions,
 ) -> Result<TokioResolver, Error> {
+    opts.validate()?;
     let config = ResolverConfig::from_name_servers(servers.to_vec());
     let mut ropts = ResolverOpts::default();
     // This crate's cache, with its TTL clamps and serve-stale, is the only cache.

@@ -442,6 +442,12 @@ impl Discover for DnsDiscovery {
     ) -> BoxFuture<'a, Result<Discovered, Error>> {
         Box::pin(self.answer(request))
     }
+
+    /// Options the DNS client was refused for (a zero timeout, too many retries),
+    /// reported when the resolver is built rather than at every lookup.
+    fn validate(&self) -> Result<(), Error> {
+        self.client.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
 }
 
 /// Rejects what DNS cannot answer, before any query.

@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use hickory_resolver::proto::rr::RecordType;
 
+use crate::error::Error;
+
 /// The attribute holding an SRV record's priority (lower is preferred), on instances
 /// found through SRV records.
 pub const ATTR_SRV_PRIORITY: &str = "SRV_PRIORITY";
@@ -102,10 +104,38 @@ pub struct DnsOptions {
     /// than only the last answer's: Route 53 answers at most 8 random records, so
     /// merging spreads picks over more of a large service. Default: true.
     pub merge_answers: bool,
-    /// How long one DNS query may take before it is tried again. Default: 1 s.
+    /// How long one DNS query may take before it is tried again: 1 ms to 1 hour
+    /// ([`InvalidInput`](crate::ErrorKind::InvalidInput) otherwise). Default: 1 s.
     pub timeout: Duration,
-    /// How many times a failed or timed-out query is tried again. Default: 1.
+    /// How many times a failed or timed-out query is tried again: at most 10
+    /// ([`InvalidInput`](crate::ErrorKind::InvalidInput) otherwise). Default: 1.
     pub retries: usize,
+}
+
+/// The most [`DnsOptions::retries`] may be: more could not fit in a fetch, which
+/// the resolver's `fetch_timeout` (5 s by default) bounds in all.
+const MAX_RETRIES: usize = 10;
+
+impl DnsOptions {
+    /// Refuses a timeout or a retry count the DNS client cannot work with: a zero
+    /// timeout fails every try at once, so the client would retry without ever
+    /// yielding to the timer that bounds a fetch; a huge one overflows its clock.
+    pub(super) fn validate(&self) -> Result<(), Error> {
+        let timeouts = Duration::from_millis(1)..=Duration::from_secs(3600);
+        if !timeouts.contains(&self.timeout) {
+            return Err(Error::invalid(format!(
+                "DNS timeout must be from 1 ms to 1 hour, not {:?}",
+                self.timeout
+            )));
+        }
+        if self.retries > MAX_RETRIES {
+            return Err(Error::invalid(format!(
+                "DNS retries must be at most {MAX_RETRIES}, not {}",
+                self.retries
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for DnsOptions {

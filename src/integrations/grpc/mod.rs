@@ -281,7 +281,8 @@ impl GrpcChannelBuilder {
     ///
     /// # Errors
     ///
-    /// `build` fails with [`InvalidInput`](crate::ErrorKind::InvalidInput) for 0.
+    /// `build` fails with [`InvalidInput`](crate::ErrorKind::InvalidInput) for 0,
+    /// and past what a Tokio channel can hold (`usize::MAX >> 3`).
     pub fn buffer(mut self, changes: usize) -> Self {
         self.buffer = changes;
         self
@@ -293,7 +294,8 @@ impl GrpcChannelBuilder {
     /// # Errors
     ///
     /// [`Configuration`](crate::ErrorKind::Configuration) outside a Tokio runtime,
-    /// or when tonic rejects the TLS settings; `InvalidInput` for a buffer of 0, or
+    /// or when tonic rejects the TLS settings; `InvalidInput` for a buffer of 0 or
+    /// past what a Tokio channel can hold, or
     /// a namespace or service name that breaks Cloud Map's rules (no registry could
     /// ever answer for it).
     pub fn build(self) -> Result<GrpcChannel, Error> {
@@ -301,10 +303,12 @@ impl GrpcChannelBuilder {
             crate::discover::names::check_namespace(&req.namespace)?;
             crate::discover::names::check_service(&req.service)?;
         }
-        if self.buffer == 0 {
+        // Tokio's channel asserts its bound: refused here rather than a panic.
+        let most = tokio::sync::Semaphore::MAX_PERMITS;
+        if !(1..=most).contains(&self.buffer) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
-                "a gRPC channel's change buffer must hold at least one change",
+                format!("a gRPC channel's change buffer must hold 1 to {most} changes"),
             ));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {

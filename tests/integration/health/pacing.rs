@@ -175,3 +175,39 @@ async fn no_probe_to_a_refused_address() {
         "a probe to a refused address"
     );
 }
+
+/// The longest interval is "probe rarely", not a panic: the first endpoint of the
+/// first round is probed, and the task waits out its step (a background task
+/// panicking there would have stopped health checking unseen).
+#[tokio::test(start_paused = true)]
+async fn the_longest_interval_probes_once_and_waits() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(count_accepts(listener, accepts.clone()));
+    let registry = ["a", "b"].iter().fold(StaticDiscovery::new(), |r, id| {
+        r.with_instance(
+            "shared",
+            "web",
+            Instance::new(*id).ipv4(Ipv4Addr::LOCALHOST).port(port),
+        )
+    });
+    let resolver = Resolver::builder(registry)
+        .health_check(HealthCheck::tcp().interval(Duration::MAX))
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "web").await.unwrap();
+    for _ in 0..100 {
+        if probes(&resolver) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(probes(&resolver), 1);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(probes(&resolver), 1, "the next probe is a long way off");
+    assert_eq!(
+        resolver.resolve("shared", "web").await.unwrap().port(),
+        Some(port)
+    );
+}
