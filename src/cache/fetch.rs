@@ -6,6 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -43,19 +44,27 @@ impl Cache {
         // and not a multiple of it, and a refresh's wait for its turn is not counted.
         let mut deadline = None;
         let mut changed = false;
+        // The caller's refusal of the revision call, when the full call may answer.
+        let mut refused = None;
         if let Some(prev) = prev.filter(|_| first == Op::Revision) {
-            let (rev, sent) = self
+            let polled = self
                 .registry_call(Op::Revision, req, &mut pace, &mut deadline, || {
                     self.source.revision(req)
                 })
-                .await?;
-            if rev.is_some() && rev == prev.revision {
-                let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale, &self.pick));
-                slot.install(snap.clone());
-                return Ok(snap);
+                .await;
+            match polled {
+                Ok((rev, sent)) if rev.is_some() && rev == prev.revision => {
+                    let snap = Arc::new(prev.reconfirmed(sent, self.opts.max_stale, &self.pick));
+                    slot.install(snap.clone());
+                    return Ok(snap);
+                }
+                // The revision moved: the answer served is out of date.
+                Ok(_) => changed = pace != Pace::Now && self.opts.adapt_to_throttling,
+                // Refused (no permission for this call alone, or for the caller at
+                // all): the full call says which, and answers in the first case.
+                Err(e) if e.kind() == ErrorKind::Configuration => refused = Some(e),
+                Err(e) => return Err(e),
             }
-            // The revision moved: the answer served is out of date.
-            changed = pace != Pace::Now && self.opts.adapt_to_throttling;
         }
         let (found, now) = if changed {
             self.fetch_changed(req).await?
@@ -65,6 +74,9 @@ impl Cache {
             })
             .await?
         };
+        if let Some(refusal) = refused {
+            self.refuse_revision(&refusal);
+        }
         // Skipped instances are counted under the key's namespace label (with its
         // owner account), as its registry calls are.
         let label = crate::discover::namespace_label(&req.namespace, req.owner());
@@ -205,6 +217,21 @@ impl Cache {
         result.map(|found| (found, sent))
     }
 
+    /// Turns revision polling off for this cache: the registry refuses the caller
+    /// DiscoverInstancesRevision but answers DiscoverInstances. Polling it anyway
+    /// would cost a refused call per refresh and leave every answer as old as the
+    /// full-refresh interval; full fetches keep answers as fresh as the TTL.
+    fn refuse_revision(&self, refusal: &Error) {
+        if !self.revision_refused.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                error = %refusal,
+                "DiscoverInstancesRevision is refused and DiscoverInstances answers: \
+                 refreshing with full calls only (allow \
+                 servicediscovery:DiscoverInstancesRevision to save them)"
+            );
+        }
+    }
+
     /// Counts, logs and turns into an error a panic of the source.
     fn panicked(
         &self,
@@ -251,6 +278,9 @@ impl Cache {
         } else {
             every
         };
+        if self.revision_refused.load(Ordering::Relaxed) {
+            return Op::Discover;
+        }
         let recent = now < after(prev.full_at, every);
         let waiting = pace != Pace::Now && !self.limit.ready(Op::Discover, now);
         if prev.revision.is_some() && (recent || waiting) {

@@ -86,6 +86,10 @@ pub(crate) struct Cache {
     pick: PickContext,
     /// A key held as watched on the cache's own behalf (`held.rs`).
     held: held::Held,
+    /// The registry refused this caller DiscoverInstancesRevision and answered
+    /// DiscoverInstances (an IAM policy without the revision call): every refresh
+    /// is a full fetch from then on (`fetch.rs`).
+    revision_refused: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -126,6 +130,7 @@ impl Cache {
             pick,
             opts,
             held: held::Held::default(),
+            revision_refused: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -188,3 +188,49 @@ async fn a_connection_closed_before_the_answer_is_an_outage() {
     assert!(err.message().contains(&proxy.url()), "{err}");
     assert_eq!(proxy.count("DiscoverInstances"), 1);
 }
+
+/// An IAM policy that allows DiscoverInstances but not DiscoverInstancesRevision:
+/// the refused revision poll falls back to the full call at once, and later
+/// refreshes are full calls only. Answers stay as fresh as the TTL (not the 30 s
+/// full-refresh interval), and the refused call is not repeated.
+#[tokio::test]
+async fn a_refused_revision_call_falls_back_to_full_refreshes() {
+    let (ns, svc) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    proxy.fault_operation(
+        "DiscoverInstancesRevision",
+        test_support::proxy::Fault::AwsError {
+            status: 400,
+            code: "AccessDeniedException",
+            message: "not authorized to perform servicediscovery:DiscoverInstancesRevision",
+        },
+        None,
+    );
+    let r = builder.ttl(Duration::from_secs(1)).build().unwrap();
+    assert_eq!(r.resolve_all(&ns, "api").await.unwrap().len(), 3);
+    register(
+        &svc,
+        "d",
+        &[("AWS_INSTANCE_IPV4", &ip(4)), ("AWS_INSTANCE_PORT", "80")],
+    )
+    .await;
+    // Bounded: within 10 s (the TTL is 1 s; polling the refused revision, the new
+    // instance would show only at the full refresh, 30 s on).
+    let mut seen = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if r.resolve_all(&ns, "api").await.unwrap().len() == 4 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the new instance is seen within 10 s");
+    // Three more TTLs of refreshes, all of them full calls.
+    let full = proxy.count("DiscoverInstances");
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.resolve(&ns, "api").await.unwrap();
+    }
+    assert!(proxy.count("DiscoverInstances") > full, "still refreshing");
+    assert_eq!(proxy.count("DiscoverInstancesRevision"), 1, "refused once");
+}
