@@ -5,6 +5,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -138,11 +139,7 @@ impl Cache {
                     self.ensure_refresher(slot);
                     return Ok(snap);
                 }
-                let hold = if err.is_retryable() {
-                    self.backoff(gate.failures)
-                } else {
-                    self.opts.negative_ttl
-                };
+                let hold = self.failure_hold(gate.failures, &err);
                 gate.error = Some((err.clone(), after(now, hold)));
                 Err(err)
             }
@@ -244,6 +241,22 @@ pub(super) fn wait_ends(
 ) -> Instant {
     let progress = answered.map_or(arrived, |a| a.max(arrived));
     after(progress, startup_wait).min(after(arrived, startup_wait.saturating_mul(MAX_WAITS)))
+}
+
+impl Cache {
+    /// How long a failed load's error is held before the registry is asked again:
+    /// a not-found answer for the negative TTL (the service may be created at any
+    /// moment); any other failure for the backoff, which grows with the failures in
+    /// a row, so that a caller the registry refuses (permissions, a quota) asks less
+    /// and less often, as during an outage, rather than every negative TTL for as
+    /// long as the refusal lasts.
+    pub(super) fn failure_hold(&self, failures: u32, err: &Error) -> Duration {
+        if err.is_not_found() {
+            self.opts.negative_ttl
+        } else {
+            self.backoff(failures)
+        }
+    }
 }
 
 #[cfg(test)]

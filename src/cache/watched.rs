@@ -81,15 +81,16 @@ impl Cache {
 pub(crate) const ZONE_RECHECK: Duration = Duration::from_secs(1);
 
 impl Cache {
-    /// How long a change stream waits before loading a failing key again: the
-    /// cache's backoff, or the negative TTL for an answer that will not change by
-    /// asking sooner (not found). Loads within the cache's own backoff window are
-    /// answered without a registry call anyway.
+    /// How long a change stream waits before loading a failing key again: as long
+    /// as a cold load holds the failure (`cold.rs`, `failure_hold`), and for a
+    /// not-found answer at least the backoff's first step. Loads within the hold
+    /// are answered without a registry call anyway.
     pub(crate) fn retry_delay(&self, failures: u32, err: &Error) -> Duration {
-        if err.is_retryable() {
-            self.backoff(failures)
+        let hold = self.failure_hold(failures, err);
+        if err.is_not_found() {
+            hold.max(self.opts.backoff_base)
         } else {
-            self.opts.negative_ttl.max(self.opts.backoff_base)
+            hold
         }
     }
 }

@@ -257,3 +257,51 @@ async fn full_refresh_floor_with_revision_polling() {
     );
     assert_eq!(source.discover_calls(), full + 1);
 }
+
+/// A source that refuses every call with one kind of error, counting the calls.
+#[derive(Debug, Clone)]
+struct Refusing {
+    kind: ErrorKind,
+    calls: Arc<Mutex<u64>>,
+}
+
+impl Discover for Refusing {
+    fn discover<'a>(&'a self, _: &'a DiscoverRequest) -> BoxFuture<'a, Result<Discovered, Error>> {
+        *self.calls.lock().unwrap() += 1;
+        let kind = self.kind;
+        Box::pin(async move { Err(Error::new(kind, "refused by the test source")) })
+    }
+}
+
+/// A caller the registry refuses (permissions, a quota) asks less and less often,
+/// as during an outage: resolving every 100 ms for 10 minutes costs a call per
+/// backoff step, then about one per 15-30 s, not one per negative TTL (2 s), which
+/// across a fleet would spend the account's quota for as long as the refusal
+/// lasts. A not-found answer is still asked again every negative TTL: the service
+/// may be created at any moment.
+#[tokio::test(start_paused = true)]
+async fn refusals_back_off_as_outages_do() {
+    let cases = [
+        (ErrorKind::Configuration, 20..=50),
+        (ErrorKind::QuotaExceeded, 20..=50),
+        (ErrorKind::ServiceNotFound, 250..=301),
+    ];
+    for (kind, expected) in cases {
+        let source = Refusing {
+            kind,
+            calls: Arc::default(),
+        };
+        let resolver = Resolver::builder(source.clone()).seed(5).build().unwrap();
+        for _ in 0..6000 {
+            let err = resolver.resolve("shared", "api").await.unwrap_err();
+            assert_eq!(err.kind(), kind, "{err}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let calls = *source.calls.lock().unwrap();
+        println!("{kind:?}: {calls} calls in 10 minutes");
+        assert!(
+            expected.contains(&calls),
+            "{kind:?}: {calls} calls in 10 minutes"
+        );
+    }
+}
