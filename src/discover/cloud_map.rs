@@ -317,6 +317,21 @@ where
                 root_cause(&err)
             ),
         ),
+        // An answer that is not the registry's (a proxy's or gateway's bare
+        // status): named by its status; a 429 says "too many".
+        SdkError::ResponseError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let kind = if status == 429 {
+                ErrorKind::Throttled
+            } else {
+                ErrorKind::Unavailable
+            };
+            let detail = format!(
+                "bad response from {endpoint} (HTTP {status}): {}",
+                root_cause(&err)
+            );
+            (kind, detail)
+        }
         _ => (
             ErrorKind::Unavailable,
             format!("bad response from {endpoint}: {}", root_cause(&err)),

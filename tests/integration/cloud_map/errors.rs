@@ -234,3 +234,25 @@ async fn a_refused_revision_call_falls_back_to_full_refreshes() {
     assert!(proxy.count("DiscoverInstances") > full, "still refreshing");
     assert_eq!(proxy.count("DiscoverInstancesRevision"), 1, "refused once");
 }
+
+/// A bare HTTP status from a proxy or gateway in front of the registry: 429 is
+/// throttling (`Throttled`), a 5xx an outage (`Unavailable`); both retryable and
+/// named by their status.
+#[tokio::test]
+async fn bare_statuses_are_throttling_or_outages() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    // A throttled cold load fails at once rather than waiting for a turn (and holds
+    // the next cold loads back: the 429 comes last).
+    let r = builder.startup_wait(Duration::ZERO).build().unwrap();
+    for (n, (status, kind)) in [(503, ErrorKind::Unavailable), (429, ErrorKind::Throttled)]
+        .into_iter()
+        .enumerate()
+    {
+        proxy.set_fault(test_support::proxy::Fault::Status(status));
+        let err = r.resolve(&ns, &format!("api-{n}")).await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{status}: {err}");
+        assert!(err.is_retryable());
+        assert!(err.message().contains(&format!("HTTP {status}")), "{err}");
+    }
+}
