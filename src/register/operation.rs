@@ -351,13 +351,11 @@ mod tests {
         assert_eq!((sends, err.kind()), (1, ErrorKind::ServiceNotFound));
     }
 
-    /// A send cut short by the deadline reports the registry's answer before it:
-    /// its kind and text, once.
-    #[tokio::test(start_paused = true)]
-    async fn a_send_the_deadline_cuts_names_the_answer_before_it() {
-        let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
+    /// `send_retrying` over a registry that throttles the first send and never
+    /// answers the second: the sends made and the error.
+    async fn throttled_then_hung(what: &'static str, deadline: &Deadline<'_>) -> (u32, Error) {
         let mut sends = 0;
-        let err = send_retrying("RegisterInstance", &deadline, 1, || {
+        let err = send_retrying(what, deadline, 1, || {
             sends += 1;
             let first = sends == 1;
             async move {
@@ -369,6 +367,15 @@ mod tests {
         })
         .await
         .unwrap_err();
+        (sends, err)
+    }
+
+    /// A send cut short by the deadline reports the registry's answer before it:
+    /// its kind and text, once.
+    #[tokio::test(start_paused = true)]
+    async fn a_send_the_deadline_cuts_names_the_answer_before_it() {
+        let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
+        let (sends, err) = throttled_then_hung("RegisterInstance", &deadline).await;
         assert_eq!((sends, err.kind()), (2, ErrorKind::Throttled), "{err}");
         assert!(err.message().contains("Rate exceeded"), "{err}");
         assert_eq!(err.message().matches("deadline").count(), 1, "{err}");
@@ -390,20 +397,7 @@ mod tests {
         assert!(err.message().contains("still PENDING"), "{err}");
 
         let deadline = Deadline::after(Duration::from_secs(2), "ns", "svc");
-        let after = deadline.after_answer(&pending);
-        let mut sends = 0;
-        let err = send_retrying("GetOperation", &after, 1, || {
-            sends += 1;
-            let first = sends == 1;
-            async move {
-                if first {
-                    return Err(Error::new(ErrorKind::Throttled, "Rate exceeded"));
-                }
-                std::future::pending::<Result<(), Error>>().await
-            }
-        })
-        .await
-        .unwrap_err();
+        let (_, err) = throttled_then_hung("GetOperation", &deadline.after_answer(&pending)).await;
         assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
         assert!(!err.message().contains("PENDING"), "{err}");
     }

@@ -18,6 +18,15 @@ async fn count_accepts(listener: TcpListener, accepts: Arc<AtomicUsize>) {
     }
 }
 
+/// A listener on `addr` counting the connections it accepts: its port and count.
+async fn counted(addr: &str) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    tokio::spawn(count_accepts(listener, accepts.clone()));
+    (port, accepts)
+}
+
 fn probes(resolver: &Resolver) -> u64 {
     let s = resolver.stats();
     s.probes_passed + s.probes_failed + s.probes_timed_out
@@ -30,10 +39,7 @@ fn probes(resolver: &Resolver) -> u64 {
 /// (nothing in use), no probe at all.
 #[tokio::test(start_paused = true)]
 async fn a_thousand_endpoints_are_probed_at_a_steady_rate() {
-    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepts = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(count_accepts(listener, accepts.clone()));
+    let (port, accepts) = counted("0.0.0.0:0").await;
     let mut registry = StaticDiscovery::new();
     for key in 0..100u8 {
         for e in 0..10u8 {
@@ -121,13 +127,8 @@ async fn a_thousand_endpoints_are_probed_at_a_steady_rate() {
 /// them is probed all along.
 #[tokio::test]
 async fn no_probe_to_a_refused_address() {
-    let allowed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port_ok = allowed.local_addr().unwrap().port();
-    let refused = TcpListener::bind("127.0.0.2:0").await.unwrap();
-    let port_bad = refused.local_addr().unwrap().port();
-    let (ok, bad) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    tokio::spawn(count_accepts(allowed, ok.clone()));
-    tokio::spawn(count_accepts(refused, bad.clone()));
+    let (port_ok, ok) = counted("127.0.0.1:0").await;
+    let (port_bad, bad) = counted("127.0.0.2:0").await;
     let registry = StaticDiscovery::new()
         .with_instance(
             "shared",
@@ -181,10 +182,7 @@ async fn no_probe_to_a_refused_address() {
 /// panicking there would have stopped health checking unseen).
 #[tokio::test(start_paused = true)]
 async fn the_longest_interval_probes_once_and_waits() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepts = Arc::new(AtomicUsize::new(0));
-    tokio::spawn(count_accepts(listener, accepts.clone()));
+    let (port, accepts) = counted("127.0.0.1:0").await;
     let registry = ["a", "b"].iter().fold(StaticDiscovery::new(), |r, id| {
         r.with_instance(
             "shared",
@@ -206,6 +204,7 @@ async fn the_longest_interval_probes_once_and_waits() {
     assert_eq!(probes(&resolver), 1);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(probes(&resolver), 1, "the next probe is a long way off");
+    assert_eq!(accepts.load(Ordering::Relaxed), 1);
     assert_eq!(
         resolver.resolve("shared", "web").await.unwrap().port(),
         Some(port)
