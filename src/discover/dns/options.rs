@@ -112,8 +112,9 @@ pub struct DnsOptions {
     pub retries: usize,
 }
 
-/// The most [`DnsOptions::retries`] may be: more could not fit in a fetch, which
-/// the resolver's `fetch_timeout` (5 s by default) bounds in all.
+/// The most [`DnsOptions::retries`] may be: the DNS client retries a query that
+/// fails at once within one poll, so the count must be small for a fetch's
+/// timeout to stay in charge.
 const MAX_RETRIES: usize = 10;
 
 impl DnsOptions {
