@@ -205,6 +205,7 @@ where
         pin,
         mut op,
         retry_if,
+        resend_if,
         retry_timeouts,
         opts,
         ..
@@ -232,6 +233,7 @@ where
         service,
         deadline,
         retry_if: retry_if.as_ref(),
+        resend_if: resend_if.as_ref(),
         retry_timeouts,
     };
     let delay = hedge.delay(&latency);

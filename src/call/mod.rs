@@ -142,6 +142,11 @@ pub struct Call<'a, F, E> {
     pin: Option<&'a SlotPin>,
     op: F,
     retry_if: Option<RetryIf<'a, E>>,
+    /// Of the errors `retry_if` retries, those after which another attempt may be
+    /// sent (the integrations: a request that must not run twice moves on only
+    /// from an error before delivery); the others still count against their
+    /// endpoint, and end the call. Default: all.
+    resend_if: Option<RetryIf<'a, E>>,
     retry_timeouts: bool,
     opts: CallOptions,
     hedge: Option<Hedge>,
@@ -190,6 +195,7 @@ impl<'a, F, E> Call<'a, F, E> {
             pin: None,
             op,
             retry_if: None,
+            resend_if: None,
             retry_timeouts: true,
             opts: ctx.defaults.clone(),
             hedge: None,
@@ -237,6 +243,13 @@ impl<'a, F, E> Call<'a, F, E> {
     /// decides for it.
     pub fn retry_if(mut self, retryable: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.retry_if = Some(Box::new(retryable));
+        self
+    }
+
+    /// Which failed attempts may be followed by another (see the field); the
+    /// integrations' rule for requests that must not run twice.
+    pub(crate) fn resend_if(mut self, resend: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
+        self.resend_if = Some(Box::new(resend));
         self
     }
 
@@ -325,6 +338,7 @@ where
             pin,
             mut op,
             retry_if,
+            resend_if,
             retry_timeouts,
             opts,
             hedge: _,
@@ -352,6 +366,7 @@ where
             service,
             deadline,
             retry_if: retry_if.as_ref(),
+            resend_if: resend_if.as_ref(),
             retry_timeouts,
         };
         let mut failed: Vec<Attempt<E>> = Vec::new();

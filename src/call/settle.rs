@@ -66,6 +66,7 @@ pub(super) struct Settler<'c, 'a, E> {
     pub(super) service: &'a str,
     pub(super) deadline: Option<Instant>,
     pub(super) retry_if: Option<&'c RetryIf<'a, E>>,
+    pub(super) resend_if: Option<&'c RetryIf<'a, E>>,
     pub(super) retry_timeouts: bool,
 }
 
@@ -132,12 +133,16 @@ impl<E> Settler<'_, '_, E> {
                 } else {
                     Outcome::Success
                 };
+                // A failure that may have been delivered, of a request that must not
+                // run twice: evidence against the endpoint all the same, but no new
+                // attempt, as for a timeout that is not retried.
+                let resend = retryable && self.resend_if.is_none_or(|p| p(&err));
                 recorder.finish(&ep, began, ended, outcome);
                 failed.push(Attempt::new(ep, AttemptError::Failed(err)));
-                if retryable {
-                    Settled::Failed
-                } else {
-                    Settled::Stop(CallStop::NotRetryable)
+                match (retryable, resend) {
+                    (true, true) => Settled::Failed,
+                    (true, false) => Settled::NoMore,
+                    (false, _) => Settled::Stop(CallStop::NotRetryable),
                 }
             }
             None => {

@@ -278,7 +278,7 @@ impl FailoverClient {
             };
             let host = host.clone();
             async move {
-                // `retry_if` moves on with a body that cannot be cloned only after a
+                // `resend_if` moves on with a body that cannot be cloned only after a
                 // `NotSent` attempt, which gave the request back: it is here.
                 let Some(mut req) = attempt else {
                     return Err(Failed::NotSent(Error::new(
@@ -320,11 +320,12 @@ impl FailoverClient {
         // connect error, or an endpoint without a permitted address. A timeout, ours
         // or reqwest's, may come after the request was delivered. A body that cannot
         // be cloned moves on only from an endpoint it was never handed to (`NotSent`):
-        // once given to the client, it is spent.
+        // once given to the client, it is spent. Every failure counts against its
+        // endpoint either way: a dead endpoint is ejected whatever the method.
         let mut call = self
             .resolver
             .call(&namespace, &service, op)
-            .retry_if(move |f: &Failed<Response, reqwest::Error>| match f {
+            .resend_if(move |f: &Failed<Response, reqwest::Error>| match f {
                 Failed::NotSent(_) => true,
                 Failed::Status(_) => clonable,
                 Failed::Error(e) => {

@@ -333,6 +333,7 @@ where
             };
             // A request that is not repeatable moves on only when nothing was sent:
             // an error of the inner service or a timeout may come after delivery.
+            // Every failure counts against its endpoint either way.
             let retry = move |f: &Failed<Response<RB>, BoxError>| match f {
                 Failed::Status(_) | Failed::NotSent(_) => true,
                 Failed::Error(_) => repeatable,
@@ -341,7 +342,7 @@ where
                 To::Named(_, namespace, service) => {
                     let mut call = resolver
                         .call(namespace, service, op)
-                        .retry_if(retry)
+                        .resend_if(retry)
                         .retry_timeouts(repeatable);
                     if let Some(h) = hedge {
                         call = call.hedge(h);
@@ -349,7 +350,7 @@ where
                     call.await
                 }
                 To::Held(held) => {
-                    let mut call = held.call(op).retry_if(retry).retry_timeouts(repeatable);
+                    let mut call = held.call(op).resend_if(retry).retry_timeouts(repeatable);
                     if let Some(h) = hedge {
                         call = call.hedge(h);
                     }

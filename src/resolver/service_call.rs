@@ -54,6 +54,7 @@ pub struct ServiceCall<'a, F, E> {
     attempt_timeout: Option<Duration>,
     deadline: Option<Duration>,
     retry_if: Option<RetryIf<'a, E>>,
+    resend_if: Option<RetryIf<'a, E>>,
     retry_timeouts: Option<bool>,
     hedge: Option<Hedge>,
 }
@@ -81,6 +82,7 @@ impl<'a, F, E> ServiceCall<'a, F, E> {
             attempt_timeout: None,
             deadline: None,
             retry_if: None,
+            resend_if: None,
             retry_timeouts: None,
             hedge: None,
         }
@@ -107,6 +109,12 @@ impl<'a, F, E> ServiceCall<'a, F, E> {
     /// As [`Call::retry_if`].
     pub fn retry_if(mut self, retryable: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.retry_if = Some(Box::new(retryable));
+        self
+    }
+
+    /// As `Call::resend_if` (the integrations').
+    pub(crate) fn resend_if(mut self, resend: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
+        self.resend_if = Some(Box::new(resend));
         self
     }
 
@@ -159,6 +167,9 @@ where
             }
             if let Some(retryable) = self.retry_if {
                 call = call.retry_if(retryable);
+            }
+            if let Some(resend) = self.resend_if {
+                call = call.resend_if(resend);
             }
             if let Some(yes) = self.retry_timeouts {
                 call = call.retry_timeouts(yes);

@@ -262,6 +262,32 @@ async fn failover_client_does_not_repeat_a_post() {
     );
 }
 
+/// A POST whose connection is closed unanswered is not sent again, but the failure
+/// counts against the instance: after 5 in a row it is ejected, and the POSTs after
+/// it reach the instance that answers.
+#[tokio::test]
+async fn posts_failing_on_one_instance_eject_it() {
+    let a = HttpServer::start("a").await;
+    let b = HttpServer::start("b").await;
+    b.set_mode(Mode::Close);
+    let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
+        .build()
+        .unwrap();
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
+    let mut failed = 0;
+    for _ in 0..40 {
+        let post = fc.client().post("http://web.shared/orders").body("order");
+        if fc.send(post).await.is_err() {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 5, "b's 5 failures, then no more");
+    assert_eq!((a.hits(), b.hits()), (35, 5));
+    assert_eq!(resolver.stats().ejections, 1);
+}
+
 /// A POST that could not connect was never sent, so it goes to the next instance.
 #[tokio::test]
 async fn failover_client_sends_an_unsent_post_elsewhere() {

@@ -161,6 +161,31 @@ async fn gets_fail_over_and_posts_are_not_repeated() {
     );
 }
 
+/// A POST that fails on a dead instance is not sent again, but the failure counts
+/// against the instance all the same: after its 5 failures in a row it is ejected
+/// and the POSTs after it reach the live one (a failure not repeated is not an
+/// answer).
+#[tokio::test]
+async fn posts_to_a_dead_instance_eject_it() {
+    let a = HttpServer::start("a").await;
+    let (dead, _held) = closed_port();
+    let reg = registry(&[("a", a.port()), ("dead", dead.port())]);
+    let resolver = Resolver::builder(reg).build().unwrap();
+    let svc = service(FailoverLayer::new(resolver.clone()).hosts(shared()));
+    let mut failed = 0;
+    for _ in 0..40 {
+        match send(&svc, "POST", "http://web.shared/", "order").await {
+            Ok((status, _)) => assert_eq!(status, 200),
+            Err(_) => failed += 1,
+        }
+    }
+    assert_eq!(failed, 5, "the dead instance's 5 failures, then no more");
+    assert_eq!(a.hits(), 35);
+    let stats = resolver.stats();
+    assert_eq!(stats.ejections, 1);
+    assert_eq!(stats.retries, 0, "no POST sent twice");
+}
+
 /// `localhost` is not a service: the request goes through unchanged.
 #[tokio::test]
 async fn other_names_pass_through() {
