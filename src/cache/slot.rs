@@ -58,8 +58,17 @@ impl Slot {
     }
 
     /// Installs a new answer and tells the change streams.
+    ///
+    /// Never into an evicted slot: an answer fetched while its slot was evicted (a
+    /// held handle keeps such a slot listed) would be served with no refresher to
+    /// renew or expire it, past `max_stale`. Checked after the store, as eviction
+    /// marks before it empties: either this sees the mark, or the eviction empties
+    /// after this store.
     pub(super) fn install(&self, snap: Arc<Snapshot>) {
         self.set(Some(snap));
+        if self.is_evicted() {
+            self.set(None);
+        }
         self.publish();
     }
 

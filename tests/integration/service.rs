@@ -5,11 +5,12 @@
 //! set, and after the resolver is dropped (a typed error). The churn over many keys
 //! at a small capacity is `service_churn.rs`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudmap_resolver::{
-    Change, Endpoint, ErrorKind, HealthFilter, Instance, Outcome, Resolver, Selection, Service,
-    StaticDiscovery, ZoneAware,
+    BoxFuture, Change, Discover, DiscoverRequest, Discovered, Endpoint, Error, ErrorKind,
+    HealthFilter, Instance, Outcome, Resolver, Selection, Service, StaticDiscovery, ZoneAware,
 };
 use futures::StreamExt;
 
@@ -472,5 +473,95 @@ async fn query_service_holds_the_query_key() {
     assert_eq!(
         bad.resolve().await.unwrap_err().kind(),
         ErrorKind::InvalidInput
+    );
+}
+
+/// A source that holds back the first call for one service until released.
+#[derive(Debug, Clone)]
+struct HeldBack {
+    inner: StaticDiscovery,
+    service: &'static str,
+    asked: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl Discover for HeldBack {
+    fn discover<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        let held = req.service() == self.service;
+        Box::pin(async move {
+            if held {
+                self.asked.notify_one();
+                // Held back once: the permit is kept, so the next calls pass.
+                self.release.acquire().await.unwrap().forget();
+                self.release.add_permits(1);
+            }
+            self.inner.discover(req).await
+        })
+    }
+}
+
+/// A held key evicted while its first answer is being fetched (other keys churn a
+/// full cache) must not keep that answer with nobody to refresh it: a change in the
+/// registry reaches the handle within a few TTLs, not never.
+#[tokio::test(start_paused = true)]
+async fn a_held_key_evicted_while_loading_still_follows_the_registry() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let registry = (0..60).fold(StaticDiscovery::new(), |r, i| {
+        r.with_instance(
+            "shared",
+            format!("svc-{i}"),
+            Instance::new("old").ipv4(ip).port(80),
+        )
+    });
+    let source = HeldBack {
+        inner: registry.clone(),
+        service: "svc-0",
+        asked: Arc::default(),
+        release: Arc::new(tokio::sync::Semaphore::new(0)),
+    };
+    let resolver = Resolver::builder(source.clone())
+        .capacity(8)
+        .ttl(Duration::from_secs(1))
+        .max_stale(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let web = resolver.service("shared", "svc-0");
+    let first = tokio::spawn({
+        let web = web.clone();
+        async move { web.resolve().await }
+    });
+    source.asked.notified().await;
+    // Each other key loaded a few times, the bound's pending work run after each
+    // (`cached_keys`): the capacity bound (TinyLFU) admits a newcomer asked for
+    // more often than the key it evicts, here the one in flight (asked once).
+    for i in 1..60 {
+        for _ in 0..4 {
+            let svc = format!("svc-{i}");
+            resolver.resolve("shared", &svc).await.unwrap();
+            resolver.cached_keys();
+        }
+    }
+    assert!(resolver.cached_keys() <= 8);
+    source.release.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap().instance_id(), "old");
+
+    registry.deregister("shared", "svc-0", "old");
+    registry.register("shared", "svc-0", Instance::new("new").ipv4(ip).port(80));
+    let mut seen = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let id = web.resolve().await.unwrap().instance_id().to_owned();
+        if id == "new" {
+            seen = Some(id);
+            break;
+        }
+    }
+    assert_eq!(
+        seen.as_deref(),
+        Some("new"),
+        "the change reached the handle"
     );
 }
