@@ -50,11 +50,11 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, 
                 // endpoints are removed, as an empty answer would remove them. Any
                 // other failure leaves them (a failing registry is no reason to
                 // stop dialing).
-                if matches!(
+                let removed = matches!(
                     err.kind(),
                     ErrorKind::ServiceNotFound | ErrorKind::NamespaceNotFound
-                ) && !known.is_empty()
-                {
+                ) && !known.is_empty();
+                if removed {
                     for change in diff(&mut known, Vec::new()) {
                         if tx.send(Item::Change(Ok(change))).await.is_err() {
                             return;
@@ -62,7 +62,10 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, 
                     }
                 }
                 let delay = cache.retry_delay(failures, &err);
-                if failures == 1 && tx.send(Item::Change(Err(err))).await.is_err() {
+                // Once per run of failures, and again with removals, which a
+                // consumer must hear the reason of (a gRPC channel left with no
+                // endpoint fails its requests with it rather than waiting on).
+                if (failures == 1 || removed) && tx.send(Item::Change(Err(err))).await.is_err() {
                     return;
                 }
                 if give_up {

@@ -294,3 +294,48 @@ async fn a_channel_from_a_handle_serves() {
     let direct = health.grpc_channel().unwrap();
     check(&direct).await.expect("an RPC through grpc_channel");
 }
+
+/// The service deleted after an outage that outlasted `max_stale`: the channel is
+/// left with no endpoint and its requests fail at once with the reason, instead of
+/// waiting for an answer that never comes.
+#[tokio::test]
+async fn a_service_deleted_after_an_outage_fails_requests_at_once() {
+    let servers = three_health_servers().await;
+    let source = test_support::counting::Counting::new(registry(&servers));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_millis(500))
+        .max_stale(Duration::from_millis(500))
+        .backoff_base(Duration::from_millis(100))
+        .backoff_max(Duration::from_millis(400))
+        .seed(5)
+        .build()
+        .unwrap();
+    let channel = resolver.grpc_channel("shared", "health").unwrap();
+    check(&channel).await.expect("serving");
+    let mut observer = resolver.watch("shared", "health");
+    let mut next_error = async |observer: &mut Watch| {
+        let wait = async {
+            loop {
+                if let Some(Err(err)) = observer.next().await {
+                    return err.kind();
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("an error within 30 s")
+    };
+
+    source.fail_with(Some(ErrorKind::Unavailable));
+    assert_eq!(next_error(&mut observer).await, ErrorKind::Unavailable);
+    source.fail_with(Some(ErrorKind::ServiceNotFound));
+    assert_eq!(next_error(&mut observer).await, ErrorKind::ServiceNotFound);
+    // The channel's feeder took the same answer: let it report.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = tokio::time::timeout(Duration::from_secs(5), check(&channel))
+        .await
+        .expect("fails at once, does not wait")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("not found"), "{status:?}");
+}

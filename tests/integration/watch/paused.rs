@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cloudmap_resolver::{ErrorKind, HealthFilter, Instance, Resolver, StaticDiscovery};
+use cloudmap_resolver::{Change, ErrorKind, HealthFilter, Instance, Resolver, StaticDiscovery};
 use futures::StreamExt;
 use test_support::counting::Counting;
 
@@ -196,6 +196,38 @@ async fn query_watch_and_invalid_input() {
     .join()
     .unwrap();
     assert_eq!(first.unwrap().unwrap_err().kind(), ErrorKind::Configuration);
+}
+
+/// A service deleted after an outage that outlasted `max_stale` (its error already
+/// reported once): the removals come with the new error, so that a consumer left
+/// with no endpoint (a gRPC channel) hears why instead of waiting for an answer.
+#[tokio::test(start_paused = true)]
+async fn a_service_deleted_after_an_outage_is_reported_with_its_removals() {
+    let source = Counting::new(registry(&["a", "b"]));
+    let resolver = watched(source.clone());
+    let mut watch = resolver.watch("shared", "web");
+    initial_inserts(&mut watch, 2).await;
+
+    source.fail_with(Some(ErrorKind::Unavailable));
+    let outage = drain_for(&mut watch, Duration::from_secs(120)).await;
+    assert_eq!(outage.len(), 1, "one error past max_stale: {outage:?}");
+
+    source.fail_with(Some(ErrorKind::ServiceNotFound));
+    let seen = drain_for(&mut watch, Duration::from_secs(120)).await;
+    let removed = seen
+        .iter()
+        .filter(|i| matches!(i, Ok(Change::Remove(_))))
+        .count();
+    assert_eq!(removed, 2, "{seen:?}");
+    let errors: Vec<ErrorKind> = seen
+        .iter()
+        .filter_map(|i| i.as_ref().err().map(cloudmap_resolver::Error::kind))
+        .collect();
+    assert_eq!(errors, [ErrorKind::ServiceNotFound], "{seen:?}");
+    assert!(
+        seen.last().unwrap().is_err(),
+        "the reason after the removals"
+    );
 }
 
 /// Issue 25 (also checked): a deleted service's endpoints are removed once the
