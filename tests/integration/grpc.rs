@@ -313,7 +313,7 @@ async fn a_service_deleted_after_an_outage_fails_requests_at_once() {
     let channel = resolver.grpc_channel("shared", "health").unwrap();
     check(&channel).await.expect("serving");
     let mut observer = resolver.watch("shared", "health");
-    let mut next_error = async |observer: &mut Watch| {
+    let next_error = async |observer: &mut Watch| {
         let wait = async {
             loop {
                 if let Some(Err(err)) = observer.next().await {
