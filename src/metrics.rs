@@ -392,9 +392,8 @@ mod record {
     }
 
     pub(crate) fn hedge(namespace: &str, service: &str, decision: &'static str) {
-        counter!(HEDGES, "decision" => decision, "namespace" => namespace.to_owned(),
-            "service" => service.to_owned())
-        .increment(1);
+        let (ns, svc) = names().labels(namespace, service);
+        counter!(HEDGES, "decision" => decision, "namespace" => ns, "service" => svc).increment(1);
     }
 
     pub(crate) fn call(namespace: &str, service: &str, ok: bool, took: Duration) {
