@@ -248,6 +248,7 @@ impl<'a, F, E> Call<'a, F, E> {
 
     /// Which failed attempts may be followed by another (see the field); the
     /// integrations' rule for requests that must not run twice.
+    #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
     pub(crate) fn resend_if(mut self, resend: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.resend_if = Some(Box::new(resend));
         self

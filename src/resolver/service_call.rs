@@ -113,6 +113,7 @@ impl<'a, F, E> ServiceCall<'a, F, E> {
     }
 
     /// As `Call::resend_if` (the integrations').
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn resend_if(mut self, resend: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.resend_if = Some(Box::new(resend));
         self

@@ -353,6 +353,62 @@ async fn a_zero_timeout_on_one_call_is_invalid_input_without_attempts() {
         .unwrap();
 }
 
+/// An endpoint ejected through `report` from a plain thread (no Tokio runtime there)
+/// comes back after its ejection time, as one reported from a task does: `resolve`
+/// never looks at the clock, so a timer must re-admit it.
+#[test]
+fn an_ejection_reported_outside_a_runtime_ends() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut outlier = OutlierOptions::default();
+    outlier.base_ejection_time = Duration::from_millis(100);
+    let resolver = Resolver::builder(registry(&["a", "b"]))
+        .outlier_detection(outlier)
+        .build()
+        .unwrap();
+    let picks_of_a = || {
+        rt.block_on(async {
+            let mut n = 0;
+            for _ in 0..20 {
+                if resolver
+                    .resolve("shared", "web")
+                    .await
+                    .unwrap()
+                    .instance_id()
+                    == "a"
+                {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    let a = rt.block_on(async {
+        let (x, y) = (
+            resolver.resolve("shared", "web").await.unwrap(),
+            resolver.resolve("shared", "web").await.unwrap(),
+        );
+        if x.instance_id() == "a" {
+            x
+        } else {
+            y
+        }
+    });
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for _ in 0..5 {
+                resolver.report(&a, Outcome::Failure);
+            }
+        });
+    });
+    assert_eq!(resolver.stats().ejections, 1);
+    assert_eq!(picks_of_a(), 0, "ejected");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(picks_of_a(), 10, "back after its 100 ms, in the rotation");
+}
+
 /// A hung endpoint costs one attempt timeout, then the next endpoint answers; the
 /// hung one is ejected like any failing one.
 #[tokio::test(start_paused = true)]

@@ -343,17 +343,33 @@ impl OutlierDetector {
             "{}",
             cause.describe()
         );
-        // Re-admission on a timer, so the warm path needs no clock. Without a
-        // runtime, `is_ejected` re-admits lazily when `call` next looks.
+        // Re-admission on a timer, so the warm path needs no clock: a task on the
+        // current runtime, or a thread when there is none (`report` from a plain
+        // thread), since `resolve` never looks at the time and would skip the
+        // endpoint for good. Ejections are rare and bounded by the endpoints.
+        let weak = Arc::downgrade(h);
+        let count = self.readmissions.clone();
+        let readmit_at = move |now: Instant| {
+            if let Some(h) = weak.upgrade() {
+                readmit(&h, now, &count);
+            }
+        };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let weak = Arc::downgrade(h);
-            let count = self.readmissions.clone();
             rt.spawn(async move {
                 tokio::time::sleep_until(until).await;
-                if let Some(h) = weak.upgrade() {
-                    readmit(&h, Instant::now(), &count);
-                }
+                readmit_at(Instant::now());
             });
+        } else {
+            let spawned = std::thread::Builder::new()
+                .name("cloudmap-readmit".into())
+                .spawn(move || {
+                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
+                    readmit_at(Instant::now());
+                });
+            if let Err(err) = spawned {
+                // `call` still re-admits when it next looks (`is_ejected`).
+                tracing::warn!(error = %err, "no thread to re-admit an ejected endpoint on");
+            }
         }
     }
 
