@@ -1,6 +1,8 @@
 //! A key the cache holds as watched on its own behalf: loaded before the first
 //! cold load of any other key and kept fresh by its refresher from then on, with
-//! nobody resolving it. Zone-aware routing's callers' service is one
+//! nobody resolving it; loaded again at a cold load once its refresher has let
+//! it go (an outage past `max_stale`, a not-found answer, an eviction), as the
+//! keys loaded cold then are. Zone-aware routing's callers' service is one
 //! (`select/zone/`): its answers, installed like any other, tell the pickers where
 //! the callers are.
 
@@ -14,7 +16,7 @@ use crate::discover::DiscoverRequest;
 #[derive(Default)]
 pub(crate) struct Held {
     request: Option<DiscoverRequest>,
-    watched: tokio::sync::OnceCell<Watched>,
+    watched: tokio::sync::Mutex<Option<Watched>>,
 }
 
 impl Cache {
@@ -23,28 +25,26 @@ impl Cache {
         self.held.request = Some(request);
     }
 
-    /// Loads the held key if it is not held yet. Its failure is not the caller's:
-    /// it is logged and tried again at the next cold load (the cache's backoff
-    /// keeps that from calling the registry more often than a failing key would).
+    /// Loads the held key if it is not held, or no longer answered (see the module
+    /// doc). Its failure is not the caller's: it is logged and tried again at the
+    /// next cold load (the cache's backoff keeps that from calling the registry
+    /// more often than a failing key would).
     pub(crate) async fn load_held(self: &Arc<Self>) {
         let Some(req) = &self.held.request else {
             return;
         };
-        if self.held.watched.initialized() {
+        let mut held = self.held.watched.lock().await;
+        if held.as_ref().is_some_and(|w| !w.is_gone()) {
             return;
         }
-        let result = self
-            .held
-            .watched
-            .get_or_try_init(|| Box::pin(self.watch(req)))
-            .await;
-        if let Err(err) = result {
-            tracing::debug!(
+        match Box::pin(self.watch(req)).await {
+            Ok(watched) => *held = Some(watched),
+            Err(err) => tracing::debug!(
                 namespace = %req.namespace,
                 service = %req.service,
                 error = %err,
                 "held key not loaded; trying again at the next cold load"
-            );
+            ),
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::key::KeyRef;
 use super::slot::Slot;
-use super::snapshot::EXPIRED;
+use super::snapshot::{Snapshot, EXPIRED};
 use super::Cache;
 use crate::discover::DiscoverRequest;
 use crate::endpoint::{Endpoint, EndpointSet};
@@ -99,15 +99,9 @@ impl Watched {
     /// The key's answer now (see [`Answer`]).
     pub(crate) fn answer(&mut self) -> Answer {
         self.signal.mark_unchanged();
-        if self.slot.is_evicted() {
-            return Answer::Gone;
-        }
-        let Some(snap) = self.slot.current() else {
+        let Some(snap) = self.live() else {
             return Answer::Gone;
         };
-        if snap.state.load(Ordering::Relaxed) == EXPIRED {
-            return Answer::Gone;
-        }
         let set = snap.picker.set();
         let local = if self.zone_view {
             snap.picker.local_view(stripe())
@@ -127,6 +121,21 @@ impl Watched {
         // Not `Snapshot::all`: a change stream reading the answer is not a caller
         // using it (the refresher counts watchers separately).
         Answer::New(local.unwrap_or_else(|| snap.picker.all(stripe())))
+    }
+
+    /// The key's answer, unless it has none to report ([`Answer::Gone`]: evicted,
+    /// emptied or expired), which only loading the key again can change.
+    fn live(&self) -> Option<Arc<Snapshot>> {
+        if self.slot.is_evicted() {
+            return None;
+        }
+        let snap = self.slot.current()?;
+        (snap.state.load(Ordering::Relaxed) != EXPIRED).then_some(snap)
+    }
+
+    /// Whether the key has no answer to report until it is loaded again.
+    pub(crate) fn is_gone(&self) -> bool {
+        self.live().is_none()
     }
 
     /// Reports the zone-aware view of each answer from now on: with zone-aware

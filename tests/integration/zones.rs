@@ -389,3 +389,55 @@ async fn an_ejection_in_the_local_zone_recomputes_its_share_and_readmission_rest
     assert_eq!(zones["us-east-1a"], 1_000, "{zones:?}");
     assert!(eps[victim.instance_id()] > 250, "{eps:?}");
 }
+
+/// The callers' service is loaded again after an outage that outlasted
+/// `max_stale` (its refresher let it go): a new spread of callers reaches the
+/// picks once the registry answers, rather than the last one staying for good.
+#[tokio::test(start_paused = true)]
+async fn the_callers_spread_follows_the_registry_after_a_long_outage() {
+    // Endpoints 3/3/3; callers 1/1/4, then 1/1/1.
+    let mut registry = registry(&[3, 3, 3]);
+    for (n, z) in [0, 1, 2, 2, 2, 2].into_iter().enumerate() {
+        registry = registry.with_instance(
+            "shared",
+            "my-svc",
+            Instance::new(format!("caller-{n}"))
+                .ipv4("127.0.0.2".parse().unwrap())
+                .port(7000)
+                .attribute("AVAILABILITY_ZONE", ZONES[z]),
+        );
+    }
+    let source = test_support::counting::Counting::new(registry.clone());
+    let r = Resolver::builder(source.clone())
+        .zone_aware(ZoneAware::new(ZONES[2]).callers("shared", "my-svc"))
+        .selection(Selection::Random)
+        .ttl(std::time::Duration::from_secs(1))
+        .max_stale(std::time::Duration::from_secs(3))
+        .seed(7)
+        .build()
+        .unwrap();
+    let local = async |r: &Resolver| {
+        let (zones, _) = picks(r, 6_000).await;
+        zones.get(ZONES[2]).copied().unwrap_or(0) as f64 / 6_000.0
+    };
+    // 3/9 of the endpoints over 4/6 of the callers: half stays local.
+    assert!((local(&r).await - 0.5).abs() < 0.03);
+
+    source.fail_with(Some(cloudmap_resolver::ErrorKind::Unavailable));
+    tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+    for n in 3..6 {
+        registry.deregister("shared", "my-svc", &format!("caller-{n}"));
+    }
+    source.fail_with(None);
+    // Past max_stale `web` is loaded again too; its callers with it.
+    for _ in 0..60 {
+        let _ = r.resolve("shared", "web").await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    // Callers even: every pick stays local.
+    let now = local(&r).await;
+    assert!(
+        now > 0.97,
+        "local share {now:.3}: the callers' spread is the new one"
+    );
+}
