@@ -136,11 +136,17 @@ impl fmt::Display for FailoverError {
     }
 }
 
+// The text is the inner error's own, so the source is what lies beneath it: for
+// a call, the cause under the last attempt's reqwest error (a refused connection,
+// a reset), which its text (listing every attempt) does not say.
 impl StdError for FailoverError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            FailoverError::Call(e) => Some(e),
-            FailoverError::Request(e) => Some(e),
+            FailoverError::Call(e) => match e.last_error() {
+                Some(last) => last.source(),
+                None => e.source(),
+            },
+            FailoverError::Request(e) => e.source(),
         }
     }
 }

@@ -574,3 +574,33 @@ async fn a_streaming_body_moves_past_an_endpoint_it_was_never_sent_to() {
     assert_eq!(bodies, want);
     assert!(seen.iter().all(|s| s.host == "web.shared"), "{seen:?}");
 }
+
+/// A failed request's error chain says why beneath the attempts it lists (here a
+/// refused connection), each text once.
+#[tokio::test]
+async fn a_failed_call_names_its_cause() {
+    let (dead, _held) = closed_port();
+    let resolver = Resolver::builder(registry(&[("a", dead.port())]))
+        .build()
+        .unwrap();
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared());
+    let err = fc
+        .send(fc.client().get("http://web.shared/"))
+        .await
+        .unwrap_err();
+    let mut chain = vec![err.to_string()];
+    let mut next = std::error::Error::source(&err);
+    while let Some(e) = next {
+        chain.push(e.to_string());
+        next = e.source();
+    }
+    assert!(
+        chain[1..]
+            .iter()
+            .any(|t| t.to_lowercase().contains("refused")),
+        "{chain:#?}"
+    );
+    assert!(chain.windows(2).all(|w| w[0] != w[1]), "{chain:#?}");
+}
