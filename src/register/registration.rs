@@ -242,6 +242,11 @@ impl Registration {
     /// ends in `FAIL`; [`Throttled`](ErrorKind::Throttled) or
     /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
     /// the deadline or the attempt bound.
+    ///
+    /// A `Throttled` or `Unavailable` error after the registry accepted
+    /// RegisterInstance (the wait for its operation ran out) may leave the instance
+    /// registered: register again with the same instance id (it replaces the
+    /// registration) before serving, or deregister it.
     pub async fn register(self) -> Result<Registered, Error> {
         if let Some(err) = &self.writer.config_error {
             return Err(err.clone());

@@ -262,7 +262,9 @@ impl GrpcChannelBuilder {
         self
     }
 
-    /// How long each request may take; default: tonic's (none).
+    /// How long each request may take once sent; default: tonic's (none). A request
+    /// made before the service's first answer first waits up to as long for it
+    /// (see [`GrpcChannel`]), so it may take up to twice this in all.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.settings.timeout = Some(timeout);
         self
