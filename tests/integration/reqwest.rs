@@ -16,6 +16,13 @@ fn shared() -> HostMap {
     HostMap::namespaces(["shared"])
 }
 
+/// A `FailoverClient` for the test registries' namespace.
+fn failover(resolver: &Resolver) -> FailoverClient {
+    resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(shared())
+}
+
 /// A client through the resolver that opens a connection per request, so that
 /// every request resolves (reqwest pools connections by host name).
 fn dns_client(resolver: &Resolver) -> reqwest::Client {
@@ -126,9 +133,7 @@ async fn resolver_passes_other_names_to_dns() {
     assert_eq!(server.hits(), 2);
     assert_eq!(counting.discover_calls(), 0);
 
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     let url = format!("http://localhost:{}/", server.port());
     let resp = fc.send(fc.client().get(&url)).await.unwrap();
     assert_eq!(resp.text().await.unwrap(), "local");
@@ -182,9 +187,7 @@ async fn failover_client_moves_on_after_503() {
     let resolver = Resolver::builder(registry(&[("sick", sick.port()), ("good", good.port())]))
         .build()
         .unwrap();
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     for _ in 0..10 {
         let resp = fc
             .send(fc.client().get("http://web.shared/"))
@@ -215,9 +218,7 @@ async fn failover_client_does_not_repeat_a_post() {
     let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
         .build()
         .unwrap();
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     let err = fc
         .send(
             fc.client()
@@ -273,9 +274,7 @@ async fn posts_failing_on_one_instance_eject_it() {
     let resolver = Resolver::builder(registry(&[("a", a.port()), ("b", b.port())]))
         .build()
         .unwrap();
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     let mut failed = 0;
     for _ in 0..40 {
         let post = fc.client().post("http://web.shared/orders").body("order");
@@ -296,9 +295,7 @@ async fn failover_client_sends_an_unsent_post_elsewhere() {
     let resolver = Resolver::builder(registry(&[("dead", dead.port()), ("live", live.port())]))
         .build()
         .unwrap();
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     for n in 0..4 {
         let resp = fc
             .send(
@@ -327,9 +324,7 @@ async fn post_is_sent_once_even_when_the_attempt_times_out() {
     a.set_mode(Mode::Delay(2_000));
     b.set_mode(Mode::Delay(2_000));
     let resolver = with_attempt_timeout(registry(&[("a", a.port()), ("b", b.port())]), None);
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
 
     let err = fc
         .send(
@@ -379,9 +374,7 @@ async fn cname_endpoints_are_judged_by_the_address_policy() {
             .deny("127.0.0.0/8".parse().unwrap())
             .deny("::1/128".parse().unwrap());
         let resolver = with_attempt_timeout(cname(host), Some(deny_loopback));
-        let fc = resolver
-            .failover_client(reqwest::Client::new())
-            .hosts(shared());
+        let fc = failover(&resolver);
         let get = fc.send(fc.client().get("http://web.shared/")).await;
         assert!(get.is_err(), "{host}: {get:?}");
         let post = fc
@@ -395,9 +388,7 @@ async fn cname_endpoints_are_judged_by_the_address_policy() {
         );
     }
     let resolver = with_attempt_timeout(cname("2130706433"), None);
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     let resp = fc
         .send(fc.client().get("http://web.shared/"))
         .await
@@ -442,9 +433,7 @@ async fn host_header_never_carries_credentials() {
     let resolver = Resolver::builder(registry(&[("s", server.port())]))
         .build()
         .unwrap();
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     fc.send(fc.client().get("http://alice:s3cret@web.shared/"))
         .await
         .unwrap();
@@ -556,9 +545,7 @@ async fn a_streaming_body_moves_past_an_endpoint_it_was_never_sent_to() {
         resolver.resolve_all("shared", "web").await.unwrap().len(),
         2
     );
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     for i in 0..10 {
         let chunk = bytes::Bytes::from(format!("chunk {i}"));
         let body = reqwest::Body::wrap(http_body_util::Full::new(chunk));
@@ -583,9 +570,7 @@ async fn a_failed_call_names_its_cause() {
     let resolver = Resolver::builder(registry(&[("a", dead.port())]))
         .build()
         .unwrap();
-    let fc = resolver
-        .failover_client(reqwest::Client::new())
-        .hosts(shared());
+    let fc = failover(&resolver);
     let err = fc
         .send(fc.client().get("http://web.shared/"))
         .await
