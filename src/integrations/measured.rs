@@ -180,10 +180,12 @@ impl Held {
     /// per-endpoint peak-EWMA cost, shared with the resolver's own picks.
     ///
     /// The stream holds a clone of this handle, so the key stays pinned and in use
-    /// while the stream (and the balancer it feeds) lives. Like the handle, it does
-    /// not keep the resolver alive: made from a handle whose resolver is gone, it
-    /// ends at once (the [`ResolverDropped`](crate::ErrorKind::ResolverDropped)
-    /// error logged, as discovery errors are).
+    /// while the stream (and the balancer it feeds) lives. Made from a handle whose
+    /// resolver is gone, it ends at once (the
+    /// [`ResolverDropped`](crate::ErrorKind::ResolverDropped) error logged, as
+    /// discovery errors are). Once made, its change stream holds the resolver's
+    /// cache (as every [`Watch`](crate::Watch) does), so the key's answers and
+    /// refreshes live on with the stream after the last resolver clone is dropped.
     ///
     /// # Examples
     ///
