@@ -405,8 +405,17 @@ fn an_ejection_reported_outside_a_runtime_ends() {
     });
     assert_eq!(resolver.stats().ejections, 1);
     assert_eq!(picks_of_a(), 0, "ejected");
-    std::thread::sleep(Duration::from_millis(400));
-    assert_eq!(picks_of_a(), 10, "back after its 100 ms, in the rotation");
+    // Back after its 100 ms (bounded wait: a loaded machine may wake the timer late).
+    let mut back = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        back = picks_of_a() > 0;
+        if back {
+            break;
+        }
+    }
+    assert!(back, "re-admitted within 5 s");
+    assert_eq!(picks_of_a(), 10, "in the rotation again");
 }
 
 /// A hung endpoint costs one attempt timeout, then the next endpoint answers; the
