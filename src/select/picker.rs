@@ -208,23 +208,24 @@ impl Picker {
         draw
     }
 
-    /// The selection's index for counter value `draw`; `ramp_at` is the time of a
-    /// slow-start ramp in progress.
+    /// The selection's index for counter value `draw`.
     #[inline]
-    fn index(&self, seed: u64, draw: u64, ramp_at: Option<Instant>) -> usize {
+    fn index(&self, seed: u64, draw: u64) -> usize {
         if let Selection::LeastLoaded = self.selection {
-            return self.least_loaded(seed, draw, ramp_at);
+            return self.least_loaded(seed, draw);
         }
         self.selection
             .pick(self.len, self.weights.as_deref(), draw, seed)
     }
 
     /// Power of two choices: of two distinct endpoints drawn at random, the one with
-    /// the lower cost (ejected ones cost infinitely much; a ramping one's cost is
-    /// divided by its slow-start weight). Out of line: the other selections' warm
-    /// path carries only the branch to it.
+    /// the lower cost (ejected ones cost infinitely much). A slow-start ramp is
+    /// applied to the pick as for the other selections (`picker_ramp.rs`), not to
+    /// the cost: a cost divided by a weight below 1 loses every comparison of equal
+    /// costs, so a lone caller (nothing in flight) never picked a joining endpoint.
+    /// Out of line: the other selections' warm path carries only the branch to it.
     #[inline(never)]
-    fn least_loaded(&self, seed: u64, draw: u64, ramp_at: Option<Instant>) -> usize {
+    fn least_loaded(&self, seed: u64, draw: u64) -> usize {
         let items = &self.set.items;
         let n = items.len();
         if n < 2 {
@@ -240,11 +241,7 @@ impl Picker {
             if any_ejected && state.is_ejected() {
                 return f64::INFINITY;
             }
-            let c = load.cost(&state.load);
-            match (&self.ramp, ramp_at) {
-                (Some(r), Some(at)) => c / r.weight(i, at),
-                _ => c,
-            }
+            load.cost(&state.load)
         };
         if cost(b) < cost(a) {
             b
@@ -255,8 +252,8 @@ impl Picker {
 
     /// The selection's next index for stripe `s`.
     #[inline]
-    fn draw(&self, seed: u64, s: usize, ramp_at: Option<Instant>) -> usize {
-        self.index(seed, self.next_draw(s), ramp_at)
+    fn draw(&self, seed: u64, s: usize) -> usize {
+        self.index(seed, self.next_draw(s))
     }
 
     /// The selection's pick among the endpoints `ejected` does not exclude, or any
@@ -272,23 +269,17 @@ impl Picker {
         {
             return self.choose_ramped(seed, s, ejected, ramp, at);
         }
-        self.choose_at(seed, s, &ejected, None)
+        self.choose_at(seed, s, &ejected)
     }
 
     #[inline]
-    fn choose_at(
-        &self,
-        seed: u64,
-        s: usize,
-        ejected: &impl Fn(usize) -> bool,
-        ramp_at: Option<Instant>,
-    ) -> usize {
+    fn choose_at(&self, seed: u64, s: usize, ejected: &impl Fn(usize) -> bool) -> usize {
         let draw = self.next_draw(s);
-        let first = self.index(seed, draw, ramp_at);
+        let first = self.index(seed, draw);
         if !ejected(first) {
             return first;
         }
-        self.redraw(seed, s, draw, ejected, ramp_at)
+        self.redraw(seed, s, draw, ejected)
     }
 
     /// Endpoint `i`'s selection weight: its width in the prefix sums, 1 without them.
@@ -312,12 +303,11 @@ impl Picker {
         s: usize,
         first_draw: u64,
         ejected: &impl Fn(usize) -> bool,
-        ramp_at: Option<Instant>,
     ) -> usize {
-        let first = self.index(seed, first_draw, ramp_at);
+        let first = self.index(seed, first_draw);
         let n = self.set.items.len();
         for _ in 1..n {
-            let i = self.draw(seed, s, ramp_at);
+            let i = self.draw(seed, s);
             if !ejected(i) {
                 return i;
             }
@@ -473,9 +463,9 @@ impl Picker {
 
     /// The selection's pick inside `zone`, starting from counter value `draw`.
     /// While a slow-start ramp runs, a ramping endpoint's share follows its weight
-    /// as it does without zones: least-loaded divides its cost by the weight, the
-    /// other selections keep it with probability equal to the weight and draw
-    /// again inside the zone otherwise (a bounded number of times).
+    /// as it does without zones: every selection keeps it with probability equal to
+    /// the weight and draws again inside the zone otherwise (a bounded number of
+    /// times).
     fn pick_in_zone(
         &self,
         zone: &Zone,
@@ -491,11 +481,9 @@ impl Picker {
             if ejected(i) {
                 return f64::INFINITY;
             }
-            let c = self
-                .load
+            self.load
                 .as_ref()
-                .map_or(0.0, |load| load.cost(&items[i].state().load));
-            c / weight(i)
+                .map_or(0.0, |load| load.cost(&items[i].state().load))
         };
         let once = |draw: u64| {
             zone.pick(
@@ -508,7 +496,7 @@ impl Picker {
             )
         };
         let mut i = once(draw);
-        if ramp.is_none() || matches!(self.selection, Selection::LeastLoaded) {
+        if ramp.is_none() {
             return i;
         }
         for _ in 1..4 * zone.len() {

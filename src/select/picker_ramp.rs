@@ -7,7 +7,6 @@ use tokio::time::Instant;
 
 use super::{unit, Picker};
 use crate::select::slow_start::Ramp;
-use crate::select::Selection;
 use crate::util::hash::splitmix64;
 
 /// How many draws a pick makes while an endpoint ramps up before it picks directly
@@ -17,9 +16,9 @@ use crate::util::hash::splitmix64;
 pub(super) const RAMP_TRIES: usize = 16;
 
 impl Picker {
-    /// A pick while endpoints ramp up: least-loaded picks weigh the cost; the others
-    /// keep a drawn endpoint with probability equal to its ramp weight (rejection
-    /// sampling), and an ejected one drawn is a miss. After [`RAMP_TRIES`] draws
+    /// A pick while endpoints ramp up: every selection (least-loaded's two-choice
+    /// pick included) keeps a drawn endpoint with probability equal to its ramp
+    /// weight (rejection sampling), and an ejected one drawn is a miss. After [`RAMP_TRIES`] draws
     /// without a keep, the pick is made directly ([`ramped_fallback`](Self::ramped_fallback)).
     /// Both give each admitted endpoint a share proportional to its weight times its
     /// ramp weight, so the cap bounds the cost, not the distribution: at most
@@ -35,11 +34,8 @@ impl Picker {
         ramp: &Ramp,
         at: Instant,
     ) -> usize {
-        if let Selection::LeastLoaded = self.selection {
-            return self.choose_at(seed, s, &ejected, Some(at));
-        }
         for _ in 0..RAMP_TRIES {
-            let i = self.draw(seed, s, Some(at));
+            let i = self.draw(seed, s);
             if ejected(i) {
                 continue;
             }

@@ -62,10 +62,16 @@ async fn ramped_pick_with_all_ejected_fails_open_bounded() {
 }
 
 /// The normal case: 4 endpoints, none ejected, the last ramping at 0.1: it gets
-/// 0.1 / 3.1 of the picks (3.2%), the others a third of the rest each.
+/// 0.1 / 3.1 of the picks (3.2%), the others a third of the rest each. Picks in
+/// sequence, one at a time, as a lone caller makes them: least-loaded too (its
+/// equal costs once made the ramping endpoint lose every comparison: 0 picks).
 #[tokio::test(start_paused = true)]
 async fn ramped_shares_are_weight_times_ramp_weight() {
-    for selection in [Selection::Random, Selection::RoundRobin] {
+    for selection in [
+        Selection::Random,
+        Selection::RoundRobin,
+        Selection::LeastLoaded,
+    ] {
         let (p, _table) = picker(4, 0, selection.clone());
         let (seen, _) = picks(&p, 40_000);
         let share = |id: &str| seen.get(id).copied().unwrap_or(0) as f64 / 40_000.0;

@@ -4,9 +4,10 @@
 //!
 //! Envoy's curve: weight = max(min_weight, (t / window) ^ (1 / aggression)), where
 //! t is the time since the endpoint joined, or came back after failing its health
-//! check (Envoy ramps both). Round-robin and random picks apply it by
-//! rejection (a joining endpoint drawn is kept with probability equal to its
-//! weight), least-loaded picks divide the endpoint's cost by it. An endpoint of a
+//! check (Envoy ramps both). Every selection applies it by rejection (a joining
+//! endpoint drawn, by least-loaded's two choices too, is kept with probability
+//! equal to its weight); dividing least-loaded's cost by it instead starved the
+//! endpoint for a lone caller, whose equal costs it then always lost. An endpoint of a
 //! key's first answer never ramps (at start-up every endpoint is new), nor does
 //! one of an answer whose endpoints are all new. Per answer, a [`Ramp`] exists only
 //! while some endpoint is in its window, and reads the clock only until the window

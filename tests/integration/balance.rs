@@ -187,8 +187,9 @@ async fn leases_count_in_flight_until_finished_or_dropped() {
 }
 
 /// Slow start on the paused clock: 7 endpoints serve, an 8th joins; its share of
-/// picks in its first 5 s stays within twice the ramp's target, and is even once
-/// the 30 s window is over.
+/// picks in its first 5 s, made by one caller in sequence, is within a factor of
+/// two of the ramp's target either way (ramped, not starved: least-loaded once gave
+/// it none), and even once the 30 s window is over.
 async fn slow_start(selection: Selection) {
     let ip = "127.0.0.1".parse().unwrap();
     let registry = (0..7).fold(StaticDiscovery::new(), |r, i| {
@@ -234,7 +235,7 @@ async fn slow_start(selection: Selection) {
     let share = f64::from(new) / f64::from(picks);
     let target = target / f64::from(picks);
     assert!(
-        share <= 2.0 * target,
+        share <= 2.0 * target && share >= target / 2.0,
         "{selection:?}: {share} in the first 5 s, target {target}"
     );
     tokio::time::sleep(Duration::from_secs(30)).await;
