@@ -441,3 +441,47 @@ async fn the_callers_spread_follows_the_registry_after_a_long_outage() {
         "local share {now:.3}: the callers' spread is the new one"
     );
 }
+
+/// Draining by weight 0 holds with zones: the caller's zone holding only weight-0
+/// endpoints is no capacity, so picks go to the weighted endpoints elsewhere (as
+/// without zones) rather than all to the draining ones; a zone with one of each
+/// keeps its picks on the live one.
+#[tokio::test(start_paused = true)]
+async fn weight_zero_endpoints_take_no_picks_with_zones() {
+    let weighted = Selection::WeightedRandom {
+        attribute: "weight".into(),
+    };
+    let build = |weights: [&str; 6]| {
+        let mut source = StaticDiscovery::new();
+        for (n, w) in weights.iter().enumerate() {
+            source = source.with_instance(
+                "shared",
+                "web",
+                Instance::new(format!("e{n}"))
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(9000 + n as u16)
+                    .attribute("AVAILABILITY_ZONE", ZONES[n / 2])
+                    .attribute("weight", *w),
+            );
+        }
+        Resolver::builder(source)
+            .zone_aware(ZoneAware::new(ZONES[0]).min_endpoints(1))
+            .selection(weighted.clone())
+            .seed(7)
+            .build()
+            .unwrap()
+    };
+    // Zone a (e0, e1) all draining.
+    let r = build(["0", "0", "1", "1", "1", "1"]);
+    let (_, eps) = picks(&r, 8_000).await;
+    assert_eq!(
+        eps.get("e0").copied().unwrap_or(0) + eps.get("e1").copied().unwrap_or(0),
+        0,
+        "{eps:?}"
+    );
+    // Zone a with one draining, one live: the live one takes a's picks.
+    let r = build(["0", "1", "1", "1", "1", "1"]);
+    let (_, eps) = picks(&r, 8_000).await;
+    assert_eq!(eps.get("e0").copied().unwrap_or(0), 0, "{eps:?}");
+    assert!(eps.get("e1").copied().unwrap_or(0) > 0, "{eps:?}");
+}

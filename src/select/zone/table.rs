@@ -142,12 +142,19 @@ pub(crate) fn compute(
     let Some(local) = names.iter().position(|n| *n == Some(opts.zone.as_str())) else {
         return off;
     };
+    // An endpoint of weight 0 (draining, for `WeightedRandom`) is no capacity while
+    // any endpoint has weight: picks never reach it then, so a zone of such
+    // endpoints must not hold picks in.
+    let weight =
+        |i: usize| weights.map_or(1.0, |cum| if i == 0 { cum[0] } else { cum[i] - cum[i - 1] });
+    let any_weight = weights.is_none_or(|cum| cum.last().is_some_and(|t| *t > 0.0));
     let capacity: Vec<f64> = groups
         .values()
         .map(|m| {
             let flags = stamp.0 != NONE_EJECTED;
             m.iter()
                 .filter(|&&i| admitted(&items[i as usize], flags))
+                .filter(|&&i| !any_weight || weight(i as usize) > 0.0)
                 .count() as f64
         })
         .collect();
