@@ -177,14 +177,23 @@ async fn run(args: &Args) -> Result<(), Stop> {
     // watching a registry that went away hears so in the exit code.
     let mut failed: Option<Error> = None;
     let mut n = 0u64;
+    // One listener for the whole watch, raced with the refreshes as well as the
+    // waits: once it listens, SIGINT no longer kills the process, so a Ctrl-C
+    // during a refresh (as long as `--timeout`) must end the loop too.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
     while args.count.is_none_or(|c| n < c) {
         tokio::select! {
             _ = tokio::time::sleep(args.interval) => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = &mut ctrl_c => break,
         }
         n += 1;
         let at = rfc3339(SystemTime::now());
-        match fetch(&resolver, args).await {
+        let fetched = tokio::select! {
+            fetched = fetch(&resolver, args) => fetched,
+            _ = &mut ctrl_c => break,
+        };
+        match fetched {
             Ok(now) => {
                 let changes = diff(&previous, &now, args.health.into());
                 if changes.is_empty() {

@@ -285,3 +285,59 @@ async fn watch_shows_health_check_changes() {
     assert!(back.ends_with(&want), "{back}");
     child.kill().await.unwrap();
 }
+
+/// Ctrl-C ends `--watch` at once, during a refresh too: here one the registry never
+/// answers (a 30 s `--timeout`), and the tool exits 0 within seconds.
+#[tokio::test]
+async fn ctrl_c_during_a_refresh_ends_the_watch() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let url = proxy.url();
+    let mut child = discover(&[
+        &ns,
+        "web",
+        "--endpoint-url",
+        &url,
+        "--watch",
+        "--interval",
+        "0.2",
+        "--timeout",
+        "30",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running")
+    };
+    while next().await != "3 endpoints" {}
+    // Its first refresh past the table: then every call hangs.
+    assert!(next().await.contains("refresh 1"));
+    let before = proxy.count("DiscoverInstances") + proxy.count("DiscoverInstancesRevision");
+    proxy.set_fault(Fault::Hang);
+    for _ in 0..100 {
+        let now = proxy.count("DiscoverInstances") + proxy.count("DiscoverInstancesRevision");
+        if now > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("the tool stops within 5 s of Ctrl-C")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
