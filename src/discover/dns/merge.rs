@@ -106,6 +106,19 @@ impl Seen {
     }
 
     /// Drops every record whose TTL has run out by `now`.
+    /// How long an answer served from these records may be kept: until the first
+    /// of them runs out (a record merged from an earlier answer may run out before
+    /// the latest answer's TTL does).
+    pub(super) fn fresh_for(&self, now: Instant) -> Option<Duration> {
+        self.addresses
+            .values()
+            .copied()
+            .chain(self.srv.values().map(|s| s.until))
+            .chain(self.targets.values().copied())
+            .min()
+            .map(|first| first.saturating_duration_since(now))
+    }
+
     pub(super) fn expire(&mut self, now: Instant) {
         self.addresses.retain(|_, until| *until > now);
         self.srv.retain(|_, s| s.until > now);
@@ -214,6 +227,29 @@ mod tests {
         );
         seen.expire(t5 + Duration::from_secs(10));
         assert!(seen.is_empty());
+    }
+
+    /// An answer served from merged records is kept no longer than the first of
+    /// them runs out: 10.0.0.1 (TTL 10 at t0) bounds the answer at t5 to 5 s, though
+    /// the latest answer says 60 s.
+    #[test]
+    fn merged_answers_are_fresh_until_their_first_record_runs_out() {
+        let opts = DnsOptions {
+            min_ttl: Duration::ZERO,
+            ..DnsOptions::default()
+        };
+        let t0 = Instant::now();
+        let mut seen = Seen::default();
+        assert_eq!(seen.fresh_for(t0), None);
+        seen.merge_addresses(&[a("10.0.0.1", 10)], t0, &opts);
+        let t5 = t0 + Duration::from_secs(5);
+        seen.merge_addresses(&[a("10.0.0.2", 60)], t5, &opts);
+        assert_eq!(seen.fresh_for(t5), Some(Duration::from_secs(5)));
+        seen.expire(t0 + Duration::from_secs(10));
+        assert_eq!(
+            seen.fresh_for(t0 + Duration::from_secs(10)),
+            Some(Duration::from_secs(55))
+        );
     }
 
     #[test]
