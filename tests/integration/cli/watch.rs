@@ -3,6 +3,33 @@
 
 use super::*;
 
+/// The tool watching, its standard output read line by line.
+struct Watching {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Watching {
+    fn start(cmd: &mut Command) -> Watching {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Watching { child, lines }
+    }
+
+    /// The next line, within 30 s, while the tool runs.
+    async fn next(&mut self) -> String {
+        tokio::time::timeout(Duration::from_secs(30), self.lines.next_line())
+            .await
+            .expect("a line within 30 s")
+            .unwrap()
+            .expect("the tool is still running")
+    }
+}
+
 /// `--watch` prints what changed, one timestamped line each: an instance registered
 /// while watching shows as `+`, one turning unhealthy as `~` with its new status,
 /// one deregistered as `-`.
@@ -10,7 +37,7 @@ use super::*;
 async fn watch_prints_changes() {
     let (ns, svc) = fleet().await;
     let url = moto_url();
-    let mut child = discover(&[
+    let mut w = Watching::start(&mut discover(&[
         &ns,
         "web",
         "--endpoint-url",
@@ -20,21 +47,9 @@ async fn watch_prints_changes() {
         "0.2",
         "--count",
         "300",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a line within 30 s")
-            .unwrap()
-            .expect("the tool is still running")
-    };
+    ]));
     // The table first.
-    while next().await != "3 endpoints" {}
+    while w.next().await != "3 endpoints" {}
     register(
         &svc,
         "i-4",
@@ -45,7 +60,7 @@ async fn watch_prints_changes() {
     )
     .await;
     let added = loop {
-        let l = next().await;
+        let l = w.next().await;
         if l.contains("i-4") {
             break l;
         }
@@ -55,7 +70,7 @@ async fn watch_prints_changes() {
     assert_timestamped(&added);
     set_health(&svc, "i-2", false).await;
     let sick = loop {
-        let l = next().await;
+        let l = w.next().await;
         if l.contains("i-2") {
             break l;
         }
@@ -73,7 +88,7 @@ async fn watch_prints_changes() {
         .await
         .unwrap();
     let removed = loop {
-        let l = next().await;
+        let l = w.next().await;
         if l.contains("i-1") {
             break l;
         }
@@ -83,7 +98,7 @@ async fn watch_prints_changes() {
         removed.ends_with(": - i-1 127.0.0.1:8081 HEALTHY stage=prod"),
         "{removed}"
     );
-    child.kill().await.unwrap();
+    w.child.kill().await.unwrap();
 }
 
 /// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
@@ -239,31 +254,18 @@ async fn watch_shows_health_check_changes() {
         "--interval",
         "0.2",
     ];
-    let mut child = discover(&args)
-        .args(["--count", "300", "--health-check", "tcp"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a line within 30 s")
-            .unwrap()
-            .expect("the tool is still running")
-    };
-    while next().await != "2 endpoints" {}
+    let mut w = Watching::start(discover(&args).args(["--count", "300", "--health-check", "tcp"]));
+    while w.next().await != "2 endpoints" {}
     // The quiet case: both listen, a few refreshes show no change.
     for _ in 0..3 {
-        let l = next().await;
+        let l = w.next().await;
         assert!(l.ends_with("no change"), "{l}");
     }
     flaky_task.abort();
     let _ = flaky_task.await;
     let port = flaky_addr.port();
     let down = loop {
-        let l = next().await;
+        let l = w.next().await;
         if l.contains("flaky") {
             break l;
         }
@@ -275,7 +277,7 @@ async fn watch_shows_health_check_changes() {
     let again = tokio::net::TcpListener::bind(flaky_addr).await.unwrap();
     tokio::spawn(accept(again));
     let back = loop {
-        let l = next().await;
+        let l = w.next().await;
         if l.contains("flaky") {
             break l;
         }
@@ -283,7 +285,7 @@ async fn watch_shows_health_check_changes() {
     };
     let want = format!(": ~ flaky 127.0.0.1:{port} HEALTHY (health check up)");
     assert!(back.ends_with(&want), "{back}");
-    child.kill().await.unwrap();
+    w.child.kill().await.unwrap();
 }
 
 /// Ctrl-C ends `--watch` at once, during a refresh too: here one the registry never
@@ -293,7 +295,7 @@ async fn ctrl_c_during_a_refresh_ends_the_watch() {
     let (ns, _) = fleet().await;
     let proxy = Proxy::start(moto::moto().addr).await;
     let url = proxy.url();
-    let mut child = discover(&[
+    let mut w = Watching::start(&mut discover(&[
         &ns,
         "web",
         "--endpoint-url",
@@ -303,22 +305,10 @@ async fn ctrl_c_during_a_refresh_ends_the_watch() {
         "0.2",
         "--timeout",
         "30",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("a line within 30 s")
-            .unwrap()
-            .expect("the tool is still running")
-    };
-    while next().await != "3 endpoints" {}
+    ]));
+    while w.next().await != "3 endpoints" {}
     // Its first refresh past the table: then every call hangs.
-    assert!(next().await.contains("refresh 1"));
+    assert!(w.next().await.contains("refresh 1"));
     let before = proxy.count("DiscoverInstances") + proxy.count("DiscoverInstancesRevision");
     proxy.set_fault(Fault::Hang);
     for _ in 0..100 {
@@ -329,13 +319,13 @@ async fn ctrl_c_during_a_refresh_ends_the_watch() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let pid = child.id().unwrap().to_string();
+    let pid = w.child.id().unwrap().to_string();
     let killed = std::process::Command::new("kill")
         .args(["-INT", &pid])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(5), w.child.wait())
         .await
         .expect("the tool stops within 5 s of Ctrl-C")
         .unwrap();
