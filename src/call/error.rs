@@ -67,7 +67,9 @@ pub enum CallStop {
     EndpointsUsed,
     /// The last error was not retryable, by the call's `retry_if` predicate, or the
     /// last attempt timed out in a call whose timeouts are not retried
-    /// (`retry_timeouts(false)`: the operation may have run, and must not run twice).
+    /// (`retry_timeouts(false)`: the operation may have run, and must not run twice),
+    /// or, in the HTTP integrations, failed after a request that must not be sent
+    /// twice may have left (the failure still counts against its endpoint).
     NotRetryable,
     /// The resolver's retry budget refused a retry.
     BudgetExhausted,
