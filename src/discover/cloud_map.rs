@@ -152,7 +152,14 @@ pub(crate) fn config_error(
     } else if let Some(url) =
         endpoint_url.filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
     {
-        format!("endpoint URL `{url}` has no scheme: write `http://{url}` or `https://{url}`")
+        match url.split_once("://") {
+            Some((scheme, _)) => format!(
+                "endpoint URL `{url}` has the scheme `{scheme}`: use `http://` or `https://`"
+            ),
+            None => format!(
+                "endpoint URL `{url}` has no scheme: write `http://{url}` or `https://{url}`"
+            ),
+        }
     } else {
         return None;
     };
@@ -449,6 +456,18 @@ impl Discover for CloudMapDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An endpoint URL without a scheme is told to add one; one with another
+    /// scheme is told which schemes work (not to prefix a second one).
+    #[test]
+    fn endpoint_url_schemes_are_named() {
+        let text = |url: &str| config_error(true, true, Some(url)).unwrap().to_string();
+        assert!(text("127.0.0.1:5000").contains("has no scheme: write `http://127.0.0.1:5000`"));
+        let ftp = text("ftp://127.0.0.1:1");
+        assert!(ftp.contains("has the scheme `ftp`"), "{ftp}");
+        assert!(!ftp.contains("http://ftp://"), "{ftp}");
+        assert!(config_error(true, true, Some("https://x")).is_none());
+    }
 
     #[test]
     fn sdk_retries_are_off() {
