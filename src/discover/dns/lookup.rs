@@ -170,7 +170,7 @@ pub(super) async fn lookup_addresses(
     Ok(Addresses::Found(found))
 }
 
-pub(super) fn min_opt(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+pub(super) fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -293,7 +293,7 @@ impl DnsDiscovery {
                 let ttl = addrs.iter().map(|a| opts.clamp_ttl(a.ttl)).min();
                 (
                     entry.address_instances(opts.default_port),
-                    shortest(ttl, entry.fresh_for(now)),
+                    min_opt(ttl, entry.fresh_for(now)),
                 )
             }
             Answer::Srv(srv) => {
@@ -301,7 +301,7 @@ impl DnsDiscovery {
                 entry.merge_srv(&srv, now, opts);
                 entry.expire(now);
                 let ttl = srv.ttl.map(|t| opts.clamp_ttl(t));
-                (entry.srv_instances(), shortest(ttl, entry.fresh_for(now)))
+                (entry.srv_instances(), min_opt(ttl, entry.fresh_for(now)))
             }
         };
         if seen.get(&key).is_some_and(Seen::is_empty) {
@@ -448,14 +448,6 @@ impl Discover for DnsDiscovery {
     /// reported when the resolver is built rather than at every lookup.
     fn validate(&self) -> Result<(), Error> {
         self.client.as_ref().map(|_| ()).map_err(Clone::clone)
-    }
-}
-
-/// The shorter of two optional durations (either alone if the other is `None`).
-fn shortest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

@@ -10,8 +10,19 @@ struct Watching {
 }
 
 impl Watching {
-    fn start(cmd: &mut Command) -> Watching {
-        let mut child = cmd
+    /// `--watch` of `ns/web` at `url` every 0.2 s, with `more` arguments.
+    fn watch(ns: &str, url: &str, more: &[&str]) -> Watching {
+        let base = [
+            ns,
+            "web",
+            "--endpoint-url",
+            url,
+            "--watch",
+            "--interval",
+            "0.2",
+        ];
+        let mut child = discover(&base)
+            .args(more)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -37,17 +48,7 @@ impl Watching {
 async fn watch_prints_changes() {
     let (ns, svc) = fleet().await;
     let url = moto_url();
-    let mut w = Watching::start(&mut discover(&[
-        &ns,
-        "web",
-        "--endpoint-url",
-        &url,
-        "--watch",
-        "--interval",
-        "0.2",
-        "--count",
-        "300",
-    ]));
+    let mut w = Watching::watch(&ns, &url, &["--count", "300"]);
     // The table first.
     while w.next().await != "3 endpoints" {}
     register(
@@ -245,16 +246,8 @@ async fn watch_shows_health_check_changes() {
     let usage = run(&[&ns, "web", "--endpoint-url", &url, bad[0], bad[1], bad[2]]).await;
     assert_eq!(usage.code, 2, "{}", usage.stderr);
 
-    let args = [
-        &ns,
-        "web",
-        "--endpoint-url",
-        &url,
-        "--watch",
-        "--interval",
-        "0.2",
-    ];
-    let mut w = Watching::start(discover(&args).args(["--count", "300", "--health-check", "tcp"]));
+    let more = ["--count", "300", "--health-check", "tcp"];
+    let mut w = Watching::watch(&ns, &url, &more);
     while w.next().await != "2 endpoints" {}
     // The quiet case: both listen, a few refreshes show no change.
     for _ in 0..3 {
@@ -295,17 +288,7 @@ async fn ctrl_c_during_a_refresh_ends_the_watch() {
     let (ns, _) = fleet().await;
     let proxy = Proxy::start(moto::moto().addr).await;
     let url = proxy.url();
-    let mut w = Watching::start(&mut discover(&[
-        &ns,
-        "web",
-        "--endpoint-url",
-        &url,
-        "--watch",
-        "--interval",
-        "0.2",
-        "--timeout",
-        "30",
-    ]));
+    let mut w = Watching::watch(&ns, &url, &["--timeout", "30"]);
     while w.next().await != "3 endpoints" {}
     // Its first refresh past the table: then every call hangs.
     assert!(w.next().await.contains("refresh 1"));
