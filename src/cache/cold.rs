@@ -92,8 +92,10 @@ impl Cache {
             if now < *until && !waits {
                 // Backing off: answer without asking, with the last good answer when
                 // it may still be served.
+                // Its state stays as it is (expired): marking it stale would let
+                // the warm path serve it with no refresher left to expire it at
+                // its max-stale age; callers keep coming here until the hold ends.
                 if let Some(snap) = prev.filter(|s| err.keeps_stale() && now < s.stale_until) {
-                    snap.state.store(STALE, Ordering::Relaxed);
                     bump(&self.counters.stale_cold);
                     return Ok(snap);
                 }
@@ -135,6 +137,11 @@ impl Cache {
                         age_secs = now.duration_since(snap.confirmed_at).as_secs(),
                         "registry failed; serving the last good answer"
                     );
+                    // Remembered as any failure is: without a refresher retrying
+                    // (`refresh_ahead = false` expires the answer at once), every
+                    // caller would otherwise ask the failing registry again.
+                    let hold = self.failure_hold(gate.failures, &err);
+                    gate.error = Some((err, after(now, hold)));
                     drop(gate);
                     self.ensure_refresher(slot);
                     return Ok(snap);

@@ -89,6 +89,49 @@ async fn serve_stale_backs_off_and_recovers() {
     assert_eq!(resolver.stats().resolves - resolver.stats().cache_hits, 1);
 }
 
+/// With `refresh_ahead = false` the failing key is loaded by its callers, not by a
+/// refresher: the failure serving the stale answer is remembered for the backoff as
+/// a cold load's failure is, so a caller resolving every 100 ms through a 20 s
+/// outage makes no more registry calls than refresh-ahead's retries would (it made
+/// one per resolve, about 200).
+#[tokio::test(start_paused = true)]
+async fn serve_stale_without_refresh_ahead_backs_off() {
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .refresh_ahead(false)
+        .seed(17)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    source.fail_with(Some(ErrorKind::Unavailable));
+    let before = total(&source);
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    let calls = total(&source) - before;
+    let bound = default_bound(Duration::from_secs(20));
+    println!("paused, refresh_ahead(false): 20 s outage at a 1 s TTL: {calls} registry calls (bound {bound})");
+    assert!((3..=bound).contains(&calls), "{calls} calls, bound {bound}");
+    assert!(resolver.stats().stale_served > 150, "{:?}", resolver.stats());
+
+    // The first caller after the backoff's hold is answered fresh.
+    source.fail_with(None);
+    let mut fresh_at = None;
+    for i in 0..400 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let stale = resolver.stats().stale_served;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+        if resolver.stats().stale_served == stale {
+            fresh_at = Some(i);
+            break;
+        }
+    }
+    let fresh_at = fresh_at.expect("fresh again within 40 s");
+    assert!(fresh_at <= 160, "fresh again only after {fresh_at} resolves");
+}
+
 /// A stale answer is served up to `max_stale`, then the key fails like a cold one.
 #[tokio::test(start_paused = true)]
 async fn stale_answer_expires_after_max_stale() {
