@@ -65,12 +65,37 @@ impl Cache {
         Ok((slot, snap))
     }
 
+    /// The load runs in a task of its own, which the caller awaits: a caller that
+    /// gives up (a call's deadline, a `timeout` around `resolve`, a dropped
+    /// request) leaves it to finish, install its answer and release the gate.
+    /// Run in the caller's future, a load cut short installed nothing, so under a
+    /// deadline shorter than the registry's answer the key never warmed and every
+    /// caller made a registry call of its own.
     async fn load_slot(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Snapshot>, Error> {
         let seen = slot.current();
         // The start-up wait counts from the caller's arrival, not from its turn at
         // the gate: a caller queued behind a load that waited in vain does not wait
         // the whole bound again.
         let arrived = Instant::now();
+        let (cache, owned) = (self.clone(), slot.clone());
+        let load = tokio::spawn(async move { cache.load_gated(&owned, seen, arrived).await });
+        match load.await {
+            Ok(result) => result,
+            // The task panicked (a source's panics are caught in `fetch`) or the
+            // runtime is shutting down.
+            Err(e) => Err(Error::new(
+                ErrorKind::Unavailable,
+                format!("the registry lookup stopped: {e}"),
+            )),
+        }
+    }
+
+    async fn load_gated(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        seen: Option<Arc<Snapshot>>,
+        arrived: Instant,
+    ) -> Result<Arc<Snapshot>, Error> {
         let mut gate = slot.gate.lock().await;
         let now = Instant::now();
         let prev = slot.current();

@@ -21,6 +21,9 @@ use crate::endpoint::Endpoint;
 use crate::util::hash::splitmix64;
 use crate::util::time::{after, scaled};
 
+/// How soon a prober with no endpoint in use looks again.
+const IDLE_LOOK: Duration = Duration::from_secs(1);
+
 /// How far behind its schedule the probing task may fall and still catch up (at
 /// most this much of probes at once) rather than start again from now.
 const MAX_LAG: Duration = Duration::from_millis(10);
@@ -67,7 +70,10 @@ impl Prober {
             rng = splitmix64(rng);
             let round = jittered(this.check.interval, rng);
             if endpoints.is_empty() {
-                tokio::time::sleep(round).await;
+                // Nothing in use yet (the resolver built before its first lookup):
+                // look again soon, so that the first keys loaded are probed from
+                // then on, not one whole interval later.
+                tokio::time::sleep(round.min(IDLE_LOOK)).await;
                 continue;
             }
             // Evenly spaced: with n endpoints, one probe every round / n, and the

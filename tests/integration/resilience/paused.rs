@@ -114,7 +114,11 @@ async fn serve_stale_without_refresh_ahead_backs_off() {
     let bound = default_bound(Duration::from_secs(20));
     println!("paused, refresh_ahead(false): 20 s outage at a 1 s TTL: {calls} registry calls (bound {bound})");
     assert!((3..=bound).contains(&calls), "{calls} calls, bound {bound}");
-    assert!(resolver.stats().stale_served > 150, "{:?}", resolver.stats());
+    assert!(
+        resolver.stats().stale_served > 150,
+        "{:?}",
+        resolver.stats()
+    );
 
     // The first caller after the backoff's hold is answered fresh.
     source.fail_with(None);
@@ -129,7 +133,10 @@ async fn serve_stale_without_refresh_ahead_backs_off() {
         }
     }
     let fresh_at = fresh_at.expect("fresh again within 40 s");
-    assert!(fresh_at <= 160, "fresh again only after {fresh_at} resolves");
+    assert!(
+        fresh_at <= 160,
+        "fresh again only after {fresh_at} resolves"
+    );
 }
 
 /// A stale answer is served up to `max_stale`, then the key fails like a cold one.
@@ -299,6 +306,72 @@ async fn full_refresh_floor_with_revision_polling() {
         2
     );
     assert_eq!(source.discover_calls(), full + 1);
+}
+
+/// A source that answers after `delay`, counting the calls.
+#[derive(Debug, Clone)]
+struct Slow {
+    inner: StaticDiscovery,
+    delay: Duration,
+    calls: Arc<Mutex<u64>>,
+}
+
+impl Discover for Slow {
+    fn discover<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        *self.calls.lock().unwrap() += 1;
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.discover(req).await
+        })
+    }
+}
+
+/// A caller that gives up on a cold key (a call's deadline shorter than the
+/// registry's answer, a `timeout` around `resolve`) leaves its load to finish: the
+/// answer is installed for the next callers and the key costs one registry call.
+/// The load ran in the caller's future: each caller's deadline cut it, nothing was
+/// installed, and every call failed after a registry call of its own (10 of 10).
+#[tokio::test(start_paused = true)]
+async fn a_cold_load_outlives_its_cancelled_caller() {
+    let source = Slow {
+        inner: services(1),
+        delay: Duration::from_millis(300),
+        calls: Arc::default(),
+    };
+    let resolver = Resolver::builder(source.clone()).seed(3).build().unwrap();
+    let mut failed = 0;
+    for _ in 0..10 {
+        let call = resolver
+            .call("shared", "svc-0", |ep: Endpoint| async move {
+                Ok::<_, String>(ep.port())
+            })
+            .deadline(Duration::from_millis(100))
+            .await;
+        failed += u32::from(call.is_err());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let calls = *source.calls.lock().unwrap();
+    println!("paused: 10 calls with a 100 ms deadline, a 300 ms registry: {failed} failed, {calls} registry calls");
+    assert_eq!(calls, 1, "one load for the key");
+    assert!(failed <= 3, "{failed} of 10 calls failed");
+    // A `timeout` around `resolve` of another key: the same.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(10),
+        resolver.resolve("shared", "svc-0-other"),
+    )
+    .await;
+    assert!(cut.is_err(), "cut before the answer");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let e = resolver.resolve("shared", "svc-0-other").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ServiceNotFound, "{e}");
+    assert_eq!(
+        *source.calls.lock().unwrap(),
+        2,
+        "the cut load's answer was kept"
+    );
 }
 
 /// A source that refuses every call with one kind of error, counting the calls.
