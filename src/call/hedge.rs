@@ -232,6 +232,7 @@ where
         owner: key.owner.as_deref(),
         service,
         deadline,
+        deadline_len: opts.deadline,
         retry_if: retry_if.as_ref(),
         resend_if: resend_if.as_ref(),
         retry_timeouts,

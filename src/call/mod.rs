@@ -62,7 +62,9 @@ pub struct CallOptions {
     /// How long one attempt may take before it is dropped and counted as a failure
     /// of its endpoint. Default: none.
     pub attempt_timeout: Option<Duration>,
-    /// How long a whole call may take, resolving included. Default: none.
+    /// How long a whole call may take, resolving included; the attempt it cuts
+    /// counts as a failure of its endpoint when it had run for at least half of
+    /// it. Default: none.
     pub deadline: Option<Duration>,
 }
 
@@ -101,7 +103,12 @@ type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 /// first, then the next endpoints in the registry's order, ejected endpoints last; at
 /// most [`max_attempts`](Self::max_attempts). An attempt that fails with a retryable
 /// error (every error, unless [`retry_if`](Self::retry_if) says otherwise) or times
-/// out counts as a failure of its endpoint for outlier detection; whether a timed-out
+/// out counts as a failure of its endpoint for outlier detection. An attempt cut by
+/// the call's [`deadline`](Self::deadline) counts so when it had run for at least
+/// half the deadline (an attempt a failover started just before the deadline is not
+/// blamed); either way the time it ran is a round-trip sample of its endpoint for
+/// [`Selection::LeastLoaded`](crate::Selection::LeastLoaded), a lower bound of its
+/// real one. Whether a timed-out
 /// attempt is followed by another is [`retry_timeouts`](Self::retry_timeouts)'s to say
 /// (an operation that must not run twice turns it off); retries are paid
 /// for from the resolver's [retry budget](crate::RetryBudgetOptions). The future is
@@ -228,7 +235,9 @@ impl<'a, F, E> Call<'a, F, E> {
     }
 
     /// Gives up when the whole call, resolving included, takes longer than this.
-    /// Default: the resolver's [`CallOptions::deadline`] (none). Zero is refused as
+    /// The attempt it cuts counts against its endpoint when it had run for at least
+    /// half of this (see [`Call`]). Default: the resolver's
+    /// [`CallOptions::deadline`] (none). Zero is refused as
     /// [`attempt_timeout`](Self::attempt_timeout)'s is.
     pub fn deadline(mut self, limit: Duration) -> Self {
         self.opts.deadline = Some(limit);
@@ -366,6 +375,7 @@ where
             owner: key.owner.as_deref(),
             service,
             deadline,
+            deadline_len: opts.deadline,
             retry_if: retry_if.as_ref(),
             resend_if: resend_if.as_ref(),
             retry_timeouts,

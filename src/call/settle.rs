@@ -65,6 +65,10 @@ pub(super) struct Settler<'c, 'a, E> {
     pub(super) owner: Option<&'a str>,
     pub(super) service: &'a str,
     pub(super) deadline: Option<Instant>,
+    /// The call's deadline as a length (`deadline` counts it from the call's start):
+    /// half of it is how long an attempt cut by the deadline must have run to be
+    /// held against its endpoint.
+    pub(super) deadline_len: Option<Duration>,
     pub(super) retry_if: Option<&'c RetryIf<'a, E>>,
     pub(super) resend_if: Option<&'c RetryIf<'a, E>>,
     pub(super) retry_timeouts: bool,
@@ -147,13 +151,20 @@ impl<E> Settler<'_, '_, E> {
             }
             None => {
                 let at = limit.unwrap_or(began);
-                // Cut short by the call's deadline rather than its own timeout:
-                // not evidence against the endpoint.
                 let by_deadline = self
                     .deadline
                     .is_some_and(|d| own_limit.is_none_or(|a| d < a));
-                if !by_deadline {
+                // Cut by the call's deadline rather than its own timeout: the
+                // endpoint is to blame once the attempt had half the deadline to
+                // answer in; one a failover started just before the deadline is
+                // not. Either way its endpoint learns the time it ran (a lower
+                // bound of its round trip): an endpoint that hangs, never
+                // measured, must not stay the cheapest least-loaded pick.
+                let blamed = !by_deadline || self.deadline_len.is_some_and(|d| at - began >= d / 2);
+                if blamed {
                     recorder.finish(&ep, began, ended, Outcome::Failure);
+                } else {
+                    recorder.given_up(&ep, began, ended);
                 }
                 failed.push(Attempt::new(ep, AttemptError::TimedOut(at - began)));
                 if by_deadline {

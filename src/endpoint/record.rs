@@ -88,6 +88,17 @@ impl Recorder {
         self.outliers.record(ep, outcome, now);
     }
 
+    /// A request on `ep` sent at `began` and given up at `now` without an answer
+    /// (cancelled, or cut short where its endpoint is not to blame): its elapsed
+    /// time as a round-trip sample, a lower bound of the real one, as tower's
+    /// `PeakEwma` records a handle dropped before its response. No outcome: not
+    /// answering in time is not a failure.
+    pub(crate) fn given_up(&self, ep: &Endpoint, began: Instant, now: Instant) {
+        if let Some(load) = &self.load {
+            load.record(&ep.state().load, began, now, false);
+        }
+    }
+
     /// An outcome without a timing (`Resolver::report`).
     pub(crate) fn report(&self, ep: &Endpoint, outcome: Outcome, now: Instant) {
         self.outliers.record(ep, outcome, now);

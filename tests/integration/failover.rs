@@ -1,5 +1,5 @@
 //! `Resolver::call`: failover across distinct endpoints, outlier ejection, the retry
-//! budget, per-attempt timeouts and deadlines.
+//! budget and per-attempt timeouts (deadlines: `deadline.rs`).
 //!
 //! The fleet test runs real TCP against endpoints registered in moto (through the
 //! proxy); the rest use `StaticDiscovery` on paused time, so ejection times and the
@@ -478,32 +478,6 @@ async fn timed_out_attempt_is_not_repeated_when_timeouts_are_not_retryable() {
             .iter()
             .all(|a| matches!(a.error(), AttemptError::TimedOut(_))));
     }
-}
-
-/// The deadline bounds the whole call; an attempt cut short by it is not held against
-/// its endpoint.
-#[tokio::test(start_paused = true)]
-async fn deadline_bounds_the_call() {
-    let resolver = Resolver::builder(registry(&["slow-1", "slow-2"]))
-        .build()
-        .unwrap();
-    for _ in 0..10 {
-        let err = resolver
-            .call("shared", "web", |_: Endpoint| async {
-                tokio::time::sleep(Duration::from_secs(10)).await;
-                Ok::<(), String>(())
-            })
-            .deadline(Duration::from_secs(1))
-            .await
-            .unwrap_err();
-        assert_eq!(err.stop(), CallStop::DeadlinePassed);
-        assert_eq!(err.attempts().len(), 1);
-        assert_eq!(
-            err.attempts()[0].error(),
-            &AttemptError::TimedOut(Duration::from_secs(1))
-        );
-    }
-    assert_eq!(resolver.stats().ejections, 0);
 }
 
 /// An error the caller says is not retryable ends the call and counts as an answer.

@@ -13,6 +13,7 @@
 mod balance;
 mod cloud_map;
 mod contract;
+mod deadline;
 mod dns;
 mod ejection_spread;
 mod failover;
