@@ -4,8 +4,9 @@
 //! A hedged call keeps up to `1 + max_hedges` attempts in flight on distinct
 //! endpoints (the next candidates in selection order, as failover takes them); the
 //! first success wins and the others are dropped. A dropped attempt is cancelled, not
-//! failed: its in-flight count is released by its guard and no outcome is recorded
-//! for its endpoint (it was merely slower than another). Hedges count in the call's
+//! failed: its guard releases its in-flight count and gives its endpoint the time it
+//! ran as a round-trip sample (a lower bound, as tower's `PeakEwma` takes a dropped
+//! handle's), but no outcome is recorded for it (it was merely slower than another). Hedges count in the call's
 //! attempt limit, so a call never makes more than `max_attempts` attempts in all.
 //! Failover after an error is as in an unhedged call (`mod.rs`): while another
 //! attempt is in flight the call waits on it; when none is, the next candidate is
@@ -40,8 +41,10 @@ use crate::util::time::after;
 /// of the call's attempts (8 at most), and all of them within the resolver's
 /// [hedge budget](crate::ResolverBuilder::hedge_budget) (default: 5% of calls plus 1
 /// a second): when the budget is empty the call simply waits on its attempt. The
-/// first success wins; the other attempts are cancelled, not counted as failures.
-/// Only hedge operations that may run twice.
+/// first success wins; the other attempts are cancelled, not counted as failures
+/// (the time a cancelled attempt ran is a round-trip sample of its endpoint for
+/// [`Selection::LeastLoaded`](crate::Selection::LeastLoaded), a lower bound of its
+/// real one). Only hedge operations that may run twice.
 ///
 /// # Examples
 ///
@@ -156,11 +159,22 @@ struct Running<'r> {
     recorder: &'r Recorder,
     ep: Endpoint,
     counted: bool,
+    began: Instant,
+    /// Set when the attempt finished (answered or timed out): settling records it.
+    finished: bool,
 }
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.recorder.end(&self.ep, self.counted);
+        // Cancelled (a loser, or the whole call dropped): the time it ran is a
+        // lower bound of its endpoint's round trip, and the only word least-loaded
+        // picks get of it. Without it a slow endpoint whose attempts are always
+        // cancelled stays unmeasured, the cheapest pick, and every call starts on
+        // it and pays a hedge. No outcome: being slower than another is no failure.
+        if !self.finished {
+            self.recorder.given_up(&self.ep, self.began, Instant::now());
+        }
     }
 }
 
@@ -168,12 +182,13 @@ impl Drop for Running<'_> {
 async fn attempt<Fut: Future>(
     fut: Fut,
     limit: Option<Instant>,
-    guard: Running<'_>,
+    mut guard: Running<'_>,
 ) -> Option<Fut::Output> {
     let out = match limit {
         Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
         None => Some(fut.await),
     };
+    guard.finished = true;
     drop(guard);
     out
 }
@@ -255,6 +270,8 @@ where
             recorder: ctx.recorder,
             counted: ctx.recorder.start(&ep),
             ep: ep.clone(),
+            began,
+            finished: false,
         };
         let fut = Box::pin(attempt(op(ep.clone()), clock.limit, guard));
         let meta = Meta {
@@ -338,7 +355,8 @@ where
                     crate::metrics::hedge(&label, service, "won");
                 }
                 // Dropping `running` cancels the losers: their guards give back
-                // their counts; no outcome is recorded for them.
+                // their counts and record the time they ran as a load sample; no
+                // outcome is recorded for them.
                 return Ok(value);
             }
             Settled::Failed => {}

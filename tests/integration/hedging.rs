@@ -214,6 +214,41 @@ async fn the_loser_is_cancelled_not_failed() {
     }
 }
 
+/// Least loaded: a cancelled loser's time is a round-trip sample of its endpoint,
+/// so later calls start on the fast one. Before, the slow endpoint stayed
+/// unmeasured (the cheapest pick): every call started on it and paid a hedge (10 of
+/// 20), until the budget refused one and that call waited the whole second.
+#[tokio::test(start_paused = true)]
+async fn least_loaded_learns_from_a_cancelled_loser() {
+    // Port 1 answers in 1 s, port 2 in 10 ms; one caller in sequence.
+    let r = resolver(2, Selection::LeastLoaded);
+    for call in 0..20 {
+        let op = |ep: Endpoint| async move {
+            let d = if ep.port() == Some(1) {
+                Duration::from_secs(1)
+            } else {
+                10 * MS
+            };
+            tokio::time::sleep(d).await;
+            Ok::<_, std::io::Error>(())
+        };
+        let begin = Instant::now();
+        r.call("shared", "web", op)
+            .hedge(Hedge::after(20 * MS))
+            .await
+            .unwrap();
+        let took = begin.elapsed();
+        assert!(took < Duration::from_secs(1), "call {call} took {took:?}");
+    }
+    let stats = r.stats();
+    println!(
+        "least loaded, slow and fast endpoint: {} hedges, {} refused",
+        stats.hedges, stats.hedge_refusals
+    );
+    assert!(stats.hedges <= 2, "{stats:?}");
+    assert_eq!((stats.hedge_refusals, stats.ejections), (0, 0), "{stats:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_loser_gives_back_its_in_flight_count() {
     // Least-loaded picks count requests in flight. Every call's first attempt takes
