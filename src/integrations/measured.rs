@@ -181,9 +181,9 @@ impl Held {
     ///
     /// The stream holds a clone of this handle, so the key stays pinned and in use
     /// while the stream (and the balancer it feeds) lives. Made from a handle whose
-    /// resolver is gone, it ends at once (the
-    /// [`ResolverDropped`](crate::ErrorKind::ResolverDropped) error logged, as
-    /// discovery errors are). Once made, its change stream holds the resolver's
+    /// resolver is gone, it yields one
+    /// [`ResolverDropped`](crate::ErrorKind::ResolverDropped) error and ends (a
+    /// balancer's `ready()` fails with it). Once made, its change stream holds the resolver's
     /// cache (as every [`Watch`](crate::Watch) does), so the key's answers and
     /// refreshes live on with the stream after the last resolver clone is dropped.
     ///
@@ -257,7 +257,8 @@ mod tests {
     }
 
     /// The stream made from a handle holds a clone of it while it lives, and
-    /// serves the key's endpoints; from a handle whose resolver is gone it ends.
+    /// serves the key's endpoints; from a handle whose resolver is gone it says so
+    /// and ends.
     #[tokio::test]
     async fn the_stream_holds_the_handle() {
         let resolver = Resolver::builder(registry()).build().unwrap();
@@ -283,9 +284,10 @@ mod tests {
         drop(resolver);
         drop(by_name);
         let mut gone = web.measured_discover(|ep: &Endpoint| ep.port());
-        assert!(
-            gone.next().await.is_none(),
-            "ends once the resolver is gone"
-        );
+        match gone.next().await {
+            Some(Err(err)) => assert_eq!(err.kind(), crate::ErrorKind::ResolverDropped),
+            other => panic!("the resolver is gone: {:?}", other.map(|c| c.is_ok())),
+        }
+        assert!(gone.next().await.is_none(), "then ends");
     }
 }

@@ -20,11 +20,17 @@ use crate::watch::{Change, Watch};
 /// A registry failure is not a discovery error here: a balancer fails its
 /// `poll_ready` on one, while the right thing is to keep the endpoints it has
 /// (serve stale); the error a [`Watch`] yields past `max_stale` is logged and
-/// skipped.
+/// skipped. An error the watch ends after (an invalid name's `InvalidInput`, a
+/// gone resolver's `ResolverDropped`) is final, and is yielded before the end: a
+/// balancer left with no endpoints and no discovery would otherwise wait in
+/// `ready()` for good, while tower's `Balance` fails it with the error.
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct WatchDiscover<F> {
     watch: Watch,
     make: F,
+    /// The last error skipped since the last change: yielded if the watch ends
+    /// next, since an error followed by the end is one that will not pass.
+    skipped: Option<Error>,
 }
 
 impl Watch {
@@ -76,6 +82,7 @@ impl Watch {
         WatchDiscover {
             watch: self.zone_view(),
             make,
+            skipped: None,
         }
     }
 }
@@ -89,14 +96,18 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            // The watch is fused (it stays ended), so the held error is yielded
+            // once and the end after it.
             let change = match ready!(Pin::new(&mut this.watch).poll_next(cx)) {
-                None => return Poll::Ready(None),
+                None => return Poll::Ready(this.skipped.take().map(Err)),
                 Some(Err(err)) => {
                     tracing::warn!(error = %err, "discovery failing; the balancer keeps its endpoints");
+                    this.skipped = Some(err);
                     continue;
                 }
                 Some(Ok(change)) => change,
             };
+            this.skipped = None;
             let id = change.instance_id().to_owned();
             return Poll::Ready(Some(Ok(match change {
                 Change::Insert(ep) => TowerChange::Insert(id, (this.make)(&ep)),

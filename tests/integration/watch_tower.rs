@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::time::Duration;
 
-use cloudmap_resolver::{Endpoint, Instance, Resolver, Selection, StaticDiscovery};
+use cloudmap_resolver::{Endpoint, ErrorKind, Instance, Resolver, Selection, StaticDiscovery};
 use tower::balance::p2c::Balance;
 use tower::discover::Discover;
 use tower::load::{CompleteOnResponse, PeakEwmaDiscover};
@@ -280,4 +280,40 @@ async fn requests_in_flight(resolver: &Resolver) -> u32 {
         .iter()
         .map(Endpoint::in_flight)
         .sum()
+}
+
+/// An invalid name ends the watch after its `InvalidInput` error: a balancer over
+/// it fails `ready()` with that error instead of waiting for good (with no
+/// endpoint and no discovery left, tower's p2c would stay pending). Before, the
+/// error was logged and skipped and both `ready()`s below ran into the timeout.
+#[tokio::test(start_paused = true)]
+async fn a_balancer_over_an_invalid_name_fails_ready() {
+    let resolver = Resolver::builder(StaticDiscovery::new()).build().unwrap();
+    let mut measured = Balance::new(resolver.measured_discover("shared", "bad name", echo_id));
+    let ready = tokio::time::timeout(Duration::from_secs(5), measured.ready()).await;
+    let err = ready.expect("ready() answers").map(|_| ()).unwrap_err();
+    // tower wraps the discovery error; the watch's own is beneath.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+    let ours = std::iter::from_fn(|| {
+        let e = cause?;
+        cause = e.source();
+        Some(e)
+    })
+    .find_map(|e| e.downcast_ref::<cloudmap_resolver::Error>());
+    assert_eq!(
+        ours.map(cloudmap_resolver::Error::kind),
+        Some(ErrorKind::InvalidInput),
+        "{err}"
+    );
+
+    let watched = resolver.watch("shared", "bad name").into_discover(echo_id);
+    let watched = PeakEwmaDiscover::new(
+        watched,
+        RTT,
+        Duration::from_secs(10),
+        CompleteOnResponse::default(),
+    );
+    let mut balance = Balance::new(watched);
+    let ready = tokio::time::timeout(Duration::from_secs(5), balance.ready()).await;
+    assert!(matches!(ready, Ok(Err(_))), "ready() fails");
 }
