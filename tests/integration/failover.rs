@@ -240,10 +240,19 @@ async fn ejected_endpoints_return_after_their_time() {
     assert!(picks(100).await.contains_key("bad"), "back after 30 s");
     assert_eq!(resolver.stats().readmissions, 1);
 
-    // On probation: one more failure ejects it, now for 60 s.
-    while bad_attempts.load(Ordering::Relaxed) == 5 {
+    // On probation: one more failure ejects it, now for 60 s. Round robin brings it
+    // back within a few calls; 100 bounds the wait if it never did.
+    for _ in 0..100 {
+        if bad_attempts.load(Ordering::Relaxed) > 5 {
+            break;
+        }
         call().await.unwrap();
     }
+    assert_eq!(
+        bad_attempts.load(Ordering::Relaxed),
+        6,
+        "tried again on probation"
+    );
     assert_eq!(resolver.stats().ejections, 2);
     tokio::time::sleep(Duration::from_secs(45)).await;
     assert!(

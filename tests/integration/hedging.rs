@@ -291,19 +291,17 @@ async fn a_cancelled_loser_gives_back_its_in_flight_count() {
 
 #[tokio::test(start_paused = true)]
 async fn failover_after_an_error_still_works_while_a_hedge_runs() {
-    // Port 1 fails after 30 ms, port 2 answers after 40 ms, port 3 after 5 ms; the
-    // hedge goes out at 20 ms. Whatever the first pick, every call succeeds.
+    // Ports 1 and 2 fail after 30 ms, port 3 answers after 5 ms; the hedge goes out
+    // at 20 ms. A call that starts on port 1 hedges to port 2, sees port 1 fail
+    // with the hedge in flight (and waits on it), sees the hedge fail too, and
+    // fails over to port 3: every call succeeds, on port 3.
     let r = resolver(3, Selection::RoundRobin);
     for _ in 0..30 {
         let op = |ep: Endpoint| async move {
             match ep.port() {
-                Some(1) => {
+                Some(port @ (1 | 2)) => {
                     tokio::time::sleep(30 * MS).await;
-                    Err(std::io::Error::other("refused"))
-                }
-                Some(2) => {
-                    tokio::time::sleep(40 * MS).await;
-                    Ok(2)
+                    Err(std::io::Error::other(format!("{port} refused")))
                 }
                 _ => {
                     tokio::time::sleep(5 * MS).await;
@@ -311,14 +309,18 @@ async fn failover_after_an_error_still_works_while_a_hedge_runs() {
                 }
             }
         };
-        r.call("shared", "web", op)
+        let port = r
+            .call("shared", "web", op)
             .hedge(Hedge::after(20 * MS))
             .await
             .unwrap();
+        assert_eq!(port, 3);
     }
     let stats = r.stats();
     assert_eq!(stats.calls, 30);
     assert!(stats.hedges > 0, "{stats:?}");
+    // Failovers after both attempts failed: the path this test is about.
+    assert!(stats.retries > 0, "{stats:?}");
 }
 
 #[tokio::test(start_paused = true)]
