@@ -6,7 +6,9 @@
 //! attempt recorded in a new interval closes the previous one and returns its
 //! counts, so the judgement is made lazily, by the one recorder that wins the
 //! interval's number, with no timer per endpoint. An endpoint that gets no attempt
-//! is never judged, which is right: it cannot be failing anyone.
+//! is never judged, which is right: it cannot be failing anyone. Nor is an interval
+//! followed by a quiet one: what it counted is stale by the time the next attempt
+//! comes, and the endpoint may have recovered meanwhile, so its counts are dropped.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
@@ -28,19 +30,26 @@ pub(crate) struct Closed {
 
 impl FailureWindow {
     /// Counts one attempt made in interval `index`. Returns the counts of the
-    /// interval it closed when it is the first attempt recorded in a later one.
-    /// Attempts racing with the close may be counted in either interval: a count,
-    /// never a loss of the judgement.
+    /// interval it closed when it is the first attempt recorded in the interval
+    /// right after it (`index - 1`); the counts of an older interval are dropped
+    /// unjudged. Attempts racing with the close may be counted in either interval
+    /// (one stamped with an interval already closed counts in the current one): a
+    /// count, never a loss of the judgement.
     pub(crate) fn record(&self, index: u64, failed: bool) -> Option<Closed> {
         let mut closed = None;
         let cur = self.index.load(Ordering::Acquire);
-        if cur != index
+        if index > cur
             && self
                 .index
                 .compare_exchange(cur, index, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            closed = Some(self.take());
+            let counts = self.take();
+            // Judged only at the end of its own interval: "the first attempt of
+            // the next interval", not of any later one.
+            if index - cur == 1 {
+                closed = Some(counts);
+            }
         }
         self.attempts.fetch_add(1, Ordering::Relaxed);
         if failed {
@@ -70,13 +79,14 @@ mod tests {
         assert_eq!(w.record(0, true), None);
         let closed = w.record(1, false).unwrap();
         assert_eq!((closed.attempts, closed.failures), (3, 2));
-        // Skipped intervals: the counts are those of the one interval they were made in.
-        let closed = w.record(7, true).unwrap();
-        assert_eq!((closed.attempts, closed.failures), (1, 0));
+        // Skipped intervals: interval 1's counts are stale when 7 begins, and dropped.
+        assert_eq!(w.record(7, true), None);
+        // An attempt stamped with an interval already closed counts in the current one.
+        assert_eq!(w.record(6, false), None);
         assert_eq!(
             w.take(),
             Closed {
-                attempts: 1,
+                attempts: 2,
                 failures: 1
             }
         );

@@ -182,3 +182,52 @@ fn options_are_validated() {
     }
     assert!(OutlierOptions::default().validate().is_ok());
 }
+
+/// Failure-percentage options of the interval tests: 10 s intervals, 20 attempts,
+/// half of them failed.
+fn percentage() -> OutlierDetector {
+    OutlierDetector::new(OutlierOptions::default().failure_percentage(0.5))
+}
+
+/// 20 attempts at `now`, every other one failed (never 5 in a row): a failure
+/// share of exactly the threshold.
+fn alternate(d: &OutlierDetector, ep: &Endpoint, now: Instant) {
+    for i in 0..20 {
+        let outcome = if i % 2 == 0 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        d.record(ep, outcome, now);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_interval_just_ended_is_judged_by_the_next_attempt() {
+    let d = percentage();
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    let t0 = Instant::now();
+    alternate(&d, &eps[0], t0);
+    assert!(!eps[0].is_ejected(), "judged at the end of its interval");
+    d.record(&eps[0], Outcome::Success, t0 + Duration::from_secs(10));
+    assert!(eps[0].is_ejected());
+    assert_eq!(d.ejections_by_cause(), [0, 1, 0]);
+}
+
+/// An interval followed by a quiet one is stale: the first attempt of a burst a
+/// minute later is not the end of it, and judges nothing.
+#[tokio::test(start_paused = true)]
+async fn an_interval_long_past_is_not_judged() {
+    let d = percentage();
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    let t0 = Instant::now();
+    alternate(&d, &eps[0], t0);
+    d.record(&eps[0], Outcome::Success, t0 + Duration::from_secs(60));
+    assert!(!eps[0].is_ejected(), "ejected for a burst a minute old");
+    assert_eq!(d.ejections(), 0);
+    // The stale counts are gone: the new interval is judged on its own.
+    d.record(&eps[0], Outcome::Success, t0 + Duration::from_secs(70));
+    assert!(!eps[0].is_ejected());
+}
