@@ -85,6 +85,9 @@ pub(crate) struct EjectionState {
     /// The active health check found the endpoint down: it stays out (unless the
     /// share cap let it in) until a probe passes, whatever its ejection time says.
     pub(crate) probe_down: bool,
+    /// Its probes passed again while an ejection for failed requests still ran:
+    /// it ramps up (slow start) when that ejection ends (`outlier/readmit.rs`).
+    pub(crate) ramp_on_readmit: bool,
 }
 
 impl EndpointState {

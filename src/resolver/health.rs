@@ -3,7 +3,8 @@
 //! over the round (no bursts), at most one in flight per endpoint, never to an
 //! address the address policy refuses. Each verdict goes to the outlier detector,
 //! which skips an endpoint found down as an ejected one; one that comes back ramps
-//! up (slow start) from then. The task holds only weak
+//! up (slow start) from then, or, when an ejection for failed requests still runs
+//! as its probe passes, from the end of that ejection. The task holds only weak
 //! references to the resolver: dropping the last handle ends it at its next step
 //! (probes already running finish within their timeout).
 
@@ -17,7 +18,7 @@ use crate::cache::Cache;
 use crate::endpoint::address_policy::AddressPolicy;
 use crate::endpoint::health_check::{HealthCheck, ProbeOutcome, Verdict};
 use crate::endpoint::outlier::OutlierDetector;
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Endpoint, EndpointState};
 use crate::util::hash::splitmix64;
 use crate::util::time::{after, scaled};
 
@@ -55,6 +56,13 @@ impl Prober {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return false;
         };
+        // An endpoint whose probe passed while an ejection for failed requests
+        // still ran comes back when that ends: it ramps up then, as below.
+        let weak = cache.clone();
+        self.outliers
+            .on_rejoin(Box::new(move |state: &Arc<EndpointState>, now: Instant| {
+                ramp_up(state, now, &weak);
+            }));
         rt.spawn(self.run(cache, alive));
         true
     }
@@ -130,18 +138,22 @@ impl Prober {
                 Verdict::Up => {
                     let now = Instant::now();
                     if this.outliers.probe_up(&ep, now) {
-                        // Back after failing: it ramps up as a joining endpoint
-                        // does (slow start), from now, in every answer listing it.
-                        state.ramp_up_from(now);
-                        if let Some(cache) = cache.upgrade() {
-                            cache.ramp_up(state);
-                        }
+                        ramp_up(state, now, &cache);
                     }
                 }
                 Verdict::Undecided => {}
             }
             state.probe.end();
         });
+    }
+}
+
+/// Back after failing its health check: `state` ramps up as a joining endpoint
+/// does (slow start), from `now`, in every answer listing it.
+fn ramp_up(state: &Arc<EndpointState>, now: Instant, cache: &Weak<Cache>) {
+    state.ramp_up_from(now);
+    if let Some(cache) = cache.upgrade() {
+        cache.ramp_up(state);
     }
 }
 

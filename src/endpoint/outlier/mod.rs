@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use readmit::Readmitter;
+pub(crate) use readmit::Rejoin;
+
 use crate::endpoint::{Endpoint, EndpointState};
 use crate::util::lock::lock;
 use crate::util::time::after;
@@ -209,7 +212,8 @@ pub(crate) struct OutlierDetector {
     ejections: AtomicU64,
     /// Ejections by [`Cause`].
     by_cause: [AtomicU64; 3],
-    readmissions: Arc<AtomicU64>,
+    /// Re-admissions and what they do, shared with the re-admission timers.
+    readmit: Arc<Readmitter>,
     /// Where failure-percentage intervals are numbered from.
     start: Instant,
 }
@@ -221,7 +225,7 @@ impl OutlierDetector {
             eject: Mutex::new(()),
             ejections: AtomicU64::new(0),
             by_cause: Default::default(),
-            readmissions: Arc::new(AtomicU64::new(0)),
+            readmit: Arc::default(),
             start: Instant::now(),
         }
     }
@@ -232,7 +236,7 @@ impl OutlierDetector {
         if !health.is_ejected() {
             return false;
         }
-        readmit(health, now, &self.readmissions);
+        self.readmit.readmit(health, now);
         health.is_ejected()
     }
 
@@ -348,10 +352,10 @@ impl OutlierDetector {
         // thread), since `resolve` never looks at the time and would skip the
         // endpoint for good. Ejections are rare and bounded by the endpoints.
         let weak = Arc::downgrade(h);
-        let count = self.readmissions.clone();
+        let readmitter = self.readmit.clone();
         let readmit_at = move |now: Instant| {
             if let Some(h) = weak.upgrade() {
-                readmit(&h, now, &count);
+                readmitter.readmit(&h, now);
             }
         };
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -405,7 +409,11 @@ impl OutlierDetector {
     }
 
     /// A probe of `ep` passed again: it comes back, unless an ejection for failed
-    /// requests still has time to run. Returns whether it came back.
+    /// requests still has time to run. Returns whether it came back (the caller
+    /// then starts its slow-start ramp). One kept out by such an ejection ramps up
+    /// when that ends (the [`Rejoin`] set with [`on_rejoin`](Self::on_rejoin)):
+    /// it comes back from a failed health check all the same, and a ramp counted
+    /// from now would be spent while it is still out.
     pub(crate) fn probe_up(&self, ep: &Endpoint, now: Instant) -> bool {
         let h = ep.state();
         let mut st = h.ejection.lock();
@@ -414,13 +422,21 @@ impl OutlierDetector {
         }
         st.probe_down = false;
         if h.is_ejected() && st.until.is_none_or(|until| now >= until) {
+            st.ramp_on_readmit = false;
             h.ejection.set_ejected(false);
             drop(st);
-            self.readmissions.fetch_add(1, Ordering::Relaxed);
+            self.readmit.count.fetch_add(1, Ordering::Relaxed);
             tracing::info!(endpoint = %h.name, "re-admitting endpoint: its health check passed");
             return true;
         }
+        st.ramp_on_readmit = h.is_ejected();
         false
+    }
+
+    /// Sets what starts the ramp of an endpoint re-admitted after its health check
+    /// passed while an ejection ran; the first call wins.
+    pub(crate) fn on_rejoin(&self, rejoin: Rejoin) {
+        let _ = self.readmit.rejoin.set(rejoin);
     }
 
     pub(crate) fn ejections(&self) -> u64 {
@@ -433,7 +449,7 @@ impl OutlierDetector {
     }
 
     pub(crate) fn readmissions(&self) -> u64 {
-        self.readmissions.load(Ordering::Relaxed)
+        self.readmit.count.load(Ordering::Relaxed)
     }
 }
 
@@ -443,21 +459,6 @@ fn interval_index(start: Instant, now: Instant, interval: Duration) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
 }
 
-/// Ends an ejection whose time is up: the endpoint is on probation, and its next
-/// failure ejects it again, for longer.
-fn readmit(h: &EndpointState, now: Instant, count: &AtomicU64) {
-    let mut st = h.ejection.lock();
-    if !h.is_ejected() || st.probe_down || st.until.is_some_and(|until| now < until) {
-        return;
-    }
-    st.probation = true;
-    st.failures = 0;
-    h.ejection.dirty.store(true, Ordering::Relaxed);
-    h.ejection.set_ejected(false);
-    drop(st);
-    count.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(endpoint = %h.name, "re-admitting endpoint on probation");
-}
-
+mod readmit;
 #[cfg(test)]
 mod tests;

@@ -231,3 +231,40 @@ async fn an_interval_long_past_is_not_judged() {
     d.record(&eps[0], Outcome::Success, t0 + Duration::from_secs(70));
     assert!(!eps[0].is_ejected());
 }
+
+/// Its probe passed while an ejection for failed requests still ran: it ramps up
+/// when that ejection ends (and is re-admitted only after its ramp began), while
+/// one whose health check never failed comes back without a ramp.
+#[tokio::test(start_paused = true)]
+async fn back_from_its_probe_during_an_ejection_ramps_when_readmitted() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let ramps = Arc::new(Mutex::new(Vec::new()));
+    let seen = ramps.clone();
+    d.on_rejoin(Box::new(move |h: &Arc<EndpointState>, now: Instant| {
+        // Ramped before it is back in the picks.
+        assert!(h.is_ejected());
+        seen.lock().unwrap().push((h.name.clone(), now));
+    }));
+    let t = StateTable::default();
+    let eps = set(4, &t);
+    let t0 = Instant::now();
+    fail(&d, &eps[0], 5, t0);
+    fail(&d, &eps[1], 5, t0);
+    d.probe_down(&eps[0]);
+    assert!(
+        !d.probe_up(&eps[0], t0 + Duration::from_secs(1)),
+        "still ejected"
+    );
+    assert!(ramps.lock().unwrap().is_empty(), "not while it is out");
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    assert!(!eps[0].is_ejected() && !eps[1].is_ejected());
+    assert_eq!(d.readmissions(), 2);
+    let ramps = ramps.lock().unwrap().clone();
+    assert_eq!(ramps.len(), 1, "{ramps:?}");
+    assert_eq!(&*ramps[0].0, &*eps[0].state().name);
+    let from = ramps[0].1 - t0;
+    assert!(
+        from >= Duration::from_secs(30) && from <= Duration::from_secs(31),
+        "ramp from {from:?}: from the ejection's end, not the probe's pass (1 s)"
+    );
+}

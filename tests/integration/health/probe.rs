@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudmap_resolver::{HealthCheck, Instance, Resolver, SlowStartOptions, StaticDiscovery};
+use cloudmap_resolver::{
+    HealthCheck, Instance, Outcome, OutlierOptions, Resolver, SlowStartOptions, StaticDiscovery,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -164,6 +166,79 @@ async fn a_backend_back_from_its_health_check_ramps_up() {
     let first = picks_of(&resolver, 0, 100).await;
     let after = first + picks_of(&resolver, 0, 1900).await;
     println!("e0 back from its health check: {first} of the first 100 picks, {after} of 2,000");
+    assert!(first <= 12, "{first} of the first 100 picks");
+    assert!((10..=160).contains(&after), "{after} of 2,000 picks");
+}
+
+/// The same, when an ejection for failed requests was also running: the backend
+/// was ejected for its failures (3 s), its probes then failed, and they passed
+/// again while the ejection still ran. It comes back when the ejection ends, and
+/// ramps up from then as it would have from its probe passing.
+#[tokio::test]
+async fn a_backend_back_from_its_health_check_during_an_ejection_ramps_up() {
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let mut tasks = Vec::new();
+    for l in listeners {
+        tasks.push(tokio::spawn(tcp_backend(l, Arc::new(AtomicUsize::new(0)))));
+    }
+    let check = HealthCheck::tcp()
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(200));
+    let mut slow_start = SlowStartOptions::default();
+    slow_start.window = Duration::from_secs(3600);
+    let mut outlier = OutlierOptions::default();
+    outlier.base_ejection_time = Duration::from_secs(3);
+    let resolver = Resolver::builder(registry(&addrs))
+        .health_check(check)
+        .slow_start(slow_start)
+        .outlier_detection(outlier)
+        .seed(28)
+        .build()
+        .unwrap();
+    assert_eq!(picks_of(&resolver, 0, 2000).await, 500);
+
+    tasks[0].abort();
+    let _ = tasks.remove(0).await;
+    let all = resolver.resolve_all("shared", "web").await.unwrap();
+    let e0 = all.iter().find(|e| e.instance_id() == "e0").unwrap();
+    for _ in 0..5 {
+        resolver.report(e0, Outcome::Failure);
+    }
+    let ejected_at = tokio::time::Instant::now();
+    assert_eq!(resolver.stats().ejections_consecutive, 1);
+    // Its probes find it down too (the third failed probe's count is taken after
+    // the second's verdict, `unhealthy_after` 2, was recorded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while resolver.stats().probes_failed < 3 && tokio::time::Instant::now() < deadline {
+        picks_of(&resolver, 0, 4).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        resolver.stats().probes_failed >= 3,
+        "{:?}",
+        resolver.stats()
+    );
+    let a = TcpListener::bind(addrs[0]).await.unwrap();
+    tokio::spawn(tcp_backend(a, Arc::new(AtomicUsize::new(0))));
+    // What this test is about: the probes pass again before the ejection ends.
+    assert!(
+        ejected_at.elapsed() < Duration::from_secs(3),
+        "listening again {:?} after the ejection: it already ended",
+        ejected_at.elapsed()
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while resolver.stats().readmissions == 0 && tokio::time::Instant::now() < deadline {
+        picks_of(&resolver, 0, 4).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(resolver.stats().readmissions, 1, "e0 came back");
+    let first = picks_of(&resolver, 0, 100).await;
+    let after = first + picks_of(&resolver, 0, 1900).await;
+    println!("e0 back after its ejection: {first} of the first 100 picks, {after} of 2,000");
     assert!(first <= 12, "{first} of the first 100 picks");
     assert!((10..=160).contains(&after), "{after} of 2,000 picks");
 }
