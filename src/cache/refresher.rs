@@ -137,7 +137,8 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
         };
         let Some(result) = attempt(&cache, slot, &cur, first_call).await else {
             // A load replaced the answer while this task waited at the gate: the
-            // next round plans from the new one.
+            // next round plans from the new one (or, when the answer was only
+            // re-picked, goes on with the same plan at once).
             continue;
         };
         if let Step::Stop = settle(&cache, slot, &cur, result, &mut plan) {
@@ -159,9 +160,16 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
         return Step::Stop;
     };
     if !Arc::ptr_eq(&cur, &plan.snapshot) {
-        // A load replaced the snapshot; plan from the new one.
-        *plan = Plan::new(&cache, cur);
-        return Step::Again;
+        if !cur.same_answer(&plan.snapshot) {
+            // A load replaced the snapshot; plan from the new one.
+            *plan = Plan::new(&cache, cur);
+            return Step::Again;
+        }
+        // The same answer re-picked (an endpoint's slow-start ramp began,
+        // `in_use.rs`): not a load. The plan goes on with it, its time and its
+        // failures too, or an endpoint coming back during an outage would reset
+        // the backoff and call the registry at once.
+        plan.snapshot = cur.clone();
     }
     // A watched key is in use even when nobody resolves it: its change streams
     // are driven by this task, not by requests. So is a key a held handle pins

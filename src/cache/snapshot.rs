@@ -1,7 +1,7 @@
 //! One registry answer as the cache serves it: the endpoints and their picking state,
 //! whether it may still be served, and the deadlines the refresher keeps.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,15 @@ pub(crate) struct Snapshot {
     pub(crate) stale_until: Instant,
     pub(crate) ttl: Duration,
     pub(crate) revision: Option<i64>,
+    /// Which installed answer this is: new for every answer a load or a refresh
+    /// makes, kept by [`repicked`](Self::repicked), so that the refresher tells a
+    /// new answer (a new plan) from the same one re-picked (its plan, and its
+    /// backoff through an outage, go on).
+    answer: u64,
 }
+
+/// The next [`Snapshot::answer`]: unique within the process.
+static ANSWERS: AtomicU64 = AtomicU64::new(0);
 
 impl Snapshot {
     pub(crate) fn new(
@@ -55,6 +63,7 @@ impl Snapshot {
             stale_until: after(confirmed_at, max_stale),
             ttl,
             revision,
+            answer: ANSWERS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -82,7 +91,14 @@ impl Snapshot {
             stale_until: self.stale_until,
             ttl: self.ttl,
             revision: self.revision,
+            answer: self.answer,
         }
+    }
+
+    /// Whether `self` and `other` are the same answer, one of them a
+    /// [`repicked`](Self::repicked) copy of the other.
+    pub(crate) fn same_answer(&self, other: &Snapshot) -> bool {
+        self.answer == other.answer
     }
 
     /// The answer's endpoints, in the registry's order.

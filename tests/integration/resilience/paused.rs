@@ -421,3 +421,105 @@ async fn refusals_back_off_as_outages_do() {
         );
     }
 }
+
+/// A loopback port whose listener the test turns on and off without letting the
+/// port go: while off, a bound socket that does not listen holds it (both with
+/// `SO_REUSEPORT`), so connections are refused and no other test's listener can
+/// take the port meanwhile.
+struct Toggled {
+    addr: std::net::SocketAddr,
+    up: Option<tokio::task::JoinHandle<()>>,
+    held: Option<tokio::net::TcpSocket>,
+}
+
+impl Toggled {
+    fn socket(addr: std::net::SocketAddr) -> tokio::net::TcpSocket {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseport(true).unwrap();
+        socket.bind(addr).unwrap();
+        socket
+    }
+
+    /// Off at first.
+    fn new() -> Self {
+        let held = Toggled::socket("127.0.0.1:0".parse().unwrap());
+        Toggled {
+            addr: held.local_addr().unwrap(),
+            up: None,
+            held: Some(held),
+        }
+    }
+
+    fn set(&mut self, on: bool) {
+        if on && let Some(held) = self.held.take() {
+            let listener = held.listen(64).unwrap();
+            self.up = Some(tokio::spawn(async move {
+                while let Ok((conn, _)) = listener.accept().await {
+                    drop(conn);
+                }
+            }));
+        } else if !on && let Some(up) = self.up.take() {
+            self.held = Some(Toggled::socket(self.addr));
+            up.abort();
+        }
+    }
+}
+
+/// Each time the health check brings an endpoint back, the cached answer's picker
+/// is built again (its slow-start ramp): the same answer, not a new load, so the
+/// key's refresh backoff during a registry outage goes on. 20 s of outage at a 1 s
+/// TTL with one endpoint going down and up every second costs at most the
+/// documented 7 registry calls, as with no health check
+/// (`serve_stale_backs_off_and_recovers`).
+#[tokio::test(start_paused = true)]
+async fn probes_bringing_an_endpoint_back_keep_the_refresh_backoff() {
+    let mut flapping = Toggled::new();
+    flapping.set(true);
+    let steady = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let steady_port = steady.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = steady.accept().await {
+            drop(conn);
+        }
+    });
+    let ip = "127.0.0.1".parse().unwrap();
+    let registry = StaticDiscovery::new()
+        .with_instance(
+            "shared",
+            "web",
+            Instance::new("e0").ipv4(ip).port(flapping.addr.port()),
+        )
+        .with_instance(
+            "shared",
+            "web",
+            Instance::new("e1").ipv4(ip).port(steady_port),
+        );
+    let source = Counting::new(registry);
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .health_check(cloudmap_resolver::HealthCheck::tcp().interval(Duration::from_millis(100)))
+        .seed(17)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "web").await.unwrap();
+    source.fail_with(Some(ErrorKind::Unavailable));
+    let before = total(&source);
+    for step in 1..=200u32 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        resolver.resolve("shared", "web").await.unwrap();
+        if step % 10 == 0 {
+            // Off at 1 s, on at 2 s, off at 3 s, ...
+            flapping.set(step % 20 == 0);
+        }
+    }
+    let calls = total(&source) - before;
+    let bound = default_bound(Duration::from_secs(20));
+    let stats = resolver.stats();
+    println!(
+        "paused: 20 s outage, e0 back {} times: {calls} registry calls (bound {bound})",
+        stats.readmissions
+    );
+    // What this test is about: the health check took e0 out and brought it back.
+    assert!(stats.readmissions >= 5, "{stats:?}");
+    assert!(calls <= bound, "{calls} calls, bound {bound}");
+}
