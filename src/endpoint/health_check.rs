@@ -25,6 +25,12 @@ use crate::util::lock::lock;
 /// Defaults: a probe every 5 s per endpoint (jittered, spread over the interval),
 /// a 1 s timeout, down after 2 failed probes in a row, up after 1 passed one.
 ///
+/// Only endpoints with an IP address and a port are probed: a CNAME or alias
+/// instance (a host name, see [`Endpoint::host`](crate::Endpoint::host)) or one
+/// with no port is not, and is never found down by the health check (a warning
+/// names each such endpoint once). Its health is the registry's and the passive
+/// outlier detection's alone.
+///
 /// # Examples
 ///
 /// ```
@@ -254,6 +260,9 @@ pub(crate) struct ProbeState {
     /// Set while a probe of the endpoint runs: one in flight at a time.
     in_flight: AtomicBool,
     runs: Mutex<Runs>,
+    /// Set once the resolver said the endpoint cannot be probed (no IP address
+    /// and port), so that it says it once, not every round.
+    unprobed: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -277,6 +286,11 @@ impl ProbeState {
     /// Claims the endpoint's one probe slot; false when a probe already runs.
     pub(crate) fn begin(&self) -> bool {
         !self.in_flight.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether the endpoint was not yet said to be unprobeable; records it.
+    pub(crate) fn first_unprobed(&self) -> bool {
+        !self.unprobed.swap(true, Ordering::Relaxed)
     }
 
     /// Releases the slot taken by [`begin`](Self::begin).

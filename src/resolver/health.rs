@@ -112,6 +112,16 @@ impl Prober {
     /// address may not be connected to.
     fn start(self: &Arc<Self>, ep: Endpoint, cache: &Weak<Cache>) {
         let Some(addr) = ep.socket_addr() else {
+            // A host name (CNAME or alias instance), or no port: probing a name
+            // would take a DNS lookup per probe and a verdict for a name that may
+            // stand for many addresses. Not done, and said once per endpoint so
+            // that the gap is not silent (health.md).
+            if ep.state().probe.first_unprobed() {
+                tracing::warn!(
+                    endpoint = %ep.state().name,
+                    "not probed by the health check: no IP address and port (a CNAME or alias instance, or no port)"
+                );
+            }
             return;
         };
         if !self.policy.permits(addr.ip()) || !ep.state().probe.begin() {
@@ -185,6 +195,58 @@ mod tests {
         }
         // Spread over the range, not stuck at one end.
         assert!(min < Duration::from_millis(4050) && max > Duration::from_millis(4950));
+    }
+
+    /// An endpoint with no IP address and port (a CNAME instance here) cannot be
+    /// probed: it is not, and the resolver says so once per endpoint, not once per
+    /// round.
+    #[test]
+    fn host_name_endpoints_are_not_probed_and_said_once() {
+        use crate::{HealthCheck, Instance, Resolver, StaticDiscovery};
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let mut stats = None;
+        let log = crate::util::logged::logged(|| {
+            rt.block_on(async {
+                let registry = StaticDiscovery::new()
+                    .with_instance(
+                        "shared",
+                        "web",
+                        Instance::new("h1").cname("a.example.com").port(80),
+                    )
+                    .with_instance(
+                        "shared",
+                        "web",
+                        Instance::new("h2").cname("b.example.com").port(80),
+                    );
+                let resolver = Resolver::builder(registry)
+                    .health_check(HealthCheck::tcp().interval(Duration::from_millis(100)))
+                    .build()
+                    .unwrap();
+                // About 20 rounds, the key in use all along.
+                for _ in 0..20 {
+                    resolver.resolve("shared", "web").await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                stats = Some(resolver.stats());
+            });
+        });
+        let stats = stats.unwrap();
+        assert_eq!(
+            stats.probes_passed + stats.probes_failed + stats.probes_timed_out,
+            0,
+            "{stats:?}"
+        );
+        assert_eq!(
+            log.matches("not probed by the health check").count(),
+            2,
+            "{log}"
+        );
+        assert!(log.contains("h1@") && log.contains("h2@"), "{log}");
     }
 
     /// An interval too long to lengthen saturates rather than panics.

@@ -5,6 +5,8 @@
 
 pub(crate) mod hash;
 pub(crate) mod lock;
+#[cfg(test)]
+pub(crate) mod logged;
 pub(crate) mod modulus;
 pub(crate) mod pad;
 pub(crate) mod stripe;
