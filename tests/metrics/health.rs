@@ -27,9 +27,10 @@ fn probes_by_outcome_and_ejections_by_cause() {
                     drop(conn);
                 }
             });
-            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let down_port = closed.local_addr().unwrap().port();
-            drop(closed);
+            // Bound, not listening, and held to the end: no other test's listener
+            // can take the port and answer the probes.
+            let (closed, _held) = test_support::net::closed_port();
+            let down_port = closed.port();
             let ip = "127.0.0.1".parse().unwrap();
             let registry = StaticDiscovery::new()
                 .with_instance("shared", "web", Instance::new("up").ipv4(ip).port(up_port))
@@ -45,10 +46,14 @@ fn probes_by_outcome_and_ejections_by_cause() {
                 .health_check(check)
                 .build()
                 .unwrap();
-            for _ in 0..200 {
+            // Bounded at 20 s: a loaded machine can stall the probes for seconds.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
                 r.resolve("shared", "web").await.unwrap();
                 let s = r.stats();
-                if s.ejections_probe == 1 && s.probes_passed >= 2 {
+                if (s.ejections_probe == 1 && s.probes_passed >= 2)
+                    || tokio::time::Instant::now() >= deadline
+                {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;

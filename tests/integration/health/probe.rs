@@ -1,5 +1,7 @@
 //! Active health checks against loopback backends. Real sockets with small
-//! intervals; each wait is a bounded loop, and the assertions are on states and
+//! intervals; each wait for the background probes is a loop bounded by a deadline
+//! ([`WAIT`], far above what an idle machine needs: a loaded CI machine can stall
+//! the probes for seconds), and the assertions, after the bound, are on states and
 //! counts.
 
 use std::net::SocketAddr;
@@ -12,6 +14,7 @@ use cloudmap_resolver::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 
 pub(super) fn registry(addrs: &[SocketAddr]) -> StaticDiscovery {
     addrs
@@ -46,20 +49,48 @@ pub(super) async fn picks_of(resolver: &Resolver, i: usize, n: usize) -> usize {
     hits
 }
 
-/// Resolves every 20 ms (the key stays in use) until `cond` holds on 40 picks, or
-/// `rounds` rounds have passed; returns whether it held.
-pub(super) async fn resolve_until(
-    resolver: &Resolver,
-    rounds: usize,
-    cond: impl Fn(usize) -> bool,
-) -> bool {
-    for _ in 0..rounds {
+/// The longest a test waits for the background probes to do something.
+pub(super) const WAIT: Duration = Duration::from_secs(20);
+
+/// Resolves every 20 ms (the key stays in use) until `cond` holds on 40 picks of
+/// `e0`, or [`WAIT`] has passed; returns whether it held.
+pub(super) async fn resolve_until(resolver: &Resolver, cond: impl Fn(usize) -> bool) -> bool {
+    let deadline = Instant::now() + WAIT;
+    loop {
         if cond(picks_of(resolver, 0, 40).await) {
             return true;
         }
+        if Instant::now() >= deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
+}
+
+/// Resolves 4 times every 20 ms (the key stays in use) until `cond` holds, or
+/// [`WAIT`] has passed.
+async fn keep_resolving_until(resolver: &Resolver, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() && Instant::now() < deadline {
+        picks_of(resolver, 0, 4).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits, polling every `step`, until `count` has stayed the same over 10 polls in
+/// a row (the background probes have stopped) and `quiet` holds, or [`WAIT`] has
+/// passed; returns the count then. Polls, not elapsed time: a stalled process
+/// would see a long quiet spell it did not have.
+async fn settled(step: Duration, count: impl Fn() -> usize, quiet: impl Fn() -> bool) -> usize {
+    let deadline = Instant::now() + WAIT;
+    let (mut last, mut same) = (count(), 0);
+    while (same < 10 || !quiet()) && Instant::now() < deadline {
+        tokio::time::sleep(step).await;
+        let now = count();
+        same = if now == last { same + 1 } else { 0 };
+        last = now;
+    }
+    last
 }
 
 /// A backend that stops listening, with no call made (only `resolve`): out of the
@@ -82,7 +113,7 @@ async fn a_backend_that_stops_listening_leaves_the_picks_and_comes_back() {
         .build()
         .unwrap();
     assert!(
-        resolve_until(&resolver, 100, |hits| hits > 0
+        resolve_until(&resolver, |hits| hits > 0
             && accepts.load(Ordering::Relaxed) > 0)
         .await,
         "e0 picked and probed while it listens"
@@ -92,7 +123,7 @@ async fn a_backend_that_stops_listening_leaves_the_picks_and_comes_back() {
     task_a.abort();
     let _ = task_a.await; // the listener is closed: connections are refused
     assert!(
-        resolve_until(&resolver, 250, |hits| hits == 0).await,
+        resolve_until(&resolver, |hits| hits == 0).await,
         "e0 out of the picks"
     );
     let out = resolver.stats();
@@ -108,7 +139,7 @@ async fn a_backend_that_stops_listening_leaves_the_picks_and_comes_back() {
     let a = TcpListener::bind(addr_a).await.unwrap();
     tokio::spawn(tcp_backend(a, accepts.clone()));
     assert!(
-        resolve_until(&resolver, 250, |hits| hits > 0).await,
+        resolve_until(&resolver, |hits| hits > 0).await,
         "e0 back in the picks"
     );
     let back = resolver.stats();
@@ -148,18 +179,12 @@ async fn a_backend_back_from_its_health_check_ramps_up() {
     tasks[0].abort();
     let _ = tasks.remove(0).await;
     assert!(
-        resolve_until(&resolver, 250, |hits| hits == 0).await,
+        resolve_until(&resolver, |hits| hits == 0).await,
         "e0 out of the picks"
     );
     let a = TcpListener::bind(addrs[0]).await.unwrap();
     tokio::spawn(tcp_backend(a, Arc::new(AtomicUsize::new(0))));
-    for _ in 0..250 {
-        if resolver.stats().readmissions == 1 {
-            break;
-        }
-        picks_of(&resolver, 0, 4).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    keep_resolving_until(&resolver, || resolver.stats().readmissions == 1).await;
     assert_eq!(resolver.stats().readmissions, 1, "e0 came back");
     // The first picks after it came back, not only later ones: the ramp applies
     // to the answer already cached, not from its next refresh.
@@ -171,7 +196,7 @@ async fn a_backend_back_from_its_health_check_ramps_up() {
 }
 
 /// The same, when an ejection for failed requests was also running: the backend
-/// was ejected for its failures (3 s), its probes then failed, and they passed
+/// was ejected for its failures (10 s), its probes then failed, and they passed
 /// again while the ejection still ran. It comes back when the ejection ends, and
 /// ramps up from then as it would have from its probe passing.
 #[tokio::test]
@@ -191,7 +216,10 @@ async fn a_backend_back_from_its_health_check_during_an_ejection_ramps_up() {
     let mut slow_start = SlowStartOptions::default();
     slow_start.window = Duration::from_secs(3600);
     let mut outlier = OutlierOptions::default();
-    outlier.base_ejection_time = Duration::from_secs(3);
+    // Long enough that the probes find it down and the listener is back well
+    // before the ejection ends, even on a machine that stalls the probes.
+    let ejection = Duration::from_secs(10);
+    outlier.base_ejection_time = ejection;
     let resolver = Resolver::builder(registry(&addrs))
         .health_check(check)
         .slow_start(slow_start)
@@ -208,15 +236,11 @@ async fn a_backend_back_from_its_health_check_during_an_ejection_ramps_up() {
     for _ in 0..5 {
         resolver.report(e0, Outcome::Failure);
     }
-    let ejected_at = tokio::time::Instant::now();
+    let ejected_at = Instant::now();
     assert_eq!(resolver.stats().ejections_consecutive, 1);
     // Its probes find it down too (the third failed probe's count is taken after
     // the second's verdict, `unhealthy_after` 2, was recorded).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while resolver.stats().probes_failed < 3 && tokio::time::Instant::now() < deadline {
-        picks_of(&resolver, 0, 4).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    keep_resolving_until(&resolver, || resolver.stats().probes_failed >= 3).await;
     assert!(
         resolver.stats().probes_failed >= 3,
         "{:?}",
@@ -226,15 +250,11 @@ async fn a_backend_back_from_its_health_check_during_an_ejection_ramps_up() {
     tokio::spawn(tcp_backend(a, Arc::new(AtomicUsize::new(0))));
     // What this test is about: the probes pass again before the ejection ends.
     assert!(
-        ejected_at.elapsed() < Duration::from_secs(3),
+        ejected_at.elapsed() < ejection,
         "listening again {:?} after the ejection: it already ended",
         ejected_at.elapsed()
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while resolver.stats().readmissions == 0 && tokio::time::Instant::now() < deadline {
-        picks_of(&resolver, 0, 4).await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    keep_resolving_until(&resolver, || resolver.stats().readmissions > 0).await;
     assert_eq!(resolver.stats().readmissions, 1, "e0 came back");
     let first = picks_of(&resolver, 0, 100).await;
     let after = first + picks_of(&resolver, 0, 1900).await;
@@ -313,13 +333,13 @@ async fn http_check_follows_the_status() {
         .build()
         .unwrap();
     assert!(
-        resolve_until(&resolver, 250, |hits| hits == 0).await,
+        resolve_until(&resolver, |hits| hits == 0).await,
         "e0 out while it answers 503"
     );
     assert_eq!(resolver.stats().ejections_probe, 1);
     state.down.store(false, Ordering::SeqCst);
     assert!(
-        resolve_until(&resolver, 250, |hits| hits > 0).await,
+        resolve_until(&resolver, |hits| hits > 0).await,
         "e0 back once it answers 200"
     );
     let hosts = state.hosts.lock().unwrap().clone();
@@ -352,8 +372,13 @@ async fn one_probe_in_flight_per_endpoint_and_none_after_drop() {
         .health_check(check)
         .build()
         .unwrap();
-    for _ in 0..50 {
+    // At least 3 probes timed out (the key in use all along), within the bound.
+    let deadline = Instant::now() + WAIT;
+    loop {
         resolver.resolve("shared", "web").await.unwrap();
+        if resolver.stats().probes_timed_out >= 3 || Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let probes = state.requests.load(Ordering::SeqCst);
@@ -362,9 +387,15 @@ async fn one_probe_in_flight_per_endpoint_and_none_after_drop() {
     assert!(resolver.stats().probes_timed_out >= 3);
 
     drop(resolver);
-    // Let the last probe time out and the task see the drop.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let settled = state.requests.load(Ordering::SeqCst);
+    // Until the last probe has timed out (its connection closed) and no new one
+    // has started for 10 probe intervals.
+    let settled = settled(
+        Duration::from_millis(20),
+        || state.requests.load(Ordering::SeqCst),
+        || state.open.load(Ordering::SeqCst) == 0,
+    )
+    .await;
+    assert_eq!(state.open.load(Ordering::SeqCst), 0, "the last probe ended");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         state.requests.load(Ordering::SeqCst),
@@ -387,9 +418,14 @@ async fn idle_keys_are_not_probed() {
         .build()
         .unwrap();
     resolver.resolve("shared", "web").await.unwrap();
-    // In use for its first answer's life (and the refreshed one's), then idle.
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    let settled = accepts.load(Ordering::Relaxed);
+    // In use for its first answer's life (and the refreshed one's), then idle:
+    // until no probe has come for 10 probe intervals.
+    let settled = settled(
+        Duration::from_millis(50),
+        || accepts.load(Ordering::Relaxed),
+        || true,
+    )
+    .await;
     assert!(settled >= 5, "probed while in use: {settled}");
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(
