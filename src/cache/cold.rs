@@ -144,6 +144,7 @@ impl Cache {
                 gate.failures = 0;
                 drop(gate);
                 self.ensure_refresher(slot);
+                self.loaded.notify_waiters();
                 Ok(snap)
             }
             Err(err) => {

@@ -90,6 +90,9 @@ pub(crate) struct Cache {
     /// DiscoverInstances (an IAM policy without the revision call): every refresh
     /// is a full fetch from then on (`fetch.rs`).
     revision_refused: std::sync::atomic::AtomicBool,
+    /// Woken at every load that installs an answer: the health check's task,
+    /// with nothing in use, waits on it rather than a whole probe round.
+    pub(crate) loaded: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -131,6 +134,7 @@ impl Cache {
             opts,
             held: held::Held::default(),
             revision_refused: std::sync::atomic::AtomicBool::new(false),
+            loaded: Arc::default(),
         }
     }
 

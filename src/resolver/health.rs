@@ -22,9 +22,6 @@ use crate::endpoint::{Endpoint, EndpointState};
 use crate::util::hash::splitmix64;
 use crate::util::time::{after, scaled};
 
-/// How soon a prober with no endpoint in use looks again.
-const IDLE_LOOK: Duration = Duration::from_secs(1);
-
 /// How far behind its schedule the probing task may fall and still catch up (at
 /// most this much of probes at once) rather than start again from now.
 const MAX_LAG: Duration = Duration::from_millis(10);
@@ -71,17 +68,26 @@ impl Prober {
         let this = Arc::new(self);
         let mut rng = this.seed;
         loop {
-            let endpoints = match cache.upgrade() {
-                Some(cache) if alive.strong_count() > 0 => cache.endpoints_in_use(),
-                _ => return,
+            let Some(strong) = cache.upgrade().filter(|_| alive.strong_count() > 0) else {
+                return;
             };
+            // Listening before the look: a load between the two still wakes it.
+            let loaded = strong.loaded.clone();
+            let woken = loaded.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            let endpoints = strong.endpoints_in_use();
+            drop(strong);
             rng = splitmix64(rng);
             let round = jittered(this.check.interval, rng);
             if endpoints.is_empty() {
-                // Nothing in use yet (the resolver built before its first lookup):
-                // look again soon, so that the first keys loaded are probed from
-                // then on, not one whole interval later.
-                tokio::time::sleep(round.min(IDLE_LOOK)).await;
+                // Nothing in use (the resolver built before its first lookup, or
+                // every key gone idle): the first key loaded is probed from then
+                // on, not one whole round later.
+                tokio::select! {
+                    () = tokio::time::sleep(round) => {}
+                    () = woken => {}
+                }
                 continue;
             }
             // Evenly spaced: with n endpoints, one probe every round / n, and the
