@@ -468,7 +468,8 @@ mod record {
                     Label::new("service", svc.clone()),
                 ]
             };
-            if per_endpoint {
+            // As they were set: the other bucket never per endpoint.
+            if per_endpoint && !(ns == OTHER && svc == OTHER) {
                 for id in &ids {
                     endpoint_gauges(base(), id, None);
                 }
@@ -551,6 +552,8 @@ mod health;
 pub(crate) use health::{ejection, probe};
 #[cfg(feature = "metrics")]
 pub(crate) use record::{publish, publish_services};
+#[cfg(all(test, feature = "metrics"))]
+mod published_tests;
 
 #[cfg(test)]
 mod tests {
