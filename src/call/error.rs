@@ -17,7 +17,13 @@ use crate::error::{Error, ErrorKind};
 /// further attempt was made.
 ///
 /// It is a [`std::error::Error`] whenever `E` is `Debug + Display`, so `?` converts it
-/// into `Box<dyn std::error::Error + Send + Sync>`.
+/// into `Box<dyn std::error::Error + Send + Sync>`. Its
+/// [`source`](std::error::Error::source) is the resolve error, if any: with so loose
+/// a bound on `E`, an attempt's error cannot be handed out as a `dyn Error`. Its text
+/// names every attempt's error; for the cause under one (a refused connection under
+/// a client's error), take the operation's own error from
+/// [`attempts`](Self::attempts): `AttemptError::Failed(e)` of
+/// `err.attempts().last()`'s `error()`.
 ///
 /// # Examples
 ///
