@@ -118,6 +118,13 @@ mod tests {
     /// A loopback server answering each connection with `answer(request head)`;
     /// `None` keeps the connection open without answering (a slow service).
     async fn fake(answer: fn(&str) -> Option<String>) -> String {
+        fake_framed(answer, false).await
+    }
+
+    /// As [`fake`]; with `chunked` the body goes `Transfer-Encoding: chunked` in
+    /// chunks of at most 1,000 bytes, as Go's net/http (the ECS agent) sends an
+    /// answer of more than 2,048 bytes written without a Content-Length.
+    async fn fake_framed(answer: fn(&str) -> Option<String>, chunked: bool) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -136,10 +143,22 @@ mod tests {
                             } else {
                                 "200 OK"
                             };
-                            let resp = format!(
-                                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                                body.len()
-                            );
+                            let resp = if chunked {
+                                let mut resp = format!(
+                                    "HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                                );
+                                for chunk in body.as_bytes().chunks(1000) {
+                                    resp.push_str(&format!("{:x}\r\n", chunk.len()));
+                                    resp.push_str(std::str::from_utf8(chunk).unwrap());
+                                    resp.push_str("\r\n");
+                                }
+                                resp + "0\r\n\r\n"
+                            } else {
+                                format!(
+                                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                    body.len()
+                                )
+                            };
                             let _ = conn.write_all(resp.as_bytes()).await;
                         }
                         None => tokio::time::sleep(Duration::from_secs(3600)).await,
@@ -150,12 +169,11 @@ mod tests {
         format!("http://{addr}")
     }
 
-    /// A closed loopback port: connections are refused.
-    async fn nothing() -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        format!("http://{addr}")
+    /// A loopback URL refusing connections, with the socket that keeps its port
+    /// bound (so no other test's listener takes it) while the test holds it.
+    fn nothing() -> (String, tokio::net::TcpSocket) {
+        let (addr, held) = test_support::net::closed_port();
+        (format!("http://{addr}"), held)
     }
 
     fn ecs(head: &str) -> Option<String> {
@@ -181,12 +199,16 @@ mod tests {
         Some("404".into())
     }
 
-    const T: Duration = Duration::from_millis(500);
+    /// The per-request timeout where an answer is expected: generous, so a loaded
+    /// machine does not fail a test that should pass (a refused connection fails at
+    /// once whatever the timeout).
+    const T: Duration = Duration::from_secs(10);
 
     #[tokio::test]
     async fn ecs_task_metadata_gives_the_zone() {
         let base = format!("{}/v4/abc", fake(ecs).await);
-        let zone = zone_from(Some(&base), &nothing().await, T).await.unwrap();
+        let (dead, _held) = nothing();
+        let zone = zone_from(Some(&base), &dead, T).await.unwrap();
         assert_eq!(zone, "us-east-1b");
     }
 
@@ -198,15 +220,15 @@ mod tests {
 
     #[tokio::test]
     async fn ecs_failing_falls_back_to_imds() {
-        let zone = zone_from(Some(&nothing().await), &fake(imds).await, T)
-            .await
-            .unwrap();
+        let (dead, _held) = nothing();
+        let zone = zone_from(Some(&dead), &fake(imds).await, T).await.unwrap();
         assert_eq!(zone, "us-east-1c");
     }
 
     #[tokio::test]
     async fn neither_is_a_typed_error_naming_both() {
-        let err = zone_from(None, &nothing().await, T).await.unwrap_err();
+        let (dead, _held) = nothing();
+        let err = zone_from(None, &dead, T).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         let text = err.to_string();
         assert!(
@@ -226,9 +248,30 @@ mod tests {
     #[tokio::test]
     async fn an_answer_without_a_zone_is_an_error() {
         let base = fake(|_| Some(r#"{"Cluster":"c"}"#.into())).await;
-        let err = zone_from(Some(&base), &nothing().await, T)
-            .await
-            .unwrap_err();
+        let (dead, _held) = nothing();
+        let err = zone_from(Some(&base), &dead, T).await.unwrap_err();
         assert!(err.to_string().contains("no AvailabilityZone"), "{err}");
+    }
+
+    /// ECS task metadata of more than 2,048 bytes comes chunked from the ECS agent
+    /// (Go's net/http, no Content-Length); on Fargate, with no IMDS behind it, a
+    /// failure to read it leaves no zone at all.
+    #[tokio::test]
+    async fn chunked_ecs_task_metadata_gives_the_zone() {
+        fn big_task(head: &str) -> Option<String> {
+            assert!(head.starts_with("GET /v4/abc/task HTTP/1.1"), "{head}");
+            let containers: Vec<String> = (0..40)
+                .map(|i| format!(r#"{{"DockerId":"c-{i}","Name":"container-{i}","Image":"img"}}"#))
+                .collect();
+            Some(format!(
+                r#"{{"Cluster":"c","Containers":[{}],"AvailabilityZone":"us-east-1b","TaskARN":"t"}}"#,
+                containers.join(",")
+            ))
+        }
+        assert!(big_task("GET /v4/abc/task HTTP/1.1").unwrap().len() > 2048);
+        let base = format!("{}/v4/abc", fake_framed(big_task, true).await);
+        let (dead, _held) = nothing();
+        let zone = zone_from(Some(&base), &dead, T).await;
+        assert_eq!(zone.as_deref().map_err(Error::kind), Ok("us-east-1b"));
     }
 }

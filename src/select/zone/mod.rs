@@ -91,7 +91,8 @@ impl ZoneAware {
     /// (`ECS_CONTAINER_METADATA_URI_V4` + `/task`, its `AvailabilityZone`), else EC2
     /// instance metadata (IMDSv2, `placement/availability-zone`; the base URL is
     /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` when set, as the AWS SDKs read it). Each
-    /// request is bounded by a 1 s timeout.
+    /// request is bounded by a 1 s timeout. Chunked answers are read (the ECS agent
+    /// sends a task's metadata over 2 KB chunked).
     ///
     /// # Errors
     ///
