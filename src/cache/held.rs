@@ -25,6 +25,13 @@ impl Cache {
         self.held.request = Some(request);
     }
 
+    /// Whether `req` is the held key itself. Only its answers are the callers'
+    /// spread: a question about the same service with query or optional
+    /// attributes, another health filter or owner answers some of the callers.
+    pub(super) fn is_held(&self, req: &DiscoverRequest) -> bool {
+        self.held.request.as_ref() == Some(req)
+    }
+
     /// Loads the held key if it is not held, or no longer answered (see the module
     /// doc). Its failure is not the caller's: it is logged and tried again at the
     /// next cold load (the cache's backoff keeps that from calling the registry

@@ -71,6 +71,17 @@ impl PickContext {
         self.zones = Some(zones);
         self
     }
+
+    /// Takes the callers' spread from `items`, an answer of the callers' key itself
+    /// (the cache says which: another question about the same service, with
+    /// attributes, a health filter or an owner of its own, answers a part of the
+    /// callers and is not their spread). Called before the answer's picker is made,
+    /// so its table starts from the new spread.
+    pub(crate) fn set_callers(&self, items: &[crate::endpoint::EndpointData]) {
+        if let Some(z) = &self.zones {
+            z.set_callers(items);
+        }
+    }
 }
 
 /// The endpoints of one answer with the selection, its weights and its counters,
@@ -114,11 +125,6 @@ impl Picker {
         service: (&str, &str),
     ) -> Self {
         let (namespace, service) = service;
-        if let Some(z) = &ctx.zones
-            && z.is_callers(namespace, service)
-        {
-            z.set_callers(&set.items);
-        }
         let weights = ctx
             .selection
             .cumulative(&set.items, namespace, service, &ctx.warned)

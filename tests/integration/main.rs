@@ -29,6 +29,7 @@ mod service;
 mod service_churn;
 mod startup_wait;
 mod watch;
+mod zone_callers;
 mod zone_capacity;
 mod zones;
 

@@ -122,7 +122,9 @@ impl ZoneAware {
     /// resolver: how its instances are spread over zones is how callers are spread
     /// (Envoy's local cluster). Without it callers are taken as spread evenly over
     /// the zones that have endpoints; until its answer is known, or if it lists no
-    /// instance in the caller's zone, the even spread is used.
+    /// instance in the caller's zone, the even spread is used. The spread is taken
+    /// from the plain question alone (the resolver's health filter and owner
+    /// account), never from a query of the service with attributes of its own.
     pub fn callers(mut self, namespace: impl Into<String>, service: impl Into<String>) -> Self {
         self.callers = Some((namespace.into(), service.into()));
         self
@@ -199,16 +201,9 @@ impl ZoneContext {
         self.callers.load_full()
     }
 
-    /// Whether (namespace, service) is the callers' service.
-    pub(crate) fn is_callers(&self, namespace: &str, service: &str) -> bool {
-        self.opts
-            .callers
-            .as_ref()
-            .is_some_and(|(n, s)| n == namespace && s == service)
-    }
-
-    /// Takes the callers' spread from an answer of the callers' service; tables
-    /// are recomputed on their next pick if it changed.
+    /// Takes the callers' spread from an answer of the callers' key (the plain
+    /// question the cache holds, `cache/held.rs`); tables are recomputed on their
+    /// next pick if it changed.
     pub(crate) fn set_callers(&self, items: &[EndpointData]) {
         let mut counts = BTreeMap::<Box<str>, u64>::new();
         for ep in items {
