@@ -159,6 +159,57 @@ pub(crate) fn rotation(len: Modulus, draw: u64) -> usize {
     len.of(draw as u32)
 }
 
+/// Endpoint `i`'s weight in the prefix sums `cum`: its width there, 1 without them.
+#[inline]
+pub(crate) fn width(cum: Option<&[f64]>, i: usize) -> f64 {
+    match cum {
+        Some(cum) if i > 0 => cum[i] - cum[i - 1],
+        Some(cum) => cum[0],
+        None => 1.0,
+    }
+}
+
+/// The pick among the admitted ones of `n` endpoints, by weight: each in proportion
+/// to its `weight`, weight 0 never while an admitted endpoint has weight, all evenly
+/// when none has (the promise of [`Selection::WeightedRandom`], with the ejected
+/// ones left out). `unit` gives a uniform number in [0, 1), asked only when some
+/// endpoint is admitted; `None` when none is. The last resort of a pick whose
+/// draws kept landing on ejected endpoints, with or without zones (`Picker::redraw`,
+/// `Zone::pick`): a scan in the registry's order instead would hand an ejected
+/// endpoint's turn to its neighbour, draining or not.
+pub(crate) fn by_weight_among(
+    n: usize,
+    weight: impl Fn(usize) -> f64,
+    admitted: impl Fn(usize) -> bool,
+    unit: impl FnOnce() -> f64,
+) -> Option<usize> {
+    let (mut total, mut count) = (0.0, 0usize);
+    for i in (0..n).filter(|&i| admitted(i)) {
+        total += weight(i);
+        count += 1;
+    }
+    if count == 0 {
+        return None;
+    }
+    // Admitted endpoints of weight 0 only: equal weights among them, as when every
+    // weight is 0.
+    let equal = total <= 0.0;
+    let mut x = unit() * if equal { count as f64 } else { total };
+    let mut last = None;
+    for i in (0..n).filter(|&i| admitted(i)) {
+        let w = if equal { 1.0 } else { weight(i) };
+        if w > 0.0 {
+            last = Some(i);
+            if x < w {
+                return Some(i);
+            }
+            x -= w;
+        }
+    }
+    // Rounding can leave x a hair above the last width.
+    last.or_else(|| (0..n).find(|&i| admitted(i)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +316,25 @@ mod tests {
             assert!((*n as f64 / 40_000.0 - 0.25).abs() < 0.02, "{c:?}");
         }
         assert_eq!(c, shares(&Selection::Random, &[None; 4], 40_000));
+    }
+
+    #[test]
+    fn the_last_resort_pick_is_by_weight_among_the_admitted() {
+        // Weights 1, 0, 1, 2 with endpoint 0 ejected: 1 never, 2 and 3 by 1:2.
+        let w = [1.0, 0.0, 1.0, 2.0];
+        let pick = |u: f64| by_weight_among(4, |i| w[i], |i| i != 0, || u);
+        let mut got = [0usize; 4];
+        for k in 0..3_000 {
+            got[pick(f64::from(k) / 3_000.0).unwrap()] += 1;
+        }
+        assert_eq!(got, [0, 0, 1_000, 2_000]);
+        assert_eq!(pick(1.0 - f64::EPSILON), Some(3), "rounding at the top");
+        // Only weight 0 admitted: evenly among them; none admitted: none.
+        let zeros = |u: f64| by_weight_among(3, |_| 0.0, |i| i != 1, || u);
+        assert_eq!((zeros(0.2), zeros(0.7)), (Some(0), Some(2)));
+        assert_eq!(
+            by_weight_among(3, |_| 1.0, |_| false, || unreachable!()),
+            None
+        );
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::slow_start::{Ramp, SlowStartOptions};
 use super::zone::table::{LocalZone, Zone, Zoned};
 use super::zone::ZoneContext;
-use super::{rotation, Selection};
+use super::{by_weight_among, rotation, width, Selection};
 use crate::endpoint::load::LoadTracker;
 use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, Handles, WarnOnce};
 use crate::util::hash::splitmix64;
@@ -290,11 +290,7 @@ impl Picker {
 
     /// Endpoint `i`'s selection weight: its width in the prefix sums, 1 without them.
     fn base_weight(&self, i: usize) -> f64 {
-        match self.weights.as_deref() {
-            Some(cum) if i > 0 => cum[i] - cum[i - 1],
-            Some(cum) => cum[0],
-            None => 1.0,
-        }
+        width(self.weights.as_deref(), i)
     }
 
     /// Draws again while the drawn endpoint is ejected. Round-robin's cursor then
@@ -318,38 +314,19 @@ impl Picker {
                 return i;
             }
         }
-        let weight = |i: usize| self.base_weight(i);
-        let mut total = 0.0;
-        let mut admitted = 0usize;
-        for i in (0..n).filter(|&i| !ejected(i)) {
-            total += weight(i);
-            admitted += 1;
-        }
-        if admitted == 0 {
+        let picked = by_weight_among(
+            n,
+            |i| self.base_weight(i),
+            |i| !ejected(i),
+            || unit(splitmix64(seed ^ self.next_draw(s))),
+        );
+        picked.unwrap_or_else(|| {
             // Failing open: undo the extra draws, so that picks rotate over every
             // endpoint as if none were ejected (n draws per pick would land
             // round-robin on the same endpoint each time).
             self.cursors[s].store(first_draw.wrapping_add(1), Ordering::Relaxed);
-            return first;
-        }
-        // Admitted endpoints of weight 0 only: equal weights among them, as when every
-        // weight is 0.
-        let equal = total <= 0.0;
-        let mut x = unit(splitmix64(seed ^ self.next_draw(s)))
-            * if equal { admitted as f64 } else { total };
-        let mut last = first;
-        for i in (0..n).filter(|&i| !ejected(i)) {
-            let w = if equal { 1.0 } else { weight(i) };
-            if w > 0.0 {
-                last = i;
-                if x < w {
-                    return i;
-                }
-                x -= w;
-            }
-        }
-        // Rounding can leave x a hair above the last width.
-        last
+            first
+        })
     }
 
     /// Picks one endpoint on thread stripe `s`, skipping ejected endpoints unless all

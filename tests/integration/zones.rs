@@ -485,3 +485,51 @@ async fn weight_zero_endpoints_take_no_picks_with_zones() {
     assert_eq!(eps.get("e0").copied().unwrap_or(0), 0, "{eps:?}");
     assert!(eps.get("e1").copied().unwrap_or(0) > 0, "{eps:?}");
 }
+
+/// Weight 0 holds inside a zone when an endpoint there is ejected: a weighted
+/// pick whose draws all land on the ejected one picks by weight among the admitted
+/// endpoints (as without zones), not the next one in the registry's order, which
+/// here is the draining one.
+#[tokio::test(start_paused = true)]
+async fn weight_zero_endpoints_take_no_picks_with_zones_when_one_is_ejected() {
+    // Zone a: A (weight 1, to be ejected), C (weight 0, draining), B (weight 1), in
+    // that order; b and c: three of weight 1 each.
+    let mut source = StaticDiscovery::new();
+    let a = [("A", "1"), ("C", "0"), ("B", "1")];
+    let others = (1..3).flat_map(|z| (0..3).map(move |i| (z, format!("{}-{i}", ZONES[z]))));
+    let all = a
+        .iter()
+        .map(|(id, w)| (0, id.to_string(), *w))
+        .chain(others.map(|(z, id)| (z, id, "1")));
+    for (n, (z, id, w)) in all.enumerate() {
+        source = source.with_instance(
+            "shared",
+            "web",
+            Instance::new(id)
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(9000 + n as u16)
+                .attribute("AVAILABILITY_ZONE", ZONES[z])
+                .attribute("weight", w),
+        );
+    }
+    let r = resolver(
+        source,
+        ZoneAware::new(ZONES[0]),
+        Selection::WeightedRandom {
+            attribute: "weight".into(),
+        },
+    );
+    let all = r.resolve_all("shared", "web").await.unwrap();
+    let victim = all.iter().find(|e| e.instance_id() == "A").unwrap().clone();
+    for _ in 0..5 {
+        r.report(&victim, Outcome::Failure);
+    }
+    assert!(victim.is_ejected());
+    let (zones, eps) = picks(&r, 20_000).await;
+    assert_eq!(eps.get("A"), None, "{eps:?}");
+    assert_eq!(eps.get("C"), None, "the draining endpoint: {eps:?}");
+    // a holds B alone, 1 of 7 of the capacity, against a third of the callers: it
+    // keeps 3/7 of the picks, all on B.
+    let local = zones[ZONES[0]] as f64 / 20_000.0;
+    assert!((local - 3.0 / 7.0).abs() < 0.015, "{zones:?}");
+}

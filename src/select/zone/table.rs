@@ -17,7 +17,7 @@ use super::ZoneContext;
 use crate::discover::instance::HealthStatus;
 use crate::endpoint::{EjectedCount, EndpointData};
 use crate::select::picker::two_of;
-use crate::select::Selection;
+use crate::select::{by_weight_among, width, Selection};
 use crate::util::hash::splitmix64;
 use crate::util::modulus::Modulus;
 
@@ -236,7 +236,8 @@ impl Zone {
     }
 
     /// The selection's pick among this zone's endpoints, skipping `ejected` ones
-    /// (redrawing, then the first admitted one; the drawn one if none is).
+    /// (redrawing, then by weight among the admitted ones as the zoneless pick
+    /// does, so weight 0 stays unpicked; the drawn one if none is admitted).
     /// `draw` is the pick's counter value, `next` gives more; `cost` is the
     /// least-loaded cost of an endpoint (read for `LeastLoaded` only).
     #[inline]
@@ -272,10 +273,13 @@ impl Zone {
                 return at(k);
             }
         }
-        (0..n)
-            .map(|k| at((first + k) % n))
-            .find(|&i| !ejected(i))
-            .unwrap_or(at(first))
+        by_weight_among(
+            n,
+            |k| width(self.cum.as_deref(), k),
+            |k| !ejected(at(k)),
+            || unit(splitmix64(seed ^ next())),
+        )
+        .map_or(at(first), at)
     }
 }
 
