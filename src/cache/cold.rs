@@ -27,17 +27,23 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        // The caller's wait counts from here: the held key's load (`held.rs`) is
+        // part of it, not a delay before it starts.
+        let arrived = Instant::now();
         self.load_held().await;
-        let (slot, snap) = self.load_any(key).await?;
+        let (slot, snap) = self.load_any(key, arrived).await?;
         let snap = servable_or_empty(&slot, snap)?;
         Ok((slot, snap))
     }
 
     /// As [`load`](Self::load), with an empty answer as an answer (change streams
-    /// report it as every endpoint removed) rather than `NoEndpoints`.
+    /// report it as every endpoint removed) rather than `NoEndpoints`, and the held
+    /// key left to the caller. `arrived` is when the caller came: a throttled
+    /// load waits at most `startup_wait` from then.
     pub(crate) async fn load_any(
         self: &Arc<Self>,
         key: KeyRef<'_>,
+        arrived: Instant,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
         check_key(&key)?;
         bump(&self.counters.misses);
@@ -61,7 +67,7 @@ impl Cache {
             // as idle after `idle_timeout` while busy, and its stale answer with it.
             self.lru.get(&LruKey(slot.clone()));
         }
-        let snap = self.load_slot(&slot).await?;
+        let snap = self.load_slot(&slot, arrived).await?;
         Ok((slot, snap))
     }
 
@@ -71,12 +77,15 @@ impl Cache {
     /// Run in the caller's future, a load cut short installed nothing, so under a
     /// deadline shorter than the registry's answer the key never warmed and every
     /// caller made a registry call of its own.
-    async fn load_slot(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<Arc<Snapshot>, Error> {
+    async fn load_slot(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        arrived: Instant,
+    ) -> Result<Arc<Snapshot>, Error> {
         let seen = slot.current();
         // The start-up wait counts from the caller's arrival, not from its turn at
         // the gate: a caller queued behind a load that waited in vain does not wait
         // the whole bound again.
-        let arrived = Instant::now();
         let (cache, owned) = (self.clone(), slot.clone());
         let load = tokio::spawn(async move { cache.load_gated(&owned, seen, arrived).await });
         match load.await {

@@ -5,18 +5,59 @@
 //! keys loaded cold then are. Zone-aware routing's callers' service is one
 //! (`select/zone/`): its answers, installed like any other, tell the pickers where
 //! the callers are.
+//!
+//! One load of it at a time, shared: a cold load arriving while it is under way
+//! waits for that load to end rather than queueing to start one of its own, so the
+//! wait for it (bounded by `startup_wait` from its start, as any cold load) ends
+//! within the arriving caller's own bound. No lock is held across the load: cold
+//! loads of different keys never wait for one another's turn at it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use super::watched::Watched;
 use super::Cache;
 use crate::discover::DiscoverRequest;
+use crate::util::lock::lock;
 
 /// The held key and, once loaded, its watch.
 #[derive(Default)]
 pub(crate) struct Held {
     request: Option<DiscoverRequest>,
-    watched: tokio::sync::Mutex<Option<Watched>>,
+    state: Mutex<HeldState>,
+}
+
+#[derive(Default)]
+struct HeldState {
+    watched: Option<Watched>,
+    /// While a load is under way: closed when it ends (its [`Loading`] dropped,
+    /// whether it finished or its caller gave up), which wakes those sharing it.
+    loading: Option<watch::Receiver<()>>,
+}
+
+/// The one load under way: clears `loading` when dropped (finished or cancelled
+/// with its caller), so the next cold load starts another rather than waiting on
+/// one nobody runs. The sender is dropped after, waking the sharers.
+struct Loading<'a> {
+    held: &'a Held,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Loading<'_> {
+    fn drop(&mut self) {
+        lock(&self.held.state).loading = None;
+    }
+}
+
+/// What a cold load does about the held key.
+enum Turn<'a> {
+    /// Loaded and answered, or no key held: nothing.
+    Done,
+    /// A load is under way: wait for its end.
+    Share(watch::Receiver<()>),
+    /// Load it.
+    Load(Loading<'a>),
 }
 
 impl Cache {
@@ -33,19 +74,24 @@ impl Cache {
     }
 
     /// Loads the held key if it is not held, or no longer answered (see the module
-    /// doc). Its failure is not the caller's: it is logged and tried again at the
-    /// next cold load (the cache's backoff keeps that from calling the registry
-    /// more often than a failing key would).
+    /// doc), or waits for the load under way. Its failure is not the caller's: it
+    /// is logged and tried again at the next cold load (the cache's backoff keeps
+    /// that from calling the registry more often than a failing key would).
     pub(crate) async fn load_held(self: &Arc<Self>) {
         let Some(req) = &self.held.request else {
             return;
         };
-        let mut held = self.held.watched.lock().await;
-        if held.as_ref().is_some_and(|w| !w.is_gone()) {
-            return;
-        }
+        let loading = match self.held_turn() {
+            Turn::Done => return,
+            Turn::Share(mut done) => {
+                // Err once the load's sender is dropped: the load has ended.
+                while done.changed().await.is_ok() {}
+                return;
+            }
+            Turn::Load(loading) => loading,
+        };
         match Box::pin(self.watch(req)).await {
-            Ok(watched) => *held = Some(watched),
+            Ok(watched) => lock(&self.held.state).watched = Some(watched),
             Err(err) => tracing::debug!(
                 namespace = %req.namespace,
                 service = %req.service,
@@ -53,5 +99,22 @@ impl Cache {
                 "held key not loaded; trying again at the next cold load"
             ),
         }
+        drop(loading);
+    }
+
+    fn held_turn(&self) -> Turn<'_> {
+        let mut state = lock(&self.held.state);
+        if state.watched.as_ref().is_some_and(|w| !w.is_gone()) {
+            return Turn::Done;
+        }
+        if let Some(done) = &state.loading {
+            return Turn::Share(done.clone());
+        }
+        let (tx, rx) = watch::channel(());
+        state.loading = Some(rx);
+        Turn::Load(Loading {
+            held: &self.held,
+            _done: tx,
+        })
     }
 }

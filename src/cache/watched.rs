@@ -62,7 +62,7 @@ impl Cache {
             health: req.health,
             owner: req.owner_account.as_deref(),
         };
-        let (slot, _) = self.load_any(key).await?;
+        let (slot, _) = self.load_any(key, tokio::time::Instant::now()).await?;
         // Counted before the refresher next wakes: it decides from this count
         // whether a key nobody resolves is still in use.
         slot.watchers.fetch_add(1, Ordering::Relaxed);

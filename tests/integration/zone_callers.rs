@@ -1,7 +1,11 @@
 //! Zone-aware routing's callers' service (`ZoneAware::callers`): which answers
 //! tell the zone tables where the callers are, and when the callers' key is loaded.
 
-use cloudmap_resolver::{Instance, Resolver, Selection, StaticDiscovery, ZoneAware};
+use std::time::Duration;
+
+use cloudmap_resolver::{ErrorKind, Instance, Resolver, Selection, StaticDiscovery, ZoneAware};
+use test_support::counting::Counting;
+use tokio::time::Instant;
 
 const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
 
@@ -67,4 +71,45 @@ async fn another_query_of_the_callers_service_leaves_the_spread() {
         (600, 0),
         "the callers' spread is still the held key's"
     );
+}
+
+/// The callers' key is loaded before a cold load; with the registry throttling,
+/// that load's wait is part of each caller's own `startup_wait`, and callers
+/// arriving while it is under way share it. Three cold resolves of different keys
+/// at once each fail within the bound of their own arrival; before, each waited
+/// for the callers' key in turn under a lock and then for its own key, failing at
+/// about 20, 30 and 40 s.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_callers_key_counts_within_each_cold_loads_own_wait() {
+    let wait = Duration::from_secs(10);
+    let source = Counting::new(registry([3, 3, 3], [3, 3, 3]));
+    let r = Resolver::builder(source.clone())
+        .zone_aware(ZoneAware::new(ZONES[0]).callers("shared", "my-svc"))
+        .startup_wait(wait)
+        .seed(7)
+        .build()
+        .unwrap();
+    source.fail_with(Some(ErrorKind::Throttled));
+    let start = Instant::now();
+    let callers: Vec<_> = ["web", "api", "db"]
+        .into_iter()
+        .map(|svc| {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let err = r.resolve("shared", svc).await.unwrap_err();
+                (svc, err.kind(), start.elapsed())
+            })
+        })
+        .collect();
+    let mut took = Vec::new();
+    for c in callers {
+        took.push(c.await.unwrap());
+    }
+    for (svc, kind, elapsed) in &took {
+        assert_eq!(*kind, ErrorKind::Throttled, "{svc}");
+        assert!(
+            *elapsed <= wait + Duration::from_secs(1),
+            "each within its own bound: {took:?}"
+        );
+    }
 }
