@@ -1,8 +1,9 @@
 //! A key the cache holds as watched on its own behalf: loaded before the first
-//! cold load of any other key and kept fresh by its refresher from then on, with
+//! cold load or watch of any other key and kept fresh by its refresher from then on, with
 //! nobody resolving it; loaded again at a cold load once its refresher has let
 //! it go (an outage past `max_stale`, a not-found answer, an eviction), as the
-//! keys loaded cold then are. Zone-aware routing's callers' service is one
+//! keys loaded cold then are. A change stream (re)loading its key counts as a
+//! cold load here: balancers fed only by streams need the callers' spread too. Zone-aware routing's callers' service is one
 //! (`select/zone/`): its answers, installed like any other, tell the pickers where
 //! the callers are.
 //!
@@ -90,7 +91,7 @@ impl Cache {
             }
             Turn::Load(loading) => loading,
         };
-        match Box::pin(self.watch(req)).await {
+        match Box::pin(self.watch_key(req, tokio::time::Instant::now())).await {
             Ok(watched) => lock(&self.held.state).watched = Some(watched),
             Err(err) => tracing::debug!(
                 namespace = %req.namespace,

@@ -48,21 +48,28 @@ pub(crate) enum Answer {
 
 impl Cache {
     /// Loads the key (one registry call however many streams ask, as for
-    /// `resolve`), starts its refresher and holds the key as watched.
+    /// `resolve`), starts its refresher and holds the key as watched. The held key
+    /// (`held.rs`: the callers' service of zone-aware routing) is loaded first, as
+    /// for a cold `resolve`: a process whose keys are only watched (balancers fed
+    /// from change streams) learns where the callers are too.
     ///
     /// # Errors
     ///
     /// As a cold `resolve`, except that an empty answer is an answer.
     pub(crate) async fn watch(self: &Arc<Self>, req: &DiscoverRequest) -> Result<Watched, Error> {
-        let key = KeyRef {
-            namespace: &req.namespace,
-            service: &req.service,
-            query: &req.query,
-            optional: &req.optional,
-            health: req.health,
-            owner: req.owner_account.as_deref(),
-        };
-        let (slot, _) = self.load_any(key, tokio::time::Instant::now()).await?;
+        let arrived = tokio::time::Instant::now();
+        self.load_held().await;
+        self.watch_key(req, arrived).await
+    }
+
+    /// As [`watch`](Self::watch), without the held key: how the held key itself is
+    /// loaded. `arrived` is when the caller came (see `Cache::load_any`).
+    pub(super) async fn watch_key(
+        self: &Arc<Self>,
+        req: &DiscoverRequest,
+        arrived: tokio::time::Instant,
+    ) -> Result<Watched, Error> {
+        let (slot, _) = self.load_any(KeyRef::of(req), arrived).await?;
         // Counted before the refresher next wakes: it decides from this count
         // whether a key nobody resolves is still in use.
         slot.watchers.fetch_add(1, Ordering::Relaxed);

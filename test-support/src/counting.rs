@@ -1,6 +1,7 @@
 //! A `Discover` wrapper that counts calls and fails on command: for cache tests on
 //! paused (injected) time, where no real network may be involved.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +12,8 @@ struct State {
     discover: AtomicU64,
     revision: AtomicU64,
     fail: Mutex<Option<ErrorKind>>,
+    /// DiscoverInstances calls by service name.
+    by_service: Mutex<HashMap<String, u64>>,
 }
 
 /// Clones share counters and the failure switch.
@@ -30,6 +33,12 @@ impl<D: Discover> Counting<D> {
 
     pub fn discover_calls(&self) -> u64 {
         self.state.discover.load(Ordering::SeqCst)
+    }
+
+    /// DiscoverInstances calls for `service` (any namespace, any query).
+    pub fn discover_calls_for(&self, service: &str) -> u64 {
+        let by_service = self.state.by_service.lock().unwrap();
+        by_service.get(service).copied().unwrap_or(0)
     }
 
     pub fn revision_calls(&self) -> u64 {
@@ -56,6 +65,13 @@ impl<D: Discover> Discover for Counting<D> {
         req: &'a DiscoverRequest,
     ) -> BoxFuture<'a, Result<Discovered, Error>> {
         self.state.discover.fetch_add(1, Ordering::SeqCst);
+        *self
+            .state
+            .by_service
+            .lock()
+            .unwrap()
+            .entry(req.service().to_owned())
+            .or_default() += 1;
         match self.failure() {
             Some(e) => Box::pin(async move { Err(e) }),
             None => self.inner.discover(req),

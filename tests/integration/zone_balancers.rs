@@ -202,3 +202,52 @@ async fn grpc_channel_sends_only_to_the_local_zone_then_to_the_others() {
         "1b and 1c both serve: {got:?}"
     );
 }
+
+/// A balancer fed only by a change stream (no `resolve`, no `call`) learns where
+/// the callers are: the watch loads the callers' service first, as a cold resolve
+/// does. Callers 3 in 1a and 1 in 1b against web 3 and 3: 1a holds half of the
+/// endpoints for three quarters of the callers, so picks must spill and the
+/// balancer holds every endpoint. Before, the callers' service was never asked
+/// for, callers were taken as even, and the balancer held 1a's three alone.
+#[tokio::test(start_paused = true)]
+async fn discover_alone_loads_the_callers_service() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let source = StaticDiscovery::new();
+    for (k, zone) in [0, 0, 0, 1, 1, 1].into_iter().enumerate() {
+        source.register(
+            "shared",
+            "web",
+            Instance::new(format!("{}-{}", ZONES[zone], k % 3))
+                .ipv4(ip)
+                .port(9200 + k as u16)
+                .attribute("AVAILABILITY_ZONE", ZONES[zone]),
+        );
+    }
+    for (k, zone) in [0, 0, 0, 1].into_iter().enumerate() {
+        source.register(
+            "shared",
+            "me",
+            Instance::new(format!("me-{k}"))
+                .ipv4(ip)
+                .port(7000)
+                .attribute("AVAILABILITY_ZONE", ZONES[zone]),
+        );
+    }
+    let source = test_support::counting::Counting::new(source);
+    let r = Resolver::builder(source.clone())
+        .zone_aware(ZoneAware::new(ZONES[0]).callers("shared", "me"))
+        .seed(27)
+        .build()
+        .unwrap();
+    let mut discover = r.watch("shared", "web").into_discover(|_: &Endpoint| ());
+    let mut held = BTreeSet::new();
+    let six = follow_until(&mut discover, &mut held, |h| h.len() == 6).await;
+    // (registry calls for the callers' service, endpoints the balancer holds)
+    assert_eq!(
+        (source.discover_calls_for("me"), held.len()),
+        (1, 6),
+        "the callers' service loaded, and every endpoint held as picks spill: {held:?}"
+    );
+    assert!(six);
+    assert_eq!(held, zone_ids(&ZONES[..2]));
+}
