@@ -50,16 +50,21 @@ async fn a_pending_operation_is_polled_with_backoff_until_success() {
 async fn an_operation_that_never_finishes_ends_at_the_deadline() {
     let (ns, _, proxy) = setup().await;
     proxy.fault_operation("GetOperation", Fault::OperationStatus("PENDING"), None);
+    // 10 s: the look-ups before RegisterInstance (ListNamespaces, ListServices,
+    // GetService, through moto) count against the deadline and can take seconds on
+    // a loaded machine; the polls need what is left.
     let err = registration(&sdk_config(&proxy.url()), &ns, "i-d")
-        .deadline(Duration::from_millis(1500))
+        .deadline(Duration::from_secs(10))
         .register()
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.message().contains("PENDING"), "{err}");
-    // Backoff from 100 ms: a handful of polls in 1.5 s, not a busy loop.
+    // Backoff from 100 ms doubling to 2 s, each delay at least half its step: at
+    // least 50, 100, 200, 400, 800 ms then 1 s between polls, so at most 14 polls
+    // in 10 s (a busy loop makes hundreds); 60, `MAX_POLLS`, is not reached.
     let polls = proxy.count("GetOperation");
-    assert!((2..=10).contains(&polls), "{polls} polls");
+    assert!((2..=14).contains(&polls), "{polls} polls");
 }
 
 /// A poll the deadline cuts still says what the operation was at the poll before:
@@ -69,8 +74,10 @@ async fn a_poll_the_deadline_cuts_names_the_state_before_it() {
     let (ns, _, proxy) = setup().await;
     proxy.fault_operation("GetOperation", Fault::OperationStatus("PENDING"), Some(1));
     proxy.then_fault_operation("GetOperation", Fault::Hang, None);
+    // The deadline ends the hung poll (the SDK has no timeout of its own here); 10 s
+    // leaves the look-ups and the first poll room on a loaded machine.
     let err = registration(&sdk_config(&proxy.url()), &ns, "i-h")
-        .deadline(Duration::from_secs(2))
+        .deadline(Duration::from_secs(10))
         .register()
         .await
         .unwrap_err();
@@ -128,8 +135,13 @@ async fn throttled_registration_backs_off_and_registers_once() {
 async fn throttling_to_the_end_is_throttled_with_bounded_calls() {
     let (ns, service_id, proxy) = setup().await;
     proxy.fault_operation("RegisterInstance", Fault::Throttle, None);
+    // 10 s: the look-ups before RegisterInstance count against the deadline (a
+    // deadline they used up would end the call before the first send, as
+    // `Unavailable`: no throttling heard yet).
+    // Either bound may end the retries: MAX_SENDS (at 5.7 s at the earliest) or the
+    // deadline; both end as `Throttled`.
     let err = registration(&sdk_config(&proxy.url()), &ns, "i-x")
-        .deadline(Duration::from_secs(2))
+        .deadline(Duration::from_secs(10))
         .register()
         .await
         .unwrap_err();
@@ -140,8 +152,8 @@ async fn throttling_to_the_end_is_throttled_with_bounded_calls() {
 
     // Throttled deregistration: drain reports it and keeps the handle usable.
     proxy.fault_operation("RegisterInstance", Fault::None, None);
+    // A registration that must succeed: the default deadline (60 s).
     let registered = registration(&sdk_config(&proxy.url()), &ns, "i-y")
-        .deadline(Duration::from_secs(2))
         .register()
         .await
         .unwrap();

@@ -65,6 +65,41 @@ async fn shows_within(
     false
 }
 
+/// How long a test waits for a change to show: far more than the TTL + 1 s it takes
+/// at quiet times, as a refresh through moto can take seconds on a loaded machine.
+/// Latency is asserted as a count of registry calls instead (`calls_until_shown`).
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// The registry calls (DiscoverInstances and DiscoverInstancesRevision) `resolver`
+/// has begun, and its refreshes that failed.
+fn registry_calls(resolver: &Resolver) -> (u64, u64) {
+    let s = resolver.stats();
+    (s.discover_calls + s.revision_calls, s.refresh_failures)
+}
+
+/// Polls for at most SETTLE until `ns`/`web` shows (or, with `present` false, no
+/// longer shows) `id`: the registry calls the resolver began meanwhile and its
+/// refreshes that failed, or `None` if it never did. A change made before this is
+/// called shows within two calls of a warm key: the refresh's revision poll that
+/// sees it move and the fetch that follows (one call, when the refresh is a full
+/// fetch); a call begun earlier and still in flight was counted before. A refresh
+/// that fails (a call past `fetch_timeout` on a loaded machine) costs at most two
+/// more, and is tried again.
+async fn calls_until_shown(
+    resolver: &Resolver,
+    ns: &str,
+    id: &str,
+    present: bool,
+) -> Option<(u64, u64)> {
+    let (calls, failed) = registry_calls(resolver);
+    shows_within(resolver, ns, id, present, SETTLE)
+        .await
+        .then(|| {
+            let (calls_now, failed_now) = registry_calls(resolver);
+            (calls_now - calls, failed_now - failed)
+        })
+}
+
 /// Every write operation's requests (everything but DiscoverInstances*) in total.
 fn write_calls(proxy: &Proxy) -> u64 {
     [

@@ -14,7 +14,7 @@ use cloudmap_resolver::{Endpoint, Registered, Registration, Resolver};
 use test_support::http::{get_ok, Backend};
 use test_support::moto::{moto, sdk_config};
 
-use super::{resolver, shows_within, visible};
+use super::{resolver, shows_within, visible, SETTLE};
 
 const TTL: Duration = Duration::from_secs(1);
 /// TTL + 1 s: what a default-refresh `Resolver` caller needs (see `Registered::drain`).
@@ -87,6 +87,19 @@ fn caller(
     })
 }
 
+/// Waits (at most SETTLE) until the caller has finished a call it began after this
+/// one was made; false if it did not.
+async fn calls_go_on(tally: &Tally) -> bool {
+    let from = tally.calls.load(Ordering::Relaxed);
+    for _ in 0..SETTLE.as_millis() / 5 {
+        if tally.calls.load(Ordering::Relaxed) >= from + 2 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
 async fn start(sdk: &aws_config::SdkConfig, ns: &str, id: String) -> (Backend, Registered) {
     let backend = Backend::start().await;
     let registered = Registration::new(sdk, ns, "web", id)
@@ -110,7 +123,7 @@ async fn rolling_restart(graceful: bool) -> Arc<Tally> {
     }
     let resolver = resolver(TTL);
     for (_, r) in &fleet {
-        assert!(shows_within(&resolver, &ns, r.instance_id(), true, DRAIN).await);
+        assert!(shows_within(&resolver, &ns, r.instance_id(), true, SETTLE).await);
     }
     let tally = Arc::new(Tally::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -122,6 +135,13 @@ async fn rolling_restart(graceful: bool) -> Arc<Tally> {
         if graceful {
             // SIGTERM: out of the registry, keep serving while callers let go, stop.
             registered.drain(DRAIN).await.unwrap();
+            // What the drain's wait stands for, made sure of: the caller has let go
+            // (on a loaded machine its refresh through moto may outlast DRAIN).
+            let gone = shows_within(&resolver, &ns, registered.instance_id(), false, SETTLE);
+            assert!(gone.await, "the caller still sees a drained instance");
+            // And the call in flight when it let go (it may have picked the
+            // instance just before) has ended: calls are made one at a time.
+            assert!(calls_go_on(&tally).await, "the caller stopped calling");
             tally.stopped.lock().unwrap().insert(backend.addr);
             backend.stop().await;
         } else {
@@ -134,7 +154,7 @@ async fn rolling_restart(graceful: bool) -> Arc<Tally> {
         }
         let (backend, registered) = start(&sdk, &ns, format!("web-1-{i}")).await;
         // Readiness: the next instance goes only once callers see the replacement.
-        assert!(shows_within(&resolver, &ns, registered.instance_id(), true, DRAIN).await);
+        assert!(shows_within(&resolver, &ns, registered.instance_id(), true, SETTLE).await);
         fleet.push((backend, registered));
     }
     stop.store(true, Ordering::Relaxed);

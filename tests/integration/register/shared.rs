@@ -8,7 +8,7 @@ use std::time::Duration;
 use cloudmap_resolver::{ErrorKind, Registration};
 use test_support::moto::sdk_config;
 
-use super::{resolver, setup, shows_within, write_calls};
+use super::{resolver, setup, shows_within, write_calls, SETTLE};
 
 /// The account moto creates every resource in.
 const MOTO_ACCOUNT: &str = "123456789012";
@@ -54,8 +54,8 @@ async fn owner_account_registration_names_the_service_by_arn() {
     assert!(asked.contains(&arn), "{asked:?}");
     let operation = sent(&proxy.bodies("GetOperation")[0]);
     assert_eq!(operation["OwnerAccount"].as_str(), Some(MOTO_ACCOUNT));
-    let window = ttl + Duration::from_secs(1);
-    assert!(shows_within(&caller, &ns, "i-shared", true, window).await);
+    // How soon is `lifecycle.rs`'s to check: this test is about what was sent.
+    assert!(shows_within(&caller, &ns, "i-shared", true, SETTLE).await);
 
     let drained = registered.drain(Duration::ZERO).await.unwrap();
     assert!(drained.deregistered());
@@ -63,7 +63,7 @@ async fn owner_account_registration_names_the_service_by_arn() {
     assert_eq!(deregister["ServiceId"].as_str(), Some(arn.as_str()));
     let last_poll = sent(proxy.bodies("GetOperation").last().unwrap());
     assert_eq!(last_poll["OwnerAccount"].as_str(), Some(MOTO_ACCOUNT));
-    assert!(shows_within(&caller, &ns, "i-shared", false, window).await);
+    assert!(shows_within(&caller, &ns, "i-shared", false, SETTLE).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -295,8 +295,14 @@ async fn tiny_rate_limit_does_not_panic() {
 async fn busy_key_is_not_evicted_as_idle_without_refresh_ahead() {
     let source = Counting::new(services(1));
     let mut opts = ResolverOptions::default();
-    opts.cache.ttl = Duration::from_millis(50);
-    opts.cache.idle_timeout = Duration::from_millis(300);
+    // An idle timeout of 2 s, so that only a stall of 2 s between two lookups (not
+    // a busy machine's usual hundreds of ms) makes the key idle; the lookups span
+    // 3 s, well past it, so a key never marked used is evicted within the loop.
+    let idle = Duration::from_secs(2);
+    let (every, lookups) = (Duration::from_millis(200), 15);
+    assert!(every * lookups > idle + Duration::from_millis(500));
+    opts.cache.ttl = Duration::from_millis(250);
+    opts.cache.idle_timeout = idle;
     opts.cache.refresh_ahead = false;
     opts.seed = Some(59);
     let resolver = Resolver::builder(source.clone())
@@ -305,9 +311,13 @@ async fn busy_key_is_not_evicted_as_idle_without_refresh_ahead() {
         .unwrap();
     resolver.resolve("shared", "svc-0").await.unwrap();
     source.fail_with(Some(ErrorKind::Unavailable));
-    for i in 0..25 {
-        tokio::time::sleep(Duration::from_millis(40)).await;
+    for i in 0..lookups {
+        tokio::time::sleep(every).await;
         let r = resolver.resolve("shared", "svc-0").await;
         assert!(r.is_ok(), "lookup {i} after the registry failed: {r:?}");
+        // Runs the capacity tracker's pending evictions, as other keys' traffic
+        // does in a process: without it, moka may not get round to evicting an
+        // idle key within the loop, and the test would pass without the fix.
+        assert_eq!(resolver.cached_keys(), 1, "after lookup {i}");
     }
 }
