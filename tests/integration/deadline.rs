@@ -6,24 +6,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use cloudmap_resolver::{
-    AttemptError, CallStop, Endpoint, Instance, OutlierOptions, Resolver, Selection,
-    StaticDiscovery,
-};
+use cloudmap_resolver::{AttemptError, CallStop, Endpoint, OutlierOptions, Resolver, Selection};
+
+use super::hedging::registry;
 
 const MS: Duration = Duration::from_millis(1);
-
-/// `n` instances on ports 1..=n.
-fn registry(n: u16) -> StaticDiscovery {
-    let ip = "10.0.0.1".parse().unwrap();
-    (1..=n).fold(StaticDiscovery::new(), |r, port| {
-        r.with_instance(
-            "shared",
-            "web",
-            Instance::new(format!("i-{port}")).ipv4(ip).port(port),
-        )
-    })
-}
 
 /// Port 1 never answers; port 2 answers after 1 ms.
 async fn one_hangs(ep: Endpoint) -> Result<u16, std::io::Error> {

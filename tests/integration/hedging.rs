@@ -17,7 +17,8 @@ const CALLS: usize = 4_000;
 const CONCURRENCY: usize = 64;
 const MS: Duration = Duration::from_millis(1);
 
-fn registry(n: u16) -> StaticDiscovery {
+/// `n` instances on ports 1..=n (unroutable: the tests' operations never dial).
+pub(super) fn registry(n: u16) -> StaticDiscovery {
     let ip = "10.0.0.1".parse().unwrap();
     (1..=n).fold(StaticDiscovery::new(), |r, port| {
         r.with_instance(

@@ -147,26 +147,39 @@ async fn a_backend_that_stops_listening_leaves_the_picks_and_comes_back() {
     assert_eq!(back.ejections, 1, "{back:?}");
 }
 
+/// Four TCP backends on loopback: their addresses and serving tasks.
+async fn four_backends() -> (Vec<SocketAddr>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut listeners = Vec::new();
+    for _ in 0..4 {
+        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    }
+    let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let tasks = listeners
+        .into_iter()
+        .map(|l| tokio::spawn(tcp_backend(l, Arc::new(AtomicUsize::new(0)))))
+        .collect();
+    (addrs, tasks)
+}
+
+/// A TCP check every 50 ms, and a slow-start window far longer than a test, so a
+/// ramping endpoint stays at `min_weight`.
+fn probing_with_a_long_ramp() -> (HealthCheck, SlowStartOptions) {
+    let check = HealthCheck::tcp()
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(200));
+    let mut slow_start = SlowStartOptions::default();
+    slow_start.window = Duration::from_secs(3600);
+    (check, slow_start)
+}
+
 /// An endpoint back from a failed health check ramps up as a joining one does (slow
 /// start), at once: with a window far longer than the test its weight stays at
 /// `min_weight` (0.1), so of 4 endpoints it gets about 0.1 / 3.1 = 3% of picks, not
 /// the 25% it had before it went down.
 #[tokio::test]
 async fn a_backend_back_from_its_health_check_ramps_up() {
-    let mut listeners = Vec::new();
-    for _ in 0..4 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut tasks = Vec::new();
-    for l in listeners {
-        tasks.push(tokio::spawn(tcp_backend(l, Arc::new(AtomicUsize::new(0)))));
-    }
-    let check = HealthCheck::tcp()
-        .interval(Duration::from_millis(50))
-        .timeout(Duration::from_millis(200));
-    let mut slow_start = SlowStartOptions::default();
-    slow_start.window = Duration::from_secs(3600);
+    let (addrs, mut tasks) = four_backends().await;
+    let (check, slow_start) = probing_with_a_long_ramp();
     let resolver = Resolver::builder(registry(&addrs))
         .health_check(check)
         .slow_start(slow_start)
@@ -201,20 +214,8 @@ async fn a_backend_back_from_its_health_check_ramps_up() {
 /// ramps up from then as it would have from its probe passing.
 #[tokio::test]
 async fn a_backend_back_from_its_health_check_during_an_ejection_ramps_up() {
-    let mut listeners = Vec::new();
-    for _ in 0..4 {
-        listeners.push(TcpListener::bind("127.0.0.1:0").await.unwrap());
-    }
-    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-    let mut tasks = Vec::new();
-    for l in listeners {
-        tasks.push(tokio::spawn(tcp_backend(l, Arc::new(AtomicUsize::new(0)))));
-    }
-    let check = HealthCheck::tcp()
-        .interval(Duration::from_millis(50))
-        .timeout(Duration::from_millis(200));
-    let mut slow_start = SlowStartOptions::default();
-    slow_start.window = Duration::from_secs(3600);
+    let (addrs, mut tasks) = four_backends().await;
+    let (check, slow_start) = probing_with_a_long_ramp();
     let mut outlier = OutlierOptions::default();
     // Long enough that the probes find it down and the listener is back well
     // before the ejection ends, even on a machine that stalls the probes.

@@ -48,14 +48,14 @@ impl<D: Discover> Discover for Timed<D> {
     }
 }
 
-/// Serve-stale on paused time: 20 s of outage at a 1 s TTL, resolving every 100 ms,
-/// costs at most 7 registry calls; when the registry returns, the key is refreshed
-/// and stops being stale.
-#[tokio::test(start_paused = true)]
-async fn serve_stale_backs_off_and_recovers() {
+/// A key loaded at a 1 s TTL, then a 20 s outage with its caller resolving every
+/// 100 ms (each answered): the source, the resolver and the registry calls made
+/// during the outage.
+async fn through_an_outage(refresh_ahead: bool) -> (Counting<StaticDiscovery>, Resolver, u64) {
     let source = Counting::new(services(1));
     let resolver = Resolver::builder(source.clone())
         .ttl(Duration::from_secs(1))
+        .refresh_ahead(refresh_ahead)
         .seed(17)
         .build()
         .unwrap();
@@ -67,6 +67,15 @@ async fn serve_stale_backs_off_and_recovers() {
         resolver.resolve("shared", "svc-0").await.unwrap();
     }
     let calls = total(&source) - before;
+    (source, resolver, calls)
+}
+
+/// Serve-stale on paused time: 20 s of outage at a 1 s TTL, resolving every 100 ms,
+/// costs at most 7 registry calls; when the registry returns, the key is refreshed
+/// and stops being stale.
+#[tokio::test(start_paused = true)]
+async fn serve_stale_backs_off_and_recovers() {
+    let (source, resolver, calls) = through_an_outage(true).await;
     let bound = default_bound(Duration::from_secs(20));
     println!("paused: 20 s outage at a 1 s TTL: {calls} registry calls (bound {bound})");
     assert!((5..=bound).contains(&calls), "{calls} calls, bound {bound}");
@@ -96,21 +105,7 @@ async fn serve_stale_backs_off_and_recovers() {
 /// one per resolve, about 200).
 #[tokio::test(start_paused = true)]
 async fn serve_stale_without_refresh_ahead_backs_off() {
-    let source = Counting::new(services(1));
-    let resolver = Resolver::builder(source.clone())
-        .ttl(Duration::from_secs(1))
-        .refresh_ahead(false)
-        .seed(17)
-        .build()
-        .unwrap();
-    resolver.resolve("shared", "svc-0").await.unwrap();
-    source.fail_with(Some(ErrorKind::Unavailable));
-    let before = total(&source);
-    for _ in 0..200 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        resolver.resolve("shared", "svc-0").await.unwrap();
-    }
-    let calls = total(&source) - before;
+    let (source, resolver, calls) = through_an_outage(false).await;
     let bound = default_bound(Duration::from_secs(20));
     println!("paused, refresh_ahead(false): 20 s outage at a 1 s TTL: {calls} registry calls (bound {bound})");
     assert!((3..=bound).contains(&calls), "{calls} calls, bound {bound}");
