@@ -96,7 +96,10 @@ cache_options! {
         pub backoff_max: Duration = Duration::from_secs(30),
         /// A cap on this resolver's registry calls (all operations, cold loads and
         /// refreshes): background refreshes wait for a turn, serving the last answer
-        /// meanwhile; a cold load finding the bucket empty fails as
+        /// meanwhile; a cold load goes ahead of them, taking the next turn (it waits
+        /// for it, at most one turn per cold load and only when it comes within 10 s;
+        /// the refreshes wait a turn more), and with no such turn (no refresh queued,
+        /// or the next turn taken by another cold load) it fails as
         /// [`Throttled`](crate::ErrorKind::Throttled) without calling the registry. The
         /// rate must be a positive finite number and the burst at least 1; a rate so
         /// small that the next turn lies beyond any clock reading gives no further turn

@@ -18,8 +18,9 @@
 //!
 //! Background refreshes wait for their turn (the key's last answer is served
 //! meanwhile); a cold load, where a caller waits with nothing to serve, goes ahead of
-//! them. Cold loads are refused without a registry call only by a configured
-//! [`RateLimit`], or while a jittered hold lasts after another cold load of the same
+//! them (under a configured [`RateLimit`] it takes the next turn and the queued
+//! refreshes wait a turn more, `cap.rs`). Cold loads are refused without a registry
+//! call only by a configured [`RateLimit`] with no turn to take, or while a jittered hold lasts after another cold load of the same
 //! resolver was throttled (the account is dry for every key of the process; the hold
 //! grows and shrinks with the throttling, `cold_pace.rs`). A cold load held back or
 //! throttled waits for the end of the hold, until `startup_wait` has passed without
@@ -32,6 +33,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 mod backoff;
+mod cap;
 mod cold_pace;
 mod stretch;
 
@@ -39,6 +41,7 @@ use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
 use crate::util::time::after;
 pub(super) use backoff::Backoff;
+use cap::{CapQueue, CapTurn};
 use cold_pace::ColdPace;
 pub(super) use stretch::Stretch;
 
@@ -162,46 +165,18 @@ impl Pace {
 /// per operation a rate adapted to throttling (each operation has its own quota).
 #[derive(Debug)]
 pub(crate) struct Limiter {
-    cap: Option<RateLimit>,
     adaptive: bool,
     state: Mutex<State>,
 }
 
 #[derive(Debug)]
 struct State {
-    cap: Bucket,
+    /// The configured cap's turns, if one is set.
+    cap: Option<CapQueue>,
     ops: [Adapted; 2],
     /// When the registry last answered a call of this resolver (either operation,
     /// any pace): the progress a cold load's wait is extended by (`cold.rs`).
     answered_at: Option<Instant>,
-}
-
-/// Tokens of a bucket; negative while refreshes are queued for turns.
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
-        let earned = now.saturating_duration_since(self.at).as_secs_f64() * rate;
-        self.tokens = (self.tokens + earned).min(burst);
-        self.at = self.at.max(now);
-    }
-
-    /// When the next call may go, if it waits for a token.
-    fn turn(&self, rate: f64, now: Instant) -> Instant {
-        if self.tokens >= 1.0 {
-            now
-        } else {
-            // A tiny rate (`RateLimit::new(1e-300, 1)` passes validation) puts the
-            // turn past what a `Duration` holds: "never", not a panic.
-            let wait =
-                Duration::try_from_secs_f64((1.0 - self.tokens) / rate).unwrap_or(Duration::MAX);
-            after(now, wait)
-        }
-    }
 }
 
 /// The rate set by the last throttle: `rate` at `at`, doubling every [`DOUBLING`]
@@ -319,8 +294,12 @@ pub(crate) enum Turn {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     op: Op,
-    /// The configured cap's turn (a fixed rate: known exactly when taken).
+    /// A cold load's turn of the configured cap (fixed when taken: nothing goes
+    /// ahead of it).
     not_before: Instant,
+    /// A refresh's place in the configured cap's queue: a cold load going ahead
+    /// moves it a turn later, so its time is re-evaluated (`cap.rs`).
+    cap: Option<u64>,
     /// The adapted queue's generation and position, if it was queued there.
     queue: Option<(u64, f64)>,
 }
@@ -358,13 +337,9 @@ impl Limiter {
             answered: false,
         };
         Limiter {
-            cap,
             adaptive,
             state: Mutex::new(State {
-                cap: Bucket {
-                    tokens: cap.map_or(0.0, |c| f64::from(c.burst)),
-                    at: now,
-                },
+                cap: cap.map(|c| CapQueue::new(c.per_second, c.burst, now)),
                 ops: [adapted(), adapted()],
                 answered_at: None,
             }),
@@ -422,17 +397,23 @@ impl Limiter {
             }
         }
         let mut not_before = now;
-        if let Some(cap) = self.cap {
-            st.cap.refill(cap.per_second, f64::from(cap.burst), now);
-            if pace == Pace::Now && st.cap.tokens < 1.0 {
-                return Err(Error::with_source(
-                    ErrorKind::Throttled,
-                    "client-side rate limit reached; no registry call made",
-                    CapReached,
-                ));
+        let mut cap = None;
+        if let Some(q) = &mut st.cap {
+            match q.take(pace == Pace::Now, now) {
+                CapTurn::Now => {}
+                CapTurn::At(at) => not_before = at,
+                CapTurn::Queued(id) => {
+                    cap = Some(id);
+                    not_before = q.turn_of(id, now).unwrap_or(now);
+                }
+                CapTurn::Refused => {
+                    return Err(Error::with_source(
+                        ErrorKind::Throttled,
+                        "client-side rate limit reached; no registry call made",
+                        CapReached,
+                    ));
+                }
             }
-            not_before = st.cap.turn(cap.per_second, now);
-            st.cap.tokens -= 1.0;
         }
         let a = &mut st.ops[op as usize];
         let mut at = not_before;
@@ -450,12 +431,13 @@ impl Limiter {
         }
         a.sent = decayed(a.sent, a.sent_at, at) + 1.0;
         a.sent_at = a.sent_at.max(at);
-        Ok(if queue.is_none() && not_before <= now {
+        Ok(if queue.is_none() && cap.is_none() && not_before <= now {
             Turn::Now
         } else {
             Turn::Queued(Ticket {
                 op,
-                not_before,
+                not_before: if cap.is_some() { now } else { not_before },
+                cap,
                 queue,
             })
         })
@@ -467,8 +449,13 @@ impl Limiter {
         if now < ticket.not_before {
             return Some(ticket.not_before);
         }
-        let (epoch, k) = ticket.queue?;
         let mut st = lock(&self.state);
+        if let (Some(id), Some(q)) = (ticket.cap, &mut st.cap)
+            && let Some(at) = q.turn_of(id, now)
+        {
+            return Some(at);
+        }
+        let (epoch, k) = ticket.queue?;
         let a = &mut st.ops[ticket.op as usize];
         a.refill(now)?;
         if a.epoch != epoch {

@@ -49,9 +49,51 @@ fn cap_refuses_cold_loads_and_queues_refreshes() {
     // Refreshes get turns half a second apart.
     assert_eq!(l.admit_at(R, Pace::Wait, t0).unwrap(), t0 + ms(500));
     assert_eq!(l.admit_at(D, Pace::Wait, t0).unwrap(), t0 + ms(1000));
-    // Queued refreshes hold cold loads back too: the cap is a cap.
+    // A cold load goes ahead of the queued refreshes: it takes the next turn (at
+    // t0 + 1 s, the second refresh's), and that refresh waits a turn more. The cap
+    // is still a cap: one call per turn.
+    assert_eq!(
+        l.admit_at(D, Pace::Now, t0 + ms(600)).unwrap(),
+        t0 + ms(1000)
+    );
+    // One cold load per turn: the next turn is taken already.
     assert!(l.admit_at(D, Pace::Now, t0 + ms(600)).is_err());
-    assert!(l.admit_at(D, Pace::Now, t0 + ms(1500)).is_ok());
+    assert_eq!(
+        l.admit_at(R, Pace::Wait, t0 + ms(600)).unwrap(),
+        t0 + ms(2000)
+    );
+    // With nothing queued to go ahead of, an empty bucket refuses a cold load.
+    assert!(l.admit_at(D, Pace::Now, t0 + ms(2100)).is_err());
+    assert!(l.admit_at(D, Pace::Now, t0 + ms(2500)).is_ok());
+}
+
+/// The refreshes a cold load goes ahead of are moved a turn later, each of them
+/// (their tickets re-evaluated), and a turn granted is never moved.
+#[test]
+fn a_cold_load_moves_the_queued_refreshes_a_turn_later() {
+    let t0 = Instant::now();
+    let l = Limiter::new(Some(RateLimit::new(2.0, 1)), false, t0);
+    assert_eq!(l.admit_at(D, Pace::Now, t0).unwrap(), t0);
+    let tickets: Vec<_> = (0..3)
+        .map(|_| match l.take(D, Pace::Wait, t0).unwrap() {
+            Turn::Queued(t) => t,
+            turn => panic!("{turn:?}"),
+        })
+        .collect();
+    let turns = |now| -> Vec<_> { tickets.iter().map(|t| l.turn_of(t, now)).collect() };
+    assert_eq!(
+        turns(t0),
+        [Some(t0 + ms(500)), Some(t0 + ms(1000)), Some(t0 + ms(1500))]
+    );
+    // At 0.6 s the first refresh's turn is granted (not yet polled): it keeps it.
+    assert_eq!(
+        l.admit_at(D, Pace::Now, t0 + ms(600)).unwrap(),
+        t0 + ms(1000)
+    );
+    assert_eq!(
+        turns(t0 + ms(600)),
+        [None, Some(t0 + ms(1500)), Some(t0 + ms(2000))]
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! (counting sources on paused time), `hostile.rs` (sources that panic, extreme
 //! options and TTLs: the audit's findings).
 
+mod freshness;
 mod hostile;
 mod paused;
 mod registry;
