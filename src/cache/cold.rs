@@ -113,8 +113,8 @@ impl Cache {
             // to its question, however old it counts as already (`max_stale = 0`):
             // asking again would make one registry call per waiter.
             let installed_while_waiting = !seen.as_ref().is_some_and(|s| Arc::ptr_eq(s, snap));
-            let servable = snap.state.load(Ordering::Relaxed) != EXPIRED
-                && now < snap.stale_until.max(snap.fresh_until);
+            let servable =
+                snap.state.load(Ordering::Relaxed) != EXPIRED && now < snap.servable_until();
             if installed_while_waiting || servable {
                 return Ok(snap.clone());
             }

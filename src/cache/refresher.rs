@@ -223,11 +223,12 @@ async fn wait_for_turn(
             return Step::Go((cache, first));
         };
         drop(cache);
-        if at >= cur.stale_until {
-            // No waiting for a turn past the answer's max-stale age: the warm
-            // path does not read the clock, so the answer must be marked
-            // expired on time, turn or no turn.
-            tokio::time::sleep_until(cur.stale_until).await;
+        if at >= cur.servable_until() {
+            // No waiting for a turn past the answer's max-stale age (or its TTL,
+            // when that is longer: a short max-stale does not cut a fresh answer
+            // short): the warm path does not read the clock, so the answer must be
+            // marked expired on time, turn or no turn.
+            tokio::time::sleep_until(cur.servable_until()).await;
             if slot.is_current(cur) {
                 cur.state.store(EXPIRED, Ordering::Relaxed);
                 slot.publish();
@@ -236,7 +237,7 @@ async fn wait_for_turn(
             return Step::Again;
         }
         // Every wake-up is at a time the rate of then granted, later than `now`:
-        // the loop ends at the turn, or at `stale_until` above.
+        // the loop ends at the turn, or at `servable_until` above.
         tokio::time::sleep_until(at).await;
         match weak.upgrade() {
             Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
@@ -266,7 +267,7 @@ async fn attempt(
             // the answer's max-stale age (or its TTL, when that is longer: a
             // refresh ahead of expiry may run past a short max-stale), which the
             // warm path cannot check.
-            let servable_until = cur.stale_until.max(cur.fresh_until);
+            let servable_until = cur.servable_until();
             let fetch = cache.fetch(slot, Some(cur), first, Pace::Taken);
             let r = match tokio::time::timeout_at(servable_until, fetch).await {
                 Ok(r) => r,
@@ -292,8 +293,8 @@ async fn attempt(
 }
 
 /// Settle: a new answer gets a new plan; a failure backs off, marks the answer
-/// stale past its TTL, or expires it past its max-stale age (or when the error
-/// says the answer is wrong, not just unconfirmed).
+/// stale past its TTL, or expires it past its max-stale age or its TTL, whichever
+/// is later (or when the error says the answer is wrong, not just unconfirmed).
 fn settle(
     cache: &Cache,
     slot: &Slot,
@@ -318,7 +319,11 @@ fn settle(
             plan.failures = plan.failures.saturating_add(1);
             bump(&cache.counters.refresh_failures);
             let now = Instant::now();
-            if now >= cur.stale_until || !err.keeps_stale() {
+            // Past the answer's servable time (its max-stale age, or its TTL when
+            // that is longer: a failed refresh ahead of expiry keeps a fresh answer
+            // however short `max_stale` is).
+            let servable_until = cur.servable_until();
+            if now >= servable_until || !err.keeps_stale() {
                 cur.state.store(EXPIRED, Ordering::Relaxed);
                 slot.publish();
                 tracing::warn!(
@@ -339,7 +344,7 @@ fn settle(
                     "refresh failed; serving the last good answer"
                 );
             }
-            plan.next = after(now, cache.backoff(plan.failures)).min(cur.stale_until);
+            plan.next = after(now, cache.backoff(plan.failures)).min(servable_until);
             Step::Go(())
         }
     }

@@ -67,6 +67,13 @@ impl Snapshot {
         }
     }
 
+    /// Until when the answer may be served: its TTL, or its max-stale age when that
+    /// is longer. `max_stale` bounds how long a *stale* answer is served; it never
+    /// cuts a fresh one short (zero serves no stale answer, not half a TTL).
+    pub(crate) fn servable_until(&self) -> Instant {
+        self.stale_until.max(self.fresh_until)
+    }
+
     /// The same answer, confirmed again at `now` (the revision did not move).
     pub(crate) fn reconfirmed(&self, now: Instant, max_stale: Duration, ctx: &PickContext) -> Self {
         Snapshot::new(

@@ -70,3 +70,37 @@ async fn cold_loads_go_ahead_of_refreshes_queued_at_the_cap() {
     assert!(first <= 66, "first answered at tick {first}");
     assert!(total(&source) >= 100, "the refreshes kept going");
 }
+
+/// C2: with `max_stale` shorter than the TTL, a refresh ahead of expiry that failed
+/// once (or waited for a paced turn) expired the answer at once, though it was
+/// still fresh: the refresher compared with `stale_until` alone. Callers then went
+/// cold and got errors for the rest of the TTL. The answer is now servable until
+/// the later of its TTL and its max-stale age, as the load path has it.
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_ahead_keeps_a_fresh_answer_with_a_short_max_stale() {
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(10))
+        .max_stale(Duration::ZERO)
+        .seed(9)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_secs(7)).await;
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    tokio::time::sleep_until(start + Duration::from_millis(7400)).await;
+    source.fail_with(Some(ErrorKind::Unavailable));
+    // The refresh ahead runs at 75-90% of the TTL (7.5-9 s) and fails.
+    tokio::time::sleep_until(start + Duration::from_millis(9100)).await;
+    let calls = total(&source);
+    assert!(calls >= 2, "the refresh ahead ran: {calls} calls");
+    let served = resolver.resolve("shared", "svc-0").await;
+    assert!(served.is_ok(), "fresh until 10 s: {served:?}");
+    // Retries back off as for any failure: no call per wake-up.
+    assert!(total(&source) - calls <= 3, "{} calls", total(&source));
+    // Past the TTL, with no stale answer allowed, the key fails.
+    tokio::time::sleep_until(start + Duration::from_millis(10_100)).await;
+    let err = resolver.resolve("shared", "svc-0").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+}
