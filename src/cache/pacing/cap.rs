@@ -26,6 +26,11 @@ use crate::util::time::after;
 /// bucket, rather than holding its caller for a turn that far away.
 pub(super) const COLD_WAIT: Duration = Duration::from_secs(10);
 
+/// A turn this close to granted counts as granted: a waiter woken at its turn's
+/// time finds `granted` short of it by a rounding error, and waiting for that
+/// (zero nanoseconds, at the same instant) would spin without time advancing.
+const EPS: f64 = 1e-6;
+
 #[derive(Debug)]
 pub(super) struct CapQueue {
     per_second: f64,
@@ -81,7 +86,7 @@ impl CapQueue {
         self.granted = (self.granted + earned).min(self.issued + self.burst);
         self.at = self.at.max(now);
         while let Some(&(_, base)) = self.waiting.front() {
-            if base + self.moved > self.granted {
+            if base + self.moved > self.granted + EPS {
                 break;
             }
             self.waiting.pop_front();
@@ -99,7 +104,7 @@ impl CapQueue {
     /// nothing to serve.
     pub(super) fn take(&mut self, cold: bool, now: Instant) -> CapTurn {
         self.refill(now);
-        if self.granted - self.issued >= 1.0 {
+        if self.granted - self.issued >= 1.0 - EPS {
             // A turn granted and free (nothing is queued then: every queued turn
             // lies past `issued`).
             self.issued += 1.0;
