@@ -41,7 +41,8 @@ impl Cache {
         let req = &slot.request;
         // One deadline for the whole fetch (revision and instances), started when
         // the first call is sent, so a cold key's wait is bounded by `fetch_timeout`
-        // and not a multiple of it, and a refresh's wait for its turn is not counted.
+        // and not a multiple of it; a call's wait for its turn is not counted (the
+        // deadline moves by it, `registry_call`).
         let mut deadline = None;
         let mut changed = false;
         // The caller's refusal of the revision call, when the full call may answer.
@@ -161,8 +162,16 @@ impl Cache {
         deadline: &mut Option<Instant>,
         make: impl FnOnce() -> BoxFuture<'a, Result<T, Error>>,
     ) -> Result<(T, Instant), Error> {
+        let asked = Instant::now();
         self.limit.admit(op, pace).await?;
         let sent = Instant::now();
+        // The wait for this call's turn is not the registry's time: a deadline set
+        // by an earlier call of this fetch (the revision poll) moves by it, or the
+        // instances after a moved revision, paced past the deadline, were cut off
+        // as soon as they were sent and the change was never seen.
+        if let Some(d) = deadline.as_mut() {
+            *d = after(*d, sent.saturating_duration_since(asked));
+        }
         let name = match op {
             Op::Discover => {
                 bump(&self.counters.discover);

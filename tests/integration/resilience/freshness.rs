@@ -104,3 +104,87 @@ async fn a_failed_refresh_ahead_keeps_a_fresh_answer_with_a_short_max_stale() {
     let err = resolver.resolve("shared", "svc-0").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 }
+
+/// A source answering every call after `delay`.
+#[derive(Debug, Clone)]
+struct Delayed<D> {
+    inner: D,
+    delay: Duration,
+}
+
+impl<D: Discover> Discover for Delayed<D> {
+    fn discover<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.discover(req).await
+        })
+    }
+
+    fn revision<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.revision(req).await
+        })
+    }
+}
+
+/// C3: the fetch deadline was fixed when the revision poll was sent, so the
+/// DiscoverInstances call after a moved revision (with `adapt_to_throttling` off)
+/// spent it waiting for the cap's next turn (10 s at 0.1 call/s, past the 5 s
+/// `fetch_timeout`) and was cut off as soon as it was sent: every refresh failed
+/// and the change was never seen. A call's wait for its turn is now not counted.
+#[tokio::test(start_paused = true)]
+async fn a_changed_revision_is_fetched_after_a_paced_turn() {
+    let registry = services(1);
+    let source = Counting::new(Delayed {
+        inner: registry.clone(),
+        delay: Duration::from_millis(10),
+    });
+    let resolver = Resolver::builder(source.clone())
+        .rate_limit(RateLimit::new(0.1, 2))
+        .adapt_to_throttling(false)
+        // Revision polls between full fetches throughout the test.
+        .full_refresh_interval(Some(Duration::from_secs(3600)))
+        .seed(11)
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let count = |r: &Resolver| {
+        let r = r.clone();
+        async move { r.resolve_all("shared", "svc-0").await.unwrap().len() }
+    };
+    assert_eq!(count(&resolver).await, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    registry.register(
+        "shared",
+        "svc-0",
+        Instance::new("i-2")
+            .ipv4("127.0.0.2".parse().unwrap())
+            .port(80),
+    );
+    let mut seen = None;
+    for second in 2..=120u64 {
+        tokio::time::sleep_until(start + Duration::from_secs(second)).await;
+        if count(&resolver).await == 2 {
+            seen = Some(second);
+            break;
+        }
+    }
+    println!(
+        "paced change: seen at {seen:?} s; {} revision, {} discover calls, {} refresh failures",
+        source.revision_calls(),
+        source.discover_calls(),
+        resolver.stats().refresh_failures
+    );
+    let seen = seen.expect("the change was never seen in 120 s");
+    // The poll at the bucket's second token (about 4 s), then the cap's next turn
+    // (at 10 s) for the instances, which now get their whole `fetch_timeout`.
+    assert!(seen <= 12, "seen at {seen} s");
+    assert_eq!(resolver.stats().refresh_failures, 0);
+}
