@@ -27,6 +27,11 @@ impl Cache {
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        check_key(&key)?;
+        // A lookup (resolve, resolve_all, a call) that found the key cold counts as
+        // a resolve here; a change stream's loads (`watch`, the held key) go through
+        // `load_any` alone and count none: `Stats::resolves` counts lookups.
+        bump(&self.counters.misses);
         // The caller's wait counts from here: the held key's load (`held.rs`) is
         // part of it, not a delay before it starts.
         let arrived = Instant::now();
@@ -46,7 +51,6 @@ impl Cache {
         arrived: Instant,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
         check_key(&key)?;
-        bump(&self.counters.misses);
         let hash = key.hash();
         let (slot, inserted) = self.index.get_or_insert(&key, hash, || {
             Slot::new(key.to_request(), hash, splitmix64(self.seed ^ hash))

@@ -188,3 +188,36 @@ async fn a_changed_revision_is_fetched_after_a_paced_turn() {
     assert!(seen <= 12, "seen at {seen} s");
     assert_eq!(resolver.stats().refresh_failures, 0);
 }
+
+/// C4: a change stream's own loads were counted as cold resolves (`load_any` counted
+/// a miss for every `watch`: each follower, each reload, the zones' held key), so
+/// `Stats::resolves`, documented as lookups by resolve, resolve_all and calls, grew
+/// with streams nobody resolved through. Only lookups count now.
+#[tokio::test(start_paused = true)]
+async fn watches_are_not_counted_as_resolves() {
+    use futures::StreamExt;
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone()).seed(13).build().unwrap();
+    let mut watches: Vec<_> = (0..100)
+        .map(|_| resolver.watch("shared", "svc-0"))
+        .collect();
+    for w in &mut watches {
+        let first = tokio::time::timeout(Duration::from_secs(5), w.next()).await;
+        assert!(matches!(first, Ok(Some(Ok(_)))), "{first:?}");
+    }
+    assert_eq!(source.discover_calls(), 1, "one load for every stream");
+    assert_eq!(resolver.stats().resolves, 0, "{:?}", resolver.stats());
+    // A lookup still counts: one cold resolve of another key, one warm.
+    let other = Resolver::builder(Counting::new(services(1)))
+        .seed(13)
+        .build()
+        .unwrap();
+    other.resolve("shared", "svc-0").await.unwrap();
+    assert_eq!(
+        (other.stats().resolves, other.stats().cache_hits),
+        (1, 0),
+        "a cold resolve is a resolve"
+    );
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    assert_eq!(resolver.stats().resolves, 1);
+}
