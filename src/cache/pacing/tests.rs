@@ -428,3 +428,32 @@ fn a_changed_answer_keeps_its_own_spacing() {
     assert!(l.admit_at(D, Pace::Now, t0).is_err(), "a cold load is");
     assert_eq!(l.cold_turn(t0, t0 + LONG, LONG), Some(t0 + ms(1500)));
 }
+
+/// A refresh woken at the time its cap turn was given finds it granted: it does not
+/// wait again for a rounding error's worth (zero nanoseconds, at the same instant,
+/// which spun a paused-clock run without time advancing).
+#[test]
+fn a_cap_turn_is_granted_at_the_time_it_was_given() {
+    let t0 = Instant::now();
+    for rate in [0.1, 0.3, 3.0, 7.0] {
+        for offset in (0..5000).step_by(37) {
+            let start = t0 + Duration::from_micros(offset * 1013);
+            let l = Limiter::new(Some(RateLimit::new(rate, 1)), false, t0);
+            l.admit_at(D, Pace::Now, start).unwrap();
+            let Turn::Queued(ticket) = l.take(R, Pace::Wait, start).unwrap() else {
+                panic!("the bucket is empty");
+            };
+            let mut now = start;
+            let mut woken = 0;
+            while let Some(at) = l.turn_of(&ticket, now) {
+                assert!(
+                    at > now,
+                    "a wake-up at the same instant: {rate}/s, {offset}"
+                );
+                now = at;
+                woken += 1;
+                assert!(woken < 3, "the turn never came");
+            }
+        }
+    }
+}
