@@ -3,6 +3,7 @@
 //! always, a failure for outlier detection when it had run for at least half the
 //! deadline. Simulated endpoints on tokio's paused clock: every figure is a count.
 
+use std::future::IntoFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -132,4 +133,27 @@ async fn a_late_failover_attempt_is_not_blamed_for_the_deadline() {
             "first attempt failed after {first_fails_after:?}"
         );
     }
+}
+
+/// Least loaded, the call abandoned by its caller (a `timeout` around it, no
+/// deadline of the call's own): the abandoned attempt's time is a round-trip
+/// sample of its endpoint, so later calls go to the one that answers. Before, the
+/// hanging endpoint stayed unmeasured, the cheapest pick, and 19 of 20 calls were
+/// abandoned.
+#[tokio::test(start_paused = true)]
+async fn least_loaded_learns_from_an_attempt_its_caller_abandons() {
+    let resolver = Resolver::builder(registry(2))
+        .selection(Selection::LeastLoaded)
+        .seed(3)
+        .build()
+        .unwrap();
+    let mut abandoned = 0;
+    for _ in 0..20 {
+        let call = resolver.call("shared", "web", one_hangs).into_future();
+        if tokio::time::timeout(100 * MS, call).await.is_err() {
+            abandoned += 1;
+        }
+    }
+    println!("least loaded, abandoned by the caller at 100 ms: {abandoned} of 20 calls");
+    assert!(abandoned <= 2, "{abandoned} of 20 calls abandoned");
 }
