@@ -105,35 +105,6 @@ async fn a_failed_refresh_ahead_keeps_a_fresh_answer_with_a_short_max_stale() {
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 }
 
-/// A source answering every call after `delay`.
-#[derive(Debug, Clone)]
-struct Delayed<D> {
-    inner: D,
-    delay: Duration,
-}
-
-impl<D: Discover> Discover for Delayed<D> {
-    fn discover<'a>(
-        &'a self,
-        req: &'a DiscoverRequest,
-    ) -> BoxFuture<'a, Result<Discovered, Error>> {
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.inner.discover(req).await
-        })
-    }
-
-    fn revision<'a>(
-        &'a self,
-        req: &'a DiscoverRequest,
-    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.inner.revision(req).await
-        })
-    }
-}
-
 /// C3: the fetch deadline was fixed when the revision poll was sent, so the
 /// DiscoverInstances call after a moved revision (with `adapt_to_throttling` off)
 /// spent it waiting for the cap's next turn (10 s at 0.1 call/s, past the 5 s

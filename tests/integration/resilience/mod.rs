@@ -72,3 +72,32 @@ fn services(n: usize) -> StaticDiscovery {
 fn total(c: &Counting<StaticDiscovery>) -> u64 {
     c.discover_calls() + c.revision_calls()
 }
+
+/// A source answering every call after `delay`.
+#[derive(Debug, Clone)]
+struct Delayed<D> {
+    inner: D,
+    delay: Duration,
+}
+
+impl<D: Discover> Discover for Delayed<D> {
+    fn discover<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Discovered, Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.discover(req).await
+        })
+    }
+
+    fn revision<'a>(
+        &'a self,
+        req: &'a DiscoverRequest,
+    ) -> BoxFuture<'a, Result<Option<i64>, Error>> {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.revision(req).await
+        })
+    }
+}

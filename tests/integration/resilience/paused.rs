@@ -303,27 +303,6 @@ async fn full_refresh_floor_with_revision_polling() {
     assert_eq!(source.discover_calls(), full + 1);
 }
 
-/// A source that answers after `delay`, counting the calls.
-#[derive(Debug, Clone)]
-struct Slow {
-    inner: StaticDiscovery,
-    delay: Duration,
-    calls: Arc<Mutex<u64>>,
-}
-
-impl Discover for Slow {
-    fn discover<'a>(
-        &'a self,
-        req: &'a DiscoverRequest,
-    ) -> BoxFuture<'a, Result<Discovered, Error>> {
-        *self.calls.lock().unwrap() += 1;
-        Box::pin(async move {
-            tokio::time::sleep(self.delay).await;
-            self.inner.discover(req).await
-        })
-    }
-}
-
 /// A caller that gives up on a cold key (a call's deadline shorter than the
 /// registry's answer, a `timeout` around `resolve`) leaves its load to finish: the
 /// answer is installed for the next callers and the key costs one registry call.
@@ -331,11 +310,10 @@ impl Discover for Slow {
 /// installed, and every call failed after a registry call of its own (10 of 10).
 #[tokio::test(start_paused = true)]
 async fn a_cold_load_outlives_its_cancelled_caller() {
-    let source = Slow {
+    let source = Counting::new(Delayed {
         inner: services(1),
         delay: Duration::from_millis(300),
-        calls: Arc::default(),
-    };
+    });
     let resolver = Resolver::builder(source.clone()).seed(3).build().unwrap();
     let mut failed = 0;
     for _ in 0..10 {
@@ -348,7 +326,7 @@ async fn a_cold_load_outlives_its_cancelled_caller() {
         failed += u32::from(call.is_err());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let calls = *source.calls.lock().unwrap();
+    let calls = source.discover_calls();
     println!("paused: 10 calls with a 100 ms deadline, a 300 ms registry: {failed} failed, {calls} registry calls");
     assert_eq!(calls, 1, "one load for the key");
     assert!(failed <= 3, "{failed} of 10 calls failed");
@@ -362,11 +340,7 @@ async fn a_cold_load_outlives_its_cancelled_caller() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     let e = resolver.resolve("shared", "svc-0-other").await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::ServiceNotFound, "{e}");
-    assert_eq!(
-        *source.calls.lock().unwrap(),
-        2,
-        "the cut load's answer was kept"
-    );
+    assert_eq!(source.discover_calls(), 2, "the cut load's answer was kept");
 }
 
 /// A source that refuses every call with one kind of error, counting the calls.
