@@ -23,7 +23,7 @@ use super::error::{Attempt, CallError, CallStop};
 use super::settle::{AttemptClock, Settled, Settler};
 use super::{before_deadline, Call};
 use crate::cache::latency::KeyLatency;
-use crate::endpoint::record::Recorder;
+use crate::endpoint::record::Attempting;
 use crate::endpoint::Endpoint;
 use crate::stats::bump;
 use crate::util::time::after;
@@ -153,43 +153,17 @@ impl Hedge {
     }
 }
 
-/// One attempt in flight on an endpoint, counted until dropped: finished or
-/// cancelled alike, which is how a cancelled hedge gives its count back.
-struct Running<'r> {
-    recorder: &'r Recorder,
-    ep: Endpoint,
-    counted: bool,
-    began: Instant,
-    /// Set when the attempt finished (answered or timed out): settling records it.
-    finished: bool,
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.recorder.end(&self.ep, self.counted);
-        // Cancelled (a loser, or the whole call dropped): the time it ran is a
-        // lower bound of its endpoint's round trip, and the only word least-loaded
-        // picks get of it. Without it a slow endpoint whose attempts are always
-        // cancelled stays unmeasured, the cheapest pick, and every call starts on
-        // it and pays a hedge. No outcome: being slower than another is no failure.
-        if !self.finished {
-            self.recorder.given_up(&self.ep, self.began, Instant::now());
-        }
-    }
-}
-
 /// An attempt: the operation's future under its time limit, holding its count.
 async fn attempt<Fut: Future>(
     fut: Fut,
     limit: Option<Instant>,
-    mut guard: Running<'_>,
+    guard: Attempting<'_>,
 ) -> Option<Fut::Output> {
     let out = match limit {
         Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
         None => Some(fut.await),
     };
-    guard.finished = true;
-    drop(guard);
+    guard.finish();
     out
 }
 
@@ -266,13 +240,7 @@ where
     let mut launch = |ep: Endpoint, began: Instant, hedged: bool, running: &mut Vec<_>| {
         bump(&counters.attempts);
         let clock = AttemptClock::new(began, opts.attempt_timeout, deadline);
-        let guard = Running {
-            recorder: ctx.recorder,
-            counted: ctx.recorder.start(&ep),
-            ep: ep.clone(),
-            began,
-            finished: false,
-        };
+        let guard = ctx.recorder.attempt(&ep, began);
         let fut = Box::pin(attempt(op(ep.clone()), clock.limit, guard));
         let meta = Meta {
             ep,

@@ -392,22 +392,16 @@ where
             }
             bump(&counters.attempts);
             let clock = AttemptClock::new(began, opts.attempt_timeout, deadline);
-            // Least-loaded picks count the attempt in flight until it ends (or the
-            // call is dropped) and learn its round-trip time.
-            let in_flight = ctx.recorder.in_flight(&ep);
-            let abandoned = Abandoned {
-                recorder: ctx.recorder,
-                ep: &ep,
-                began,
-            };
+            // Least-loaded picks count the attempt in flight until it ends, and
+            // learn its round-trip time even when the call is dropped meanwhile.
+            let attempt = ctx.recorder.attempt(&ep, began);
             let fut = op(ep.clone());
             let result = match clock.limit {
                 Some(at) => tokio::time::timeout_at(at, fut).await.ok(),
                 None => Some(fut.await),
             };
             let ended = Instant::now();
-            std::mem::forget(abandoned);
-            drop(in_flight);
+            attempt.finish();
             match settler.settle(ep, clock, ended, result, &mut failed) {
                 Settled::Won(value) => return Ok(value),
                 Settled::Failed => {}
@@ -438,24 +432,6 @@ where
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
-    }
-}
-
-/// An attempt whose call is dropped while it runs (a `timeout` around the call, a
-/// dropped request): the time it ran is a round-trip sample of its endpoint, a
-/// lower bound of its real one, as for a hedge's loser. Without it an endpoint
-/// that hangs, abandoned by its callers, stays unmeasured and the cheapest
-/// least-loaded pick. No outcome: the caller, not the endpoint, gave up. Forgotten
-/// once the attempt ends (its settling records it).
-struct Abandoned<'a> {
-    recorder: &'a Recorder,
-    ep: &'a Endpoint,
-    began: Instant,
-}
-
-impl Drop for Abandoned<'_> {
-    fn drop(&mut self) {
-        self.recorder.given_up(self.ep, self.began, Instant::now());
     }
 }
 

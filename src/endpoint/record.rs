@@ -55,11 +55,17 @@ impl Recorder {
         )
     }
 
-    /// Counts one request in flight on `ep` until the guard is dropped (nothing when
-    /// load is not tracked).
-    #[inline]
-    pub(crate) fn in_flight<'a>(&self, ep: &'a Endpoint) -> InFlight<'a> {
-        InFlight::new(self.load.is_some().then_some(ep))
+    /// One attempt on `ep`, begun at `began`, counted in flight until the guard is
+    /// dropped (nothing counted when load is not tracked); see [`Attempting`].
+    pub(crate) fn attempt(&self, ep: &Endpoint, began: Instant) -> Attempting<'_> {
+        let counted = self.start(ep);
+        Attempting {
+            recorder: self,
+            ep: ep.clone(),
+            began,
+            counted,
+            finished: false,
+        }
     }
 
     /// Counts one request in flight on `ep` without a guard; returns whether it was
@@ -123,23 +129,36 @@ impl Recorder {
     }
 }
 
-/// One request in flight on an endpoint: counted from `new` until dropped.
+/// One attempt of a call on an endpoint (`call/`: the plain and the hedged loops
+/// alike), counted in flight until dropped. Dropped before
+/// [`finish`](Self::finish) (a hedge's loser, a call dropped by its caller), the
+/// time it ran is a round-trip sample of its endpoint, a lower bound of its real
+/// one: without it an endpoint whose attempts are always cancelled (slower than
+/// another, or hanging) stays unmeasured and the cheapest least-loaded pick. No
+/// outcome: the caller, not the endpoint, gave up.
 #[derive(Debug)]
-pub(crate) struct InFlight<'a>(Option<&'a Endpoint>);
+pub(crate) struct Attempting<'r> {
+    recorder: &'r Recorder,
+    ep: Endpoint,
+    began: Instant,
+    counted: bool,
+    finished: bool,
+}
 
-impl<'a> InFlight<'a> {
-    fn new(ep: Option<&'a Endpoint>) -> Self {
-        if let Some(ep) = ep {
-            ep.state().load.start();
-        }
-        InFlight(ep)
+impl Attempting<'_> {
+    /// The attempt ended (answered, failed or timed out): no longer in flight, and
+    /// its settling records it.
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
     }
 }
 
-impl Drop for InFlight<'_> {
+impl Drop for Attempting<'_> {
     fn drop(&mut self) {
-        if let Some(ep) = self.0 {
-            ep.state().load.end();
+        self.recorder.end(&self.ep, self.counted);
+        if !self.finished {
+            self.recorder
+                .given_up(&self.ep, self.began, Instant::now());
         }
     }
 }
@@ -165,18 +184,19 @@ mod tests {
         Recorder::new(tracker, Arc::new(OutlierDetector::new(outlier)))
     }
 
-    #[test]
-    fn in_flight_counts_until_dropped_only_when_load_is_tracked() {
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_counts_until_dropped_only_when_load_is_tracked() {
         let ep = endpoint();
         let tracked = recorder(true);
-        let a = tracked.in_flight(&ep);
-        let b = tracked.in_flight(&ep);
+        let now = Instant::now();
+        let a = tracked.attempt(&ep, now);
+        let b = tracked.attempt(&ep, now);
         assert_eq!(ep.in_flight(), 2);
-        drop(a);
+        a.finish();
         drop(b);
         assert_eq!(ep.in_flight(), 0);
         let untracked = recorder(false);
-        let _c = untracked.in_flight(&ep);
+        let _c = untracked.attempt(&ep, now);
         assert_eq!(ep.in_flight(), 0);
         assert_eq!(untracked.cost(&ep), None);
         assert!(untracked
