@@ -157,8 +157,7 @@ impl Drop for Attempting<'_> {
     fn drop(&mut self) {
         self.recorder.end(&self.ep, self.counted);
         if !self.finished {
-            self.recorder
-                .given_up(&self.ep, self.began, Instant::now());
+            self.recorder.given_up(&self.ep, self.began, Instant::now());
         }
     }
 }
