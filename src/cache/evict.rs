@@ -13,8 +13,10 @@ use super::slot::Slot;
 const NEVER_IDLE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// moka keeps the capacity bound and idle eviction (TinyLFU admission, time to
-/// idle); it is told of use only on cold loads and refreshes, never on the warm
-/// path, and its evictions remove the key from the index.
+/// idle); it is told of use on cold loads, on refreshes, and by the refresher
+/// every half `idle_timeout` (at least 100 ms) while the key's answer has been picked from
+/// (`refresher.rs`), never on the warm path; its evictions remove the key from the
+/// index.
 #[derive(Clone)]
 pub(super) struct LruKey(pub(super) Arc<Slot>);
 
@@ -63,6 +65,8 @@ pub(super) fn lru(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::{Instance, Resolver, StaticDiscovery};
 
     /// A full cache admits a key asked for again and again (TinyLFU: more often
@@ -97,5 +101,41 @@ mod tests {
             "svc-8 loaded {loads} times out of 10: never admitted"
         );
         assert!(r.cached_keys() <= 8);
+    }
+
+    /// A key picked all the time whose answer lives longer than `idle_timeout` is
+    /// not idle. Regression: moka heard of the key only at its load and its
+    /// refreshes (warm picks never touch it), so with a TTL past the idle timeout
+    /// the busy key was evicted between two refreshes and loaded cold again. On
+    /// real time: the capacity tracker (moka) keeps its own clock.
+    #[tokio::test]
+    async fn busy_key_with_a_ttl_past_idle_timeout_is_not_evicted() {
+        let source = StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            Instance::new("i-1").ipv4([127, 0, 0, 1].into()).port(1),
+        );
+        // An idle timeout of 2 s, so that only a stall of 2 s between two lookups
+        // (not a busy machine's usual hundreds of ms) makes the key idle; the TTL
+        // of 60 s puts the first refresh far past the loop, which spans 3 s.
+        let idle = Duration::from_secs(2);
+        let (every, lookups) = (Duration::from_millis(200), 15);
+        assert!(every * lookups > idle + Duration::from_millis(500));
+        let r = Resolver::builder(source)
+            .ttl(Duration::from_secs(60))
+            .idle_timeout(idle)
+            .seed(61)
+            .build()
+            .unwrap();
+        r.resolve("shared", "web").await.unwrap();
+        let misses = |r: &Resolver| r.stats().resolves - r.stats().cache_hits;
+        let loads = misses(&r);
+        for i in 0..lookups {
+            tokio::time::sleep(every).await;
+            r.resolve("shared", "web").await.unwrap();
+            // Runs moka's pending evictions, as other keys' traffic does.
+            assert_eq!(r.cached_keys(), 1, "evicted as idle by lookup {i}");
+        }
+        assert_eq!(misses(&r), loads, "the busy key was loaded again");
     }
 }

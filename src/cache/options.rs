@@ -141,9 +141,11 @@ cache_options! {
         /// How many keys (namespace, service, query, health) are cached at most; the
         /// least used are evicted beyond it. Default: 10,000.
         pub capacity: u64 = 10_000,
-        /// A key not resolved for this long is dropped. Must be greater than zero; 100
-        /// years or more (`Duration::MAX`) never drops a key for being idle. Default:
-        /// 10 min.
+        /// A key not resolved for this long is dropped. Use is seen per answer: a
+        /// key resolved since its answer was loaded or refreshed is kept until the
+        /// next refresh, however long its `ttl` (so an idle key may stay up to its
+        /// `ttl` longer). Must be greater than zero; 100 years or more
+        /// (`Duration::MAX`) never drops a key for being idle. Default: 10 min.
         pub idle_timeout: Duration = Duration::from_secs(600),
     }
 }

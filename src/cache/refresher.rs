@@ -114,23 +114,33 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
     let Some(first) = slot.current() else {
         return;
     };
-    let mut plan = match weak.upgrade() {
-        Some(cache) if cache.opts.refresh_ahead => Plan::new(&cache, first),
-        Some(_) => Plan {
+    let Some(cache) = weak.upgrade() else {
+        return;
+    };
+    let mut plan = match cache.opts.refresh_ahead {
+        true => Plan::new(&cache, first),
+        false => Plan {
             next: first.fresh_until,
             snapshot: first,
             failures: 0,
         },
-        None => return,
     };
+    let keep = KeepInUse {
+        weak,
+        slot,
+        // Never more often than every 100 ms: a tiny `idle_timeout` (1 ns passes
+        // validation) must not make the refresher spin.
+        every: (cache.opts.idle_timeout / 2).max(std::time::Duration::from_millis(100)),
+    };
+    drop(cache);
     loop {
-        tokio::time::sleep_until(plan.next).await;
+        keep.sleep_until(plan.next).await;
         let (cache, cur) = match wake(weak, slot, &mut plan) {
             Step::Go(found) => found,
             Step::Again => continue,
             Step::Stop => return,
         };
-        let (cache, first_call) = match wait_for_turn(weak, slot, cache, &cur).await {
+        let (cache, first_call) = match wait_for_turn(&keep, cache, &cur).await {
             Step::Go(turn) => turn,
             Step::Again => continue,
             Step::Stop => return,
@@ -171,12 +181,7 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
         // the backoff and call the registry at once.
         plan.snapshot = cur.clone();
     }
-    // A watched key is in use even when nobody resolves it: its change streams
-    // are driven by this task, not by requests. So is a key a held handle pins
-    // (`pinned.rs`): its holder picks without asking the index, and finds it warm
-    // after a quiet spell.
-    let used = cur.used.load(Ordering::Relaxed) || slot.is_watched() || slot.is_held();
-    if !used || !cache.opts.refresh_ahead {
+    if !in_use(slot, &cur) || !cache.opts.refresh_ahead {
         if now < cur.fresh_until {
             plan.next = cur.fresh_until;
             return Step::Again;
@@ -190,6 +195,55 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
     Step::Go((cache, cur))
 }
 
+/// Whether the key is in use, so worth refreshing and not idle: its answer was
+/// picked from since it was installed, or a change stream follows the key, or a
+/// held handle pins it.
+fn in_use(slot: &Slot, cur: &Snapshot) -> bool {
+    // A watched key is in use even when nobody resolves it: its change streams
+    // are driven by this task, not by requests. So is a key a held handle pins
+    // (`pinned.rs`): its holder picks without asking the index, and finds it warm
+    // after a quiet spell.
+    cur.used.load(Ordering::Relaxed) || slot.is_watched() || slot.is_held()
+}
+
+/// The refresher's sleeps, which keep a key in use from idle eviction. moka hears
+/// of a key only when told (loads and refreshes: the warm path never touches it),
+/// so a busy key whose refresh lies past `idle_timeout` (a TTL longer than that,
+/// a long backoff or turn) would be evicted as idle between two refreshes. The
+/// warm path's one trace of use is its answer's `used` flag; a sleep looks at it
+/// every half `idle_timeout` (at least 100 ms) and tells moka of the use, so an answer picked from
+/// keeps its key until its refresh, however far off. The refresher holds no strong
+/// reference while it sleeps.
+struct KeepInUse<'a> {
+    weak: &'a Weak<Cache>,
+    slot: &'a Arc<Slot>,
+    every: std::time::Duration,
+}
+
+impl KeepInUse<'_> {
+    async fn sleep_until(&self, at: Instant) {
+        loop {
+            let look = after(Instant::now(), self.every);
+            if at <= look {
+                tokio::time::sleep_until(at).await;
+                return;
+            }
+            tokio::time::sleep_until(look).await;
+            let Some(cache) = self.weak.upgrade() else {
+                return;
+            };
+            if self.slot.is_evicted() {
+                return;
+            }
+            if let Some(cur) = self.slot.current()
+                && in_use(self.slot, &cur)
+            {
+                cache.lru.get(&LruKey(self.slot.clone()));
+            }
+        }
+    }
+}
+
 /// Wait: for this resolver's turn to call the registry (see `pacing/`), serving
 /// the current answer meanwhile and holding no strong reference, so that a dropped
 /// resolver stops here. A queued turn is re-evaluated at each wake-up (the rate
@@ -197,11 +251,11 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
 /// queue full asks again when it has drained. Returns the cache again and the call
 /// to start with.
 async fn wait_for_turn(
-    weak: &Weak<Cache>,
-    slot: &Slot,
+    keep: &KeepInUse<'_>,
     mut cache: Arc<Cache>,
     cur: &Arc<Snapshot>,
 ) -> Step<(Arc<Cache>, super::pacing::Op)> {
+    let (weak, slot) = (keep.weak, keep.slot);
     let mut now = Instant::now();
     let mut first = cache.first_call(Some(cur), now, Pace::Wait);
     let mut ticket = None;
@@ -228,7 +282,7 @@ async fn wait_for_turn(
             // when that is longer: a short max-stale does not cut a fresh answer
             // short): the warm path does not read the clock, so the answer must be
             // marked expired on time, turn or no turn.
-            tokio::time::sleep_until(cur.servable_until()).await;
+            keep.sleep_until(cur.servable_until()).await;
             if slot.is_current(cur) {
                 cur.state.store(EXPIRED, Ordering::Relaxed);
                 slot.publish();
@@ -238,7 +292,7 @@ async fn wait_for_turn(
         }
         // Every wake-up is at a time the rate of then granted, later than `now`:
         // the loop ends at the turn, or at `servable_until` above.
-        tokio::time::sleep_until(at).await;
+        keep.sleep_until(at).await;
         match weak.upgrade() {
             Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
             _ => return Step::Stop,

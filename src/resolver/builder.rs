@@ -178,7 +178,10 @@ impl ResolverBuilder {
         self
     }
 
-    /// A key not resolved for this long is dropped. Default: 10 min.
+    /// A key not resolved for this long is dropped (a key resolved since its
+    /// answer was loaded or refreshed is kept until the next refresh, however long
+    /// the `ttl`: see [`CacheOptions::idle_timeout`](crate::CacheOptions::idle_timeout)).
+    /// Default: 10 min.
     pub fn idle_timeout(mut self, idle: Duration) -> Self {
         self.opts.cache.idle_timeout = idle;
         self
