@@ -95,13 +95,16 @@ pub(crate) const SKIPPED: &str = "cloudmap_resolver.instances.skipped";
 pub(crate) const SOURCE_PANICS: &str = "cloudmap_resolver.source.panics";
 /// Gauge: keys cached, resolver-wide (published).
 pub(crate) const CACHED_KEYS: &str = "cloudmap_resolver.cache.keys";
-/// Gauge: endpoints of a service in the answers held, label `state` (`healthy`:
+/// Gauge: endpoints of a service in the answers held that may be served (an
+/// answer expired past `max_stale` counts none), label `state` (`healthy`:
 /// admitted; `ejected`: ejected by outlier detection now), with `namespace`,
 /// `service` (published). With the per-endpoint label, one series per endpoint and
 /// state, valued 1 or 0.
 pub(crate) const ENDPOINTS: &str = "cloudmap_resolver.endpoints";
 /// Gauge, seconds: since the registry last confirmed the oldest answer held for a
-/// service (the max over its keys), labels `namespace`, `service` (published).
+/// service (the max over its keys; an expired answer too, so it grows past
+/// `max_stale` while the registry fails), labels `namespace`, `service`
+/// (published).
 pub(crate) const ANSWER_AGE: &str = "cloudmap_resolver.answer.age";
 /// Gauge: change streams (`Resolver::watch`) following a service's keys, labels
 /// `namespace`, `service` (published).

@@ -1,6 +1,7 @@
 //! What the metrics publisher reads of the cache (feature `metrics`): per service,
-//! its endpoints and whether each is ejected now, the age of its oldest answer
-//! held, and its change streams. A walk over the index, run on the publisher's
+//! the endpoints of its answers that may be served and whether each is ejected
+//! now, the age of its oldest answer held (expired ones too), and its change
+//! streams. A walk over the index, run on the publisher's
 //! timer or at a scrape, never on the warm path.
 
 use std::sync::atomic::Ordering;
@@ -8,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::snapshot::EXPIRED;
 use super::Cache;
 use crate::discover::namespace_label;
 use crate::endpoint::EndpointState;
@@ -16,8 +18,9 @@ use crate::metrics::Census;
 impl Cache {
     /// The gauges of every cached service at `now`; `is_ejected` is the outlier
     /// policy's judgement. An endpoint in several keys of a service (other
-    /// filters) is counted once; an evicted key, or one holding no answer, is not
-    /// counted (the publisher then sets its gauges to zero once and stops).
+    /// filters) is counted once, and only from an answer that may be served (not
+    /// expired); an evicted key, or one holding no answer, is not counted (the
+    /// publisher then sets its gauges to zero once and stops).
     pub(crate) fn census(
         &self,
         now: Instant,
@@ -38,6 +41,13 @@ impl Cache {
             gauges.watchers += slot.watchers.load(Ordering::Relaxed);
             let age = now.saturating_duration_since(snap.confirmed_at);
             gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
+            // An expired answer (past `max_stale` while the registry fails) may
+            // not be served: none of its endpoints is handed out, so none counts
+            // as held. Its age goes on counting: how long the registry has not
+            // confirmed the key, which is what an alert on the age wants.
+            if snap.state.load(Ordering::Relaxed) == EXPIRED {
+                return;
+            }
             for ep in snap.endpoints() {
                 let ejected = is_ejected(ep.state());
                 gauges

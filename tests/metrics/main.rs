@@ -517,5 +517,6 @@ fn unknown_names_create_no_series() {
     });
 }
 
+mod gauges;
 mod health;
 mod owner;

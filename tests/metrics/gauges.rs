@@ -1,0 +1,83 @@
+//! The per-service gauges through a registry outage: what a dashboard reads while
+//! a change stream's answer has expired and the stream retries.
+
+use std::time::Duration;
+
+use cloudmap_resolver::{Change, ErrorKind, Instance, Resolver, StaticDiscovery};
+use futures::StreamExt;
+use metrics_util::debugging::DebuggingRecorder;
+use test_support::counting::Counting;
+
+use super::{collect, get, Seen};
+
+const WEB: [(&str, &str); 2] = [("namespace", "shared"), ("service", "web")];
+
+fn web(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    WEB.iter().chain(extra).copied().collect()
+}
+
+/// A change stream on `shared/web` (two endpoints) whose registry fails from 1 s
+/// on with `fail`: published 30 s later, when the answer expired (`max_stale` of
+/// 10 s) and the stream has reported its one `Err` and is retrying.
+fn outage(fail: ErrorKind) -> Seen {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let ip = "127.0.0.1".parse().unwrap();
+    let source = Counting::new(
+        StaticDiscovery::new()
+            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+            .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2)),
+    );
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let r = Resolver::builder(source.clone())
+                .ttl(Duration::from_secs(1))
+                .max_stale(Duration::from_secs(10))
+                .seed(67)
+                .build()
+                .unwrap();
+            let mut watch = r.watch("shared", "web");
+            for _ in 0..2 {
+                let next = watch.next().await;
+                assert!(matches!(next, Some(Ok(Change::Insert(_)))), "{next:?}");
+            }
+            r.publish_metrics();
+            let before = collect(&snapshotter);
+            let healthy = get(
+                &before,
+                "cloudmap_resolver.endpoints",
+                &web(&[("state", "healthy")]),
+            );
+            assert_eq!(healthy, Some(2.0), "{before:#?}");
+            source.fail_with(Some(fail));
+            let next = tokio::time::timeout(Duration::from_secs(20), watch.next()).await;
+            assert!(matches!(next, Ok(Some(Err(_)))), "{next:?}");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            r.publish_metrics();
+            drop(watch);
+        })
+    });
+    collect(&snapshotter)
+}
+
+/// An answer past `max_stale` may not be served (a `resolve` fails): its endpoints
+/// are not in the answers held. Before: the gauge kept showing the 2 endpoints of
+/// the expired answer for as long as the stream retried; now 0, while the answer's
+/// age goes on growing (past `max_stale`: what an alert on it wants).
+#[test]
+fn an_expired_answer_shows_no_endpoints() {
+    let seen = outage(ErrorKind::Unavailable);
+    let healthy = get(
+        &seen,
+        "cloudmap_resolver.endpoints",
+        &web(&[("state", "healthy")]),
+    );
+    assert_eq!(healthy, Some(0.0), "{seen:#?}");
+    let age = get(&seen, "cloudmap_resolver.answer.age", &web(&[])).unwrap();
+    assert!(age > 10.0, "answer age {age}");
+}
