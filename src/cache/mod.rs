@@ -59,7 +59,7 @@ use pacing::Stretch;
 pub(crate) use pinned::SlotPin;
 use slot::Slot;
 use snapshot::{Snapshot, EXPIRED, STALE};
-pub(crate) use watched::{Answer, ZONE_RECHECK};
+pub(crate) use watched::{Answer, Watched, ZONE_RECHECK};
 
 /// The cache of one resolver.
 pub(crate) struct Cache {

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::diff::{diff, Known};
 use super::Change;
-use crate::cache::{Answer, Cache, ZONE_RECHECK};
+use crate::cache::{Answer, Cache, Watched, ZONE_RECHECK};
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
 
@@ -39,9 +39,17 @@ pub(crate) enum Item {
 pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, zone_view: bool) {
     let mut known = Known::new();
     let mut failures = 0u32;
+    // The hold on the key whose answer went away, kept while the key is loaded
+    // again: a stream retrying through an outage still follows the key, and counts
+    // as its watcher (the `watchers` gauge) until a new hold replaces this one.
+    let mut gone: Option<Watched> = None;
     loop {
         let mut watched = match cache.watch(&req).await {
-            Ok(w) => w,
+            Ok(w) => {
+                // The new hold counts from here: let go of the old one.
+                drop(gone.take());
+                w
+            }
             Err(err) => {
                 failures = failures.saturating_add(1);
                 let give_up = err.kind() == ErrorKind::InvalidInput;
@@ -95,7 +103,10 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, 
                 }
                 Answer::Same => {}
                 // Load the key again (which may fail: reported above, once).
-                Answer::Gone => break,
+                Answer::Gone => {
+                    gone = Some(watched);
+                    break;
+                }
             }
             tokio::select! {
                 _ = watched.changed() => {}

@@ -17,9 +17,9 @@ fn web(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static st
 }
 
 /// A change stream on `shared/web` (two endpoints) whose registry fails from 1 s
-/// on with `fail`: published 30 s later, when the answer expired (`max_stale` of
+/// on (unavailable): published 30 s later, when the answer expired (`max_stale` of
 /// 10 s) and the stream has reported its one `Err` and is retrying.
-fn outage(fail: ErrorKind) -> Seen {
+fn outage() -> Seen {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -54,7 +54,7 @@ fn outage(fail: ErrorKind) -> Seen {
                 &web(&[("state", "healthy")]),
             );
             assert_eq!(healthy, Some(2.0), "{before:#?}");
-            source.fail_with(Some(fail));
+            source.fail_with(Some(ErrorKind::Unavailable));
             let next = tokio::time::timeout(Duration::from_secs(20), watch.next()).await;
             assert!(matches!(next, Ok(Some(Err(_)))), "{next:?}");
             tokio::time::sleep(Duration::from_secs(30)).await;
@@ -71,7 +71,7 @@ fn outage(fail: ErrorKind) -> Seen {
 /// age goes on growing (past `max_stale`: what an alert on it wants).
 #[test]
 fn an_expired_answer_shows_no_endpoints() {
-    let seen = outage(ErrorKind::Unavailable);
+    let seen = outage();
     let healthy = get(
         &seen,
         "cloudmap_resolver.endpoints",
@@ -80,4 +80,14 @@ fn an_expired_answer_shows_no_endpoints() {
     assert_eq!(healthy, Some(0.0), "{seen:#?}");
     let age = get(&seen, "cloudmap_resolver.answer.age", &web(&[])).unwrap();
     assert!(age > 10.0, "answer age {age}");
+}
+
+/// A change stream retrying after a registry failure still follows the service.
+/// Before: it let go of the key when the answer expired, and the gauge read 0
+/// until the registry answered again; now 1.
+#[test]
+fn a_retrying_stream_is_still_a_watcher() {
+    let seen = outage();
+    let watchers = get(&seen, "cloudmap_resolver.watchers", &web(&[]));
+    assert_eq!(watchers, Some(1.0), "{seen:#?}");
 }
