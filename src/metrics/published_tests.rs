@@ -3,6 +3,7 @@
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
+use super::published::ServiceGauges;
 use super::*;
 
 /// The other bucket is never published per endpoint, so, gone, its aggregate

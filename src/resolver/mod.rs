@@ -103,9 +103,11 @@ struct Shared {
     /// ahead of a newer one's readings and nothing decayed).
     #[cfg(feature = "tower")]
     measured: std::sync::OnceLock<Recorder>,
-    /// The per-service gauges the last metrics publish set (feature `metrics`).
+    /// The per-service gauges the last metrics publish set (feature `metrics`);
+    /// `None` until this resolver first publishes. Zeroed when dropped
+    /// (`publish.rs`).
     #[cfg(feature = "metrics")]
-    published: std::sync::Mutex<crate::metrics::Published>,
+    published: std::sync::Mutex<Option<crate::metrics::Published>>,
     /// Zone-aware routing's context, for its counters.
     zones: Option<Arc<ZoneContext>>,
 }

@@ -4,8 +4,25 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Resolver;
+use super::{Resolver, Shared};
 use crate::util::lock::lock;
+
+impl Drop for Shared {
+    /// A dropped resolver's gauges go to zero, as those of a service gone from its
+    /// cache do: the facade cannot delete a series, and a dashboard would show the
+    /// last endpoints of a resolver that no longer exists for as long as the
+    /// process runs. Only a resolver that published: another resolver of the
+    /// process may publish the same series.
+    fn drop(&mut self) {
+        let published = self
+            .published
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(last) = published.take() {
+            crate::metrics::unpublish(self.opts.metrics_endpoint_label, last);
+        }
+    }
+}
 
 impl Resolver {
     /// Copies the counters the warm path keeps (resolves warm and cold, stale
@@ -13,7 +30,8 @@ impl Resolver {
     /// installed `metrics` recorder, as absolute values, and sets the per-service
     /// gauges read from the cache: endpoints by state (healthy, ejected), the age of
     /// the oldest answer held, change streams (a service gone from the cache has
-    /// them set to zero once). Events off the warm path
+    /// them set to zero once, and so has every gauge this sets once the resolver is
+    /// dropped). Events off the warm path
     /// (registry calls, calls, attempts, retries) are recorded as they happen; these
     /// totals only when this runs: call it before a scrape, or let
     /// [`spawn_metrics_publisher`](Self::spawn_metrics_publisher) do it on a timer.
@@ -40,9 +58,12 @@ impl Resolver {
         let now = tokio::time::Instant::now();
         let census = self.cache.census(now, |h| recorder.is_ejected(h, now));
         let mut published = lock(&self.shared.published);
-        let last = std::mem::take(&mut *published);
-        *published =
-            crate::metrics::publish_services(census, self.shared.opts.metrics_endpoint_label, last);
+        let last = published.take().unwrap_or_default();
+        *published = Some(crate::metrics::publish_services(
+            census,
+            self.shared.opts.metrics_endpoint_label,
+            last,
+        ));
     }
 
     /// Spawns a task on the current Tokio runtime that runs

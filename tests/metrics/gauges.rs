@@ -60,9 +60,10 @@ fn outage() -> Seen {
             tokio::time::sleep(Duration::from_secs(30)).await;
             r.publish_metrics();
             drop(watch);
+            // Read before the resolver is dropped, which zeroes its gauges.
+            collect(&snapshotter)
         })
-    });
-    collect(&snapshotter)
+    })
 }
 
 /// An answer past `max_stale` may not be served (a `resolve` fails): its endpoints
@@ -90,4 +91,59 @@ fn a_retrying_stream_is_still_a_watcher() {
     let seen = outage();
     let watchers = get(&seen, "cloudmap_resolver.watchers", &web(&[]));
     assert_eq!(watchers, Some(1.0), "{seen:#?}");
+}
+
+/// A dropped resolver's gauges go to zero, as a service gone from its cache does.
+/// Before: its publisher stopped with the resolver and the gauges kept their last
+/// values (2 healthy endpoints, 1 key, 1 watcher) for as long as the process ran.
+#[test]
+fn a_dropped_resolver_zeroes_its_gauges() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let ip = "127.0.0.1".parse().unwrap();
+    let registry = StaticDiscovery::new()
+        .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+        .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2));
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let r = Resolver::builder(registry).seed(71).build().unwrap();
+            let mut watch = r.watch("shared", "web");
+            assert!(watch.next().await.is_some());
+            r.resolve("shared", "web").await.unwrap();
+            let publisher = r.spawn_metrics_publisher(Duration::from_secs(1));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let before = collect(&snapshotter);
+            let healthy = get(
+                &before,
+                "cloudmap_resolver.endpoints",
+                &web(&[("state", "healthy")]),
+            );
+            assert_eq!(healthy, Some(2.0), "{before:#?}");
+            // The debugging recorder's snapshot zeroed what it read: one more tick
+            // publishes the gauges again.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(watch);
+            drop(r);
+            // The publisher ends at its next tick, the resolver gone.
+            tokio::time::timeout(Duration::from_secs(20), publisher)
+                .await
+                .unwrap()
+                .unwrap();
+        })
+    });
+    let seen = collect(&snapshotter);
+    for (name, labels) in [
+        ("cloudmap_resolver.endpoints", web(&[("state", "healthy")])),
+        ("cloudmap_resolver.endpoints", web(&[("state", "ejected")])),
+        ("cloudmap_resolver.answer.age", web(&[])),
+        ("cloudmap_resolver.watchers", web(&[])),
+        ("cloudmap_resolver.cache.keys", vec![]),
+    ] {
+        assert_eq!(get(&seen, name, &labels), Some(0.0), "{name} {labels:?}");
+    }
 }

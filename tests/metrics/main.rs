@@ -131,9 +131,10 @@ fn scenario(endpoint_label: bool) -> Seen {
             assert!(a.is_ejected());
             r.publish_metrics();
             drop(watch);
+            // Read before the resolver is dropped, which zeroes its gauges.
+            collect(&snapshotter)
         })
-    });
-    collect(&snapshotter)
+    })
 }
 
 /// What the recorder holds now, as [`Seen`].
