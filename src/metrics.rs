@@ -52,7 +52,8 @@ pub(crate) const PREFIX: &str = "cloudmap_resolver";
 /// Counter: registry calls, labels `operation` (`DiscoverInstances`,
 /// `DiscoverInstancesRevision`, and for [`Registration`](crate::Registration) each
 /// send: `ListNamespaces`, `ListServices`, `GetService`, `RegisterInstance`,
-/// `GetOperation`, `UpdateInstanceCustomHealthStatus`, `DeregisterInstance`), `outcome` (`ok`, `not_found`, `throttled`,
+/// `GetOperation`, `UpdateInstanceCustomHealthStatus`, `GetInstance`,
+/// `DeregisterInstance`), `outcome` (`ok`, `not_found`, `throttled`,
 /// `unavailable`, `error`), `namespace`, `service`.
 pub(crate) const REGISTRY_CALLS: &str = "cloudmap_resolver.registry.calls";
 /// Histogram, seconds: registry call latency, labels `operation`, `namespace`,

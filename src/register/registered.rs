@@ -69,7 +69,8 @@ pub struct Drained {
 
 impl Drained {
     /// Whether this drain deregistered the instance (false: it was already gone, for
-    /// example deregistered by an earlier drain or by someone else).
+    /// example deregistered by an earlier drain or by someone else, or another
+    /// registration of the same instance id replaced this one).
     ///
     /// A DeregisterInstance whose answer was lost (a 5xx, a dropped connection) may
     /// have been carried out: when its retry hears `InstanceNotFound`, this drain is
@@ -214,8 +215,9 @@ impl Registered {
     }
 
     /// Takes the instance out of the registry and waits while callers let go:
-    /// DeregisterInstance, then GetOperation until it succeeded, then `wait`. Keep
-    /// serving during the whole call; stop serving when it returns.
+    /// GetInstance (is the entry still this registration's?), DeregisterInstance,
+    /// then GetOperation until it succeeded, then `wait`. Keep serving during the
+    /// whole call; stop serving when it returns.
     ///
     /// Choosing `wait`: callers keep an answer for their cache's TTL and notice the
     /// change at their next refresh, so wait at least the callers' TTL plus their
@@ -225,6 +227,16 @@ impl Registered {
     ///
     /// An instance already gone (deregistered by an earlier drain, or by someone else)
     /// is not an error: the wait still happens, and [`Drained::deregistered`] is false.
+    ///
+    /// Nor is an instance id registered again by another process since (a
+    /// replacement after a restart, reusing the id): Cloud Map replaced this
+    /// registration with that one, which keeps its own `CreatorRequestId`, and drain
+    /// leaves it registered (a warning says so; [`Drained::deregistered`] is false).
+    /// The check and the deregistration are two calls: a registration of the same
+    /// id landing between them is still taken out, as Cloud Map offers no
+    /// conditional deregistration. A caller refused GetInstance (an IAM policy
+    /// without `servicediscovery:GetInstance`) deregisters by id unchecked, with a
+    /// warning.
     ///
     /// # Errors
     ///
@@ -236,12 +248,91 @@ impl Registered {
     pub async fn drain(&self, wait: Duration) -> Result<Drained, Error> {
         let label = namespace_label(&self.namespace, self.ids.owner_account.as_deref());
         let deadline = Deadline::after(self.deadline, &label, &self.service);
+        let (operation_id, deregistered) = match self.entry(&deadline).await? {
+            Entry::Ours => self.deregister(&deadline).await?,
+            Entry::Gone => (None, false),
+            Entry::Replaced(other) => {
+                tracing::warn!(
+                    namespace = %self.namespace,
+                    service = %self.service,
+                    instance_id = %self.instance_id,
+                    creator_request_id = %self.creator_request_id,
+                    replaced_by = %other,
+                    "not deregistering: another registration of this instance id replaced this one"
+                );
+                (None, false)
+            }
+        };
+        self.drained.store(true, Ordering::Relaxed);
+        tracing::info!(
+            namespace = %self.namespace,
+            service = %self.service,
+            instance_id = %self.instance_id,
+            deregistered,
+            ?wait,
+            "drained; waiting for callers to let go"
+        );
+        tokio::time::sleep(wait).await;
+        Ok(Drained {
+            operation_id,
+            deregistered,
+            waited: wait,
+        })
+    }
+
+    /// Whose the registry's entry under this instance id is (GetInstance): a
+    /// process that registered the same id since (a replacement after a restart)
+    /// replaced this registration, and deregistering by id would take the
+    /// replacement out. Cloud Map keeps the `CreatorRequestId` of the registration
+    /// that made the entry, so a different one is someone else's. An entry without
+    /// one, or a caller refused GetInstance (an IAM policy written before drain
+    /// asked for it), is taken to be this one's: deregistering by id is what drain
+    /// did before it could tell.
+    async fn entry(&self, deadline: &Deadline<'_>) -> Result<Entry, Error> {
+        let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
+        let got = send_sdk("GetInstance", endpoint, deadline, self.seed, || async {
+            client
+                .get_instance()
+                .service_id(&self.ids.service_id)
+                .instance_id(&self.instance_id)
+                .send()
+                .await
+        })
+        .await;
+        let creator = match got {
+            Ok(out) => out
+                .instance()
+                .and_then(|i| i.creator_request_id())
+                .map(str::to_owned),
+            Err(e) if e.kind() == ErrorKind::InstanceNotFound => return Ok(Entry::Gone),
+            Err(e) if e.kind() == ErrorKind::Configuration => {
+                tracing::warn!(
+                    namespace = %self.namespace,
+                    service = %self.service,
+                    instance_id = %self.instance_id,
+                    error = %e,
+                    "GetInstance refused (servicediscovery:GetInstance missing?): \
+                     deregistering by id without checking that the entry is this registration's"
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match creator {
+            Some(other) if other != self.creator_request_id => Entry::Replaced(other),
+            _ => Entry::Ours,
+        })
+    }
+
+    /// DeregisterInstance, then GetOperation until it succeeded: the operation's
+    /// id, and whether this drain deregistered the instance.
+    async fn deregister(&self, deadline: &Deadline<'_>) -> Result<(Option<String>, bool), Error> {
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
         // Whether a send of this drain failed in a way that may have reached the
         // registry (a lost answer): a retry then hears that the instance is gone, or
         // that the operation is already running, because of this drain.
         let maybe_applied = AtomicBool::new(false);
-        let sent = send_retrying("DeregisterInstance", &deadline, self.seed, || async {
+        let sent = send_retrying("DeregisterInstance", deadline, self.seed, || async {
             let sent = client
                 .deregister_instance()
                 .service_id(&self.ids.service_id)
@@ -277,26 +368,23 @@ impl Registered {
                 id,
                 "DeregisterInstance",
                 self.ids.owner_account.as_deref(),
-                &deadline,
+                deadline,
                 self.seed,
             )
             .await?;
         }
-        self.drained.store(true, Ordering::Relaxed);
-        tracing::info!(
-            namespace = %self.namespace,
-            service = %self.service,
-            instance_id = %self.instance_id,
-            ?wait,
-            "deregistered; waiting for callers to let go"
-        );
-        tokio::time::sleep(wait).await;
-        Ok(Drained {
-            operation_id,
-            deregistered,
-            waited: wait,
-        })
+        Ok((operation_id, deregistered))
     }
+}
+
+/// Whose the registry's entry under the instance id is (`Registered::entry`).
+enum Entry {
+    /// This registration's (or not known to be another's).
+    Ours,
+    /// No entry: already deregistered.
+    Gone,
+    /// Another registration's, with this `CreatorRequestId`.
+    Replaced(String),
 }
 
 /// The operation a `DuplicateRequest` answer names: the same deregistration, already

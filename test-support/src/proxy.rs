@@ -2,7 +2,9 @@
 //! request bodies, and makes the faults moto cannot: error statuses, throttling,
 //! latency, a hung registry, and operations that do not succeed at once (moto's
 //! always do). Faults apply to every request ([`Proxy::set_fault`]) or to chosen
-//! operations, for a number of requests ([`Proxy::fault_operation`]).
+//! operations, for a number of requests ([`Proxy::fault_operation`]). It can also
+//! make moto replace an instance registered again under its id, as Cloud Map does
+//! ([`Proxy::replace_on_register`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -74,6 +76,8 @@ struct State {
     lost_operation: Mutex<Option<String>>,
     /// ListNamespaces answers: namespace id -> (name shown, owner account shown).
     disguised: Mutex<HashMap<String, (String, String)>>,
+    /// Make RegisterInstance of an id already registered replace that instance.
+    replace_on_register: std::sync::atomic::AtomicBool,
 }
 
 pub struct Proxy {
@@ -163,6 +167,17 @@ impl Proxy {
             .lock()
             .unwrap()
             .insert(id.to_owned(), (name.to_owned(), account.to_owned()));
+    }
+
+    /// From now on, a RegisterInstance of an instance id the service already holds
+    /// replaces that instance, as Cloud Map does (the new registration, with its own
+    /// `CreatorRequestId`, is what GetInstance answers from then on); moto appends a
+    /// second instance of the id instead, and its GetInstance answers the first. The
+    /// proxy deregisters the id at moto before forwarding the registration.
+    pub fn replace_on_register(&self) {
+        self.state
+            .replace_on_register
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Requests received for an operation (`DiscoverInstances`, ...), faulted or not.
@@ -301,6 +316,13 @@ async fn handle(
     let unarned = service_arns_to_ids(&body);
     let rewritten = unarned.is_some();
     let body = unarned.unwrap_or(body);
+    if op == "RegisterInstance"
+        && st
+            .replace_on_register
+            .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        deregister_first(&client, &uri, &parts.headers, &body).await;
+    }
     let mut fwd = Request::builder().method(parts.method).uri(uri);
     for (k, v) in &parts.headers {
         if rewritten && k == hyper::header::CONTENT_LENGTH {
@@ -335,6 +357,38 @@ async fn handle(
         }
     }
     Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// Deregisters at moto the instance a RegisterInstance `body` names (an answer of
+/// InstanceNotFound is fine: nothing to replace), so that the registration then
+/// forwarded replaces it, as Cloud Map's does.
+async fn deregister_first(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    uri: &str,
+    headers: &hyper::HeaderMap,
+    body: &[u8],
+) {
+    let Ok(register) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return;
+    };
+    let input = serde_json::json!({
+        "ServiceId": register["ServiceId"],
+        "InstanceId": register["InstanceId"],
+    });
+    let mut req = Request::builder().method("POST").uri(uri);
+    for (k, v) in headers {
+        if k != hyper::header::CONTENT_LENGTH && k != "x-amz-target" {
+            req = req.header(k, v);
+        }
+    }
+    let req = req
+        .header(
+            "x-amz-target",
+            "Route53AutoNaming_v20170314.DeregisterInstance",
+        )
+        .body(Full::new(Bytes::from(input.to_string())))
+        .unwrap();
+    let _ = client.request(req).await;
 }
 
 /// The fault a rule sets for this request of `op`, counting it against the rule;

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use cloudmap_resolver::{ErrorKind, HealthStatus, Registration};
-use test_support::moto::{health_status, instance_attributes, register, sdk_config};
+use test_support::moto::{health_status, instance_attributes, instance_ids, register, sdk_config};
 
 use super::{calls_until_shown, resolver, setup, shows_within, write_calls, SETTLE};
 
@@ -149,4 +149,38 @@ async fn health_is_set_on_services_with_a_custom_health_check_only() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::CustomHealthNotFound);
     assert_eq!(proxy.count("RegisterInstance"), registers);
+}
+
+/// A replacement process that registered the same instance id (Cloud Map replaces
+/// the instance, with the new registration's `CreatorRequestId`; the proxy makes
+/// moto do the same) is not taken out by the old process's drain. Before: the old
+/// drain deregistered by id and removed the replacement (0 instances left); now it
+/// sees the entry is no longer its own, leaves it (1 left, the replacement's port)
+/// and reports that it deregistered nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_leaves_a_replacement_registered_under_the_same_id() {
+    let (ns, service_id, proxy) = setup().await;
+    proxy.replace_on_register();
+    let sdk = sdk_config(&proxy.url());
+    let register = |port| {
+        Registration::new(&sdk, &ns, "web", "i-same")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(port)
+            .register()
+    };
+    let old = register(8080).await.unwrap();
+    let new = register(8081).await.unwrap();
+    assert_ne!(old.creator_request_id(), new.creator_request_id());
+    assert_eq!(instance_ids(&service_id).await, ["i-same"], "replaced");
+
+    let drained = old.drain(Duration::ZERO).await.unwrap();
+    assert!(!drained.deregistered(), "{drained:?}");
+    assert_eq!(instance_ids(&service_id).await, ["i-same"], "removed");
+    let port = instance_attributes(&service_id, "i-same").await["AWS_INSTANCE_PORT"].clone();
+    assert_eq!(port, "8081");
+
+    // The replacement's own drain takes it out.
+    let drained = new.drain(Duration::ZERO).await.unwrap();
+    assert!(drained.deregistered(), "{drained:?}");
+    assert!(instance_ids(&service_id).await.is_empty());
 }

@@ -5,7 +5,9 @@
 //!
 //! moto's operations succeed at once and re-registering an id appends a duplicate
 //! there (Cloud Map updates in place): these tests rely on neither; slow and failed
-//! operations and throttling come from the proxy.
+//! operations and throttling come from the proxy, and so does Cloud Map's
+//! replacement of a re-registered id (`Proxy::replace_on_register`), for the drain
+//! of a process whose id was registered again.
 
 mod errors;
 mod faults;
@@ -108,6 +110,7 @@ fn write_calls(proxy: &Proxy) -> u64 {
         "GetService",
         "RegisterInstance",
         "GetOperation",
+        "GetInstance",
         "DeregisterInstance",
         "UpdateInstanceCustomHealthStatus",
     ]
