@@ -106,8 +106,9 @@ pub(crate) const ENDPOINTS: &str = "cloudmap_resolver.endpoints";
 /// `max_stale` while the registry fails), labels `namespace`, `service`
 /// (published).
 pub(crate) const ANSWER_AGE: &str = "cloudmap_resolver.answer.age";
-/// Gauge: change streams (`Resolver::watch`) following a service's keys, labels
-/// `namespace`, `service` (published).
+/// Gauge: change streams (`Resolver::watch`) following a service's keys, those
+/// retrying through an outage included and the cache's own hold on zone-aware
+/// routing's callers' service not, labels `namespace`, `service` (published).
 pub(crate) const WATCHERS: &str = "cloudmap_resolver.watchers";
 /// Counter: zone-aware picks by `locality` (`local`: in the caller's zone;
 /// `spilled`: to another zone), resolver-wide (published from the striped counters;

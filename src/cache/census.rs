@@ -27,6 +27,9 @@ impl Cache {
         is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
     ) -> Census {
         let mut census = Census::new();
+        // The held key's watch (`held.rs`) keeps it refreshed on the cache's own
+        // behalf: not a change stream, so not a watcher of the gauge.
+        let held = self.held_slot();
         // A key without an answer (a service the registry does not know, or one
         // that failed from the start) has no gauges: any name a caller sends would
         // otherwise become series.
@@ -38,7 +41,11 @@ impl Cache {
                     req.service.clone(),
                 ))
                 .or_default();
-            gauges.watchers += slot.watchers.load(Ordering::Relaxed);
+            let own = held.as_deref().is_some_and(|h| std::ptr::eq(h, slot));
+            gauges.watchers += slot
+                .watchers
+                .load(Ordering::Relaxed)
+                .saturating_sub(usize::from(own));
             let age = now.saturating_duration_since(snap.confirmed_at);
             gauges.age = Some(gauges.age.map_or(age, |a| a.max(age)));
             // An expired answer (past `max_stale` while the registry fails) may

@@ -103,6 +103,14 @@ impl Cache {
         drop(loading);
     }
 
+    /// The slot the held key's watch is on, if loaded: that watch is the cache's
+    /// own, not a change stream's, and the `watchers` gauge leaves it out.
+    #[cfg(feature = "metrics")]
+    pub(super) fn held_slot(&self) -> Option<Arc<super::slot::Slot>> {
+        let state = lock(&self.held.state);
+        state.watched.as_ref().map(|w| w.slot().clone())
+    }
+
     fn held_turn(&self) -> Turn<'_> {
         let mut state = lock(&self.held.state);
         if state.watched.as_ref().is_some_and(|w| !w.is_gone()) {

@@ -140,6 +140,12 @@ impl Watched {
         (snap.state.load(Ordering::Relaxed) != EXPIRED).then_some(snap)
     }
 
+    /// The key's slot.
+    #[cfg(feature = "metrics")]
+    pub(super) fn slot(&self) -> &Arc<Slot> {
+        &self.slot
+    }
+
     /// Whether the key has no answer to report until it is loaded again.
     pub(crate) fn is_gone(&self) -> bool {
         self.live().is_none()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cloudmap_resolver::{Change, ErrorKind, Instance, Resolver, StaticDiscovery};
+use cloudmap_resolver::{Change, ErrorKind, Instance, Resolver, StaticDiscovery, ZoneAware};
 use futures::StreamExt;
 use metrics_util::debugging::DebuggingRecorder;
 use test_support::counting::Counting;
@@ -146,4 +146,56 @@ fn a_dropped_resolver_zeroes_its_gauges() {
     ] {
         assert_eq!(get(&seen, name, &labels), Some(0.0), "{name} {labels:?}");
     }
+}
+
+/// Zone-aware routing's callers' service is held watched by the cache itself, for
+/// the callers' spread: no change stream follows it. Before: its `watchers` gauge
+/// read 1 with no `watch` anywhere; now 0.
+#[test]
+fn the_callers_service_has_no_watcher_of_its_own() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let ip = "127.0.0.1".parse().unwrap();
+    let zoned = |id: &str, zone: &str| {
+        Instance::new(id)
+            .ipv4(ip)
+            .port(1)
+            .attribute("AVAILABILITY_ZONE", zone)
+    };
+    let registry = StaticDiscovery::new()
+        .with_instance("shared", "web", zoned("a", "use1-az1"))
+        .with_instance("shared", "callers", zoned("c", "use1-az1"));
+    metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let r = Resolver::builder(registry)
+                .zone_aware(ZoneAware::new("use1-az1").callers("shared", "callers"))
+                .seed(73)
+                .build()
+                .unwrap();
+            r.resolve("shared", "web").await.unwrap();
+            r.publish_metrics();
+            let seen = collect(&snapshotter);
+            let callers = [("namespace", "shared"), ("service", "callers")];
+            let healthy: Vec<_> = callers
+                .iter()
+                .chain(&[("state", "healthy")])
+                .copied()
+                .collect();
+            // The held key is in the cache, with its answer.
+            assert_eq!(
+                get(&seen, "cloudmap_resolver.endpoints", &healthy),
+                Some(1.0),
+                "{seen:#?}"
+            );
+            assert_eq!(
+                get(&seen, "cloudmap_resolver.watchers", &callers),
+                Some(0.0)
+            );
+        })
+    });
 }
