@@ -169,7 +169,9 @@ impl Registered {
     /// [`InvalidInput`](ErrorKind::InvalidInput) for
     /// [`HealthStatus::Unknown`], which cannot be set;
     /// [`InstanceNotFound`](ErrorKind::InstanceNotFound) when the instance is no
-    /// longer registered; [`Throttled`](ErrorKind::Throttled) or
+    /// longer registered, or another registration of its id replaced this one (a
+    /// replacement process: its health is not this handle's to set; checked with
+    /// GetInstance first, as [`drain`](Self::drain) does); [`Throttled`](ErrorKind::Throttled) or
     /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
     /// the deadline.
     pub async fn set_health(&self, status: HealthStatus) -> Result<(), Error> {
@@ -194,6 +196,24 @@ impl Registered {
         }
         let label = namespace_label(&self.namespace, self.ids.owner_account.as_deref());
         let deadline = Deadline::after(self.deadline, &label, &self.service);
+        // The status is set by instance id: an entry another registration made
+        // since (a replacement reusing the id) is not this one's to mark.
+        let gone = match self.entry(&deadline).await? {
+            Entry::Ours => None,
+            Entry::Gone => Some("is no longer registered".to_owned()),
+            Entry::Replaced(other) => Some(format!(
+                "was replaced by another registration of its id (CreatorRequestId {other})"
+            )),
+        };
+        if let Some(why) = gone {
+            return Err(Error::new(
+                ErrorKind::InstanceNotFound,
+                format!(
+                    "instance {:?} of service {:?} registered with CreatorRequestId {} {why}",
+                    self.instance_id, self.service, self.creator_request_id
+                ),
+            ));
+        }
         let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
         send_sdk(
             "UpdateInstanceCustomHealthStatus",
@@ -282,8 +302,8 @@ impl Registered {
 
     /// Whose the registry's entry under this instance id is (GetInstance): a
     /// process that registered the same id since (a replacement after a restart)
-    /// replaced this registration, and deregistering by id would take the
-    /// replacement out. Cloud Map keeps the `CreatorRequestId` of the registration
+    /// replaced this registration, and deregistering (or setting the health of)
+    /// the id would reach the replacement. Cloud Map keeps the `CreatorRequestId` of the registration
     /// that made the entry, so a different one is someone else's. An entry without
     /// one, or a caller refused GetInstance (an IAM policy written before drain
     /// asked for it), is taken to be this one's: deregistering by id is what drain
@@ -312,7 +332,7 @@ impl Registered {
                     instance_id = %self.instance_id,
                     error = %e,
                     "GetInstance refused (servicediscovery:GetInstance missing?): \
-                     deregistering by id without checking that the entry is this registration's"
+                     writing by id without checking that the entry is this registration's"
                 );
                 None
             }
@@ -377,7 +397,8 @@ impl Registered {
     }
 }
 
-/// Whose the registry's entry under the instance id is (`Registered::entry`).
+/// Whose the registry's entry under the instance id is (`Registered::entry`),
+/// asked before a write by instance id (drain, health).
 enum Entry {
     /// This registration's (or not known to be another's).
     Ours,

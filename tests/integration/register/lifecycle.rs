@@ -184,3 +184,32 @@ async fn a_drain_leaves_a_replacement_registered_under_the_same_id() {
     assert!(drained.deregistered(), "{drained:?}");
     assert!(instance_ids(&service_id).await.is_empty());
 }
+
+/// Nor does the old process's `set_health` reach the replacement: it would mark the
+/// new process unhealthy. Before: the update went to the id (the replacement read
+/// UNHEALTHY); now it fails as `InstanceNotFound` (this registration is gone) and
+/// the replacement stays HEALTHY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_health_leaves_a_replacement_alone() {
+    let (ns, service_id, proxy) = setup().await;
+    proxy.replace_on_register();
+    let sdk = sdk_config(&proxy.url());
+    let register = |port| {
+        Registration::new(&sdk, &ns, "web", "i-same")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(port)
+            .register()
+    };
+    let old = register(8080).await.unwrap();
+    let new = register(8081).await.unwrap();
+    new.set_health(HealthStatus::Healthy).await.unwrap();
+
+    let err = old.set_health(HealthStatus::Unhealthy).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InstanceNotFound, "{err}");
+    assert_eq!(
+        health_status(&service_id, "i-same").await.as_deref(),
+        Some("HEALTHY")
+    );
+    new.drain(Duration::ZERO).await.unwrap();
+    old.drain(Duration::ZERO).await.unwrap();
+}
