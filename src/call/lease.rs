@@ -87,6 +87,18 @@ impl Lease {
             .finish(&self.endpoint, self.began, now, outcome);
     }
 
+    /// Ends the request unanswered, given up by its caller (a measured service's
+    /// call dropped before its response): the time since the lease was taken is a
+    /// round-trip sample of the endpoint, a lower bound of the real one, as tower's
+    /// `PeakEwma` takes a dropped request's and `call` an abandoned attempt's. No
+    /// outcome: the caller, not the endpoint, gave up.
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn abandon(mut self) {
+        let now = Instant::now();
+        self.release();
+        self.recorder.given_up(&self.endpoint, self.began, now);
+    }
+
     fn release(&mut self) {
         let counted = std::mem::take(&mut self.counted);
         self.recorder.end(&self.endpoint, counted);

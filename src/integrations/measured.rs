@@ -6,7 +6,10 @@
 //! Each call takes a [`Lease`] on the endpoint (one request in flight) and finishes
 //! it with the response's outcome: the round-trip time feeds the endpoint's load,
 //! an error counts as a failure (at least `LoadOptions::failure_penalty`, and a step
-//! towards ejection), a call dropped before its response counts as cancelled.
+//! towards ejection); a call dropped before its response (a `timeout` around the
+//! balancer) gives the time it ran as a round-trip sample, with no outcome, as
+//! tower's `PeakEwma` does and `call` does for an attempt its caller abandons:
+//! without it an endpoint that hangs stayed unmeasured, the cheapest pick.
 
 use std::fmt;
 use std::future::Future;
@@ -26,7 +29,8 @@ use crate::resolver::{Resolver, Service as Held};
 /// One endpoint's service, measured: its `tower::load::Load` is the endpoint's cost
 /// as [`Selection::LeastLoaded`](crate::Selection::LeastLoaded) computes it
 /// (peak-EWMA round-trip time x (requests in flight + 1)), and each call through it
-/// is counted in flight and timed on the endpoint. Made by
+/// is counted in flight and timed on the endpoint (a call dropped before its
+/// response too, with no outcome). Made by
 /// [`Service::measured_discover`](crate::Service::measured_discover) and
 /// [`Resolver::measured_discover`].
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
@@ -82,7 +86,8 @@ impl<S> fmt::Debug for Measured<S> {
 }
 
 /// The response future of a [`Measured`] service: finishes the call's lease with
-/// the outcome when the response arrives.
+/// the outcome when the response arrives. Dropped before that, the time it ran is
+/// a round-trip sample of the endpoint (a lower bound; no outcome).
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct MeasuredFuture<F> {
     // Boxed: the lease beside it needs no pinning, and the crate has no unsafe code
@@ -107,6 +112,17 @@ where
             });
         }
         Poll::Ready(out)
+    }
+}
+
+// Dropped unanswered: a caller that gives up on an endpoint that hangs must still
+// teach the balancer that it is slow, or its cost stays the never-measured
+// default, below the answering endpoints' measured one, and it keeps every pick.
+impl<F> Drop for MeasuredFuture<F> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.abandon();
+        }
     }
 }
 
