@@ -125,12 +125,21 @@ pub(crate) fn print_table(rows: &Rows) -> std::io::Result<()> {
 }
 
 fn describe(id: &str, r: &Row) -> String {
-    format!(
-        "{id} {}:{} {} {}",
-        r.address, r.port, r.health, r.attributes
-    )
-    .trim_end()
-    .to_owned()
+    format!("{id} {} {} {}", r.socket(), r.health, r.attributes)
+        .trim_end()
+        .to_owned()
+}
+
+impl Row {
+    /// `address:port`, with an IPv6 address in brackets (`[fd00::1]:8080`), as in a
+    /// URL: without them the port reads as the address's last group.
+    fn socket(&self) -> String {
+        if self.address.contains(':') {
+            format!("[{}]:{}", self.address, self.port)
+        } else {
+            format!("{}:{}", self.address, self.port)
+        }
+    }
 }
 
 /// What changed between two answers (every instance, whatever its health), as seen
@@ -148,10 +157,7 @@ pub(crate) fn diff(before: &Rows, after: &Rows, health: HealthFilter) -> Vec<Str
             Some(old) if old != r && (was || is) => {
                 let mut what = Vec::new();
                 if (&old.address, &old.port) != (&r.address, &r.port) {
-                    what.push(format!(
-                        "address {}:{} -> {}:{}",
-                        old.address, old.port, r.address, r.port
-                    ));
+                    what.push(format!("address {} -> {}", old.socket(), r.socket()));
                 }
                 if old.health != r.health {
                     what.push(format!("health {} -> {}", old.health, r.health));
@@ -231,5 +237,22 @@ mod tests {
         let mut after = before.clone();
         after.get_mut("x").unwrap().port = "81".into();
         assert!(diff(&before, &after, HealthFilter::Healthy).is_empty());
+    }
+
+    /// An IPv6 address is bracketed before its port, as in a URL: `fd00::1:80`
+    /// could be the address `fd00::1:80` without a port.
+    #[test]
+    fn ipv6_addresses_are_bracketed_before_their_port() {
+        let before = rows(&[("v6", "HEALTHY")]);
+        let mut after = before.clone();
+        after.get_mut("v6").unwrap().address = "fd00::1".into();
+        assert_eq!(
+            diff(&before, &after, HealthFilter::All),
+            ["~ v6 [fd00::1]:80 HEALTHY (address 10.0.0.1:80 -> [fd00::1]:80)"]
+        );
+        assert_eq!(
+            diff(&Rows::new(), &after, HealthFilter::All),
+            ["+ v6 [fd00::1]:80 HEALTHY"]
+        );
     }
 }
