@@ -344,3 +344,69 @@ async fn a_service_deleted_after_an_outage_fails_requests_at_once() {
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("not found"), "{status:?}");
 }
+
+/// Waits (at most 10 s) until an RPC through `channel` succeeds.
+async fn served(channel: &cloudmap_resolver::GrpcChannel, what: &str) {
+    let served = async {
+        while check(channel).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+}
+
+/// A channel with no endpoint fails its requests at once, so nothing reads its
+/// change queue: the feeder must never wait on a full queue then, or it never
+/// hands over the next endpoint. With a one-change buffer: a host-name endpoint
+/// (skipped) queued a removal of what was never inserted, and a removal queued
+/// while the client was idle stayed there; in both cases the endpoint registered
+/// next was never served (RPCs failed for the 10 s waited). Now both are served.
+#[tokio::test]
+async fn a_channel_with_no_endpoint_learns_of_the_next_one() {
+    let servers = three_health_servers().await;
+    // Skipped (host name): the channel has no endpoint to dial.
+    let registry = StaticDiscovery::new().with_instance(
+        "shared",
+        "health",
+        Instance::new("host").cname("localhost.invalid").port(1),
+    );
+    let resolver = Resolver::builder(registry.clone())
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let channel = resolver.grpc("shared", "health").buffer(1).build().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), check(&channel))
+        .await
+        .expect("the request fails instead of waiting")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    registry.register("shared", "health", instance(0, &servers[0]));
+    served(
+        &channel,
+        "the endpoint registered after a host-name one is served",
+    )
+    .await;
+
+    // The client idle while its endpoint leaves: the removal waits in the queue.
+    let mut observer = resolver.watch("shared", "health");
+    registry.deregister("shared", "health", "s0");
+    removed(&mut observer, "s0").await;
+    // Read by one RPC (which the queued endpoint may still serve), then none left.
+    let _ = check(&channel).await;
+    let gone = async {
+        while check(&channel).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), gone)
+        .await
+        .expect("no endpoint once s0 is removed");
+    registry.register("shared", "health", instance(1, &servers[1]));
+    served(
+        &channel,
+        "the endpoint registered after an idle removal is served",
+    )
+    .await;
+}

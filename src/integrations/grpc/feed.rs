@@ -112,30 +112,32 @@ pub(super) async fn feed<F>(
             Some(Item::Change(Ok(change))) => change,
         };
         let id = change.instance_id().to_owned();
-        let out = match &change {
-            Change::Insert(ep) => match make(ep) {
-                Some(endpoint) => {
-                    held.insert(id.clone());
-                    TonicChange::Insert(id, endpoint)
-                }
-                None => {
-                    held.remove(&id);
-                    TonicChange::Remove(id)
-                }
-            },
-            Change::Remove(_) => {
-                held.remove(&id);
-                TonicChange::Remove(id)
-            }
+        let endpoint = match &change {
+            Change::Insert(ep) => make(ep),
+            Change::Remove(_) => None,
         };
-        if sender.send(out).await.is_err() {
-            return;
-        }
-        // An endpoint queued: serving (the channel applies its queue before it
-        // picks). Going down to none waits for the answer's end (`Synced`), so
-        // that a replaced endpoint does not fail requests in between.
+        let out = match endpoint {
+            Some(endpoint) => {
+                held.insert(id.clone());
+                TonicChange::Insert(id, endpoint)
+            }
+            // Only what the channel holds is taken out: a removal of an endpoint it
+            // never had (one `make` left out) would only take a place in its queue.
+            None if held.remove(&id) => TonicChange::Remove(id),
+            None => continue,
+        };
+        // Serving as soon as an endpoint is to be queued, before the send: the
+        // channel's queue is read only by requests sent to it, and while it has no
+        // endpoint a `GrpcChannel` fails them at once, so a send waiting on a full
+        // queue then would wait for good. A request let through early waits in
+        // the channel for the change it reads itself. Going down to none waits for
+        // the answer's end (`Synced`), so that a replaced endpoint does not fail
+        // requests in between.
         if !held.is_empty() {
             report(&held, None);
+        }
+        if sender.send(out).await.is_err() {
+            return;
         }
     }
 }
