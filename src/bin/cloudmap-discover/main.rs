@@ -15,7 +15,8 @@
 //! throttled by the registry; 6 registry unreachable or timed out; 7 the AWS
 //! configuration is unusable (region, credentials, endpoint URL) or the registry
 //! refused the caller (access denied, unknown or expired credentials). With
-//! `--watch`, a run whose last refresh failed exits with that refresh's code. Errors
+//! `--watch`, a run whose last refresh failed exits with that refresh's code (an
+//! empty answer after the first is no failure: its instances left). Errors
 //! are one line on stderr. A closed output (`| head`) ends the tool quietly, with 0.
 //!
 //! Registry strings (ids, addresses, attributes) are printed with their control
@@ -192,6 +193,13 @@ async fn run(args: &Args) -> Result<(), Stop> {
         let fetched = tokio::select! {
             fetched = fetch(&resolver, args) => fetched,
             _ = &mut ctrl_c => break,
+        };
+        // An empty answer is an answer: the instances shown before left (or no
+        // longer match) and print as removals. Only the first answer, which has
+        // nothing to compare with, fails on it (exit 4).
+        let fetched = match fetched {
+            Err(err) if err.kind() == ErrorKind::NoEndpoints => Ok(Rows::new()),
+            other => other,
         };
         match fetched {
             Ok(now) => {

@@ -102,6 +102,39 @@ async fn watch_prints_changes() {
     w.child.kill().await.unwrap();
 }
 
+/// `--watch` of a service whose every instance is deregistered prints each as `-`:
+/// an empty answer is an answer, not a failed refresh. Before, every refresh
+/// after it printed `error: no endpoints ...` and no instance was shown leaving.
+#[tokio::test]
+async fn watch_shows_the_last_instances_leave() {
+    let (ns, svc) = fleet().await;
+    let url = moto_url();
+    let mut w = Watching::watch(&ns, &url, &["--count", "300"]);
+    while w.next().await != "3 endpoints" {}
+    for id in ["i-1", "i-2", "i-3"] {
+        moto::admin()
+            .deregister_instance()
+            .service_id(&svc)
+            .instance_id(id)
+            .send()
+            .await
+            .unwrap();
+    }
+    let mut gone = Vec::new();
+    while gone.len() < 3 {
+        let l = w.next().await;
+        assert!(!l.contains(": error: "), "{l}");
+        if let Some((_, removal)) = l.split_once(": - ") {
+            gone.push(removal.split_whitespace().next().unwrap().to_owned());
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, ["i-1", "i-2", "i-3"]);
+    let l = w.next().await;
+    assert!(l.ends_with("no change"), "{l}");
+    w.child.kill().await.unwrap();
+}
+
 /// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
 fn assert_timestamped(line: &str) {
     let (ts, rest) = line.split_once(' ').unwrap();
