@@ -410,3 +410,21 @@ async fn a_channel_with_no_endpoint_learns_of_the_next_one() {
     )
     .await;
 }
+
+/// A channel made from a handle whose resolver is gone fails its requests at once
+/// with `UNAVAILABLE`, saying so.
+#[tokio::test]
+async fn a_channel_from_a_handle_without_its_resolver_says_so() {
+    let resolver = Resolver::builder(StaticDiscovery::new()).build().unwrap();
+    let web = resolver.service("shared", "health");
+    drop(resolver);
+    let channel = web.grpc_channel().unwrap();
+    for _ in 0..3 {
+        let status = tokio::time::timeout(Duration::from_secs(5), check(&channel))
+            .await
+            .expect("the request fails instead of waiting")
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("dropped"), "{status:?}");
+    }
+}

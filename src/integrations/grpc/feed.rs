@@ -90,6 +90,10 @@ pub(super) async fn feed<F>(
             status.send_replace(now);
         }
     };
+    // The error the stream yielded last, until an answer follows it: a stream
+    // ends only after a final one (a gone resolver, an invalid name), which is
+    // then the requests' reason rather than the end itself.
+    let mut failed: Option<String> = None;
     loop {
         let next = tokio::select! {
             next = std::future::poll_fn(|cx| watch.poll_item(cx)) => next,
@@ -97,20 +101,27 @@ pub(super) async fn feed<F>(
         };
         let change = match next {
             None => {
-                report(&held, Some("the service's change stream ended".into()));
+                let why = match failed {
+                    Some(why) => format!("the service's change stream ended: {why}"),
+                    None => "the service's change stream ended".into(),
+                };
+                report(&held, Some(why));
                 return;
             }
             Some(Item::Synced) => {
+                failed = None;
                 report(&held, None);
                 continue;
             }
             Some(Item::Change(Err(err))) => {
                 tracing::warn!(error = %err, "discovery failing; the gRPC channel keeps its endpoints");
                 report(&held, Some(format!("no endpoint: discovery failed: {err}")));
+                failed = Some(err.to_string());
                 continue;
             }
             Some(Item::Change(Ok(change))) => change,
         };
+        failed = None;
         let id = change.instance_id().to_owned();
         let endpoint = match &change {
             Change::Insert(ep) => make(ep),
