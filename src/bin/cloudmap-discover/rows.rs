@@ -9,13 +9,16 @@ use crate::say;
 /// `s` with every control or invisible formatting character escaped as the
 /// library's logs do (Rust's `{:?}` escapes: `\u{1b}`, `\n`), and backslashes
 /// doubled so that an escape cannot be forged: the registry's strings are not the
-/// terminal's commands.
+/// terminal's commands. Invisible: Unicode's format characters (bidirectional
+/// marks, embeddings, overrides and isolates, joiners, the soft hyphen, the BOM)
+/// and the line and paragraph separators.
 pub(crate) fn clean(s: &str) -> String {
     let risky = |c: char| {
         c == '\\'
             || c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-                | '\u{2066}'..='\u{2069}' | '\u{feff}')
+            || matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
     };
     if !s.chars().any(risky) {
         return s.to_owned();
@@ -216,6 +219,14 @@ mod tests {
         assert_eq!(clean("a\nb\\"), "a\\nb\\\\");
         // Right-to-left override: invisible, reorders what follows.
         assert_eq!(clean("a\u{202e}b"), "a\\u{202e}b");
+        // The Arabic letter mark (bidirectional), a word joiner, a line separator.
+        assert_eq!(clean("a\u{61c}b"), "a\\u{61c}b");
+        assert_eq!(clean("a\u{2060}b\u{2028}"), "a\\u{2060}b\\u{2028}");
+        assert_eq!(
+            clean("caf\u{e9} \u{4e1c}"),
+            "caf\u{e9} \u{4e1c}",
+            "printable stays"
+        );
         assert!(!clean("\u{9b}31m").chars().any(char::is_control));
     }
 
