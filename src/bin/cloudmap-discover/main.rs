@@ -157,13 +157,24 @@ async fn run(args: &Args) -> Result<(), Stop> {
     .options(opts)
     .build()?;
 
-    let mut previous = fetch(&resolver, args).await?;
+    let mut previous = match fetch(&resolver, args).await {
+        // A watch asks the registry for every instance (health ALL): its empty
+        // answer is told below with the caller's filters, not the watch's.
+        Err(err) if args.watch && err.kind() == ErrorKind::NoEndpoints => Rows::new(),
+        fetched => fetched?,
+    };
     let shown = filter_health(&previous, args.health.into());
     if shown.is_empty() {
+        let matching: Vec<String> = args.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let matching = if matching.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {}", matching.join(", "))
+        };
         return Err(Stop::Registry(Error::new(
             ErrorKind::NoEndpoints,
             format!(
-                "no instance of service {:?} in namespace {:?} has health {}",
+                "no instance of service {:?} in namespace {:?}{matching} has health {}",
                 args.service,
                 args.namespace,
                 HealthFilter::from(args.health)

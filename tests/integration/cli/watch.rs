@@ -135,6 +135,31 @@ async fn watch_shows_the_last_instances_leave() {
     w.child.kill().await.unwrap();
 }
 
+/// `--watch` of a service with no instance exits 4 as a plain run does, naming the
+/// filters the caller gave. Before, it named the one the watch asks the registry
+/// with ("matching health ALL"), which the caller never gave.
+#[tokio::test]
+async fn watch_of_an_empty_service_names_the_callers_filters() {
+    let ns = unique("cli-empty");
+    http_service(&ns, "web").await;
+    let url = moto_url();
+    for (more, names) in [
+        (&[][..], "health HEALTHY_OR_ELSE_ALL"),
+        (
+            &["--attr", "stage=prod", "--health", "healthy"][..],
+            "stage=prod",
+        ),
+    ] {
+        let mut args = vec![ns.as_str(), "web", "--endpoint-url", &url, "--watch"];
+        args.extend_from_slice(more);
+        let r = run(&args).await;
+        assert_eq!(r.code, 4, "{more:?}: {}", r.stderr);
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(!r.stderr.contains("health ALL"), "{more:?}: {}", r.stderr);
+        assert!(r.stderr.contains(names), "{more:?}: {}", r.stderr);
+    }
+}
+
 /// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
 fn assert_timestamped(line: &str) {
     let (ts, rest) = line.split_once(' ').unwrap();
