@@ -17,7 +17,8 @@
 //! refused the caller (access denied, unknown or expired credentials). With
 //! `--watch`, a run whose last refresh failed exits with that refresh's code (an
 //! empty answer after the first is no failure: its instances left). Errors
-//! are one line on stderr. A closed output (`| head`) ends the tool quietly, with 0.
+//! are one line on stderr (a closed stderr changes no exit code). A closed output
+//! (`| head`) ends the tool quietly, with 0.
 //!
 //! Registry strings (ids, addresses, attributes) are printed with their control
 //! characters escaped (`\u{1b}`), so that an attribute cannot clear or retitle the
@@ -50,17 +51,25 @@ async fn main() -> ExitCode {
         // say it to.
         Err(Stop::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(Stop::Output(e)) => {
-            eprintln!("cloudmap-discover: cannot write the output: {e}");
+            complain(&format!("cloudmap-discover: cannot write the output: {e}"));
             ExitCode::from(1)
         }
         Err(Stop::Registry(err)) => {
-            eprintln!("cloudmap-discover: {}", one_line(&err));
+            let mut text = format!("cloudmap-discover: {}", one_line(&err));
             if err.kind() == ErrorKind::InvalidInput {
-                eprintln!("For more information, try '--help'.");
+                text.push_str("\nFor more information, try '--help'.");
             }
+            complain(&text);
             ExitCode::from(exit_code(err.kind()))
         }
     }
+}
+
+/// Writes an error to stderr. A stderr that cannot be written to (closed, `2>&1 |
+/// grep -q`) is ignored rather than `eprintln!`'s panic: the exit code still says
+/// what happened.
+fn complain(text: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{text}");
 }
 
 fn exit_code(kind: ErrorKind) -> u8 {

@@ -223,6 +223,38 @@ async fn errors_are_one_line_with_their_own_exit_codes() {
     assert!(r.stderr.contains("stage=nope"), "{}", r.stderr);
 }
 
+/// An error told to a closed standard error (a reader that went away, `2>&1 |
+/// grep -q`) keeps its exit code: before, `eprintln!` panicked and the tool
+/// exited 101 instead of 2 or 6.
+#[tokio::test]
+async fn errors_into_a_closed_stderr_keep_their_exit_codes() {
+    let (dead, _held) = closed_port();
+    let dead = format!("http://{dead}");
+    for (args, code) in [
+        (
+            &["bad name!", "web", "--endpoint-url", "http://127.0.0.1:9"][..],
+            2,
+        ),
+        (
+            &["shared", "web", "--endpoint-url", &dead, "--timeout", "5"][..],
+            6,
+        ),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut child = discover(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(writer))
+            .spawn()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .expect("the tool finishes within 60 s")
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}
+
 /// A configuration that cannot work is not an outage: exit 7, naming the cause.
 #[tokio::test]
 async fn configuration_errors_exit_7() {
