@@ -1,6 +1,7 @@
 //! Instances turned into endpoints: reading the address attributes, applying the
 //! address policy, and warning once per change about an instance that is skipped.
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -148,13 +149,15 @@ impl ParseOptions {
     }
 
     /// Parses every instance, skipping the malformed ones with a warning naming them,
-    /// once per change of the instance's problem (not on every refresh).
+    /// once per change of the instance's problem (not on every refresh). An instance
+    /// id listed twice is one instance, the later entry (see [`latest_per_id`]).
     pub(crate) fn parse_all(
         &self,
         namespace: &str,
         service: &str,
         instances: Vec<Instance>,
     ) -> Vec<EndpointData> {
+        let instances = latest_per_id(instances);
         let mut out = Vec::with_capacity(instances.len());
         let label = Arc::new((namespace.into(), service.into()));
         for instance in instances {
@@ -182,6 +185,28 @@ impl ParseOptions {
         }
         out
     }
+}
+
+/// One entry per instance id, at the place its id first appears, holding the last
+/// entry listed with that id. Cloud Map holds one instance per id (RegisterInstance
+/// replaces the instance of the same id), but a source can list an id twice: moto
+/// appends a re-registration after the old entry, a `Discover` of one's own may
+/// merge lists. Served as two endpoints, one instance would get a double share of
+/// picks and be tried twice by one `call`, which promises distinct endpoints; the
+/// later entry is the newer registration, as Cloud Map would keep it.
+fn latest_per_id(instances: Vec<Instance>) -> Vec<Instance> {
+    let mut at: HashMap<String, usize> = HashMap::with_capacity(instances.len());
+    let mut out: Vec<Instance> = Vec::with_capacity(instances.len());
+    for instance in instances {
+        match at.entry(instance.id().to_owned()) {
+            Entry::Occupied(seen) => out[*seen.get()] = instance,
+            Entry::Vacant(new) => {
+                new.insert(out.len());
+                out.push(instance);
+            }
+        }
+    }
+    out
 }
 
 /// Remembers which warnings about registry entries were already given, as hashes of
@@ -338,6 +363,46 @@ mod tests {
         );
         assert_eq!(eps.len(), 1);
         assert_eq!(eps[0].instance_id(), "good");
+    }
+
+    /// An id listed twice (moto appends a re-registration) is one endpoint, the later
+    /// entry, at the place the id first appeared: two would double its share of
+    /// picks and let one `call` try it twice.
+    #[test]
+    fn an_instance_id_listed_twice_is_one_endpoint_the_later_entry() {
+        let at = |id: &str, last: u8, port: u16| {
+            Instance::new(id)
+                .ipv4(Ipv4Addr::new(10, 0, 0, last))
+                .port(port)
+        };
+        let eps = opts().parse_all(
+            "ns",
+            "svc",
+            vec![
+                at("a", 1, 80),
+                at("b", 2, 80),
+                at("a", 1, 80),
+                at("a", 3, 81),
+            ],
+        );
+        let got: Vec<_> = eps
+            .iter()
+            .map(|e| (e.instance_id().to_owned(), e.ip, e.port))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_owned(), Some(IpAddr::from([10, 0, 0, 3])), Some(81)),
+                ("b".to_owned(), Some(IpAddr::from([10, 0, 0, 2])), Some(80)),
+            ]
+        );
+        // The later entry decides, malformed or not: the instance is skipped.
+        let eps = opts().parse_all(
+            "ns",
+            "svc",
+            vec![at("a", 1, 80), Instance::new("a").attribute(ATTR_PORT, "x")],
+        );
+        assert!(eps.is_empty());
     }
 
     #[test]

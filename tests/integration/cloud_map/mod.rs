@@ -365,6 +365,42 @@ async fn malformed_and_link_local_instances_are_skipped() {
     }
 }
 
+/// An instance registered again (moto appends the re-registration after the old
+/// entry; Cloud Map replaces it) is one endpoint, at its new address, tried once by
+/// a failing `call`: `resolve_all` listed it twice, the stale port first.
+#[tokio::test]
+async fn an_instance_registered_again_is_one_endpoint_at_its_new_address() {
+    let ns = unique("again");
+    let svc = http_service(&ns, "api").await;
+    register(
+        &svc,
+        "a",
+        &[("AWS_INSTANCE_IPV4", &ip(1)), ("AWS_INSTANCE_PORT", "80")],
+    )
+    .await;
+    register(
+        &svc,
+        "a",
+        &[("AWS_INSTANCE_IPV4", &ip(1)), ("AWS_INSTANCE_PORT", "81")],
+    )
+    .await;
+    let (_p, b) = proxied().await;
+    let r = b.build().unwrap();
+    let all = r.resolve_all(&ns, "api").await.unwrap();
+    let got: Vec<_> = all.iter().map(|e| e.socket_addr()).collect();
+    assert_eq!(got, [Some("127.0.0.1:81".parse().unwrap())]);
+    let tries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = tries.clone();
+    let failed = r
+        .call(&ns, "api", move |_ep| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { Err::<(), _>("refused") }
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(tries.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
 #[tokio::test]
 async fn invalid_names_make_no_network_call() {
     let (p, b) = proxied().await;
