@@ -19,8 +19,9 @@ mod parse;
 pub(crate) mod record;
 mod state;
 
+pub(crate) use crate::util::warn_once::WarnOnce;
 pub(crate) use handles::Handles;
-pub(crate) use parse::{ParseOptions, WarnOnce};
+pub(crate) use parse::ParseOptions;
 use state::Identity;
 pub(crate) use state::{EjectedCount, EndpointState, StateTable};
 

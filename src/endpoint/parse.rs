@@ -13,7 +13,7 @@ use crate::discover::instance::{
     Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
 use crate::metrics::SkipReason;
-use crate::util::lock::lock;
+use crate::util::warn_once::WarnOnce;
 
 /// How instances are turned into endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -208,54 +208,6 @@ fn latest_per_id(instances: Vec<Instance>) -> Vec<Instance> {
     }
     out
 }
-
-/// Remembers which warnings about registry entries were already given, as hashes of
-/// what the warning is about (key, instance id, the problem with its value), so that
-/// the same bad entry is logged once, not on every refresh, and again when it changes.
-///
-/// Bounded: after [`WarnOnce::CAPACITY`] distinct warnings it forgets them all and
-/// starts over, so at worst a warning is repeated once per that many. Clones share
-/// the memory. The hasher is randomly keyed, so a registry cannot aim collisions at it
-/// to silence a warning.
-#[derive(Clone, Default)]
-pub(crate) struct WarnOnce(Arc<std::sync::Mutex<WarnedSet>>);
-
-#[derive(Default)]
-struct WarnedSet {
-    seen: std::collections::HashSet<u64>,
-    hasher: std::hash::RandomState,
-}
-
-impl WarnOnce {
-    /// How many distinct warnings are remembered before starting over.
-    pub(crate) const CAPACITY: usize = 4096;
-
-    /// Whether a warning about `what` has not been given yet; records it.
-    pub(crate) fn first_time(&self, what: impl std::hash::Hash) -> bool {
-        use std::hash::BuildHasher;
-        let mut set = lock(&self.0);
-        let h = set.hasher.hash_one(what);
-        if set.seen.len() >= Self::CAPACITY && !set.seen.contains(&h) {
-            set.seen.clear();
-        }
-        set.seen.insert(h)
-    }
-}
-
-impl fmt::Debug for WarnOnce {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WarnOnce").finish_non_exhaustive()
-    }
-}
-
-/// Memory of past warnings is not part of what parsing does.
-impl PartialEq for WarnOnce {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for WarnOnce {}
 
 fn valid_host(h: &str) -> bool {
     let h = h.strip_suffix('.').unwrap_or(h);
@@ -536,14 +488,5 @@ mod tests {
             opts().parse_all("ns", "svc", bad("+80"));
         });
         assert_eq!(log.matches("skipping instance").count(), 1, "{log}");
-    }
-
-    #[test]
-    fn warning_memory_is_bounded() {
-        let w = WarnOnce::default();
-        for n in 0..(WarnOnce::CAPACITY * 3) {
-            w.first_time(n);
-        }
-        assert!(w.0.lock().unwrap().seen.len() <= WarnOnce::CAPACITY);
     }
 }

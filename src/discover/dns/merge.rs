@@ -195,6 +195,7 @@ pub(super) fn with_ip(inst: Instance, ip: IpAddr) -> Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::dns::lookup::SrvRecord;
     use crate::discover::dns::tests::a;
     use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RecordType};
 use hickory_resolver::TokioResolver;
 use tokio::time::Instant;
 
@@ -23,14 +23,15 @@ use crate::discover::health_filter::HealthFilter;
 use crate::discover::instance::Instance;
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::lock;
+use crate::util::warn_once::WarnOnce;
 
 mod lookup;
 mod merge;
 mod options;
+mod srv;
 
 use lookup::{
-    address_record, build_client, host_key, lookup_addresses, min_opt, pick_families, query,
-    AddrRecord, Addresses, Answer, Found, Records, SrvAnswer, SrvRecord,
+    build_client, lookup_addresses, min_opt, query, AddrRecord, Addresses, Answer, Found, SrvAnswer,
 };
 use merge::{Merged, Seen};
 pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT};
@@ -92,6 +93,9 @@ pub struct DnsDiscovery {
     client: Result<TokioResolver, Error>,
     /// Merged answers, per fully qualified name.
     seen: Arc<Mutex<Merged>>,
+    /// SRV records already warned about, so that an unusable one is logged once,
+    /// not on every lookup (as skipped instances are).
+    warned: WarnOnce,
 }
 
 impl fmt::Debug for DnsDiscovery {
@@ -176,6 +180,7 @@ impl DnsDiscovery {
             servers,
             opts,
             seen: Arc::default(),
+            warned: WarnOnce::default(),
         }
     }
 
@@ -324,116 +329,6 @@ impl DnsDiscovery {
             format!("no DNS records at {fqdn} (NXDOMAIN)"),
         )
     }
-
-    /// The SRV records of an answer, with their targets' addresses: from the
-    /// additional section where it has them, looked up (concurrently) otherwise.
-    async fn resolve_srv(
-        &self,
-        client: &TokioResolver,
-        name: &Name,
-        lookup: Records,
-    ) -> Result<SrvAnswer, Error> {
-        let pref = self.opts.ip_preference;
-        let chain_ttl = lookup.chain_ttl();
-        let mut answer = SrvAnswer::default();
-        let mut pending: Vec<(String, Name)> = Vec::new();
-        for record in &lookup.answers {
-            let RData::SRV(srv) = &record.data else {
-                continue;
-            };
-            let target = host_key(&srv.target);
-            if srv.target.is_root() {
-                tracing::debug!(name = %name, "SRV target \".\": service not offered there");
-                continue;
-            }
-            if srv.port == 0 {
-                tracing::warn!(name = %name, target = %target, "skipping SRV record with port 0");
-                continue;
-            }
-            answer.srv.push(SrvRecord {
-                priority: srv.priority,
-                weight: srv.weight,
-                port: srv.port,
-                target: target.clone(),
-                ttl: record.ttl.min(chain_ttl),
-            });
-            if answer.targets.iter().any(|(t, _)| *t == target)
-                || pending.iter().any(|(t, _)| *t == target)
-            {
-                continue;
-            }
-            let extra: Vec<_> = lookup
-                .additionals
-                .iter()
-                .filter(|r| r.name == srv.target)
-                .filter_map(address_record)
-                .collect();
-            let extra = pick_families(extra, pref);
-            if extra.is_empty() {
-                pending.push((target, srv.target.clone()));
-            } else {
-                answer
-                    .targets
-                    .extend(extra.into_iter().map(|a| (target.clone(), a)));
-            }
-        }
-
-        let mut transient = None;
-        if !pending.is_empty() {
-            let mut tasks = tokio::task::JoinSet::new();
-            for (target, target_name) in pending {
-                let client = client.clone();
-                tasks.spawn(async move {
-                    let found = lookup_addresses(&client, &target_name, pref).await;
-                    (target, found)
-                });
-            }
-            while let Some(joined) = tasks.join_next().await {
-                let (target, found) = match joined {
-                    Ok(done) => done,
-                    Err(e) => {
-                        transient = Some(Error::with_source(
-                            ErrorKind::Unavailable,
-                            "SRV target lookup did not finish",
-                            e,
-                        ));
-                        continue;
-                    }
-                };
-                match found {
-                    Ok(Addresses::Found(addrs)) => answer
-                        .targets
-                        .extend(addrs.into_iter().map(|a| (target.clone(), a))),
-                    Ok(Addresses::NoData(_) | Addresses::NxDomain) => {
-                        tracing::warn!(name = %name, target = %target, "skipping SRV target without an address record");
-                    }
-                    Err(e) => {
-                        tracing::warn!(name = %name, target = %target, error = %e, "SRV target lookup failed");
-                        transient = Some(e);
-                    }
-                }
-            }
-        }
-
-        // Only records with an address are used; their TTLs set the answer's.
-        answer
-            .srv
-            .retain(|s| answer.targets.iter().any(|(t, _)| *t == s.target));
-        if answer.srv.is_empty()
-            && let Some(e) = transient
-        {
-            // Every target failed for a reason that may pass: keep the last
-            // good answer rather than report none.
-            return Err(e);
-        }
-        answer.ttl = answer
-            .srv
-            .iter()
-            .map(|s| s.ttl)
-            .chain(answer.targets.iter().map(|(_, a)| a.ttl))
-            .min();
-        Ok(answer)
-    }
 }
 
 impl Discover for DnsDiscovery {
@@ -479,6 +374,7 @@ fn check_request(req: &DiscoverRequest) -> Result<(), Error> {
 
 #[cfg(test)]
 mod tests {
+    use super::lookup::pick_families;
     use super::*;
 
     /// An address record, for the tests here and in `merge`.
