@@ -39,10 +39,17 @@ impl fmt::Display for HealthFilter {
     }
 }
 
-/// Applies DiscoverInstances' rules to `instances`, in place:
-/// every query parameter must match; the optional parameters are applied only if
-/// some remaining instance matches all of them, otherwise ignored; then the health
-/// filter. Used by sources that answer locally (static, DNS).
+/// Applies DiscoverInstances' rules to `instances`, in place: every query parameter
+/// must match; then the health filter; then the optional parameters, applied only if
+/// some remaining instance matches all of them, otherwise ignored. Used by sources
+/// that answer locally (static, DNS).
+///
+/// Health comes before the optional parameters, as moto (the emulator the tests
+/// check `CloudMapDiscovery` against) applies them, and as a preference should: it
+/// must not choose an unhealthy instance over healthy ones. The other
+/// way round, an optional `AVAILABILITY_ZONE` matching only an unhealthy instance
+/// left that one alone, so `HEALTHY` answered nothing and `HEALTHY_OR_ELSE_ALL`
+/// failed open to it, with healthy instances in the other zones.
 pub(crate) fn apply(
     instances: &mut Vec<Instance>,
     query: &[(String, String)],
@@ -50,9 +57,13 @@ pub(crate) fn apply(
     health: HealthFilter,
 ) {
     instances.retain(|i| matches_all(i, query));
+    retain_health(instances, health);
     if !optional.is_empty() && instances.iter().any(|i| matches_all(i, optional)) {
         instances.retain(|i| matches_all(i, optional));
     }
+}
+
+fn retain_health(instances: &mut Vec<Instance>, health: HealthFilter) {
     match health {
         HealthFilter::All => {}
         HealthFilter::Healthy => instances.retain(|i| i.health_status() == HealthStatus::Healthy),
@@ -127,6 +138,28 @@ mod tests {
             HealthFilter::All,
         );
         assert_eq!(ids(&v), ["a", "b"]);
+    }
+
+    /// An optional parameter matching only an unhealthy instance is ignored, as
+    /// Cloud Map ignores it: it gave no instance under `HEALTHY` and the unhealthy
+    /// one under `HEALTHY_OR_ELSE_ALL`.
+    #[test]
+    fn health_comes_before_optional_parameters() {
+        let run = |h| {
+            let mut v = vec![
+                Instance::new("a")
+                    .attribute("az", "1")
+                    .health(HealthStatus::Unhealthy),
+                Instance::new("b").attribute("az", "2"),
+                Instance::new("c").attribute("az", "3"),
+            ];
+            apply(&mut v, &[], &p("az", "1"), h);
+            ids(&v).join(",")
+        };
+        assert_eq!(run(HealthFilter::Healthy), "b,c");
+        assert_eq!(run(HealthFilter::HealthyOrElseAll), "b,c");
+        assert_eq!(run(HealthFilter::All), "a");
+        assert_eq!(run(HealthFilter::Unhealthy), "a");
     }
 
     #[test]
