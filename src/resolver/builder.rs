@@ -96,7 +96,8 @@ impl ResolverBuilder {
         self
     }
 
-    /// The port for instances registered without one. Default: none.
+    /// The port for instances registered without one, 1 to 65535 (0 is
+    /// `InvalidInput` when built). Default: none.
     pub fn default_port(mut self, port: u16) -> Self {
         self.opts.default_port = Some(port);
         self

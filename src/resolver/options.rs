@@ -52,8 +52,10 @@ pub struct ResolverOptions {
     /// multicast, broadcast and the EC2 service addresses (`fd00:ec2::/64`); see
     /// [`AddressPolicy`].
     pub address_policy: AddressPolicy,
-    /// The port for instances registered without `AWS_INSTANCE_PORT`. Default: none
-    /// (such endpoints have no [`socket_addr`](crate::Endpoint::socket_addr)).
+    /// The port for instances registered without `AWS_INSTANCE_PORT`, 1 to 65535
+    /// (0 is [`InvalidInput`](crate::ErrorKind::InvalidInput) when the resolver is
+    /// built). Default: none (such endpoints have no
+    /// [`socket_addr`](crate::Endpoint::socket_addr)).
     pub default_port: Option<u16>,
     /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both.
     /// Default: false.
@@ -130,6 +132,13 @@ impl ResolverOptions {
         self.cache.validate()?;
         if let Some(owner) = &self.owner_account {
             crate::discover::names::check_owner_account(owner)?;
+        }
+        if self.default_port == Some(0) {
+            // Nothing can connect to port 0; a registered port 0 is skipped as
+            // malformed, so a default one must not put it back on every endpoint.
+            return Err(crate::Error::invalid(
+                "default port 0 cannot be connected to: use 1 to 65535",
+            ));
         }
         if let Selection::WeightedRandom { attribute } = &self.selection {
             crate::discover::names::check_attribute(attribute, "")?;
@@ -208,6 +217,30 @@ mod tests {
             }
         }
         names
+    }
+
+    /// A default port of 0 is refused when the resolver is built: it handed out
+    /// endpoints at `ip:0`, which nothing can connect to (a registered port 0 is
+    /// skipped as malformed), and a DNS source's made every A/AAAA record one.
+    #[test]
+    fn a_default_port_of_0_is_invalid_input() {
+        use crate::{DnsDiscovery, ErrorKind, Resolver, StaticDiscovery};
+        let e = Resolver::builder(StaticDiscovery::new())
+            .default_port(0)
+            .build()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("default port"), "{e}");
+        let dns = DnsDiscovery::with_name_servers(["127.0.0.1:53".parse().unwrap()]);
+        let e = Resolver::builder(dns.default_port(0)).build().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("default port"), "{e}");
+        for port in [1, 65535] {
+            assert!(Resolver::builder(StaticDiscovery::new())
+                .default_port(port)
+                .build()
+                .is_ok());
+        }
     }
 
     #[test]

@@ -200,7 +200,8 @@ impl DnsDiscovery {
         self.with_options(opts)
     }
 
-    /// The port of instances found through A/AAAA records. Default: none.
+    /// The port of instances found through A/AAAA records, 1 to 65535 (0 is
+    /// `InvalidInput` when the resolver is built). Default: none.
     #[must_use]
     pub fn default_port(self, port: u16) -> Self {
         let opts = DnsOptions {

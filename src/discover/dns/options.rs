@@ -87,7 +87,8 @@ pub struct DnsOptions {
     /// Which records to look up. Default: [`RecordMode::Auto`] (SRV, else A/AAAA).
     pub records: RecordMode,
     /// The port of instances found through A/AAAA records (SRV records carry their
-    /// own). Default: none, in which case the resolver's
+    /// own), 1 to 65535 ([`InvalidInput`](crate::ErrorKind::InvalidInput) otherwise).
+    /// Default: none, in which case the resolver's
     /// [`default_port`](crate::ResolverBuilder::default_port) applies, and without
     /// one such endpoints have no [`socket_addr`](crate::Endpoint::socket_addr).
     pub default_port: Option<u16>,
@@ -128,6 +129,13 @@ impl DnsOptions {
                 "DNS timeout must be from 1 ms to 1 hour, not {:?}",
                 self.timeout
             )));
+        }
+        if self.default_port == Some(0) {
+            // Every A/AAAA record would become an instance at port 0, each skipped
+            // as a malformed registry entry: no endpoints, and warnings blaming DNS.
+            return Err(Error::invalid(
+                "DNS default port 0 cannot be connected to: use 1 to 65535",
+            ));
         }
         if self.retries > MAX_RETRIES {
             return Err(Error::invalid(format!(
