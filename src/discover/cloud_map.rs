@@ -16,6 +16,7 @@ use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::instance::{HealthStatus, Instance};
 use crate::error::{Error, ErrorKind};
+use crate::util::warn_once::WarnOnce;
 
 /// Reads instances from AWS Cloud Map's DiscoverInstances API.
 ///
@@ -53,6 +54,9 @@ pub struct CloudMapDiscovery {
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build) through
     /// [`Discover::validate`] and by every call.
     config_error: Option<Error>,
+    /// Answers already warned about, so that a bad one is logged once, not on
+    /// every refresh (as skipped instances are).
+    warned: WarnOnce,
 }
 
 impl CloudMapDiscovery {
@@ -83,6 +87,7 @@ impl CloudMapDiscovery {
             endpoint: endpoint_of(sdk.endpoint_url(), sdk.region()),
             client,
             config_error,
+            warned: WarnOnce::default(),
         }
     }
 
@@ -99,6 +104,7 @@ impl CloudMapDiscovery {
             endpoint: endpoint_of(None, region.as_ref()),
             client,
             config_error,
+            warned: WarnOnce::default(),
         }
     }
 }
@@ -367,6 +373,40 @@ fn instance_of(summary: &sd::types::HttpInstanceSummary) -> Option<Instance> {
     Some(inst)
 }
 
+/// The instances of an answer; one without an id is skipped, with a warning given
+/// once per key rather than on every refresh.
+fn instances_of(
+    summaries: &[sd::types::HttpInstanceSummary],
+    request: &DiscoverRequest,
+    warned: &WarnOnce,
+) -> Vec<Instance> {
+    let mut without_id = false;
+    let instances = summaries
+        .iter()
+        .filter_map(|s| {
+            let inst = instance_of(s);
+            without_id |= inst.is_none();
+            inst
+        })
+        .collect();
+    if without_id
+        && warned.first_time((
+            &request.namespace,
+            &request.service,
+            request.owner(),
+            "without an id",
+        ))
+    {
+        tracing::warn!(
+            namespace = %request.namespace,
+            owner_account = request.owner(),
+            service = %request.service,
+            "skipping instance without an id"
+        );
+    }
+    instances
+}
+
 impl Discover for CloudMapDiscovery {
     fn validate(&self) -> Result<(), Error> {
         self.config_error.clone().map_or(Ok(()), Err)
@@ -401,22 +441,7 @@ impl Discover for CloudMapDiscovery {
                     e,
                 )
             })?;
-            let instances = out
-                .instances()
-                .iter()
-                .filter_map(|s| {
-                    let inst = instance_of(s);
-                    if inst.is_none() {
-                        tracing::warn!(
-                            namespace = %request.namespace,
-                            owner_account = request.owner(),
-                            service = %request.service,
-                            "skipping instance without an id"
-                        );
-                    }
-                    inst
-                })
-                .collect();
+            let instances = instances_of(out.instances(), request, &self.warned);
             Ok(Discovered {
                 instances,
                 ttl: None,
@@ -513,6 +538,30 @@ mod tests {
         assert!(!quota.is_retryable());
         assert_eq!(kind_of_code("RequestLimitExceeded"), ErrorKind::Throttled);
         assert_eq!(kind_of_code("SomethingNew"), ErrorKind::Unavailable);
+    }
+
+    /// An instance without an id is warned about once, not on every refresh: 4
+    /// answers gave 4 warnings.
+    #[test]
+    fn an_instance_without_an_id_is_warned_about_once() {
+        let summaries = [
+            sd::types::HttpInstanceSummary::builder()
+                .instance_id("a")
+                .build(),
+            sd::types::HttpInstanceSummary::builder()
+                .attributes("AWS_INSTANCE_IPV4", "10.0.0.1")
+                .build(),
+        ];
+        let req = DiscoverRequest::new("ns", "svc");
+        let warned = WarnOnce::default();
+        let log = crate::util::logged::logged(|| {
+            for _ in 0..4 {
+                let got = instances_of(&summaries, &req, &warned);
+                assert_eq!(got.len(), 1);
+                assert_eq!(got[0].id(), "a");
+            }
+        });
+        assert_eq!(log.matches("without an id").count(), 1, "{log}");
     }
 
     #[test]
