@@ -155,9 +155,7 @@ pub(crate) fn config_error(
         "no credentials provider in the SDK configuration: load it with \
          aws_config::load_defaults, or set .credentials_provider(..)"
             .to_owned()
-    } else if let Some(url) =
-        endpoint_url.filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
-    {
+    } else if let Some(url) = endpoint_url.filter(|u| !has_http_scheme(u)) {
         match url.split_once("://") {
             Some((scheme, _)) => format!(
                 "endpoint URL `{url}` has the scheme `{scheme}`: use `http://` or `https://`"
@@ -170,6 +168,16 @@ pub(crate) fn config_error(
         return None;
     };
     Some(Error::new(ErrorKind::Configuration, message))
+}
+
+/// Whether a URL starts with `http://` or `https://`, in any case: schemes are
+/// case-insensitive (RFC 3986), and the SDK calls `HTTP://host` as `http://host`.
+fn has_http_scheme(url: &str) -> bool {
+    let starts = |prefix: &str| {
+        url.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    };
+    starts("http://") || starts("https://")
 }
 
 impl fmt::Debug for CloudMapDiscovery {
@@ -492,6 +500,10 @@ mod tests {
         assert!(ftp.contains("has the scheme `ftp`"), "{ftp}");
         assert!(!ftp.contains("http://ftp://"), "{ftp}");
         assert!(config_error(true, true, Some("https://x")).is_none());
+        // Schemes are case-insensitive: `HTTP://` was refused as "the scheme `HTTP`".
+        assert!(config_error(true, true, Some("HTTP://127.0.0.1:5000")).is_none());
+        assert!(config_error(true, true, Some("Https://x")).is_none());
+        assert!(config_error(true, true, Some("httpx://x")).is_some());
     }
 
     #[test]
