@@ -257,10 +257,22 @@ fn kind_of_code(code: &str) -> ErrorKind {
         // The write operations' answers (self-registration, `register/`).
         "InstanceNotFound" => ErrorKind::InstanceNotFound,
         "CustomHealthNotFound" => ErrorKind::CustomHealthNotFound,
+        // The AWS SDK's own list of throttling codes (`aws_runtime`'s
+        // `THROTTLING_ERRORS`), but `LimitExceededException`, a quota below, and
+        // DynamoDB's `TransactionInProgressException`: read as an outage, a throttle
+        // would not slow the process's other calls on the spent quota.
         "RequestLimitExceeded"
         | "ThrottlingException"
         | "Throttling"
-        | "TooManyRequestsException" => ErrorKind::Throttled,
+        | "TooManyRequestsException"
+        | "ThrottledException"
+        | "RequestThrottledException"
+        | "RequestThrottled"
+        | "SlowDown"
+        | "BandwidthLimitExceeded"
+        | "PriorRequestNotComplete"
+        | "ProvisionedThroughputExceededException"
+        | "EC2ThrottledException" => ErrorKind::Throttled,
         "ResourceLimitExceeded" | "ServiceQuotaExceededException" | "LimitExceededException" => {
             ErrorKind::QuotaExceeded
         }
@@ -549,6 +561,24 @@ mod tests {
         assert_eq!(quota.kind(), ErrorKind::QuotaExceeded);
         assert!(!quota.is_retryable());
         assert_eq!(kind_of_code("RequestLimitExceeded"), ErrorKind::Throttled);
+        // Every throttling code the AWS SDK's retry classifier knows (but the two
+        // named in `kind_of_code`) is throttling here too; 8 of them were outages.
+        for code in [
+            "Throttling",
+            "ThrottlingException",
+            "ThrottledException",
+            "RequestThrottledException",
+            "TooManyRequestsException",
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+            "BandwidthLimitExceeded",
+            "RequestThrottled",
+            "SlowDown",
+            "PriorRequestNotComplete",
+            "EC2ThrottledException",
+        ] {
+            assert_eq!(kind_of_code(code), ErrorKind::Throttled, "{code}");
+        }
         assert_eq!(kind_of_code("SomethingNew"), ErrorKind::Unavailable);
     }
 
