@@ -10,6 +10,7 @@ use crate::discover::health_filter::HealthFilter;
 use crate::discover::instance::Instance;
 use crate::error::Error;
 
+pub(crate) mod aws_errors;
 pub(crate) mod cloud_map;
 pub(crate) mod dns;
 pub(crate) mod health_filter;

@@ -1,0 +1,203 @@
+//! AWS errors read as the crate's [`ErrorKind`]s: what a retry can fix (throttling,
+//! outages) told apart from answers (not found, invalid input) and from refusals no
+//! retry can fix (credentials, permissions, quotas). Used by the readers
+//! (`cloud_map.rs`) and the writer (`register/`).
+
+use std::error::Error as StdError;
+
+use aws_sdk_servicediscovery as sd;
+use sd::config::http::HttpResponse;
+use sd::error::{ProvideErrorMetadata, SdkError};
+
+use crate::error::{Error, ErrorKind};
+
+/// The innermost cause's text: the SDK's own `Display` at the top says only
+/// "dispatch failure" or "service error".
+fn root_cause(err: &(dyn StdError + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// The kind of a registry error code. Codes that say the caller itself is refused
+/// (credentials, signature, permissions) are `Configuration` and quotas
+/// `QuotaExceeded`: no retry can fix either, so they are reported at once rather
+/// than retried into a "gave up" that reads like an outage. A code not named here
+/// stays `Unavailable` (retryable): the message names it.
+fn kind_of_code(code: &str) -> ErrorKind {
+    match code {
+        "NamespaceNotFound" => ErrorKind::NamespaceNotFound,
+        "ServiceNotFound" => ErrorKind::ServiceNotFound,
+        "InvalidInput" => ErrorKind::InvalidInput,
+        // The write operations' answers (self-registration, `register/`).
+        "InstanceNotFound" => ErrorKind::InstanceNotFound,
+        "CustomHealthNotFound" => ErrorKind::CustomHealthNotFound,
+        // The AWS SDK's own list of throttling codes (`aws_runtime`'s
+        // `THROTTLING_ERRORS`), but `LimitExceededException`, a quota below, and
+        // DynamoDB's `TransactionInProgressException`: read as an outage, a throttle
+        // would not slow the process's other calls on the spent quota.
+        "RequestLimitExceeded"
+        | "ThrottlingException"
+        | "Throttling"
+        | "TooManyRequestsException"
+        | "ThrottledException"
+        | "RequestThrottledException"
+        | "RequestThrottled"
+        | "SlowDown"
+        | "BandwidthLimitExceeded"
+        | "PriorRequestNotComplete"
+        | "ProvisionedThroughputExceededException"
+        | "EC2ThrottledException" => ErrorKind::Throttled,
+        "ResourceLimitExceeded" | "ServiceQuotaExceededException" | "LimitExceededException" => {
+            ErrorKind::QuotaExceeded
+        }
+        "AccessDeniedException"
+        | "AccessDenied"
+        | "UnrecognizedClientException"
+        | "InvalidClientTokenId"
+        | "ExpiredTokenException"
+        | "ExpiredToken"
+        | "InvalidSignatureException"
+        | "IncompleteSignature"
+        | "IncompleteSignatureException"
+        | "MissingAuthenticationToken"
+        | "MissingAuthenticationTokenException"
+        | "SignatureDoesNotMatch"
+        | "InvalidAccessKeyId"
+        | "AuthFailure"
+        | "NotAuthorized"
+        | "OptInRequired"
+        | "RequestExpired" => ErrorKind::Configuration,
+        _ => ErrorKind::Unavailable,
+    }
+}
+
+/// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
+/// called, named in connection failures; `op` names the operation (and, for the
+/// discovery calls, the namespace's owner when the request has one).
+pub(crate) fn map_error<E>(op: &str, endpoint: &str, err: SdkError<E, HttpResponse>) -> Error
+where
+    E: ProvideErrorMetadata + StdError + Send + Sync + 'static,
+{
+    let (kind, detail) = match &err {
+        SdkError::ServiceError(ctx) => {
+            let e = ctx.err();
+            let kind = e.code().map_or(ErrorKind::Unavailable, kind_of_code);
+            let detail = match e.code() {
+                Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
+                // A bare 5xx from a proxy or load balancer: the status is all there is.
+                None => format!(
+                    "HTTP {} without an error code: {}",
+                    ctx.raw().status().as_u16(),
+                    e.message().unwrap_or("no message")
+                ),
+            };
+            (kind, detail)
+        }
+        SdkError::ConstructionFailure(_) => (
+            ErrorKind::Configuration,
+            format!("the request could not be built: {}", root_cause(&err)),
+        ),
+        SdkError::TimeoutError(_) => (
+            ErrorKind::Unavailable,
+            format!("timed out calling {endpoint}"),
+        ),
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => (
+            ErrorKind::Unavailable,
+            format!("could not connect to {endpoint}: {}", root_cause(&err)),
+        ),
+        // A failure the HTTP client gave a retry verdict (a transient error: a
+        // connection closed before the answer, as a reused keep-alive connection
+        // can be): the request may have left, so an outage, worth retrying.
+        SdkError::DispatchFailure(d) if d.as_other().is_some() => (
+            ErrorKind::Unavailable,
+            format!("connection to {endpoint} failed: {}", root_cause(&err)),
+        ),
+        // The SDK reports failures before sending (loading credentials, signing,
+        // resolving the endpoint) as dispatch failures of kind "other" with no
+        // retry verdict: those are configuration problems, not an unreachable
+        // registry.
+        SdkError::DispatchFailure(_) => (
+            ErrorKind::Configuration,
+            format!(
+                "could not prepare the request to {endpoint} (credentials, signing region \
+                 or endpoint): {}",
+                root_cause(&err)
+            ),
+        ),
+        // An answer that is not the registry's (a proxy's or gateway's bare
+        // status): named by its status; a 429 says "too many".
+        SdkError::ResponseError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let kind = if status == 429 {
+                ErrorKind::Throttled
+            } else {
+                ErrorKind::Unavailable
+            };
+            let detail = format!(
+                "bad response from {endpoint} (HTTP {status}): {}",
+                root_cause(&err)
+            );
+            (kind, detail)
+        }
+        _ => (
+            ErrorKind::Unavailable,
+            format!("bad response from {endpoint}: {}", root_cause(&err)),
+        ),
+    };
+    // A service error's wrapper says only "service error"; the error it wraps is the
+    // registry's answer, already quoted in the message, so it is the source.
+    let source: Box<dyn StdError + Send + Sync> = match err {
+        SdkError::ServiceError(ctx) => Box::new(ctx.into_err()),
+        other => Box::new(other),
+    };
+    Error::with_source(kind, format!("{op}: {detail}"), source)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_of_the_caller_are_configuration_and_quotas_their_own_kind() {
+        for code in [
+            "AccessDeniedException",
+            "UnrecognizedClientException",
+            "InvalidClientTokenId",
+            "ExpiredTokenException",
+            "ExpiredToken",
+            "InvalidSignatureException",
+            "MissingAuthenticationToken",
+            "SignatureDoesNotMatch",
+        ] {
+            let kind = kind_of_code(code);
+            assert_eq!(kind, ErrorKind::Configuration, "{code}");
+            assert!(!Error::new(kind, code).is_retryable(), "{code}");
+        }
+        let quota = Error::new(kind_of_code("ResourceLimitExceeded"), "x");
+        assert_eq!(quota.kind(), ErrorKind::QuotaExceeded);
+        assert!(!quota.is_retryable());
+        assert_eq!(kind_of_code("RequestLimitExceeded"), ErrorKind::Throttled);
+        // Every throttling code the AWS SDK's retry classifier knows (but the two
+        // named in `kind_of_code`) is throttling here too; 8 of them were outages.
+        for code in [
+            "Throttling",
+            "ThrottlingException",
+            "ThrottledException",
+            "RequestThrottledException",
+            "TooManyRequestsException",
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+            "BandwidthLimitExceeded",
+            "RequestThrottled",
+            "SlowDown",
+            "PriorRequestNotComplete",
+            "EC2ThrottledException",
+        ] {
+            assert_eq!(kind_of_code(code), ErrorKind::Throttled, "{code}");
+        }
+        assert_eq!(kind_of_code("SomethingNew"), ErrorKind::Unavailable);
+    }
+}
