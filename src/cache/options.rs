@@ -113,8 +113,9 @@ cache_options! {
         /// the same jittered backoff as a failing key (they fail as
         /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Each
         /// DiscoverInstances throttle also doubles `full_refresh_interval` (at most once
-        /// per 10 s, up to 32 times; halved again per quiet ~3 min, jittered), so full
-        /// refreshes give way to cold loads and changed answers. Across a fleet this
+        /// per 10 s, 5 times at most: 32× the set interval; halved again per quiet
+        /// ~3 min, jittered), so full refreshes give way to cold loads and changed
+        /// answers. Across a fleet this
         /// holds the total near the quota instead of retrying into it. Default: true.
         pub adapt_to_throttling: bool = true,
         /// How long a cold load (a caller with no answer to serve) that meets throttling
