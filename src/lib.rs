@@ -95,7 +95,8 @@
 //! [`guide`] holds the rest of the manual, one page per subject: [`guide::sources`],
 //! [`guide::options`], [`guide::selection`], [`guide::failures`],
 //! [`guide::registration`], [`guide::watch`], [`guide::integrations`],
-//! [`guide::metrics`], [`guide::fleet`], [`guide::performance`], [`guide::safety`].
+//! [`guide::metrics`], [`guide::fleet`], [`guide::performance`], [`guide::health`],
+//! [`guide::safety`], [`guide::hedging`], [`guide::zones`].
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 // Layers, top to bottom: each module uses only those below it (ARCHITECTURE.md).

@@ -11,7 +11,7 @@
 //! same dry account, so about every answered call would cost a refused one. Going
 //! down slower than up settles where fewer calls are refused, while the holds stay
 //! short enough ([`MAX_PRESSURE`]) that no process is starved by a long hold while
-//! the others take the quota. The fleet simulation (README "Running a fleet")
+//! the others take the quota. The fleet simulation (`guide::fleet`)
 //! measured the choice.
 //!
 //! Why the hold shortens for a load that has waited long: across a fleet, every
