@@ -89,6 +89,8 @@
 //! `Watch::into_discover` (a change stream as a `tower::discover::Discover`).
 //! `tonic`: `Resolver::grpc_channel`, a `GrpcChannel` (tonic's balanced channel) following a
 //! change stream. `cli`: the `cloudmap-discover` command-line tool (`dig` for Cloud Map).
+//! `metrics`: counters, gauges and histograms through the `metrics` facade
+//! ([`guide::metrics`]).
 //!
 //! # Guide
 //!
