@@ -1,5 +1,6 @@
-//! gRPC with tonic: a `tonic::transport::Channel` that balances over a service's
-//! endpoints and follows its change stream ([`Resolver::grpc_channel`],
+//! gRPC with tonic: a [`GrpcChannel`] (tonic's balanced `Channel` inside) that
+//! balances over a service's endpoints and follows its change stream
+//! ([`Resolver::grpc_channel`],
 //! [`Service::grpc_channel`](crate::Service::grpc_channel), [`GrpcChannelBuilder`]),
 //! and the feeder underneath ([`feed_balance_channel`], `feed.rs`) for callers who
 //! build their own tonic `Endpoint`s. A channel for a service holds a handle on it
