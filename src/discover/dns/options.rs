@@ -95,8 +95,10 @@ pub struct DnsOptions {
     /// Which address records to ask for. Default: [`IpPreference::Ipv4ThenIpv6`].
     pub ip_preference: IpPreference,
     /// The shortest TTL an answer is cached for: lower record TTLs are raised to it.
-    /// Never below 100 ms, so a zero TTL cannot make the cache refresh in a loop.
-    /// Default: 1 s.
+    /// Never below 100 ms, so a zero TTL cannot make the cache refresh in a loop;
+    /// and the resolver's cache keeps any source's answer at least 1 s (see
+    /// [`CacheOptions::ttl`](crate::CacheOptions::ttl)), so a bound under 1 s only
+    /// shortens how long a merged address is remembered. Default: 1 s.
     pub min_ttl: Duration,
     /// The longest TTL an answer is cached for and an address is remembered for:
     /// higher record TTLs are lowered to it. Default: 300 s.
