@@ -58,7 +58,7 @@ pub(super) use stretch::Stretch;
 /// ```
 /// use cloudmap_resolver::{Instance, RateLimit, Resolver, StaticDiscovery};
 ///
-/// // At most 2 registry calls a second from this process, 10 at once.
+/// // At most 2 registry calls a second from this resolver (each has its own cap), 10 at once.
 /// let resolver = Resolver::builder(StaticDiscovery::new())
 ///     .rate_limit(RateLimit::new(2.0, 10))
 ///     .build()
