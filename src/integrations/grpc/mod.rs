@@ -69,7 +69,7 @@ pub enum HostEndpoints {
     Dial,
 }
 
-/// Builds a `tonic::transport::Channel` over a service's endpoints; made by
+/// Builds a [`GrpcChannel`] over a service's endpoints; made by
 /// [`Service::grpc`](crate::Service::grpc) and [`Resolver::grpc`] (or
 /// [`GrpcChannelBuilder::new`] over any [`Watch`], a query's included).
 ///
