@@ -369,3 +369,41 @@ async fn least_loaded_gives_a_newly_registered_endpoint_its_share() {
         "{new} of 3,000 calls after the slow-start window: {after:?}"
     );
 }
+
+/// One caller in sequence; `e0` answers its first call in 100 ms, then every
+/// endpoint answers in 2 ms. After an idle minute, `e0` is as fast as the others and
+/// gets its third of the calls: once its peak had decayed, each equal sample was
+/// blended with the stored 100 ms and left it above its peers (2.2 ms against
+/// 2 ms), and it got 8 of the next 3,000 calls.
+#[tokio::test(start_paused = true)]
+async fn least_loaded_gives_an_endpoint_its_share_back_after_one_slow_answer() {
+    let resolver = resolver(three_endpoints(), Selection::LeastLoaded, true);
+    let slowed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let call = async |n: usize| {
+        let mut served = std::collections::HashMap::<String, usize>::new();
+        for _ in 0..n {
+            let slowed = slowed.clone();
+            let id = resolver
+                .call("shared", "web", move |ep: Endpoint| {
+                    let slow = ep.instance_id() == "e0" && !slowed.swap(true, Ordering::Relaxed);
+                    async move {
+                        let ms = if slow { 100 } else { 2 };
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        Ok::<_, std::io::Error>(ep.instance_id().to_owned())
+                    }
+                })
+                .await
+                .unwrap();
+            *served.entry(id).or_default() += 1;
+        }
+        served
+    };
+    call(300).await;
+    assert!(slowed.load(Ordering::Relaxed), "e0 was called");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = call(3_000).await;
+    for i in 0..3 {
+        let n = after.get(&format!("e{i}")).copied().unwrap_or(0);
+        assert!(n >= 800, "e{i} served {n} of 3,000: {after:?}");
+    }
+}

@@ -77,18 +77,26 @@ impl Load {
     /// pulls it down by how long it has been since the last update, with time
     /// constant `decay_ns`. The first sample replaces the default outright, so a new
     /// endpoint is not judged by a guess for the length of the decay.
+    ///
+    /// "The estimate" is the one picks read now ([`rtt`](Self::rtt): decayed for
+    /// the time since the last update), as tower's reads store it: the new value
+    /// lies between that reading and the sample. Blending the stored, undecayed
+    /// value instead added the sample on top of the decayed reading, so an
+    /// endpoint picked again once its peak had decayed to its peers' round trip
+    /// came out of an equal sample above them (2.2 ms against 2 ms) and lost every
+    /// comparison for another second: a lone caller then sent it 8 calls in 3,000.
     pub(crate) fn observe(&self, rtt_ns: f64, now_ns: u64, decay_ns: f64) {
         let bits = self.rtt_ns.load(Ordering::Relaxed);
         let next = if bits == NO_SAMPLE {
             rtt_ns
         } else {
-            let est = f64::from_bits(bits);
-            if est < rtt_ns {
+            let elapsed = now_ns.saturating_sub(self.updated.load(Ordering::Relaxed));
+            let d = decay(elapsed as f64 / decay_ns);
+            let reading = f64::from_bits(bits) * d;
+            if reading < rtt_ns {
                 rtt_ns
             } else {
-                let elapsed = now_ns.saturating_sub(self.updated.load(Ordering::Relaxed));
-                let d = decay(elapsed as f64 / decay_ns);
-                est * d + rtt_ns * (1.0 - d)
+                reading * d + rtt_ns * (1.0 - d)
             }
         };
         self.rtt_ns.store(next.to_bits(), Ordering::Relaxed);
@@ -195,6 +203,25 @@ mod tests {
         load.observe(2.0 * MS, 3 + DECAY as u64, DECAY);
         let est = load.rtt(3 + DECAY as u64, DECAY, 0.0);
         assert!(est < 60.0 * MS && est > 2.0 * MS, "{est}");
+    }
+
+    #[test]
+    fn a_sample_is_judged_against_the_decayed_reading() {
+        let load = Load::default();
+        load.observe(100.0 * MS, 0, DECAY);
+        // A minute later the reading is down to 0.25 ms: a 2 ms sample is above it,
+        // so it is the new peak, not 2.24 ms (the stored 100 ms blended with it).
+        let minute = 6 * DECAY as u64;
+        assert!(load.rtt(minute, DECAY, 0.0) < 0.3 * MS);
+        load.observe(2.0 * MS, minute, DECAY);
+        assert_eq!(load.rtt(minute, DECAY, 0.0), 2.0 * MS);
+        // A sample below the reading pulls it down, never above where it was.
+        load.observe(20.0 * MS, minute, DECAY);
+        let later = minute + DECAY as u64;
+        let before = load.rtt(later, DECAY, 0.0);
+        load.observe(2.0 * MS, later, DECAY);
+        let after = load.rtt(later, DECAY, 0.0);
+        assert!(after < before && after > 2.0 * MS, "{before} -> {after}");
     }
 
     #[test]
