@@ -12,6 +12,7 @@
 //! (`least_loaded`); a [`Ramp`] (slow start) exists only while an endpoint of the
 //! answer is ramping up, so other picks pay one `None` check for it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -108,6 +109,9 @@ pub(crate) struct Picker {
     /// nothing is ejected, a pick is one cursor step, made inline (`pick`).
     rotates: bool,
 }
+
+/// Salt of a zone pick's own draws again (`Picker::pick_in_zone`).
+const REDRAW_SALT: u64 = 0x5EED_D12A_3A11_0C0F;
 
 /// A uniform number in [0, 1) from a random word.
 #[inline]
@@ -440,7 +444,7 @@ impl Picker {
             let draw = self.next_draw(s);
             let (zone, local) = route.zone(seed, draw);
             z.ctx.count(s, local);
-            self.pick_in_zone(zone, seed, s, draw, &ejected)
+            self.pick_in_zone(zone, route.spills(), seed, s, draw, &ejected)
         })
     }
 
@@ -448,15 +452,37 @@ impl Picker {
     /// While a slow-start ramp runs, a ramping endpoint's share follows its weight
     /// as it does without zones: every selection keeps it with probability equal to
     /// the weight and draws again inside the zone otherwise (a bounded number of
-    /// times).
+    /// times). `spills`: the route sends picks to more than one zone.
     fn pick_in_zone(
         &self,
         zone: &Zone,
+        spills: bool,
         seed: u64,
         s: usize,
         draw: u64,
         ejected: &impl Fn(usize) -> bool,
     ) -> usize {
+        // Round-robin's index in a zone is the draw's remainder by the zone's size.
+        // While every pick goes to one zone, its draws follow one another, and a
+        // draw again past an ejected or ramping endpoint walks the cursor on, as
+        // without zones (a rotation over the admitted). While picks spill, a
+        // zone's draws are scattered by the zone draw: the cursor's next draw
+        // handed the skipped endpoint's turn to its neighbour and was taken from
+        // the next pick, so its remainder came up less in every zone (under a
+        // third of its share with one endpoint of 9 ejected). The draws again then
+        // come from the pick's own draw: random, exact in distribution, and the
+        // cursor moves one step per pick.
+        let own = spills && matches!(self.selection, Selection::RoundRobin);
+        let last = Cell::new(draw);
+        let next = || {
+            let d = if own {
+                splitmix64(last.get() ^ REDRAW_SALT)
+            } else {
+                self.next_draw(s)
+            };
+            last.set(d);
+            d
+        };
         let items = &self.set.items;
         let ramp = self.ramp.as_deref().and_then(|r| Some((r, r.now()?)));
         let weight = |i: usize| ramp.map_or(1.0, |(r, at)| r.weight(i, at));
@@ -468,29 +494,21 @@ impl Picker {
                 .as_ref()
                 .map_or(0.0, |load| load.cost(&items[i].state().load))
         };
-        let once = |draw: u64| {
-            zone.pick(
-                &self.selection,
-                seed,
-                draw,
-                || self.next_draw(s),
-                ejected,
-                cost,
-            )
-        };
+        let once = |draw: u64| zone.pick(&self.selection, seed, draw, &next, ejected, cost);
         let mut i = once(draw);
         if ramp.is_none() {
             return i;
         }
         for _ in 1..4 * zone.len() {
             let w = weight(i);
+            // The draw after the last one taken (the cursor's value, unless own).
             let coin = unit(splitmix64(
-                seed.rotate_left(17) ^ self.cursors[s].load(Ordering::Relaxed),
+                seed.rotate_left(17) ^ last.get().wrapping_add(1),
             ));
             if w >= 1.0 || coin < w {
                 return i;
             }
-            i = once(self.next_draw(s));
+            i = once(next());
         }
         i
     }

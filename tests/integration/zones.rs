@@ -533,3 +533,37 @@ async fn weight_zero_endpoints_take_no_picks_with_zones_when_one_is_ejected() {
     let local = zones[ZONES[0]] as f64 / 20_000.0;
     assert!((local - 3.0 / 7.0).abs() < 0.015, "{zones:?}");
 }
+
+/// Round-robin while picks spill, one caller in sequence: one of 1a's three
+/// endpoints ejected (1a keeps 3/4 of the picks, each other zone 1/8), every
+/// admitted endpoint gets its share, 3,375 and 375 of 9,000. A draw again past the
+/// ejected endpoint took the cursor's next draw: its turn went to its neighbour
+/// (3,770 against 3,000) and that draw's remainder came up far less often in the
+/// other zones (109 and 115 picks, against about 500 for their zone peers).
+#[tokio::test(start_paused = true)]
+async fn round_robin_spreads_an_ejected_endpoints_turns_evenly_while_picks_spill() {
+    let r = resolver(
+        registry(&[3, 3, 3]),
+        ZoneAware::new("us-east-1a"),
+        Selection::RoundRobin,
+    );
+    let all = r.resolve_all("shared", "web").await.unwrap();
+    for _ in 0..5 {
+        r.report(&all[0], Outcome::Failure);
+    }
+    assert!(all[0].is_ejected());
+    let (_, eps) = picks(&r, 9_000).await;
+    for ep in &all[1..] {
+        let n = eps.get(ep.instance_id()).copied().unwrap_or(0) as f64;
+        let share = if zone_of(ep) == "us-east-1a" {
+            3_375.0
+        } else {
+            375.0
+        };
+        assert!(
+            (n - share).abs() <= share * 0.2,
+            "{}: {n} {eps:?}",
+            ep.instance_id()
+        );
+    }
+}

@@ -284,6 +284,12 @@ impl Zone {
 }
 
 impl Route {
+    /// Whether picks go to more than one zone (some spill).
+    #[inline]
+    pub(crate) fn spills(&self) -> bool {
+        self.local_p < 1.0
+    }
+
     /// The zone of a pick with counter value `draw`: (zone, whether it is local).
     #[inline]
     pub(crate) fn zone(&self, seed: u64, draw: u64) -> (&Zone, bool) {
