@@ -180,8 +180,8 @@ impl Cache {
 
     /// The one candidate lookup, for `call` and every integration: up to `max`
     /// endpoints in the order a call tries them (the selection's pick among the
-    /// admitted endpoints, then the next ones in the registry's order, ejected ones
-    /// last), loading the key if it is not warm. `is_ejected` is the outlier
+    /// admitted endpoints, then the next ones in the registry's order, weight 0
+    /// after the others, ejected ones last), loading the key if it is not warm. `is_ejected` is the outlier
     /// policy's judgement at the given time (read once the answer is at hand).
     /// `pin` is a held handle's pin on the key's slot (`pinned.rs`): its warm
     /// answer is read from the slot, with no hash and no index.

@@ -100,7 +100,9 @@ type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 /// [`Resolver::call`](crate::Resolver::call) or [`Query::call`](crate::Query::call), run by `.await`.
 ///
 /// Attempts go to distinct endpoints, never the same one twice: the selection's pick
-/// first, then the next endpoints in the registry's order, ejected endpoints last; at
+/// first, then the next endpoints in the registry's order, those of weight 0 under
+/// [`WeightedRandom`](crate::Selection::WeightedRandom) (draining) after the others,
+/// ejected endpoints last; at
 /// most [`max_attempts`](Self::max_attempts). An attempt that fails with a retryable
 /// error (every error, unless [`retry_if`](Self::retry_if) says otherwise) or times
 /// out counts as a failure of its endpoint for outlier detection. An attempt cut by

@@ -262,7 +262,8 @@ impl Resolver {
     }
 
     /// Runs `op` against endpoints of `service` in `namespace` until one succeeds:
-    /// up to 8 distinct endpoints in selection order, ejected ones last. Await the
+    /// up to 8 distinct endpoints in selection order (weight 0 after the others),
+    /// ejected ones last. Await the
     /// returned [`Call`]; its methods override the resolver's [`CallOptions`](crate::CallOptions) for this
     /// call (attempts, per-attempt timeout, deadline, which errors to retry).
     ///

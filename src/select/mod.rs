@@ -40,7 +40,9 @@ pub enum Selection {
     /// missing weight counts as 1; a weight that is not a non-negative finite number
     /// (`-3`, `NaN`, `inf`, `abc`) counts as 1, with a warning; a weight above
     /// 1,000,000,000 counts as 1,000,000,000, with a warning (so that `1e308` weights
-    /// cannot overflow the sum); weight 0 is never picked unless every weight is 0.
+    /// cannot overflow the sum); weight 0 is never picked unless every weight is 0,
+    /// and a [`call`](crate::Resolver::call) tries it only once every endpoint with
+    /// weight has failed (draining).
     WeightedRandom {
         /// The attribute holding the weight, e.g. `"weight"`.
         attribute: String,

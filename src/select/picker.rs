@@ -370,8 +370,10 @@ impl Picker {
 
     /// Up to `max` distinct endpoints to try in turn, for `call`: the selection's pick
     /// among the admitted endpoints first (as `pick` makes it), then the following
-    /// endpoints in the registry's order, ejected ones last. `is_ejected` is the
-    /// outlier policy's judgement (which may re-admit an endpoint whose time is up).
+    /// endpoints in the registry's order, those of weight 0 (`WeightedRandom`:
+    /// draining, never picked while another has weight) after the others, ejected
+    /// ones last. `is_ejected` is the outlier policy's judgement (which may re-admit
+    /// an endpoint whose time is up).
     pub(crate) fn candidates(
         &self,
         seed: u64,
@@ -387,8 +389,13 @@ impl Picker {
             None => self.choose(seed, s, is_ejected),
         };
         let max = max.min(n);
+        // Weight 0 has no width only while some endpoint has weight (all zero
+        // count as equal: `Selection::cumulative`). Taken in the registry's order,
+        // a draining endpoint got the first retry of every call whose pick was its
+        // neighbour.
+        let draining = |i: usize| self.weights.is_some() && self.base_weight(i) <= 0.0;
         let mut admitted = Vec::with_capacity(max);
-        let mut ejected = Vec::new();
+        let (mut drained, mut ejected) = (Vec::new(), Vec::new());
         for k in 0..n {
             if admitted.len() == max {
                 break;
@@ -398,10 +405,15 @@ impl Picker {
                 if ejected.len() < max {
                     ejected.push(i);
                 }
+            } else if draining(i) {
+                if drained.len() < max {
+                    drained.push(i);
+                }
             } else {
                 admitted.push(i);
             }
         }
+        admitted.extend(drained);
         admitted.extend(ejected);
         admitted.truncate(max);
         admitted.into_iter().map(|i| self.refs.get(s, i)).collect()

@@ -172,3 +172,61 @@ async fn all_ejected_fails_open_and_rotates() {
     let counts = resolve_counts(&r, 600).await;
     assert_eq!(counts, [100; 6], "{counts:?}");
 }
+
+/// A draining endpoint (weight 0) is not a call's retry while an endpoint with
+/// weight is left: of 1,000 calls whose first attempt fails, none has its second
+/// attempt on `b` (weight 0, between `a` and `c` in the registry). Retries followed
+/// the registry's order, so `b` took 494 of them (every one after `a`).
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_call_retries_on_a_draining_endpoint_only_after_the_others() {
+    let registry = [("a", "1"), ("b", "0"), ("c", "1")]
+        .into_iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (i, (id, w))| {
+            r.with_instance(
+                "shared",
+                "web",
+                Instance::new(id)
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1000 + i as u16)
+                    .attribute("weight", w),
+            )
+        });
+    let mut outlier = cloudmap_resolver::OutlierOptions::default();
+    outlier.enabled = false;
+    // Every call retries twice: a budget that never runs out.
+    let mut budget = cloudmap_resolver::RetryBudgetOptions::default();
+    budget.min_per_second = 1_000_000;
+    let r = Resolver::builder(registry)
+        .selection(Selection::WeightedRandom {
+            attribute: "weight".into(),
+        })
+        .outlier_detection(outlier)
+        .retry_budget(budget)
+        .seed(18)
+        .build()
+        .unwrap();
+    let mut second = BTreeMap::<String, usize>::new();
+    let mut third = BTreeMap::<String, usize>::new();
+    for _ in 0..1_000 {
+        let mut tried = Vec::new();
+        let _ = r
+            .call("shared", "web", |ep: Endpoint| {
+                tried.push(ep.instance_id().to_owned());
+                let fail = tried.len() < 3;
+                async move {
+                    if fail {
+                        Err("down")
+                    } else {
+                        Ok(())
+                    }
+                }
+            })
+            .await;
+        *second.entry(tried[1].clone()).or_default() += 1;
+        *third.entry(tried[2].clone()).or_default() += 1;
+    }
+    assert_eq!(second.get("b"), None, "{second:?}");
+    // With both weighted endpoints failed, the draining one is the last resort.
+    assert_eq!(third.get("b"), Some(&1_000), "{third:?}");
+}
