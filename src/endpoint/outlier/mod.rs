@@ -295,7 +295,12 @@ impl OutlierDetector {
     fn below_cap(&self, ep: &Endpoint, h: &EndpointState) -> bool {
         let peers = ep.peers();
         let ejected = peers.iter().filter(|d| d.state().is_ejected()).count();
-        let cap = (peers.len() as f64 * self.opts.max_ejection_share).floor() as usize;
+        // The share as written, rounded down: a decimal share is stored a hair off
+        // (0.29 below), and 100 x 0.29 came to 28.999999999999996, a cap of 28. A
+        // relative slack far above the product's rounding error and far below any
+        // share written with fewer than 12 digits restores 29.
+        let exact = peers.len() as f64 * self.opts.max_ejection_share;
+        let cap = (exact * (1.0 + 1e-12)).floor() as usize;
         if ejected >= cap {
             tracing::debug!(
                 endpoint = %h.name,

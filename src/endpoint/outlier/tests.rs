@@ -72,6 +72,31 @@ async fn share_cap_holds() {
     assert_eq!(ejected, 4, "at most half of 8");
 }
 
+/// The cap is the share of the endpoints as written, rounded down: 0.29 of 100 is
+/// 29 (0.29 is stored a hair below, and the product was 28.999999999999996: 28).
+#[tokio::test(start_paused = true)]
+async fn share_cap_is_the_written_share_rounded_down() {
+    for (share, n, cap) in [
+        (0.29, 100, 29),
+        (0.35, 180, 63),
+        (0.58, 50, 29),
+        (0.3, 7, 2),
+    ] {
+        let d = OutlierDetector::new(OutlierOptions {
+            max_ejection_share: share,
+            ..OutlierOptions::default()
+        });
+        let t = StateTable::default();
+        let eps = set(n, &t);
+        let now = Instant::now();
+        for ep in &eps {
+            fail(&d, ep, 5, now);
+        }
+        let ejected = eps.iter().filter(|e| e.is_ejected()).count();
+        assert_eq!(ejected, cap, "{share} of {n}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn ejection_time_grows_and_is_capped() {
     let d = OutlierDetector::new(OutlierOptions::default());
