@@ -360,9 +360,11 @@ impl ResolverBuilder {
     /// # Errors
     ///
     /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
-    /// capacity, an owner account that is not 12 digits, a backoff maximum below its base, a malformed weight attribute,
-    /// call, outlier or retry budget settings out of range, or a rate limit that is
-    /// not a positive rate with a burst of at least one;
+    /// capacity, an owner account that is not 12 digits, a default port of 0, a
+    /// backoff maximum below its base, a malformed weight or zone attribute, call,
+    /// outlier, retry or hedge budget, load (a zero decay), slow-start or health
+    /// check settings out of range, or a rate limit that is not a positive rate
+    /// with a burst of at least one;
     /// [`Configuration`](crate::ErrorKind::Configuration) when the source reports
     /// itself misconfigured ([`Discover::validate`](crate::Discover::validate), e.g. a
     /// [`CloudMapDiscovery`](crate::CloudMapDiscovery) without a region).
