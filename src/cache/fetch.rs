@@ -93,7 +93,13 @@ impl Cache {
         if self.is_held(req) {
             self.pick.set_callers(&set.items);
         }
-        let picker = Picker::new(set, prev.map(|p| &p.picker), &self.pick, (ns, svc));
+        let picker = Picker::new(
+            set,
+            prev.map(|p| &p.picker),
+            &self.pick,
+            (ns, svc),
+            slot.seed,
+        );
         let ttl = found.ttl.map_or(self.opts.ttl, |t| t.max(MIN_SOURCE_TTL));
         let snap = Arc::new(Snapshot::new(
             picker,

@@ -33,7 +33,10 @@ pub(crate) const MAX_WEIGHT: f64 = 1e9;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum Selection {
-    /// Each endpoint in turn: an even spread per key. The default.
+    /// Each endpoint in turn: an even spread per key. The default. Each picking
+    /// thread's turn starts one endpoint after the last's, from an endpoint the
+    /// key's seed gives (random unless [`seed`](crate::ResolverBuilder::seed) is
+    /// set), so threads and processes do not pick in step.
     #[default]
     RoundRobin,
     /// At random, in proportion to a weight read from an instance attribute. A

@@ -121,24 +121,26 @@ fn unit(r: u64) -> f64 {
 
 impl Picker {
     /// The picking state of `set`, the answer for `service` (namespace, service:
-    /// named in weight warnings), carrying on from `prev` (the last answer's).
+    /// named in weight warnings), carrying on from `prev` (the last answer's);
+    /// `seed` is the key's, where a key's first answer starts its rotations.
     pub(crate) fn new(
         set: Arc<EndpointSet>,
         prev: Option<&Picker>,
         ctx: &PickContext,
         service: (&str, &str),
+        seed: u64,
     ) -> Self {
         let (namespace, service) = service;
         let weights = ctx
             .selection
             .cumulative(&set.items, namespace, service, &ctx.warned)
             .map(Arc::from);
-        Picker::with_weights(set, weights, prev, ctx)
+        Picker::with_weights(set, weights, prev, ctx, seed)
     }
 
     /// The same answer, confirmed again: its weights kept, its counters carried on.
     pub(crate) fn renewed(&self, ctx: &PickContext) -> Self {
-        Picker::with_weights(self.set.clone(), self.weights.clone(), Some(self), ctx)
+        Picker::with_weights(self.set.clone(), self.weights.clone(), Some(self), ctx, 0)
     }
 
     fn with_weights(
@@ -146,12 +148,22 @@ impl Picker {
         weights: Option<Arc<[f64]>>,
         prev: Option<&Picker>,
         ctx: &PickContext,
+        seed: u64,
     ) -> Self {
         // Counters carry over, so a refresh does not restart round-robin at the first
         // endpoint; each stripe starts far from the others so seeded random streams
-        // differ per stripe.
+        // differ per stripe. Round-robin reads a cursor's low 32 bits: there the
+        // stripes start one apart, from a point the key's seed gives (random per
+        // process unless seeded), as Envoy's and gRPC's round robin start at a
+        // random index. From 0 on every stripe, the first picks of up to 8 threads
+        // all took the first endpoint and stayed in step, and so did every
+        // process of a fleet.
+        // Below 2^31, so no stripe's low bits wrap (a rotation's skipped step) for
+        // 2^31 picks.
+        let offset = (splitmix64(seed) >> 33) as u32;
         let cursors = std::array::from_fn(|i| {
-            let start = prev.map_or((i as u64) << 40, |p| p.cursors[i].load(Ordering::Relaxed));
+            let first = ((i as u64) << 40) | u64::from(offset.wrapping_add(i as u32));
+            let start = prev.map_or(first, |p| p.cursors[i].load(Ordering::Relaxed));
             CachePadded::new(AtomicU64::new(start))
         });
         let ramp = Ramp::new(&set, &ctx.slow_start, Instant::now()).map(Box::new);

@@ -40,6 +40,16 @@ pub(super) fn picker_over(
     table: &StateTable,
     selection: Selection,
 ) -> Picker {
+    picker_seeded(items, table, selection, 7)
+}
+
+/// [`picker_over`] for a key of seed `seed`.
+fn picker_seeded(
+    items: Vec<EndpointData>,
+    table: &StateTable,
+    selection: Selection,
+    seed: u64,
+) -> Picker {
     let ctx = PickContext::new(
         selection,
         None,
@@ -49,7 +59,7 @@ pub(super) fn picker_over(
     let set = Arc::new(EndpointSet {
         items: items.into(),
     });
-    Picker::new(set, None, &ctx, ("ns", "svc"))
+    Picker::new(set, None, &ctx, ("ns", "svc"), seed)
 }
 
 /// A round-robin picker over `n` endpoints, none ramping or ejected.
@@ -79,4 +89,27 @@ fn the_inline_pick_is_the_general_one() {
             assert!((0..3 * n).all(|_| inline.pick(7, 0).instance_id() != "e0"));
         }
     }
+}
+
+/// Round-robin's stripes (one per picking thread) start one endpoint apart, from a
+/// point the key's seed gives: the first picks of 8 threads go to 8 endpoints, and
+/// keys (or processes) of other seeds start elsewhere. From 0 on every stripe, all
+/// 8 took `e0`, then all `e1`, in step, in every process.
+#[test]
+fn round_robin_stripes_start_apart_from_the_keys_seed() {
+    let (p, _table) = round_robin(8);
+    for round in 0..3 {
+        let picked: std::collections::HashSet<String> = (0..STRIPES)
+            .map(|s| p.pick(7, s).instance_id().to_owned())
+            .collect();
+        assert_eq!(picked.len(), STRIPES, "round {round}: {picked:?}");
+    }
+    let firsts: std::collections::HashSet<String> = (0..16)
+        .map(|seed| {
+            let (items, table) = endpoints(8);
+            let p = picker_seeded(items, &table, Selection::RoundRobin, seed);
+            p.pick(seed, 0).instance_id().to_owned()
+        })
+        .collect();
+    assert!(firsts.len() >= 4, "16 keys' first picks: {firsts:?}");
 }

@@ -89,6 +89,14 @@ fn scenario(endpoint_label: bool) -> Seen {
             for _ in 0..10 {
                 r.resolve("shared", "web").await.unwrap();
             }
+            // An ejection: a, by failures reported before the failing calls below
+            // (which fail on both; with a out, the cap of 1 of 2 keeps b in).
+            let all = r.resolve_all("shared", "web").await.unwrap();
+            let a = all.iter().find(|e| e.instance_id() == "a").unwrap().clone();
+            for _ in 0..5 {
+                r.report(&a, Outcome::Failure);
+            }
+            assert!(a.is_ejected());
             // Budget refusals: every attempt fails; the budget allows a retry a
             // second and no ratio, so within the same instant calls soon find it
             // spent (the floor is a retry a second over the window; at most 40 calls).
@@ -121,13 +129,8 @@ fn scenario(endpoint_label: bool) -> Seen {
             source.fail_with(Some(ErrorKind::Throttled));
             tokio::time::sleep(Duration::from_secs(20)).await;
             r.resolve("shared", "web").await.unwrap();
-            // An ejection (the failing calls above already ejected an endpoint for
-            // 30 s; whichever it was, a is ejected now), still in force at the publish.
-            let all = r.resolve_all("shared", "web").await.unwrap();
-            let a = all.iter().find(|e| e.instance_id() == "a").unwrap().clone();
-            for _ in 0..5 {
-                r.report(&a, Outcome::Failure);
-            }
+            // The ejection of a (30 s, from before the failing calls), still in force
+            // at the publish.
             assert!(a.is_ejected());
             r.publish_metrics();
             drop(watch);
