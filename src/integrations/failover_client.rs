@@ -11,7 +11,7 @@ use reqwest::header::{HeaderValue, HOST};
 use reqwest::{Client, Request, RequestBuilder, Response, Url};
 
 use super::redirect::{Hop, DEFAULT_REDIRECTS};
-use super::{destination, finish, Failed, FailoverPolicy, HostMap};
+use super::{destination, finish, Failed, FailoverPolicy, HostMap, Told};
 use crate::call::error::CallError;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
@@ -29,8 +29,10 @@ use crate::util::lock::lock;
 ///   [`FailoverPolicy::methods`], idempotent ones by default, and its body can be
 ///   cloned) goes to the next distinct endpoint, up to 8, when connecting or sending
 ///   fails, or when the answer's status is in [`FailoverPolicy::statuses`] (502, 503,
-///   504 by default). When every attempt got such a status, the last response is
-///   returned.
+///   504 by default; a listed `3xx` too). When every attempt got such a status, the
+///   last response is returned; so is the last one with a listed status that is not
+///   an error status (a `3xx`, which no reqwest error can tell) when a later attempt
+///   failed.
 /// - Any other request whose body can be cloned is sent again only when the
 ///   connection could not be made: it never left, so it is not repeated. Its answer,
 ///   whatever the status, is returned. A timed-out attempt (the call's
@@ -269,7 +271,7 @@ impl FailoverClient {
         let explicit_port = request.url().port();
         let template = Mutex::new(Some(request));
         let client = &self.client;
-        let statuses = &self.policy;
+        let policy = &self.policy;
         let resolver = &self.resolver;
         let template = &template;
         let op = |ep: Endpoint| {
@@ -311,7 +313,7 @@ impl FailoverClient {
                 }
                 let sent = req.url().clone();
                 match client.execute(req).await {
-                    Ok(resp) if repeatable && fails_over(statuses, &resp) => {
+                    Ok(resp) if repeatable && policy.fails_over_on(resp.status()) => {
                         Err(Failed::Status(resp))
                     }
                     Ok(resp) => {
@@ -355,9 +357,11 @@ impl FailoverClient {
         }
         finish(
             result,
-            |resp| {
-                resp.error_for_status()
-                    .expect_err("fail-over statuses are error statuses")
+            // A listed status that is not an error (a `3xx`) has no reqwest error
+            // to be told as: that response is the answer.
+            |resp| match resp.error_for_status() {
+                Err(e) => Told::Error(e),
+                Ok(resp) => Told::Answer(resp),
             },
             |e| e,
         )
@@ -393,12 +397,6 @@ fn warn_if_followed(sent: &Url, resp: &Response) {
     }
 }
 
-/// Whether `resp` has a fail-over status; only error statuses count, so that the
-/// failed attempt can be reported as reqwest's status error.
-fn fails_over(policy: &FailoverPolicy, resp: &Response) -> bool {
-    let s = resp.status();
-    (s.is_client_error() || s.is_server_error()) && policy.fails_over_on(s)
-}
 
 /// The `Host` header of a request to `url`: its host and explicit port.
 fn host_header(url: &Url) -> Option<HeaderValue> {

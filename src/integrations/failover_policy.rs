@@ -109,12 +109,23 @@ pub(crate) enum Failed<R, E> {
     NotSent(Error),
 }
 
+/// An answer with a fail-over status, as [`finish`] reports it: as an error, or, when
+/// it cannot be told as one, as the answer.
+pub(crate) enum Told<F, R> {
+    Error(F),
+    Answer(R),
+}
+
 /// Turns the outcome of a call into the caller's answer: the response of the last
 /// attempt when it was an answer with a fail-over status, otherwise the call's error
 /// with each attempt's failure converted by `status` or `error`.
+///
+/// `status` gives a response back ([`Told::Answer`]) when it cannot be told as an
+/// error (reqwest has no error for a listed `3xx`): the last such response is then
+/// the answer, as every attempt is either listed in the error or answered.
 pub(crate) fn finish<R, E, F>(
     result: Result<R, CallError<Failed<R, E>>>,
-    status: impl Fn(R) -> F,
+    status: impl Fn(R) -> Told<F, R>,
     error: impl Fn(E) -> F,
 ) -> Result<R, CallError<F>> {
     let err = match result {
@@ -133,22 +144,30 @@ pub(crate) fn finish<R, E, F>(
             other => attempts.push(Attempt::new(endpoint, other)),
         }
     }
-    let attempts = attempts
-        .into_iter()
-        .map(|a| {
-            let endpoint = a.endpoint().clone();
-            let e = match a.into_error() {
-                AttemptError::Failed(Failed::Status(r)) => AttemptError::Failed(status(r)),
-                AttemptError::Failed(Failed::Error(e)) => AttemptError::Failed(error(e)),
-                AttemptError::Failed(Failed::NotSent(e)) | AttemptError::NotSent(e) => {
-                    AttemptError::NotSent(e)
+    let mut answer = None;
+    let mut converted = Vec::with_capacity(attempts.len());
+    for a in attempts {
+        let endpoint = a.endpoint().clone();
+        let e = match a.into_error() {
+            AttemptError::Failed(Failed::Status(r)) => match status(r) {
+                Told::Error(f) => AttemptError::Failed(f),
+                Told::Answer(r) => {
+                    answer = Some(r);
+                    continue;
                 }
-                AttemptError::TimedOut(d) => AttemptError::TimedOut(d),
-            };
-            Attempt::new(endpoint, e)
-        })
-        .collect();
-    Err(CallError::attempts_failed(stop, attempts))
+            },
+            AttemptError::Failed(Failed::Error(e)) => AttemptError::Failed(error(e)),
+            AttemptError::Failed(Failed::NotSent(e)) | AttemptError::NotSent(e) => {
+                AttemptError::NotSent(e)
+            }
+            AttemptError::TimedOut(d) => AttemptError::TimedOut(d),
+        };
+        converted.push(Attempt::new(endpoint, e));
+    }
+    if let Some(r) = answer {
+        return Ok(r);
+    }
+    Err(CallError::attempts_failed(stop, converted))
 }
 
 /// Where a request for a service goes on `endpoint`: an IP address the resolver's
@@ -281,7 +300,11 @@ mod tests {
                 Attempt::new(ep("b", Some(2)), AttemptError::Failed(Failed::Status(503))),
             ],
         );
-        let out = finish(Err(err), |s| format!("status {s}"), |e| e.to_owned());
+        let out = finish(
+            Err(err),
+            |s| Told::Error(format!("status {s}")),
+            |e| e.to_owned(),
+        );
         assert_eq!(out.unwrap(), 503);
     }
 
@@ -297,7 +320,11 @@ mod tests {
                 ),
             ],
         );
-        let out = finish(Err(err), |s| format!("status {s}"), |e| e.to_owned());
+        let out = finish(
+            Err(err),
+            |s| Told::Error(format!("status {s}")),
+            |e| e.to_owned(),
+        );
         let err = out.unwrap_err();
         assert_eq!(err.stop(), CallStop::EndpointsUsed);
         assert_eq!(err.attempts().len(), 2);

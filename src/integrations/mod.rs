@@ -49,7 +49,7 @@ mod failover_policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use failover_policy::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-pub(crate) use failover_policy::{destination, finish, Failed};
+pub(crate) use failover_policy::{destination, finish, Failed, Told};
 
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 /// The address to send a request for `host` to, as the resolver's

@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
 use super::failover_policy::authority;
-use super::{destination, finish, Failed, FailoverPolicy, HostMap};
+use super::{destination, finish, Failed, FailoverPolicy, HostMap, Told};
 use crate::call::error::CallError;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
@@ -369,7 +369,7 @@ where
             }
             finish(
                 result,
-                |resp| -> BoxError { format!("answered {}", resp.status()).into() },
+                |resp| Told::<BoxError, _>::Error(format!("answered {}", resp.status()).into()),
                 |e| e,
             )
             .map_err(|e| Box::new(e) as BoxError)

@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use cloudmap_resolver::{FailoverClient, HostMap, Resolver};
+use cloudmap_resolver::{FailoverClient, FailoverPolicy, HostMap, Resolver};
 use test_support::http::registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -164,4 +164,34 @@ async fn a_relative_redirect_stays_with_the_service() {
         .await;
     assert_eq!(resp.unwrap().status(), 302);
     assert_eq!(redirector.got().len(), 5);
+}
+
+/// A `3xx` listed in `FailoverPolicy::statuses` fails over like a listed `5xx` (as
+/// the tower layer does): with one endpoint answering 302 and one 200, every request
+/// is answered 200. Before, the `FailoverClient` counted only error statuses and
+/// returned the 302 whenever it picked that endpoint.
+#[tokio::test]
+async fn a_listed_redirect_status_fails_over() {
+    let landing = Server::start(None).await;
+    let redirector = Server::start(Some("/elsewhere".to_owned())).await;
+    let resolver = Resolver::builder(registry(&[
+        ("r", redirector.port),
+        ("l", landing.port),
+    ]))
+    .build()
+    .unwrap();
+    let mut policy = FailoverPolicy::default();
+    policy.statuses.push(reqwest::StatusCode::FOUND);
+    let fc = client(&resolver).policy(policy).redirects(0);
+    // Picks are random: send until the redirector was picked (bounded).
+    let mut statuses = Vec::new();
+    for _ in 0..40 {
+        let resp = fc.send(fc.client().get("http://web.shared/")).await.unwrap();
+        statuses.push(resp.status().as_u16());
+        if redirector.got().len() >= 2 {
+            break;
+        }
+    }
+    assert!(!redirector.got().is_empty(), "never picked");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
