@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use reqwest::header::{HeaderValue, HOST};
 use reqwest::{Client, Request, RequestBuilder, Response, Url};
+use tokio::time::Instant;
 
 use super::redirect::{Hop, DEFAULT_REDIRECTS};
 use super::{destination, finish, Failed, FailoverPolicy, HostMap, Told};
@@ -234,7 +235,10 @@ impl FailoverClient {
 
     /// Sends `request`, to a service's endpoints with failover when its host is a
     /// service, otherwise as the client would, and follows redirects (each hop
-    /// sent the same way).
+    /// sent the same way). The request's own timeout
+    /// ([`RequestBuilder::timeout`]) covers its redirects too, as with reqwest's: each
+    /// hop gets what is left of it. A client-wide timeout (`ClientBuilder::timeout`),
+    /// which cannot be read back from the client, applies to each hop on its own.
     ///
     /// # Errors
     ///
@@ -243,12 +247,19 @@ impl FailoverClient {
     pub async fn execute(&self, request: Request) -> Result<Response, FailoverError> {
         let mut request = request;
         let mut hops = 0;
+        // The request's timeout bounds the whole request, its redirects included, as
+        // with reqwest's own redirects: each hop gets what is left of it (none left
+        // times the hop out at once, as reqwest's error).
+        let deadline = request.timeout().map(|t| Instant::now() + *t);
         loop {
             let hop = (hops < self.redirects).then(|| Hop::of(&request));
             let resp = self.execute_once(request).await?;
             match hop.and_then(|h| h.next(&resp)) {
-                Some(next) => {
+                Some(mut next) => {
                     hops += 1;
+                    if let Some(d) = deadline {
+                        *next.timeout_mut() = Some(d.saturating_duration_since(Instant::now()));
+                    }
                     request = next;
                 }
                 None => return Ok(resp),
@@ -396,7 +407,6 @@ fn warn_if_followed(sent: &Url, resp: &Response) {
         );
     }
 }
-
 
 /// The `Host` header of a request to `url`: its host and explicit port.
 fn host_header(url: &Url) -> Option<HeaderValue> {

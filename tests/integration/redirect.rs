@@ -4,6 +4,7 @@
 //! request's headers and answer a redirect or 200.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use cloudmap_resolver::{FailoverClient, FailoverPolicy, HostMap, Resolver};
 use test_support::http::registry;
@@ -42,6 +43,12 @@ impl Drop for Server {
 
 impl Server {
     async fn start(location: Option<String>) -> Server {
+        Server::start_slow(location, Duration::ZERO).await
+    }
+
+    /// As [`start`](Self::start), answering each request after `delay` (on tokio's
+    /// clock).
+    async fn start_slow(location: Option<String>, delay: Duration) -> Server {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let got = Arc::new(Mutex::new(Vec::new()));
@@ -69,6 +76,9 @@ impl Server {
                     .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
                     .collect();
                 seen.lock().unwrap().push(Got { path, headers });
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let answer = match &location {
                     Some(l) => format!(
                         "HTTP/1.1 302 Found\r\nlocation: {l}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -174,19 +184,19 @@ async fn a_relative_redirect_stays_with_the_service() {
 async fn a_listed_redirect_status_fails_over() {
     let landing = Server::start(None).await;
     let redirector = Server::start(Some("/elsewhere".to_owned())).await;
-    let resolver = Resolver::builder(registry(&[
-        ("r", redirector.port),
-        ("l", landing.port),
-    ]))
-    .build()
-    .unwrap();
+    let resolver = Resolver::builder(registry(&[("r", redirector.port), ("l", landing.port)]))
+        .build()
+        .unwrap();
     let mut policy = FailoverPolicy::default();
     policy.statuses.push(reqwest::StatusCode::FOUND);
     let fc = client(&resolver).policy(policy).redirects(0);
     // Picks are random: send until the redirector was picked (bounded).
     let mut statuses = Vec::new();
     for _ in 0..40 {
-        let resp = fc.send(fc.client().get("http://web.shared/")).await.unwrap();
+        let resp = fc
+            .send(fc.client().get("http://web.shared/"))
+            .await
+            .unwrap();
         statuses.push(resp.status().as_u16());
         if redirector.got().len() >= 2 {
             break;
@@ -194,4 +204,31 @@ async fn a_listed_redirect_status_fails_over() {
     }
     assert!(!redirector.got().is_empty(), "never picked");
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+/// The request's timeout bounds the whole request, redirects included, as reqwest's
+/// does: an endpoint answering each hop's 302 after 600 ms, with a 1 s timeout, is
+/// asked twice and the request times out at 1 s. Before, each hop had the whole
+/// second: 11 requests, 6.6 s, then the last 302.
+#[tokio::test(start_paused = true)]
+async fn the_timeout_covers_every_redirect() {
+    let slow = Server::start_slow(Some("/again".to_owned()), Duration::from_millis(600)).await;
+    let resolver = Resolver::builder(registry(&[("s", slow.port)]))
+        .build()
+        .unwrap();
+    let fc = client(&resolver);
+    let start = tokio::time::Instant::now();
+    let req = fc
+        .client()
+        .get("http://web.shared/")
+        .timeout(Duration::from_secs(1));
+    let out = fc.send(req).await;
+    let took = start.elapsed();
+    let err = out.expect_err("timed out");
+    assert!(
+        err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
+        "{err:?}"
+    );
+    assert_eq!(slow.got().len(), 2);
+    assert!(took <= Duration::from_millis(1_100), "took {took:?}");
 }
