@@ -46,7 +46,7 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) watch: bool,
     /// Seconds between refreshes with --watch.
-    #[arg(long, value_name = "SECONDS", value_parser = seconds, default_value = "5")]
+    #[arg(long, value_name = "SECONDS", value_parser = interval, default_value = "5")]
     pub(crate) interval: Duration,
     /// The instance attribute shown in the ZONE column: each endpoint's
     /// availability zone, as zone-aware routing reads it.
@@ -105,9 +105,27 @@ fn server(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("expected an IP address with an optional port, not {s:?}"))
 }
 
+/// A positive number of seconds, at least a nanosecond: a shorter one would become
+/// zero, which the resolver refuses under its own option's name (`fetch_timeout`),
+/// not the argument's.
 fn seconds(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 && x < 1e9 => Ok(Duration::from_secs_f64(x)),
+        Ok(x) if x.is_finite() && x > 0.0 && x < 1e9 => match Duration::from_secs_f64(x) {
+            d if d.is_zero() => Err(format!("{s:?} seconds is less than a nanosecond")),
+            d => Ok(d),
+        },
         _ => Err(format!("expected a positive number of seconds, not {s:?}")),
+    }
+}
+
+/// `--interval`: [`seconds`], at least 4 ns, since the cache keeps an answer half an
+/// interval and probes run four times per interval; a shorter one would become a
+/// zero the resolver refuses as `ttl` or `health_check interval`.
+fn interval(s: &str) -> Result<Duration, String> {
+    match seconds(s)? {
+        d if d < Duration::from_nanos(4) => Err(format!(
+            "{s:?} seconds is less than 4 nanoseconds (the interval is split in four)"
+        )),
+        d => Ok(d),
     }
 }

@@ -323,6 +323,19 @@ async fn bad_arguments_print_usage_and_exit_2() {
         &["ns", "svc", "--health", "bogus"],
         &["ns", "svc", "--attr", "novalue"],
         &["ns", "svc", "--count", "0"],
+        // Below a nanosecond (or 4 ns for an interval, halved and quartered):
+        // before, the message named the resolver's option (`fetch_timeout`, `ttl`).
+        &["ns", "svc", "--timeout", "1e-10"],
+        &["ns", "svc", "--watch", "--interval", "1e-10"],
+        &[
+            "ns",
+            "svc",
+            "--watch",
+            "--interval",
+            "3e-9",
+            "--health-check",
+            "tcp",
+        ],
         &["ns", "svc", "--bogus"],
         &["ns", "svc", "--dns"],
         &[
@@ -340,6 +353,13 @@ async fn bad_arguments_print_usage_and_exit_2() {
         assert!(r.stderr.starts_with("error: "), "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains("--help"), "{args:?}: {}", r.stderr);
         assert!(r.stdout.is_empty(), "{args:?}");
+        // A bad value names the argument given, not an option of the resolver.
+        if let Some(flag) = args
+            .iter()
+            .find(|a| ["--timeout", "--interval"].contains(a))
+        {
+            assert!(r.stderr.contains(flag), "{args:?}: {}", r.stderr);
+        }
     }
     // A name Cloud Map would reject is a usage error too, found before any call.
     let r = run(&["bad name!", "web", "--endpoint-url", "http://127.0.0.1:9"]).await;
