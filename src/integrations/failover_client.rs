@@ -23,8 +23,10 @@ use crate::util::lock::lock;
 ///
 /// A request whose URL host [`HostMap`] maps to a service is sent to an endpoint
 /// picked by the resolver, through [`Resolver::call`]: the URL's host becomes the
-/// endpoint's address and port (an explicit port in the URL wins), the `Host` header
-/// keeps the name from the URL, and connections are pooled per endpoint.
+/// endpoint's address and port (an explicit port in the URL wins, except the
+/// scheme's own: the `url` crate drops `:80` from `http://` and `:443` from
+/// `https://` when parsing, so such a URL goes to the instance's port), the `Host`
+/// header keeps the name from the URL, and connections are pooled per endpoint.
 ///
 /// - A request that is safe to repeat (its method is in
 ///   [`FailoverPolicy::methods`], idempotent ones by default, and its body can be
@@ -459,6 +461,19 @@ mod tests {
         retarget(&mut req, ip, port, host).unwrap();
         assert_eq!(req.url().as_str(), "http://127.0.0.1:9000/");
         assert_eq!(req.headers()[HOST], "web.shared:9000");
+    }
+
+    /// The documented exception to "an explicit port wins": the url crate drops the
+    /// scheme's own port, so `:80` on `http` reads as no port and the instance's
+    /// port is used.
+    #[test]
+    fn the_schemes_own_port_is_not_explicit() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut req = Client::new().get("http://web.shared:80/").build().unwrap();
+        assert_eq!(req.url().port(), None);
+        let (host, port) = (host_header(req.url()), req.url().port().or(Some(8080)));
+        retarget(&mut req, ip, port, host).unwrap();
+        assert_eq!(req.url().as_str(), "http://127.0.0.1:8080/");
     }
 
     /// Credentials in the URL stay out of the `Host` header.

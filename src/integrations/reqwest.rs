@@ -20,7 +20,11 @@ use crate::resolver::Resolver;
 /// - **Ports**: an explicit port in the URL wins (`http://web.shared:9000/` connects to
 ///   port 9000 of every address); otherwise the instance's `AWS_INSTANCE_PORT` (or the
 ///   resolver's [`default_port`](crate::ResolverOptions::default_port)) is used, and
-///   the scheme's port (80, 443) for an instance without one.
+///   the scheme's port (80, 443) for an instance without one. The exception is the
+///   scheme's own port: the `url` crate drops it when parsing (`http://web.shared:80/`
+///   has no port), so it reaches reqwest's connector as no port and the instance's
+///   is used. To reach port 80 of an instance registered with another port, use the
+///   hyper or tower integrations, whose URIs keep it.
 /// - **Timeouts**: reqwest's `connect_timeout` is divided across the returned
 ///   addresses (hyper-util's rule), so with 8 addresses each gets an eighth.
 /// - **Pooling**: reqwest pools connections by URL host, not by address: requests
