@@ -111,8 +111,10 @@ impl fmt::Display for Cidr {
 /// An IPv6 address that carries an IPv4 address is judged as the IPv4 address it
 /// carries, so that no spelling smuggles a refused address through: IPv4-mapped
 /// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, other than `::` and `::1`),
-/// IPv4-translated (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::/96`, and every RFC 6052
-/// position inside the local-use `64:ff9b:1::/48`, all of which must pass), 6to4
+/// IPv4-translated (`::ffff:0:a.b.c.d`), NAT64 (`64:ff9b::/96`, and the local-use
+/// `64:ff9b:1::/48` read at the `/96` position, its last 32 bits, the layout NAT64
+/// gateways use; the other RFC 6052 positions are not read, since in a `/96` address
+/// they hold zeros and would refuse every legitimate one as `0.0.0.0`), 6to4
 /// (`2002::/16`) and Teredo (`2001::/32`, the client address). A deny network matching
 /// either the IPv6 form or the IPv4 it carries refuses it; allow networks and the
 /// special-address rule are applied to the IPv4 it carries.
@@ -424,6 +426,7 @@ mod tests {
         for good in [
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1", // local-use NAT64 read at /96 (its /48 position holds 0.0.0.0)
             "2002:a00:1::1",
             "::127.0.0.1",
             "::1",
