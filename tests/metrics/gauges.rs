@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use cloudmap_resolver::{Change, ErrorKind, Instance, Resolver, StaticDiscovery, ZoneAware};
 use futures::StreamExt;
-use metrics_util::debugging::DebuggingRecorder;
 use test_support::counting::Counting;
 
-use super::{collect, get, Seen};
+use super::{collect, get, paused, Seen};
 
 const WEB: [(&str, &str); 2] = [("namespace", "shared"), ("service", "web")];
 
@@ -20,13 +19,7 @@ fn web(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static st
 /// on (unavailable): published 30 s later, when the answer expired (`max_stale` of
 /// 10 s) and the stream has reported its one `Err` and is retrying.
 fn outage() -> Seen {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (recorder, snapshotter, rt) = paused();
     let ip = "127.0.0.1".parse().unwrap();
     let source = Counting::new(
         StaticDiscovery::new()
@@ -98,13 +91,7 @@ fn a_retrying_stream_is_still_a_watcher() {
 /// values (2 healthy endpoints, 1 key, 1 watcher) for as long as the process ran.
 #[test]
 fn a_dropped_resolver_zeroes_its_gauges() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (recorder, snapshotter, rt) = paused();
     let ip = "127.0.0.1".parse().unwrap();
     let registry = StaticDiscovery::new()
         .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
@@ -153,13 +140,7 @@ fn a_dropped_resolver_zeroes_its_gauges() {
 /// read 1 with no `watch` anywhere; now 0.
 #[test]
 fn the_callers_service_has_no_watcher_of_its_own() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (recorder, snapshotter, rt) = paused();
     let ip = "127.0.0.1".parse().unwrap();
     let zoned = |id: &str, zone: &str| {
         Instance::new(id)

@@ -47,13 +47,7 @@ impl Discover for PanicsOnBoom {
 type Seen = BTreeMap<(String, Vec<(String, String)>), f64>;
 
 fn scenario(endpoint_label: bool) -> Seen {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (recorder, snapshotter, rt) = paused();
     metrics::with_local_recorder(&recorder, || {
         rt.block_on(async {
             let ip = "127.0.0.1".parse().unwrap();
@@ -138,6 +132,19 @@ fn scenario(endpoint_label: bool) -> Seen {
             collect(&snapshotter)
         })
     })
+}
+
+/// A debugging recorder, its snapshotter and a current-thread runtime on tokio's
+/// paused clock: what every scenario here records into.
+fn paused() -> (DebuggingRecorder, Snapshotter, tokio::runtime::Runtime) {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    (recorder, snapshotter, rt)
 }
 
 /// What the recorder holds now, as [`Seen`].
@@ -470,13 +477,7 @@ fn registration_sends_are_registry_calls() {
 /// for a key without an answer.
 #[test]
 fn unknown_names_create_no_series() {
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (recorder, snapshotter, rt) = paused();
     let ip = "127.0.0.1".parse().unwrap();
     let registry = StaticDiscovery::new().with_instance(
         "shared",

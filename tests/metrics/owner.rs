@@ -1,9 +1,8 @@
 //! The namespace label of keys named with their owner account.
 
 use cloudmap_resolver::{Endpoint, Error, Instance, Resolver, StaticDiscovery};
-use metrics_util::debugging::DebuggingRecorder;
 
-use super::{collect, get};
+use super::{collect, get, paused};
 
 /// Issue 25: two accounts' namespaces of one name (`shared`, shared through AWS RAM
 /// by two owners) are two series: the namespace label of a key named with its owner
@@ -13,13 +12,7 @@ use super::{collect, get};
 fn owner_accounts_label_their_own_series() {
     const A: &str = "111122223333";
     const B: &str = "444455556666";
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .unwrap();
+    let (recorder, snapshotter, rt) = paused();
     let ip = "127.0.0.1".parse().unwrap();
     let ep = |id: &str, port| Instance::new(id).ipv4(ip).port(port);
     let registry = StaticDiscovery::new()
