@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
-use cloudmap_resolver::{ErrorKind, HealthStatus, Registration};
+use cloudmap_resolver::{ErrorKind, HealthStatus, Registered, Registration};
 use test_support::moto::{health_status, instance_attributes, instance_ids, register, sdk_config};
+use test_support::proxy::Proxy;
 
 use super::{calls_until_shown, resolver, setup, shows_within, write_calls, SETTLE};
 
@@ -151,14 +152,11 @@ async fn health_is_set_on_services_with_a_custom_health_check_only() {
     assert_eq!(proxy.count("RegisterInstance"), registers);
 }
 
-/// A replacement process that registered the same instance id (Cloud Map replaces
-/// the instance, with the new registration's `CreatorRequestId`; the proxy makes
-/// moto do the same) is not taken out by the old process's drain. Before: the old
-/// drain deregistered by id and removed the replacement (0 instances left); now it
-/// sees the entry is no longer its own, leaves it (1 left, the replacement's port)
-/// and reports that it deregistered nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drain_leaves_a_replacement_registered_under_the_same_id() {
+/// An instance id registered twice, as by a process and its replacement (Cloud Map
+/// replaces the instance, with the new registration's `CreatorRequestId`; the proxy
+/// makes moto do the same): the service's id, the old registration (port 8080), the
+/// replacement's (8081), and the proxy they write through (kept: dropped, it stops).
+async fn replaced() -> (String, Registered, Registered, Proxy) {
     let (ns, service_id, proxy) = setup().await;
     proxy.replace_on_register();
     let sdk = sdk_config(&proxy.url());
@@ -170,6 +168,18 @@ async fn a_drain_leaves_a_replacement_registered_under_the_same_id() {
     };
     let old = register(8080).await.unwrap();
     let new = register(8081).await.unwrap();
+    (service_id, old, new, proxy)
+}
+
+/// A replacement process that registered the same instance id (Cloud Map replaces
+/// the instance, with the new registration's `CreatorRequestId`; the proxy makes
+/// moto do the same) is not taken out by the old process's drain. Before: the old
+/// drain deregistered by id and removed the replacement (0 instances left); now it
+/// sees the entry is no longer its own, leaves it (1 left, the replacement's port)
+/// and reports that it deregistered nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_leaves_a_replacement_registered_under_the_same_id() {
+    let (service_id, old, new, _proxy) = replaced().await;
     assert_ne!(old.creator_request_id(), new.creator_request_id());
     assert_eq!(instance_ids(&service_id).await, ["i-same"], "replaced");
 
@@ -191,17 +201,7 @@ async fn a_drain_leaves_a_replacement_registered_under_the_same_id() {
 /// the replacement stays HEALTHY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_health_leaves_a_replacement_alone() {
-    let (ns, service_id, proxy) = setup().await;
-    proxy.replace_on_register();
-    let sdk = sdk_config(&proxy.url());
-    let register = |port| {
-        Registration::new(&sdk, &ns, "web", "i-same")
-            .ipv4("127.0.0.1".parse().unwrap())
-            .port(port)
-            .register()
-    };
-    let old = register(8080).await.unwrap();
-    let new = register(8081).await.unwrap();
+    let (service_id, old, new, _proxy) = replaced().await;
     new.set_health(HealthStatus::Healthy).await.unwrap();
 
     let err = old.set_health(HealthStatus::Unhealthy).await.unwrap_err();
