@@ -1,11 +1,12 @@
 //! A moto server on a free loopback port, one per test binary, stopped when the
 //! test process exits (a watchdog thread inside it polls the parent's pid).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::{mpsc, Mutex, OnceLock};
+use std::time::Duration;
 
 use aws_sdk_servicediscovery as sd;
 
@@ -35,6 +36,10 @@ pub fn repo_root() -> PathBuf {
     here.parent().map(PathBuf::from).unwrap_or(here)
 }
 
+// moto binds its own free port and prints it: a port picked here and handed over
+// could be taken by any other socket in between (this process's tests bind
+// 127.0.0.1:0 all the time), and the readiness check would then find that socket
+// listening, not moto.
 const LAUNCH: &str = r#"
 import os, sys, threading, time
 parent = os.getppid()
@@ -44,30 +49,42 @@ def watch():
         if os.getppid() != parent:
             os._exit(0)
 threading.Thread(target=watch, daemon=True).start()
-from moto.server import main
-main(["-H", "127.0.0.1", "-p", sys.argv[1]])
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+server = ThreadedMotoServer("127.0.0.1", 0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+while True:
+    time.sleep(3600)
 "#;
 
 pub fn moto() -> &'static Moto {
     static MOTO: OnceLock<Moto> = OnceLock::new();
     MOTO.get_or_init(|| {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(python())
-            .args(["-c", LAUNCH, &port.to_string()])
-            .stdout(Stdio::null())
+        let mut child = Command::new(python())
+            .args(["-c", LAUNCH])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto");
+        // The first line is the port moto listens on; the rest of its output (none
+        // is expected) is read and dropped, so that a full pipe never blocks it.
+        let out = child.stdout.take().expect("moto's stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(out).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            lines.for_each(drop);
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("moto did not start within 60 s")
+            .expect("moto exited before it listened");
+        let port: u16 = line.trim().parse().expect("moto printed its port");
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start within 60 s");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        assert!(
+            TcpStream::connect(addr).is_ok(),
+            "moto is not listening on {addr}"
+        );
         Moto {
             addr,
             _child: Mutex::new(child),
