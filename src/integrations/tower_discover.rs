@@ -24,6 +24,13 @@ use crate::watch::{Change, Watch};
 /// gone resolver's `ResolverDropped`) is final, and is yielded before the end: a
 /// balancer left with no endpoints and no discovery would otherwise wait in
 /// `ready()` for good, while tower's `Balance` fails it with the error.
+///
+/// A service that does not exist yet (`ServiceNotFound`, `NamespaceNotFound`) or
+/// has no endpoints is not final: the watch goes on, and the service is followed
+/// once it is created. Meanwhile tower's `Balance` has no endpoint and its
+/// `ready()` waits (tower's meaning of an empty balancer): bound it with a timeout
+/// (`tower::timeout`, `tokio::time::timeout`) where a caller must not wait. A
+/// `GrpcChannel` (feature `tonic`) fails such requests at once instead.
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub struct WatchDiscover<F> {
     watch: Watch,
