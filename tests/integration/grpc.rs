@@ -242,14 +242,7 @@ async fn requests_fail_at_once_while_the_channel_has_no_endpoint() {
     let channel = resolver.grpc_channel("shared", "empty").unwrap();
     assert!(check(&channel).await.is_err());
     registry.register("shared", "empty", instance(0, &servers[0]));
-    let served = async {
-        while check(&channel).await.is_err() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), served)
-        .await
-        .expect("served once the endpoint is registered");
+    served(&channel, "served once the endpoint is registered").await;
 }
 
 /// A name no registry could answer for is refused when the channel is built.
@@ -347,12 +340,18 @@ async fn a_service_deleted_after_an_outage_fails_requests_at_once() {
 
 /// Waits (at most 10 s) until an RPC through `channel` succeeds.
 async fn served(channel: &cloudmap_resolver::GrpcChannel, what: &str) {
-    let served = async {
-        while check(channel).await.is_err() {
+    until(channel, true, what).await;
+}
+
+/// Checks the channel every 50 ms until a check passes (`ok`) or fails (not
+/// `ok`), for at most 10 s; panics with `what` if it never does.
+async fn until(channel: &cloudmap_resolver::GrpcChannel, ok: bool, what: &str) {
+    let reached = async {
+        while check(channel).await.is_ok() != ok {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    tokio::time::timeout(Duration::from_secs(10), served)
+    tokio::time::timeout(Duration::from_secs(10), reached)
         .await
         .unwrap_or_else(|_| panic!("{what}"));
 }
@@ -395,14 +394,7 @@ async fn a_channel_with_no_endpoint_learns_of_the_next_one() {
     removed(&mut observer, "s0").await;
     // Read by one RPC (which the queued endpoint may still serve), then none left.
     let _ = check(&channel).await;
-    let gone = async {
-        while check(&channel).await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), gone)
-        .await
-        .expect("no endpoint once s0 is removed");
+    until(&channel, false, "no endpoint once s0 is removed").await;
     registry.register("shared", "health", instance(1, &servers[1]));
     served(
         &channel,

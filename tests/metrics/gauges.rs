@@ -15,6 +15,15 @@ fn web(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static st
     WEB.iter().chain(extra).copied().collect()
 }
 
+/// The `endpoints` gauge of `shared/web`'s healthy endpoints.
+fn healthy_web(seen: &Seen) -> Option<f64> {
+    get(
+        seen,
+        "cloudmap_resolver.endpoints",
+        &web(&[("state", "healthy")]),
+    )
+}
+
 /// A change stream on `shared/web` (two endpoints) whose registry fails from 1 s
 /// on (unavailable): published 30 s later, when the answer expired (`max_stale` of
 /// 10 s) and the stream has reported its one `Err` and is retrying.
@@ -41,11 +50,7 @@ fn outage() -> Seen {
             }
             r.publish_metrics();
             let before = collect(&snapshotter);
-            let healthy = get(
-                &before,
-                "cloudmap_resolver.endpoints",
-                &web(&[("state", "healthy")]),
-            );
+            let healthy = healthy_web(&before);
             assert_eq!(healthy, Some(2.0), "{before:#?}");
             source.fail_with(Some(ErrorKind::Unavailable));
             let next = tokio::time::timeout(Duration::from_secs(20), watch.next()).await;
@@ -66,11 +71,7 @@ fn outage() -> Seen {
 #[test]
 fn an_expired_answer_shows_no_endpoints() {
     let seen = outage();
-    let healthy = get(
-        &seen,
-        "cloudmap_resolver.endpoints",
-        &web(&[("state", "healthy")]),
-    );
+    let healthy = healthy_web(&seen);
     assert_eq!(healthy, Some(0.0), "{seen:#?}");
     let age = get(&seen, "cloudmap_resolver.answer.age", &web(&[])).unwrap();
     assert!(age > 10.0, "answer age {age}");
@@ -105,11 +106,7 @@ fn a_dropped_resolver_zeroes_its_gauges() {
             let publisher = r.spawn_metrics_publisher(Duration::from_secs(1));
             tokio::time::sleep(Duration::from_secs(2)).await;
             let before = collect(&snapshotter);
-            let healthy = get(
-                &before,
-                "cloudmap_resolver.endpoints",
-                &web(&[("state", "healthy")]),
-            );
+            let healthy = healthy_web(&before);
             assert_eq!(healthy, Some(2.0), "{before:#?}");
             // The debugging recorder's snapshot zeroed what it read: one more tick
             // publishes the gauges again.
