@@ -52,7 +52,9 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 /// - **Merging**: Route 53 answers at most 8 random healthy records. Every address
 ///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
 ///   whole service and picks spread over it; an address leaves the set at the first
-///   lookup after its TTL. An empty answer (NXDOMAIN or no records) empties the set.
+///   lookup after its TTL. An empty answer (NXDOMAIN, no records, or SRV records
+///   none of which can be an endpoint: target `.`, port 0, a target without an
+///   address) empties the set.
 ///   Turn this off with [`DnsOptions::merge_answers`].
 /// - **Health**: DNS answers hold the records Route 53 considers healthy (or, when
 ///   none is, up to 8 unhealthy ones); every instance is reported healthy.
@@ -260,10 +262,7 @@ impl DnsDiscovery {
         };
         let answer = match srv {
             Some(Found::NxDomain) => return Err(self.not_found(&key, &fqdn)),
-            Some(Found::Records(records)) => {
-                let answer = self.resolve_srv(client, &name, records).await?;
-                Answer::Srv(answer)
-            }
+            Some(Found::Records(records)) => self.resolve_srv(client, &name, records).await?,
             Some(Found::NoData(srv_negative)) if opts.records == RecordMode::SrvOnly => {
                 Answer::Empty(srv_negative)
             }
@@ -288,7 +287,8 @@ impl DnsDiscovery {
         let seen = &mut merged.names;
         let (mut instances, ttl) = match answer {
             Answer::Empty(negative) => {
-                // No records left at all: nothing seen before may be served.
+                // No records left, or none usable: nothing seen before may be
+                // served.
                 seen.remove(&key);
                 (Vec::new(), negative.map(|t| opts.clamp_ttl(t)))
             }

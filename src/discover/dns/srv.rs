@@ -6,27 +6,33 @@ use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
 
 use super::lookup::{address_record, host_key, lookup_addresses, pick_families};
-use super::lookup::{Addresses, Records, SrvAnswer, SrvRecord};
+use super::lookup::{Addresses, Answer, Records, SrvAnswer, SrvRecord};
 use super::DnsDiscovery;
 use crate::error::{Error, ErrorKind};
 
 impl DnsDiscovery {
     /// The SRV records of an answer, with their targets' addresses: from the
     /// additional section where it has them, looked up (concurrently) otherwise.
+    /// An answer none of whose records can be an endpoint is [`Answer::Empty`].
     pub(super) async fn resolve_srv(
         &self,
         client: &TokioResolver,
         name: &Name,
         lookup: Records,
-    ) -> Result<SrvAnswer, Error> {
+    ) -> Result<Answer, Error> {
         let pref = self.opts.ip_preference;
         let chain_ttl = lookup.chain_ttl();
         let mut answer = SrvAnswer::default();
+        // The shortest TTL of every SRV record, usable or not: how long an answer
+        // without a usable one holds.
+        let mut unusable_ttl: Option<u32> = None;
         let mut pending: Vec<(String, Name)> = Vec::new();
         for record in &lookup.answers {
             let RData::SRV(srv) = &record.data else {
                 continue;
             };
+            let ttl = record.ttl.min(chain_ttl);
+            unusable_ttl = Some(unusable_ttl.map_or(ttl, |t| t.min(ttl)));
             let target = host_key(&srv.target);
             if srv.target.is_root() {
                 tracing::debug!(name = %name, "SRV target \".\": service not offered there");
@@ -43,7 +49,7 @@ impl DnsDiscovery {
                 weight: srv.weight,
                 port: srv.port,
                 target: target.clone(),
-                ttl: record.ttl.min(chain_ttl),
+                ttl,
             });
             if answer.targets.iter().any(|(t, _)| *t == target)
                 || pending.iter().any(|(t, _)| *t == target)
@@ -109,12 +115,16 @@ impl DnsDiscovery {
         answer
             .srv
             .retain(|s| answer.targets.iter().any(|(t, _)| *t == s.target));
-        if answer.srv.is_empty()
-            && let Some(e) = transient
-        {
-            // Every target failed for a reason that may pass: keep the last
-            // good answer rather than report none.
-            return Err(e);
+        if answer.srv.is_empty() {
+            if let Some(e) = transient {
+                // Every target failed for a reason that may pass: keep the last
+                // good answer rather than report none.
+                return Err(e);
+            }
+            // Every record says the service has no endpoint there (target ".",
+            // port 0, a target without an address): as an empty answer, so what
+            // was merged from earlier answers is not served on until its TTL.
+            return Ok(Answer::Empty(unusable_ttl));
         }
         answer.ttl = answer
             .srv
@@ -122,7 +132,7 @@ impl DnsDiscovery {
             .map(|s| s.ttl)
             .chain(answer.targets.iter().map(|(_, a)| a.ttl))
             .min();
-        Ok(answer)
+        Ok(Answer::Srv(answer))
     }
 }
 
@@ -131,6 +141,8 @@ mod tests {
     use super::*;
     use crate::discover::instance::Instance;
     use crate::discover::{Discover, DiscoverRequest};
+    use crate::util::lock::lock;
+    use std::time::Duration;
 
     /// An SRV record that cannot be an endpoint (port 0, a target without an
     /// address) is warned about once, not on every lookup: 4 lookups gave 4 warnings
@@ -162,5 +174,50 @@ mod tests {
         });
         assert_eq!(log.matches("with port 0").count(), 1, "{log}");
         assert_eq!(log.matches("without an address record").count(), 1, "{log}");
+    }
+
+    /// An SRV answer none of whose records can be an endpoint (every target ".",
+    /// every port 0, every target without an address) says the service has no
+    /// endpoint now, as an empty answer does: what was merged from earlier answers
+    /// is not served on. Before, i-1 (seen with a 60 s TTL) was served on for the
+    /// rest of its TTL, the answer cached for 60 s; now 0 instances, cached for the
+    /// unusable records' 30 s.
+    #[test]
+    fn an_srv_answer_of_unusable_records_empties_the_merged_set() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            const NAME: &str = "api.prod.internal";
+            const TARGET: &str = "i-1.api.prod.internal";
+            let (name, target) = (NAME, TARGET);
+            let unusable: [(&str, fn(&test_support::dns::DnsServer)); 3] = [
+                ("target \".\"", |s| s.add_srv(NAME, 1, 1, 8080, ".", 30)),
+                ("port 0", |s| s.add_srv(NAME, 1, 1, 0, TARGET, 30)),
+                ("a target without an address", |s| {
+                    s.clear(TARGET, test_support::dns::RecordType::A);
+                    s.add_empty_name(TARGET);
+                    s.add_srv(NAME, 1, 1, 8080, TARGET, 30);
+                }),
+            ];
+            for (what, make_unusable) in unusable {
+                let server = test_support::dns::DnsServer::start().await;
+                server.add_srv(name, 1, 1, 8080, target, 60);
+                server.add_a(target, "10.0.0.1", 60);
+                let dns = DnsDiscovery::with_name_servers([server.addr]);
+                let req = DiscoverRequest::new("prod.internal", "api");
+                let found = dns.discover(&req).await.unwrap();
+                assert_eq!(found.instances.len(), 1, "{what}");
+
+                server.clear(name, test_support::dns::RecordType::SRV);
+                make_unusable(&server);
+                let found = dns.discover(&req).await.unwrap();
+                let ids: Vec<_> = found.instances.iter().map(Instance::id).collect();
+                assert_eq!(ids, Vec::<&str>::new(), "{what}");
+                assert_eq!(found.ttl, Some(Duration::from_secs(30)), "{what}");
+                assert!(lock(&dns.seen).names.is_empty(), "{what}");
+            }
+        });
     }
 }
