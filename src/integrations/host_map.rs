@@ -16,8 +16,15 @@ type MapFn = dyn Fn(&str) -> Option<(String, String)> + Send + Sync;
 /// the registry. [`any`](Self::any) lets the registry claim every dotted name,
 /// public ones included, and is an explicit opt-in.
 ///
-/// Host names are matched as the URL parser left them (lowercase for `http` and
-/// `https` URLs), without a trailing dot. An IP address literal is never a service,
+/// Host names are matched in ASCII lowercase, without a trailing dot, whichever
+/// integration asks: a host name is case-insensitive, and reqwest's URL parser
+/// lowercases it anyway, so `http://WEB.Shared/` is the service `web` in namespace
+/// `shared` through reqwest, hyper and tower alike (one cache key, not two). Cloud
+/// Map's API compares names exactly (an HTTP namespace may hold services whose names
+/// differ only by case), so a service or namespace with capitals in its name is not
+/// reached through a host name as written: map to its exact name with
+/// [`from_fn`](Self::from_fn), which receives the lowercased host, or call the
+/// resolver with the name. An IP address literal is never a service,
 /// whatever the rule and however it is spelt (`10.1.2.3`, `2852039166`,
 /// `0xa9fea9fe`, `0251.0376.0251.0376`, `[::1]`): a host with a colon or bracket, or
 /// whose last label is a number (decimal, octal or `0x` hex, which URL parsers read
@@ -95,8 +102,8 @@ impl HostMap {
     }
 
     /// Your own rule: `Some((namespace, service))` for a service, `None` for a name
-    /// that goes to the system's DNS resolver. It receives the name without a trailing
-    /// dot.
+    /// that goes to the system's DNS resolver. It receives the name in ASCII
+    /// lowercase, without a trailing dot.
     pub fn from_fn(f: impl Fn(&str) -> Option<(String, String)> + Send + Sync + 'static) -> Self {
         HostMap(Rule::Fn(Arc::new(f)))
     }
@@ -108,6 +115,16 @@ impl HostMap {
         if is_ip_literal(host) {
             return None;
         }
+        // Host names are case-insensitive and reqwest's URL parser lowercases them
+        // while `http::Uri` (hyper, tower) keeps them as written: lowercasing here
+        // gives every integration the same key for the same URL.
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            host
+        };
         match &self.0 {
             Rule::Any => {
                 let (svc, ns) = host.split_once('.')?;
@@ -251,6 +268,11 @@ mod tests {
         assert_eq!(
             m.service("api.prod.internal"),
             Some(("prod.internal".into(), "api".into()))
+        );
+        assert_eq!(
+            m.service("WEB.Shared"),
+            Some(("shared".into(), "web".into())),
+            "host names are case-insensitive"
         );
         assert_eq!(m.service("web.other"), None);
         assert_eq!(m.service("shared"), None);

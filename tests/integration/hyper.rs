@@ -104,6 +104,37 @@ async fn a_post_is_not_repeated() {
     assert_eq!(a.hits() + b.hits(), 1);
 }
 
+/// Host names are case-insensitive: `http://WEB.Shared/` resolves as the key
+/// `shared/web`, as reqwest's URL parser makes it, not one of its own. Before, the
+/// capitals went to the registry (`Shared/WEB`, not found: 3 requests of 6 failed,
+/// 2 keys looked up); now all 6 reach the service, through 1 key, under every rule.
+#[tokio::test]
+async fn host_names_map_to_one_key_whatever_their_case() {
+    let server = HttpServer::start("web").await;
+    let counting = Counting::new(registry(&[("a", server.port())]));
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+    let rules = [
+        shared(),
+        HostMap::any(),
+        HostMap::from_fn(|host| {
+            let (svc, ns) = host.split_once('.')?;
+            Some((ns.to_owned(), svc.to_owned()))
+        }),
+    ];
+    let mut served = 0;
+    for hosts in rules {
+        let client = client(resolver.hyper_resolver().hosts(hosts));
+        for url in ["http://WEB.Shared/", "http://web.shared/"] {
+            served += usize::from(matches!(get(&client, url).await, Ok((200, _))));
+        }
+    }
+    assert_eq!(
+        (served, server.hits(), counting.discover_calls()),
+        (6, 6, 1),
+        "every request served, through one key: shared/web"
+    );
+}
+
 /// `localhost` is not a service: the system's resolver answers, the registry is not
 /// asked.
 #[tokio::test]
