@@ -5,8 +5,9 @@
 //! their I/O to `call`: the lease counts one request in flight on its endpoint
 //! (least-loaded picks see it), and [`Lease::finish`] records the round-trip time
 //! and the outcome (load and outlier detection). Dropped unfinished, it releases the
-//! in-flight count and records nothing: a cancelled request says nothing about the
-//! endpoint.
+//! in-flight count and gives the time it was held as a round-trip sample, with no
+//! outcome, as `call` does for an attempt it abandons: a caller that gives up on an
+//! endpoint that hangs must still teach least-loaded picks that it is slow.
 
 use std::fmt;
 use std::ops::Deref;
@@ -22,10 +23,15 @@ use crate::endpoint::Endpoint;
 /// went. Made by [`Resolver::lease`](crate::Resolver::lease) and
 /// [`Query::lease`](crate::Query::lease).
 ///
-/// Dropping a lease without finishing it counts as cancelled: the request leaves the
-/// in-flight count, and no latency or failure is recorded. Requests are counted and
-/// timed for [`Selection::LeastLoaded`](crate::Selection::LeastLoaded), which reads
-/// them; with every selection the outcome feeds outlier detection, as
+/// Dropping a lease without finishing it counts as cancelled (a `timeout` around your
+/// request, say): the request leaves the in-flight count, and the time since the
+/// lease was taken is a round-trip sample of the endpoint (a lower bound of the real
+/// one), as [`call`](crate::Resolver::call) takes an attempt it abandons; no failure
+/// is recorded, since the caller, not the endpoint, gave up. Without the sample an
+/// endpoint that hangs would stay unmeasured, the cheapest least-loaded pick.
+/// Requests are counted and timed for
+/// [`Selection::LeastLoaded`](crate::Selection::LeastLoaded), which reads them; with
+/// every selection the outcome feeds outlier detection, as
 /// [`Resolver::report`](crate::Resolver::report) does.
 ///
 /// # Examples
@@ -46,7 +52,7 @@ use crate::endpoint::Endpoint;
 /// lease.finish(if r.is_ok() { Outcome::Success } else { Outcome::Failure });
 ///
 /// let lease = resolver.lease("shared", "web").await?;
-/// drop(lease); // cancelled: no sample, no failure
+/// drop(lease); // cancelled: the time it was held is a sample, not a failure
 /// assert_eq!(resolver.resolve("shared", "web").await?.in_flight(), 0);
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
@@ -87,27 +93,25 @@ impl Lease {
             .finish(&self.endpoint, self.began, now, outcome);
     }
 
-    /// Ends the request unanswered, given up by its caller (a measured service's
-    /// call dropped before its response): the time since the lease was taken is a
-    /// round-trip sample of the endpoint, a lower bound of the real one, as tower's
-    /// `PeakEwma` takes a dropped request's and `call` an abandoned attempt's. No
-    /// outcome: the caller, not the endpoint, gave up.
-    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
-    pub(crate) fn abandon(mut self) {
-        let now = Instant::now();
-        self.release();
-        self.recorder.given_up(&self.endpoint, self.began, now);
-    }
-
     fn release(&mut self) {
         let counted = std::mem::take(&mut self.counted);
         self.recorder.end(&self.endpoint, counted);
     }
 }
 
+// Dropped unfinished (`finish` has taken `counted`): the request was given up by
+// its caller, and the time since the lease was taken is a round-trip sample of the
+// endpoint, a lower bound of the real one, as tower's `PeakEwma` takes a dropped
+// request's and `call` an abandoned attempt's (`Attempting`). No outcome: the
+// caller, not the endpoint, gave up. `counted` is set only when load is tracked, so
+// a lease under another selection, or a finished one, reads no clock here.
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.release();
+        if self.counted {
+            let now = Instant::now();
+            self.release();
+            self.recorder.given_up(&self.endpoint, self.began, now);
+        }
     }
 }
 

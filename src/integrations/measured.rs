@@ -93,6 +93,11 @@ pub struct MeasuredFuture<F> {
     // Boxed: the lease beside it needs no pinning, and the crate has no unsafe code
     // to project a pin with.
     inner: Pin<Box<F>>,
+    /// Finished with the response's outcome; dropped unanswered (a caller that gives
+    /// up on an endpoint that hangs), the lease records the time it ran as a
+    /// round-trip sample, or the endpoint's cost would stay the never-measured
+    /// default, below the answering endpoints' measured one, and it would keep
+    /// every pick.
     lease: Option<Lease>,
 }
 
@@ -112,17 +117,6 @@ where
             });
         }
         Poll::Ready(out)
-    }
-}
-
-// Dropped unanswered: a caller that gives up on an endpoint that hangs must still
-// teach the balancer that it is slow, or its cost stays the never-measured
-// default, below the answering endpoints' measured one, and it keeps every pick.
-impl<F> Drop for MeasuredFuture<F> {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.abandon();
-        }
     }
 }
 

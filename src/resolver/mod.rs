@@ -316,7 +316,8 @@ impl Resolver {
     /// One endpoint of `service` in `namespace`, picked as [`resolve`](Self::resolve)
     /// picks, for your own I/O: the [`Lease`] counts one request in flight on it
     /// until you [`finish`](Lease::finish) it with the [`Outcome`] (which records the
-    /// round-trip time and feeds outlier detection) or drop it (cancelled).
+    /// round-trip time and feeds outlier detection) or drop it (cancelled: the time
+    /// it was held is a round-trip sample, with no outcome).
     ///
     /// # Errors
     ///

@@ -186,6 +186,43 @@ async fn leases_count_in_flight_until_finished_or_dropped() {
     assert_eq!(in_flight(&resolver).await, vec![0, 0]);
 }
 
+/// A lone caller's own I/O under a lease, given up after 100 ms (a `timeout` around
+/// it) when its endpoint hangs: the lease dropped unfinished gives the time it was
+/// held as a round-trip sample of its endpoint, as `call` does for an attempt it
+/// abandons, so later leases go to the endpoint that answers. Before, a dropped
+/// lease recorded nothing, the hanging endpoint stayed at the never-measured cost,
+/// cheaper than the measured one, and 19 of 20 requests were given up on it.
+#[tokio::test(start_paused = true)]
+async fn a_lease_dropped_on_a_hanging_endpoint_teaches_least_loaded() {
+    let ip = "127.0.0.1".parse().unwrap();
+    let registry = StaticDiscovery::new()
+        .with_instance("shared", "web", Instance::new("hangs").ipv4(ip).port(1))
+        .with_instance("shared", "web", Instance::new("answers").ipv4(ip).port(2));
+    let resolver = resolver(registry, Selection::LeastLoaded, true);
+    let mut given_up = 0;
+    for _ in 0..20 {
+        let lease = resolver.lease("shared", "web").await.unwrap();
+        let hangs = lease.instance_id() == "hangs";
+        let io = async {
+            if hangs {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        };
+        match tokio::time::timeout(Duration::from_millis(100), io).await {
+            Ok(()) => lease.finish(Outcome::Success),
+            Err(_) => {
+                given_up += 1;
+                drop(lease);
+            }
+        }
+    }
+    println!("leases given up at 100 ms on a hanging endpoint: {given_up} of 20");
+    assert!(given_up <= 2, "{given_up} of 20 requests given up");
+    assert_eq!(in_flight(&resolver).await, vec![0, 0], "every lease ended");
+    assert_eq!(resolver.stats().ejections, 0, "giving up is not a failure");
+}
+
 /// Slow start on the paused clock: 7 endpoints serve, an 8th joins; its share of
 /// picks in its first 5 s, made by one caller in sequence, is within a factor of
 /// two of the ramp's target either way (ramped, not starved: least-loaded once gave
