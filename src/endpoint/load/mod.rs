@@ -129,6 +129,40 @@ mod tests {
         assert!(t.cost(&failing) > 400.0 * t.cost(&fast));
     }
 
+    /// After an idle minute picks still read the clock of the last finished request
+    /// (`LoadClock` moves only when one finishes), yet they order the endpoints as
+    /// a fresh clock would: the decay scales every measured estimate by the same
+    /// factor, so which of two costs is lower does not depend on the reading, and a
+    /// never-measured endpoint with nothing in flight (a lone caller's case) costs
+    /// the probe's constant under either. Here the stale readings are the old ones
+    /// (the 100 ms peak still reads over 70 ms; fresh, under 1 ms), and every pair
+    /// of the 5 endpoints compares the same at both clocks.
+    #[test]
+    fn a_pick_after_an_idle_minute_orders_endpoints_as_a_fresh_clock_would() {
+        let epoch = Instant::now();
+        let t = LoadTracker::new(&LoadOptions::default(), epoch);
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let loads: Vec<Load> = (0..5).map(|_| Load::default()).collect();
+        // A 100 ms peak, a failure (the 1 s penalty), 2 ms, and 3 ms the last to
+        // finish; loads[4] never measured, nothing in flight.
+        t.record(&loads[0], at(0), at(100), false);
+        t.record(&loads[1], at(1_000), at(1_002), true);
+        t.record(&loads[2], at(2_000), at(2_002), false);
+        t.record(&loads[3], at(2_500), at(2_503), false);
+        let fresh = nanos(Duration::from_millis(62_503));
+        let fresh_cost = |l: &Load| l.cost(fresh as u64, t.decay_ns, t.default_ns);
+        assert!(t.cost(&loads[0]) > 70e6 && fresh_cost(&loads[0]) < 1e6);
+        for a in &loads {
+            for b in &loads {
+                assert_eq!(
+                    t.cost(a) < t.cost(b),
+                    fresh_cost(a) < fresh_cost(b),
+                    "{a:?} against {b:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn zero_decay_is_refused() {
         let opts = LoadOptions {

@@ -148,6 +148,16 @@ const TICK_NS: u64 = 1_000_000;
 /// A resolver's clock for load estimates: nanoseconds since it was made, advanced
 /// by every finished request. Picks read it instead of the system clock, so the warm
 /// path reads no clock; with no request finishing, no estimate changes either.
+///
+/// After an idle spell the first picks read the last finish's time, so they see
+/// the estimates as they were then, not decayed for the spell. They still pick as
+/// a fresh clock would: the decay multiplies every measured estimate by the same
+/// `exp(-idle / decay)`, so the order of two measured costs does not depend on the
+/// reading, and a never-measured endpoint with nothing in flight costs the probe's
+/// constant either way (a test in `load/mod.rs` checks both). Only the cost of a
+/// never-measured endpoint with a request in flight (`default_rtt` x (in flight +
+/// 1), which does not decay) compares differently with a measured one read
+/// undecayed, and only until the first request after the spell finishes.
 #[derive(Debug)]
 pub(crate) struct LoadClock {
     epoch: Instant,
