@@ -208,6 +208,8 @@ pub(super) struct SrvAnswer {
     pub(super) srv: Vec<SrvRecord>,
     /// Addresses of SRV targets, by target.
     pub(super) targets: Vec<(String, AddrRecord)>,
+    /// SRV targets the answer says have no address (NODATA or NXDOMAIN).
+    pub(super) gone: Vec<String>,
     /// The shortest TTL of the records used.
     pub(super) ttl: Option<u32>,
 }

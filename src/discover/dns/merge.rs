@@ -89,6 +89,12 @@ impl Seen {
             self.srv.clear();
             self.targets.clear();
         }
+        // A target the answer says has no address has no endpoint now: what was
+        // seen of it is not served on until its TTL (its instance is gone).
+        for gone in &answer.gone {
+            self.srv.retain(|(target, _), _| target != gone);
+            self.targets.retain(|(target, _), _| target != gone);
+        }
         for s in &answer.srv {
             self.srv.insert(
                 (s.target.clone(), s.port),
@@ -326,6 +332,7 @@ mod tests {
                 ("many.api.ns".into(), a("10.0.0.5", 60)),
             ],
             ttl: Some(60),
+            gone: Vec::new(),
         };
         let mut seen = Seen::default();
         seen.merge_srv(&answer, Instant::now(), &opts);
@@ -364,6 +371,7 @@ mod tests {
                 ("b.ns".into(), a("10.0.0.2", 5)),
             ],
             ttl: Some(5),
+            gone: Vec::new(),
         };
         first.srv[1].ttl = 60;
         seen.merge_srv(&first, t0, &opts);

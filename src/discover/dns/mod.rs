@@ -52,7 +52,8 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 /// - **Merging**: Route 53 answers at most 8 random healthy records. Every address
 ///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
 ///   whole service and picks spread over it; an address leaves the set at the first
-///   lookup after its TTL. An empty answer (NXDOMAIN, no records, or SRV records
+///   lookup after its TTL, or at the first answer whose SRV record names its target
+///   and finds that target without an address. An empty answer (NXDOMAIN, no records, or SRV records
 ///   none of which can be an endpoint: target `.`, port 0, a target without an
 ///   address) empties the set.
 ///   Turn this off with [`DnsOptions::merge_answers`].

@@ -102,6 +102,7 @@ impl DnsDiscovery {
                         if self.warned.first_time((name, &target, "no address")) {
                             tracing::warn!(name = %name, target = %target, "skipping SRV target without an address record");
                         }
+                        answer.gone.push(target);
                     }
                     Err(e) => {
                         tracing::warn!(name = %name, target = %target, error = %e, "SRV target lookup failed");
@@ -140,7 +141,7 @@ impl DnsDiscovery {
 mod tests {
     use super::*;
     use crate::discover::instance::Instance;
-    use crate::discover::{Discover, DiscoverRequest};
+    use crate::discover::{Discover, DiscoverRequest, Discovered};
     use crate::util::lock::lock;
     use std::time::Duration;
 
@@ -174,6 +175,41 @@ mod tests {
         });
         assert_eq!(log.matches("with port 0").count(), 1, "{log}");
         assert_eq!(log.matches("without an address record").count(), 1, "{log}");
+    }
+
+    /// An SRV record whose target the answer says has no address (the instance's
+    /// A record gone) ends what was merged of that target before, as its records'
+    /// TTLs would: the registry has said it has no endpoint there. Before, i-2 was
+    /// served on for the rest of its 60 s TTL (2 instances); now 1.
+    #[test]
+    fn a_target_answered_without_an_address_leaves_the_merged_set() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = test_support::dns::DnsServer::start().await;
+            let name = "api.prod.internal";
+            for (target, ip) in [
+                ("i-1.api.prod.internal", "10.0.0.1"),
+                ("i-2.api.prod.internal", "10.0.0.2"),
+            ] {
+                server.add_srv(name, 1, 1, 8080, target, 60);
+                server.add_a(target, ip, 60);
+            }
+            let dns = DnsDiscovery::with_name_servers([server.addr]);
+            let req = DiscoverRequest::new("prod.internal", "api");
+            let ids = |found: Discovered| -> Vec<String> {
+                found.instances.iter().map(|i| i.id().to_owned()).collect()
+            };
+            assert_eq!(ids(dns.discover(&req).await.unwrap()).len(), 2);
+            server.clear("i-2.api.prod.internal", test_support::dns::RecordType::A);
+            server.add_empty_name("i-2.api.prod.internal");
+            assert_eq!(
+                ids(dns.discover(&req).await.unwrap()),
+                ["i-1.api.prod.internal"]
+            );
+        });
     }
 
     /// An SRV answer none of whose records can be an endpoint (every target ".",
