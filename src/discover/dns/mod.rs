@@ -53,10 +53,10 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 ///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
 ///   whole service and picks spread over it; an address leaves the set at the first
 ///   lookup after its TTL, or at the first answer whose SRV record names its target
-///   and finds that target without an address. An empty answer (NXDOMAIN, no records, or SRV records
-///   none of which can be an endpoint: target `.`, port 0, a target without an
-///   address) empties the set.
-///   Turn this off with [`DnsOptions::merge_answers`].
+///   and finds that target without an address. An empty answer (NXDOMAIN, no
+///   records, or SRV records none of which can be an endpoint: target `.`, port 0,
+///   a target without an address) empties the set. Turn this off with
+///   [`DnsOptions::merge_answers`].
 /// - **Health**: DNS answers hold the records Route 53 considers healthy (or, when
 ///   none is, up to 8 unhealthy ones); every instance is reported healthy.
 ///   [`HealthFilter::Unhealthy`] cannot be answered and is `InvalidInput`; the
