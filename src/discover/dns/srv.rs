@@ -228,7 +228,8 @@ mod tests {
             const NAME: &str = "api.prod.internal";
             const TARGET: &str = "i-1.api.prod.internal";
             let (name, target) = (NAME, TARGET);
-            let unusable: [(&str, fn(&test_support::dns::DnsServer)); 3] = [
+            type Make = fn(&test_support::dns::DnsServer);
+            let unusable: [(&str, Make); 3] = [
                 ("target \".\"", |s| s.add_srv(NAME, 1, 1, 8080, ".", 30)),
                 ("port 0", |s| s.add_srv(NAME, 1, 1, 0, TARGET, 30)),
                 ("a target without an address", |s| {
