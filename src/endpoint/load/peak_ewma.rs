@@ -63,7 +63,7 @@ impl Load {
     /// One request fewer in flight (each `start` is paired with one `end`).
     #[inline]
     pub(crate) fn end(&self) {
-        // Pairs with one `start` by construction (the `InFlight` guard, `Lease`).
+        // Pairs with one `start` by construction (the `Attempting` guard, `Lease`).
         self.pending.fetch_sub(1, Ordering::Relaxed);
     }
 
