@@ -363,9 +363,9 @@ async fn least_loaded_sends_one_caller_in_sequence_to_every_endpoint() {
     }
 }
 
-/// An endpoint registered while one caller calls in sequence is probed at once and
-/// has its full share once its slow-start window (30 s) is over: before, it got no
-/// call in 3 minutes.
+/// An endpoint registered while one caller calls in sequence is probed early in its
+/// slow-start window and has its full share once the window (30 s) is over: before,
+/// it got no call in 3 minutes.
 #[tokio::test(start_paused = true)]
 async fn least_loaded_gives_a_newly_registered_endpoint_its_share() {
     let registry = three_endpoints();
@@ -391,11 +391,15 @@ async fn least_loaded_gives_a_newly_registered_endpoint_its_share() {
         rounds += 1;
         assert!(rounds < 2_000, "the new endpoint never appeared");
     }
-    // Probed by the first pick that draws it: within a few calls.
+    // Probed by the first pick that draws it and keeps it: two choices draw it in
+    // half the pairs, and at the start of its ramp slow start keeps it with
+    // weight 0.1, so about 20 calls on average. The picks depend on the thread's
+    // stripe (which other tests, run first in the same process, decide); with this
+    // seed the 8 stripes take 0 to 27 calls. A bound of 20 failed on 2 of them.
     let mut probed = 0;
     while !in_sequence(&resolver, 1).await.contains_key("new") {
         probed += 1;
-        assert!(probed < 20, "not probed in 20 calls after it appeared");
+        assert!(probed < 60, "not probed in 60 calls after it appeared");
     }
     // The caller keeps calling through the rest of the window.
     in_sequence(&resolver, 15_000).await;

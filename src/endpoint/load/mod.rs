@@ -45,7 +45,9 @@ pub struct LoadOptions {
     /// flight; its first sample replaces it. An endpoint never measured with
     /// nothing in flight is probed: the next pick that draws it sends it a request
     /// (one at a time), so every endpoint is measured whatever the concurrency.
-    /// Default: 30 ms.
+    /// While it ramps up (slow start), a pick that draws it is kept with its ramp's
+    /// weight as any pick is: with 4 endpoints, a lone caller's first request to
+    /// the joining one comes after about 20 calls. Default: 30 ms.
     pub default_rtt: Duration,
     /// The round-trip time a failed attempt counts as, when it took less: a
     /// refused connection returns at once, and must not make its endpoint look like
