@@ -95,8 +95,13 @@ impl CapQueue {
 
     /// When turn `k` is granted, counting from `now` (a tiny rate gives "never").
     fn time_of(&self, k: f64, now: Instant) -> Instant {
-        let wait = Duration::try_from_secs_f64(((k - self.granted) / self.per_second).max(0.0))
-            .unwrap_or(Duration::MAX);
+        let secs = ((k - self.granted) / self.per_second).max(0.0);
+        // Rounded up to a whole nanosecond, so that a turn not granted is waited
+        // for a nanosecond at least: above 1,000 calls a second the rest of a turn
+        // can take less, and a wait rounded down to zero woke its refresh at the
+        // same instant, short of its turn again, spinning a paused clock for good.
+        // The cast saturates: a tiny rate's wait becomes u64::MAX ns, "never".
+        let wait = Duration::from_nanos((secs * 1e9).ceil() as u64);
         after(now, wait)
     }
 

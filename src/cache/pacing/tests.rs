@@ -431,11 +431,14 @@ fn a_changed_answer_keeps_its_own_spacing() {
 
 /// A refresh woken at the time its cap turn was given finds it granted: it does not
 /// wait again for a rounding error's worth (zero nanoseconds, at the same instant,
-/// which spun a paused-clock run without time advancing).
+/// which spun a paused-clock run without time advancing). Caps above 1,000 calls a
+/// second too, where the rest of a turn can take less than a nanosecond: its wait
+/// rounded to zero and spun the same way (`RateLimit::new(f64::MAX, 1)` hung a
+/// paused-clock resolver's refresher for good).
 #[test]
 fn a_cap_turn_is_granted_at_the_time_it_was_given() {
     let t0 = Instant::now();
-    for rate in [0.1, 0.3, 3.0, 7.0] {
+    for rate in [0.1, 0.3, 3.0, 7.0, 3e3, 1e6, 1e12, f64::MAX] {
         for offset in (0..5000).step_by(37) {
             let start = t0 + Duration::from_micros(offset * 1013);
             let l = Limiter::new(Some(RateLimit::new(rate, 1)), false, t0);
