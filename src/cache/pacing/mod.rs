@@ -220,7 +220,11 @@ impl Cut {
         let secs = DOUBLING.as_secs_f64() * growth.log2();
         // "Never" for an absurd queue, not a panic.
         let since_cut = Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX);
-        after(self.at, since_cut).max(from)
+        // A nanosecond after `from` at least: turns still needed are waited for.
+        // Above 1,000 calls a second what is left of a turn can take less than a
+        // nanosecond, and a time rounded to `from` woke the refresh at the same
+        // instant, short of its turn again, spinning a paused clock for good.
+        after(self.at, since_cut).max(after(from, Duration::from_nanos(1)))
     }
 }
 

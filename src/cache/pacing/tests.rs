@@ -460,3 +460,40 @@ fn a_cap_turn_is_granted_at_the_time_it_was_given() {
         }
     }
 }
+
+/// The adapted rate's queued turns, at thousands of calls a second (a rate is
+/// lifted only past 10,000): a refresh woken at its turn's time never finds that
+/// turn a rounding error short and the same instant given again.
+#[test]
+fn an_adapted_turn_is_never_given_at_the_instant_it_was_asked() {
+    let t0 = Instant::now();
+    let l = Limiter::new(None, true, t0);
+    let step = Duration::from_micros(125);
+    let mut t = t0;
+    for _ in 0..16_000 {
+        l.admit_at(R, Pace::Wait, t).unwrap();
+        t += step;
+    }
+    l.throttled(R, t, t);
+    let rate = l.rate(R, t).unwrap();
+    assert!(rate > 1_000.0, "{rate}");
+    let mut spins = 0;
+    for i in 0..2_000u64 {
+        let now = t + Duration::from_nanos(i * 997);
+        let Turn::Queued(ticket) = l.take(R, Pace::Wait, now).unwrap() else {
+            continue;
+        };
+        let mut at = now;
+        let mut woken = 0;
+        while let Some(next) = l.turn_of(&ticket, at) {
+            if next <= at {
+                spins += 1;
+                break;
+            }
+            at = next;
+            woken += 1;
+            assert!(woken < 100_000, "the turn never came");
+        }
+    }
+    assert_eq!(spins, 0, "wake-ups at the same instant");
+}
