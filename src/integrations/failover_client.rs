@@ -18,6 +18,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::Resolver;
 use crate::util::lock::lock;
+use crate::util::time::after;
 
 /// A `reqwest::Client` with request-level failover across a service's endpoints.
 ///
@@ -251,8 +252,9 @@ impl FailoverClient {
         let mut hops = 0;
         // The request's timeout bounds the whole request, its redirects included, as
         // with reqwest's own redirects: each hop gets what is left of it (none left
-        // times the hop out at once, as reqwest's error).
-        let deadline = request.timeout().map(|t| Instant::now() + *t);
+        // times the hop out at once, as reqwest's error). Saturating: a timeout too
+        // long for the clock (`Duration::MAX`, "none" for one request) panicked here.
+        let deadline = request.timeout().map(|t| after(Instant::now(), *t));
         loop {
             let hop = (hops < self.redirects).then(|| Hop::of(&request));
             let resp = self.execute_once(request).await?;

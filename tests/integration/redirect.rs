@@ -232,3 +232,23 @@ async fn the_timeout_covers_every_redirect() {
     assert_eq!(slow.got().len(), 2);
     assert!(took <= Duration::from_millis(1_100), "took {took:?}");
 }
+
+/// A request timeout of `Duration::MAX` (reqwest's way to say "no timeout" for one
+/// request, where the client has one) is followed through its redirects: the
+/// request lands after two hops. Before, `FailoverClient::send` panicked adding the
+/// timeout to the clock (`Instant + Duration` overflow) before sending anything.
+#[tokio::test(start_paused = true)]
+async fn a_timeout_of_duration_max_never_expires() {
+    let redirector = Server::start(Some("/landed".to_owned())).await;
+    let resolver = Resolver::builder(registry(&[("r", redirector.port)]))
+        .build()
+        .unwrap();
+    let fc = client(&resolver).redirects(2);
+    let req = fc
+        .client()
+        .get("http://web.shared/start")
+        .timeout(Duration::MAX);
+    let resp = fc.send(req).await.unwrap();
+    assert_eq!(resp.status(), 302, "the third answer, after two redirects");
+    assert_eq!(redirector.got().len(), 3);
+}
