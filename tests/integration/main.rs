@@ -25,6 +25,7 @@ mod prop_options;
 mod properties;
 mod register;
 mod resilience;
+mod runtimes;
 mod service;
 mod service_churn;
 mod startup_wait;

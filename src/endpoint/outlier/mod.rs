@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use readmit::Readmitter;
 pub(crate) use readmit::Rejoin;
+use readmit::{ReadmitTimer, Readmitter};
 
 use crate::endpoint::{Endpoint, EndpointState};
 use crate::util::lock::lock;
@@ -352,34 +352,10 @@ impl OutlierDetector {
             "{}",
             cause.describe()
         );
-        // Re-admission on a timer, so the warm path needs no clock: a task on the
-        // current runtime, or a thread when there is none (`report` from a plain
-        // thread), since `resolve` never looks at the time and would skip the
-        // endpoint for good. Ejections are rare and bounded by the endpoints.
-        let weak = Arc::downgrade(h);
-        let readmitter = self.readmit.clone();
-        let readmit_at = move |now: Instant| {
-            if let Some(h) = weak.upgrade() {
-                readmitter.readmit(&h, now);
-            }
-        };
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                tokio::time::sleep_until(until).await;
-                readmit_at(Instant::now());
-            });
-        } else {
-            let spawned = std::thread::Builder::new()
-                .name("cloudmap-readmit".into())
-                .spawn(move || {
-                    std::thread::sleep(until.saturating_duration_since(Instant::now()));
-                    readmit_at(Instant::now());
-                });
-            if let Err(err) = spawned {
-                // `call` still re-admits when it next looks (`is_ejected`).
-                tracing::warn!(error = %err, "no thread to re-admit an ejected endpoint on");
-            }
-        }
+        // Re-admission on a timer, so the warm path needs no clock: `resolve`
+        // never looks at the time and would skip the endpoint for good.
+        // Ejections are rare and bounded by the endpoints.
+        ReadmitTimer::start(Arc::downgrade(h), self.readmit.clone(), until);
     }
 
     fn count(&self, h: &EndpointState, cause: Cause) {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 
 use tokio::time::Instant;
 
@@ -68,5 +68,70 @@ impl Readmitter {
         drop(st);
         self.count.fetch_add(1, Ordering::Relaxed);
         tracing::info!(endpoint = %h.name, "re-admitting endpoint on probation");
+    }
+}
+
+/// The timer that ends one ejection at `until`: a task on the current runtime, or
+/// a thread when there is none (`report` from a plain thread). A task dies with its
+/// runtime: a resolver kept in a `static` and used from several runtimes (one per
+/// `#[tokio::test]`) outlives the one that ejected the endpoint, and a timer lost
+/// with it left the endpoint out of every `resolve` for good (nothing else
+/// re-admits it but a `call` looking at it). So a timer dropped unfired hands its
+/// work to a thread.
+pub(super) struct ReadmitTimer {
+    state: Weak<EndpointState>,
+    readmitter: Arc<Readmitter>,
+    until: Instant,
+    fired: bool,
+}
+
+impl ReadmitTimer {
+    pub(super) fn start(state: Weak<EndpointState>, readmitter: Arc<Readmitter>, until: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            on_thread(state, readmitter, until);
+            return;
+        };
+        let mut timer = ReadmitTimer {
+            state,
+            readmitter,
+            until,
+            fired: false,
+        };
+        rt.spawn(async move {
+            tokio::time::sleep_until(until).await;
+            timer.fired = true;
+            if let Some(h) = timer.state.upgrade() {
+                timer.readmitter.readmit(&h, Instant::now());
+            }
+        });
+    }
+}
+
+impl Drop for ReadmitTimer {
+    fn drop(&mut self) {
+        if !self.fired {
+            // Dropped before its time: its runtime shut down.
+            on_thread(self.state.clone(), self.readmitter.clone(), self.until);
+        }
+    }
+}
+
+/// Re-admits `state` at `until` from a thread of its own.
+fn on_thread(state: Weak<EndpointState>, readmitter: Arc<Readmitter>, until: Instant) {
+    if state.strong_count() == 0 {
+        // Gone from every answer: nothing to re-admit.
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("cloudmap-readmit".into())
+        .spawn(move || {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            if let Some(h) = state.upgrade() {
+                readmitter.readmit(&h, Instant::now());
+            }
+        });
+    if let Err(err) = spawned {
+        // `call` still re-admits when it next looks (`is_ejected`).
+        tracing::warn!(error = %err, "no thread to re-admit an ejected endpoint on");
     }
 }

@@ -1,0 +1,122 @@
+//! A resolver that outlives the runtime it was used in: kept in a `static` (a
+//! `OnceLock`) and shared by several `#[tokio::test]`s, each with a runtime of its
+//! own that shuts down at the test's end. Its background work (refreshes,
+//! re-admission timers) must carry on in the next runtime.
+//!
+//! Each test runs two current-thread runtimes in turn, on the real clock (a paused
+//! clock is per runtime); waits are bounded by a 20 s deadline.
+
+use std::time::{Duration, Instant};
+
+use cloudmap_resolver::{Instance, Outcome, OutlierOptions, Resolver, StaticDiscovery};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// `ids` on loopback ports nothing listens on (probes to them fail).
+fn registry(ids: &[&str]) -> StaticDiscovery {
+    ids.iter()
+        .enumerate()
+        .fold(StaticDiscovery::new(), |r, (i, id)| {
+            r.with_instance(
+                "shared",
+                "web",
+                Instance::new(*id)
+                    .ipv4("127.0.0.1".parse().unwrap())
+                    .port(1000 + i as u16),
+            )
+        })
+}
+
+/// Polls `done` every 50 ms in `rt` until it holds or 20 s have passed.
+fn until(rt: &tokio::runtime::Runtime, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        rt.block_on(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    }
+    done()
+}
+
+/// A key refreshed in the first runtime is refreshed in the second: the registry's
+/// change is seen within the TTL's rounds, not never.
+#[test]
+fn refreshes_go_on_in_the_next_runtime() {
+    let registry = registry(&["a", "b"]);
+    let first = runtime();
+    let resolver = first.block_on(async {
+        let r = Resolver::builder(registry.clone())
+            .ttl(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        r.resolve("shared", "web").await.unwrap();
+        r
+    });
+    drop(first);
+    let second = runtime();
+    second.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    registry.deregister("shared", "web", "a");
+    let only_b = || {
+        let all = second
+            .block_on(resolver.resolve_all("shared", "web"))
+            .unwrap();
+        all.iter().all(|ep| ep.instance_id() == "b")
+    };
+    assert!(until(&second, only_b), "the deregistration is seen");
+}
+
+/// An endpoint ejected in the first runtime comes back after its ejection time in
+/// the second. Its re-admission timer was a task of the first runtime: lost with
+/// it, the endpoint was skipped by every `resolve` for good (0 picks of 20, 0
+/// re-admissions, however long the wait).
+#[test]
+fn an_ejection_ends_after_its_runtime_shut_down() {
+    let first = runtime();
+    let mut outlier = OutlierOptions::default();
+    outlier.base_ejection_time = Duration::from_millis(100);
+    let resolver = first.block_on(async {
+        Resolver::builder(registry(&["a", "b"]))
+            .outlier_detection(outlier)
+            .build()
+            .unwrap()
+    });
+    first.block_on(async {
+        let (x, y) = (
+            resolver.resolve("shared", "web").await.unwrap(),
+            resolver.resolve("shared", "web").await.unwrap(),
+        );
+        let a = if x.instance_id() == "a" { x } else { y };
+        for _ in 0..5 {
+            resolver.report(&a, Outcome::Failure);
+        }
+    });
+    assert_eq!(resolver.stats().ejections, 1);
+    drop(first);
+    let second = runtime();
+    let picks_of_a = || {
+        second.block_on(async {
+            let mut n = 0;
+            for _ in 0..20 {
+                if resolver
+                    .resolve("shared", "web")
+                    .await
+                    .unwrap()
+                    .instance_id()
+                    == "a"
+                {
+                    n += 1;
+                }
+            }
+            n
+        })
+    };
+    assert!(until(&second, || picks_of_a() > 0), "re-admitted");
+    assert_eq!(resolver.stats().readmissions, 1);
+    assert_eq!(picks_of_a(), 10, "in the rotation again");
+}
