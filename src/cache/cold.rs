@@ -158,6 +158,9 @@ impl Cache {
                 drop(gate);
                 self.ensure_refresher(slot);
                 self.loaded.notify_waiters();
+                if let Some(on_load) = self.on_load.get() {
+                    on_load();
+                }
                 Ok(snap)
             }
             Err(err) => {

@@ -93,6 +93,10 @@ pub(crate) struct Cache {
     /// Woken at every load that installs an answer: the health check's task,
     /// with nothing in use, waits on it rather than a whole probe round.
     pub(crate) loaded: Arc<tokio::sync::Notify>,
+    /// Called at every load that installs an answer, on the loading caller's
+    /// runtime: the health check starts its task there when none runs
+    /// (`resolver/health.rs`, which this layer does not know).
+    pub(crate) on_load: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -135,6 +139,7 @@ impl Cache {
             held: held::Held::default(),
             revision_refused: std::sync::atomic::AtomicBool::new(false),
             loaded: Arc::default(),
+            on_load: std::sync::OnceLock::new(),
         }
     }
 

@@ -253,8 +253,10 @@ impl ResolverBuilder {
 
     /// Probes the endpoints of the keys in use from the background; an endpoint
     /// failing its probes is skipped as an ejected one is (within
-    /// `outlier.max_ejection_share`) until a probe passes. Probing starts when the
-    /// resolver is built inside a tokio runtime and stops when it is dropped.
+    /// `outlier.max_ejection_share`) until a probe passes. Probing runs on the tokio
+    /// runtime the resolver is built in, else on the one of its first load (and
+    /// again on a later load's, once the runtime running it has shut down), and
+    /// stops when the resolver is dropped.
     /// Default: none. See the [health guide](crate::guide::health).
     ///
     /// # Examples

@@ -8,7 +8,7 @@
 //! references to the resolver: dropping the last handle ends it at its next step
 //! (probes already running finish within their timeout).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -44,28 +44,45 @@ pub(crate) struct Prober {
 }
 
 impl Prober {
-    /// Starts the task on the current runtime; returns false without one.
-    pub(crate) fn spawn<T: Send + Sync + 'static>(
-        self,
-        cache: Weak<Cache>,
-        alive: Weak<T>,
-    ) -> bool {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return false;
-        };
+    /// Starts the task on the current runtime, if there is one, and again at any
+    /// load that finds none running. A task dies with its runtime: a resolver kept
+    /// in a `static` and used from several runtimes (one per `#[tokio::test]`)
+    /// outlives the one that built it, and with the task lost, probing stopped for
+    /// good, leaving every endpoint found down skipped for good too. Loads run on
+    /// the caller's runtime (a refresher lost with its runtime expires its answer,
+    /// so the next caller loads), and one that finds no task starts it there.
+    pub(crate) fn install<T: Send + Sync + 'static>(self, cache: &Arc<Cache>, alive: Weak<T>) {
         // An endpoint whose probe passed while an ejection for failed requests
         // still ran comes back when that ends: it ramps up then, as below.
-        let weak = cache.clone();
+        let weak = Arc::downgrade(cache);
         self.outliers
             .on_rejoin(Box::new(move |state: &Arc<EndpointState>, now: Instant| {
                 ramp_up(state, now, &weak);
             }));
-        rt.spawn(self.run(cache, alive));
-        true
+        let this = Arc::new(self);
+        let running = Arc::new(AtomicBool::new(false));
+        let weak = Arc::downgrade(cache);
+        let start = move || {
+            if alive.strong_count() == 0 || running.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let seat = Running(running.clone());
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn(this.clone().run(weak.clone(), alive.clone(), seat))),
+                Err(_) => drop(seat),
+            }
+        };
+        start();
+        let _ = cache.on_load.set(Box::new(start));
     }
 
-    async fn run<T: Send + Sync + 'static>(self, cache: Weak<Cache>, alive: Weak<T>) {
-        let this = Arc::new(self);
+    async fn run<T: Send + Sync + 'static>(
+        self: Arc<Self>,
+        cache: Weak<Cache>,
+        alive: Weak<T>,
+        _seat: Running,
+    ) {
+        let this = self;
         let mut rng = this.seed;
         loop {
             let Some(strong) = cache.upgrade().filter(|_| alive.strong_count() > 0) else {
@@ -161,6 +178,16 @@ impl Prober {
             }
             state.probe.end();
         });
+    }
+}
+
+/// Marks the probing task running while it lives: dropped when the task ends or
+/// is dropped with its runtime, so that the next load starts another.
+struct Running(Arc<AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -529,15 +529,9 @@ impl Resolver {
                 opts,
             }),
         };
-        if let Some(prober) = prober
-            && !prober.spawn(
-                Arc::downgrade(&resolver.cache),
-                Arc::downgrade(&resolver.shared),
-            )
-        {
-            tracing::warn!(
-                "health_check is set but the resolver was built outside a tokio runtime: no probes"
-            );
+        if let Some(prober) = prober {
+            // Started here inside a runtime, else at the first load in one.
+            prober.install(&resolver.cache, Arc::downgrade(&resolver.shared));
         }
         resolver
     }

@@ -1,14 +1,16 @@
 //! A resolver that outlives the runtime it was used in: kept in a `static` (a
 //! `OnceLock`) and shared by several `#[tokio::test]`s, each with a runtime of its
 //! own that shuts down at the test's end. Its background work (refreshes,
-//! re-admission timers) must carry on in the next runtime.
+//! re-admission timers, the health check) must carry on in the next runtime.
 //!
 //! Each test runs two current-thread runtimes in turn, on the real clock (a paused
 //! clock is per runtime); waits are bounded by a 20 s deadline.
 
 use std::time::{Duration, Instant};
 
-use cloudmap_resolver::{Instance, Outcome, OutlierOptions, Resolver, StaticDiscovery};
+use cloudmap_resolver::{
+    HealthCheck, Instance, Outcome, OutlierOptions, Resolver, StaticDiscovery,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -119,4 +121,45 @@ fn an_ejection_ends_after_its_runtime_shut_down() {
     assert!(until(&second, || picks_of_a() > 0), "re-admitted");
     assert_eq!(resolver.stats().readmissions, 1);
     assert_eq!(picks_of_a(), 10, "in the rotation again");
+}
+
+/// The health check goes on probing in the second runtime. Its task was one of the
+/// first runtime's: lost with it, probing stopped for good (9 failed probes in the
+/// first runtime, still 9 after, and the endpoints it found down stayed down).
+#[test]
+fn probing_goes_on_in_the_next_runtime() {
+    let first = runtime();
+    let resolver = first.block_on(async {
+        Resolver::builder(registry(&["a", "b"]))
+            .health_check(HealthCheck::tcp().interval(Duration::from_millis(100)))
+            .build()
+            .unwrap()
+    });
+    first.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    assert!(
+        until(&first, || resolver.stats().probes_failed >= 2),
+        "probed"
+    );
+    drop(first);
+    let before = resolver.stats().probes_failed;
+    let second = runtime();
+    second.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    assert!(
+        until(&second, || resolver.stats().probes_failed >= before + 2),
+        "probing again: {} failed probes, {before} before",
+        resolver.stats().probes_failed
+    );
+}
+
+/// A resolver built outside any runtime probes from its first load in one (it
+/// used to warn and never probe).
+#[test]
+fn probing_starts_at_the_first_load_when_built_outside_a_runtime() {
+    let resolver = Resolver::builder(registry(&["a"]))
+        .health_check(HealthCheck::tcp().interval(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let rt = runtime();
+    rt.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    assert!(until(&rt, || resolver.stats().probes_failed >= 2), "probed");
 }
