@@ -90,8 +90,17 @@ impl Cache {
         // The start-up wait counts from the caller's arrival, not from its turn at
         // the gate: a caller queued behind a load that waited in vain does not wait
         // the whole bound again.
+        // Outside a Tokio runtime (another executor, `futures::executor::block_on`)
+        // the load has nowhere to run, nor its timers: an error saying so, as a
+        // `Watch` polled there gets, rather than `tokio::spawn`'s panic.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Err(Error::new(
+                ErrorKind::Configuration,
+                "a key that is not warm is loaded on a Tokio runtime: resolve within one",
+            ));
+        };
         let (cache, owned) = (self.clone(), slot.clone());
-        let load = tokio::spawn(async move { cache.load_gated(&owned, seen, arrived).await });
+        let load = runtime.spawn(async move { cache.load_gated(&owned, seen, arrived).await });
         match load.await {
             Ok(result) => result,
             // The task panicked (a source's panics are caught in `fetch`) or the

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use cloudmap_resolver::{
-    HealthCheck, Instance, Outcome, OutlierOptions, Resolver, StaticDiscovery,
+    ErrorKind, HealthCheck, Instance, Outcome, OutlierOptions, Resolver, StaticDiscovery,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -162,4 +162,24 @@ fn probing_starts_at_the_first_load_when_built_outside_a_runtime() {
     let rt = runtime();
     rt.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
     assert!(until(&rt, || resolver.stats().probes_failed >= 2), "probed");
+}
+
+/// Resolved outside any Tokio runtime (another executor), a key that is not warm
+/// is a `Configuration` error saying so, as a `Watch` polled there gets; it was
+/// `tokio::spawn`'s panic. A warm key is served.
+#[test]
+fn a_cold_resolve_outside_a_runtime_is_an_error() {
+    let resolver = Resolver::builder(registry(&["a"])).build().unwrap();
+    let web = resolver.service("shared", "web");
+    for err in [
+        futures::executor::block_on(resolver.resolve("shared", "web")).unwrap_err(),
+        futures::executor::block_on(resolver.resolve_all("shared", "web")).unwrap_err(),
+        futures::executor::block_on(web.resolve()).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+    }
+    let rt = runtime();
+    rt.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    let warm = futures::executor::block_on(resolver.resolve("shared", "web")).unwrap();
+    assert_eq!(warm.instance_id(), "a");
 }
