@@ -336,6 +336,20 @@ where
             // build (a zero timeout would time every attempt out and count it
             // against its endpoint).
             Err(refused) => Err(CallError::resolve(refused)),
+            // Timers (a deadline, attempt timeouts, hedging) need a Tokio runtime:
+            // outside one (another executor) an error says so rather than the
+            // timer's panic, as a cold key's load does.
+            Ok(())
+                if (self.opts.deadline.is_some()
+                    || self.opts.attempt_timeout.is_some()
+                    || self.hedge.is_some())
+                    && tokio::runtime::Handle::try_current().is_err() =>
+            {
+                Err(CallError::resolve(Error::new(
+                    ErrorKind::Configuration,
+                    "a call with a deadline, attempt timeout or hedge runs on a Tokio runtime: call within one",
+                )))
+            }
             Ok(()) => self.attempts().await,
         };
         crate::metrics::call(&label, service, result.is_ok(), start.elapsed());

@@ -50,7 +50,8 @@ pub use service_call::ServiceCall;
 /// A cheap-to-clone handle (an `Arc` inside): clone it into every task rather than
 /// wrapping it. Every future it returns is `Send`. It must be used within a Tokio
 /// runtime with the time driver enabled, which runs its loads and background
-/// refreshes: outside one, a key that is not warm fails with
+/// refreshes: outside one, a key that is not warm, and a call with a deadline,
+/// an attempt timeout or a hedge, fail with
 /// [`Configuration`](crate::ErrorKind::Configuration). It may be built outside
 /// one, and used from several in turn (one kept in a `static`): a runtime's
 /// background work lost when it shuts down is taken up by the next.

@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use cloudmap_resolver::{
-    ErrorKind, HealthCheck, Instance, Outcome, OutlierOptions, Resolver, StaticDiscovery,
+    Endpoint, ErrorKind, HealthCheck, Hedge, Instance, Outcome, OutlierOptions, Resolver,
+    StaticDiscovery,
 };
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -182,4 +183,39 @@ fn a_cold_resolve_outside_a_runtime_is_an_error() {
     rt.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
     let warm = futures::executor::block_on(resolver.resolve("shared", "web")).unwrap();
     assert_eq!(warm.instance_id(), "a");
+}
+
+/// A call with timers (a deadline, an attempt timeout, a hedge) outside any Tokio
+/// runtime is a `Configuration` error before any attempt; it was the timer's panic
+/// ("there is no reactor running"). Without timers, a warm key's call runs.
+#[test]
+fn a_timed_call_outside_a_runtime_is_an_error() {
+    let resolver = Resolver::builder(registry(&["a"])).build().unwrap();
+    // Kept alive, and the key with it: a runtime shut down takes the key's
+    // refresher with it, and its answer expires.
+    let rt = runtime();
+    rt.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    let op = |ep: Endpoint| async move { Ok::<_, String>(ep.instance_id().to_owned()) };
+    let calls = [
+        resolver
+            .call("shared", "web", op)
+            .deadline(Duration::from_secs(1))
+            .into_future(),
+        resolver
+            .call("shared", "web", op)
+            .attempt_timeout(Duration::from_secs(1))
+            .into_future(),
+        resolver
+            .call("shared", "web", op)
+            .hedge(Hedge::after(Duration::from_millis(10)))
+            .into_future(),
+    ];
+    for call in calls {
+        let err = futures::executor::block_on(call).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+        assert_eq!(err.attempts().len(), 0);
+    }
+    assert_eq!(resolver.stats().attempts, 0);
+    let plain = futures::executor::block_on(resolver.call("shared", "web", op).into_future());
+    assert_eq!(plain.unwrap(), "a");
 }
