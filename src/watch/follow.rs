@@ -1,7 +1,7 @@
 //! The task behind a [`Watch`](super::Watch): follows one key's answers and sends
 //! what changed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
@@ -10,8 +10,16 @@ use super::Change;
 use crate::cache::{Answer, Cache, Watched, ZONE_RECHECK};
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
+use crate::util::lock::lock;
 
 pub(super) type Sender = mpsc::Sender<Item>;
+
+/// What a stream has been sent, by instance id: shared with the `Watch`, so that a
+/// follower lost with its runtime is followed by one diffing from there (no change
+/// lost, none sent twice). Updated after each send returns: a change dropped with
+/// its task unsent is not in it, and a change sent is (the channel keeps it for the
+/// stream when the task goes).
+pub(super) type Sent = Arc<Mutex<Known>>;
 
 /// What the follower sends: a stream item, or the mark that every change of an
 /// answer has been sent (read by crate-internal consumers such as the gRPC
@@ -36,8 +44,14 @@ pub(crate) enum Item {
 /// With `zone_view` (a stream feeding a balancer) each answer is reported as the
 /// zone-aware view of it (`Picker::local_view`), looked at again every
 /// `ZONE_RECHECK` too, since ejections change it without a new answer.
-pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, zone_view: bool) {
-    let mut known = Known::new();
+pub(super) async fn follow(
+    cache: Arc<Cache>,
+    req: DiscoverRequest,
+    tx: Sender,
+    zone_view: bool,
+    sent: Sent,
+) {
+    let mut known = lock(&sent).clone();
     let mut failures = 0u32;
     // The hold on the key whose answer went away, kept while the key is loaded
     // again: a stream retrying through an outage still follows the key, and counts
@@ -64,7 +78,7 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, 
                 ) && !known.is_empty();
                 if removed {
                     for change in diff(&mut known, Vec::new()) {
-                        if tx.send(Item::Change(Ok(change))).await.is_err() {
+                        if !send(&tx, &sent, change).await {
                             return;
                         }
                     }
@@ -93,7 +107,7 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, 
             match watched.answer() {
                 Answer::New(endpoints) => {
                     for change in diff(&mut known, endpoints) {
-                        if tx.send(Item::Change(Ok(change))).await.is_err() {
+                        if !send(&tx, &sent, change).await {
                             return;
                         }
                     }
@@ -115,4 +129,22 @@ pub(super) async fn follow(cache: Arc<Cache>, req: DiscoverRequest, tx: Sender, 
             }
         }
     }
+}
+
+/// Sends `change` and records it as sent; false once the stream is gone.
+async fn send(tx: &Sender, sent: &Sent, change: Change) -> bool {
+    let applied = change.clone();
+    if tx.send(Item::Change(Ok(change))).await.is_err() {
+        return false;
+    }
+    let mut sent = lock(sent);
+    match applied {
+        Change::Insert(ep) => {
+            sent.insert(ep.instance_id().into(), ep);
+        }
+        Change::Remove(ep) => {
+            sent.remove(ep.instance_id());
+        }
+    }
+    true
 }

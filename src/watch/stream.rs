@@ -1,6 +1,7 @@
 //! [`Watch`]: the `Stream` a caller polls.
 
 use std::fmt;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +10,7 @@ use futures_core::Stream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::follow::{follow, Item};
+use super::follow::{follow, Item, Sent};
 use super::Change;
 use crate::cache::Cache;
 use crate::discover::DiscoverRequest;
@@ -36,7 +37,11 @@ const BUFFER: usize = 256;
 /// of a key lets its refreshes stop (unless the key is being resolved).
 ///
 /// A `Watch` keeps its resolver's cache alive, and must be polled within a Tokio
-/// runtime (polled elsewhere it yields one `Configuration` error and ends).
+/// runtime (polled elsewhere it yields one `Configuration` error and ends). It
+/// follows its key on the runtime of its first poll; once that runtime has shut
+/// down (a resolver kept in a `static`, one runtime per test), the next poll in
+/// another runtime goes on there, from the changes already yielded: none is lost
+/// or repeated.
 ///
 /// # Examples
 ///
@@ -75,6 +80,11 @@ enum State {
     Running {
         rx: mpsc::Receiver<Item>,
         task: JoinHandle<()>,
+        /// What a follower lost with its runtime needs to go on: the key, and
+        /// what the stream has been sent (`follow`).
+        cache: Arc<Cache>,
+        req: DiscoverRequest,
+        sent: Sent,
     },
     /// Yields this error once, then ends (a held handle whose resolver is gone).
     Failed(Error),
@@ -133,26 +143,68 @@ impl Watch {
             let State::Idle(cache, req) = std::mem::replace(&mut this.state, State::Done) else {
                 return Poll::Ready(None);
             };
-            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                return Poll::Ready(Some(Item::Change(Err(Error::new(
-                    ErrorKind::Configuration,
-                    "a Watch must be polled within a Tokio runtime",
-                )))));
-            };
-            let (tx, rx) = mpsc::channel(BUFFER);
-            let task = runtime.spawn(follow(cache, req, tx, this.zone_view));
-            this.state = State::Running { rx, task };
-        }
-        match &mut this.state {
-            State::Running { rx, .. } => {
-                let next = rx.poll_recv(cx);
-                if let Poll::Ready(None) = next {
-                    this.state = State::Done;
-                }
-                next
+            if let Err(err) = this.start(cache, req, Sent::default()) {
+                return Poll::Ready(Some(Item::Change(Err(err))));
             }
-            _ => Poll::Ready(None),
         }
+        this.poll_follower(cx, true)
+    }
+
+    /// The follower's next item; `restart`: whether a follower lost with its
+    /// runtime may be started again on this poll's (once a poll: one lost at once
+    /// again means this runtime is shutting down too).
+    fn poll_follower(&mut self, cx: &mut Context<'_>, restart: bool) -> Poll<Option<Item>> {
+        let State::Running { rx, task, .. } = &mut self.state else {
+            return Poll::Ready(None);
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(None) => {}
+            next => return next,
+        }
+        // The follower ended: after an error it gave up on (sent above), or with
+        // the runtime it ran on (a resolver kept in a `static` and used from one
+        // runtime per test). That one goes on, on this poll's runtime, from what
+        // it had sent: the stream ends only after an error.
+        let lost = matches!(std::task::ready!(Pin::new(task).poll(cx)), Err(e) if e.is_cancelled());
+        let State::Running {
+            cache, req, sent, ..
+        } = std::mem::replace(&mut self.state, State::Done)
+        else {
+            return Poll::Ready(None);
+        };
+        if !lost {
+            return Poll::Ready(None);
+        }
+        if !restart {
+            return Poll::Ready(Some(Item::Change(Err(Error::new(
+                ErrorKind::Configuration,
+                "the Tokio runtime polling this Watch is shutting down",
+            )))));
+        }
+        if let Err(err) = self.start(cache, req, sent) {
+            return Poll::Ready(Some(Item::Change(Err(err))));
+        }
+        self.poll_follower(cx, false)
+    }
+
+    /// Starts the follower on the current runtime, from what was `sent`.
+    fn start(&mut self, cache: Arc<Cache>, req: DiscoverRequest, sent: Sent) -> Result<(), Error> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::new(
+                ErrorKind::Configuration,
+                "a Watch must be polled within a Tokio runtime",
+            )
+        })?;
+        let (tx, rx) = mpsc::channel(BUFFER);
+        let follower = follow(cache.clone(), req.clone(), tx, self.zone_view, sent.clone());
+        self.state = State::Running {
+            rx,
+            task: runtime.spawn(follower),
+            cache,
+            req,
+            sent,
+        };
+        Ok(())
     }
 }
 

@@ -219,3 +219,62 @@ fn a_timed_call_outside_a_runtime_is_an_error() {
     let plain = futures::executor::block_on(resolver.call("shared", "web", op).into_future());
     assert_eq!(plain.unwrap(), "a");
 }
+
+/// A watch polled in the first runtime goes on in the second: its changes come
+/// from the answer it last reported, with none lost or repeated. Its follower was
+/// a task of the first runtime: lost with it, the stream ended (`None`) though the
+/// docs say it ends only after an `InvalidInput` error.
+#[test]
+fn a_watch_goes_on_in_the_next_runtime() {
+    use cloudmap_resolver::Change;
+    use futures::StreamExt;
+
+    let registry = registry(&["a", "b"]);
+    let first = runtime();
+    let (resolver, mut changes) = first.block_on(async {
+        let r = Resolver::builder(registry.clone())
+            .ttl(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let mut changes = r.watch("shared", "web");
+        for id in ["a", "b"] {
+            let next = changes.next().await;
+            assert!(
+                matches!(&next, Some(Ok(Change::Insert(ep))) if ep.instance_id() == id),
+                "{next:?}"
+            );
+        }
+        (r, changes)
+    });
+    drop(first);
+    let second = runtime();
+    registry.deregister("shared", "web", "a");
+    registry.register(
+        "shared",
+        "web",
+        Instance::new("c")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(1002),
+    );
+    let seen: Vec<String> = second.block_on(async {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::sleep(Duration::from_secs(20));
+        tokio::pin!(deadline);
+        while seen.len() < 2 {
+            tokio::select! {
+                next = changes.next() => match next {
+                    Some(Ok(Change::Insert(ep))) => seen.push(format!("+{}", ep.instance_id())),
+                    Some(Ok(Change::Remove(ep))) => seen.push(format!("-{}", ep.instance_id())),
+                    other => {
+                        seen.push(format!("{other:?}"));
+                        break;
+                    }
+                },
+                _ = &mut deadline => break,
+            }
+        }
+        seen
+    });
+    assert_eq!(seen, ["+c", "-a"]);
+    drop(resolver);
+}
