@@ -102,6 +102,16 @@ impl Cache {
     }
 }
 
+impl Cache {
+    /// How long a change stream waits before loading its key again when the load
+    /// gave an answer already gone (see `watch/follow.rs`): the first step of the
+    /// backoff, so a stream within a failure's hold looks at most that often, each
+    /// look answered from memory, and sees the answer of the first load past it.
+    pub(crate) fn reload_delay(&self) -> Duration {
+        self.opts.backoff_base
+    }
+}
+
 impl Watched {
     /// The key's answer now (see [`Answer`]).
     pub(crate) fn answer(&mut self) -> Answer {

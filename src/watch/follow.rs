@@ -103,8 +103,22 @@ pub(super) async fn follow(
         if zone_view {
             watched.zone_view();
         }
+        // Whether the answer looked at is the first since this load.
+        let mut first = true;
         loop {
-            match watched.answer() {
+            let answer = watched.answer();
+            if first && matches!(answer, Answer::Gone) {
+                // The load gave an answer the cache no longer serves warm (a failing
+                // key within its hold is answered from memory with its expired
+                // answer, `cache/cold.rs`; or the key was evicted at once): loading
+                // again at once would get the same, in a loop that never waits.
+                tokio::select! {
+                    _ = tokio::time::sleep(cache.reload_delay()) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+            first = false;
+            match answer {
                 Answer::New(endpoints) => {
                     for change in diff(&mut known, endpoints) {
                         if !send(&tx, &sent, change).await {
@@ -147,4 +161,77 @@ async fn send(tx: &Sender, sent: &Sent, change: Change) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+
+    use crate::{
+        BoxFuture, Change, Discover, DiscoverRequest, Discovered, Error, ErrorKind, Instance,
+        Resolver, StaticDiscovery,
+    };
+
+    /// A registry that fails every call (`Unavailable`) while `down` is set.
+    #[derive(Debug)]
+    struct Flaky(StaticDiscovery, Arc<AtomicBool>);
+
+    impl Discover for Flaky {
+        fn discover<'a>(
+            &'a self,
+            req: &'a DiscoverRequest,
+        ) -> BoxFuture<'a, Result<Discovered, Error>> {
+            if self.1.load(Ordering::Relaxed) {
+                return Box::pin(async { Err(Error::new(ErrorKind::Unavailable, "down")) });
+            }
+            self.0.discover(req)
+        }
+    }
+
+    /// With `refresh_ahead(false)` and the registry down, a stream's reload within
+    /// the failure's hold is answered from memory with the expired answer
+    /// (`cold.rs`), which the stream sees as gone at once. Regression: it loaded
+    /// again at once, in a loop that never waited (60,999 loads answered from
+    /// memory within 2,000 yields of the test, and a paused clock that never
+    /// advanced again); it now waits `backoff_base` before loading again: 1 (the
+    /// load that met the failure).
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_within_a_failures_hold_does_not_spin() {
+        let down = Arc::new(AtomicBool::new(false));
+        let registry = StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            Instance::new("a").ipv4([127, 0, 0, 1].into()).port(80),
+        );
+        let r = Resolver::builder(Flaky(registry, down.clone()))
+            .ttl(Duration::from_secs(1))
+            .refresh_ahead(false)
+            .backoff_base(Duration::from_secs(5))
+            .backoff_max(Duration::from_secs(5))
+            .seed(3)
+            .build()
+            .unwrap();
+        let mut changes = r.watch("shared", "web");
+        assert!(matches!(changes.next().await, Some(Ok(Change::Insert(_)))));
+        down.store(true, Ordering::Relaxed);
+        // Past the TTL: the answer expires, the stream's reload fails and is served
+        // the answer stale (a hold of about 5 s begins), the refresher expires it
+        // again at once (refreshing ahead is off) and the stream loads again.
+        // The clock moved by hand and yields, not sleeps: a stream looping
+        // without a wait keeps the runtime busy, and a paused clock then never
+        // advances by itself.
+        let before = r.stats().stale_served;
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        tokio::time::advance(Duration::from_millis(200)).await;
+        for _ in 0..2000 {
+            tokio::task::yield_now().await;
+        }
+        let loads = r.stats().stale_served - before;
+        assert!(loads <= 2, "{loads} loads answered from memory");
+        drop(changes);
+    }
 }
