@@ -44,7 +44,10 @@ pub(super) async fn refresher(cache: Weak<Cache>, slot: Arc<Slot>) {
         run_refresher(&cache, &slot).await;
         slot.refresher.store(false, Ordering::Release);
         // A load may have installed a snapshot after this task decided to stop, while
-        // the flag still said a refresher ran; take the work back if so.
+        // the flag still said a refresher ran; take the work back if so. The fence
+        // pairs with `Slot::renew`'s: an answer rebuilt from a copy of the one
+        // expired here is either seen below or given the expired mark there.
+        std::sync::atomic::fence(Ordering::SeqCst);
         let revive = !slot.evicted.load(Ordering::Relaxed)
             && cache.strong_count() > 0
             && slot
@@ -406,6 +409,8 @@ fn settle(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use crate::{ErrorKind, Instance, RateLimit, Resolver, StaticDiscovery};
@@ -459,6 +464,65 @@ mod tests {
         assert!(
             refused_after > 0,
             "after max_stale the key is cold, and paced"
+        );
+    }
+
+    /// A registry failing every call (`Unavailable`) while `down` is set.
+    #[derive(Debug)]
+    struct Flaky(StaticDiscovery, Arc<AtomicBool>);
+
+    impl crate::Discover for Flaky {
+        fn discover<'a>(
+            &'a self,
+            req: &'a crate::DiscoverRequest,
+        ) -> crate::BoxFuture<'a, Result<crate::Discovered, crate::Error>> {
+            if self.1.load(Ordering::Relaxed) {
+                return Box::pin(async { Err(crate::Error::new(ErrorKind::Unavailable, "down")) });
+            }
+            self.0.discover(req)
+        }
+    }
+
+    /// An answer rebuilt for a slow-start ramp (`Cache::ramp_up`) from a copy taken
+    /// while it was live, and swapped in after its refresher expired it and stopped
+    /// (seeing it still current, so with nothing to take back), takes the
+    /// original's mark: it is not served past `max_stale`. Before, the copy was
+    /// installed live with no refresher left to expire it, and served for good (an
+    /// hour later, with the registry down since).
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_renewed_after_its_refresher_expired_it_is_not_served() {
+        use crate::cache::key::KeyRef;
+        use crate::cache::snapshot::EXPIRED;
+        use crate::discover::health_filter::HealthFilter;
+
+        let down = Arc::new(AtomicBool::new(false));
+        let registry = StaticDiscovery::new().with_instance("shared", "web", instance("a", 1));
+        let resolver = Resolver::builder(Flaky(registry, down.clone()))
+            .ttl(Duration::from_secs(1))
+            .max_stale(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        resolver.resolve("shared", "web").await.unwrap();
+        let key = KeyRef::plain("shared", "web", HealthFilter::HealthyOrElseAll);
+        let cache = &resolver.cache;
+        let slot = cache.index.with(&key, key.hash(), |s| s.clone()).unwrap();
+        let old = slot.current().unwrap();
+        // `ramp_up`'s copy, built while the answer is live.
+        let copy = Arc::new(old.repicked(&cache.pick));
+        down.store(true, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(old.state.load(Ordering::Relaxed), EXPIRED);
+        assert!(
+            !slot.refresher.load(Ordering::Relaxed),
+            "the refresher stopped"
+        );
+        slot.renew(&old, copy);
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let served = resolver.resolve("shared", "web").await;
+        assert_eq!(
+            served.map_err(|e| e.kind()).err(),
+            Some(ErrorKind::Unavailable),
+            "the renewed answer is served an hour past max_stale"
         );
     }
 }

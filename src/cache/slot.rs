@@ -1,14 +1,14 @@
 //! A cache entry: one key's question, its current answer, and the gate that keeps
 //! one registry call per key in flight.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use super::latency::KeyLatency;
-use super::snapshot::Snapshot;
+use super::snapshot::{Snapshot, EXPIRED};
 use crate::discover::DiscoverRequest;
 use crate::error::Error;
 
@@ -78,10 +78,21 @@ impl Slot {
         self.version.fetch_add(1, Ordering::Release);
     }
 
-    /// Replaces `old` by `new` if `old` is still the slot's snapshot.
+    /// Replaces `old` by `new`, a copy of it, if `old` is still the slot's
+    /// snapshot.
     pub(super) fn renew(&self, old: &Arc<Snapshot>, new: Arc<Snapshot>) {
-        let prev = self.snapshot.compare_and_swap(old, Some(new));
+        let prev = self.snapshot.compare_and_swap(old, Some(new.clone()));
         if prev.as_ref().is_some_and(|p| Arc::ptr_eq(p, old)) {
+            // The refresher may have expired `old` after `new` copied its state,
+            // and stopped on seeing `old` still current (`refresher.rs`, the
+            // revive check): `new` takes the mark, or it would be served for good
+            // with no refresher left to expire it. The fence pairs with the one
+            // there: either this load sees the mark, or the refresher's look at
+            // the slot sees `new` and goes on with it.
+            fence(Ordering::SeqCst);
+            if old.state.load(Ordering::Relaxed) == EXPIRED {
+                new.state.store(EXPIRED, Ordering::Relaxed);
+            }
             self.version.fetch_add(1, Ordering::Release);
         }
     }
