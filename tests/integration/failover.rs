@@ -16,6 +16,7 @@ use cloudmap_resolver::{
 };
 use test_support::moto::{self, http_service, register, unique};
 use test_support::net::closed_port;
+use test_support::picks::picks_of;
 use test_support::proxy::Proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -377,23 +378,7 @@ fn an_ejection_reported_outside_a_runtime_ends() {
         .outlier_detection(outlier)
         .build()
         .unwrap();
-    let picks_of_a = || {
-        rt.block_on(async {
-            let mut n = 0;
-            for _ in 0..20 {
-                if resolver
-                    .resolve("shared", "web")
-                    .await
-                    .unwrap()
-                    .instance_id()
-                    == "a"
-                {
-                    n += 1;
-                }
-            }
-            n
-        })
-    };
+    let picks_of_a = || rt.block_on(picks_of(&resolver, "a", 20));
     let a = rt.block_on(async {
         let (x, y) = (
             resolver.resolve("shared", "web").await.unwrap(),

@@ -12,6 +12,7 @@ use cloudmap_resolver::{
     Endpoint, ErrorKind, HealthCheck, Hedge, Instance, Outcome, OutlierOptions, Resolver,
     StaticDiscovery,
 };
+use test_support::picks::picks_of;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -102,23 +103,7 @@ fn an_ejection_ends_after_its_runtime_shut_down() {
     assert_eq!(resolver.stats().ejections, 1);
     drop(first);
     let second = runtime();
-    let picks_of_a = || {
-        second.block_on(async {
-            let mut n = 0;
-            for _ in 0..20 {
-                if resolver
-                    .resolve("shared", "web")
-                    .await
-                    .unwrap()
-                    .instance_id()
-                    == "a"
-                {
-                    n += 1;
-                }
-            }
-            n
-        })
-    };
+    let picks_of_a = || second.block_on(picks_of(&resolver, "a", 20));
     assert!(until(&second, || picks_of_a() > 0), "re-admitted");
     assert_eq!(resolver.stats().readmissions, 1);
     assert_eq!(picks_of_a(), 10, "in the rotation again");
