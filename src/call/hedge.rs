@@ -112,6 +112,11 @@ impl Hedge {
     /// about how long an answer takes. The delay is at least [`floor`](Self::floor)
     /// (default 5 ms), and [`default_delay`](Self::default_delay) (default 100 ms)
     /// before the key has 20 samples.
+    ///
+    /// "Recent" counts samples, not time: every 1,024 samples the older ones'
+    /// weight halves, whatever the time between them. A busy key's quantile follows
+    /// its latest calls; a key hedged a few times a minute reads samples hours old,
+    /// and nothing fades while a key is idle.
     pub fn percentile(p: f64) -> Self {
         let p = if p.is_nan() { 0.95 } else { p.clamp(0.0, 1.0) };
         Hedge {
