@@ -204,9 +204,7 @@ impl Cache {
                 drop(gate);
                 self.ensure_refresher(slot);
                 self.loaded.notify_waiters();
-                if let Some(on_load) = self.on_load.get() {
-                    on_load();
-                }
+                self.loaded_hook();
                 Ok(snap)
             }
             Err(err) => {
@@ -309,6 +307,16 @@ impl Cache {
             }
         }
         fetched
+    }
+}
+
+impl Cache {
+    /// Calls the `on_load` hook: after every answer installed, by a load or a
+    /// refresh, on the runtime that installed it.
+    pub(super) fn loaded_hook(&self) {
+        if let Some(on_load) = self.on_load.get() {
+            on_load();
+        }
     }
 }
 

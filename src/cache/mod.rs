@@ -93,8 +93,8 @@ pub(crate) struct Cache {
     /// Woken at every load that installs an answer: the health check's task,
     /// with nothing in use, waits on it rather than a whole probe round.
     pub(crate) loaded: Arc<tokio::sync::Notify>,
-    /// Called at every load that installs an answer, on the loading caller's
-    /// runtime: the health check starts its task there when none runs
+    /// Called at every load or refresh that installs an answer, on the runtime
+    /// it ran on: the health check starts its task there when none runs
     /// (`resolver/health.rs`, which this layer does not know).
     pub(crate) on_load: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }

@@ -346,6 +346,12 @@ async fn attempt(
     // The key is in use (refreshes run only for used keys): keep it from idle
     // eviction even while its refreshes fail and its stale answer is served.
     cache.lru.get(&LruKey(slot.clone()));
+    // A refreshed key is not loaded again: the hook runs here too, or a health
+    // check whose runtime ended while the keys are refreshed on another, still
+    // running, never started again there.
+    if matches!(result, Some(Ok(_))) {
+        cache.loaded_hook();
+    }
     result
 }
 

@@ -255,7 +255,8 @@ impl ResolverBuilder {
     /// failing its probes is skipped as an ejected one is (within
     /// `outlier.max_ejection_share`) until a probe passes. Probing runs on the tokio
     /// runtime the resolver is built in, else on the one of its first load (and
-    /// again on a later load's, once the runtime running it has shut down), and
+    /// again on a later load's or refresh's, once the runtime running it has shut
+    /// down), and
     /// stops when the resolver is dropped.
     /// Default: none. See the [health guide](crate::guide::health).
     ///

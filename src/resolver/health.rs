@@ -45,12 +45,14 @@ pub(crate) struct Prober {
 
 impl Prober {
     /// Starts the task on the current runtime, if there is one, and again at any
-    /// load that finds none running. A task dies with its runtime: a resolver kept
+    /// load or refresh that finds none running. A task dies with its runtime: a resolver kept
     /// in a `static` and used from several runtimes (one per `#[tokio::test]`)
     /// outlives the one that built it, and with the task lost, probing stopped for
     /// good, leaving every endpoint found down skipped for good too. Loads run on
     /// the caller's runtime (a refresher lost with its runtime expires its answer,
-    /// so the next caller loads), and one that finds no task starts it there.
+    /// so the next caller loads), refreshes on the loading one's, and one that
+    /// finds no task starts it there: a refresh too, since keys loaded on a runtime
+    /// that outlives the prober's are refreshed there, never loaded again.
     pub(crate) fn install<T: Send + Sync + 'static>(self, cache: &Arc<Cache>, alive: Weak<T>) {
         // An endpoint whose probe passed while an ejection for failed requests
         // still ran comes back when that ends: it ramps up then, as below.

@@ -95,8 +95,8 @@ pub struct ResolverOptions {
     pub metrics_endpoint_label: bool,
     /// An active health check of the endpoints of the keys in use, from the
     /// background (run on a tokio runtime: the one the resolver is built in, else
-    /// the one of its first load, and again a later load's once that runtime has
-    /// shut down).
+    /// the one of its first load, and again a later load's or refresh's once that
+    /// runtime has shut down).
     /// Default: none (endpoints are judged by requests only).
     pub health_check: Option<HealthCheck>,
     /// Zone-aware routing: picks stay in the caller's availability zone while it

@@ -150,6 +150,42 @@ fn probing_starts_at_the_first_load_when_built_outside_a_runtime() {
     assert!(until(&rt, || resolver.stats().probes_failed >= 2), "probed");
 }
 
+/// Probing goes on when its runtime shuts down while the keys are loaded and
+/// refreshed in another, still running (tests sharing a resolver run at once, each
+/// on a runtime of its own): no key of the second runtime is loaded cold again, so
+/// a refresh there must start probing too. Regression: only a cold load did, and
+/// probing stopped for good (0 failed probes in 20 s after the first runtime
+/// ended; now 2 within a few rounds).
+#[test]
+fn probing_goes_on_when_its_runtime_ends_while_another_refreshes() {
+    use futures::StreamExt;
+
+    let first = runtime();
+    let resolver = first.block_on(async {
+        Resolver::builder(registry(&["a", "b"]))
+            .ttl(Duration::from_millis(100))
+            .health_check(HealthCheck::tcp().interval(Duration::from_millis(100)))
+            .build()
+            .unwrap()
+    });
+    let second = runtime();
+    // Loaded in the second runtime while the first one's probing task lives: a
+    // change stream keeps the key in use, so it is refreshed, never loaded again.
+    let changes = second.block_on(async {
+        let mut changes = resolver.watch("shared", "web");
+        changes.next().await.unwrap().unwrap();
+        changes
+    });
+    drop(first);
+    let before = resolver.stats().probes_failed;
+    assert!(
+        until(&second, || resolver.stats().probes_failed >= before + 2),
+        "probing again: {} failed probes, {before} before",
+        resolver.stats().probes_failed
+    );
+    drop(changes);
+}
+
 /// Resolved outside any Tokio runtime (another executor), a key that is not warm
 /// is a `Configuration` error saying so, as a `Watch` polled there gets; it was
 /// `tokio::spawn`'s panic. A warm key is served.
