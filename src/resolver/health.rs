@@ -154,7 +154,12 @@ impl Prober {
         }
         let this = self.clone();
         let cache = cache.clone();
+        // The slot is given back when the task ends or is dropped unfinished: a
+        // task dies with its runtime, and a slot it kept left the endpoint never
+        // probed again, in any runtime (one found down then stayed out for good).
+        let slot = ProbeSlot(ep);
         tokio::spawn(async move {
+            let ep = &slot.0;
             let outcome = this.check.probe(addr).await;
             let (counter, label) = match outcome {
                 ProbeOutcome::Passed => (&this.counters.passed, "passed"),
@@ -169,17 +174,26 @@ impl Prober {
                 .probe
                 .result(outcome == ProbeOutcome::Passed, &this.check)
             {
-                Verdict::Down => this.outliers.probe_down(&ep),
+                Verdict::Down => this.outliers.probe_down(ep),
                 Verdict::Up => {
                     let now = Instant::now();
-                    if this.outliers.probe_up(&ep, now) {
+                    if this.outliers.probe_up(ep, now) {
                         ramp_up(state, now, &cache);
                     }
                 }
                 Verdict::Undecided => {}
             }
-            state.probe.end();
         });
+    }
+}
+
+/// The probe slot of an endpoint, taken with `ProbeState::begin`: given back when
+/// dropped, whether its probe finished or its task was dropped with its runtime.
+struct ProbeSlot(Endpoint);
+
+impl Drop for ProbeSlot {
+    fn drop(&mut self) {
+        self.0.state().probe.end();
     }
 }
 

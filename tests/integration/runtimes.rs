@@ -299,3 +299,68 @@ fn a_watch_goes_on_in_the_next_runtime() {
     assert_eq!(seen, ["+c", "-a"]);
     drop(resolver);
 }
+
+/// A probe still running when its runtime shut down does not keep the endpoint's
+/// probe slot: the endpoint is probed again in the next runtime. The task dropped
+/// with its runtime never gave the slot back, and every later round skipped the
+/// endpoint as "a probe still runs" (0 probes of it in 20 s; one found down would
+/// have stayed out for good).
+#[test]
+fn a_probe_cut_by_its_runtime_does_not_stop_probing() {
+    use std::io::Write;
+
+    // A listener that answers only when the test says: the kernel completes the
+    // connection, and the probe's GET waits for an answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let registry = StaticDiscovery::new().with_instance(
+        "shared",
+        "web",
+        Instance::new("a")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(port),
+    );
+    let first = runtime();
+    let resolver = first.block_on(async {
+        Resolver::builder(registry)
+            .health_check(
+                HealthCheck::http("/")
+                    .interval(Duration::from_millis(100))
+                    .timeout(Duration::from_secs(60)),
+            )
+            .build()
+            .unwrap()
+    });
+    first.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    // The first probe is in flight once its connection is here; it is never
+    // answered before its runtime shuts down.
+    let mut held = Vec::new();
+    let accept = |held: &mut Vec<std::net::TcpStream>| match listener.accept() {
+        Ok((s, _)) => {
+            held.push(s);
+            true
+        }
+        Err(_) => false,
+    };
+    assert!(until(&first, || accept(&mut held)), "a probe began");
+    drop(first);
+    assert_eq!(resolver.stats().probes_passed, 0);
+
+    let second = runtime();
+    second.block_on(async { resolver.resolve("shared", "web").await.unwrap() });
+    assert!(
+        until(&second, || accept(&mut held)),
+        "probed again in the next runtime"
+    );
+    // Answered ahead of the request (read outside the runtime, it would wait
+    // for a probe that runs only inside it): the probe reads the status line.
+    let mut probe = held.pop().unwrap();
+    probe
+        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        .unwrap();
+    assert!(
+        until(&second, || resolver.stats().probes_passed >= 1),
+        "the new probe is counted"
+    );
+}
