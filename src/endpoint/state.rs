@@ -172,14 +172,20 @@ impl EjectedCount {
     }
 
     /// How many times an endpoint was ejected or re-admitted: what is computed from
-    /// the admitted endpoints (zone tables) is stale when this moves.
+    /// the admitted endpoints (zone tables) is stale when this moves. Acquire,
+    /// pairing with `add`'s release: a reader that sees a change also sees the flag
+    /// it counts, so a table stamped with this count is built from flags at least
+    /// that new (read relaxed, a weakly ordered CPU could show the count without
+    /// the flag, and the table stamped current would keep the old flag until the
+    /// next change). Read off the warm path only (a zone table's recompute).
     #[inline]
     pub(crate) fn changes(&self) -> u64 {
-        self.1.load(Ordering::Relaxed)
+        self.1.load(Ordering::Acquire)
     }
 
+    /// Counts a flag just flipped (`set_ejected`, before this call).
     fn add(&self, ejected: bool) {
-        self.1.fetch_add(1, Ordering::Relaxed);
+        self.1.fetch_add(1, Ordering::Release);
         if ejected {
             self.0.fetch_add(1, Ordering::Relaxed);
         } else {
