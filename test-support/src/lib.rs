@@ -26,5 +26,5 @@ pub mod grpc;
 pub mod http;
 pub mod moto;
 pub mod net;
-pub mod picks;
 pub mod proxy;
+pub mod web;

@@ -16,8 +16,8 @@ use cloudmap_resolver::{
 };
 use test_support::moto::{self, http_service, register, unique};
 use test_support::net::closed_port;
-use test_support::picks::picks_of;
 use test_support::proxy::Proxy;
+use test_support::web::{picks_of, registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -133,20 +133,6 @@ async fn three_dead_of_eight_over_tcp() {
         stats.retries, dead_attempts,
         "every retry followed a dead endpoint"
     );
-}
-
-fn registry(ids: &[&str]) -> StaticDiscovery {
-    ids.iter()
-        .enumerate()
-        .fold(StaticDiscovery::new(), |r, (i, id)| {
-            r.with_instance(
-                "shared",
-                "web",
-                Instance::new(*id)
-                    .ipv4("127.0.0.1".parse().unwrap())
-                    .port(1000 + i as u16),
-            )
-        })
 }
 
 /// Every endpoint dead: the retry budget keeps total attempts within 20% of the

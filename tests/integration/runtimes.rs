@@ -12,28 +12,13 @@ use cloudmap_resolver::{
     Endpoint, ErrorKind, HealthCheck, Hedge, Instance, Outcome, OutlierOptions, Resolver,
     StaticDiscovery,
 };
-use test_support::picks::picks_of;
+use test_support::web::{picks_of, registry};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// `ids` on loopback ports nothing listens on (probes to them fail).
-fn registry(ids: &[&str]) -> StaticDiscovery {
-    ids.iter()
-        .enumerate()
-        .fold(StaticDiscovery::new(), |r, (i, id)| {
-            r.with_instance(
-                "shared",
-                "web",
-                Instance::new(*id)
-                    .ipv4("127.0.0.1".parse().unwrap())
-                    .port(1000 + i as u16),
-            )
-        })
 }
 
 /// Polls `done` every 50 ms in `rt` until it holds or 20 s have passed.
