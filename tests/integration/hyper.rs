@@ -113,16 +113,8 @@ async fn host_names_map_to_one_key_whatever_their_case() {
     let server = HttpServer::start("web").await;
     let counting = Counting::new(registry(&[("a", server.port())]));
     let resolver = Resolver::builder(counting.clone()).build().unwrap();
-    let rules = [
-        shared(),
-        HostMap::any(),
-        HostMap::from_fn(|host| {
-            let (svc, ns) = host.split_once('.')?;
-            Some((ns.to_owned(), svc.to_owned()))
-        }),
-    ];
     let mut served = 0;
-    for hosts in rules {
+    for hosts in crate::host_rules() {
         let client = client(resolver.hyper_resolver().hosts(hosts));
         for url in ["http://WEB.Shared/", "http://web.shared/"] {
             served += usize::from(matches!(get(&client, url).await, Ok((200, _))));

@@ -50,3 +50,19 @@ mod tower;
 mod watch_tower;
 #[cfg(feature = "tower")]
 mod zone_balancers;
+
+/// Every kind of host rule: the namespace list (`shared`), any name, and a
+/// function (`svc.ns`). For the tests that hold each integration's host mapping
+/// to one behaviour under all of them.
+#[cfg(any(feature = "hyper", feature = "tower"))]
+fn host_rules() -> [cloudmap_resolver::HostMap; 3] {
+    use cloudmap_resolver::HostMap;
+    [
+        HostMap::namespaces(["shared"]),
+        HostMap::any(),
+        HostMap::from_fn(|host| {
+            let (svc, ns) = host.split_once('.')?;
+            Some((ns.to_owned(), svc.to_owned()))
+        }),
+    ]
+}

@@ -213,16 +213,8 @@ async fn host_names_map_to_one_key_whatever_their_case() {
     let server = HttpServer::start("web").await;
     let counting = Counting::new(registry(&[("a", server.port())]));
     let resolver = Resolver::builder(counting.clone()).build().unwrap();
-    let rules = [
-        shared(),
-        HostMap::any(),
-        HostMap::from_fn(|host| {
-            let (svc, ns) = host.split_once('.')?;
-            Some((ns.to_owned(), svc.to_owned()))
-        }),
-    ];
     let mut served = 0;
-    for hosts in rules {
+    for hosts in crate::host_rules() {
         let svc = service(FailoverLayer::new(resolver.clone()).hosts(hosts));
         for url in ["http://WEB.Shared/", "http://web.shared/"] {
             let sent = send(&svc, "GET", url, "").await;
