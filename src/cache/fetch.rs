@@ -87,9 +87,7 @@ impl Cache {
         // its state, and one joining a serving key is marked as joining now.
         self.states
             .attach(&mut items, prev.is_some().then_some(now));
-        let set = Arc::new(EndpointSet {
-            items: items.into(),
-        });
+        let set = EndpointSet::new(items.into(), prev.map(|p| &**p.picker.set()));
         if self.is_held(req) {
             self.pick.set_callers(&set.items);
         }

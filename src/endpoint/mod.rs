@@ -3,9 +3,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::discover::instance::{HealthStatus, Instance};
+use crate::util::lock::lock;
 
 pub(crate) mod address_policy;
 mod failure_rate;
@@ -110,6 +111,27 @@ impl EndpointData {
 #[derive(Debug)]
 pub(crate) struct EndpointSet {
     pub(crate) items: Box<[EndpointData]>,
+    /// The newest answer of the same key, shared by all of the key's answers: the
+    /// ejection share cap counts the endpoints the key serves now, not those of
+    /// the older answer a caller's handle was picked from (`outlier/`).
+    newest: Arc<Mutex<Weak<EndpointSet>>>,
+}
+
+impl EndpointSet {
+    /// A key's answer, the newest of its key from now on; `prev` is the key's
+    /// answer before it, if any.
+    pub(crate) fn new(items: Box<[EndpointData]>, prev: Option<&EndpointSet>) -> Arc<Self> {
+        let newest = prev.map_or_else(Arc::default, |p| p.newest.clone());
+        let set = Arc::new(EndpointSet { items, newest });
+        *lock(&set.newest) = Arc::downgrade(&set);
+        set
+    }
+
+    /// The newest answer of this set's key; this one when it is or when no newer
+    /// one is held any more (the key was evicted).
+    pub(crate) fn newest(self: &Arc<Self>) -> Arc<EndpointSet> {
+        lock(&self.newest).upgrade().unwrap_or_else(|| self.clone())
+    }
 }
 
 impl Endpoint {
@@ -139,11 +161,8 @@ impl Endpoint {
     }
 
     pub(crate) fn single(data: EndpointData) -> Self {
-        let set = EndpointSet {
-            items: Box::new([data]),
-        };
         Endpoint(Arc::new(EndpointRef {
-            set: Arc::new(set),
+            set: EndpointSet::new(Box::new([data]), None),
             index: 0,
         }))
     }
@@ -217,9 +236,9 @@ impl Endpoint {
         &self.data().state
     }
 
-    /// Every endpoint of the registry answer this one came from.
-    pub(crate) fn peers(&self) -> &[EndpointData] {
-        &self.0.set.items
+    /// The registry answer this endpoint was picked from.
+    pub(crate) fn answer(&self) -> &Arc<EndpointSet> {
+        &self.0.set
     }
 
     /// Whether `self` and `other` are the very same cached endpoint, not merely equal.

@@ -56,9 +56,7 @@ fn picker_seeded(
         SlowStartOptions::default(),
         table.ejected(),
     );
-    let set = Arc::new(EndpointSet {
-        items: items.into(),
-    });
+    let set = EndpointSet::new(items.into(), None);
     Picker::new(set, None, &ctx, ("ns", "svc"), seed)
 }
 

@@ -230,3 +230,40 @@ async fn a_call_retries_on_a_draining_endpoint_only_after_the_others() {
     // With both weighted endpoints failed, the draining one is the last resort.
     assert_eq!(third.get("b"), Some(&1_000), "{third:?}");
 }
+
+/// The share cap counts the endpoints a key serves now. The service shrinks from 4
+/// endpoints (cap 2) to 2 (cap 1); failures reported through handles picked
+/// before it shrank eject 1 of the 2, and the other keeps serving.
+#[tokio::test(start_paused = true)]
+async fn the_share_cap_counts_the_answer_served_now() {
+    let registry = (0..4).fold(StaticDiscovery::new(), |r, i| {
+        r.with_instance(
+            "shared",
+            "web",
+            Instance::new(format!("e{i}"))
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(1000 + i as u16),
+        )
+    });
+    let resolver = Resolver::builder(registry.clone())
+        .ttl(std::time::Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let old = resolver.resolve_all("shared", "web").await.unwrap();
+    registry.deregister("shared", "web", "e2");
+    registry.deregister("shared", "web", "e3");
+    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    let now = resolver.resolve_all("shared", "web").await.unwrap();
+    assert_eq!(now.len(), 2, "the refresh saw the service shrink");
+    for ep in old.iter().filter(|ep| index(ep) < 2) {
+        for _ in 0..10 {
+            resolver.report(ep, Outcome::Failure);
+        }
+    }
+    let ejected = now.iter().filter(|ep| ep.is_ejected()).count();
+    assert_eq!(ejected, 1, "at most half of the 2 endpoints served now");
+    for _ in 0..4 {
+        let ep = resolver.resolve("shared", "web").await.unwrap();
+        assert!(!ep.is_ejected());
+    }
+}

@@ -52,7 +52,9 @@ pub struct OutlierOptions {
     pub max_ejection_time: Duration,
     /// The largest share of a service's endpoints ejected at once, from 0 to 1,
     /// rounded down: with the default, 4 of 8 endpoints, 1 of 2 or 3, none of 1. The
-    /// rest keep receiving traffic however they fail. Default: 0.5.
+    /// rest keep receiving traffic however they fail. The share is of the endpoints
+    /// in the key's newest answer, also for failures reported through an endpoint
+    /// picked from an older one. Default: 0.5.
     pub max_ejection_share: f64,
     /// Also eject an endpoint whose share of failed attempts in an interval is at
     /// least this (from 0 to 1), when it had at least
@@ -291,9 +293,12 @@ impl OutlierDetector {
         }
     }
 
-    /// Whether one more of `ep`'s service may be ejected (the share cap).
+    /// Whether one more of `ep`'s service may be ejected (the share cap), counted
+    /// over the newest answer of the key `ep` was picked from: a handle kept from
+    /// an older, larger answer must not let the key's current endpoints all go.
     fn below_cap(&self, ep: &Endpoint, h: &EndpointState) -> bool {
-        let peers = ep.peers();
+        let newest = ep.answer().newest();
+        let peers = &newest.items;
         let ejected = peers.iter().filter(|d| d.state().is_ejected()).count();
         // The share as written, rounded down: a decimal share is stored a hair off
         // (0.29 below), and 100 x 0.29 came to 28.999999999999996, a cap of 28. A

@@ -3,6 +3,15 @@ use crate::discover::instance::Instance;
 use crate::endpoint::{EndpointData, EndpointSet, Handles, ParseOptions, StateTable};
 
 fn set(n: usize, table: &StateTable) -> Vec<Endpoint> {
+    answer(n, table, None)
+}
+
+/// The next answer of the key `prev` was picked from: its first `n` endpoints.
+fn set_after(n: usize, table: &StateTable, prev: &Endpoint) -> Vec<Endpoint> {
+    answer(n, table, Some(prev))
+}
+
+fn answer(n: usize, table: &StateTable, prev: Option<&Endpoint>) -> Vec<Endpoint> {
     let mut items: Box<[EndpointData]> = (0..n)
         .map(|i| {
             ParseOptions::default()
@@ -15,7 +24,7 @@ fn set(n: usize, table: &StateTable) -> Vec<Endpoint> {
         })
         .collect();
     table.attach(&mut items, None);
-    let handles = Handles::new(&Arc::new(EndpointSet { items }));
+    let handles = Handles::new(&EndpointSet::new(items, prev.map(|p| &**p.answer())));
     (0..n).map(|i| handles.get(0, i)).collect()
 }
 
@@ -292,4 +301,21 @@ async fn back_from_its_probe_during_an_ejection_ramps_when_readmitted() {
         from >= Duration::from_secs(30) && from <= Duration::from_secs(31),
         "ramp from {from:?}: from the ejection's end, not the probe's pass (1 s)"
     );
+}
+
+/// The cap counts the endpoints the key serves now: a service shrinking from 4
+/// endpoints (cap 2) to 2 (cap 1) has at most 1 of the 2 ejected, even when the
+/// failures come through handles picked from the answer of 4.
+#[tokio::test(start_paused = true)]
+async fn share_cap_counts_the_keys_newest_answer() {
+    let d = OutlierDetector::new(OutlierOptions::default());
+    let t = StateTable::default();
+    let old = set(4, &t);
+    let new = set_after(2, &t, &old[0]);
+    let now = Instant::now();
+    for ep in &old[..2] {
+        fail(&d, ep, 10, now);
+    }
+    let ejected = new.iter().filter(|e| e.is_ejected()).count();
+    assert_eq!(ejected, 1, "at most half of the 2 endpoints served now");
 }
