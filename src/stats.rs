@@ -68,7 +68,8 @@ pub struct Stats {
     pub cold_wait_ms: u64,
     /// Endpoints ejected by outlier detection.
     pub ejections: u64,
-    /// Ejected endpoints re-admitted on probation.
+    /// Ejected endpoints re-admitted: on probation when their ejection time ran
+    /// out, or because their health check passed again.
     pub readmissions: u64,
     /// Of `ejections`: for consecutive failures (or one on probation).
     pub ejections_consecutive: u64,

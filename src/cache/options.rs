@@ -140,7 +140,9 @@ cache_options! {
         /// Default: 30 s.
         pub startup_wait: Duration = Duration::from_secs(30),
         /// How many keys (namespace, service, query, health) are cached at most; the
-        /// least used are evicted beyond it. Default: 10,000.
+        /// least used are evicted beyond it. At least 1 (0 is
+        /// [`InvalidInput`](crate::ErrorKind::InvalidInput) when the resolver is built).
+        /// Default: 10,000.
         pub capacity: u64 = 10_000,
         /// A key not resolved for this long is dropped. Use is seen per answer: a
         /// key resolved since its answer was loaded or refreshed is kept until the

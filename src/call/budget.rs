@@ -12,7 +12,9 @@ use crate::util::lock::lock;
 use tokio::time::Instant;
 
 /// Settings of the retry budget shared by all calls of one resolver. Every field's
-/// doc states its default (Finagle's `RetryBudget` defaults).
+/// doc states its default (Finagle's `RetryBudget` defaults) and its bounds;
+/// [`build`](crate::ResolverBuilder::build) refuses a value out of them with
+/// [`InvalidInput`](crate::ErrorKind::InvalidInput).
 ///
 /// Over the last `window`, retries may number at most
 /// `ratio × first attempts + min_per_second × window (in seconds)`.
@@ -29,12 +31,12 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct RetryBudgetOptions {
-    /// Retries allowed per first attempt, e.g. 0.2 for 20% extra attempts.
-    /// Default: 0.2.
+    /// Retries allowed per first attempt, e.g. 0.2 for 20% extra attempts: a
+    /// finite number, 0 or more. Default: 0.2.
     pub ratio: f64,
     /// Retries allowed per second whatever the traffic. Default: 10.
     pub min_per_second: u32,
-    /// How far back attempts count. Default: 10 s.
+    /// How far back attempts count, at least 10 ms. Default: 10 s.
     pub window: Duration,
 }
 

@@ -57,14 +57,16 @@ pub const MAX_ATTEMPTS: usize = 8;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CallOptions {
-    /// How many distinct endpoints a call tries at most, 1 to 8. Default: 8.
+    /// How many distinct endpoints a call tries at most, 1 to 8 (another value is
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) when the resolver is built).
+    /// Default: 8.
     pub max_attempts: usize,
     /// How long one attempt may take before it is dropped and counted as a failure
-    /// of its endpoint. Default: none.
+    /// of its endpoint; zero is `InvalidInput`. Default: none.
     pub attempt_timeout: Option<Duration>,
     /// How long a whole call may take, resolving included; the attempt it cuts
     /// counts as a failure of its endpoint when it had run for at least half of
-    /// it. Default: none.
+    /// it. Zero is `InvalidInput`. Default: none.
     pub deadline: Option<Duration>,
 }
 

@@ -24,6 +24,10 @@ use crate::util::lock::lock;
 ///
 /// Defaults: a probe every 5 s per endpoint (jittered, spread over the interval),
 /// a 1 s timeout, down after 2 failed probes in a row, up after 1 passed one.
+/// [`build`](crate::ResolverBuilder::build) refuses with
+/// [`InvalidInput`](crate::ErrorKind::InvalidInput) a zero interval or timeout, a
+/// count of 0, an HTTP path that does not start with `/` or holds a space or a
+/// control character, and a `Host` holding one.
 ///
 /// Only endpoints with an IP address and a port are probed: a CNAME or alias
 /// instance (a host name, see [`Endpoint::host`](crate::Endpoint::host)) or one
@@ -88,7 +92,8 @@ impl HealthCheck {
 
     /// Healthy when an HTTP/1.1 `GET path` sent to the endpoint's address answers
     /// with a 2xx or 3xx status. The `Host` header is the address unless
-    /// [`host`](Self::host) sets it.
+    /// [`host`](Self::host) sets it. The path starts with `/` and holds no space or
+    /// control character.
     pub fn http(path: impl Into<String>) -> Self {
         HealthCheck::new(Kind::Http { path: path.into() })
     }
@@ -130,7 +135,8 @@ impl HealthCheck {
         self
     }
 
-    /// The `Host` header of an HTTP check. Default: the endpoint's `ip:port`.
+    /// The `Host` header of an HTTP check, with no space or control character.
+    /// Default: the endpoint's `ip:port`.
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self
@@ -139,25 +145,26 @@ impl HealthCheck {
     /// How often each endpoint is probed: each round lasts the interval plus a
     /// random part of up to a quarter of it (never less: no endpoint is probed more
     /// often than this), and the probes of a round are spread evenly over it.
-    /// Default: 5 s.
+    /// Greater than zero. Default: 5 s.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
 
-    /// How long a probe may take before it counts as failed. Default: 1 s.
+    /// How long a probe may take before it counts as failed, greater than zero.
+    /// Default: 1 s.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// Failed probes in a row that take an endpoint out. Default: 2.
+    /// Failed probes in a row that take an endpoint out, at least 1. Default: 2.
     pub fn unhealthy_after(mut self, n: u32) -> Self {
         self.unhealthy_after = n;
         self
     }
 
-    /// Passed probes in a row that bring an endpoint back. Default: 1.
+    /// Passed probes in a row that bring an endpoint back, at least 1. Default: 1.
     pub fn healthy_after(mut self, n: u32) -> Self {
         self.healthy_after = n;
         self

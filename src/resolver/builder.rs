@@ -103,7 +103,8 @@ impl ResolverBuilder {
         self
     }
 
-    /// How many keys are cached at most. Default: 10,000.
+    /// How many keys are cached at most, at least 1 (0 is `InvalidInput` when
+    /// built). Default: 10,000.
     pub fn capacity(mut self, keys: u64) -> Self {
         self.opts.cache.capacity = keys;
         self
@@ -362,12 +363,13 @@ impl ResolverBuilder {
     ///
     /// # Errors
     ///
-    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout or
-    /// capacity, an owner account that is not 12 digits, a default port of 0, a
-    /// backoff maximum below its base, a malformed weight or zone attribute, call,
-    /// outlier, retry or hedge budget, load (a zero decay), slow-start or health
-    /// check settings out of range, or a rate limit that is not a positive rate
-    /// with a burst of at least one;
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) for a zero TTL, timeout,
+    /// backoff base or capacity, an owner account that is not 12 digits, a default
+    /// port of 0, a backoff maximum below its base, a malformed weight or zone
+    /// attribute or callers' service name, call, outlier, retry or hedge budget,
+    /// load (a zero decay), slow-start or health check settings out of range (each
+    /// field's doc states its bounds), a rate limit that is not a positive rate with
+    /// a burst of at least one, or [`DnsOptions`](crate::DnsOptions) out of range;
     /// [`Configuration`](crate::ErrorKind::Configuration) when the source reports
     /// itself misconfigured ([`Discover::validate`](crate::Discover::validate), e.g. a
     /// [`CloudMapDiscovery`](crate::CloudMapDiscovery) without a region).

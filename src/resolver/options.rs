@@ -245,6 +245,91 @@ mod tests {
         }
     }
 
+    /// Each bound the option docs state is the one `build()` holds: the value just
+    /// outside it is `InvalidInput`, the value at it is accepted.
+    #[test]
+    fn each_documented_bound_is_refused_outside_and_accepted_at_its_edge() {
+        use std::time::Duration;
+
+        use crate::{ErrorKind, Resolver, StaticDiscovery};
+        type Set = fn(&mut ResolverOptions);
+        let refused: [(&str, Set); 17] = [
+            ("capacity 0", |o| o.cache.capacity = 0),
+            ("backoff_base 0", |o| o.cache.backoff_base = Duration::ZERO),
+            ("consecutive_failures 0", |o| {
+                o.outlier.consecutive_failures = 0
+            }),
+            ("base_ejection_time 0", |o| {
+                o.outlier.base_ejection_time = Duration::ZERO
+            }),
+            ("max_ejection_time < base", |o| {
+                o.outlier.max_ejection_time =
+                    o.outlier.base_ejection_time - Duration::from_millis(1)
+            }),
+            ("failure_percentage 0", |o| {
+                o.outlier.failure_percentage = Some(0.0)
+            }),
+            ("failure_percentage > 1", |o| {
+                o.outlier.failure_percentage = Some(1.01)
+            }),
+            ("min_requests 0", |o| o.outlier.min_requests = 0),
+            ("interval 0", |o| o.outlier.interval = Duration::ZERO),
+            ("retry ratio NaN", |o| o.retry_budget.ratio = f64::NAN),
+            ("retry ratio < 0", |o| o.retry_budget.ratio = -0.1),
+            ("retry window < 10 ms", |o| {
+                o.retry_budget.window = Duration::from_millis(9)
+            }),
+            ("hedge window < 10 ms", |o| {
+                o.hedge_budget.window = Duration::from_millis(9)
+            }),
+            ("attempt_timeout 0", |o| {
+                o.call.attempt_timeout = Some(Duration::ZERO)
+            }),
+            ("health path without /", |o| {
+                o.health_check = Some(HealthCheck::http("healthz"))
+            }),
+            ("zone attribute empty", |o| {
+                o.zone_aware = Some(ZoneAware::new("us-east-1a").attribute(""))
+            }),
+            ("callers' service malformed", |o| {
+                o.zone_aware = Some(ZoneAware::new("us-east-1a").callers("shared", "a b"))
+            }),
+        ];
+        let accepted: [(&str, Set); 7] = [
+            ("capacity 1", |o| o.cache.capacity = 1),
+            ("max_ejection_time = base", |o| {
+                o.outlier.max_ejection_time = o.outlier.base_ejection_time
+            }),
+            ("failure_percentage 1", |o| {
+                o.outlier.failure_percentage = Some(1.0)
+            }),
+            ("min_requests 1", |o| o.outlier.min_requests = 1),
+            ("retry ratio 0", |o| o.retry_budget.ratio = 0.0),
+            ("retry window 10 ms", |o| {
+                o.retry_budget.window = Duration::from_millis(10)
+            }),
+            ("health counts 1", |o| {
+                o.health_check = Some(HealthCheck::tcp().unhealthy_after(1).healthy_after(1))
+            }),
+        ];
+        let build = |set: Set| {
+            let mut opts = ResolverOptions::default();
+            set(&mut opts);
+            Resolver::builder(StaticDiscovery::new())
+                .options(opts)
+                .build()
+        };
+        for (what, set) in refused {
+            let e = build(set)
+                .err()
+                .unwrap_or_else(|| panic!("{what}: accepted"));
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+        }
+        for (what, set) in accepted {
+            assert!(build(set).is_ok(), "{what}: refused");
+        }
+    }
+
     #[test]
     fn every_option_has_a_setter_of_its_name_and_a_row_in_the_table() {
         let builder = include_str!("builder.rs");

@@ -20,7 +20,9 @@ use crate::endpoint::{Endpoint, EndpointState};
 use crate::util::lock::lock;
 use crate::util::time::after;
 
-/// Settings of passive outlier detection. Every field's doc states its default.
+/// Settings of passive outlier detection. Every field's doc states its default and
+/// its bounds; [`build`](crate::ResolverBuilder::build) refuses a value out of them
+/// with [`InvalidInput`](crate::ErrorKind::InvalidInput).
 ///
 /// The defaults follow Envoy's outlier detection (5 consecutive failures, 30 s base
 /// ejection, 300 s cap) with a larger ejection share (50% rather than 10%), so that 3
@@ -42,13 +44,14 @@ use crate::util::time::after;
 pub struct OutlierOptions {
     /// Whether failures eject endpoints at all. Default: true.
     pub enabled: bool,
-    /// Consecutive failures that eject an endpoint. Default: 5.
+    /// Consecutive failures that eject an endpoint, at least 1. Default: 5.
     pub consecutive_failures: u32,
     /// How long the first ejection lasts; the `n`th ejection in a row lasts `n` times
-    /// this. Default: 30 s.
+    /// this. Greater than zero. Default: 30 s.
     pub base_ejection_time: Duration,
-    /// The longest an ejection lasts. An endpoint that stayed admitted this long after
-    /// its last ejection starts again from the base time. Default: 300 s.
+    /// The longest an ejection lasts, at least `base_ejection_time`. An endpoint that
+    /// stayed admitted this long after its last ejection starts again from the base
+    /// time. Default: 300 s.
     pub max_ejection_time: Duration,
     /// The largest share of a service's endpoints ejected at once, from 0 to 1,
     /// rounded down: with the default, 4 of 8 endpoints, 1 of 2 or 3, none of 1. The
@@ -57,15 +60,16 @@ pub struct OutlierOptions {
     /// picked from an older one. Default: 0.5.
     pub max_ejection_share: f64,
     /// Also eject an endpoint whose share of failed attempts in an interval is at
-    /// least this (from 0 to 1), when it had at least
+    /// least this (above 0, at most 1), when it had at least
     /// [`min_requests`](Self::min_requests) attempts in it: the flaky endpoint that
     /// never fails 5 times in a row. Set with
     /// [`failure_percentage`](Self::failure_percentage). Default: none (off).
     pub failure_percentage: Option<f64>,
-    /// The fewest attempts in an interval for its failure share to be judged.
-    /// Default: 20.
+    /// The fewest attempts in an interval for its failure share to be judged, at
+    /// least 1. Default: 20.
     pub min_requests: u32,
-    /// The interval failure shares are counted over. Default: 10 s.
+    /// The interval failure shares are counted over, greater than zero. Default:
+    /// 10 s.
     pub interval: Duration,
 }
 
@@ -86,7 +90,7 @@ impl Default for OutlierOptions {
 
 impl OutlierOptions {
     /// These options, also ejecting an endpoint whose failures are at least
-    /// `threshold` (0 to 1) of its attempts in an [`interval`](Self::interval) with
+    /// `threshold` (above 0, at most 1) of its attempts in an [`interval`](Self::interval) with
     /// at least [`min_requests`](Self::min_requests) of them (Envoy's failure
     /// percentage). Timeouts and connection failures count as failures; errors a
     /// call's `retry_if` calls not retryable do not (the endpoint answered).
@@ -109,14 +113,15 @@ impl OutlierOptions {
         self
     }
 
-    /// These options with `n` as the fewest attempts an interval needs for its
-    /// failure share to be judged. Default: 20.
+    /// These options with `n` (at least 1) as the fewest attempts an interval needs
+    /// for its failure share to be judged. Default: 20.
     pub fn min_requests(mut self, n: u32) -> Self {
         self.min_requests = n;
         self
     }
 
-    /// These options with failure shares counted over `interval`. Default: 10 s.
+    /// These options with failure shares counted over `interval` (greater than
+    /// zero). Default: 10 s.
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self

@@ -104,8 +104,9 @@ impl ZoneAware {
             .map(ZoneAware::new)
     }
 
-    /// The instance attribute holding an endpoint's zone. Default:
-    /// `AVAILABILITY_ZONE` (what ECS writes).
+    /// The instance attribute holding an endpoint's zone: 1 to 255 printable ASCII
+    /// characters ([`InvalidInput`](crate::ErrorKind::InvalidInput) otherwise, when
+    /// the resolver is built). Default: `AVAILABILITY_ZONE` (what ECS writes).
     pub fn attribute(mut self, name: impl Into<String>) -> Self {
         self.attribute = name.into();
         self
@@ -125,6 +126,8 @@ impl ZoneAware {
     /// instance in the caller's zone, the even spread is used. The spread is taken
     /// from the plain question alone (the resolver's health filter and owner
     /// account), never from a query of the service with attributes of its own.
+    /// Names breaking Cloud Map's rules are
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) when the resolver is built.
     pub fn callers(mut self, namespace: impl Into<String>, service: impl Into<String>) -> Self {
         self.callers = Some((namespace.into(), service.into()));
         self
