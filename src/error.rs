@@ -11,7 +11,9 @@ use std::sync::Arc;
 #[non_exhaustive]
 pub enum ErrorKind {
     /// A name, attribute or setting was malformed: found before any network call, or
-    /// the registry's own `InvalidInput` answer.
+    /// the registry's own `InvalidInput` answer. Also a question the source cannot
+    /// answer ([`DnsDiscovery`](crate::DnsDiscovery) asked for attribute filters, an
+    /// owner account or unhealthy instances).
     InvalidInput,
     /// The registry has no namespace of that name.
     NamespaceNotFound,
@@ -19,9 +21,17 @@ pub enum ErrorKind {
     ServiceNotFound,
     /// The service exists but no usable endpoint matched.
     NoEndpoints,
-    /// The registry refused the call for exceeding its request quota.
+    /// The registry refused the call for exceeding its request quota; or this
+    /// resolver's own pacing refused it without a call (a configured
+    /// [`RateLimit`](crate::RateLimit) with no turn to give, or a cold load held back
+    /// while the registry throttles: see
+    /// [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait)).
     Throttled,
     /// The registry could not be reached or failed (network error, 5xx, timeout).
+    /// Also a [`call`](crate::Resolver::call) whose deadline passed while its service
+    /// was being resolved, and
+    /// [`ZoneAware::from_environment`](crate::ZoneAware::from_environment) when no
+    /// metadata service tells the zone.
     Unavailable,
     /// Every attempt of a [`Resolver::call`](crate::Resolver::call) failed.
     AttemptsExhausted,
@@ -41,7 +51,9 @@ pub enum ErrorKind {
     /// named with the registry's message). Not retryable: it fails the same way until
     /// the configuration is fixed. Reported by
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build) where it can be
-    /// checked without a network call.
+    /// checked without a network call. Also the crate used outside a Tokio runtime:
+    /// a key that is not warm, a call with a deadline, attempt timeout or hedge, or a
+    /// [`Watch`](crate::Watch) polled there.
     Configuration,
     /// The registry refused a change that would pass one of the account's quotas
     /// (`ResourceLimitExceeded`: instances per service, namespaces per account). Not

@@ -36,7 +36,8 @@ use crate::util::stripe::STRIPES;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Lookups of a key: `resolve`, `resolve_all` and one per `call`. A change
+    /// Lookups of a key: `resolve`, `resolve_all`, `lease` (also through a held
+    /// [`Service`](crate::Service)) and one per `call`. A change
     /// stream's loads (`watch`, zone-aware routing's callers' key) are not lookups
     /// and count none.
     pub resolves: u64,

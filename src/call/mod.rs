@@ -495,6 +495,56 @@ mod tests {
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
     }
 
+    /// A source answering after `delay`.
+    #[derive(Debug)]
+    struct Slow {
+        inner: crate::StaticDiscovery,
+        delay: Duration,
+    }
+
+    impl crate::Discover for Slow {
+        fn discover<'a>(
+            &'a self,
+            request: &'a crate::DiscoverRequest,
+        ) -> BoxFuture<'a, Result<crate::Discovered, Error>> {
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                self.inner.discover(request).await
+            })
+        }
+    }
+
+    /// What `CallStop::Resolve` promises: a deadline that passes while the service
+    /// is still being resolved stops the call there, with no attempt, and the
+    /// resolve error says why.
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_passing_while_resolving_stops_at_resolve() {
+        let registry = crate::StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            crate::Instance::new("a")
+                .ipv4([127, 0, 0, 1].into())
+                .port(1),
+        );
+        let slow = Slow {
+            inner: registry,
+            delay: Duration::from_secs(1),
+        };
+        let resolver = Resolver::builder(slow).build().unwrap();
+        let err = resolver
+            .call("shared", "web", |_: Endpoint| async {
+                Ok::<(), String>(())
+            })
+            .deadline(Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(err.stop(), CallStop::Resolve);
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+        assert!(err.attempts().is_empty());
+        let why = err.resolve_error().expect("the resolve error");
+        assert!(why.message().contains("deadline"), "{why}");
+    }
+
     #[test]
     fn call_future_is_send() {
         fn check<T: Send>(_: &T) {}

@@ -216,9 +216,12 @@ impl Endpoint {
         self.data().health
     }
 
-    /// Whether passive outlier detection has ejected this endpoint for now, after
-    /// consecutive failures reported by [`Resolver::call`](crate::Resolver::call) or
-    /// [`Resolver::report`](crate::Resolver::report). `resolve` skips ejected
+    /// Whether this endpoint is out of the picks for now: ejected by outlier
+    /// detection, after failures reported by [`Resolver::call`](crate::Resolver::call),
+    /// a [`Lease`](crate::Lease) or [`Resolver::report`](crate::Resolver::report)
+    /// (consecutive ones, or a failure share with
+    /// [`OutlierOptions::failure_percentage`](crate::OutlierOptions::failure_percentage)),
+    /// or found down by the [`HealthCheck`](crate::HealthCheck). `resolve` skips ejected
     /// endpoints unless all are ejected; `resolve_all` lists them all.
     pub fn is_ejected(&self) -> bool {
         self.data().state.is_ejected()
