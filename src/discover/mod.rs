@@ -203,7 +203,8 @@ impl Discovered {
 /// A source of your own:
 ///
 /// ```
-/// use cloudmap_resolver::{BoxFuture, Discover, DiscoverRequest, Discovered, Error, Instance};
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use cloudmap_resolver::{BoxFuture, Discover, DiscoverRequest, Discovered, Error, Instance, Resolver};
 ///
 /// #[derive(Debug)]
 /// struct One;
@@ -216,7 +217,11 @@ impl Discovered {
 ///         })
 ///     }
 /// }
-/// let _boxed: Box<dyn Discover> = Box::new(One);
+/// let boxed: Box<dyn Discover> = Box::new(One);
+/// let resolver = Resolver::builder(boxed).build()?;
+/// assert_eq!(resolver.resolve("any", "name").await?.instance_id(), "only");
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 pub trait Discover: Send + Sync + fmt::Debug {
     /// The instances that answer `request`, filtered as DiscoverInstances filters.

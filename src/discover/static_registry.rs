@@ -254,7 +254,7 @@ impl StaticDiscovery {
     ///     "HealthStatus": "HEALTHY",
     ///     "Attributes": {"AWS_INSTANCE_IPV4": "127.0.0.1", "AWS_INSTANCE_PORT": "8080"}
     /// }]}"#).unwrap();
-    /// # let _ = registry;
+    /// assert!(registry.deregister("shared", "logs", "i-1"), "the entry was loaded");
     /// ```
     pub fn from_json(text: &str) -> Result<Self, Error> {
         if text.len() > StaticDiscovery::MAX_JSON_BYTES {

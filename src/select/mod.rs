@@ -23,12 +23,25 @@ pub(crate) const MAX_WEIGHT: f64 = 1e9;
 /// # Examples
 ///
 /// ```
-/// use cloudmap_resolver::Selection;
+/// # async fn run() -> Result<(), cloudmap_resolver::Error> {
+/// use cloudmap_resolver::{Instance, Resolver, Selection, StaticDiscovery};
 ///
 /// // Canary routing: an instance registered with `weight=1` beside two with
 /// // `weight=2` gets a fifth of the traffic.
+/// let ip = "127.0.0.1".parse().unwrap();
+/// let registry = StaticDiscovery::new()
+///     .with_instance("shared", "web", Instance::new("canary").ipv4(ip).port(1).attribute("weight", "1"))
+///     .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(2).attribute("weight", "2"))
+///     .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(3).attribute("weight", "2"));
 /// let canary = Selection::WeightedRandom { attribute: "weight".into() };
-/// assert_ne!(canary, Selection::default());
+/// let resolver = Resolver::builder(registry).selection(canary).seed(7).build()?;
+/// let mut to_canary = 0;
+/// for _ in 0..1_000 {
+///     to_canary += usize::from(resolver.resolve("shared", "web").await?.instance_id() == "canary");
+/// }
+/// assert!((150..=250).contains(&to_canary), "{to_canary} of 1,000");
+/// # Ok(()) }
+/// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
