@@ -46,15 +46,18 @@ pub(crate) fn check_service(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// Attribute keys and values of a query: keys 1 to 255 characters, values at most
-/// 1,024, both printable (Cloud Map's limits for instance attributes).
+/// Attribute keys and values of a query: keys 1 to 255 printable ASCII characters,
+/// values at most 1,024 characters with no control character but the tab (Cloud
+/// Map's limits for instance attributes, which `QueryParameters` and
+/// `OptionalParameters` share: a value may hold tabs, and `Registration` registers
+/// such values, so a query for one must not be refused here).
 pub(crate) fn check_attribute(key: &str, value: &str) -> Result<(), Error> {
     if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
         return Err(Error::invalid(format!(
             "attribute key {key:?} must be 1 to 255 printable ASCII characters"
         )));
     }
-    if value.len() > 1024 || value.chars().any(char::is_control) {
+    if value.len() > 1024 || value.chars().any(|c| c.is_control() && c != '\t') {
         return Err(Error::invalid(format!(
             "attribute {key:?} value must be at most 1024 printable characters"
         )));
@@ -135,5 +138,32 @@ mod tests {
         assert!(check_attribute("stage", "prod").is_ok());
         assert!(check_attribute("", "x").is_err());
         assert!(check_attribute("k", "a\nb").is_err());
+    }
+
+    /// Cloud Map's attribute values (`AttrValue`, which `QueryParameters` and
+    /// `OptionalParameters` use too) may hold a tab, and `Registration` registers
+    /// one: a query for that value must reach the registry, not be refused as
+    /// `InvalidInput` before any call.
+    #[tokio::test]
+    async fn a_query_value_may_hold_a_tab_as_cloud_map_allows() {
+        use crate::{Instance, Resolver, StaticDiscovery};
+        assert!(check_attribute("team", "blue\tgreen").is_ok());
+        let ip = "127.0.0.1".parse().unwrap();
+        let registry = StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            Instance::new("a")
+                .ipv4(ip)
+                .port(1)
+                .attribute("team", "blue\tgreen"),
+        );
+        let resolver = Resolver::builder(registry).build().unwrap();
+        let ep = resolver
+            .query("shared", "web")
+            .attribute("team", "blue\tgreen")
+            .resolve()
+            .await
+            .unwrap();
+        assert_eq!(ep.instance_id(), "a");
     }
 }
