@@ -27,7 +27,7 @@ use crate::util::lock::lock;
 /// [`build`](crate::ResolverBuilder::build) refuses with
 /// [`InvalidInput`](crate::ErrorKind::InvalidInput) a zero interval or timeout, a
 /// count of 0, an HTTP path that does not start with `/` or holds a space or a
-/// control character, and a `Host` holding one.
+/// control character, and a `Host` that is empty or holds one.
 ///
 /// Only endpoints with an IP address and a port are probed: a CNAME or alias
 /// instance (a host name, see [`Endpoint::host`](crate::Endpoint::host)) or one
@@ -135,8 +135,8 @@ impl HealthCheck {
         self
     }
 
-    /// The `Host` header of an HTTP check, with no space or control character.
-    /// Default: the endpoint's `ip:port`.
+    /// The `Host` header of an HTTP check: not empty, with no space or control
+    /// character. Default: the endpoint's `ip:port`.
     pub fn host(mut self, host: impl Into<String>) -> Self {
         self.host = Some(host.into());
         self

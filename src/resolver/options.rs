@@ -253,7 +253,7 @@ mod tests {
 
         use crate::{ErrorKind, Resolver, StaticDiscovery};
         type Set = fn(&mut ResolverOptions);
-        let refused: [(&str, Set); 17] = [
+        let refused: [(&str, Set); 18] = [
             ("capacity 0", |o| o.cache.capacity = 0),
             ("backoff_base 0", |o| o.cache.backoff_base = Duration::ZERO),
             ("consecutive_failures 0", |o| {
@@ -287,6 +287,9 @@ mod tests {
             }),
             ("health path without /", |o| {
                 o.health_check = Some(HealthCheck::http("healthz"))
+            }),
+            ("health host empty", |o| {
+                o.health_check = Some(HealthCheck::http("/healthz").host(""))
             }),
             ("zone attribute empty", |o| {
                 o.zone_aware = Some(ZoneAware::new("us-east-1a").attribute(""))
