@@ -239,9 +239,12 @@ impl FailoverClient {
     /// Sends `request`, to a service's endpoints with failover when its host is a
     /// service, otherwise as the client would, and follows redirects (each hop
     /// sent the same way). The request's own timeout
-    /// ([`RequestBuilder::timeout`]) covers its redirects too, as with reqwest's: each
-    /// hop gets what is left of it. A client-wide timeout (`ClientBuilder::timeout`),
-    /// which cannot be read back from the client, applies to each hop on its own.
+    /// ([`RequestBuilder::timeout`]) covers the whole request, its failovers and
+    /// redirects too, as with reqwest's: each attempt gets what is left of it, and
+    /// once it is spent no other attempt starts (the error is the last attempt's
+    /// timeout). A client-wide timeout (`ClientBuilder::timeout`),
+    /// which cannot be read back from the client, applies to each attempt on its
+    /// own: set the request's timeout to bound the whole request.
     ///
     /// # Errors
     ///
@@ -282,6 +285,12 @@ impl FailoverClient {
         // the policy lists it).
         let hedge = self.policy.hedges(request.method()).cloned();
         let clonable = request.try_clone().is_some();
+        // The request's timeout bounds the whole hop, its failovers included, as
+        // reqwest's bounds one request: each attempt gets what is left of it, and
+        // none starts once it is spent (given whole to each attempt, it let a GET
+        // take as many timeouts as there were endpoints).
+        let deadline = request.timeout().map(|t| after(Instant::now(), *t));
+        let spent = move || deadline.is_some_and(|d| Instant::now() >= d);
         let host = host_header(request.url());
         let explicit_port = request.url().port();
         let template = Mutex::new(Some(request));
@@ -326,6 +335,9 @@ impl FailoverClient {
                 if let Err(e) = retarget(&mut req, ip, port, host) {
                     return Err(not_sent(req, e));
                 }
+                if let Some(d) = deadline {
+                    *req.timeout_mut() = Some(d.saturating_duration_since(Instant::now()));
+                }
                 let sent = req.url().clone();
                 match client.execute(req).await {
                     Ok(resp) if repeatable && policy.fails_over_on(resp.status()) => {
@@ -345,10 +357,12 @@ impl FailoverClient {
         // be cloned moves on only from an endpoint it was never handed to (`NotSent`):
         // once given to the client, it is spent. Every failure counts against its
         // endpoint either way: a dead endpoint is ejected whatever the method.
+        // Nothing is sent once the request's timeout is spent.
         let mut call = self
             .resolver
             .call(&namespace, &service, op)
             .resend_if(move |f: &Failed<Response, reqwest::Error>| match f {
+                _ if spent() => false,
                 Failed::NotSent(_) => true,
                 Failed::Status(_) => clonable,
                 Failed::Error(e) => {

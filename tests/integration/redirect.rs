@@ -1,7 +1,8 @@
 //! `FailoverClient` follows redirects itself (issue 25): a hop to another host goes
 //! out as a plain URL, with that host in `Host` and without credentials; a hop to
-//! the same service is resolved again. Servers on loopback that record every
-//! request's headers and answer a redirect or 200.
+//! the same service is resolved again; the request's timeout bounds its redirects
+//! and failovers alike. Servers on loopback that record every request's headers
+//! and answer a redirect or 200.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -230,6 +231,39 @@ async fn the_timeout_covers_every_redirect() {
         "{err:?}"
     );
     assert_eq!(slow.got().len(), 2);
+    assert!(took <= Duration::from_millis(1_100), "took {took:?}");
+}
+
+/// The request's timeout bounds the whole request, its failovers included, as
+/// reqwest's own timeout bounds a request: three instances answering after 2 s, a
+/// GET with a 1 s timeout reaches one of them and times out at 1 s. Before, each
+/// attempt had the whole second: the GET reached all three, in 3 s.
+#[tokio::test(start_paused = true)]
+async fn the_timeout_covers_every_failover() {
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(Server::start_slow(None, Duration::from_secs(2)).await);
+    }
+    let registry = registry(&[
+        ("a", servers[0].port),
+        ("b", servers[1].port),
+        ("c", servers[2].port),
+    ]);
+    let resolver = Resolver::builder(registry).build().unwrap();
+    let fc = client(&resolver);
+    let start = tokio::time::Instant::now();
+    let req = fc
+        .client()
+        .get("http://web.shared/")
+        .timeout(Duration::from_secs(1));
+    let err = fc.send(req).await.expect_err("timed out");
+    let took = start.elapsed();
+    assert!(
+        err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
+        "{err:?}"
+    );
+    let reached: usize = servers.iter().map(|s| s.got().len()).sum();
+    assert_eq!(reached, 1, "{err}");
     assert!(took <= Duration::from_millis(1_100), "took {took:?}");
 }
 
