@@ -1,6 +1,7 @@
 //! gRPC servers on loopback for the tonic tests and example: tonic-health's
 //! `grpc.health.v1.Health` service (no protoc needed), counting the RPCs each
-//! server answers, and a listener that counts connection attempts to a port.
+//! server answers and the connections it accepts, and a listener that counts
+//! connection attempts to a port.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,11 +19,13 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
-/// A tonic-health server on `127.0.0.1:0`, counting the RPCs it answers.
+/// A tonic-health server on `127.0.0.1:0`, counting the RPCs it answers and the
+/// connections it accepts.
 #[derive(Debug)]
 pub struct HealthGrpcServer {
     pub addr: SocketAddr,
     calls: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -45,10 +48,16 @@ impl HealthGrpcServer {
             },
         );
         let (tx, rx) = oneshot::channel::<()>();
+        let connections = Arc::new(AtomicU64::new(0));
+        let accepted = connections.clone();
+        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), move |c| {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            c
+        });
         let task = tokio::spawn(async move {
             let _ = Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                .serve_with_incoming_shutdown(incoming, async {
                     let _ = rx.await;
                 })
                 .await;
@@ -56,6 +65,7 @@ impl HealthGrpcServer {
         HealthGrpcServer {
             addr,
             calls,
+            connections,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -68,6 +78,11 @@ impl HealthGrpcServer {
     /// RPCs answered so far.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted (a client's dial that reached the server).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// Stops serving: a graceful shutdown (in-flight RPCs finish, connections get

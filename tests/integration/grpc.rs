@@ -420,3 +420,50 @@ async fn a_channel_from_a_handle_without_its_resolver_says_so() {
         assert!(status.message().contains("dropped"), "{status:?}");
     }
 }
+
+/// An endpoint whose attributes change but not its address keeps its connection:
+/// the channel is handed nothing to dial. Before, the change (a weight, a stage, a
+/// health status) replaced the endpoint in tonic's balancer, which dropped its
+/// connection and dialled again: 2 connections to the one server, not 1.
+#[tokio::test]
+async fn an_attribute_change_keeps_the_connection() {
+    let server = HealthGrpcServer::start().await;
+    let registry = StaticDiscovery::new().with_instance("shared", "health", instance(0, &server));
+    let resolver = Resolver::builder(registry.clone())
+        .ttl(TTL)
+        .build()
+        .unwrap();
+    let channel = resolver.grpc_channel("shared", "health").unwrap();
+    let mut observer = resolver.watch("shared", "health");
+    for _ in 0..3 {
+        check(&channel).await.unwrap();
+    }
+    assert_eq!(server.connections(), 1);
+
+    registry.register(
+        "shared",
+        "health",
+        instance(0, &server).attribute("weight", "5"),
+    );
+    let changed = async {
+        while let Some(item) = observer.next().await {
+            if let Ok(Change::Insert(ep)) = item
+                && ep.attribute("weight") == Some("5")
+            {
+                return;
+            }
+        }
+        panic!("the stream ended");
+    };
+    tokio::time::timeout(Duration::from_secs(30), changed)
+        .await
+        .expect("the change is seen");
+    // The channel's feeder follows the same answers; RPCs spread over half a
+    // second give it every chance to hand the change over.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        check(&channel).await.unwrap();
+    }
+    assert_eq!(server.connections(), 1, "the connection was replaced");
+    assert_eq!(server.calls(), 8);
+}

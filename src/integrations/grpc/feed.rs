@@ -3,7 +3,7 @@
 //! [`GrpcChannel`](super::GrpcChannel) (`mod.rs`), whether the channel has an
 //! endpoint to send to.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use tokio::sync::mpsc::Sender;
 use tokio::sync::watch as state;
@@ -16,7 +16,10 @@ use crate::watch::{Change, Item, Watch};
 /// Feeds a balanced channel's change queue (from
 /// `tonic::transport::Channel::balance_channel`) from a change stream, building
 /// each inserted endpoint's tonic `Endpoint` with `make` (`None` leaves it out, and
-/// takes out the one it replaces). Keys are instance ids. Returns when the channel
+/// takes out the one it replaces). Keys are instance ids. Every change is handed
+/// over, one of attributes or health only too, since `make` may read them: tonic
+/// then replaces that endpoint and its connection (a
+/// [`GrpcChannel`](super::GrpcChannel) keeps it). Returns when the channel
 /// is dropped, or the stream ends. Registry errors are logged and skipped: the
 /// channel keeps the endpoints it has.
 ///
@@ -49,7 +52,7 @@ pub async fn feed_balance_channel<F>(
 ) where
     F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
 {
-    feed(watch.zone_view(), sender, make, None).await;
+    feed(watch.zone_view(), sender, make, false, None).await;
 }
 
 /// Whether a [`GrpcChannel`](super::GrpcChannel) has endpoints, as its feeder
@@ -68,17 +71,23 @@ pub(super) enum Status {
 /// [`feed_balance_channel`], reporting to `status` whether the channel has an
 /// endpoint: after each answer's changes (an empty answer included) and each
 /// discovery error.
+///
+/// With `by_address`, `make` reads only an endpoint's address and port (a
+/// [`GrpcChannel`](super::GrpcChannel)'s settings), so a change of anything else
+/// (attributes, health) is not handed to the channel: tonic replaces the endpoint
+/// of a key inserted again, dropping its connection and dialling anew.
 pub(super) async fn feed<F>(
     mut watch: Watch,
     sender: Sender<TonicChange<String, TonicEndpoint>>,
     mut make: F,
+    by_address: bool,
     status: Option<state::Sender<Status>>,
 ) where
     F: FnMut(&Endpoint) -> Option<TonicEndpoint>,
 {
-    // The instance ids handed to the channel and not taken out since.
-    let mut held: HashSet<String> = HashSet::new();
-    let report = |held: &HashSet<String>, why: Option<String>| {
+    // The endpoints handed to the channel, by instance id, and not taken out since.
+    let mut held: HashMap<String, Endpoint> = HashMap::new();
+    let report = |held: &HashMap<String, Endpoint>, why: Option<String>| {
         if let Some(status) = &status {
             let now = match why {
                 _ if !held.is_empty() => Status::Serving,
@@ -124,17 +133,20 @@ pub(super) async fn feed<F>(
         failed = None;
         let id = change.instance_id().to_owned();
         let endpoint = match &change {
-            Change::Insert(ep) => make(ep),
+            // The channel dials this address already (`Endpoint`'s equality is
+            // the instance id, address and port): its connection stays.
+            Change::Insert(ep) if by_address && held.get(&id) == Some(ep) => continue,
+            Change::Insert(ep) => make(ep).map(|made| (made, ep.clone())),
             Change::Remove(_) => None,
         };
         let out = match endpoint {
-            Some(endpoint) => {
-                held.insert(id.clone());
+            Some((endpoint, ep)) => {
+                held.insert(id.clone(), ep);
                 TonicChange::Insert(id, endpoint)
             }
             // Only what the channel holds is taken out: a removal of an endpoint it
             // never had (one `make` left out) would only take a place in its queue.
-            None if held.remove(&id) => TonicChange::Remove(id),
+            None if held.remove(&id).is_some() => TonicChange::Remove(id),
             None => continue,
         };
         // Serving as soon as an endpoint is to be queued, before the send: the

@@ -334,6 +334,7 @@ impl GrpcChannelBuilder {
             self.watch,
             sender,
             move |ep| settings.endpoint(ep),
+            true,
             Some(status),
         ));
         Ok(GrpcChannel {
