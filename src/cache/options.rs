@@ -144,7 +144,8 @@ cache_options! {
         /// [`InvalidInput`](crate::ErrorKind::InvalidInput) when the resolver is built).
         /// Default: 10,000.
         pub capacity: u64 = 10_000,
-        /// A key not resolved for this long is dropped. Use is seen per answer: a
+        /// A key not resolved for this long is dropped, while the registry fails
+        /// too (its refreshes then stop). Use is seen per answer: a
         /// key resolved since its answer was loaded or refreshed is kept until the
         /// next refresh, however long its `ttl` (so an idle key may stay up to its
         /// `ttl` longer). Must be greater than zero; 100 years or more

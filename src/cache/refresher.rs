@@ -83,12 +83,19 @@ impl Drop for RefresherExit<'_> {
     }
 }
 
-/// The refresher's plan: the answer it keeps, when it looks next, and how many
-/// refreshes in a row failed.
+/// The refresher's plan: the answer it keeps, when it looks next, how many
+/// refreshes in a row failed, and when a failed refresh last found the answer
+/// picked from.
 struct Plan {
     snapshot: Arc<Snapshot>,
     next: Instant,
     failures: u32,
+    /// While refreshes fail the answer is never replaced, so its `used` flag
+    /// (set by a pick since it was installed) would say "in use" for as long as
+    /// `max_stale` (a day) after its last pick: every failed refresh takes the
+    /// flag back and notes here when it was set. The key stays in use for
+    /// `idle_timeout` after that, as an answered one is kept from idle eviction.
+    used_at: Option<Instant>,
 }
 
 impl Plan {
@@ -99,6 +106,7 @@ impl Plan {
             next: cache.refresh_time(&snapshot),
             snapshot,
             failures: 0,
+            used_at: None,
         }
     }
 }
@@ -126,6 +134,7 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
             next: first.fresh_until,
             snapshot: first,
             failures: 0,
+            used_at: None,
         },
     };
     let keep = KeepInUse {
@@ -184,13 +193,18 @@ fn wake(weak: &Weak<Cache>, slot: &Slot, plan: &mut Plan) -> Step<(Arc<Cache>, A
         // the backoff and call the registry at once.
         plan.snapshot = cur.clone();
     }
-    if !in_use(slot, &cur) || !cache.opts.refresh_ahead {
+    let picked_lately = plan
+        .used_at
+        .is_some_and(|at| now < after(at, cache.opts.idle_timeout));
+    if !(in_use(slot, &cur) || picked_lately) || !cache.opts.refresh_ahead {
         if now < cur.fresh_until {
             plan.next = cur.fresh_until;
             return Step::Again;
         }
-        // Nobody asked during its whole life (or refreshing ahead is off): spend
-        // no registry call on it; the next caller (or change stream) loads it.
+        // Nobody asked during its whole life, or for `idle_timeout` while its
+        // refreshes failed (or refreshing ahead is off): spend no registry call
+        // on it; the next caller (or change stream) loads it, served the stale
+        // answer if the registry still fails.
         cur.state.store(EXPIRED, Ordering::Relaxed);
         slot.publish();
         return Step::Stop;
@@ -406,6 +420,11 @@ fn settle(
                     error = %err,
                     "refresh failed; serving the last good answer"
                 );
+            }
+            // The same answer stays: whether it is picked from again is judged
+            // from here on (see `Plan::used_at`).
+            if cur.used.swap(false, Ordering::Relaxed) {
+                plan.used_at = Some(now);
             }
             plan.next = after(now, cache.backoff(plan.failures)).min(servable_until);
             Step::Go(())

@@ -189,6 +189,50 @@ async fn throttled_calls_per_key(adapt_to_throttling: bool) -> BTreeMap<String, 
     per_key
 }
 
+/// Keys picked from before an outage and left alone during it stop costing
+/// registry calls once idle for `idle_timeout` (600 s), as they do when the registry
+/// answers: 20 keys resolved once, then a 2-hour outage with one other key resolved
+/// every second. Regression: an answer counted as in use once picked since it was
+/// installed, and an outage installs none, so the 20 idle keys were retried (and
+/// kept from idle eviction) until `max_stale` (a day): 3,217 registry calls in the
+/// second hour, now only the busy key's (160). An idle key asked for again is
+/// still served its stale answer.
+#[tokio::test(start_paused = true)]
+async fn keys_left_alone_during_an_outage_stop_being_refreshed() {
+    let source = Counting::new(services(21));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .seed(29)
+        .build()
+        .unwrap();
+    for i in 0..21 {
+        resolver
+            .resolve("shared", &format!("svc-{i}"))
+            .await
+            .unwrap();
+    }
+    source.fail_with(Some(ErrorKind::Unavailable));
+    let mut hourly = Vec::new();
+    for _ in 0..2 {
+        let before = total(&source);
+        for _ in 0..3600 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            resolver.resolve("shared", "svc-0").await.unwrap();
+        }
+        hourly.push(total(&source) - before);
+    }
+    let one_key = default_bound(Duration::from_secs(3600));
+    println!("paused: 2-hour outage, 1 busy key and 20 idle ones: registry calls per hour {hourly:?} (one key's bound {one_key})");
+    assert!(
+        hourly[1] <= one_key,
+        "idle keys still retried: {hourly:?} calls per hour, one key's bound {one_key}"
+    );
+    assert!(hourly[1] > 0, "the busy key is still retried");
+    let stale = resolver.stats().stale_served;
+    resolver.resolve("shared", "svc-7").await.unwrap();
+    assert!(resolver.stats().stale_served > stale, "served stale");
+}
+
 /// Throttling with 50 warm keys for 60 s. Per-key backoff alone
 /// (`adapt_to_throttling = false`): each key backs off on its own, so the registry
 /// sees at most 9 calls per key (450 in all) instead of one per refresh (about 70 per
