@@ -303,6 +303,56 @@ async fn back_from_its_probe_during_an_ejection_ramps_when_readmitted() {
     );
 }
 
+/// How many re-admission threads the process runs now (Linux: thread names are
+/// cut to 15 bytes).
+fn readmit_threads() -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("cloudmap-readm"))
+        .count()
+}
+
+/// Ejections made off any runtime (`report` from a plain thread) are re-admitted
+/// by one thread for the process, not a thread each: 50 endpoints ejected for a
+/// minute were 50 threads sleeping out their ejections (departed endpoints' too),
+/// now 1. It still re-admits on time, the soonest first whatever the order the
+/// ejections were handed over in.
+#[test]
+fn ejections_off_a_runtime_share_one_thread() {
+    let minute = OutlierDetector::new(OutlierOptions {
+        base_ejection_time: Duration::from_secs(60),
+        ..OutlierOptions::default()
+    });
+    let t = StateTable::default();
+    let eps = set(100, &t);
+    for ep in &eps[..50] {
+        fail(&minute, ep, 5, Instant::now());
+    }
+    assert!(eps[..50].iter().all(Endpoint::is_ejected));
+    let threads = readmit_threads();
+    assert!(threads <= 1, "{threads} re-admission threads");
+
+    let short = OutlierDetector::new(OutlierOptions {
+        base_ejection_time: Duration::from_millis(50),
+        ..OutlierOptions::default()
+    });
+    let other = set(2, &StateTable::default());
+    fail(&short, &other[0], 5, Instant::now());
+    assert!(other[0].is_ejected());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while short.readmissions() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(short.readmissions(), 1, "re-admitted on the thread");
+    assert!(!other[0].is_ejected());
+    assert_eq!(minute.readmissions(), 0);
+    assert!(eps[..50].iter().all(Endpoint::is_ejected));
+    assert!(readmit_threads() <= 1);
+}
+
 /// The cap counts the endpoints the key serves now: a service shrinking from 4
 /// endpoints (cap 2) to 2 (cap 1) has at most 1 of the 2 ejected, even when the
 /// failures come through handles picked from the answer of 4.
