@@ -137,6 +137,18 @@ async fn run_refresher(weak: &Weak<Cache>, slot: &Arc<Slot>) {
             used_at: None,
         },
     };
+    // Started by a load that served this answer stale (the registry failing):
+    // the load holds its failure for a backoff, and the refresher goes on from
+    // there, not at the answer's refresh time, long past (which made a second
+    // registry call at once, and restarted the backoff). Not waited for when a
+    // load holds the gate: it plans from its own outcome.
+    if let Ok(gate) = slot.gate.try_lock()
+        && let Some((_, until)) = &gate.error
+    {
+        // Never past the answer's max-stale age, which the warm path cannot check.
+        plan.next = plan.next.max(*until).min(plan.snapshot.servable_until());
+        plan.failures = gate.failures;
+    }
     let keep = KeepInUse {
         weak,
         slot,

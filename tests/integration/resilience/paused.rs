@@ -233,6 +233,35 @@ async fn keys_left_alone_during_an_outage_stop_being_refreshed() {
     assert!(resolver.stats().stale_served > stale, "served stale");
 }
 
+/// A key whose refresher had stopped (nobody picked from its last answer), asked
+/// for again while the registry fails: the caller is served the stale answer
+/// after one registry call, and the refresher that load starts again takes up
+/// the load's backoff rather than calling at once. Regression: it planned from
+/// the answer's long-past refresh time, so each such caller cost 2 registry
+/// calls at the same instant, now 1.
+#[tokio::test(start_paused = true)]
+async fn a_stale_answer_served_cold_is_not_refreshed_at_once() {
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .seed(31)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    // Unpicked answers: the refresher expires the last one and stops.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    source.fail_with(Some(ErrorKind::Unavailable));
+    for round in 0..3 {
+        let before = total(&source);
+        resolver.resolve("shared", "svc-0").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let calls = total(&source) - before;
+        assert_eq!(calls, 1, "round {round}: {calls} registry calls at once");
+        // Idle again past `idle_timeout`: the refresher stops again.
+        tokio::time::sleep(Duration::from_secs(1200)).await;
+    }
+}
+
 /// Throttling with 50 warm keys for 60 s. Per-key backoff alone
 /// (`adapt_to_throttling = false`): each key backs off on its own, so the registry
 /// sees at most 9 calls per key (450 in all) instead of one per refresh (about 70 per
