@@ -56,7 +56,7 @@ pub enum Selection {
     /// missing weight counts as 1; a weight that is not a non-negative finite number
     /// (`-3`, `NaN`, `inf`, `abc`) counts as 1, with a warning; a weight above
     /// 1,000,000,000 counts as 1,000,000,000, with a warning (so that `1e308` weights
-    /// cannot overflow the sum); weight 0 is never picked unless every weight is 0,
+    /// cannot overflow the sum; `1e309`, beyond `f64`, too); weight 0 is never picked unless every weight is 0,
     /// and a [`call`](crate::Resolver::call) tries it only once every endpoint with
     /// weight has failed (draining).
     WeightedRandom {
@@ -110,7 +110,12 @@ impl Selection {
                 let raw = ep.attribute(attribute)?;
                 let (w, problem) = match raw.trim().parse::<f64>() {
                     Ok(w) if (0.0..=MAX_WEIGHT).contains(&w) => return Some(w),
-                    Ok(w) if w.is_finite() && w > MAX_WEIGHT => (MAX_WEIGHT, "capped"),
+                    // A number too large for f64 (`1e309`, 400 digits) parses as
+                    // infinity; written in digits it is a number above the cap, as
+                    // `1e308` is, not the word `inf`.
+                    Ok(w) if w > MAX_WEIGHT && (w.is_finite() || has_digit(raw)) => {
+                        (MAX_WEIGHT, "capped")
+                    }
                     _ => (1.0, "counted as 1"),
                 };
                 if warned.first_time((namespace, service, ep.instance_id(), attribute, raw)) {
@@ -167,6 +172,12 @@ impl Selection {
             _ => ((u128::from(splitmix64(seed ^ draw)) * len.n() as u128) >> 64) as usize,
         }
     }
+}
+
+/// Whether a weight is written with digits: a number, as opposed to the words
+/// `inf`, `infinity` and `NaN` that `f64`'s parser also reads.
+fn has_digit(raw: &str) -> bool {
+    raw.bytes().any(|b| b.is_ascii_digit())
 }
 
 /// Round-robin's index for counter value `draw` over `len` endpoints. The
@@ -325,6 +336,29 @@ mod tests {
         assert!(cum.iter().all(|c| c.is_finite()), "{cum:?}");
         assert_eq!(cum[0], MAX_WEIGHT);
         assert_eq!(cum[cum.len() - 1], MAX_WEIGHT * 2.0 + 3.0);
+    }
+
+    /// A weight too large for `f64` is capped as `1e308` is, not counted as 1: `f64`
+    /// reads `1e309` and a 400-digit number as infinity, which was taken for the
+    /// word `inf` (0 picks of 30,000 for each beside a `1e308`).
+    #[test]
+    fn weights_beyond_f64_are_capped_like_huge_ones() {
+        let digits = "9".repeat(400);
+        let c = shares(
+            &weighted(),
+            &[Some("1e309"), Some("1e308"), Some(&digits), Some("1")],
+            30_000,
+        );
+        assert!(c[3] < 10, "{c:?}");
+        for n in &c[..3] {
+            assert!((*n as f64 / 30_000.0 - 1.0 / 3.0).abs() < 0.02, "{c:?}");
+        }
+        // The words stay words: counted as 1.
+        let items = items(&[Some("inf"), Some("+Infinity"), Some("-1e309")]);
+        let cum = weighted()
+            .cumulative(&items, "ns", "svc", &WarnOnce::default())
+            .unwrap();
+        assert_eq!(&cum[..], [1.0, 2.0, 3.0]);
     }
 
     #[test]
