@@ -124,6 +124,9 @@ impl fmt::Display for Cidr {
 /// in an `allow` network is accepted even if it is special (so `fd00:ec2::254/128` in
 /// the allow list admits the metadata service, deliberately); otherwise special
 /// addresses are refused unless [`allow_special`](Self::allow_special) was set.
+/// An instance with both an IPv4 and an IPv6 address is reached at the preferred
+/// one ([`prefer_ipv6`](crate::ResolverBuilder::prefer_ipv6)) if it is permitted,
+/// else at the other if that one is; with neither permitted it is skipped.
 ///
 /// Host names (`AWS_INSTANCE_CNAME`, `AWS_ALIAS_DNS_NAME`) that are IP literals in any
 /// spelling a URL parser or `inet_aton` accepts (`2852039166`, `0xa9fea9fe`,

@@ -79,12 +79,18 @@ impl ParseOptions {
             })?),
             None => self.default_port,
         };
-        let mut ip = match (v4, v6) {
-            (Some(_), Some(b)) if self.prefer_ipv6 => Some(IpAddr::V6(b)),
-            (Some(a), _) => Some(IpAddr::V4(a)),
-            (None, Some(b)) => Some(IpAddr::V6(b)),
-            (None, None) => None,
-        };
+        let (v4, v6) = (v4.map(IpAddr::V4), v6.map(IpAddr::V6));
+        let addrs = if self.prefer_ipv6 { [v6, v4] } else { [v4, v6] };
+        // The preferred family's address, unless the policy refuses it and permits
+        // the other: a preference, not a condition, so that a dual-stack instance
+        // under an allow list of one family's networks (or a deny list of the
+        // other's) is reached at the address allowed. With neither permitted, the
+        // preferred one is kept and refused below.
+        let mut ip = addrs
+            .into_iter()
+            .flatten()
+            .find(|a| self.policy.permits(*a))
+            .or_else(|| addrs.into_iter().flatten().next());
         let host = match ip {
             Some(_) => None,
             None => {
@@ -260,6 +266,49 @@ mod tests {
             ..opts()
         };
         assert!(v6.parse(inst).unwrap().ip.unwrap().is_ipv6());
+    }
+
+    /// A dual-stack instance whose preferred address the policy refuses is reached
+    /// at its other address when that one is permitted: it was skipped (no
+    /// endpoint under an allow list of IPv6 networks alone).
+    #[test]
+    fn a_dual_stack_instance_is_reached_at_the_address_the_policy_permits() {
+        let inst = Instance::new("i")
+            .ipv4("10.0.0.1".parse().unwrap())
+            .ipv6("2600::1".parse().unwrap())
+            .port(443);
+        let with = |policy: AddressPolicy, prefer_ipv6: bool| ParseOptions {
+            policy,
+            prefer_ipv6,
+            ..opts()
+        };
+        let v6_only = with(
+            AddressPolicy::default().allow("2600::/16".parse().unwrap()),
+            false,
+        );
+        let ep = one(v6_only.parse(inst.clone()).unwrap());
+        assert_eq!(ep.socket_addr(), Some("[2600::1]:443".parse().unwrap()));
+        let no_v6 = with(
+            AddressPolicy::default().deny("2600::/16".parse().unwrap()),
+            true,
+        );
+        let ep = one(no_v6.parse(inst.clone()).unwrap());
+        assert_eq!(ep.socket_addr(), Some("10.0.0.1:443".parse().unwrap()));
+        // Both permitted: the preference decides; neither: skipped, naming the
+        // preferred address.
+        assert!(with(AddressPolicy::default(), true)
+            .parse(inst.clone())
+            .unwrap()
+            .ip
+            .unwrap()
+            .is_ipv6());
+        let neither = with(
+            AddressPolicy::default().allow("192.168.0.0/16".parse().unwrap()),
+            false,
+        );
+        let why = neither.parse(inst).unwrap_err();
+        assert_eq!(why.1, SkipReason::RefusedByPolicy);
+        assert!(why.0.contains("10.0.0.1"), "{why}");
     }
 
     #[test]

@@ -173,8 +173,9 @@ impl ResolverBuilder {
         self
     }
 
-    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both.
-    /// Default: false.
+    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both
+    /// (the other is used when the [address policy](crate::AddressPolicy) refuses
+    /// the preferred one and permits it). Default: false.
     pub fn prefer_ipv6(mut self, prefer: bool) -> Self {
         self.opts.prefer_ipv6 = prefer;
         self

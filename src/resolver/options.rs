@@ -57,8 +57,9 @@ pub struct ResolverOptions {
     /// built). Default: none (such endpoints have no
     /// [`socket_addr`](crate::Endpoint::socket_addr)).
     pub default_port: Option<u16>,
-    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both.
-    /// Default: false.
+    /// Prefer `AWS_INSTANCE_IPV6` over `AWS_INSTANCE_IPV4` when an instance has both
+    /// (the other is used when the [address policy](crate::AddressPolicy) refuses
+    /// the preferred one and permits it). Default: false.
     pub prefer_ipv6: bool,
     /// The cache's settings: freshness, serving stale, refreshing, pacing the
     /// registry, memory bounds. Default: [`CacheOptions::default`] (5 s TTL, served
