@@ -270,8 +270,15 @@ async fn fetch(resolver: &Resolver, args: &Args) -> Result<Rows, Error> {
     for (k, v) in &args.attrs {
         q = q.attribute(k, v);
     }
-    for (k, v) in &args.optional {
-        q = q.optional_attribute(k, v);
+    // A watch asks for every instance (health ALL) and applies the health filter
+    // here, so it applies the optional parameters here too, after it, as the
+    // library does (`filter_health`): sent with ALL, one matching only an
+    // unhealthy instance narrowed the answer to that instance, which the health
+    // filter then hid.
+    if !args.watch {
+        for (k, v) in &args.optional {
+            q = q.optional_attribute(k, v);
+        }
     }
     let all = tokio::time::timeout(args.timeout, q.resolve_all())
         .await
@@ -283,6 +290,11 @@ async fn fetch(resolver: &Resolver, args: &Args) -> Result<Rows, Error> {
         })??;
     Ok(all
         .iter()
-        .map(|ep| (clean(ep.instance_id()), row(ep, &args.zone_attr)))
+        .map(|ep| {
+            (
+                clean(ep.instance_id()),
+                row(ep, &args.zone_attr, &args.optional),
+            )
+        })
         .collect())
 }

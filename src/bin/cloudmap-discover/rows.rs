@@ -47,9 +47,13 @@ pub(crate) struct Row {
     attributes: String,
     /// Out of the picks: its health check (`--health-check`) found it down.
     down: bool,
+    /// Matches every `--optional` parameter (true without any).
+    preferred: bool,
 }
 
-/// The rows the health filter lets through, by Cloud Map's rules.
+/// The rows the health filter lets through, then those the optional parameters
+/// prefer when some of them match (all when none does), by Cloud Map's rules in
+/// the library's order: health before optional parameters.
 pub(crate) fn filter_health(rows: &Rows, health: HealthFilter) -> Rows {
     let healthy = |r: &Row| r.health == "HEALTHY";
     let keep = |r: &Row| match health {
@@ -58,13 +62,15 @@ pub(crate) fn filter_health(rows: &Rows, health: HealthFilter) -> Rows {
         HealthFilter::HealthyOrElseAll => !rows.values().any(healthy) || healthy(r),
         _ => true,
     };
+    let some_preferred = rows.values().any(|r| keep(r) && r.preferred);
     rows.iter()
-        .filter(|(_, r)| keep(r))
+        .filter(|(_, r)| keep(r) && (r.preferred || !some_preferred))
         .map(|(id, r)| (id.clone(), r.clone()))
         .collect()
 }
 
-pub(crate) fn row(ep: &Endpoint, zone_attr: &str) -> Row {
+/// `ep`'s row; `optional` the `--optional` parameters it is preferred by.
+pub(crate) fn row(ep: &Endpoint, zone_attr: &str, optional: &[(String, String)]) -> Row {
     let address = match (ep.ip(), ep.host()) {
         (Some(ip), _) => ip.to_string(),
         (None, Some(h)) => clean(h),
@@ -88,6 +94,9 @@ pub(crate) fn row(ep: &Endpoint, zone_attr: &str) -> Row {
         attributes,
         // The tool makes no requests, so only a probe can eject an endpoint.
         down: ep.is_ejected(),
+        preferred: optional
+            .iter()
+            .all(|(k, v)| ep.attribute(k) == Some(v.as_str())),
     }
 }
 
@@ -202,6 +211,7 @@ mod tests {
                     zone: "-".into(),
                     attributes: String::new(),
                     down: false,
+                    preferred: true,
                 };
                 ((*id).to_owned(), r)
             })

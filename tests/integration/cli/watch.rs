@@ -160,6 +160,49 @@ async fn watch_of_an_empty_service_names_the_callers_filters() {
     }
 }
 
+/// `--watch --optional` shows what a plain run shows: the optional parameters
+/// come after the health filter, as the library applies them. Before, the watch
+/// sent them with health ALL, so `--optional stage=dev` matching only the
+/// unhealthy `i-3` narrowed the answer to it and `--health healthy` then showed
+/// nothing (exit 4), where the plain run shows `i-1` and `i-2`.
+#[tokio::test]
+async fn watch_applies_optional_parameters_after_the_health_filter() {
+    let (ns, svc) = fleet().await;
+    set_health(&svc, "i-3", false).await;
+    let url = moto_url();
+    let base = [
+        ns.as_str(),
+        "web",
+        "--endpoint-url",
+        &url,
+        "--optional",
+        "stage=dev",
+        "--health",
+        "healthy",
+    ];
+    let ids = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| l.starts_with("i-"))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect()
+    };
+    let plain = run(&base).await;
+    assert_eq!(plain.code, 0, "{}", plain.stderr);
+    assert_eq!(ids(&plain.stdout), ["i-1", "i-2"], "{}", plain.stdout);
+    let mut args = base.to_vec();
+    args.extend(["--watch", "--count", "1", "--interval", "0.1"]);
+    let watched = run(&args).await;
+    assert_eq!(watched.code, 0, "{}", watched.stderr);
+    assert_eq!(ids(&watched.stdout), ["i-1", "i-2"], "{}", watched.stdout);
+    // Where the preferred instance passes the filter, it alone is shown, as in a
+    // plain run.
+    let mut args = args.clone();
+    args[7] = "all";
+    let all = run(&args).await;
+    assert_eq!(all.code, 0, "{}", all.stderr);
+    assert_eq!(ids(&all.stdout), ["i-3"], "{}", all.stdout);
+}
+
 /// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
 fn assert_timestamped(line: &str) {
     let (ts, rest) = line.split_once(' ').unwrap();
