@@ -161,21 +161,6 @@ impl Picker {
         // Below 2^31, so no stripe's low bits wrap (a rotation's skipped step) for
         // 2^31 picks.
         let offset = (splitmix64(seed) >> 33) as u32;
-        // A changed answer's rotation goes on after each stripe's last pick
-        // (`Resume`): the old cursor's remainder by a new size starved an endpoint
-        // of a caller picking once per answer while answers alternated in size.
-        let resume = prev
-            .filter(|p| !Arc::ptr_eq(&p.set, &set))
-            .filter(|_| matches!(ctx.selection, Selection::RoundRobin))
-            .map(|p| Resume::new(&p.set, &set));
-        let cursors = std::array::from_fn(|i| {
-            let first = ((i as u64) << 40) | u64::from(offset.wrapping_add(i as u32));
-            let start = prev.map_or(first, |p| {
-                let c = p.cursors[i].load(Ordering::Relaxed);
-                resume.as_ref().map_or(c, |r| r.cursor(p.len, c))
-            });
-            CachePadded::new(AtomicU64::new(start))
-        });
         let ramp = Ramp::new(&set, &ctx.slow_start, Instant::now()).map(Box::new);
         // A reconfirmed answer keeps its table; a new one computes its own.
         let same = prev.filter(|p| Arc::ptr_eq(&p.set, &set));
@@ -190,6 +175,20 @@ impl Picker {
             ))
         });
         let local = zones.as_ref().and_then(|z| z.local_zone()).map(Box::new);
+        // A changed answer's rotation goes on after each stripe's last pick
+        // (`Resume`): the old cursor's remainder by a new size starved an endpoint
+        // of a caller picking once per answer while answers alternated in size.
+        let resume = prev
+            .filter(|p| p.set_changed(&set, ctx))
+            .map(|p| Resume::new(p, &set, local.as_deref()));
+        let cursors = std::array::from_fn(|i| {
+            let first = ((i as u64) << 40) | u64::from(offset.wrapping_add(i as u32));
+            let start = prev.map_or(first, |p| {
+                let c = p.cursors[i].load(Ordering::Relaxed);
+                resume.as_ref().map_or(c, |r| r.cursor(c))
+            });
+            CachePadded::new(AtomicU64::new(start))
+        });
         let len = Modulus::new(set.items.len());
         let rotates =
             matches!(ctx.selection, Selection::RoundRobin) && ramp.is_none() && zones.is_none();

@@ -165,3 +165,70 @@ fn round_robin_goes_on_after_the_last_pick_across_changed_answers() {
         "{three:?}"
     );
 }
+
+/// As above with zone-aware routing keeping every pick in the caller's zone, where
+/// round-robin rotates over that zone's endpoints: the answers alternate between 3
+/// and 4 endpoints there (3 in the other zone), one pick each. The cursor moved by
+/// the whole answer's rotation left the local one anywhere: `e2` got 1 pick of
+/// 1,200, `e1` 600.
+#[test]
+fn zone_local_round_robin_goes_on_after_the_last_pick_across_changed_answers() {
+    use crate::select::zone::{ZoneAware, ZoneContext};
+    let table = StateTable::default();
+    let answer = |flap: bool| {
+        let mut ids: Vec<(String, &str)> = vec![];
+        for i in 0..3 {
+            ids.push((format!("e{i}"), "a"));
+        }
+        if flap {
+            ids.push(("e3".into(), "a"));
+        }
+        for i in 0..3 {
+            ids.push((format!("f{i}"), "b"));
+        }
+        let mut items: Vec<EndpointData> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, (id, z))| {
+                let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
+                ParseOptions::default()
+                    .parse(
+                        Instance::new(id.clone())
+                            .ipv4(ip)
+                            .port(80)
+                            .attribute("AVAILABILITY_ZONE", *z),
+                    )
+                    .unwrap()
+            })
+            .collect();
+        table.attach(&mut items, None);
+        EndpointSet::new(items.into(), None)
+    };
+    let ctx = PickContext::new(
+        Selection::RoundRobin,
+        None,
+        SlowStartOptions::default(),
+        table.ejected(),
+    )
+    .with_zones(Arc::new(ZoneContext::new(
+        ZoneAware::new("a").min_endpoints(1),
+    )));
+    let mut prev: Option<Picker> = None;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for round in 0..1_200 {
+        let p = Picker::new(
+            answer(round % 2 == 1),
+            prev.as_ref(),
+            &ctx,
+            ("ns", "svc"),
+            7,
+        );
+        *counts
+            .entry(p.pick(7, 0).instance_id().to_owned())
+            .or_default() += 1;
+        prev = Some(p);
+    }
+    for id in ["e0", "e1", "e2", "e3"] {
+        assert_eq!(counts.get(id), Some(&300), "{counts:?}");
+    }
+}
