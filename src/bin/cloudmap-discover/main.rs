@@ -191,7 +191,7 @@ async fn run(args: &Args) -> Result<(), Stop> {
         )));
     }
     print_table(&shown)?;
-    if !args.watch {
+    if !args.watch || args.dns.is_some() {
         return Ok(());
     }
     // The last refresh's error, if it failed: the run ends with it, so a script
@@ -274,8 +274,9 @@ async fn fetch(resolver: &Resolver, args: &Args) -> Result<Rows, Error> {
     // here, so it applies the optional parameters here too, after it, as the
     // library does (`filter_health`): sent with ALL, one matching only an
     // unhealthy instance narrowed the answer to that instance, which the health
-    // filter then hid.
-    if !args.watch {
+    // filter then hid. DNS is still asked with them, so that it refuses them as
+    // it does without `--watch` (its records carry no attributes).
+    if !args.watch || args.dns.is_some() {
         for (k, v) in &args.optional {
             q = q.optional_attribute(k, v);
         }

@@ -201,6 +201,16 @@ async fn watch_applies_optional_parameters_after_the_health_filter() {
     let all = run(&args).await;
     assert_eq!(all.code, 0, "{}", all.stderr);
     assert_eq!(ids(&all.stdout), ["i-3"], "{}", all.stdout);
+    // DNS refuses optional parameters (its records carry no attributes), watched
+    // or not: never silently ignored.
+    for watch in [&[][..], &["--watch", "--count", "1"]] {
+        let mut args = vec!["prod.internal", "api", "--dns", "127.0.0.1:9"];
+        args.extend(["--optional", "stage=dev"]);
+        args.extend_from_slice(watch);
+        let r = run(&args).await;
+        assert_eq!(r.code, 2, "{watch:?}: {}", r.stderr);
+        assert!(r.stderr.contains("optional"), "{watch:?}: {}", r.stderr);
+    }
 }
 
 /// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
