@@ -10,7 +10,9 @@
 //! attempt limit, so a call never makes more than `max_attempts` attempts in all.
 //! Failover after an error is as in an unhedged call (`mod.rs`): while another
 //! attempt is in flight the call waits on it; when none is, the next candidate is
-//! tried within the retry budget.
+//! tried within the retry budget. The call's deadline cuts every attempt in flight
+//! at once: each is settled as an unhedged attempt cut by the deadline is (listed in
+//! the error, blamed when it ran for half the deadline), none dropped as a loser.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -241,6 +243,11 @@ where
     // Set when an attempt timed out in a call whose timeouts are not retried: the
     // attempts in flight may finish, no new one starts.
     let mut no_more = false;
+    // Set when the call's deadline passed: it cuts every attempt in flight at the
+    // same instant (each one's limit is at most the deadline), so they are settled
+    // too, listed and blamed as an unhedged attempt cut by the deadline is, rather
+    // than dropped as losers; then the call stops.
+    let mut stopped: Option<CallStop> = None;
 
     let mut launch = |ep: Endpoint, began: Instant, hedged: bool, running: &mut Vec<_>| {
         bump(&counters.attempts);
@@ -257,6 +264,9 @@ where
 
     loop {
         if running.is_empty() {
+            if let Some(stop) = stopped {
+                return Err(CallError::attempts_failed(stop, failed));
+            }
             if no_more {
                 return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
             }
@@ -291,7 +301,11 @@ where
             Event::Hedge => {
                 hedge_at = None;
                 let now = Instant::now();
-                if no_more || next.len() == 0 || deadline.is_some_and(|d| now >= d) {
+                if no_more
+                    || stopped.is_some()
+                    || next.len() == 0
+                    || deadline.is_some_and(|d| now >= d)
+                {
                     continue;
                 }
                 if ctx.hedge_budget.try_withdraw(now) {
@@ -335,6 +349,10 @@ where
             Settled::Failed => {}
             Settled::NoMore => {
                 no_more = true;
+                hedge_at = None;
+            }
+            Settled::Stop(CallStop::DeadlinePassed) => {
+                stopped = Some(CallStop::DeadlinePassed);
                 hedge_at = None;
             }
             Settled::Stop(stop) => return Err(CallError::attempts_failed(stop, failed)),

@@ -348,3 +348,37 @@ async fn an_empty_budget_makes_the_call_wait_on_its_attempt() {
         (1, 0, 1)
     );
 }
+
+/// The call's deadline cuts every attempt in flight at once: each is one of the
+/// call's attempts, listed in its error and held against its endpoint as an
+/// unhedged attempt cut by the deadline is. Before, the first one settled ended
+/// the call and the others were dropped as losers: the error listed 1 of the 2
+/// attempts made, and the hedge's endpoint, hanging for 50 ms of a 100 ms
+/// deadline, was never blamed (5 such calls ejected no endpoint).
+#[tokio::test(start_paused = true)]
+async fn a_deadline_settles_every_attempt_in_flight() {
+    let r = resolver(2, Selection::RoundRobin);
+    for _ in 0..5 {
+        let err = r
+            .call("shared", "web", |_: Endpoint| async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<(), std::io::Error>(())
+            })
+            .hedge(Hedge::after(50 * MS))
+            .deadline(100 * MS)
+            .await
+            .unwrap_err();
+        assert_eq!(err.stop(), cloudmap_resolver::CallStop::DeadlinePassed);
+        let ports: HashSet<u16> = err
+            .attempts()
+            .iter()
+            .map(|a| a.endpoint().port().unwrap())
+            .collect();
+        assert_eq!(ports.len(), 2, "{err}");
+    }
+    let stats = r.stats();
+    assert_eq!(stats.attempts, 10, "{stats:?}");
+    // Each endpoint hung in every call for at least half the deadline: 5 failures
+    // in a row each, and the share cap (1 of 2) ejects one of them.
+    assert_eq!(stats.ejections, 1, "{stats:?}");
+}
