@@ -18,11 +18,26 @@ impl Cache {
     /// evicted) and its answer has not expired: an answer nobody picked from during
     /// its life is marked expired by its refresher, so idle keys drop out here (a
     /// key a held handle pins, or a change stream follows, is refreshed: in use).
+    /// The key the cache holds on its own behalf (zone-aware routing's callers'
+    /// service, `held.rs`) is refreshed too, but only its zones are read: its
+    /// instances are the callers, which nobody sends requests to, so they are
+    /// probed only when a caller of the resolver uses that key as well (picks
+    /// from it, follows it with a stream of its own, or pins it).
     pub(crate) fn endpoints_in_use(&self) -> Vec<Endpoint> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        self.for_each_answer(|_, snap| {
+        self.for_each_answer(|slot, snap| {
             if snap.state.load(Ordering::Relaxed) == EXPIRED {
+                return;
+            }
+            // By its question, not by the held watch's slot: that is known only
+            // once the held key's load returns, after its answer is installed
+            // (and the prober woken by it).
+            if self.is_held(&slot.request)
+                && !snap.used.load(Ordering::Relaxed)
+                && !slot.is_held()
+                && slot.watchers.load(Ordering::Relaxed) <= 1
+            {
                 return;
             }
             // Not `Snapshot::all`: looking is not using the key.

@@ -168,3 +168,57 @@ async fn an_endpoint_failing_its_probes_is_not_zone_capacity() {
     assert!(stats.picks_spilled > 0 && stats.picks_local > stats.picks_spilled);
     drop(tasks);
 }
+
+/// The callers' service (`ZoneAware::callers`) is discovered for its zones alone:
+/// its instances are the callers, which nobody sends requests to, so the health
+/// check leaves them alone. Before, the cache's own watch on that key made it a
+/// key in use: every instance of the calling service was probed every interval
+/// (here 3 callers on closed ports: 20 failed probes while web's passed 30 times,
+/// and one caller ejected for failed probes, with a warning), a whole fleet
+/// probing itself.
+#[tokio::test]
+async fn the_callers_service_is_not_probed() {
+    let mut tasks = Vec::new();
+    let registry = StaticDiscovery::new();
+    for k in 0..6 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tasks.push(tokio::spawn(serve(l)));
+        let zone = ZONES[k / 2];
+        registry.register("shared", "web", instance(&format!("web-{k}"), port, zone));
+    }
+    // The callers: nothing listens on their ports (kept bound to the end).
+    let mut held = Vec::new();
+    for (k, zone) in ZONES.iter().enumerate() {
+        let (addr, guard) = test_support::net::closed_port();
+        held.push(guard);
+        registry.register(
+            "shared",
+            "my-svc",
+            instance(&format!("me-{k}"), addr.port(), zone),
+        );
+    }
+    let check = HealthCheck::tcp()
+        .interval(Duration::from_millis(50))
+        .timeout(Duration::from_millis(200));
+    let r = Resolver::builder(registry)
+        .zone_aware(ZoneAware::new("us-east-1a").callers("shared", "my-svc"))
+        .health_check(check)
+        .seed(28)
+        .build()
+        .unwrap();
+    r.resolve("shared", "web").await.unwrap();
+    // Bounded at 20 s: several rounds of probes of web's six endpoints.
+    for _ in 0..1_000 {
+        if r.stats().probes_passed >= 30 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        r.resolve("shared", "web").await.unwrap();
+    }
+    let stats = r.stats();
+    assert!(stats.probes_passed >= 30, "{stats:?}");
+    assert_eq!(stats.probes_failed + stats.probes_timed_out, 0, "{stats:?}");
+    assert_eq!(stats.ejections_probe, 0, "{stats:?}");
+    drop(tasks);
+}
