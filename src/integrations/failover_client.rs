@@ -27,7 +27,12 @@ use crate::util::time::after;
 /// endpoint's address and port (an explicit port in the URL wins, except the
 /// scheme's own: the `url` crate drops `:80` from `http://` and `:443` from
 /// `https://` when parsing, so such a URL goes to the instance's port), the `Host`
-/// header keeps the name from the URL, and connections are pooled per endpoint.
+/// header keeps the name from the URL, and connections are pooled per endpoint. The
+/// name is kept over HTTP/1 only: over HTTP/2 reqwest sends the URL's authority as
+/// `:authority`, so the server sees the endpoint's address there, beside a `host`
+/// header with the name (a pair RFC 9113 section 8.3.1 forbids, which a strict server
+/// refuses); where an HTTP/2 server must see the name, use
+/// [`ReqwestResolver`](crate::ReqwestResolver), which keeps the URL.
 ///
 /// - A request that is safe to repeat (its method is in
 ///   [`FailoverPolicy::methods`], idempotent ones by default, and its body can be

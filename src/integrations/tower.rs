@@ -35,7 +35,13 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// by the resolver, through [`Resolver::call`]: the URI's authority becomes the
 /// endpoint's address and port (an explicit port in the URI wins), and a `Host`
 /// header with the original host and port (never the URI's user information) is
-/// added unless the request has one. Requests go only to addresses the resolver's
+/// added unless the request has one. That keeps the name over HTTP/1 only: an HTTP/2
+/// client sends the URI's authority as `:authority`, so the server sees the
+/// endpoint's address there, beside a `host` header with the name (a pair RFC 9113
+/// section 8.3.1 forbids, which a strict server refuses). Where an HTTP/2 server must
+/// see the name, resolve at the connection level
+/// (`HyperResolver`, feature `hyper`, which keeps the URI) instead.
+/// Requests go only to addresses the resolver's
 /// [`AddressPolicy`](crate::AddressPolicy) permits: an endpoint with a host name
 /// (CNAME, alias) is looked up here and the request sent to its first permitted
 /// address; with none, nothing is sent to it and the next endpoint is tried.
@@ -117,7 +123,8 @@ impl FailoverLayer {
     /// [`HostMap`] is asked, and nothing passes through to the inner service
     /// unchanged. As for a mapped host, the URI's authority becomes the endpoint's
     /// address and port (an explicit port in the URI wins), a `Host` header with the
-    /// URI's host and port is added unless the request has one, and failover follows
+    /// URI's host and port is added unless the request has one (over HTTP/2 the
+    /// server reads the endpoint's address in `:authority`), and failover follows
     /// the [policy](Self::policy); attempts run through
     /// [`Service::call`](crate::Service::call), so the warm path reads the held
     /// entry without a lookup. A URI without scheme and host (`/items`) is sent as

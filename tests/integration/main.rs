@@ -38,6 +38,8 @@ mod zones;
 mod cli;
 #[cfg(feature = "tonic")]
 mod grpc;
+#[cfg(all(feature = "hyper", feature = "tower"))]
+mod http2;
 #[cfg(feature = "hyper")]
 mod hyper;
 #[cfg(feature = "reqwest")]
