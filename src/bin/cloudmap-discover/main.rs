@@ -191,7 +191,9 @@ async fn run(args: &Args) -> Result<(), Stop> {
         )));
     }
     print_table(&shown)?;
-    if !args.watch || args.dns.is_some() {
+    // `--dns` is watched as Cloud Map is: optional parameters, which DNS
+    // refuses, ended the run at the first fetch already.
+    if !args.watch {
         return Ok(());
     }
     // The last refresh's error, if it failed: the run ends with it, so a script

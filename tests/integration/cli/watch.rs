@@ -213,6 +213,41 @@ async fn watch_applies_optional_parameters_after_the_health_filter() {
     }
 }
 
+/// `--dns --watch` watches, as `--watch` does over Cloud Map: a refresh line after
+/// the table. Regression: the DNS follow-up of `--optional` ended every DNS watch
+/// after the table (0 refresh lines of `--count 2`, exit 0), with or without
+/// optional parameters.
+#[tokio::test]
+async fn dns_watch_keeps_refreshing() {
+    let server = test_support::dns::DnsServer::start().await;
+    server.add_a("web.prod.internal", "127.0.0.1", 60);
+    let addr = server.addr.to_string();
+    let args = [
+        "prod.internal",
+        "web",
+        "--dns",
+        &addr,
+        "--watch",
+        "--count",
+        "2",
+        "--interval",
+        "0.1",
+    ];
+    let r = run(&args).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let refreshes: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" refresh "))
+        .collect();
+    assert_eq!(refreshes.len(), 2, "{}", r.stdout);
+    assert!(
+        refreshes.iter().all(|l| l.ends_with("no change")),
+        "{}",
+        r.stdout
+    );
+}
+
 /// `2025-01-02T03:04:05.678Z refresh 3: ...`: an RFC 3339 UTC time first.
 fn assert_timestamped(line: &str) {
     let (ts, rest) = line.split_once(' ').unwrap();
