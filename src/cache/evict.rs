@@ -69,13 +69,9 @@ mod tests {
 
     use crate::{Instance, Resolver, StaticDiscovery};
 
-    /// A full cache admits a key asked for again and again (TinyLFU: more often
-    /// than its victim). Regression: each load only inserted, which the frequency
-    /// sketch does not count, so once full every new key was refused and loaded
-    /// from the registry on every resolve.
-    #[tokio::test(start_paused = true)]
-    async fn a_full_cache_admits_a_key_asked_for_often() {
-        let source = (0..9).fold(StaticDiscovery::new(), |r, k| {
+    /// Services `svc-0..n` of namespace `shared`, one instance `i-k` each.
+    fn services(n: usize) -> StaticDiscovery {
+        (0..n).fold(StaticDiscovery::new(), |r, k| {
             r.with_instance(
                 "shared",
                 format!("svc-{k}"),
@@ -83,7 +79,16 @@ mod tests {
                     .ipv4([127, 0, 0, 1].into())
                     .port(1),
             )
-        });
+        })
+    }
+
+    /// A full cache admits a key asked for again and again (TinyLFU: more often
+    /// than its victim). Regression: each load only inserted, which the frequency
+    /// sketch does not count, so once full every new key was refused and loaded
+    /// from the registry on every resolve.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_admits_a_key_asked_for_often() {
+        let source = services(9);
         let r = Resolver::builder(source).capacity(8).build().unwrap();
         for k in 0..8 {
             r.resolve("shared", &format!("svc-{k}")).await.unwrap();
@@ -147,15 +152,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn evicted_keys_leave_no_refresher_behind() {
         let keys = 1_000;
-        let source = (0..keys).fold(StaticDiscovery::new(), |r, k| {
-            r.with_instance(
-                "shared",
-                format!("svc-{k}"),
-                Instance::new(format!("i-{k}"))
-                    .ipv4([127, 0, 0, 1].into())
-                    .port(1),
-            )
-        });
+        let source = services(keys);
         let r = Resolver::builder(source)
             .capacity(8)
             .ttl(Duration::from_secs(60))

@@ -21,17 +21,46 @@ fn two_of_gives_distinct_indices_covering_every_pair() {
 
 /// `n` endpoints `e0..` (10.0.0.i:80), with their state in a fresh table.
 pub(super) fn endpoints(n: usize) -> (Vec<EndpointData>, StateTable) {
-    let mut items: Vec<EndpointData> = (0..n)
-        .map(|i| {
+    let table = StateTable::default();
+    let ids: Vec<(String, Option<&str>)> = (0..n).map(|i| (format!("e{i}"), None)).collect();
+    (attached(&table, &ids), table)
+}
+
+/// Endpoints `(id, zone)` at 10.0.0.i:80 (`i` their place), in
+/// `AVAILABILITY_ZONE` `zone` when given, their state in `table`.
+fn attached(table: &StateTable, ids: &[(String, Option<&str>)]) -> Vec<EndpointData> {
+    let mut items: Vec<EndpointData> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, (id, zone))| {
             let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
-            ParseOptions::default()
-                .parse(Instance::new(format!("e{i}")).ipv4(ip).port(80))
-                .unwrap()
+            let mut instance = Instance::new(id.clone()).ipv4(ip).port(80);
+            if let Some(zone) = zone {
+                instance = instance.attribute("AVAILABILITY_ZONE", *zone);
+            }
+            ParseOptions::default().parse(instance).unwrap()
         })
         .collect();
-    let table = StateTable::default();
     table.attach(&mut items, None);
-    (items, table)
+    items
+}
+
+/// How often each endpoint is picked over 1,200 rounds of one pick each, round
+/// `r` from `answer(r)`, each picker made from the one before.
+fn one_pick_per_answer(
+    ctx: &PickContext,
+    answer: impl Fn(usize) -> Arc<EndpointSet>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut prev: Option<Picker> = None;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for round in 0..1_200 {
+        let p = Picker::new(answer(round), prev.as_ref(), ctx, ("ns", "svc"), 7);
+        *counts
+            .entry(p.pick(7, 0).instance_id().to_owned())
+            .or_default() += 1;
+        prev = Some(p);
+    }
+    counts
 }
 
 /// A picker over `items` (their state in `table`), slow start at its defaults.
@@ -50,14 +79,20 @@ fn picker_seeded(
     selection: Selection,
     seed: u64,
 ) -> Picker {
-    let ctx = PickContext::new(
+    let ctx = context(selection, table);
+    let set = EndpointSet::new(items.into(), None);
+    Picker::new(set, None, &ctx, ("ns", "svc"), seed)
+}
+
+/// A key's picking context for `selection`, over `table`'s endpoints, slow start
+/// at its defaults and no zones.
+fn context(selection: Selection, table: &StateTable) -> PickContext {
+    PickContext::new(
         selection,
         None,
         SlowStartOptions::default(),
         table.ejected(),
-    );
-    let set = EndpointSet::new(items.into(), None);
-    Picker::new(set, None, &ctx, ("ns", "svc"), seed)
+    )
 }
 
 /// A round-robin picker over `n` endpoints, none ramping or ejected.
@@ -122,32 +157,11 @@ fn round_robin_stripes_start_apart_from_the_keys_seed() {
 fn round_robin_goes_on_after_the_last_pick_across_changed_answers() {
     let table = StateTable::default();
     let answer = |n: usize| {
-        let mut items: Vec<EndpointData> = (0..n)
-            .map(|i| {
-                let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
-                ParseOptions::default()
-                    .parse(Instance::new(format!("e{i}")).ipv4(ip).port(80))
-                    .unwrap()
-            })
-            .collect();
-        table.attach(&mut items, None);
-        EndpointSet::new(items.into(), None)
+        let ids: Vec<(String, Option<&str>)> = (0..n).map(|i| (format!("e{i}"), None)).collect();
+        EndpointSet::new(attached(&table, &ids).into(), None)
     };
-    let ctx = PickContext::new(
-        Selection::RoundRobin,
-        None,
-        SlowStartOptions::default(),
-        table.ejected(),
-    );
-    let mut prev: Option<Picker> = None;
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for round in 0..1_200 {
-        let p = Picker::new(answer(3 + round % 2), prev.as_ref(), &ctx, ("ns", "svc"), 7);
-        *counts
-            .entry(p.pick(7, 0).instance_id().to_owned())
-            .or_default() += 1;
-        prev = Some(p);
-    }
+    let ctx = context(Selection::RoundRobin, &table);
+    let counts = one_pick_per_answer(&ctx, |round| answer(3 + round % 2));
     let stay: Vec<usize> = ["e0", "e1", "e2"].iter().map(|id| counts[*id]).collect();
     let (lo, hi) = (stay.iter().min().unwrap(), stay.iter().max().unwrap());
     assert!(hi - lo <= 1, "{counts:?}");
@@ -176,58 +190,22 @@ fn zone_local_round_robin_goes_on_after_the_last_pick_across_changed_answers() {
     use crate::select::zone::{ZoneAware, ZoneContext};
     let table = StateTable::default();
     let answer = |flap: bool| {
-        let mut ids: Vec<(String, &str)> = vec![];
+        let mut ids: Vec<(String, Option<&str>)> = vec![];
         for i in 0..3 {
-            ids.push((format!("e{i}"), "a"));
+            ids.push((format!("e{i}"), Some("a")));
         }
         if flap {
-            ids.push(("e3".into(), "a"));
+            ids.push(("e3".into(), Some("a")));
         }
         for i in 0..3 {
-            ids.push((format!("f{i}"), "b"));
+            ids.push((format!("f{i}"), Some("b")));
         }
-        let mut items: Vec<EndpointData> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, (id, z))| {
-                let ip = Ipv4Addr::from(0x0a00_0000 + i as u32);
-                ParseOptions::default()
-                    .parse(
-                        Instance::new(id.clone())
-                            .ipv4(ip)
-                            .port(80)
-                            .attribute("AVAILABILITY_ZONE", *z),
-                    )
-                    .unwrap()
-            })
-            .collect();
-        table.attach(&mut items, None);
-        EndpointSet::new(items.into(), None)
+        EndpointSet::new(attached(&table, &ids).into(), None)
     };
-    let ctx = PickContext::new(
-        Selection::RoundRobin,
-        None,
-        SlowStartOptions::default(),
-        table.ejected(),
-    )
-    .with_zones(Arc::new(ZoneContext::new(
+    let ctx = context(Selection::RoundRobin, &table).with_zones(Arc::new(ZoneContext::new(
         ZoneAware::new("a").min_endpoints(1),
     )));
-    let mut prev: Option<Picker> = None;
-    let mut counts = std::collections::BTreeMap::<String, usize>::new();
-    for round in 0..1_200 {
-        let p = Picker::new(
-            answer(round % 2 == 1),
-            prev.as_ref(),
-            &ctx,
-            ("ns", "svc"),
-            7,
-        );
-        *counts
-            .entry(p.pick(7, 0).instance_id().to_owned())
-            .or_default() += 1;
-        prev = Some(p);
-    }
+    let counts = one_pick_per_answer(&ctx, |round| answer(round % 2 == 1));
     for id in ["e0", "e1", "e2", "e3"] {
         assert_eq!(counts.get(id), Some(&300), "{counts:?}");
     }

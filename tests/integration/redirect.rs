@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use cloudmap_resolver::{FailoverClient, FailoverPolicy, HostMap, Resolver};
+use cloudmap_resolver::{FailoverClient, FailoverError, FailoverPolicy, HostMap, Resolver};
 use test_support::http::registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -96,6 +96,23 @@ impl Server {
     fn got(&self) -> Vec<Got> {
         self.got.lock().unwrap().clone()
     }
+}
+
+/// A GET of `web.shared` with a 1 s timeout, which fails on that timeout: the
+/// error and how long the request took.
+async fn timed_out_get(fc: &FailoverClient) -> (FailoverError, Duration) {
+    let start = tokio::time::Instant::now();
+    let req = fc
+        .client()
+        .get("http://web.shared/")
+        .timeout(Duration::from_secs(1));
+    let err = fc.send(req).await.expect_err("timed out");
+    let took = start.elapsed();
+    assert!(
+        err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
+        "{err:?}"
+    );
+    (err, took)
 }
 
 fn client(resolver: &Resolver) -> FailoverClient {
@@ -217,19 +234,7 @@ async fn the_timeout_covers_every_redirect() {
     let resolver = Resolver::builder(registry(&[("s", slow.port)]))
         .build()
         .unwrap();
-    let fc = client(&resolver);
-    let start = tokio::time::Instant::now();
-    let req = fc
-        .client()
-        .get("http://web.shared/")
-        .timeout(Duration::from_secs(1));
-    let out = fc.send(req).await;
-    let took = start.elapsed();
-    let err = out.expect_err("timed out");
-    assert!(
-        err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
-        "{err:?}"
-    );
+    let (_, took) = timed_out_get(&client(&resolver)).await;
     assert_eq!(slow.got().len(), 2);
     assert!(took <= Duration::from_millis(1_100), "took {took:?}");
 }
@@ -250,18 +255,7 @@ async fn the_timeout_covers_every_failover() {
         ("c", servers[2].port),
     ]);
     let resolver = Resolver::builder(registry).build().unwrap();
-    let fc = client(&resolver);
-    let start = tokio::time::Instant::now();
-    let req = fc
-        .client()
-        .get("http://web.shared/")
-        .timeout(Duration::from_secs(1));
-    let err = fc.send(req).await.expect_err("timed out");
-    let took = start.elapsed();
-    assert!(
-        err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
-        "{err:?}"
-    );
+    let (err, took) = timed_out_get(&client(&resolver)).await;
     let reached: usize = servers.iter().map(|s| s.got().len()).sum();
     assert_eq!(reached, 1, "{err}");
     assert!(took <= Duration::from_millis(1_100), "took {took:?}");
