@@ -216,6 +216,9 @@ pub(crate) enum SkipReason {
     NoAddress,
     /// An address the address policy refuses (special or denied).
     RefusedByPolicy,
+    /// An empty instance id (from a static or custom source; the Cloud Map source
+    /// drops such entries itself).
+    NoInstanceId,
 }
 
 impl SkipReason {
@@ -226,6 +229,7 @@ impl SkipReason {
             SkipReason::MalformedPort => "malformed_port",
             SkipReason::NoAddress => "no_address",
             SkipReason::RefusedByPolicy => "refused_by_policy",
+            SkipReason::NoInstanceId => "no_instance_id",
         }
     }
 }

@@ -51,6 +51,12 @@ impl ParseOptions {
     /// Turns an instance into an endpoint, or says why it cannot be one.
     pub(crate) fn parse(&self, instance: Instance) -> Result<EndpointData, Skip> {
         let (id, attributes, health) = instance.into_parts();
+        // The id is what names an endpoint across refreshes (its ejection and load
+        // survive under it) and what `call` keeps distinct; an entry without one is
+        // malformed, as the Cloud Map source also judges it.
+        if id.is_empty() {
+            return Err(Skip("no instance id".into(), SkipReason::NoInstanceId));
+        }
         let get = |k: &str| attributes.get(k).map(|v| v.trim());
         let v4 = match get(ATTR_IPV4) {
             Some(s) => Some(s.parse::<Ipv4Addr>().map_err(|_| {
@@ -194,7 +200,7 @@ impl ParseOptions {
 }
 
 /// One entry per instance id, at the place its id first appears, holding the last
-/// entry listed with that id. Cloud Map holds one instance per id (RegisterInstance
+/// entry listed with that id (entries without an id are kept apart, to be skipped). Cloud Map holds one instance per id (RegisterInstance
 /// replaces the instance of the same id), but a source can list an id twice: moto
 /// appends a re-registration after the old entry, a `Discover` of one's own may
 /// merge lists. Served as two endpoints, one instance would get a double share of
@@ -204,6 +210,11 @@ fn latest_per_id(instances: Vec<Instance>) -> Vec<Instance> {
     let mut at: HashMap<String, usize> = HashMap::with_capacity(instances.len());
     let mut out: Vec<Instance> = Vec::with_capacity(instances.len());
     for instance in instances {
+        if instance.id().is_empty() {
+            // Not one instance but malformed entries, each skipped by `parse`.
+            out.push(instance);
+            continue;
+        }
         match at.entry(instance.id().to_owned()) {
             Entry::Occupied(seen) => out[*seen.get()] = instance,
             Entry::Vacant(new) => {
@@ -404,6 +415,33 @@ mod tests {
             vec![at("a", 1, 80), Instance::new("a").attribute(ATTR_PORT, "x")],
         );
         assert!(eps.is_empty());
+    }
+
+    /// An instance without an id is a malformed registry entry: each one is skipped
+    /// with a warning, never merged with the others into one endpoint.
+    #[test]
+    fn instances_without_an_id_are_skipped_not_merged() {
+        let at = |id: &str, last: u8| {
+            Instance::new(id)
+                .ipv4(Ipv4Addr::new(10, 0, 0, last))
+                .port(80)
+        };
+        let mut eps = Vec::new();
+        let log = logged(|| {
+            eps = opts().parse_all(
+                "ns",
+                "svc",
+                vec![at("", 1), at("a", 2), at("", 3), at("", 4)],
+            );
+        });
+        let ids: Vec<_> = eps.iter().map(|e| e.instance_id().to_owned()).collect();
+        assert_eq!(ids, ["a"]);
+        assert!(
+            log.contains("skipping instance") && log.contains("no instance id"),
+            "{log}"
+        );
+        let why = opts().parse(at("", 1)).map(|_| ()).unwrap_err();
+        assert_eq!(why.1.label(), "no_instance_id");
     }
 
     #[test]
