@@ -39,7 +39,8 @@ pub const ATTR_AVAILABILITY_ZONE: &str = "AVAILABILITY_ZONE";
 /// - with fewer endpoints than [`min_endpoints`](Self::min_endpoints) (default 6,
 ///   Envoy's `min_cluster_size`), or an empty zone, zones are ignored;
 /// - ejected and unhealthy endpoints are not capacity; an endpoint without the
-///   attribute belongs to no zone and is reached only by spill;
+///   attribute (or with an empty value) belongs to no zone and is reached only by
+///   spill;
 /// - without [`callers`](Self::callers) the callers are taken as spread evenly over
 ///   the zones that have endpoints.
 ///
@@ -210,7 +211,7 @@ impl ZoneContext {
     pub(crate) fn set_callers(&self, items: &[EndpointData]) {
         let mut counts = BTreeMap::<Box<str>, u64>::new();
         for ep in items {
-            if let Some(zone) = ep.attribute(&self.opts.attribute) {
+            if let Some(zone) = self.zone_of(ep) {
                 *counts.entry(zone.into()).or_default() += 1;
             }
         }
@@ -220,6 +221,14 @@ impl ZoneContext {
         }
         self.callers.store(Some(Arc::new(counts)));
         self.generation.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The endpoint's zone. An empty attribute is no zone, as a missing one is (and
+    /// as an empty caller's zone means zones are ignored): it must not form a zone
+    /// of its own that takes a share of the callers.
+    #[inline]
+    pub(crate) fn zone_of<'a>(&self, ep: &'a EndpointData) -> Option<&'a str> {
+        ep.attribute(&self.opts.attribute).filter(|z| !z.is_empty())
     }
 
     /// Counts one zone-routed pick on stripe `s`: local or spilled.

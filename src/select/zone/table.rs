@@ -129,14 +129,11 @@ pub(crate) fn compute(
     if opts.zone.is_empty() || items.is_empty() || items.len() < opts.min_endpoints {
         return off;
     }
-    // Zones by name; endpoints without the attribute under `None` (no zone: a spill
-    // target only, with no callers).
+    // Zones by name; endpoints without the attribute (or with it empty) under
+    // `None` (no zone: a spill target only, with no callers).
     let mut groups: BTreeMap<Option<&str>, Vec<u32>> = BTreeMap::new();
     for (i, ep) in items.iter().enumerate() {
-        groups
-            .entry(ep.attribute(&opts.attribute))
-            .or_default()
-            .push(i as u32);
+        groups.entry(ctx.zone_of(ep)).or_default().push(i as u32);
     }
     let names: Vec<Option<&str>> = groups.keys().copied().collect();
     let Some(local) = names.iter().position(|n| *n == Some(opts.zone.as_str())) else {
@@ -433,5 +430,54 @@ mod tests {
         let (p, s) = envoy_rule(0, &e, &[1.0 / 3.0; 3]);
         assert!((p - 1.0 / 3.0).abs() < 1e-12, "{p}");
         assert!((s[1] - 1.0 / 9.0).abs() < 1e-12 && (s[1] - s[2]).abs() < 1e-12);
+    }
+
+    /// An empty zone attribute is no zone, as a missing one is (the CLI shows both
+    /// as `-`): it takes no share of the callers. Zones a, b and two endpoints
+    /// without a zone, two each: callers are even over a and b, so a (1/3 of the
+    /// endpoints) keeps (1/3)/(1/2) = 2/3 of its picks; counted as a zone of its
+    /// own, "" took a third of the callers and a kept every pick.
+    #[test]
+    fn an_empty_zone_attribute_is_no_zone() {
+        use crate::discover::instance::Instance;
+        use crate::endpoint::ParseOptions;
+        use crate::select::zone::{ZoneAware, ATTR_AVAILABILITY_ZONE};
+
+        let local_p = |none: Option<&str>| {
+            let items: Vec<EndpointData> = [Some("a"), Some("a"), Some("b"), Some("b"), none, none]
+                .iter()
+                .enumerate()
+                .map(|(i, zone)| {
+                    let mut inst = Instance::new(format!("i-{i}"))
+                        .ipv4([10, 0, 0, i as u8 + 1].into())
+                        .port(80);
+                    if let Some(z) = zone {
+                        inst = inst.attribute(ATTR_AVAILABILITY_ZONE, *z);
+                    }
+                    ParseOptions::default().parse(inst).unwrap()
+                })
+                .collect();
+            let ctx = ZoneContext::new(ZoneAware::new("a").min_endpoints(1));
+            let table = compute(&items, None, &ctx, (NONE_EJECTED, 0));
+            table.route().map(|r| r.local_p)
+        };
+        let missing = local_p(None).unwrap();
+        assert!((missing - 2.0 / 3.0).abs() < 1e-12, "{missing}");
+        assert_eq!(local_p(Some("")), Some(missing));
+        // The callers' own answer reads the attribute the same way.
+        let ctx = ZoneContext::new(ZoneAware::new("a"));
+        let caller = |zone: &str| {
+            ParseOptions::default()
+                .parse(
+                    Instance::new(format!("c-{zone}"))
+                        .ipv4([10, 0, 1, 1].into())
+                        .port(80)
+                        .attribute(ATTR_AVAILABILITY_ZONE, zone),
+                )
+                .unwrap()
+        };
+        ctx.set_callers(&[caller("a"), caller("")]);
+        let counts = ctx.callers().unwrap();
+        assert_eq!(counts.0.keys().map(|k| &**k).collect::<Vec<_>>(), ["a"]);
     }
 }
