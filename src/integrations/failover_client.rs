@@ -115,8 +115,9 @@ pub enum FailoverError {
     /// failed (each attempt's endpoint and error are listed). An attempt answered with
     /// a fail-over status appears as reqwest's status error.
     Call(CallError<reqwest::Error>),
-    /// A request for a host that is not a service failed, or the request could not
-    /// be built.
+    /// A request for a host that is not a service failed, the request could not
+    /// be built, or its timeout was spent before an endpoint was tried (reqwest's
+    /// timeout error).
     Request(reqwest::Error),
 }
 
@@ -247,7 +248,8 @@ impl FailoverClient {
     /// ([`RequestBuilder::timeout`]) covers the whole request, its failovers and
     /// redirects too, as with reqwest's: each attempt gets what is left of it, and
     /// once it is spent no other attempt starts (the error is the last attempt's
-    /// timeout). A client-wide timeout (`ClientBuilder::timeout`),
+    /// timeout; a hop, or a request, with none left fails as
+    /// [`FailoverError::Request`] with reqwest's timeout error, no endpoint tried). A client-wide timeout (`ClientBuilder::timeout`),
     /// which cannot be read back from the client, applies to each attempt on its
     /// own: set the request's timeout to bound the whole request.
     ///
@@ -281,6 +283,13 @@ impl FailoverClient {
 
     /// One hop of [`execute`](Self::execute).
     async fn execute_once(&self, request: Request) -> Result<Response, FailoverError> {
+        if request.timeout().is_some_and(std::time::Duration::is_zero) {
+            // Spent (a redirect hop received at the deadline, or a zero timeout
+            // given): reqwest fails it before sending anything, so no endpoint is
+            // tried. Through the call, that at-once timeout counted as a failure
+            // against the endpoint picked, and ejected healthy ones.
+            return self.pass_through(request).await;
+        }
         let mapped = request.url().domain().and_then(|d| self.hosts.service(d));
         let Some((namespace, service)) = mapped else {
             return self.pass_through(request).await;

@@ -280,3 +280,29 @@ async fn a_timeout_of_duration_max_never_expires() {
     assert_eq!(resp.status(), 302, "the third answer, after two redirects");
     assert_eq!(redirector.got().len(), 3);
 }
+
+/// A request whose timeout is already spent (zero left, as for a redirect hop
+/// received at its deadline) ends with reqwest's timeout error and blames no
+/// endpoint: nothing can be sent. Before, each such request made one attempt that
+/// timed out at once and counted as a failure against its endpoint: 10 of them
+/// made 10 attempts and ejected one of two healthy endpoints; now none.
+#[tokio::test(start_paused = true)]
+async fn a_spent_timeout_blames_no_endpoint() {
+    let a = Server::start(None).await;
+    let b = Server::start(None).await;
+    let resolver = Resolver::builder(registry(&[("a", a.port), ("b", b.port)]))
+        .build()
+        .unwrap();
+    let fc = client(&resolver);
+    for _ in 0..10 {
+        let req = fc.client().get("http://web.shared/").timeout(Duration::ZERO);
+        let err = fc.send(req).await.expect_err("no time left");
+        assert!(
+            err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
+            "{err:?}"
+        );
+    }
+    let stats = resolver.stats();
+    assert_eq!((stats.attempts, stats.ejections), (0, 0), "{stats:?}");
+    assert_eq!(a.got().len() + b.got().len(), 0);
+}
