@@ -69,11 +69,16 @@ impl Resolver {
     /// Spawns a task on the current Tokio runtime that runs
     /// [`publish_metrics`](Self::publish_metrics) every `every` (at least 100 ms),
     /// until the resolver and all its clones are dropped or the task is aborted. It
-    /// holds no clone of the resolver.
+    /// holds no clone of the resolver. Called outside a Tokio runtime (a sync
+    /// `main`, a plain thread), the task runs on the process's one publisher
+    /// thread (`cloudmap-metrics`, started on first need) instead; if no such
+    /// thread can be started, a warning is logged and the handle ends at once as
+    /// cancelled.
     ///
     /// # Panics
     ///
-    /// Outside a Tokio runtime, as `tokio::spawn` does.
+    /// Only outside a runtime, if the process cannot build a Tokio runtime at all
+    /// (one with a timer and no I/O, which opens nothing).
     ///
     /// # Examples
     ///
@@ -95,7 +100,7 @@ impl Resolver {
         let cache = Arc::downgrade(&self.cache);
         let shared = Arc::downgrade(&self.shared);
         let (health, owner) = (self.health, self.owner.clone());
-        tokio::spawn(async move {
+        let task = async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -111,6 +116,70 @@ impl Resolver {
                 };
                 resolver.publish_metrics();
             }
-        })
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt.spawn(task),
+            Err(_) => off_runtime(task),
+        }
+    }
+}
+
+/// Spawns `task` on the process's publisher thread, a current-thread runtime made
+/// on first need and kept for the process (one thread for every publisher started
+/// outside a runtime, as `endpoint/outlier/readmit.rs` does for re-admissions).
+/// `tokio::spawn` panicked there, and the handle's type needs some runtime.
+fn off_runtime<F>(task: F) -> tokio::task::JoinHandle<()>
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    static THREAD: std::sync::Mutex<Option<tokio::runtime::Handle>> = std::sync::Mutex::new(None);
+    let mut thread = lock(&THREAD);
+    if let Some(rt) = thread.as_ref() {
+        return rt.spawn(task);
+    }
+    // A runtime with a timer and no I/O opens nothing: building it fails only if
+    // the process cannot make a runtime at all.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => panic!("no Tokio runtime can be built to publish metrics on: {err}"),
+    };
+    let handle = rt.handle().clone();
+    let spawned = std::thread::Builder::new()
+        .name("cloudmap-metrics".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()));
+    match spawned {
+        Ok(_) => *thread = Some(handle.clone()),
+        // The runtime was dropped with the thread's closure, so the task is
+        // cancelled at once: awaiting the handle does not hang. The next publisher
+        // started tries the thread again.
+        Err(err) => tracing::warn!(error = %err, "no thread to publish metrics on"),
+    }
+    handle.spawn(task)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::{Resolver, StaticDiscovery};
+
+    /// Started outside a Tokio runtime (a plain thread, a sync `main`), the publisher
+    /// runs on the process's own publisher thread and ends once the resolver is
+    /// dropped. Before, it panicked as `tokio::spawn` does.
+    #[test]
+    fn a_publisher_started_outside_a_runtime_runs_and_ends() {
+        let resolver = Resolver::builder(StaticDiscovery::new()).build().unwrap();
+        let task = resolver.spawn_metrics_publisher(Duration::from_millis(100));
+        drop(resolver);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let ended =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), task).await });
+        assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
     }
 }

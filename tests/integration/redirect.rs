@@ -295,7 +295,10 @@ async fn a_spent_timeout_blames_no_endpoint() {
         .unwrap();
     let fc = client(&resolver);
     for _ in 0..10 {
-        let req = fc.client().get("http://web.shared/").timeout(Duration::ZERO);
+        let req = fc
+            .client()
+            .get("http://web.shared/")
+            .timeout(Duration::ZERO);
         let err = fc.send(req).await.expect_err("no time left");
         assert!(
             err.reqwest_error().is_some_and(reqwest::Error::is_timeout),
