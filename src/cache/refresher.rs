@@ -14,7 +14,7 @@ use std::sync::{Arc, Weak};
 use tokio::time::Instant;
 
 use super::evict::LruKey;
-use super::pacing::{Pace, Turn};
+use super::pacing::{Pace, Ticket, Turn};
 use super::slot::Slot;
 use super::snapshot::{Snapshot, EXPIRED, FRESH, STALE};
 use super::Cache;
@@ -309,22 +309,29 @@ async fn wait_for_turn(
     let (weak, slot) = (keep.weak, keep.slot);
     let mut now = Instant::now();
     let mut first = cache.first_call(Some(cur), now, Pace::Wait);
-    let mut ticket = None;
+    let mut place = Place { weak, ticket: None };
+    let moved_up = cache.limit.moved_up();
     loop {
-        let at = match &ticket {
+        // Listening before the look: a place given back after it still wakes this.
+        let woken = moved_up.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let at = match &place.ticket {
             Some(t) => cache.limit.turn_of(t, now),
             None => match cache.limit.take(first, Pace::Wait, now) {
                 // No turn to wait for (or no pacing left to ask): go.
                 Ok(Turn::Now) | Err(_) => None,
                 Ok(Turn::Queued(t)) => {
                     let at = cache.limit.turn_of(&t, now);
-                    ticket = Some(t);
+                    place.ticket = Some(t);
                     at
                 }
                 Ok(Turn::Retry(at)) => Some(at),
             },
         };
         let Some(at) = at else {
+            // The turn came: the place has left the queue, nothing to give back.
+            place.ticket = None;
             return Step::Go((cache, first));
         };
         drop(cache);
@@ -341,17 +348,38 @@ async fn wait_for_turn(
             }
             return Step::Again;
         }
-        // Every wake-up is at a time the rate of then granted, later than `now`:
-        // the loop ends at the turn, or at `servable_until` above.
-        keep.sleep_until(at).await;
+        // Every wake-up is at a time the rate of then granted, later than `now`
+        // (or when a place ahead was given back, once per such place): the loop
+        // ends at the turn, or at `servable_until` above.
+        tokio::select! {
+            () = keep.sleep_until(at) => {}
+            () = woken => {}
+        }
         match weak.upgrade() {
             Some(c) if !slot.evicted.load(Ordering::Relaxed) => cache = c,
             _ => return Step::Stop,
         }
         now = Instant::now();
-        if ticket.is_none() {
+        if place.ticket.is_none() {
             // Asking again after a full queue: the call may have changed.
             first = cache.first_call(Some(cur), now, Pace::Wait);
+        }
+    }
+}
+
+/// A refresh's place in the configured cap's queue while it waits for its turn,
+/// given back if the refresher stops before then (key evicted, answer past
+/// max-stale, resolver dropped: `Limiter::give_back`), so the refreshes behind it
+/// do not wait a turn more for a call that never comes.
+struct Place<'a> {
+    weak: &'a Weak<Cache>,
+    ticket: Option<Ticket>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if let (Some(ticket), Some(cache)) = (self.ticket.take(), self.weak.upgrade()) {
+            cache.limit.give_back(&ticket, Instant::now());
         }
     }
 }

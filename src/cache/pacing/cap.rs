@@ -45,7 +45,8 @@ pub(super) struct CapQueue {
     /// them moves every one a turn later (`moved += 1`), so the turn of each is
     /// `base + moved`. Entries whose turn is granted leave the queue (their call
     /// goes, or went: one cancelled while waiting leaves it the same way), so a
-    /// turn granted is never moved.
+    /// turn granted is never moved. One given back (`give_back`) moves those behind it a
+    /// turn earlier.
     waiting: VecDeque<(u64, f64)>,
     moved: f64,
     next_id: u64,
@@ -136,6 +137,22 @@ impl CapQueue {
         self.moved += 1.0;
         self.issued += 1.0;
         CapTurn::At(at)
+    }
+
+    /// Queued refresh `id` stopped waiting: its place is given back, every place
+    /// behind it moves a turn earlier (the turns stay one per place, the last one
+    /// freed). Whether it was still queued (a granted turn has left the queue).
+    pub(super) fn give_back(&mut self, id: u64, now: Instant) -> bool {
+        self.refill(now);
+        let Ok(i) = self.waiting.binary_search_by_key(&id, |&(i, _)| i) else {
+            return false;
+        };
+        self.waiting.remove(i);
+        for place in self.waiting.range_mut(i..) {
+            place.1 -= 1.0;
+        }
+        self.issued -= 1.0;
+        true
     }
 
     /// When queued refresh `id` goes, if not now.

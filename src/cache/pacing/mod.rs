@@ -27,9 +27,10 @@
 //! progress (`cold.rs`); a refresh whose revision moved ([`Pace::Changed`]) goes
 //! ahead of the queued refreshes and keeps a cold load's spacing of its own.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 mod backoff;
@@ -167,6 +168,9 @@ impl Pace {
 pub(crate) struct Limiter {
     adaptive: bool,
     state: Mutex<State>,
+    /// Woken when a queued place is given back (`give_back`); shared with the
+    /// refreshers waiting, which hold no strong reference to the cache.
+    moved_up: Arc<Notify>,
 }
 
 #[derive(Debug)]
@@ -347,6 +351,7 @@ impl Limiter {
                 ops: [adapted(), adapted()],
                 answered_at: None,
             }),
+            moved_up: Arc::default(),
         }
     }
 
@@ -445,6 +450,30 @@ impl Limiter {
                 queue,
             })
         })
+    }
+
+    /// Gives back the configured cap's place of a queued refresh that stopped
+    /// waiting (its key evicted, its answer past max-stale, its resolver dropped)
+    /// before its turn: the refreshes queued behind it move a turn earlier and are
+    /// woken to see it. Kept, the place wasted its turn and every refresh behind it
+    /// waited one turn more. A place whose turn was granted is gone already.
+    pub(crate) fn give_back(&self, ticket: &Ticket, now: Instant) {
+        let Some(id) = ticket.cap else {
+            return;
+        };
+        let mut st = lock(&self.state);
+        if let Some(q) = &mut st.cap
+            && q.give_back(id, now)
+        {
+            drop(st);
+            self.moved_up.notify_waiters();
+        }
+    }
+
+    /// Signalled when queued places move a turn earlier ([`give_back`](Self::give_back)):
+    /// a refresh sleeping to its old turn's time wakes to see its new one.
+    pub(crate) fn moved_up(&self) -> Arc<Notify> {
+        self.moved_up.clone()
     }
 
     /// When a queued turn goes, if not now: re-evaluated at the rate of `now`, so a

@@ -497,3 +497,32 @@ fn an_adapted_turn_is_never_given_at_the_instant_it_was_asked() {
     }
     assert_eq!(spins, 0, "wake-ups at the same instant");
 }
+
+/// A refresh that stops while queued for the configured cap (its key evicted, or
+/// past max-stale) gives its place back: the refreshes behind it move a turn
+/// earlier and the turn is not wasted. At 1 call/s with the bucket spent and three
+/// refreshes queued (at 1, 2, 3 s), the first stopping left the others at 2 and
+/// 3 s and the next refresh at 4 s; now at 1, 2 and 3 s.
+#[test]
+fn a_stopped_refresh_gives_its_cap_place_back() {
+    let t0 = Instant::now();
+    let l = Limiter::new(Some(RateLimit::new(1.0, 1)), false, t0);
+    assert_eq!(l.admit_at(D, Pace::Now, t0).unwrap(), t0);
+    let mut tickets: Vec<_> = (0..3)
+        .map(|_| match l.take(D, Pace::Wait, t0).unwrap() {
+            Turn::Queued(t) => t,
+            turn => panic!("{turn:?}"),
+        })
+        .collect();
+    let stopped = tickets.remove(0);
+    l.give_back(&stopped, t0 + ms(100));
+    let at: Vec<_> = tickets.iter().map(|t| l.turn_of(t, t0 + ms(100))).collect();
+    assert_eq!(at, [Some(t0 + ms(1000)), Some(t0 + ms(2000))]);
+    assert_eq!(
+        l.admit_at(D, Pace::Wait, t0 + ms(100)).unwrap(),
+        t0 + ms(3000)
+    );
+    // A place whose turn was granted already is not given back: its call went.
+    l.give_back(&tickets[0], t0 + ms(1000));
+    assert_eq!(l.turn_of(&tickets[1], t0 + ms(1000)), Some(t0 + ms(2000)));
+}
