@@ -87,7 +87,13 @@ impl Cache {
         // its state, and one joining a serving key is marked as joining now.
         self.states
             .attach(&mut items, prev.is_some().then_some(now));
-        let set = EndpointSet::new(items.into(), prev.map(|p| &**p.picker.set()));
+        // The key's answers share one lineage, kept across an eviction while any
+        // answer of the key is held (a caller's endpoint picked before it).
+        let lineage = prev.map_or_else(
+            || self.lineages.of(req),
+            |p| p.picker.set().lineage().clone(),
+        );
+        let set = EndpointSet::new(items.into(), lineage);
         if self.is_held(req) {
             self.pick.set_callers(&set.items);
         }

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::discover::health_filter::HealthFilter;
 use crate::discover::{Discover, DiscoverRequest};
-use crate::endpoint::{Endpoint, EndpointState, ParseOptions, StateTable};
+use crate::endpoint::{Endpoint, EndpointState, Lineages, ParseOptions, StateTable};
 use crate::error::{Error, ErrorKind};
 use crate::select::PickContext;
 use crate::stats::Counters;
@@ -73,6 +73,8 @@ pub(crate) struct Cache {
     pub(crate) counters: Arc<Counters>,
     /// Per-endpoint state carried from one answer to the next.
     states: StateTable,
+    /// Each key's newest answer, for the ejection share cap.
+    lineages: Lineages,
     index: Arc<Index>,
     lru: moka::sync::Cache<evict::LruKey, ()>,
     backoff: Backoff,
@@ -128,6 +130,7 @@ impl Cache {
             parse,
             counters: Arc::default(),
             states,
+            lineages: Lineages::default(),
             index,
             lru,
             backoff: Backoff::new(opts.backoff_base, opts.backoff_max, seed),

@@ -3,10 +3,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use crate::discover::instance::{HealthStatus, Instance};
-use crate::util::lock::lock;
 
 pub(crate) mod address_policy;
 mod failure_rate;
@@ -14,6 +13,7 @@ mod failure_rate;
 mod grpc_probe;
 mod handles;
 pub(crate) mod health_check;
+mod lineage;
 pub(crate) mod load;
 pub(crate) mod outlier;
 mod parse;
@@ -22,6 +22,7 @@ mod state;
 
 pub(crate) use crate::util::warn_once::WarnOnce;
 pub(crate) use handles::Handles;
+pub(crate) use lineage::{Lineage, Lineages};
 pub(crate) use parse::ParseOptions;
 use state::Identity;
 pub(crate) use state::{EjectedCount, EndpointState, StateTable};
@@ -111,26 +112,34 @@ impl EndpointData {
 #[derive(Debug)]
 pub(crate) struct EndpointSet {
     pub(crate) items: Box<[EndpointData]>,
-    /// The newest answer of the same key, shared by all of the key's answers: the
-    /// ejection share cap counts the endpoints the key serves now, not those of
-    /// the older answer a caller's handle was picked from (`outlier/`).
-    newest: Arc<Mutex<Weak<EndpointSet>>>,
+    /// Names the newest answer of the same key: the ejection share cap counts the
+    /// endpoints the key serves now, not those of the older answer a caller's
+    /// handle was picked from (`lineage.rs`).
+    lineage: Arc<Lineage>,
 }
 
 impl EndpointSet {
-    /// A key's answer, the newest of its key from now on; `prev` is the key's
-    /// answer before it, if any.
-    pub(crate) fn new(items: Box<[EndpointData]>, prev: Option<&EndpointSet>) -> Arc<Self> {
-        let newest = prev.map_or_else(Arc::default, |p| p.newest.clone());
-        let set = Arc::new(EndpointSet { items, newest });
-        *lock(&set.newest) = Arc::downgrade(&set);
+    /// An answer of the key whose `lineage` it continues, the key's newest from now
+    /// on.
+    pub(crate) fn new(items: Box<[EndpointData]>, lineage: Arc<Lineage>) -> Arc<Self> {
+        let set = Arc::new(EndpointSet { items, lineage });
+        set.lineage.set(&set);
         set
     }
 
-    /// The newest answer of this set's key; this one when it is or when no newer
-    /// one is held any more (the key was evicted).
+    /// An answer of no key's lineage but its own (an endpoint made directly, tests).
+    pub(crate) fn alone(items: Box<[EndpointData]>) -> Arc<Self> {
+        Self::new(items, Arc::default())
+    }
+
+    /// The lineage this answer continues.
+    pub(crate) fn lineage(&self) -> &Arc<Lineage> {
+        &self.lineage
+    }
+
+    /// The newest answer of this set's key: this one if no newer one is held.
     pub(crate) fn newest(self: &Arc<Self>) -> Arc<EndpointSet> {
-        lock(&self.newest).upgrade().unwrap_or_else(|| self.clone())
+        self.lineage.newest().unwrap_or_else(|| self.clone())
     }
 }
 
@@ -162,7 +171,7 @@ impl Endpoint {
 
     pub(crate) fn single(data: EndpointData) -> Self {
         Endpoint(Arc::new(EndpointRef {
-            set: EndpointSet::new(Box::new([data]), None),
+            set: EndpointSet::alone(Box::new([data])),
             index: 0,
         }))
     }

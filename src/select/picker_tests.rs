@@ -80,7 +80,7 @@ fn picker_seeded(
     seed: u64,
 ) -> Picker {
     let ctx = context(selection, table);
-    let set = EndpointSet::new(items.into(), None);
+    let set = EndpointSet::alone(items.into());
     Picker::new(set, None, &ctx, ("ns", "svc"), seed)
 }
 
@@ -158,7 +158,7 @@ fn round_robin_goes_on_after_the_last_pick_across_changed_answers() {
     let table = StateTable::default();
     let answer = |n: usize| {
         let ids: Vec<(String, Option<&str>)> = (0..n).map(|i| (format!("e{i}"), None)).collect();
-        EndpointSet::new(attached(&table, &ids).into(), None)
+        EndpointSet::alone(attached(&table, &ids).into())
     };
     let ctx = context(Selection::RoundRobin, &table);
     let counts = one_pick_per_answer(&ctx, |round| answer(3 + round % 2));
@@ -200,7 +200,7 @@ fn zone_local_round_robin_goes_on_after_the_last_pick_across_changed_answers() {
         for i in 0..3 {
             ids.push((format!("f{i}"), Some("b")));
         }
-        EndpointSet::new(attached(&table, &ids).into(), None)
+        EndpointSet::alone(attached(&table, &ids).into())
     };
     let ctx = context(Selection::RoundRobin, &table).with_zones(Arc::new(ZoneContext::new(
         ZoneAware::new("a").min_endpoints(1),

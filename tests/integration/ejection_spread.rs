@@ -236,7 +236,28 @@ async fn a_call_retries_on_a_draining_endpoint_only_after_the_others() {
 /// before it shrank eject 1 of the 2, and the other keeps serving.
 #[tokio::test(start_paused = true)]
 async fn the_share_cap_counts_the_answer_served_now() {
+    shrink_then_fail(false).await;
+}
+
+/// As above, with the key evicted while the service shrank: the answer loaded
+/// after the eviction is the one the cap counts.
+#[tokio::test(start_paused = true)]
+async fn the_share_cap_counts_the_answer_loaded_after_an_eviction() {
+    shrink_then_fail(true).await;
+}
+
+/// 4 endpoints shrink to 2 (refreshed, or loaded again after an `evicted` key);
+/// failures are then reported through endpoints picked from the answer of 4.
+async fn shrink_then_fail(evicted: bool) {
+    use std::time::Duration;
     let registry = (0..4).fold(StaticDiscovery::new(), |r, i| {
+        let r = r.with_instance(
+            "shared",
+            "api",
+            Instance::new("a")
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(2000),
+        );
         r.with_instance(
             "shared",
             "web",
@@ -246,15 +267,28 @@ async fn the_share_cap_counts_the_answer_served_now() {
         )
     });
     let resolver = Resolver::builder(registry.clone())
-        .ttl(std::time::Duration::from_secs(5))
+        .ttl(Duration::from_secs(5))
+        .capacity(1)
         .build()
         .unwrap();
     let old = resolver.resolve_all("shared", "web").await.unwrap();
     registry.deregister("shared", "web", "e2");
     registry.deregister("shared", "web", "e3");
-    tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+    if evicted {
+        // The one place goes to a key asked for more often.
+        for _ in 0..10 {
+            resolver.resolve("shared", "api").await.unwrap();
+            assert_eq!(resolver.cached_keys(), 1);
+        }
+    } else {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    let calls = resolver.stats().discover_calls;
     let now = resolver.resolve_all("shared", "web").await.unwrap();
-    assert_eq!(now.len(), 2, "the refresh saw the service shrink");
+    if evicted {
+        assert_eq!(resolver.stats().discover_calls, calls + 1, "loaded again");
+    }
+    assert_eq!(now.len(), 2, "the service shrank");
     for ep in old.iter().filter(|ep| index(ep) < 2) {
         for _ in 0..10 {
             resolver.report(ep, Outcome::Failure);

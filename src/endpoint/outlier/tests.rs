@@ -24,7 +24,10 @@ fn answer(n: usize, table: &StateTable, prev: Option<&Endpoint>) -> Vec<Endpoint
         })
         .collect();
     table.attach(&mut items, None);
-    let handles = Handles::new(&EndpointSet::new(items, prev.map(|p| &**p.answer())));
+    let handles = Handles::new(&EndpointSet::new(
+        items,
+        prev.map_or_else(Arc::default, |p| p.answer().lineage().clone()),
+    ));
     (0..n).map(|i| handles.get(0, i)).collect()
 }
 
