@@ -3,7 +3,7 @@
 //! probing round; and the answers listing an endpoint that came back, picked from
 //! anew so that it ramps up.
 
-use std::collections::HashSet;
+use std::collections::hash_map::{Entry, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -23,9 +23,15 @@ impl Cache {
     /// instances are the callers, which nobody sends requests to, so they are
     /// probed only when a caller of the resolver uses that key as well (picks
     /// from it, follows it with a stream of its own, or pins it).
+    ///
+    /// An endpoint several keys list is given as picked from the largest of their
+    /// answers, the closest to its service's whole list: a failed probe ejects it
+    /// within that answer's share cap (`OutlierDetector::probe_down`), not within
+    /// that of a query matching it alone, whose cap of 0 would keep it in every
+    /// key's picks.
     pub(crate) fn endpoints_in_use(&self) -> Vec<Endpoint> {
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
+        let mut seen: HashMap<*const EndpointState, usize> = HashMap::new();
+        let mut out: Vec<Endpoint> = Vec::new();
         self.for_each_answer(|slot, snap| {
             if snap.state.load(Ordering::Relaxed) == EXPIRED {
                 return;
@@ -42,8 +48,17 @@ impl Cache {
             }
             // Not `Snapshot::all`: looking is not using the key.
             for ep in snap.picker.all(0) {
-                if seen.insert(Arc::as_ptr(ep.state())) {
-                    out.push(ep);
+                match seen.entry(Arc::as_ptr(ep.state())) {
+                    Entry::Vacant(v) => {
+                        v.insert(out.len());
+                        out.push(ep);
+                    }
+                    Entry::Occupied(o) => {
+                        let kept = &mut out[*o.get()];
+                        if ep.answer().items.len() > kept.answer().items.len() {
+                            *kept = ep;
+                        }
+                    }
                 }
             }
         });

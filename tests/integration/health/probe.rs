@@ -435,3 +435,52 @@ async fn idle_keys_are_not_probed() {
         "no probe of an idle key"
     );
 }
+
+/// An endpoint listed by two keys of one service, the whole service (4 endpoints,
+/// cap 2) and a query matching it alone (cap 0), is judged by the share cap of
+/// the whole service when its probes fail, whichever key the prober walks first:
+/// it leaves the whole service's picks. Before, the lone query's copy could be
+/// the one probed, whose cap of 0 kept the dead endpoint in every key's picks.
+#[tokio::test]
+async fn an_endpoint_in_a_narrow_query_too_is_capped_by_the_whole_service() {
+    let (mut addrs, _tasks) = four_backends().await;
+    // e0 refuses connections: its listener is gone.
+    addrs[0] = {
+        let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        gone.local_addr().unwrap()
+    };
+    for seed in 0..4 {
+        let registry = addrs
+            .iter()
+            .enumerate()
+            .fold(StaticDiscovery::new(), |r, (i, a)| {
+                let role = if i == 0 { "canary" } else { "main" };
+                r.with_instance(
+                    "shared",
+                    "web",
+                    Instance::new(format!("e{i}"))
+                        .ipv4("127.0.0.1".parse().unwrap())
+                        .port(a.port())
+                        .attribute("role", role),
+                )
+            });
+        let resolver = Resolver::builder(registry)
+            .health_check(
+                HealthCheck::tcp()
+                    .interval(Duration::from_millis(50))
+                    .timeout(Duration::from_millis(200)),
+            )
+            .seed(seed)
+            .build()
+            .unwrap();
+        let canary = || resolver.query("shared", "web").attribute("role", "canary");
+        let deadline = Instant::now() + WAIT;
+        while resolver.stats().ejections_probe == 0 && Instant::now() < deadline {
+            canary().resolve().await.unwrap();
+            picks_of(&resolver, 0, 4).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(resolver.stats().ejections_probe, 1, "seed {seed}");
+        assert_eq!(picks_of(&resolver, 0, 40).await, 0, "seed {seed}");
+    }
+}
