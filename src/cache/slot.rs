@@ -90,10 +90,17 @@ impl Slot {
             // there: either this load sees the mark, or the refresher's look at
             // the slot sees `new` and goes on with it.
             fence(Ordering::SeqCst);
-            if old.state.load(Ordering::Relaxed) == EXPIRED {
+            let expired = old.state.load(Ordering::Relaxed) == EXPIRED;
+            if expired {
                 new.state.store(EXPIRED, Ordering::Relaxed);
             }
             self.version.fetch_add(1, Ordering::Release);
+            if expired {
+                // A change stream that looked between the swap and the mark saw
+                // a live answer it had reported already, and waits for the next
+                // tick: the refresher, stopped, sends none.
+                self.publish();
+            }
         }
     }
 

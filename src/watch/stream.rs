@@ -16,8 +16,10 @@ use crate::cache::Cache;
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
 
-/// How many changes wait for a slow reader before the follower waits too (it then
-/// diffs against the newest answer when it goes on, so nothing is lost).
+/// How many items wait for a slow reader before the follower waits too (it then
+/// diffs against the newest answer when it goes on, so nothing is lost). Each
+/// answer's changes are followed by one marker of the answer's end, so this holds
+/// 128 answers of one change each.
 const BUFFER: usize = 256;
 
 /// A stream of [`Change`]s to one service's endpoints: first the current endpoints
