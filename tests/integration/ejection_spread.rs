@@ -250,22 +250,13 @@ async fn the_share_cap_counts_the_answer_loaded_after_an_eviction() {
 /// failures are then reported through endpoints picked from the answer of 4.
 async fn shrink_then_fail(evicted: bool) {
     use std::time::Duration;
-    let registry = (0..4).fold(StaticDiscovery::new(), |r, i| {
-        let r = r.with_instance(
-            "shared",
-            "api",
-            Instance::new("a")
-                .ipv4("127.0.0.1".parse().unwrap())
-                .port(2000),
-        );
-        r.with_instance(
-            "shared",
-            "web",
-            Instance::new(format!("e{i}"))
-                .ipv4("127.0.0.1".parse().unwrap())
-                .port(1000 + i as u16),
-        )
-    });
+    let registry = test_support::web::registry(&["e0", "e1", "e2", "e3"]).with_instance(
+        "shared",
+        "api",
+        Instance::new("a")
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(2000),
+    );
     let resolver = Resolver::builder(registry.clone())
         .ttl(Duration::from_secs(5))
         .capacity(1)

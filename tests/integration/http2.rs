@@ -69,6 +69,19 @@ impl H2Server {
     fn heard(&self) -> Vec<Heard> {
         self.heard.lock().unwrap().clone()
     }
+
+    /// Asserts that the one request heard carried the endpoint's address as
+    /// `:authority` and the service's name as `host` (request-level failover).
+    fn heard_the_endpoint_beside_the_name(&self) {
+        let endpoint = format!("127.0.0.1:{}", self.addr.port());
+        assert_eq!(
+            self.heard(),
+            [Heard {
+                authority: Some(endpoint),
+                host: Some("web.shared".to_owned()),
+            }]
+        );
+    }
 }
 
 /// `shared/web` with one instance: the server.
@@ -101,14 +114,7 @@ async fn failover_layer_over_http2_sends_the_endpoint_as_authority() {
     let layer = FailoverLayer::new(resolver(&server)).hosts(HostMap::namespaces(["shared"]));
     let resp = layer.layer(client).oneshot(get("http://web.shared/")).await;
     assert_eq!(resp.unwrap().status(), 200);
-    let endpoint = format!("127.0.0.1:{}", server.addr.port());
-    assert_eq!(
-        server.heard(),
-        [Heard {
-            authority: Some(endpoint),
-            host: Some("web.shared".to_owned()),
-        }]
-    );
+    server.heard_the_endpoint_beside_the_name();
 }
 
 /// reqwest's `FailoverClient` over HTTP/2 does the same: reqwest passes the `host`
@@ -127,14 +133,7 @@ async fn failover_client_over_http2_sends_the_endpoint_as_authority() {
         .hosts(HostMap::namespaces(["shared"]));
     let resp = client.send(client.client().get("http://web.shared/")).await;
     assert_eq!(resp.unwrap().status(), 200);
-    let endpoint = format!("127.0.0.1:{}", server.addr.port());
-    assert_eq!(
-        server.heard(),
-        [Heard {
-            authority: Some(endpoint),
-            host: Some("web.shared".to_owned()),
-        }]
-    );
+    server.heard_the_endpoint_beside_the_name();
 }
 
 /// Connection level over HTTP/2 (`hyper_resolver` in the client's connector): the
