@@ -125,6 +125,25 @@ pub(super) fn pick_families(addrs: Vec<AddrRecord>, pref: IpPreference) -> Vec<A
         .collect()
 }
 
+/// Whether the additional section's addresses of one SRV target answer `pref` as
+/// its own queries would. A family missing there proves nothing (a server may add
+/// one family's records and not the other's), so the section is enough only when
+/// it holds the first family asked for, or for both families, both.
+pub(super) fn additionals_suffice(extra: &[AddrRecord], pref: IpPreference) -> bool {
+    let (order, first_only) = pref.plan();
+    let has = |t: &RecordType| {
+        extra.iter().any(|a| match t {
+            RecordType::A => a.ip.is_ipv4(),
+            _ => a.ip.is_ipv6(),
+        })
+    };
+    if first_only {
+        order.first().is_some_and(has)
+    } else {
+        order.iter().all(has)
+    }
+}
+
 pub(super) enum Addresses {
     Found(Vec<AddrRecord>),
     NoData(Option<u32>),

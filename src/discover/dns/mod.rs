@@ -42,7 +42,8 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 /// - **SRV first** ([`RecordMode::Auto`]): each SRV record `priority weight port
 ///   target` becomes an instance with that port, its id the target's name (Cloud Map
 ///   writes `instance-id.service.namespace`), its address the target's A/AAAA record
-///   (from the answer's additional section when there, looked up otherwise), and
+///   (from the answer's additional section when it holds the families
+///   [`DnsOptions::ip_preference`] asks for, looked up otherwise), and
 ///   the attributes [`ATTR_SRV_PRIORITY`] and [`ATTR_SRV_WEIGHT`]. Where the name has
 ///   no SRV records, each A/AAAA record there becomes an instance, its id the
 ///   address, its port [`DnsOptions::default_port`].

@@ -5,7 +5,9 @@
 use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::TokioResolver;
 
-use super::lookup::{address_record, host_key, lookup_addresses, pick_families};
+use super::lookup::{
+    additionals_suffice, address_record, host_key, lookup_addresses, pick_families,
+};
 use super::lookup::{Addresses, Answer, Records, SrvAnswer, SrvRecord};
 use super::DnsDiscovery;
 use crate::error::{Error, ErrorKind};
@@ -62,10 +64,10 @@ impl DnsDiscovery {
                 .filter(|r| r.name == srv.target)
                 .filter_map(address_record)
                 .collect();
-            let extra = pick_families(extra, pref);
-            if extra.is_empty() {
+            if !additionals_suffice(&extra, pref) {
                 pending.push((target, srv.target.clone()));
             } else {
+                let extra = pick_families(extra, pref);
                 answer
                     .targets
                     .extend(extra.into_iter().map(|a| (target.clone(), a)));
@@ -255,6 +257,55 @@ mod tests {
                 assert_eq!(found.ttl, Some(Duration::from_secs(30)), "{what}");
                 assert!(lock(&dns.seen).names.is_empty(), "{what}");
             }
+        });
+    }
+
+    /// A family missing from the additional section proves nothing (a server may add
+    /// one family's records only), so a target is looked up unless the section
+    /// holds what the preference asks for. Before, with only the A record added,
+    /// `Ipv6ThenIpv4` served the target's IPv4 address and `Ipv4AndIpv6` missed its
+    /// IPv6 one (1 address of 2); now fd00::1, and both.
+    #[test]
+    fn additionals_missing_a_family_the_preference_asks_for_are_looked_up() {
+        use crate::discover::dns::IpPreference;
+        use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6};
+        use std::net::IpAddr;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = test_support::dns::DnsServer::start().await;
+            let target = "i-1.api.prod.internal";
+            server.add_srv("api.prod.internal", 1, 1, 8080, target, 60);
+            server.add_a(target, "10.0.0.1", 60);
+            server.add_a(target, "fd00::1", 60);
+            server.set_additional_types(&[test_support::dns::RecordType::A]);
+            let req = DiscoverRequest::new("prod.internal", "api");
+            let ips = |found: Discovered| -> Vec<IpAddr> {
+                found
+                    .instances
+                    .iter()
+                    .flat_map(|i| {
+                        [ATTR_IPV4, ATTR_IPV6]
+                            .into_iter()
+                            .filter_map(|k| i.attribute_value(k)?.parse().ok())
+                    })
+                    .collect()
+            };
+            for (pref, want) in [
+                (IpPreference::Ipv6ThenIpv4, vec!["fd00::1"]),
+                (IpPreference::Ipv4AndIpv6, vec!["10.0.0.1", "fd00::1"]),
+                (IpPreference::Ipv4ThenIpv6, vec!["10.0.0.1"]),
+            ] {
+                let dns = DnsDiscovery::with_name_servers([server.addr]).ip_preference(pref);
+                let got = ips(dns.discover(&req).await.unwrap());
+                let want: Vec<IpAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
+                assert_eq!(got, want, "{pref:?}");
+            }
+            // The A record in the additional section is enough for IPv4 first: no
+            // lookup of the target.
+            assert_eq!(server.queries(target, test_support::dns::RecordType::A), 1);
         });
     }
 }

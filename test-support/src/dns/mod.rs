@@ -42,8 +42,8 @@ struct Table {
     /// Answer at most this many records of a set, picked at random (Route 53's
     /// multivalue answers).
     sample: Option<(usize, SmallRng)>,
-    /// Put SRV targets' A/AAAA records in the additional section.
-    additional: bool,
+    /// Which of SRV targets' records (A, AAAA) to put in the additional section.
+    additional: Vec<RecordType>,
     queries: Vec<(String, RecordType)>,
 }
 
@@ -78,7 +78,7 @@ impl DnsServer {
             names: BTreeSet::new(),
             mode: Mode::Answer,
             sample: None,
-            additional: true,
+            additional: vec![RecordType::A, RecordType::AAAA],
             queries: Vec::new(),
         }));
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -152,7 +152,18 @@ impl DnsServer {
     }
 
     pub fn set_additional(&self, on: bool) {
-        self.with(|t| t.additional = on);
+        let types = if on {
+            vec![RecordType::A, RecordType::AAAA]
+        } else {
+            Vec::new()
+        };
+        self.with(|t| t.additional = types);
+    }
+
+    /// Puts only SRV targets' records of these types in the additional section, as
+    /// a server that adds one family's records and not the other's.
+    pub fn set_additional_types(&self, types: &[RecordType]) {
+        self.with(|t| t.additional = types.to_vec());
     }
 
     /// How many queries of `rtype` for `name` arrived.
@@ -206,11 +217,11 @@ impl Table {
             answers = answers.choose_multiple(rng, *n).cloned().collect();
         }
         let mut additionals = Vec::new();
-        if self.additional && rtype == RecordType::SRV {
+        if !self.additional.is_empty() && rtype == RecordType::SRV {
             for r in &answers {
                 if let RData::SRV(srv) = &r.data {
                     let target = key(&srv.target.to_ascii());
-                    for t in [RecordType::A, RecordType::AAAA] {
+                    for &t in &self.additional {
                         if let Some(rs) = self.records.get(&(target.clone(), t)) {
                             additionals.extend(rs.iter().cloned());
                         }
