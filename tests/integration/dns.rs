@@ -317,6 +317,39 @@ async fn servfail_refused_and_dropped_queries_are_unavailable() {
     }
 }
 
+/// One name server answering SERVFAIL or REFUSED does not fail lookups another
+/// server answers: hickory's pool ended every query at the first such answer, so
+/// with a refusing server listed (first or second) 5 lookups of 5 failed; now 0.
+/// Where every server fails, the lookup is still `Unavailable`.
+#[tokio::test]
+async fn one_failing_name_server_of_two_is_passed_over() {
+    let bad = DnsServer::start().await;
+    let good = DnsServer::start().await;
+    good.add_a(&name("api"), "10.0.5.1", 60);
+    let req = DiscoverRequest::new(NS, "api");
+    for mode in [Mode::Refused, Mode::ServFail] {
+        bad.set_mode(mode);
+        for servers in [[bad.addr, good.addr], [good.addr, bad.addr]] {
+            let mut opts = DnsOptions::default();
+            opts.timeout = Duration::from_millis(300);
+            opts.retries = 0;
+            let dns = DnsDiscovery::with_name_servers(servers).with_options(opts);
+            let mut failed = 0;
+            for _ in 0..5 {
+                match dns.discover(&req).await {
+                    Ok(found) => assert_eq!(found.instances.len(), 1, "{mode:?}"),
+                    Err(_) => failed += 1,
+                }
+            }
+            assert_eq!(failed, 0, "{mode:?} from {servers:?}");
+        }
+    }
+    good.set_mode(Mode::ServFail);
+    let dns = DnsDiscovery::with_name_servers([bad.addr, good.addr]);
+    let err = dns.discover(&req).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+}
+
 /// Waits (boundedly) until the server has received more than `n` queries.
 async fn wait_for_queries(server: &DnsServer, n: usize) -> bool {
     for _ in 0..100 {

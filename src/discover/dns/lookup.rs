@@ -3,8 +3,10 @@
 //! failures.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_resolver::config::{NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::lookup::Lookup;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use hickory_resolver::proto::op::ResponseCode;
@@ -14,12 +16,39 @@ use hickory_resolver::TokioResolver;
 use super::options::{DnsOptions, IpPreference};
 use crate::error::{Error, ErrorKind};
 
+/// The DNS clients: one over every name server, and one per server when there are
+/// several.
+#[derive(Clone)]
+pub(super) struct Client {
+    /// hickory's pool: parallel queries, fastest server first, the next server
+    /// after a timeout.
+    pool: TokioResolver,
+    /// One client per name server, when there are several. The pool ends a query
+    /// at the first SERVFAIL or REFUSED from any server, so one failing server made
+    /// every lookup fail though the others answer; such an answer is asked of each
+    /// server in turn before it counts.
+    each: Arc<[TokioResolver]>,
+}
+
 pub(super) fn build_client(
     servers: &[NameServerConfig],
     opts: &DnsOptions,
-) -> Result<TokioResolver, Error> {
+) -> Result<Client, Error> {
     opts.validate()?;
-    let config = ResolverConfig::from_name_servers(servers.to_vec());
+    let pool = build_one(servers.to_vec(), opts)?;
+    let each = if servers.len() > 1 {
+        servers
+            .iter()
+            .map(|s| build_one(vec![s.clone()], opts))
+            .collect::<Result<_, _>>()?
+    } else {
+        Arc::default()
+    };
+    Ok(Client { pool, each })
+}
+
+fn build_one(servers: Vec<NameServerConfig>, opts: &DnsOptions) -> Result<TokioResolver, Error> {
+    let config = ResolverConfig::from_name_servers(servers);
     let mut ropts = ResolverOpts::default();
     // This crate's cache, with its TTL clamps and serve-stale, is the only cache.
     ropts.cache_size = 0;
@@ -30,6 +59,25 @@ pub(super) fn build_client(
         .with_options(ropts)
         .build()
         .map_err(|e| Error::with_source(ErrorKind::Unavailable, "cannot build the DNS client", e))
+}
+
+impl Client {
+    /// Looks `name` up through the pool; an error answer (SERVFAIL, REFUSED, ...)
+    /// is asked of each server in turn, and the first other outcome is the answer.
+    /// At most one query more per server, and only after an error answer.
+    async fn lookup(&self, name: &Name, rtype: RecordType) -> Result<Lookup, NetError> {
+        let error_answer = |r: &Result<Lookup, NetError>| {
+            matches!(r, Err(NetError::Dns(DnsError::ResponseCode(_))))
+        };
+        let mut outcome = self.pool.lookup(name.clone(), rtype).await;
+        for one in self.each.iter() {
+            if !error_answer(&outcome) {
+                break;
+            }
+            outcome = one.lookup(name.clone(), rtype).await;
+        }
+        outcome
+    }
 }
 
 /// A DNS query's outcome, with negative answers told apart from failures.
@@ -59,12 +107,8 @@ impl Records {
     }
 }
 
-pub(super) async fn query(
-    client: &TokioResolver,
-    name: &Name,
-    rtype: RecordType,
-) -> Result<Found, Error> {
-    match client.lookup(name.clone(), rtype).await {
+pub(super) async fn query(client: &Client, name: &Name, rtype: RecordType) -> Result<Found, Error> {
+    match client.lookup(name, rtype).await {
         Ok(lookup) => Ok(Found::Records(Records {
             answers: lookup.answers().to_vec(),
             additionals: lookup.additionals().to_vec(),
@@ -152,7 +196,7 @@ pub(super) enum Addresses {
 
 /// The A/AAAA records at `name`, as `pref` asks.
 pub(super) async fn lookup_addresses(
-    client: &TokioResolver,
+    client: &Client,
     name: &Name,
     pref: IpPreference,
 ) -> Result<Addresses, Error> {

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig};
 use hickory_resolver::proto::rr::{Name, RecordType};
-use hickory_resolver::TokioResolver;
 use tokio::time::Instant;
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
@@ -31,7 +30,8 @@ mod options;
 mod srv;
 
 use lookup::{
-    build_client, lookup_addresses, min_opt, query, AddrRecord, Addresses, Answer, Found, SrvAnswer,
+    build_client, lookup_addresses, min_opt, query, AddrRecord, Addresses, Answer, Client, Found,
+    SrvAnswer,
 };
 use merge::{Merged, Seen};
 pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_SRV_WEIGHT};
@@ -68,8 +68,9 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 ///   with an [owner account](DiscoverRequest::owner_account) is `InvalidInput`.
 /// - **Errors**: NXDOMAIN is `ServiceNotFound`; no records of any kind asked for is
 ///   an empty answer, which the resolver reports as `NoEndpoints`; SERVFAIL, REFUSED,
-///   a timeout or no reachable server is `Unavailable`, and the resolver keeps
-///   serving its last good answer. The DNS error is the error's
+///   a timeout or no reachable server is `Unavailable` (with several name servers,
+///   when every one of them fails), and the resolver keeps serving its last good
+///   answer. The DNS error is the error's
 ///   [`source`](std::error::Error::source).
 ///
 /// The name looked up is fully qualified (`service.namespace.`), so search domains
@@ -94,7 +95,7 @@ pub struct DnsDiscovery {
     servers: Arc<[NameServerConfig]>,
     opts: DnsOptions,
     /// The DNS client, or why it could not be built (reported by every lookup).
-    client: Result<TokioResolver, Error>,
+    client: Result<Client, Error>,
     /// Merged answers, per fully qualified name.
     seen: Arc<Mutex<Merged>>,
     /// SRV records already warned about, so that an unusable one is logged once,

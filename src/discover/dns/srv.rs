@@ -3,12 +3,11 @@
 //! endpoint are skipped with a warning, once.
 
 use hickory_resolver::proto::rr::{Name, RData};
-use hickory_resolver::TokioResolver;
 
 use super::lookup::{
     additionals_suffice, address_record, host_key, lookup_addresses, pick_families,
 };
-use super::lookup::{Addresses, Answer, Records, SrvAnswer, SrvRecord};
+use super::lookup::{Addresses, Answer, Client, Records, SrvAnswer, SrvRecord};
 use super::DnsDiscovery;
 use crate::error::{Error, ErrorKind};
 
@@ -18,7 +17,7 @@ impl DnsDiscovery {
     /// An answer none of whose records can be an endpoint is [`Answer::Empty`].
     pub(super) async fn resolve_srv(
         &self,
-        client: &TokioResolver,
+        client: &Client,
         name: &Name,
         lookup: Records,
     ) -> Result<Answer, Error> {
