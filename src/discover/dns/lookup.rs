@@ -189,7 +189,9 @@ pub(super) fn additionals_suffice(extra: &[AddrRecord], pref: IpPreference) -> b
 }
 
 pub(super) enum Addresses {
-    Found(Vec<AddrRecord>),
+    /// The addresses, and the record types answered NODATA: the name has no address
+    /// of those families now.
+    Found(Vec<AddrRecord>, Vec<RecordType>),
     NoData(Option<u32>),
     NxDomain,
 }
@@ -203,10 +205,14 @@ pub(super) async fn lookup_addresses(
     let (order, first_only) = pref.plan();
     let mut found = Vec::new();
     let mut negative = None;
+    let mut absent = Vec::new();
     for &rtype in order {
         match query(client, name, rtype).await? {
             Found::NxDomain => return Ok(Addresses::NxDomain),
-            Found::NoData(t) => negative = min_opt(negative, t),
+            Found::NoData(t) => {
+                negative = min_opt(negative, t);
+                absent.push(rtype);
+            }
             Found::Records(records) => {
                 let chain = records.chain_ttl();
                 let before = found.len();
@@ -230,7 +236,7 @@ pub(super) async fn lookup_addresses(
     if found.is_empty() {
         return Ok(Addresses::NoData(negative));
     }
-    Ok(Addresses::Found(found))
+    Ok(Addresses::Found(found, absent))
 }
 
 pub(super) fn min_opt<T: Ord>(a: Option<T>, b: Option<T>) -> Option<T> {
@@ -253,7 +259,8 @@ pub(super) fn host_key(name: &Name) -> String {
 pub(super) enum Answer {
     /// No records of any kind asked for, with the shortest negative TTL.
     Empty(Option<u32>),
-    Addresses(Vec<AddrRecord>),
+    /// The addresses, and the record types answered NODATA.
+    Addresses(Vec<AddrRecord>, Vec<RecordType>),
     Srv(SrvAnswer),
 }
 

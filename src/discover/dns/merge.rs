@@ -83,6 +83,18 @@ impl Seen {
         }
     }
 
+    /// Drops the addresses of the families the name was just answered NODATA for:
+    /// a random 8 of N proves nothing about the records left out, but NODATA says
+    /// there is no record of the type at all, so what was merged of it is gone (as
+    /// an empty answer empties the set), and a "then" preference does not serve
+    /// the family it fell back from.
+    pub(super) fn forget_families(&mut self, absent: &[RecordType]) {
+        for t in absent {
+            let v4 = *t == RecordType::A;
+            self.addresses.retain(|ip, _| ip.is_ipv4() != v4);
+        }
+    }
+
     /// As [`merge_addresses`](Self::merge_addresses), for SRV records and their targets.
     pub(super) fn merge_srv(&mut self, answer: &SrvAnswer, now: Instant, opts: &DnsOptions) {
         if !opts.merge_answers {

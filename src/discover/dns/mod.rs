@@ -53,8 +53,9 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 /// - **Merging**: Route 53 answers at most 8 random healthy records. Every address
 ///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
 ///   whole service and picks spread over it; an address leaves the set at the first
-///   lookup after its TTL, or at the first answer whose SRV record names its target
-///   and finds that target without an address. An empty answer (NXDOMAIN, no
+///   lookup after its TTL, at the first answer whose SRV record names its target
+///   and finds that target without an address, or at the first answer that says the
+///   name has no record of its family (NODATA for A or AAAA). An empty answer (NXDOMAIN, no
 ///   records, or SRV records none of which can be an endpoint: target `.`, port 0,
 ///   a target without an address) empties the set. Turn this off with
 ///   [`DnsOptions::merge_answers`].
@@ -277,7 +278,7 @@ impl DnsDiscovery {
                 match lookup_addresses(client, &name, opts.ip_preference).await? {
                     Addresses::NxDomain => return Err(self.not_found(&key, &fqdn)),
                     Addresses::NoData(t) => Answer::Empty(min_opt(srv_negative, t)),
-                    Addresses::Found(addrs) => Answer::Addresses(addrs),
+                    Addresses::Found(addrs, absent) => Answer::Addresses(addrs, absent),
                 }
             }
         };
@@ -295,8 +296,9 @@ impl DnsDiscovery {
                 seen.remove(&key);
                 (Vec::new(), negative.map(|t| opts.clamp_ttl(t)))
             }
-            Answer::Addresses(addrs) => {
+            Answer::Addresses(addrs, absent) => {
                 let entry = seen.entry(key.clone()).or_default();
+                entry.forget_families(&absent);
                 entry.merge_addresses(&addrs, now, opts);
                 entry.expire(now);
                 let ttl = addrs.iter().map(|a| opts.clamp_ttl(a.ttl)).min();
@@ -478,5 +480,39 @@ mod tests {
             )
         );
         assert!(format!("{dns:?}").contains("127.0.0.1:53"));
+    }
+
+    /// A family the name is answered NODATA for leaves the merged set: the server
+    /// says there is no record of it at all. Before, after the service's A record
+    /// was replaced by an AAAA record, `Ipv4ThenIpv6` served 10.0.0.1 and fd00::1
+    /// for the rest of the A record's 60 s TTL (2 instances, one of a family it
+    /// had fallen back from); now fd00::1 alone.
+    #[test]
+    fn a_family_answered_nodata_leaves_the_merged_set() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = test_support::dns::DnsServer::start().await;
+            let name = "api.prod.internal";
+            let req = DiscoverRequest::new("prod.internal", "api");
+            for pref in [IpPreference::Ipv4ThenIpv6, IpPreference::Ipv4AndIpv6] {
+                let dns = DnsDiscovery::with_name_servers([server.addr]).ip_preference(pref);
+                server.clear(name, test_support::dns::RecordType::AAAA);
+                server.add_a(name, "10.0.0.1", 60);
+                let ids = |found: Discovered| -> Vec<String> {
+                    found.instances.iter().map(|i| i.id().to_owned()).collect()
+                };
+                assert_eq!(ids(dns.discover(&req).await.unwrap()), ["10.0.0.1"]);
+                server.clear(name, test_support::dns::RecordType::A);
+                server.add_a(name, "fd00::1", 60);
+                assert_eq!(
+                    ids(dns.discover(&req).await.unwrap()),
+                    ["fd00::1"],
+                    "{pref:?}"
+                );
+            }
+        });
     }
 }

@@ -96,7 +96,7 @@ impl DnsDiscovery {
                     }
                 };
                 match found {
-                    Ok(Addresses::Found(addrs)) => answer
+                    Ok(Addresses::Found(addrs, _)) => answer
                         .targets
                         .extend(addrs.into_iter().map(|a| (target.clone(), a))),
                     Ok(Addresses::NoData(_) | Addresses::NxDomain) => {
