@@ -48,8 +48,9 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 ///   no SRV records, each A/AAAA record there becomes an instance, its id the
 ///   address, its port [`DnsOptions::default_port`].
 /// - **TTLs**: an answer is cached for the shortest TTL of the records it used,
-///   clamped by [`DnsOptions::min_ttl`] and [`DnsOptions::max_ttl`]. hickory's own
-///   cache is off, so these are the only TTL rules.
+///   clamped by [`DnsOptions::min_ttl`] and [`DnsOptions::max_ttl`] (a TTL with the
+///   top bit set counts as 0, as RFC 2181 says). hickory's own cache is off, so
+///   these are the only TTL rules.
 /// - **Merging**: Route 53 answers at most 8 random healthy records. Every address
 ///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
 ///   whole service and picks spread over it; an address leaves the set at the first
@@ -287,7 +288,7 @@ impl DnsDiscovery {
         let mut merged = lock(&self.seen);
         // No record is remembered longer than the longest clamped TTL, so sweeping
         // that often forgets names nobody asks for any more.
-        merged.sweep(now, opts.clamp_ttl(u32::MAX));
+        merged.sweep(now, opts.clamp_ttl(options::MAX_RECORD_TTL));
         let seen = &mut merged.names;
         let (mut instances, ttl) = match answer {
             Answer::Empty(negative) => {

@@ -17,6 +17,10 @@ pub const ATTR_SRV_WEIGHT: &str = "SRV_WEIGHT";
 /// less than this, whatever [`DnsOptions::min_ttl`] says.
 const TTL_FLOOR: Duration = Duration::from_millis(100);
 
+/// The longest TTL a record can carry: RFC 2181 section 8 reads a TTL with the most
+/// significant bit set as zero (a broken server's value, not a long one).
+pub(super) const MAX_RECORD_TTL: u32 = i32::MAX as u32;
+
 /// Which records [`DnsDiscovery`](super::DnsDiscovery) looks up at `service.namespace`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
@@ -174,6 +178,7 @@ impl DnsOptions {
 pub(super) fn clamp_ttl(secs: u32, min: Duration, max: Duration) -> Duration {
     // `max(min)` keeps `clamp` from panicking when the bounds are set the wrong way
     // round; the ceiling keeps `Instant + ttl` from overflowing.
+    let secs = if secs > MAX_RECORD_TTL { 0 } else { secs };
     let min = min.max(TTL_FLOOR);
     Duration::from_secs(u64::from(secs))
         .clamp(min, max.max(min))
@@ -195,8 +200,14 @@ mod tests {
         assert_eq!(clamp_ttl(0, Duration::ZERO, max), TTL_FLOOR);
         // Bounds the wrong way round do not panic: the minimum wins.
         assert_eq!(clamp_ttl(30, max, min), Duration::from_secs(60));
+        // A TTL with the top bit set is read as zero (RFC 2181 section 8), not as
+        // 68 years: before, 2^31 s was cached for the 60 s maximum; now the 5 s
+        // minimum.
+        assert_eq!(clamp_ttl(1 << 31, min, max), Duration::from_secs(5));
+        assert_eq!(clamp_ttl(u32::MAX, min, max), Duration::from_secs(5));
+        assert_eq!(clamp_ttl(MAX_RECORD_TTL, min, max), Duration::from_secs(60));
         // Huge bounds stay addable to an Instant.
-        let huge = clamp_ttl(u32::MAX, Duration::MAX, Duration::MAX);
+        let huge = clamp_ttl(MAX_RECORD_TTL, Duration::MAX, Duration::MAX);
         assert_eq!(huge, Duration::from_secs(u64::from(u32::MAX)));
         let now = Instant::now();
         assert!(until(now, huge) >= now);
