@@ -280,6 +280,9 @@ pub(super) struct SrvAnswer {
     pub(super) targets: Vec<(String, AddrRecord)>,
     /// SRV targets the answer says have no address (NODATA or NXDOMAIN).
     pub(super) gone: Vec<String>,
+    /// SRV targets with an address, and the record types they were answered NODATA
+    /// for: no address of those families now.
+    pub(super) absent: Vec<(String, Vec<RecordType>)>,
     /// The shortest TTL of the records used.
     pub(super) ttl: Option<u32>,
 }

@@ -107,6 +107,15 @@ impl Seen {
             self.srv.retain(|(target, _), _| target != gone);
             self.targets.retain(|(target, _), _| target != gone);
         }
+        // A target answered NODATA for a family has no address of it now, as
+        // for a name's own addresses (`forget_families`).
+        for (gone, types) in &answer.absent {
+            for t in types {
+                let v4 = *t == RecordType::A;
+                self.targets
+                    .retain(|(target, ip), _| target != gone || ip.is_ipv4() != v4);
+            }
+        }
         for s in &answer.srv {
             self.srv.insert(
                 (s.target.clone(), s.port),
@@ -345,6 +354,7 @@ mod tests {
             ],
             ttl: Some(60),
             gone: Vec::new(),
+            absent: Vec::new(),
         };
         let mut seen = Seen::default();
         seen.merge_srv(&answer, Instant::now(), &opts);
@@ -384,6 +394,7 @@ mod tests {
             ],
             ttl: Some(5),
             gone: Vec::new(),
+            absent: Vec::new(),
         };
         first.srv[1].ttl = 60;
         seen.merge_srv(&first, t0, &opts);

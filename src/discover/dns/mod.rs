@@ -56,7 +56,7 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 ///   whole service and picks spread over it; an address leaves the set at the first
 ///   lookup after its TTL, at the first answer whose SRV record names its target
 ///   and finds that target without an address, or at the first answer that says the
-///   name has no record of its family (NODATA for A or AAAA). An empty answer (NXDOMAIN, no
+///   name (or the SRV target) has no record of its family (NODATA for A or AAAA). An empty answer (NXDOMAIN, no
 ///   records, or SRV records none of which can be an endpoint: target `.`, port 0,
 ///   a target without an address) empties the set. Turn this off with
 ///   [`DnsOptions::merge_answers`].

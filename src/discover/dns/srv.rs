@@ -96,9 +96,14 @@ impl DnsDiscovery {
                     }
                 };
                 match found {
-                    Ok(Addresses::Found(addrs, _)) => answer
-                        .targets
-                        .extend(addrs.into_iter().map(|a| (target.clone(), a))),
+                    Ok(Addresses::Found(addrs, absent)) => {
+                        if !absent.is_empty() {
+                            answer.absent.push((target.clone(), absent));
+                        }
+                        answer
+                            .targets
+                            .extend(addrs.into_iter().map(|a| (target.clone(), a)));
+                    }
                     Ok(Addresses::NoData(_) | Addresses::NxDomain) => {
                         if self.warned.first_time((name, &target, "no address")) {
                             tracing::warn!(name = %name, target = %target, "skipping SRV target without an address record");
@@ -141,6 +146,7 @@ impl DnsDiscovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discover::dns::IpPreference;
     use crate::discover::instance::Instance;
     use crate::discover::{Discover, DiscoverRequest, Discovered};
     use crate::util::lock::lock;
@@ -210,6 +216,45 @@ mod tests {
                 ids(dns.discover(&req).await.unwrap()),
                 ["i-1.api.prod.internal"]
             );
+        });
+    }
+
+    /// An SRV target whose address changed family (its A record replaced by an
+    /// AAAA record) is reached at its new address: the answer that the target has
+    /// no A record ends what was merged of its IPv4 address. Before, with
+    /// `Ipv4ThenIpv6`, the instance kept 10.0.0.1 for the rest of its 60 s TTL.
+    #[test]
+    fn a_target_answered_nodata_for_a_family_leaves_the_merged_set() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = test_support::dns::DnsServer::start().await;
+            // Targets looked up, not read from the additional section.
+            server.set_additional(false);
+            let (name, target) = ("api.prod.internal", "i-1.api.prod.internal");
+            server.add_srv(name, 1, 1, 8080, target, 60);
+            server.add_a(target, "10.0.0.1", 60);
+            let dns = DnsDiscovery::with_name_servers([server.addr])
+                .ip_preference(IpPreference::Ipv4ThenIpv6);
+            let req = DiscoverRequest::new("prod.internal", "api");
+            let addresses = |found: Discovered| -> Vec<(Option<String>, Option<String>)> {
+                found
+                    .instances
+                    .iter()
+                    .map(|i| {
+                        let attr = |k: &str| i.attribute_value(k).map(str::to_owned);
+                        (attr("AWS_INSTANCE_IPV4"), attr("AWS_INSTANCE_IPV6"))
+                    })
+                    .collect()
+            };
+            let first = addresses(dns.discover(&req).await.unwrap());
+            assert_eq!(first, [(Some("10.0.0.1".to_owned()), None)]);
+            server.clear(target, test_support::dns::RecordType::A);
+            server.add_a(target, "fd00::1", 60);
+            let after = addresses(dns.discover(&req).await.unwrap());
+            assert_eq!(after, [(None, Some("fd00::1".to_owned()))]);
         });
     }
 
