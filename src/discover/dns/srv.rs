@@ -157,6 +157,9 @@ mod tests {
     /// of each.
     #[test]
     fn unusable_srv_records_are_warned_about_once() {
+        let _alone = super::super::tests::SERVERS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -190,6 +193,9 @@ mod tests {
     /// served on for the rest of its 60 s TTL (2 instances); now 1.
     #[test]
     fn a_target_answered_without_an_address_leaves_the_merged_set() {
+        let _shared = super::super::tests::SERVERS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -225,6 +231,9 @@ mod tests {
     /// `Ipv4ThenIpv6`, the instance kept 10.0.0.1 for the rest of its 60 s TTL.
     #[test]
     fn a_target_answered_nodata_for_a_family_leaves_the_merged_set() {
+        let _shared = super::super::tests::SERVERS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -266,6 +275,9 @@ mod tests {
     /// unusable records' 30 s.
     #[test]
     fn an_srv_answer_of_unusable_records_empties_the_merged_set() {
+        let _shared = super::super::tests::SERVERS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -311,6 +323,9 @@ mod tests {
     /// IPv6 one (1 address of 2); now fd00::1, and both.
     #[test]
     fn additionals_missing_a_family_the_preference_asks_for_are_looked_up() {
+        let _shared = super::super::tests::SERVERS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         use crate::discover::dns::IpPreference;
         use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6};
         use std::net::IpAddr;
