@@ -11,7 +11,11 @@
 //! waits for that load to end rather than queueing to start one of its own, so the
 //! wait for it (bounded by `startup_wait` from its start, as any cold load) ends
 //! within the arriving caller's own bound. No lock is held across the load: cold
-//! loads of different keys never wait for one another's turn at it.
+//! loads of different keys never wait for one another's turn at it. The load runs
+//! in a task of its own, as a key's load does (`cold.rs`): a caller that gives up
+//! (a `timeout` around `resolve`) leaves it to finish and hold the key; run in
+//! the caller's future, it was cut with it, the key's answer installed but not
+//! held, so its refreshes stopped and, every key warm, nothing loaded it again.
 
 use std::sync::{Arc, Mutex};
 
@@ -37,28 +41,28 @@ struct HeldState {
     loading: Option<watch::Receiver<()>>,
 }
 
-/// The one load under way: clears `loading` when dropped (finished or cancelled
-/// with its caller), so the next cold load starts another rather than waiting on
-/// one nobody runs. The sender is dropped after, waking the sharers.
-struct Loading<'a> {
-    held: &'a Held,
+/// The one load under way: clears `loading` when dropped (finished, or its task
+/// dropped with its runtime), so the next cold load starts another rather than
+/// waiting on one nobody runs. The sender is dropped after, waking the sharers.
+struct Loading {
+    cache: Arc<Cache>,
     _done: watch::Sender<()>,
 }
 
-impl Drop for Loading<'_> {
+impl Drop for Loading {
     fn drop(&mut self) {
-        lock(&self.held.state).loading = None;
+        lock(&self.cache.held.state).loading = None;
     }
 }
 
 /// What a cold load does about the held key.
-enum Turn<'a> {
+enum Turn {
     /// Loaded and answered, or no key held: nothing.
     Done,
     /// A load is under way: wait for its end.
     Share(watch::Receiver<()>),
-    /// Load it.
-    Load(Loading<'a>),
+    /// Load it, and wait for its end.
+    Load(Loading, watch::Receiver<()>),
 }
 
 impl Cache {
@@ -82,25 +86,34 @@ impl Cache {
         let Some(req) = &self.held.request else {
             return;
         };
-        let loading = match self.held_turn() {
+        let mut done = match self.held_turn() {
             Turn::Done => return,
-            Turn::Share(mut done) => {
-                // Err once the load's sender is dropped: the load has ended.
-                while done.changed().await.is_ok() {}
-                return;
+            Turn::Share(done) => done,
+            Turn::Load(loading, done) => {
+                // Outside a runtime the load has nowhere to run: the caller's own
+                // cold load says so (`cold.rs`).
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let (cache, req) = (self.clone(), req.clone());
+                drop(runtime.spawn(async move {
+                    let loaded = Box::pin(cache.watch_key(&req, tokio::time::Instant::now()));
+                    match loaded.await {
+                        Ok(watched) => lock(&cache.held.state).watched = Some(watched),
+                        Err(err) => tracing::debug!(
+                            namespace = %req.namespace,
+                            service = %req.service,
+                            error = %err,
+                            "held key not loaded; trying again at the next cold load"
+                        ),
+                    }
+                    drop(loading);
+                }));
+                done
             }
-            Turn::Load(loading) => loading,
         };
-        match Box::pin(self.watch_key(req, tokio::time::Instant::now())).await {
-            Ok(watched) => lock(&self.held.state).watched = Some(watched),
-            Err(err) => tracing::debug!(
-                namespace = %req.namespace,
-                service = %req.service,
-                error = %err,
-                "held key not loaded; trying again at the next cold load"
-            ),
-        }
-        drop(loading);
+        // Err once the load's sender is dropped: the load has ended.
+        while done.changed().await.is_ok() {}
     }
 
     /// The slot the held key's watch is on, if loaded: that watch is the cache's
@@ -111,7 +124,7 @@ impl Cache {
         state.watched.as_ref().map(|w| w.slot().clone())
     }
 
-    fn held_turn(&self) -> Turn<'_> {
+    fn held_turn(self: &Arc<Self>) -> Turn {
         let mut state = lock(&self.held.state);
         if state.watched.as_ref().is_some_and(|w| !w.is_gone()) {
             return Turn::Done;
@@ -120,10 +133,13 @@ impl Cache {
             return Turn::Share(done.clone());
         }
         let (tx, rx) = watch::channel(());
-        state.loading = Some(rx);
-        Turn::Load(Loading {
-            held: &self.held,
-            _done: tx,
-        })
+        state.loading = Some(rx.clone());
+        Turn::Load(
+            Loading {
+                cache: self.clone(),
+                _done: tx,
+            },
+            rx,
+        )
     }
 }

@@ -113,3 +113,89 @@ async fn a_throttled_callers_key_counts_within_each_cold_loads_own_wait() {
         );
     }
 }
+
+/// A source answering as `inner` does, `delay` later.
+#[derive(Debug)]
+struct Slow {
+    inner: StaticDiscovery,
+    delay: Duration,
+}
+
+impl cloudmap_resolver::Discover for Slow {
+    fn discover<'a>(
+        &'a self,
+        req: &'a cloudmap_resolver::DiscoverRequest,
+    ) -> cloudmap_resolver::BoxFuture<
+        'a,
+        Result<cloudmap_resolver::Discovered, cloudmap_resolver::Error>,
+    > {
+        Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
+            self.inner.discover(req).await
+        })
+    }
+}
+
+/// The first cold load, which loads the callers' key, cut by its caller's
+/// `timeout` while another caller shares that load: the callers' key is still
+/// held and refreshed, so the spread follows the callers. Before, the cut load's
+/// hold on the key was lost with its caller (its answer installed, but the key
+/// not held): the key's refreshes stopped, and with every key warm, nothing
+/// loaded it again. Six more callers in 1a (9 of 15 callers, 3 of 9 endpoints)
+/// then still left every pick local (600 of 600); now about half spill.
+#[tokio::test(start_paused = true)]
+async fn a_cut_first_load_still_holds_the_callers_key() {
+    let registry = registry([3, 3, 3], [3, 3, 3]);
+    let source = Slow {
+        inner: registry.clone(),
+        delay: Duration::from_millis(100),
+    };
+    let r = Resolver::builder(source)
+        .zone_aware(ZoneAware::new(ZONES[0]).callers("shared", "my-svc"))
+        .selection(Selection::Random)
+        .ttl(Duration::from_secs(1))
+        .seed(7)
+        .build()
+        .unwrap();
+    // The cut caller comes first and loads the callers' key; the other shares
+    // that load, then loads `web`.
+    let cut = tokio::spawn({
+        let r = r.clone();
+        async move { tokio::time::timeout(Duration::from_millis(50), r.resolve("shared", "web")).await }
+    });
+    tokio::task::yield_now().await;
+    let other = tokio::spawn({
+        let r = r.clone();
+        async move { r.resolve("shared", "web").await }
+    });
+    assert!(cut.await.unwrap().is_err(), "cut before the answer");
+    other.await.unwrap().unwrap();
+    for _ in 0..300 {
+        r.resolve("shared", "web").await.unwrap();
+    }
+    assert_eq!(r.stats().picks_spilled, 0, "callers even: every pick local");
+
+    for n in 0..6 {
+        registry.register(
+            "shared",
+            "my-svc",
+            Instance::new(format!("more-{n}"))
+                .ipv4("127.0.0.1".parse().unwrap())
+                .port(9100 + n)
+                .attribute("AVAILABILITY_ZONE", ZONES[0]),
+        );
+    }
+    // Some TTLs later, `web` kept warm all along.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        r.resolve("shared", "web").await.unwrap();
+    }
+    let before = r.stats();
+    for _ in 0..600 {
+        r.resolve("shared", "web").await.unwrap();
+    }
+    let after = r.stats();
+    let spilled = after.picks_spilled - before.picks_spilled;
+    println!("callers 9/3/3, endpoints 3/3/3: {spilled} of 600 picks spilled");
+    assert!(spilled >= 150, "{spilled} of 600 picks spilled");
+}
