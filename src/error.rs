@@ -27,7 +27,8 @@ pub enum ErrorKind {
     /// while the registry throttles: see
     /// [`CacheOptions::startup_wait`](crate::CacheOptions::startup_wait)).
     Throttled,
-    /// The registry could not be reached or failed (network error, 5xx, timeout).
+    /// The registry could not be reached or failed (network error, 5xx, timeout), or
+    /// refused a call for this machine's clock (the next is signed with its time).
     /// Also a [`call`](crate::Resolver::call) whose deadline passed while its service
     /// was being resolved, and
     /// [`ZoneAware::from_environment`](crate::ZoneAware::from_environment) when no
@@ -48,7 +49,9 @@ pub enum ErrorKind {
     /// endpoint URL, or the registry refused the caller (credentials it does not
     /// recognise or that expired, a bad signature, a permission the caller lacks:
     /// `AccessDeniedException`, `UnrecognizedClientException`, `ExpiredToken`, ...,
-    /// named with the registry's message). Not retryable: it fails the same way until
+    /// named with the registry's message; not a refusal for a clock that is off,
+    /// which is [`Unavailable`](ErrorKind::Unavailable): the next call is signed with
+    /// the registry's time). Not retryable: it fails the same way until
     /// the configuration is fixed. Reported by
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build) where it can be
     /// checked without a network call. Also the crate used outside a Tokio runtime:

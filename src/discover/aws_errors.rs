@@ -4,10 +4,12 @@
 //! (`cloud_map.rs`) and the writer (`register/`).
 
 use std::error::Error as StdError;
+use std::time::{Duration, SystemTime};
 
 use aws_sdk_servicediscovery as sd;
 use sd::config::http::HttpResponse;
 use sd::error::{ProvideErrorMetadata, SdkError};
+use sd::primitives::{DateTime, DateTimeFormat};
 
 use crate::error::{Error, ErrorKind};
 
@@ -74,6 +76,60 @@ fn kind_of_code(code: &str) -> ErrorKind {
     }
 }
 
+/// The codes a caller whose clock is off is refused with: the SDK's list
+/// (`aws_runtime`'s `CLOCK_SKEW_ERROR_CODES`) and `RequestExpired`.
+const CLOCK_SKEW_CODES: [&str; 6] = [
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "AuthFailure",
+    "RequestTimeTooSkewed",
+    "AccessDeniedException",
+    "RequestExpired",
+];
+
+/// Whether a refusal is about the request's time: `RequestTimeTooSkewed` and
+/// `RequestExpired` always; the others (which also refuse a wrong secret or a
+/// missing permission) when their message says the signature expired or is not yet
+/// current, as Cloud Map's does ("Signature expired: 20260101T000000Z is now earlier
+/// than ..."). The clock stays off once the SDK signs with the registry's time, so
+/// the skew alone would turn a lasting refusal into an endless outage.
+fn refused_for_time(code: &str, message: Option<&str>) -> bool {
+    match code {
+        "RequestTimeTooSkewed" | "RequestExpired" => true,
+        _ if CLOCK_SKEW_CODES.contains(&code) => message.is_some_and(|m| {
+            let m = m.to_ascii_lowercase();
+            m.contains("signature expired") || m.contains("not yet current")
+        }),
+        _ => false,
+    }
+}
+
+/// How far the registry's clock must be from ours for the SDK to take a refusal as
+/// the clock's fault (`aws_runtime`'s `SKEW_DETECTION_THRESHOLD`).
+const SKEW_THRESHOLD: Duration = Duration::from_secs(4 * 60);
+
+/// How far, in seconds, the registry's clock (the answer's `Date`) is ahead of this
+/// machine's (negative: behind), when that is more than [`SKEW_THRESHOLD`]. The SDK
+/// measures the same skew from every answer and signs the client's next call with
+/// the registry's time, so a refusal for the clock is not the caller's
+/// configuration: the next call is accepted. (With the SDK's own retries turned off,
+/// `client_config`, the crate's retry is that next call.) An answer from a cache
+/// (`Age`) says nothing of the clock, and the SDK ignores it too.
+fn clock_skew(raw: &HttpResponse) -> Option<i64> {
+    if raw.headers().get("age").is_some() {
+        return None;
+    }
+    let date = DateTime::from_str(raw.headers().get("date")?, DateTimeFormat::HttpDate).ok()?;
+    let registry = SystemTime::try_from(date).ok()?;
+    let now = SystemTime::now();
+    let (skew, ahead) = match registry.duration_since(now) {
+        Ok(d) => (d, true),
+        Err(e) => (e.duration(), false),
+    };
+    let secs = i64::try_from(skew.as_secs()).unwrap_or(i64::MAX);
+    (skew > SKEW_THRESHOLD).then_some(if ahead { secs } else { -secs })
+}
+
 /// Maps an SDK error to a kind, keeping it as the source. `endpoint` is the URL
 /// called, named in connection failures; `op` names the operation (and, for the
 /// discovery calls, the namespace's owner when the request has one).
@@ -84,11 +140,27 @@ where
     let (kind, detail) = match &err {
         SdkError::ServiceError(ctx) => {
             let e = ctx.err();
-            let kind = e.code().map_or(ErrorKind::Unavailable, kind_of_code);
-            let detail = match e.code() {
-                Some(code) => format!("{code}: {}", e.message().unwrap_or("no message")),
+            let skew = e
+                .code()
+                .filter(|code| refused_for_time(code, e.message()))
+                .and_then(|_| clock_skew(ctx.raw()));
+            let kind = match skew {
+                // Refused for the clock: the next call is signed with the
+                // registry's time, so it is retried as an outage is.
+                Some(_) => ErrorKind::Unavailable,
+                None => e.code().map_or(ErrorKind::Unavailable, kind_of_code),
+            };
+            let detail = match (e.code(), skew) {
+                (Some(code), Some(skew)) => format!(
+                    "{code}: {} (this machine's clock is {} s {} the registry's: the \
+                     next call is signed with the registry's time)",
+                    e.message().unwrap_or("no message"),
+                    skew.unsigned_abs(),
+                    if skew > 0 { "behind" } else { "ahead of" }
+                ),
+                (Some(code), None) => format!("{code}: {}", e.message().unwrap_or("no message")),
                 // A bare 5xx from a proxy or load balancer: the status is all there is.
-                None => format!(
+                (None, _) => format!(
                     "HTTP {} without an error code: {}",
                     ctx.raw().status().as_u16(),
                     e.message().unwrap_or("no message")
@@ -199,5 +271,33 @@ mod tests {
             assert_eq!(kind_of_code(code), ErrorKind::Throttled, "{code}");
         }
         assert_eq!(kind_of_code("SomethingNew"), ErrorKind::Unavailable);
+    }
+
+    /// Only refusals about the request's time are read as the clock's: not a
+    /// permission or a wrong secret, which a clock still off would otherwise keep
+    /// reading as an outage once the SDK signs with the registry's time.
+    #[test]
+    fn refusals_for_time_are_told_apart() {
+        let expired = Some(
+            "Signature expired: 20260101T000000Z is now earlier than 20260101T000500Z \
+             (20260101T001000Z - 5 min.)",
+        );
+        assert!(refused_for_time("InvalidSignatureException", expired));
+        assert!(refused_for_time(
+            "InvalidSignatureException",
+            Some("Signature not yet current: 20260101T001000Z is still later than ...")
+        ));
+        assert!(refused_for_time("RequestExpired", None));
+        assert!(refused_for_time("RequestTimeTooSkewed", Some("too large")));
+        assert!(!refused_for_time(
+            "InvalidSignatureException",
+            Some("The request signature we calculated does not match the signature you provided.")
+        ));
+        assert!(!refused_for_time(
+            "AccessDeniedException",
+            Some("User: x is not authorized to perform: servicediscovery:RegisterInstance")
+        ));
+        assert!(!refused_for_time("ExpiredTokenException", expired));
+        assert!(!refused_for_time("SignatureDoesNotMatch", None));
     }
 }

@@ -30,6 +30,9 @@ use crate::util::warn_once::WarnOnce;
 /// each key's refreshes itself, with jittered exponential backoff, while it serves the
 /// last good answer. The SDK's standard mode would otherwise make up to 3 attempts
 /// of a throttled call, multiplying the load on a quota that is already spent.
+/// The SDK's clock-skew correction still holds: a call refused because this
+/// machine's clock is off teaches the client the registry's time, and the
+/// resolver's retry of it is signed with that time.
 ///
 /// # Examples
 ///

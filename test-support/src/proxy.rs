@@ -43,6 +43,16 @@ pub enum Fault {
         code: &'static str,
         message: &'static str,
     },
+    /// Answer with this HTTP status and an AWS JSON error of this code and message,
+    /// dated `ahead` later than this machine's clock (earlier when negative, in
+    /// seconds): the registry's answer to a caller whose clock is off, as Cloud Map
+    /// gives it (`InvalidSignatureException`, "Signature expired").
+    SkewedAwsError {
+        status: u16,
+        code: &'static str,
+        message: &'static str,
+        ahead: i64,
+    },
     /// Forward, then lose the answer: the registry applied the request, and the
     /// client hears a 500. The lost answer's `OperationId` is kept for
     /// [`Fault::DuplicateOfLost`].
@@ -273,6 +283,24 @@ async fn handle(
         } => {
             let body = serde_json::json!({ "__type": code, "message": message });
             return Ok(json(status, &body.to_string()));
+        }
+        Fault::SkewedAwsError {
+            status,
+            code,
+            message,
+            ahead,
+        } => {
+            let body = serde_json::json!({ "__type": code, "message": message });
+            let mut resp = json(status, &body.to_string());
+            let now = std::time::SystemTime::now();
+            let secs = std::time::Duration::from_secs(ahead.unsigned_abs());
+            let date = if ahead >= 0 { now + secs } else { now - secs };
+            let date = aws_sdk_servicediscovery::primitives::DateTime::from(date)
+                .fmt(aws_sdk_servicediscovery::primitives::DateTimeFormat::HttpDate)
+                .unwrap();
+            resp.headers_mut()
+                .insert(hyper::header::DATE, date.parse().unwrap());
+            return Ok(resp);
         }
         Fault::LoseAnswer => lose = true,
         Fault::DuplicateOfLost => {

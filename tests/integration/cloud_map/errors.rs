@@ -235,6 +235,44 @@ async fn a_refused_revision_call_falls_back_to_full_refreshes() {
     assert_eq!(proxy.count("DiscoverInstancesRevision"), 1, "refused once");
 }
 
+/// A revision poll refused for the clock (the machine's clock jumped 10 minutes:
+/// `InvalidSignatureException`, the answer dated 10 minutes off) is not the caller
+/// lacking permission for DiscoverInstancesRevision: the SDK signs its next call
+/// with the registry's time, and revision polling goes on. Before, the full call
+/// that followed answered, and revision polling was turned off for good (1 revision
+/// call in all; now the polls go on: at least 3).
+#[tokio::test]
+async fn a_clock_skew_refusal_does_not_turn_revision_polling_off() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    let r = builder.ttl(Duration::from_secs(1)).build().unwrap();
+    assert_eq!(r.resolve_all(&ns, "api").await.unwrap().len(), 3);
+    proxy.fault_operation(
+        "DiscoverInstancesRevision",
+        test_support::proxy::Fault::SkewedAwsError {
+            status: 400,
+            code: "InvalidSignatureException",
+            message: "Signature not yet current: 20260101T001000Z is still later than \
+                      20260101T000500Z (20260101T000000Z + 5 min.)",
+            ahead: -600,
+        },
+        Some(1),
+    );
+    // Bounded: 20 s (three polls take about 3 s at a 1 s TTL).
+    for _ in 0..200 {
+        if proxy.count("DiscoverInstancesRevision") >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        r.resolve(&ns, "api").await.unwrap();
+    }
+    assert!(
+        proxy.count("DiscoverInstancesRevision") >= 3,
+        "revision polling stopped after {} calls",
+        proxy.count("DiscoverInstancesRevision")
+    );
+}
+
 /// A bare HTTP status from a proxy or gateway in front of the registry: 429 is
 /// throttling (`Throttled`), a 5xx an outage (`Unavailable`); both retryable and
 /// named by their status.

@@ -163,6 +163,72 @@ async fn refusals_of_the_caller_are_configuration_errors_sent_once() {
     assert!((2..=8).contains(&sends), "{sends} sends");
 }
 
+/// A caller whose clock is 10 minutes behind the registry's is refused
+/// (`InvalidSignatureException`, "Signature expired", the answer dated 10 minutes
+/// on); the SDK signs its next call with the registry's time, so the refusal is
+/// sent again rather than reported as the caller's configuration. Before, it was a
+/// `Configuration` error after 1 RegisterInstance (and so was every new
+/// `Registration`, whose client starts from the local clock again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_skew_refusal_is_sent_again_with_the_registrys_time() {
+    let (ns, _, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    proxy.fault_operation(
+        "RegisterInstance",
+        Fault::SkewedAwsError {
+            status: 400,
+            code: "InvalidSignatureException",
+            message: "Signature expired: 20260101T000000Z is now earlier than \
+                      20260101T000500Z (20260101T001000Z - 5 min.)",
+            ahead: 600,
+        },
+        Some(1),
+    );
+    let registered = Registration::new(&sdk, &ns, "web", "i-skewed")
+        .port(80)
+        .jitter_seed(1)
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("RegisterInstance"), 2);
+    registered.drain(std::time::Duration::ZERO).await.unwrap();
+
+    // The clock is still off once the SDK signs with the registry's time: a refusal
+    // that is not about the request's time (a permission, a wrong secret) is the
+    // caller's configuration still, sent once.
+    for (code, message) in [
+        (
+            "AccessDeniedException",
+            "User: arn:aws:iam::123456789012:user/x is not authorized to perform: \
+             servicediscovery:RegisterInstance",
+        ),
+        (
+            "InvalidSignatureException",
+            "The request signature we calculated does not match the signature you provided.",
+        ),
+    ] {
+        proxy.reset_counts();
+        proxy.fault_operation(
+            "RegisterInstance",
+            Fault::SkewedAwsError {
+                status: 400,
+                code,
+                message,
+                ahead: 600,
+            },
+            None,
+        );
+        let err = Registration::new(&sdk, &ns, "web", "i-skewed-denied")
+            .port(80)
+            .jitter_seed(1)
+            .register()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Configuration, "{code}: {err}");
+        assert_eq!(proxy.count("RegisterInstance"), 1, "{code}: sent once");
+    }
+}
+
 /// Loading credentials counts against the registration's deadline: a credentials
 /// chain that hangs (here a `credential_process` that sleeps) ends the call at the
 /// deadline, named, instead of holding it for as long as the chain takes.
