@@ -1,7 +1,8 @@
 //! Names to ids, once per registration: ListNamespaces filtered by name, then
-//! ListServices filtered by the namespace's id, and GetService to confirm the
-//! namespace of a service of that name. The answers are matched here as well (moto
-//! ignores the filters and returns everything), and pages are followed up to a bound.
+//! ListServices filtered by the namespace's id (its ARN when shared), and GetService
+//! to confirm the namespace of a service of that name. The answers are matched here
+//! as well (moto ignores the filters and returns everything), and pages are followed
+//! up to a bound.
 //!
 //! Without a named owner, only the caller's own namespaces are candidates: the
 //! `RESOURCE_OWNER = SELF` filter asks for them, and the answer is checked too (against
@@ -47,14 +48,21 @@ pub(crate) async fn service_ids(
     deadline: &Deadline<'_>,
     seed: u64,
 ) -> Result<ServiceIds, Error> {
-    let namespace_id = namespace_id(client, endpoint, namespace, &owners, deadline, seed).await?;
+    let (namespace_id, namespace_arn) =
+        namespace_id(client, endpoint, namespace, &owners, deadline, seed).await?;
     let owner = owners.named();
+    // A namespace shared from another account is named by its ARN: by its id,
+    // ListServices lists none of its services (ServiceFilter, `NAMESPACE_ID`).
+    let listed_by = match (owner, &namespace_arn) {
+        (Some(_), Some(arn)) => arn.as_str(),
+        _ => namespace_id.as_str(),
+    };
     let mut token: Option<String> = None;
     for page in 0..MAX_PAGES {
         let filter = ServiceFilter::builder()
             .name(ServiceFilterName::NamespaceId)
             .condition(FilterCondition::Eq)
-            .values(namespace_id.as_str())
+            .values(listed_by)
             .build()
             .map_err(|e| Error::with_source(ErrorKind::InvalidInput, "ListServices filter", e))?;
         let out = send_sdk(
@@ -111,6 +119,7 @@ pub(crate) async fn service_ids(
     ))
 }
 
+/// The namespace's id, and its ARN when the answer gives it.
 async fn namespace_id(
     client: &sd::Client,
     endpoint: &str,
@@ -118,7 +127,7 @@ async fn namespace_id(
     owner: &Owner<'_>,
     deadline: &Deadline<'_>,
     seed: u64,
-) -> Result<String, Error> {
+) -> Result<(String, Option<String>), Error> {
     let by_name = NamespaceFilter::builder()
         .name(NamespaceFilterName::Name)
         .condition(FilterCondition::Eq)
@@ -140,8 +149,9 @@ async fn namespace_id(
                 })?,
         );
     }
-    // (id, owner) of every namespace of that name the answers list and `owner` admits.
-    let mut found: Vec<(String, Option<String>)> = Vec::new();
+    // (id, owner, ARN) of every namespace of that name the answers list and `owner`
+    // admits.
+    let mut found: Vec<(String, Option<String>, Option<String>)> = Vec::new();
     let mut token: Option<String> = None;
     for page in 0..MAX_PAGES {
         let out = send_sdk(
@@ -166,7 +176,11 @@ async fn namespace_id(
                 .and_then(|h| h.http_name());
             let named = n.name() == Some(namespace) || http_name == Some(namespace);
             if let (true, Some(id)) = (named && owner.admits(n), n.id()) {
-                found.push((id.to_owned(), owner_of(n).map(str::to_owned)));
+                found.push((
+                    id.to_owned(),
+                    owner_of(n).map(str::to_owned),
+                    n.arn().map(str::to_owned),
+                ));
             }
         }
         // A named owner's namespace is unique; the caller's own are checked whole.
@@ -178,7 +192,7 @@ async fn namespace_id(
             _ => break,
         }
     }
-    let mut owners: Vec<&str> = found.iter().filter_map(|(_, o)| o.as_deref()).collect();
+    let mut owners: Vec<&str> = found.iter().filter_map(|(_, o, _)| o.as_deref()).collect();
     owners.sort_unstable();
     owners.dedup();
     if owners.len() > 1 {
@@ -195,8 +209,8 @@ async fn namespace_id(
             ),
         ));
     }
-    if let Some((id, _)) = found.into_iter().next() {
-        return Ok(id);
+    if let Some((id, _, arn)) = found.into_iter().next() {
+        return Ok((id, arn));
     }
     let owned = match owner {
         Owner::Named(o) => format!(" owned by account {o}"),

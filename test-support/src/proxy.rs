@@ -339,8 +339,8 @@ async fn handle(
             .map(|p| p.as_str())
             .unwrap_or("/")
     );
-    // Cloud Map takes a service's id or its ARN (required in a namespace shared from
-    // another account); moto takes only the id.
+    // Cloud Map takes a service's (and ListServices a namespace's) id or its ARN
+    // (required in a namespace shared from another account); moto takes only the id.
     let unarned = service_arns_to_ids(&body);
     let rewritten = unarned.is_some();
     let body = unarned.unwrap_or(body);
@@ -476,7 +476,8 @@ fn with_operation_status(body: &[u8], status: &str) -> Bytes {
 }
 
 /// The body with every service ARN (`arn:aws:servicediscovery:REGION:ACCOUNT:service/srv-…`)
-/// replaced by the service id it ends in, or `None` when it has none.
+/// and namespace ARN (`…:namespace/ns-…`) replaced by the id it ends in, or `None`
+/// when it has none.
 fn service_arns_to_ids(body: &[u8]) -> Option<Bytes> {
     const PREFIX: &str = "arn:aws:servicediscovery:";
     let text = std::str::from_utf8(body).ok()?;
@@ -489,7 +490,10 @@ fn service_arns_to_ids(body: &[u8]) -> Option<Bytes> {
         out.push_str(&rest[..at]);
         let arn = &rest[at..];
         let end = arn.find('"').unwrap_or(arn.len());
-        match arn[..end].rsplit_once(":service/") {
+        match arn[..end]
+            .rsplit_once(":service/")
+            .or_else(|| arn[..end].rsplit_once(":namespace/"))
+        {
             Some((_, id)) => out.push_str(id),
             None => out.push_str(&arn[..end]),
         }

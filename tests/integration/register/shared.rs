@@ -38,6 +38,20 @@ async fn owner_account_registration_names_the_service_by_arn() {
     );
     let register = sent(&proxy.bodies("RegisterInstance")[0]);
     assert_eq!(register["ServiceId"].as_str(), Some(arn.as_str()));
+    // ListServices names a shared namespace by its ARN (ServiceFilter: "Specify the
+    // namespace ARN for namespaces that are shared with your AWS account"); by its
+    // id, Cloud Map lists none of its services.
+    let namespace_arn = format!(
+        "{}namespace/{}",
+        arn.strip_suffix(&format!("service/{service_id}")).unwrap(),
+        registered.namespace_id()
+    );
+    let list = sent(&proxy.bodies("ListServices")[0]);
+    assert_eq!(
+        list["Filters"][0]["Values"][0].as_str(),
+        Some(namespace_arn.as_str()),
+        "{list}"
+    );
     // moto lists every namespace's `web` (it ignores the filter): GetService asked
     // about each candidate by ARN, ours among them.
     let asked: Vec<String> = proxy
