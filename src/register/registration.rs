@@ -3,14 +3,20 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use super::attributes::{check_attributes, check_instance_id, ATTR_INIT_HEALTH};
 use super::lookup::{service_ids, Owner};
-use super::operation::{send_sdk, wait_operation, Deadline};
+use aws_sdk_servicediscovery as sd;
+use sd::config::http::HttpResponse;
+use sd::error::SdkError;
+use sd::operation::register_instance::RegisterInstanceError;
+
+use super::operation::{send_retrying, wait_operation, Deadline};
 use super::registered::Registered;
 use super::Writer;
+use crate::discover::cloud_map::map_error;
 use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
 use crate::discover::names::{check_namespace, check_owner_account, check_service};
 use crate::discover::namespace_label;
@@ -27,9 +33,10 @@ use crate::error::{Error, ErrorKind};
 /// and of the reserved `AWS_` keys only the documented ones.
 ///
 /// [`register`](Self::register) sends RegisterInstance with a `CreatorRequestId`, so
-/// the retries it makes when throttled or when the registry fails are safe, then
-/// polls GetOperation until the operation succeeds or fails, with a jittered backoff,
-/// all within the [`deadline`](Self::deadline).
+/// the retries it makes when throttled or when the registry fails are safe (a retry
+/// after a lost answer that hears `DuplicateRequest` waits on the operation it names,
+/// this registration's), then polls GetOperation until the operation succeeds or
+/// fails, with a jittered backoff, all within the [`deadline`](Self::deadline).
 ///
 /// The SDK configuration is used as [`CloudMapDiscovery`](crate::CloudMapDiscovery)
 /// uses it: the same region, credentials and endpoint URL, one attempt per SDK call
@@ -310,18 +317,38 @@ impl Registration {
         }
         // One id for every retry of this registration: Cloud Map runs it once.
         let creator_request_id = format!("cmr-{:032x}", rand::random::<u128>());
-        let out = send_sdk("RegisterInstance", endpoint, &deadline, seed, || async {
-            client
+        // Whether a send failed in a way that may have reached the registry (a lost
+        // answer): a retry that then hears `DuplicateRequest` names this
+        // registration's operation, still running (it can run for tens of seconds
+        // in a DNS namespace), which is waited on rather than sent again and again.
+        let maybe_applied = AtomicBool::new(false);
+        let sent = send_retrying("RegisterInstance", &deadline, seed, || async {
+            let sent = client
                 .register_instance()
                 .service_id(&ids.service_id)
                 .instance_id(&self.instance_id)
                 .creator_request_id(&creator_request_id)
                 .set_attributes(Some(self.attributes.clone().into_iter().collect()))
                 .send()
-                .await
+                .await;
+            match sent {
+                Ok(out) => Ok(out.operation_id().map(str::to_owned)),
+                Err(e) => {
+                    if maybe_applied.load(Ordering::Relaxed)
+                        && let Some(id) = duplicate_operation(&e)
+                    {
+                        return Ok(Some(id));
+                    }
+                    let err = map_error("RegisterInstance", endpoint, e);
+                    if err.kind() == ErrorKind::Unavailable {
+                        maybe_applied.store(true, Ordering::Relaxed);
+                    }
+                    Err(err)
+                }
+            }
         })
         .await?;
-        let operation_id = out.operation_id().ok_or_else(|| {
+        let operation_id = sent.ok_or_else(|| {
             Error::new(
                 ErrorKind::Unavailable,
                 "RegisterInstance: the answer has no operation id",
@@ -330,7 +357,7 @@ impl Registration {
         wait_operation(
             client,
             endpoint,
-            operation_id,
+            &operation_id,
             "RegisterInstance",
             ids.owner_account.as_deref(),
             &deadline,
@@ -354,6 +381,21 @@ impl Registration {
             seed,
             drained: AtomicBool::new(false),
         })
+    }
+}
+
+/// The operation a `DuplicateRequest` answer names: RegisterInstance with this
+/// `CreatorRequestId`, already running.
+fn duplicate_operation(e: &SdkError<RegisterInstanceError, HttpResponse>) -> Option<String> {
+    match e {
+        SdkError::ServiceError(ctx) => match ctx.err() {
+            RegisterInstanceError::DuplicateRequest(d) => d
+                .duplicate_operation_id()
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -170,6 +170,31 @@ async fn throttling_to_the_end_is_throttled_with_bounded_calls() {
     assert!(instance_ids(&service_id).await.is_empty());
 }
 
+/// A RegisterInstance whose answer is lost was carried out: while its operation
+/// runs (tens of seconds in a DNS namespace, as Cloud Map writes the Route 53
+/// records), each retry hears `DuplicateRequest` naming it. That operation is this
+/// registration's (same `CreatorRequestId`), and is waited on. Before, the retries
+/// went on as for an outage until the 8 sends' bound and `register` failed
+/// `Unavailable` with the instance registered and no handle to drain it; now it is
+/// registered after 2 sends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_whose_answer_was_lost_waits_on_its_running_operation() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    proxy.fault_operation("RegisterInstance", Fault::LoseAnswer, Some(1));
+    proxy.then_fault_operation("RegisterInstance", Fault::DuplicateOfLost, None);
+    let registered = registration(&sdk, &ns, "i-lost-reg")
+        .deadline(Duration::from_secs(20))
+        .register()
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("RegisterInstance"), 2);
+    assert!(instance_ids(&service_id)
+        .await
+        .contains(&"i-lost-reg".to_owned()));
+    registered.drain(Duration::ZERO).await.unwrap();
+}
+
 /// A DeregisterInstance whose answer is lost was carried out: its retry hears
 /// `InstanceNotFound` (moto) or `DuplicateRequest` naming the running operation
 /// (Cloud Map). Either way this drain did it, and says so (issue 25).
