@@ -2,9 +2,10 @@
 
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aws_sdk_servicediscovery as sd;
+use sd::config::endpoint::{DefaultResolver, EndpointFuture, Params, ResolveEndpoint};
 use sd::config::interceptors::BeforeTransmitInterceptorContextMut;
 use sd::config::retry::RetryConfig;
 use sd::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -21,9 +22,11 @@ use crate::util::warn_once::WarnOnce;
 ///
 /// Query parameters, optional parameters and the health filter are sent to the API,
 /// which applies them; so is the owner account of a namespace shared from another
-/// account (`OwnerAccount`, on DiscoverInstancesRevision too). The SDK configuration's endpoint URL is honoured for every
-/// operation: the SDK would otherwise send DiscoverInstances to `data-` + the
-/// endpoint's host (`http://data-127.0.0.1:4566`), which does not resolve for
+/// account (`OwnerAccount`, on DiscoverInstancesRevision too). A custom endpoint URL
+/// is honoured for every operation, whether the SDK takes it from the `SdkConfig` or
+/// one for Cloud Map alone (`AWS_ENDPOINT_URL_SERVICEDISCOVERY`, a profile's
+/// `services` section): the SDK would otherwise send DiscoverInstances to `data-` +
+/// the endpoint's host (`http://data-127.0.0.1:4566`), which does not resolve for
 /// LocalStack, moto or a VPC endpoint, so with a custom endpoint the prefix is undone.
 ///
 /// The SDK's own retries are turned off (one attempt per call): the resolver retries
@@ -51,6 +54,10 @@ pub struct CloudMapDiscovery {
     /// Where calls go, for error messages: the configured endpoint URL, or the
     /// regional default.
     endpoint: Arc<str>,
+    /// The custom endpoint URL the SDK resolved for this client, noted at its first
+    /// call (`NoteEndpoint`): it may come from the environment or a profile for
+    /// Cloud Map alone, which `SdkConfig::endpoint_url` does not show.
+    custom_url: Arc<OnceLock<String>>,
     /// A misconfiguration found by `new` (which cannot fail without breaking
     /// `Resolver::builder(CloudMapDiscovery::new(&sdk))`), reported by
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build) through
@@ -70,15 +77,19 @@ impl CloudMapDiscovery {
     /// [`Configuration`](ErrorKind::Configuration) by
     /// [`ResolverBuilder::build`](crate::ResolverBuilder::build).
     pub fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let mut config = client_config(sdk);
-        if let Some(url) = sdk.endpoint_url()
-            && let Some(host) = host_of(url)
-        {
-            config = config.interceptor(KeepEndpointHost {
-                prefixed: format!("data-{host}"),
-                host: host.to_owned(),
+        // The custom endpoint is read where the SDK resolves it, not from `sdk`: an
+        // endpoint URL for Cloud Map alone (`AWS_ENDPOINT_URL_SERVICEDISCOVERY`, a
+        // profile's `services` section) is applied when the client is built, and
+        // `sdk.endpoint_url()` does not show it.
+        let custom_url = Arc::new(OnceLock::new());
+        let config = client_config(sdk)
+            .endpoint_resolver(NoteEndpoint {
+                inner: DefaultResolver::new(),
+                url: custom_url.clone(),
+            })
+            .interceptor(KeepEndpointHost {
+                url: custom_url.clone(),
             });
-        }
         let client = sd::Client::from_conf(config.build());
         let config_error = config_error(
             sdk.region().is_some(),
@@ -87,6 +98,7 @@ impl CloudMapDiscovery {
         );
         CloudMapDiscovery {
             endpoint: endpoint_of(sdk.endpoint_url(), sdk.region()),
+            custom_url,
             client,
             config_error,
             warned: WarnOnce::default(),
@@ -104,6 +116,7 @@ impl CloudMapDiscovery {
         let config_error = config_error(region.is_some(), true, None);
         CloudMapDiscovery {
             endpoint: endpoint_of(None, region.as_ref()),
+            custom_url: Arc::new(OnceLock::new()),
             client,
             config_error,
             warned: WarnOnce::default(),
@@ -182,6 +195,13 @@ fn has_http_scheme(url: &str) -> bool {
     starts("http://") || starts("https://")
 }
 
+impl CloudMapDiscovery {
+    /// Where calls go, for messages: the custom endpoint the SDK resolved, if any.
+    fn endpoint(&self) -> &str {
+        self.custom_url.get().map_or(&self.endpoint, String::as_str)
+    }
+}
+
 impl fmt::Debug for CloudMapDiscovery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CloudMapDiscovery").finish_non_exhaustive()
@@ -195,11 +215,28 @@ fn host_of(url: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
-/// Undoes the SDK's `data-` host prefix for a custom endpoint.
+/// The SDK's endpoint resolver, noting the custom endpoint URL it is given (the
+/// same for every call of a client) for `KeepEndpointHost` and messages.
+#[derive(Debug)]
+struct NoteEndpoint {
+    inner: DefaultResolver,
+    url: Arc<OnceLock<String>>,
+}
+
+impl ResolveEndpoint for NoteEndpoint {
+    fn resolve_endpoint<'a>(&'a self, params: &'a Params) -> EndpointFuture<'a> {
+        if let Some(url) = params.endpoint() {
+            self.url.get_or_init(|| url.to_owned());
+        }
+        ResolveEndpoint::resolve_endpoint(&self.inner, params)
+    }
+}
+
+/// Undoes the SDK's `data-` host prefix for a custom endpoint (noted by
+/// `NoteEndpoint` when the call's endpoint was resolved, before signing).
 #[derive(Debug)]
 struct KeepEndpointHost {
-    prefixed: String,
-    host: String,
+    url: Arc<OnceLock<String>>,
 }
 
 impl Intercept for KeepEndpointHost {
@@ -214,13 +251,19 @@ impl Intercept for KeepEndpointHost {
         _: &RuntimeComponents,
         _: &mut ConfigBag,
     ) -> Result<(), Box<dyn StdError + Send + Sync>> {
+        let Some(host) = self.url.get().and_then(|url| host_of(url)) else {
+            return Ok(());
+        };
         let request = context.request_mut();
         let uri = request.uri();
         let Some((scheme, rest)) = uri.split_once("://") else {
             return Ok(());
         };
-        if let Some(tail) = rest.strip_prefix(self.prefixed.as_str()) {
-            let fixed = format!("{scheme}://{}{tail}", self.host);
+        if let Some(tail) = rest
+            .strip_prefix("data-")
+            .and_then(|r| r.strip_prefix(host))
+        {
+            let fixed = format!("{scheme}://{host}{tail}");
             request.set_uri(fixed)?;
         }
         Ok(())
@@ -314,7 +357,7 @@ impl Discover for CloudMapDiscovery {
             let out = call.send().await.map_err(|e| {
                 map_error(
                     &format!("DiscoverInstances{}", request.owned_by()),
-                    &self.endpoint,
+                    self.endpoint(),
                     e,
                 )
             })?;
@@ -346,7 +389,7 @@ impl Discover for CloudMapDiscovery {
                 .map_err(|e| {
                     map_error(
                         &format!("DiscoverInstancesRevision{}", request.owned_by()),
-                        &self.endpoint,
+                        self.endpoint(),
                         e,
                     )
                 })?;

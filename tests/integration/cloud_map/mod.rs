@@ -449,6 +449,58 @@ async fn custom_endpoint_reaches_discover_instances() {
     );
 }
 
+/// An endpoint URL given for Cloud Map alone (the profile's `services` section here;
+/// `AWS_ENDPOINT_URL_SERVICEDISCOVERY` alike), which the SDK resolves when it builds
+/// the client while `SdkConfig::endpoint_url()` stays empty: DiscoverInstances reaches
+/// it without the `data-` prefix too. Before, it went to `data-127.0.0.1:PORT`, which
+/// does not resolve (`Unavailable`, no call reaching the proxy).
+#[tokio::test]
+#[allow(deprecated)] // the profile-file types are the public way to point at files
+async fn a_service_specific_endpoint_reaches_discover_instances() {
+    use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+
+    let (ns, _) = fleet().await;
+    let p = Proxy::start(moto::moto().addr).await;
+    let dir = std::env::temp_dir().join(unique("cmr-profile"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile cmr]\nregion = us-east-1\naws_access_key_id = testing\n\
+             aws_secret_access_key = testing\nservices = local\n\n\
+             [services local]\nservicediscovery =\n  endpoint_url = {}\n",
+            p.url()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("credentials"), "").unwrap();
+    let files = ProfileFiles::builder()
+        .with_file(ProfileFileKind::Config, &config)
+        .with_file(ProfileFileKind::Credentials, dir.join("credentials"))
+        .build();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .profile_files(files)
+        .profile_name("cmr")
+        .load()
+        .await;
+    assert_eq!(sdk.endpoint_url(), None);
+    let r = Resolver::builder(CloudMapDiscovery::new(&sdk))
+        .build()
+        .unwrap();
+    let found = r.resolve_all(&ns, "api").await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(found.unwrap().len(), 3);
+    let want = p.addr.to_string();
+    assert!(
+        p.hosts()
+            .iter()
+            .any(|(op, host)| op == "DiscoverInstances" && *host == want),
+        "{:?}",
+        p.hosts()
+    );
+}
+
 /// The LocalStack/moto snippet (README "Run it locally", `guide::sources`), with the same body, against the test moto.
 #[tokio::test]
 async fn readme_local_snippet_runs_against_moto() {
