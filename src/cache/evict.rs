@@ -175,4 +175,64 @@ mod tests {
             r.cached_keys()
         );
     }
+
+    /// The quiet case: a caller resolving a key once per eviction (a job every
+    /// 15 minutes, past `idle_timeout`; here pushed out by `capacity`, on paused
+    /// time) reaches every endpoint. Regression: a key answered anew after an
+    /// eviction started its picks from the same point each time, so round-robin,
+    /// random, weighted and least-loaded alike picked the same endpoint: 60 of
+    /// 60 loads, none for the other 3 endpoints (now 8 to 19 each).
+    #[tokio::test(start_paused = true)]
+    async fn a_key_loaded_again_after_an_eviction_does_not_repeat_its_first_pick() {
+        use crate::Selection;
+
+        let mut source = services(1);
+        for i in 0..4u16 {
+            source = source.with_instance(
+                "shared",
+                "web",
+                Instance::new(format!("e{i}"))
+                    .ipv4([127, 0, 0, 1].into())
+                    .port(1 + i),
+            );
+        }
+        let selections = [
+            Selection::RoundRobin,
+            Selection::Random,
+            Selection::LeastLoaded,
+            Selection::WeightedRandom {
+                attribute: "weight".into(),
+            },
+        ];
+        for selection in selections {
+            let r = Resolver::builder(source.clone())
+                .capacity(1)
+                .selection(selection.clone())
+                .seed(63)
+                .build()
+                .unwrap();
+            let misses = |r: &Resolver| r.stats().resolves - r.stats().cache_hits;
+            let mut firsts = std::collections::HashMap::<String, usize>::new();
+            for _ in 0..60 {
+                let before = misses(&r);
+                let ep = r.resolve("shared", "web").await.unwrap();
+                assert_eq!(misses(&r) - before, 1, "loaded again");
+                *firsts.entry(ep.instance_id().to_owned()).or_default() += 1;
+                // Another key takes the one place (TinyLFU admits it once asked
+                // for more often than the key it evicts).
+                for _ in 0..5 {
+                    r.resolve("shared", "svc-0").await.unwrap();
+                    r.cache.run_pending_tasks();
+                }
+            }
+            for i in 0..4 {
+                let n = firsts.get(&format!("e{i}")).copied().unwrap_or(0);
+                // 15 expected; at least 5 whichever thread stripe the test runs on.
+                assert!(
+                    n >= 5,
+                    "{selection:?}: e{i} first in {n} of 60 loads: {firsts:?}"
+                );
+            }
+        }
+    }
 }

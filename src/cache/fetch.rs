@@ -22,6 +22,7 @@ use crate::endpoint::EndpointSet;
 use crate::error::{Error, ErrorKind};
 use crate::select::Picker;
 use crate::stats::bump;
+use crate::util::hash::splitmix64;
 use crate::util::time::after;
 
 /// The shortest TTL taken from a source: a registry (or a `Discover` impl) answering
@@ -97,13 +98,19 @@ impl Cache {
         if self.is_held(req) {
             self.pick.set_callers(&set.items);
         }
-        let picker = Picker::new(
-            set,
-            prev.map(|p| &p.picker),
-            &self.pick,
-            (ns, svc),
-            slot.seed,
-        );
+        // A key's first answer starts its picks where its seed says. One answered
+        // anew after an eviction (left alone for `idle_timeout`, or pushed out by
+        // `capacity`) has no earlier answer to carry its cursors from, and started
+        // from that same point again: a caller resolving it once per eviction got
+        // the same endpoint every time, with any selection (8 of 8 reloads of 4
+        // endpoints). The evictions made since move it: every later first answer
+        // of a key starts elsewhere, as reproducibly as the seed (and before any
+        // eviction, where it always did).
+        let start = match (prev, self.index.evictions()) {
+            (None, evictions) if evictions > 0 => slot.seed ^ splitmix64(evictions),
+            _ => slot.seed,
+        };
+        let picker = Picker::new(set, prev.map(|p| &p.picker), &self.pick, (ns, svc), start);
         let ttl = found.ttl.map_or(self.opts.ttl, |t| t.max(MIN_SOURCE_TTL));
         let snap = Arc::new(Snapshot::new(
             picker,

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -22,6 +22,9 @@ const SHARDS: usize = 64;
 /// a 64th of the map and never blocks a reader.
 pub(super) struct Index {
     pub(super) shards: Box<[Shard]>,
+    /// Slots evicted so far: a key answered anew after an eviction starts its
+    /// picks from a point this moves (`fetch.rs`).
+    evictions: AtomicU64,
     /// How many lookups by key [`with`](Self::with) made: tests show that a held
     /// handle's paths make none.
     #[cfg(test)]
@@ -38,6 +41,7 @@ impl Index {
     pub(super) fn new() -> Self {
         Index {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            evictions: AtomicU64::new(0),
             #[cfg(test)]
             lookups: Default::default(),
         }
@@ -125,11 +129,17 @@ impl Index {
     pub(super) fn evict(&self, slot: &Arc<Slot>) {
         let shard = self.shard(slot.hash);
         let _w = lock(&shard.write);
+        self.evictions.fetch_add(1, Ordering::Relaxed);
         slot.evicted.store(true, Ordering::Relaxed);
         slot.set(None);
         if slot.handles.load(Ordering::Relaxed) == 0 {
             Self::remove_locked(shard, slot);
         }
+    }
+
+    /// How many slots were evicted so far.
+    pub(super) fn evictions(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
     }
 
     /// Lists again a slot kept in the index while evicted (pinned, or inserted by

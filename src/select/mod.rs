@@ -49,7 +49,8 @@ pub enum Selection {
     /// Each endpoint in turn: an even spread per key. The default. Each picking
     /// thread's turn starts one endpoint after the last's, from an endpoint the
     /// key's seed gives (random unless [`seed`](crate::ResolverBuilder::seed) is
-    /// set), so threads and processes do not pick in step.
+    /// set), so threads and processes do not pick in step; a key loaded again
+    /// after an eviction starts from another.
     #[default]
     RoundRobin,
     /// At random, in proportion to a weight read from an instance attribute. A
