@@ -170,6 +170,45 @@ async fn when_every_attempt_is_slow_hedges_stay_within_the_budget() {
     assert_eq!(stats.hedges_won, 0);
 }
 
+/// The quiet case: one caller calling in sequence, every attempt slow (100 ms,
+/// hedged after 20 ms). Its hedges are bounded by the budget's floor (1 a second
+/// over 10 s), not by its 5%: at 10 calls a second 90 of 600 calls are hedged
+/// (15%); at a call every 2 s, every call (30 of 30); and after an idle minute
+/// the window's whole floor is there at once (11 of the next 20 calls).
+#[tokio::test(start_paused = true)]
+async fn one_caller_in_sequence_hedges_within_the_floor() {
+    let r = resolver(8, Selection::RoundRobin);
+    let call = async || {
+        r.call("shared", "web", |_: Endpoint| async {
+            tokio::time::sleep(100 * MS).await;
+            Ok::<_, std::io::Error>(())
+        })
+        .hedge(Hedge::after(20 * MS))
+        .await
+        .unwrap();
+    };
+    let hedges = |r: &Resolver| r.stats().hedges;
+    // A minute at 10 calls a second: 5% of 100 calls plus 10 per 10 s window.
+    for _ in 0..600 {
+        call().await;
+    }
+    assert_eq!(hedges(&r), 90, "{:?}", r.stats());
+    // A minute at a call every 2 s: the floor covers every call.
+    let before = hedges(&r);
+    for _ in 0..30 {
+        call().await;
+        tokio::time::sleep(Duration::from_secs(2) - 100 * MS).await;
+    }
+    assert_eq!(hedges(&r) - before, 30);
+    // An idle minute, then 20 calls in a row: 10 of the floor plus 5% of 20.
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let before = hedges(&r);
+    for _ in 0..20 {
+        call().await;
+    }
+    assert_eq!(hedges(&r) - before, 11);
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_loser_is_cancelled_not_failed() {
     // Two endpoints, port 1 answers in 1 s, port 2 in 10 ms; one caller in sequence.
