@@ -77,8 +77,13 @@ cache_options! {
         /// long a cold key waits when the registry is down. Must be greater than zero;
         /// `Duration::MAX` never times out. Default: 5 s.
         pub fetch_timeout: Duration = Duration::from_secs(5),
-        /// Refresh keys in use in the background before they expire, so callers never
-        /// wait on the network. Default: true.
+        /// Refresh keys in use in the background before they expire, so their callers
+        /// never wait on the network. A key is in use while its answers are picked
+        /// from: one resolved less often than it is refreshed (75-90% of its TTL)
+        /// finds its answer expired, and its caller waits for the registry (every
+        /// time, for a key resolved every 12 s at the default 5 s TTL). A held
+        /// [`Service`](crate::Service) handle keeps its key refreshed through quiet
+        /// spells. Default: true.
         pub refresh_ahead: bool = true,
         /// Where the source has a cheap revision call (Cloud Map's
         /// DiscoverInstancesRevision), check it on refresh and fetch instances only when

@@ -196,8 +196,8 @@ impl ResolverBuilder {
         self
     }
 
-    /// Whether keys in use are refreshed in the background before they expire.
-    /// Default: true.
+    /// Whether keys in use (picked from since their last refresh) are refreshed in
+    /// the background before they expire. Default: true.
     pub fn refresh_ahead(mut self, on: bool) -> Self {
         self.opts.cache.refresh_ahead = on;
         self

@@ -337,6 +337,33 @@ async fn refresh_ahead_keeps_callers_off_the_network() {
     assert!(hi - lo >= Duration::from_millis(500), "spread, not aligned");
 }
 
+/// The quiet case of refresh-ahead: a key is refreshed while its answers are
+/// picked from. At the default 5 s TTL, one resolved every 4 s waits on the
+/// registry for its first load only; one resolved every 12 s finds each answer
+/// expired and waits every time (10 of 10); held as a `Service` handle, resolved
+/// every 12 s as well, it is refreshed through the quiet spells and waits once.
+#[tokio::test(start_paused = true)]
+async fn a_key_resolved_less_often_than_its_refresh_waits_unless_held() {
+    let misses = |r: &Resolver| r.stats().resolves - r.stats().cache_hits;
+    let every = |secs| async move {
+        let r = Resolver::builder(services(1)).seed(30).build().unwrap();
+        for _ in 0..10 {
+            r.resolve("shared", "svc-0").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+        }
+        misses(&r)
+    };
+    assert_eq!(every(4).await, 1);
+    assert_eq!(every(12).await, 10);
+    let r = Resolver::builder(services(1)).seed(30).build().unwrap();
+    let held = r.service("shared", "svc-0");
+    for _ in 0..10 {
+        held.resolve().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(12)).await;
+    }
+    assert_eq!(misses(&r), 1);
+}
+
 /// Revision gating on paused time: with a 4 s full-refresh interval over 20 s at a
 /// 1 s TTL, full fetches are 1 + 20/4 at most while the revision is polled on every
 /// other refresh; a registration is seen after the next poll.
