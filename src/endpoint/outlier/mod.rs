@@ -65,8 +65,8 @@ pub struct OutlierOptions {
     /// never fails 5 times in a row. Set with
     /// [`failure_percentage`](Self::failure_percentage). Default: none (off).
     pub failure_percentage: Option<f64>,
-    /// The fewest attempts in an interval for its failure share to be judged, at
-    /// least 1. Default: 20.
+    /// The fewest attempts an endpoint needs in an interval for its failure share
+    /// to be judged (its own attempts, not the service's), at least 1. Default: 20.
     pub min_requests: u32,
     /// The interval failure shares are counted over, greater than zero. Default:
     /// 10 s.

@@ -132,3 +132,42 @@ async fn a_normal_error_rate_ejects_nobody() {
     let stats = resolver.stats();
     assert_eq!(stats.ejections, 0, "{stats:?}");
 }
+
+/// The quiet case: one caller in sequence over 4 endpoints, `e0` failing 2 attempts
+/// of every 3 (consecutive failures set out of reach). `min_requests` (20) counts
+/// each endpoint's attempts in an interval, not the caller's: at 2 calls a second
+/// (20 per interval, 5 for each endpoint) `e0` is never judged in a minute; at 10
+/// calls a second (25 each) it is ejected for its failure share within two
+/// intervals.
+#[tokio::test(start_paused = true)]
+async fn min_requests_counts_each_endpoints_attempts() {
+    let run = async |per_second: u64, secs: u64| {
+        let mut outlier = OutlierOptions::default().failure_percentage(0.5);
+        outlier.consecutive_failures = 1_000;
+        let resolver = Resolver::builder(registry(4))
+            .outlier_detection(outlier)
+            .seed(28)
+            .build()
+            .unwrap();
+        let e0_attempts = Arc::new(AtomicU64::new(0));
+        for _ in 0..per_second * secs {
+            let e0n = e0_attempts.clone();
+            let _ = resolver
+                .call("shared", "web", move |ep: Endpoint| {
+                    let e0n = e0n.clone();
+                    async move {
+                        let flaky = index(&ep) == 0;
+                        if flaky && e0n.fetch_add(1, Ordering::Relaxed) % 3 != 2 {
+                            return Err("flaky");
+                        }
+                        Ok(())
+                    }
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(1_000 / per_second)).await;
+        }
+        resolver.stats().ejections_percentage
+    };
+    assert_eq!(run(2, 60).await, 0, "5 attempts per interval: never judged");
+    assert_eq!(run(10, 2 * INTERVAL.as_secs()).await, 1, "25 per interval");
+}
