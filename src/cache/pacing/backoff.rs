@@ -30,10 +30,17 @@ impl Backoff {
 
     /// The delay after `failures` failures in a row: doubling from the base, capped.
     pub(in crate::cache) fn delay(&self, failures: u32) -> Duration {
-        let exp = self
-            .base
-            .saturating_mul(1 << failures.saturating_sub(1).min(20));
-        let cap = exp.min(self.max);
+        // Doubled until the cap, however small the base: a fixed limit on the
+        // doublings (20 of them) held a base under `max / 2^20` (10 µs against
+        // 30 s) below the configured maximum for good. At most about 94 steps,
+        // as a `Duration` holds about 2^94 ns.
+        let mut cap = self.base.min(self.max);
+        for _ in 1..failures {
+            if cap >= self.max {
+                break;
+            }
+            cap = cap.saturating_mul(2).min(self.max);
+        }
         // Equal jitter: at least half the delay, so retries stay spaced, and a random
         // rest, so processes started together do not retry together.
         let half = cap / 2;

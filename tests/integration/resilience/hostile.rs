@@ -321,3 +321,32 @@ async fn busy_key_is_not_evicted_as_idle_without_refresh_ahead() {
         assert_eq!(resolver.cached_keys(), 1, "after lookup {i}");
     }
 }
+
+/// A small `backoff_base` still doubles up to `backoff_max`: the doubling stopped
+/// after 20 steps, so a base of 10 µs never passed 10.5 s against a 30 s maximum,
+/// and an hour of outage cost about three times the registry calls configured.
+#[tokio::test(start_paused = true)]
+async fn a_small_backoff_base_still_doubles_up_to_backoff_max() {
+    let (base, max) = (Duration::from_micros(10), Duration::from_secs(30));
+    let source = Counting::new(services(1));
+    let resolver = Resolver::builder(source.clone())
+        .ttl(Duration::from_secs(1))
+        .max_stale(Duration::MAX)
+        .backoff_base(base)
+        .backoff_max(max)
+        .seed(47)
+        .build()
+        .unwrap();
+    resolver.resolve("shared", "svc-0").await.unwrap();
+    source.fail_with(Some(ErrorKind::Unavailable));
+    let before = total(&source);
+    let hour = Duration::from_secs(3600);
+    for _ in 0..360 {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        resolver.resolve("shared", "svc-0").await.unwrap();
+    }
+    let calls = total(&source) - before;
+    let bound = outage_bound(hour, base, max);
+    println!("1 h outage, backoff 10 µs..30 s: {calls} registry calls (bound {bound})");
+    assert!(calls <= bound, "{calls} calls, bound {bound}");
+}

@@ -36,13 +36,20 @@ use tokio::time::Instant;
 fn outage_bound(window: Duration, base: Duration, max: Duration) -> u64 {
     let (mut calls, mut at, mut n) = (1, Duration::ZERO, 0u32);
     loop {
-        at += base.saturating_mul(1 << n.min(20)).min(max) / 2;
+        at += doubled(base, n, max) / 2;
         if at > window {
             return calls;
         }
         calls += 1;
         n += 1;
     }
+}
+
+/// `base` doubled `n` times, capped at `max`.
+fn doubled(base: Duration, n: u32, max: Duration) -> Duration {
+    (0..n)
+        .fold(base, |d, _| d.saturating_mul(2).min(max))
+        .min(max)
 }
 
 fn default_bound(window: Duration) -> u64 {
