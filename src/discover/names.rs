@@ -53,8 +53,11 @@ pub(crate) fn check_service(name: &str) -> Result<(), Error> {
 /// such values, so a query for one must not be refused here).
 pub(crate) fn check_attribute(key: &str, value: &str) -> Result<(), Error> {
     if key.is_empty() || key.len() > 255 || !key.chars().all(|c| c.is_ascii_graphic()) {
+        // Shown cut short: the key is the caller's, of any length, and the error
+        // text (logged, sent to a watch) must not carry all of it.
         return Err(Error::invalid(format!(
-            "attribute key {key:?} must be 1 to 255 printable ASCII characters"
+            "attribute key {} must be 1 to 255 printable ASCII characters",
+            Shown(key)
         )));
     }
     if value.len() > 1024 || value.chars().any(|c| c.is_control() && c != '\t') {
@@ -138,6 +141,22 @@ mod tests {
         assert!(check_attribute("stage", "prod").is_ok());
         assert!(check_attribute("", "x").is_err());
         assert!(check_attribute("k", "a\nb").is_err());
+    }
+
+    /// The refusal of a key too long names it cut short, as the other name checks
+    /// do: a 100,000-character key made an error text of 100,075 characters.
+    #[test]
+    fn a_long_attribute_key_is_named_cut_short() {
+        let long = "k".repeat(100_000);
+        for (key, value) in [(long.as_str(), "v"), ("k\u{1b}", "v")] {
+            let e = check_attribute(key, value).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+            assert!(
+                e.to_string().len() < 200,
+                "{} characters",
+                e.to_string().len()
+            );
+        }
     }
 
     /// Cloud Map's attribute values (`AttrValue`, which `QueryParameters` and
