@@ -6,8 +6,8 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use super::{BoxFuture, Discover, DiscoverRequest, Discovered};
-use crate::discover::health_filter;
 use crate::discover::instance::{HealthStatus, Instance, Shown};
+use crate::discover::{health_filter, names};
 use crate::error::{Error, ErrorKind};
 use crate::util::lock::recover;
 
@@ -235,9 +235,11 @@ impl StaticDiscovery {
 
     /// Reads a registry from JSON shaped like a DiscoverInstances response:
     /// `{"Instances": [{"InstanceId", "NamespaceName", "ServiceName", "HealthStatus",
-    /// "Attributes": {..}}]}`. An entry missing its id, namespace or service, or with
-    /// a non-string attribute, is skipped with a warning; `HealthStatus` defaults to
-    /// `HEALTHY`.
+    /// "Attributes": {..}}]}`. An entry missing its id, namespace or service, with a
+    /// namespace or service name that breaks Cloud Map's naming rules (no request
+    /// could reach it), or with a non-string attribute, is skipped with a warning;
+    /// an id listed twice in one service is one instance, the later entry, with a
+    /// warning; `HealthStatus` defaults to `HEALTHY`.
     ///
     /// # Errors
     ///
@@ -268,9 +270,21 @@ impl StaticDiscovery {
             .and_then(|v| v.as_array())
             .ok_or_else(|| Error::invalid("registry JSON has no \"Instances\" array"))?;
         let registry = StaticDiscovery::new();
+        let mut seen = std::collections::HashSet::new();
         for (n, entry) in entries.iter().enumerate() {
             match parse_entry(entry) {
-                Ok((ns, svc, inst)) => registry.register(ns, svc, inst),
+                Ok((ns, svc, inst)) => {
+                    // One instance per id, as in Cloud Map: the later entry replaces
+                    // the earlier, which a file's author must hear of.
+                    if !seen.insert((ns.clone(), svc.clone(), inst.id().to_owned())) {
+                        tracing::warn!(
+                            entry = n,
+                            instance_id = %Shown(inst.id()),
+                            "instance listed twice; the later entry replaces the earlier"
+                        );
+                    }
+                    registry.register(ns, svc, inst);
+                }
                 Err(why) => tracing::warn!(entry = n, reason = %why, "skipping registry entry"),
             }
         }
@@ -364,6 +378,11 @@ fn parse_entry(entry: &serde_json::Value) -> Result<(String, String, Instance), 
     let id = field("InstanceId")?;
     let ns = field("NamespaceName")?;
     let svc = field("ServiceName")?;
+    // Names are checked before any lookup, so an entry under a name that breaks
+    // Cloud Map's rules (`" n "`, `"my svc"`) could never be asked for.
+    let unreachable = |e: Error| format!("instance {}: {e}", Shown(id));
+    names::check_namespace(ns).map_err(unreachable)?;
+    names::check_service(svc).map_err(unreachable)?;
     let mut inst = Instance::new(id);
     if let Some(h) = entry.get("HealthStatus") {
         let h = h.as_str().and_then(HealthStatus::parse).ok_or_else(|| {
@@ -412,168 +431,5 @@ impl Discover for StaticDiscovery {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discover::health_filter::HealthFilter;
-
-    fn run<T>(f: BoxFuture<'_, T>) -> T {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    #[test]
-    fn not_found_kinds() {
-        let r = StaticDiscovery::new().with_service("ns", "svc");
-        let e = run(r.discover(&DiscoverRequest::new("nope", "svc"))).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::NamespaceNotFound);
-        let e = run(r.discover(&DiscoverRequest::new("ns", "nope"))).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ServiceNotFound);
-        let ok = run(r.discover(&DiscoverRequest::new("ns", "svc"))).unwrap();
-        assert!(ok.instances.is_empty());
-    }
-
-    #[test]
-    fn owners_hold_their_own_namespaces() {
-        let r = StaticDiscovery::new()
-            .with_instance("ns", "s", Instance::new("mine"))
-            .with_owned_instance("111111111111", "ns", "s", Instance::new("a"))
-            .with_owned_instance("222222222222", "ns", "s", Instance::new("b"));
-        let ids = |req: DiscoverRequest| -> Vec<String> {
-            run(r.discover(&req))
-                .unwrap()
-                .instances
-                .iter()
-                .map(|i| i.id().to_owned())
-                .collect()
-        };
-        assert_eq!(ids(DiscoverRequest::new("ns", "s")), ["mine"]);
-        assert_eq!(
-            ids(DiscoverRequest::new("ns", "s").owner_account("111111111111")),
-            ["a"]
-        );
-        assert_eq!(
-            ids(DiscoverRequest::new("ns", "s").owner_account("222222222222")),
-            ["b"]
-        );
-        let e = run(r.discover(&DiscoverRequest::new("ns", "s").owner_account("333333333333")))
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::NamespaceNotFound);
-        assert!(e.to_string().contains("owner account 333333333333"), "{e}");
-        let e = run(r.discover(&DiscoverRequest::new("ns", "x").owner_account("111111111111")))
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::ServiceNotFound);
-        assert!(e.to_string().contains("owner account 111111111111"), "{e}");
-        // Each owner's service has its own revision.
-        let before = run(r.revision(&DiscoverRequest::new("ns", "s"))).unwrap();
-        r.register_owned("111111111111", "ns", "s", Instance::new("c"));
-        assert_eq!(
-            run(r.revision(&DiscoverRequest::new("ns", "s"))).unwrap(),
-            before
-        );
-        assert_eq!(
-            ids(DiscoverRequest::new("ns", "s").owner_account("111111111111")),
-            ["a", "c"]
-        );
-    }
-
-    #[test]
-    fn revision_moves_on_membership_not_health() {
-        let r = StaticDiscovery::new().with_instance("ns", "s", Instance::new("a"));
-        let req = DiscoverRequest::new("ns", "s").health(HealthFilter::All);
-        let r1 = run(r.revision(&req)).unwrap();
-        r.set_health("ns", "s", "a", HealthStatus::Unhealthy);
-        assert_eq!(run(r.revision(&req)).unwrap(), r1);
-        r.register("ns", "s", Instance::new("b"));
-        assert_ne!(run(r.revision(&req)).unwrap(), r1);
-    }
-
-    #[test]
-    fn json_skips_malformed_entries() {
-        let r = StaticDiscovery::from_json(
-            r#"{"Instances": [
-                {"InstanceId": "ok", "NamespaceName": "n", "ServiceName": "s",
-                 "Attributes": {"AWS_INSTANCE_IPV4": "127.0.0.1"}},
-                {"NamespaceName": "n", "ServiceName": "s"},
-                {"InstanceId": "x", "NamespaceName": "n", "ServiceName": "s", "Attributes": {"a": 1}},
-                {"InstanceId": "y", "NamespaceName": "n", "ServiceName": "s", "HealthStatus": "MEH"}
-            ]}"#,
-        )
-        .unwrap();
-        let got = run(r.discover(&DiscoverRequest::new("n", "s"))).unwrap();
-        assert_eq!(got.instances.len(), 1);
-        assert_eq!(got.instances[0].id(), "ok");
-        assert_eq!(
-            StaticDiscovery::from_json("[1,").unwrap_err().kind(),
-            ErrorKind::InvalidInput
-        );
-        assert_eq!(
-            StaticDiscovery::from_json("{}").unwrap_err().kind(),
-            ErrorKind::InvalidInput
-        );
-        assert_eq!(
-            StaticDiscovery::from_json_file("/no/such/file.json")
-                .unwrap_err()
-                .kind(),
-            ErrorKind::InvalidInput
-        );
-    }
-
-    #[test]
-    fn static_json_of_40k_instances_loads_in_linear_time() {
-        // Smoke test of the indexed load (it was quadratic: 15 s for 40k in debug);
-        // the countable part is that replacing by id keeps one entry per id.
-        let mut text = String::from(r#"{"Instances": ["#);
-        for n in 0..40_000 {
-            if n > 0 {
-                text.push(',');
-            }
-            // Every 10th entry repeats an earlier id: replaced, not appended.
-            let id = if n % 10 == 9 { n - 1 } else { n };
-            text.push_str(&format!(
-                r#"{{"InstanceId": "i-{id}", "NamespaceName": "n", "ServiceName": "s",
-                   "Attributes": {{"AWS_INSTANCE_IPV4": "10.0.0.1", "n": "{n}"}}}}"#
-            ));
-        }
-        text.push_str("]}");
-        let r = StaticDiscovery::from_json(&text).unwrap();
-        let req = DiscoverRequest::new("n", "s").max_results(u32::MAX);
-        let got = run(r.discover(&req)).unwrap();
-        // Answers stop at 1,000, as Cloud Map's do.
-        assert_eq!(got.instances.len(), 1_000);
-        assert_eq!(got.instances[8].id(), "i-8");
-        assert_eq!(got.instances[8].attribute_value("n"), Some("9"));
-        assert_eq!(got.instances[9].id(), "i-10");
-        // Deregistering keeps the index right for the instances after it.
-        assert!(r.deregister("n", "s", "i-0"));
-        assert!(!r.deregister("n", "s", "i-0"));
-        assert!(!r.deregister("n", "s", "i-9"), "i-9 was never registered");
-        assert!(r.set_health("n", "s", "i-39998", HealthStatus::Unhealthy));
-        assert!(r.set_health("n", "s", "i-1", HealthStatus::Unhealthy));
-        r.register("n", "s", Instance::new("i-10").attribute("n", "new"));
-        let got = run(r.discover(&req.clone().health(HealthFilter::All))).unwrap();
-        assert_eq!(got.instances.len(), 1_000);
-        assert_eq!(got.instances[0].id(), "i-1");
-        assert_eq!(got.instances[0].health_status(), HealthStatus::Unhealthy);
-        assert_eq!(got.instances[8].id(), "i-10");
-        assert_eq!(got.instances[8].attribute_value("n"), Some("new"));
-    }
-
-    #[test]
-    fn registry_json_over_the_size_cap_is_refused_with_the_limit() {
-        let big = " ".repeat(StaticDiscovery::MAX_JSON_BYTES + 1);
-        let e = StaticDiscovery::from_json(&big).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("67108864 bytes"), "{e}");
-        let path = std::env::temp_dir().join(format!(
-            "cloudmap-resolver-too-big-{}.json",
-            std::process::id()
-        ));
-        std::fs::write(&path, big.as_bytes()).unwrap();
-        let e = StaticDiscovery::from_json_file(&path).unwrap_err();
-        std::fs::remove_file(&path).unwrap();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("67108864 bytes"), "{e}");
-    }
-}
+#[path = "static_registry_tests.rs"]
+mod tests;
