@@ -115,6 +115,11 @@ struct Shared {
     published: std::sync::Mutex<Option<crate::metrics::Published>>,
     /// Zone-aware routing's context, for its counters.
     zones: Option<Arc<ZoneContext>>,
+    /// Never sent on: dropped with the resolver's last clone, which closes its
+    /// receivers. The background tasks holding the resolver weakly (the health
+    /// check's) sleep on it too, so they end when it is dropped, not at their
+    /// next wake-up, which may be a long interval later.
+    closed: tokio::sync::watch::Sender<()>,
 }
 
 impl fmt::Debug for Resolver {
@@ -531,12 +536,14 @@ impl Resolver {
                 #[cfg(feature = "metrics")]
                 published: std::sync::Mutex::default(),
                 zones,
+                closed: tokio::sync::watch::Sender::new(()),
                 opts,
             }),
         };
         if let Some(prober) = prober {
             // Started here inside a runtime, else at the first load in one.
-            prober.install(&resolver.cache, Arc::downgrade(&resolver.shared));
+            let closed = resolver.shared.closed.subscribe();
+            prober.install(&resolver.cache, Arc::downgrade(&resolver.shared), closed);
         }
         resolver
     }
