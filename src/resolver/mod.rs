@@ -117,7 +117,7 @@ struct Shared {
     zones: Option<Arc<ZoneContext>>,
     /// Never sent on: dropped with the resolver's last clone, which closes its
     /// receivers. The background tasks holding the resolver weakly (the health
-    /// check's) sleep on it too, so they end when it is dropped, not at their
+    /// check's, the metrics publisher) sleep on it too, so they end when it is dropped, not at their
     /// next wake-up, which may be a long interval later.
     closed: tokio::sync::watch::Sender<()>,
 }

@@ -68,8 +68,8 @@ impl Resolver {
 
     /// Spawns a task on the current Tokio runtime that runs
     /// [`publish_metrics`](Self::publish_metrics) every `every` (at least 100 ms),
-    /// until the resolver and all its clones are dropped or the task is aborted. It
-    /// holds no clone of the resolver. Called outside a Tokio runtime (a sync
+    /// until the resolver and all its clones are dropped (it ends then, not at its
+    /// next tick) or the task is aborted. It holds no clone of the resolver. Called outside a Tokio runtime (a sync
     /// `main`, a plain thread), the task runs on the process's one publisher
     /// thread (`cloudmap-metrics`, started on first need) instead; if no such
     /// thread can be started, a warning is logged and the handle ends at once as
@@ -100,11 +100,18 @@ impl Resolver {
         let cache = Arc::downgrade(&self.cache);
         let shared = Arc::downgrade(&self.shared);
         let (health, owner) = (self.health, self.owner.clone());
+        let mut closed = self.shared.closed.subscribe();
         let task = async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                // Ended when the resolver is dropped, not at the next tick: an
+                // application that drops it and awaits the handle at shutdown
+                // waited out a whole interval.
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = closed.changed() => return,
+                }
                 let (Some(cache), Some(shared)) = (cache.upgrade(), shared.upgrade()) else {
                     return;
                 };
@@ -165,6 +172,22 @@ mod tests {
     use std::time::Duration;
 
     use crate::{Resolver, StaticDiscovery};
+
+    /// The publisher ends when the resolver is dropped, so an application that
+    /// drops it and awaits the handle at shutdown does not wait out the interval.
+    /// Before, the task slept to its next tick: with a publish every hour, the
+    /// handle was still pending 1 s after the drop (now it has ended).
+    #[tokio::test(start_paused = true)]
+    async fn a_publisher_ends_when_its_resolver_is_dropped() {
+        let resolver = Resolver::builder(StaticDiscovery::new()).build().unwrap();
+        let task = resolver.spawn_metrics_publisher(Duration::from_secs(3600));
+        // Its first publish is done; it waits for the next tick.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!task.is_finished());
+        drop(resolver);
+        let ended = tokio::time::timeout(Duration::from_secs(1), task).await;
+        assert!(matches!(ended, Ok(Ok(()))), "{ended:?}");
+    }
 
     /// Started outside a Tokio runtime (a plain thread, a sync `main`), the publisher
     /// runs on the process's own publisher thread and ends once the resolver is
