@@ -56,6 +56,16 @@ pub use service_call::ServiceCall;
 /// one, and used from several in turn (one kept in a `static`): a runtime's
 /// background work lost when it shuts down is taken up by the next.
 ///
+/// That runtime must keep running between lookups. A current-thread runtime runs
+/// its tasks and timers only inside `block_on`, and `block_on(resolver.resolve(..))`
+/// on a warm key returns at the future's first poll, before the runtime looks at
+/// its timers: sync code calling the resolver that way, and nothing else on the
+/// runtime, never refreshes its answers nor lets them expire (a deregistered
+/// instance served for as long as the program runs, past `max_stale`). From sync
+/// code, use a multi-thread runtime (its workers run the background work between
+/// calls) or keep a thread of its own blocked in the current-thread runtime's
+/// `block_on`.
+///
 /// # Examples
 ///
 /// ```
