@@ -1,8 +1,11 @@
 //! A key the cache holds as watched on its own behalf: loaded before the first
 //! cold load or watch of any other key and kept fresh by its refresher from then on, with
 //! nobody resolving it; loaded again at a cold load once its refresher has let
-//! it go (an outage past `max_stale`, a not-found answer, an eviction), as the
-//! keys loaded cold then are. A change stream (re)loading its key counts as a
+//! it go (an outage past `max_stale`, a not-found answer, an eviction, its
+//! runtime shut down), as the keys loaded cold then are, and at another key's
+//! refresh: with every key warm and refreshed on a runtime that lives on, no
+//! cold load comes (a resolver kept in a `static`, its callers' key refreshed on
+//! a test's runtime that ended while the others go on in another's). A change stream (re)loading its key counts as a
 //! cold load here: balancers fed only by streams need the callers' spread too. Zone-aware routing's callers' service is one
 //! (`select/zone/`): its answers, installed like any other, tell the pickers where
 //! the callers are.
@@ -83,18 +86,26 @@ impl Cache {
     /// is logged and tried again at the next cold load (the cache's backoff keeps
     /// that from calling the registry more often than a failing key would).
     pub(crate) async fn load_held(self: &Arc<Self>) {
-        let Some(req) = &self.held.request else {
+        let Some(mut done) = self.start_held() else {
             return;
         };
-        let mut done = match self.held_turn() {
-            Turn::Done => return,
-            Turn::Share(done) => done,
+        // Err once the load's sender is dropped: the load has ended.
+        while done.changed().await.is_ok() {}
+    }
+
+    /// Starts the held key's load on the current runtime if it is not held and
+    /// no load of it is under way; `None` when there is nothing to wait for
+    /// (held, no key to hold, or no runtime), else the receiver that closes when
+    /// the load under way ends.
+    pub(super) fn start_held(self: &Arc<Self>) -> Option<watch::Receiver<()>> {
+        let req = self.held.request.as_ref()?;
+        match self.held_turn() {
+            Turn::Done => None,
+            Turn::Share(done) => Some(done),
             Turn::Load(loading, done) => {
                 // Outside a runtime the load has nowhere to run: the caller's own
                 // cold load says so (`cold.rs`).
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return;
-                };
+                let runtime = tokio::runtime::Handle::try_current().ok()?;
                 let (cache, req) = (self.clone(), req.clone());
                 drop(runtime.spawn(async move {
                     let loaded = Box::pin(cache.watch_key(&req, tokio::time::Instant::now()));
@@ -104,16 +115,14 @@ impl Cache {
                             namespace = %req.namespace,
                             service = %req.service,
                             error = %err,
-                            "held key not loaded; trying again at the next cold load"
+                            "held key not loaded; trying again at the next cold load or refresh"
                         ),
                     }
                     drop(loading);
                 }));
-                done
+                Some(done)
             }
-        };
-        // Err once the load's sender is dropped: the load has ended.
-        while done.changed().await.is_ok() {}
+        }
     }
 
     /// The slot the held key's watch is on, if loaded: that watch is the cache's
