@@ -294,6 +294,12 @@ impl GrpcChannelBuilder {
     /// The channel, fed by a task that ends when the channel (every clone) is
     /// dropped.
     ///
+    /// The feeding task and tonic's own balancing worker run on the runtime this
+    /// is called in, and end with it: a channel outlives its runtime only as a
+    /// dead channel. Build one channel per runtime (a `static` shared by several
+    /// runtimes, or one built in a test's runtime and used in another, stops
+    /// carrying requests once the first runtime shuts down).
+    ///
     /// # Errors
     ///
     /// [`Configuration`](crate::ErrorKind::Configuration) outside a Tokio runtime,
