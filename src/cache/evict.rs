@@ -144,6 +144,52 @@ mod tests {
         assert_eq!(misses(&r), loads, "the busy key was loaded again");
     }
 
+    /// With a `seed`, a key's first picks are the seed's, however many other keys
+    /// moka has evicted by then (which its housekeeping, on its own clock, decides).
+    /// Regression: the start point of a key answered anew after an eviction moved
+    /// with the count of every key's evictions, so a key never evicted started
+    /// elsewhere once any other key had been (6 of 8 keys' first picks changed by
+    /// the evictions of 3 unrelated keys; now none).
+    #[tokio::test(start_paused = true)]
+    async fn a_keys_first_picks_do_not_depend_on_other_keys_evictions() {
+        let mut source = services(3);
+        for k in 0..8 {
+            for i in 0..4u16 {
+                source = source.with_instance(
+                    "shared",
+                    format!("web-{k}"),
+                    Instance::new(format!("e{i}"))
+                        .ipv4([127, 0, 0, 1].into())
+                        .port(1 + i),
+                );
+            }
+        }
+        async fn firsts(source: &StaticDiscovery, capacity: u64) -> Vec<String> {
+            let r = Resolver::builder(source.clone())
+                .capacity(capacity)
+                .seed(64)
+                .build()
+                .unwrap();
+            for k in 0..3 {
+                for _ in 0..5 {
+                    r.resolve("shared", &format!("svc-{k}")).await.unwrap();
+                    r.cache.run_pending_tasks();
+                }
+            }
+            let evicted = capacity == 1;
+            assert_eq!(r.cached_keys() == 1, evicted, "evictions as planned");
+            let mut picks = Vec::new();
+            for k in 0..8 {
+                let ep = r.resolve("shared", &format!("web-{k}")).await.unwrap();
+                picks.push(ep.instance_id().to_owned());
+            }
+            picks
+        }
+        let after_evictions = firsts(&source, 1).await;
+        let without = firsts(&source, 1_000).await;
+        assert_eq!(after_evictions, without);
+    }
+
     /// Keys churning through a small cache leave no task behind: an evicted key's
     /// refresher ends at its eviction, not at the refresh it was sleeping until.
     /// Regression: each evicted key's refresher slept on (holding its emptied

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -17,14 +17,20 @@ pub(super) type ShardMap = HashMap<u64, Bucket, BuildHasherDefault<Prehashed>>;
 
 const SHARDS: usize = 64;
 
+/// Buckets of the per-key eviction counts (4 KB).
+const EVICTION_BUCKETS: usize = 1024;
+
 /// Read-mostly map from key to slot. Readers load a shard's map without locking;
 /// writers (a new key, an eviction) copy one shard and swap it in, so a write costs
 /// a 64th of the map and never blocks a reader.
 pub(super) struct Index {
     pub(super) shards: Box<[Shard]>,
-    /// Slots evicted so far: a key answered anew after an eviction starts its
-    /// picks from a point this moves (`fetch.rs`).
-    evictions: AtomicU64,
+    /// Slots evicted so far, per bucket of key hashes: a key answered anew after
+    /// an eviction starts its picks from a point its bucket's count moves
+    /// (`fetch.rs`). Per key (bounded: keys sharing a bucket share a count), not
+    /// one count for all: a key never evicted keeps its seed's start point however
+    /// many other keys moka's housekeeping (on its own clock) has evicted by then.
+    evictions: Box<[AtomicU32]>,
     /// How many lookups by key [`with`](Self::with) made: tests show that a held
     /// handle's paths make none.
     #[cfg(test)]
@@ -41,7 +47,7 @@ impl Index {
     pub(super) fn new() -> Self {
         Index {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
-            evictions: AtomicU64::new(0),
+            evictions: (0..EVICTION_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             #[cfg(test)]
             lookups: Default::default(),
         }
@@ -129,7 +135,8 @@ impl Index {
     pub(super) fn evict(&self, slot: &Arc<Slot>) {
         let shard = self.shard(slot.hash);
         let _w = lock(&shard.write);
-        self.evictions.fetch_add(1, Ordering::Relaxed);
+        // Wraps after 2^32 evictions: it only needs to move.
+        self.evictions_of(slot.hash).fetch_add(1, Ordering::Relaxed);
         slot.evicted.store(true, Ordering::Relaxed);
         slot.set(None);
         if slot.handles.load(Ordering::Relaxed) == 0 {
@@ -137,9 +144,14 @@ impl Index {
         }
     }
 
-    /// How many slots were evicted so far.
-    pub(super) fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
+    /// How many slots of keys in `hash`'s bucket were evicted so far.
+    pub(super) fn evictions(&self, hash: u64) -> u32 {
+        self.evictions_of(hash).load(Ordering::Relaxed)
+    }
+
+    fn evictions_of(&self, hash: u64) -> &AtomicU32 {
+        // The low bits: the shard takes the top ones.
+        &self.evictions[hash as usize % EVICTION_BUCKETS]
     }
 
     /// Lists again a slot kept in the index while evicted (pinned, or inserted by
