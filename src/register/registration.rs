@@ -334,13 +334,20 @@ impl Registration {
             match sent {
                 Ok(out) => Ok(out.operation_id().map(str::to_owned)),
                 Err(e) => {
+                    let duplicate = duplicate_operation(&e);
                     if maybe_applied.load(Ordering::Relaxed)
-                        && let Some(id) = duplicate_operation(&e)
+                        && let Some(id) = duplicate
                     {
                         return Ok(Some(id));
                     }
+                    // A `DuplicateRequest` answer is a refusal: that send was not
+                    // carried out. Counted as a lost answer, the next send's
+                    // `DuplicateRequest` (naming another request's operation when
+                    // none of this registration's was) had `register` wait on it
+                    // and report this instance registered.
+                    let refused = is_duplicate(&e);
                     let err = map_error("RegisterInstance", endpoint, e);
-                    if err.kind() == ErrorKind::Unavailable {
+                    if err.kind() == ErrorKind::Unavailable && !refused {
                         maybe_applied.store(true, Ordering::Relaxed);
                     }
                     Err(err)
@@ -397,6 +404,12 @@ fn duplicate_operation(e: &SdkError<RegisterInstanceError, HttpResponse>) -> Opt
         },
         _ => None,
     }
+}
+
+/// Whether the registry answered `DuplicateRequest` (with an operation id or not).
+fn is_duplicate(e: &SdkError<RegisterInstanceError, HttpResponse>) -> bool {
+    matches!(e, SdkError::ServiceError(ctx)
+        if matches!(ctx.err(), RegisterInstanceError::DuplicateRequest(_)))
 }
 
 impl fmt::Debug for Registration {

@@ -195,6 +195,37 @@ async fn a_registration_whose_answer_was_lost_waits_on_its_running_operation() {
     registered.drain(Duration::ZERO).await.unwrap();
 }
 
+/// A `DuplicateRequest` heard by a registration none of whose sends may have
+/// been carried out (each one answered, and refused) names some other request's
+/// operation, not this registration's: it is not waited on as this one's. Before,
+/// the first refusal (an outage to the retry) counted as a lost answer, so the
+/// second send's `DuplicateRequest` had `register` wait on the other operation and
+/// succeed (Ok, with the instance never registered); now it fails, unregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_request_with_no_lost_answer_is_not_taken_as_this_registration() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    // Another registration's answer is lost: its operation is the one named.
+    proxy.fault_operation("RegisterInstance", Fault::LoseAnswer, Some(1));
+    let other = registration(&sdk, &ns, "i-dup-other")
+        .register()
+        .await
+        .unwrap();
+    proxy.fault_operation("RegisterInstance", Fault::DuplicateOfLost, None);
+    let got = registration(&sdk, &ns, "i-dup-never")
+        .deadline(Duration::from_secs(2))
+        .register()
+        .await;
+    assert!(
+        got.is_err(),
+        "registered without a send carried out: {got:?}"
+    );
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-dup-never".to_owned()));
+    other.drain(Duration::ZERO).await.unwrap();
+}
+
 /// A DeregisterInstance whose answer is lost was carried out: its retry hears
 /// `InstanceNotFound` (moto) or `DuplicateRequest` naming the running operation
 /// (Cloud Map). Either way this drain did it, and says so (issue 25).
