@@ -53,11 +53,18 @@ impl Cache {
     /// for a cold `resolve`: a process whose keys are only watched (balancers fed
     /// from change streams) learns where the callers are too.
     ///
+    /// `arrived` is when the stream began asking (see `Cache::load_any`): a stream
+    /// retrying a failing key passes the arrival of the run's first load, so the
+    /// start-up wait of a throttled load is counted once per run of failures.
+    ///
     /// # Errors
     ///
     /// As a cold `resolve`, except that an empty answer is an answer.
-    pub(crate) async fn watch(self: &Arc<Self>, req: &DiscoverRequest) -> Result<Watched, Error> {
-        let arrived = tokio::time::Instant::now();
+    pub(crate) async fn watch(
+        self: &Arc<Self>,
+        req: &DiscoverRequest,
+        arrived: tokio::time::Instant,
+    ) -> Result<Watched, Error> {
         self.load_held().await;
         self.watch_key(req, arrived).await
     }

@@ -57,14 +57,25 @@ pub(super) async fn follow(
     // again: a stream retrying through an outage still follows the key, and counts
     // as its watcher (the `watchers` gauge) until a new hold replaces this one.
     let mut gone: Option<Watched> = None;
+    // When the first load of the current run of failures began. A retry counts
+    // its start-up wait (a throttled cold load waiting for paced turns,
+    // `cache/cold.rs`) from there: counted from each retry, every retry of a
+    // stream whose registry throttles for long (an account drained by another
+    // application) asked every few seconds for a whole `startup_wait`, about 1,400
+    // calls an hour for one key; once that wait is spent, a retry makes at most
+    // one call and the retries back off as a failing refresh does.
+    let mut failing_since = None;
     loop {
-        let mut watched = match cache.watch(&req).await {
+        let arrived = failing_since.unwrap_or_else(tokio::time::Instant::now);
+        let mut watched = match cache.watch(&req, arrived).await {
             Ok(w) => {
                 // The new hold counts from here: let go of the old one.
                 drop(gone.take());
+                failing_since = None;
                 w
             }
             Err(err) => {
+                failing_since = Some(arrived);
                 failures = failures.saturating_add(1);
                 let give_up = err.kind() == ErrorKind::InvalidInput;
                 // The registry says the service (or namespace) is gone and the

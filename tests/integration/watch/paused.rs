@@ -261,3 +261,40 @@ async fn a_deleted_service_has_its_endpoints_removed() {
     assert_eq!(seen.len(), 3, "nothing else: {seen:?}");
     assert!(resolver.resolve("shared", "web").await.is_err());
 }
+
+/// A watched key past `max_stale` while the registry throttles every call for an
+/// hour (an account drained by another application), with the default backoff and
+/// `startup_wait`: the stream's loads back off as a failing refresh does, growing
+/// to `backoff_max`, after one start-up wait of paced turns. Regression: each
+/// retry of the stream was a new cold load that asked every 2-4 s for the whole
+/// 30 s `startup_wait`, then the stream retried and started another: 1,404
+/// DiscoverInstances calls in the hour for one key, against at most 1 + the
+/// backoff delays that fit in it (about 240 at 30 s) for a failing refresh; now 163.
+#[tokio::test(start_paused = true)]
+async fn a_stream_under_long_throttling_backs_off_as_a_refresh() {
+    let source = Counting::new(registry(&["a"]));
+    let resolver = watched(source.clone());
+    let mut watch = resolver.watch("shared", "web");
+    initial_inserts(&mut watch, 1).await;
+
+    source.fail_with(Some(ErrorKind::Throttled));
+    // Past max_stale (10 s) and the first start-up wait (30 s) of the stream.
+    let first = drain_for(&mut watch, Duration::from_secs(60)).await;
+    assert_eq!(first.len(), 1, "one error past max_stale: {first:?}");
+    let before = source.discover_calls();
+    let hour = drain_for(&mut watch, Duration::from_secs(3600)).await;
+    assert!(hour.is_empty(), "nothing more to report: {hour:?}");
+    let calls = source.discover_calls() - before;
+    // Delays of at least half of 30 s: at most 240 in an hour.
+    assert!(calls <= 250, "{calls} DiscoverInstances calls in an hour");
+
+    // And the stream still recovers once the registry answers.
+    source.fail_with(None);
+    assert!(
+        drain_for(&mut watch, Duration::from_secs(60))
+            .await
+            .is_empty(),
+        "the same endpoints: nothing to report"
+    );
+    assert!(resolver.resolve("shared", "web").await.is_ok());
+}
