@@ -93,7 +93,8 @@ cache_options! {
         /// Default: 30 s.
         pub full_refresh_interval: Option<Duration> = Some(Duration::from_secs(30)),
         /// First delay before retrying a failed refresh; doubles per failure, jittered.
-        /// Must be greater than zero. Default: 500 ms.
+        /// Must be greater than zero; a retry delay is never under 1 ms (the timer's
+        /// resolution), however small this and `backoff_max`. Default: 500 ms.
         pub backoff_base: Duration = Duration::from_millis(500),
         /// Longest delay between refresh retries. At least `backoff_base`; both may be
         /// as long as `Duration::MAX` (retries then wait until the answer reaches

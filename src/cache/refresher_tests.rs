@@ -114,3 +114,33 @@ async fn an_answer_renewed_after_its_refresher_expired_it_is_not_served() {
         "the renewed answer is served an hour past max_stale"
     );
 }
+
+/// `backoff_base = backoff_max = 1 ns` (accepted: greater than zero) made every
+/// retry delay exactly zero (half of 1 ns is 0 ns, and so is the jitter), so a
+/// failing key was retried at the same instant in a loop that never let a paused
+/// clock advance: 128,000 failed refreshes at one instant while the test yielded.
+/// Delays are now at least `MIN_DELAY` (1 ms, the timer's resolution): 1 call.
+#[tokio::test(start_paused = true)]
+async fn a_nanosecond_backoff_does_not_retry_at_the_same_instant() {
+    let down = Arc::new(AtomicBool::new(false));
+    let registry = StaticDiscovery::new().with_instance("shared", "web", instance("a", 1));
+    let resolver = Resolver::builder(Flaky(registry, down.clone()))
+        .ttl(Duration::from_secs(1))
+        .backoff_base(Duration::from_nanos(1))
+        .backoff_max(Duration::from_nanos(1))
+        .seed(11)
+        .build()
+        .unwrap();
+    let _held = resolver.service("shared", "web");
+    resolver.resolve("shared", "web").await.unwrap();
+    down.store(true, Ordering::Relaxed);
+    let before = resolver.stats().refresh_failures;
+    // Past the refresh time by hand, then yields, not sleeps: a refresher looping
+    // without a wait keeps the runtime busy, and a paused clock never advances.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for _ in 0..2000 {
+        tokio::task::yield_now().await;
+    }
+    let failed = resolver.stats().refresh_failures - before;
+    assert!(failed <= 2, "{failed} refreshes failed at one instant");
+}

@@ -12,6 +12,11 @@ use crate::cache::snapshot::Snapshot;
 use crate::util::lock::lock;
 use crate::util::time::{after, scaled};
 
+/// The shortest retry delay, whatever `backoff_base` and `backoff_max` say: the
+/// timer's resolution (a shorter wait is rounded up to it anyway, and a zero one
+/// is no wait at all).
+pub(in crate::cache) const MIN_DELAY: Duration = Duration::from_millis(1);
+
 /// Delays between failed registry calls, and when to refresh an answer.
 pub(in crate::cache) struct Backoff {
     base: Duration,
@@ -42,9 +47,12 @@ impl Backoff {
             cap = cap.saturating_mul(2).min(self.max);
         }
         // Equal jitter: at least half the delay, so retries stay spaced, and a random
-        // rest, so processes started together do not retry together.
+        // rest, so processes started together do not retry together. Never under
+        // `MIN_DELAY`: half of a 1 ns cap (accepted: greater than zero) is zero, and
+        // a zero delay retried a failing key at the same instant, in a loop that
+        // never let a paused clock advance.
         let half = cap / 2;
-        half.saturating_add(self.jitter(half))
+        half.saturating_add(self.jitter(half)).max(MIN_DELAY)
     }
 
     fn jitter(&self, up_to: Duration) -> Duration {
