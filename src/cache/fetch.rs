@@ -162,7 +162,7 @@ impl Cache {
                 Op::Discover,
                 (Instant::now(), refused),
                 (until, bound),
-                |n| self.backoff(n),
+                |n| self.cold_hold(n),
             );
             if turn >= until {
                 return result;
@@ -230,7 +230,7 @@ impl Cache {
             Pace::Now => {
                 let now = Instant::now();
                 self.limit
-                    .cold_outcome(op, throttled, now, |n| self.backoff(n));
+                    .cold_outcome(op, throttled, now, |n| self.cold_hold(n));
             }
             // A changed answer keeps its own spacing (`fetch_changed`): restarting
             // the cold loads' hold with each of its calls would take their turns.

@@ -116,7 +116,8 @@ cache_options! {
         /// operation at half the rate it was sending, doubling back every 20 s; while
         /// DiscoverInstances is paced, a refresh due for a full fetch polls the revision
         /// instead. A throttled cold load holds this resolver's other cold loads back for
-        /// the same jittered backoff as a failing key (they fail as
+        /// the same jittered backoff as a failing key, but never under 250 ms,
+        /// whatever `backoff_base` (they fail as
         /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Each
         /// DiscoverInstances throttle also doubles `full_refresh_interval` (at most once
         /// per 10 s, 5 times at most: 32× the set interval; halved again per quiet

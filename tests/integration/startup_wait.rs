@@ -125,3 +125,30 @@ async fn the_wait_is_bounded() {
 fn resolver_at_once(source: Counting<StaticDiscovery>) -> Resolver {
     resolver(source, Duration::ZERO)
 }
+
+/// The hold between a waiting cold load's turns is the backoff at its pressure,
+/// but never shorter than the default's shortest (250 ms): with `backoff_base` of
+/// 1 µs a cold load against an account throttling every call asked about every
+/// millisecond for its whole 30 s wait (30,000 DiscoverInstances calls for one
+/// key). Now 242, the holds of the defaults' first step.
+#[tokio::test(start_paused = true)]
+async fn a_small_backoff_base_does_not_shorten_the_cold_hold() {
+    let source = Counting::new(registry(1));
+    let mut opts = ResolverOptions::default();
+    opts.cache.backoff_base = Duration::from_micros(1);
+    opts.cache.backoff_max = Duration::MAX;
+    opts.seed = Some(19);
+    let resolver = Resolver::builder(source.clone())
+        .options(opts)
+        .build()
+        .unwrap();
+    source.fail_with(Some(ErrorKind::Throttled));
+    let err = resolver.resolve("ns", "s0").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Throttled, "{err}");
+    let calls = source.discover_calls();
+    // 250 ms holds for the first half of the wait, shortened to an eighth by its end.
+    assert!(
+        calls <= 300,
+        "{calls} DiscoverInstances calls in one 30 s wait"
+    );
+}

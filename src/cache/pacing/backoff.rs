@@ -77,4 +77,10 @@ impl crate::cache::Cache {
     pub(in crate::cache) fn refresh_time(&self, snap: &Snapshot) -> Instant {
         self.backoff.refresh_time(snap)
     }
+
+    /// How long a throttled cold load holds the process's cold loads back at
+    /// `pressure` (`cold_pace.rs`): the backoff, never under its `MIN_HOLD`.
+    pub(in crate::cache) fn cold_hold(&self, pressure: u32) -> Duration {
+        self.backoff(pressure).max(super::cold_pace::MIN_HOLD)
+    }
 }

@@ -39,6 +39,11 @@ pub(super) const STEP_DOWN: u32 = 2;
 /// The highest pressure: the hold (the resolver's backoff at this many failures, 2-4
 /// s with the default 500 ms base) stays well inside a start-up wait.
 pub(super) const MAX_PRESSURE: u32 = 4;
+/// The shortest hold, whatever `backoff_base`: the defaults' shortest (the 500 ms
+/// base's first step, jittered down to half). The hold is the backoff at the
+/// pressure, so a base of 1 µs held cold loads back about 1 ms and a waiting load
+/// asked about 30,000 times in its 30 s wait against a dry account.
+pub(super) const MIN_HOLD: Duration = Duration::from_millis(250);
 /// A pressure whose last throttle is this old is forgotten.
 pub(super) const MEMORY: Duration = Duration::from_secs(60);
 /// The shortest share of the hold a load near the end of its wait waits.
