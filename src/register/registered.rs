@@ -171,7 +171,8 @@ impl Registered {
     /// [`InstanceNotFound`](ErrorKind::InstanceNotFound) when the instance is no
     /// longer registered, or another registration of its id replaced this one (a
     /// replacement process: its health is not this handle's to set; checked with
-    /// GetInstance first, as [`drain`](Self::drain) does); [`Throttled`](ErrorKind::Throttled) or
+    /// GetInstance first, as [`drain`](Self::drain) does; GetInstance finding no
+    /// entry is not enough, the update's own answer is); [`Throttled`](ErrorKind::Throttled) or
     /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
     /// the deadline.
     pub async fn set_health(&self, status: HealthStatus) -> Result<(), Error> {
@@ -197,19 +198,16 @@ impl Registered {
         let label = namespace_label(&self.namespace, self.ids.owner_account.as_deref());
         let deadline = Deadline::after(self.deadline, &label, &self.service);
         // The status is set by instance id: an entry another registration made
-        // since (a replacement reusing the id) is not this one's to mark.
-        let gone = match self.entry(&deadline).await? {
-            Entry::Ours => None,
-            Entry::Gone => Some("is no longer registered".to_owned()),
-            Entry::Replaced(other) => Some(format!(
-                "was replaced by another registration of its id (CreatorRequestId {other})"
-            )),
-        };
-        if let Some(why) = gone {
+        // since (a replacement reusing the id) is not this one's to mark. No entry
+        // is not proof of a deregistration (GetInstance answers `InstanceNotFound`
+        // for an instance registered a moment ago): the update is sent, and its own
+        // `InstanceNotFound` says the instance is gone.
+        if let Entry::Replaced(other) = self.entry(&deadline).await? {
             return Err(Error::new(
                 ErrorKind::InstanceNotFound,
                 format!(
-                    "instance {:?} of service {:?} registered with CreatorRequestId {} {why}",
+                    "instance {:?} of service {:?} registered with CreatorRequestId {} was \
+                     replaced by another registration of its id (CreatorRequestId {other})",
                     self.instance_id, self.service, self.creator_request_id
                 ),
             ));
@@ -247,6 +245,10 @@ impl Registered {
     ///
     /// An instance already gone (deregistered by an earlier drain, or by someone else)
     /// is not an error: the wait still happens, and [`Drained::deregistered`] is false.
+    /// GetInstance finding no entry is not taken as proof (Cloud Map answers
+    /// `InstanceNotFound` for an instance registered a moment ago, not yet
+    /// propagated): DeregisterInstance is sent anyway, and its own `InstanceNotFound`
+    /// says the instance was gone.
     ///
     /// Nor is an instance id registered again by another process since (a
     /// replacement after a restart, reusing the id): Cloud Map replaced this
@@ -269,8 +271,12 @@ impl Registered {
         let label = namespace_label(&self.namespace, self.ids.owner_account.as_deref());
         let deadline = Deadline::after(self.deadline, &label, &self.service);
         let (operation_id, deregistered) = match self.entry(&deadline).await? {
-            Entry::Ours => self.deregister(&deadline).await?,
-            Entry::Gone => (None, false),
+            // No entry is not proof of a deregistration: GetInstance answers
+            // `InstanceNotFound` for an instance registered a moment ago, before the
+            // registry has propagated it (a short job that registers and drains at
+            // once). DeregisterInstance is sent anyway; its own `InstanceNotFound`
+            // is what says the instance was already gone.
+            Entry::Ours | Entry::Gone => self.deregister(&deadline).await?,
             Entry::Replaced(other) => {
                 tracing::warn!(
                     namespace = %self.namespace,
@@ -402,7 +408,8 @@ impl Registered {
 enum Entry {
     /// This registration's (or not known to be another's).
     Ours,
-    /// No entry: already deregistered.
+    /// No entry: already deregistered, or registered too recently for GetInstance
+    /// to see it yet (the write is still sent).
     Gone,
     /// Another registration's, with this `CreatorRequestId`.
     Replaced(String),

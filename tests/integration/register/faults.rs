@@ -266,9 +266,49 @@ async fn a_drain_whose_answer_was_lost_still_deregistered() {
     let registered = registration(&sdk, &ns, "i-gone").register().await.unwrap();
     test_support::moto::deregister(&service_id, "i-gone").await;
     let drained = registered.drain(Duration::ZERO).await.unwrap();
-    // GetInstance (drain's check of whose the entry is) finds none: nothing to
-    // deregister.
+    // GetInstance (drain's check of whose the entry is) finds none, which may mean
+    // "not yet propagated": DeregisterInstance is still sent, and its own
+    // InstanceNotFound says the instance was gone before this drain.
     assert_eq!(proxy.count("GetInstance"), 1);
-    assert_eq!(proxy.count("DeregisterInstance"), 0);
+    assert_eq!(proxy.count("DeregisterInstance"), 1);
     assert!(!drained.deregistered());
+}
+
+/// GetInstance may answer `InstanceNotFound` for an instance registered a moment
+/// ago (Cloud Map: "the instance was recently registered, and information about
+/// the instance hasn't propagated yet"). A job that registers and drains quickly
+/// must still be taken out, and its health still set: the write is sent, and its
+/// own `InstanceNotFound` is what says the instance is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_not_yet_propagated_is_still_drained() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let not_propagated = Fault::AwsError {
+        status: 400,
+        code: "InstanceNotFound",
+        message: "No instance exists with the specified ID, or the instance was recently \
+                  registered, and information about the instance hasn't propagated yet.",
+    };
+    let registered = registration(&sdk, &ns, "i-new").register().await.unwrap();
+
+    proxy.fault_operation("GetInstance", not_propagated.clone(), Some(1));
+    registered
+        .set_health(cloudmap_resolver::HealthStatus::Unhealthy)
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("UpdateInstanceCustomHealthStatus"), 1);
+    assert_eq!(
+        test_support::moto::health_status(&service_id, "i-new")
+            .await
+            .as_deref(),
+        Some("UNHEALTHY")
+    );
+
+    proxy.fault_operation("GetInstance", not_propagated, Some(1));
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert_eq!(proxy.count("DeregisterInstance"), 1);
+    assert!(drained.deregistered(), "{drained:?}");
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-new".to_owned()));
 }
