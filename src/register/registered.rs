@@ -24,7 +24,9 @@ use crate::error::{Error, ErrorKind};
 /// to stop (SIGTERM): the crate installs no signal handler. Dropping it does *not*
 /// deregister (a drop cannot wait, and a silent deregistration on an early return or a
 /// panic would take a healthy instance out): an instance dropped without `drain`
-/// stays registered, and a warning says so.
+/// stays registered, and a warning says so (a drain cancelled after it sent
+/// DeregisterInstance may have taken the instance out: the warning then says the
+/// deregistration was sent but not confirmed).
 ///
 /// # Examples
 ///
@@ -57,6 +59,10 @@ pub struct Registered {
     pub(super) deadline: Duration,
     pub(super) seed: u64,
     pub(super) drained: AtomicBool,
+    /// Whether a drain sent DeregisterInstance (set before the send): a drain
+    /// cancelled after it may have taken the instance out, and the drop's warning
+    /// must not say it stays registered.
+    pub(super) deregister_sent: AtomicBool,
 }
 
 /// What [`Registered::drain`] did.
@@ -359,6 +365,7 @@ impl Registered {
         // that the operation is already running, because of this drain.
         let maybe_applied = AtomicBool::new(false);
         let sent = send_retrying("DeregisterInstance", deadline, self.seed, || async {
+            self.deregister_sent.store(true, Ordering::Relaxed);
             let sent = client
                 .deregister_instance()
                 .service_id(&self.ids.service_id)
@@ -432,7 +439,20 @@ fn duplicate_operation(e: &SdkError<DeregisterInstanceError, HttpResponse>) -> O
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        if !self.drained.load(Ordering::Relaxed) {
+        if self.drained.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.deregister_sent.load(Ordering::Relaxed) {
+            // A drain cancelled mid-way (its caller's timeout): the registry may
+            // have carried the deregistration out, or not.
+            tracing::warn!(
+                namespace = %self.namespace,
+                service = %self.service,
+                instance_id = %self.instance_id,
+                "Registered dropped during drain: DeregisterInstance was sent but not \
+                 confirmed, so the instance may still be registered"
+            );
+        } else {
             tracing::warn!(
                 namespace = %self.namespace,
                 service = %self.service,

@@ -387,6 +387,7 @@ impl Registration {
             deadline: self.deadline,
             seed,
             drained: AtomicBool::new(false),
+            deregister_sent: AtomicBool::new(false),
         })
     }
 }

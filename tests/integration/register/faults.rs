@@ -312,3 +312,54 @@ async fn an_instance_not_yet_propagated_is_still_drained() {
         .await
         .contains(&"i-new".to_owned()));
 }
+
+/// A drain cancelled after DeregisterInstance was sent (its caller's own timeout, a
+/// second SIGTERM) may have taken the instance out: dropping the handle then says
+/// the deregistration was sent but not confirmed, not that the instance stays
+/// registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_cancelled_after_sending_does_not_claim_the_instance_stays() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (ns, _, proxy) = setup().await;
+    let registered = registration(&sdk_config(&proxy.url()), &ns, "i-cut")
+        .register()
+        .await
+        .unwrap();
+    proxy.fault_operation("DeregisterInstance", Fault::Hang, None);
+    // Cancelled once DeregisterInstance has reached the registry (bounded: 20 s).
+    let sent = async {
+        for _ in 0..400 {
+            if proxy.count("DeregisterInstance") > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("DeregisterInstance never sent");
+    };
+    tokio::select! {
+        r = registered.drain(Duration::ZERO) => panic!("drain ended: {r:?}"),
+        () = sent => {}
+    }
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || drop(registered));
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("not confirmed"), "{log}");
+    assert!(!log.contains("stays registered"), "{log}");
+}
