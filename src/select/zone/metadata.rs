@@ -13,22 +13,47 @@ const ECS_VAR: &str = "ECS_CONTAINER_METADATA_URI_V4";
 /// The AWS SDKs' override of the instance metadata base URL.
 const IMDS_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT";
 const IMDS_DEFAULT: &str = "http://169.254.169.254";
+/// The AWS SDKs' switch to never call instance metadata (`true`, any case).
+const IMDS_DISABLED_VAR: &str = "AWS_EC2_METADATA_DISABLED";
+/// The AWS SDKs' choice of the default endpoint's family (`IPv4`, `IPv6`).
+const IMDS_MODE_VAR: &str = "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE";
+const IMDS_DEFAULT_IPV6: &str = "http://[fd00:ec2::254]";
 
 /// The zone from ECS task metadata if the task has it, else from EC2 instance
 /// metadata.
 pub(super) async fn zone_from_environment(timeout: Duration) -> Result<String, Error> {
-    let ecs = std::env::var(ECS_VAR).ok().filter(|v| !v.is_empty());
-    let imds = std::env::var(IMDS_VAR)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| IMDS_DEFAULT.to_owned());
-    zone_from(ecs.as_deref(), &imds, timeout).await
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let ecs = var(ECS_VAR);
+    zone_from(ecs.as_deref(), imds_base(var).as_deref(), timeout).await
 }
 
-/// As [`zone_from_environment`], with the base URLs given.
+/// The instance metadata base URL as the AWS SDKs choose it from these variables:
+/// `None` when `AWS_EC2_METADATA_DISABLED` is `true` (the SDKs then never call it,
+/// and a machine off EC2 that says so must not wait on it either), else the
+/// endpoint variable, else the default of the endpoint mode (IPv4 unless `IPv6`).
+fn imds_base(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if var(IMDS_DISABLED_VAR).is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    if let Some(url) = var(IMDS_VAR) {
+        return Some(url);
+    }
+    let ipv6 = var(IMDS_MODE_VAR).is_some_and(|v| v.trim().eq_ignore_ascii_case("ipv6"));
+    Some(
+        if ipv6 {
+            IMDS_DEFAULT_IPV6
+        } else {
+            IMDS_DEFAULT
+        }
+        .to_owned(),
+    )
+}
+
+/// As [`zone_from_environment`], with the base URLs given (`imds` `None`: instance
+/// metadata disabled, not asked).
 pub(super) async fn zone_from(
     ecs: Option<&str>,
-    imds: &str,
+    imds: Option<&str>,
     timeout: Duration,
 ) -> Result<String, Error> {
     let ecs_err = match ecs {
@@ -38,11 +63,22 @@ pub(super) async fn zone_from(
         },
         None => None,
     };
+    let ecs_said = |ecs_err: Option<Error>| match ecs_err {
+        Some(ecs) => format!("ECS task metadata: {ecs}"),
+        None => format!("{ECS_VAR} is not set"),
+    };
+    let Some(imds) = imds else {
+        return Err(Error::new(
+            ErrorKind::Unavailable,
+            format!(
+                "no availability zone found ({}; EC2 instance metadata: not asked, \
+                 {IMDS_DISABLED_VAR} is true)",
+                ecs_said(ecs_err)
+            ),
+        ));
+    };
     from_imds(imds, timeout).await.map_err(|e| {
-        let ecs = match ecs_err {
-            Some(ecs) => format!("ECS task metadata: {ecs}"),
-            None => format!("{ECS_VAR} is not set"),
-        };
+        let ecs = ecs_said(ecs_err);
         Error::with_source(
             ErrorKind::Unavailable,
             format!("no availability zone found ({ecs}; EC2 instance metadata: {e})"),
@@ -208,27 +244,63 @@ mod tests {
     async fn ecs_task_metadata_gives_the_zone() {
         let base = format!("{}/v4/abc", fake(ecs).await);
         let (dead, _held) = nothing();
-        let zone = zone_from(Some(&base), &dead, T).await.unwrap();
+        let zone = zone_from(Some(&base), Some(&dead), T).await.unwrap();
         assert_eq!(zone, "us-east-1b");
     }
 
     #[tokio::test]
     async fn imds_v2_gives_the_zone_when_ecs_is_absent() {
-        let zone = zone_from(None, &fake(imds).await, T).await.unwrap();
+        let zone = zone_from(None, Some(&fake(imds).await), T).await.unwrap();
         assert_eq!(zone, "us-east-1c");
     }
 
     #[tokio::test]
     async fn ecs_failing_falls_back_to_imds() {
         let (dead, _held) = nothing();
-        let zone = zone_from(Some(&dead), &fake(imds).await, T).await.unwrap();
+        let zone = zone_from(Some(&dead), Some(&fake(imds).await), T)
+            .await
+            .unwrap();
         assert_eq!(zone, "us-east-1c");
+    }
+
+    /// The AWS SDKs' switches for instance metadata, read as they read them: a
+    /// machine that disables it is not made to wait on it (off EC2, the default
+    /// address only times out), and IPv6 mode moves the default endpoint.
+    #[tokio::test]
+    async fn imds_disabled_or_ipv6_is_honoured() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        assert_eq!(imds_base(env(&[])).as_deref(), Some(IMDS_DEFAULT));
+        let disabled: &[_] = &[(IMDS_DISABLED_VAR, "TRUE"), (IMDS_VAR, "http://10.0.0.1")];
+        assert_eq!(imds_base(env(disabled)), None);
+        assert_eq!(
+            imds_base(env(&[(IMDS_DISABLED_VAR, "false")])).as_deref(),
+            Some(IMDS_DEFAULT)
+        );
+        assert_eq!(
+            imds_base(env(&[(IMDS_MODE_VAR, "IPv6")])).as_deref(),
+            Some("http://[fd00:ec2::254]")
+        );
+        let both: &[_] = &[(IMDS_MODE_VAR, "IPv6"), (IMDS_VAR, "http://127.0.0.1:9")];
+        assert_eq!(imds_base(env(both)).as_deref(), Some("http://127.0.0.1:9"));
+        // Disabled: a typed error at once, naming the switch; ECS is still asked.
+        let err = zone_from(None, None, T).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.to_string().contains(IMDS_DISABLED_VAR), "{err}");
+        let base = format!("{}/v4/abc", fake(ecs).await);
+        assert_eq!(zone_from(Some(&base), None, T).await.unwrap(), "us-east-1b");
     }
 
     #[tokio::test]
     async fn neither_is_a_typed_error_naming_both() {
         let (dead, _held) = nothing();
-        let err = zone_from(None, &dead, T).await.unwrap_err();
+        let err = zone_from(None, Some(&dead), T).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         let text = err.to_string();
         assert!(
@@ -240,7 +312,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_silent_service_times_out() {
         let base = fake(|_| None).await;
-        let err = zone_from(None, &base, T).await.unwrap_err();
+        let err = zone_from(None, Some(&base), T).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(err.to_string().contains("timed out"), "{err}");
     }
@@ -249,7 +321,7 @@ mod tests {
     async fn an_answer_without_a_zone_is_an_error() {
         let base = fake(|_| Some(r#"{"Cluster":"c"}"#.into())).await;
         let (dead, _held) = nothing();
-        let err = zone_from(Some(&base), &dead, T).await.unwrap_err();
+        let err = zone_from(Some(&base), Some(&dead), T).await.unwrap_err();
         assert!(err.to_string().contains("no AvailabilityZone"), "{err}");
     }
 
@@ -271,7 +343,7 @@ mod tests {
         assert!(big_task("GET /v4/abc/task HTTP/1.1").unwrap().len() > 2048);
         let base = format!("{}/v4/abc", fake_framed(big_task, true).await);
         let (dead, _held) = nothing();
-        let zone = zone_from(Some(&base), &dead, T).await;
+        let zone = zone_from(Some(&base), Some(&dead), T).await;
         assert_eq!(zone.as_deref().map_err(Error::kind), Ok("us-east-1b"));
     }
 }

@@ -91,7 +91,9 @@ impl ZoneAware {
     /// The caller's zone from the environment: the ECS task metadata endpoint
     /// (`ECS_CONTAINER_METADATA_URI_V4` + `/task`, its `AvailabilityZone`), else EC2
     /// instance metadata (IMDSv2, `placement/availability-zone`; the base URL is
-    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` when set, as the AWS SDKs read it). Each
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT` when set, as the AWS SDKs read it, else
+    /// `http://[fd00:ec2::254]` with `AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE=IPv6`;
+    /// not asked at all with `AWS_EC2_METADATA_DISABLED=true`). Each
     /// request is bounded by a 1 s timeout. Chunked answers are read (the ECS agent
     /// sends a task's metadata over 2 KB chunked).
     ///
