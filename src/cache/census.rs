@@ -63,6 +63,27 @@ impl Cache {
                     .or_insert(ejected);
             }
         });
+        // Streams whose key was evicted and whose reload has not succeeded yet
+        // hold the evicted slot (`watch/follow.rs`): still following the service,
+        // so still its watchers (their names were answered for before, and are
+        // bounded as labels by `relabel` as any).
+        self.index.for_each_watched_evicted(|slot| {
+            let req = &slot.request;
+            let own = held.as_deref().is_some_and(|h| std::ptr::eq(h, slot));
+            let watchers = slot
+                .watchers
+                .load(Ordering::Relaxed)
+                .saturating_sub(usize::from(own));
+            if watchers > 0 {
+                census
+                    .entry((
+                        namespace_label(&req.namespace, req.owner()).into_owned(),
+                        req.service.clone(),
+                    ))
+                    .or_default()
+                    .watchers += watchers;
+            }
+        });
         census
     }
 }

@@ -35,6 +35,15 @@ pub(super) struct Index {
     /// handle's paths make none.
     #[cfg(test)]
     pub(super) lookups: std::sync::atomic::AtomicUsize,
+    /// Slots evicted while change streams held them (feature `metrics`): a stream
+    /// whose key was evicted keeps its hold while it loads the key again, and
+    /// through an outage the reload fails, so the hold is on a slot the walk of
+    /// the index no longer finds (or finds with no answer). The census counts
+    /// their watchers from here (`census.rs`). Pruned of slots no longer watched
+    /// at each eviction and each census: at most one entry per live stream, plus
+    /// those let go since.
+    #[cfg(feature = "metrics")]
+    watched_evicted: Mutex<Vec<std::sync::Weak<Slot>>>,
 }
 
 #[derive(Default)]
@@ -50,6 +59,8 @@ impl Index {
             evictions: (0..EVICTION_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             #[cfg(test)]
             lookups: Default::default(),
+            #[cfg(feature = "metrics")]
+            watched_evicted: Mutex::default(),
         }
     }
 
@@ -142,6 +153,36 @@ impl Index {
         if slot.handles.load(Ordering::Relaxed) == 0 {
             Self::remove_locked(shard, slot);
         }
+        #[cfg(feature = "metrics")]
+        if slot.watchers.load(Ordering::Relaxed) > 0 {
+            let mut evicted = lock(&self.watched_evicted);
+            evicted.retain(|w| {
+                w.upgrade()
+                    .is_some_and(|s| s.watchers.load(Ordering::Relaxed) > 0)
+            });
+            evicted.push(Arc::downgrade(slot));
+        }
+    }
+
+    /// `f` on every slot evicted while watched that change streams still hold
+    /// and that has no answer of its own (an answer makes it a cached key, which
+    /// the walk of the index counts): the holds of streams loading their key
+    /// again. Those no longer watched are let go.
+    #[cfg(feature = "metrics")]
+    pub(super) fn for_each_watched_evicted(&self, mut f: impl FnMut(&Slot)) {
+        let mut evicted = lock(&self.watched_evicted);
+        evicted.retain(|w| {
+            let Some(slot) = w.upgrade() else {
+                return false;
+            };
+            if slot.watchers.load(Ordering::Relaxed) == 0 {
+                return false;
+            }
+            if slot.is_evicted() || slot.current().is_none() {
+                f(&slot);
+            }
+            true
+        });
     }
 
     /// How many slots of keys in `hash`'s bucket were evicted so far.

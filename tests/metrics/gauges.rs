@@ -177,3 +177,86 @@ fn the_callers_service_has_no_watcher_of_its_own() {
         })
     });
 }
+
+/// A source that fails service `web` (unavailable) once `fail` is set; every other
+/// service answers.
+#[derive(Debug, Clone)]
+struct FailsWeb {
+    inner: StaticDiscovery,
+    fail: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl cloudmap_resolver::Discover for FailsWeb {
+    fn discover<'a>(
+        &'a self,
+        req: &'a cloudmap_resolver::DiscoverRequest,
+    ) -> cloudmap_resolver::BoxFuture<
+        'a,
+        Result<cloudmap_resolver::Discovered, cloudmap_resolver::Error>,
+    > {
+        if req.service() == "web" && self.fail.load(std::sync::atomic::Ordering::Relaxed) {
+            return Box::pin(async {
+                Err(cloudmap_resolver::Error::new(
+                    ErrorKind::Unavailable,
+                    "web fails",
+                ))
+            });
+        }
+        self.inner.discover(req)
+    }
+}
+
+/// A change stream whose key was evicted (the cache's one place taken by a key
+/// asked for more often) and whose reload fails still follows the service.
+/// Before: its gauge read 0 while it retried (its hold was on the evicted entry,
+/// which the census no longer walks); now 1.
+#[test]
+fn a_stream_retrying_after_an_eviction_is_still_a_watcher() {
+    let (recorder, snapshotter, rt) = paused();
+    let ip = "127.0.0.1".parse().unwrap();
+    let source = FailsWeb {
+        inner: StaticDiscovery::new()
+            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+            .with_instance("shared", "api", Instance::new("b").ipv4(ip).port(2)),
+        fail: Default::default(),
+    };
+    let seen = metrics::with_local_recorder(&recorder, || {
+        rt.block_on(async {
+            let r = Resolver::builder(source.clone())
+                .capacity(1)
+                .seed(79)
+                .build()
+                .unwrap();
+            let mut watch = r.watch("shared", "web");
+            let next = watch.next().await;
+            assert!(matches!(next, Some(Ok(Change::Insert(_)))), "{next:?}");
+            source
+                .fail
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            // The one place goes to a key asked for more often.
+            for _ in 0..10 {
+                r.resolve("shared", "api").await.unwrap();
+                assert_eq!(r.cached_keys(), 1);
+            }
+            let next = tokio::time::timeout(Duration::from_secs(20), watch.next()).await;
+            assert!(matches!(next, Ok(Some(Err(_)))), "{next:?}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            r.publish_metrics();
+            let retrying = collect(&snapshotter);
+            // Once the reload succeeds, the stream is counted once, on the new key.
+            source
+                .fail
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            r.publish_metrics();
+            let recovered = collect(&snapshotter);
+            drop(watch);
+            (retrying, recovered)
+        })
+    });
+    let (retrying, recovered) = seen;
+    let watchers = get(&retrying, "cloudmap_resolver.watchers", &web(&[]));
+    assert_eq!(watchers, Some(1.0), "{retrying:#?}");
+    let watchers = get(&recovered, "cloudmap_resolver.watchers", &web(&[]));
+    assert_eq!(watchers, Some(1.0), "{recovered:#?}");
+}
