@@ -71,8 +71,10 @@ pub(crate) const CALLS: &str = "cloudmap_resolver.calls";
 /// Histogram, seconds: a `call` from start to its result, labels `outcome`,
 /// `namespace`, `service`.
 pub(crate) const CALL_LATENCY: &str = "cloudmap_resolver.call.latency";
-/// Counter: attempts of `call`s, labels `outcome` (`ok`, `failed`, `timed_out`),
-/// `namespace`, `service`.
+/// Counter: attempts of `call`s that ended, labels `outcome` (`ok`, `failed`,
+/// `timed_out`), `namespace`, `service`. An attempt dropped unfinished (a hedge's
+/// loser, any attempt of a call its caller dropped) has no outcome and is not
+/// counted, so the sum can be below [`Stats::attempts`](crate::Stats::attempts).
 pub(crate) const ATTEMPTS: &str = "cloudmap_resolver.attempts";
 /// Histogram, seconds: one attempt, labels `outcome`, `namespace`, `service`.
 pub(crate) const ATTEMPT_LATENCY: &str = "cloudmap_resolver.attempt.latency";

@@ -88,7 +88,9 @@ pub struct Stats {
     pub probes_timed_out: u64,
     /// `call`s started.
     pub calls: u64,
-    /// Attempts made by `call`s, first ones included.
+    /// Attempts made by `call`s, first ones included, whether they ended or were
+    /// dropped unfinished (a hedge's loser, an attempt of a dropped call); the
+    /// `attempts` metric counts only the ones that ended.
     pub attempts: u64,
     /// Attempts beyond each call's first.
     pub retries: u64,
