@@ -87,3 +87,45 @@ impl Cache {
         census
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use tokio::time::Instant;
+
+    use crate::discover::DiscoverRequest;
+    use crate::{Instance, Resolver, StaticDiscovery};
+
+    /// A watched slot that a held handle pins is evicted, listed again by the next
+    /// load and evicted again, keeping its one change stream: it is counted once.
+    /// Before, each eviction listed it again among the evicted slots, and the
+    /// census counted each listing: 4 evictions, 4 watchers for 1 stream (and the
+    /// list grew by one entry per eviction for as long as it was watched); now 1.
+    #[tokio::test(start_paused = true)]
+    async fn a_pinned_slot_evicted_again_counts_its_stream_once() {
+        let source = StaticDiscovery::new().with_instance(
+            "shared",
+            "web",
+            Instance::new("a").ipv4([127, 0, 0, 1].into()).port(1),
+        );
+        let r = Resolver::builder(source).build().unwrap();
+        let req = DiscoverRequest::new("shared", "web");
+        let watched = r.cache.watch_key(&req, Instant::now()).await.unwrap();
+        let slot = watched.slot().clone();
+        // The pin of a held handle (`Index::pin`): the evicted slot stays listed.
+        slot.handles.fetch_add(1, Ordering::Relaxed);
+        for _ in 0..3 {
+            r.cache.index.evict(&slot);
+            assert!(r.cache.index.revive(&slot));
+        }
+        r.cache.index.evict(&slot);
+        let census = r.cache.census(Instant::now(), |_| false);
+        let web = census.get(&("shared".to_owned(), "web".to_owned()));
+        assert_eq!(web.map(|g| g.watchers), Some(1), "{census:?}");
+        assert_eq!(
+            crate::util::lock::lock(&r.cache.index.watched_evicted).len(),
+            1
+        );
+    }
+}

@@ -40,10 +40,10 @@ pub(super) struct Index {
     /// through an outage the reload fails, so the hold is on a slot the walk of
     /// the index no longer finds (or finds with no answer). The census counts
     /// their watchers from here (`census.rs`). Pruned of slots no longer watched
-    /// at each eviction and each census: at most one entry per live stream, plus
-    /// those let go since.
+    /// at each eviction and each census; a slot is listed once: at most one entry
+    /// per live stream, plus those let go since.
     #[cfg(feature = "metrics")]
-    watched_evicted: Mutex<Vec<std::sync::Weak<Slot>>>,
+    pub(super) watched_evicted: Mutex<Vec<std::sync::Weak<Slot>>>,
 }
 
 #[derive(Default)]
@@ -160,7 +160,16 @@ impl Index {
                 w.upgrade()
                     .is_some_and(|s| s.watchers.load(Ordering::Relaxed) > 0)
             });
-            evicted.push(Arc::downgrade(slot));
+            // Once per slot: a slot a held handle pins is listed again by its
+            // stream's reload and may be evicted again, still watched; listed
+            // again here, it was counted once per eviction (and the list grew
+            // with each).
+            if !evicted
+                .iter()
+                .any(|w| std::ptr::eq(w.as_ptr(), Arc::as_ptr(slot)))
+            {
+                evicted.push(Arc::downgrade(slot));
+            }
         }
     }
 
