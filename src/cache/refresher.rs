@@ -427,9 +427,9 @@ async fn attempt(
     // running, never started again there.
     if matches!(result, Some(Ok(_))) {
         cache.loaded_hook();
-        // So is the held key (`held.rs`), when its refresher has let it go, or
-        // the callers' spread stays as last read: started here, not waited for.
-        drop(cache.start_held());
+        // So is the held key (`held.rs`), when its refresher has let it go after
+        // it was answered, or the callers' spread stays as last read.
+        cache.restart_held();
     }
     result
 }
