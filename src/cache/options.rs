@@ -117,8 +117,9 @@ cache_options! {
         /// DiscoverInstances is paced, a refresh due for a full fetch polls the revision
         /// instead. A throttled cold load holds this resolver's other cold loads back for
         /// the same jittered backoff as a failing key, but never under 250 ms,
-        /// whatever `backoff_base` (they fail as
-        /// [`Throttled`](crate::ErrorKind::Throttled) without a call). Each
+        /// whatever `backoff_base` and `backoff_max` (they fail as
+        /// [`Throttled`](crate::ErrorKind::Throttled) without a call; a load near the
+        /// end of its `startup_wait` is held down to an eighth of that). Each
         /// DiscoverInstances throttle also doubles `full_refresh_interval` (at most once
         /// per 10 s, 5 times at most: 32× the set interval; halved again per quiet
         /// ~3 min, jittered), so full refreshes give way to cold loads and changed
