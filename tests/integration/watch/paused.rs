@@ -272,7 +272,8 @@ async fn a_deleted_service_has_its_endpoints_removed() {
 /// backoff delays that fit in it (about 240 at 30 s) for a failing refresh; now 163.
 #[tokio::test(start_paused = true)]
 async fn a_stream_under_long_throttling_backs_off_as_a_refresh() {
-    let source = Counting::new(registry(&["a"]));
+    let reg = registry(&["a"]);
+    let source = Counting::new(reg.clone());
     let resolver = watched(source.clone());
     let mut watch = resolver.watch("shared", "web");
     initial_inserts(&mut watch, 1).await;
@@ -288,13 +289,16 @@ async fn a_stream_under_long_throttling_backs_off_as_a_refresh() {
     // Delays of at least half of 30 s: at most 240 in an hour.
     assert!(calls <= 250, "{calls} DiscoverInstances calls in an hour");
 
-    // And the stream still recovers once the registry answers.
+    // And the stream still recovers once the registry answers: a registration
+    // made meanwhile is reported (within the longest backoff and a TTL).
+    reg.register("shared", "web", instance("b", 2));
     source.fail_with(None);
+    let recovered = drain_for(&mut watch, Duration::from_secs(60)).await;
     assert!(
-        drain_for(&mut watch, Duration::from_secs(60))
-            .await
-            .is_empty(),
-        "the same endpoints: nothing to report"
+        recovered
+            .iter()
+            .any(|item| kind(item) == ("insert", "b".into())),
+        "the stream reloaded and reports b: {recovered:?}"
     );
     assert!(resolver.resolve("shared", "web").await.is_ok());
 }
