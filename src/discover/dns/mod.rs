@@ -390,6 +390,18 @@ mod tests {
     /// runs of these tests in parallel, none in sequence).
     pub(super) static SERVERS: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
+    /// Runs `test` on a runtime of its own, holding [`SERVERS`] shared.
+    pub(super) fn on_shared_servers(test: impl std::future::Future<Output = ()>) {
+        let _shared = SERVERS
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test);
+    }
+
     /// An address record, for the tests here and in `merge`.
     pub(super) fn a(ip: &str, ttl: u32) -> AddrRecord {
         AddrRecord {
@@ -496,14 +508,7 @@ mod tests {
     /// had fallen back from); now fd00::1 alone.
     #[test]
     fn a_family_answered_nodata_leaves_the_merged_set() {
-        let _shared = SERVERS
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        on_shared_servers(async {
             let server = test_support::dns::DnsServer::start().await;
             let name = "api.prod.internal";
             let req = DiscoverRequest::new("prod.internal", "api");

@@ -193,14 +193,7 @@ mod tests {
     /// served on for the rest of its 60 s TTL (2 instances); now 1.
     #[test]
     fn a_target_answered_without_an_address_leaves_the_merged_set() {
-        let _shared = super::super::tests::SERVERS
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        super::super::tests::on_shared_servers(async {
             let server = test_support::dns::DnsServer::start().await;
             let name = "api.prod.internal";
             for (target, ip) in [
@@ -231,14 +224,7 @@ mod tests {
     /// `Ipv4ThenIpv6`, the instance kept 10.0.0.1 for the rest of its 60 s TTL.
     #[test]
     fn a_target_answered_nodata_for_a_family_leaves_the_merged_set() {
-        let _shared = super::super::tests::SERVERS
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        super::super::tests::on_shared_servers(async {
             let server = test_support::dns::DnsServer::start().await;
             // Targets looked up, not read from the additional section.
             server.set_additional(false);
@@ -275,14 +261,7 @@ mod tests {
     /// unusable records' 30 s.
     #[test]
     fn an_srv_answer_of_unusable_records_empties_the_merged_set() {
-        let _shared = super::super::tests::SERVERS
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        super::super::tests::on_shared_servers(async {
             const NAME: &str = "api.prod.internal";
             const TARGET: &str = "i-1.api.prod.internal";
             let (name, target) = (NAME, TARGET);
@@ -323,17 +302,10 @@ mod tests {
     /// IPv6 one (1 address of 2); now fd00::1, and both.
     #[test]
     fn additionals_missing_a_family_the_preference_asks_for_are_looked_up() {
-        let _shared = super::super::tests::SERVERS
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
         use crate::discover::dns::IpPreference;
         use crate::discover::instance::{ATTR_IPV4, ATTR_IPV6};
         use std::net::IpAddr;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        super::super::tests::on_shared_servers(async {
             let server = test_support::dns::DnsServer::start().await;
             let target = "i-1.api.prod.internal";
             server.add_srv("api.prod.internal", 1, 1, 8080, target, 60);
