@@ -21,6 +21,18 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// `shared/web` watched on `rt` from its first change on: kept in use there, so
+/// refreshed on `rt` and never loaded cold again.
+fn watched_on(rt: &tokio::runtime::Runtime, resolver: &Resolver) -> cloudmap_resolver::Watch {
+    use futures::StreamExt;
+
+    rt.block_on(async {
+        let mut changes = resolver.watch("shared", "web");
+        changes.next().await.unwrap().unwrap();
+        changes
+    })
+}
+
 /// Polls `done` every 50 ms in `rt` until it holds or 20 s have passed.
 fn until(rt: &tokio::runtime::Runtime, mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -143,8 +155,6 @@ fn probing_starts_at_the_first_load_when_built_outside_a_runtime() {
 /// ended; now 2 within a few rounds).
 #[test]
 fn probing_goes_on_when_its_runtime_ends_while_another_refreshes() {
-    use futures::StreamExt;
-
     let first = runtime();
     let resolver = first.block_on(async {
         Resolver::builder(registry(&["a", "b"]))
@@ -156,11 +166,7 @@ fn probing_goes_on_when_its_runtime_ends_while_another_refreshes() {
     let second = runtime();
     // Loaded in the second runtime while the first one's probing task lives: a
     // change stream keeps the key in use, so it is refreshed, never loaded again.
-    let changes = second.block_on(async {
-        let mut changes = resolver.watch("shared", "web");
-        changes.next().await.unwrap().unwrap();
-        changes
-    });
+    let changes = watched_on(&second, &resolver);
     drop(first);
     let before = resolver.stats().probes_failed;
     assert!(
@@ -359,7 +365,6 @@ fn a_probe_cut_by_its_runtime_does_not_stop_probing() {
 #[test]
 fn the_callers_key_is_loaded_again_when_its_runtime_ends_while_another_refreshes() {
     use cloudmap_resolver::{Selection, ZoneAware};
-    use futures::StreamExt;
 
     const ZONES: [&str; 3] = ["us-east-1a", "us-east-1b", "us-east-1c"];
     let instance = |service: &str, n: u16, z: usize| {
@@ -394,11 +399,7 @@ fn the_callers_key_is_loaded_again_when_its_runtime_ends_while_another_refreshes
     let second = runtime();
     // `web` is loaded and kept in use on the second runtime: refreshed there,
     // never loaded cold again.
-    let changes = second.block_on(async {
-        let mut changes = resolver.watch("shared", "web");
-        changes.next().await.unwrap().unwrap();
-        changes
-    });
+    let changes = watched_on(&second, &resolver);
     drop(first);
     for n in 0..6 {
         registry.register("shared", "my-svc", instance("more", 200 + n, 0));
