@@ -199,6 +199,14 @@ impl Cache {
         }
         match fetched {
             Ok(snap) => {
+                if slot.stale_log.answered() {
+                    tracing::info!(
+                        namespace = %slot.request.namespace,
+                        owner_account = slot.request.owner(),
+                        service = %slot.request.service,
+                        "registry answering again"
+                    );
+                }
                 gate.error = None;
                 gate.failures = 0;
                 drop(gate);
@@ -215,14 +223,19 @@ impl Cache {
                     // serve it and let the refresher retry.
                     snap.state.store(STALE, Ordering::Relaxed);
                     bump(&self.counters.stale_cold);
-                    tracing::warn!(
-                        namespace = %slot.request.namespace,
-                        owner_account = slot.request.owner(),
-                        service = %slot.request.service,
-                        error = %err,
-                        age_secs = now.duration_since(snap.confirmed_at).as_secs(),
-                        "registry failed; serving the last good answer"
-                    );
+                    // Once per run of failures (`stale_log.rs`): a key loaded
+                    // cold at every use (`refresh_ahead = false`) fails here at
+                    // every backoff delay of an outage.
+                    if slot.stale_log.stale(now) {
+                        tracing::warn!(
+                            namespace = %slot.request.namespace,
+                            owner_account = slot.request.owner(),
+                            service = %slot.request.service,
+                            error = %err,
+                            age_secs = now.duration_since(snap.confirmed_at).as_secs(),
+                            "registry failed; serving the last good answer"
+                        );
+                    }
                     // Remembered as any failure is: without a refresher retrying
                     // (`refresh_ahead = false` expires the answer at once), every
                     // caller would otherwise ask the failing registry again.

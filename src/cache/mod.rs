@@ -48,6 +48,7 @@ mod pinned_copy;
 mod refresher;
 mod slot;
 mod snapshot;
+mod stale_log;
 mod watched;
 
 use index::Index;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::evict::LruKey;
 use super::pacing::{Pace, Ticket, Turn};
 use super::slot::Slot;
-use super::snapshot::{Snapshot, EXPIRED, FRESH, STALE};
+use super::snapshot::{Snapshot, EXPIRED, STALE};
 use super::Cache;
 use crate::error::{Error, ErrorKind};
 use crate::stats::bump;
@@ -446,7 +446,9 @@ fn settle(
 ) -> Step<()> {
     match result {
         Ok(snap) => {
-            if plan.failures > 0 {
+            // Said when the run of failures was warned about (`stale_log.rs`), not
+            // after every failed refresh: most end before the answer goes stale.
+            if slot.stale_log.answered() {
                 tracing::info!(
                     namespace = %slot.request.namespace,
                     owner_account = slot.request.owner(),
@@ -468,6 +470,7 @@ fn settle(
             if now >= servable_until || !err.keeps_stale() {
                 cur.state.store(EXPIRED, Ordering::Relaxed);
                 slot.publish();
+                slot.stale_log.dropped(now);
                 tracing::warn!(
                     namespace = %slot.request.namespace,
                     owner_account = slot.request.owner(),
@@ -477,7 +480,12 @@ fn settle(
                 );
                 return Step::Stop;
             }
-            if now >= cur.fresh_until && cur.state.swap(STALE, Ordering::Relaxed) == FRESH {
+            if now >= cur.fresh_until {
+                cur.state.store(STALE, Ordering::Relaxed);
+            }
+            // Asked at every failure past the TTL, not only the first: a run of
+            // failures too soon after the last warning is told once it lasts.
+            if now >= cur.fresh_until && slot.stale_log.stale(now) {
                 tracing::warn!(
                     namespace = %slot.request.namespace,
                     owner_account = slot.request.owner(),

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::latency::KeyLatency;
 use super::snapshot::{Snapshot, EXPIRED};
+use super::stale_log::StaleLog;
 use crate::discover::DiscoverRequest;
 use crate::error::Error;
 
@@ -42,6 +43,8 @@ pub(crate) struct Slot {
     /// is emptied when evicted but stays in the index, so the key keeps this one
     /// slot while a handle lives and the handle never has to find another.
     pub(super) handles: AtomicUsize,
+    /// Whether the key's stale warning was given for its current run of failures.
+    pub(super) stale_log: StaleLog,
 }
 
 #[derive(Default)]
@@ -159,6 +162,7 @@ impl Slot {
             published: tokio::sync::watch::Sender::new(()),
             latency: Arc::default(),
             handles: AtomicUsize::new(0),
+            stale_log: StaleLog::default(),
         }
     }
 }
