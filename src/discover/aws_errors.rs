@@ -11,6 +11,7 @@ use sd::config::http::HttpResponse;
 use sd::error::{ProvideErrorMetadata, SdkError};
 use sd::primitives::{DateTime, DateTimeFormat};
 
+use super::instance::ShownMessage;
 use crate::error::{Error, ErrorKind};
 
 /// The innermost cause's text: the SDK's own `Display` at the top says only
@@ -20,7 +21,7 @@ fn root_cause(err: &(dyn StdError + 'static)) -> String {
     while let Some(next) = cur.source() {
         cur = next;
     }
-    cur.to_string()
+    ShownMessage(&cur.to_string()).to_string()
 }
 
 /// The kind of a registry error code. Codes that say the caller itself is refused
@@ -150,20 +151,25 @@ where
                 Some(_) => ErrorKind::Unavailable,
                 None => e.code().map_or(ErrorKind::Unavailable, kind_of_code),
             };
-            let detail = match (e.code(), skew) {
+            // The registry's words, shown on one line and cut (`ShownMessage`): a
+            // 100 KB message with newlines was copied whole into the error's text,
+            // and so into every log line and CLI error that prints it.
+            let message = e
+                .message()
+                .map_or("no message".to_owned(), |m| ShownMessage(m).to_string());
+            let code = e.code().map(|c| ShownMessage(c).to_string());
+            let detail = match (code, skew) {
                 (Some(code), Some(skew)) => format!(
-                    "{code}: {} (this machine's clock is {} s {} the registry's: the \
+                    "{code}: {message} (this machine's clock is {} s {} the registry's: the \
                      next call is signed with the registry's time)",
-                    e.message().unwrap_or("no message"),
                     skew.unsigned_abs(),
                     if skew > 0 { "behind" } else { "ahead of" }
                 ),
-                (Some(code), None) => format!("{code}: {}", e.message().unwrap_or("no message")),
+                (Some(code), None) => format!("{code}: {message}"),
                 // A bare 5xx from a proxy or load balancer: the status is all there is.
                 (None, _) => format!(
-                    "HTTP {} without an error code: {}",
+                    "HTTP {} without an error code: {message}",
                     ctx.raw().status().as_u16(),
-                    e.message().unwrap_or("no message")
                 ),
             };
             (kind, detail)

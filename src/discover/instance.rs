@@ -176,9 +176,65 @@ impl fmt::Display for Shown<'_> {
     }
 }
 
+/// How much of a registry's error code or message an error's text shows.
+pub(crate) const MESSAGE_CHARS: usize = 512;
+
+/// A registry's error code or message as an error's text shows it: as it is when
+/// short and printable (no quotes, so an AWS message reads as AWS wrote it);
+/// otherwise with control and invisible formatting characters escaped as `{:?}`
+/// does (`\n`, `\u{1b}`), so that it stays one line that cannot drive a terminal
+/// or forge a log line, and cut to [`MESSAGE_CHARS`] with an ellipsis and the full
+/// length. The answer's size is the registry's (or a proxy's) choice; its whole
+/// text stays in the error's `source()`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ShownMessage<'a>(pub(crate) &'a str);
+
+impl fmt::Display for ShownMessage<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        let risky = |c: char| {
+            c.is_control()
+                || matches!(c, '\u{ad}' | '\u{61c}' | '\u{180e}' | '\u{200b}'..='\u{200f}'
+                    | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}'
+                    | '\u{2066}'..='\u{206f}' | '\u{feff}' | '\u{fff9}'..='\u{fffb}')
+        };
+        let mut chars = self.0.chars();
+        for c in chars.by_ref().take(MESSAGE_CHARS) {
+            match c {
+                '\n' | '\r' | '\t' => write!(f, "{}", c.escape_default())?,
+                c if risky(c) => write!(f, "{}", c.escape_unicode())?,
+                c => f.write_char(c)?,
+            }
+        }
+        if chars.next().is_some() {
+            write!(f, "… ({} bytes)", self.0.len())?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registry_messages_are_shown_on_one_line_and_cut() {
+        let said = "User: arn:aws:iam::111122223333:user/x is not authorized";
+        assert_eq!(
+            ShownMessage(said).to_string(),
+            said,
+            "printable stays as it is"
+        );
+        assert_eq!(
+            ShownMessage("a\nb\u{1b}[2J\u{202e}c").to_string(),
+            "a\\nb\\u{1b}[2J\\u{202e}c"
+        );
+        let long = "é".repeat(100_000);
+        assert_eq!(
+            ShownMessage(&long).to_string(),
+            format!("{}… (200000 bytes)", "é".repeat(MESSAGE_CHARS))
+        );
+    }
 
     #[test]
     fn long_registry_values_are_shown_cut() {

@@ -16,6 +16,7 @@ use sd::types::OperationStatus;
 use tokio::time::Instant;
 
 use crate::discover::cloud_map::map_error;
+use crate::discover::instance::ShownMessage;
 use crate::error::{Error, ErrorKind};
 
 /// Sends of one request (RegisterInstance, DeregisterInstance, ...) before giving up
@@ -251,8 +252,8 @@ pub(crate) async fn wait_operation(
                     ErrorKind::OperationFailed,
                     format!(
                         "{what}: operation {operation_id} failed: {}: {}",
-                        op.error_code().unwrap_or("no error code"),
-                        op.error_message().unwrap_or("no message")
+                        ShownMessage(op.error_code().unwrap_or("no error code")),
+                        ShownMessage(op.error_message().unwrap_or("no message"))
                     ),
                 ))
             }

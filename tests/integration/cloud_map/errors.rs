@@ -294,3 +294,47 @@ async fn bare_statuses_are_throttling_or_outages() {
         assert!(err.message().contains(&format!("HTTP {status}")), "{err}");
     }
 }
+
+/// The registry's error message is its (or a proxy's) to choose: a 100 KB one with
+/// line breaks and terminal escapes is shown in the error's text on one line, escaped
+/// and cut to 512 characters with its length, and kept whole in `source()`. Before,
+/// the text was 101,063 bytes with 1,000 line breaks, printed whole in every log
+/// line and CLI error naming it.
+#[tokio::test]
+async fn a_hostile_registry_message_is_shown_escaped_and_cut() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    let r = builder.build().unwrap();
+    let line = format!("{}\n\u{1b}[2J", "x".repeat(96));
+    let message: &'static str = line.repeat(1000).leak();
+    for code in ["AccessDeniedException", "Weird\nCode\u{1b}]0;t\u{7}"] {
+        let code: &'static str = code.to_owned().leak();
+        proxy.set_fault(test_support::proxy::Fault::AwsError {
+            status: 400,
+            code,
+            message,
+        });
+        let svc = format!("api-{}", code.len());
+        let err = r.resolve(&ns, &svc).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.len() < 1500, "{} bytes: {}", text.len(), &text[..200]);
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert!(text.contains(r"xx\n\u{1b}[2Jxx"), "{text}");
+        assert!(
+            text.ends_with(&format!("… ({} bytes)", message.len())),
+            "{text}"
+        );
+        // The source, the SDK's error, keeps the registry's whole answer.
+        let source = std::error::Error::source(&err).expect("the AWS error");
+        let kept = format!("{source:?}");
+        assert!(kept.len() > message.len(), "{} bytes", kept.len());
+    }
+    // The kinds are read from the code, not from its shown form.
+    proxy.set_fault(test_support::proxy::Fault::AwsError {
+        status: 400,
+        code: "AccessDeniedException",
+        message,
+    });
+    let err = r.resolve(&ns, "api-kind").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Configuration, "{err}");
+}
