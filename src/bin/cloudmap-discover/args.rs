@@ -45,15 +45,15 @@ pub(crate) struct Args {
     /// (Ctrl-C stops).
     #[arg(long)]
     pub(crate) watch: bool,
-    /// Seconds between refreshes with --watch.
-    #[arg(long, value_name = "SECONDS", value_parser = interval, default_value = "5")]
+    /// Seconds between refreshes with --watch, at least 0.1.
+    #[arg(long, value_name = "SECONDS", value_parser = interval, default_value = "5", requires = "watch")]
     pub(crate) interval: Duration,
     /// The instance attribute shown in the ZONE column: each endpoint's
     /// availability zone, as zone-aware routing reads it.
     #[arg(long, value_name = "NAME", default_value = "AVAILABILITY_ZONE")]
     pub(crate) zone_attr: String,
     /// Stop after N refreshes with --watch.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "watch")]
     pub(crate) count: Option<u64>,
     /// With --watch, also probe each endpoint (`tcp`: a connection opens;
     /// `http:PATH`: a GET of PATH answers 2xx or 3xx) four times per interval, and
@@ -118,13 +118,18 @@ fn seconds(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// `--interval`: [`seconds`], at least 4 ns, since the cache keeps an answer half an
-/// interval and probes run four times per interval; a shorter one would become a
-/// zero the resolver refuses as `ttl` or `health_check interval`.
+/// The shortest `--interval`, as `watch(1)` allows: each refresh calls the registry
+/// (DiscoverInstances, on a quota the account's services share), and the probes of
+/// `--health-check` run four times per interval. Before, anything from 4 ns was
+/// taken, and `--interval 0.001` called the registry back to back, as fast as it
+/// answered, printing a line each time.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `--interval`: [`seconds`], at least [`MIN_INTERVAL`].
 fn interval(s: &str) -> Result<Duration, String> {
     match seconds(s)? {
-        d if d < Duration::from_nanos(4) => Err(format!(
-            "{s:?} seconds is less than 4 nanoseconds (the interval is split in four)"
+        d if d < MIN_INTERVAL => Err(format!(
+            "{s:?} seconds is less than 0.1 (each refresh calls the registry)"
         )),
         d => Ok(d),
     }

@@ -472,3 +472,49 @@ async fn ctrl_c_during_a_refresh_ends_the_watch() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// `--interval` has a floor of 0.1 s, as `watch(1)` has: each refresh calls the
+/// registry. Before, `--interval 0.001 --count 20` was taken and made 21
+/// DiscoverInstances calls back to back (0.37 s, the process's start included).
+/// `--interval` and `--count` without `--watch` are refused too, rather than
+/// ignored (before: one table, exit 0). Each is a usage error naming the argument,
+/// found before any call.
+#[tokio::test]
+async fn watch_intervals_below_a_tenth_of_a_second_are_refused() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let url = proxy.url();
+    let base = [ns.as_str(), "web", "--endpoint-url", url.as_str()];
+    for (more, named) in [
+        (
+            &["--watch", "--interval", "0.001", "--count", "20"][..],
+            "--interval",
+        ),
+        (
+            &["--watch", "--interval", "0.099", "--count", "20"],
+            "--interval",
+        ),
+        (&["--count", "3"], "--watch"),
+        (&["--interval", "1"], "--watch"),
+    ] {
+        let args: Vec<&str> = base.iter().chain(more).copied().collect();
+        let r = run(&args).await;
+        assert_eq!(r.code, 2, "{more:?}: {}", r.stderr);
+        assert!(r.stderr.contains(named), "{more:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "{more:?}: {}", r.stdout);
+    }
+    assert_eq!(
+        proxy.count("DiscoverInstances"),
+        0,
+        "no call for a refused run"
+    );
+    // The floor itself is taken.
+    let args: Vec<&str> = base
+        .iter()
+        .chain(&["--watch", "--interval", "0.1", "--count", "2"])
+        .copied()
+        .collect();
+    let r = run(&args).await;
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout.matches(" refresh ").count(), 2, "{}", r.stdout);
+}
