@@ -83,10 +83,7 @@ impl CloudMapDiscovery {
         // `sdk.endpoint_url()` does not show it.
         let custom_url = Arc::new(OnceLock::new());
         let config = client_config(sdk)
-            .endpoint_resolver(NoteEndpoint {
-                inner: DefaultResolver::new(),
-                url: custom_url.clone(),
-            })
+            .endpoint_resolver(NoteEndpoint::new(custom_url.clone()))
             .interceptor(KeepEndpointHost {
                 url: custom_url.clone(),
             });
@@ -216,11 +213,22 @@ fn host_of(url: &str) -> Option<&str> {
 }
 
 /// The SDK's endpoint resolver, noting the custom endpoint URL it is given (the
-/// same for every call of a client) for `KeepEndpointHost` and messages.
+/// same for every call of a client) for `KeepEndpointHost` and messages. The
+/// registry writer (`register/`) notes it too, for its messages.
 #[derive(Debug)]
-struct NoteEndpoint {
+pub(crate) struct NoteEndpoint {
     inner: DefaultResolver,
     url: Arc<OnceLock<String>>,
+}
+
+impl NoteEndpoint {
+    /// A resolver that notes the custom endpoint URL into `url`.
+    pub(crate) fn new(url: Arc<OnceLock<String>>) -> Self {
+        NoteEndpoint {
+            inner: DefaultResolver::new(),
+            url,
+        }
+    }
 }
 
 impl ResolveEndpoint for NoteEndpoint {

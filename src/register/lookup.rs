@@ -20,6 +20,7 @@ use sd::types::ServiceFilterName;
 use sd::types::{FilterCondition, NamespaceFilter, NamespaceFilterName, ServiceFilter};
 
 use super::operation::{send_sdk, Deadline};
+use super::CalledAt;
 use crate::error::{Error, ErrorKind};
 
 /// Pages of ListNamespaces or ListServices read before giving up.
@@ -41,7 +42,7 @@ pub(crate) struct ServiceIds {
 
 pub(crate) async fn service_ids(
     client: &sd::Client,
-    endpoint: &str,
+    endpoint: &CalledAt,
     namespace: &str,
     service: &str,
     owners: Owner<'_>,
@@ -122,7 +123,7 @@ pub(crate) async fn service_ids(
 /// The namespace's id, and its ARN when the answer gives it.
 async fn namespace_id(
     client: &sd::Client,
-    endpoint: &str,
+    endpoint: &CalledAt,
     namespace: &str,
     owner: &Owner<'_>,
     deadline: &Deadline<'_>,

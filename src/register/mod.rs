@@ -5,12 +5,12 @@
 //! (`operation.rs`: deadline, retries, GetOperation polling); `registered.rs` is the
 //! handle that sets its health and drains it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use aws_sdk_servicediscovery as sd;
 use sd::config::{ProvideCredentials, SharedCredentialsProvider};
 
-use crate::discover::cloud_map::{client_config, config_error};
+use crate::discover::cloud_map::{client_config, config_error, NoteEndpoint};
 use crate::error::Error;
 
 pub(crate) mod attributes;
@@ -29,7 +29,7 @@ pub(crate) mod registration;
 pub(crate) struct Writer {
     pub(crate) client: sd::Client,
     /// Where calls go, for error messages.
-    pub(crate) endpoint: Arc<str>,
+    pub(crate) endpoint: CalledAt,
     /// A configuration that cannot work, reported by every call.
     pub(crate) config_error: Option<Error>,
     credentials: Option<SharedCredentialsProvider>,
@@ -37,8 +37,17 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn new(sdk: &aws_config::SdkConfig) -> Self {
-        let client = sd::Client::from_conf(client_config(sdk).build());
-        let endpoint: Arc<str> = match (sdk.endpoint_url(), sdk.region()) {
+        // The custom endpoint is read where the SDK resolves it, as
+        // `CloudMapDiscovery` reads it: one for Cloud Map alone
+        // (`AWS_ENDPOINT_URL_SERVICEDISCOVERY`, a profile's `services` section) is
+        // applied when the client is built, and `sdk.endpoint_url()` does not show it.
+        let resolved = Arc::new(OnceLock::new());
+        let client = sd::Client::from_conf(
+            client_config(sdk)
+                .endpoint_resolver(NoteEndpoint::new(resolved.clone()))
+                .build(),
+        );
+        let configured: Arc<str> = match (sdk.endpoint_url(), sdk.region()) {
             (Some(url), _) => url.into(),
             (None, Some(region)) => {
                 format!("https://servicediscovery.{region}.amazonaws.com").into()
@@ -47,7 +56,10 @@ impl Writer {
         };
         Writer {
             client,
-            endpoint,
+            endpoint: CalledAt {
+                configured,
+                resolved,
+            },
             config_error: config_error(
                 sdk.region().is_some(),
                 sdk.credentials_provider().is_some(),
@@ -69,5 +81,21 @@ impl Writer {
             .await
             .ok()?;
         creds.account_id().map(|a| a.as_str().to_owned())
+    }
+}
+
+/// Where the writer's calls go, for error messages: the custom endpoint URL the SDK
+/// resolved for the client (noted when a call's endpoint is resolved, before it is
+/// sent, so an error of that call names it), else the `SdkConfig`'s endpoint URL or
+/// the regional endpoint.
+#[derive(Clone)]
+pub(crate) struct CalledAt {
+    configured: Arc<str>,
+    resolved: Arc<OnceLock<String>>,
+}
+
+impl CalledAt {
+    pub(crate) fn url(&self) -> &str {
+        self.resolved.get().map_or(&self.configured, String::as_str)
     }
 }

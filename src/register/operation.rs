@@ -15,6 +15,7 @@ use sd::error::{ProvideErrorMetadata, SdkError};
 use sd::types::OperationStatus;
 use tokio::time::Instant;
 
+use super::CalledAt;
 use crate::discover::cloud_map::map_error;
 use crate::discover::instance::ShownMessage;
 use crate::error::{Error, ErrorKind};
@@ -187,10 +188,11 @@ where
 }
 
 /// [`send_retrying`] for one SDK request named `what`, its errors mapped under the
-/// same name (for `endpoint`), so that a request is named once.
+/// same name (for `endpoint`, read when the error is: the custom endpoint URL is
+/// known once the first call resolved it), so that a request is named once.
 pub(crate) async fn send_sdk<T, E, F, Fut>(
     what: &'static str,
-    endpoint: &str,
+    endpoint: &CalledAt,
     deadline: &Deadline<'_>,
     seed: u64,
     mut send: F,
@@ -202,7 +204,7 @@ where
 {
     send_retrying(what, deadline, seed, || {
         let sent = send();
-        async move { sent.await.map_err(|e| map_error(what, endpoint, e)) }
+        async move { sent.await.map_err(|e| map_error(what, endpoint.url(), e)) }
     })
     .await
 }
@@ -212,7 +214,7 @@ where
 /// [`MAX_POLLS`] polls and within the deadline.
 pub(crate) async fn wait_operation(
     client: &sd::Client,
-    endpoint: &str,
+    endpoint: &CalledAt,
     operation_id: &str,
     what: &str,
     owner: Option<&str>,

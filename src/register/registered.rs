@@ -218,7 +218,7 @@ impl Registered {
                 ),
             ));
         }
-        let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
+        let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
         send_sdk(
             "UpdateInstanceCustomHealthStatus",
             endpoint,
@@ -321,7 +321,7 @@ impl Registered {
     /// asked for it), is taken to be this one's: deregistering by id is what drain
     /// did before it could tell.
     async fn entry(&self, deadline: &Deadline<'_>) -> Result<Entry, Error> {
-        let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
+        let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
         let got = send_sdk("GetInstance", endpoint, deadline, self.seed, || async {
             client
                 .get_instance()
@@ -359,7 +359,7 @@ impl Registered {
     /// DeregisterInstance, then GetOperation until it succeeded: the operation's
     /// id, and whether this drain deregistered the instance.
     async fn deregister(&self, deadline: &Deadline<'_>) -> Result<(Option<String>, bool), Error> {
-        let (client, endpoint) = (&self.writer.client, &*self.writer.endpoint);
+        let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
         // Whether a send of this drain failed in a way that may have reached the
         // registry (a lost answer): a retry then hears that the instance is gone, or
         // that the operation is already running, because of this drain.
@@ -378,7 +378,7 @@ impl Registered {
                     if let Some(id) = duplicate_operation(&e) {
                         return Ok(Some(id));
                     }
-                    let err = map_error("DeregisterInstance", endpoint, e);
+                    let err = map_error("DeregisterInstance", endpoint.url(), e);
                     if err.kind() == ErrorKind::Unavailable {
                         maybe_applied.store(true, Ordering::Relaxed);
                     }

@@ -274,7 +274,7 @@ impl Registration {
         let label = namespace_label(&self.namespace, self.owner_account.as_deref());
         let deadline = Deadline::after(self.deadline, &label, &self.service);
         let client = &self.writer.client;
-        let endpoint = &*self.writer.endpoint;
+        let endpoint = &self.writer.endpoint;
         let own_account = match &self.owner_account {
             Some(_) => None,
             // The credentials chain may be slow (an instance role's first load):
@@ -346,7 +346,7 @@ impl Registration {
                     // none of this registration's was) had `register` wait on it
                     // and report this instance registered.
                     let refused = is_duplicate(&e);
-                    let err = map_error("RegisterInstance", endpoint, e);
+                    let err = map_error("RegisterInstance", endpoint.url(), e);
                     if err.kind() == ErrorKind::Unavailable && !refused {
                         maybe_applied.store(true, Ordering::Relaxed);
                     }

@@ -5,7 +5,7 @@ use cloudmap_resolver::{ErrorKind, Registration};
 use test_support::moto::sdk_config;
 use test_support::proxy::Fault;
 
-use super::{setup, write_calls};
+use super::{sdk_for_cloud_map_alone, setup, write_calls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_namespace_and_service_are_typed() {
@@ -254,4 +254,67 @@ async fn a_hanging_credentials_chain_ends_at_the_deadline() {
     assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
     assert!(err.message().contains("credentials"), "{err}");
     assert!(err.message().contains("deadline"), "{err}");
+}
+
+/// With the endpoint URL set for Cloud Map alone (a profile's `services` section,
+/// or `AWS_ENDPOINT_URL_SERVICEDISCOVERY`), which `SdkConfig::endpoint_url()` does
+/// not show, every call goes there, and the errors say so. Before, they named
+/// `https://servicediscovery.us-east-1.amazonaws.com`, where no call went (the first
+/// case, ListNamespaces, failed so); now each of the six names the configured URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_endpoint_set_for_cloud_map_alone() {
+    use std::time::Duration;
+
+    let (ns, _, proxy) = setup().await;
+    let sdk = sdk_for_cloud_map_alone(&proxy.url()).await;
+    assert_eq!(sdk.endpoint_url(), None);
+    let names_it = |op: &str, err: &cloudmap_resolver::Error| {
+        assert_eq!(err.kind(), ErrorKind::Unavailable, "{op}: {err}");
+        assert!(err.message().contains(&proxy.url()), "{op}: {err}");
+        assert!(!err.message().contains("amazonaws.com"), "{op}: {err}");
+    };
+    // 5 s: the look-ups before a faulted GetOperation pass through moto, and must
+    // leave the retries room to hear the fault (the error names the last answer).
+    let registration = |id: &str| {
+        Registration::new(&sdk, &ns, "web", id)
+            .ipv4("127.0.0.1".parse().unwrap())
+            .port(8080)
+            .jitter_seed(1)
+            .deadline(Duration::from_secs(5))
+    };
+    // The look-ups, RegisterInstance and its operation's polls.
+    for op in ["ListNamespaces", "RegisterInstance", "GetOperation"] {
+        proxy.fault_operation(op, Fault::Close, None);
+        // An id per case: a faulted poll leaves its instance registered.
+        let err = registration(&format!("i-{op}"))
+            .register()
+            .await
+            .unwrap_err();
+        proxy.fault_operation(op, Fault::None, None);
+        names_it(op, &err);
+        assert!(proxy.count(op) >= 1, "{op} never reached the proxy");
+    }
+    // The handle's calls: the entry check, the health update, the deregistration.
+    let registered = registration("i-where").register().await.unwrap();
+    for op in [
+        "GetInstance",
+        "UpdateInstanceCustomHealthStatus",
+        "DeregisterInstance",
+    ] {
+        proxy.fault_operation(op, Fault::Close, None);
+        let err = match op {
+            "DeregisterInstance" => registered.drain(Duration::ZERO).await.unwrap_err(),
+            _ => registered
+                .set_health(cloudmap_resolver::HealthStatus::Unhealthy)
+                .await
+                .unwrap_err(),
+        };
+        proxy.fault_operation(op, Fault::None, None);
+        names_it(op, &err);
+    }
+    assert!(registered
+        .drain(Duration::ZERO)
+        .await
+        .unwrap()
+        .deregistered());
 }
