@@ -7,11 +7,12 @@
 //! (`^([a-zA-Z0-9!-~][ \ta-zA-Z0-9!-~]*){0,1}[a-zA-Z0-9!-~]{0,1}$`); at most 30 custom
 //! attributes; all keys and values together at most 5,000 characters. Keys starting
 //! with `AWS_` are reserved: only the documented ones are accepted, each with its own
-//! rule (an address that parses, a port, `HEALTHY`/`UNHEALTHY`), and an alias
+//! rule (an address that parses and that a caller can connect to, a port,
+//! `HEALTHY`/`UNHEALTHY`), and an alias
 //! (`AWS_ALIAS_DNS_NAME`) excludes the `AWS_INSTANCE_*` attributes.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::discover::instance::{ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
 use crate::error::Error;
@@ -143,9 +144,19 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
             RESERVED.join(", ")
         )));
     }
+    let address = match key {
+        ATTR_IPV4 => value.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+        ATTR_IPV6 => value.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        _ => None,
+    };
+    if let Some(why) = address.and_then(unreachable) {
+        return Err(Error::invalid(format!(
+            "attribute {key} is {value}, {why}: no caller can connect to it; register the \
+             address callers reach this process at"
+        )));
+    }
     let ok = match key {
-        ATTR_IPV4 => value.parse::<Ipv4Addr>().is_ok(),
-        ATTR_IPV6 => value.parse::<Ipv6Addr>().is_ok(),
+        ATTR_IPV4 | ATTR_IPV6 => address.is_some(),
         ATTR_PORT => value.parse::<u16>().is_ok_and(|p| p != 0),
         ATTR_INIT_HEALTH => value == "HEALTHY" || value == "UNHEALTHY",
         _ => !value.is_empty(),
@@ -156,6 +167,37 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
         Err(Error::invalid(format!(
             "attribute {key} has the malformed value {value:?}"
         )))
+    }
+}
+
+/// What makes an address one no caller can connect to, if it is: the unspecified
+/// address and the rest of "this network" (`0.0.0.0/8`, `::`; a listener's "every
+/// interface", a common slip for the address to register), multicast (`224.0.0.0/4`,
+/// `ff00::/8`) and the IPv4 broadcast address, also in their IPv4-mapped IPv6
+/// spellings (`::ffff:0.0.0.0`). The resolver never hands these out (its default
+/// `AddressPolicy`), so an instance registered at one would be skipped by every
+/// caller. Loopback and private addresses are reachable from somewhere, and stay
+/// accepted.
+fn unreachable(ip: IpAddr) -> Option<&'static str> {
+    let v4 = match ip {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None if v6.is_unspecified() => return Some("the unspecified address"),
+            None if v6.is_multicast() => return Some("a multicast address"),
+            None => return None,
+        },
+    };
+    if v4.is_unspecified() {
+        Some("the unspecified address")
+    } else if v4.octets()[0] == 0 {
+        Some("an address of \"this network\" (0.0.0.0/8)")
+    } else if v4.is_multicast() {
+        Some("a multicast address")
+    } else if v4.is_broadcast() {
+        Some("the broadcast address")
+    } else {
+        None
     }
 }
 
@@ -218,6 +260,41 @@ mod tests {
             assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
         }
         assert!(check_attributes(&attrs(&[(&"k".repeat(255), &"v".repeat(1024))])).is_ok());
+    }
+
+    /// Addresses no caller can connect to are refused before any call, in every
+    /// spelling; loopback, private and public ones are not.
+    #[test]
+    fn addresses_no_caller_can_reach_are_refused() {
+        for (key, bad) in [
+            (ATTR_IPV4, "0.0.0.0"),
+            (ATTR_IPV4, "0.1.2.3"),
+            (ATTR_IPV4, "224.0.0.1"),
+            (ATTR_IPV4, "239.255.255.250"),
+            (ATTR_IPV4, "255.255.255.255"),
+            (ATTR_IPV6, "::"),
+            (ATTR_IPV6, "0:0:0:0:0:0:0:0"),
+            (ATTR_IPV6, "ff02::1"),
+            (ATTR_IPV6, "::ffff:0.0.0.0"),
+            (ATTR_IPV6, "::ffff:224.0.0.1"),
+            (ATTR_IPV6, "::ffff:255.255.255.255"),
+        ] {
+            let err = check_attributes(&attrs(&[(key, bad)])).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+            assert!(err.message().contains("no caller can connect"), "{err}");
+        }
+        for (key, ok) in [
+            (ATTR_IPV4, "127.0.0.1"),
+            (ATTR_IPV4, "10.0.0.7"),
+            (ATTR_IPV4, "203.0.113.9"),
+            (ATTR_IPV4, "255.255.255.254"),
+            (ATTR_IPV6, "::1"),
+            (ATTR_IPV6, "2001:db8::7"),
+            (ATTR_IPV6, "fd12::7"),
+            (ATTR_IPV6, "::ffff:10.0.0.7"),
+        ] {
+            assert!(check_attributes(&attrs(&[(key, ok)])).is_ok(), "{ok}");
+        }
     }
 
     #[test]

@@ -101,7 +101,10 @@ impl Registration {
         }
     }
 
-    /// The IPv4 address callers connect to (`AWS_INSTANCE_IPV4`).
+    /// The IPv4 address callers connect to (`AWS_INSTANCE_IPV4`). An address no
+    /// caller can connect to (`0.0.0.0` and the rest of `0.0.0.0/8`, multicast,
+    /// `255.255.255.255`) is refused by [`register`](Self::register) before any call
+    /// ([`InvalidInput`](ErrorKind::InvalidInput)); loopback is accepted.
     ///
     /// ```
     /// # let sdk = aws_config::SdkConfig::builder().build();
@@ -114,7 +117,10 @@ impl Registration {
         self.attribute(ATTR_IPV4, ip.to_string())
     }
 
-    /// The IPv6 address callers connect to (`AWS_INSTANCE_IPV6`).
+    /// The IPv6 address callers connect to (`AWS_INSTANCE_IPV6`). An address no
+    /// caller can connect to (`::`, multicast, and the IPv4-mapped spellings of the
+    /// IPv4 ones) is refused by [`register`](Self::register) before any call
+    /// ([`InvalidInput`](ErrorKind::InvalidInput)); loopback is accepted.
     ///
     /// ```
     /// # let sdk = aws_config::SdkConfig::builder().build();
@@ -236,7 +242,7 @@ impl Registration {
     /// # Errors
     ///
     /// [`InvalidInput`](ErrorKind::InvalidInput) for a malformed name, instance id,
-    /// attribute or deadline (no call made); [`Configuration`](ErrorKind::Configuration)
+    /// attribute or deadline, or an address no caller can connect to (no call made); [`Configuration`](ErrorKind::Configuration)
     /// for an SDK configuration without a region or credentials, or when the registry
     /// refuses the caller (`AccessDeniedException`, expired or unknown credentials;
     /// reported at once, not retried); [`QuotaExceeded`](ErrorKind::QuotaExceeded)

@@ -1,6 +1,8 @@
 //! Typed errors: unknown names, bad attributes and configuration, with the calls
 //! each one costs counted.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use cloudmap_resolver::{ErrorKind, Registration};
 use test_support::moto::sdk_config;
 use test_support::proxy::Fault;
@@ -67,6 +69,15 @@ async fn bad_input_fails_before_any_call() {
         ),
         ("bad service", Registration::new(&sdk, &ns, "-web", "i-1")),
         ("zero deadline", base().deadline(std::time::Duration::ZERO)),
+        // Addresses no caller can connect to (before, each was registered).
+        ("unspecified IPv4", base().ipv4(Ipv4Addr::UNSPECIFIED)),
+        ("unspecified IPv6", base().ipv6(Ipv6Addr::UNSPECIFIED)),
+        ("broadcast", base().ipv4(Ipv4Addr::BROADCAST)),
+        ("multicast IPv4", base().ipv4(Ipv4Addr::new(224, 0, 0, 1))),
+        (
+            "multicast IPv6",
+            base().attribute("AWS_INSTANCE_IPV6", "ff02::1"),
+        ),
     ];
     for (what, registration) in cases {
         let err = registration.register().await.unwrap_err();
@@ -74,7 +85,7 @@ async fn bad_input_fails_before_any_call() {
     }
     assert_eq!(write_calls(&proxy), 0, "a call was made for bad input");
 
-    // Thirty custom attributes are allowed.
+    // Thirty custom attributes are allowed, and a loopback address.
     let registered = thirty.register().await.unwrap();
     registered.drain(std::time::Duration::ZERO).await.unwrap();
 }
