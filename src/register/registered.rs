@@ -82,7 +82,9 @@ impl Drained {
     /// have been carried out: when its retry hears `InstanceNotFound`, this drain is
     /// taken to have done it (true, without an [`operation_id`](Self::operation_id)),
     /// and when the retry hears `DuplicateRequest`, the operation it names is waited
-    /// on and reported.
+    /// on and reported. Without a lost answer, a `DuplicateRequest` names another
+    /// request's operation on the instance: it is not waited on, and
+    /// DeregisterInstance is sent again, within the retries' bounds.
     ///
     /// ```
     /// # fn check(d: cloudmap_resolver::Drained) {
@@ -362,7 +364,11 @@ impl Registered {
         let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
         // Whether a send of this drain failed in a way that may have reached the
         // registry (a lost answer): a retry then hears that the instance is gone, or
-        // that the operation is already running, because of this drain.
+        // that the operation is already running, because of this drain. Without one,
+        // a `DuplicateRequest` names another request's operation on the instance
+        // (another process's write of the id), not this drain's: it is a refusal,
+        // retried as an outage is, and waiting on that operation would report the
+        // instance deregistered while it may stay registered.
         let maybe_applied = AtomicBool::new(false);
         let sent = send_retrying("DeregisterInstance", deadline, self.seed, || async {
             self.deregister_sent.store(true, Ordering::Relaxed);
@@ -375,11 +381,16 @@ impl Registered {
             match sent {
                 Ok(out) => Ok(out.operation_id().map(str::to_owned)),
                 Err(e) => {
-                    if let Some(id) = duplicate_operation(&e) {
+                    if maybe_applied.load(Ordering::Relaxed)
+                        && let Some(id) = duplicate_operation(&e)
+                    {
                         return Ok(Some(id));
                     }
+                    // A `DuplicateRequest` answer is a refusal: that send was not
+                    // carried out, and is no lost answer.
+                    let refused = is_duplicate(&e);
                     let err = map_error("DeregisterInstance", endpoint.url(), e);
-                    if err.kind() == ErrorKind::Unavailable {
+                    if err.kind() == ErrorKind::Unavailable && !refused {
                         maybe_applied.store(true, Ordering::Relaxed);
                     }
                     Err(err)
@@ -422,8 +433,8 @@ enum Entry {
     Replaced(String),
 }
 
-/// The operation a `DuplicateRequest` answer names: the same deregistration, already
-/// running (sent by an earlier attempt whose answer was lost).
+/// The operation a `DuplicateRequest` answer names: after a lost answer, the same
+/// deregistration, already running (sent by the attempt whose answer was lost).
 fn duplicate_operation(e: &SdkError<DeregisterInstanceError, HttpResponse>) -> Option<String> {
     match e {
         SdkError::ServiceError(ctx) => match ctx.err() {
@@ -435,6 +446,12 @@ fn duplicate_operation(e: &SdkError<DeregisterInstanceError, HttpResponse>) -> O
         },
         _ => None,
     }
+}
+
+/// Whether the registry answered `DuplicateRequest` (with an operation id or not).
+fn is_duplicate(e: &SdkError<DeregisterInstanceError, HttpResponse>) -> bool {
+    matches!(e, SdkError::ServiceError(ctx)
+        if matches!(ctx.err(), DeregisterInstanceError::DuplicateRequest(_)))
 }
 
 impl Drop for Registered {

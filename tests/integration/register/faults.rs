@@ -274,6 +274,31 @@ async fn a_drain_whose_answer_was_lost_still_deregistered() {
     assert!(!drained.deregistered());
 }
 
+/// A `DuplicateRequest` heard by a drain none of whose sends may have been carried
+/// out names another request's operation on the instance (another process's write
+/// of its id), not this drain's. Before, drain waited on that operation and reported
+/// the instance deregistered, with that operation's id, after 1 DeregisterInstance,
+/// while the instance stayed registered; now the refusal is sent again, as an
+/// outage is, and the drain's own deregistration takes the instance out (2 sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_hearing_a_duplicate_request_with_no_lost_answer_deregisters_itself() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    // Another registration's answer is lost: its operation is the one named.
+    proxy.fault_operation("RegisterInstance", Fault::LoseAnswer, Some(1));
+    let other = registration(&sdk, &ns, "i-dd-other")
+        .register()
+        .await
+        .unwrap();
+    let registered = registration(&sdk, &ns, "i-dd").register().await.unwrap();
+    proxy.fault_operation("DeregisterInstance", Fault::DuplicateOfLost, Some(1));
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert_eq!(proxy.count("DeregisterInstance"), 2);
+    assert!(drained.deregistered(), "{drained:?}");
+    assert!(!instance_ids(&service_id).await.contains(&"i-dd".to_owned()));
+    other.drain(Duration::ZERO).await.unwrap();
+}
+
 /// GetInstance may answer `InstanceNotFound` for an instance registered a moment
 /// ago (Cloud Map: "the instance was recently registered, and information about
 /// the instance hasn't propagated yet"). A job that registers and drains quickly
