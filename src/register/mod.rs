@@ -3,7 +3,8 @@
 //! `registration.rs` checks an instance (`attributes.rs`, and discover's name rules),
 //! looks its names up once (`lookup.rs`), registers it and waits on the operation
 //! (`operation.rs`: deadline, retries, GetOperation polling); `registered.rs` is the
-//! handle that sets its health and drains it.
+//! handle that sets its health and drains it, sending a write again while its
+//! `InstanceNotFound` may mean "not propagated yet" (`propagation.rs`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -16,6 +17,7 @@ use crate::error::Error;
 pub(crate) mod attributes;
 pub(crate) mod lookup;
 pub(crate) mod operation;
+pub(crate) mod propagation;
 pub(crate) mod registered;
 pub(crate) mod registration;
 

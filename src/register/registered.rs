@@ -11,7 +11,10 @@ use sd::operation::deregister_instance::DeregisterInstanceError;
 use sd::types::CustomHealthStatus;
 
 use super::lookup::ServiceIds;
+use tokio::time::Instant;
+
 use super::operation::{send_retrying, send_sdk, wait_operation, Deadline};
+use super::propagation::past_propagation;
 use super::Writer;
 use crate::discover::cloud_map::map_error;
 use crate::discover::instance::HealthStatus;
@@ -63,6 +66,9 @@ pub struct Registered {
     /// cancelled after it may have taken the instance out, and the drop's warning
     /// must not say it stays registered.
     pub(super) deregister_sent: AtomicBool,
+    /// When the registration succeeded: an `InstanceNotFound` soon after may mean
+    /// "not propagated yet" (`propagation.rs`).
+    pub(super) registered_at: Instant,
 }
 
 /// What [`Registered::drain`] did.
@@ -180,7 +186,9 @@ impl Registered {
     /// longer registered, or another registration of its id replaced this one (a
     /// replacement process: its health is not this handle's to set; checked with
     /// GetInstance first, as [`drain`](Self::drain) does; GetInstance finding no
-    /// entry is not enough, the update's own answer is); [`Throttled`](ErrorKind::Throttled) or
+    /// entry is not enough, the update's own answer is, and within 5 s of the
+    /// registration, when that answer may mean "not propagated yet", the update is
+    /// sent again until then); [`Throttled`](ErrorKind::Throttled) or
     /// [`Unavailable`](ErrorKind::Unavailable) when the registry kept refusing until
     /// the deadline.
     pub async fn set_health(&self, status: HealthStatus) -> Result<(), Error> {
@@ -209,7 +217,8 @@ impl Registered {
         // since (a replacement reusing the id) is not this one's to mark. No entry
         // is not proof of a deregistration (GetInstance answers `InstanceNotFound`
         // for an instance registered a moment ago): the update is sent, and its own
-        // `InstanceNotFound` says the instance is gone.
+        // `InstanceNotFound`, once the registration is old enough, says the instance
+        // is gone.
         if let Entry::Replaced(other) = self.entry(&deadline).await? {
             return Err(Error::new(
                 ErrorKind::InstanceNotFound,
@@ -221,20 +230,33 @@ impl Registered {
             ));
         }
         let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
-        send_sdk(
+        let update = || {
+            send_sdk(
+                "UpdateInstanceCustomHealthStatus",
+                endpoint,
+                &deadline,
+                self.seed,
+                || async {
+                    client
+                        .update_instance_custom_health_status()
+                        .service_id(&self.ids.service_id)
+                        .instance_id(&self.instance_id)
+                        .status(status.clone())
+                        .send()
+                        .await
+                },
+            )
+        };
+        // Its `InstanceNotFound` right after the registration may mean "not
+        // propagated yet" (a health set as soon as the instance is registered):
+        // sent again then, unless this handle drained the instance.
+        past_propagation(
             "UpdateInstanceCustomHealthStatus",
-            endpoint,
+            self.registered_at,
             &deadline,
             self.seed,
-            || async {
-                client
-                    .update_instance_custom_health_status()
-                    .service_id(&self.ids.service_id)
-                    .instance_id(&self.instance_id)
-                    .status(status.clone())
-                    .send()
-                    .await
-            },
+            || self.drained.load(Ordering::Relaxed),
+            update,
         )
         .await?;
         Ok(())
@@ -256,7 +278,11 @@ impl Registered {
     /// GetInstance finding no entry is not taken as proof (Cloud Map answers
     /// `InstanceNotFound` for an instance registered a moment ago, not yet
     /// propagated): DeregisterInstance is sent anyway, and its own `InstanceNotFound`
-    /// says the instance was gone.
+    /// says the instance was gone. Within 5 s of the registration that answer may
+    /// mean "not propagated yet" too (a job that registers and drains at once): it
+    /// is sent again, with backoff, until the registration is 5 s old, so a drain of
+    /// an instance someone else removed that soon returns up to 5 s after the
+    /// registration.
     ///
     /// Nor is an instance id registered again by another process since (a
     /// replacement after a restart, reusing the id): Cloud Map replaced this
@@ -282,8 +308,9 @@ impl Registered {
             // No entry is not proof of a deregistration: GetInstance answers
             // `InstanceNotFound` for an instance registered a moment ago, before the
             // registry has propagated it (a short job that registers and drains at
-            // once). DeregisterInstance is sent anyway; its own `InstanceNotFound`
-            // is what says the instance was already gone.
+            // once). DeregisterInstance is sent anyway; its own `InstanceNotFound`,
+            // once the registration is old enough (`propagation.rs`), is what says
+            // the instance was already gone.
             Entry::Ours | Entry::Gone => self.deregister(&deadline).await?,
             Entry::Replaced(other) => {
                 tracing::warn!(
@@ -370,7 +397,51 @@ impl Registered {
         // retried as an outage is, and waiting on that operation would report the
         // instance deregistered while it may stay registered.
         let maybe_applied = AtomicBool::new(false);
-        let sent = send_retrying("DeregisterInstance", deadline, self.seed, || async {
+        // `InstanceNotFound` right after the registration may mean "not propagated
+        // yet": sent again then, unless the instance is gone because of this
+        // handle (an earlier drain, or this one's lost answer).
+        let settled =
+            || self.drained.load(Ordering::Relaxed) || maybe_applied.load(Ordering::Relaxed);
+        let sent = past_propagation(
+            "DeregisterInstance",
+            self.registered_at,
+            deadline,
+            self.seed,
+            settled,
+            || self.send_deregister(deadline, &maybe_applied),
+        )
+        .await;
+        let (operation_id, deregistered) = match sent {
+            Ok(id) => (id, true),
+            Err(e) if e.kind() == ErrorKind::InstanceNotFound => {
+                (None, maybe_applied.load(Ordering::Relaxed))
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(id) = &operation_id {
+            wait_operation(
+                client,
+                endpoint,
+                id,
+                "DeregisterInstance",
+                self.ids.owner_account.as_deref(),
+                deadline,
+                self.seed,
+            )
+            .await?;
+        }
+        Ok((operation_id, deregistered))
+    }
+
+    /// DeregisterInstance, sent until answered (`send_retrying`): the operation's
+    /// id. `maybe_applied` is set by a send that may have reached the registry.
+    async fn send_deregister(
+        &self,
+        deadline: &Deadline<'_>,
+        maybe_applied: &AtomicBool,
+    ) -> Result<Option<String>, Error> {
+        let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
+        send_retrying("DeregisterInstance", deadline, self.seed, || async {
             self.deregister_sent.store(true, Ordering::Relaxed);
             let sent = client
                 .deregister_instance()
@@ -397,27 +468,7 @@ impl Registered {
                 }
             }
         })
-        .await;
-        let (operation_id, deregistered) = match sent {
-            Ok(id) => (id, true),
-            Err(e) if e.kind() == ErrorKind::InstanceNotFound => {
-                (None, maybe_applied.load(Ordering::Relaxed))
-            }
-            Err(e) => return Err(e),
-        };
-        if let Some(id) = &operation_id {
-            wait_operation(
-                client,
-                endpoint,
-                id,
-                "DeregisterInstance",
-                self.ids.owner_account.as_deref(),
-                deadline,
-                self.seed,
-            )
-            .await?;
-        }
-        Ok((operation_id, deregistered))
+        .await
     }
 }
 

@@ -394,6 +394,7 @@ impl Registration {
             seed,
             drained: AtomicBool::new(false),
             deregister_sent: AtomicBool::new(false),
+            registered_at: tokio::time::Instant::now(),
         })
     }
 }

@@ -268,10 +268,21 @@ async fn a_drain_whose_answer_was_lost_still_deregistered() {
     let drained = registered.drain(Duration::ZERO).await.unwrap();
     // GetInstance (drain's check of whose the entry is) finds none, which may mean
     // "not yet propagated": DeregisterInstance is still sent, and its own
-    // InstanceNotFound says the instance was gone before this drain.
+    // InstanceNotFound, still heard once the registration is 5 s old, says the
+    // instance was gone before this drain (sent again until then, within the bound).
     assert_eq!(proxy.count("GetInstance"), 1);
-    assert_eq!(proxy.count("DeregisterInstance"), 1);
+    let sends = proxy.count("DeregisterInstance");
+    assert!((2..=MAX_SENDS).contains(&sends), "{sends} sends");
     assert!(!drained.deregistered());
+    // Drained, the handle knows the instance is gone: a second drain takes the
+    // answer at its word.
+    proxy.reset_counts();
+    assert!(!registered
+        .drain(Duration::ZERO)
+        .await
+        .unwrap()
+        .deregistered());
+    assert_eq!(proxy.count("DeregisterInstance"), 1);
 }
 
 /// A `DuplicateRequest` heard by a drain none of whose sends may have been carried
@@ -336,6 +347,57 @@ async fn an_instance_not_yet_propagated_is_still_drained() {
     assert!(!instance_ids(&service_id)
         .await
         .contains(&"i-new".to_owned()));
+}
+
+/// DeregisterInstance and UpdateInstanceCustomHealthStatus answer
+/// `InstanceNotFound` for an instance not yet propagated as GetInstance does (the
+/// error's documented meaning): such an answer right after the registration is
+/// sent again. Before, a drain hearing it (after GetInstance's) reported the
+/// instance already gone (`deregistered()` false, 1 DeregisterInstance) and left it
+/// registered, and `set_health` failed `InstanceNotFound`; now the drain takes it
+/// out (3 sends) and the health is set (2 sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_answered_not_yet_propagated_is_sent_again() {
+    let (ns, service_id, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let not_propagated = Fault::AwsError {
+        status: 400,
+        code: "InstanceNotFound",
+        message: "No instance exists with the specified ID, or the instance was recently \
+                  registered, and information about the instance hasn't propagated yet.",
+    };
+    let registered = registration(&sdk, &ns, "i-young").register().await.unwrap();
+
+    proxy.fault_operation(
+        "UpdateInstanceCustomHealthStatus",
+        not_propagated.clone(),
+        Some(1),
+    );
+    registered
+        .set_health(cloudmap_resolver::HealthStatus::Unhealthy)
+        .await
+        .unwrap();
+    assert_eq!(proxy.count("UpdateInstanceCustomHealthStatus"), 2);
+    assert_eq!(
+        test_support::moto::health_status(&service_id, "i-young")
+            .await
+            .as_deref(),
+        Some("UNHEALTHY")
+    );
+
+    registered.drain(Duration::ZERO).await.unwrap();
+
+    // A drain at once after its registration (the answers above took time).
+    let registered = registration(&sdk, &ns, "i-short").register().await.unwrap();
+    proxy.fault_operation("GetInstance", not_propagated.clone(), Some(1));
+    proxy.fault_operation("DeregisterInstance", not_propagated, Some(2));
+    proxy.reset_counts();
+    let drained = registered.drain(Duration::ZERO).await.unwrap();
+    assert_eq!(proxy.count("DeregisterInstance"), 3);
+    assert!(drained.deregistered(), "{drained:?}");
+    assert!(!instance_ids(&service_id)
+        .await
+        .contains(&"i-short".to_owned()));
 }
 
 /// A drain cancelled after DeregisterInstance was sent (its caller's own timeout, a
