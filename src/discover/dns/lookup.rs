@@ -78,7 +78,23 @@ impl Client {
         }
         outcome
     }
+
+    /// Whether `name` has a CNAME record: a chain the client stopped following at
+    /// `name` did not end there.
+    async fn is_alias(&self, name: &Name) -> bool {
+        match self.pool.lookup(name.clone(), RecordType::CNAME).await {
+            Ok(found) => found
+                .answers()
+                .iter()
+                .any(|r| r.name == *name && matches!(r.data, RData::CNAME(_))),
+            Err(_) => false,
+        }
+    }
 }
+
+/// How many names of a CNAME chain the DNS client (hickory-resolver) follows before
+/// it gives up and reports NODATA.
+const MAX_CNAME_CHAIN: usize = 8;
 
 /// A DNS query's outcome, with negative answers told apart from failures.
 pub(super) enum Found {
@@ -120,8 +136,29 @@ pub(super) async fn query(client: &Client, name: &Name, rtype: RecordType) -> Re
         Err(NetError::Dns(DnsError::NoRecordsFound(NoRecords {
             response_code: ResponseCode::NoError,
             negative_ttl,
+            soa,
+            query: end,
             ..
-        }))) => Ok(Found::NoData(negative_ttl)),
+        }))) => {
+            // The DNS client follows at most 8 CNAME records, then reports the
+            // alias it stopped at as NODATA: a loop or too long a chain read as
+            // "the service has no records", which emptied the merged set and
+            // replaced a warm key's answer with none. A real NODATA comes with the
+            // zone's SOA (RFC 2308) and ends at a name that is no alias, so only a
+            // negative answer without an SOA costs one CNAME query more.
+            if soa.is_none() && client.is_alias(end.name()).await {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "DNS {rtype} query for {name}: the CNAME chain does not end ({} is \
+                         still an alias after the {MAX_CNAME_CHAIN} names the DNS client \
+                         follows: a loop, or too long a chain)",
+                        end.name()
+                    ),
+                ));
+            }
+            Ok(Found::NoData(negative_ttl))
+        }
         Err(e) => Err(Error::with_source(
             ErrorKind::Unavailable,
             format!("DNS {rtype} query for {name} failed"),

@@ -68,11 +68,15 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 ///   `InvalidInput`, never silently ignored; use [`CloudMapDiscovery`] for them.
 /// - **Owner accounts**: DNS has no notion of who owns a namespace, so a request
 ///   with an [owner account](DiscoverRequest::owner_account) is `InvalidInput`.
+/// - **Aliases**: CNAME records at the service name and at SRV targets are followed
+///   (an SRV target that is an alias keeps its own name as the instance id), and the
+///   CNAME records' TTLs count among the answer's.
 /// - **Errors**: NXDOMAIN is `ServiceNotFound`; no records of any kind asked for is
 ///   an empty answer, which the resolver reports as `NoEndpoints`; SERVFAIL, REFUSED,
 ///   a timeout or no reachable server is `Unavailable` (with several name servers,
-///   when every one of them fails), and the resolver keeps serving its last good
-///   answer. The DNS error is the error's
+///   when every one of them fails), and so is a CNAME chain that does not end (a
+///   loop, or longer than the 8 names hickory follows); the resolver keeps serving
+///   its last good answer. The DNS error is the error's
 ///   [`source`](std::error::Error::source).
 ///
 /// The name looked up is fully qualified (`service.namespace.`), so search domains

@@ -1,7 +1,9 @@
 //! A real DNS server on loopback (hickory-server in this process) answering from a
 //! table the test changes as it goes, with faults on command: SERVFAIL, REFUSED,
-//! dropped queries, and Route 53's "a random 8 of N records" answers. [`zone`] is the
-//! static zone the benchmarks measure hickory's cache against.
+//! dropped queries, and Route 53's "a random 8 of N records" answers. CNAME records
+//! are followed within the table, as an authoritative server follows them within its
+//! zone, and negative answers carry the zone's SOA record once one is set. [`zone`]
+//! is the static zone the benchmarks measure hickory's cache against.
 
 pub mod zone;
 
@@ -12,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, SRV};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
 pub use hickory_server::proto::rr::RecordType;
 use hickory_server::proto::rr::{Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
@@ -44,8 +46,19 @@ struct Table {
     sample: Option<(usize, SmallRng)>,
     /// Which of SRV targets' records (A, AAAA) to put in the additional section.
     additional: Vec<RecordType>,
+    /// Follow CNAME records within the table (an alias into the server's own zone);
+    /// when false, answer the first CNAME only (an alias out of it), and the client
+    /// asks for the target itself.
+    chase: bool,
+    /// The SOA record negative answers (NXDOMAIN, NODATA) carry in their authority
+    /// section, as RFC 2308 has authoritative servers do.
+    soa: Option<Record>,
     queries: Vec<(String, RecordType)>,
 }
+
+/// The most CNAME records one answer follows: a chain longer than this, or a loop,
+/// is answered as far as it was followed.
+const MAX_CHASE: usize = 16;
 
 #[derive(Clone)]
 struct Handler(Arc<Mutex<Table>>);
@@ -79,6 +92,8 @@ impl DnsServer {
             mode: Mode::Answer,
             sample: None,
             additional: vec![RecordType::A, RecordType::AAAA],
+            chase: true,
+            soa: None,
             queries: Vec::new(),
         }));
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -129,6 +144,35 @@ impl DnsServer {
             ttl,
             RData::SRV(SRV::new(priority, weight, port, fqdn(target))),
         );
+    }
+
+    /// Makes `name` an alias of `target`. Queries of other types at `name` are
+    /// answered with this record followed by what the table holds at `target`
+    /// (followed on while `target` is an alias too; see [`DnsServer::set_chase`]).
+    pub fn add_cname(&self, name: &str, target: &str, ttl: u32) {
+        self.add(name, ttl, RData::CNAME(CNAME(fqdn(target))));
+    }
+
+    /// Whether CNAME records are followed within the table (the default) or only
+    /// the first one is answered, leaving the client to ask for its target.
+    pub fn set_chase(&self, on: bool) {
+        self.with(|t| t.chase = on);
+    }
+
+    /// Negative answers (NXDOMAIN, NODATA) carry an SOA record of `zone` with this
+    /// TTL and MINIMUM: by RFC 2308 the negative answer is cached for the lower.
+    pub fn set_soa(&self, zone: &str, ttl: u32, minimum: u32) {
+        let origin = fqdn(zone);
+        let soa = SOA::new(
+            origin.clone(),
+            origin.clone(),
+            1,
+            3600,
+            600,
+            86_400,
+            minimum,
+        );
+        self.with(|t| t.soa = Some(Record::from_rdata(origin, ttl, RData::SOA(soa))));
     }
 
     /// Removes every record of `rtype` at `name`.
@@ -188,7 +232,11 @@ enum Reply {
     Drop,
     Code(ResponseCode),
     Records {
+        /// NOERROR, or NXDOMAIN for a name (or an alias's target) that does not exist.
+        code: ResponseCode,
         answers: Vec<Record>,
+        /// The SOA record of a negative answer.
+        soa: Vec<Record>,
         additionals: Vec<Record>,
     },
 }
@@ -202,13 +250,40 @@ impl Table {
             Mode::Refused => return Reply::Code(ResponseCode::Refused),
             Mode::Answer => {}
         }
-        let exists = self.names.contains(name) || self.records.keys().any(|(n, _)| n == name);
+        // The CNAME chain from `name`, followed while the name at its end is an
+        // alias and has no records of the type asked, up to a loop or MAX_CHASE.
+        let mut chain: Vec<Record> = Vec::new();
+        let mut at = name.to_owned();
+        while rtype != RecordType::CNAME
+            && !self.records.contains_key(&(at.clone(), rtype))
+            && let Some(cname) = self.records.get(&(at.clone(), RecordType::CNAME))
+            && let Some(record) = cname.first()
+            && let RData::CNAME(CNAME(target)) = &record.data
+        {
+            chain.push(record.clone());
+            let target = key(&target.to_ascii());
+            let looped = chain.iter().any(|r| key(&r.name.to_ascii()) == target);
+            if !self.chase || looped || chain.len() >= MAX_CHASE {
+                // An answer ending at an alias is not a negative answer: no SOA.
+                return Reply::Records {
+                    code: ResponseCode::NoError,
+                    answers: chain,
+                    soa: Vec::new(),
+                    additionals: Vec::new(),
+                };
+            }
+            at = target;
+        }
+        let exists = self.names.contains(&at) || self.records.keys().any(|(n, _)| *n == at);
         if !exists {
-            return Reply::Code(ResponseCode::NXDomain);
+            if chain.is_empty() && self.soa.is_none() {
+                return Reply::Code(ResponseCode::NXDomain);
+            }
+            return self.nxdomain(chain);
         }
         let mut answers = self
             .records
-            .get(&(name.to_owned(), rtype))
+            .get(&(at.clone(), rtype))
             .cloned()
             .unwrap_or_default();
         if let Some((n, rng)) = &mut self.sample
@@ -229,9 +304,27 @@ impl Table {
                 }
             }
         }
+        let soa = match answers.is_empty() {
+            true => self.soa.iter().cloned().collect(),
+            false => Vec::new(),
+        };
+        chain.extend(answers);
         Reply::Records {
-            answers,
+            code: ResponseCode::NoError,
+            answers: chain,
+            soa,
             additionals,
+        }
+    }
+
+    /// A negative answer (NXDOMAIN), with the CNAME records that led to it and the
+    /// SOA record, if set.
+    fn nxdomain(&self, chain: Vec<Record>) -> Reply {
+        Reply::Records {
+            code: ResponseCode::NXDomain,
+            answers: chain,
+            soa: self.soa.iter().cloned().collect(),
+            additionals: Vec::new(),
         }
     }
 }
@@ -266,10 +359,13 @@ impl RequestHandler for Handler {
                     .await
             }
             Reply::Records {
+                code,
                 answers,
+                soa,
                 additionals,
             } => {
-                let response = builder.build(metadata, &answers, [], [], &additionals);
+                metadata.response_code = code;
+                let response = builder.build(metadata, &answers, [], &soa, &additionals);
                 response_handle.send_response(response).await
             }
         };

@@ -13,6 +13,8 @@ use cloudmap_resolver::{
 use test_support::dns::RecordType;
 use test_support::dns::{DnsServer, Mode};
 
+mod cname;
+
 const NS: &str = "prod.internal";
 
 /// A source on `server` that gives up quickly, so fault tests stay short.
