@@ -50,7 +50,14 @@ pub use options::{DnsOptions, IpPreference, RecordMode, ATTR_SRV_PRIORITY, ATTR_
 /// - **TTLs**: an answer is cached for the shortest TTL of the records it used,
 ///   clamped by [`DnsOptions::min_ttl`] and [`DnsOptions::max_ttl`] (a TTL with the
 ///   top bit set counts as 0, as RFC 2181 says). hickory's own cache is off, so
-///   these are the only TTL rules.
+///   these are the only TTL rules. An empty answer (NODATA) is cached for its
+///   negative TTL, the lower of its SOA record's TTL and MINIMUM (RFC 2308), clamped
+///   the same way, or for the resolver's [`ttl`](crate::CacheOptions::ttl) when it
+///   carries no SOA. NXDOMAIN is an error, not an answer: the resolver holds it for
+///   [`negative_ttl`](crate::CacheOptions::negative_ttl) (2 s) whatever the SOA
+///   says, since a service may be registered at any moment; the name server (the VPC
+///   resolver) caches the NXDOMAIN for the SOA's time itself, so that is one query
+///   per key each `negative_ttl` answered from its cache.
 /// - **Merging**: Route 53 answers at most 8 random healthy records. Every address
 ///   seen is kept until its own (clamped) TTL runs out, so the set grows towards the
 ///   whole service and picks spread over it; an address leaves the set at the first

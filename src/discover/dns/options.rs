@@ -6,8 +6,9 @@ use hickory_resolver::proto::rr::RecordType;
 
 use crate::error::Error;
 
-/// The attribute holding an SRV record's priority (lower is preferred), on instances
-/// found through SRV records.
+/// The attribute holding an SRV record's priority, on instances found through SRV
+/// records. Picks do not prefer lower priorities (RFC 2782's order): every priority
+/// is picked from, as Cloud Map writes priority 1 on every record.
 pub const ATTR_SRV_PRIORITY: &str = "SRV_PRIORITY";
 /// The attribute holding an SRV record's weight, on instances found through SRV
 /// records: `Selection::WeightedRandom { attribute: "SRV_WEIGHT".into() }` picks by it.

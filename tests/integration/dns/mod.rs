@@ -14,6 +14,7 @@ use test_support::dns::RecordType;
 use test_support::dns::{DnsServer, Mode};
 
 mod cname;
+mod negative;
 
 const NS: &str = "prod.internal";
 
