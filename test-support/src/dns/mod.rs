@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use hickory_server::net::runtime::Time;
+use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV};
 pub use hickory_server::proto::rr::RecordType;
@@ -53,6 +54,10 @@ struct Table {
     /// The SOA record negative answers (NXDOMAIN, NODATA) carry in their authority
     /// section, as RFC 2308 has authoritative servers do.
     soa: Option<Record>,
+    /// Answer queries over UDP (the default); when false, only over TCP.
+    udp: bool,
+    /// How many queries arrived over TCP.
+    tcp_queries: usize,
     queries: Vec<(String, RecordType)>,
 }
 
@@ -84,7 +89,8 @@ fn fqdn(name: &str) -> Name {
 }
 
 impl DnsServer {
-    /// Starts a server on a free UDP port of 127.0.0.1, with an empty table.
+    /// Starts a server on a free port of 127.0.0.1, UDP and TCP, with an empty
+    /// table. Answers too large for UDP are truncated there (TC), as by any server.
     pub async fn start() -> DnsServer {
         let table = Arc::new(Mutex::new(Table {
             records: BTreeMap::new(),
@@ -94,12 +100,28 @@ impl DnsServer {
             additional: vec![RecordType::A, RecordType::AAAA],
             chase: true,
             soa: None,
+            udp: true,
+            tcp_queries: 0,
             queries: Vec::new(),
         }));
-        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
+        // A UDP port whose TCP twin is free too: a few tries, then UDP only.
+        let mut bound = None;
+        for _ in 0..20 {
+            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            let tcp = tokio::net::TcpListener::bind(addr).await.ok();
+            let done = tcp.is_some();
+            bound = Some((socket, addr, tcp));
+            if done {
+                break;
+            }
+        }
+        let (socket, addr, tcp) = bound.expect("at least one try");
         let mut server = Server::new(Handler(table.clone()));
         server.register_socket(socket);
+        if let Some(listener) = tcp {
+            server.register_listener(listener, std::time::Duration::from_secs(5), 65_535);
+        }
         DnsServer {
             addr,
             table,
@@ -208,6 +230,17 @@ impl DnsServer {
     /// a server that adds one family's records and not the other's.
     pub fn set_additional_types(&self, types: &[RecordType]) {
         self.with(|t| t.additional = types.to_vec());
+    }
+
+    /// Whether queries over UDP are answered (the default) or dropped unread, as
+    /// by a name server reached over TCP only.
+    pub fn set_udp(&self, on: bool) {
+        self.with(|t| t.udp = on);
+    }
+
+    /// How many queries arrived over TCP.
+    pub fn tcp_queries(&self) -> usize {
+        self.with(|t| t.tcp_queries)
     }
 
     /// How many queries of `rtype` for `name` arrived.
@@ -342,7 +375,16 @@ impl RequestHandler for Handler {
         let reply = match request.request_info() {
             Ok(info) => {
                 let name = key(&info.query.original().name().to_ascii());
-                self.0.lock().unwrap().reply(&name, info.query.query_type())
+                let mut table = self.0.lock().unwrap();
+                if request.protocol() == Protocol::Udp && !table.udp {
+                    table.queries.push((name, info.query.query_type()));
+                    Reply::Drop
+                } else {
+                    if request.protocol() == Protocol::Tcp {
+                        table.tcp_queries += 1;
+                    }
+                    table.reply(&name, info.query.query_type())
+                }
             }
             Err(_) => Reply::Code(ResponseCode::FormErr),
         };

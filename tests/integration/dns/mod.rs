@@ -15,6 +15,7 @@ use test_support::dns::{DnsServer, Mode};
 
 mod cname;
 mod negative;
+mod transport;
 
 const NS: &str = "prod.internal";
 
