@@ -102,7 +102,9 @@ type RetryIf<'a, E> = Box<dyn Fn(&E) -> bool + Send + Sync + 'a>;
 /// [`Resolver::call`](crate::Resolver::call) or [`Query::call`](crate::Query::call), run by `.await`.
 ///
 /// Attempts go to distinct endpoints, never the same one twice: the selection's pick
-/// first, then the next endpoints in the registry's order, those of weight 0 under
+/// first, then the next endpoints in the registry's order (with
+/// [`zone_aware`](crate::ResolverBuilder::zone_aware) routing, the pick's zone's
+/// endpoints before the others), those of weight 0 under
 /// [`WeightedRandom`](crate::Selection::WeightedRandom) (draining) after the others,
 /// ejected endpoints last; at
 /// most [`max_attempts`](Self::max_attempts). An attempt that fails with a retryable

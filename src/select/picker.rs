@@ -23,7 +23,7 @@ use super::zone::table::{LocalZone, Zone, Zoned};
 use super::zone::ZoneContext;
 use super::{by_weight_among, rotation, width, Selection};
 use crate::endpoint::load::LoadTracker;
-use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, EndpointState, Handles, WarnOnce};
+use crate::endpoint::{EjectedCount, Endpoint, EndpointSet, Handles, WarnOnce};
 use crate::util::hash::splitmix64;
 use crate::util::modulus::Modulus;
 use crate::util::pad::CachePadded;
@@ -389,57 +389,6 @@ impl Picker {
         self.refs.get(s, i)
     }
 
-    /// Up to `max` distinct endpoints to try in turn, for `call`: the selection's pick
-    /// among the admitted endpoints first (as `pick` makes it), then the following
-    /// endpoints in the registry's order, those of weight 0 (`WeightedRandom`:
-    /// draining, never picked while another has weight) after the others, ejected
-    /// ones last. `is_ejected` is the outlier policy's judgement (which may re-admit
-    /// an endpoint whose time is up).
-    pub(crate) fn candidates(
-        &self,
-        seed: u64,
-        s: usize,
-        max: usize,
-        is_ejected: impl Fn(&Arc<EndpointState>) -> bool,
-    ) -> Vec<Endpoint> {
-        let n = self.set.items.len();
-        let items = &self.set.items;
-        let is_ejected = |i: usize| is_ejected(items[i].state());
-        let start = match &self.zones {
-            Some(z) => self.zone_choose(z, seed, s, is_ejected),
-            None => self.choose(seed, s, is_ejected),
-        };
-        let max = max.min(n);
-        // Weight 0 has no width only while some endpoint has weight (all zero
-        // count as equal: `Selection::cumulative`). Taken in the registry's order,
-        // a draining endpoint got the first retry of every call whose pick was its
-        // neighbour.
-        let draining = |i: usize| self.weights.is_some() && self.base_weight(i) <= 0.0;
-        let mut admitted = Vec::with_capacity(max);
-        let (mut drained, mut ejected) = (Vec::new(), Vec::new());
-        for k in 0..n {
-            if admitted.len() == max {
-                break;
-            }
-            let i = (start + k) % n;
-            if is_ejected(i) {
-                if ejected.len() < max {
-                    ejected.push(i);
-                }
-            } else if draining(i) {
-                if drained.len() < max {
-                    drained.push(i);
-                }
-            } else {
-                admitted.push(i);
-            }
-        }
-        admitted.extend(drained);
-        admitted.extend(ejected);
-        admitted.truncate(max);
-        admitted.into_iter().map(|i| self.refs.get(s, i)).collect()
-    }
-
     /// Whether a pick is the selection's draw alone: not least-loaded (which reads
     /// costs) and no slow-start ramp running (which weighs the draw).
     #[inline]
@@ -592,6 +541,9 @@ mod ramp;
 
 #[path = "picker_resume.rs"]
 mod resume;
+
+#[path = "picker_candidates.rs"]
+mod candidates;
 use resume::Resume;
 
 #[cfg(test)]

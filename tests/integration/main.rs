@@ -32,6 +32,7 @@ mod startup_wait;
 mod watch;
 mod zone_callers;
 mod zone_capacity;
+mod zone_retries;
 mod zones;
 
 #[cfg(feature = "cli")]
