@@ -202,6 +202,7 @@ where
         mut op,
         retry_if,
         resend_if,
+        blameless_if,
         retry_timeouts,
         opts,
         ..
@@ -231,6 +232,7 @@ where
         deadline_len: opts.deadline,
         retry_if: retry_if.as_ref(),
         resend_if: resend_if.as_ref(),
+        blameless_if: blameless_if.as_ref(),
         retry_timeouts,
     };
     let delay = hedge.delay(&latency);

@@ -162,6 +162,10 @@ pub struct Call<'a, F, E> {
     /// from an error before delivery); the others still count against their
     /// endpoint, and end the call. Default: all.
     resend_if: Option<RetryIf<'a, E>>,
+    /// Errors that are the caller's own, not the endpoint's (the integrations: a
+    /// client that cannot connect for the URL's scheme): the call ends at once and
+    /// the attempt is recorded neither against its endpoint nor for it. Default: none.
+    blameless_if: Option<RetryIf<'a, E>>,
     retry_timeouts: bool,
     opts: CallOptions,
     hedge: Option<Hedge>,
@@ -211,6 +215,7 @@ impl<'a, F, E> Call<'a, F, E> {
             op,
             retry_if: None,
             resend_if: None,
+            blameless_if: None,
             retry_timeouts: true,
             opts: ctx.defaults.clone(),
             hedge: None,
@@ -268,6 +273,17 @@ impl<'a, F, E> Call<'a, F, E> {
     #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
     pub(crate) fn resend_if(mut self, resend: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.resend_if = Some(Box::new(resend));
+        self
+    }
+
+    /// Errors that are the caller's own (see the field): they end the call at once,
+    /// and nothing of the attempt is recorded for its endpoint.
+    #[cfg_attr(not(any(feature = "reqwest", feature = "tower")), allow(dead_code))]
+    pub(crate) fn blameless_if(
+        mut self,
+        blameless: impl Fn(&E) -> bool + Send + Sync + 'a,
+    ) -> Self {
+        self.blameless_if = Some(Box::new(blameless));
         self
     }
 
@@ -371,6 +387,7 @@ where
             mut op,
             retry_if,
             resend_if,
+            blameless_if,
             retry_timeouts,
             opts,
             hedge: _,
@@ -400,6 +417,7 @@ where
             deadline_len: opts.deadline,
             retry_if: retry_if.as_ref(),
             resend_if: resend_if.as_ref(),
+            blameless_if: blameless_if.as_ref(),
             retry_timeouts,
         };
         let mut failed: Vec<Attempt<E>> = Vec::new();

@@ -71,6 +71,7 @@ pub(super) struct Settler<'c, 'a, E> {
     pub(super) deadline_len: Option<Duration>,
     pub(super) retry_if: Option<&'c RetryIf<'a, E>>,
     pub(super) resend_if: Option<&'c RetryIf<'a, E>>,
+    pub(super) blameless_if: Option<&'c RetryIf<'a, E>>,
     pub(super) retry_timeouts: bool,
 }
 
@@ -127,6 +128,14 @@ impl<E> Settler<'_, '_, E> {
             Some(Ok(value)) => {
                 recorder.finish(&ep, began, ended, Outcome::Success);
                 Settled::Won(value)
+            }
+            Some(Err(err)) if self.blameless_if.is_some_and(|p| p(&err)) => {
+                // The caller's own fault (a client that cannot connect for the
+                // URL's scheme): nothing reached the endpoint, so nothing is
+                // recorded of it, and no other endpoint would fare better. Counted
+                // as a failure, each endpoint of a call was ejected for it.
+                failed.push(Attempt::new(ep, AttemptError::Failed(err)));
+                Settled::Stop(CallStop::NotRetryable)
             }
             Some(Err(err)) => {
                 let retryable = self.retry_if.is_none_or(|p| p(&err));

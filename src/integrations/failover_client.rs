@@ -12,7 +12,10 @@ use reqwest::{Client, Request, RequestBuilder, Response, Url};
 use tokio::time::Instant;
 
 use super::redirect::{Hop, DEFAULT_REDIRECTS};
-use super::{destination, finish, Failed, FailoverPolicy, HostMap, Told};
+use super::{
+    destination, finish, scheme_unsupported, unsupported_scheme, Failed, FailoverPolicy, HostMap,
+    Told,
+};
 use crate::call::error::CallError;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
@@ -78,7 +81,10 @@ use crate::util::time::after;
 ///
 /// With `https`, the connection is to the endpoint's address: the server's
 /// certificate must then be valid for that address (or use
-/// [`ReqwestResolver`](crate::ReqwestResolver), which keeps the name).
+/// [`ReqwestResolver`](crate::ReqwestResolver), which keeps the name). A client
+/// built without TLS (no TLS feature of reqwest) cannot send an `https` URL: such a
+/// request fails at once with a [`Configuration`](crate::ErrorKind::Configuration)
+/// call error, nothing sent and no endpoint blamed.
 ///
 /// # Examples
 ///
@@ -306,6 +312,7 @@ impl FailoverClient {
         let deadline = request.timeout().map(|t| after(Instant::now(), *t));
         let spent = move || deadline.is_some_and(|d| Instant::now() >= d);
         let host = host_header(request.url());
+        let scheme = request.url().scheme().to_owned();
         let explicit_port = request.url().port();
         let template = Mutex::new(Some(request));
         let client = &self.client;
@@ -384,13 +391,21 @@ impl FailoverClient {
                         && (e.is_connect() || (repeatable && (e.is_timeout() || e.is_request())))
                 }
             })
-            .retry_timeouts(repeatable && clonable);
+            .retry_timeouts(repeatable && clonable)
+            // A client without TLS given an `https` URL: the client's fault, not
+            // the endpoint's (each one was tried and ejected for it).
+            .blameless_if(|f: &Failed<Response, reqwest::Error>| {
+                matches!(f, Failed::Error(e) if scheme_unsupported(e))
+            });
         // Only a request that may be sent twice is hedged: a body that cannot be
         // cloned is spent by its first attempt.
         if clonable && let Some(h) = hedge {
             call = call.hedge(h);
         }
         let result = call.await;
+        if let Some(e) = unsupported_scheme(&result, &scheme, |e| e as &(dyn StdError + 'static)) {
+            return Err(FailoverError::Call(CallError::resolve(e)));
+        }
         if let Err(e) = &result
             && e.resolve_error()
                 .is_some_and(|r| self.hosts.falls_through(r.kind()))

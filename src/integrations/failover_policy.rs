@@ -1,6 +1,7 @@
 //! Which HTTP requests fail over to another endpoint, and how a failed call becomes
 //! the caller's answer. Shared by the reqwest client and the tower layer.
 
+use std::error::Error as StdError;
 use std::net::IpAddr;
 
 use http::{Method, StatusCode};
@@ -168,6 +169,57 @@ pub(crate) fn finish<R, E, F>(
         return Ok(r);
     }
     Err(CallError::attempts_failed(stop, converted))
+}
+
+/// What hyper-util's `HttpConnector` answers when it may connect only for `http`
+/// (its `enforce_http`, on in every client built without TLS) and the URL says
+/// otherwise. The error's type is private: its text is all there is to read.
+const SCHEME_NOT_HTTP: &str = "scheme is not http";
+
+/// Whether `err`, or an error under it, says the client cannot connect for the
+/// URL's scheme at all: an `https` URL given to a client built without TLS
+/// (reqwest without a TLS feature, a hyper-util client over a plain
+/// `HttpConnector`). Nothing was sent, and no endpoint would fare better.
+pub(crate) fn scheme_unsupported(err: &(dyn StdError + 'static)) -> bool {
+    let mut cur = Some(err);
+    // A bounded walk: error chains are short, and a cyclic one must not spin.
+    for _ in 0..16 {
+        let Some(e) = cur else { return false };
+        if e.to_string().contains(SCHEME_NOT_HTTP) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The error a call ends with when its attempt met [`scheme_unsupported`] (the
+/// only attempt: such an error ends the call, blaming no endpoint): a
+/// [`Configuration`](ErrorKind::Configuration) error naming the scheme, for the
+/// caller to fix the client. `None` for any other outcome.
+pub(crate) fn unsupported_scheme<R, E>(
+    result: &Result<R, CallError<Failed<R, E>>>,
+    scheme: &str,
+    as_error: impl Fn(&E) -> &(dyn StdError + 'static),
+) -> Option<Error> {
+    let Err(err) = result else { return None };
+    let [attempt] = err.attempts() else {
+        return None;
+    };
+    let AttemptError::Failed(Failed::Error(e)) = attempt.error() else {
+        return None;
+    };
+    let e = as_error(e);
+    scheme_unsupported(e).then(|| {
+        Error::new(
+            ErrorKind::Configuration,
+            format!(
+                "the client cannot connect for {scheme} URLs ({e}): build it with TLS \
+                 (reqwest: a TLS feature such as `rustls`; hyper-util: an HTTPS \
+                 connector); nothing was sent"
+            ),
+        )
+    })
 }
 
 /// Where a request for a service goes on `endpoint`: an IP address the resolver's

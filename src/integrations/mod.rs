@@ -49,7 +49,9 @@ mod failover_policy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 pub use failover_policy::FailoverPolicy;
 #[cfg(any(feature = "reqwest", feature = "tower"))]
-pub(crate) use failover_policy::{destination, finish, Failed, Told};
+pub(crate) use failover_policy::{
+    destination, finish, scheme_unsupported, unsupported_scheme, Failed, Told,
+};
 
 #[cfg(any(feature = "reqwest", feature = "tower"))]
 /// The address to send a request for `host` to, as the resolver's

@@ -17,7 +17,10 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service, ServiceExt};
 
 use super::failover_policy::authority;
-use super::{destination, finish, Failed, FailoverPolicy, HostMap, Told};
+use super::{
+    destination, finish, scheme_unsupported, unsupported_scheme, Failed, FailoverPolicy, HostMap,
+    Told,
+};
 use crate::call::error::CallError;
 use crate::discover::BoxFuture;
 use crate::endpoint::Endpoint;
@@ -63,6 +66,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 ///
 /// A layer for one service ([`for_service`](Self::for_service)) sends every request
 /// to that service the same way, without asking the [`HostMap`].
+///
+/// An `https` URI through an inner client without TLS (hyper-util over a plain
+/// `HttpConnector`) fails at once with a
+/// [`Configuration`](crate::ErrorKind::Configuration) call error, nothing sent and
+/// no endpoint blamed.
 ///
 /// # Examples
 ///
@@ -293,6 +301,7 @@ where
             // Only a request that may be sent twice is hedged (the body is `Clone`).
             let hedge = layer.policy.hedges(&parts.method).cloned();
             let explicit_port = parts.uri.port_u16();
+            let scheme = parts.uri.scheme_str().unwrap_or("http").to_owned();
             let host = host_header(&parts.uri);
             if matches!(to, To::Held(_)) {
                 parts.uri = absolute(parts.uri);
@@ -345,11 +354,15 @@ where
                 Failed::Status(_) | Failed::NotSent(_) => true,
                 Failed::Error(_) => repeatable,
             };
+            // A client without TLS given an `https` URI: the client's fault, not
+            // the endpoint's (each one was tried and ejected for it).
+            let blameless = |f: &Failed<Response<RB>, BoxError>| matches!(f, Failed::Error(e) if scheme_unsupported(&**e));
             let result = match &to {
                 To::Named(_, namespace, service) => {
                     let mut call = resolver
                         .call(namespace, service, op)
                         .resend_if(retry)
+                        .blameless_if(blameless)
                         .retry_timeouts(repeatable);
                     if let Some(h) = hedge {
                         call = call.hedge(h);
@@ -357,13 +370,22 @@ where
                     call.await
                 }
                 To::Held(held) => {
-                    let mut call = held.call(op).resend_if(retry).retry_timeouts(repeatable);
+                    let mut call = held
+                        .call(op)
+                        .resend_if(retry)
+                        .blameless_if(blameless)
+                        .retry_timeouts(repeatable);
                     if let Some(h) = hedge {
                         call = call.hedge(h);
                     }
                     call.await
                 }
             };
+            if let Some(e) = unsupported_scheme(&result, &scheme, |e| {
+                &**e as &(dyn std::error::Error + 'static)
+            }) {
+                return Err(Box::new(CallError::<BoxError>::resolve(e)) as BoxError);
+            }
             // Only a name the host map chose may fall through to the inner service:
             // a request for the layer's own service has no other destination.
             if let Err(e) = &result

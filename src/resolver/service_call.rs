@@ -55,6 +55,7 @@ pub struct ServiceCall<'a, F, E> {
     deadline: Option<Duration>,
     retry_if: Option<RetryIf<'a, E>>,
     resend_if: Option<RetryIf<'a, E>>,
+    blameless_if: Option<RetryIf<'a, E>>,
     retry_timeouts: Option<bool>,
     hedge: Option<Hedge>,
 }
@@ -83,6 +84,7 @@ impl<'a, F, E> ServiceCall<'a, F, E> {
             deadline: None,
             retry_if: None,
             resend_if: None,
+            blameless_if: None,
             retry_timeouts: None,
             hedge: None,
         }
@@ -116,6 +118,16 @@ impl<'a, F, E> ServiceCall<'a, F, E> {
     #[cfg_attr(not(feature = "tower"), allow(dead_code))]
     pub(crate) fn resend_if(mut self, resend: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
         self.resend_if = Some(Box::new(resend));
+        self
+    }
+
+    /// As `Call::blameless_if` (the integrations').
+    #[cfg_attr(not(feature = "tower"), allow(dead_code))]
+    pub(crate) fn blameless_if(
+        mut self,
+        blameless: impl Fn(&E) -> bool + Send + Sync + 'a,
+    ) -> Self {
+        self.blameless_if = Some(Box::new(blameless));
         self
     }
 
@@ -171,6 +183,9 @@ where
             }
             if let Some(resend) = self.resend_if {
                 call = call.resend_if(resend);
+            }
+            if let Some(blameless) = self.blameless_if {
+                call = call.blameless_if(blameless);
             }
             if let Some(yes) = self.retry_timeouts {
                 call = call.retry_timeouts(yes);

@@ -43,6 +43,8 @@ mod grpc;
 mod http2;
 #[cfg(feature = "hyper")]
 mod hyper;
+#[cfg(all(feature = "reqwest", feature = "tower"))]
+mod no_tls;
 #[cfg(feature = "reqwest")]
 mod redirect;
 #[cfg(feature = "reqwest")]
