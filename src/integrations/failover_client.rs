@@ -84,7 +84,9 @@ use crate::util::time::after;
 /// [`ReqwestResolver`](crate::ReqwestResolver), which keeps the name). A client
 /// built without TLS (no TLS feature of reqwest) cannot send an `https` URL: such a
 /// request fails at once with a [`Configuration`](crate::ErrorKind::Configuration)
-/// call error, nothing sent and no endpoint blamed.
+/// call error, nothing sent and no endpoint blamed. Nor is an endpoint blamed for
+/// a request the client refuses before sending it (an `http` URL through a client
+/// built with `https_only(true)`: reqwest's builder error, returned as it came).
 ///
 /// # Examples
 ///
@@ -392,10 +394,12 @@ impl FailoverClient {
                 }
             })
             .retry_timeouts(repeatable && clonable)
-            // A client without TLS given an `https` URL: the client's fault, not
-            // the endpoint's (each one was tried and ejected for it).
+            // A client without TLS given an `https` URL, or one refusing the
+            // request before sending it (`https_only` and an `http` URL: reqwest's
+            // builder error): the client's fault, not the endpoint's (each one was
+            // tried and ejected for it).
             .blameless_if(|f: &Failed<Response, reqwest::Error>| {
-                matches!(f, Failed::Error(e) if scheme_unsupported(e))
+                matches!(f, Failed::Error(e) if e.is_builder() || scheme_unsupported(e))
             });
         // Only a request that may be sent twice is hedged: a body that cannot be
         // cloned is spent by its first attempt.

@@ -100,3 +100,31 @@ async fn failover_layer_without_tls_refuses_https_without_blaming_endpoints() {
         "{kinds:?}"
     );
 }
+
+/// The other way round: a client that sends only `https` (`https_only`) refuses an
+/// `http` URL before sending it (reqwest's builder error). Twenty such requests
+/// over three live servers: one attempt each, none sent, none ejected (before, each
+/// failure counted against its endpoint, and one was ejected).
+#[tokio::test]
+async fn failover_client_https_only_refuses_http_without_blaming_endpoints() {
+    let (servers, registry) = three_servers().await;
+    let resolver = Resolver::builder(registry).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(true)
+        .build()
+        .unwrap();
+    let client = resolver
+        .failover_client(http)
+        .hosts(HostMap::namespaces(["shared"]));
+    for _ in 0..2 * REQUESTS {
+        let err = client
+            .send(client.client().get("http://web.shared/items"))
+            .await
+            .unwrap_err();
+        let last = err.reqwest_error().expect("reqwest's error");
+        assert!(last.is_builder(), "{err}");
+    }
+    let (attempts, ejections, hits) = cost(&resolver.stats(), &servers);
+    assert_eq!((attempts, ejections, hits), (2 * REQUESTS, 0, 0));
+}
