@@ -19,7 +19,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::server::{HealthReporter, HealthService};
 use tonic_health::ServingStatus;
 
-/// A tonic-health server on `127.0.0.1:0`, counting the RPCs it answers and the
+/// A tonic-health server on `127.0.0.1:0` (or another loopback address), counting the RPCs it answers and the
 /// connections it accepts.
 #[derive(Debug)]
 pub struct HealthGrpcServer {
@@ -32,7 +32,12 @@ pub struct HealthGrpcServer {
 
 impl HealthGrpcServer {
     pub async fn start() -> HealthGrpcServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST).await
+    }
+
+    /// A server on a free port of `ip` (`::1` for the IPv6 tests).
+    pub async fn start_on(ip: impl Into<std::net::IpAddr>) -> HealthGrpcServer {
+        let listener = TcpListener::bind((ip.into(), 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reporter = HealthReporter::new();
         reporter

@@ -60,9 +60,10 @@ impl HttpServer {
     }
 
     /// A server on a free port of `ip`, a loopback address (Linux answers on all of
-    /// 127.0.0.0/8): for a test that needs two distinct loopback addresses.
-    pub async fn start_on(name: &'static str, ip: std::net::Ipv4Addr) -> HttpServer {
-        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+    /// 127.0.0.0/8): for a test that needs two distinct loopback addresses, or one
+    /// on IPv6's `::1`.
+    pub async fn start_on(name: &'static str, ip: impl Into<std::net::IpAddr>) -> HttpServer {
+        let listener = TcpListener::bind((ip.into(), 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State {
             mode: Mode::Ok,

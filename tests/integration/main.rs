@@ -20,6 +20,7 @@ mod failover;
 mod fleet;
 mod health;
 mod hedging;
+mod ipv6;
 mod owner_account;
 mod prop_options;
 mod properties;

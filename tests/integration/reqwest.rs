@@ -521,7 +521,7 @@ async fn failover_client_hedges_gets_never_posts() {
 /// body once.
 #[tokio::test]
 async fn a_streaming_body_moves_past_an_endpoint_it_was_never_sent_to() {
-    let live = HttpServer::start_on("live", "127.0.0.2".parse().unwrap()).await;
+    let live = HttpServer::start_on("live", std::net::Ipv4Addr::new(127, 0, 0, 2)).await;
     let reg = StaticDiscovery::new()
         .with_instance(
             "shared",

@@ -161,7 +161,13 @@ mod tests {
     /// chunks of at most 1,000 bytes, as Go's net/http (the ECS agent) sends an
     /// answer of more than 2,048 bytes written without a Content-Length.
     async fn fake_framed(answer: fn(&str) -> Option<String>, chunked: bool) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        fake_at("127.0.0.1:0", answer, chunked).await
+    }
+
+    /// As [`fake_framed`], listening on `bind` (`[::1]:0` for instance metadata over
+    /// IPv6).
+    async fn fake_at(bind: &str, answer: fn(&str) -> Option<String>, chunked: bool) -> String {
+        let listener = TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             for _ in 0..16 {
@@ -260,6 +266,23 @@ mod tests {
         let zone = zone_from(Some(&dead), Some(&fake(imds).await), T)
             .await
             .unwrap();
+        assert_eq!(zone, "us-east-1c");
+    }
+
+    /// Instance metadata over IPv6 (`http://[fd00:ec2::254]` in IPv6 mode, here a
+    /// server on `[::1]`): the bracketed authority is connected to, and sent as the
+    /// `Host` header with its brackets.
+    #[tokio::test]
+    async fn imds_over_ipv6_gives_the_zone() {
+        fn bracketed(head: &str) -> Option<String> {
+            if !head.contains("\r\nHost: [::1]:") {
+                return Some("404".into());
+            }
+            imds(head)
+        }
+        let base = fake_at("[::1]:0", bracketed, false).await;
+        assert!(base.starts_with("http://[::1]:"), "{base}");
+        let zone = zone_from(None, Some(&base), T).await.unwrap();
         assert_eq!(zone, "us-east-1c");
     }
 

@@ -92,6 +92,11 @@ impl DnsServer {
     /// Starts a server on a free port of 127.0.0.1, UDP and TCP, with an empty
     /// table. Answers too large for UDP are truncated there (TC), as by any server.
     pub async fn start() -> DnsServer {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Starts a server on a free port of `ip` (`::1` for the IPv6 tests), UDP and TCP.
+    pub async fn start_on(ip: IpAddr) -> DnsServer {
         let table = Arc::new(Mutex::new(Table {
             records: BTreeMap::new(),
             names: BTreeSet::new(),
@@ -107,7 +112,7 @@ impl DnsServer {
         // A UDP port whose TCP twin is free too: a few tries, then UDP only.
         let mut bound = None;
         for _ in 0..20 {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let socket = tokio::net::UdpSocket::bind((ip, 0)).await.unwrap();
             let addr = socket.local_addr().unwrap();
             let tcp = tokio::net::TcpListener::bind(addr).await.ok();
             let done = tcp.is_some();
