@@ -158,6 +158,19 @@ impl Instance {
     }
 }
 
+/// Reads `AWS_INSTANCE_PORT`: ASCII digits only, no sign, no leading zero, 1-65535.
+/// `u16::from_str` would also take `+80` and `080`, spellings no registration tool
+/// writes; port 0 cannot be connected to. Parsing (`endpoint/parse.rs`) and the
+/// registration's check (`register/attributes.rs`) both read it here, so that what
+/// registers is what callers reach.
+pub(crate) fn parse_port(s: &str) -> Option<u16> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 5 || b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    s.parse::<u32>().ok().and_then(|p| u16::try_from(p).ok())
+}
+
 /// How much of a registry value a log line or error message shows.
 pub(crate) const SHOWN_CHARS: usize = 64;
 

@@ -10,7 +10,7 @@ use super::address_policy::{ends_in_number, parse_ip_literal, AddressPolicy};
 use super::state::EndpointState;
 use super::{Describe, EndpointData};
 use crate::discover::instance::{
-    Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
+    parse_port, Instance, Shown, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
 use crate::metrics::SkipReason;
 use crate::util::warn_once::WarnOnce;
@@ -34,17 +34,6 @@ impl fmt::Display for Skip {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// Reads `AWS_INSTANCE_PORT`: ASCII digits only, no sign, no leading zero, 1-65535.
-/// `u16::from_str` would also take `+80` and `080`, spellings no registration tool
-/// writes; port 0 cannot be connected to.
-pub(crate) fn parse_port(s: &str) -> Option<u16> {
-    let b = s.as_bytes();
-    if b.is_empty() || b.len() > 5 || b[0] == b'0' || !b.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    s.parse::<u32>().ok().and_then(|p| u16::try_from(p).ok())
 }
 
 impl ParseOptions {

@@ -7,14 +7,16 @@
 //! (`^([a-zA-Z0-9!-~][ \ta-zA-Z0-9!-~]*){0,1}[a-zA-Z0-9!-~]{0,1}$`); at most 30 custom
 //! attributes; all keys and values together at most 5,000 characters. Keys starting
 //! with `AWS_` are reserved: only the documented ones are accepted, each with its own
-//! rule (an address that parses and that a caller can connect to, a port,
-//! `HEALTHY`/`UNHEALTHY`), and an alias
+//! rule (an address that parses and that a caller can connect to, a port as
+//! resolvers read it: plain digits, 1 to 65535, `HEALTHY`/`UNHEALTHY`), and an alias
 //! (`AWS_ALIAS_DNS_NAME`) excludes the `AWS_INSTANCE_*` attributes.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::discover::instance::{ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT};
+use crate::discover::instance::{
+    parse_port, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
+};
 use crate::error::Error;
 
 /// The attribute that sets a custom health check's first status.
@@ -157,7 +159,9 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
     }
     let ok = match key {
         ATTR_IPV4 | ATTR_IPV6 => address.is_some(),
-        ATTR_PORT => value.parse::<u16>().is_ok_and(|p| p != 0),
+        // As every resolver reads it: `+80` and `080` would register and then be
+        // skipped by every caller.
+        ATTR_PORT => parse_port(value).is_some(),
         ATTR_INIT_HEALTH => value == "HEALTHY" || value == "UNHEALTHY",
         _ => !value.is_empty(),
     };
@@ -305,6 +309,23 @@ mod tests {
             .collect();
         let err = check_attributes(&big).unwrap_err();
         assert!(err.message().contains("5000"), "{err}");
+    }
+
+    /// A port is judged as every resolver reads it (`+80`, `080` are refused there):
+    /// such a value was registered, and then skipped by every caller as "not a
+    /// port", so the instance took no traffic.
+    #[test]
+    fn a_port_resolvers_would_skip_is_refused() {
+        for bad in ["+80", "080", "0", "00080", "8080 "] {
+            let err = check_attributes(&attrs(&[(ATTR_PORT, bad)])).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad:?}");
+        }
+        for good in ["1", "80", "65535"] {
+            assert!(
+                check_attributes(&attrs(&[(ATTR_PORT, good)])).is_ok(),
+                "{good}"
+            );
+        }
     }
 
     #[test]
