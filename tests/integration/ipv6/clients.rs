@@ -198,3 +198,52 @@ async fn grpc_channel_reaches_ipv6_instances() {
         "both servers reached: {calls:?}"
     );
 }
+
+/// A URL whose host is an IPv6 literal (`http://[::1]:port/`) is never a service,
+/// whatever the host rule (`HostMap::any()` here): reqwest's resolver, `FailoverClient`
+/// and `FailoverLayer` send it as written, without asking the registry.
+#[cfg(all(feature = "reqwest", feature = "tower"))]
+#[tokio::test]
+async fn an_ipv6_literal_url_passes_through_without_a_registry_call() {
+    use bytes::Bytes;
+    use cloudmap_resolver::{FailoverLayer, HostMap, Resolver, StaticDiscovery};
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use test_support::counting::Counting;
+    use test_support::http::HttpServer;
+    use tower::{Layer, ServiceExt};
+
+    use super::V6;
+
+    let server = HttpServer::start_on("literal", V6).await;
+    let url = format!("http://[::1]:{}/", server.port());
+    let counting = Counting::new(StaticDiscovery::new());
+    let resolver = Resolver::builder(counting.clone()).build().unwrap();
+
+    let client = reqwest::Client::builder()
+        .dns_resolver(resolver.reqwest_resolver().hosts(HostMap::any()))
+        .build()
+        .unwrap();
+    assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+    let fc = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(HostMap::any());
+    assert_eq!(fc.send(fc.client().get(&url)).await.unwrap().status(), 200);
+    let svc = FailoverLayer::new(resolver)
+        .hosts(HostMap::any())
+        .layer(Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>());
+    let req = http::Request::get(&url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+
+    assert_eq!(server.hits(), 3);
+    let host = format!("[::1]:{}", server.port());
+    assert!(
+        server.seen().iter().all(|r| r.host == host),
+        "{:?}",
+        server.seen()
+    );
+    assert_eq!(counting.discover_calls(), 0);
+}
