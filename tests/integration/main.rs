@@ -21,6 +21,7 @@ mod fleet;
 mod health;
 mod hedging;
 mod ipv6;
+mod local_registry;
 mod owner_account;
 mod prop_options;
 mod properties;
