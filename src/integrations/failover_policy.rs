@@ -114,6 +114,9 @@ pub(crate) enum Failed<R, E> {
 /// it cannot be told as one, as the answer.
 pub(crate) enum Told<F, R> {
     Error(F),
+    // Only reqwest's client makes it (tower's layer can tell every status as an
+    // error), so a build with `tower` and without `reqwest` never constructs it.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
     Answer(R),
 }
 
