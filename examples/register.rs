@@ -21,7 +21,7 @@
 //! one), `ADVERTISE_IP` (default `127.0.0.1`), `DRAIN_SECS` (default 6: callers' TTL
 //! of 5 s + 1 s).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use cloudmap_resolver::Registration;
@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let service = env("CLOUDMAP_SERVICE").unwrap_or_else(|| "web".into());
     let instance_id =
         env("INSTANCE_ID").unwrap_or_else(|| format!("example-{}", std::process::id()));
-    let ip: Ipv4Addr = env("ADVERTISE_IP")
+    let ip: IpAddr = env("ADVERTISE_IP")
         .unwrap_or_else(|| "127.0.0.1".into())
         .parse()?;
     let port: u16 = env("PORT").map_or(Ok(0), |p| p.parse())?;
@@ -63,7 +63,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
 
     // 1. Ready to serve before anyone can find us.
-    let listener = TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+    // An IPv6 address to advertise means an IPv6 listener (`[::]`), else IPv4's.
+    let any: IpAddr = match ip {
+        IpAddr::V4(_) => [0, 0, 0, 0].into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let listener = TcpListener::bind(SocketAddr::new(any, port)).await?;
     let port = listener.local_addr()?.port();
     let name = instance_id.clone();
     let server = tokio::spawn(async move {
@@ -83,13 +88,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     // 2. Into the registry: returns once Cloud Map's operation succeeded.
-    let registered = Registration::new(&sdk, &namespace, &service, &instance_id)
-        .ipv4(ip)
+    let registration = Registration::new(&sdk, &namespace, &service, &instance_id);
+    let registration = match ip {
+        IpAddr::V4(v4) => registration.ipv4(v4),
+        IpAddr::V6(v6) => registration.ipv6(v6),
+    };
+    let registered = registration
         .port(port)
         .attribute("stage", "example")
         .register()
         .await?;
-    println!("{namespace}/{service}: {instance_id} at {ip}:{port}; Ctrl-C or SIGTERM to stop");
+    let at = SocketAddr::new(ip, port);
+    println!("{namespace}/{service}: {instance_id} at {at}; Ctrl-C or SIGTERM to stop");
 
     // 3. Serve until told to stop.
     shutdown_signal().await;
