@@ -101,6 +101,11 @@ impl fmt::Display for ErrorKind {
 /// every caller that waited on it. Foreign errors (SDK, DNS, I/O) are kept as the
 /// [`source`](std::error::Error::source), never in a public signature.
 ///
+/// An error a lookup returns (`resolve`, `resolve_all`, `call`, `lease`, `watch`)
+/// names the key it failed for at the start of its [`message`](Self::message):
+/// `service "web" in namespace "shared"`, with the owner account and the query's
+/// attributes, quoted and cut when long.
+///
 /// # Examples
 ///
 /// ```
@@ -119,13 +124,33 @@ pub struct Error {
 
 /// The error itself, behind an `Arc` so that one failed load can be handed to every
 /// waiter. `Display` is `kind: message`; `source()` is the foreign error, if any.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}: {message}")]
+#[derive(Debug)]
 struct Inner {
     kind: ErrorKind,
     message: String,
-    #[source]
-    source: Option<Box<dyn StdError + Send + Sync>>,
+    /// Shared (not boxed) so that the same error named for its key
+    /// ([`Error::for_key`]) keeps the very source, which callers (and
+    /// `pacing::is_cap_refusal`) downcast.
+    source: Option<Arc<dyn StdError + Send + Sync>>,
+    /// Whether the message names the key it was returned for already: naming
+    /// is done once, however many layers pass the error on.
+    named: bool,
+}
+
+impl fmt::Display for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+// By hand rather than derived: the source is an `Arc`, and a derived `source()`
+// would hand out the `Arc` itself, which no caller can downcast to the error in it.
+impl StdError for Inner {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source
+            .as_deref()
+            .map(|s| s as &(dyn StdError + 'static))
+    }
 }
 
 impl Error {
@@ -136,6 +161,7 @@ impl Error {
                 kind,
                 message: message.into(),
                 source: None,
+                named: false,
             }),
         }
     }
@@ -150,13 +176,43 @@ impl Error {
             inner: Arc::new(Inner {
                 kind,
                 message: message.into(),
-                source: Some(source.into()),
+                source: Some(Arc::from(source.into())),
+                named: false,
             }),
         }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Error::new(ErrorKind::InvalidInput, message)
+    }
+
+    /// An error whose message names the key it is returned for already
+    /// ([`for_key`](Self::for_key) leaves it as it is).
+    pub(crate) fn named(kind: ErrorKind, message: impl Into<String>) -> Self {
+        let mut err = Error::new(kind, message);
+        if let Some(inner) = Arc::get_mut(&mut err.inner) {
+            inner.named = true;
+        }
+        err
+    }
+
+    /// This error as returned for a key: `key` (how messages name it, one line and
+    /// bounded) put before the message, once. The kind and the source stay the
+    /// same (the very source, shared): only the text says more. A registry's
+    /// answer rarely names what was asked, so without this a process resolving
+    /// many keys could not tell from the error which one failed.
+    pub(crate) fn for_key(&self, key: impl fmt::Display) -> Error {
+        if self.inner.named {
+            return self.clone();
+        }
+        Error {
+            inner: Arc::new(Inner {
+                kind: self.inner.kind,
+                message: format!("{key}: {}", self.inner.message),
+                source: self.inner.source.clone(),
+                named: true,
+            }),
+        }
     }
 
     /// What went wrong.

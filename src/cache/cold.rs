@@ -11,10 +11,12 @@ use tokio::time::Instant;
 
 use super::evict::LruKey;
 use super::key::KeyRef;
+use super::named::Named;
 use super::pacing::{is_cap_refusal, Op, Pace};
 use super::slot::Slot;
 use super::snapshot::{Snapshot, EXPIRED, STALE};
 use super::{check_key, servable_or_empty, Cache};
+use crate::discover::instance::ShownMessage;
 use crate::error::{Error, ErrorKind};
 use crate::stats::bump;
 use crate::util::hash::splitmix64;
@@ -22,30 +24,46 @@ use crate::util::time::after;
 
 impl Cache {
     /// The slow path: a servable snapshot for the key, asking the registry if need
-    /// be, or the reason there is none.
+    /// be, or the reason there is none, naming the key (`named.rs`).
     pub(crate) async fn load(
         self: &Arc<Self>,
         key: KeyRef<'_>,
     ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
-        check_key(&key)?;
-        // A lookup (resolve, resolve_all, a call) that found the key cold counts as
-        // a resolve here; a change stream's loads (`watch`, the held key) go through
-        // `load_any` alone and count none: `Stats::resolves` counts lookups.
-        bump(&self.counters.misses);
-        // The caller's wait counts from here: the held key's load (`held.rs`) is
-        // part of it, not a delay before it starts.
-        let arrived = Instant::now();
-        self.load_held().await;
-        let (slot, snap) = self.load_any(key, arrived).await?;
-        let snap = servable_or_empty(&slot, snap)?;
-        Ok((slot, snap))
+        let loaded = async {
+            check_key(&key)?;
+            // A lookup (resolve, resolve_all, a call) that found the key cold counts
+            // as a resolve here; a change stream's loads (`watch`, the held key) go
+            // through `load_any` alone and count none: `Stats::resolves` counts
+            // lookups.
+            bump(&self.counters.misses);
+            // The caller's wait counts from here: the held key's load (`held.rs`)
+            // is part of it, not a delay before it starts.
+            let arrived = Instant::now();
+            self.load_held().await;
+            let (slot, snap) = self.load_any(key, arrived).await?;
+            let snap = servable_or_empty(&slot, snap)?;
+            Ok::<_, Error>((slot, snap))
+        };
+        loaded.await.map_err(|e| e.for_key(Named(key)))
     }
 
     /// As [`load`](Self::load), with an empty answer as an answer (change streams
     /// report it as every endpoint removed) rather than `NoEndpoints`, and the held
     /// key left to the caller. `arrived` is when the caller came: a throttled
-    /// load waits at most `startup_wait` from then.
+    /// load waits at most `startup_wait` from then. Its errors name the key, as
+    /// `load`'s do.
     pub(crate) async fn load_any(
+        self: &Arc<Self>,
+        key: KeyRef<'_>,
+        arrived: Instant,
+    ) -> Result<(Arc<Slot>, Arc<Snapshot>), Error> {
+        self.load_listed(key, arrived)
+            .await
+            .map_err(|e| e.for_key(Named(key)))
+    }
+
+    /// [`load_any`](Self::load_any) before its errors name the key.
+    async fn load_listed(
         self: &Arc<Self>,
         key: KeyRef<'_>,
         arrived: Instant,
@@ -127,7 +145,10 @@ impl Cache {
             // runtime is shutting down.
             Err(e) => Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("the registry lookup stopped: {e}"),
+                format!(
+                    "the registry lookup stopped: {}",
+                    ShownMessage(&e.to_string())
+                ),
             )),
         }
     }
@@ -197,6 +218,10 @@ impl Cache {
                 .wait_out_throttling(slot, prev.as_deref(), first, arrived, fetched)
                 .await;
         }
+        // Named here, once, rather than by each caller: the error is remembered
+        // (`gate.error`) and handed to every caller until the hold ends, each of
+        // which would otherwise pay for its own copy of the text.
+        let fetched = fetched.map_err(|e| e.for_key(Named(KeyRef::of(&slot.request))));
         match fetched {
             Ok(snap) => {
                 if slot.stale_log.answered() {

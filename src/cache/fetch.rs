@@ -17,6 +17,7 @@ use super::pacing::{Op, Pace};
 use super::slot::Slot;
 use super::snapshot::Snapshot;
 use super::Cache;
+use crate::discover::instance::ShownMessage;
 use crate::discover::{BoxFuture, DiscoverRequest};
 use crate::endpoint::EndpointSet;
 use crate::error::{Error, ErrorKind};
@@ -290,9 +291,14 @@ impl Cache {
             panic = message,
             "the discovery source panicked; treating the call as failed"
         );
+        // The panic's text is the source's (any length, any characters): shown
+        // on one line and cut, as a registry's message is.
         Error::new(
             ErrorKind::Unavailable,
-            format!("{op} panicked in the discovery source: {message}"),
+            format!(
+                "{op} panicked in the discovery source: {}",
+                ShownMessage(message)
+            ),
         )
     }
 

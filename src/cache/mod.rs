@@ -41,6 +41,7 @@ mod index;
 pub(crate) mod key;
 pub(crate) mod latency;
 mod memo;
+pub(crate) mod named;
 mod options;
 pub(crate) mod pacing;
 mod pinned;
@@ -324,7 +325,7 @@ fn check_key(key: &KeyRef<'_>) -> Result<(), Error> {
 
 fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, Error> {
     if snap.is_empty() {
-        return Err(Error::new(
+        return Err(Error::named(
             ErrorKind::NoEndpoints,
             no_endpoints(&slot.request),
         ));
@@ -333,26 +334,22 @@ fn servable_or_empty(slot: &Slot, snap: Arc<Snapshot>) -> Result<Arc<Snapshot>, 
 }
 
 /// Why a key has no endpoint, naming what the caller asked for so that a filter
-/// matching nothing can be seen (the kind already says "no endpoints").
+/// matching nothing can be seen (the kind already says "no endpoints"), bounded
+/// as every key's name in an error is (`named.rs`).
 fn no_endpoints(request: &DiscoverRequest) -> String {
-    let mut text = format!(
-        "service {:?} in namespace {:?}{} has no usable instance",
-        request.service,
-        request.namespace,
-        request.owned_by()
-    );
-    let filters: Vec<String> = request
-        .query
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .chain(
-            (request.health != HealthFilter::HealthyOrElseAll)
-                .then(|| format!("health {}", request.health)),
-        )
-        .collect();
-    if !filters.is_empty() {
+    let key = KeyRef::of(request);
+    let mut text = format!("{} has no usable instance", named::Who(key));
+    let health = (request.health != HealthFilter::HealthyOrElseAll)
+        .then(|| format!("health {}", request.health));
+    if !request.query.is_empty() || health.is_some() {
         text.push_str(" matching ");
-        text.push_str(&filters.join(", "));
     }
+    if !request.query.is_empty() {
+        text.push_str(&named::Params(&request.query).to_string());
+        if health.is_some() {
+            text.push_str(", ");
+        }
+    }
+    text.push_str(&health.unwrap_or_default());
     text
 }

@@ -218,7 +218,7 @@ where
         .candidates_timed(key.as_ref(), pin, opts.max_attempts, |h, now| {
             ctx.recorder.is_ejected(h, now)
         });
-    let (candidates, latency) = before_deadline(deadline, lookup)
+    let (candidates, latency) = before_deadline(deadline, key.as_ref(), lookup)
         .await
         .map_err(CallError::resolve)?;
     let tried = candidates.len();

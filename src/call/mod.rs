@@ -17,7 +17,8 @@ use tokio::time::Instant;
 
 use std::sync::Arc;
 
-use crate::cache::key::Key;
+use crate::cache::key::{Key, KeyRef};
+use crate::cache::named::Named;
 use crate::cache::{Cache, SlotPin};
 use crate::discover::{namespace_label, BoxFuture};
 use crate::endpoint::record::Recorder;
@@ -324,9 +325,11 @@ impl<'a, F, E> Call<'a, F, E> {
     }
 }
 
-/// The candidate lookup, bounded by the call's deadline when it has one.
+/// The candidate lookup of `key`, bounded by the call's deadline when it has one;
+/// its error names the key, as the cache's errors do.
 async fn before_deadline<T>(
     deadline: Option<Instant>,
+    key: KeyRef<'_>,
     lookup: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
     match deadline {
@@ -340,6 +343,7 @@ async fn before_deadline<T>(
             }),
         None => lookup.await,
     }
+    .map_err(|e| e.for_key(Named(key)))
 }
 
 impl<'a, F, Fut, T, E> Call<'a, F, E>
@@ -355,7 +359,9 @@ where
             // This call's own overrides, refused as the resolver's options are at
             // build (a zero timeout would time every attempt out and count it
             // against its endpoint).
-            Err(refused) => Err(CallError::resolve(refused)),
+            Err(refused) => Err(CallError::resolve(
+                refused.for_key(Named(self.key.as_ref())),
+            )),
             // Timers (a deadline, attempt timeouts, hedging) need a Tokio runtime:
             // outside one (another executor) an error says so rather than the
             // timer's panic, as a cold key's load does.
@@ -365,10 +371,13 @@ where
                     || self.hedge.is_some())
                     && tokio::runtime::Handle::try_current().is_err() =>
             {
-                Err(CallError::resolve(Error::new(
-                    ErrorKind::Configuration,
-                    "a call with a deadline, attempt timeout or hedge runs on a Tokio runtime: call within one",
-                )))
+                Err(CallError::resolve(
+                    Error::new(
+                        ErrorKind::Configuration,
+                        "a call with a deadline, attempt timeout or hedge runs on a Tokio runtime: call within one",
+                    )
+                    .for_key(Named(self.key.as_ref())),
+                ))
             }
             Ok(()) => self.attempts().await,
         };
@@ -403,7 +412,7 @@ where
             .candidates(key.as_ref(), pin, opts.max_attempts, |h, now| {
                 ctx.recorder.is_ejected(h, now)
             });
-        let candidates = before_deadline(deadline, lookup)
+        let candidates = before_deadline(deadline, key.as_ref(), lookup)
             .await
             .map_err(CallError::resolve)?;
         let tried = candidates.len();

@@ -12,6 +12,8 @@ use tokio::task::JoinHandle;
 
 use super::follow::{follow, Item, Sent};
 use super::Change;
+use crate::cache::key::KeyRef;
+use crate::cache::named::Named;
 use crate::cache::Cache;
 use crate::discover::DiscoverRequest;
 use crate::error::{Error, ErrorKind};
@@ -181,7 +183,8 @@ impl Watch {
             return Poll::Ready(Some(Item::Change(Err(Error::new(
                 ErrorKind::Configuration,
                 "the Tokio runtime polling this Watch is shutting down",
-            )))));
+            )
+            .for_key(Named(KeyRef::of(&req)))))));
         }
         if let Err(err) = self.start(cache, req, sent) {
             return Poll::Ready(Some(Item::Change(Err(err))));
@@ -196,6 +199,7 @@ impl Watch {
                 ErrorKind::Configuration,
                 "a Watch must be polled within a Tokio runtime",
             )
+            .for_key(Named(KeyRef::of(&req)))
         })?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let follower = follow(cache.clone(), req.clone(), tx, self.zone_view, sent.clone());

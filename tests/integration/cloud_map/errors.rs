@@ -124,7 +124,10 @@ async fn error_texts_name_the_cause_once() {
     }
     assert!(!chain.iter().any(|t| t == "service error"), "{chain:?}");
     assert!(
-        chain[0].starts_with("namespace not found: DiscoverInstances: NamespaceNotFound"),
+        chain[0].starts_with(
+            "namespace not found: service \"api\" in namespace \"shopp\": \
+             DiscoverInstances: NamespaceNotFound"
+        ),
         "{chain:?}"
     );
 
@@ -139,6 +142,46 @@ async fn error_texts_name_the_cause_once() {
         e.to_string(),
         format!("no endpoints: service \"api\" in namespace \"{ns}\" has no usable instance matching stage=nope")
     );
+}
+
+/// A registry failure names the key it was returned for (service, namespace and the
+/// query's attributes) before the registry's words, which name none: a process
+/// resolving many keys can tell which one fails. The kind and the SDK's error as
+/// `source()` stay. Before, the texts were "registry unavailable: DiscoverInstances:
+/// bad response from http://127.0.0.1:N (HTTP 503): Error" and "throttled by the registry:
+/// DiscoverInstances: RequestLimitExceeded: ...", naming no key.
+#[tokio::test]
+async fn registry_failures_name_the_key() {
+    let (ns, _) = fleet().await;
+    let (proxy, builder) = proxied().await;
+    let r = builder.startup_wait(Duration::ZERO).build().unwrap();
+    for (n, (fault, kind)) in [
+        (
+            test_support::proxy::Fault::Status(503),
+            ErrorKind::Unavailable,
+        ),
+        (test_support::proxy::Fault::Throttle, ErrorKind::Throttled),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        proxy.set_fault(fault);
+        // A fresh key each time: nothing remembered from the last case.
+        let svc = format!("api-{n}");
+        let err = r
+            .query(&ns, &svc)
+            .attribute("stage", "prod")
+            .resolve()
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), kind, "{err}");
+        let named = format!(
+            "service \"{svc}\" in namespace \"{ns}\" matching stage=prod: DiscoverInstances: "
+        );
+        assert!(err.to_string().contains(&named), "{err}");
+        assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        assert!(std::error::Error::source(&err).is_some(), "{err}");
+    }
 }
 
 /// The registry refusing the caller is reported as `Configuration` (not retryable,

@@ -321,6 +321,32 @@ async fn servfail_refused_and_dropped_queries_are_unavailable() {
     }
 }
 
+/// DNS failures name the key they were returned for, as Cloud Map's do: a SERVFAIL
+/// and the refusal of attribute filters. Before, the texts were "DNS SRV query for
+/// api.prod.internal. failed" and "DNS records carry no instance attributes, ...",
+/// naming no key (the second not even the name looked up).
+#[tokio::test]
+async fn dns_failures_name_the_key() {
+    let server = DnsServer::start().await;
+    server.add_a(&name("api"), "10.0.5.1", 60);
+    server.set_mode(Mode::ServFail);
+    let r = Resolver::builder(source(&server)).build().unwrap();
+    let err = r.resolve(NS, "api").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    let named = format!("service \"api\" in namespace \"{NS}\": DNS ");
+    assert!(err.to_string().contains(&named), "{err}");
+    assert!(err.source().is_some(), "{err}");
+    let err = r
+        .query(NS, "api")
+        .attribute("stage", "prod")
+        .resolve()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let named = format!("service \"api\" in namespace \"{NS}\" matching stage=prod: DNS records");
+    assert!(err.to_string().contains(&named), "{err}");
+}
+
 /// One name server answering SERVFAIL or REFUSED does not fail lookups another
 /// server answers: hickory's pool ended every query at the first such answer, so
 /// with a refusing server listed (first or second) 5 lookups of 5 failed; now 0.
