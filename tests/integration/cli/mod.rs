@@ -211,10 +211,22 @@ async fn errors_are_one_line_with_their_own_exit_codes() {
     assert!(r.stderr.contains(&format!("http://{dead}")), "{}", r.stderr);
     assert!(r.stderr.contains("refused"), "{}", r.stderr);
 
-    // The registry's answer once, without the SDK's "service error" wrapper.
+    // The registry's answer once, without the SDK's "service error" wrapper,
+    // after the key it was asked for.
     let r = run(&["shopp", "web", "--endpoint-url", &url]).await;
     assert_eq!(r.code, 3, "{}", r.stderr);
-    assert_eq!(r.stderr.matches("shopp").count(), 1, "{}", r.stderr);
+    assert_eq!(
+        r.stderr.matches("NamespaceNotFound").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("service \"web\" in namespace \"shopp\": DiscoverInstances"),
+        "{}",
+        r.stderr
+    );
     assert!(!r.stderr.contains("service error"), "{}", r.stderr);
 
     // A filter that matches nothing is named.
