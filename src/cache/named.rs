@@ -146,5 +146,5 @@ mod tests {
 }
 
 #[cfg(test)]
-#[path = "named_paths.rs"]
+#[path = "named_tests.rs"]
 mod paths;
