@@ -399,7 +399,7 @@ impl FailoverClient {
             // builder error): the client's fault, not the endpoint's (each one was
             // tried and ejected for it).
             .blameless_if(|f: &Failed<Response, reqwest::Error>| {
-                matches!(f, Failed::Error(e) if e.is_builder() || scheme_unsupported(e))
+                matches!(f, Failed::Error(e) if e.is_builder() || scheme_unsupported(&scheme, e))
             });
         // Only a request that may be sent twice is hedged: a body that cannot be
         // cloned is spent by its first attempt.

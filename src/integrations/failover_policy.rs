@@ -179,11 +179,19 @@ pub(crate) fn finish<R, E, F>(
 /// otherwise. The error's type is private: its text is all there is to read.
 const SCHEME_NOT_HTTP: &str = "scheme is not http";
 
-/// Whether `err`, or an error under it, says the client cannot connect for the
-/// URL's scheme at all: an `https` URL given to a client built without TLS
-/// (reqwest without a TLS feature, a hyper-util client over a plain
-/// `HttpConnector`). Nothing was sent, and no endpoint would fare better.
-pub(crate) fn scheme_unsupported(err: &(dyn StdError + 'static)) -> bool {
+/// Whether `err`, from a request whose URL has `scheme`, or an error under it, says
+/// the client cannot connect for that scheme at all: an `https` URL given to a
+/// client built without TLS (reqwest without a TLS feature, a hyper-util client
+/// over a plain `HttpConnector`). Nothing was sent, and no endpoint would fare
+/// better. An `http` request meets that error only on a redirect the client
+/// followed itself (reqwest's default policy) to an `https` location: it was sent,
+/// and the redirect is its endpoint's doing, so it is not the caller's fault
+/// (counted as such, one endpoint redirecting ended a third of the calls at once,
+/// never failed over, with "cannot connect for http URLs").
+pub(crate) fn scheme_unsupported(scheme: &str, err: &(dyn StdError + 'static)) -> bool {
+    if scheme.eq_ignore_ascii_case("http") {
+        return false;
+    }
     let mut cur = Some(err);
     // A bounded walk: error chains are short, and a cyclic one must not spin.
     for _ in 0..16 {
@@ -213,7 +221,7 @@ pub(crate) fn unsupported_scheme<R, E>(
         return None;
     };
     let e = as_error(e);
-    scheme_unsupported(e).then(|| {
+    scheme_unsupported(scheme, e).then(|| {
         Error::new(
             ErrorKind::Configuration,
             format!(

@@ -356,7 +356,7 @@ where
             };
             // A client without TLS given an `https` URI: the client's fault, not
             // the endpoint's (each one was tried and ejected for it).
-            let blameless = |f: &Failed<Response<RB>, BoxError>| matches!(f, Failed::Error(e) if scheme_unsupported(&**e));
+            let blameless = |f: &Failed<Response<RB>, BoxError>| matches!(f, Failed::Error(e) if scheme_unsupported(&scheme, &**e));
             let result = match &to {
                 To::Named(_, namespace, service) => {
                     let mut call = resolver

@@ -24,6 +24,8 @@ pub enum Mode {
     /// Reads the request (it counts as received), then answers 200 after this many
     /// milliseconds.
     Delay(u64),
+    /// 301 to this location.
+    Redirect(&'static str),
 }
 
 /// What a server received: method, `Host` header, body.
@@ -141,8 +143,13 @@ async fn handle(
         s.seen.push(Seen { method, host, body });
         s.mode
     };
+    let mut location = None;
     let status = match mode {
         Mode::Ok => 200,
+        Mode::Redirect(to) => {
+            location = Some(to);
+            301
+        }
         Mode::Delay(ms) => {
             tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             200
@@ -151,8 +158,11 @@ async fn handle(
         // An error from the service makes hyper drop the connection unanswered.
         Mode::Close => return Err(Refuse),
     };
-    Ok(Response::builder()
-        .status(status)
+    let mut response = Response::builder().status(status);
+    if let Some(to) = location {
+        response = response.header("location", to);
+    }
+    Ok(response
         .body(Full::new(Bytes::from_static(name.as_bytes())))
         .unwrap())
 }

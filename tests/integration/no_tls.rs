@@ -14,7 +14,7 @@ use tower::{Layer, ServiceExt};
 use cloudmap_resolver::{
     CallError, CallStop, ErrorKind, FailoverLayer, Hedge, HostMap, Resolver, Stats,
 };
-use test_support::http::{three_servers, HttpServer};
+use test_support::http::{three_servers, HttpServer, Mode};
 
 const REQUESTS: u64 = 10;
 
@@ -127,4 +127,37 @@ async fn failover_client_https_only_refuses_http_without_blaming_endpoints() {
     }
     let (attempts, ejections, hits) = cost(&resolver.stats(), &servers);
     assert_eq!((attempts, ejections, hits), (2 * REQUESTS, 0, 0));
+}
+
+/// An `http` request meets "scheme is not http" only on a redirect its client
+/// followed itself (reqwest's default policy): one endpoint answering 301 to an
+/// `https` location is that endpoint's doing, not the caller's. Its attempts fail
+/// over to the others and count against it. Before, such an attempt ended the call
+/// at once as a `Configuration` error ("cannot connect for http URLs ... nothing
+/// was sent"), never tried elsewhere nor counted against the endpoint: 12 requests
+/// over three servers, one redirecting, 4 failed; now 0 fail.
+#[tokio::test]
+async fn an_endpoint_redirecting_to_https_is_blamed_and_failed_over() {
+    let (servers, registry) = three_servers().await;
+    servers[1].set_mode(Mode::Redirect("https://127.0.0.1:1/items"));
+    let resolver = Resolver::builder(registry).seed(7).build().unwrap();
+    // reqwest's default redirect policy: the client follows the 301 itself.
+    let client = resolver
+        .failover_client(reqwest::Client::new())
+        .hosts(HostMap::namespaces(["shared"]));
+    let mut failed = Vec::new();
+    for _ in 0..12 {
+        match client
+            .send(client.client().get("http://web.shared/items"))
+            .await
+        {
+            Ok(resp) => assert_eq!(resp.status(), 200),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    assert!(
+        servers[1].hits() > 0,
+        "the redirecting endpoint was never picked"
+    );
+    assert_eq!(failed, Vec::<String>::new());
 }
