@@ -144,6 +144,25 @@ pub(crate) async fn send_retrying<T, F, Fut>(
     what: &'static str,
     deadline: &Deadline<'_>,
     seed: u64,
+    send: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Error>>,
+{
+    send_retrying_while(what, deadline, seed, |_| false, send).await
+}
+
+/// [`send_retrying`], also sending again after an error `again` says may pass (an
+/// `InstanceNotFound` that may mean "not propagated yet", `propagation.rs`). One
+/// count and one backoff for both: a registry that throttles between such answers
+/// still sees at most [`MAX_SENDS`] sends, each spaced further out, not a fresh
+/// budget after each answer.
+pub(crate) async fn send_retrying_while<T, F, Fut>(
+    what: &'static str,
+    deadline: &Deadline<'_>,
+    seed: u64,
+    again: impl Fn(&Error) -> bool,
     mut send: F,
 ) -> Result<T, Error>
 where
@@ -172,7 +191,7 @@ where
         );
         let err = match sent {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_retryable() && !cut => e,
+            Err(e) if (e.is_retryable() || again(&e)) && !cut => e,
             Err(e) => return Err(e),
         };
         if sends >= MAX_SENDS {
@@ -195,6 +214,23 @@ pub(crate) async fn send_sdk<T, E, F, Fut>(
     endpoint: &CalledAt,
     deadline: &Deadline<'_>,
     seed: u64,
+    send: F,
+) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    send_sdk_while(what, endpoint, deadline, seed, |_| false, send).await
+}
+
+/// [`send_sdk`] with [`send_retrying_while`]'s `again`.
+pub(crate) async fn send_sdk_while<T, E, F, Fut>(
+    what: &'static str,
+    endpoint: &CalledAt,
+    deadline: &Deadline<'_>,
+    seed: u64,
+    again: impl Fn(&Error) -> bool,
     mut send: F,
 ) -> Result<T, Error>
 where
@@ -202,7 +238,7 @@ where
     Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    send_retrying(what, deadline, seed, || {
+    send_retrying_while(what, deadline, seed, again, || {
         let sent = send();
         async move { sent.await.map_err(|e| map_error(what, endpoint.url(), e)) }
     })

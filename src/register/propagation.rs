@@ -7,12 +7,10 @@
 //! Such an answer within [`PROPAGATION`] of the registration is sent again, with
 //! backoff; after that it means the instance is gone.
 
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::operation::{Backoff, Deadline, MAX_SENDS};
 use crate::error::{Error, ErrorKind};
 
 /// How long after its registration succeeded an instance's `InstanceNotFound` may
@@ -22,81 +20,84 @@ use crate::error::{Error, ErrorKind};
 /// long after the registration, not a backoff of its own.
 pub(crate) const PROPAGATION: Duration = Duration::from_secs(5);
 
-/// `send`'s answer, sent again while it is `InstanceNotFound` and the registration
-/// made at `registered_at` is younger than [`PROPAGATION`], unless `settled()` says
-/// the answer stands (the instance is gone because of this handle: an earlier drain,
-/// or a deregistration whose answer was lost). Bounded by [`MAX_SENDS`] sends of
-/// `send` and by the deadline, with jittered backoff between them; a backoff the
-/// deadline would cut ends with the answer as it is.
-pub(crate) async fn past_propagation<T, F, Fut>(
+/// Whether an error of a write by instance id may mean "not propagated yet", so
+/// that the write is sent again (`send_retrying_while`'s `again`): an
+/// `InstanceNotFound` while the registration made at `registered_at` is younger
+/// than [`PROPAGATION`], unless `settled()` says the answer stands (the instance is
+/// gone because of this handle: an earlier drain, or a deregistration whose answer
+/// was lost). Such sends share the write's one budget with its throttled and
+/// failed sends ([`MAX_SENDS`](super::operation::MAX_SENDS) and one backoff, within
+/// the deadline): a registry throttling between such answers is not sent a fresh
+/// round of retries after each one.
+pub(crate) fn not_propagated_yet(
     what: &'static str,
     registered_at: Instant,
-    deadline: &Deadline<'_>,
-    seed: u64,
     settled: impl Fn() -> bool,
-    mut send: F,
-) -> Result<T, Error>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, Error>>,
-{
-    let mut backoff = Backoff::for_sends(seed);
-    let mut sends = 0;
-    loop {
-        sends += 1;
-        let err = match send().await {
-            Err(e) if e.kind() == ErrorKind::InstanceNotFound => e,
-            other => return other,
-        };
-        if sends >= MAX_SENDS || settled() || registered_at.elapsed() >= PROPAGATION {
-            return Err(err);
+) -> impl Fn(&Error) -> bool {
+    move |e| {
+        let young = e.kind() == ErrorKind::InstanceNotFound
+            && registered_at.elapsed() < PROPAGATION
+            && !settled();
+        if young {
+            tracing::debug!(
+                what,
+                "InstanceNotFound right after the registration (not propagated yet?): \
+                 sending again"
+            );
         }
-        tracing::debug!(
-            what,
-            sends,
-            "InstanceNotFound right after the registration (not propagated yet?): \
-             sending again"
-        );
-        if deadline.sleep(backoff.delay(), what, &err).await.is_err() {
-            return Err(err);
-        }
+        young
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::register::operation::{send_retrying_while, Deadline, MAX_SENDS};
 
     fn not_found() -> Error {
         Error::new(ErrorKind::InstanceNotFound, "InstanceNotFound: no instance")
     }
 
-    /// `past_propagation` over answers that are `InstanceNotFound` for the first
-    /// `missing` sends (every one, if `None`), then `Ok`: the result and the sends.
-    async fn run(
+    fn throttled() -> Error {
+        Error::new(ErrorKind::Throttled, "RequestLimitExceeded: Rate exceeded")
+    }
+
+    /// A DeregisterInstance sent as `registered.rs` sends it, answered `answer(n)`
+    /// at its `n`th send (from 1): the result and the sends.
+    async fn send(
         registered_at: Instant,
-        missing: Option<u32>,
         settled: bool,
+        answer: impl Fn(u32) -> Result<(), Error>,
     ) -> (Result<(), Error>, u32) {
         let deadline = Deadline::after(Duration::from_secs(60), "ns", "svc");
         let mut sends = 0;
-        let got = past_propagation(
+        let got = send_retrying_while(
             "DeregisterInstance",
-            registered_at,
             &deadline,
             1,
-            || settled,
+            not_propagated_yet("DeregisterInstance", registered_at, || settled),
             || {
                 sends += 1;
-                let answer = match missing {
-                    Some(n) if sends > n => Ok(()),
-                    _ => Err(not_found()),
-                };
+                let answer = answer(sends);
                 async move { answer }
             },
         )
         .await;
         (got, sends)
+    }
+
+    /// Answers that are `InstanceNotFound` for the first `missing` sends (every
+    /// one, if `None`), then `Ok`.
+    async fn run(
+        registered_at: Instant,
+        missing: Option<u32>,
+        settled: bool,
+    ) -> (Result<(), Error>, u32) {
+        send(registered_at, settled, |n| match missing {
+            Some(m) if n > m => Ok(()),
+            _ => Err(not_found()),
+        })
+        .await
     }
 
     #[tokio::test(start_paused = true)]
@@ -134,22 +135,32 @@ mod tests {
         assert_eq!(sends, 1);
     }
 
+    /// A registry throttling between "not propagated yet" answers gets one budget
+    /// of sends for the write, not a fresh one after each answer (before: 3
+    /// throttled sends again after each of them, up to 64 sends by count).
+    #[tokio::test(start_paused = true)]
+    async fn throttling_between_not_found_answers_shares_one_budget() {
+        let (got, sends) = send(Instant::now(), false, |n| {
+            if n % 4 == 0 {
+                Err(not_found())
+            } else {
+                Err(throttled())
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap_err().kind(), ErrorKind::InstanceNotFound);
+        assert_eq!(sends, MAX_SENDS);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn other_errors_are_not_sent_again() {
-        let deadline = Deadline::after(Duration::from_secs(60), "ns", "svc");
-        let mut sends = 0;
-        let got: Result<(), Error> = past_propagation(
-            "DeregisterInstance",
-            Instant::now(),
-            &deadline,
-            1,
-            || false,
-            || {
-                sends += 1;
-                async { Err(Error::new(ErrorKind::Throttled, "Rate exceeded")) }
-            },
-        )
+        let (got, sends) = send(Instant::now(), false, |_| {
+            Err(Error::new(ErrorKind::InvalidInput, "InvalidInput: bad id"))
+        })
         .await;
-        assert_eq!((got.unwrap_err().kind(), sends), (ErrorKind::Throttled, 1));
+        assert_eq!(
+            (got.unwrap_err().kind(), sends),
+            (ErrorKind::InvalidInput, 1)
+        );
     }
 }

@@ -13,8 +13,8 @@ use sd::types::CustomHealthStatus;
 use super::lookup::ServiceIds;
 use tokio::time::Instant;
 
-use super::operation::{send_retrying, send_sdk, wait_operation, Deadline};
-use super::propagation::past_propagation;
+use super::operation::{send_retrying_while, send_sdk, send_sdk_while, wait_operation, Deadline};
+use super::propagation::not_propagated_yet;
 use super::Writer;
 use crate::discover::cloud_map::map_error;
 use crate::discover::instance::HealthStatus;
@@ -230,33 +230,30 @@ impl Registered {
             ));
         }
         let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
-        let update = || {
-            send_sdk(
-                "UpdateInstanceCustomHealthStatus",
-                endpoint,
-                &deadline,
-                self.seed,
-                || async {
-                    client
-                        .update_instance_custom_health_status()
-                        .service_id(&self.ids.service_id)
-                        .instance_id(&self.instance_id)
-                        .status(status.clone())
-                        .send()
-                        .await
-                },
-            )
-        };
         // Its `InstanceNotFound` right after the registration may mean "not
         // propagated yet" (a health set as soon as the instance is registered):
-        // sent again then, unless this handle drained the instance.
-        past_propagation(
+        // sent again then, within the update's one budget of sends, unless this
+        // handle drained the instance.
+        let drained = || self.drained.load(Ordering::Relaxed);
+        send_sdk_while(
             "UpdateInstanceCustomHealthStatus",
-            self.registered_at,
+            endpoint,
             &deadline,
             self.seed,
-            || self.drained.load(Ordering::Relaxed),
-            update,
+            not_propagated_yet(
+                "UpdateInstanceCustomHealthStatus",
+                self.registered_at,
+                drained,
+            ),
+            || async {
+                client
+                    .update_instance_custom_health_status()
+                    .service_id(&self.ids.service_id)
+                    .instance_id(&self.instance_id)
+                    .status(status.clone())
+                    .send()
+                    .await
+            },
         )
         .await?;
         Ok(())
@@ -398,19 +395,18 @@ impl Registered {
         // instance deregistered while it may stay registered.
         let maybe_applied = AtomicBool::new(false);
         // `InstanceNotFound` right after the registration may mean "not propagated
-        // yet": sent again then, unless the instance is gone because of this
-        // handle (an earlier drain, or this one's lost answer).
+        // yet": sent again then, within the one budget of sends the outage
+        // retries use, unless the instance is gone because of this handle (an
+        // earlier drain, or this one's lost answer).
         let settled =
             || self.drained.load(Ordering::Relaxed) || maybe_applied.load(Ordering::Relaxed);
-        let sent = past_propagation(
-            "DeregisterInstance",
-            self.registered_at,
-            deadline,
-            self.seed,
-            settled,
-            || self.send_deregister(deadline, &maybe_applied),
-        )
-        .await;
+        let sent = self
+            .send_deregister(
+                deadline,
+                &maybe_applied,
+                not_propagated_yet("DeregisterInstance", self.registered_at, settled),
+            )
+            .await;
         let (operation_id, deregistered) = match sent {
             Ok(id) => (id, true),
             Err(e) if e.kind() == ErrorKind::InstanceNotFound => {
@@ -433,15 +429,17 @@ impl Registered {
         Ok((operation_id, deregistered))
     }
 
-    /// DeregisterInstance, sent until answered (`send_retrying`): the operation's
-    /// id. `maybe_applied` is set by a send that may have reached the registry.
+    /// DeregisterInstance, sent until answered (`send_retrying_while`, also after
+    /// an error `again` lets pass): the operation's id. `maybe_applied` is set by a
+    /// send that may have reached the registry.
     async fn send_deregister(
         &self,
         deadline: &Deadline<'_>,
         maybe_applied: &AtomicBool,
+        again: impl Fn(&Error) -> bool,
     ) -> Result<Option<String>, Error> {
         let (client, endpoint) = (&self.writer.client, &self.writer.endpoint);
-        send_retrying("DeregisterInstance", deadline, self.seed, || async {
+        send_retrying_while("DeregisterInstance", deadline, self.seed, again, || async {
             self.deregister_sent.store(true, Ordering::Relaxed);
             let sent = client
                 .deregister_instance()

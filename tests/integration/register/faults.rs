@@ -400,6 +400,33 @@ async fn a_write_answered_not_yet_propagated_is_sent_again() {
         .contains(&"i-short".to_owned()));
 }
 
+/// A registry throttling between "not propagated yet" answers: the re-sends after
+/// `InstanceNotFound` share DeregisterInstance's one budget of sends and its
+/// backoff with the throttled ones. Before, each `InstanceNotFound` began a fresh
+/// round of outage retries, backoff from 100 ms again: 16 DeregisterInstance sends
+/// for this registry (up to 64 by count); now 8, `MAX_SENDS`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_between_not_propagated_answers_shares_one_budget() {
+    let (ns, _, proxy) = setup().await;
+    let sdk = sdk_config(&proxy.url());
+    let not_propagated = Fault::AwsError {
+        status: 400,
+        code: "InstanceNotFound",
+        message: "No instance exists with the specified ID, or the instance was recently \
+                  registered, and information about the instance hasn't propagated yet.",
+    };
+    let registered = registration(&sdk, &ns, "i-busy").register().await.unwrap();
+    proxy.fault_operation("DeregisterInstance", Fault::Throttle, Some(3));
+    for _ in 0..3 {
+        proxy.then_fault_operation("DeregisterInstance", not_propagated.clone(), Some(1));
+        proxy.then_fault_operation("DeregisterInstance", Fault::Throttle, Some(3));
+    }
+    proxy.reset_counts();
+    let _ = registered.drain(Duration::ZERO).await;
+    let sends = proxy.count("DeregisterInstance");
+    assert!((4..=MAX_SENDS).contains(&sends), "{sends} sends");
+}
+
 /// A drain cancelled after DeregisterInstance was sent (its caller's own timeout, a
 /// second SIGTERM) may have taken the instance out: dropping the handle then says
 /// the deregistration was sent but not confirmed, not that the instance stays
