@@ -123,11 +123,24 @@ fn one_line(err: &Error) -> String {
         // "dispatch failure"); the message already carries the cause.
         if !line.contains(&text) && s.source().is_none() {
             line.push_str(": ");
-            line.push_str(&text);
+            line.push_str(&cut(&text));
         }
         source = s.source();
     }
     clean(&line.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// How much of an appended cause the line shows.
+const CAUSE_CHARS: usize = 512;
+
+/// `text` cut to [`CAUSE_CHARS`] with the full length: a cause is the SDK's error,
+/// which keeps the registry's whole answer (the error's own text shows it cut), so
+/// its size is the registry's, or a proxy's, choice.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(CAUSE_CHARS) {
+        Some((at, _)) => format!("{}… ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
+    }
 }
 
 async fn run(args: &Args) -> Result<(), Stop> {

@@ -170,6 +170,28 @@ async fn prints_each_endpoints_zone() {
     );
 }
 
+/// The registry's error message is cut and escaped in the error's text; the CLI's
+/// one line must not add it back whole from the SDK error kept in `source()`.
+/// Before, a 100 KB message made a stderr line of about 100 KB (the text, then the
+/// raw message with its line breaks turned to spaces); now under 1,500 bytes.
+#[tokio::test]
+async fn a_hostile_registry_message_is_printed_cut() {
+    let (ns, _) = fleet().await;
+    let proxy = Proxy::start(moto::moto().addr).await;
+    let line = format!("{}\n\u{1b}[2J", "x".repeat(96));
+    let message: &'static str = line.repeat(1000).leak();
+    proxy.set_fault(Fault::AwsError {
+        status: 400,
+        code: "AccessDeniedException",
+        message,
+    });
+    let r = run(&[&ns, "web", "--endpoint-url", &proxy.url()]).await;
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.len() < 1500, "{} bytes", r.stderr.len());
+    assert!(r.stderr.contains("AccessDeniedException"), "{}", r.stderr);
+}
+
 #[tokio::test]
 async fn errors_are_one_line_with_their_own_exit_codes() {
     let (ns, _) = fleet().await;
