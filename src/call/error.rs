@@ -81,7 +81,9 @@ pub enum CallStop {
     BudgetExhausted,
     /// The call's overall deadline passed during its attempts (one passing while the
     /// service is still being resolved stops the call with
-    /// [`Resolve`](Self::Resolve)).
+    /// [`Resolve`](Self::Resolve)), or, for a
+    /// `FailoverClient` request, its timeout cut an attempt
+    /// started with less than half of it left.
     DeadlinePassed,
 }
 

@@ -203,6 +203,7 @@ where
         retry_if,
         resend_if,
         blameless_if,
+        cut_if,
         retry_timeouts,
         opts,
         ..
@@ -233,6 +234,7 @@ where
         retry_if: retry_if.as_ref(),
         resend_if: resend_if.as_ref(),
         blameless_if: blameless_if.as_ref(),
+        cut_if: cut_if.as_ref(),
         retry_timeouts,
     };
     let delay = hedge.delay(&latency);

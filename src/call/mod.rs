@@ -167,6 +167,12 @@ pub struct Call<'a, F, E> {
     /// client that cannot connect for the URL's scheme): the call ends at once and
     /// the attempt is recorded neither against its endpoint nor for it. Default: none.
     blameless_if: Option<RetryIf<'a, E>>,
+    /// Errors that are a timeout of the caller's own deadline, cutting an attempt
+    /// a failover started with less than half of it left (the reqwest client: a
+    /// request's timeout, spread over its attempts): settled as an attempt the
+    /// call's deadline cut then is, not held against its endpoint, and the call
+    /// stops. Default: none.
+    cut_if: Option<RetryIf<'a, E>>,
     retry_timeouts: bool,
     opts: CallOptions,
     hedge: Option<Hedge>,
@@ -217,6 +223,7 @@ impl<'a, F, E> Call<'a, F, E> {
             retry_if: None,
             resend_if: None,
             blameless_if: None,
+            cut_if: None,
             retry_timeouts: true,
             opts: ctx.defaults.clone(),
             hedge: None,
@@ -285,6 +292,15 @@ impl<'a, F, E> Call<'a, F, E> {
         blameless: impl Fn(&E) -> bool + Send + Sync + 'a,
     ) -> Self {
         self.blameless_if = Some(Box::new(blameless));
+        self
+    }
+
+    /// Errors that are the caller's own deadline cutting an attempt started late
+    /// (see the field): the attempt's time is recorded, no failure, and the call
+    /// ends with [`CallStop::DeadlinePassed`].
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn cut_if(mut self, cut: impl Fn(&E) -> bool + Send + Sync + 'a) -> Self {
+        self.cut_if = Some(Box::new(cut));
         self
     }
 
@@ -397,6 +413,7 @@ where
             retry_if,
             resend_if,
             blameless_if,
+            cut_if,
             retry_timeouts,
             opts,
             hedge: _,
@@ -427,6 +444,7 @@ where
             retry_if: retry_if.as_ref(),
             resend_if: resend_if.as_ref(),
             blameless_if: blameless_if.as_ref(),
+            cut_if: cut_if.as_ref(),
             retry_timeouts,
         };
         let mut failed: Vec<Attempt<E>> = Vec::new();

@@ -72,6 +72,7 @@ pub(super) struct Settler<'c, 'a, E> {
     pub(super) retry_if: Option<&'c RetryIf<'a, E>>,
     pub(super) resend_if: Option<&'c RetryIf<'a, E>>,
     pub(super) blameless_if: Option<&'c RetryIf<'a, E>>,
+    pub(super) cut_if: Option<&'c RetryIf<'a, E>>,
     pub(super) retry_timeouts: bool,
 }
 
@@ -136,6 +137,16 @@ impl<E> Settler<'_, '_, E> {
                 // as a failure, each endpoint of a call was ejected for it.
                 failed.push(Attempt::new(ep, AttemptError::Failed(err)));
                 Settled::Stop(CallStop::NotRetryable)
+            }
+            Some(Err(err)) if self.cut_if.is_some_and(|p| p(&err)) => {
+                // The caller's own deadline (a request's timeout an integration
+                // spreads over its attempts) cut an attempt a failover started
+                // with less than half of it left: as for the call's deadline, its
+                // endpoint learns the time it ran, and is not blamed. Blamed, an
+                // endpoint was counted failed for the first endpoint's slowness.
+                recorder.given_up(&ep, began, ended);
+                failed.push(Attempt::new(ep, AttemptError::Failed(err)));
+                Settled::Stop(CallStop::DeadlinePassed)
             }
             Some(Err(err)) => {
                 let retryable = self.retry_if.is_none_or(|p| p(&err));

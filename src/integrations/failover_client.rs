@@ -257,7 +257,12 @@ impl FailoverClient {
     /// redirects too, as with reqwest's: each attempt gets what is left of it, and
     /// once it is spent no other attempt starts (the error is the last attempt's
     /// timeout; a hop, or a request, with none left fails as
-    /// [`FailoverError::Request`] with reqwest's timeout error, no endpoint tried). A client-wide timeout (`ClientBuilder::timeout`),
+    /// [`FailoverError::Request`] with reqwest's timeout error, no endpoint tried).
+    /// As with a call's [deadline](crate::CallOptions::deadline), an attempt that
+    /// started with less than half of the timeout left and is cut by it is not
+    /// held against its endpoint (the call stops with
+    /// [`DeadlinePassed`](crate::CallStop::DeadlinePassed)); one that had more is.
+    /// A client-wide timeout (`ClientBuilder::timeout`),
     /// which cannot be read back from the client, applies to each attempt on its
     /// own: set the request's timeout to bound the whole request.
     ///
@@ -311,7 +316,8 @@ impl FailoverClient {
         // reqwest's bounds one request: each attempt gets what is left of it, and
         // none starts once it is spent (given whole to each attempt, it let a GET
         // take as many timeouts as there were endpoints).
-        let deadline = request.timeout().map(|t| after(Instant::now(), *t));
+        let timeout = request.timeout().copied();
+        let deadline = timeout.map(|t| after(Instant::now(), t));
         let spent = move || deadline.is_some_and(|d| Instant::now() >= d);
         let host = host_header(request.url());
         let scheme = request.url().scheme().to_owned();
@@ -358,11 +364,17 @@ impl FailoverClient {
                 if let Err(e) = retarget(&mut req, ip, port, host) {
                     return Err(not_sent(req, e));
                 }
-                if let Some(d) = deadline {
-                    *req.timeout_mut() = Some(d.saturating_duration_since(Instant::now()));
+                // What is left of the request's timeout: less than half of it
+                // makes a timeout the request's, not this endpoint's.
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let late = left.zip(timeout).is_some_and(|(l, t)| l < t / 2);
+                if let Some(l) = left {
+                    *req.timeout_mut() = Some(l);
                 }
                 let sent = req.url().clone();
                 match client.execute(req).await {
+                    // The request's timeout, not another (a connect timeout).
+                    Err(e) if late && e.is_timeout() && spent() => Err(Failed::Cut(e)),
                     Ok(resp) if repeatable && policy.fails_over_on(resp.status()) => {
                         Err(Failed::Status(resp))
                     }
@@ -387,6 +399,7 @@ impl FailoverClient {
             .resend_if(move |f: &Failed<Response, reqwest::Error>| match f {
                 _ if spent() => false,
                 Failed::NotSent(_) => true,
+                Failed::Cut(_) => false,
                 Failed::Status(_) => clonable,
                 Failed::Error(e) => {
                     clonable
@@ -394,6 +407,11 @@ impl FailoverClient {
                 }
             })
             .retry_timeouts(repeatable && clonable)
+            // An attempt started with less than half of the request's timeout
+            // left and cut by it: the request ran out of time, not the endpoint
+            // (blamed, the second endpoint of a request the first one kept
+            // waiting was counted failed, and ejected).
+            .cut_if(|f: &Failed<Response, reqwest::Error>| matches!(f, Failed::Cut(_)))
             // A client without TLS given an `https` URL, or one refusing the
             // request before sending it (`https_only` and an `http` URL: reqwest's
             // builder error): the client's fault, not the endpoint's (each one was

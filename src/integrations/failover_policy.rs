@@ -103,11 +103,15 @@ impl FailoverPolicy {
 }
 
 /// How one attempt of a request failed: an answer with a fail-over status, an error,
-/// or no send at all (the endpoint had no permitted address).
+/// no send at all (the endpoint had no permitted address), or the request's own
+/// timeout cutting an attempt a failover started with less than half of it left
+/// (the reqwest client; not held against the endpoint, see `Call::cut_if`).
 pub(crate) enum Failed<R, E> {
     Status(R),
     Error(E),
     NotSent(Error),
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    Cut(E),
 }
 
 /// An answer with a fail-over status, as [`finish`] reports it: as an error, or, when
@@ -160,7 +164,9 @@ pub(crate) fn finish<R, E, F>(
                     continue;
                 }
             },
-            AttemptError::Failed(Failed::Error(e)) => AttemptError::Failed(error(e)),
+            AttemptError::Failed(Failed::Error(e) | Failed::Cut(e)) => {
+                AttemptError::Failed(error(e))
+            }
             AttemptError::Failed(Failed::NotSent(e)) | AttemptError::NotSent(e) => {
                 AttemptError::NotSent(e)
             }

@@ -353,6 +353,8 @@ where
             let retry = move |f: &Failed<Response<RB>, BoxError>| match f {
                 Failed::Status(_) | Failed::NotSent(_) => true,
                 Failed::Error(_) => repeatable,
+                // Not made here: the layer has no timeout of its own to spread.
+                Failed::Cut(_) => false,
             };
             // A client without TLS given an `https` URI: the client's fault, not
             // the endpoint's (each one was tried and ejected for it).

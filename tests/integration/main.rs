@@ -50,6 +50,8 @@ mod no_tls;
 #[cfg(feature = "reqwest")]
 mod redirect;
 #[cfg(feature = "reqwest")]
+mod request_timeout;
+#[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tower")]
 mod tower;
