@@ -106,6 +106,40 @@ pub fn sdk_config(url: &str) -> aws_config::SdkConfig {
         .build()
 }
 
+/// An SDK configuration whose endpoint URL is `url` for Cloud Map alone (a
+/// profile's `services` section, as `AWS_ENDPOINT_URL_SERVICEDISCOVERY` sets it,
+/// without touching the process's environment): the SDK resolves it when it builds
+/// a client, and `SdkConfig::endpoint_url()` stays empty.
+#[allow(deprecated)] // the profile-file types are the public way to point at files
+pub async fn sdk_config_for_cloud_map_alone(url: &str) -> aws_config::SdkConfig {
+    use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
+
+    let dir = std::env::temp_dir().join(unique("cmr-profile"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile cmr]\nregion = us-east-1\naws_access_key_id = testing\n\
+             aws_secret_access_key = testing\nservices = local\n\n\
+             [services local]\nservicediscovery =\n  endpoint_url = {url}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("credentials"), "").unwrap();
+    let files = ProfileFiles::builder()
+        .with_file(ProfileFileKind::Config, &config)
+        .with_file(ProfileFileKind::Credentials, dir.join("credentials"))
+        .build();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .profile_files(files)
+        .profile_name("cmr")
+        .load()
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    sdk
+}
+
 /// Control-plane client straight to moto, for setting up registries.
 pub fn admin() -> sd::Client {
     let conf = sdk_config(&format!("http://{}", moto().addr));

@@ -455,41 +455,15 @@ async fn custom_endpoint_reaches_discover_instances() {
 /// it without the `data-` prefix too. Before, it went to `data-127.0.0.1:PORT`, which
 /// does not resolve (`Unavailable`, no call reaching the proxy).
 #[tokio::test]
-#[allow(deprecated)] // the profile-file types are the public way to point at files
 async fn a_service_specific_endpoint_reaches_discover_instances() {
-    use aws_config::profile::profile_file::{ProfileFileKind, ProfileFiles};
-
     let (ns, _) = fleet().await;
     let p = Proxy::start(moto::moto().addr).await;
-    let dir = std::env::temp_dir().join(unique("cmr-profile"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config");
-    std::fs::write(
-        &config,
-        format!(
-            "[profile cmr]\nregion = us-east-1\naws_access_key_id = testing\n\
-             aws_secret_access_key = testing\nservices = local\n\n\
-             [services local]\nservicediscovery =\n  endpoint_url = {}\n",
-            p.url()
-        ),
-    )
-    .unwrap();
-    std::fs::write(dir.join("credentials"), "").unwrap();
-    let files = ProfileFiles::builder()
-        .with_file(ProfileFileKind::Config, &config)
-        .with_file(ProfileFileKind::Credentials, dir.join("credentials"))
-        .build();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .profile_files(files)
-        .profile_name("cmr")
-        .load()
-        .await;
+    let sdk = moto::sdk_config_for_cloud_map_alone(&p.url()).await;
     assert_eq!(sdk.endpoint_url(), None);
     let r = Resolver::builder(CloudMapDiscovery::new(&sdk))
         .build()
         .unwrap();
     let found = r.resolve_all(&ns, "api").await;
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(found.unwrap().len(), 3);
     let want = p.addr.to_string();
     assert!(

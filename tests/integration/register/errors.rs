@@ -7,7 +7,7 @@ use cloudmap_resolver::{ErrorKind, Registration};
 use test_support::moto::sdk_config;
 use test_support::proxy::Fault;
 
-use super::{sdk_for_cloud_map_alone, setup, write_calls};
+use super::{setup, write_calls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_namespace_and_service_are_typed() {
@@ -277,7 +277,7 @@ async fn errors_name_the_endpoint_set_for_cloud_map_alone() {
     use std::time::Duration;
 
     let (ns, _, proxy) = setup().await;
-    let sdk = sdk_for_cloud_map_alone(&proxy.url()).await;
+    let sdk = test_support::moto::sdk_config_for_cloud_map_alone(&proxy.url()).await;
     assert_eq!(sdk.endpoint_url(), None);
     let names_it = |op: &str, err: &cloudmap_resolver::Error| {
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{op}: {err}");

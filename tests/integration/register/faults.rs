@@ -12,6 +12,17 @@ use super::setup;
 /// What RegisterInstance's retries may add up to: its documented bound.
 const MAX_SENDS: u64 = 8;
 
+/// `InstanceNotFound` as AWS documents it: no such instance, or one registered too
+/// recently to have propagated.
+fn not_propagated() -> Fault {
+    Fault::AwsError {
+        status: 400,
+        code: "InstanceNotFound",
+        message: "No instance exists with the specified ID, or the instance was recently \
+                  registered, and information about the instance hasn't propagated yet.",
+    }
+}
+
 fn registration(sdk: &aws_config::SdkConfig, ns: &str, id: &str) -> Registration {
     Registration::new(sdk, ns, "web", id)
         .ipv4("127.0.0.1".parse().unwrap())
@@ -319,12 +330,7 @@ async fn a_drain_hearing_a_duplicate_request_with_no_lost_answer_deregisters_its
 async fn an_instance_not_yet_propagated_is_still_drained() {
     let (ns, service_id, proxy) = setup().await;
     let sdk = sdk_config(&proxy.url());
-    let not_propagated = Fault::AwsError {
-        status: 400,
-        code: "InstanceNotFound",
-        message: "No instance exists with the specified ID, or the instance was recently \
-                  registered, and information about the instance hasn't propagated yet.",
-    };
+    let not_propagated = not_propagated();
     let registered = registration(&sdk, &ns, "i-new").register().await.unwrap();
 
     proxy.fault_operation("GetInstance", not_propagated.clone(), Some(1));
@@ -360,12 +366,7 @@ async fn an_instance_not_yet_propagated_is_still_drained() {
 async fn a_write_answered_not_yet_propagated_is_sent_again() {
     let (ns, service_id, proxy) = setup().await;
     let sdk = sdk_config(&proxy.url());
-    let not_propagated = Fault::AwsError {
-        status: 400,
-        code: "InstanceNotFound",
-        message: "No instance exists with the specified ID, or the instance was recently \
-                  registered, and information about the instance hasn't propagated yet.",
-    };
+    let not_propagated = not_propagated();
     let registered = registration(&sdk, &ns, "i-young").register().await.unwrap();
 
     proxy.fault_operation(
@@ -409,12 +410,7 @@ async fn a_write_answered_not_yet_propagated_is_sent_again() {
 async fn throttling_between_not_propagated_answers_shares_one_budget() {
     let (ns, _, proxy) = setup().await;
     let sdk = sdk_config(&proxy.url());
-    let not_propagated = Fault::AwsError {
-        status: 400,
-        code: "InstanceNotFound",
-        message: "No instance exists with the specified ID, or the instance was recently \
-                  registered, and information about the instance hasn't propagated yet.",
-    };
+    let not_propagated = not_propagated();
     let registered = registration(&sdk, &ns, "i-busy").register().await.unwrap();
     proxy.fault_operation("DeregisterInstance", Fault::Throttle, Some(3));
     for _ in 0..3 {
