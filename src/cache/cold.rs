@@ -224,14 +224,7 @@ impl Cache {
         let fetched = fetched.map_err(|e| e.for_key(Named(KeyRef::of(&slot.request))));
         match fetched {
             Ok(snap) => {
-                if slot.stale_log.answered() {
-                    tracing::info!(
-                        namespace = %slot.request.namespace,
-                        owner_account = slot.request.owner(),
-                        service = %slot.request.service,
-                        "registry answering again"
-                    );
-                }
+                slot.note_answered();
                 gate.error = None;
                 gate.failures = 0;
                 drop(gate);

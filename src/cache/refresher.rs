@@ -446,16 +446,7 @@ fn settle(
 ) -> Step<()> {
     match result {
         Ok(snap) => {
-            // Said when the run of failures was warned about (`stale_log.rs`), not
-            // after every failed refresh: most end before the answer goes stale.
-            if slot.stale_log.answered() {
-                tracing::info!(
-                    namespace = %slot.request.namespace,
-                    owner_account = slot.request.owner(),
-                    service = %slot.request.service,
-                    "registry answering again"
-                );
-            }
+            slot.note_answered();
             *plan = Plan::new(cache, snap);
             Step::Go(())
         }

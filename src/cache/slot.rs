@@ -147,6 +147,20 @@ impl Slot {
 }
 
 impl Slot {
+    /// An answer came: "registry answering again" is said when the run of failures
+    /// it ends was warned about (`stale_log.rs`), not after every failed fetch (most
+    /// runs end before the answer goes stale). For cold loads and refreshes alike.
+    pub(super) fn note_answered(&self) {
+        if self.stale_log.answered() {
+            tracing::info!(
+                namespace = %self.request.namespace,
+                owner_account = self.request.owner(),
+                service = %self.request.service,
+                "registry answering again"
+            );
+        }
+    }
+
     /// An empty entry for the question `request`, whose key hashes to `hash`.
     pub(super) fn new(request: DiscoverRequest, hash: u64, seed: u64) -> Self {
         Slot {
