@@ -22,7 +22,7 @@ use super::index::Index;
 use super::key::KeyRef;
 use super::slot::Slot;
 use super::snapshot::Snapshot;
-use super::{check_key, pinned_copy, serve, serve_snapshot, Cache};
+use super::{check_key, pinned_copy, serve_snapshot, Cache};
 use crate::stats::Counters;
 use crate::util::hash::splitmix64;
 
@@ -59,19 +59,20 @@ impl Cache {
 impl SlotPin {
     /// The warm path of a held handle: `f` on the slot's snapshot if it may be
     /// served now, on this thread's stripe, counted as a warm `resolve` is.
+    ///
+    /// Not warm without this thread's table (the thread is exiting, or a drop run
+    /// from the table is picking): the caller then loads the key by name, which
+    /// finds this slot's answer. Why not read the slot here instead: `f` then has
+    /// one call site, and the compiler inlines the whole pick into the caller; a
+    /// second one made it a call of its own, which cost a held warm pick about
+    /// a tenth (`benches/warm.rs`, `warm/service_resolve`).
     #[inline]
     pub(crate) fn warm<R>(&self, f: impl FnOnce(&Snapshot, u64, usize) -> R) -> Option<R> {
-        let mut f = Some(f);
         let seed = self.slot.seed;
-        let copied = pinned_copy::with_copy(self.id, &self.slot, |snap| {
-            serve_snapshot(&self.counters, snap?, seed, f.take()?)
-        });
-        match (copied, f) {
-            (Some(served), _) => served,
-            // No table on this thread: the slot's own answer.
-            (None, Some(f)) => serve(&self.counters, &self.slot, f),
-            (None, None) => None,
-        }
+        pinned_copy::with_copy(self.id, &self.slot, |snap| {
+            serve_snapshot(&self.counters, snap?, seed, f)
+        })
+        .flatten()
     }
 
     /// The pinned slot: the key's one slot while pinned, for lookups that need

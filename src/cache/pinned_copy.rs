@@ -63,7 +63,7 @@ pub(super) fn pin_id() -> u64 {
 /// `f` on this thread's copy of `slot`'s current answer (`None`: the slot is
 /// empty), taking the copy first when the thread has none at the slot's version.
 /// `None` when the table cannot be used (the thread is exiting, or a drop run
-/// from the table is picking): read the slot itself then.
+/// from the table is picking): the pick is then not warm (`SlotPin::warm`).
 #[inline]
 pub(super) fn with_copy<R>(
     pin: u64,

@@ -10,21 +10,29 @@ pub(crate) const STRIPES: usize = 8;
 
 /// This thread's stripe: threads are dealt stripes in turn as they first pick, so
 /// up to `STRIPES` threads never write the same counter.
-#[inline]
+#[inline(always)]
 pub(crate) fn stripe() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
     STRIPE.with(|s| {
         let v = s.get();
         if v != usize::MAX {
             return v;
         }
-        let v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        s.set(v);
-        v
+        deal(s)
     })
+}
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// A thread's first stripe, out of the warm path it is dealt on.
+#[cold]
+#[inline(never)]
+fn deal(s: &Cell<usize>) -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let v = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+    s.set(v);
+    v
 }
 
 #[cfg(test)]
