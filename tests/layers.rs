@@ -26,8 +26,10 @@ const LAYERS: &[&str] = &[
     "call",
     "cache",
     "select",
-    "endpoint",
+    // The writer checks addresses by the endpoint layer's default address policy;
+    // nothing below `select` uses it.
     "register",
+    "endpoint",
     "discover",
     // The leaves: `metrics` records through `stats` and names `error` kinds;
     // `stats` pads its counters with `util`.

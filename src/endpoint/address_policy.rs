@@ -108,6 +108,9 @@ impl fmt::Display for Cidr {
 ///
 /// Loopback is allowed, for local development.
 ///
+/// [`Registration`](crate::Registration) refuses to register an address the default
+/// policy refuses, since every resolver keeping the default would skip it.
+///
 /// An IPv6 address that carries an IPv4 address is judged as the IPv4 address it
 /// carries, so that no spelling smuggles a refused address through: IPv4-mapped
 /// (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, other than `::` and `::1`),
@@ -255,17 +258,41 @@ fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
 const EC2_SERVICES: u128 = 0xfd00_0ec2_0000_0000;
 
 fn is_special(ip: IpAddr) -> bool {
+    special_kind(ip).is_some()
+}
+
+/// Which kind of special address `ip` is, if it is one; named for error messages.
+fn special_kind(ip: IpAddr) -> Option<&'static str> {
     match ip {
-        IpAddr::V4(v4) => {
-            v4.is_link_local() || v4.octets()[0] == 0 || v4.is_multicast() || v4.is_broadcast()
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("an address of \"this network\" (0.0.0.0/8)"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address (169.254.0.0/16)"),
+        IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => {
+            Some("a link-local address (fe80::/10)")
         }
-        IpAddr::V6(v6) => {
-            v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || u128::from(v6) >> 64 == EC2_SERVICES
+        IpAddr::V6(v6) if u128::from(v6) >> 64 == EC2_SERVICES => {
+            Some("an EC2 service address (fd00:ec2::/64)")
         }
+        _ => None,
     }
+}
+
+/// Why [`AddressPolicy::default`] refuses `ip`, or `None` when it permits it: the
+/// default policy's verdict (no allow or deny networks, no `allow_special`), by the
+/// same predicates, with the reason spelled out. Registration refuses these
+/// addresses, since every resolver with the default policy skips an instance there.
+pub(crate) fn default_refusal(ip: IpAddr) -> Option<String> {
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = embedded_ipv4(v6)
+    {
+        return special_kind(IpAddr::V4(v4))
+            .map(|kind| format!("an IPv6 spelling of the IPv4 address {v4}, {kind}"));
+    }
+    special_kind(ip).map(str::to_owned)
 }
 
 /// Reads a host as an IP address the way URL parsers (WHATWG URL) and `inet_aton` do,

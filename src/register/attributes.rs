@@ -7,8 +7,9 @@
 //! (`^([a-zA-Z0-9!-~][ \ta-zA-Z0-9!-~]*){0,1}[a-zA-Z0-9!-~]{0,1}$`); at most 30 custom
 //! attributes; all keys and values together at most 5,000 characters. Keys starting
 //! with `AWS_` are reserved: only the documented ones are accepted, each with its own
-//! rule (an address that parses and that a caller can connect to, a port as
-//! resolvers read it: plain digits, 1 to 65535, `HEALTHY`/`UNHEALTHY`), and an alias
+//! rule (an address that parses and that the default `AddressPolicy` admits, since
+//! every resolver keeping that default skips the others; a port as resolvers read
+//! it: plain digits, 1 to 65535; `HEALTHY`/`UNHEALTHY`), and an alias
 //! (`AWS_ALIAS_DNS_NAME`) excludes the `AWS_INSTANCE_*` attributes.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::discover::instance::{
     parse_port, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
+use crate::endpoint::address_policy::default_refusal;
 use crate::error::Error;
 
 /// The attribute that sets a custom health check's first status.
@@ -151,10 +153,15 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
         ATTR_IPV6 => value.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
         _ => None,
     };
-    if let Some(why) = address.and_then(unreachable) {
+    // Judged by the default address policy's own rule: an address it refuses is
+    // skipped by every resolver that keeps the default, so the instance would be
+    // registered and take no traffic.
+    if let Some(why) = address.and_then(default_refusal) {
         return Err(Error::invalid(format!(
-            "attribute {key} is {value}, {why}: no caller can connect to it; register the \
-             address callers reach this process at"
+            "attribute {key} is {value}, {why}: no caller can connect to it through a \
+             resolver with the default AddressPolicy, which skips it; register the address \
+             callers reach this process at (an address only a resolver with an allow list \
+             or allow_special admits must be registered through the AWS SDK directly)"
         )));
     }
     let ok = match key {
@@ -171,37 +178,6 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
         Err(Error::invalid(format!(
             "attribute {key} has the malformed value {value:?}"
         )))
-    }
-}
-
-/// What makes an address one no caller can connect to, if it is: the unspecified
-/// address and the rest of "this network" (`0.0.0.0/8`, `::`; a listener's "every
-/// interface", a common slip for the address to register), multicast (`224.0.0.0/4`,
-/// `ff00::/8`) and the IPv4 broadcast address, also in their IPv4-mapped IPv6
-/// spellings (`::ffff:0.0.0.0`). The resolver never hands these out (its default
-/// `AddressPolicy`), so an instance registered at one would be skipped by every
-/// caller. Loopback and private addresses are reachable from somewhere, and stay
-/// accepted.
-fn unreachable(ip: IpAddr) -> Option<&'static str> {
-    let v4 = match ip {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => v4,
-            None if v6.is_unspecified() => return Some("the unspecified address"),
-            None if v6.is_multicast() => return Some("a multicast address"),
-            None => return None,
-        },
-    };
-    if v4.is_unspecified() {
-        Some("the unspecified address")
-    } else if v4.octets()[0] == 0 {
-        Some("an address of \"this network\" (0.0.0.0/8)")
-    } else if v4.is_multicast() {
-        Some("a multicast address")
-    } else if v4.is_broadcast() {
-        Some("the broadcast address")
-    } else {
-        None
     }
 }
 
@@ -299,6 +275,130 @@ mod tests {
         ] {
             assert!(check_attributes(&attrs(&[(key, ok)])).is_ok(), "{ok}");
         }
+    }
+
+    /// Every address the default `AddressPolicy` skips is refused, in every spelling it
+    /// reads (before, link-local, the EC2 service range and the IPv4 carried by NAT64,
+    /// 6to4, Teredo, compatible and translated addresses were registered, and then
+    /// skipped by every resolver with the default policy, so the instance took no
+    /// traffic); what it admits (loopback, private, other ULAs) is accepted. The rule is
+    /// the policy's own: over a seeded sample, registration accepts an address exactly
+    /// when the default policy permits it.
+    #[test]
+    fn addresses_the_default_policy_skips_are_refused() {
+        use crate::endpoint::address_policy::AddressPolicy;
+        let refused = [
+            (ATTR_IPV4, "169.254.169.254", "link-local"),
+            (ATTR_IPV4, "169.254.0.1", "link-local"),
+            (ATTR_IPV6, "fe80::1", "link-local"),
+            (ATTR_IPV6, "febf::1", "link-local"),
+            (ATTR_IPV6, "fd00:ec2::254", "EC2 service"),
+            (ATTR_IPV6, "fd00:ec2::23", "EC2 service"),
+            (ATTR_IPV6, "::ffff:169.254.169.254", "link-local"),
+            (ATTR_IPV6, "::169.254.169.254", "link-local"),
+            (ATTR_IPV6, "::ffff:0:a9fe:a9fe", "link-local"),
+            (ATTR_IPV6, "64:ff9b::a9fe:a9fe", "link-local"),
+            (ATTR_IPV6, "64:ff9b:1::a9fe:a9fe", "link-local"),
+            (ATTR_IPV6, "64:ff9b::e000:1", "multicast"),
+            (ATTR_IPV6, "2002:a9fe:a9fe::1", "link-local"),
+            (ATTR_IPV6, "2002:0:1::1", "this network"),
+            (
+                ATTR_IPV6,
+                "2001:0:4136:e378:8000:63bf:5601:5601",
+                "link-local",
+            ),
+            (ATTR_IPV6, "::2", "this network"),
+        ];
+        let mut refused_now = 0;
+        for (key, bad, why) in refused {
+            if let Err(err) = check_attributes(&attrs(&[(key, bad)])) {
+                assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+                let text = err.message();
+                assert!(text.contains(bad) && text.contains(why), "{bad}: {err}");
+                assert!(text.contains("AddressPolicy"), "{bad}: {err}");
+                refused_now += 1;
+            }
+        }
+        assert_eq!(refused_now, refused.len(), "refused of {}", refused.len());
+        for (key, ok) in [
+            (ATTR_IPV4, "192.168.1.1"),
+            (ATTR_IPV4, "169.253.255.255"),
+            (ATTR_IPV4, "169.255.0.1"),
+            (ATTR_IPV6, "fd00:ec2:0:1::254"),
+            (ATTR_IPV6, "fec0::1"),
+            (ATTR_IPV6, "64:ff9b::a00:7"),
+            (ATTR_IPV6, "2002:a00:7::1"),
+            (ATTR_IPV6, "::127.0.0.1"),
+            (ATTR_IPV6, "::ffff:192.168.1.1"),
+        ] {
+            assert!(check_attributes(&attrs(&[(key, ok)])).is_ok(), "{ok}");
+        }
+        // The same verdict as the default policy, address by address: the listed
+        // ones, and a seeded sample biased towards the special ranges and spellings.
+        let policy = AddressPolicy::default();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            state
+        };
+        let prefixes: [u128; 8] = [
+            0,
+            0xffff << 32,
+            0xffff_0000 << 32,
+            0x0064_ff9b << 96,
+            0x2002 << 112,
+            0x2001 << 112,
+            0xfd00_0ec2 << 96,
+            0xfe80 << 112,
+        ];
+        let v4s: [u32; 6] = [
+            0xa9fe_0000,
+            0,
+            0xe000_0000,
+            0xffff_ff00,
+            0x0a00_0000,
+            0x7f00_0000,
+        ];
+        let (mut agreed, mut skipped) = (0, 0);
+        for _ in 0..4000 {
+            let r = next();
+            let v4 = v4s[(r % 6) as usize] | ((r >> 8) as u32 & 0xffff);
+            let ip: IpAddr = match (r >> 32) % 4 {
+                0 => IpAddr::V4(Ipv4Addr::from(v4)),
+                1 => IpAddr::V4(Ipv4Addr::from((r >> 16) as u32)),
+                _ => {
+                    let prefix = prefixes[((r >> 40) % 8) as usize];
+                    let low = if (r >> 48) % 2 == 0 {
+                        u128::from(v4)
+                    } else {
+                        u128::from(next())
+                    };
+                    // 6to4 carries the IPv4 address in bits 80..112; Teredo inverted.
+                    let bits = match prefix >> 112 {
+                        0x2002 => prefix | u128::from(v4) << 80 | low,
+                        0x2001 => prefix | u128::from(!v4),
+                        _ => prefix | low,
+                    };
+                    IpAddr::V6(Ipv6Addr::from(bits))
+                }
+            };
+            let (key, value) = match ip {
+                IpAddr::V4(v4) => (ATTR_IPV4, v4.to_string()),
+                IpAddr::V6(v6) => (ATTR_IPV6, v6.to_string()),
+            };
+            let accepted = check_attributes(&attrs(&[(key, &value)])).is_ok();
+            assert_eq!(accepted, policy.permits(ip), "{value}");
+            agreed += 1;
+            skipped += usize::from(!accepted);
+        }
+        assert_eq!(agreed, 4000);
+        // The sample exercises both verdicts.
+        assert!(
+            skipped > 1000 && skipped < 3000,
+            "{skipped} of 4000 skipped"
+        );
     }
 
     #[test]

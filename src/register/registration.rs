@@ -30,7 +30,8 @@ use crate::error::{Error, ErrorKind};
 /// instance id, names and attributes are checked against Cloud Map's rules before any
 /// call ([`InvalidInput`](ErrorKind::InvalidInput)): at most 30 custom attributes, keys
 /// of 1 to 255 printable characters, values of at most 1,024, 5,000 characters in all,
-/// and of the reserved `AWS_` keys only the documented ones.
+/// of the reserved `AWS_` keys only the documented ones, and addresses the default
+/// [`AddressPolicy`](crate::AddressPolicy) admits (see [`ipv4`](Self::ipv4)).
 ///
 /// [`register`](Self::register) sends RegisterInstance with a `CreatorRequestId`, so
 /// the retries it makes when throttled or when the registry fails are safe (a retry
@@ -101,10 +102,14 @@ impl Registration {
         }
     }
 
-    /// The IPv4 address callers connect to (`AWS_INSTANCE_IPV4`). An address no
-    /// caller can connect to (`0.0.0.0` and the rest of `0.0.0.0/8`, multicast,
-    /// `255.255.255.255`) is refused by [`register`](Self::register) before any call
-    /// ([`InvalidInput`](ErrorKind::InvalidInput)); loopback is accepted.
+    /// The IPv4 address callers connect to (`AWS_INSTANCE_IPV4`). An address the
+    /// default [`AddressPolicy`](crate::AddressPolicy) refuses, which every resolver
+    /// keeping that default skips (`0.0.0.0/8`, link-local `169.254.0.0/16`,
+    /// multicast, `255.255.255.255`), is refused by [`register`](Self::register)
+    /// before any call ([`InvalidInput`](ErrorKind::InvalidInput), naming the address
+    /// and why); loopback and private addresses are accepted. An address only a
+    /// resolver with an allow list or `allow_special` admits must be registered
+    /// through the AWS SDK directly.
     ///
     /// ```
     /// # let sdk = aws_config::SdkConfig::builder().build();
@@ -117,10 +122,16 @@ impl Registration {
         self.attribute(ATTR_IPV4, ip.to_string())
     }
 
-    /// The IPv6 address callers connect to (`AWS_INSTANCE_IPV6`). An address no
-    /// caller can connect to (`::`, multicast, and the IPv4-mapped spellings of the
-    /// IPv4 ones) is refused by [`register`](Self::register) before any call
-    /// ([`InvalidInput`](ErrorKind::InvalidInput)); loopback is accepted.
+    /// The IPv6 address callers connect to (`AWS_INSTANCE_IPV6`). An address the
+    /// default [`AddressPolicy`](crate::AddressPolicy) refuses, which every resolver
+    /// keeping that default skips (`::`, multicast, link-local `fe80::/10`, the EC2
+    /// service addresses `fd00:ec2::/64`, and an IPv4 address the policy refuses in
+    /// any IPv6 spelling it reads: mapped, compatible, translated, NAT64, 6to4,
+    /// Teredo), is refused by [`register`](Self::register) before any call
+    /// ([`InvalidInput`](ErrorKind::InvalidInput), naming the address and why);
+    /// loopback and other unique local addresses (`fd12::7`) are accepted. An address
+    /// only a resolver with an allow list or `allow_special` admits must be
+    /// registered through the AWS SDK directly.
     ///
     /// ```
     /// # let sdk = aws_config::SdkConfig::builder().build();

@@ -78,6 +78,21 @@ async fn bad_input_fails_before_any_call() {
             "multicast IPv6",
             base().attribute("AWS_INSTANCE_IPV6", "ff02::1"),
         ),
+        // Addresses the default AddressPolicy skips (before, each was registered and
+        // then skipped by every resolver keeping that default).
+        (
+            "link-local IPv4",
+            base().ipv4(Ipv4Addr::new(169, 254, 169, 254)),
+        ),
+        ("link-local IPv6", base().ipv6("fe80::1".parse().unwrap())),
+        (
+            "EC2 service IPv6",
+            base().ipv6("fd00:ec2::254".parse().unwrap()),
+        ),
+        (
+            "NAT64 of link-local",
+            base().ipv6("64:ff9b::a9fe:a9fe".parse().unwrap()),
+        ),
     ];
     for (what, registration) in cases {
         let err = registration.register().await.unwrap_err();
