@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::discover::instance::{
     parse_port, ATTR_ALIAS, ATTR_CNAME, ATTR_IPV4, ATTR_IPV6, ATTR_PORT,
 };
-use crate::endpoint::address_policy::default_refusal;
+use crate::endpoint::address_policy::{default_refusal, ends_in_number, parse_ip_literal};
 use crate::error::Error;
 
 /// The attribute that sets a custom health check's first status.
@@ -164,6 +164,9 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
              or allow_special admits must be registered through the AWS SDK directly)"
         )));
     }
+    if key == ATTR_CNAME || key == ATTR_ALIAS {
+        check_host(key, value)?;
+    }
     let ok = match key {
         ATTR_IPV4 | ATTR_IPV6 => address.is_some(),
         // As every resolver reads it: `+80` and `080` would register and then be
@@ -179,6 +182,27 @@ fn check_reserved(key: &str, value: &str) -> Result<(), Error> {
             "attribute {key} has the malformed value {value:?}"
         )))
     }
+}
+
+/// A host name as resolvers read it (`endpoint/parse.rs`): an IP literal in any
+/// spelling a URL parser takes is judged as the address it spells, by the default
+/// policy; a name that ends in a number but is no IP literal is skipped as malformed.
+fn check_host(key: &str, value: &str) -> Result<(), Error> {
+    if let Some(ip) = parse_ip_literal(value) {
+        if let Some(why) = default_refusal(ip) {
+            return Err(Error::invalid(format!(
+                "attribute {key} is {value}, read as the IP address {ip}, {why}: a \
+                 resolver with the default AddressPolicy skips it; register the address \
+                 or name callers reach this process at"
+            )));
+        }
+    } else if ends_in_number(value) {
+        return Err(Error::invalid(format!(
+            "attribute {key} is {value}, which ends in a number but is not an IP \
+             address: resolvers (and URL parsers) refuse it"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -399,6 +423,42 @@ mod tests {
             skipped > 1000 && skipped < 3000,
             "{skipped} of 4000 skipped"
         );
+    }
+
+    /// A host name (`AWS_INSTANCE_CNAME`, `AWS_ALIAS_DNS_NAME`) that resolvers read as
+    /// an IP address the default policy refuses, in any spelling a URL parser takes,
+    /// or that ends in a number without being an IP address, is skipped by every
+    /// resolver keeping the default; registration refuses it (before, each was
+    /// registered). A name, and an IP literal the policy admits, are accepted.
+    #[test]
+    fn a_host_name_every_resolver_skips_is_refused() {
+        let refused = [
+            (ATTR_CNAME, "169.254.169.254"),
+            (ATTR_CNAME, "0xa9fea9fe"),
+            (ATTR_CNAME, "2852039166"),
+            (ATTR_CNAME, "[fd00:ec2::254]"),
+            (ATTR_CNAME, "0.0.0.0"),
+            (ATTR_CNAME, "10.0.0.256"),
+            (ATTR_ALIAS, "169.254.170.2"),
+            (ATTR_ALIAS, "1.2.3.4.5"),
+        ];
+        let mut refused_now = 0;
+        for (key, bad) in refused {
+            if let Err(err) = check_attributes(&attrs(&[(key, bad)])) {
+                assert_eq!(err.kind(), ErrorKind::InvalidInput, "{bad}");
+                assert!(err.message().contains(bad), "{bad}: {err}");
+                refused_now += 1;
+            }
+        }
+        assert_eq!(refused_now, refused.len(), "refused of {}", refused.len());
+        for (key, ok) in [
+            (ATTR_CNAME, "web.internal.example.com"),
+            (ATTR_CNAME, "10.0.0.7"),
+            (ATTR_CNAME, "123.example"),
+            (ATTR_ALIAS, "lb-1.elb.amazonaws.com."),
+        ] {
+            assert!(check_attributes(&attrs(&[(key, ok)])).is_ok(), "{ok}");
+        }
     }
 
     #[test]

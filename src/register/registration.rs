@@ -159,7 +159,12 @@ impl Registration {
 
     /// Sets an attribute (a later value for the same key replaces the earlier one).
     /// Custom keys (`stage`, `version`, ...) and the documented `AWS_` keys are
-    /// accepted; the rules are checked by [`register`](Self::register).
+    /// accepted; the rules are checked by [`register`](Self::register). A host name
+    /// (`AWS_INSTANCE_CNAME`, `AWS_ALIAS_DNS_NAME`) that resolvers read as an IP
+    /// address the default [`AddressPolicy`](crate::AddressPolicy) refuses, in any
+    /// spelling a URL parser takes (`169.254.169.254`, `0xa9fea9fe`), or that ends
+    /// in a number without being an IP address (`10.0.0.256`), is refused
+    /// ([`InvalidInput`](ErrorKind::InvalidInput)): every resolver would skip it.
     ///
     /// ```
     /// # let sdk = aws_config::SdkConfig::builder().build();

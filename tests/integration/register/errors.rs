@@ -93,6 +93,12 @@ async fn bad_input_fails_before_any_call() {
             "NAT64 of link-local",
             base().ipv6("64:ff9b::a9fe:a9fe".parse().unwrap()),
         ),
+        (
+            "CNAME spelling a link-local address",
+            Registration::new(&sdk, &ns, "web", "i-1")
+                .attribute("AWS_INSTANCE_CNAME", "0xa9fea9fe")
+                .port(8080),
+        ),
     ];
     for (what, registration) in cases {
         let err = registration.register().await.unwrap_err();
