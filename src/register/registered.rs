@@ -17,7 +17,7 @@ use super::operation::{send_retrying_while, send_sdk, send_sdk_while, wait_opera
 use super::propagation::not_propagated_yet;
 use super::Writer;
 use crate::discover::cloud_map::map_error;
-use crate::discover::instance::HealthStatus;
+use crate::discover::instance::{HealthStatus, Shown};
 use crate::discover::namespace_label;
 use crate::error::{Error, ErrorKind};
 
@@ -224,8 +224,11 @@ impl Registered {
                 ErrorKind::InstanceNotFound,
                 format!(
                     "instance {:?} of service {:?} registered with CreatorRequestId {} was \
-                     replaced by another registration of its id (CreatorRequestId {other})",
-                    self.instance_id, self.service, self.creator_request_id
+                     replaced by another registration of its id (CreatorRequestId {})",
+                    self.instance_id,
+                    self.service,
+                    self.creator_request_id,
+                    Shown(&other)
                 ),
             ));
         }
@@ -315,7 +318,7 @@ impl Registered {
                     service = %self.service,
                     instance_id = %self.instance_id,
                     creator_request_id = %self.creator_request_id,
-                    replaced_by = %other,
+                    replaced_by = %Shown(&other),
                     "not deregistering: another registration of this instance id replaced this one"
                 );
                 (None, false)

@@ -213,3 +213,76 @@ async fn set_health_leaves_a_replacement_alone() {
     new.drain(Duration::ZERO).await.unwrap();
     old.drain(Duration::ZERO).await.unwrap();
 }
+
+/// The `CreatorRequestId` of a replacement is another writer's value: the drain's
+/// warning and `set_health`'s error show it escaped on one line and cut, as other
+/// registry values are. Before: it went in raw (a newline split the warning in two
+/// lines, an escape sequence reached the terminal); now the warning is one line and
+/// neither text holds a control character.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacements_hostile_creator_request_id_is_shown_escaped() {
+    use aws_sdk_servicediscovery as sd;
+    use std::sync::{Arc, Mutex};
+    use tracing::instrument::WithSubscriber;
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (ns, service_id, proxy) = setup().await;
+    proxy.replace_on_register();
+    let sdk = sdk_config(&proxy.url());
+    let old = Registration::new(&sdk, &ns, "web", "i-same")
+        .ipv4("127.0.0.1".parse().unwrap())
+        .port(8080)
+        .register()
+        .await
+        .unwrap();
+    let hostile = format!("x\nforged line\u{1b}[2J{}", "y".repeat(1_000));
+    sd::Client::new(&sdk)
+        .register_instance()
+        .service_id(&service_id)
+        .instance_id("i-same")
+        .creator_request_id(&hostile)
+        .attributes("AWS_INSTANCE_IPV4", "127.0.0.1")
+        .attributes("AWS_INSTANCE_PORT", "8081")
+        .send()
+        .await
+        .unwrap();
+
+    let err = old.set_health(HealthStatus::Unhealthy).await.unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains(|c: char| c.is_control()), "{text:?}");
+    let cut = format!("… ({} bytes)", hostile.len());
+    assert!(text.contains(&cut), "cut: {text:?}");
+
+    let buf = Buf::default();
+    let out = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || out.clone())
+        .with_ansi(false)
+        .finish();
+    let drained = old
+        .drain(Duration::ZERO)
+        .with_subscriber(subscriber)
+        .await
+        .unwrap();
+    assert!(!drained.deregistered(), "{drained:?}");
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("replaced_by")).collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(!log.contains("\nforged line"), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log:?}");
+    assert!(warned[0].contains(&cut), "cut: {log}");
+    assert_eq!(
+        instance_ids(&service_id).await,
+        ["i-same"],
+        "left registered"
+    );
+}
