@@ -29,6 +29,7 @@ use tonic::codegen::http;
 use tonic::codegen::Service;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint as TonicEndpoint};
 
+use crate::discover::instance::Shown;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, ErrorKind};
 use crate::resolver::{Resolver, Service as Held};
@@ -362,7 +363,7 @@ impl Settings {
         };
         let Some(port) = ep.port() else {
             tracing::warn!(
-                instance = ep.instance_id(),
+                instance = %Shown(ep.instance_id()),
                 "endpoint without a port: not dialled over gRPC"
             );
             return None;
@@ -373,7 +374,7 @@ impl Settings {
             (None, Some(host)) if self.hosts == HostEndpoints::Dial => format!("{host}:{port}"),
             (None, _) => {
                 tracing::debug!(
-                    instance = ep.instance_id(),
+                    instance = %Shown(ep.instance_id()),
                     "endpoint without an IP address: skipped"
                 );
                 return None;
@@ -382,7 +383,7 @@ impl Settings {
         let mut out = match TonicEndpoint::from_shared(format!("{scheme}://{authority}")) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(instance = ep.instance_id(), error = %e, "endpoint is not a valid URI: not dialled");
+                tracing::warn!(instance = %Shown(ep.instance_id()), error = %e, "endpoint is not a valid URI: not dialled");
                 return None;
             }
         };
@@ -549,5 +550,31 @@ mod tests {
         assert_eq!(web.clones(), 2);
         drop(copy);
         assert_eq!(web.clones(), 1);
+    }
+
+    /// An instance id is a registry value (any writer's, any length, in a static
+    /// registry or DNS): the warning of an endpoint not dialled shows it escaped
+    /// and cut as other warnings do. Before: the whole 10 000-character id went
+    /// into the line; now 64 characters and the length.
+    #[test]
+    fn a_long_hostile_instance_id_is_logged_cut_on_one_line() {
+        use super::{GrpcScheme, HostEndpoints, Settings};
+        use crate::{Endpoint, Instance};
+        let id = format!("i\n\u{1b}[2J{}", "x".repeat(10_000));
+        let ep =
+            Endpoint::from_instance(Instance::new(&id).ipv4("127.0.0.1".parse().unwrap())).unwrap();
+        let settings = Settings {
+            scheme: GrpcScheme::Http,
+            tls: None,
+            connect_timeout: None,
+            timeout: None,
+            hosts: HostEndpoints::Skip,
+        };
+        let log = crate::util::logged::logged(|| assert!(settings.endpoint(&ep).is_none()));
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains("without a port"), "{log}");
+        assert!(!log.contains('\u{1b}'), "{log:?}");
+        assert!(log.contains(&format!("… ({} bytes)", id.len())), "{log}");
+        assert!(log.len() < 400, "{} bytes logged", log.len());
     }
 }
