@@ -20,10 +20,10 @@ use crate::error::{Error, ErrorKind};
 /// into `Box<dyn std::error::Error + Send + Sync>`. Its
 /// [`source`](std::error::Error::source) is the resolve error, if any: with so loose
 /// a bound on `E`, an attempt's error cannot be handed out as a `dyn Error`. Its text
-/// names every attempt's error; for the cause under one (a refused connection under
-/// a client's error), take the operation's own error from
-/// [`attempts`](Self::attempts): `AttemptError::Failed(e)` of
-/// `err.attempts().last()`'s `error()`.
+/// names the key called (once, as every lookup error does) and every attempt's
+/// error; for the cause under one (a refused connection under a client's error),
+/// take the operation's own error from [`attempts`](Self::attempts):
+/// `AttemptError::Failed(e)` of `err.attempts().last()`'s `error()`.
 ///
 /// # Examples
 ///
@@ -45,7 +45,9 @@ use crate::error::{Error, ErrorKind};
 /// assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
 /// assert_eq!(err.stop(), CallStop::EndpointsUsed);
 /// assert_eq!(err.attempts().len(), 2, "each endpoint once");
-/// println!("{err}"); // every attempt failed (2 attempts, ...): a@127.0.0.1:1: a is down; ...
+/// // every attempt failed: service "web" in namespace "shared" (2 attempts, ...): a@127.0.0.1:1: a is down; ...
+/// println!("{err}");
+/// assert_eq!(err.to_string().matches(r#"service "web" in namespace "shared""#).count(), 1);
 /// # Ok(()) }
 /// # tokio::runtime::Runtime::new().unwrap().block_on(run()).unwrap();
 /// ```
@@ -54,6 +56,10 @@ pub struct CallError<E> {
     stop: CallStop,
     resolve: Option<Error>,
     attempts: Vec<Attempt<E>>,
+    /// The key called, as error texts name it, for failed attempts: a resolve
+    /// error names it itself (`Error::for_key`), so it is set only without one,
+    /// and the text names the key once.
+    key: Option<String>,
 }
 
 /// Why a call made no further attempt.
@@ -182,6 +188,7 @@ impl<E> CallError<E> {
             stop: CallStop::Resolve,
             resolve: Some(err),
             attempts: Vec::new(),
+            key: None,
         }
     }
 
@@ -190,7 +197,22 @@ impl<E> CallError<E> {
             stop,
             resolve: None,
             attempts,
+            key: None,
         }
+    }
+
+    /// This error naming the key called (how error texts name it), as other lookup
+    /// errors do: set once, and only for failed attempts.
+    pub(crate) fn for_key(mut self, key: impl fmt::Display) -> Self {
+        if self.resolve.is_none() && self.key.is_none() {
+            self.key = Some(key.to_string());
+        }
+        self
+    }
+
+    /// The key's name [`for_key`](Self::for_key) set, for an error rebuilt from this one.
+    pub(crate) fn key_name(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// [`ErrorKind::AttemptsExhausted`] when attempts were made; otherwise the kind of
@@ -241,10 +263,13 @@ impl<E: fmt::Display> fmt::Display for CallError<E> {
             return write!(f, "{}: {e}", self.stop);
         }
         let n = self.attempts.len();
+        write!(f, "{}", ErrorKind::AttemptsExhausted)?;
+        if let Some(key) = &self.key {
+            write!(f, ": {key}")?;
+        }
         write!(
             f,
-            "{} ({n} attempt{}, {})",
-            ErrorKind::AttemptsExhausted,
+            " ({n} attempt{}, {})",
             if n == 1 { "" } else { "s" },
             self.stop
         )?;
@@ -276,6 +301,47 @@ mod tests {
                 .port(port),
         )
         .unwrap()
+    }
+
+    /// A call whose every attempt fails names the key called, as every other lookup
+    /// error does (`Error::for_key`), once, hedged or not. Before: the text listed
+    /// the endpoints tried and not the service (0 mentions); now 1.
+    #[tokio::test(start_paused = true)]
+    async fn every_attempt_failing_names_the_key_once() {
+        use crate::{Hedge, Resolver, StaticDiscovery};
+        let ip = "127.0.0.1".parse().unwrap();
+        let registry = StaticDiscovery::new()
+            .with_instance("shared", "web", Instance::new("a").ipv4(ip).port(1))
+            .with_instance("shared", "web", Instance::new("b").ipv4(ip).port(2));
+        let resolver = Resolver::builder(registry).build().unwrap();
+        let down = |ep: Endpoint| async move { Err::<(), _>(format!("{} down", ep.instance_id())) };
+        let named = r#"service "web" in namespace "shared""#;
+        let plain = resolver.call("shared", "web", down).await.unwrap_err();
+        let hedged = resolver
+            .call("shared", "web", down)
+            .hedge(Hedge::after(Duration::from_millis(5)))
+            .await
+            .unwrap_err();
+        let held = resolver
+            .service("shared", "web")
+            .call(down)
+            .await
+            .unwrap_err();
+        for err in [plain, hedged, held] {
+            assert_eq!(err.kind(), ErrorKind::AttemptsExhausted);
+            let text = err.to_string();
+            assert_eq!(text.matches(named).count(), 1, "{text}");
+            assert!(text.starts_with("every attempt failed: service"), "{text}");
+        }
+        // A resolve error names the key itself: the call's text adds no name.
+        let err = resolver.call("shared", "none", down).await.unwrap_err();
+        let (text, inner) = (err.to_string(), err.resolve_error().unwrap().to_string());
+        let none = r#"service "none" in namespace "shared""#;
+        assert_eq!(
+            text.matches(none).count(),
+            inner.matches(none).count(),
+            "{text}"
+        );
     }
 
     #[test]

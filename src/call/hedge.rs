@@ -25,6 +25,7 @@ use super::error::{Attempt, CallError, CallStop};
 use super::settle::{AttemptClock, Settled, Settler};
 use super::{before_deadline, Call};
 use crate::cache::latency::KeyLatency;
+use crate::cache::named::Named;
 use crate::endpoint::record::Attempting;
 use crate::endpoint::Endpoint;
 use crate::stats::bump;
@@ -210,6 +211,9 @@ where
     } = call;
     let (namespace, service) = (key.namespace, key.service);
     let label = crate::discover::namespace_label(namespace, key.owner.as_deref());
+    // Failed attempts name the key, as a failed lookup does.
+    let failed_with =
+        |stop, failed| CallError::attempts_failed(stop, failed).for_key(Named(key.as_ref()));
     let counters = ctx.counters;
     bump(&counters.calls);
     let start = Instant::now();
@@ -269,10 +273,10 @@ where
     loop {
         if running.is_empty() {
             if let Some(stop) = stopped {
-                return Err(CallError::attempts_failed(stop, failed));
+                return Err(failed_with(stop, failed));
             }
             if no_more {
-                return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
+                return Err(failed_with(CallStop::NotRetryable, failed));
             }
             let Some(ep) = next.next() else { break };
             let began = Instant::now();
@@ -281,7 +285,7 @@ where
                 ctx.budget.deposit(began);
                 ctx.hedge_budget.deposit(began);
             } else if let Err(stop) = settler.admit_retry(began) {
-                return Err(CallError::attempts_failed(stop, failed));
+                return Err(failed_with(stop, failed));
             }
             launch(ep, began, false, &mut running);
             hedge_at = (hedges < hedge.max_hedges)
@@ -359,7 +363,7 @@ where
                 stopped = Some(CallStop::DeadlinePassed);
                 hedge_at = None;
             }
-            Settled::Stop(stop) => return Err(CallError::attempts_failed(stop, failed)),
+            Settled::Stop(stop) => return Err(failed_with(stop, failed)),
         }
     }
     let stop = if tried < opts.max_attempts {
@@ -367,7 +371,7 @@ where
     } else {
         CallStop::AttemptsUsed
     };
-    Err(CallError::attempts_failed(stop, failed))
+    Err(failed_with(stop, failed))
 }
 
 #[cfg(test)]

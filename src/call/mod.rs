@@ -363,6 +363,9 @@ where
         } = self;
         let (namespace, service) = (key.namespace, key.service);
         let label = namespace_label(namespace, key.owner.as_deref());
+        // Failed attempts name the key, as a failed lookup does.
+        let failed_with =
+            |stop, failed| CallError::attempts_failed(stop, failed).for_key(Named(key.as_ref()));
         let counters = ctx.counters;
         bump(&counters.calls);
         let start = Instant::now();
@@ -396,7 +399,7 @@ where
             if n == 0 {
                 ctx.budget.deposit(began);
             } else if let Err(stop) = settler.admit_retry(began) {
-                return Err(CallError::attempts_failed(stop, failed));
+                return Err(failed_with(stop, failed));
             }
             bump(&counters.attempts);
             let clock = AttemptClock::new(began, opts.attempt_timeout, deadline);
@@ -414,9 +417,9 @@ where
                 Settled::Won(value) => return Ok(value),
                 Settled::Failed => {}
                 Settled::NoMore => {
-                    return Err(CallError::attempts_failed(CallStop::NotRetryable, failed));
+                    return Err(failed_with(CallStop::NotRetryable, failed));
                 }
-                Settled::Stop(stop) => return Err(CallError::attempts_failed(stop, failed)),
+                Settled::Stop(stop) => return Err(failed_with(stop, failed)),
             }
         }
         let stop = if tried < opts.max_attempts {
@@ -424,7 +427,7 @@ where
         } else {
             CallStop::AttemptsUsed
         };
-        Err(CallError::attempts_failed(stop, failed))
+        Err(failed_with(stop, failed))
     }
 }
 

@@ -144,6 +144,7 @@ pub(crate) fn finish<R, E, F>(
         return Err(CallError::resolve(e.clone()));
     }
     let stop = err.stop();
+    let key = err.key_name().map(str::to_owned);
     let mut attempts = err.into_attempts();
     if let Some(last) = attempts.pop() {
         let endpoint = last.endpoint().clone();
@@ -177,7 +178,11 @@ pub(crate) fn finish<R, E, F>(
     if let Some(r) = answer {
         return Ok(r);
     }
-    Err(CallError::attempts_failed(stop, converted))
+    let rebuilt = CallError::attempts_failed(stop, converted);
+    Err(match key {
+        Some(key) => rebuilt.for_key(key),
+        None => rebuilt,
+    })
 }
 
 /// What hyper-util's `HttpConnector` answers when it may connect only for `http`
@@ -388,7 +393,8 @@ mod tests {
                     AttemptError::Failed(Failed::Error("reset")),
                 ),
             ],
-        );
+        )
+        .for_key("service \"web\" in namespace \"shared\"");
         let out = finish(
             Err(err),
             |s| Told::Error(format!("status {s}")),
@@ -401,6 +407,12 @@ mod tests {
         assert_eq!(
             err.attempts()[0].error(),
             &AttemptError::Failed("status 502".to_owned())
+        );
+        // The rebuilt error still names the key called.
+        assert!(
+            err.to_string()
+                .starts_with("every attempt failed: service \"web\" in namespace \"shared\" ("),
+            "{err}"
         );
     }
 }
