@@ -36,6 +36,15 @@ impl WarnOnce {
         }
         set.seen.insert(h)
     }
+
+    /// Forgets a warning about `what`, so that it is given again the next time: for
+    /// a fault that passed (a run of failures ended), whose next run is news.
+    pub(crate) fn forget(&self, what: impl std::hash::Hash) {
+        use std::hash::BuildHasher;
+        let mut set = lock(&self.0);
+        let h = set.hasher.hash_one(what);
+        set.seen.remove(&h);
+    }
 }
 
 impl fmt::Debug for WarnOnce {

@@ -112,7 +112,8 @@ pub struct DnsDiscovery {
     /// Merged answers, per fully qualified name.
     seen: Arc<Mutex<Merged>>,
     /// SRV records already warned about, so that an unusable one is logged once,
-    /// not on every lookup (as skipped instances are).
+    /// not on every lookup (as skipped instances are), and a failing target once
+    /// per run of failures.
     warned: WarnOnce,
 }
 

@@ -1,6 +1,7 @@
 //! The SRV records of an answer and their targets' addresses: from the additional
 //! section where it has them, looked up otherwise; records that cannot be an
-//! endpoint are skipped with a warning, once.
+//! endpoint are skipped with a warning, once; a target whose lookup fails is warned
+//! about once per run of failures.
 
 use hickory_resolver::proto::rr::{Name, RData};
 
@@ -10,6 +11,9 @@ use super::lookup::{
 use super::lookup::{Addresses, Answer, Client, Records, SrvAnswer, SrvRecord};
 use super::DnsDiscovery;
 use crate::error::{Error, ErrorKind};
+
+/// What a failing target lookup's warning is remembered as, until the target answers.
+const FAILING: &str = "lookup failed";
 
 impl DnsDiscovery {
     /// The SRV records of an answer, with their targets' addresses: from the
@@ -97,6 +101,8 @@ impl DnsDiscovery {
                 };
                 match found {
                     Ok(Addresses::Found(addrs, absent)) => {
+                        // The target answers: a later failure starts a new run.
+                        self.warned.forget((name, &target, FAILING));
                         if !absent.is_empty() {
                             answer.absent.push((target.clone(), absent));
                         }
@@ -111,7 +117,12 @@ impl DnsDiscovery {
                         answer.gone.push(target);
                     }
                     Err(e) => {
-                        tracing::warn!(name = %name, target = %target, error = %e, "SRV target lookup failed");
+                        // Once per run of failures, not on every refresh (every
+                        // backoff delay while it lasts): the cache tells the key's
+                        // own staleness once too (`cache/stale_log.rs`).
+                        if self.warned.first_time((name, &target, FAILING)) {
+                            tracing::warn!(name = %name, target = %target, error = %e, "SRV target lookup failed");
+                        }
                         transient = Some(e);
                     }
                 }
@@ -185,6 +196,52 @@ mod tests {
         });
         assert_eq!(log.matches("with port 0").count(), 1, "{log}");
         assert_eq!(log.matches("without an address record").count(), 1, "{log}");
+    }
+
+    /// A target whose lookup fails is warned about once per run of failures, not on
+    /// every lookup, and again once it answered and fails anew. Before: 4 failed
+    /// lookups gave 4 warnings; now 1, and a second run 1 more.
+    #[test]
+    fn a_failing_target_is_warned_about_once_per_run() {
+        let _alone = super::super::tests::SERVERS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = crate::util::logged::logged(|| {
+            rt.block_on(async {
+                let server = test_support::dns::DnsServer::start().await;
+                server.set_additional(false);
+                server.set_chase(true);
+                let (name, bad) = ("api.prod.internal", "i-2.api.prod.internal");
+                server.add_srv(name, 1, 1, 8080, "i-1.api.prod.internal", 60);
+                server.add_a("i-1.api.prod.internal", "10.0.0.1", 60);
+                server.add_srv(name, 1, 1, 8080, bad, 60);
+                // An alias loop: its lookup fails (not an answer of no address).
+                server.add_cname(bad, "loop.api.prod.internal", 60);
+                server.add_cname("loop.api.prod.internal", bad, 60);
+                let dns = DnsDiscovery::with_name_servers([server.addr]);
+                let req = DiscoverRequest::new("prod.internal", "api");
+                let run = |n| {
+                    let (dns, req) = (&dns, &req);
+                    async move {
+                        for _ in 0..n {
+                            dns.discover(req).await.unwrap();
+                        }
+                    }
+                };
+                run(4).await;
+                server.clear(bad, test_support::dns::RecordType::CNAME);
+                server.add_a(bad, "10.0.0.2", 60);
+                run(1).await;
+                server.clear(bad, test_support::dns::RecordType::A);
+                server.add_cname(bad, "loop.api.prod.internal", 60);
+                run(4).await;
+            });
+        });
+        assert_eq!(log.matches("SRV target lookup failed").count(), 2, "{log}");
     }
 
     /// An SRV record whose target the answer says has no address (the instance's
