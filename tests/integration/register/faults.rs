@@ -429,19 +429,6 @@ async fn throttling_between_not_propagated_answers_shares_one_budget() {
 /// registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_cancelled_after_sending_does_not_claim_the_instance_stays() {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let (ns, _, proxy) = setup().await;
     let registered = registration(&sdk_config(&proxy.url()), &ns, "i-cut")
         .register()
@@ -462,14 +449,9 @@ async fn a_drain_cancelled_after_sending_does_not_claim_the_instance_stays() {
         r = registered.drain(Duration::ZERO) => panic!("drain ended: {r:?}"),
         () = sent => {}
     }
-    let buf = Buf::default();
-    let out = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || out.clone())
-        .with_ansi(false)
-        .finish();
-    tracing::subscriber::with_default(subscriber, || drop(registered));
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let buf = super::LogBuf::default();
+    tracing::subscriber::with_default(buf.subscriber(), || drop(registered));
+    let log = buf.text();
     assert!(log.contains("not confirmed"), "{log}");
     assert!(!log.contains("stays registered"), "{log}");
 }

@@ -222,19 +222,7 @@ async fn set_health_leaves_a_replacement_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replacements_hostile_creator_request_id_is_shown_escaped() {
     use aws_sdk_servicediscovery as sd;
-    use std::sync::{Arc, Mutex};
     use tracing::instrument::WithSubscriber;
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
     let (ns, service_id, proxy) = setup().await;
     proxy.replace_on_register();
     let sdk = sdk_config(&proxy.url());
@@ -262,19 +250,14 @@ async fn a_replacements_hostile_creator_request_id_is_shown_escaped() {
     let cut = format!("… ({} bytes)", hostile.len());
     assert!(text.contains(&cut), "cut: {text:?}");
 
-    let buf = Buf::default();
-    let out = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || out.clone())
-        .with_ansi(false)
-        .finish();
+    let buf = super::LogBuf::default();
     let drained = old
         .drain(Duration::ZERO)
-        .with_subscriber(subscriber)
+        .with_subscriber(buf.subscriber())
         .await
         .unwrap();
     assert!(!drained.deregistered(), "{drained:?}");
-    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let log = buf.text();
     let warned: Vec<&str> = log.lines().filter(|l| l.contains("replaced_by")).collect();
     assert_eq!(warned.len(), 1, "{log}");
     assert!(!log.contains("\nforged line"), "{log}");

@@ -118,3 +118,34 @@ fn write_calls(proxy: &Proxy) -> u64 {
     .map(|op| proxy.count(op))
     .sum()
 }
+
+/// A log capture: a plain-text `fmt` subscriber writing into a buffer the test reads
+/// (the crate's own capture, `util/logged.rs`, is private to its unit tests).
+#[derive(Clone, Default)]
+struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuf {
+    /// A subscriber writing into this buffer.
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let out = self.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .finish()
+    }
+
+    /// What was logged so far.
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
