@@ -210,7 +210,9 @@ impl<E> CallError<E> {
         self
     }
 
-    /// The key's name [`for_key`](Self::for_key) set, for an error rebuilt from this one.
+    /// The key's name [`for_key`](Self::for_key) set, for an error rebuilt from this one
+    /// (the HTTP integrations' request-level failover).
+    #[cfg(any(feature = "reqwest", feature = "tower"))]
     pub(crate) fn key_name(&self) -> Option<&str> {
         self.key.as_deref()
     }
