@@ -414,6 +414,19 @@ mod tests {
             .block_on(test);
     }
 
+    /// Runs `test` on a runtime of its own, holding [`SERVERS`] alone, and returns
+    /// what it logged.
+    pub(super) fn logged_alone(test: impl std::future::Future<Output = ()>) -> String {
+        let _alone = SERVERS
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        crate::util::logged::logged(|| rt.block_on(test))
+    }
+
     /// An address record, for the tests here and in `merge`.
     pub(super) fn a(ip: &str, ttl: u32) -> AddrRecord {
         AddrRecord {

@@ -168,31 +168,22 @@ mod tests {
     /// of each.
     #[test]
     fn unusable_srv_records_are_warned_about_once() {
-        let _alone = super::super::tests::SERVERS
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let log = crate::util::logged::logged(|| {
-            rt.block_on(async {
-                let server = test_support::dns::DnsServer::start().await;
-                let name = "api.prod.internal";
-                server.add_srv(name, 1, 1, 8080, "i-1.api.prod.internal", 60);
-                server.add_a("i-1.api.prod.internal", "10.0.0.1", 60);
-                server.add_srv(name, 1, 1, 0, "i-2.api.prod.internal", 60);
-                server.add_a("i-2.api.prod.internal", "10.0.0.2", 60);
-                server.add_srv(name, 1, 1, 8080, "i-3.api.prod.internal", 60);
-                server.add_empty_name("i-3.api.prod.internal");
-                let dns = DnsDiscovery::with_name_servers([server.addr]);
-                let req = DiscoverRequest::new("prod.internal", "api");
-                for _ in 0..4 {
-                    let found = dns.discover(&req).await.unwrap();
-                    let ids: Vec<_> = found.instances.iter().map(Instance::id).collect();
-                    assert_eq!(ids, ["i-1.api.prod.internal"]);
-                }
-            });
+        let log = super::super::tests::logged_alone(async {
+            let server = test_support::dns::DnsServer::start().await;
+            let name = "api.prod.internal";
+            server.add_srv(name, 1, 1, 8080, "i-1.api.prod.internal", 60);
+            server.add_a("i-1.api.prod.internal", "10.0.0.1", 60);
+            server.add_srv(name, 1, 1, 0, "i-2.api.prod.internal", 60);
+            server.add_a("i-2.api.prod.internal", "10.0.0.2", 60);
+            server.add_srv(name, 1, 1, 8080, "i-3.api.prod.internal", 60);
+            server.add_empty_name("i-3.api.prod.internal");
+            let dns = DnsDiscovery::with_name_servers([server.addr]);
+            let req = DiscoverRequest::new("prod.internal", "api");
+            for _ in 0..4 {
+                let found = dns.discover(&req).await.unwrap();
+                let ids: Vec<_> = found.instances.iter().map(Instance::id).collect();
+                assert_eq!(ids, ["i-1.api.prod.internal"]);
+            }
         });
         assert_eq!(log.matches("with port 0").count(), 1, "{log}");
         assert_eq!(log.matches("without an address record").count(), 1, "{log}");
@@ -203,43 +194,34 @@ mod tests {
     /// lookups gave 4 warnings; now 1, and a second run 1 more.
     #[test]
     fn a_failing_target_is_warned_about_once_per_run() {
-        let _alone = super::super::tests::SERVERS
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let log = crate::util::logged::logged(|| {
-            rt.block_on(async {
-                let server = test_support::dns::DnsServer::start().await;
-                server.set_additional(false);
-                server.set_chase(true);
-                let (name, bad) = ("api.prod.internal", "i-2.api.prod.internal");
-                server.add_srv(name, 1, 1, 8080, "i-1.api.prod.internal", 60);
-                server.add_a("i-1.api.prod.internal", "10.0.0.1", 60);
-                server.add_srv(name, 1, 1, 8080, bad, 60);
-                // An alias loop: its lookup fails (not an answer of no address).
-                server.add_cname(bad, "loop.api.prod.internal", 60);
-                server.add_cname("loop.api.prod.internal", bad, 60);
-                let dns = DnsDiscovery::with_name_servers([server.addr]);
-                let req = DiscoverRequest::new("prod.internal", "api");
-                let run = |n| {
-                    let (dns, req) = (&dns, &req);
-                    async move {
-                        for _ in 0..n {
-                            dns.discover(req).await.unwrap();
-                        }
+        let log = super::super::tests::logged_alone(async {
+            let server = test_support::dns::DnsServer::start().await;
+            server.set_additional(false);
+            server.set_chase(true);
+            let (name, bad) = ("api.prod.internal", "i-2.api.prod.internal");
+            server.add_srv(name, 1, 1, 8080, "i-1.api.prod.internal", 60);
+            server.add_a("i-1.api.prod.internal", "10.0.0.1", 60);
+            server.add_srv(name, 1, 1, 8080, bad, 60);
+            // An alias loop: its lookup fails (not an answer of no address).
+            server.add_cname(bad, "loop.api.prod.internal", 60);
+            server.add_cname("loop.api.prod.internal", bad, 60);
+            let dns = DnsDiscovery::with_name_servers([server.addr]);
+            let req = DiscoverRequest::new("prod.internal", "api");
+            let run = |n| {
+                let (dns, req) = (&dns, &req);
+                async move {
+                    for _ in 0..n {
+                        dns.discover(req).await.unwrap();
                     }
-                };
-                run(4).await;
-                server.clear(bad, test_support::dns::RecordType::CNAME);
-                server.add_a(bad, "10.0.0.2", 60);
-                run(1).await;
-                server.clear(bad, test_support::dns::RecordType::A);
-                server.add_cname(bad, "loop.api.prod.internal", 60);
-                run(4).await;
-            });
+                }
+            };
+            run(4).await;
+            server.clear(bad, test_support::dns::RecordType::CNAME);
+            server.add_a(bad, "10.0.0.2", 60);
+            run(1).await;
+            server.clear(bad, test_support::dns::RecordType::A);
+            server.add_cname(bad, "loop.api.prod.internal", 60);
+            run(4).await;
         });
         assert_eq!(log.matches("SRV target lookup failed").count(), 2, "{log}");
     }
